@@ -1,0 +1,138 @@
+//! Client for Kiln's assets service.
+//!
+//! Uploads hash first and ask the service whether it already has the
+//! content, so re-submitting an unchanged scene costs one round trip.
+//! Downloads land in a temporary file beside the destination and are renamed
+//! into place only once their SHA-256 checks out, so a reader never sees a
+//! partial or corrupt file.
+
+pub mod digest;
+mod download;
+mod error;
+mod upload;
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use kiln_proto::v1::asset_service_client::AssetServiceClient;
+use kiln_proto::v1::{AssetInfo, DownloadRequest, StatRequest};
+use tokio::sync::oneshot;
+use tokio_util::io::ReaderStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub use error::AssetClientError;
+
+/// Size of the chunks this client sends.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+/// Largest message accepted from the service: its 1 MiB chunks plus framing,
+/// with room to spare.
+const MAX_MESSAGE_SIZE: usize = 5 * 1024 * 1024;
+
+type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+type TracedChannel = InterceptedService<Channel, Interceptor>;
+
+/// A handle to the assets service; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AssetClient {
+    inner: AssetServiceClient<TracedChannel>,
+}
+
+impl AssetClient {
+    pub fn new(channel: Channel) -> Self {
+        let interceptor: Interceptor = kiln_telemetry::propagation::inject_context;
+        let inner = AssetServiceClient::with_interceptor(channel, interceptor)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE);
+        Self { inner }
+    }
+
+    /// Hashes the file, asks the service whether it has it, and uploads it
+    /// only if not; returns its digest and size either way.
+    pub async fn upload_file(&self, path: &Path) -> Result<AssetInfo, AssetClientError> {
+        let read_error = |source| AssetClientError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let (digest, _) = digest::sha256_file_with_len(path)
+            .await
+            .map_err(read_error)?;
+        if let Some(stored) = self.stat(&digest).await? {
+            tracing::debug!(digest = %digest, "asset already stored; skipping upload");
+            return Ok(AssetInfo {
+                digest,
+                size: stored,
+            });
+        }
+        let file = tokio::fs::File::open(path).await.map_err(read_error)?;
+        self.upload_stream(Some(digest), ReaderStream::with_capacity(file, CHUNK_SIZE))
+            .await
+    }
+
+    /// Uploads whatever `source` yields. With `expected_digest`, the service
+    /// refuses content that does not match it and stores nothing.
+    pub async fn upload_stream<S>(
+        &self,
+        expected_digest: Option<String>,
+        source: S,
+    ) -> Result<AssetInfo, AssetClientError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        if let Some(expected) = &expected_digest {
+            check(expected)?;
+        }
+        let (failed_tx, failed_rx) = oneshot::channel();
+        let chunks = upload::chunks(expected_digest, source, failed_tx);
+        let mut client = self.inner.clone();
+        // Biased so that a failed source always wins over a response that
+        // might arrive in the same poll.
+        tokio::select! {
+            biased;
+            Ok(err) = failed_rx => Err(AssetClientError::Source(err)),
+            response = client.upload(chunks) => Ok(response?.into_inner()),
+        }
+    }
+
+    /// Downloads `digest` to `dest`, verified, atomically; returns its size.
+    pub async fn download_to(&self, digest: &str, dest: &Path) -> Result<u64, AssetClientError> {
+        let chunks = self.download_stream(digest).await?;
+        download::to_file(digest, chunks, dest).await
+    }
+
+    /// The stored bytes of `digest`, as they arrive. Fails before the first
+    /// chunk (with NotFound) if the service does not have it.
+    pub async fn download_stream(
+        &self,
+        digest: &str,
+    ) -> Result<
+        impl Stream<Item = Result<Bytes, AssetClientError>> + Send + 'static,
+        AssetClientError,
+    > {
+        check(digest)?;
+        let request = DownloadRequest {
+            digest: digest.to_owned(),
+        };
+        let chunks = self.inner.clone().download(request).await?.into_inner();
+        Ok(chunks.map(|chunk| Ok(Bytes::from(chunk?.data))))
+    }
+
+    /// The size of `digest` if the service has it.
+    pub async fn stat(&self, digest: &str) -> Result<Option<u64>, AssetClientError> {
+        check(digest)?;
+        let request = StatRequest {
+            digest: digest.to_owned(),
+        };
+        let response = self.inner.clone().stat(request).await?.into_inner();
+        Ok(response.exists.then_some(response.size))
+    }
+}
+
+fn check(digest: &str) -> Result<(), AssetClientError> {
+    if digest::is_valid(digest) {
+        Ok(())
+    } else {
+        Err(AssetClientError::InvalidDigest(digest.to_owned()))
+    }
+}

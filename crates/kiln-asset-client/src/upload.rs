@@ -1,0 +1,123 @@
+//! Turns a byte source into the request stream of an Upload call.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, stream};
+use kiln_proto::v1::UploadChunk;
+use tokio::sync::oneshot;
+
+use crate::CHUNK_SIZE;
+
+/// The chunks to send: a first, empty chunk carrying `expected_digest` (so
+/// the digest travels even when the source is empty), then the source in
+/// pieces of at most [`CHUNK_SIZE`].
+///
+/// When the source fails, the error goes to `failed` and the stream stalls
+/// instead of ending: a clean end would make the service store the truncated
+/// content. The caller then drops the call, which resets the HTTP/2 stream.
+pub(crate) fn chunks<S>(
+    expected_digest: Option<String>,
+    source: S,
+    failed: oneshot::Sender<std::io::Error>,
+) -> impl Stream<Item = UploadChunk> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let header = UploadChunk {
+        expected_digest: expected_digest.unwrap_or_default(),
+        data: Vec::new(),
+    };
+    let mut failed = Some(failed);
+    let data = source
+        .flat_map(|item| stream::iter(split(item)))
+        .then(move |item| {
+            let failed = if item.is_err() { failed.take() } else { None };
+            async move {
+                match item {
+                    Ok(data) => UploadChunk {
+                        expected_digest: String::new(),
+                        data: data.into(),
+                    },
+                    Err(err) => {
+                        if let Some(failed) = failed {
+                            let _ = failed.send(err);
+                        }
+                        std::future::pending().await
+                    }
+                }
+            }
+        });
+    stream::once(async move { header }).chain(data)
+}
+
+/// Splits one source item into pieces of at most [`CHUNK_SIZE`], without copying.
+fn split(item: Result<Bytes, std::io::Error>) -> Vec<Result<Bytes, std::io::Error>> {
+    match item {
+        Ok(mut data) => {
+            let mut pieces = Vec::with_capacity(data.len().div_ceil(CHUNK_SIZE));
+            while data.len() > CHUNK_SIZE {
+                pieces.push(Ok(data.split_to(CHUNK_SIZE)));
+            }
+            if !data.is_empty() {
+                pieces.push(Ok(data));
+            }
+            pieces
+        }
+        Err(err) => vec![Err(err)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_large_items_without_losing_bytes() {
+        let data = Bytes::from(vec![7u8; CHUNK_SIZE * 2 + 5]);
+        let pieces: Vec<Bytes> = split(Ok(data))
+            .into_iter()
+            .map(|p| p.unwrap_or_default())
+            .collect();
+        assert_eq!(
+            pieces.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [CHUNK_SIZE, CHUNK_SIZE, 5]
+        );
+    }
+
+    #[test]
+    fn drops_empty_items() {
+        assert!(split(Ok(Bytes::new())).is_empty());
+    }
+
+    #[tokio::test]
+    async fn first_chunk_carries_the_digest() {
+        let (tx, _rx) = oneshot::channel();
+        let source = stream::iter([Ok(Bytes::from_static(b"abc"))]);
+        let sent: Vec<UploadChunk> = chunks(Some("d".repeat(64)), source, tx).collect().await;
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].expected_digest, "d".repeat(64));
+        assert!(sent[0].data.is_empty());
+        assert_eq!(sent[1].expected_digest, "");
+        assert_eq!(&sent[1].data[..], b"abc");
+    }
+
+    #[tokio::test]
+    async fn source_errors_are_reported_and_never_end_the_stream() {
+        let (tx, rx) = oneshot::channel();
+        let source = stream::iter([
+            Ok(Bytes::from_static(b"abc")),
+            Err(std::io::Error::other("disk gone")),
+        ]);
+        let mut sent = Box::pin(chunks(None, source, tx));
+        assert!(sent.next().await.is_some());
+        assert!(sent.next().await.is_some());
+        let stalled = tokio::time::timeout(std::time::Duration::from_millis(50), sent.next()).await;
+        assert!(
+            stalled.is_err(),
+            "stream must stall, not end, after a source error"
+        );
+        assert_eq!(
+            rx.await.map(|e| e.to_string()).ok().as_deref(),
+            Some("disk gone")
+        );
+    }
+}

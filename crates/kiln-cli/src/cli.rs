@@ -1,0 +1,116 @@
+//! The command line: every option also reads a `KILN_*` environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use kiln_telemetry::TelemetryArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln render farm: run a farm on this machine, submit Blender renders, follow and fetch jobs"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole farm on this machine (Postgres, etcd, assets, scheduler, gateway, workers) until Ctrl-C
+    Dev(DevArgs),
+    /// Upload a .blend, render it on the farm, and download its frames and video
+    Render(RenderArgs),
+    /// List jobs, newest first
+    Jobs(JobsArgs),
+    /// Show one job with its steps and tasks
+    Status(JobArgs),
+    /// Cancel a job: pending tasks never start, running ones are stopped
+    Cancel(JobArgs),
+    /// List a job's output files, optionally downloading them
+    Outputs(OutputsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Number of workers to start
+    #[arg(long, env = "KILN_DEV_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub workers: u16,
+    /// Directory holding the farm's data and logs; kept between runs so earlier jobs remain
+    #[arg(long, env = "KILN_DEV_DIR", default_value = ".kiln")]
+    pub dir: PathBuf,
+    /// Port of the gateway's gRPC API on 127.0.0.1
+    #[arg(long, env = "KILN_DEV_GRPC_PORT", default_value_t = 7070)]
+    pub grpc_port: u16,
+    /// Port of the gateway's REST API on 127.0.0.1
+    #[arg(long, env = "KILN_DEV_HTTP_PORT", default_value_t = 7080)]
+    pub http_port: u16,
+    /// Store assets in a local Garage S3 server instead of a directory
+    #[arg(long, env = "KILN_DEV_S3")]
+    pub s3: bool,
+}
+
+/// How to reach the farm.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Gateway gRPC URL, e.g. http://127.0.0.1:7070 [default: the one `kiln dev` wrote to .kiln/dev.json in this or a parent directory]
+    #[arg(long = "gateway", env = "KILN_GATEWAY")]
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The Blender scene to render
+    pub scene: PathBuf,
+    /// Frames to render, e.g. "1-250" or "1-10,20" [default: the scene's frame range, read with a local blender]
+    #[arg(long, env = "KILN_RENDER_FRAMES")]
+    pub frames: Option<String>,
+    /// Frames per task
+    #[arg(long, env = "KILN_RENDER_CHUNK", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub chunk: u32,
+    /// Directory to download the outputs into [default: ./kiln-out/<job-id>]
+    #[arg(long, env = "KILN_RENDER_OUT")]
+    pub out: Option<PathBuf>,
+    /// Frame rate of the encoded video [default: the scene's, read with a local blender, else 24]
+    #[arg(long, env = "KILN_RENDER_FPS")]
+    pub fps: Option<f64>,
+    /// Job priority from 0 (lowest) to 100 (highest); 0 means the farm's default, 50
+    #[arg(long, env = "KILN_RENDER_PRIORITY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub priority: u32,
+    /// Submit the job and print its id without waiting for it to finish
+    #[arg(long, env = "KILN_RENDER_NO_WAIT")]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Show at most this many jobs
+    #[arg(long, env = "KILN_JOBS_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job's id
+    pub job: String,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputsArgs {
+    /// The job's id
+    pub job: String,
+    /// Download every output into this directory, keeping relative paths
+    #[arg(long, env = "KILN_OUTPUTS_DOWNLOAD")]
+    pub download: Option<PathBuf>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}

@@ -1,0 +1,112 @@
+//! `kiln dev`: a whole farm on this machine until Ctrl-C.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kiln_localfarm::Farm;
+
+use crate::cli::DevArgs;
+use crate::connect::{DEV_FILE, DevInfo};
+use crate::error::CliError;
+
+/// How often the farm's processes are checked for crashes.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+pub async fn run(args: DevArgs) -> Result<(), CliError> {
+    let dir = std::path::absolute(&args.dir).map_err(CliError::io(&args.dir))?;
+    let builder = Farm::builder(&dir)
+        .workers(usize::from(args.workers))
+        .s3(args.s3)
+        .gateway_ports(args.grpc_port, args.http_port);
+    println!("starting a Kiln farm in {} ...", dir.display());
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    // Dropping a half-started farm on Ctrl-C stops whatever it started.
+    let mut farm = tokio::select! {
+        farm = builder.start() => farm?,
+        () = &mut signal => return Err(CliError::Interrupted),
+    };
+    let info = DevInfo {
+        gateway_grpc: farm.gateway_url(),
+        gateway_http: farm.gateway_http_url(),
+        etcd: farm.etcd_url(),
+        database: farm.database_url(),
+        logs: farm.log_dir().to_path_buf(),
+    };
+    let dev_file = dir.join(DEV_FILE);
+    write_dev_info(&dev_file, &info)?;
+    print_summary(&farm, &info, &dev_file);
+
+    supervise(&mut farm, &mut signal).await;
+    println!("stopping the farm ...");
+    if let Err(err) = std::fs::remove_file(&dev_file)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("cannot remove {}: {err}", dev_file.display());
+    }
+    farm.shutdown().await?;
+    println!("stopped; data kept in {}", dir.display());
+    Ok(())
+}
+
+fn write_dev_info(path: &Path, info: &DevInfo) -> Result<(), CliError> {
+    let json = serde_json::to_vec_pretty(info).map_err(|source| CliError::DevInfo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(path, json).map_err(CliError::io(path))
+}
+
+fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
+    println!("Kiln dev farm is running in {}", farm.dir().display());
+    println!("  gateway gRPC  {}", info.gateway_grpc);
+    println!("  gateway REST  {}", info.gateway_http);
+    println!("  Postgres      {}", info.database);
+    println!("  etcd          {}", info.etcd);
+    if let Some(s3) = farm.s3_endpoint() {
+        println!("  S3 (Garage)   {s3}");
+    }
+    println!("  workers       {}", farm.worker_count());
+    println!("  logs          {}", info.logs.display());
+    println!(
+        "kiln commands run under {} find it through {}.",
+        parent_of(farm.dir()).display(),
+        dev_file.display()
+    );
+    println!("Press Ctrl-C to stop.");
+}
+
+fn parent_of(dir: &Path) -> &Path {
+    dir.parent().unwrap_or(dir)
+}
+
+/// Runs until `signal`, warning about processes that die meanwhile.
+async fn supervise(farm: &mut Farm, signal: &mut std::pin::Pin<&mut impl Future<Output = ()>>) {
+    loop {
+        tokio::select! {
+            () = signal.as_mut() => return,
+            () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {
+                for exit in farm.take_exits() {
+                    eprintln!("warning: {exit}");
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for sigterm; only ctrl-c stops the farm");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

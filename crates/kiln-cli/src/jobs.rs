@@ -1,0 +1,168 @@
+//! `kiln jobs`, `kiln status`, `kiln cancel` and `kiln outputs`.
+
+use indicatif::HumanBytes;
+use kiln_proto::v1::{
+    CancelJobRequest, GetJobRequest, Job, ListJobsRequest, ListTasksRequest, Task,
+};
+
+use crate::cli::{JobArgs, JobsArgs, OutputsArgs};
+use crate::connect::Gateway;
+use crate::error::CliError;
+use crate::format::{self, job_state, progress, short_digest, table, task_state, timestamp};
+use crate::outputs;
+
+pub async fn list(args: JobsArgs) -> Result<(), CliError> {
+    let gateway = Gateway::connect(&args.gateway).await?;
+    let request = ListJobsRequest { limit: args.limit };
+    let jobs = gateway
+        .jobs
+        .clone()
+        .list_jobs(request)
+        .await
+        .map_err(CliError::rpc("listing jobs"))?
+        .into_inner()
+        .jobs;
+    if jobs.is_empty() {
+        println!("no jobs yet; submit one with `kiln render SCENE.blend`");
+        return Ok(());
+    }
+    let mut rows = table(["ID", "NAME", "STATE", "PROGRESS", "CREATED"]);
+    for job in &jobs {
+        rows.add_row([
+            job.id.clone(),
+            job.name.clone(),
+            job_state(job.state()).to_owned(),
+            progress(job),
+            timestamp(job.created_at.as_ref()),
+        ]);
+    }
+    println!("{rows}");
+    Ok(())
+}
+
+pub async fn status(args: JobArgs) -> Result<(), CliError> {
+    let gateway = Gateway::connect(&args.gateway).await?;
+    let request = GetJobRequest {
+        job_id: args.job.clone(),
+    };
+    let job = gateway
+        .jobs
+        .clone()
+        .get_job(request)
+        .await
+        .map_err(CliError::rpc("getting the job"))?
+        .into_inner();
+    let request = ListTasksRequest { job_id: args.job };
+    let tasks = gateway
+        .jobs
+        .clone()
+        .list_tasks(request)
+        .await
+        .map_err(CliError::rpc("listing the job's tasks"))?
+        .into_inner()
+        .tasks;
+    print_job(&job);
+    println!("\n{}", steps_table(&job));
+    println!("\n{}", tasks_table(&tasks));
+    Ok(())
+}
+
+fn print_job(job: &Job) {
+    println!("job       {}", job.id);
+    println!("name      {}", job.name);
+    println!("state     {}", job_state(job.state()));
+    println!(
+        "progress  {} ({} running, {} failed)",
+        progress(job),
+        job.tasks_running,
+        job.tasks_failed
+    );
+    println!("priority  {}", job.priority);
+    if !job.template_name.is_empty() {
+        println!("template  {}", job.template_name);
+    }
+    let mut parameters: Vec<_> = job.parameters.iter().collect();
+    parameters.sort();
+    for (name, value) in parameters {
+        println!("param     {name} = {value}");
+    }
+    println!("created   {}", timestamp(job.created_at.as_ref()));
+    println!("finished  {}", timestamp(job.finished_at.as_ref()));
+    if !job.message.is_empty() {
+        println!("message   {}", job.message);
+    }
+}
+
+fn steps_table(job: &Job) -> comfy_table::Table {
+    let mut rows = table(["STEP", "DEPENDS ON", "DONE"]);
+    for step in &job.steps {
+        rows.add_row([
+            step.name.clone(),
+            step.depends_on.join(", "),
+            format!("{}/{}", step.tasks_succeeded, step.tasks_total),
+        ]);
+    }
+    rows
+}
+
+fn tasks_table(tasks: &[Task]) -> comfy_table::Table {
+    let mut rows = table([
+        "STEP", "#", "STATE", "FRAMES", "ATTEMPTS", "WORKER", "EXIT", "MESSAGE",
+    ]);
+    for task in tasks {
+        rows.add_row([
+            task.step_name.clone(),
+            task.index.to_string(),
+            task_state(task.state()).to_owned(),
+            format::frames(&task.frames),
+            task.attempts.to_string(),
+            task.worker_id.clone(),
+            task.exit_code
+                .map(|code| code.to_string())
+                .unwrap_or_default(),
+            task.message.clone(),
+        ]);
+    }
+    rows
+}
+
+pub async fn cancel(args: JobArgs) -> Result<(), CliError> {
+    let gateway = Gateway::connect(&args.gateway).await?;
+    let request = CancelJobRequest { job_id: args.job };
+    let job = gateway
+        .jobs
+        .clone()
+        .cancel_job(request)
+        .await
+        .map_err(CliError::rpc("cancelling the job"))?
+        .into_inner();
+    println!("job {} is {}", job.id, job_state(job.state()));
+    Ok(())
+}
+
+pub async fn list_outputs(args: OutputsArgs) -> Result<(), CliError> {
+    let gateway = Gateway::connect(&args.gateway).await?;
+    let outputs = outputs::list(&gateway.jobs, &args.job).await?;
+    if let Some(dir) = &args.download {
+        let written = outputs::download_all(&gateway.assets(), &outputs, dir).await?;
+        for path in &written {
+            println!("{}", path.display());
+        }
+        println!("downloaded {} files into {}", written.len(), dir.display());
+        return Ok(());
+    }
+    if outputs.is_empty() {
+        println!("job {} has no outputs yet", args.job);
+        return Ok(());
+    }
+    let mut rows = table(["PATH", "SIZE", "DIGEST"]);
+    for output in &outputs {
+        rows.add_row([
+            output.path.clone(),
+            HumanBytes(output.size).to_string(),
+            short_digest(&output.digest).to_owned(),
+        ]);
+    }
+    println!("{rows}");
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Downloading a job's outputs into a directory.
+
+use std::path::{Component, Path, PathBuf};
+
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_asset_client::AssetClient;
+use kiln_proto::v1::{JobOutput, ListOutputsRequest};
+
+use crate::connect::JobClient;
+use crate::error::CliError;
+
+/// Files downloaded at once.
+const PARALLEL_DOWNLOADS: usize = 4;
+
+/// The job's outputs, sorted by path.
+pub async fn list(jobs: &JobClient, job_id: &str) -> Result<Vec<JobOutput>, CliError> {
+    let request = ListOutputsRequest {
+        job_id: job_id.to_owned(),
+    };
+    let mut outputs = jobs
+        .clone()
+        .list_outputs(request)
+        .await
+        .map_err(CliError::rpc("listing the job's outputs"))?
+        .into_inner()
+        .outputs;
+    outputs.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(outputs)
+}
+
+/// Downloads every output into `dir`, keeping its relative path; returns
+/// the written paths in the order of `outputs`.
+pub async fn download_all(
+    assets: &AssetClient,
+    outputs: &[JobOutput],
+    dir: &Path,
+) -> Result<Vec<PathBuf>, CliError> {
+    let targets = outputs
+        .iter()
+        .map(|output| Ok((output, dir.join(safe_relative(&output.path)?))))
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let bar = ProgressBar::new(targets.len() as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("downloading {bar:40.cyan/blue} {pos}/{len} files")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let written: Vec<PathBuf> = futures::stream::iter(targets)
+        .map(|(output, dest)| {
+            let bar = bar.clone();
+            async move {
+                download_one(assets, &output.digest, &dest).await?;
+                bar.inc(1);
+                Ok::<_, CliError>(dest)
+            }
+        })
+        .buffered(PARALLEL_DOWNLOADS)
+        .try_collect()
+        .await?;
+    bar.finish_and_clear();
+    Ok(written)
+}
+
+async fn download_one(assets: &AssetClient, digest: &str, dest: &Path) -> Result<(), CliError> {
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(CliError::io(parent))?;
+    }
+    assets.download_to(digest, dest).await?;
+    Ok(())
+}
+
+/// `path` as a relative path that stays inside the output directory: the
+/// farm is trusted to name files, not to write anywhere on this machine.
+pub fn safe_relative(path: &str) -> Result<PathBuf, CliError> {
+    let relative = Path::new(path);
+    let plain = relative
+        .components()
+        .all(|component| matches!(component, Component::Normal(_)));
+    if path.is_empty() || !plain {
+        return Err(CliError::UnsafeOutputPath(path.to_owned()));
+    }
+    Ok(relative.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_relative_paths_are_kept() {
+        assert_eq!(
+            safe_relative("frames/frame_0001.png").expect("ok"),
+            PathBuf::from("frames/frame_0001.png")
+        );
+        assert_eq!(
+            safe_relative("video.mp4").expect("ok"),
+            PathBuf::from("video.mp4")
+        );
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../secret",
+            "frames/../../x",
+            "./video.mp4",
+        ] {
+            assert!(safe_relative(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

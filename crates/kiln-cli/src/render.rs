@@ -1,0 +1,197 @@
+//! `kiln render`: upload a scene, submit it, follow it, fetch the results.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kiln_proto::v1::submit_job_request::Template;
+use kiln_proto::v1::{Job, JobInput, JobState, ListTasksRequest, SubmitJobRequest, TaskState};
+
+use crate::cli::RenderArgs;
+use crate::connect::{Gateway, JobClient};
+use crate::error::CliError;
+use crate::format::{job_state, last_lines};
+use crate::scene_probe::{self, SceneInfo};
+use crate::{outputs, watch};
+
+/// Name of the scene inside each task's working directory, as the blender
+/// template expects it.
+const SCENE_INPUT: &str = "scene.blend";
+const DEFAULT_FPS: f64 = 24.0;
+/// Lines of each failed task's log shown.
+const LOG_TAIL_LINES: usize = 20;
+
+pub async fn run(args: RenderArgs) -> Result<(), CliError> {
+    if !args.scene.is_file() {
+        return Err(CliError::NoScene(args.scene.clone()));
+    }
+    let (frames, fps) = frames_and_fps(&args).await?;
+    let gateway = Gateway::connect(&args.gateway).await?;
+
+    let scene = gateway.assets().upload_file(&args.scene).await?;
+    println!(
+        "uploaded {} ({} bytes, {})",
+        args.scene.display(),
+        scene.size,
+        &scene.digest
+    );
+
+    let job = submit(&gateway.jobs, &args, &frames, fps, scene.digest).await?;
+    println!(
+        "submitted job {} ({} tasks, frames {frames}, {fps} fps)",
+        job.id, job.tasks_total
+    );
+    if args.no_wait {
+        println!("follow it with `kiln status {}`", job.id);
+        return Ok(());
+    }
+
+    let job = follow_until_done(&gateway.jobs, job).await?;
+    if job.state() != JobState::Succeeded {
+        report_failure(&gateway.jobs, &job).await;
+        return Err(job_ended(&job));
+    }
+    let out = args.out.clone().unwrap_or_else(|| default_out_dir(&job.id));
+    fetch_outputs(&gateway, &job.id, &out).await
+}
+
+/// Frames and fps from the flags, filling gaps from the scene itself.
+async fn frames_and_fps(args: &RenderArgs) -> Result<(String, f64), CliError> {
+    if let Some(fps) = args.fps
+        && !(fps.is_finite() && fps > 0.0)
+    {
+        return Err(CliError::BadFps(fps));
+    }
+    let probed = match (&args.frames, args.fps) {
+        (Some(_), Some(_)) => None,
+        _ => Some(probe(&args.scene).await),
+    };
+    let frames = match (&args.frames, &probed) {
+        (Some(frames), _) => frames.clone(),
+        (None, Some(Ok(scene))) => scene.frames(),
+        (None, Some(Err(reason))) => return Err(CliError::FramesUnknown(reason.clone())),
+        (None, None) => return Err(CliError::FramesUnknown("no frame range".to_owned())),
+    };
+    let fps = args
+        .fps
+        .or_else(|| probed.and_then(|p| p.ok()).map(|scene| scene.fps))
+        .unwrap_or(DEFAULT_FPS);
+    Ok((frames, fps))
+}
+
+async fn probe(scene: &Path) -> Result<SceneInfo, String> {
+    println!(
+        "reading the frame range and frame rate of {} with blender",
+        scene.display()
+    );
+    let result = scene_probe::probe(scene).await;
+    if let Err(reason) = &result {
+        println!("could not read the scene ({reason}); using the flags and defaults");
+    }
+    result
+}
+
+async fn submit(
+    jobs: &JobClient,
+    args: &RenderArgs,
+    frames: &str,
+    fps: f64,
+    digest: String,
+) -> Result<Job, CliError> {
+    let parameters = HashMap::from([
+        ("Frames".to_owned(), frames.to_owned()),
+        ("ChunkSize".to_owned(), args.chunk.to_string()),
+        ("FrameRate".to_owned(), fps.to_string()),
+    ]);
+    let name = args
+        .scene
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let request = SubmitJobRequest {
+        template: Some(Template::BuiltinTemplate("blender".to_owned())),
+        parameters,
+        inputs: vec![JobInput {
+            path: SCENE_INPUT.to_owned(),
+            digest,
+        }],
+        name,
+        priority: args.priority,
+    };
+    let job = jobs
+        .clone()
+        .submit_job(request)
+        .await
+        .map_err(CliError::rpc("submitting the job"))?;
+    Ok(job.into_inner())
+}
+
+/// Follows the job; Ctrl-C stops watching but leaves the job running.
+async fn follow_until_done(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
+    let id = job.id.clone();
+    tokio::select! {
+        result = watch::follow(jobs, job) => result,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\nstopped watching; job {id} keeps running (see `kiln status {id}`, cancel with `kiln cancel {id}`)");
+            Err(CliError::Interrupted)
+        }
+    }
+}
+
+fn default_out_dir(job_id: &str) -> PathBuf {
+    PathBuf::from("kiln-out").join(job_id)
+}
+
+async fn fetch_outputs(gateway: &Gateway, job_id: &str, out: &Path) -> Result<(), CliError> {
+    let outputs = outputs::list(&gateway.jobs, job_id).await?;
+    let written = outputs::download_all(&gateway.assets(), &outputs, out).await?;
+    for path in &written {
+        println!("{}", path.display());
+    }
+    println!("downloaded {} files into {}", written.len(), out.display());
+    Ok(())
+}
+
+/// Prints each failed task with its message and the end of its log.
+pub async fn report_failure(jobs: &JobClient, job: &Job) {
+    if !job.message.is_empty() {
+        eprintln!("job {} {}: {}", job.id, job_state(job.state()), job.message);
+    }
+    let request = ListTasksRequest {
+        job_id: job.id.clone(),
+    };
+    let tasks = match jobs.clone().list_tasks(request).await {
+        Ok(response) => response.into_inner().tasks,
+        Err(status) => {
+            eprintln!("cannot list the job's tasks: {}", status.message());
+            return;
+        }
+    };
+    for task in tasks
+        .iter()
+        .filter(|task| task.state() == TaskState::Failed)
+    {
+        eprintln!(
+            "\ntask {} failed: {}",
+            watch::describe_task(task),
+            task.message
+        );
+        if !task.log_tail.trim().is_empty() {
+            eprintln!(
+                "--- end of its log ---\n{}",
+                last_lines(&task.log_tail, LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+pub fn job_ended(job: &Job) -> CliError {
+    CliError::JobEnded {
+        id: job.id.clone(),
+        state: job_state(job.state()).to_owned(),
+        message: if job.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", job.message)
+        },
+    }
+}

@@ -1,0 +1,223 @@
+//! Service discovery through etcd.
+//!
+//! Each service instance writes one key, `{prefix}/services/{service}/{instance}`,
+//! whose value is a JSON [`Endpoint`], under a lease it keeps alive. When the
+//! process dies the lease expires and the key disappears, so a lookup only
+//! ever returns live instances (give or take the lease TTL).
+
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions, PutOptions};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("no {service} instance registered in etcd after {waited:?}")]
+    NotFound { service: String, waited: Duration },
+    #[error("malformed endpoint in etcd: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// The service names Kiln registers under.
+pub mod service {
+    pub const GATEWAY: &str = "gateway";
+    pub const SCHEDULER: &str = "scheduler";
+    pub const ASSETS: &str = "assets";
+    pub const WORKER: &str = "worker";
+}
+
+/// How to reach etcd; shared by every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiscoveryArgs {
+    /// etcd endpoints, comma-separated
+    #[arg(long = "etcd", env = "KILN_ETCD", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix under which this farm's keys live, so farms can share an etcd
+    #[arg(long, env = "KILN_ETCD_PREFIX", default_value = "/kiln")]
+    pub etcd_prefix: String,
+    /// Seconds a registration outlives its process
+    #[arg(long, env = "KILN_LEASE_TTL", default_value_t = 10)]
+    pub lease_ttl: i64,
+}
+
+/// Where one service instance listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Unique name of the instance.
+    pub instance: String,
+    /// gRPC address as `host:port`.
+    pub grpc: String,
+    /// HTTP address as `host:port`, for services that serve HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+}
+
+impl Endpoint {
+    pub fn grpc_uri(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+#[derive(Clone)]
+pub struct Discovery {
+    client: Client,
+    prefix: String,
+    lease_ttl: i64,
+}
+
+impl Discovery {
+    /// Connects to etcd, retrying for up to `patience` while it starts.
+    pub async fn connect(args: &DiscoveryArgs, patience: Duration) -> Result<Self, DiscoveryError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match Self::try_connect(args).await {
+                Ok(discovery) => return Ok(discovery),
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %err, "etcd not reachable yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn try_connect(args: &DiscoveryArgs) -> Result<Self, DiscoveryError> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        let mut client = Client::connect(&args.etcd_endpoints, Some(options)).await?;
+        client.status().await?;
+        Ok(Self {
+            client,
+            prefix: args.etcd_prefix.trim_end_matches('/').to_owned(),
+            lease_ttl: args.lease_ttl.max(2),
+        })
+    }
+
+    /// The underlying client, for elections and locks.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The farm's key prefix, without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn service_prefix(&self, service: &str) -> String {
+        format!("{}/services/{}/", self.prefix, service)
+    }
+
+    /// Registers `endpoint` under `service` and keeps it registered until the
+    /// returned [`Registration`] is dropped or revoked.
+    pub async fn register(&self, service: &str, endpoint: Endpoint) -> Result<Registration, DiscoveryError> {
+        let key = format!("{}{}", self.service_prefix(service), endpoint.instance);
+        let value = serde_json::to_string(&endpoint)?;
+        let lease = put_with_lease(&self.client, &key, &value, self.lease_ttl).await?;
+        tracing::info!(service, instance = %endpoint.instance, grpc = %endpoint.grpc, "registered in etcd");
+        let keeper = tokio::spawn(keep_registered(self.client.clone(), key, value, self.lease_ttl, lease));
+        Ok(Registration { client: self.client.clone(), keeper, lease })
+    }
+
+    /// Every live instance of `service`.
+    pub async fn find(&self, service: &str) -> Result<Vec<Endpoint>, DiscoveryError> {
+        let mut client = self.client.clone();
+        let response = client
+            .get(self.service_prefix(service), Some(GetOptions::new().with_prefix()))
+            .await?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| serde_json::from_slice(kv.value()).map_err(DiscoveryError::from))
+            .collect()
+    }
+
+    /// One live instance of `service`, chosen at random, waiting up to `patience` for one to appear.
+    pub async fn find_one(&self, service: &str, patience: Duration) -> Result<Endpoint, DiscoveryError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.find(service).await {
+                Ok(mut endpoints) if !endpoints.is_empty() => {
+                    let pick = rand::random_range(0..endpoints.len());
+                    return Ok(endpoints.swap_remove(pick));
+                }
+                Ok(_) => {}
+                Err(err) => tracing::debug!(error = %err, service, "lookup failed"),
+            }
+            if started.elapsed() >= patience {
+                return Err(DiscoveryError::NotFound { service: service.to_owned(), waited: patience });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn put_with_lease(client: &Client, key: &str, value: &str, ttl: i64) -> Result<i64, DiscoveryError> {
+    let mut client = client.clone();
+    let lease = client.lease_grant(ttl, None).await?.id();
+    client.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+    Ok(lease)
+}
+
+/// Refreshes the lease at a third of its TTL; if the lease is lost (etcd
+/// outage longer than the TTL), registers again once etcd answers.
+async fn keep_registered(client: Client, key: String, value: String, ttl: i64, mut lease: i64) {
+    let period = Duration::from_millis((ttl as u64 * 1000) / 3);
+    loop {
+        if let Err(err) = keep_alive(&client, lease, period).await {
+            tracing::warn!(error = %err, key, "lost etcd lease; registering again");
+        }
+        loop {
+            tokio::time::sleep(period).await;
+            match put_with_lease(&client, &key, &value, ttl).await {
+                Ok(new_lease) => {
+                    lease = new_lease;
+                    break;
+                }
+                Err(err) => tracing::warn!(error = %err, key, "cannot register in etcd yet"),
+            }
+        }
+    }
+}
+
+async fn keep_alive(client: &Client, lease: i64, period: Duration) -> Result<(), DiscoveryError> {
+    let mut client = client.clone();
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+    loop {
+        keeper.keep_alive().await?;
+        match responses.message().await? {
+            Some(response) if response.ttl() > 0 => {}
+            _ => return Ok(()),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// A live registration; dropping it stops refreshing the lease, and
+/// [`Registration::revoke`] removes the key at once.
+pub struct Registration {
+    client: Client,
+    keeper: JoinHandle<()>,
+    lease: i64,
+}
+
+impl Registration {
+    /// Removes the registration now rather than when the lease runs out.
+    pub async fn revoke(self) {
+        self.keeper.abort();
+        let mut client = self.client.clone();
+        if let Err(err) = client.lease_revoke(self.lease).await {
+            tracing::warn!(error = %err, "cannot revoke etcd lease");
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}

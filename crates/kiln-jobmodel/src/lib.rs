@@ -1,0 +1,22 @@
+//! Kiln's job model.
+//!
+//! A job is an [Open Job Description](https://github.com/OpenJobDescription)
+//! job template (schema `jobtemplate-2023-09`, with the `TASK_CHUNKING`
+//! extension) plus parameter values. Parsing and validation are done by the
+//! `openjd-model` crate; this crate turns a validated job into a [`JobPlan`]:
+//! steps in dependency order, each with its tasks' resolved command lines.
+
+mod builtin;
+mod error;
+mod frames;
+mod plan;
+
+pub use builtin::{BUILTIN_TEMPLATES, builtin_template};
+pub use error::JobModelError;
+pub use frames::{blender_frame_arg, parse_frame_list};
+pub use openjd_model::job::{AmountRequirement, AttributeRequirement, HostRequirements};
+pub use plan::{JobPlan, Limits, StepPlan, TaskPlan, plan_job};
+
+/// The placeholder left in task arguments for the worker to fill in: only the
+/// worker knows where a task's working directory is.
+pub const WORKING_DIRECTORY_PLACEHOLDER: &str = "{{Session.WorkingDirectory}}";

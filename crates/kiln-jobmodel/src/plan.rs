@@ -1,0 +1,186 @@
+//! From a template and parameter values to steps and tasks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use openjd_expr::{ExprValue, FormatStringOptions, PathFormat};
+use openjd_model::job::{HostRequirements, Job, Step};
+use openjd_model::template::parse::document_string_to_object;
+use openjd_model::{
+    CallerLimits, DocumentType, PathParameterOptions, StepDependencyGraph, StepParameterSpaceIterator, create_job,
+    decode_job_template, preprocess_job_parameters,
+};
+
+use crate::frames::{blender_frame_arg, parse_frame_list};
+use crate::{JobModelError, WORKING_DIRECTORY_PLACEHOLDER};
+
+/// Extensions of the OpenJD schema Kiln understands.
+const SUPPORTED_EXTENSIONS: &[&str] = &["TASK_CHUNKING"];
+
+/// The task parameter whose values are frame numbers.
+const FRAME_PARAMETER: &str = "Frame";
+
+/// Bounds on what one submission may create.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_tasks: usize,
+    pub max_template_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_tasks: 100_000, max_template_bytes: 256 * 1024 }
+    }
+}
+
+/// A validated job, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    pub name: String,
+    /// In dependency order: a step comes after every step it depends on.
+    pub steps: Vec<StepPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepPlan {
+    pub name: String,
+    pub depends_on: Vec<String>,
+    pub host_requirements: Option<HostRequirements>,
+    pub tasks: Vec<TaskPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPlan {
+    /// Renderer name, e.g. "blender".
+    pub command: String,
+    /// Arguments, resolved except for [`WORKING_DIRECTORY_PLACEHOLDER`].
+    pub args: Vec<String>,
+    /// Frames the task renders; empty for steps without a `Frame` parameter.
+    pub frames: Vec<i64>,
+    /// The task's parameter values as text, e.g. {"Frame": "1-4"}.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl JobPlan {
+    pub fn task_count(&self) -> usize {
+        self.steps.iter().map(|s| s.tasks.len()).sum()
+    }
+}
+
+/// Validates `template` (YAML or JSON) with `parameters` and expands it into tasks.
+pub fn plan_job(template: &str, parameters: &HashMap<String, String>, limits: Limits) -> Result<JobPlan, JobModelError> {
+    if template.len() > limits.max_template_bytes {
+        return Err(JobModelError::Template(format!(
+            "template is {} bytes, more than the limit of {}",
+            template.len(),
+            limits.max_template_bytes
+        )));
+    }
+    let job = instantiate(template, parameters)?;
+    let order = StepDependencyGraph::new(&job)
+        .and_then(|graph| graph.topo_sorted_names())
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    let mut steps = Vec::with_capacity(order.len());
+    let mut tasks_so_far = 0;
+    for name in order {
+        let Some(step) = job.steps.iter().find(|s| s.name == name) else { continue };
+        let plan = plan_step(step, limits.max_tasks - tasks_so_far)?;
+        tasks_so_far += plan.tasks.len();
+        steps.push(plan);
+    }
+    Ok(JobPlan { name: job.name.clone(), steps })
+}
+
+fn instantiate(template: &str, parameters: &HashMap<String, String>) -> Result<Job, JobModelError> {
+    let limits = CallerLimits::default();
+    let document = document_string_to_object(template, DocumentType::Yaml, &limits)
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    let template = decode_job_template(document, Some(SUPPORTED_EXTENSIONS), &limits)
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    let inputs = parameters.iter().map(|(k, v)| (k.clone(), ExprValue::String(v.clone()))).collect();
+    // PATH parameters are resolved relative to "/": Kiln jobs refer to files by
+    // their place in the task's working directory, never the submitter's disk.
+    let path_options = PathParameterOptions::new("/", "/");
+    let values = preprocess_job_parameters(&template, &inputs, &[], &path_options)
+        .map_err(|e| JobModelError::Parameters(e.to_string()))?;
+    create_job(&template, &values, &template.default_validation_context())
+        .map_err(|e| JobModelError::Parameters(e.to_string()))
+}
+
+fn plan_step(step: &Step, task_budget: usize) -> Result<StepPlan, JobModelError> {
+    let step_error = |message: String| JobModelError::Step { step: step.name.clone(), message };
+    let task_sets: Vec<_> = match &step.parameter_space {
+        Some(space) => {
+            let iter = StepParameterSpaceIterator::new(space).map_err(|e| step_error(e.to_string()))?;
+            let tasks: Vec<_> = iter.take(task_budget.saturating_add(1)).collect();
+            if tasks.len() > task_budget {
+                return Err(JobModelError::TooManyTasks { tasks: tasks.len(), limit: task_budget });
+            }
+            tasks
+        }
+        None => vec![Default::default()],
+    };
+    let mut symbols = match &step.resolved_symtab {
+        Some(table) => table.to_symtab(PathFormat::host()).map_err(step_error)?,
+        None => Default::default(),
+    };
+    symbols
+        .set("Session.WorkingDirectory", ExprValue::String(WORKING_DIRECTORY_PLACEHOLDER.to_owned()))
+        .map_err(|e| step_error(e.to_string()))?;
+    let tasks = task_sets
+        .iter()
+        .map(|set| plan_task(step, &symbols, set).map_err(step_error))
+        .collect::<Result<_, _>>()?;
+    Ok(StepPlan {
+        name: step.name.clone(),
+        depends_on: step.dependencies.iter().flatten().map(|d| d.depends_on.clone()).collect(),
+        host_requirements: step.host_requirements.clone(),
+        tasks,
+    })
+}
+
+fn plan_task(
+    step: &Step,
+    step_symbols: &openjd_expr::SymbolTable,
+    set: &openjd_model::TaskParameterSet,
+) -> Result<TaskPlan, String> {
+    let mut symbols = step_symbols.clone();
+    let mut parameters = BTreeMap::new();
+    let mut frames = Vec::new();
+    for (name, value) in set {
+        symbols.set(&format!("Task.Param.{name}"), value.value.clone()).map_err(|e| e.to_string())?;
+        symbols.set(&format!("Task.RawParam.{name}"), value.value.clone()).map_err(|e| e.to_string())?;
+        let text = value.value.to_display_string();
+        if name == FRAME_PARAMETER {
+            frames = parse_frame_list(&text).map_err(|e| e.to_string())?;
+        }
+        parameters.insert(name.clone(), text);
+    }
+    let action = &step.script.actions.on_run;
+    let options = FormatStringOptions::new();
+    let command = action.command.resolve_string_with(&symbols, &options).map_err(|e| e.to_string())?;
+    let mut args = action
+        .args
+        .iter()
+        .flatten()
+        .map(|arg| arg.resolve_string_with(&symbols, &options).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if command == "blender" {
+        rewrite_blender_frames(&mut args, &frames);
+    }
+    Ok(TaskPlan { command, args, frames, parameters })
+}
+
+/// OpenJD writes a chunk as "1-4"; Blender's `-f` reads "1..4", and would take
+/// "1-4" as a negative offset.
+fn rewrite_blender_frames(args: &mut [String], frames: &[i64]) {
+    if frames.is_empty() {
+        return;
+    }
+    for i in 1..args.len() {
+        if matches!(args[i - 1].as_str(), "-f" | "--render-frame") {
+            if let Ok(listed) = parse_frame_list(&args[i]) {
+                args[i] = blender_frame_arg(&listed);
+            }
+        }
+    }
+}

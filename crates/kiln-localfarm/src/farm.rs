@@ -1,0 +1,589 @@
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln_discovery::{Discovery, DiscoveryArgs, Endpoint, service};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::time::Instant;
+
+use crate::binary::locate_binary;
+use crate::error::{LocalFarmError, Result};
+use crate::etcd::Etcd;
+use crate::fs::absolute;
+use crate::garage::{BUCKET, Garage, REGION};
+use crate::log_tail::TAIL_LINES;
+use crate::postgres::Postgres;
+use crate::process::ServiceProcess;
+use crate::wait::POLL_INTERVAL;
+
+/// The key prefix every farm process uses; each farm has its own etcd.
+pub const ETCD_PREFIX: &str = "/kiln";
+/// Default time each start-up stage (a service registering) may take.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Configures a [`Farm`]; made by [`Farm::builder`].
+#[derive(Debug, Clone)]
+pub struct FarmBuilder {
+    dir: PathBuf,
+    workers: usize,
+    s3: bool,
+    gateway_grpc_port: u16,
+    gateway_http_port: u16,
+    worker_gpus: Vec<u32>,
+    env: Vec<(OsString, OsString)>,
+    startup_timeout: Duration,
+}
+
+impl FarmBuilder {
+    /// Number of workers to start (default 2).
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = count;
+        self
+    }
+
+    /// Store assets in a private Garage S3 server instead of a local
+    /// directory (default: local directory).
+    pub fn s3(mut self, enabled: bool) -> Self {
+        self.s3 = enabled;
+        self
+    }
+
+    /// Fixed ports for the gateway's gRPC and REST listeners on 127.0.0.1;
+    /// 0 (the default) lets the system pick.
+    pub fn gateway_ports(mut self, grpc: u16, http: u16) -> Self {
+        self.gateway_grpc_port = grpc;
+        self.gateway_http_port = http;
+        self
+    }
+
+    /// GPUs each worker advertises, by worker index (`--gpus`); workers past
+    /// the end of the list are started without the flag.
+    pub fn worker_gpus(mut self, gpus: Vec<u32>) -> Self {
+        self.worker_gpus = gpus;
+        self
+    }
+
+    /// An environment variable for every Kiln service of the farm, e.g.
+    /// `("KILN_LEASE_TTL", "3")` so dead workers vanish from etcd sooner, or
+    /// `("KILN_LOG", "debug")`.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// How long each start-up stage may take (default 90 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Starts Postgres, etcd, Garage (with [`FarmBuilder::s3`]), then the
+    /// assets service, the scheduler, the gateway and the workers, each as
+    /// its own process, and returns once every one of them is registered in
+    /// etcd. Whatever started is stopped again if a later step fails.
+    pub async fn start(self) -> Result<Farm> {
+        let layout = Layout::new(&self.dir)?;
+        let lock = lock_dir(&layout.dir)?;
+        let mut postgres = Postgres::new(layout.dir.join("postgres"), layout.log("postgres"))?;
+        let mut etcd = Etcd::new(layout.dir.join("etcd"), layout.log("etcd"))?;
+        let mut garage = match self.s3 {
+            true => Some(Garage::new(
+                layout.dir.join("garage"),
+                layout.log("garage"),
+            )?),
+            false => None,
+        };
+        tokio::try_join!(postgres.start(), etcd.start(), async {
+            match garage.as_mut() {
+                Some(garage) => garage.start().await,
+                None => Ok(()),
+            }
+        })?;
+        let discovery = connect_discovery(&etcd.url()).await?;
+        let mut farm = Farm {
+            workers: Vec::new(),
+            gateway: None,
+            scheduler: None,
+            assets: None,
+            garage,
+            etcd,
+            postgres,
+            discovery,
+            gateway_endpoint: None,
+            layout,
+            config: self,
+            _lock: lock,
+        };
+        farm.start_services().await?;
+        Ok(farm)
+    }
+}
+
+/// Where a farm keeps its files.
+#[derive(Debug, Clone)]
+struct Layout {
+    dir: PathBuf,
+    logs: PathBuf,
+}
+
+impl Layout {
+    fn new(dir: &Path) -> Result<Self> {
+        let dir = absolute(dir)?;
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| LocalFarmError::io(&logs, e))?;
+        Ok(Self { dir, logs })
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+}
+
+/// A whole Kiln farm of real processes on 127.0.0.1, for `kiln dev` and
+/// end-to-end tests.
+///
+/// Everything lives under one directory: `postgres/` (kept across runs, so
+/// jobs survive), `etcd/`, `assets/` or `garage/`, `workers/<id>/` and
+/// `logs/<process>.log`. Dropping a farm kills its services at once and
+/// stops Postgres; [`Farm::shutdown`] stops everything gracefully instead.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), kiln_localfarm::LocalFarmError> {
+/// let dir = std::path::Path::new("/tmp/farm");
+/// let mut farm = kiln_localfarm::Farm::builder(dir).workers(2).start().await?;
+/// let gateway = farm.gateway_url(); // connect a tonic channel here
+/// farm.worker_mut(0).expect("two workers").kill().await?;
+/// farm.wait_for_instances(kiln_discovery::service::WORKER, 1, std::time::Duration::from_secs(30)).await?;
+/// farm.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub struct Farm {
+    // Fields drop in declaration order: services before what they depend on.
+    workers: Vec<ServiceProcess>,
+    gateway: Option<ServiceProcess>,
+    scheduler: Option<ServiceProcess>,
+    assets: Option<ServiceProcess>,
+    garage: Option<Garage>,
+    etcd: Etcd,
+    postgres: Postgres,
+    discovery: Discovery,
+    gateway_endpoint: Option<Endpoint>,
+    layout: Layout,
+    config: FarmBuilder,
+    _lock: Flock<File>,
+}
+
+impl Farm {
+    /// A builder for a farm living in `dir` (created if missing).
+    pub fn builder(dir: impl Into<PathBuf>) -> FarmBuilder {
+        FarmBuilder {
+            dir: dir.into(),
+            workers: 2,
+            s3: false,
+            gateway_grpc_port: 0,
+            gateway_http_port: 0,
+            worker_gpus: Vec::new(),
+            env: Vec::new(),
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+        }
+    }
+
+    async fn start_services(&mut self) -> Result<()> {
+        let assets =
+            self.with_assets_env(self.service("assets", "assets")?.args(self.assets_args()));
+        let assets = self.assets.insert(assets);
+        start_and_register(
+            &self.discovery,
+            service::ASSETS,
+            assets,
+            self.config.startup_timeout,
+        )
+        .await?;
+
+        let scheduler = self
+            .service("scheduler", "scheduler")?
+            .arg("--database-url")
+            .arg(self.postgres.url());
+        let scheduler = self.scheduler.insert(scheduler);
+        start_and_register(
+            &self.discovery,
+            service::SCHEDULER,
+            scheduler,
+            self.config.startup_timeout,
+        )
+        .await?;
+
+        let gateway = self
+            .service("gateway", "gateway")?
+            .args(self.gateway_args());
+        let gateway = self.gateway.insert(gateway);
+        let endpoint = start_and_register(
+            &self.discovery,
+            service::GATEWAY,
+            gateway,
+            self.config.startup_timeout,
+        )
+        .await?;
+        self.gateway_endpoint = Some(endpoint);
+
+        for _ in 0..self.config.workers {
+            self.add_worker().await?;
+        }
+        tracing::info!(
+            gateway = %self.gateway_url(),
+            workers = self.workers.len(),
+            dir = %self.layout.dir.display(),
+            "farm ready"
+        );
+        Ok(())
+    }
+
+    /// A process `name` running the Kiln service `kind` (binary
+    /// `kiln-<kind>`), pointed at this farm's etcd.
+    fn service(&self, kind: &str, name: &str) -> Result<ServiceProcess> {
+        let binary = locate_binary(&format!("kiln-{kind}"))?;
+        let mut process = ServiceProcess::new(name, binary, self.layout.log(name)).args([
+            "--etcd",
+            &self.etcd.url(),
+            "--etcd-prefix",
+            ETCD_PREFIX,
+        ]);
+        for (key, value) in &self.config.env {
+            process = process.env(key, value);
+        }
+        Ok(process)
+    }
+
+    fn assets_args(&self) -> Vec<OsString> {
+        match &self.garage {
+            Some(garage) => [
+                "--backend",
+                "s3",
+                "--s3-endpoint",
+                &garage.endpoint(),
+                "--s3-bucket",
+                BUCKET,
+                "--s3-region",
+                REGION,
+                "--s3-access-key",
+                garage.access_key(),
+            ]
+            .into_iter()
+            .map(OsString::from)
+            .collect(),
+            None => vec![
+                "--backend".into(),
+                "local".into(),
+                "--data-dir".into(),
+                self.layout.dir.join("assets").into(),
+            ],
+        }
+    }
+
+    fn with_assets_env(&self, process: ServiceProcess) -> ServiceProcess {
+        match &self.garage {
+            Some(garage) => process.env("KILN_S3_SECRET_KEY", garage.secret_key()),
+            None => process,
+        }
+    }
+
+    fn gateway_args(&self) -> Vec<String> {
+        vec![
+            "--grpc-listen".to_owned(),
+            format!("127.0.0.1:{}", self.config.gateway_grpc_port),
+            "--http-listen".to_owned(),
+            format!("127.0.0.1:{}", self.config.gateway_http_port),
+        ]
+    }
+
+    /// Starts one more worker (`worker-<index>`, GPUs from
+    /// [`FarmBuilder::worker_gpus`]) and waits until it is registered;
+    /// returns its index for [`Farm::worker_mut`].
+    pub async fn add_worker(&mut self) -> Result<usize> {
+        let index = self.workers.len();
+        let id = worker_id(index);
+        let work_dir = self.layout.dir.join("workers").join(&id);
+        let mut worker = self
+            .service("worker", &id)?
+            .args(["--worker-id", &id, "--work-dir"])
+            .arg(&work_dir);
+        if let Some(gpus) = self.config.worker_gpus.get(index) {
+            worker = worker.args(["--gpus", &gpus.to_string()]);
+        }
+        self.workers.push(worker);
+        let worker = &mut self.workers[index];
+        start_and_register(
+            &self.discovery,
+            service::WORKER,
+            worker,
+            self.config.startup_timeout,
+        )
+        .await?;
+        Ok(index)
+    }
+
+    /// Restarts the gateway (SIGTERM, then start) and learns its new address,
+    /// which changes unless [`FarmBuilder::gateway_ports`] fixed it.
+    pub async fn restart_gateway(&mut self) -> Result<()> {
+        let Some(gateway) = self.gateway.as_mut() else {
+            return Err(LocalFarmError::NotRunning {
+                name: "gateway".to_owned(),
+            });
+        };
+        gateway.terminate().await?;
+        let endpoint = start_and_register(
+            &self.discovery,
+            service::GATEWAY,
+            gateway,
+            self.config.startup_timeout,
+        )
+        .await?;
+        self.gateway_endpoint = Some(endpoint);
+        Ok(())
+    }
+
+    /// Waits until exactly `count` instances of `service` (see
+    /// [`kiln_discovery::service`]) are registered, e.g. until a killed
+    /// worker's lease has expired; returns them.
+    pub async fn wait_for_instances(
+        &self,
+        service: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Endpoint>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.discovery.find(service).await?;
+            if found.len() == count {
+                return Ok(found);
+            }
+            if Instant::now() >= deadline {
+                return Err(LocalFarmError::NotReady {
+                    name: service.to_owned(),
+                    what: format!("{count} registered instances, found {}", found.len()),
+                    waited: timeout,
+                    log: self.layout.logs.clone(),
+                    tail: String::new(),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Processes (services, etcd, Garage) that died since the last call,
+    /// each with the end of its log; a supervisor polls this to notice crashes.
+    pub fn take_exits(&mut self) -> Vec<LocalFarmError> {
+        let services = self.workers.iter_mut().chain(
+            [&mut self.gateway, &mut self.scheduler, &mut self.assets]
+                .into_iter()
+                .flatten(),
+        );
+        let infrastructure = std::iter::once(self.etcd.process_mut())
+            .chain(self.garage.as_mut().map(Garage::process_mut));
+        services
+            .chain(infrastructure)
+            .filter_map(ServiceProcess::take_exit)
+            .collect()
+    }
+
+    /// Stops everything in reverse start order: workers, gateway, scheduler
+    /// and assets get SIGTERM (SIGKILL after 10 s), then Garage, etcd and
+    /// Postgres stop. Keeps going past failures and returns the first one.
+    pub async fn shutdown(&mut self) -> Result<()> {
+        let mut first_error = None;
+        let mut note = |result: Result<()>| {
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "shutdown step failed");
+                first_error.get_or_insert(err);
+            }
+        };
+        let workers =
+            futures::future::join_all(self.workers.iter_mut().map(ServiceProcess::terminate)).await;
+        workers.into_iter().for_each(&mut note);
+        for process in [&mut self.gateway, &mut self.scheduler, &mut self.assets]
+            .into_iter()
+            .flatten()
+        {
+            note(process.terminate().await);
+        }
+        if let Some(garage) = self.garage.as_mut() {
+            note(garage.stop().await);
+        }
+        note(self.etcd.stop().await);
+        note(self.postgres.stop().await);
+        tracing::info!(dir = %self.layout.dir.display(), "farm stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The farm's directory.
+    pub fn dir(&self) -> &Path {
+        &self.layout.dir
+    }
+
+    /// The directory holding every process's log, `<dir>/logs`.
+    pub fn log_dir(&self) -> &Path {
+        &self.layout.logs
+    }
+
+    /// The gateway's gRPC address as `127.0.0.1:PORT`.
+    pub fn gateway_grpc_addr(&self) -> &str {
+        self.gateway_endpoint
+            .as_ref()
+            .map_or("", |e| e.grpc.as_str())
+    }
+
+    /// The gateway's gRPC URL, `http://127.0.0.1:PORT`, for a tonic channel.
+    pub fn gateway_url(&self) -> String {
+        format!("http://{}", self.gateway_grpc_addr())
+    }
+
+    /// The gateway's REST base URL, `http://127.0.0.1:PORT`.
+    pub fn gateway_http_url(&self) -> String {
+        let http = self
+            .gateway_endpoint
+            .as_ref()
+            .and_then(|e| e.http.as_deref())
+            .unwrap_or("");
+        format!("http://{http}")
+    }
+
+    /// The etcd client URL.
+    pub fn etcd_url(&self) -> String {
+        self.etcd.url()
+    }
+
+    /// The scheduler's database, `postgres://postgres@127.0.0.1:PORT/kiln`.
+    pub fn database_url(&self) -> String {
+        self.postgres.url()
+    }
+
+    /// The Garage S3 endpoint, when the farm uses S3.
+    pub fn s3_endpoint(&self) -> Option<String> {
+        self.garage.as_ref().map(Garage::endpoint)
+    }
+
+    /// A discovery client on the farm's etcd (prefix [`ETCD_PREFIX`]).
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// The scheduler process, e.g. to kill and restart it.
+    pub fn scheduler_mut(&mut self) -> Option<&mut ServiceProcess> {
+        self.scheduler.as_mut()
+    }
+
+    /// The assets service process.
+    pub fn assets_mut(&mut self) -> Option<&mut ServiceProcess> {
+        self.assets.as_mut()
+    }
+
+    /// The gateway process; prefer [`Farm::restart_gateway`] to restart it.
+    pub fn gateway_mut(&mut self) -> Option<&mut ServiceProcess> {
+        self.gateway.as_mut()
+    }
+
+    /// Worker number `index` (from 0, in start order), if there is one.
+    pub fn worker_mut(&mut self, index: usize) -> Option<&mut ServiceProcess> {
+        self.workers.get_mut(index)
+    }
+
+    /// Every worker process, in start order.
+    pub fn workers_mut(&mut self) -> &mut [ServiceProcess] {
+        &mut self.workers
+    }
+
+    /// How many workers were started (running or not).
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The Postgres cluster, e.g. to restart it.
+    pub fn postgres_mut(&mut self) -> &mut Postgres {
+        &mut self.postgres
+    }
+
+    /// The etcd server, e.g. to stop it in an outage test.
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+
+    /// The Garage server, when the farm uses S3.
+    pub fn garage_mut(&mut self) -> Option<&mut Garage> {
+        self.garage.as_mut()
+    }
+}
+
+/// The `--worker-id` of worker number `index`: `worker-<index>`.
+pub fn worker_id(index: usize) -> String {
+    format!("worker-{index}")
+}
+
+/// Starts `process` and waits until a `service` instance that was not
+/// registered before shows up in etcd; returns that instance.
+async fn start_and_register(
+    discovery: &Discovery,
+    service: &str,
+    process: &mut ServiceProcess,
+    timeout: Duration,
+) -> Result<Endpoint> {
+    let known: HashSet<String> = discovery
+        .find(service)
+        .await?
+        .into_iter()
+        .map(|e| e.instance)
+        .collect();
+    process.start()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let fresh = discovery
+            .find(service)
+            .await?
+            .into_iter()
+            .find(|e| !known.contains(&e.instance));
+        if let Some(endpoint) = fresh {
+            tracing::info!(process = process.name(), grpc = %endpoint.grpc, "service registered");
+            return Ok(endpoint);
+        }
+        process.check_running()?;
+        if Instant::now() >= deadline {
+            return Err(LocalFarmError::NotReady {
+                name: process.name().to_owned(),
+                what: format!("registered in etcd as a {service}"),
+                waited: timeout,
+                log: process.log_path().to_path_buf(),
+                tail: process.log_tail(TAIL_LINES),
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+async fn connect_discovery(etcd_url: &str) -> Result<Discovery> {
+    let args = DiscoveryArgs {
+        etcd_endpoints: vec![etcd_url.to_owned()],
+        etcd_prefix: ETCD_PREFIX.to_owned(),
+        lease_ttl: 10,
+    };
+    Ok(Discovery::connect(&args, Duration::from_secs(10)).await?)
+}
+
+/// Holds `<dir>/farm.lock` so two farms never share a directory (they would
+/// fight over its Postgres cluster).
+fn lock_dir(dir: &Path) -> Result<Flock<File>> {
+    let path = dir.join("farm.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LocalFarmError::io(&path, e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => LocalFarmError::Locked {
+            dir: dir.to_path_buf(),
+            lock: path.clone(),
+        },
+        other => LocalFarmError::io(&path, other.into()),
+    })
+}

@@ -1,0 +1,229 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{LocalFarmError, Result};
+use crate::fs::{absolute, write_private};
+use crate::ports::{accepts_tcp, free_port};
+use crate::process::ServiceProcess;
+use crate::wait::wait_ready;
+
+/// The bucket Garage creates at start-up.
+pub const BUCKET: &str = "kiln";
+/// The S3 region Garage answers for.
+pub const REGION: &str = "garage";
+/// How long Garage has to serve S3 after it is started.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on the answer read from the S3 port while probing it.
+const PROBE_READ_LIMIT: u64 = 1024;
+
+/// S3 credentials and the cluster secret of one Garage data directory.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct GarageCredentials {
+    pub access_key: String,
+    pub secret_key: String,
+    rpc_secret: String,
+}
+
+impl std::fmt::Debug for GarageCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GarageCredentials")
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A single-node Garage S3 server with one bucket, [`BUCKET`].
+///
+/// The binary comes from `KILN_GARAGE_BIN`, else
+/// `$HOME/.cache/kiln/garage/bin/garage`, else `PATH`. Credentials are
+/// random, made the first time a directory is used and kept beside the data
+/// (`credentials.json`, mode 0600): Garage refuses to start with a different
+/// secret for a key it already knows.
+pub struct Garage {
+    process: ServiceProcess,
+    dir: PathBuf,
+    s3_port: u16,
+    credentials: GarageCredentials,
+}
+
+impl Garage {
+    /// Writes `garage.toml` into `dir` (data and metadata go under it too),
+    /// with output appended to `log`; nothing runs until [`Garage::start`].
+    pub fn new(dir: impl AsRef<Path>, log: impl AsRef<Path>) -> Result<Self> {
+        let dir = absolute(dir.as_ref())?;
+        std::fs::create_dir_all(&dir).map_err(|e| LocalFarmError::io(&dir, e))?;
+        let credentials = load_or_create_credentials(&dir.join("credentials.json"))?;
+        let s3_port = free_port()?;
+        let config = dir.join("garage.toml");
+        write_private(
+            &config,
+            render_config(&dir, free_port()?, s3_port, &credentials).as_bytes(),
+        )?;
+        let process = ServiceProcess::new("garage", garage_binary()?, absolute(log.as_ref())?)
+            .arg("-c")
+            .arg(&config)
+            .args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_DEFAULT_ACCESS_KEY", &credentials.access_key)
+            .env("GARAGE_DEFAULT_SECRET_KEY", &credentials.secret_key)
+            .env("GARAGE_DEFAULT_BUCKET", BUCKET);
+        Ok(Self {
+            process,
+            dir,
+            s3_port,
+            credentials,
+        })
+    }
+
+    /// The S3 endpoint, e.g. `http://127.0.0.1:39001`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The S3 access key id.
+    pub fn access_key(&self) -> &str {
+        &self.credentials.access_key
+    }
+
+    /// The S3 secret key.
+    pub fn secret_key(&self) -> &str {
+        &self.credentials.secret_key
+    }
+
+    /// The directory holding the config, data and metadata.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The garage process, e.g. to kill it in an outage test.
+    pub fn process_mut(&mut self) -> &mut ServiceProcess {
+        &mut self.process
+    }
+
+    /// Starts Garage and waits until its S3 API answers HTTP; the bucket is
+    /// created before the API starts serving.
+    pub async fn start(&mut self) -> Result<()> {
+        self.process.start()?;
+        let port = self.s3_port;
+        wait_ready(
+            &mut self.process,
+            "answering S3 requests",
+            READY_TIMEOUT,
+            || answers_http(port),
+        )
+        .await?;
+        tracing::info!(endpoint = %self.endpoint(), bucket = BUCKET, "garage ready");
+        Ok(())
+    }
+
+    /// Stops Garage gracefully.
+    pub async fn stop(&mut self) -> Result<()> {
+        self.process.terminate().await
+    }
+}
+
+fn garage_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("KILN_GARAGE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let cached = PathBuf::from(home).join(".cache/kiln/garage/bin/garage");
+        if cached.is_file() {
+            return Ok(cached);
+        }
+    }
+    crate::binary::find_on_path("garage").map_err(|_| LocalFarmError::BinaryNotFound {
+        name: "garage".to_owned(),
+        searched: "KILN_GARAGE_BIN, $HOME/.cache/kiln/garage/bin, PATH".to_owned(),
+        hint: "build it with `cargo install --locked garage --version 2.5.0 --root ~/.cache/kiln/garage` or set KILN_GARAGE_BIN",
+    })
+}
+
+fn load_or_create_credentials(path: &Path) -> Result<GarageCredentials> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| LocalFarmError::Credentials {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let credentials = GarageCredentials {
+                access_key: format!("GK{}", random_hex(12)),
+                secret_key: random_hex(32),
+                rpc_secret: random_hex(32),
+            };
+            let json = serde_json::to_vec_pretty(&credentials).map_err(|source| {
+                LocalFarmError::Credentials {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            write_private(path, &json)?;
+            Ok(credentials)
+        }
+        Err(err) => Err(LocalFarmError::io(path, err)),
+    }
+}
+
+/// `bytes` random bytes as lowercase hex.
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    rand::fill(buffer.as_mut_slice());
+    hex::encode(buffer)
+}
+
+fn render_config(
+    dir: &Path,
+    rpc_port: u16,
+    s3_port: u16,
+    credentials: &GarageCredentials,
+) -> String {
+    format!(
+        r#"metadata_dir = {meta}
+data_dir = {data}
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc_port}"
+rpc_public_addr = "127.0.0.1:{rpc_port}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{REGION}"
+api_bind_addr = "127.0.0.1:{s3_port}"
+"#,
+        meta = toml_string(&dir.join("meta")),
+        data = toml_string(&dir.join("data")),
+        secret = credentials.rpc_secret,
+    )
+}
+
+/// A TOML basic string; JSON's escaping is a subset TOML accepts.
+fn toml_string(path: &Path) -> String {
+    serde_json::Value::String(path.display().to_string()).to_string()
+}
+
+/// Whether the S3 port accepts a connection and answers an HTTP request
+/// with any status (an anonymous request is refused, which is fine).
+async fn answers_http(port: u16) -> bool {
+    if !accepts_tcp(port).await {
+        return false;
+    }
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let request = format!(
+            "GET /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream
+            .take(PROBE_READ_LIMIT)
+            .read_to_end(&mut answer)
+            .await?;
+        Ok::<_, std::io::Error>(answer.starts_with(b"HTTP/1."))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(true))
+    )
+}

@@ -1,0 +1,33 @@
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// Lines of a log shown in errors.
+pub const TAIL_LINES: usize = 20;
+/// Bytes read from the end of a log to find those lines.
+const TAIL_BYTES: u64 = 16 * 1024;
+
+/// The last `lines` lines of the file at `path`, or a note saying why there are none.
+pub fn tail(path: &Path, lines: usize) -> String {
+    match read_end(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            let tail = all[start..].join("\n");
+            if tail.trim().is_empty() {
+                "(log is empty)".to_owned()
+            } else {
+                tail
+            }
+        }
+        Err(err) => format!("(cannot read log: {err})"),
+    }
+}
+
+fn read_end(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+    let mut bytes = Vec::new();
+    file.take(TAIL_BYTES).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}

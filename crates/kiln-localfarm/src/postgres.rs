@@ -1,0 +1,402 @@
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use nix::unistd::{User, geteuid};
+use tokio::time::Instant;
+
+use crate::error::{LocalFarmError, Result};
+use crate::fs::{absolute, chown_to, create_dirs, touch};
+use crate::log_tail::{TAIL_LINES, tail};
+use crate::ports::free_port;
+use crate::wait::POLL_INTERVAL;
+
+/// Where Debian puts PostgreSQL 15's server binaries; `KILN_POSTGRES_BIN_DIR` overrides it.
+pub const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+/// The database Kiln's scheduler uses.
+pub const DATABASE: &str = "kiln";
+/// The superuser created by initdb; auth is `trust` on 127.0.0.1 only.
+const SUPERUSER: &str = "postgres";
+/// Bound on each pg tool invocation (initdb, pg_ctl, psql).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a started server has to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest unix socket path the kernel accepts, minus room for `.s.PGSQL.NNNNN`.
+const MAX_SOCKET_DIR_LEN: usize = 90;
+/// Bound on the tool output quoted in errors.
+const MAX_ERROR_OUTPUT: usize = 2000;
+
+/// A private PostgreSQL cluster run from the system's binaries.
+///
+/// The data directory survives restarts and is reused when it already holds
+/// a cluster, so data written earlier is still there. The server listens on
+/// 127.0.0.1 only, on a port chosen once when this value is created and kept
+/// across [`Postgres::restart`]. It is stopped when this value is dropped.
+///
+/// PostgreSQL refuses to run as root; when this process is root, the server
+/// and initdb run as the `postgres` system user, which gets ownership of the
+/// data directory and the log file.
+pub struct Postgres {
+    data_dir: PathBuf,
+    log: PathBuf,
+    port: u16,
+    bin_dir: PathBuf,
+    run_as: Option<User>,
+    running: bool,
+}
+
+impl Postgres {
+    /// Prepares a cluster in `data_dir` whose server log goes to `log`;
+    /// nothing runs until [`Postgres::start`].
+    pub fn new(data_dir: impl AsRef<Path>, log: impl AsRef<Path>) -> Result<Self> {
+        let bin_dir = std::env::var_os("KILN_POSTGRES_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR));
+        let run_as = if geteuid().is_root() {
+            Some(postgres_user()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            data_dir: absolute(data_dir.as_ref())?,
+            log: absolute(log.as_ref())?,
+            port: free_port()?,
+            bin_dir,
+            run_as,
+            running: false,
+        })
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/kiln`
+    pub fn url(&self) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    /// The TCP port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The directory the PostgreSQL programs (psql, pg_dump, ...) are taken from.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether [`Postgres::start`] succeeded and no stop followed.
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Creates the cluster if needed, starts the server, waits until it
+    /// accepts connections and creates the `kiln` database if it is missing.
+    /// Does nothing if this value already started it.
+    pub async fn start(&mut self) -> Result<()> {
+        if self.running {
+            return Ok(());
+        }
+        self.prepare_dirs().await?;
+        if !self.data_dir.join("PG_VERSION").exists() {
+            self.initdb().await?;
+        }
+        self.stop_stale_server().await?;
+        self.run_ok("pg_ctl", true, self.start_args()).await?;
+        self.running = true;
+        self.wait_accepting().await?;
+        self.ensure_database().await?;
+        tracing::info!(port = self.port, data_dir = %self.data_dir.display(), "postgres ready");
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: open transactions are rolled back).
+    pub async fn stop(&mut self) -> Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        self.run_ok("pg_ctl", true, self.stop_args()).await?;
+        self.running = false;
+        tracing::info!(port = self.port, "postgres stopped");
+        Ok(())
+    }
+
+    /// Stops and starts the server on the same port, keeping its data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.start().await
+    }
+
+    async fn prepare_dirs(&self) -> Result<()> {
+        let created = create_dirs(&self.data_dir)?;
+        touch(&self.log)?;
+        let Some(user) = &self.run_as else {
+            return Ok(());
+        };
+        for dir in created.iter().chain([&self.data_dir]) {
+            chown_to(dir, user)?;
+        }
+        chown_to(&self.log, user)?;
+        let mut probe = self.as_owner("test");
+        probe.arg("-w").arg(&self.data_dir).current_dir("/");
+        let mut probe = tokio::process::Command::from(probe);
+        probe.kill_on_drop(true);
+        match tokio::time::timeout(COMMAND_TIMEOUT, probe.status()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            _ => Err(LocalFarmError::PostgresCannotReach {
+                path: self.data_dir.clone(),
+            }),
+        }
+    }
+
+    async fn initdb(&self) -> Result<()> {
+        tracing::info!(data_dir = %self.data_dir.display(), "creating postgres cluster");
+        let args: Vec<OsString> = vec![
+            "-D".into(),
+            self.data_dir.clone().into(),
+            "-U".into(),
+            SUPERUSER.into(),
+            "--auth=trust".into(),
+            "--encoding=UTF8".into(),
+            "--locale=C".into(),
+        ];
+        self.run_ok("initdb", true, args).await.map(drop)
+    }
+
+    /// A server left running by a farm that was killed would hold the data
+    /// directory; the farm's lock guarantees it is not a live farm's.
+    async fn stop_stale_server(&self) -> Result<()> {
+        let status_args = vec!["status".into(), "-D".into(), self.data_dir.clone().into()];
+        let output = self.run("pg_ctl", true, status_args).await?;
+        if output.status.success() {
+            tracing::warn!(data_dir = %self.data_dir.display(), "stopping a postgres server left running earlier");
+            self.run_ok("pg_ctl", true, self.stop_args()).await?;
+        }
+        Ok(())
+    }
+
+    fn start_args(&self) -> Vec<OsString> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            shell_quote(&self.socket_dir())
+        );
+        vec![
+            "start".into(),
+            "-w".into(),
+            "-t".into(),
+            "60".into(),
+            "-D".into(),
+            self.data_dir.clone().into(),
+            "-l".into(),
+            self.log.clone().into(),
+            "-o".into(),
+            options.into(),
+        ]
+    }
+
+    fn stop_args(&self) -> Vec<OsString> {
+        ["stop", "-w", "-t", "60", "-m", "fast", "-D"]
+            .into_iter()
+            .map(OsString::from)
+            .chain([self.data_dir.clone().into()])
+            .collect()
+    }
+
+    /// The socket lives in the data directory unless that path is too long
+    /// for a unix socket; then there is no socket and clients use TCP.
+    fn socket_dir(&self) -> String {
+        let dir = self.data_dir.display().to_string();
+        if dir.len() <= MAX_SOCKET_DIR_LEN {
+            dir
+        } else {
+            String::new()
+        }
+    }
+
+    async fn wait_accepting(&self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let output = self
+                .run("pg_isready", false, self.connection_args("postgres"))
+                .await?;
+            if output.status.success() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LocalFarmError::NotReady {
+                    name: "postgres".to_owned(),
+                    what: format!("accepting connections on 127.0.0.1:{}", self.port),
+                    waited: READY_TIMEOUT,
+                    log: self.log.clone(),
+                    tail: tail(&self.log, TAIL_LINES),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn ensure_database(&self) -> Result<()> {
+        let mut query = self.connection_args("postgres");
+        query.extend([
+            "-tAc".into(),
+            format!("SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").into(),
+        ]);
+        let output = self.run_ok("psql", false, query).await?;
+        if String::from_utf8_lossy(&output.stdout).trim() == "1" {
+            return Ok(());
+        }
+        let mut create = self.connection_args_without_db();
+        create.push(DATABASE.into());
+        self.run_ok("createdb", false, create).await?;
+        tracing::info!(database = DATABASE, "created database");
+        Ok(())
+    }
+
+    fn connection_args(&self, database: &str) -> Vec<OsString> {
+        let mut args = self.connection_args_without_db();
+        args.extend(["-d".into(), database.into()]);
+        args
+    }
+
+    fn connection_args_without_db(&self) -> Vec<OsString> {
+        vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string().into(),
+            "-U".into(),
+            SUPERUSER.into(),
+        ]
+    }
+
+    /// A pg tool invocation; `as_owner` tools run as the cluster's owner.
+    fn command(&self, tool: &str, as_owner: bool) -> std::process::Command {
+        let program = self.bin_dir.join(tool);
+        let mut command = if as_owner {
+            self.as_owner(program)
+        } else {
+            std::process::Command::new(program)
+        };
+        // The owner may not be allowed into our working directory.
+        command.current_dir("/");
+        command
+    }
+
+    /// `program` run as the cluster's owner: through runuser when we are root.
+    fn as_owner(&self, program: impl AsRef<OsStr>) -> std::process::Command {
+        match &self.run_as {
+            Some(user) => {
+                let mut command = std::process::Command::new("runuser");
+                command.args(["-u", &user.name, "--"]).arg(program);
+                command
+            }
+            None => std::process::Command::new(program),
+        }
+    }
+
+    async fn run(&self, tool: &str, as_owner: bool, args: Vec<OsString>) -> Result<Output> {
+        let mut command = tokio::process::Command::from(self.command(tool, as_owner));
+        command.args(&args).kill_on_drop(true);
+        let described = describe(tool, &args);
+        match tokio::time::timeout(COMMAND_TIMEOUT, command.output()).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(source)) => Err(LocalFarmError::Spawn {
+                name: "postgres".to_owned(),
+                program: self.bin_dir.join(tool),
+                source,
+            }),
+            Err(_) => Err(LocalFarmError::Command {
+                name: "postgres".to_owned(),
+                command: described,
+                status: format!("no answer after {COMMAND_TIMEOUT:?}"),
+                output: tail(&self.log, TAIL_LINES),
+            }),
+        }
+    }
+
+    async fn run_ok(&self, tool: &str, as_owner: bool, args: Vec<OsString>) -> Result<Output> {
+        let described = describe(tool, &args);
+        let output = self.run(tool, as_owner, args).await?;
+        if output.status.success() {
+            return Ok(output);
+        }
+        Err(LocalFarmError::Command {
+            name: "postgres".to_owned(),
+            command: described,
+            status: output.status.to_string(),
+            output: format!(
+                "{}\n--- last lines of {} ---\n{}",
+                combined_output(&output),
+                self.log.display(),
+                tail(&self.log, TAIL_LINES)
+            ),
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if !self.running {
+            return;
+        }
+        // Drop cannot await; a fast shutdown takes well under a second.
+        let result = self.command("pg_ctl", true).args(self.stop_args()).output();
+        if let Err(err) = result {
+            tracing::warn!(error = %err, data_dir = %self.data_dir.display(), "cannot stop postgres");
+        }
+    }
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("data_dir", &self.data_dir)
+            .field("port", &self.port)
+            .field("running", &self.running)
+            .finish()
+    }
+}
+
+fn postgres_user() -> Result<User> {
+    match User::from_name(SUPERUSER) {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err(LocalFarmError::NoPostgresUser("no such user".to_owned())),
+        Err(err) => Err(LocalFarmError::NoPostgresUser(err.to_string())),
+    }
+}
+
+fn describe(tool: &str, args: &[OsString]) -> String {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("{tool} {}", args.join(" "))
+}
+
+fn combined_output(output: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = text.trim();
+    let start = text.len().saturating_sub(MAX_ERROR_OUTPUT);
+    let start = (start..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].to_owned()
+}
+
+/// Quotes `text` for the shell that pg_ctl runs the server through.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}

@@ -1,0 +1,172 @@
+//! Postgres, etcd and process supervision against the real programs.
+
+use std::process::Command;
+use std::time::Duration;
+
+use kiln_localfarm::{Etcd, LocalFarmError, Postgres, ServiceProcess};
+
+fn psql(postgres: &Postgres, sql: &str) -> String {
+    let output = Command::new(postgres.bin_dir().join("psql"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tA",
+            "-d",
+            &postgres.url(),
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn postgres_keeps_data_across_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut postgres = Postgres::new(
+        dir.path().join("pg/data"),
+        dir.path().join("logs/postgres.log"),
+    )
+    .expect("postgres");
+    postgres.start().await.expect("postgres starts");
+    assert!(
+        postgres.url().ends_with("/kiln"),
+        "url names the kiln database: {}",
+        postgres.url()
+    );
+
+    psql(
+        &postgres,
+        "CREATE TABLE kept (id int); INSERT INTO kept VALUES (42);",
+    );
+    postgres.restart().await.expect("postgres restarts");
+    assert_eq!(psql(&postgres, "SELECT id FROM kept"), "42");
+
+    // A second cluster object on the same directory reuses the data.
+    postgres.stop().await.expect("postgres stops");
+    drop(postgres);
+    let mut again = Postgres::new(
+        dir.path().join("pg/data"),
+        dir.path().join("logs/postgres.log"),
+    )
+    .expect("postgres");
+    again
+        .start()
+        .await
+        .expect("postgres starts on existing data");
+    assert_eq!(psql(&again, "SELECT id FROM kept"), "42");
+}
+
+#[tokio::test]
+async fn etcd_answers_after_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut etcd =
+        Etcd::new(dir.path().join("etcd"), dir.path().join("logs/etcd.log")).expect("etcd");
+    etcd.start().await.expect("etcd starts");
+    let mut client = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connects");
+    client.put("/kiln/probe", "1", None).await.expect("put");
+    let got = client.get("/kiln/probe", None).await.expect("get");
+    assert_eq!(got.kvs().len(), 1);
+    etcd.stop().await.expect("etcd stops");
+    assert!(!etcd.process_mut().is_running());
+}
+
+#[tokio::test]
+async fn process_that_dies_reports_its_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut process = ServiceProcess::new("doomed", "/bin/sh", dir.path().join("doomed.log"))
+        .args(["-c", "echo about to fail; echo bad config >&2; exit 3"]);
+    process.start().expect("starts");
+    let status = process
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    assert_eq!(status.code(), Some(3));
+    match process.check_running() {
+        Err(LocalFarmError::NotRunning { .. }) => {}
+        other => panic!("expected NotRunning, got {other:?}"),
+    }
+    let tail = process.log_tail(20);
+    assert!(
+        tail.contains("about to fail") && tail.contains("bad config"),
+        "log tail: {tail}"
+    );
+}
+
+#[tokio::test]
+async fn early_exit_error_names_process_and_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut process = ServiceProcess::new("crasher", "/bin/sh", dir.path().join("crasher.log"))
+        .args(["-c", "echo cannot bind port >&2; exit 1"]);
+    process.start().expect("starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        if let Err(err) = process.check_running() {
+            break err;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process never exited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("crasher") && message.contains("cannot bind port"),
+        "{message}"
+    );
+    assert!(message.contains("crasher.log"), "{message}");
+}
+
+#[tokio::test]
+async fn pause_resume_and_terminate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut process =
+        ServiceProcess::new("sleeper", "/bin/sleep", dir.path().join("sleeper.log")).arg("600");
+    process.start().expect("starts");
+    let pid = process.pid().expect("has a pid");
+    process.pause().expect("pauses");
+    wait_for_state(pid, |state| state == 'T').await;
+    process.resume().expect("resumes");
+    wait_for_state(pid, |state| state != 'T').await;
+    process.terminate().await.expect("terminates");
+    assert!(!process.is_running());
+    assert!(process.pid().is_none());
+    process.restart().await.expect("starts again");
+    assert!(process.is_running());
+    process.kill().await.expect("kills");
+    assert!(!process.is_running());
+}
+
+/// Signals arrive asynchronously; polls until the process's state matches.
+async fn wait_for_state(pid: u32, matches: impl Fn(char) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !matches(process_state(pid)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "state is still {}",
+            process_state(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The state letter of /proc/<pid>/stat (R, S, T, ...).
+fn process_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process exists");
+    let after_name = stat.rsplit_once(')').expect("stat format").1;
+    after_name
+        .trim_start()
+        .chars()
+        .next()
+        .expect("state letter")
+}

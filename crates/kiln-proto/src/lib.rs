@@ -1,0 +1,12 @@
+//! Kiln's gRPC contract, generated from `proto/kiln/v1`.
+//!
+//! Every message also has a proto3-JSON mapping (through pbjson), which the
+//! gateway's REST API uses so that REST and gRPC cannot drift apart.
+
+pub mod v1 {
+    tonic::include_proto!("kiln.v1");
+    include!(concat!(env!("OUT_DIR"), "/kiln.v1.serde.rs"));
+}
+
+/// Encoded `FileDescriptorSet` of every Kiln proto, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");

@@ -1,0 +1,102 @@
+//! What every Kiln gRPC service does the same way: bind a listener (port 0
+//! by default, so tests and `kiln dev` never race for ports), serve gRPC
+//! health and reflection beside its own services, register the bound
+//! address in etcd, and shut down gracefully on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+
+use kiln_discovery::{Discovery, Endpoint, Registration};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Discovery(#[from] kiln_discovery::DiscoveryError),
+}
+
+/// Binds `addr`; port 0 picks a free port.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServiceError> {
+    TcpListener::bind(addr).await.map_err(|source| ServiceError::Bind { addr, source })
+}
+
+/// A unique instance name: the service name, the host, and a short random suffix.
+pub fn instance_name(service: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{service}-{host}-{}", &suffix[..8])
+}
+
+/// Adds health and reflection to `routes`; every service named in
+/// `serving` is reported SERVING.
+pub async fn with_standard_services(routes: Routes, serving: &[&str]) -> Result<Routes, ServiceError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in serving {
+        reporter.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+    }
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Ok(routes.add_service(health).add_service(reflection))
+}
+
+/// Serves `routes` on `listener` until SIGTERM/Ctrl-C, registered in etcd
+/// as `service` for as long as it serves.
+pub async fn serve(
+    service: &str,
+    listener: TcpListener,
+    routes: Routes,
+    discovery: &Discovery,
+    http_addr: Option<String>,
+) -> Result<(), ServiceError> {
+    let local = listener.local_addr().map_err(|source| ServiceError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let endpoint = Endpoint { instance: instance_name(service), grpc: local.to_string(), http: http_addr };
+    let registration = discovery.register(service, endpoint).await?;
+    tracing::info!(service, addr = %local, "serving grpc");
+    let result = tonic::transport::Server::builder()
+        .trace_fn(kiln_telemetry::propagation::server_span)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .await;
+    deregister(registration).await;
+    Ok(result?)
+}
+
+async fn deregister(registration: Registration) {
+    registration.revoke().await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,29 @@
+//! Where stored files live.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::io::AsyncRead;
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::spool::Spooled;
+
+/// A stored file being read.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A content-addressed store. It is only handed complete content whose
+/// digest has been checked, so it never validates content itself.
+pub trait Backend: Send + Sync + 'static {
+    /// The size of the object, if it is stored.
+    fn stat(&self, digest: &Digest) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+
+    /// Stores a spooled upload under its digest; the spool file is consumed.
+    fn put(&self, upload: Spooled) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Opens the object for reading, if it is stored.
+    fn open(
+        &self,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<Option<ObjectReader>, Error>> + Send;
+}

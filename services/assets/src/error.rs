@@ -1,0 +1,67 @@
+use tonic::{Code, Status};
+
+/// Everything the assets service can fail at; see the `From` impl for how
+/// each reaches a gRPC caller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("malformed digest {0:?}: expected 64 lowercase hex characters")]
+    InvalidDigest(String),
+    #[error("chunk of {size} bytes exceeds the limit of {limit} bytes")]
+    ChunkTooLarge { size: usize, limit: usize },
+    #[error("upload exceeds the limit of {limit} bytes")]
+    UploadTooLarge { limit: u64 },
+    #[error("content has digest {actual} but the upload expected {expected}; nothing stored")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("no asset with digest {0}")]
+    NotFound(String),
+    #[error("upload interrupted: {}", .0.message())]
+    Interrupted(Status),
+    #[error("spool: {0}")]
+    Spool(std::io::Error),
+    #[error("local store: {0}")]
+    Local(std::io::Error),
+    #[error("reading stored asset: {0}")]
+    Read(std::io::Error),
+    #[error("s3 {operation}: {message}")]
+    S3 {
+        operation: &'static str,
+        message: String,
+    },
+    #[error("--{flag} ({env}) is required with --backend s3")]
+    MissingS3Option {
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error(transparent)]
+    Service(#[from] kiln_service::ServiceError),
+}
+
+impl Error {
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidDigest(_)
+            | Self::ChunkTooLarge { .. }
+            | Self::UploadTooLarge { .. }
+            | Self::DigestMismatch { .. } => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::Interrupted(status) => status.code(),
+            Self::S3 { .. } => Code::Unavailable,
+            Self::Spool(_)
+            | Self::Local(_)
+            | Self::Read(_)
+            | Self::MissingS3Option { .. }
+            | Self::Service(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = err.code();
+        match code {
+            Code::Internal | Code::Unavailable => tracing::error!(error = %err, "request failed"),
+            _ => tracing::debug!(error = %err, "request rejected"),
+        }
+        Status::new(code, err.to_string())
+    }
+}

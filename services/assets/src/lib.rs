@@ -1,0 +1,54 @@
+//! Kiln's assets service: files addressed by the SHA-256 of their content,
+//! kept in a local directory or an S3 bucket.
+//!
+//! An upload is spooled to disk and hashed before it reaches a backend, so
+//! a backend only ever receives complete content whose digest is known.
+
+pub mod backend;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod local;
+pub mod s3;
+pub mod service;
+pub mod spool;
+
+use kiln_proto::v1::asset_service_server::AssetServiceServer;
+use tonic::service::Routes;
+
+pub use config::{BackendKind, Config};
+pub use error::Error;
+
+use crate::backend::Backend;
+use crate::local::LocalBackend;
+use crate::s3::S3Backend;
+use crate::service::AssetsService;
+use crate::spool::{MAX_CHUNK_BYTES, Spool};
+
+/// The gRPC service name, as health checks report it.
+pub const GRPC_SERVICE: &str = "kiln.v1.AssetService";
+
+/// Room for a full 4 MiB upload chunk plus its framing.
+const MAX_DECODING_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
+const _: () = assert!(MAX_CHUNK_BYTES < MAX_DECODING_MESSAGE_BYTES);
+
+/// The service's gRPC routes (with health and reflection) for `config`.
+pub async fn routes(config: &Config) -> Result<Routes, Error> {
+    let spool_dir = config.spool_dir();
+    tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
+    let spool = Spool::create(spool_dir, config.max_upload_bytes).await?;
+    let routes = match config.backend {
+        BackendKind::Local => {
+            tracing::info!(data_dir = %config.data_dir.display(), "using local backend");
+            asset_routes(LocalBackend::create(&config.data_dir).await?, spool)
+        }
+        BackendKind::S3 => asset_routes(S3Backend::new(config.s3.settings()?), spool),
+    };
+    Ok(kiln_service::with_standard_services(routes, &[GRPC_SERVICE]).await?)
+}
+
+fn asset_routes<B: Backend>(backend: B, spool: Spool) -> Routes {
+    let server = AssetServiceServer::new(AssetsService::new(backend, spool))
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
+    Routes::new(server)
+}

@@ -1,0 +1,173 @@
+//! The local-directory backend: objects at `<data-dir>/sha256/<first2>/<digest>`.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempPath;
+
+use crate::backend::{Backend, ObjectReader};
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::spool::Spooled;
+
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    objects: PathBuf,
+}
+
+impl LocalBackend {
+    pub async fn create(data_dir: &Path) -> Result<Self, Error> {
+        let objects = data_dir.join("sha256");
+        tokio::fs::create_dir_all(&objects)
+            .await
+            .map_err(Error::Local)?;
+        Ok(Self { objects })
+    }
+
+    fn object_dir(&self, digest: &Digest) -> PathBuf {
+        self.objects.join(&digest.as_str()[..2])
+    }
+
+    pub fn object_path(&self, digest: &Digest) -> PathBuf {
+        self.object_dir(digest).join(digest.as_str())
+    }
+}
+
+impl Backend for LocalBackend {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        match tokio::fs::metadata(self.object_path(digest)).await {
+            Ok(metadata) if metadata.is_file() => Ok(Some(metadata.len())),
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Error::Local(err)),
+        }
+    }
+
+    async fn put(&self, upload: Spooled) -> Result<(), Error> {
+        let dir = self.object_dir(&upload.digest);
+        let target = self.object_path(&upload.digest);
+        tokio::task::spawn_blocking(move || store(upload.path, &dir, &target))
+            .await
+            .map_err(|err| Error::Local(std::io::Error::other(err)))?
+            .map_err(Error::Local)
+    }
+
+    async fn open(&self, digest: &Digest) -> Result<Option<ObjectReader>, Error> {
+        match tokio::fs::File::open(self.object_path(digest)).await {
+            Ok(file) => Ok(Some(Box::pin(file))),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Error::Local(err)),
+        }
+    }
+}
+
+/// Moves a complete file into place so that `target` either does not exist
+/// or holds all of it, even across a crash: the content is synced before the
+/// rename and the directory after it.
+fn store(spooled: TempPath, dir: &Path, target: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    File::open(&spooled)?.sync_all()?;
+    match spooled.persist(target) {
+        Ok(()) => {}
+        // A spool directory on another filesystem cannot be renamed from.
+        Err(err) if err.error.kind() == ErrorKind::CrossesDevices => {
+            copy_into_place(&err.path, dir, target)?
+        }
+        Err(err) => return Err(err.error),
+    }
+    File::open(dir)?.sync_all()
+}
+
+fn copy_into_place(source: &Path, dir: &Path, target: &Path) -> std::io::Result<()> {
+    let mut incoming = tempfile::Builder::new()
+        .prefix(".incoming-")
+        .tempfile_in(dir)?;
+    std::io::copy(&mut File::open(source)?, incoming.as_file_mut())?;
+    incoming.as_file().sync_all()?;
+    incoming.persist(target).map(drop).map_err(|err| err.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use kiln_proto::v1::UploadChunk;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::spool::Spool;
+
+    async fn spooled(spool: &Spool, data: &[u8]) -> Result<Spooled, Error> {
+        let chunk = UploadChunk {
+            expected_digest: String::new(),
+            data: data.to_vec(),
+        };
+        spool.receive(stream::iter([Ok(chunk)])).await
+    }
+
+    async fn read_all(mut reader: ObjectReader) -> std::io::Result<Vec<u8>> {
+        let mut content = Vec::new();
+        reader.read_to_end(&mut content).await?;
+        Ok(content)
+    }
+
+    #[tokio::test]
+    async fn stores_and_reads_back_objects() -> Result<(), Box<dyn std::error::Error>> {
+        let data_dir = tempfile::tempdir()?;
+        let backend = LocalBackend::create(data_dir.path()).await?;
+        let spool = Spool::create(data_dir.path().join("spool"), 1 << 20).await?;
+        let upload = spooled(&spool, b"hello kiln").await?;
+        let digest = upload.digest.clone();
+        assert_eq!(backend.stat(&digest).await?, None);
+        assert!(backend.open(&digest).await?.is_none());
+
+        backend.put(upload).await?;
+        let expected = data_dir
+            .path()
+            .join("sha256")
+            .join(&digest.as_str()[..2])
+            .join(digest.as_str());
+        assert_eq!(backend.object_path(&digest), expected);
+        assert_eq!(std::fs::read(&expected)?, b"hello kiln");
+        assert_eq!(backend.stat(&digest).await?, Some(10));
+        let reader = backend.open(&digest).await?.ok_or("object missing")?;
+        assert_eq!(read_all(reader).await?, b"hello kiln");
+        // The spool file was moved, not copied.
+        assert_eq!(std::fs::read_dir(data_dir.path().join("spool"))?.count(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn storing_the_same_content_twice_keeps_one_object()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let data_dir = tempfile::tempdir()?;
+        let backend = LocalBackend::create(data_dir.path()).await?;
+        let spool = Spool::create(data_dir.path().join("spool"), 1 << 20).await?;
+        backend.put(spooled(&spool, b"same").await?).await?;
+        let again = spooled(&spool, b"same").await?;
+        let digest = again.digest.clone();
+        backend.put(again).await?;
+        let dir = backend.object_dir(&digest);
+        assert_eq!(std::fs::read_dir(dir)?.count(), 1);
+        assert_eq!(backend.stat(&digest).await?, Some(4));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn copies_when_the_spool_is_elsewhere() -> Result<(), Box<dyn std::error::Error>> {
+        let data_dir = tempfile::tempdir()?;
+        let backend = LocalBackend::create(data_dir.path()).await?;
+        let spool = Spool::create(data_dir.path().join("spool"), 1 << 20).await?;
+        let upload = spooled(&spool, b"abc").await?;
+        let dir = backend.object_dir(&upload.digest);
+        std::fs::create_dir_all(&dir)?;
+        copy_into_place(&upload.path, &dir, &backend.object_path(&upload.digest))?;
+        assert_eq!(backend.stat(&upload.digest).await?, Some(3));
+        assert_eq!(
+            std::fs::read_dir(&dir)?.count(),
+            1,
+            "no temporary file left beside the object"
+        );
+        Ok(())
+    }
+}

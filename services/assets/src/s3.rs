@@ -1,0 +1,260 @@
+//! The S3 backend: objects at `sha256/<digest>` in one bucket of any
+//! S3-compatible store.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+use crate::backend::{Backend, ObjectReader};
+use crate::config::Secret;
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::spool::Spooled;
+
+/// Uploads above this size go in parts: a single PUT is capped at 5 GiB on
+/// AWS, and parts let a failed attempt be retried without resending it all.
+const MULTIPART_THRESHOLD: u64 = 64 * 1024 * 1024;
+/// S3's cap on the number of parts of one upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// Everything needed to reach the bucket.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Backend {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Backend {
+    /// Built by hand rather than from aws-config's default chain, so that no
+    /// credentials, profile or region leak in from the environment.
+    pub fn new(settings: S3Settings) -> Self {
+        let credentials = Credentials::new(
+            &settings.access_key,
+            settings.secret_key.expose(),
+            None,
+            None,
+            "kiln-assets",
+        );
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&settings.endpoint)
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(credentials)
+            // Path-style URLs and checksums only where required keep Garage,
+            // MinIO and other S3 implementations working alongside AWS.
+            .force_path_style(true)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::standard())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            )
+            .build();
+        tracing::info!(endpoint = %settings.endpoint, bucket = %settings.bucket, region = %settings.region, "using s3 backend");
+        Self {
+            client: Client::from_conf(config),
+            bucket: settings.bucket,
+        }
+    }
+
+    fn key(digest: &Digest) -> String {
+        format!("sha256/{digest}")
+    }
+
+    async fn put_whole(&self, key: &str, path: &Path, size: u64) -> Result<(), Error> {
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|err| Error::Spool(std::io::Error::other(err)))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(content_length(size)?)
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| s3_error("put object", err))?;
+        Ok(())
+    }
+
+    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<(), Error> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| s3_error("create multipart upload", err))?;
+        let upload_id = created.upload_id().ok_or_else(|| Error::S3 {
+            operation: "create multipart upload",
+            message: "response has no upload id".to_owned(),
+        })?;
+        match self.put_parts(key, upload_id, path, size).await {
+            Ok(parts) => self.complete(key, upload_id, parts).await,
+            Err(err) => {
+                self.abort(key, upload_id).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn put_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        path: &Path,
+        size: u64,
+    ) -> Result<Vec<CompletedPart>, Error> {
+        let part_size = MULTIPART_THRESHOLD.max(size.div_ceil(MAX_PARTS));
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        while offset < size {
+            let number = i32::try_from(parts.len() + 1)
+                .map_err(|_| Error::UploadTooLarge { limit: size })?;
+            let length = part_size.min(size - offset);
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(Length::Exact(length))
+                .build()
+                .await
+                .map_err(|err| Error::Spool(std::io::Error::other(err)))?;
+            let uploaded = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(content_length(length)?)
+                .body(body)
+                .send()
+                .await
+                .map_err(|err| s3_error("upload part", err))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(uploaded.e_tag)
+                    .build(),
+            );
+            offset += length;
+        }
+        Ok(parts)
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<(), Error> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|err| s3_error("complete multipart upload", err))?;
+        Ok(())
+    }
+
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let aborted = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(err) = aborted {
+            tracing::warn!(key, error = %DisplayErrorContext(&err), "cannot abort multipart upload");
+        }
+    }
+}
+
+impl Backend for S3Backend {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(Self::key(digest))
+            .send()
+            .await;
+        match head {
+            Ok(object) => Ok(Some(
+                object
+                    .content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+            )),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(err) => Err(s3_error("head object", err)),
+        }
+    }
+
+    async fn put(&self, upload: Spooled) -> Result<(), Error> {
+        let key = Self::key(&upload.digest);
+        if upload.size <= MULTIPART_THRESHOLD {
+            self.put_whole(&key, &upload.path, upload.size).await
+        } else {
+            self.put_multipart(&key, &upload.path, upload.size).await
+        }
+    }
+
+    async fn open(&self, digest: &Digest) -> Result<Option<ObjectReader>, Error> {
+        let get = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(Self::key(digest))
+            .send()
+            .await;
+        match get {
+            Ok(object) => Ok(Some(Box::pin(object.body.into_async_read()))),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(err) => Err(s3_error("get object", err)),
+        }
+    }
+}
+
+fn content_length(size: u64) -> Result<i64, Error> {
+    i64::try_from(size).map_err(|_| Error::UploadTooLarge {
+        limit: i64::MAX as u64,
+    })
+}
+
+fn s3_error(operation: &'static str, err: impl std::error::Error + 'static) -> Error {
+    Error::S3 {
+        operation,
+        message: DisplayErrorContext(&err).to_string(),
+    }
+}

@@ -1,0 +1,35 @@
+use std::net::SocketAddr;
+
+use kiln_discovery::DiscoveryArgs;
+use kiln_telemetry::TelemetryArgs;
+
+/// Kiln's scheduler: owns job and task state in Postgres and dispatches tasks to workers.
+#[derive(Debug, clap::Parser)]
+#[command(name = "kiln-scheduler", version)]
+pub struct Config {
+    /// Address to serve gRPC on; port 0 picks a free port (registered in etcd)
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Postgres connection URL
+    #[arg(long, env = "KILN_DATABASE_URL")]
+    pub database_url: String,
+    /// Most Postgres connections the scheduler holds
+    #[arg(long, env = "KILN_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// Attempts a task gets before it fails for good
+    #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Seconds before a failed task's second attempt; doubles with each further attempt
+    #[arg(long, env = "KILN_RETRY_BASE_SECONDS", default_value_t = 2.0)]
+    pub retry_base_seconds: f64,
+    /// Most tasks one job may have
+    #[arg(long, env = "KILN_MAX_TASKS_PER_JOB", default_value_t = 100_000)]
+    pub max_tasks_per_job: usize,
+    /// Largest job template accepted, in bytes
+    #[arg(long, env = "KILN_MAX_TEMPLATE_BYTES", default_value_t = 256 * 1024)]
+    pub max_template_bytes: usize,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}

@@ -1,0 +1,33 @@
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    #[error(transparent)]
+    JobModel(#[from] kiln_jobmodel::JobModelError),
+    #[error("asset service: {0}")]
+    Assets(String),
+    #[error(transparent)]
+    Discovery(#[from] kiln_discovery::DiscoveryError),
+}
+
+impl From<SchedulerError> for Status {
+    fn from(err: SchedulerError) -> Self {
+        match &err {
+            SchedulerError::InvalidArgument(_) | SchedulerError::JobModel(_) => Status::invalid_argument(err.to_string()),
+            SchedulerError::JobNotFound(_) => Status::not_found(err.to_string()),
+            SchedulerError::Database(_) | SchedulerError::Assets(_) | SchedulerError::Discovery(_) => {
+                tracing::warn!(error = %err, "request failed");
+                Status::unavailable(err.to_string())
+            }
+            SchedulerError::Migration(_) => Status::internal(err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Kiln's scheduler.
+//!
+//! - `task_state.rs`: the task state machine, as data
+//! - `dispatch.rs`: the dispatch loop
+//! - `retry.rs`: the retry policy
+//! - `job_state.rs`: a job's state derived from its tasks
+//! - `store.rs`: jobs in Postgres
+//! - `worker_service.rs` / `job_service.rs`: the gRPC services
+
+pub mod config;
+pub mod dispatch;
+mod error;
+pub mod events;
+pub mod job_service;
+pub mod job_state;
+pub mod retry;
+pub mod scheduler;
+pub mod store;
+pub mod task_state;
+pub mod worker_service;
+pub mod workers;
+
+use std::time::Duration;
+
+pub use error::SchedulerError;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// Connects to Postgres, waiting up to `patience` for it to come up, and
+/// applies the migrations (under Postgres's advisory lock, so replicas
+/// starting together apply them once).
+pub async fn connect_database(url: &str, max_connections: u32, patience: Duration) -> Result<PgPool, SchedulerError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let pool = loop {
+        let attempt = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await;
+        match attempt {
+            Ok(pool) => break pool,
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %err, "waiting for postgres");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+    sqlx::migrate!("./migrations").run(&pool).await?;
+    Ok(pool)
+}

@@ -1,0 +1,63 @@
+//! When a failed task runs again.
+
+use std::time::Duration;
+
+use crate::task_state::TaskEvent;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts a task gets before it fails for good.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; it doubles with each further one.
+    pub base_delay: Duration,
+    /// Cap on the delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 3, base_delay: Duration::from_secs(2), max_delay: Duration::from_secs(300) }
+    }
+}
+
+impl RetryPolicy {
+    /// What a failure of `attempt` (counted from 1) leads to, and after what delay.
+    pub fn on_failure(&self, attempt: u32) -> (TaskEvent, Option<Duration>) {
+        if attempt >= self.max_attempts {
+            return (TaskEvent::FailFinally, None);
+        }
+        (TaskEvent::FailAndRetry, Some(self.delay_after(attempt)))
+    }
+
+    /// Exponential backoff with "full jitter" in its upper half, so that many
+    /// tasks failing together do not all come back at the same instant.
+    fn delay_after(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(20);
+        let nominal = self.base_delay.saturating_mul(1 << exponent).min(self.max_delay);
+        let jitter: f64 = rand::random_range(0.5..=1.0);
+        nominal.mul_f64(jitter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_until_the_last_attempt() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.on_failure(1).0, TaskEvent::FailAndRetry);
+        assert_eq!(policy.on_failure(2).0, TaskEvent::FailAndRetry);
+        assert_eq!(policy.on_failure(3), (TaskEvent::FailFinally, None));
+    }
+
+    #[test]
+    fn delays_grow_and_stay_capped() {
+        let policy = RetryPolicy { max_attempts: 100, ..RetryPolicy::default() };
+        let first = policy.on_failure(1).1.unwrap();
+        let third = policy.on_failure(3).1.unwrap();
+        assert!(first <= Duration::from_secs(2) && first >= Duration::from_secs(1));
+        assert!(third >= Duration::from_secs(4), "{third:?}");
+        assert!(policy.on_failure(60).1.unwrap() <= policy.max_delay);
+    }
+}

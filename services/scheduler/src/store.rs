@@ -1,0 +1,354 @@
+//! Reading and writing jobs in Postgres. Task state changes go through
+//! `task_state.rs`; this module creates jobs and answers questions about them.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use kiln_jobmodel::JobPlan;
+use kiln_proto::v1 as pb;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::job_state::{self, JobState, TaskCounts};
+use crate::task_state::TaskState;
+
+/// What a submission stores besides the plan.
+pub struct NewJob<'a> {
+    pub name: &'a str,
+    pub priority: i32,
+    pub template_name: &'a str,
+    pub template_document: &'a str,
+    pub parameters: &'a HashMap<String, String>,
+    pub inputs: &'a [pb::JobInput],
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    name: String,
+    state: String,
+    priority: i32,
+    template_name: String,
+    parameters: serde_json::Value,
+    inputs: serde_json::Value,
+    message: String,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StepCountRow {
+    name: String,
+    depends_on: Vec<String>,
+    state: Option<String>,
+    count: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: Uuid,
+    job_id: Uuid,
+    step_name: String,
+    index: i32,
+    state: String,
+    attempt: i32,
+    worker_id: Option<String>,
+    frames: Vec<i64>,
+    exit_code: Option<i32>,
+    message: String,
+    log_tail: String,
+}
+
+/// Stores a job with all its steps and tasks in one transaction.
+pub async fn create_job(db: &PgPool, job: NewJob<'_>, plan: &JobPlan) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::new_v4();
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(job.name)
+    .bind(JobState::Pending.as_str())
+    .bind(job.priority)
+    .bind(job.template_name)
+    .bind(job.template_document)
+    .bind(serde_json::to_value(job.parameters).unwrap_or_default())
+    .bind(inputs_to_json(job.inputs))
+    .execute(&mut *tx)
+    .await?;
+    for (position, step) in plan.steps.iter().enumerate() {
+        insert_step(&mut tx, id, position as i32, step).await?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+async fn insert_step(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    position: i32,
+    step: &kiln_jobmodel::StepPlan,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO steps (job_id, name, position, depends_on, host_requirements) VALUES ($1, $2, $3, $4, $5)")
+        .bind(job_id)
+        .bind(&step.name)
+        .bind(position)
+        .bind(&step.depends_on)
+        .bind(step.host_requirements.as_ref().and_then(|h| serde_json::to_value(h).ok()))
+        .execute(&mut **tx)
+        .await?;
+    // One multi-row insert per step: a 10,000-frame job is one round trip, not 10,000.
+    let count = step.tasks.len();
+    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
+    let indexes: Vec<i32> = (0..count as i32).collect();
+    let commands: Vec<&str> = step.tasks.iter().map(|t| t.command.as_str()).collect();
+    let args: Vec<String> = step.tasks.iter().map(|t| serde_json::to_string(&t.args).unwrap_or_default()).collect();
+    let frames: Vec<String> = step.tasks.iter().map(|t| serde_json::to_string(&t.frames).unwrap_or_default()).collect();
+    sqlx::query(
+        "INSERT INTO tasks (id, job_id, step_name, index, state, command, args, frames)
+         SELECT id, $2, $3, index, $4, command,
+                ARRAY(SELECT jsonb_array_elements_text(args::jsonb)),
+                ARRAY(SELECT jsonb_array_elements_text(frames::jsonb)::bigint)
+         FROM UNNEST($1::uuid[], $5::int[], $6::text[], $7::text[], $8::text[]) AS t(id, index, command, args, frames)",
+    )
+    .bind(&ids)
+    .bind(job_id)
+    .bind(&step.name)
+    .bind(TaskState::Pending.as_str())
+    .bind(&indexes)
+    .bind(&commands)
+    .bind(&args)
+    .bind(&frames)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn inputs_to_json(inputs: &[pb::JobInput]) -> serde_json::Value {
+    serde_json::Value::Array(
+        inputs.iter().map(|i| serde_json::json!({"path": i.path, "digest": i.digest})).collect(),
+    )
+}
+
+pub fn inputs_from_json(value: &serde_json::Value) -> Vec<pb::JobInput> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            Some(pb::JobInput { path: v.get("path")?.as_str()?.to_owned(), digest: v.get("digest")?.as_str()?.to_owned() })
+        })
+        .collect()
+}
+
+pub async fn job_state(db: impl sqlx::PgExecutor<'_>, job_id: Uuid) -> Result<Option<JobState>, sqlx::Error> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1").bind(job_id).fetch_optional(db).await?;
+    Ok(state.as_deref().and_then(JobState::parse))
+}
+
+/// Moves a job to the state its tasks imply. Returns the new state if it changed.
+pub async fn refresh_job_state(db: &PgPool, job_id: Uuid) -> Result<Option<JobState>, sqlx::Error> {
+    let Some(current) = job_state(db, job_id).await? else { return Ok(None) };
+    if current.is_final() {
+        return Ok(None);
+    }
+    let counts = task_counts(db, job_id).await?;
+    let next = job_state::derive(current, counts);
+    if next == current {
+        return Ok(None);
+    }
+    set_job_state(db, job_id, current, next, "").await
+}
+
+/// Moves a job from `from` to `to`; `None` if it was no longer in `from`.
+pub async fn set_job_state(
+    db: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+    from: JobState,
+    to: JobState,
+    message: &str,
+) -> Result<Option<JobState>, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = $3,
+                message = CASE WHEN $4 = '' THEN message ELSE $4 END,
+                finished_at = CASE WHEN $5 THEN now() ELSE finished_at END
+         WHERE id = $1 AND state = $2",
+    )
+    .bind(job_id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(message)
+    .bind(to.is_final())
+    .execute(db)
+    .await?;
+    Ok((updated.rows_affected() == 1).then_some(to))
+}
+
+async fn task_counts(db: &PgPool, job_id: Uuid) -> Result<TaskCounts, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM tasks WHERE job_id = $1 GROUP BY state").bind(job_id).fetch_all(db).await?;
+    let mut counts = TaskCounts::default();
+    for (state, n) in rows {
+        counts.total += n;
+        match TaskState::parse(&state) {
+            Some(TaskState::Pending) => counts.pending += n,
+            Some(TaskState::Dispatched | TaskState::Running) => counts.in_flight += n,
+            Some(TaskState::Succeeded) => counts.succeeded += n,
+            Some(TaskState::Failed) => counts.failed += n,
+            Some(TaskState::Cancelled) => counts.cancelled += n,
+            None => {}
+        }
+    }
+    Ok(counts)
+}
+
+pub async fn get_job(db: &PgPool, job_id: Uuid) -> Result<Option<pb::Job>, sqlx::Error> {
+    let row: Option<JobRow> = sqlx::query_as(
+        "SELECT id, name, state, priority, template_name, parameters, inputs, message, created_at, finished_at
+         FROM jobs WHERE id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let steps: Vec<StepCountRow> = sqlx::query_as(
+        "SELECT s.name, s.depends_on, t.state, count(t.id) AS count
+         FROM steps s LEFT JOIN tasks t ON t.job_id = s.job_id AND t.step_name = s.name
+         WHERE s.job_id = $1 GROUP BY s.name, s.position, s.depends_on, t.state ORDER BY s.position",
+    )
+    .bind(job_id)
+    .fetch_all(db)
+    .await?;
+    Ok(Some(job_to_proto(row, steps)))
+}
+
+pub async fn list_jobs(db: &PgPool, limit: i64) -> Result<Vec<pb::Job>, sqlx::Error> {
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs ORDER BY created_at DESC LIMIT $1").bind(limit).fetch_all(db).await?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(job) = get_job(db, id).await? {
+            jobs.push(job);
+        }
+    }
+    Ok(jobs)
+}
+
+fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
+    let mut job = pb::Job {
+        id: row.id.to_string(),
+        name: row.name,
+        state: JobState::parse(&row.state).map(JobState::to_proto).unwrap_or_default() as i32,
+        priority: row.priority as u32,
+        template_name: row.template_name,
+        parameters: serde_json::from_value(row.parameters).unwrap_or_default(),
+        inputs: inputs_from_json(&row.inputs),
+        message: row.message,
+        created_at: Some(timestamp(row.created_at)),
+        finished_at: row.finished_at.map(timestamp),
+        ..Default::default()
+    };
+    for step_row in step_rows {
+        if job.steps.last().map(|s| &s.name) != Some(&step_row.name) {
+            job.steps.push(pb::Step { name: step_row.name.clone(), depends_on: step_row.depends_on.clone(), ..Default::default() });
+        }
+        let n = step_row.count.unwrap_or(0) as u32;
+        let Some(step) = job.steps.last_mut() else { continue };
+        step.tasks_total += n;
+        job.tasks_total += n;
+        match step_row.state.as_deref().and_then(TaskState::parse) {
+            Some(TaskState::Succeeded) => {
+                step.tasks_succeeded += n;
+                job.tasks_succeeded += n;
+            }
+            Some(TaskState::Failed) => job.tasks_failed += n,
+            Some(TaskState::Dispatched | TaskState::Running) => job.tasks_running += n,
+            _ => {}
+        }
+    }
+    job
+}
+
+fn timestamp(at: DateTime<Utc>) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
+    let rows: Vec<TaskRow> = sqlx::query_as(
+        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail
+         FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
+         WHERE t.job_id = $1 ORDER BY s.position, t.index",
+    )
+    .bind(job_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| pb::Task {
+            id: r.id.to_string(),
+            job_id: r.job_id.to_string(),
+            step_name: r.step_name,
+            index: r.index as u32,
+            state: TaskState::parse(&r.state).map(TaskState::to_proto).unwrap_or_default() as i32,
+            attempts: r.attempt as u32,
+            worker_id: r.worker_id.unwrap_or_default(),
+            frames: r.frames,
+            exit_code: r.exit_code,
+            message: r.message,
+            log_tail: r.log_tail,
+        })
+        .collect())
+}
+
+pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput>, sqlx::Error> {
+    let rows: Vec<(String, String, i64, Uuid)> =
+        sqlx::query_as("SELECT path, digest, size, task_id FROM outputs WHERE job_id = $1 ORDER BY path")
+            .bind(job_id)
+            .fetch_all(db)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(path, digest, size, task_id)| pb::JobOutput { path, digest, size: size as u64, task_id: task_id.to_string() })
+        .collect())
+}
+
+/// Records an output of the given attempt, unless that attempt is no longer
+/// the task's current one (a late report from a worker presumed dead).
+pub async fn record_output(
+    db: &PgPool,
+    task_id: Uuid,
+    attempt: i32,
+    output: &pb::OutputStored,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO outputs (job_id, path, digest, size, task_id)
+         SELECT job_id, $3, $4, $5, id FROM tasks WHERE id = $1 AND attempt = $2 AND state = ANY($6)
+         ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest, size = EXCLUDED.size,
+             task_id = EXCLUDED.task_id, created_at = now()
+         RETURNING job_id",
+    )
+    .bind(task_id)
+    .bind(attempt)
+    .bind(&output.path)
+    .bind(&output.digest)
+    .bind(output.size as i64)
+    .bind(vec![TaskState::Dispatched.as_str(), TaskState::Running.as_str()])
+    .fetch_optional(db)
+    .await
+}
+
+/// Outputs of the steps `step_names` of a job: the inputs of a step that depends on them.
+pub async fn outputs_of_steps(db: &PgPool, job_id: Uuid, step_names: &[String]) -> Result<Vec<(String, String)>, sqlx::Error> {
+    if step_names.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT o.path, o.digest FROM outputs o JOIN tasks t ON t.id = o.task_id
+         WHERE o.job_id = $1 AND t.step_name = ANY($2) ORDER BY o.path",
+    )
+    .bind(job_id)
+    .bind(step_names)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,140 @@
+//! What this worker can offer the scheduler: hardware, and the renderers it
+//! actually found.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use kiln_proto::v1::{Renderer, WorkerCapabilities};
+use tokio::process::Command;
+
+use crate::command::{RendererKind, RendererPaths};
+use crate::config::Config;
+
+/// How long a renderer may take to print its version.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The renderers that answered, with their versions, and their paths.
+#[derive(Debug, Clone, Default)]
+pub struct DetectedRenderers {
+    pub renderers: Vec<Renderer>,
+    pub paths: RendererPaths,
+}
+
+/// Runs `<blender> --version` and `<ffmpeg> -version`; a renderer that is
+/// missing or does not answer sensibly is left out.
+pub async fn detect_renderers(blender: &Path, ffmpeg: &Path) -> DetectedRenderers {
+    let mut detected = DetectedRenderers::default();
+    if let Some(version) = probe(blender, "--version", parse_blender_version).await {
+        detected.renderers.push(Renderer {
+            name: RendererKind::Blender.name().to_owned(),
+            version,
+        });
+        detected.paths.blender = Some(blender.to_path_buf());
+    }
+    if let Some(version) = probe(ffmpeg, "-version", parse_ffmpeg_version).await {
+        detected.renderers.push(Renderer {
+            name: RendererKind::Ffmpeg.name().to_owned(),
+            version,
+        });
+        detected.paths.ffmpeg = Some(ffmpeg.to_path_buf());
+    }
+    detected
+}
+
+async fn probe(program: &Path, flag: &str, parse: fn(&str) -> Option<String>) -> Option<String> {
+    let run = Command::new(program)
+        .arg(flag)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(PROBE_TIMEOUT, run).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(error)) => {
+            tracing::warn!(program = %program.display(), %error, "renderer not available");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(program = %program.display(), "renderer did not report its version in time");
+            return None;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let version = stdout.lines().next().and_then(parse);
+    match &version {
+        Some(version) => tracing::info!(program = %program.display(), version, "renderer found"),
+        None => {
+            tracing::warn!(program = %program.display(), "renderer printed no recognisable version")
+        }
+    }
+    version
+}
+
+/// `Blender 3.4.1` or `Blender 3.4.1 (hash ...)` -> `3.4.1`.
+pub fn parse_blender_version(line: &str) -> Option<String> {
+    line.trim()
+        .strip_prefix("Blender ")?
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+/// `ffmpeg version 5.1.9-0+deb12u1 Copyright ...` -> `5.1.9-0+deb12u1`.
+pub fn parse_ffmpeg_version(line: &str) -> Option<String> {
+    line.trim()
+        .strip_prefix("ffmpeg version ")?
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+/// The capabilities this worker registers with.
+pub fn capabilities(config: &Config, renderers: &DetectedRenderers) -> WorkerCapabilities {
+    let cpu_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    WorkerCapabilities {
+        cpu_cores: u32::try_from(cpu_cores).unwrap_or(u32::MAX),
+        memory_bytes: system.total_memory(),
+        gpus: config.gpus,
+        gpu_memory_bytes: config.gpu_memory_bytes,
+        os: std::env::consts::OS.to_owned(),
+        renderers: renderers.renderers.clone(),
+        slots: config.slots,
+        attributes: config.attribute_map(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            parse_blender_version("Blender 3.4.1"),
+            Some("3.4.1".to_owned())
+        );
+        assert_eq!(
+            parse_blender_version("Blender 4.2.0 (hash abc)"),
+            Some("4.2.0".to_owned())
+        );
+        assert_eq!(
+            parse_ffmpeg_version(
+                "ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2026 the FFmpeg developers"
+            ),
+            Some("5.1.9-0+deb12u1".to_owned())
+        );
+        assert_eq!(parse_blender_version("bash: blender: not found"), None);
+    }
+
+    #[tokio::test]
+    async fn detects_installed_renderers_and_skips_missing_ones() {
+        let detected =
+            detect_renderers(Path::new("blender"), Path::new("/nonexistent/ffmpeg")).await;
+        let names: Vec<&str> = detected.renderers.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["blender"]);
+        assert!(detected.paths.ffmpeg.is_none());
+    }
+}

@@ -1,0 +1,123 @@
+//! Command-line and environment configuration.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use kiln_discovery::DiscoveryArgs;
+use kiln_telemetry::TelemetryArgs;
+
+/// Kiln render worker: runs Blender and ffmpeg tasks handed out by the scheduler.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kiln-worker", version)]
+pub struct Config {
+    /// Identity of this worker, unique in the farm [default: <hostname>-<6 random hex digits>]
+    #[arg(long, env = "KILN_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Directory holding one working directory per running task [default: <system temp>/kiln-worker]
+    #[arg(long, env = "KILN_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Directory caching downloaded task inputs by digest; must be on the work dir's filesystem for hard links [default: <work-dir>/cache]
+    #[arg(long, env = "KILN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// How many tasks this worker runs at once
+    #[arg(long, env = "KILN_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub slots: u32,
+    /// Number of GPUs to advertise
+    #[arg(long, env = "KILN_GPUS", default_value_t = 0)]
+    pub gpus: u32,
+    /// GPU memory to advertise, in bytes
+    #[arg(long, env = "KILN_GPU_MEMORY_BYTES", default_value_t = 0)]
+    pub gpu_memory_bytes: u64,
+    /// Attribute host requirements can match, as key=value; repeatable (comma-separated in the environment)
+    #[arg(long = "attribute", env = "KILN_ATTRIBUTES", value_delimiter = ',', value_parser = parse_attribute)]
+    pub attributes: Vec<(String, String)>,
+    /// Blender executable
+    #[arg(long, env = "KILN_BLENDER", default_value = "blender")]
+    pub blender: PathBuf,
+    /// ffmpeg executable
+    #[arg(long, env = "KILN_FFMPEG", default_value = "ffmpeg")]
+    pub ffmpeg: PathBuf,
+    /// Let tasks pass Python options (-P, --python, --python-expr, ...) to Blender; scene auto-run stays disabled regardless
+    #[arg(long, env = "KILN_ALLOW_BLENDER_PYTHON")]
+    pub allow_blender_python: bool,
+    /// Lines of renderer output sent back with each task result
+    #[arg(long, env = "KILN_LOG_TAIL_LINES", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub log_tail_lines: u32,
+    /// Keep each task's working directory after it ends, for debugging
+    #[arg(long, env = "KILN_KEEP_WORK_DIRS")]
+    pub keep_work_dirs: bool,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+fn parse_attribute(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected key=value, got {text:?}")),
+    }
+}
+
+impl Config {
+    /// The worker id, generating one when none was given.
+    pub fn resolved_worker_id(&self, hostname: &str) -> String {
+        match &self.worker_id {
+            Some(id) => id.clone(),
+            None => format!("{hostname}-{:06x}", rand::random::<u32>() & 0xff_ffff),
+        }
+    }
+
+    pub fn resolved_work_dir(&self) -> PathBuf {
+        self.work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("kiln-worker"))
+    }
+
+    pub fn resolved_cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.resolved_work_dir().join("cache"))
+    }
+
+    pub fn attribute_map(&self) -> HashMap<String, String> {
+        self.attributes.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_attributes_and_defaults() -> Result<(), clap::Error> {
+        let config = Config::try_parse_from([
+            "kiln-worker",
+            "--attribute",
+            "pool=fast",
+            "--attribute",
+            "site = lyon",
+        ])?;
+        assert_eq!(
+            config.attribute_map().get("pool").map(String::as_str),
+            Some("fast")
+        );
+        assert_eq!(
+            config.attribute_map().get("site").map(String::as_str),
+            Some("lyon")
+        );
+        assert_eq!(config.slots, 1);
+        assert_eq!(config.log_tail_lines, 60);
+        assert!(config.resolved_worker_id("host").starts_with("host-"));
+        assert_eq!(config.resolved_worker_id("host").len(), "host-".len() + 6);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_attribute_without_value() {
+        assert!(Config::try_parse_from(["kiln-worker", "--attribute", "pool"]).is_err());
+    }
+}

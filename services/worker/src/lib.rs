@@ -1,0 +1,15 @@
+//! Kiln's render worker: keeps a session with the scheduler and runs the
+//! Blender and ffmpeg tasks it assigns, in fresh working directories, with
+//! inputs from and outputs to the assets service.
+
+pub mod assets;
+pub mod blender_output;
+pub mod capabilities;
+pub mod command;
+pub mod config;
+pub mod log_tail;
+pub mod outputs;
+pub mod process;
+pub mod session;
+pub mod task_runner;
+pub mod workdir;

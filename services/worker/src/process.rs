@@ -1,0 +1,159 @@
+//! A renderer process in its own process group, with its output as lines.
+//!
+//! The group is what gets killed: renderers may start helpers of their own,
+//! and a cancelled task must leave nothing running.
+
+use std::io;
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::command::Invocation;
+
+/// Longest line kept from a renderer's output; the rest of the line is dropped.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+/// Lines buffered between the pipe readers and the task runner.
+const LINE_QUEUE: usize = 256;
+
+/// A started renderer.
+pub struct Renderer {
+    pub child: Child,
+    pub group: ProcessGroup,
+    pub lines: mpsc::Receiver<String>,
+}
+
+/// The process group a renderer leads.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessGroup(Pid);
+
+impl ProcessGroup {
+    /// SIGKILLs every process in the group; the leader still has to be reaped.
+    pub fn kill(self) {
+        match killpg(self.0, Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(error) => {
+                tracing::warn!(pgid = self.0.as_raw(), %error, "cannot kill renderer process group")
+            }
+        }
+    }
+}
+
+/// Starts `invocation` in `cwd` as the leader of a new process group, with
+/// stdin closed and stdout and stderr read line by line into one queue.
+pub fn spawn(invocation: &Invocation, cwd: &Path) -> io::Result<Renderer> {
+    let mut command = Command::new(&invocation.program);
+    command
+        .args(&invocation.args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // The worker's own settings (etcd address and so on) are none of the renderer's business.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KILN_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("renderer exited before its pid was known"))?;
+    let pgid = Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
+    let (sender, lines) = mpsc::channel(LINE_QUEUE);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward_lines(stdout, sender.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_lines(stderr, sender));
+    }
+    Ok(Renderer {
+        child,
+        group: ProcessGroup(pgid),
+        lines,
+    })
+}
+
+async fn forward_lines(pipe: impl AsyncRead + Unpin, sender: mpsc::Sender<String>) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        match read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES).await {
+            Ok(false) => return,
+            Ok(true) => {
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if !text.is_empty() && sender.send(text).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "renderer output closed");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads up to the next `\n` or `\r` (ffmpeg redraws its progress with
+/// `\r`), keeping at most `max` bytes of the line. Returns false at end of
+/// input with nothing read.
+async fn read_line_capped(
+    reader: &mut (impl AsyncBufReadExt + Unpin),
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<bool> {
+    line.clear();
+    let mut read_any = false;
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(read_any);
+        }
+        read_any = true;
+        let end = buffer.iter().position(|b| *b == b'\n' || *b == b'\r');
+        let chunk = &buffer[..end.unwrap_or(buffer.len())];
+        let room = max.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let consumed = end.map_or(buffer.len(), |e| e + 1);
+        reader.consume(consumed);
+        if end.is_some() {
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(input: &[u8], max: usize) -> Vec<String> {
+        let mut reader = BufReader::new(input);
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while read_line_capped(&mut reader, &mut line, max)
+            .await
+            .unwrap_or(false)
+        {
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn splits_on_newline_and_carriage_return() {
+        let lines = lines_of(b"one\ntwo\rthree", 100).await;
+        assert_eq!(lines, ["one", "two", "three"]);
+    }
+
+    #[tokio::test]
+    async fn caps_long_lines() {
+        let lines = lines_of(b"abcdefgh\nij\n", 3).await;
+        assert_eq!(lines, ["abc", "ij"]);
+    }
+}

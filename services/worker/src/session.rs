@@ -1,0 +1,382 @@
+//! The worker's one stream to the scheduler: register, run what it assigns,
+//! report back; reconnect when the stream ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_asset_client::AssetClient;
+use kiln_discovery::{Discovery, DiscoveryError, Endpoint, service};
+use kiln_proto::v1::worker_service_client::WorkerServiceClient;
+use kiln_proto::v1::{
+    Heartbeat, RegisterWorker, SchedulerMessage, TaskAssignment, TaskResult, WorkerMessage,
+    scheduler_message, worker_message,
+};
+use tokio::sync::mpsc;
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::task_runner::{RunnerSettings, TaskOutcome, TaskRunner};
+use crate::workdir::InputCache;
+
+/// Heartbeat period until the scheduler says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+/// How long one lookup in etcd waits for a service to appear.
+const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages waiting to go to the scheduler.
+const OUTBOUND_QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("bad address {uri} in etcd: {source}")]
+    BadUri {
+        uri: String,
+        source: tonic::codegen::http::uri::InvalidUri,
+    },
+    #[error("cannot connect to {uri}: {source}")]
+    Connect {
+        uri: String,
+        source: tonic::transport::Error,
+    },
+    #[error("scheduler refused the session: {0}")]
+    Refused(#[from] tonic::Status),
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    /// The worker is shutting down.
+    Shutdown,
+    /// The stream ended or broke; `registered` tells whether it got as far as `Registered`.
+    Lost { registered: bool, reason: String },
+}
+
+type TaskKey = (String, u32);
+
+/// A worker: its identity, and what it needs to run tasks.
+pub struct Worker {
+    pub register: RegisterWorker,
+    pub discovery: Discovery,
+    pub runner: RunnerSettings,
+    pub cache: InputCache,
+}
+
+impl Worker {
+    /// Serves sessions until `shutdown` is cancelled, listed in etcd as a worker meanwhile.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SessionError> {
+        let listing = Endpoint {
+            instance: self.register.worker_id.clone(),
+            grpc: String::new(),
+            http: None,
+        };
+        let registration = self.discovery.register(service::WORKER, listing).await?;
+        let mut retry = FIRST_RETRY;
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::Lost { registered, reason }) => {
+                    tracing::warn!(reason, "session with the scheduler ended");
+                    if registered {
+                        retry = FIRST_RETRY;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot open a session with the scheduler"),
+            }
+            tracing::info!(
+                retry_in_ms = retry.as_millis() as u64,
+                "reconnecting to the scheduler"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(retry) => {}
+            }
+            retry = (retry * 2).min(MAX_RETRY);
+        }
+        registration.revoke().await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    /// One session, from finding the scheduler to the end of the stream.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            opened = self.open() => opened?,
+        };
+        let (runner, outbound, inbound) = opened;
+        let mut session = Session {
+            slots: self
+                .register
+                .capabilities
+                .as_ref()
+                .map_or(1, |c| c.slots.max(1)) as usize,
+            runner,
+            outbound,
+            cancel: CancellationToken::new(),
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            task_ids: HashMap::new(),
+        };
+        let end = session.serve(inbound, shutdown).await;
+        session.stop_all().await;
+        Ok(end)
+    }
+
+    /// Looks both services up in etcd, connects, and sends `RegisterWorker`.
+    async fn open(
+        &self,
+    ) -> Result<
+        (
+            Arc<TaskRunner<AssetClient>>,
+            mpsc::Sender<WorkerMessage>,
+            Streaming<SchedulerMessage>,
+        ),
+        SessionError,
+    > {
+        let scheduler = self
+            .discovery
+            .find_one(service::SCHEDULER, LOOKUP_PATIENCE)
+            .await?;
+        let assets_uri = self
+            .discovery
+            .find_one(service::ASSETS, LOOKUP_PATIENCE)
+            .await?
+            .grpc_uri();
+        let assets = AssetClient::new(lazy_channel(&assets_uri)?);
+        let runner = Arc::new(TaskRunner::new(
+            self.runner.clone(),
+            self.cache.clone(),
+            assets,
+        ));
+        let uri = scheduler.grpc_uri();
+        let channel = Channel::from_shared(uri.clone())
+            .map_err(|source| SessionError::BadUri {
+                uri: uri.clone(),
+                source,
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|source| SessionError::Connect {
+                uri: uri.clone(),
+                source,
+            })?;
+        let mut client = WorkerServiceClient::with_interceptor(
+            channel,
+            kiln_telemetry::propagation::inject_context,
+        );
+        let (outbound, queued) = mpsc::channel(OUTBOUND_QUEUE);
+        // The queue is empty and its receiver alive: this cannot fail.
+        let _ = outbound.try_send(message(worker_message::Message::Register(
+            self.register.clone(),
+        )));
+        let inbound = client
+            .session(ReceiverStream::new(queued))
+            .await?
+            .into_inner();
+        tracing::info!(scheduler = %uri, assets = %assets_uri, "session opened");
+        Ok((runner, outbound, inbound))
+    }
+}
+
+fn lazy_channel(uri: &str) -> Result<Channel, SessionError> {
+    Channel::from_shared(uri.to_owned())
+        .map(|endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy())
+        .map_err(|source| SessionError::BadUri {
+            uri: uri.to_owned(),
+            source,
+        })
+}
+
+/// The state of one open session.
+struct Session {
+    slots: usize,
+    runner: Arc<TaskRunner<AssetClient>>,
+    outbound: mpsc::Sender<WorkerMessage>,
+    /// Parent of every task's cancellation: cancelled when the session ends.
+    cancel: CancellationToken,
+    tasks: JoinSet<TaskOutcome>,
+    /// Tasks that count against the slots, with what cancels each.
+    running: HashMap<TaskKey, CancellationToken>,
+    task_ids: HashMap<Id, TaskKey>,
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        mut inbound: Streaming<SchedulerMessage>,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let mut registered = false;
+        let mut heartbeat = heartbeat_timer(DEFAULT_HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                received = inbound.message() => match received {
+                    Ok(Some(received)) => {
+                        if let Some(period) = self.handle(received).await {
+                            registered = true;
+                            heartbeat = heartbeat_timer(period);
+                        }
+                    }
+                    Ok(None) => return SessionEnd::Lost { registered, reason: "scheduler closed the stream".into() },
+                    Err(status) => return SessionEnd::Lost { registered, reason: status.to_string() },
+                },
+                _ = heartbeat.tick() => {
+                    // A full queue means messages are flowing, which keeps the session alive too.
+                    let _ = self.outbound.try_send(message(worker_message::Message::Heartbeat(Heartbeat {})));
+                }
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined).await,
+            }
+        }
+    }
+
+    /// Acts on one scheduler message; returns the heartbeat period on `Registered`.
+    async fn handle(&mut self, received: SchedulerMessage) -> Option<Duration> {
+        match received.message? {
+            scheduler_message::Message::Registered(registered) => {
+                let seconds = registered.heartbeat_interval_seconds;
+                tracing::info!(
+                    heartbeat_interval_seconds = seconds,
+                    "registered with the scheduler"
+                );
+                Some(if seconds == 0 {
+                    DEFAULT_HEARTBEAT
+                } else {
+                    Duration::from_secs(seconds.into())
+                })
+            }
+            scheduler_message::Message::Assignment(assignment) => {
+                self.start(assignment).await;
+                None
+            }
+            scheduler_message::Message::Cancel(cancel) => {
+                match self
+                    .running
+                    .remove(&(cancel.task_id.clone(), cancel.attempt))
+                {
+                    Some(token) => {
+                        tracing::info!(task_id = %cancel.task_id, attempt = cancel.attempt, "cancelling task");
+                        token.cancel();
+                    }
+                    None => {
+                        tracing::debug!(task_id = %cancel.task_id, attempt = cancel.attempt, "cancel for a task not running")
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    async fn start(&mut self, assignment: TaskAssignment) {
+        let key = (assignment.task_id.clone(), assignment.attempt);
+        if self.running.contains_key(&key) {
+            tracing::warn!(task_id = %key.0, attempt = key.1, "task assigned twice; ignoring the repeat");
+            return;
+        }
+        if self.running.len() >= self.slots {
+            tracing::warn!(task_id = %key.0, attempt = key.1, slots = self.slots, "assignment beyond the worker's slots");
+            let refusal = refused(
+                &assignment,
+                format!("worker has no free slot (it runs {} at once)", self.slots),
+            );
+            self.send_result(refusal).await;
+            return;
+        }
+        tracing::info!(task_id = %key.0, attempt = key.1, job_id = %assignment.job_id, step = %assignment.step_name, "task assigned");
+        let cancel = self.cancel.child_token();
+        let runner = self.runner.clone();
+        let events = self.outbound.clone();
+        let task_cancel = cancel.clone();
+        let handle = self
+            .tasks
+            .spawn(async move { runner.run(&assignment, &events, &task_cancel).await });
+        self.running.insert(key.clone(), cancel);
+        self.task_ids.insert(handle.id(), key);
+    }
+
+    async fn finished(&mut self, joined: Result<(Id, TaskOutcome), JoinError>) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let Some(key) = self.task_ids.remove(&id) else {
+            return;
+        };
+        let still_wanted = self.running.remove(&key).is_some();
+        match joined {
+            Ok((_, TaskOutcome::Finished(result))) if still_wanted => {
+                self.send_result(result).await
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(task_id = %key.0, attempt = key.1, %error, "task runner crashed");
+                if still_wanted {
+                    let result = TaskResult {
+                        task_id: key.0,
+                        attempt: key.1,
+                        message: format!("worker error: {error}"),
+                        ..TaskResult::default()
+                    };
+                    self.send_result(result).await;
+                }
+            }
+        }
+    }
+
+    async fn send_result(&self, result: TaskResult) {
+        if self
+            .outbound
+            .send(message(worker_message::Message::Result(result)))
+            .await
+            .is_err()
+        {
+            tracing::warn!("session closed before a task result could be sent");
+        }
+    }
+
+    /// Kills every task and waits until their processes are reaped: their
+    /// results could only go to a dead session, and the scheduler requeues them.
+    async fn stop_all(&mut self) {
+        if !self.tasks.is_empty() {
+            tracing::info!(
+                tasks = self.tasks.len(),
+                "session over; killing running tasks"
+            );
+        }
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.running.clear();
+        self.task_ids.clear();
+    }
+}
+
+fn refused(assignment: &TaskAssignment, message: String) -> TaskResult {
+    TaskResult {
+        task_id: assignment.task_id.clone(),
+        attempt: assignment.attempt,
+        success: false,
+        exit_code: None,
+        message,
+        log_tail: String::new(),
+    }
+}
+
+fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
+fn message(message: worker_message::Message) -> WorkerMessage {
+    WorkerMessage {
+        message: Some(message),
+    }
+}
