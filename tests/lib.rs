@@ -1,1 +1,192 @@
-//! End-to-end tests.
+//! Helpers for Kiln's end-to-end tests: a farm of real processes, a client
+//! speaking to its gateway, and scenes made with the real Blender.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use kiln_asset_client::AssetClient;
+use kiln_localfarm::Farm;
+use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_service_client::JobServiceClient;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// A finished job takes at most this long in these tests.
+pub const JOB_DEADLINE: Duration = Duration::from_secs(300);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Starts a farm in a fresh temporary directory (kept alive by the returned guard).
+pub async fn start_farm(workers: usize, s3: bool) -> Result<(Farm, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let farm = Farm::builder(dir.path().join("farm")).workers(workers).s3(s3).start().await?;
+    Ok((farm, dir))
+}
+
+/// A gRPC client of the farm's gateway.
+pub struct Client {
+    pub jobs: JobServiceClient<Channel>,
+    pub assets: AssetClient,
+}
+
+impl Client {
+    pub async fn connect(farm: &Farm) -> Result<Self> {
+        let channel = Channel::from_shared(farm.gateway_url())?.connect().await?;
+        Ok(Self {
+            jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024),
+            assets: AssetClient::new(channel),
+        })
+    }
+
+    /// Uploads `scene` and submits the built-in Blender template for it.
+    pub async fn submit_blender(&mut self, scene: &Path, frames: &str, chunk: u32) -> Result<pb::Job> {
+        let info = self.assets.upload_file(scene).await?;
+        Ok(self.jobs.submit_job(blender_request(&info.digest, frames, chunk)).await?.into_inner())
+    }
+
+    pub async fn job(&mut self, id: &str) -> Result<pb::Job> {
+        Ok(self.jobs.get_job(pb::GetJobRequest { job_id: id.to_owned() }).await?.into_inner())
+    }
+
+    pub async fn tasks(&mut self, id: &str) -> Result<Vec<pb::Task>> {
+        Ok(self.jobs.list_tasks(pb::ListTasksRequest { job_id: id.to_owned() }).await?.into_inner().tasks)
+    }
+
+    pub async fn outputs(&mut self, id: &str) -> Result<Vec<pb::JobOutput>> {
+        Ok(self.jobs.list_outputs(pb::ListOutputsRequest { job_id: id.to_owned() }).await?.into_inner().outputs)
+    }
+
+    /// Polls until the job reaches a final state; returns it.
+    pub async fn wait_until_finished(&mut self, id: &str) -> Result<pb::Job> {
+        self.wait_for_job(id, JOB_DEADLINE, is_final).await
+    }
+
+    /// Polls until `condition` holds for the job, or fails after `timeout`.
+    pub async fn wait_for_job(
+        &mut self,
+        id: &str,
+        timeout: Duration,
+        condition: impl Fn(&pb::Job) -> bool,
+    ) -> Result<pb::Job> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The scheduler may be restarting: treat "unavailable" as "not yet".
+            match self.job(id).await {
+                Ok(job) if condition(&job) => return Ok(job),
+                Ok(job) if Instant::now() >= deadline => bail!("job {id} never reached the condition: {job:?}"),
+                Err(err) if Instant::now() >= deadline => return Err(err),
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    /// Downloads every output of a job into `dir`, keeping relative paths.
+    pub async fn download_outputs(&mut self, id: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut paths = Vec::new();
+        for output in self.outputs(id).await? {
+            let dest = dir.join(&output.path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            self.assets.download_to(&output.digest, &dest).await?;
+            paths.push(dest);
+        }
+        Ok(paths)
+    }
+}
+
+pub fn blender_request(digest: &str, frames: &str, chunk: u32) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        template: Some(pb::submit_job_request::Template::BuiltinTemplate("blender".into())),
+        parameters: [("Frames", frames.to_owned()), ("ChunkSize", chunk.to_string()), ("FrameRate", "24".into())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        inputs: vec![pb::JobInput { path: "scene.blend".into(), digest: digest.to_owned() }],
+        name: String::new(),
+        priority: 0,
+    }
+}
+
+pub fn state_of(job: &pb::Job) -> pb::JobState {
+    pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified)
+}
+
+pub fn is_final(job: &pb::Job) -> bool {
+    matches!(state_of(job), pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+}
+
+/// Makes the bundled example scene (examples/make_scene.py) in `dir`.
+pub fn example_scene(dir: &Path) -> Result<PathBuf> {
+    let out = dir.join("scene.blend");
+    let script = repo_root().join("examples/make_scene.py");
+    run_blender_python(&["--factory-startup", "--python", &script.to_string_lossy(), "--", &out.to_string_lossy()])?;
+    Ok(out)
+}
+
+/// Makes a scene whose text block is registered to run when the file
+/// loads; if it ever runs, it creates `marker`.
+pub fn booby_trapped_scene(dir: &Path, marker: &Path) -> Result<PathBuf> {
+    let out = dir.join("trap.blend");
+    let payload = format!("open({:?}, 'w').write('autoexec ran')", marker.to_string_lossy());
+    let expr = format!(
+        "import bpy\n\
+         s = bpy.context.scene\n\
+         s.render.engine = 'CYCLES'\n\
+         s.cycles.samples = 1\n\
+         s.cycles.use_denoising = False\n\
+         s.render.resolution_x = 32\n\
+         s.render.resolution_y = 18\n\
+         t = bpy.data.texts.new('autorun.py')\n\
+         t.write({payload:?})\n\
+         t.use_module = True\n\
+         bpy.ops.wm.save_as_mainfile(filepath={out:?})\n",
+        out = out.to_string_lossy()
+    );
+    run_blender_python(&["--python-expr", &expr])?;
+    Ok(out)
+}
+
+fn run_blender_python(args: &[&str]) -> Result<()> {
+    let output = std::process::Command::new("blender")
+        .args(["-b", "-Y"])
+        .args(args)
+        .output()
+        .context("running blender (is it installed? scripts/setup.sh installs it)")?;
+    if !output.status.success() {
+        bail!("blender failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+/// Frame count, codec and pixel format of a video, read by ffprobe.
+pub fn probe_video(path: &Path) -> Result<(u64, String, String)> {
+    let output = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames,codec_name,pix_fmt", "-of", "json"])
+        .arg(path)
+        .output()?;
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let stream = &info["streams"][0];
+    let frames = stream["nb_read_frames"].as_str().unwrap_or("0").parse()?;
+    let text = |key: &str| stream[key].as_str().unwrap_or_default().to_owned();
+    Ok((frames, text("codec_name"), text("pix_fmt")))
+}
+
+/// Process ids of running Blender processes whose command line mentions `dir`.
+pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("blender") && cmdline.contains(&needle)).then_some(pid)
+        })
+        .collect()
+}

@@ -257,29 +257,35 @@ impl Farm {
     }
 
     fn assets_args(&self) -> Vec<OsString> {
-        match &self.garage {
-            Some(garage) => [
-                "--backend",
-                "s3",
-                "--s3-endpoint",
-                &garage.endpoint(),
-                "--s3-bucket",
-                BUCKET,
-                "--s3-region",
-                REGION,
-                "--s3-access-key",
-                garage.access_key(),
-            ]
-            .into_iter()
-            .map(OsString::from)
-            .collect(),
-            None => vec![
+        let Some(garage) = &self.garage else {
+            return vec![
                 "--backend".into(),
                 "local".into(),
                 "--data-dir".into(),
                 self.layout.dir.join("assets").into(),
-            ],
-        }
+            ];
+        };
+        let mut args: Vec<OsString> = [
+            "--backend",
+            "s3",
+            "--s3-endpoint",
+            &garage.endpoint(),
+            "--s3-bucket",
+            BUCKET,
+            "--s3-region",
+            REGION,
+            "--s3-access-key",
+            garage.access_key(),
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        // Uploads are staged here while hashed; keep them inside the farm.
+        args.extend([
+            "--spool-dir".into(),
+            self.layout.dir.join("assets-spool").into(),
+        ]);
+        args
     }
 
     fn with_assets_env(&self, process: ServiceProcess) -> ServiceProcess {

@@ -10,7 +10,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
@@ -195,7 +195,7 @@ impl S3Backend {
             .send()
             .await;
         if let Err(err) = aborted {
-            tracing::warn!(key, error = %DisplayErrorContext(&err), "cannot abort multipart upload");
+            tracing::warn!(key, error = %describe(&err), "cannot abort multipart upload");
         }
     }
 }
@@ -252,9 +252,32 @@ fn content_length(size: u64) -> Result<i64, Error> {
     })
 }
 
-fn s3_error(operation: &'static str, err: impl std::error::Error + 'static) -> Error {
-    Error::S3 {
-        operation,
-        message: DisplayErrorContext(&err).to_string(),
+fn s3_error<E>(operation: &'static str, err: SdkError<E>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    Error::S3 { operation, message: describe(&err) }
+}
+
+/// One line for an SDK error: the HTTP status and S3 error code when the
+/// store answered (a HEAD answer has no body, so often just the status),
+/// the full cause chain when it could not be reached.
+fn describe<E>(err: &SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let SdkError::ServiceError(service) = err else {
+        return DisplayErrorContext(err).to_string();
+    };
+    let status = service.raw().status().as_u16();
+    let detail = [service.err().code(), service.err().message()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(": ");
+    match (status, detail.is_empty()) {
+        (403, true) => "http 403: access denied (check the access key, secret key and bucket)".to_owned(),
+        (_, true) => format!("http {status}"),
+        (_, false) => format!("http {status}: {detail}"),
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::task_runner::{RunnerSettings, TaskOutcome, TaskRunner};
+use crate::task_runner::{RunnerSettings, TaskOutcome, TaskRunner, message};
 use crate::workdir::InputCache;
 
 /// Heartbeat period until the scheduler says otherwise.
@@ -373,10 +373,4 @@ fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
     let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     timer
-}
-
-fn message(message: worker_message::Message) -> WorkerMessage {
-    WorkerMessage {
-        message: Some(message),
-    }
 }

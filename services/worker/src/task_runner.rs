@@ -69,11 +69,8 @@ struct Exit {
 struct Observed {
     tracker: RenderTracker,
     tail: LogTail,
-    /// Outputs already queued for upload, relative to `outputs/`.
-    queued: HashSet<PathBuf>,
     /// Why the task fails even if the renderer succeeds.
     problem: Option<String>,
-    last_progress: Option<Instant>,
 }
 
 impl<A: AssetStore> TaskRunner<A> {
@@ -172,18 +169,26 @@ impl<A: AssetStore> TaskRunner<A> {
             events,
             cancel,
         );
-        let watch = self.watch(
+        let watch = Watch {
             assignment,
-            invocation.renderer,
-            renderer,
+            kind: invocation.renderer,
             dir,
-            &input_outputs,
+            input_outputs,
             queue,
+            queued: HashSet::new(),
             events,
             cancel,
-        );
+            last_progress: None,
+            observed: Observed {
+                tracker: RenderTracker::default(),
+                tail: LogTail::new(self.settings.log_tail_lines),
+                problem: None,
+            },
+        };
+        let watch = watch.run(renderer);
         let (watched, upload_error) = tokio::join!(watch, uploads);
         match watched {
+            _ if cancel.is_cancelled() => TaskOutcome::Cancelled,
             Some((exit, observed)) => TaskOutcome::Finished(verdict(
                 assignment,
                 invocation.renderer,
@@ -225,39 +230,39 @@ impl<A: AssetStore> TaskRunner<A> {
         }
         Ok((invocation, input_outputs))
     }
+}
 
+/// Following one renderer run: where its lines, outputs and progress go.
+struct Watch<'a> {
+    assignment: &'a TaskAssignment,
+    kind: RendererKind,
+    dir: &'a TaskDir,
+    /// Inputs placed under `outputs/`, which are not outputs.
+    input_outputs: HashSet<PathBuf>,
+    /// Outputs to upload, relative to `outputs/`.
+    queue: mpsc::Sender<PathBuf>,
+    /// Everything already put in `queue`.
+    queued: HashSet<PathBuf>,
+    events: &'a mpsc::Sender<WorkerMessage>,
+    cancel: &'a CancellationToken,
+    last_progress: Option<Instant>,
+    observed: Observed,
+}
+
+impl Watch<'_> {
     /// Follows the renderer until it exits, then queues every output not yet
     /// queued. `None` when cancelled.
-    #[allow(clippy::too_many_arguments)]
-    async fn watch(
-        &self,
-        assignment: &TaskAssignment,
-        kind: RendererKind,
-        renderer: process::Renderer,
-        dir: &TaskDir,
-        input_outputs: &HashSet<PathBuf>,
-        queue: mpsc::Sender<PathBuf>,
-        events: &mpsc::Sender<WorkerMessage>,
-        cancel: &CancellationToken,
-    ) -> Option<(Exit, Observed)> {
+    async fn run(mut self, renderer: process::Renderer) -> Option<(Exit, Observed)> {
         let process::Renderer {
             mut child,
             group,
             mut lines,
         } = renderer;
-        let mut observed = Observed {
-            tracker: RenderTracker::default(),
-            tail: LogTail::new(self.settings.log_tail_lines),
-            queued: HashSet::new(),
-            problem: None,
-            last_progress: None,
-        };
-        let limit = (assignment.max_run_seconds > 0)
-            .then(|| Duration::from_secs(assignment.max_run_seconds.into()));
+        let max_run_seconds = self.assignment.max_run_seconds;
         let deadline = async {
-            match limit {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
+            match max_run_seconds {
+                0 => std::future::pending().await,
+                limit => tokio::time::sleep(Duration::from_secs(limit.into())).await,
             }
         };
         tokio::pin!(deadline);
@@ -267,133 +272,87 @@ impl<A: AssetStore> TaskRunner<A> {
         let exit = loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => {
+                _ = self.cancel.cancelled() => {
                     if let Err(error) = reap(group, &mut wait).await {
                         tracing::warn!(%error, "cannot reap cancelled renderer");
                     }
                     return None;
                 }
                 _ = &mut deadline => {
-                    tracing::warn!(max_run_seconds = assignment.max_run_seconds, "task ran too long; killing it");
+                    tracing::warn!(max_run_seconds, "task ran too long; killing it");
                     let status = reap(group, &mut wait).await;
                     break Exit { status, timed_out: true };
                 }
                 status = &mut wait => break Exit { status, timed_out: false },
                 line = lines.recv(), if lines_open => match line {
-                    Some(line) => observed.line(&line, kind, dir, assignment, &queue, events).await,
+                    Some(line) => self.line(&line).await,
                     None => lines_open = false,
                 },
             }
         };
         // Helpers the renderer left behind would keep its pipes open.
         group.kill();
-        if !drain(
-            &mut lines,
-            &mut observed,
-            kind,
-            dir,
-            assignment,
-            &queue,
-            events,
-            cancel,
-        )
-        .await
-        {
+        if !self.drain(&mut lines).await {
             return None;
         }
-        observed
-            .queue_remaining_outputs(dir, input_outputs, &queue)
-            .await;
-        Some((exit, observed))
+        self.queue_remaining_outputs().await;
+        Some((exit, self.observed))
     }
-}
 
-/// Kills the group and reaps its leader.
-async fn reap(
-    group: ProcessGroup,
-    wait: &mut std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<ExitStatus>>>,
-) -> std::io::Result<ExitStatus> {
-    group.kill();
-    wait.await
-}
-
-/// Reads what is left of the output after exit; false when cancelled.
-#[allow(clippy::too_many_arguments)]
-async fn drain(
-    lines: &mut mpsc::Receiver<String>,
-    observed: &mut Observed,
-    kind: RendererKind,
-    dir: &TaskDir,
-    assignment: &TaskAssignment,
-    queue: &mpsc::Sender<PathBuf>,
-    events: &mpsc::Sender<WorkerMessage>,
-    cancel: &CancellationToken,
-) -> bool {
-    let deadline = tokio::time::sleep(DRAIN_TIMEOUT);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return false,
-            _ = &mut deadline => {
-                tracing::warn!("renderer output still open after exit; ignoring the rest");
-                return true;
+    /// Reads what is left of the output after exit; false when cancelled.
+    async fn drain(&mut self, lines: &mut mpsc::Receiver<String>) -> bool {
+        let deadline = tokio::time::sleep(DRAIN_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = &mut deadline => {
+                    tracing::warn!("renderer output still open after exit; ignoring the rest");
+                    return true;
+                }
+                line = lines.recv() => match line {
+                    Some(line) => self.line(&line).await,
+                    None => return true,
+                },
             }
-            line = lines.recv() => match line {
-                Some(line) => observed.line(&line, kind, dir, assignment, queue, events).await,
-                None => return true,
-            },
         }
     }
-}
 
-impl Observed {
-    async fn line(
-        &mut self,
-        line: &str,
-        kind: RendererKind,
-        dir: &TaskDir,
-        assignment: &TaskAssignment,
-        queue: &mpsc::Sender<PathBuf>,
-        events: &mpsc::Sender<WorkerMessage>,
-    ) {
+    async fn line(&mut self, line: &str) {
         tracing::trace!(line, "renderer output");
-        self.tail.push(line);
-        if kind != RendererKind::Blender {
+        self.observed.tail.push(line);
+        if self.kind != RendererKind::Blender {
             return;
         }
-        if let Some(saved) = self.tracker.observe(line) {
-            self.queue_saved(&saved, dir, queue).await;
+        if let Some(saved) = self.observed.tracker.observe(line) {
+            self.queue_saved(&saved).await;
         }
-        self.report_progress(assignment, events);
+        self.report_progress();
     }
 
-    async fn queue_saved(&mut self, saved: &Path, dir: &TaskDir, queue: &mpsc::Sender<PathBuf>) {
-        let absolute = dir.path().join(saved);
-        match outputs::relative_to(&absolute, dir.outputs()) {
-            Some(relative) => self.queue(relative, queue).await,
-            None if self.problem.is_none() => {
-                self.problem = Some(format!(
+    async fn queue_saved(&mut self, saved: &Path) {
+        let absolute = self.dir.path().join(saved);
+        match outputs::relative_to(&absolute, self.dir.outputs()) {
+            Some(relative) => self.queue(relative).await,
+            None => {
+                let problem = format!(
                     "blender saved {} outside the task's {OUTPUTS_DIR}/ directory",
                     saved.display()
-                ));
+                );
+                self.observed.problem.get_or_insert(problem);
             }
-            None => {}
         }
     }
 
-    async fn queue(&mut self, relative: PathBuf, queue: &mpsc::Sender<PathBuf>) {
+    async fn queue(&mut self, relative: PathBuf) {
         if self.queued.insert(relative.clone()) {
             // Fails only when the uploader stopped (cancelled), which ends the task anyway.
-            let _ = queue.send(relative).await;
+            let _ = self.queue.send(relative).await;
         }
     }
 
-    fn report_progress(
-        &mut self,
-        assignment: &TaskAssignment,
-        events: &mpsc::Sender<WorkerMessage>,
-    ) {
-        let Some(frame) = self.tracker.current_frame() else {
+    fn report_progress(&mut self) {
+        let Some(frame) = self.observed.tracker.current_frame() else {
             return;
         };
         let now = Instant::now();
@@ -405,34 +364,42 @@ impl Observed {
         }
         self.last_progress = Some(now);
         let report = TaskProgressReport {
-            task_id: assignment.task_id.clone(),
-            attempt: assignment.attempt,
-            fraction: self.tracker.fraction(&assignment.frames),
+            task_id: self.assignment.task_id.clone(),
+            attempt: self.assignment.attempt,
+            fraction: self.observed.tracker.fraction(&self.assignment.frames),
             frame: Some(frame),
         };
         // Progress may be dropped when the stream is busy; the next report supersedes it.
-        let _ = events.try_send(message(worker_message::Message::Progress(report)));
+        let _ = self
+            .events
+            .try_send(message(worker_message::Message::Progress(report)));
     }
 
-    async fn queue_remaining_outputs(
-        &mut self,
-        dir: &TaskDir,
-        input_outputs: &HashSet<PathBuf>,
-        queue: &mpsc::Sender<PathBuf>,
-    ) {
-        let found = match outputs::list_files(dir.outputs()).await {
+    async fn queue_remaining_outputs(&mut self) {
+        let found = match outputs::list_files(self.dir.outputs()).await {
             Ok(found) => found,
             Err(error) => {
-                self.problem.get_or_insert_with(|| error.to_string());
+                self.observed
+                    .problem
+                    .get_or_insert_with(|| error.to_string());
                 return;
             }
         };
         for relative in found {
-            if !input_outputs.contains(&relative) {
-                self.queue(relative, queue).await;
+            if !self.input_outputs.contains(&relative) {
+                self.queue(relative).await;
             }
         }
     }
+}
+
+/// Kills the group and reaps its leader.
+async fn reap(
+    group: ProcessGroup,
+    wait: &mut std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<ExitStatus>>>,
+) -> std::io::Result<ExitStatus> {
+    group.kill();
+    wait.await
 }
 
 /// Uploads queued outputs one by one, telling the scheduler about each.
@@ -594,7 +561,7 @@ fn failure(
     }
 }
 
-fn message(message: worker_message::Message) -> WorkerMessage {
+pub(crate) fn message(message: worker_message::Message) -> WorkerMessage {
     WorkerMessage {
         message: Some(message),
     }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up Kiln, starts a local farm with two workers, renders the bundled
+# example scene through it, and leaves frames and an mp4 in kiln-out/example.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+"$repo/scripts/setup.sh"
+cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
+bin=${CARGO_TARGET_DIR:-$cache/target}/debug
+cd "$repo"
+
+scene=examples/scene.blend
+if [ ! -f "$scene" ]; then
+  echo "==> generating $scene"
+  blender -b -Y --factory-startup --python examples/make_scene.py -- "$scene" >/dev/null
+fi
+
+echo "==> starting a local farm (kiln dev --workers 2)"
+"$bin/kiln" dev --workers 2 --dir .kiln >.kiln-dev.log 2>&1 &
+dev=$!
+trap 'kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null || true' EXIT
+for _ in $(seq 1 240); do
+  [ -f .kiln/dev.json ] && break
+  kill -0 $dev 2>/dev/null || { cat .kiln-dev.log; exit 1; }
+  sleep 0.5
+done
+[ -f .kiln/dev.json ] || { echo "kiln dev did not start; see .kiln-dev.log"; exit 1; }
+
+echo "==> rendering $scene"
+"$bin/kiln" render "$scene" --frames 1-24 --chunk 4 --out kiln-out/example
+echo "==> done: frames in kiln-out/example/frames, video in kiln-out/example/video.mp4"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up everything Kiln needs on a Debian machine with Rust installed:
+# system packages, Garage (built once into a cache outside the repo), and
+# Kiln's own binaries. Safe to run again: each step is skipped when done.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+garage_version=2.5.0
+packages=(postgresql etcd-server etcd-client blender ffmpeg protobuf-compiler libprotobuf-dev python3 python3-venv)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing system packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+garage="$cache/garage/bin/garage"
+if [ ! -x "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q "$garage_version"; then
+  echo "==> building Garage $garage_version into $cache/garage (once; about 15 minutes on 2 cores)"
+  cargo install --locked --quiet garage --version "$garage_version" --root "$cache/garage"
+fi
+
+echo "==> building Kiln (target dir $CARGO_TARGET_DIR)"
+cd "$repo"
+cargo build --workspace --bins --quiet
+echo "==> set up; binaries in $CARGO_TARGET_DIR/debug"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up Kiln and runs every test: unit tests and the end-to-end tests,
+# which start real Postgres, etcd, Garage, Blender, ffmpeg and Kiln's services.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+"$repo/scripts/setup.sh"
+cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+cd "$repo"
+# Two test threads: each end-to-end test runs a whole farm on this machine.
+cargo test --workspace --no-fail-fast -- --test-threads=2
