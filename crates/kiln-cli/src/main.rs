@@ -11,13 +11,25 @@ mod render;
 mod scene_probe;
 mod watch;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One readable line with its causes, never a backtrace.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = kiln_telemetry::init("kiln", &cli.telemetry)?;
     match cli.command {
         Command::Dev(args) => dev::run(args).await?,

@@ -103,7 +103,15 @@ fn instantiate(template: &str, parameters: &HashMap<String, String>) -> Result<J
     let values = preprocess_job_parameters(&template, &inputs, &[], &path_options)
         .map_err(|e| JobModelError::Parameters(e.to_string()))?;
     create_job(&template, &values, &template.default_validation_context())
-        .map_err(|e| JobModelError::Parameters(e.to_string()))
+        .map_err(|e| JobModelError::Parameters(format!("{e} (values given: {})", describe(parameters))))
+}
+
+/// The parameter values as `Name="value"`, sorted, so an error that cannot
+/// name the faulty parameter still shows what was asked for.
+fn describe(parameters: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = parameters.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    pairs.sort();
+    pairs.join(", ")
 }
 
 fn plan_step(step: &Step, task_budget: usize) -> Result<StepPlan, JobModelError> {

@@ -256,7 +256,10 @@ fn s3_error<E>(operation: &'static str, err: SdkError<E>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    Error::S3 { operation, message: describe(&err) }
+    Error::S3 {
+        operation,
+        message: describe(&err),
+    }
 }
 
 /// One line for an SDK error: the HTTP status and S3 error code when the
@@ -276,7 +279,9 @@ where
         .collect::<Vec<_>>()
         .join(": ");
     match (status, detail.is_empty()) {
-        (403, true) => "http 403: access denied (check the access key, secret key and bucket)".to_owned(),
+        (403, true) => {
+            "http 403: access denied (check the access key, secret key and bucket)".to_owned()
+        }
         (_, true) => format!("http {status}"),
         (_, false) => format!("http {status}: {detail}"),
     }

@@ -124,17 +124,24 @@ impl Writer {
 async fn sweep_stale(dir: &Path) -> std::io::Result<()> {
     let mut entries = tokio::fs::read_dir(dir).await?;
     while let Some(entry) = entries.next_entry().await? {
-        if !entry.file_name().to_string_lossy().starts_with(PREFIX) {
-            continue;
+        if entry.file_name().to_string_lossy().starts_with(PREFIX)
+            && let Err(err) = remove_if_stale(&entry).await
+        {
+            tracing::warn!(path = %entry.path().display(), error = %err, "cannot sweep spool file");
         }
-        let modified = entry.metadata().await?.modified()?;
-        let age = SystemTime::now()
-            .duration_since(modified)
-            .unwrap_or_default();
-        if age > STALE_AFTER {
-            tracing::info!(path = %entry.path().display(), "removing stale spool file");
-            tokio::fs::remove_file(entry.path()).await?;
-        }
+    }
+    Ok(())
+}
+
+async fn remove_if_stale(entry: &tokio::fs::DirEntry) -> std::io::Result<()> {
+    let modified = entry.metadata().await?.modified()?;
+    if SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_default()
+        > STALE_AFTER
+    {
+        tracing::info!(path = %entry.path().display(), "removing stale spool file");
+        tokio::fs::remove_file(entry.path()).await?;
     }
     Ok(())
 }
@@ -241,6 +248,23 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(upload.size, 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sweeps_only_stale_spool_files() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 60 * 60);
+        for name in ["upload-crashed", "unrelated-old"] {
+            std::fs::File::create(dir.path().join(name))?.set_modified(two_days_ago)?;
+        }
+        std::fs::write(dir.path().join("upload-live"), b"x")?;
+        Spool::create(dir.path().to_owned(), 1024).await?;
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["unrelated-old", "upload-live"]);
         Ok(())
     }
 }

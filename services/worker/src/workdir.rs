@@ -164,6 +164,15 @@ impl InputCache {
                 digest: digest.to_owned(),
                 source,
             })?;
+        // Inputs are hard links to this file: a renderer writing to its input must not change the cache.
+        let mut permissions = tokio::fs::metadata(&cached)
+            .await
+            .map_err(io_error("inspect", &cached))?
+            .permissions();
+        permissions.set_readonly(true);
+        tokio::fs::set_permissions(&cached, permissions)
+            .await
+            .map_err(io_error("protect", &cached))?;
         Ok(cached)
     }
 
