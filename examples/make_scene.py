@@ -4,11 +4,12 @@ rendered with Cycles at a low resolution so it renders in seconds.
 Run with: blender -b -Y --factory-startup --python examples/make_scene.py -- OUT.blend
 """
 import math
+import os
 import sys
 
 import bpy
 
-out = sys.argv[sys.argv.index("--") + 1] if "--" in sys.argv else "scene.blend"
+out = os.path.abspath(sys.argv[sys.argv.index("--") + 1] if "--" in sys.argv else "scene.blend")
 
 bpy.ops.wm.read_factory_settings(use_empty=True)
 scene = bpy.context.scene

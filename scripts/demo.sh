@@ -9,7 +9,7 @@ cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 bin=${CARGO_TARGET_DIR:-$cache/target}/debug
 cd "$repo"
 
-scene=examples/scene.blend
+scene="$repo/examples/scene.blend"
 if [ ! -f "$scene" ]; then
   echo "==> generating $scene"
   blender -b -Y --factory-startup --python examples/make_scene.py -- "$scene" >/dev/null

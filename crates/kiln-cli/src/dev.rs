@@ -18,7 +18,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         .workers(usize::from(args.workers))
         .s3(args.s3)
         .gateway_ports(args.grpc_port, args.http_port);
-    println!("starting a Kiln farm in {} ...", dir.display());
+    say!("starting a Kiln farm in {} ...", dir.display());
     let signal = shutdown_signal();
     tokio::pin!(signal);
     // Dropping a half-started farm on Ctrl-C stops whatever it started.
@@ -38,14 +38,14 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     print_summary(&farm, &info, &dev_file);
 
     supervise(&mut farm, &mut signal).await;
-    println!("stopping the farm ...");
+    say!("stopping the farm ...");
     if let Err(err) = std::fs::remove_file(&dev_file)
         && err.kind() != std::io::ErrorKind::NotFound
     {
         eprintln!("cannot remove {}: {err}", dev_file.display());
     }
     farm.shutdown().await?;
-    println!("stopped; data kept in {}", dir.display());
+    say!("stopped; data kept in {}", dir.display());
     Ok(())
 }
 
@@ -58,22 +58,22 @@ fn write_dev_info(path: &Path, info: &DevInfo) -> Result<(), CliError> {
 }
 
 fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
-    println!("Kiln dev farm is running in {}", farm.dir().display());
-    println!("  gateway gRPC  {}", info.gateway_grpc);
-    println!("  gateway REST  {}", info.gateway_http);
-    println!("  Postgres      {}", info.database);
-    println!("  etcd          {}", info.etcd);
+    say!("Kiln dev farm is running in {}", farm.dir().display());
+    say!("  gateway gRPC  {}", info.gateway_grpc);
+    say!("  gateway REST  {}", info.gateway_http);
+    say!("  Postgres      {}", info.database);
+    say!("  etcd          {}", info.etcd);
     if let Some(s3) = farm.s3_endpoint() {
-        println!("  S3 (Garage)   {s3}");
+        say!("  S3 (Garage)   {s3}");
     }
-    println!("  workers       {}", farm.worker_count());
-    println!("  logs          {}", info.logs.display());
-    println!(
+    say!("  workers       {}", farm.worker_count());
+    say!("  logs          {}", info.logs.display());
+    say!(
         "kiln commands run under {} find it through {}.",
         parent_of(farm.dir()).display(),
         dev_file.display()
     );
-    println!("Press Ctrl-C to stop.");
+    say!("Press Ctrl-C to stop.");
 }
 
 fn parent_of(dir: &Path) -> &Path {

@@ -23,7 +23,7 @@ pub async fn list(args: JobsArgs) -> Result<(), CliError> {
         .into_inner()
         .jobs;
     if jobs.is_empty() {
-        println!("no jobs yet; submit one with `kiln render SCENE.blend`");
+        say!("no jobs yet; submit one with `kiln render SCENE.blend`");
         return Ok(());
     }
     let mut rows = table(["ID", "NAME", "STATE", "PROGRESS", "CREATED"]);
@@ -36,7 +36,7 @@ pub async fn list(args: JobsArgs) -> Result<(), CliError> {
             timestamp(job.created_at.as_ref()),
         ]);
     }
-    println!("{rows}");
+    say!("{rows}");
     Ok(())
 }
 
@@ -62,34 +62,34 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
         .into_inner()
         .tasks;
     print_job(&job);
-    println!("\n{}", steps_table(&job));
-    println!("\n{}", tasks_table(&tasks));
+    say!("\n{}", steps_table(&job));
+    say!("\n{}", tasks_table(&tasks));
     Ok(())
 }
 
 fn print_job(job: &Job) {
-    println!("job       {}", job.id);
-    println!("name      {}", job.name);
-    println!("state     {}", job_state(job.state()));
-    println!(
+    say!("job       {}", job.id);
+    say!("name      {}", job.name);
+    say!("state     {}", job_state(job.state()));
+    say!(
         "progress  {} ({} running, {} failed)",
         progress(job),
         job.tasks_running,
         job.tasks_failed
     );
-    println!("priority  {}", job.priority);
+    say!("priority  {}", job.priority);
     if !job.template_name.is_empty() {
-        println!("template  {}", job.template_name);
+        say!("template  {}", job.template_name);
     }
     let mut parameters: Vec<_> = job.parameters.iter().collect();
     parameters.sort();
     for (name, value) in parameters {
-        println!("param     {name} = {value}");
+        say!("param     {name} = {value}");
     }
-    println!("created   {}", timestamp(job.created_at.as_ref()));
-    println!("finished  {}", timestamp(job.finished_at.as_ref()));
+    say!("created   {}", timestamp(job.created_at.as_ref()));
+    say!("finished  {}", timestamp(job.finished_at.as_ref()));
     if !job.message.is_empty() {
-        println!("message   {}", job.message);
+        say!("message   {}", job.message);
     }
 }
 
@@ -136,7 +136,7 @@ pub async fn cancel(args: JobArgs) -> Result<(), CliError> {
         .await
         .map_err(CliError::rpc("cancelling the job"))?
         .into_inner();
-    println!("job {} is {}", job.id, job_state(job.state()));
+    say!("job {} is {}", job.id, job_state(job.state()));
     Ok(())
 }
 
@@ -146,13 +146,13 @@ pub async fn list_outputs(args: OutputsArgs) -> Result<(), CliError> {
     if let Some(dir) = &args.download {
         let written = outputs::download_all(&gateway.assets(), &outputs, dir).await?;
         for path in &written {
-            println!("{}", path.display());
+            say!("{}", path.display());
         }
-        println!("downloaded {} files into {}", written.len(), dir.display());
+        say!("downloaded {} files into {}", written.len(), dir.display());
         return Ok(());
     }
     if outputs.is_empty() {
-        println!("job {} has no outputs yet", args.job);
+        say!("job {} has no outputs yet", args.job);
         return Ok(());
     }
     let mut rows = table(["PATH", "SIZE", "DIGEST"]);
@@ -163,6 +163,6 @@ pub async fn list_outputs(args: OutputsArgs) -> Result<(), CliError> {
             short_digest(&output.digest).to_owned(),
         ]);
     }
-    println!("{rows}");
+    say!("{rows}");
     Ok(())
 }

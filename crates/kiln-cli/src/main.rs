@@ -1,5 +1,14 @@
 //! `kiln`: the Kiln render farm's command line.
 
+/// Prints a line for the user. Output piped into a reader that stopped
+/// early (`kiln jobs | head`) is dropped instead of panicking like println!.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod connect;
 mod dev;

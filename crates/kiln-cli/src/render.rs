@@ -28,7 +28,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let gateway = Gateway::connect(&args.gateway).await?;
 
     let scene = gateway.assets().upload_file(&args.scene).await?;
-    println!(
+    say!(
         "uploaded {} ({} bytes, {})",
         args.scene.display(),
         scene.size,
@@ -36,12 +36,13 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     );
 
     let job = submit(&gateway.jobs, &args, &frames, fps, scene.digest).await?;
-    println!(
+    say!(
         "submitted job {} ({} tasks, frames {frames}, {fps} fps)",
-        job.id, job.tasks_total
+        job.id,
+        job.tasks_total
     );
     if args.no_wait {
-        println!("follow it with `kiln status {}`", job.id);
+        say!("follow it with `kiln status {}`", job.id);
         return Ok(());
     }
 
@@ -79,13 +80,13 @@ async fn frames_and_fps(args: &RenderArgs) -> Result<(String, f64), CliError> {
 }
 
 async fn probe(scene: &Path) -> Result<SceneInfo, String> {
-    println!(
+    say!(
         "reading the frame range and frame rate of {} with blender",
         scene.display()
     );
     let result = scene_probe::probe(scene).await;
     if let Err(reason) = &result {
-        println!("could not read the scene ({reason}); using the flags and defaults");
+        say!("could not read the scene ({reason}); using the flags and defaults");
     }
     result
 }
@@ -131,7 +132,7 @@ async fn follow_until_done(jobs: &JobClient, job: Job) -> Result<Job, CliError> 
     tokio::select! {
         result = watch::follow(jobs, job) => result,
         _ = tokio::signal::ctrl_c() => {
-            println!("\nstopped watching; job {id} keeps running (see `kiln status {id}`, cancel with `kiln cancel {id}`)");
+            say!("\nstopped watching; job {id} keeps running (see `kiln status {id}`, cancel with `kiln cancel {id}`)");
             Err(CliError::Interrupted)
         }
     }
@@ -145,9 +146,9 @@ async fn fetch_outputs(gateway: &Gateway, job_id: &str, out: &Path) -> Result<()
     let outputs = outputs::list(&gateway.jobs, job_id).await?;
     let written = outputs::download_all(&gateway.assets(), &outputs, out).await?;
     for path in &written {
-        println!("{}", path.display());
+        say!("{}", path.display());
     }
-    println!("downloaded {} files into {}", written.len(), out.display());
+    say!("downloaded {} files into {}", written.len(), out.display());
     Ok(())
 }
 

@@ -77,6 +77,7 @@ async fn stream_events(
     let mut stream = jobs.clone().watch_job(request).await?.into_inner();
     let mut latest = None;
     while let Some(event) = stream.message().await? {
+        tracing::debug!(?event, "job event");
         match event.event {
             Some(Event::JobChanged(job)) => {
                 show(bar, &job);
@@ -86,7 +87,25 @@ async fn stream_events(
                     break;
                 }
             }
-            Some(Event::TaskStateChanged(change)) => report_failed_task(bar, &change),
+            Some(Event::TaskStateChanged(change)) => {
+                report_failed_task(bar, &change);
+                // Task counts may change without a JobChanged event; read them.
+                if let Ok(response) = jobs
+                    .clone()
+                    .get_job(GetJobRequest {
+                        job_id: job_id.to_owned(),
+                    })
+                    .await
+                {
+                    let job = response.into_inner();
+                    show(bar, &job);
+                    let done = is_final(job.state());
+                    latest = Some(job);
+                    if done {
+                        break;
+                    }
+                }
+            }
             _ => {}
         }
     }

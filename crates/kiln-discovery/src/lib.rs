@@ -41,6 +41,10 @@ pub struct DiscoveryArgs {
     /// Seconds a registration outlives its process
     #[arg(long, env = "KILN_LEASE_TTL", default_value_t = 10)]
     pub lease_ttl: i64,
+    /// Host name peers should use to reach this process, when it listens on
+    /// 0.0.0.0 (e.g. the service name under docker compose); default: the bound address
+    #[arg(long, env = "KILN_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
 }
 
 /// Where one service instance listens.
@@ -66,9 +70,18 @@ pub struct Discovery {
     client: Client,
     prefix: String,
     lease_ttl: i64,
+    advertise_host: Option<String>,
 }
 
 impl Discovery {
+    /// The address peers should dial for a listener bound to `bound`.
+    pub fn advertised_address(&self, bound: std::net::SocketAddr) -> String {
+        match &self.advertise_host {
+            Some(host) => format!("{host}:{}", bound.port()),
+            None => bound.to_string(),
+        }
+    }
+
     /// Connects to etcd, retrying for up to `patience` while it starts.
     pub async fn connect(args: &DiscoveryArgs, patience: Duration) -> Result<Self, DiscoveryError> {
         let deadline = tokio::time::Instant::now() + patience;
@@ -95,6 +108,7 @@ impl Discovery {
             client,
             prefix: args.etcd_prefix.trim_end_matches('/').to_owned(),
             lease_ttl: args.lease_ttl.max(2),
+            advertise_host: args.advertise_host.clone(),
         })
     }
 

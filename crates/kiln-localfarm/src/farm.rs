@@ -571,6 +571,7 @@ async fn connect_discovery(etcd_url: &str) -> Result<Discovery> {
         etcd_endpoints: vec![etcd_url.to_owned()],
         etcd_prefix: ETCD_PREFIX.to_owned(),
         lease_ttl: 10,
+        advertise_host: None,
     };
     Ok(Discovery::connect(&args, Duration::from_secs(10)).await?)
 }

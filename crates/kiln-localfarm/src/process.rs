@@ -114,6 +114,8 @@ impl ServiceProcess {
         let (stdout, stderr) = self.open_log()?;
         let child = Command::new(&self.program)
             .args(&self.args)
+            // Output goes to a file, where colour codes are noise.
+            .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)

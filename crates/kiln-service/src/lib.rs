@@ -62,7 +62,8 @@ pub async fn serve(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    let endpoint = Endpoint { instance: instance_name(service), grpc: local.to_string(), http: http_addr };
+    let endpoint =
+        Endpoint { instance: instance_name(service), grpc: discovery.advertised_address(local), http: http_addr };
     let registration = discovery.register(service, endpoint).await?;
     tracing::info!(service, addr = %local, "serving grpc");
     let result = tonic::transport::Server::builder()

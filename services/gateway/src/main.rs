@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         .add_service(AssetServiceServer::new(api).max_decoding_message_size(max_message));
     let routes = kiln_service::with_standard_services(routes, &["kiln.v1.JobService", "kiln.v1.AssetService"]).await?;
     let grpc_listener = kiln_service::bind(config.grpc_listen).await?;
-    kiln_service::serve(service::GATEWAY, grpc_listener, routes, &discovery, Some(http_addr.to_string())).await?;
+    kiln_service::serve(service::GATEWAY, grpc_listener, routes, &discovery, Some(discovery.advertised_address(http_addr))).await?;
     http.await??;
     Ok(())
 }
