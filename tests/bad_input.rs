@@ -19,19 +19,47 @@ async fn invalid_submissions_are_rejected_and_change_nothing() -> anyhow::Result
         "specificationVersion: jobtemplate-2023-09\nname: broken\nsteps: []\n".into(),
     ));
     let cases = [
-        ("unknown scene digest", blender_request(&unknown, "1-4", 2), "not stored"),
-        ("reversed frame range", blender_request(&digest, "12-1", 2), "12-1"),
-        ("empty frame range", blender_request(&digest, "", 2), "Frames"),
-        ("chunk size 0", blender_request(&digest, "1-4", 0), "ChunkSize"),
+        (
+            "unknown scene digest",
+            blender_request(&unknown, "1-4", 2),
+            "not stored",
+        ),
+        (
+            "reversed frame range",
+            blender_request(&digest, "12-1", 2),
+            "12-1",
+        ),
+        (
+            "empty frame range",
+            blender_request(&digest, "", 2),
+            "Frames",
+        ),
+        (
+            "chunk size 0",
+            blender_request(&digest, "1-4", 0),
+            "ChunkSize",
+        ),
         ("template that does not validate", bad_template, "template"),
     ];
     for (what, request, mentions) in cases {
         let status = client.jobs.submit_job(request).await.expect_err(what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-        assert!(status.message().contains(mentions), "{what}: {:?} should mention {mentions:?}", status.message());
+        assert!(
+            status.message().contains(mentions),
+            "{what}: {:?} should mention {mentions:?}",
+            status.message()
+        );
     }
-    let jobs = client.jobs.list_jobs(pb::ListJobsRequest { limit: 0 }).await?.into_inner().jobs;
-    assert!(jobs.is_empty(), "rejected submissions created jobs: {jobs:?}");
+    let jobs = client
+        .jobs
+        .list_jobs(pb::ListJobsRequest { limit: 0 })
+        .await?
+        .into_inner()
+        .jobs;
+    assert!(
+        jobs.is_empty(),
+        "rejected submissions created jobs: {jobs:?}"
+    );
 
     let status = client.job("not-a-uuid").await.expect_err("malformed id");
     assert!(format!("{status:?}").contains("not a UUID"), "{status:?}");
@@ -45,14 +73,21 @@ async fn a_file_that_is_not_a_blend_fails_its_job_and_the_worker_survives() -> a
     let mut client = Client::connect(&farm).await?;
 
     let not_a_blend = dir.path().join("notes.blend");
-    std::fs::write(&not_a_blend, b"these are not the frames you are looking for\n")?;
+    std::fs::write(
+        &not_a_blend,
+        b"these are not the frames you are looking for\n",
+    )?;
     let job = client.submit_blender(&not_a_blend, "1-2", 2).await?;
     let job = client.wait_until_finished(&job.id).await?;
     assert_eq!(state_of(&job), pb::JobState::Failed, "{job:?}");
     let tasks = client.tasks(&job.id).await?;
-    let render = tasks.iter().find(|t| t.step_name == "Render").expect("a render task");
+    let render = tasks
+        .iter()
+        .find(|t| t.step_name == "Render")
+        .expect("a render task");
     assert!(
-        render.log_tail.contains("not a blend file") || render.log_tail.contains("File format is not supported"),
+        render.log_tail.contains("not a blend file")
+            || render.log_tail.contains("File format is not supported"),
         "the task log carries Blender's message: {:?}",
         render.log_tail
     );
@@ -62,15 +97,24 @@ async fn a_file_that_is_not_a_blend_fails_its_job_and_the_worker_survives() -> a
     let marker = dir.path().join("autoexec-ran");
     let trap = booby_trapped_scene(dir.path(), &marker)?;
     // Control: with auto-run allowed, Blender does run the block.
-    let allowed = std::process::Command::new("blender").args(["-b", "-y"]).arg(&trap).output()?;
-    assert!(allowed.status.success() && marker.exists(), "the trap is armed");
+    let allowed = std::process::Command::new("blender")
+        .args(["-b", "-y"])
+        .arg(&trap)
+        .output()?;
+    assert!(
+        allowed.status.success() && marker.exists(),
+        "the trap is armed"
+    );
     std::fs::remove_file(&marker)?;
     let job = client.submit_blender(&trap, "1", 1).await?;
     let job = client.wait_until_finished(&job.id).await?;
     assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
     assert!(!marker.exists(), "the text block inside the .blend ran");
     assert_eq!(farm.worker_count(), 1);
-    assert!(farm.worker_mut(0).expect("worker 0").is_running(), "the worker survived the bad scene");
+    assert!(
+        farm.worker_mut(0).expect("worker 0").is_running(),
+        "the worker survived the bad scene"
+    );
     farm.shutdown().await?;
     Ok(())
 }

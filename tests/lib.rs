@@ -22,7 +22,11 @@ pub fn repo_root() -> PathBuf {
 /// Starts a farm in a fresh temporary directory (kept alive by the returned guard).
 pub async fn start_farm(workers: usize, s3: bool) -> Result<(Farm, tempfile::TempDir)> {
     let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
-    let farm = Farm::builder(dir.path().join("farm")).workers(workers).s3(s3).start().await?;
+    let farm = Farm::builder(dir.path().join("farm"))
+        .workers(workers)
+        .s3(s3)
+        .start()
+        .await?;
     Ok((farm, dir))
 }
 
@@ -36,27 +40,57 @@ impl Client {
     pub async fn connect(farm: &Farm) -> Result<Self> {
         let channel = Channel::from_shared(farm.gateway_url())?.connect().await?;
         Ok(Self {
-            jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024),
+            jobs: JobServiceClient::new(channel.clone())
+                .max_decoding_message_size(16 * 1024 * 1024),
             assets: AssetClient::new(channel),
         })
     }
 
     /// Uploads `scene` and submits the built-in Blender template for it.
-    pub async fn submit_blender(&mut self, scene: &Path, frames: &str, chunk: u32) -> Result<pb::Job> {
+    pub async fn submit_blender(
+        &mut self,
+        scene: &Path,
+        frames: &str,
+        chunk: u32,
+    ) -> Result<pb::Job> {
         let info = self.assets.upload_file(scene).await?;
-        Ok(self.jobs.submit_job(blender_request(&info.digest, frames, chunk)).await?.into_inner())
+        Ok(self
+            .jobs
+            .submit_job(blender_request(&info.digest, frames, chunk))
+            .await?
+            .into_inner())
     }
 
     pub async fn job(&mut self, id: &str) -> Result<pb::Job> {
-        Ok(self.jobs.get_job(pb::GetJobRequest { job_id: id.to_owned() }).await?.into_inner())
+        Ok(self
+            .jobs
+            .get_job(pb::GetJobRequest {
+                job_id: id.to_owned(),
+            })
+            .await?
+            .into_inner())
     }
 
     pub async fn tasks(&mut self, id: &str) -> Result<Vec<pb::Task>> {
-        Ok(self.jobs.list_tasks(pb::ListTasksRequest { job_id: id.to_owned() }).await?.into_inner().tasks)
+        Ok(self
+            .jobs
+            .list_tasks(pb::ListTasksRequest {
+                job_id: id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .tasks)
     }
 
     pub async fn outputs(&mut self, id: &str) -> Result<Vec<pb::JobOutput>> {
-        Ok(self.jobs.list_outputs(pb::ListOutputsRequest { job_id: id.to_owned() }).await?.into_inner().outputs)
+        Ok(self
+            .jobs
+            .list_outputs(pb::ListOutputsRequest {
+                job_id: id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .outputs)
     }
 
     /// Polls until the job reaches a final state; returns it.
@@ -76,7 +110,9 @@ impl Client {
             // The scheduler may be restarting: treat "unavailable" as "not yet".
             match self.job(id).await {
                 Ok(job) if condition(&job) => return Ok(job),
-                Ok(job) if Instant::now() >= deadline => bail!("job {id} never reached the condition: {job:?}"),
+                Ok(job) if Instant::now() >= deadline => {
+                    bail!("job {id} never reached the condition: {job:?}")
+                }
                 Err(err) if Instant::now() >= deadline => return Err(err),
                 _ => tokio::time::sleep(Duration::from_millis(250)).await,
             }
@@ -100,12 +136,21 @@ impl Client {
 
 pub fn blender_request(digest: &str, frames: &str, chunk: u32) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
-        template: Some(pb::submit_job_request::Template::BuiltinTemplate("blender".into())),
-        parameters: [("Frames", frames.to_owned()), ("ChunkSize", chunk.to_string()), ("FrameRate", "24".into())]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-        inputs: vec![pb::JobInput { path: "scene.blend".into(), digest: digest.to_owned() }],
+        template: Some(pb::submit_job_request::Template::BuiltinTemplate(
+            "blender".into(),
+        )),
+        parameters: [
+            ("Frames", frames.to_owned()),
+            ("ChunkSize", chunk.to_string()),
+            ("FrameRate", "24".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        inputs: vec![pb::JobInput {
+            path: "scene.blend".into(),
+            digest: digest.to_owned(),
+        }],
         name: String::new(),
         priority: 0,
     }
@@ -116,14 +161,23 @@ pub fn state_of(job: &pb::Job) -> pb::JobState {
 }
 
 pub fn is_final(job: &pb::Job) -> bool {
-    matches!(state_of(job), pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    matches!(
+        state_of(job),
+        pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+    )
 }
 
 /// Makes the bundled example scene (examples/make_scene.py) in `dir`.
 pub fn example_scene(dir: &Path) -> Result<PathBuf> {
     let out = dir.join("scene.blend");
     let script = repo_root().join("examples/make_scene.py");
-    run_blender_python(&["--factory-startup", "--python", &script.to_string_lossy(), "--", &out.to_string_lossy()])?;
+    run_blender_python(&[
+        "--factory-startup",
+        "--python",
+        &script.to_string_lossy(),
+        "--",
+        &out.to_string_lossy(),
+    ])?;
     Ok(out)
 }
 
@@ -131,7 +185,10 @@ pub fn example_scene(dir: &Path) -> Result<PathBuf> {
 /// loads; if it ever runs, it creates `marker`.
 pub fn booby_trapped_scene(dir: &Path, marker: &Path) -> Result<PathBuf> {
     let out = dir.join("trap.blend");
-    let payload = format!("open({:?}, 'w').write('autoexec ran')", marker.to_string_lossy());
+    let payload = format!(
+        "open({:?}, 'w').write('autoexec ran')",
+        marker.to_string_lossy()
+    );
     let expr = format!(
         "import bpy\n\
          s = bpy.context.scene\n\
@@ -157,7 +214,10 @@ fn run_blender_python(args: &[&str]) -> Result<()> {
         .output()
         .context("running blender (is it installed? scripts/setup.sh installs it)")?;
     if !output.status.success() {
-        bail!("blender failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "blender failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(())
 }
@@ -166,7 +226,12 @@ fn run_blender_python(args: &[&str]) -> Result<()> {
 pub fn probe_video(path: &Path) -> Result<(u64, String, String)> {
     let output = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames,codec_name,pix_fmt", "-of", "json"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,codec_name,pix_fmt",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()?;
     let info: serde_json::Value = serde_json::from_slice(&output.stdout)?;
@@ -179,7 +244,9 @@ pub fn probe_video(path: &Path) -> Result<(u64, String, String)> {
 /// Process ids of running Blender processes whose command line mentions `dir`.
 pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| {

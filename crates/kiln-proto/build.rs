@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["kiln/v1/jobs.proto", "kiln/v1/worker.proto", "kiln/v1/assets.proto"];
+const PROTOS: &[&str] = &[
+    "kiln/v1/jobs.proto",
+    "kiln/v1/worker.proto",
+    "kiln/v1/assets.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");

@@ -31,6 +31,13 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
                 failures = 0;
             }
             Ok(None) => failures += 1,
+            Err(status) if is_permanent(&status) => {
+                bar.abandon();
+                return Err(CliError::Rpc {
+                    action: "watching the job",
+                    status,
+                });
+            }
             Err(status) => {
                 tracing::debug!(error = %status, failures, "job progress stream broke");
                 last_error = status.message().to_owned();
@@ -39,14 +46,9 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
         }
         // The stream may end without a final event; ask for the job itself.
         if !is_final(job.state())
-            && let Ok(response) = jobs
-                .clone()
-                .get_job(GetJobRequest {
-                    job_id: job.id.clone(),
-                })
-                .await
+            && let Some(current) = fetch_job(jobs, &job.id).await
         {
-            job = response.into_inner();
+            job = current;
             show(&bar, &job);
         }
         if is_final(job.state()) {
@@ -65,6 +67,19 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
     Ok(job)
 }
 
+/// Errors that retrying cannot fix.
+fn is_permanent(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::NotFound
+            | Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
+    )
+}
+
 /// Reads one WatchJob stream to its end; returns the last job snapshot seen.
 async fn stream_events(
     jobs: &JobClient,
@@ -78,38 +93,39 @@ async fn stream_events(
     let mut latest = None;
     while let Some(event) = stream.message().await? {
         tracing::debug!(?event, "job event");
-        match event.event {
-            Some(Event::JobChanged(job)) => {
-                show(bar, &job);
-                let done = is_final(job.state());
-                latest = Some(job);
-                if done {
-                    break;
-                }
-            }
+        let snapshot = match event.event {
+            Some(Event::JobChanged(job)) => Some(job),
             Some(Event::TaskStateChanged(change)) => {
                 report_failed_task(bar, &change);
                 // Task counts may change without a JobChanged event; read them.
-                if let Ok(response) = jobs
-                    .clone()
-                    .get_job(GetJobRequest {
-                        job_id: job_id.to_owned(),
-                    })
-                    .await
-                {
-                    let job = response.into_inner();
-                    show(bar, &job);
-                    let done = is_final(job.state());
-                    latest = Some(job);
-                    if done {
-                        break;
-                    }
-                }
+                fetch_job(jobs, job_id).await
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(job) = snapshot {
+            show(bar, &job);
+            let done = is_final(job.state());
+            latest = Some(job);
+            if done {
+                break;
+            }
         }
     }
     Ok(latest)
+}
+
+/// The job as it is now, or `None` if the gateway cannot say.
+async fn fetch_job(jobs: &JobClient, job_id: &str) -> Option<Job> {
+    let request = GetJobRequest {
+        job_id: job_id.to_owned(),
+    };
+    match jobs.clone().get_job(request).await {
+        Ok(response) => Some(response.into_inner()),
+        Err(status) => {
+            tracing::debug!(error = %status, "cannot read the job");
+            None
+        }
+    }
 }
 
 fn progress_bar(job: &Job) -> ProgressBar {

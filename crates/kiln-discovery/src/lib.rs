@@ -33,7 +33,12 @@ pub mod service {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DiscoveryArgs {
     /// etcd endpoints, comma-separated
-    #[arg(long = "etcd", env = "KILN_ETCD", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long = "etcd",
+        env = "KILN_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     /// Key prefix under which this farm's keys live, so farms can share an etcd
     #[arg(long, env = "KILN_ETCD_PREFIX", default_value = "/kiln")]
@@ -128,20 +133,37 @@ impl Discovery {
 
     /// Registers `endpoint` under `service` and keeps it registered until the
     /// returned [`Registration`] is dropped or revoked.
-    pub async fn register(&self, service: &str, endpoint: Endpoint) -> Result<Registration, DiscoveryError> {
+    pub async fn register(
+        &self,
+        service: &str,
+        endpoint: Endpoint,
+    ) -> Result<Registration, DiscoveryError> {
         let key = format!("{}{}", self.service_prefix(service), endpoint.instance);
         let value = serde_json::to_string(&endpoint)?;
         let lease = put_with_lease(&self.client, &key, &value, self.lease_ttl).await?;
         tracing::info!(service, instance = %endpoint.instance, grpc = %endpoint.grpc, "registered in etcd");
-        let keeper = tokio::spawn(keep_registered(self.client.clone(), key, value, self.lease_ttl, lease));
-        Ok(Registration { client: self.client.clone(), keeper, lease })
+        let keeper = tokio::spawn(keep_registered(
+            self.client.clone(),
+            key,
+            value,
+            self.lease_ttl,
+            lease,
+        ));
+        Ok(Registration {
+            client: self.client.clone(),
+            keeper,
+            lease,
+        })
     }
 
     /// Every live instance of `service`.
     pub async fn find(&self, service: &str) -> Result<Vec<Endpoint>, DiscoveryError> {
         let mut client = self.client.clone();
         let response = client
-            .get(self.service_prefix(service), Some(GetOptions::new().with_prefix()))
+            .get(
+                self.service_prefix(service),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await?;
         response
             .kvs()
@@ -151,7 +173,11 @@ impl Discovery {
     }
 
     /// One live instance of `service`, chosen at random, waiting up to `patience` for one to appear.
-    pub async fn find_one(&self, service: &str, patience: Duration) -> Result<Endpoint, DiscoveryError> {
+    pub async fn find_one(
+        &self,
+        service: &str,
+        patience: Duration,
+    ) -> Result<Endpoint, DiscoveryError> {
         let started = tokio::time::Instant::now();
         loop {
             match self.find(service).await {
@@ -163,17 +189,27 @@ impl Discovery {
                 Err(err) => tracing::debug!(error = %err, service, "lookup failed"),
             }
             if started.elapsed() >= patience {
-                return Err(DiscoveryError::NotFound { service: service.to_owned(), waited: patience });
+                return Err(DiscoveryError::NotFound {
+                    service: service.to_owned(),
+                    waited: patience,
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
 
-async fn put_with_lease(client: &Client, key: &str, value: &str, ttl: i64) -> Result<i64, DiscoveryError> {
+async fn put_with_lease(
+    client: &Client,
+    key: &str,
+    value: &str,
+    ttl: i64,
+) -> Result<i64, DiscoveryError> {
     let mut client = client.clone();
     let lease = client.lease_grant(ttl, None).await?.id();
-    client.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+    client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await?;
     Ok(lease)
 }
 

@@ -33,9 +33,16 @@ pub fn parse_frame_list(expr: &str) -> Result<Vec<i64>, JobModelError> {
 /// "a-b" or "a"; a negative start ("-5-3") is allowed.
 fn parse_bounds(range: &str) -> Option<(i64, i64)> {
     let range = range.trim();
-    let split_at = range.char_indices().skip(1).find(|&(_, c)| c == '-').map(|(i, _)| i);
+    let split_at = range
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c == '-')
+        .map(|(i, _)| i);
     match split_at {
-        Some(i) => Some((range[..i].trim().parse().ok()?, range[i + 1..].trim().parse().ok()?)),
+        Some(i) => Some((
+            range[..i].trim().parse().ok()?,
+            range[i + 1..].trim().parse().ok()?,
+        )),
         None => {
             let frame = range.parse().ok()?;
             Some((frame, frame))
@@ -53,7 +60,11 @@ pub fn blender_frame_arg(frames: &[i64]) -> String {
         while j + 1 < frames.len() && frames[j + 1] == frames[j] + 1 {
             j += 1;
         }
-        parts.push(if i == j { frames[i].to_string() } else { format!("{}..{}", frames[i], frames[j]) });
+        parts.push(if i == j {
+            frames[i].to_string()
+        } else {
+            format!("{}..{}", frames[i], frames[j])
+        });
         i = j + 1;
     }
     parts.join(",")

@@ -6,8 +6,8 @@ use openjd_expr::{ExprValue, FormatStringOptions, PathFormat};
 use openjd_model::job::{HostRequirements, Job, Step};
 use openjd_model::template::parse::document_string_to_object;
 use openjd_model::{
-    CallerLimits, DocumentType, PathParameterOptions, StepDependencyGraph, StepParameterSpaceIterator, create_job,
-    decode_job_template, preprocess_job_parameters,
+    CallerLimits, DocumentType, PathParameterOptions, StepDependencyGraph,
+    StepParameterSpaceIterator, create_job, decode_job_template, preprocess_job_parameters,
 };
 
 use crate::frames::{blender_frame_arg, parse_frame_list};
@@ -28,7 +28,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_tasks: 100_000, max_template_bytes: 256 * 1024 }
+        Self {
+            max_tasks: 100_000,
+            max_template_bytes: 256 * 1024,
+        }
     }
 }
 
@@ -67,7 +70,11 @@ impl JobPlan {
 }
 
 /// Validates `template` (YAML or JSON) with `parameters` and expands it into tasks.
-pub fn plan_job(template: &str, parameters: &HashMap<String, String>, limits: Limits) -> Result<JobPlan, JobModelError> {
+pub fn plan_job(
+    template: &str,
+    parameters: &HashMap<String, String>,
+    limits: Limits,
+) -> Result<JobPlan, JobModelError> {
     if template.len() > limits.max_template_bytes {
         return Err(JobModelError::Template(format!(
             "template is {} bytes, more than the limit of {}",
@@ -82,12 +89,17 @@ pub fn plan_job(template: &str, parameters: &HashMap<String, String>, limits: Li
     let mut steps = Vec::with_capacity(order.len());
     let mut tasks_so_far = 0;
     for name in order {
-        let Some(step) = job.steps.iter().find(|s| s.name == name) else { continue };
+        let Some(step) = job.steps.iter().find(|s| s.name == name) else {
+            continue;
+        };
         let plan = plan_step(step, limits.max_tasks - tasks_so_far)?;
         tasks_so_far += plan.tasks.len();
         steps.push(plan);
     }
-    Ok(JobPlan { name: job.name.clone(), steps })
+    Ok(JobPlan {
+        name: job.name.clone(),
+        steps,
+    })
 }
 
 fn instantiate(template: &str, parameters: &HashMap<String, String>) -> Result<Job, JobModelError> {
@@ -96,32 +108,46 @@ fn instantiate(template: &str, parameters: &HashMap<String, String>) -> Result<J
         .map_err(|e| JobModelError::Template(e.to_string()))?;
     let template = decode_job_template(document, Some(SUPPORTED_EXTENSIONS), &limits)
         .map_err(|e| JobModelError::Template(e.to_string()))?;
-    let inputs = parameters.iter().map(|(k, v)| (k.clone(), ExprValue::String(v.clone()))).collect();
+    let inputs = parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), ExprValue::String(v.clone())))
+        .collect();
     // PATH parameters are resolved relative to "/": Kiln jobs refer to files by
     // their place in the task's working directory, never the submitter's disk.
     let path_options = PathParameterOptions::new("/", "/");
     let values = preprocess_job_parameters(&template, &inputs, &[], &path_options)
         .map_err(|e| JobModelError::Parameters(e.to_string()))?;
-    create_job(&template, &values, &template.default_validation_context())
-        .map_err(|e| JobModelError::Parameters(format!("{e} (values given: {})", describe(parameters))))
+    create_job(&template, &values, &template.default_validation_context()).map_err(|e| {
+        JobModelError::Parameters(format!("{e} (values given: {})", describe(parameters)))
+    })
 }
 
 /// The parameter values as `Name="value"`, sorted, so an error that cannot
 /// name the faulty parameter still shows what was asked for.
 fn describe(parameters: &HashMap<String, String>) -> String {
-    let mut pairs: Vec<_> = parameters.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    let mut pairs: Vec<_> = parameters
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect();
     pairs.sort();
     pairs.join(", ")
 }
 
 fn plan_step(step: &Step, task_budget: usize) -> Result<StepPlan, JobModelError> {
-    let step_error = |message: String| JobModelError::Step { step: step.name.clone(), message };
+    let step_error = |message: String| JobModelError::Step {
+        step: step.name.clone(),
+        message,
+    };
     let task_sets: Vec<_> = match &step.parameter_space {
         Some(space) => {
-            let iter = StepParameterSpaceIterator::new(space).map_err(|e| step_error(e.to_string()))?;
+            let iter =
+                StepParameterSpaceIterator::new(space).map_err(|e| step_error(e.to_string()))?;
             let tasks: Vec<_> = iter.take(task_budget.saturating_add(1)).collect();
             if tasks.len() > task_budget {
-                return Err(JobModelError::TooManyTasks { tasks: tasks.len(), limit: task_budget });
+                return Err(JobModelError::TooManyTasks {
+                    tasks: tasks.len(),
+                    limit: task_budget,
+                });
             }
             tasks
         }
@@ -132,7 +158,10 @@ fn plan_step(step: &Step, task_budget: usize) -> Result<StepPlan, JobModelError>
         None => Default::default(),
     };
     symbols
-        .set("Session.WorkingDirectory", ExprValue::String(WORKING_DIRECTORY_PLACEHOLDER.to_owned()))
+        .set(
+            "Session.WorkingDirectory",
+            ExprValue::String(WORKING_DIRECTORY_PLACEHOLDER.to_owned()),
+        )
         .map_err(|e| step_error(e.to_string()))?;
     let tasks = task_sets
         .iter()
@@ -140,7 +169,12 @@ fn plan_step(step: &Step, task_budget: usize) -> Result<StepPlan, JobModelError>
         .collect::<Result<_, _>>()?;
     Ok(StepPlan {
         name: step.name.clone(),
-        depends_on: step.dependencies.iter().flatten().map(|d| d.depends_on.clone()).collect(),
+        depends_on: step
+            .dependencies
+            .iter()
+            .flatten()
+            .map(|d| d.depends_on.clone())
+            .collect(),
         host_requirements: step.host_requirements.clone(),
         tasks,
     })
@@ -155,8 +189,12 @@ fn plan_task(
     let mut parameters = BTreeMap::new();
     let mut frames = Vec::new();
     for (name, value) in set {
-        symbols.set(&format!("Task.Param.{name}"), value.value.clone()).map_err(|e| e.to_string())?;
-        symbols.set(&format!("Task.RawParam.{name}"), value.value.clone()).map_err(|e| e.to_string())?;
+        symbols
+            .set(&format!("Task.Param.{name}"), value.value.clone())
+            .map_err(|e| e.to_string())?;
+        symbols
+            .set(&format!("Task.RawParam.{name}"), value.value.clone())
+            .map_err(|e| e.to_string())?;
         let text = value.value.to_display_string();
         if name == FRAME_PARAMETER {
             frames = parse_frame_list(&text).map_err(|e| e.to_string())?;
@@ -165,17 +203,28 @@ fn plan_task(
     }
     let action = &step.script.actions.on_run;
     let options = FormatStringOptions::new();
-    let command = action.command.resolve_string_with(&symbols, &options).map_err(|e| e.to_string())?;
+    let command = action
+        .command
+        .resolve_string_with(&symbols, &options)
+        .map_err(|e| e.to_string())?;
     let mut args = action
         .args
         .iter()
         .flatten()
-        .map(|arg| arg.resolve_string_with(&symbols, &options).map_err(|e| e.to_string()))
+        .map(|arg| {
+            arg.resolve_string_with(&symbols, &options)
+                .map_err(|e| e.to_string())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if command == "blender" {
         rewrite_blender_frames(&mut args, &frames);
     }
-    Ok(TaskPlan { command, args, frames, parameters })
+    Ok(TaskPlan {
+        command,
+        args,
+        frames,
+        parameters,
+    })
 }
 
 /// OpenJD writes a chunk as "1-4"; Blender's `-f` reads "1..4", and would take

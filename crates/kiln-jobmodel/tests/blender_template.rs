@@ -3,20 +3,35 @@ use std::collections::HashMap;
 use kiln_jobmodel::{JobModelError, Limits, builtin_template, plan_job};
 
 fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
 fn blender_job_renders_in_chunks_then_encodes() {
     let template = builtin_template("blender").unwrap();
-    let plan = plan_job(template, &params(&[("Frames", "1-12"), ("ChunkSize", "4")]), Limits::default()).unwrap();
+    let plan = plan_job(
+        template,
+        &params(&[("Frames", "1-12"), ("ChunkSize", "4")]),
+        Limits::default(),
+    )
+    .unwrap();
     let names: Vec<_> = plan.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["Render", "Encode"]);
     let render = &plan.steps[0];
     assert_eq!(render.tasks.len(), 3);
     assert_eq!(render.tasks[1].frames, vec![5, 6, 7, 8]);
     assert_eq!(render.tasks[1].command, "blender");
-    assert!(render.tasks[1].args.windows(2).any(|w| w[0] == "-f" && w[1] == "5..8"), "{:?}", render.tasks[1].args);
+    assert!(
+        render.tasks[1]
+            .args
+            .windows(2)
+            .any(|w| w[0] == "-f" && w[1] == "5..8"),
+        "{:?}",
+        render.tasks[1].args
+    );
     assert!(render.tasks[0].args[0].starts_with("{{Session.WorkingDirectory}}/scene.blend"));
     let encode = &plan.steps[1];
     assert_eq!(encode.depends_on, vec!["Render".to_owned()]);
@@ -42,15 +57,30 @@ fn bad_parameters_are_rejected_with_the_reason() {
 
 #[test]
 fn invalid_templates_and_unknown_names_are_rejected() {
-    assert!(matches!(builtin_template("maya"), Err(JobModelError::UnknownTemplate(_))));
-    let broken = "specificationVersion: jobtemplate-2023-09\nname: x\nsteps:\n  - name: A\n    script: {}\n";
-    assert!(matches!(plan_job(broken, &HashMap::new(), Limits::default()), Err(JobModelError::Template(_))));
+    assert!(matches!(
+        builtin_template("maya"),
+        Err(JobModelError::UnknownTemplate(_))
+    ));
+    let broken =
+        "specificationVersion: jobtemplate-2023-09\nname: x\nsteps:\n  - name: A\n    script: {}\n";
+    assert!(matches!(
+        plan_job(broken, &HashMap::new(), Limits::default()),
+        Err(JobModelError::Template(_))
+    ));
 }
 
 #[test]
 fn task_count_is_bounded() {
     let template = builtin_template("blender").unwrap();
-    let limits = Limits { max_tasks: 10, ..Limits::default() };
-    let err = plan_job(template, &params(&[("Frames", "1-100"), ("ChunkSize", "1")]), limits).unwrap_err();
+    let limits = Limits {
+        max_tasks: 10,
+        ..Limits::default()
+    };
+    let err = plan_job(
+        template,
+        &params(&[("Frames", "1-100"), ("ChunkSize", "1")]),
+        limits,
+    )
+    .unwrap_err();
     assert!(matches!(err, JobModelError::TooManyTasks { .. }), "{err}");
 }

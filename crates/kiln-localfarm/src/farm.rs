@@ -366,12 +366,12 @@ impl Farm {
                 return Ok(found);
             }
             if Instant::now() >= deadline {
-                return Err(LocalFarmError::NotReady {
-                    name: service.to_owned(),
-                    what: format!("{count} registered instances, found {}", found.len()),
+                return Err(LocalFarmError::Timeout {
+                    what: format!(
+                        "{count} registered {service} instances (found {})",
+                        found.len()
+                    ),
                     waited: timeout,
-                    log: self.layout.logs.clone(),
-                    tail: String::new(),
                 });
             }
             tokio::time::sleep(POLL_INTERVAL).await;

@@ -3,7 +3,6 @@
 use kiln_localfarm::Garage;
 
 #[tokio::test]
-#[ignore = "needs the garage binary (KILN_GARAGE_BIN or ~/.cache/kiln/garage/bin/garage)"]
 async fn garage_serves_s3_and_keeps_its_credentials() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("logs/garage.log");

@@ -13,7 +13,10 @@ use tonic::service::Routes;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -24,7 +27,9 @@ pub enum ServiceError {
 
 /// Binds `addr`; port 0 picks a free port.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServiceError> {
-    TcpListener::bind(addr).await.map_err(|source| ServiceError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServiceError::Bind { addr, source })
 }
 
 /// A unique instance name: the service name, the host, and a short random suffix.
@@ -36,12 +41,19 @@ pub fn instance_name(service: &str) -> String {
 
 /// Adds health and reflection to `routes`; every service named in
 /// `serving` is reported SERVING.
-pub async fn with_standard_services(routes: Routes, serving: &[&str]) -> Result<Routes, ServiceError> {
+pub async fn with_standard_services(
+    routes: Routes,
+    serving: &[&str],
+) -> Result<Routes, ServiceError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in serving {
-        reporter.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
     }
-    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -62,8 +74,11 @@ pub async fn serve(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    let endpoint =
-        Endpoint { instance: instance_name(service), grpc: discovery.advertised_address(local), http: http_addr };
+    let endpoint = Endpoint {
+        instance: instance_name(service),
+        grpc: discovery.advertised_address(local),
+        http: http_addr,
+    };
     let registration = discovery.register(service, endpoint).await?;
     tracing::info!(service, addr = %local, "serving grpc");
     let result = tonic::transport::Server::builder()

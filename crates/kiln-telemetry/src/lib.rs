@@ -64,7 +64,11 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     if args.log_json {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?;
     } else {
         registry
@@ -74,12 +78,17 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
     Ok(TelemetryGuard { provider })
 }
 
-fn otlp_provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
+fn otlp_provider(
+    service: &'static str,
+    endpoint: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .build()?;
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)

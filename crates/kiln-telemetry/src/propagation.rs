@@ -7,7 +7,9 @@ struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
 
 impl Injector for MetadataInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        let Ok(key) = tonic::metadata::MetadataKey::from_bytes(key.as_bytes()) else { return };
+        let Ok(key) = tonic::metadata::MetadataKey::from_bytes(key.as_bytes()) else {
+            return;
+        };
         let Ok(value) = value.parse() else { return };
         self.0.insert(key, value);
     }
@@ -31,7 +33,9 @@ impl Extractor for MetadataExtractor<'_> {
 }
 
 /// Client interceptor: writes the current span's context into outgoing metadata.
-pub fn inject_context(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+pub fn inject_context(
+    mut request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
     let context = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()))

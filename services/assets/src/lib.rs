@@ -5,6 +5,7 @@
 //! a backend only ever receives complete content whose digest is known.
 
 pub mod backend;
+pub mod cancel;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -20,6 +21,7 @@ pub use config::{BackendKind, Config};
 pub use error::Error;
 
 use crate::backend::Backend;
+use crate::cancel::DetectCancel;
 use crate::local::LocalBackend;
 use crate::s3::S3Backend;
 use crate::service::AssetsService;
@@ -50,5 +52,5 @@ pub async fn routes(config: &Config) -> Result<Routes, Error> {
 fn asset_routes<B: Backend>(backend: B, spool: Spool) -> Routes {
     let server = AssetServiceServer::new(AssetsService::new(backend, spool))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
-    Routes::new(server)
+    Routes::new(DetectCancel(server))
 }

@@ -12,6 +12,7 @@ use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::Backend;
+use crate::cancel::BodyFailed;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::spool::Spool;
@@ -41,7 +42,17 @@ impl<B: Backend> AssetService for AssetsService<B> {
         &self,
         request: Request<Streaming<UploadChunk>>,
     ) -> Result<Response<AssetInfo>, Status> {
+        let failed = request
+            .extensions()
+            .get::<BodyFailed>()
+            .cloned()
+            .unwrap_or_default();
         let upload = self.spool.receive(request.into_inner()).await?;
+        if failed.get() {
+            return Err(
+                Error::Interrupted(Status::cancelled("upload cancelled by the client")).into(),
+            );
+        }
         let info = AssetInfo {
             digest: upload.digest.to_string(),
             size: upload.size,

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clap::Parser as _;
 use futures::{StreamExt, stream};
 use kiln_asset_client::{AssetClient, AssetClientError, digest};
 use kiln_discovery::{Discovery, DiscoveryArgs};
@@ -70,7 +71,7 @@ fn start_assets(dir: &Path, etcd: &str, prefix: &str) -> std::io::Result<ChildGu
             "--etcd-prefix",
             prefix,
         ])
-        .args(["--lease-ttl", "5", "--log", "kiln_assets=debug,h2=debug,hyper=debug,tonic=debug,info"])
+        .args(["--lease-ttl", "5", "--log", "kiln_assets=debug,info"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .stdout(Stdio::null())
@@ -79,14 +80,28 @@ fn start_assets(dir: &Path, etcd: &str, prefix: &str) -> std::io::Result<ChildGu
     Ok(ChildGuard(child))
 }
 
+/// Parsed rather than built, so new discovery options keep their defaults.
+fn discovery_args(etcd: &str, prefix: &str) -> Result<DiscoveryArgs, clap::Error> {
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        discovery: DiscoveryArgs,
+    }
+    let args = Args::try_parse_from([
+        "test",
+        "--etcd",
+        etcd,
+        "--etcd-prefix",
+        prefix,
+        "--lease-ttl",
+        "5",
+    ])?;
+    Ok(args.discovery)
+}
+
 /// Finds the service through etcd, as every other Kiln component would.
 async fn connect(etcd: &str, prefix: &str) -> Result<AssetClient, Box<dyn std::error::Error>> {
-    let args = DiscoveryArgs {
-        etcd_endpoints: vec![etcd.to_owned()],
-        etcd_prefix: prefix.to_owned(),
-        lease_ttl: 5,
-        advertise_host: None,
-    };
+    let args = discovery_args(etcd, prefix)?;
     let discovery = Discovery::connect(&args, STARTUP).await?;
     let endpoint = discovery
         .find_one(kiln_discovery::service::ASSETS, STARTUP)
@@ -143,27 +158,25 @@ async fn eventually(
 #[tokio::test]
 async fn stores_and_serves_assets_through_the_real_binary() -> TestResult {
     let dir = tempfile::tempdir()?;
-    eprintln!("DIR {}", dir.path().display());
-    let dir = dir.keep();
-    let (_etcd, etcd_url) = start_etcd(dir.as_path())?;
+    let (_etcd, etcd_url) = start_etcd(dir.path())?;
     let prefix = format!("/kiln-test-{}", rand::random::<u32>());
-    let _assets = start_assets(dir.as_path(), &etcd_url, &prefix)?;
+    let _assets = start_assets(dir.path(), &etcd_url, &prefix)?;
     let client = match connect(&etcd_url, &prefix).await {
         Ok(client) => client,
         Err(err) => {
-            let log = std::fs::read_to_string(dir.as_path().join("assets.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(dir.path().join("assets.log")).unwrap_or_default();
             return Err(format!("assets service did not come up: {err}\n{log}").into());
         }
     };
-    let data_dir = dir.as_path().join("data");
+    let data_dir = dir.path().join("data");
 
     let content = random_bytes(5 * MIB + 123);
-    let source = dir.as_path().join("scene.blend");
+    let source = dir.path().join("scene.blend");
     std::fs::write(&source, &content)?;
-    round_trip(&client, &source, &content, &data_dir, dir.as_path()).await?;
+    round_trip(&client, &source, &content, &data_dir, dir.path()).await?;
     dedupes(&client, &source, &content, &data_dir).await?;
     rejects_wrong_expected_digest(&client).await?;
-    unknown_digest_is_not_found(&client, dir.as_path()).await?;
+    unknown_digest_is_not_found(&client, dir.path()).await?;
     malformed_digests_are_invalid(&client, &etcd_url, &prefix).await?;
     failed_source_stores_nothing(&client, &data_dir).await?;
     Ok(())
@@ -299,12 +312,7 @@ async fn malformed_digests_are_invalid(
             .ok_or("client accepted a malformed digest")?;
         assert_eq!(code(&err), Code::InvalidArgument);
     }
-    let args = DiscoveryArgs {
-        etcd_endpoints: vec![etcd.to_owned()],
-        etcd_prefix: prefix.to_owned(),
-        lease_ttl: 5,
-        advertise_host: None,
-    };
+    let args = discovery_args(etcd, prefix)?;
     let endpoint = Discovery::connect(&args, STARTUP)
         .await?
         .find_one("assets", STARTUP)

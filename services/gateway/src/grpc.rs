@@ -41,30 +41,65 @@ fn forward<T>(request: Request<T>) -> Request<T> {
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for PublicApi {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let result = self.upstreams.jobs().await?.submit_job(forward(request)).await;
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .submit_job(forward(request))
+            .await;
         self.observe(result)
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let result = self.upstreams.jobs().await?.get_job(forward(request)).await;
         self.observe(result)
     }
 
-    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let result = self.upstreams.jobs().await?.list_jobs(forward(request)).await;
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .list_jobs(forward(request))
+            .await;
         self.observe(result)
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let result = self.upstreams.jobs().await?.cancel_job(forward(request)).await;
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .cancel_job(forward(request))
+            .await;
         self.observe(result)
     }
 
     type WatchJobStream = BoxStream<pb::JobEvent>;
 
-    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
-        let result = self.upstreams.jobs().await?.watch_job(forward(request)).await;
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .watch_job(forward(request))
+            .await;
         let events = self.observe(result)?.into_inner();
         Ok(Response::new(Box::pin(events)))
     }
@@ -73,36 +108,69 @@ impl pb::job_service_server::JobService for PublicApi {
         &self,
         request: Request<pb::ListOutputsRequest>,
     ) -> Result<Response<pb::ListOutputsResponse>, Status> {
-        let result = self.upstreams.jobs().await?.list_outputs(forward(request)).await;
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .list_outputs(forward(request))
+            .await;
         self.observe(result)
     }
 
-    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let result = self.upstreams.jobs().await?.list_tasks(forward(request)).await;
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .list_tasks(forward(request))
+            .await;
         self.observe(result)
     }
 }
 
 #[tonic::async_trait]
 impl pb::asset_service_server::AssetService for PublicApi {
-    async fn upload(&self, request: Request<Streaming<pb::UploadChunk>>) -> Result<Response<pb::AssetInfo>, Status> {
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::AssetInfo>, Status> {
         // Chunks pass straight through: the gateway never holds a whole file.
-        let chunks = request.into_inner().take_while(|chunk| futures::future::ready(chunk.is_ok())).filter_map(
-            |chunk| futures::future::ready(chunk.ok()),
-        );
-        let result = self.upstreams.assets().await?.upload(forward(Request::new(chunks))).await;
+        let chunks = request
+            .into_inner()
+            .take_while(|chunk| futures::future::ready(chunk.is_ok()))
+            .filter_map(|chunk| futures::future::ready(chunk.ok()));
+        let result = self
+            .upstreams
+            .assets()
+            .await?
+            .upload(forward(Request::new(chunks)))
+            .await;
         self.observe(result)
     }
 
     type DownloadStream = BoxStream<pb::DownloadChunk>;
 
-    async fn download(&self, request: Request<pb::DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
-        let result = self.upstreams.assets().await?.download(forward(request)).await;
+    async fn download(
+        &self,
+        request: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let result = self
+            .upstreams
+            .assets()
+            .await?
+            .download(forward(request))
+            .await;
         let chunks = self.observe(result)?.into_inner();
         Ok(Response::new(Box::pin(chunks)))
     }
 
-    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
+    async fn stat(
+        &self,
+        request: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::StatResponse>, Status> {
         let result = self.upstreams.assets().await?.stat(forward(request)).await;
         self.observe(result)
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use kiln_discovery::{Discovery, service};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
 
 /// How long a request waits for a service to be registered.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
@@ -25,7 +25,11 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(discovery: Discovery) -> Self {
-        Self { discovery, scheduler: Mutex::new(None), assets: Mutex::new(None) }
+        Self {
+            discovery,
+            scheduler: Mutex::new(None),
+            assets: Mutex::new(None),
+        }
     }
 
     pub async fn jobs(&self) -> Result<JobServiceClient<Channel>, Status> {
@@ -45,7 +49,10 @@ impl Upstreams {
 
     /// Forgets cached channels after an upstream failed, so the next call looks again.
     pub fn note_failure(&self, status: &Status) {
-        if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown
+        ) {
             for slot in [&self.scheduler, &self.assets] {
                 if let Ok(mut cached) = slot.lock() {
                     *cached = None;

@@ -55,7 +55,10 @@ async fn dispatch_once(scheduler: &Scheduler) -> Result<(), SchedulerError> {
 /// Claims up to `free_slots` runnable tasks for one worker: highest job
 /// priority first, then oldest job, then step order and task order. A task
 /// is runnable when every step its step depends on has succeeded entirely.
-async fn claim(scheduler: &Scheduler, worker: &FreeWorker) -> Result<Vec<ClaimedTask>, SchedulerError> {
+async fn claim(
+    scheduler: &Scheduler,
+    worker: &FreeWorker,
+) -> Result<Vec<ClaimedTask>, SchedulerError> {
     let rule = TaskEvent::Dispatch.rule();
     let claimed = sqlx::query_as(
         "WITH ready AS (
@@ -88,16 +91,34 @@ async fn claim(scheduler: &Scheduler, worker: &FreeWorker) -> Result<Vec<Claimed
     Ok(claimed)
 }
 
-async fn send_assignment(scheduler: &Scheduler, worker: &FreeWorker, task: ClaimedTask) -> Result<(), SchedulerError> {
+async fn send_assignment(
+    scheduler: &Scheduler,
+    worker: &FreeWorker,
+    task: ClaimedTask,
+) -> Result<(), SchedulerError> {
     let key = (task.id, task.attempt);
     let assignment = assignment_for(scheduler, &task).await?;
-    let delivered = scheduler.workers.assign(&worker.worker_id, worker.session, key)
+    let delivered = scheduler
+        .workers
+        .assign(&worker.worker_id, worker.session, key)
         && worker.outbox.send(Ok(assignment)).await.is_ok();
     if !delivered {
         // The worker left between the claim and the send: give the task back.
         scheduler.workers.release(&worker.worker_id, key);
-        let outcome = Outcome { message: "worker left before the task reached it".into(), ..Default::default() };
-        if let Some(requeued) = task_state::apply(&scheduler.db, task.id, task.attempt, TaskEvent::Lose, &outcome, None).await? {
+        let outcome = Outcome {
+            message: "worker left before the task reached it".into(),
+            ..Default::default()
+        };
+        if let Some(requeued) = task_state::apply(
+            &scheduler.db,
+            task.id,
+            task.attempt,
+            TaskEvent::Lose,
+            &outcome,
+            None,
+        )
+        .await?
+        {
             scheduler.after_transition(&requeued).await?;
         }
         return Ok(());
@@ -117,13 +138,24 @@ async fn send_assignment(scheduler: &Scheduler, worker: &FreeWorker, task: Claim
 
 /// The job's inputs, plus the outputs of the steps this task's step depends
 /// on, placed under `outputs/` as they were when produced.
-async fn assignment_for(scheduler: &Scheduler, task: &ClaimedTask) -> Result<pb::SchedulerMessage, SchedulerError> {
+async fn assignment_for(
+    scheduler: &Scheduler,
+    task: &ClaimedTask,
+) -> Result<pb::SchedulerMessage, SchedulerError> {
     let mut inputs: Vec<pb::TaskInput> = store::inputs_from_json(&task.inputs)
         .into_iter()
-        .map(|i| pb::TaskInput { path: i.path, digest: i.digest })
+        .map(|i| pb::TaskInput {
+            path: i.path,
+            digest: i.digest,
+        })
         .collect();
-    for (path, digest) in store::outputs_of_steps(&scheduler.db, task.job_id, &task.depends_on).await? {
-        inputs.push(pb::TaskInput { path: format!("outputs/{path}"), digest });
+    for (path, digest) in
+        store::outputs_of_steps(&scheduler.db, task.job_id, &task.depends_on).await?
+    {
+        inputs.push(pb::TaskInput {
+            path: format!("outputs/{path}"),
+            digest,
+        });
     }
     let assignment = pb::TaskAssignment {
         task_id: task.id.to_string(),
@@ -136,5 +168,7 @@ async fn assignment_for(scheduler: &Scheduler, task: &ClaimedTask) -> Result<pb:
         frames: task.frames.clone(),
         max_run_seconds: 0,
     };
-    Ok(pb::SchedulerMessage { message: Some(pb::scheduler_message::Message::Assignment(assignment)) })
+    Ok(pb::SchedulerMessage {
+        message: Some(pb::scheduler_message::Message::Assignment(assignment)),
+    })
 }

@@ -21,9 +21,13 @@ pub enum SchedulerError {
 impl From<SchedulerError> for Status {
     fn from(err: SchedulerError) -> Self {
         match &err {
-            SchedulerError::InvalidArgument(_) | SchedulerError::JobModel(_) => Status::invalid_argument(err.to_string()),
+            SchedulerError::InvalidArgument(_) | SchedulerError::JobModel(_) => {
+                Status::invalid_argument(err.to_string())
+            }
             SchedulerError::JobNotFound(_) => Status::not_found(err.to_string()),
-            SchedulerError::Database(_) | SchedulerError::Assets(_) | SchedulerError::Discovery(_) => {
+            SchedulerError::Database(_)
+            | SchedulerError::Assets(_)
+            | SchedulerError::Discovery(_) => {
                 tracing::warn!(error = %err, "request failed");
                 Status::unavailable(err.to_string())
             }

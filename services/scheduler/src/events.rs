@@ -23,7 +23,9 @@ pub struct EventBus {
 
 impl Default for EventBus {
     fn default() -> Self {
-        Self { sender: broadcast::channel(CAPACITY).0 }
+        Self {
+            sender: broadcast::channel(CAPACITY).0,
+        }
     }
 }
 

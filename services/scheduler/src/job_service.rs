@@ -32,14 +32,24 @@ pub struct JobApi {
 
 impl JobApi {
     pub fn new(scheduler: Arc<Scheduler>, discovery: Discovery, limits: Limits) -> Self {
-        Self { scheduler, discovery, limits }
+        Self {
+            scheduler,
+            discovery,
+            limits,
+        }
     }
 
     async fn submit(&self, request: pb::SubmitJobRequest) -> Result<pb::Job, SchedulerError> {
         let (template_name, document) = match &request.template {
-            Some(pb::submit_job_request::Template::BuiltinTemplate(name)) => (name.as_str(), builtin_template(name)?),
+            Some(pb::submit_job_request::Template::BuiltinTemplate(name)) => {
+                (name.as_str(), builtin_template(name)?)
+            }
             Some(pb::submit_job_request::Template::TemplateDocument(doc)) => ("", doc.as_str()),
-            None => return Err(invalid("template: give builtin_template or template_document")),
+            None => {
+                return Err(invalid(
+                    "template: give builtin_template or template_document",
+                ));
+            }
         };
         let priority = match request.priority {
             0 => DEFAULT_PRIORITY,
@@ -49,7 +59,11 @@ impl JobApi {
         validate_inputs(&request.inputs)?;
         let plan = plan_job(document, &request.parameters, self.limits)?;
         self.check_inputs_stored(&request.inputs).await?;
-        let name = if request.name.is_empty() { plan.name.clone() } else { request.name.clone() };
+        let name = if request.name.is_empty() {
+            plan.name.clone()
+        } else {
+            request.name.clone()
+        };
         let new_job = store::NewJob {
             name: &name,
             priority: priority as i32,
@@ -61,14 +75,19 @@ impl JobApi {
         let id = store::create_job(&self.scheduler.db, new_job, &plan).await?;
         tracing::info!(job_id = %id, tasks = plan.task_count(), "job submitted");
         self.scheduler.dispatch_wanted.notify_one();
-        store::get_job(&self.scheduler.db, id).await?.ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
+        store::get_job(&self.scheduler.db, id)
+            .await?
+            .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
     }
 
     async fn check_inputs_stored(&self, inputs: &[pb::JobInput]) -> Result<(), SchedulerError> {
         if inputs.is_empty() {
             return Ok(());
         }
-        let endpoint = self.discovery.find_one(service::ASSETS, Duration::from_secs(5)).await?;
+        let endpoint = self
+            .discovery
+            .find_one(service::ASSETS, Duration::from_secs(5))
+            .await?;
         let channel = tonic::transport::Endpoint::from_shared(endpoint.grpc_uri())
             .map_err(|e| SchedulerError::Assets(e.to_string()))?
             .connect_lazy();
@@ -95,16 +114,26 @@ fn invalid(message: impl Into<String>) -> SchedulerError {
 
 fn validate_inputs(inputs: &[pb::JobInput]) -> Result<(), SchedulerError> {
     if inputs.len() > MAX_INPUTS {
-        return Err(invalid(format!("inputs: {} files, more than the limit of {MAX_INPUTS}", inputs.len())));
+        return Err(invalid(format!(
+            "inputs: {} files, more than the limit of {MAX_INPUTS}",
+            inputs.len()
+        )));
     }
     for input in inputs {
         if !kiln_asset_client::digest::is_valid(&input.digest) {
-            return Err(invalid(format!("inputs: digest {:?} is not 64 lowercase hex characters", input.digest)));
+            return Err(invalid(format!(
+                "inputs: digest {:?} is not 64 lowercase hex characters",
+                input.digest
+            )));
         }
         let path = Path::new(&input.path);
-        let safe = !input.path.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
+        let safe =
+            !input.path.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
         if !safe {
-            return Err(invalid(format!("inputs: path {:?} must be relative, without '..'", input.path)));
+            return Err(invalid(format!(
+                "inputs: path {:?} must be relative, without '..'",
+                input.path
+            )));
         }
     }
     Ok(())
@@ -118,56 +147,93 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Sen
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobApi {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         Ok(Response::new(self.submit(request.into_inner()).await?))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
-        let job = store::get_job(&self.scheduler.db, id).await.map_err(SchedulerError::from)?;
-        Ok(Response::new(job.ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?))
+        let job = store::get_job(&self.scheduler.db, id)
+            .await
+            .map_err(SchedulerError::from)?;
+        Ok(Response::new(job.ok_or_else(|| {
+            SchedulerError::JobNotFound(id.to_string())
+        })?))
     }
 
-    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let limit = match request.get_ref().limit {
             0 => 100,
             n => n.min(MAX_LIST),
         };
-        let jobs = store::list_jobs(&self.scheduler.db, limit as i64).await.map_err(SchedulerError::from)?;
+        let jobs = store::list_jobs(&self.scheduler.db, limit as i64)
+            .await
+            .map_err(SchedulerError::from)?;
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         self.scheduler.cancel_job(id).await?;
-        let job = store::get_job(&self.scheduler.db, id).await.map_err(SchedulerError::from)?;
-        Ok(Response::new(job.ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?))
+        let job = store::get_job(&self.scheduler.db, id)
+            .await
+            .map_err(SchedulerError::from)?;
+        Ok(Response::new(job.ok_or_else(|| {
+            SchedulerError::JobNotFound(id.to_string())
+        })?))
     }
 
     type WatchJobStream = WatchStream;
 
-    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         // Subscribe before reading the job, so nothing between the two is missed.
         let notices = self.scheduler.events.subscribe();
-        let job = store::get_job(&self.scheduler.db, id).await.map_err(SchedulerError::from)?;
+        let job = store::get_job(&self.scheduler.db, id)
+            .await
+            .map_err(SchedulerError::from)?;
         let job = job.ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(forward_events(self.scheduler.clone(), id, job, notices, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list_outputs(&self, request: Request<pb::ListOutputsRequest>) -> Result<Response<pb::ListOutputsResponse>, Status> {
+    async fn list_outputs(
+        &self,
+        request: Request<pb::ListOutputsRequest>,
+    ) -> Result<Response<pb::ListOutputsResponse>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         self.require_job(id).await?;
-        let outputs = store::list_outputs(&self.scheduler.db, id).await.map_err(SchedulerError::from)?;
+        let outputs = store::list_outputs(&self.scheduler.db, id)
+            .await
+            .map_err(SchedulerError::from)?;
         Ok(Response::new(pb::ListOutputsResponse { outputs }))
     }
 
-    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         self.require_job(id).await?;
-        let tasks = store::list_tasks(&self.scheduler.db, id).await.map_err(SchedulerError::from)?;
+        let tasks = store::list_tasks(&self.scheduler.db, id)
+            .await
+            .map_err(SchedulerError::from)?;
         Ok(Response::new(pb::ListTasksResponse { tasks }))
     }
 }
@@ -182,9 +248,12 @@ impl JobApi {
 }
 
 fn is_final(job: &pb::Job) -> bool {
-    pb::JobState::try_from(job.state)
-        .ok()
-        .is_some_and(|s| matches!(s, pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled))
+    pb::JobState::try_from(job.state).ok().is_some_and(|s| {
+        matches!(
+            s,
+            pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
+        )
+    })
 }
 
 async fn forward_events(
@@ -194,7 +263,10 @@ async fn forward_events(
     mut notices: broadcast::Receiver<crate::events::JobNotice>,
     tx: mpsc::Sender<Result<pb::JobEvent, Status>>,
 ) {
-    let event = |event: Event| pb::JobEvent { job_id: job_id.to_string(), event: Some(event) };
+    let event = |event: Event| pb::JobEvent {
+        job_id: job_id.to_string(),
+        event: Some(event),
+    };
     let done = is_final(&job);
     if tx.send(Ok(event(Event::JobChanged(job)))).await.is_err() || done {
         return;
@@ -206,7 +278,10 @@ async fn forward_events(
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Fell behind: the job's current record says where things stand.
                 match store::get_job(&scheduler.db, job_id).await {
-                    Ok(Some(job)) => crate::events::JobNotice { job_id, event: Event::JobChanged(job) },
+                    Ok(Some(job)) => crate::events::JobNotice {
+                        job_id,
+                        event: Event::JobChanged(job),
+                    },
                     _ => return,
                 }
             }
@@ -218,4 +293,3 @@ async fn forward_events(
         }
     }
 }
-

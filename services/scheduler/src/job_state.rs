@@ -23,9 +23,15 @@ impl JobState {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Pending, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            Self::Pending,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 
     pub const fn is_final(self) -> bool {
@@ -77,22 +83,50 @@ mod tests {
     use super::*;
 
     fn counts(total: i64, in_flight: i64, succeeded: i64, failed: i64) -> TaskCounts {
-        TaskCounts { total, pending: total - in_flight - succeeded - failed, in_flight, succeeded, failed, cancelled: 0 }
+        TaskCounts {
+            total,
+            pending: total - in_flight - succeeded - failed,
+            in_flight,
+            succeeded,
+            failed,
+            cancelled: 0,
+        }
     }
 
     #[test]
     fn follows_its_tasks() {
-        assert_eq!(derive(JobState::Pending, counts(4, 0, 0, 0)), JobState::Pending);
-        assert_eq!(derive(JobState::Pending, counts(4, 1, 0, 0)), JobState::Running);
-        assert_eq!(derive(JobState::Running, counts(4, 0, 4, 0)), JobState::Succeeded);
-        assert_eq!(derive(JobState::Running, counts(4, 1, 2, 1)), JobState::Failed);
+        assert_eq!(
+            derive(JobState::Pending, counts(4, 0, 0, 0)),
+            JobState::Pending
+        );
+        assert_eq!(
+            derive(JobState::Pending, counts(4, 1, 0, 0)),
+            JobState::Running
+        );
+        assert_eq!(
+            derive(JobState::Running, counts(4, 0, 4, 0)),
+            JobState::Succeeded
+        );
+        assert_eq!(
+            derive(JobState::Running, counts(4, 1, 2, 1)),
+            JobState::Failed
+        );
         // A requeued task leaves a started job running.
-        assert_eq!(derive(JobState::Running, counts(4, 0, 0, 0)), JobState::Running);
+        assert_eq!(
+            derive(JobState::Running, counts(4, 0, 0, 0)),
+            JobState::Running
+        );
     }
 
     #[test]
     fn final_states_stick() {
-        assert_eq!(derive(JobState::Cancelled, counts(4, 0, 4, 0)), JobState::Cancelled);
-        assert_eq!(derive(JobState::Failed, counts(4, 0, 4, 0)), JobState::Failed);
+        assert_eq!(
+            derive(JobState::Cancelled, counts(4, 0, 4, 0)),
+            JobState::Cancelled
+        );
+        assert_eq!(
+            derive(JobState::Failed, counts(4, 0, 4, 0)),
+            JobState::Failed
+        );
     }
 }

@@ -28,7 +28,11 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 /// Connects to Postgres, waiting up to `patience` for it to come up, and
 /// applies the migrations (under Postgres's advisory lock, so replicas
 /// starting together apply them once).
-pub async fn connect_database(url: &str, max_connections: u32, patience: Duration) -> Result<PgPool, SchedulerError> {
+pub async fn connect_database(
+    url: &str,
+    max_connections: u32,
+    patience: Duration,
+) -> Result<PgPool, SchedulerError> {
     let deadline = tokio::time::Instant::now() + patience;
     let pool = loop {
         let attempt = PgPoolOptions::new()

@@ -19,17 +19,26 @@ use tonic::service::Routes;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-scheduler", &config.telemetry)?;
-    let db = connect_database(&config.database_url, config.database_max_connections, Duration::from_secs(60))
+    let db = connect_database(
+        &config.database_url,
+        config.database_max_connections,
+        Duration::from_secs(60),
+    )
+    .await
+    .context("connecting to postgres")?;
+    let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
         .await
-        .context("connecting to postgres")?;
-    let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30)).await.context("connecting to etcd")?;
+        .context("connecting to etcd")?;
 
     // This scheduler has no worker sessions yet, so nothing can be running
     // for it: whatever the database says is in flight was lost with the
     // previous scheduler's sessions and goes back to the queue.
     let requeued = task_state::apply_to_all_in_flight(&db, TaskEvent::Lose).await?;
     if requeued > 0 {
-        tracing::warn!(tasks = requeued, "requeued tasks left in flight by a previous scheduler");
+        tracing::warn!(
+            tasks = requeued,
+            "requeued tasks left in flight by a previous scheduler"
+        );
     }
 
     let retry = RetryPolicy {
@@ -38,12 +47,23 @@ async fn main() -> anyhow::Result<()> {
         ..RetryPolicy::default()
     };
     let scheduler = Scheduler::new(db, retry);
-    let limits = Limits { max_tasks: config.max_tasks_per_job, max_template_bytes: config.max_template_bytes };
+    let limits = Limits {
+        max_tasks: config.max_tasks_per_job,
+        max_template_bytes: config.max_template_bytes,
+    };
     tokio::spawn(dispatch::run(scheduler.clone()));
 
-    let routes = Routes::new(JobServiceServer::new(JobApi::new(scheduler.clone(), discovery.clone(), limits)))
-        .add_service(WorkerServiceServer::new(WorkerSessions::new(scheduler)));
-    let routes = kiln_service::with_standard_services(routes, &["kiln.v1.JobService", "kiln.v1.WorkerService"]).await?;
+    let routes = Routes::new(JobServiceServer::new(JobApi::new(
+        scheduler.clone(),
+        discovery.clone(),
+        limits,
+    )))
+    .add_service(WorkerServiceServer::new(WorkerSessions::new(scheduler)));
+    let routes = kiln_service::with_standard_services(
+        routes,
+        &["kiln.v1.JobService", "kiln.v1.WorkerService"],
+    )
+    .await?;
     let listener = kiln_service::bind(config.listen).await?;
     kiln_service::serve(service::SCHEDULER, listener, routes, &discovery, None).await?;
     Ok(())

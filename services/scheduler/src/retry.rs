@@ -16,7 +16,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 3, base_delay: Duration::from_secs(2), max_delay: Duration::from_secs(300) }
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(300),
+        }
     }
 }
 
@@ -33,7 +37,10 @@ impl RetryPolicy {
     /// tasks failing together do not all come back at the same instant.
     fn delay_after(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(20);
-        let nominal = self.base_delay.saturating_mul(1 << exponent).min(self.max_delay);
+        let nominal = self
+            .base_delay
+            .saturating_mul(1 << exponent)
+            .min(self.max_delay);
         let jitter: f64 = rand::random_range(0.5..=1.0);
         nominal.mul_f64(jitter)
     }
@@ -53,7 +60,10 @@ mod tests {
 
     #[test]
     fn delays_grow_and_stay_capped() {
-        let policy = RetryPolicy { max_attempts: 100, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            max_attempts: 100,
+            ..RetryPolicy::default()
+        };
         let first = policy.on_failure(1).1.unwrap();
         let third = policy.on_failure(3).1.unwrap();
         assert!(first <= Duration::from_secs(2) && first >= Duration::from_secs(1));

@@ -44,14 +44,17 @@ impl Scheduler {
                 task_id: task.id.to_string(),
                 step_name: task.step_name.clone(),
                 index: task.index as u32,
-                state: crate::task_state::TaskState::parse(&task.state).map(|s| s.to_proto()).unwrap_or_default()
-                    as i32,
+                state: crate::task_state::TaskState::parse(&task.state)
+                    .map(|s| s.to_proto())
+                    .unwrap_or_default() as i32,
                 worker_id: task.worker_id.clone().unwrap_or_default(),
                 message: String::new(),
             }),
         );
-        if let Some(state) = store::refresh_job_state(&self.db, task.job_id).await? {
-            self.after_job_state(task.job_id, state).await?;
+        match store::refresh_job_state(&self.db, task.job_id).await? {
+            Some(state) => self.after_job_state(task.job_id, state).await?,
+            // The job's counts moved even if its state did not.
+            None => self.publish_job(task.job_id).await,
         }
         Ok(())
     }
@@ -60,7 +63,8 @@ impl Scheduler {
         tracing::info!(job_id = %job_id, state = state.as_str(), "job state changed");
         if matches!(state, JobState::Failed | JobState::Cancelled) {
             let message = format!("job {}", state.as_str());
-            let stopped = task_state::apply_to_job(&self.db, job_id, TaskEvent::Cancel, &message).await?;
+            let stopped =
+                task_state::apply_to_job(&self.db, job_id, TaskEvent::Cancel, &message).await?;
             self.stop_on_workers(&stopped).await;
         }
         self.publish_job(job_id).await;
@@ -73,44 +77,73 @@ impl Scheduler {
         match store::get_job(&self.db, job_id).await {
             Ok(Some(job)) => self.events.publish(job_id, Event::JobChanged(job)),
             Ok(None) => {}
-            Err(err) => tracing::warn!(job_id = %job_id, error = %err, "cannot read job for watchers"),
+            Err(err) => {
+                tracing::warn!(job_id = %job_id, error = %err, "cannot read job for watchers")
+            }
         }
     }
 
     /// Tells the workers running these attempts to stop, and frees their slots.
     async fn stop_on_workers(&self, tasks: &[TransitionedTask]) {
         for task in tasks {
-            let Some(worker_id) = &task.worker_id else { continue };
+            let Some(worker_id) = &task.worker_id else {
+                continue;
+            };
             self.workers.release(worker_id, (task.id, task.attempt));
             if let Some(outbox) = self.workers.outbox(worker_id) {
-                let cancel = pb::CancelTask { task_id: task.id.to_string(), attempt: task.attempt as u32 };
-                let message = pb::SchedulerMessage { message: Some(pb::scheduler_message::Message::Cancel(cancel)) };
+                let cancel = pb::CancelTask {
+                    task_id: task.id.to_string(),
+                    attempt: task.attempt as u32,
+                };
+                let message = pb::SchedulerMessage {
+                    message: Some(pb::scheduler_message::Message::Cancel(cancel)),
+                };
                 if outbox.send(Ok(message)).await.is_err() {
-                    tracing::debug!(worker_id, "worker went away before it could be told to cancel");
+                    tracing::debug!(
+                        worker_id,
+                        "worker went away before it could be told to cancel"
+                    );
                 }
             }
         }
     }
 
     /// A worker reports the end of an attempt.
-    pub async fn record_result(&self, worker_id: &str, result: pb::TaskResult) -> Result<(), SchedulerError> {
+    pub async fn record_result(
+        &self,
+        worker_id: &str,
+        result: pb::TaskResult,
+    ) -> Result<(), SchedulerError> {
         let task_id = parse_task_id(&result.task_id)?;
         let attempt = result.attempt as i32;
         self.workers.release(worker_id, (task_id, attempt));
         self.dispatch_wanted.notify_one();
-        let outcome = Outcome { exit_code: result.exit_code, message: result.message, log_tail: result.log_tail };
-        let (event, delay) =
-            if result.success { (TaskEvent::Succeed, None) } else { self.retry.on_failure(result.attempt) };
-        let Some(task) = task_state::apply(&self.db, task_id, attempt, event, &outcome, delay).await? else {
+        let outcome = Outcome {
+            exit_code: result.exit_code,
+            message: result.message,
+            log_tail: result.log_tail,
+        };
+        let (event, delay) = if result.success {
+            (TaskEvent::Succeed, None)
+        } else {
+            self.retry.on_failure(result.attempt)
+        };
+        let Some(task) =
+            task_state::apply(&self.db, task_id, attempt, event, &outcome, delay).await?
+        else {
             tracing::info!(task_id = %task_id, attempt, worker_id, "ignored a report for a superseded attempt");
             return Ok(());
         };
         tracing::info!(task_id = %task_id, attempt, worker_id, state = task.state, "task finished an attempt");
         if event == TaskEvent::FailFinally {
-            let message = format!("task {} of step {} failed: {}", task.index, task.step_name, outcome.message);
+            let message = format!(
+                "task {} of step {} failed: {}",
+                task.index, task.step_name, outcome.message
+            );
             if let Some(state) = store::job_state(&self.db, task.job_id).await? {
                 if let Some(failed) =
-                    store::set_job_state(&self.db, task.job_id, state, JobState::Failed, &message).await?
+                    store::set_job_state(&self.db, task.job_id, state, JobState::Failed, &message)
+                        .await?
                 {
                     self.after_job_state(task.job_id, failed).await?;
                 }
@@ -120,11 +153,22 @@ impl Scheduler {
         self.after_transition(&task).await
     }
 
-    pub async fn record_started(&self, worker_id: &str, started: pb::TaskStarted) -> Result<(), SchedulerError> {
+    pub async fn record_started(
+        &self,
+        worker_id: &str,
+        started: pb::TaskStarted,
+    ) -> Result<(), SchedulerError> {
         let task_id = parse_task_id(&started.task_id)?;
         let outcome = Outcome::default();
-        if let Some(task) =
-            task_state::apply(&self.db, task_id, started.attempt as i32, TaskEvent::Start, &outcome, None).await?
+        if let Some(task) = task_state::apply(
+            &self.db,
+            task_id,
+            started.attempt as i32,
+            TaskEvent::Start,
+            &outcome,
+            None,
+        )
+        .await?
         {
             tracing::debug!(task_id = %task_id, worker_id, "task started");
             self.after_transition(&task).await?;
@@ -134,23 +178,42 @@ impl Scheduler {
 
     pub async fn record_output(&self, output: pb::OutputStored) -> Result<(), SchedulerError> {
         let task_id = parse_task_id(&output.task_id)?;
-        if let Some(job_id) = store::record_output(&self.db, task_id, output.attempt as i32, &output).await? {
-            let job_output =
-                pb::JobOutput { path: output.path, digest: output.digest, size: output.size, task_id: output.task_id };
-            self.events.publish(job_id, Event::OutputAdded(pb::OutputAdded { output: Some(job_output) }));
+        if let Some(job_id) =
+            store::record_output(&self.db, task_id, output.attempt as i32, &output).await?
+        {
+            let job_output = pb::JobOutput {
+                path: output.path,
+                digest: output.digest,
+                size: output.size,
+                task_id: output.task_id,
+            };
+            self.events.publish(
+                job_id,
+                Event::OutputAdded(pb::OutputAdded {
+                    output: Some(job_output),
+                }),
+            );
         }
         Ok(())
     }
 
-    pub async fn record_progress(&self, progress: pb::TaskProgressReport) -> Result<(), SchedulerError> {
+    pub async fn record_progress(
+        &self,
+        progress: pb::TaskProgressReport,
+    ) -> Result<(), SchedulerError> {
         let task_id = parse_task_id(&progress.task_id)?;
-        let job_id: Option<Uuid> = sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = $1 AND attempt = $2")
-            .bind(task_id)
-            .bind(progress.attempt as i32)
-            .fetch_optional(&self.db)
-            .await?;
+        let job_id: Option<Uuid> =
+            sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = $1 AND attempt = $2")
+                .bind(task_id)
+                .bind(progress.attempt as i32)
+                .fetch_optional(&self.db)
+                .await?;
         if let Some(job_id) = job_id {
-            let event = pb::TaskProgress { task_id: progress.task_id, fraction: progress.fraction, frame: progress.frame };
+            let event = pb::TaskProgress {
+                task_id: progress.task_id,
+                fraction: progress.fraction,
+                frame: progress.frame,
+            };
             self.events.publish(job_id, Event::TaskProgress(event));
         }
         Ok(())
@@ -160,7 +223,11 @@ impl Scheduler {
     pub async fn worker_gone(&self, worker_id: &str) -> Result<(), SchedulerError> {
         let requeued = task_state::apply_to_worker(&self.db, worker_id, TaskEvent::Lose).await?;
         if !requeued.is_empty() {
-            tracing::warn!(worker_id, tasks = requeued.len(), "requeued the tasks of a departed worker");
+            tracing::warn!(
+                worker_id,
+                tasks = requeued.len(),
+                "requeued the tasks of a departed worker"
+            );
         }
         for task in &requeued {
             self.after_transition(task).await?;
@@ -176,8 +243,14 @@ impl Scheduler {
         if state.is_final() {
             return Ok(());
         }
-        if let Some(cancelled) =
-            store::set_job_state(&self.db, job_id, state, JobState::Cancelled, "cancelled by user").await?
+        if let Some(cancelled) = store::set_job_state(
+            &self.db,
+            job_id,
+            state,
+            JobState::Cancelled,
+            "cancelled by user",
+        )
+        .await?
         {
             self.after_job_state(job_id, cancelled).await?;
         }
@@ -186,5 +259,6 @@ impl Scheduler {
 }
 
 pub fn parse_task_id(text: &str) -> Result<Uuid, SchedulerError> {
-    Uuid::parse_str(text).map_err(|_| SchedulerError::InvalidArgument(format!("task id {text:?} is not a UUID")))
+    Uuid::parse_str(text)
+        .map_err(|_| SchedulerError::InvalidArgument(format!("task id {text:?} is not a UUID")))
 }

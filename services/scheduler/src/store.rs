@@ -103,8 +103,16 @@ async fn insert_step(
     let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
     let indexes: Vec<i32> = (0..count as i32).collect();
     let commands: Vec<&str> = step.tasks.iter().map(|t| t.command.as_str()).collect();
-    let args: Vec<String> = step.tasks.iter().map(|t| serde_json::to_string(&t.args).unwrap_or_default()).collect();
-    let frames: Vec<String> = step.tasks.iter().map(|t| serde_json::to_string(&t.frames).unwrap_or_default()).collect();
+    let args: Vec<String> = step
+        .tasks
+        .iter()
+        .map(|t| serde_json::to_string(&t.args).unwrap_or_default())
+        .collect();
+    let frames: Vec<String> = step
+        .tasks
+        .iter()
+        .map(|t| serde_json::to_string(&t.frames).unwrap_or_default())
+        .collect();
     sqlx::query(
         "INSERT INTO tasks (id, job_id, step_name, index, state, command, args, frames)
          SELECT id, $2, $3, index, $4, command,
@@ -127,7 +135,10 @@ async fn insert_step(
 
 fn inputs_to_json(inputs: &[pb::JobInput]) -> serde_json::Value {
     serde_json::Value::Array(
-        inputs.iter().map(|i| serde_json::json!({"path": i.path, "digest": i.digest})).collect(),
+        inputs
+            .iter()
+            .map(|i| serde_json::json!({"path": i.path, "digest": i.digest}))
+            .collect(),
     )
 }
 
@@ -137,19 +148,30 @@ pub fn inputs_from_json(value: &serde_json::Value) -> Vec<pb::JobInput> {
         .into_iter()
         .flatten()
         .filter_map(|v| {
-            Some(pb::JobInput { path: v.get("path")?.as_str()?.to_owned(), digest: v.get("digest")?.as_str()?.to_owned() })
+            Some(pb::JobInput {
+                path: v.get("path")?.as_str()?.to_owned(),
+                digest: v.get("digest")?.as_str()?.to_owned(),
+            })
         })
         .collect()
 }
 
-pub async fn job_state(db: impl sqlx::PgExecutor<'_>, job_id: Uuid) -> Result<Option<JobState>, sqlx::Error> {
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1").bind(job_id).fetch_optional(db).await?;
+pub async fn job_state(
+    db: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+) -> Result<Option<JobState>, sqlx::Error> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_optional(db)
+        .await?;
     Ok(state.as_deref().and_then(JobState::parse))
 }
 
 /// Moves a job to the state its tasks imply. Returns the new state if it changed.
 pub async fn refresh_job_state(db: &PgPool, job_id: Uuid) -> Result<Option<JobState>, sqlx::Error> {
-    let Some(current) = job_state(db, job_id).await? else { return Ok(None) };
+    let Some(current) = job_state(db, job_id).await? else {
+        return Ok(None);
+    };
     if current.is_final() {
         return Ok(None);
     }
@@ -187,7 +209,10 @@ pub async fn set_job_state(
 
 async fn task_counts(db: &PgPool, job_id: Uuid) -> Result<TaskCounts, sqlx::Error> {
     let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM tasks WHERE job_id = $1 GROUP BY state").bind(job_id).fetch_all(db).await?;
+        sqlx::query_as("SELECT state, count(*) FROM tasks WHERE job_id = $1 GROUP BY state")
+            .bind(job_id)
+            .fetch_all(db)
+            .await?;
     let mut counts = TaskCounts::default();
     for (state, n) in rows {
         counts.total += n;
@@ -225,7 +250,10 @@ pub async fn get_job(db: &PgPool, job_id: Uuid) -> Result<Option<pb::Job>, sqlx:
 
 pub async fn list_jobs(db: &PgPool, limit: i64) -> Result<Vec<pb::Job>, sqlx::Error> {
     let ids: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM jobs ORDER BY created_at DESC LIMIT $1").bind(limit).fetch_all(db).await?;
+        sqlx::query_scalar("SELECT id FROM jobs ORDER BY created_at DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(db)
+            .await?;
     let mut jobs = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(job) = get_job(db, id).await? {
@@ -239,7 +267,9 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
     let mut job = pb::Job {
         id: row.id.to_string(),
         name: row.name,
-        state: JobState::parse(&row.state).map(JobState::to_proto).unwrap_or_default() as i32,
+        state: JobState::parse(&row.state)
+            .map(JobState::to_proto)
+            .unwrap_or_default() as i32,
         priority: row.priority as u32,
         template_name: row.template_name,
         parameters: serde_json::from_value(row.parameters).unwrap_or_default(),
@@ -251,10 +281,16 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
     };
     for step_row in step_rows {
         if job.steps.last().map(|s| &s.name) != Some(&step_row.name) {
-            job.steps.push(pb::Step { name: step_row.name.clone(), depends_on: step_row.depends_on.clone(), ..Default::default() });
+            job.steps.push(pb::Step {
+                name: step_row.name.clone(),
+                depends_on: step_row.depends_on.clone(),
+                ..Default::default()
+            });
         }
         let n = step_row.count.unwrap_or(0) as u32;
-        let Some(step) = job.steps.last_mut() else { continue };
+        let Some(step) = job.steps.last_mut() else {
+            continue;
+        };
         step.tasks_total += n;
         job.tasks_total += n;
         match step_row.state.as_deref().and_then(TaskState::parse) {
@@ -271,7 +307,10 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
 }
 
 fn timestamp(at: DateTime<Utc>) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+    pbjson_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
@@ -290,7 +329,9 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
             job_id: r.job_id.to_string(),
             step_name: r.step_name,
             index: r.index as u32,
-            state: TaskState::parse(&r.state).map(TaskState::to_proto).unwrap_or_default() as i32,
+            state: TaskState::parse(&r.state)
+                .map(TaskState::to_proto)
+                .unwrap_or_default() as i32,
             attempts: r.attempt as u32,
             worker_id: r.worker_id.unwrap_or_default(),
             frames: r.frames,
@@ -302,14 +343,20 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
 }
 
 pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput>, sqlx::Error> {
-    let rows: Vec<(String, String, i64, Uuid)> =
-        sqlx::query_as("SELECT path, digest, size, task_id FROM outputs WHERE job_id = $1 ORDER BY path")
-            .bind(job_id)
-            .fetch_all(db)
-            .await?;
+    let rows: Vec<(String, String, i64, Uuid)> = sqlx::query_as(
+        "SELECT path, digest, size, task_id FROM outputs WHERE job_id = $1 ORDER BY path",
+    )
+    .bind(job_id)
+    .fetch_all(db)
+    .await?;
     Ok(rows
         .into_iter()
-        .map(|(path, digest, size, task_id)| pb::JobOutput { path, digest, size: size as u64, task_id: task_id.to_string() })
+        .map(|(path, digest, size, task_id)| pb::JobOutput {
+            path,
+            digest,
+            size: size as u64,
+            task_id: task_id.to_string(),
+        })
         .collect())
 }
 
@@ -333,13 +380,20 @@ pub async fn record_output(
     .bind(&output.path)
     .bind(&output.digest)
     .bind(output.size as i64)
-    .bind(vec![TaskState::Dispatched.as_str(), TaskState::Running.as_str()])
+    .bind(vec![
+        TaskState::Dispatched.as_str(),
+        TaskState::Running.as_str(),
+    ])
     .fetch_optional(db)
     .await
 }
 
 /// Outputs of the steps `step_names` of a job: the inputs of a step that depends on them.
-pub async fn outputs_of_steps(db: &PgPool, job_id: Uuid, step_names: &[String]) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn outputs_of_steps(
+    db: &PgPool,
+    job_id: Uuid,
+    step_names: &[String],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
     if step_names.is_empty() {
         return Ok(Vec::new());
     }

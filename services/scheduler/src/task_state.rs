@@ -32,9 +32,16 @@ impl TaskState {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Pending, Self::Dispatched, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            Self::Pending,
+            Self::Dispatched,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 
     pub fn to_proto(self) -> ProtoTaskState {
@@ -81,13 +88,34 @@ const IN_FLIGHT: &[TaskState] = &[Dispatched, Running];
 impl TaskEvent {
     pub const fn rule(self) -> Rule {
         match self {
-            Self::Dispatch => Rule { from: &[Pending], to: Dispatched },
-            Self::Start => Rule { from: &[Dispatched], to: Running },
-            Self::Succeed => Rule { from: IN_FLIGHT, to: Succeeded },
-            Self::FailAndRetry => Rule { from: IN_FLIGHT, to: Pending },
-            Self::FailFinally => Rule { from: IN_FLIGHT, to: Failed },
-            Self::Lose => Rule { from: IN_FLIGHT, to: Pending },
-            Self::Cancel => Rule { from: &[Pending, Dispatched, Running], to: Cancelled },
+            Self::Dispatch => Rule {
+                from: &[Pending],
+                to: Dispatched,
+            },
+            Self::Start => Rule {
+                from: &[Dispatched],
+                to: Running,
+            },
+            Self::Succeed => Rule {
+                from: IN_FLIGHT,
+                to: Succeeded,
+            },
+            Self::FailAndRetry => Rule {
+                from: IN_FLIGHT,
+                to: Pending,
+            },
+            Self::FailFinally => Rule {
+                from: IN_FLIGHT,
+                to: Failed,
+            },
+            Self::Lose => Rule {
+                from: IN_FLIGHT,
+                to: Pending,
+            },
+            Self::Cancel => Rule {
+                from: &[Pending, Dispatched, Running],
+                to: Cancelled,
+            },
         }
     }
 }
@@ -193,13 +221,17 @@ pub async fn apply_to_job(
 
 /// Applies `event` to every task in flight anywhere: used at start-up, when
 /// no worker can yet be connected to this scheduler.
-pub async fn apply_to_all_in_flight(db: impl sqlx::PgExecutor<'_>, event: TaskEvent) -> Result<u64, sqlx::Error> {
+pub async fn apply_to_all_in_flight(
+    db: impl sqlx::PgExecutor<'_>,
+    event: TaskEvent,
+) -> Result<u64, sqlx::Error> {
     let rule = event.rule();
-    let result = sqlx::query("UPDATE tasks SET state = $1, updated_at = now() WHERE state = ANY($2)")
-        .bind(rule.to.as_str())
-        .bind(rule.from_strs())
-        .execute(db)
-        .await?;
+    let result =
+        sqlx::query("UPDATE tasks SET state = $1, updated_at = now() WHERE state = ANY($2)")
+            .bind(rule.to.as_str())
+            .bind(rule.from_strs())
+            .execute(db)
+            .await?;
     Ok(result.rows_affected())
 }
 
@@ -221,7 +253,10 @@ mod tests {
         for event in events {
             let rule = event.rule();
             for terminal in [Succeeded, Failed, Cancelled] {
-                assert!(!rule.from.contains(&terminal), "{event:?} must not leave {terminal:?}");
+                assert!(
+                    !rule.from.contains(&terminal),
+                    "{event:?} must not leave {terminal:?}"
+                );
             }
         }
     }

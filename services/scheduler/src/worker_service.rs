@@ -37,20 +37,36 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Stat
 impl pb::worker_service_server::WorkerService for WorkerSessions {
     type SessionStream = SessionStream;
 
-    async fn session(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
         let mut inbound = request.into_inner();
         let register = match inbound.next().await {
-            Some(Ok(pb::WorkerMessage { message: Some(FromWorker::Register(register)) })) => register,
+            Some(Ok(pb::WorkerMessage {
+                message: Some(FromWorker::Register(register)),
+            })) => register,
             Some(Err(status)) => return Err(status),
-            _ => return Err(Status::invalid_argument("the first message of a session must be RegisterWorker")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be RegisterWorker",
+                ));
+            }
         };
         if register.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id must not be empty"));
         }
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
-        let registered = pb::Registered { heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() as u32 };
-        let hello = pb::SchedulerMessage { message: Some(pb::scheduler_message::Message::Registered(registered)) };
-        outbox.send(Ok(hello)).await.map_err(|_| Status::internal("session closed during registration"))?;
+        let registered = pb::Registered {
+            heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() as u32,
+        };
+        let hello = pb::SchedulerMessage {
+            message: Some(pb::scheduler_message::Message::Registered(registered)),
+        };
+        outbox
+            .send(Ok(hello))
+            .await
+            .map_err(|_| Status::internal("session closed during registration"))?;
 
         let worker_id = register.worker_id.clone();
         let capabilities = register.capabilities.unwrap_or_default();
@@ -59,15 +75,28 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         if let Err(err) = self.scheduler.worker_gone(&worker_id).await {
             tracing::warn!(worker_id, error = %err, "cannot requeue a reconnecting worker's tasks");
         }
-        let session = self.scheduler.workers.connect(&worker_id, capabilities, outbox);
+        let session = self
+            .scheduler
+            .workers
+            .connect(&worker_id, capabilities, outbox);
         tracing::info!(worker_id, hostname = %register.hostname, session, "worker joined");
         self.scheduler.dispatch_wanted.notify_one();
-        tokio::spawn(serve_session(self.scheduler.clone(), worker_id, session, inbound));
+        tokio::spawn(serve_session(
+            self.scheduler.clone(),
+            worker_id,
+            session,
+            inbound,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbox_rx))))
     }
 }
 
-async fn serve_session(scheduler: Arc<Scheduler>, worker_id: String, session: u64, mut inbound: Streaming<pb::WorkerMessage>) {
+async fn serve_session(
+    scheduler: Arc<Scheduler>,
+    worker_id: String,
+    session: u64,
+    mut inbound: Streaming<pb::WorkerMessage>,
+) {
     loop {
         let message = match tokio::time::timeout(SILENCE_LIMIT, inbound.next()).await {
             Ok(Some(Ok(message))) => message,
@@ -93,7 +122,11 @@ async fn serve_session(scheduler: Arc<Scheduler>, worker_id: String, session: u6
     }
 }
 
-async fn handle(scheduler: &Scheduler, worker_id: &str, message: pb::WorkerMessage) -> Result<(), crate::SchedulerError> {
+async fn handle(
+    scheduler: &Scheduler,
+    worker_id: &str,
+    message: pb::WorkerMessage,
+) -> Result<(), crate::SchedulerError> {
     match message.message {
         Some(FromWorker::Started(started)) => scheduler.record_started(worker_id, started).await,
         Some(FromWorker::Progress(progress)) => scheduler.record_progress(progress).await,

@@ -46,18 +46,31 @@ impl WorkerRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the map half-written
         // (every mutation is a single insert/remove), so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds a worker's session, replacing an older session of the same worker.
     /// Returns the new session's number.
-    pub fn connect(&self, worker_id: &str, capabilities: WorkerCapabilities, outbox: Outbox) -> u64 {
+    pub fn connect(
+        &self,
+        worker_id: &str,
+        capabilities: WorkerCapabilities,
+        outbox: Outbox,
+    ) -> u64 {
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
-        inner
-            .workers
-            .insert(worker_id.to_owned(), Worker { session, outbox, capabilities, running: HashSet::new() });
+        inner.workers.insert(
+            worker_id.to_owned(),
+            Worker {
+                session,
+                outbox,
+                capabilities,
+                running: HashSet::new(),
+            },
+        );
         session
     }
 
@@ -84,7 +97,12 @@ impl WorkerRegistry {
                     worker_id: id.clone(),
                     session: w.session,
                     free_slots: free,
-                    renderers: w.capabilities.renderers.iter().map(|r| r.name.clone()).collect(),
+                    renderers: w
+                        .capabilities
+                        .renderers
+                        .iter()
+                        .map(|r| r.name.clone())
+                        .collect(),
                     outbox: w.outbox.clone(),
                 })
             })

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Benchmark: the example scene rendered through Kiln with one worker, at
+# chunk sizes 1, 4 and all-in-one, against `blender -b -a` on the same frames
+# run directly, all in one hyperfine run on the same machine.
+# Usage: scripts/bench-render.sh [FRAMES (default 12)] [RUNS (default 3)]
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+frames=${1:-12}
+runs=${2:-3}
+"$repo/scripts/setup.sh" >/dev/null
+command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 1; }
+cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
+bin=${CARGO_TARGET_DIR:-$cache/target}/debug
+work=$(mktemp -d)
+# The private Postgres runs as the postgres user when we are root: it must reach the directory.
+chmod 755 "$work"
+trap 'kill -INT ${dev:-0} 2>/dev/null; wait ${dev:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+
+scene="$work/scene.blend"
+blender -b -Y --factory-startup --python "$repo/examples/make_scene.py" -- "$scene" >/dev/null
+cd "$work"
+"$bin/kiln" dev --workers 1 --dir "$work/.kiln" --grpc-port 0 --http-port 0 >"$work/dev.log" 2>&1 &
+dev=$!
+for _ in $(seq 1 240); do [ -f "$work/.kiln/dev.json" ] && break; kill -0 $dev 2>/dev/null || { cat "$work/dev.log"; exit 1; }; sleep 0.5; done
+
+render() { echo "$bin/kiln render $scene --frames 1-$frames --fps 24 --chunk $1 --out $work/out-$1"; }
+hyperfine --runs "$runs" --warmup 1 --export-markdown "$work/bench.md" \
+  -n "blender -b -a (direct)" "blender -b -Y $scene -o $work/direct/f_#### -F PNG -x 1 -s 1 -e $frames -a" \
+  -n "kiln, chunk 1" "$(render 1)" \
+  -n "kiln, chunk 4" "$(render 4)" \
+  -n "kiln, all in one chunk" "$(render "$frames")"
+cat "$work/bench.md"
