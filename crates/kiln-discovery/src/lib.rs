@@ -5,6 +5,8 @@
 //! process dies the lease expires and the key disappears, so a lookup only
 //! ever returns live instances (give or take the lease TTL).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, PutOptions};
@@ -142,12 +144,13 @@ impl Discovery {
         let value = serde_json::to_string(&endpoint)?;
         let lease = put_with_lease(&self.client, &key, &value, self.lease_ttl).await?;
         tracing::info!(service, instance = %endpoint.instance, grpc = %endpoint.grpc, "registered in etcd");
+        let lease = Arc::new(AtomicI64::new(lease));
         let keeper = tokio::spawn(keep_registered(
             self.client.clone(),
             key,
             value,
             self.lease_ttl,
-            lease,
+            lease.clone(),
         ));
         Ok(Registration {
             client: self.client.clone(),
@@ -215,17 +218,24 @@ async fn put_with_lease(
 
 /// Refreshes the lease at a third of its TTL; if the lease is lost (etcd
 /// outage longer than the TTL), registers again once etcd answers.
-async fn keep_registered(client: Client, key: String, value: String, ttl: i64, mut lease: i64) {
+async fn keep_registered(
+    client: Client,
+    key: String,
+    value: String,
+    ttl: i64,
+    lease: Arc<AtomicI64>,
+) {
     let period = Duration::from_millis((ttl as u64 * 1000) / 3);
     loop {
-        if let Err(err) = keep_alive(&client, lease, period).await {
+        if let Err(err) = keep_alive(&client, lease.load(Ordering::Relaxed), period).await {
             tracing::warn!(error = %err, key, "lost etcd lease; registering again");
         }
         loop {
             tokio::time::sleep(period).await;
             match put_with_lease(&client, &key, &value, ttl).await {
                 Ok(new_lease) => {
-                    lease = new_lease;
+                    // Shared with the Registration, so revoke() removes the current key.
+                    lease.store(new_lease, Ordering::Relaxed);
                     break;
                 }
                 Err(err) => tracing::warn!(error = %err, key, "cannot register in etcd yet"),
@@ -252,7 +262,7 @@ async fn keep_alive(client: &Client, lease: i64, period: Duration) -> Result<(),
 pub struct Registration {
     client: Client,
     keeper: JoinHandle<()>,
-    lease: i64,
+    lease: Arc<AtomicI64>,
 }
 
 impl Registration {
@@ -260,7 +270,10 @@ impl Registration {
     pub async fn revoke(self) {
         self.keeper.abort();
         let mut client = self.client.clone();
-        if let Err(err) = client.lease_revoke(self.lease).await {
+        if let Err(err) = client
+            .lease_revoke(self.lease.load(Ordering::Relaxed))
+            .await
+        {
             tracing::warn!(error = %err, "cannot revoke etcd lease");
         }
     }
