@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_event::Event;
 use kiln_tests::{Client, example_scene, probe_video, start_farm, state_of};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,8 +18,35 @@ async fn twelve_frames_in_chunks_of_four_across_two_workers() -> anyhow::Result<
         job.tasks_total, 4,
         "three render chunks and one encode task"
     );
-    let job = client.wait_until_finished(&job.id).await?;
-    assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
+    // Follow the job through the streaming watch, as `kiln render` does.
+    let mut events = client
+        .jobs
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let (mut progress, mut outputs, mut last_job) = (0, 0, None);
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(Event::TaskProgress(_)) => progress += 1,
+            Some(Event::OutputAdded(_)) => outputs += 1,
+            Some(Event::JobChanged(job)) => last_job = Some(job),
+            _ => {}
+        }
+    }
+    let job = last_job.expect("the watch reports the job");
+    assert_eq!(
+        state_of(&job),
+        pb::JobState::Succeeded,
+        "the watch ends with the final state: {job:?}"
+    );
+    assert_eq!(job.tasks_succeeded, 4);
+    assert!(progress > 0, "render progress was streamed");
+    assert_eq!(
+        outputs, 13,
+        "every frame and the video were announced as they were stored"
+    );
 
     let tasks = client.tasks(&job.id).await?;
     let render_workers: HashSet<_> = tasks

@@ -46,7 +46,7 @@ fn bad_parameters_are_rejected_with_the_reason() {
     let cases = [
         (params(&[("ChunkSize", "0")]), "ChunkSize"),
         (params(&[("Frames", "12-1")]), "12-1"),
-        (params(&[("Frames", "")]), ""),
+        (params(&[("Frames", "")]), "Frames"),
         (params(&[("Bogus", "1")]), "Bogus"),
     ];
     for (values, mentions) in cases {

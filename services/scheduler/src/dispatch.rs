@@ -100,7 +100,7 @@ async fn send_assignment(
     let assignment = assignment_for(scheduler, &task).await?;
     let delivered = scheduler
         .workers
-        .assign(&worker.worker_id, worker.session, key)
+        .assign(&worker.worker_id, worker.session, key, task.job_id)
         && worker.outbox.send(Ok(assignment)).await.is_ok();
     if !delivered {
         // The worker left between the claim and the send: give the task back.

@@ -75,6 +75,10 @@ impl JobApi {
         let id = store::create_job(&self.scheduler.db, new_job, &plan).await?;
         tracing::info!(job_id = %id, tasks = plan.task_count(), "job submitted");
         self.scheduler.dispatch_wanted.notify_one();
+        self.load_job(id).await
+    }
+
+    async fn load_job(&self, id: Uuid) -> Result<pb::Job, SchedulerError> {
         store::get_job(&self.scheduler.db, id)
             .await?
             .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
@@ -159,12 +163,7 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
-        let job = store::get_job(&self.scheduler.db, id)
-            .await
-            .map_err(SchedulerError::from)?;
-        Ok(Response::new(job.ok_or_else(|| {
-            SchedulerError::JobNotFound(id.to_string())
-        })?))
+        Ok(Response::new(self.load_job(id).await?))
     }
 
     async fn list_jobs(
@@ -187,12 +186,7 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::Job>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         self.scheduler.cancel_job(id).await?;
-        let job = store::get_job(&self.scheduler.db, id)
-            .await
-            .map_err(SchedulerError::from)?;
-        Ok(Response::new(job.ok_or_else(|| {
-            SchedulerError::JobNotFound(id.to_string())
-        })?))
+        Ok(Response::new(self.load_job(id).await?))
     }
 
     type WatchJobStream = WatchStream;
@@ -204,10 +198,7 @@ impl pb::job_service_server::JobService for JobApi {
         let id = parse_job_id(&request.get_ref().job_id)?;
         // Subscribe before reading the job, so nothing between the two is missed.
         let notices = self.scheduler.events.subscribe();
-        let job = store::get_job(&self.scheduler.db, id)
-            .await
-            .map_err(SchedulerError::from)?;
-        let job = job.ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?;
+        let job = self.load_job(id).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(forward_events(self.scheduler.clone(), id, job, notices, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -135,20 +135,6 @@ impl Scheduler {
             return Ok(());
         };
         tracing::info!(task_id = %task_id, attempt, worker_id, state = task.state, "task finished an attempt");
-        if event == TaskEvent::FailFinally {
-            let message = format!(
-                "task {} of step {} failed: {}",
-                task.index, task.step_name, outcome.message
-            );
-            if let Some(state) = store::job_state(&self.db, task.job_id).await? {
-                if let Some(failed) =
-                    store::set_job_state(&self.db, task.job_id, state, JobState::Failed, &message)
-                        .await?
-                {
-                    self.after_job_state(task.job_id, failed).await?;
-                }
-            }
-        }
         // A retry waiting out its backoff is picked up by the dispatch loop's periodic tick.
         self.after_transition(&task).await
     }
@@ -197,18 +183,16 @@ impl Scheduler {
         Ok(())
     }
 
-    pub async fn record_progress(
+    /// Progress is frequent and disposable: it goes to watchers from memory,
+    /// never through Postgres, and only for attempts the worker still holds.
+    pub fn record_progress(
         &self,
+        worker_id: &str,
         progress: pb::TaskProgressReport,
     ) -> Result<(), SchedulerError> {
         let task_id = parse_task_id(&progress.task_id)?;
-        let job_id: Option<Uuid> =
-            sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = $1 AND attempt = $2")
-                .bind(task_id)
-                .bind(progress.attempt as i32)
-                .fetch_optional(&self.db)
-                .await?;
-        if let Some(job_id) = job_id {
+        let attempt = (task_id, progress.attempt as i32);
+        if let Some(job_id) = self.workers.job_of(worker_id, attempt) {
             let event = pb::TaskProgress {
                 task_id: progress.task_id,
                 fraction: progress.fraction,

@@ -38,6 +38,7 @@ struct JobRow {
 
 #[derive(sqlx::FromRow)]
 struct StepCountRow {
+    job_id: Uuid,
     name: String,
     depends_on: Vec<String>,
     state: Option<String>,
@@ -99,6 +100,8 @@ async fn insert_step(
         .execute(&mut **tx)
         .await?;
     // One multi-row insert per step: a 10,000-frame job is one round trip, not 10,000.
+    // Each task's args and frames travel as JSON text because Postgres arrays of
+    // arrays must be rectangular, and UNNEST would flatten them.
     let count = step.tasks.len();
     let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
     let indexes: Vec<i32> = (0..count as i32).collect();
@@ -180,7 +183,26 @@ pub async fn refresh_job_state(db: &PgPool, job_id: Uuid) -> Result<Option<JobSt
     if next == current {
         return Ok(None);
     }
-    set_job_state(db, job_id, current, next, "").await
+    let message = match next {
+        JobState::Failed => first_failure(db, job_id).await?,
+        _ => String::new(),
+    };
+    set_job_state(db, job_id, current, next, &message).await
+}
+
+/// Why a job failed, in the words of its first task that failed for good.
+async fn first_failure(db: &PgPool, job_id: Uuid) -> Result<String, sqlx::Error> {
+    let failed: Option<(String, i32, String)> = sqlx::query_as(
+        "SELECT step_name, index, message FROM tasks WHERE job_id = $1 AND state = $2
+         ORDER BY updated_at LIMIT 1",
+    )
+    .bind(job_id)
+    .bind(TaskState::Failed.as_str())
+    .fetch_optional(db)
+    .await?;
+    Ok(failed
+        .map(|(step, index, message)| format!("task {index} of step {step} failed: {message}"))
+        .unwrap_or_default())
 }
 
 /// Moves a job from `from` to `to`; `None` if it was no longer in `from`.
@@ -228,39 +250,60 @@ async fn task_counts(db: &PgPool, job_id: Uuid) -> Result<TaskCounts, sqlx::Erro
     Ok(counts)
 }
 
+/// A query for the columns of `jobs` that make up a [`pb::Job`]; a macro
+/// because sqlx takes only literal SQL.
+macro_rules! select_jobs {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, name, state, priority, template_name, parameters, inputs, message, ",
+            "created_at, finished_at FROM jobs ",
+            $rest
+        )
+    };
+}
+
 pub async fn get_job(db: &PgPool, job_id: Uuid) -> Result<Option<pb::Job>, sqlx::Error> {
-    let row: Option<JobRow> = sqlx::query_as(
-        "SELECT id, name, state, priority, template_name, parameters, inputs, message, created_at, finished_at
-         FROM jobs WHERE id = $1",
-    )
-    .bind(job_id)
-    .fetch_optional(db)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let steps: Vec<StepCountRow> = sqlx::query_as(
-        "SELECT s.name, s.depends_on, t.state, count(t.id) AS count
-         FROM steps s LEFT JOIN tasks t ON t.job_id = s.job_id AND t.step_name = s.name
-         WHERE s.job_id = $1 GROUP BY s.name, s.position, s.depends_on, t.state ORDER BY s.position",
-    )
-    .bind(job_id)
-    .fetch_all(db)
-    .await?;
-    Ok(Some(job_to_proto(row, steps)))
+    let rows: Vec<JobRow> = sqlx::query_as(select_jobs!("WHERE id = $1"))
+        .bind(job_id)
+        .fetch_all(db)
+        .await?;
+    Ok(with_steps(db, rows).await?.pop())
 }
 
 pub async fn list_jobs(db: &PgPool, limit: i64) -> Result<Vec<pb::Job>, sqlx::Error> {
-    let ids: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM jobs ORDER BY created_at DESC LIMIT $1")
-            .bind(limit)
-            .fetch_all(db)
-            .await?;
-    let mut jobs = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(job) = get_job(db, id).await? {
-            jobs.push(job);
-        }
+    let rows: Vec<JobRow> = sqlx::query_as(select_jobs!("ORDER BY created_at DESC LIMIT $1"))
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+    with_steps(db, rows).await
+}
+
+/// Adds steps and task counts to job rows: one query however many jobs.
+async fn with_steps(db: &PgPool, rows: Vec<JobRow>) -> Result<Vec<pb::Job>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(jobs)
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let step_rows: Vec<StepCountRow> = sqlx::query_as(
+        "SELECT s.job_id, s.name, s.depends_on, t.state, count(t.id) AS count
+         FROM steps s LEFT JOIN tasks t ON t.job_id = s.job_id AND t.step_name = s.name
+         WHERE s.job_id = ANY($1)
+         GROUP BY s.job_id, s.name, s.position, s.depends_on, t.state ORDER BY s.job_id, s.position",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let mut steps_by_job: HashMap<Uuid, Vec<StepCountRow>> = HashMap::new();
+    for step in step_rows {
+        steps_by_job.entry(step.job_id).or_default().push(step);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let steps = steps_by_job.remove(&row.id).unwrap_or_default();
+            job_to_proto(row, steps)
+        })
+        .collect())
 }
 
 fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {

@@ -129,7 +129,7 @@ async fn handle(
 ) -> Result<(), crate::SchedulerError> {
     match message.message {
         Some(FromWorker::Started(started)) => scheduler.record_started(worker_id, started).await,
-        Some(FromWorker::Progress(progress)) => scheduler.record_progress(progress).await,
+        Some(FromWorker::Progress(progress)) => scheduler.record_progress(worker_id, progress),
         Some(FromWorker::Output(output)) => scheduler.record_output(output).await,
         Some(FromWorker::Result(result)) => scheduler.record_result(worker_id, result).await,
         Some(FromWorker::Heartbeat(_)) | None => Ok(()),

@@ -3,7 +3,7 @@
 //! This is the only in-memory state the scheduler keeps, and it is rebuilt
 //! from nothing when workers reconnect: everything durable is in Postgres.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use kiln_proto::v1::{SchedulerMessage, WorkerCapabilities};
@@ -19,7 +19,8 @@ struct Worker {
     session: u64,
     outbox: Outbox,
     capabilities: WorkerCapabilities,
-    running: HashSet<AttemptKey>,
+    /// Each attempt the worker holds, with its job.
+    running: HashMap<AttemptKey, Uuid>,
 }
 
 /// A worker that can take more work right now.
@@ -68,7 +69,7 @@ impl WorkerRegistry {
                 session,
                 outbox,
                 capabilities,
-                running: HashSet::new(),
+                running: HashMap::new(),
             },
         );
         session
@@ -109,12 +110,23 @@ impl WorkerRegistry {
             .collect()
     }
 
-    /// Marks an attempt as running on a worker, if that session still exists.
-    pub fn assign(&self, worker_id: &str, session: u64, attempt: AttemptKey) -> bool {
+    /// Marks an attempt of `job_id` as running on a worker, if that session still exists.
+    pub fn assign(&self, worker_id: &str, session: u64, attempt: AttemptKey, job_id: Uuid) -> bool {
         match self.lock().workers.get_mut(worker_id) {
-            Some(worker) if worker.session == session => worker.running.insert(attempt),
+            Some(worker) if worker.session == session => {
+                worker.running.insert(attempt, job_id);
+                true
+            }
             _ => false,
         }
+    }
+
+    /// The job of an attempt the worker holds; `None` for an attempt it no longer holds.
+    pub fn job_of(&self, worker_id: &str, attempt: AttemptKey) -> Option<Uuid> {
+        self.lock()
+            .workers
+            .get(worker_id)
+            .and_then(|w| w.running.get(&attempt).copied())
     }
 
     /// Frees the slot an attempt held.
