@@ -52,7 +52,7 @@ async fn invalid_submissions_are_rejected_and_change_nothing() -> anyhow::Result
     }
     let jobs = client
         .jobs
-        .list_jobs(pb::ListJobsRequest { limit: 0 })
+        .list_jobs(pb::ListJobsRequest::default())
         .await?
         .into_inner()
         .jobs;

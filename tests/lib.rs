@@ -151,8 +151,7 @@ pub fn blender_request(digest: &str, frames: &str, chunk: u32) -> pb::SubmitJobR
             path: "scene.blend".into(),
             digest: digest.to_owned(),
         }],
-        name: String::new(),
-        priority: 0,
+        ..Default::default()
     }
 }
 

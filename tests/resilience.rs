@@ -102,7 +102,7 @@ async fn restarting_the_scheduler_mid_job_loses_no_job_and_no_frame() -> anyhow:
     assert_eq!(after, expected);
     let jobs = client
         .jobs
-        .list_jobs(pb::ListJobsRequest { limit: 0 })
+        .list_jobs(pb::ListJobsRequest::default())
         .await?
         .into_inner()
         .jobs;

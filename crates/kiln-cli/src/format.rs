@@ -23,6 +23,7 @@ pub fn job_state(state: JobState) -> &'static str {
         JobState::Succeeded => "succeeded",
         JobState::Failed => "failed",
         JobState::Cancelled => "cancelled",
+        JobState::Paused => "paused",
     }
 }
 
@@ -35,6 +36,7 @@ pub fn task_state(state: TaskState) -> &'static str {
         TaskState::Succeeded => "succeeded",
         TaskState::Failed => "failed",
         TaskState::Cancelled => "cancelled",
+        TaskState::WaitingRetry => "waiting to retry",
     }
 }
 

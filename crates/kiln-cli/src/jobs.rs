@@ -13,7 +13,10 @@ use crate::outputs;
 
 pub async fn list(args: JobsArgs) -> Result<(), CliError> {
     let gateway = Gateway::connect(&args.gateway).await?;
-    let request = ListJobsRequest { limit: args.limit };
+    let request = ListJobsRequest {
+        limit: args.limit,
+        ..Default::default()
+    };
     let jobs = gateway
         .jobs
         .clone()

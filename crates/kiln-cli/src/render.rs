@@ -117,6 +117,7 @@ async fn submit(
         }],
         name,
         priority: args.priority,
+        ..Default::default()
     };
     let job = jobs
         .clone()

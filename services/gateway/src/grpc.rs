@@ -129,6 +129,67 @@ impl pb::job_service_server::JobService for PublicApi {
             .await;
         self.observe(result)
     }
+
+    async fn pause_job(
+        &self,
+        request: Request<pb::PauseJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .pause_job(forward(request))
+            .await;
+        self.observe(result)
+    }
+    async fn resume_job(
+        &self,
+        request: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .resume_job(forward(request))
+            .await;
+        self.observe(result)
+    }
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .retry_job(forward(request))
+            .await;
+        self.observe(result)
+    }
+    async fn set_job_priority(
+        &self,
+        request: Request<pb::SetJobPriorityRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .set_job_priority(forward(request))
+            .await;
+        self.observe(result)
+    }
+    async fn clear_blocklist(
+        &self,
+        request: Request<pb::ClearBlocklistRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .clear_blocklist(forward(request))
+            .await;
+        self.observe(result)
+    }
 }
 
 #[tonic::async_trait]

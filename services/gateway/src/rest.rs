@@ -140,7 +140,7 @@ async fn list_jobs(State(state): State<RestState>) -> ApiResult<Json<pb::ListJob
     Ok(Json(
         state
             .api
-            .list_jobs(Request::new(pb::ListJobsRequest { limit: 0 }))
+            .list_jobs(Request::new(pb::ListJobsRequest::default()))
             .await?
             .into_inner(),
     ))

@@ -167,6 +167,7 @@ async fn assignment_for(
         inputs,
         frames: task.frames.clone(),
         max_run_seconds: 0,
+        stall_seconds: 0,
     };
     Ok(pb::SchedulerMessage {
         message: Some(pb::scheduler_message::Message::Assignment(assignment)),

@@ -227,6 +227,43 @@ impl pb::job_service_server::JobService for JobApi {
             .map_err(SchedulerError::from)?;
         Ok(Response::new(pb::ListTasksResponse { tasks }))
     }
+
+    async fn pause_job(
+        &self,
+        _request: Request<pb::PauseJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented("pause is not available yet"))
+    }
+
+    async fn resume_job(
+        &self,
+        _request: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented("resume is not available yet"))
+    }
+
+    async fn retry_job(
+        &self,
+        _request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented("retry is not available yet"))
+    }
+
+    async fn set_job_priority(
+        &self,
+        _request: Request<pb::SetJobPriorityRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented(
+            "priority changes are not available yet",
+        ))
+    }
+
+    async fn clear_blocklist(
+        &self,
+        _request: Request<pb::ClearBlocklistRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented("blocklists are not available yet"))
+    }
 }
 
 impl JobApi {

@@ -381,6 +381,7 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
             exit_code: r.exit_code,
             message: r.message,
             log_tail: r.log_tail,
+            retry_at: None,
         })
         .collect())
 }

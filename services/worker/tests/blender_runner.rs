@@ -172,7 +172,7 @@ fn blender_task(
             digest: scene_digest.to_owned(),
         }],
         frames,
-        max_run_seconds: 0,
+        ..Default::default()
     }
 }
 
