@@ -39,7 +39,11 @@ impl JobApi {
         }
     }
 
-    async fn submit(&self, request: pb::SubmitJobRequest) -> Result<pb::Job, SchedulerError> {
+    async fn submit(
+        &self,
+        owner: &str,
+        request: pb::SubmitJobRequest,
+    ) -> Result<pb::Job, SchedulerError> {
         let (template_name, document) = match &request.template {
             Some(pb::submit_job_request::Template::BuiltinTemplate(name)) => {
                 (name.as_str(), builtin_template(name)?)
@@ -66,6 +70,7 @@ impl JobApi {
         };
         let new_job = store::NewJob {
             name: &name,
+            owner,
             priority: priority as i32,
             template_name,
             template_document: document,
@@ -143,6 +148,21 @@ fn validate_inputs(inputs: &[pb::JobInput]) -> Result<(), SchedulerError> {
     Ok(())
 }
 
+/// Metadata the gateway sets to the authenticated user's name; the scheduler
+/// is internal and trusts it.
+pub const OWNER_METADATA: &str = "kiln-owner";
+const ANONYMOUS: &str = "anonymous";
+
+fn owner_of<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get(OWNER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or(ANONYMOUS)
+        .to_owned()
+}
+
 pub fn parse_job_id(text: &str) -> Result<Uuid, SchedulerError> {
     Uuid::parse_str(text).map_err(|_| invalid(format!("job_id: {text:?} is not a UUID")))
 }
@@ -155,7 +175,10 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(self.submit(request.into_inner()).await?))
+        let owner = owner_of(&request);
+        Ok(Response::new(
+            self.submit(&owner, request.into_inner()).await?,
+        ))
     }
 
     async fn get_job(
@@ -174,7 +197,8 @@ impl pb::job_service_server::JobService for JobApi {
             0 => 100,
             n => n.min(MAX_LIST),
         };
-        let jobs = store::list_jobs(&self.scheduler.db, limit as i64)
+        let owner = Some(request.get_ref().owner.as_str()).filter(|o| !o.is_empty());
+        let jobs = store::list_jobs(&self.scheduler.db, owner, limit as i64)
             .await
             .map_err(SchedulerError::from)?;
         Ok(Response::new(pb::ListJobsResponse { jobs }))

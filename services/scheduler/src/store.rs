@@ -15,6 +15,7 @@ use crate::task_state::TaskState;
 /// What a submission stores besides the plan.
 pub struct NewJob<'a> {
     pub name: &'a str,
+    pub owner: &'a str,
     pub priority: i32,
     pub template_name: &'a str,
     pub template_document: &'a str,
@@ -26,6 +27,7 @@ pub struct NewJob<'a> {
 struct JobRow {
     id: Uuid,
     name: String,
+    owner: String,
     state: String,
     priority: i32,
     template_name: String,
@@ -65,8 +67,8 @@ pub async fn create_job(db: &PgPool, job: NewJob<'_>, plan: &JobPlan) -> Result<
     let id = Uuid::new_v4();
     let mut tx = db.begin().await?;
     sqlx::query(
-        "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs, owner)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(id)
     .bind(job.name)
@@ -76,6 +78,7 @@ pub async fn create_job(db: &PgPool, job: NewJob<'_>, plan: &JobPlan) -> Result<
     .bind(job.template_document)
     .bind(serde_json::to_value(job.parameters).unwrap_or_default())
     .bind(inputs_to_json(job.inputs))
+    .bind(job.owner)
     .execute(&mut *tx)
     .await?;
     for (position, step) in plan.steps.iter().enumerate() {
@@ -255,7 +258,7 @@ async fn task_counts(db: &PgPool, job_id: Uuid) -> Result<TaskCounts, sqlx::Erro
 macro_rules! select_jobs {
     ($rest:literal) => {
         concat!(
-            "SELECT id, name, state, priority, template_name, parameters, inputs, message, ",
+            "SELECT id, name, owner, state, priority, template_name, parameters, inputs, message, ",
             "created_at, finished_at FROM jobs ",
             $rest
         )
@@ -270,11 +273,19 @@ pub async fn get_job(db: &PgPool, job_id: Uuid) -> Result<Option<pb::Job>, sqlx:
     Ok(with_steps(db, rows).await?.pop())
 }
 
-pub async fn list_jobs(db: &PgPool, limit: i64) -> Result<Vec<pb::Job>, sqlx::Error> {
-    let rows: Vec<JobRow> = sqlx::query_as(select_jobs!("ORDER BY created_at DESC LIMIT $1"))
-        .bind(limit)
-        .fetch_all(db)
-        .await?;
+/// The newest jobs, of one owner or (with `None`) of everyone.
+pub async fn list_jobs(
+    db: &PgPool,
+    owner: Option<&str>,
+    limit: i64,
+) -> Result<Vec<pb::Job>, sqlx::Error> {
+    let rows: Vec<JobRow> = sqlx::query_as(select_jobs!(
+        "WHERE $2::text IS NULL OR owner = $2 ORDER BY created_at DESC LIMIT $1"
+    ))
+    .bind(limit)
+    .bind(owner)
+    .fetch_all(db)
+    .await?;
     with_steps(db, rows).await
 }
 
@@ -310,6 +321,7 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
     let mut job = pb::Job {
         id: row.id.to_string(),
         name: row.name,
+        owner: row.owner,
         state: JobState::parse(&row.state)
             .map(JobState::to_proto)
             .unwrap_or_default() as i32,
