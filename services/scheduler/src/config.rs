@@ -22,6 +22,16 @@ pub struct Config {
     /// Seconds before a failed task's second attempt; doubles with each further attempt
     #[arg(long, env = "KILN_RETRY_BASE_SECONDS", default_value_t = 2.0)]
     pub retry_base_seconds: f64,
+    /// Failed attempts of one job's tasks after which a worker takes no more of them
+    #[arg(long, env = "KILN_BLOCKLIST_AFTER", default_value_t = 3)]
+    pub blocklist_after: u32,
+    /// A task printing nothing for this many seconds is stalled: killed and
+    /// counted as a failed attempt (jobs may set their own; 0 turns it off)
+    #[arg(long, env = "KILN_STALL_SECONDS", default_value_t = 600)]
+    pub stall_seconds: u32,
+    /// An owner's weight in fair share, as NAME=WEIGHT (repeatable; default weight 1)
+    #[arg(long = "owner-weight", env = "KILN_OWNER_WEIGHTS", value_delimiter = ',', value_parser = parse_weight)]
+    pub owner_weights: Vec<(String, f64)>,
     /// Most tasks one job may have
     #[arg(long, env = "KILN_MAX_TASKS_PER_JOB", default_value_t = 100_000)]
     pub max_tasks_per_job: usize,
@@ -32,4 +42,17 @@ pub struct Config {
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+fn parse_weight(text: &str) -> Result<(String, f64), String> {
+    let (name, weight) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=WEIGHT"))?;
+    let weight: f64 = weight
+        .parse()
+        .map_err(|_| format!("weight {weight:?} of {name:?} is not a number"))?;
+    if !(weight > 0.0 && weight.is_finite()) {
+        return Err(format!("weight of {name:?} must be a positive number"));
+    }
+    Ok((name.to_owned(), weight))
 }

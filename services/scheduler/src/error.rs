@@ -16,6 +16,12 @@ pub enum SchedulerError {
     Assets(String),
     #[error(transparent)]
     Discovery(#[from] kiln_discovery::DiscoveryError),
+    #[error("job {0} has finished")]
+    JobFinished(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("the scheduler is stopping")]
+    Stopping,
 }
 
 impl From<SchedulerError> for Status {
@@ -25,6 +31,10 @@ impl From<SchedulerError> for Status {
                 Status::invalid_argument(err.to_string())
             }
             SchedulerError::JobNotFound(_) => Status::not_found(err.to_string()),
+            SchedulerError::JobFinished(_) | SchedulerError::FailedPrecondition(_) => {
+                Status::failed_precondition(err.to_string())
+            }
+            SchedulerError::Stopping => Status::unavailable(err.to_string()),
             SchedulerError::Database(_)
             | SchedulerError::Assets(_)
             | SchedulerError::Discovery(_) => {

@@ -35,6 +35,10 @@ impl EventBus {
         let _ = self.sender.send(JobNotice { job_id, event });
     }
 
+    pub fn has_watchers(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<JobNotice> {
         self.sender.subscribe()
     }

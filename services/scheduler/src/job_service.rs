@@ -15,12 +15,24 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::commands::{Command, Control};
+use crate::job_state::JobState;
+use crate::loader::{self, JobSettings};
 use crate::scheduler::Scheduler;
 use crate::{SchedulerError, store};
 
 const DEFAULT_PRIORITY: u32 = 50;
 const MAX_LIST: u32 = 1000;
 const MAX_INPUTS: usize = 1000;
+const MAX_DEPENDENCIES: usize = 100;
+/// A week: longer limits are surely typos.
+const MAX_RUN_LIMIT: u32 = 7 * 24 * 3600;
+
+/// Defaults for what a submission leaves unset.
+#[derive(Debug, Clone, Copy)]
+pub struct JobDefaults {
+    pub stall_seconds: u32,
+}
 /// Events queued per watcher before the watcher is considered too slow.
 const WATCH_BUFFER: usize = 256;
 
@@ -28,14 +40,21 @@ pub struct JobApi {
     scheduler: Arc<Scheduler>,
     discovery: Discovery,
     limits: Limits,
+    defaults: JobDefaults,
 }
 
 impl JobApi {
-    pub fn new(scheduler: Arc<Scheduler>, discovery: Discovery, limits: Limits) -> Self {
+    pub fn new(
+        scheduler: Arc<Scheduler>,
+        discovery: Discovery,
+        limits: Limits,
+        defaults: JobDefaults,
+    ) -> Self {
         Self {
             scheduler,
             discovery,
             limits,
+            defaults,
         }
     }
 
@@ -55,12 +74,10 @@ impl JobApi {
                 ));
             }
         };
-        let priority = match request.priority {
-            0 => DEFAULT_PRIORITY,
-            p if p <= 100 => p,
-            p => return Err(invalid(format!("priority: {p} is outside 0-100"))),
-        };
+        let priority = priority_of(request.priority, request.priority_level, DEFAULT_PRIORITY)?;
+        let limits = self.run_limits(&request)?;
         validate_inputs(&request.inputs)?;
+        let depends_on = self.dependencies(&request.depends_on_jobs).await?;
         let plan = plan_job(document, &request.parameters, self.limits)?;
         self.check_inputs_stored(&request.inputs).await?;
         let name = if request.name.is_empty() {
@@ -76,11 +93,125 @@ impl JobApi {
             template_document: document,
             parameters: &request.parameters,
             inputs: &request.inputs,
+            depends_on_jobs: &depends_on.all,
+            max_failed_tasks: limits.max_failed_tasks as i32,
+            max_run_seconds: limits.max_run_seconds as i32,
+            stall_seconds: limits.stall_seconds as i32,
         };
-        let id = store::create_job(&self.scheduler.db, new_job, &plan).await?;
-        tracing::info!(job_id = %id, tasks = plan.task_count(), "job submitted");
-        self.scheduler.dispatch_wanted.notify_one();
+        let created = store::create_job(&self.scheduler.db, new_job, &plan).await?;
+        let id = created.id;
+        let settings = JobSettings {
+            owner: owner.to_owned(),
+            priority: priority as i32,
+            max_failed_tasks: i64::from(limits.max_failed_tasks),
+            max_run_seconds: limits.max_run_seconds,
+            stall_seconds: limits.stall_seconds,
+            inputs: request.inputs.clone(),
+            waiting_on: depends_on.unfinished,
+        };
+        let loaded = loader::from_plan(id, settings, &plan, &created.task_ids);
+        self.scheduler
+            .ask(|reply| Command::AddJob {
+                job: loaded.job,
+                tasks: loaded.tasks,
+                reply,
+            })
+            .await?;
+        tracing::info!(job_id = %id, owner, tasks = plan.task_count(), "job submitted");
         self.load_job(id).await
+    }
+
+    fn run_limits(&self, request: &pb::SubmitJobRequest) -> Result<RunLimits, SchedulerError> {
+        for (field, value) in [
+            ("max_run_seconds", request.max_run_seconds),
+            ("stall_seconds", request.stall_seconds),
+        ] {
+            if value > MAX_RUN_LIMIT {
+                return Err(invalid(format!(
+                    "{field}: {value} is more than the limit of {MAX_RUN_LIMIT} (a week)"
+                )));
+            }
+        }
+        Ok(RunLimits {
+            max_failed_tasks: request.max_failed_tasks.unwrap_or(0).min(i32::MAX as u32),
+            max_run_seconds: request.max_run_seconds,
+            stall_seconds: match request.stall_seconds {
+                0 => self.defaults.stall_seconds,
+                s => s,
+            },
+        })
+    }
+
+    /// The jobs a submission waits for: each must exist and must not have
+    /// failed or been cancelled already.
+    async fn dependencies(&self, ids: &[String]) -> Result<Dependencies, SchedulerError> {
+        if ids.len() > MAX_DEPENDENCIES {
+            return Err(invalid(format!(
+                "depends_on_jobs: {} jobs, more than the limit of {MAX_DEPENDENCIES}",
+                ids.len()
+            )));
+        }
+        let mut dependencies = Dependencies::default();
+        for text in ids {
+            let id = parse_uuid("depends_on_jobs", text)?;
+            match store::job_state(&self.scheduler.db, id).await? {
+                None => return Err(invalid(format!("depends_on_jobs: job {id} does not exist"))),
+                Some(JobState::Succeeded) => {}
+                Some(state) if state.is_final() => {
+                    return Err(SchedulerError::FailedPrecondition(format!(
+                        "depends_on_jobs: job {id} has {} and will never succeed",
+                        state.as_str()
+                    )));
+                }
+                Some(_) => {
+                    dependencies.unfinished.insert(id);
+                }
+            }
+            dependencies.all.push(id);
+        }
+        Ok(dependencies)
+    }
+
+    /// Applies a control to a job and answers with the job as it is now.
+    async fn control(&self, job_id: &str, control: Control) -> Result<pb::Job, SchedulerError> {
+        let id = parse_job_id(job_id)?;
+        self.require_job(id).await?;
+        self.scheduler
+            .ask(|reply| Command::Control {
+                job_id: id,
+                control,
+                reply,
+            })
+            .await?;
+        self.load_job(id).await
+    }
+
+    async fn cancel(&self, job_id: &str) -> Result<pb::Job, SchedulerError> {
+        match self.control(job_id, Control::Cancel).await {
+            // Cancelling a finished job changes nothing.
+            Err(SchedulerError::JobFinished(_)) => self.load_job(parse_job_id(job_id)?).await,
+            other => other,
+        }
+    }
+
+    async fn retry(&self, job_id: &str) -> Result<pb::Job, SchedulerError> {
+        let id = parse_job_id(job_id)?;
+        let state = store::job_state(&self.scheduler.db, id)
+            .await?
+            .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?;
+        if state == JobState::Succeeded {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "job {id} succeeded; nothing to retry"
+            )));
+        }
+        let reload = if state.is_final() {
+            loader::load_one(&self.scheduler.db, id)
+                .await?
+                .map(|l| (l.job, l.tasks))
+        } else {
+            None
+        };
+        self.control(job_id, Control::Retry(reload)).await
     }
 
     async fn load_job(&self, id: Uuid) -> Result<pb::Job, SchedulerError> {
@@ -114,6 +245,39 @@ impl JobApi {
             }
         }
         Ok(())
+    }
+}
+
+struct RunLimits {
+    max_failed_tasks: u32,
+    max_run_seconds: u32,
+    stall_seconds: u32,
+}
+
+#[derive(Default)]
+struct Dependencies {
+    all: Vec<Uuid>,
+    unfinished: std::collections::HashSet<Uuid>,
+}
+
+/// A priority from a number (0 meaning `default`) or a named level, which wins.
+fn priority_of(number: u32, level: i32, default: u32) -> Result<u32, SchedulerError> {
+    match pb::PriorityLevel::try_from(level) {
+        Ok(pb::PriorityLevel::Low) => return Ok(25),
+        Ok(pb::PriorityLevel::Normal) => return Ok(50),
+        Ok(pb::PriorityLevel::High) => return Ok(75),
+        Ok(pb::PriorityLevel::Critical) => return Ok(100),
+        Ok(pb::PriorityLevel::Unspecified) => {}
+        Err(_) => {
+            return Err(invalid(format!(
+                "priority_level: {level} is not a known level"
+            )));
+        }
+    }
+    match number {
+        0 => Ok(default),
+        p if p <= 100 => Ok(p),
+        p => Err(invalid(format!("priority: {p} is outside 0-100"))),
     }
 }
 
@@ -164,7 +328,11 @@ fn owner_of<T>(request: &Request<T>) -> String {
 }
 
 pub fn parse_job_id(text: &str) -> Result<Uuid, SchedulerError> {
-    Uuid::parse_str(text).map_err(|_| invalid(format!("job_id: {text:?} is not a UUID")))
+    parse_uuid("job_id", text)
+}
+
+pub fn parse_uuid(field: &str, text: &str) -> Result<Uuid, SchedulerError> {
+    Uuid::parse_str(text).map_err(|_| invalid(format!("{field}: {text:?} is not a UUID")))
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -208,9 +376,7 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let id = parse_job_id(&request.get_ref().job_id)?;
-        self.scheduler.cancel_job(id).await?;
-        Ok(Response::new(self.load_job(id).await?))
+        Ok(Response::new(self.cancel(&request.get_ref().job_id).await?))
     }
 
     type WatchJobStream = WatchStream;
@@ -254,39 +420,50 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn pause_job(
         &self,
-        _request: Request<pb::PauseJobRequest>,
+        request: Request<pb::PauseJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented("pause is not available yet"))
+        let job_id = &request.get_ref().job_id;
+        Ok(Response::new(self.control(job_id, Control::Pause).await?))
     }
 
     async fn resume_job(
         &self,
-        _request: Request<pb::ResumeJobRequest>,
+        request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented("resume is not available yet"))
+        let job_id = &request.get_ref().job_id;
+        Ok(Response::new(self.control(job_id, Control::Resume).await?))
     }
 
     async fn retry_job(
         &self,
-        _request: Request<pb::RetryJobRequest>,
+        request: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented("retry is not available yet"))
+        Ok(Response::new(self.retry(&request.get_ref().job_id).await?))
     }
 
     async fn set_job_priority(
         &self,
-        _request: Request<pb::SetJobPriorityRequest>,
+        request: Request<pb::SetJobPriorityRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented(
-            "priority changes are not available yet",
-        ))
+        let request = request.into_inner();
+        if request.priority == 0 && request.priority_level == 0 {
+            return Err(
+                invalid("priority: give a priority from 0 to 100 or a priority_level").into(),
+            );
+        }
+        let priority = priority_of(request.priority, request.priority_level, 0)?;
+        let control = Control::SetPriority(priority as i32);
+        Ok(Response::new(self.control(&request.job_id, control).await?))
     }
 
     async fn clear_blocklist(
         &self,
-        _request: Request<pb::ClearBlocklistRequest>,
+        request: Request<pb::ClearBlocklistRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented("blocklists are not available yet"))
+        let request = request.into_inner();
+        let worker = Some(request.worker_id).filter(|w| !w.is_empty());
+        let control = Control::ClearBlocklist(worker);
+        Ok(Response::new(self.control(&request.job_id, control).await?))
     }
 }
 

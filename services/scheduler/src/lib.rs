@@ -2,23 +2,34 @@
 //!
 //! - `task_state.rs`: the task state machine, as data
 //! - `dispatch.rs`: the dispatch loop
-//! - `retry.rs`: the retry policy
+//! - `retry.rs`: the failure policy (retries, blocklist)
+//! - `queue.rs`: the order of dispatch (priority, fair share, GPU preference)
+//! - `matching.rs`: host requirements against worker capabilities
+//! - `core.rs`: the leader's in-memory queue; `commands.rs`: what changes it
+//! - `writer.rs`: batched durable writes; `effects.rs`: what follows a commit
+//! - `loader.rs`: the queue rebuilt from Postgres
 //! - `job_state.rs`: a job's state derived from its tasks
-//! - `store.rs`: jobs in Postgres
+//! - `store.rs`: jobs in Postgres (creation and reads)
 //! - `worker_service.rs` / `job_service.rs`: the gRPC services
 
+pub mod commands;
 pub mod config;
+pub mod core;
 pub mod dispatch;
+pub mod effects;
 mod error;
 pub mod events;
 pub mod job_service;
 pub mod job_state;
+pub mod loader;
+pub mod matching;
+pub mod queue;
 pub mod retry;
 pub mod scheduler;
 pub mod store;
 pub mod task_state;
 pub mod worker_service;
-pub mod workers;
+pub mod writer;
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! When a failed task runs again.
+//! The failure policy: when a failed task runs again, and when a worker has
+//! failed a job often enough to be kept away from it.
 
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Cap on the delay.
     pub max_delay: Duration,
+    /// Failed attempts of one job's tasks after which a worker is blocklisted for the job.
+    pub blocklist_after: u32,
 }
 
 impl Default for RetryPolicy {
@@ -20,17 +23,24 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(300),
+            blocklist_after: 3,
         }
     }
 }
 
 impl RetryPolicy {
-    /// What a failure of `attempt` (counted from 1) leads to, and after what delay.
-    pub fn on_failure(&self, attempt: u32) -> (TaskEvent, Option<Duration>) {
-        if attempt >= self.max_attempts {
+    /// What the task's `failures`-th failed attempt (counted from 1) leads
+    /// to, and after what delay.
+    pub fn on_failure(&self, failures: u32) -> (TaskEvent, Option<Duration>) {
+        if failures >= self.max_attempts {
             return (TaskEvent::FailFinally, None);
         }
-        (TaskEvent::FailAndRetry, Some(self.delay_after(attempt)))
+        (TaskEvent::FailAndRetry, Some(self.delay_after(failures)))
+    }
+
+    /// Whether a worker with `failures` failed attempts of a job is blocklisted for it.
+    pub fn blocklists(&self, failures: u32) -> bool {
+        failures >= self.blocklist_after
     }
 
     /// Exponential backoff with "full jitter" in its upper half, so that many

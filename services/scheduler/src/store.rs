@@ -1,5 +1,5 @@
-//! Reading and writing jobs in Postgres. Task state changes go through
-//! `task_state.rs`; this module creates jobs and answers questions about them.
+//! Creating jobs in Postgres and answering questions about them. Changes of
+//! task and job state are written by the dispatch core, in `writer.rs`.
 
 use std::collections::HashMap;
 
@@ -9,7 +9,7 @@ use kiln_proto::v1 as pb;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::job_state::{self, JobState, TaskCounts};
+use crate::job_state::JobState;
 use crate::task_state::TaskState;
 
 /// What a submission stores besides the plan.
@@ -21,6 +21,16 @@ pub struct NewJob<'a> {
     pub template_document: &'a str,
     pub parameters: &'a HashMap<String, String>,
     pub inputs: &'a [pb::JobInput],
+    pub depends_on_jobs: &'a [Uuid],
+    pub max_failed_tasks: i32,
+    pub max_run_seconds: i32,
+    pub stall_seconds: i32,
+}
+
+/// A stored job's id and its tasks' ids, step by step in plan order.
+pub struct CreatedJob {
+    pub id: Uuid,
+    pub task_ids: Vec<Vec<Uuid>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -36,6 +46,10 @@ struct JobRow {
     message: String,
     created_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    depends_on_jobs: Vec<Uuid>,
+    max_failed_tasks: i32,
+    max_run_seconds: i32,
+    stall_seconds: i32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -60,15 +74,21 @@ struct TaskRow {
     exit_code: Option<i32>,
     message: String,
     log_tail: String,
+    retry_at: Option<DateTime<Utc>>,
 }
 
 /// Stores a job with all its steps and tasks in one transaction.
-pub async fn create_job(db: &PgPool, job: NewJob<'_>, plan: &JobPlan) -> Result<Uuid, sqlx::Error> {
+pub async fn create_job(
+    db: &PgPool,
+    job: NewJob<'_>,
+    plan: &JobPlan,
+) -> Result<CreatedJob, sqlx::Error> {
     let id = Uuid::new_v4();
     let mut tx = db.begin().await?;
     sqlx::query(
-        "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs, owner)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs, owner,
+                           depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(id)
     .bind(job.name)
@@ -79,13 +99,18 @@ pub async fn create_job(db: &PgPool, job: NewJob<'_>, plan: &JobPlan) -> Result<
     .bind(serde_json::to_value(job.parameters).unwrap_or_default())
     .bind(inputs_to_json(job.inputs))
     .bind(job.owner)
+    .bind(job.depends_on_jobs)
+    .bind(job.max_failed_tasks)
+    .bind(job.max_run_seconds)
+    .bind(job.stall_seconds)
     .execute(&mut *tx)
     .await?;
+    let mut task_ids = Vec::with_capacity(plan.steps.len());
     for (position, step) in plan.steps.iter().enumerate() {
-        insert_step(&mut tx, id, position as i32, step).await?;
+        task_ids.push(insert_step(&mut tx, id, position as i32, step).await?);
     }
     tx.commit().await?;
-    Ok(id)
+    Ok(CreatedJob { id, task_ids })
 }
 
 async fn insert_step(
@@ -93,7 +118,7 @@ async fn insert_step(
     job_id: Uuid,
     position: i32,
     step: &kiln_jobmodel::StepPlan,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query("INSERT INTO steps (job_id, name, position, depends_on, host_requirements) VALUES ($1, $2, $3, $4, $5)")
         .bind(job_id)
         .bind(&step.name)
@@ -136,7 +161,7 @@ async fn insert_step(
     .bind(&frames)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(ids)
 }
 
 fn inputs_to_json(inputs: &[pb::JobInput]) -> serde_json::Value {
@@ -173,93 +198,14 @@ pub async fn job_state(
     Ok(state.as_deref().and_then(JobState::parse))
 }
 
-/// Moves a job to the state its tasks imply. Returns the new state if it changed.
-pub async fn refresh_job_state(db: &PgPool, job_id: Uuid) -> Result<Option<JobState>, sqlx::Error> {
-    let Some(current) = job_state(db, job_id).await? else {
-        return Ok(None);
-    };
-    if current.is_final() {
-        return Ok(None);
-    }
-    let counts = task_counts(db, job_id).await?;
-    let next = job_state::derive(current, counts);
-    if next == current {
-        return Ok(None);
-    }
-    let message = match next {
-        JobState::Failed => first_failure(db, job_id).await?,
-        _ => String::new(),
-    };
-    set_job_state(db, job_id, current, next, &message).await
-}
-
-/// Why a job failed, in the words of its first task that failed for good.
-async fn first_failure(db: &PgPool, job_id: Uuid) -> Result<String, sqlx::Error> {
-    let failed: Option<(String, i32, String)> = sqlx::query_as(
-        "SELECT step_name, index, message FROM tasks WHERE job_id = $1 AND state = $2
-         ORDER BY updated_at LIMIT 1",
-    )
-    .bind(job_id)
-    .bind(TaskState::Failed.as_str())
-    .fetch_optional(db)
-    .await?;
-    Ok(failed
-        .map(|(step, index, message)| format!("task {index} of step {step} failed: {message}"))
-        .unwrap_or_default())
-}
-
-/// Moves a job from `from` to `to`; `None` if it was no longer in `from`.
-pub async fn set_job_state(
-    db: impl sqlx::PgExecutor<'_>,
-    job_id: Uuid,
-    from: JobState,
-    to: JobState,
-    message: &str,
-) -> Result<Option<JobState>, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE jobs SET state = $3,
-                message = CASE WHEN $4 = '' THEN message ELSE $4 END,
-                finished_at = CASE WHEN $5 THEN now() ELSE finished_at END
-         WHERE id = $1 AND state = $2",
-    )
-    .bind(job_id)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(message)
-    .bind(to.is_final())
-    .execute(db)
-    .await?;
-    Ok((updated.rows_affected() == 1).then_some(to))
-}
-
-async fn task_counts(db: &PgPool, job_id: Uuid) -> Result<TaskCounts, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM tasks WHERE job_id = $1 GROUP BY state")
-            .bind(job_id)
-            .fetch_all(db)
-            .await?;
-    let mut counts = TaskCounts::default();
-    for (state, n) in rows {
-        counts.total += n;
-        match TaskState::parse(&state) {
-            Some(TaskState::Pending) => counts.pending += n,
-            Some(TaskState::Dispatched | TaskState::Running) => counts.in_flight += n,
-            Some(TaskState::Succeeded) => counts.succeeded += n,
-            Some(TaskState::Failed) => counts.failed += n,
-            Some(TaskState::Cancelled) => counts.cancelled += n,
-            None => {}
-        }
-    }
-    Ok(counts)
-}
-
 /// A query for the columns of `jobs` that make up a [`pb::Job`]; a macro
 /// because sqlx takes only literal SQL.
 macro_rules! select_jobs {
     ($rest:literal) => {
         concat!(
             "SELECT id, name, owner, state, priority, template_name, parameters, inputs, message, ",
-            "created_at, finished_at FROM jobs ",
+            "created_at, finished_at, depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds ",
+            "FROM jobs ",
             $rest
         )
     };
@@ -308,11 +254,32 @@ async fn with_steps(db: &PgPool, rows: Vec<JobRow>) -> Result<Vec<pb::Job>, sqlx
     for step in step_rows {
         steps_by_job.entry(step.job_id).or_default().push(step);
     }
+    let blocked: Vec<(Uuid, String, i32)> = sqlx::query_as(
+        "SELECT job_id, worker_id, failures FROM blocklist WHERE job_id = ANY($1) AND blocked
+         ORDER BY worker_id",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let mut blocked_by_job: HashMap<Uuid, Vec<pb::BlockedWorker>> = HashMap::new();
+    for (job_id, worker_id, failures) in blocked {
+        blocked_by_job
+            .entry(job_id)
+            .or_default()
+            .push(pb::BlockedWorker {
+                worker_id,
+                failures: failures.max(0) as u32,
+            });
+    }
     Ok(rows
         .into_iter()
         .map(|row| {
             let steps = steps_by_job.remove(&row.id).unwrap_or_default();
-            job_to_proto(row, steps)
+            let blocklist = blocked_by_job.remove(&row.id).unwrap_or_default();
+            pb::Job {
+                blocklist,
+                ..job_to_proto(row, steps)
+            }
         })
         .collect())
 }
@@ -332,6 +299,10 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
         message: row.message,
         created_at: Some(timestamp(row.created_at)),
         finished_at: row.finished_at.map(timestamp),
+        depends_on_jobs: row.depends_on_jobs.iter().map(Uuid::to_string).collect(),
+        max_failed_tasks: row.max_failed_tasks.max(0) as u32,
+        max_run_seconds: row.max_run_seconds.max(0) as u32,
+        stall_seconds: row.stall_seconds.max(0) as u32,
         ..Default::default()
     };
     for step_row in step_rows {
@@ -370,7 +341,7 @@ fn timestamp(at: DateTime<Utc>) -> pbjson_types::Timestamp {
 
 pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
     let rows: Vec<TaskRow> = sqlx::query_as(
-        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail
+        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at
          FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
          WHERE t.job_id = $1 ORDER BY s.position, t.index",
     )
@@ -393,7 +364,7 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
             exit_code: r.exit_code,
             message: r.message,
             log_tail: r.log_tail,
-            retry_at: None,
+            retry_at: r.retry_at.map(timestamp),
         })
         .collect())
 }

@@ -1,13 +1,13 @@
 //! The task state machine, written as data.
 //!
 //! Every change of a task's state goes through [`TaskEvent::rule`]: the
-//! states it may leave from and the state it leads to. The SQL that applies
-//! an event (here and in `dispatch.rs`) takes both from that table and
-//! guards on the current state and attempt, so a late or duplicate report
-//! can never move a task backwards or count twice.
+//! states it may leave from and the state it leads to. The dispatch core
+//! applies an event in memory only if the rule allows it, and the batched
+//! write in `writer.rs` guards each row on the state and attempt it expects,
+//! so a late or duplicate report can never move a task backwards or count
+//! twice.
 
 use kiln_proto::v1::TaskState as ProtoTaskState;
-use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskState {
@@ -17,6 +17,8 @@ pub enum TaskState {
     Succeeded,
     Failed,
     Cancelled,
+    /// An attempt failed; the next one waits out its backoff.
+    WaitingRetry,
 }
 
 impl TaskState {
@@ -28,7 +30,16 @@ impl TaskState {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::WaitingRetry => "waiting_retry",
         }
+    }
+
+    pub const fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    pub const fn is_in_flight(self) -> bool {
+        matches!(self, Self::Dispatched | Self::Running)
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -39,6 +50,7 @@ impl TaskState {
             Self::Succeeded,
             Self::Failed,
             Self::Cancelled,
+            Self::WaitingRetry,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)
@@ -52,6 +64,7 @@ impl TaskState {
             Self::Succeeded => ProtoTaskState::Succeeded,
             Self::Failed => ProtoTaskState::Failed,
             Self::Cancelled => ProtoTaskState::Cancelled,
+            Self::WaitingRetry => ProtoTaskState::WaitingRetry,
         }
     }
 }
@@ -73,6 +86,8 @@ pub enum TaskEvent {
     Lose,
     /// A user cancelled it (or its job).
     Cancel,
+    /// A user asked for a failed or cancelled task to run again.
+    Reopen,
 }
 
 /// One row of the state machine: an event, the states it applies in, and the state it leads to.
@@ -89,7 +104,7 @@ impl TaskEvent {
     pub const fn rule(self) -> Rule {
         match self {
             Self::Dispatch => Rule {
-                from: &[Pending],
+                from: &[Pending, WaitingRetry],
                 to: Dispatched,
             },
             Self::Start => Rule {
@@ -102,7 +117,7 @@ impl TaskEvent {
             },
             Self::FailAndRetry => Rule {
                 from: IN_FLIGHT,
-                to: Pending,
+                to: WaitingRetry,
             },
             Self::FailFinally => Rule {
                 from: IN_FLIGHT,
@@ -113,10 +128,20 @@ impl TaskEvent {
                 to: Pending,
             },
             Self::Cancel => Rule {
-                from: &[Pending, Dispatched, Running],
+                from: &[Pending, Dispatched, Running, WaitingRetry],
                 to: Cancelled,
             },
+            Self::Reopen => Rule {
+                from: &[Failed, Cancelled],
+                to: Pending,
+            },
         }
+    }
+
+    /// The state `event` leads to from `state`, or `None` if it does not apply there.
+    pub fn next(self, state: TaskState) -> Option<TaskState> {
+        let rule = self.rule();
+        rule.from.contains(&state).then_some(rule.to)
     }
 }
 
@@ -126,121 +151,12 @@ impl Rule {
     }
 }
 
-/// What a worker's report (or the scheduler) says about one attempt of a task.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub exit_code: Option<i32>,
-    pub message: String,
-    pub log_tail: String,
-}
-
-/// A task as it is after a transition.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TransitionedTask {
-    pub id: Uuid,
-    pub job_id: Uuid,
-    pub step_name: String,
-    pub index: i32,
-    pub attempt: i32,
-    pub worker_id: Option<String>,
-    pub state: String,
-}
-
-/// Applies `event` to one attempt of a task. Returns `None` when the task is
-/// not in a state the event applies to, or has moved on to another attempt:
-/// the report is stale and changes nothing.
-pub async fn apply(
-    db: impl sqlx::PgExecutor<'_>,
-    task_id: Uuid,
-    attempt: i32,
-    event: TaskEvent,
-    outcome: &Outcome,
-    retry_delay: Option<std::time::Duration>,
-) -> Result<Option<TransitionedTask>, sqlx::Error> {
-    let rule = event.rule();
-    sqlx::query_as(
-        "UPDATE tasks SET state = $1, updated_at = now(),
-                exit_code = COALESCE($4, exit_code),
-                message = CASE WHEN $5 = '' THEN message ELSE $5 END,
-                log_tail = CASE WHEN $6 = '' THEN log_tail ELSE $6 END,
-                retry_at = CASE WHEN $7::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $7) END
-         WHERE id = $2 AND attempt = $3 AND state = ANY($8)
-         RETURNING id, job_id, step_name, index, attempt, worker_id, state",
-    )
-    .bind(rule.to.as_str())
-    .bind(task_id)
-    .bind(attempt)
-    .bind(outcome.exit_code)
-    .bind(&outcome.message)
-    .bind(&outcome.log_tail)
-    .bind(retry_delay.map(|d| d.as_secs_f64()))
-    .bind(rule.from_strs())
-    .fetch_optional(db)
-    .await
-}
-
-/// Applies `event` to every in-flight task of `worker_id` (its session ended).
-pub async fn apply_to_worker(
-    db: impl sqlx::PgExecutor<'_>,
-    worker_id: &str,
-    event: TaskEvent,
-) -> Result<Vec<TransitionedTask>, sqlx::Error> {
-    let rule = event.rule();
-    sqlx::query_as(
-        "UPDATE tasks SET state = $1, updated_at = now(), message = 'worker ' || $2 || ' went away'
-         WHERE worker_id = $2 AND state = ANY($3)
-         RETURNING id, job_id, step_name, index, attempt, worker_id, state",
-    )
-    .bind(rule.to.as_str())
-    .bind(worker_id)
-    .bind(rule.from_strs())
-    .fetch_all(db)
-    .await
-}
-
-/// Applies `event` to every task of a job in a state it applies to.
-pub async fn apply_to_job(
-    db: impl sqlx::PgExecutor<'_>,
-    job_id: Uuid,
-    event: TaskEvent,
-    message: &str,
-) -> Result<Vec<TransitionedTask>, sqlx::Error> {
-    let rule = event.rule();
-    sqlx::query_as(
-        "UPDATE tasks SET state = $1, updated_at = now(), message = $3
-         WHERE job_id = $2 AND state = ANY($4)
-         RETURNING id, job_id, step_name, index, attempt, worker_id, state",
-    )
-    .bind(rule.to.as_str())
-    .bind(job_id)
-    .bind(message)
-    .bind(rule.from_strs())
-    .fetch_all(db)
-    .await
-}
-
-/// Applies `event` to every task in flight anywhere: used at start-up, when
-/// no worker can yet be connected to this scheduler.
-pub async fn apply_to_all_in_flight(
-    db: impl sqlx::PgExecutor<'_>,
-    event: TaskEvent,
-) -> Result<u64, sqlx::Error> {
-    let rule = event.rule();
-    let result =
-        sqlx::query("UPDATE tasks SET state = $1, updated_at = now() WHERE state = ANY($2)")
-            .bind(rule.to.as_str())
-            .bind(rule.from_strs())
-            .execute(db)
-            .await?;
-    Ok(result.rows_affected())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn finished_tasks_never_move() {
+    fn finished_tasks_move_only_when_reopened() {
         let events = [
             TaskEvent::Dispatch,
             TaskEvent::Start,
@@ -251,19 +167,34 @@ mod tests {
             TaskEvent::Cancel,
         ];
         for event in events {
-            let rule = event.rule();
             for terminal in [Succeeded, Failed, Cancelled] {
-                assert!(
-                    !rule.from.contains(&terminal),
-                    "{event:?} must not leave {terminal:?}"
-                );
+                assert_eq!(event.next(terminal), None, "{event:?} left {terminal:?}");
             }
         }
+        assert_eq!(TaskEvent::Reopen.next(Failed), Some(Pending));
+        assert_eq!(TaskEvent::Reopen.next(Succeeded), None);
+    }
+
+    #[test]
+    fn reports_from_a_task_not_in_flight_change_nothing() {
+        for event in [TaskEvent::Succeed, TaskEvent::FailAndRetry, TaskEvent::Lose] {
+            assert_eq!(event.next(Pending), None);
+            assert_eq!(event.next(WaitingRetry), None);
+        }
+        assert_eq!(TaskEvent::Dispatch.next(WaitingRetry), Some(Dispatched));
     }
 
     #[test]
     fn state_names_round_trip() {
-        for state in [Pending, Dispatched, Running, Succeeded, Failed, Cancelled] {
+        for state in [
+            Pending,
+            Dispatched,
+            Running,
+            Succeeded,
+            Failed,
+            Cancelled,
+            WaitingRetry,
+        ] {
             assert_eq!(TaskState::parse(state.as_str()), Some(state));
         }
     }

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -12,7 +13,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::commands::Command;
 use crate::scheduler::Scheduler;
+use crate::{SchedulerError, store};
 
 /// Messages queued for one worker before the dispatcher waits on it.
 const OUTBOX_CAPACITY: usize = 64;
@@ -23,11 +26,15 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(15);
 
 pub struct WorkerSessions {
     scheduler: Arc<Scheduler>,
+    next_session: AtomicU64,
 }
 
 impl WorkerSessions {
     pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Self { scheduler }
+        Self {
+            scheduler,
+            next_session: AtomicU64::new(1),
+        }
     }
 }
 
@@ -69,18 +76,18 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
             .map_err(|_| Status::internal("session closed during registration"))?;
 
         let worker_id = register.worker_id.clone();
-        let capabilities = register.capabilities.unwrap_or_default();
-        // A worker that reconnects gets a fresh session: whatever its old
-        // session held is requeued before new work is handed out.
-        if let Err(err) = self.scheduler.worker_gone(&worker_id).await {
-            tracing::warn!(worker_id, error = %err, "cannot requeue a reconnecting worker's tasks");
-        }
-        let session = self
-            .scheduler
-            .workers
-            .connect(&worker_id, capabilities, outbox);
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        // A worker that reconnects replaces its old session: whatever that
+        // held is requeued before new work is handed out.
+        self.scheduler
+            .tell(Command::WorkerJoined {
+                worker_id: worker_id.clone(),
+                session,
+                capabilities: register.capabilities.unwrap_or_default(),
+                outbox,
+            })
+            .await?;
         tracing::info!(worker_id, hostname = %register.hostname, session, "worker joined");
-        self.scheduler.dispatch_wanted.notify_one();
         tokio::spawn(serve_session(
             self.scheduler.clone(),
             worker_id,
@@ -114,11 +121,16 @@ async fn serve_session(
             tracing::warn!(worker_id, error = %err, "cannot record a worker report");
         }
     }
-    if scheduler.workers.disconnect(&worker_id, session) {
-        tracing::info!(worker_id, "worker left");
-        if let Err(err) = scheduler.worker_gone(&worker_id).await {
-            tracing::error!(worker_id, error = %err, "cannot requeue a departed worker's tasks");
-        }
+    tracing::info!(worker_id, session, "worker left");
+    let left = Command::WorkerLeft {
+        worker_id: worker_id.clone(),
+        session,
+    };
+    if scheduler.tell(left).await.is_err() {
+        tracing::warn!(
+            worker_id,
+            "scheduler stopping; the worker's tasks are requeued at next start"
+        );
     }
 }
 
@@ -126,16 +138,58 @@ async fn handle(
     scheduler: &Scheduler,
     worker_id: &str,
     message: pb::WorkerMessage,
-) -> Result<(), crate::SchedulerError> {
+) -> Result<(), SchedulerError> {
+    let worker_id = worker_id.to_owned();
     match message.message {
-        Some(FromWorker::Started(started)) => scheduler.record_started(worker_id, started).await,
-        Some(FromWorker::Progress(progress)) => scheduler.record_progress(worker_id, progress),
-        Some(FromWorker::Output(output)) => scheduler.record_output(output).await,
-        Some(FromWorker::Result(result)) => scheduler.record_result(worker_id, result).await,
+        Some(FromWorker::Started(started)) => {
+            scheduler
+                .tell(Command::Started { worker_id, started })
+                .await
+        }
+        Some(FromWorker::Progress(progress)) => {
+            scheduler
+                .tell(Command::Progress {
+                    worker_id,
+                    progress,
+                })
+                .await
+        }
+        Some(FromWorker::Output(output)) => record_output(scheduler, output).await,
+        Some(FromWorker::Result(result)) => {
+            scheduler
+                .tell(Command::Finished { worker_id, result })
+                .await
+        }
         Some(FromWorker::Heartbeat(_)) | None => Ok(()),
         Some(FromWorker::Register(_)) => {
             tracing::warn!(worker_id, "ignored a second RegisterWorker on one session");
             Ok(())
         }
     }
+}
+
+/// Outputs are recorded as they arrive, guarded on the attempt still being
+/// current, so a frame saved by a superseded attempt is never listed.
+async fn record_output(
+    scheduler: &Scheduler,
+    output: pb::OutputStored,
+) -> Result<(), SchedulerError> {
+    let task_id = crate::job_service::parse_uuid("task_id", &output.task_id)?;
+    let Some(job_id) =
+        store::record_output(&scheduler.db, task_id, output.attempt as i32, &output).await?
+    else {
+        return Ok(());
+    };
+    let added = pb::OutputAdded {
+        output: Some(pb::JobOutput {
+            path: output.path,
+            digest: output.digest,
+            size: output.size,
+            task_id: output.task_id,
+        }),
+    };
+    scheduler
+        .events
+        .publish(job_id, kiln_proto::v1::job_event::Event::OutputAdded(added));
+    Ok(())
 }

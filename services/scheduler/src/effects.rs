@@ -1,0 +1,213 @@
+//! What happens once a batch is durable: assignments and cancels go to the
+//! workers, events go to watchers, waiting callers get their answer. Effects
+//! run in order on one task, separate from the dispatch core, so a slow
+//! watcher or a dependency lookup never holds up dispatch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_event::Event;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::commands::{Command, Reply};
+use crate::core::Outbox;
+use crate::events::EventBus;
+use crate::store;
+
+/// Least time between two job records sent to watchers for one job while it
+/// only counts move; a change of state always goes out.
+const JOB_EVENT_INTERVAL: Duration = Duration::from_millis(250);
+/// Jobs remembered for throttling before the memory is swept.
+const THROTTLE_MEMORY: usize = 10_000;
+
+pub enum Effect {
+    Deliver {
+        worker_id: String,
+        outbox: Outbox,
+        assignment: pb::TaskAssignment,
+        /// Steps whose outputs the task receives as inputs under `outputs/`.
+        dependency_steps: Vec<String>,
+    },
+    Cancel {
+        outbox: Outbox,
+        task_id: Uuid,
+        attempt: i32,
+    },
+    TaskChanged {
+        job_id: Uuid,
+        change: pb::TaskStateChanged,
+    },
+    Progress {
+        job_id: Uuid,
+        progress: pb::TaskProgress,
+    },
+    JobChanged {
+        job_id: Uuid,
+        state_changed: bool,
+    },
+    Reply(Reply),
+}
+
+pub struct EffectRunner {
+    pub db: PgPool,
+    pub events: Arc<EventBus>,
+    pub commands: mpsc::Sender<Command>,
+    last_job_event: HashMap<Uuid, Instant>,
+}
+
+impl EffectRunner {
+    pub fn new(db: PgPool, events: Arc<EventBus>, commands: mpsc::Sender<Command>) -> Self {
+        Self {
+            db,
+            events,
+            commands,
+            last_job_event: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut batches: mpsc::Receiver<Vec<Effect>>) {
+        while let Some(effects) = batches.recv().await {
+            for effect in effects {
+                self.apply(effect).await;
+            }
+        }
+    }
+
+    async fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Deliver {
+                worker_id,
+                outbox,
+                assignment,
+                dependency_steps,
+            } => {
+                self.deliver(worker_id, outbox, assignment, &dependency_steps)
+                    .await
+            }
+            Effect::Cancel {
+                outbox,
+                task_id,
+                attempt,
+            } => {
+                let cancel = pb::CancelTask {
+                    task_id: task_id.to_string(),
+                    attempt: attempt as u32,
+                };
+                let message = pb::SchedulerMessage {
+                    message: Some(pb::scheduler_message::Message::Cancel(cancel)),
+                };
+                if outbox.try_send(Ok(message)).is_err() {
+                    tracing::debug!(task_id = %task_id, "worker gone before it could be told to cancel");
+                }
+            }
+            Effect::TaskChanged { job_id, change } => {
+                self.events.publish(job_id, Event::TaskStateChanged(change));
+            }
+            Effect::Progress { job_id, progress } => {
+                self.events.publish(job_id, Event::TaskProgress(progress));
+            }
+            Effect::JobChanged {
+                job_id,
+                state_changed,
+            } => self.job_changed(job_id, state_changed).await,
+            Effect::Reply(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        worker_id: String,
+        outbox: Outbox,
+        mut assignment: pb::TaskAssignment,
+        dependency_steps: &[String],
+    ) {
+        if !dependency_steps.is_empty() {
+            match self
+                .dependency_outputs(&assignment.job_id, dependency_steps)
+                .await
+            {
+                Ok(inputs) => assignment.inputs.extend(inputs),
+                Err(err) => {
+                    tracing::warn!(error = %err, task_id = %assignment.task_id, "cannot list the outputs a task needs");
+                    return self.undeliverable(worker_id, &assignment);
+                }
+            }
+        }
+        tracing::debug!(task_id = %assignment.task_id, attempt = assignment.attempt, worker_id, "dispatched");
+        let message = pb::SchedulerMessage {
+            message: Some(pb::scheduler_message::Message::Assignment(
+                assignment.clone(),
+            )),
+        };
+        if outbox.try_send(Ok(message)).is_err() {
+            self.undeliverable(worker_id, &assignment);
+        }
+    }
+
+    async fn dependency_outputs(
+        &self,
+        job_id: &str,
+        steps: &[String],
+    ) -> Result<Vec<pb::TaskInput>, sqlx::Error> {
+        let job_id = Uuid::parse_str(job_id).unwrap_or_default();
+        let outputs = store::outputs_of_steps(&self.db, job_id, steps).await?;
+        Ok(outputs
+            .into_iter()
+            .map(|(path, digest)| pb::TaskInput {
+                path: format!("outputs/{path}"),
+                digest,
+            })
+            .collect())
+    }
+
+    fn undeliverable(&self, worker_id: String, assignment: &pb::TaskAssignment) {
+        let Ok(task_id) = Uuid::parse_str(&assignment.task_id) else {
+            return;
+        };
+        let command = Command::Undeliverable {
+            worker_id,
+            task_id,
+            attempt: assignment.attempt as i32,
+        };
+        // If the core is too busy to hear it now, the start timeout requeues the task.
+        if self.commands.try_send(command).is_err() {
+            tracing::warn!(task_id = %task_id, "could not report an undelivered assignment");
+        }
+    }
+
+    /// Sends the job's record to watchers, at most every JOB_EVENT_INTERVAL
+    /// per job while only its counts move, and only when someone watches.
+    async fn job_changed(&mut self, job_id: Uuid, state_changed: bool) {
+        if !self.events.has_watchers() {
+            return;
+        }
+        let now = Instant::now();
+        if !state_changed
+            && self
+                .last_job_event
+                .get(&job_id)
+                .is_some_and(|at| now.duration_since(*at) < JOB_EVENT_INTERVAL)
+        {
+            return;
+        }
+        if self.last_job_event.len() >= THROTTLE_MEMORY {
+            self.last_job_event
+                .retain(|_, at| now.duration_since(*at) < JOB_EVENT_INTERVAL);
+        }
+        self.last_job_event.insert(job_id, now);
+        match store::get_job(&self.db, job_id).await {
+            Ok(Some(job)) => self.events.publish(job_id, Event::JobChanged(job)),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(job_id = %job_id, error = %err, "cannot read job for watchers")
+            }
+        }
+    }
+}

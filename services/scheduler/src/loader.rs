@@ -1,0 +1,421 @@
+//! Building the dispatch core's entries: from a new submission's plan, or
+//! from Postgres when a scheduler starts leading (or a finished job is
+//! reopened).
+
+use std::collections::{HashMap, HashSet};
+
+use kiln_jobmodel::{HostRequirements, JobPlan};
+use kiln_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::core::{JobEntry, StepEntry, TaskEntry};
+use crate::job_state::{JobState, TaskCounts};
+use crate::matching::Requirements;
+use crate::store;
+use crate::task_state::TaskState;
+
+/// A job as the core schedules it, with the tasks it still has to run.
+pub struct LoadedJob {
+    pub job: Box<JobEntry>,
+    pub tasks: Vec<TaskEntry>,
+}
+
+/// The settings a submission gives a job.
+pub struct JobSettings {
+    pub owner: String,
+    pub priority: i32,
+    pub max_failed_tasks: i64,
+    pub max_run_seconds: u32,
+    pub stall_seconds: u32,
+    pub inputs: Vec<pb::JobInput>,
+    pub waiting_on: HashSet<Uuid>,
+}
+
+/// The entry for a job just stored by `store::create_job`.
+pub fn from_plan(
+    job_id: Uuid,
+    settings: JobSettings,
+    plan: &JobPlan,
+    task_ids: &[Vec<Uuid>],
+) -> LoadedJob {
+    let positions: HashMap<&str, usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut tasks = Vec::with_capacity(plan.task_count());
+    let steps = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(position, step)| {
+            let ids = task_ids
+                .get(position)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for ((index, task), id) in step.tasks.iter().enumerate().zip(ids) {
+                tasks.push(TaskEntry {
+                    id: *id,
+                    job_id,
+                    step: position,
+                    index: index as i32,
+                    state: TaskState::Pending,
+                    attempt: 0,
+                    failures: 0,
+                    worker_id: None,
+                    command: task.command.clone(),
+                    args: task.args.clone(),
+                    frames: task.frames.clone(),
+                    dispatched_at: None,
+                });
+            }
+            StepEntry {
+                name: step.name.clone(),
+                command: step
+                    .tasks
+                    .first()
+                    .map(|t| t.command.clone())
+                    .unwrap_or_default(),
+                depends_on: step
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| positions.get(d.as_str()).copied())
+                    .collect(),
+                requirements: Requirements::from_openjd(step.host_requirements.as_ref()),
+                ready: Default::default(),
+                total: step.tasks.len(),
+                succeeded: 0,
+                failed: 0,
+            }
+        })
+        .collect();
+    let counts = TaskCounts {
+        total: tasks.len() as i64,
+        waiting: tasks.len() as i64,
+        ..TaskCounts::default()
+    };
+    let job = JobEntry {
+        id: job_id,
+        owner: settings.owner,
+        priority: settings.priority,
+        seq: 0,
+        state: JobState::Pending,
+        paused: false,
+        max_failed_tasks: settings.max_failed_tasks,
+        max_run_seconds: settings.max_run_seconds,
+        stall_seconds: settings.stall_seconds,
+        inputs: task_inputs(&settings.inputs),
+        steps,
+        task_ids: Vec::new(),
+        counts,
+        worker_failures: HashMap::new(),
+        waiting_on: settings.waiting_on,
+        message: String::new(),
+    };
+    LoadedJob {
+        job: Box::new(job),
+        tasks,
+    }
+}
+
+fn task_inputs(inputs: &[pb::JobInput]) -> Vec<pb::TaskInput> {
+    inputs
+        .iter()
+        .map(|i| pb::TaskInput {
+            path: i.path.clone(),
+            digest: i.digest.clone(),
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    owner: String,
+    state: String,
+    priority: i32,
+    max_failed_tasks: i32,
+    max_run_seconds: i32,
+    stall_seconds: i32,
+    inputs: serde_json::Value,
+    depends_on_jobs: Vec<Uuid>,
+    message: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    job_id: Uuid,
+    name: String,
+    depends_on: Vec<String>,
+    host_requirements: Option<serde_json::Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: Uuid,
+    job_id: Uuid,
+    step_name: String,
+    index: i32,
+    state: String,
+    attempt: i32,
+    failures: i32,
+    worker_id: Option<String>,
+    command: String,
+    args: Vec<String>,
+    frames: Vec<i64>,
+}
+
+/// Loads every unfinished job. Tasks left in flight by a previous leader go
+/// back to the queue first: no worker session exists yet to confirm them.
+pub async fn load_unfinished(db: &sqlx::PgPool) -> Result<Vec<LoadedJob>, sqlx::Error> {
+    let rows: Vec<JobRow> = sqlx::query_as(
+        "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
+                depends_on_jobs, message
+         FROM jobs WHERE finished_at IS NULL ORDER BY created_at",
+    )
+    .fetch_all(db)
+    .await?;
+    load(db, rows).await
+}
+
+/// Loads one job (finished or not), for a retry that reopens it.
+pub async fn load_one(db: &sqlx::PgPool, job_id: Uuid) -> Result<Option<LoadedJob>, sqlx::Error> {
+    let rows: Vec<JobRow> = sqlx::query_as(
+        "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
+                depends_on_jobs, message
+         FROM jobs WHERE id = $1",
+    )
+    .bind(job_id)
+    .fetch_all(db)
+    .await?;
+    Ok(load(db, rows).await?.pop())
+}
+
+async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let requeued = sqlx::query(
+        "UPDATE tasks SET state = 'pending', updated_at = now(),
+                message = 'requeued: the scheduler that dispatched it stopped'
+         WHERE job_id = ANY($1) AND state IN ('dispatched', 'running')",
+    )
+    .bind(&ids)
+    .execute(db)
+    .await?
+    .rows_affected();
+    if requeued > 0 {
+        tracing::warn!(
+            tasks = requeued,
+            "requeued tasks left in flight by a previous scheduler"
+        );
+    }
+    let steps: Vec<StepRow> = sqlx::query_as(
+        "SELECT job_id, name, depends_on, host_requirements FROM steps
+         WHERE job_id = ANY($1) ORDER BY job_id, position",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let counts: Vec<(Uuid, String, String, i64)> = sqlx::query_as(
+        "SELECT job_id, step_name, state, count(*) FROM tasks WHERE job_id = ANY($1)
+         GROUP BY job_id, step_name, state",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let tasks: Vec<TaskRow> = sqlx::query_as(
+        "SELECT id, job_id, step_name, index, state, attempt, failures, worker_id, command, args, frames
+         FROM tasks WHERE job_id = ANY($1) AND state <> 'succeeded' ORDER BY job_id, index",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let blocklist: Vec<(Uuid, String, i32)> =
+        sqlx::query_as("SELECT job_id, worker_id, failures FROM blocklist WHERE job_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(db)
+            .await?;
+    let dependencies = dependency_states(db, &rows).await?;
+    Ok(assemble(
+        rows,
+        steps,
+        counts,
+        tasks,
+        blocklist,
+        &dependencies,
+    ))
+}
+
+/// States of the jobs the given jobs depend on.
+async fn dependency_states(
+    db: &sqlx::PgPool,
+    rows: &[JobRow],
+) -> Result<HashMap<Uuid, JobState>, sqlx::Error> {
+    let wanted: Vec<Uuid> = rows
+        .iter()
+        .flat_map(|r| r.depends_on_jobs.clone())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let states: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, state FROM jobs WHERE id = ANY($1)")
+            .bind(&wanted)
+            .fetch_all(db)
+            .await?;
+    Ok(states
+        .into_iter()
+        .filter_map(|(id, state)| Some((id, JobState::parse(&state)?)))
+        .collect())
+}
+
+fn assemble(
+    rows: Vec<JobRow>,
+    steps: Vec<StepRow>,
+    counts: Vec<(Uuid, String, String, i64)>,
+    tasks: Vec<TaskRow>,
+    blocklist: Vec<(Uuid, String, i32)>,
+    dependencies: &HashMap<Uuid, JobState>,
+) -> Vec<LoadedJob> {
+    let mut jobs: HashMap<Uuid, LoadedJob> = HashMap::new();
+    let mut order = Vec::new();
+    for row in rows {
+        order.push(row.id);
+        jobs.insert(
+            row.id,
+            LoadedJob {
+                job: Box::new(job_entry(row, dependencies)),
+                tasks: Vec::new(),
+            },
+        );
+    }
+    for step in steps {
+        let Some(loaded) = jobs.get_mut(&step.job_id) else {
+            continue;
+        };
+        let requirements: Option<HostRequirements> = step
+            .host_requirements
+            .and_then(|v| serde_json::from_value(v).ok());
+        let positions: Vec<usize> = step
+            .depends_on
+            .iter()
+            .filter_map(|d| loaded.job.steps.iter().position(|s| &s.name == d))
+            .collect();
+        loaded.job.steps.push(StepEntry {
+            name: step.name,
+            command: String::new(),
+            depends_on: positions,
+            requirements: Requirements::from_openjd(requirements.as_ref()),
+            ready: Default::default(),
+            total: 0,
+            succeeded: 0,
+            failed: 0,
+        });
+    }
+    for (job_id, step_name, state, n) in counts {
+        let Some(loaded) = jobs.get_mut(&job_id) else {
+            continue;
+        };
+        let Some(state) = TaskState::parse(&state) else {
+            continue;
+        };
+        add_count(&mut loaded.job, &step_name, state, n);
+    }
+    for (job_id, worker_id, failures) in blocklist {
+        if let Some(loaded) = jobs.get_mut(&job_id) {
+            loaded
+                .job
+                .worker_failures
+                .insert(worker_id, failures.max(0) as u32);
+        }
+    }
+    for row in tasks {
+        let Some(loaded) = jobs.get_mut(&row.job_id) else {
+            continue;
+        };
+        let Some(step) = loaded
+            .job
+            .steps
+            .iter()
+            .position(|s| s.name == row.step_name)
+        else {
+            continue;
+        };
+        let state = match TaskState::parse(&row.state) {
+            Some(s) if !s.is_in_flight() => s,
+            _ => TaskState::Pending,
+        };
+        if loaded.job.steps[step].command.is_empty() {
+            loaded.job.steps[step].command = row.command.clone();
+        }
+        loaded.tasks.push(TaskEntry {
+            id: row.id,
+            job_id: row.job_id,
+            step,
+            index: row.index,
+            state,
+            attempt: row.attempt,
+            failures: row.failures,
+            worker_id: row.worker_id,
+            command: row.command,
+            args: row.args,
+            frames: row.frames,
+            dispatched_at: None,
+        });
+    }
+    order
+        .into_iter()
+        .filter_map(|id| jobs.remove(&id))
+        .collect()
+}
+
+fn add_count(job: &mut JobEntry, step_name: &str, state: TaskState, n: i64) {
+    job.counts.total += n;
+    match state {
+        // In-flight tasks were requeued before loading.
+        TaskState::Pending
+        | TaskState::WaitingRetry
+        | TaskState::Dispatched
+        | TaskState::Running => job.counts.waiting += n,
+        TaskState::Succeeded => job.counts.succeeded += n,
+        TaskState::Failed => job.counts.failed += n,
+        TaskState::Cancelled => job.counts.cancelled += n,
+    }
+    if let Some(step) = job.steps.iter_mut().find(|s| s.name == step_name) {
+        step.total += n as usize;
+        match state {
+            TaskState::Succeeded => step.succeeded += n as usize,
+            TaskState::Failed => step.failed += n as usize,
+            _ => {}
+        }
+    }
+}
+
+fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
+    let state = JobState::parse(&row.state).unwrap_or(JobState::Pending);
+    JobEntry {
+        id: row.id,
+        owner: row.owner,
+        priority: row.priority,
+        seq: 0,
+        state,
+        paused: state == JobState::Paused,
+        max_failed_tasks: i64::from(row.max_failed_tasks),
+        max_run_seconds: row.max_run_seconds.max(0) as u32,
+        stall_seconds: row.stall_seconds.max(0) as u32,
+        inputs: task_inputs(&store::inputs_from_json(&row.inputs)),
+        steps: Vec::new(),
+        task_ids: Vec::new(),
+        counts: TaskCounts::default(),
+        worker_failures: HashMap::new(),
+        waiting_on: row
+            .depends_on_jobs
+            .into_iter()
+            .filter(|d| dependencies.get(d) != Some(&JobState::Succeeded))
+            .collect(),
+        message: row.message,
+    }
+}
