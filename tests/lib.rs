@@ -256,3 +256,79 @@ pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
         })
         .collect()
 }
+
+/// A job of `count` ffmpeg tasks, each encoding `seconds` of a lavfi
+/// `source` in real time (`-re`), so a task's length is known. With `gpu`,
+/// its step requires a GPU. A `source` that is not a lavfi filter makes
+/// every task fail.
+pub fn clips_request(count: u32, seconds: u32, source: &str, gpu: bool) -> pb::SubmitJobRequest {
+    let host_requirements = if gpu {
+        "    hostRequirements:\n      amounts:\n        - name: amount.worker.gpu\n          min: 1\n"
+    } else {
+        ""
+    };
+    let template = format!(
+        r#"specificationVersion: jobtemplate-2023-09
+name: Clips
+parameterDefinitions:
+  - name: Count
+    type: INT
+  - name: Seconds
+    type: INT
+  - name: Source
+    type: STRING
+steps:
+  - name: Clip
+    parameterSpace:
+      taskParameterDefinitions:
+        - name: N
+          type: INT
+          range: "1-{{{{Param.Count}}}}"
+{host_requirements}    script:
+      actions:
+        onRun:
+          command: ffmpeg
+          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "{{{{Param.Source}}}}:d={{{{Param.Seconds}}}}",
+                 "{{{{Session.WorkingDirectory}}}}/outputs/clip_{{{{Task.Param.N}}}}.mp4"]
+"#
+    );
+    pb::SubmitJobRequest {
+        template: Some(pb::submit_job_request::Template::TemplateDocument(template)),
+        parameters: [
+            ("Count", count.to_string()),
+            ("Seconds", seconds.to_string()),
+            ("Source", source.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        ..Default::default()
+    }
+}
+
+/// A client of the scheduler's own job API, which the gateway calls on
+/// behalf of authenticated users; `as_owner` says who.
+pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<Channel>> {
+    let endpoint = farm
+        .discovery()
+        .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
+        .await?;
+    let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
+    Ok(JobServiceClient::new(channel))
+}
+
+/// A request made on behalf of `owner`, as the gateway makes it.
+pub fn as_owner<T>(owner: &str, message: T) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("kiln-owner", owner.parse().context("owner name")?);
+    Ok(request)
+}
+
+/// When the job finished, as a comparable instant.
+pub fn finished_at(job: &pb::Job) -> (i64, i32) {
+    job.finished_at
+        .as_ref()
+        .map_or((i64::MAX, 0), |t| (t.seconds, t.nanos))
+}

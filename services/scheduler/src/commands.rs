@@ -222,6 +222,9 @@ impl Core {
         let Some(job) = self.jobs.get(&task.job_id) else {
             return;
         };
+        self.dispatches += 1;
+        self.owner_served.insert(job.owner.clone(), self.dispatches);
+        tracing::debug!(task_id = %task_id, job_id = %job.id, owner = %job.owner, worker_id, "assigned");
         let step = &job.steps[task.step];
         let assignment = pb::TaskAssignment {
             task_id: task_id.to_string(),

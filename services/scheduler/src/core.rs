@@ -155,6 +155,9 @@ pub struct Core {
     /// Tasks in flight per owner, for fair share.
     pub owner_running: HashMap<String, u64>,
     pub owner_weights: HashMap<String, f64>,
+    /// When each owner last got a task, as a count of dispatches.
+    pub owner_served: HashMap<String, u64>,
+    pub dispatches: u64,
     /// Jobs waiting for each job to succeed.
     pub dependents: HashMap<Uuid, Vec<Uuid>>,
     /// Tasks waiting out a retry backoff, soonest first.
@@ -183,6 +186,8 @@ impl Core {
             free_workers: BTreeSet::new(),
             owner_running: HashMap::new(),
             owner_weights,
+            owner_served: HashMap::new(),
+            dispatches: 0,
             dependents: HashMap::new(),
             retries: BinaryHeap::new(),
             policy,

@@ -462,8 +462,18 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::Job>, Status> {
         let request = request.into_inner();
         let worker = Some(request.worker_id).filter(|w| !w.is_empty());
-        let control = Control::ClearBlocklist(worker);
-        Ok(Response::new(self.control(&request.job_id, control).await?))
+        let control = Control::ClearBlocklist(worker.clone());
+        match self.control(&request.job_id, control).await {
+            // A finished job is not in the queue: its record is all there is.
+            Err(SchedulerError::JobFinished(_)) => {
+                let id = parse_job_id(&request.job_id)?;
+                store::clear_blocklist(&self.scheduler.db, id, worker.as_deref())
+                    .await
+                    .map_err(SchedulerError::from)?;
+                Ok(Response::new(self.load_job(id).await?))
+            }
+            other => Ok(Response::new(other?)),
+        }
     }
 }
 

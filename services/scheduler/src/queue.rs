@@ -4,8 +4,9 @@
 //!    CPU-only work only when no GPU work it can run waits.
 //! 2. Higher job priority first.
 //! 3. Within a priority, the owner with the smallest share of the farm
-//!    (tasks in flight divided by the owner's weight), so one user's huge job
-//!    does not starve another's small one.
+//!    (tasks in flight divided by the owner's weight), and among equal
+//!    shares the owner served least recently, so one user's huge job does
+//!    not starve another's small one even on a single worker.
 //! 4. Then submission order, then step order, then task order.
 
 use std::cmp::Ordering;
@@ -20,6 +21,7 @@ struct Candidate {
     job_id: Uuid,
     priority: i32,
     share: f64,
+    last_served: u64,
     seq: u64,
 }
 
@@ -67,6 +69,7 @@ impl Core {
             b.priority
                 .cmp(&a.priority)
                 .then(a.share.partial_cmp(&b.share).unwrap_or(Ordering::Equal))
+                .then(a.last_served.cmp(&b.last_served))
                 .then(a.seq.cmp(&b.seq))
         });
         for candidate in candidates {
@@ -90,6 +93,7 @@ impl Core {
                 priority: job.priority,
                 share: self.owner_running.get(&job.owner).copied().unwrap_or(0) as f64
                     / self.weight_of(&job.owner),
+                last_served: self.owner_served.get(&job.owner).copied().unwrap_or(0),
                 seq: job.seq,
             })
             .collect()

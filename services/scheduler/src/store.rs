@@ -433,3 +433,17 @@ pub async fn outputs_of_steps(
     .fetch_all(db)
     .await
 }
+
+/// Forgets a finished job's blocklisted workers (one, or all with `None`).
+pub async fn clear_blocklist(
+    db: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+    worker_id: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM blocklist WHERE job_id = $1 AND ($2::text IS NULL OR worker_id = $2)")
+        .bind(job_id)
+        .bind(worker_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}

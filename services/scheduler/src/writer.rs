@@ -243,13 +243,7 @@ async fn write_blocklist(
             .await?;
         }
         BlocklistWrite::Clear { job_id, worker_id } => {
-            sqlx::query(
-                "DELETE FROM blocklist WHERE job_id = $1 AND ($2::text IS NULL OR worker_id = $2)",
-            )
-            .bind(job_id)
-            .bind(worker_id)
-            .execute(&mut *tx)
-            .await?;
+            crate::store::clear_blocklist(&mut *tx, *job_id, worker_id.as_deref()).await?;
         }
     }
     Ok(())

@@ -1,0 +1,350 @@
+//! The order of dispatch, matching, the failure policy and the job controls,
+//! against a real scheduler, Postgres, etcd and workers running ffmpeg.
+//! Each task encodes a clip in real time (`-re`), so its length is known.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use kiln_localfarm::worker_id;
+use kiln_proto::v1 as pb;
+use kiln_tests::{as_owner, clips_request, finished_at, scheduler_jobs, start_farm, state_of};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+type Jobs = pb::job_service_client::JobServiceClient<Channel>;
+
+const RED: &str = "color=c=red:s=32x32";
+
+async fn submit(jobs: &mut Jobs, owner: &str, mut request: pb::SubmitJobRequest) -> Result<String> {
+    request.name = format!("{owner}'s clips");
+    Ok(jobs
+        .submit_job(as_owner(owner, request)?)
+        .await?
+        .into_inner()
+        .id)
+}
+
+async fn job(jobs: &mut Jobs, id: &str) -> Result<pb::Job> {
+    let request = pb::GetJobRequest {
+        job_id: id.to_owned(),
+    };
+    Ok(jobs.get_job(request).await?.into_inner())
+}
+
+async fn tasks(jobs: &mut Jobs, id: &str) -> Result<Vec<pb::Task>> {
+    let request = pb::ListTasksRequest {
+        job_id: id.to_owned(),
+    };
+    Ok(jobs.list_tasks(request).await?.into_inner().tasks)
+}
+
+async fn wait_for(
+    jobs: &mut Jobs,
+    id: &str,
+    what: &str,
+    condition: impl Fn(&pb::Job) -> bool,
+) -> Result<pb::Job> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = job(jobs, id).await?;
+        if condition(&job) {
+            return Ok(job);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "job {id} never became {what}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_final(jobs: &mut Jobs, id: &str) -> Result<pb::Job> {
+    wait_for(jobs, id, "final", kiln_tests::is_final).await
+}
+
+fn with_priority(
+    mut request: pb::SubmitJobRequest,
+    level: pb::PriorityLevel,
+) -> pb::SubmitJobRequest {
+    request.priority_level = level as i32;
+    request
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn priority_first_then_fair_share_between_owners() -> Result<()> {
+    let (mut farm, _dir) = start_farm(1, false).await?;
+    let mut jobs = scheduler_jobs(&farm).await?;
+    let low = submit(
+        &mut jobs,
+        "alice",
+        with_priority(clips_request(5, 1, RED, false), pb::PriorityLevel::Low),
+    )
+    .await?;
+    let high = submit(
+        &mut jobs,
+        "alice",
+        with_priority(clips_request(2, 1, RED, false), pb::PriorityLevel::High),
+    )
+    .await?;
+    let large = submit(&mut jobs, "alice", clips_request(6, 1, RED, false)).await?;
+    let small = submit(&mut jobs, "bob", clips_request(2, 1, RED, false)).await?;
+
+    let mut finished = Vec::new();
+    for (name, id) in [
+        ("high", &high),
+        ("small", &small),
+        ("large", &large),
+        ("low", &low),
+    ] {
+        let job = wait_final(&mut jobs, id).await?;
+        assert_eq!(state_of(&job), pb::JobState::Succeeded, "{name}: {job:?}");
+        finished.push((finished_at(&job), name));
+    }
+    let order: Vec<&str> = {
+        let mut sorted = finished.clone();
+        sorted.sort();
+        sorted.into_iter().map(|(_, name)| name).collect()
+    };
+    // The high-priority job overtakes the low one submitted before it; bob's
+    // small job is not starved by alice's large one submitted before it.
+    assert_eq!(order, ["high", "small", "large", "low"]);
+    farm.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_work_runs_only_on_gpu_workers_and_has_them_first() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
+        .workers(2)
+        .worker_gpus(vec![0, 1])
+        .start()
+        .await?;
+    let (cpu_worker, gpu_worker) = (worker_id(0), worker_id(1));
+    let mut jobs = scheduler_jobs(&farm).await?;
+    let cpu = submit(&mut jobs, "alice", clips_request(10, 1, RED, false)).await?;
+    let gpu = submit(&mut jobs, "alice", clips_request(3, 1, RED, true)).await?;
+
+    let gpu_job = wait_final(&mut jobs, &gpu).await?;
+    let cpu_on_gpu_worker_so_far = tasks(&mut jobs, &cpu)
+        .await?
+        .iter()
+        .filter(|t| t.worker_id == gpu_worker && t.state != pb::TaskState::Pending as i32)
+        .count();
+    assert_eq!(state_of(&gpu_job), pb::JobState::Succeeded, "{gpu_job:?}");
+    for task in tasks(&mut jobs, &gpu).await? {
+        assert_eq!(
+            task.worker_id, gpu_worker,
+            "a GPU task ran on {}",
+            task.worker_id
+        );
+        assert_eq!(task.attempts, 1);
+    }
+    // In submission order the GPU worker would have taken half of the
+    // earlier CPU job first; it took at most the task it had before the GPU
+    // job arrived (plus one it may have started since the GPU job ended).
+    assert!(
+        cpu_on_gpu_worker_so_far <= 2,
+        "GPU worker took {cpu_on_gpu_worker_so_far} CPU tasks while GPU work waited"
+    );
+    let cpu_job = wait_final(&mut jobs, &cpu).await?;
+    assert_eq!(state_of(&cpu_job), pb::JobState::Succeeded);
+    assert!(
+        tasks(&mut jobs, &cpu)
+            .await?
+            .iter()
+            .any(|t| t.worker_id == cpu_worker)
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_task_backs_off_fails_the_job_and_blocklists_its_worker() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
+        .workers(1)
+        .env("KILN_RETRY_BASE_SECONDS", "1")
+        .start()
+        .await?;
+    let mut jobs = scheduler_jobs(&farm).await?;
+    let id = submit(
+        &mut jobs,
+        "alice",
+        clips_request(1, 1, "nosuchsource", false),
+    )
+    .await?;
+
+    // Between attempts the task visibly waits out its backoff.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = loop {
+        let task = tasks(&mut jobs, &id).await?.remove(0);
+        if task.state == pb::TaskState::WaitingRetry as i32 {
+            break task;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "task never waited to retry: {task:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(waiting.retry_at.is_some(), "{waiting:?}");
+
+    let failed = wait_final(&mut jobs, &id).await?;
+    assert_eq!(state_of(&failed), pb::JobState::Failed);
+    assert!(
+        failed.message.contains("task 0 of step Clip failed"),
+        "{}",
+        failed.message
+    );
+    let task = tasks(&mut jobs, &id).await?.remove(0);
+    assert_eq!(
+        (task.attempts, task.state),
+        (3, pb::TaskState::Failed as i32),
+        "{task:?}"
+    );
+    assert!(
+        !task.log_tail.is_empty(),
+        "the failed attempt's log is kept"
+    );
+    assert_eq!(
+        failed.blocklist,
+        [pb::BlockedWorker {
+            worker_id: worker_id(0),
+            failures: 3
+        }]
+    );
+
+    let cleared = jobs
+        .clear_blocklist(pb::ClearBlocklistRequest {
+            job_id: id.clone(),
+            worker_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(cleared.blocklist.is_empty());
+    // A retry reopens the job with fresh attempts; it fails again the same way.
+    let reopened = jobs
+        .retry_job(pb::RetryJobRequest { job_id: id.clone() })
+        .await?
+        .into_inner();
+    assert!(!kiln_tests::is_final(&reopened), "{reopened:?}");
+    let failed_again = wait_final(&mut jobs, &id).await?;
+    assert_eq!(state_of(&failed_again), pb::JobState::Failed);
+    assert_eq!(tasks(&mut jobs, &id).await?[0].attempts, 6);
+    farm.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_resume_priority_and_jobs_that_wait_for_jobs() -> Result<()> {
+    let (mut farm, _dir) = start_farm(1, false).await?;
+    let mut jobs = scheduler_jobs(&farm).await?;
+    let first = submit(&mut jobs, "alice", clips_request(4, 1, RED, false)).await?;
+    let mut after = clips_request(2, 1, RED, false);
+    after.depends_on_jobs = vec![first.clone()];
+    let second = submit(&mut jobs, "alice", after).await?;
+
+    let paused = jobs
+        .pause_job(pb::PauseJobRequest {
+            job_id: first.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(state_of(&paused), pb::JobState::Paused);
+    let idle = wait_for(&mut jobs, &first, "idle", |j| j.tasks_running == 0).await?;
+    // Nothing starts while paused, and the dependent job waits.
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        let now = job(&mut jobs, &first).await?;
+        assert_eq!(
+            (now.tasks_running, now.tasks_succeeded),
+            (0, idle.tasks_succeeded),
+            "{now:?}"
+        );
+        assert_eq!(job(&mut jobs, &second).await?.tasks_running, 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let raised = jobs
+        .set_job_priority(pb::SetJobPriorityRequest {
+            job_id: first.clone(),
+            priority_level: pb::PriorityLevel::Critical as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(raised.priority, 100);
+    jobs.resume_job(pb::ResumeJobRequest {
+        job_id: first.clone(),
+    })
+    .await?;
+    let first_job = wait_final(&mut jobs, &first).await?;
+    let second_job = wait_final(&mut jobs, &second).await?;
+    assert_eq!(state_of(&first_job), pb::JobState::Succeeded);
+    assert_eq!(state_of(&second_job), pb::JobState::Succeeded);
+    assert!(finished_at(&first_job) < finished_at(&second_job));
+
+    // A job waiting for a job that is cancelled fails, saying why.
+    let doomed = submit(&mut jobs, "alice", clips_request(3, 2, RED, false)).await?;
+    let mut waiting = clips_request(1, 1, RED, false);
+    waiting.depends_on_jobs = vec![doomed.clone()];
+    let orphan = submit(&mut jobs, "alice", waiting).await?;
+    jobs.cancel_job(pb::CancelJobRequest {
+        job_id: doomed.clone(),
+    })
+    .await?;
+    let orphan_job = wait_final(&mut jobs, &orphan).await?;
+    assert_eq!(state_of(&orphan_job), pb::JobState::Failed);
+    assert!(
+        orphan_job.message.contains(&doomed),
+        "{}",
+        orphan_job.message
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_on_a_killed_worker_reruns_elsewhere_and_counts_once() -> Result<()> {
+    let (mut farm, _dir) = start_farm(2, false).await?;
+    let mut jobs = scheduler_jobs(&farm).await?;
+    let id = submit(&mut jobs, "alice", clips_request(4, 3, RED, false)).await?;
+    wait_for(&mut jobs, &id, "running on both workers", |j| {
+        j.tasks_running == 2
+    })
+    .await?;
+    let victim = worker_id(0);
+    let lost: Vec<String> = tasks(&mut jobs, &id)
+        .await?
+        .into_iter()
+        .filter(|t| t.worker_id == victim && t.state == pb::TaskState::Running as i32)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    farm.worker_mut(0).expect("worker 0").kill().await?;
+
+    let done = wait_final(&mut jobs, &id).await?;
+    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+    let rerun = tasks(&mut jobs, &id)
+        .await?
+        .into_iter()
+        .find(|t| t.id == lost[0])
+        .expect("task");
+    assert_eq!(
+        (rerun.attempts, rerun.worker_id.as_str()),
+        (2, worker_id(1).as_str())
+    );
+    let outputs = jobs
+        .list_outputs(pb::ListOutputsRequest { job_id: id.clone() })
+        .await?
+        .into_inner()
+        .outputs;
+    let mut paths: Vec<&str> = outputs.iter().map(|o| o.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["clip_1.mp4", "clip_2.mp4", "clip_3.mp4", "clip_4.mp4"]
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
