@@ -348,3 +348,53 @@ async fn a_task_on_a_killed_worker_reruns_elsewhere_and_counts_once() -> Result<
     farm.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_is_dead_once_its_lease_ends_and_counts_once() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    // A short lease, so etcd gives up on the frozen worker well before the
+    // scheduler's 15 s silence limit would.
+    let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
+        .workers(2)
+        .env("KILN_LEASE_TTL", "3")
+        .start()
+        .await?;
+    let mut jobs = scheduler_jobs(&farm).await?;
+    let id = submit(&mut jobs, "alice", clips_request(2, 5, RED, false)).await?;
+    wait_for(&mut jobs, &id, "running on both workers", |j| {
+        j.tasks_running == 2
+    })
+    .await?;
+    let frozen_task = tasks(&mut jobs, &id)
+        .await?
+        .into_iter()
+        .find(|t| t.worker_id == worker_id(0))
+        .expect("a task on worker 0");
+    farm.worker_mut(0).expect("worker 0").pause()?;
+
+    let done = wait_final(&mut jobs, &id).await?;
+    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+    let rerun = tasks(&mut jobs, &id)
+        .await?
+        .into_iter()
+        .find(|t| t.id == frozen_task.id)
+        .expect("task");
+    assert_eq!(
+        (rerun.attempts, rerun.worker_id.as_str()),
+        (2, worker_id(1).as_str())
+    );
+    // Thawed, the worker's stale attempt changes nothing.
+    farm.worker_mut(0).expect("worker 0").resume()?;
+    farm.wait_for_instances(kiln_discovery::service::WORKER, 2, Duration::from_secs(30))
+        .await?;
+    let after = job(&mut jobs, &id).await?;
+    assert_eq!((after.tasks_succeeded, after.tasks_total), (2, 2));
+    let outputs = jobs
+        .list_outputs(pb::ListOutputsRequest { job_id: id.clone() })
+        .await?
+        .into_inner()
+        .outputs;
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    farm.shutdown().await?;
+    Ok(())
+}

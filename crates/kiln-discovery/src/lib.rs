@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, PutOptions};
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -157,6 +157,45 @@ impl Discovery {
             keeper,
             lease,
         })
+    }
+
+    /// Sends the instance name of every registration of `service` that
+    /// disappears (revoked, or its lease ran out) until `removed` is closed.
+    /// A broken watch is re-established; removals while it was down are missed.
+    pub async fn watch_removals(&self, service: &str, removed: tokio::sync::mpsc::Sender<String>) {
+        let prefix = self.service_prefix(service);
+        while !removed.is_closed() {
+            if let Err(err) = self.forward_removals(&prefix, &removed).await {
+                tracing::warn!(error = %err, service, "etcd watch broke; watching again");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn forward_removals(
+        &self,
+        prefix: &str,
+        removed: &tokio::sync::mpsc::Sender<String>,
+    ) -> Result<(), DiscoveryError> {
+        let mut client = self.client.clone();
+        let mut stream = client
+            .watch(prefix, Some(WatchOptions::new().with_prefix()))
+            .await?;
+        while let Some(response) = stream.message().await? {
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                if event.event_type() != EventType::Delete {
+                    continue;
+                }
+                let instance = String::from_utf8_lossy(kv.key())
+                    .trim_start_matches(prefix)
+                    .to_owned();
+                if removed.send(instance).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every live instance of `service`.

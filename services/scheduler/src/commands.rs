@@ -55,6 +55,10 @@ pub enum Command {
         control: Control,
         reply: Reply,
     },
+    /// The worker's etcd registration expired or was revoked.
+    LeaseLost {
+        worker_id: String,
+    },
     /// An assignment could not be handed to its worker.
     Undeliverable {
         worker_id: String,
@@ -115,6 +119,7 @@ impl Core {
                     }
                 }
             }
+            Command::LeaseLost { worker_id } => self.lease_lost(&worker_id),
             Command::Undeliverable {
                 worker_id,
                 task_id,
@@ -172,6 +177,21 @@ impl Core {
         }
         self.workers.remove(worker_id);
         self.free_workers.remove(worker_id);
+    }
+
+    /// A worker etcd holds dead is dead, even if its stream looks open: its
+    /// tasks are stopped and requeued, and dropping its outbox ends the
+    /// stream, so a worker that is in fact alive reconnects afresh.
+    fn lease_lost(&mut self, worker_id: &str) {
+        let Some(worker) = self.workers.get(worker_id) else {
+            return;
+        };
+        let held: Vec<(Uuid, i32)> = worker.running.iter().copied().collect();
+        for (task_id, attempt) in held {
+            self.send_cancel(worker_id, task_id, attempt);
+        }
+        tracing::warn!(worker_id, "worker lease lost; treating it as dead");
+        self.worker_left(worker_id);
     }
 
     /// An attempt ended through no fault of the task: it goes back to the queue.

@@ -92,7 +92,9 @@ async fn flush(
     batch: Batch,
     effects: mpsc::Sender<Vec<Effect>>,
 ) -> Result<(), WriteError> {
+    let started = Instant::now();
     writer::write_until_done(&db, &batch).await?;
+    tracing::debug!(tasks = batch.tasks.len(), jobs = batch.jobs.len(), effects = batch.effects.len(), took = ?started.elapsed(), "batch written");
     if effects.send(batch.effects).await.is_err() {
         tracing::warn!("effects runner stopped; assignments were not delivered");
     }

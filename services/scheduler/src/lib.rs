@@ -8,6 +8,7 @@
 //! - `core.rs`: the leader's in-memory queue; `commands.rs`: what changes it
 //! - `writer.rs`: batched durable writes; `effects.rs`: what follows a commit
 //! - `loader.rs`: the queue rebuilt from Postgres
+//! - `liveness.rs`: workers whose etcd lease expired are dead
 //! - `job_state.rs`: a job's state derived from its tasks
 //! - `store.rs`: jobs in Postgres (creation and reads)
 //! - `worker_service.rs` / `job_service.rs`: the gRPC services
@@ -21,6 +22,7 @@ mod error;
 pub mod events;
 pub mod job_service;
 pub mod job_state;
+pub mod liveness;
 pub mod loader;
 pub mod matching;
 pub mod queue;

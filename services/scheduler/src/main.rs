@@ -39,6 +39,10 @@ async fn main() -> anyhow::Result<()> {
     let started = Scheduler::start(db, policy, weights).await?;
     let scheduler = started.scheduler;
     let dispatch = tokio::spawn(started.dispatch.run());
+    tokio::spawn(kiln_scheduler::liveness::watch_worker_leases(
+        discovery.clone(),
+        scheduler.clone(),
+    ));
 
     let limits = Limits {
         max_tasks: config.max_tasks_per_job,

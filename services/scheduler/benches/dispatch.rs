@@ -1,0 +1,372 @@
+//! Scheduler throughput: the real scheduler, Postgres and etcd, driven by
+//! simulated workers. The workers are one process holding many gRPC session
+//! streams and running the named no-op renderer `noop`: each assignment is
+//! answered at once with "started" and "succeeded", so what is measured is
+//! the scheduler and its Postgres work, not rendering.
+//!
+//! Run: `scripts/bench-scheduler.sh` (builds release binaries first).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_proto::v1::worker_message::Message as ToScheduler;
+use kiln_proto::v1::worker_service_client::WorkerServiceClient;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Args {
+    /// Simulated workers (one session stream each)
+    #[arg(long, default_value_t = 1000)]
+    workers: usize,
+    /// Tasks in total, spread over `jobs` jobs of two owners
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    #[arg(long, default_value_t = 10)]
+    jobs: usize,
+    /// HTTP/2 connections the worker streams share
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Also run `riverqueue bench` against the same Postgres (path to the CLI)
+    #[arg(long)]
+    river: Option<std::path::PathBuf>,
+    /// Copy the scheduler's log here at the end
+    #[arg(long)]
+    keep_log: Option<std::path::PathBuf>,
+    // `cargo bench` passes --bench; accept and ignore it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::Builder::new().prefix("kiln-bench-").tempdir()?;
+    let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
+        .workers(0)
+        .s3(false)
+        .start()
+        .await?;
+    let db = PgPool::connect(&farm.database_url()).await?;
+    let endpoint = farm
+        .discovery()
+        .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
+        .await?;
+    let scheduler_pid = farm
+        .scheduler_mut()
+        .and_then(|s| s.pid())
+        .context("scheduler pid")?;
+
+    let per_job = args.tasks / args.jobs.max(1);
+    let submit_started = Instant::now();
+    let mut jobs = JobServiceClient::connect(endpoint.grpc_uri()).await?;
+    for n in 0..args.jobs {
+        let owner = if n % 2 == 0 { "alice" } else { "bob" };
+        let mut request = tonic::Request::new(noop_job(per_job));
+        request.metadata_mut().insert("kiln-owner", owner.parse()?);
+        jobs.submit_job(request).await?;
+    }
+    let submit_time = submit_started.elapsed();
+    let total = (per_job * args.jobs) as u64;
+
+    let before = pg_counters(&db).await?;
+    let cpu_before = cpu_seconds(scheduler_pid)?;
+    let channels = connect(&endpoint.grpc_uri(), args.connections).await?;
+    let completed = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let started = Instant::now();
+    let mut sims = Vec::with_capacity(args.workers);
+    for i in 0..args.workers {
+        let channel = channels[i % channels.len()].clone();
+        let (completed, latencies) = (completed.clone(), latencies.clone());
+        sims.push(tokio::spawn(simulated_worker(
+            channel, i, completed, latencies,
+        )));
+    }
+    wait_until_succeeded(&db, args.jobs as i64, Duration::from_secs(900)).await?;
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(scheduler_pid)? - cpu_before;
+    // Postgres publishes other backends' counters about once a second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = pg_counters(&db).await?;
+    let peak_rss = peak_rss_bytes(scheduler_pid)?;
+    for sim in sims {
+        sim.abort();
+    }
+    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    latencies.sort_by(f64::total_cmp);
+
+    println!(
+        "## Kiln scheduler: {} workers, {total} tasks in {} jobs",
+        args.workers, args.jobs
+    );
+    println!("| figure | value |\n|---|---|");
+    println!(
+        "| submission of all jobs | {:.2} s |",
+        submit_time.as_secs_f64()
+    );
+    println!(
+        "| run, first worker to last job succeeded | {:.2} s |",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "| tasks completed per second, end to end | {:.0} |",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "| dispatch latency p50 (worker free to next assignment) | {:.2} ms |",
+        percentile(&latencies, 0.50)
+    );
+    println!(
+        "| dispatch latency p99 | {:.2} ms |",
+        percentile(&latencies, 0.99)
+    );
+    println!("| scheduler CPU during the run | {cpu:.2} s |");
+    println!(
+        "| scheduler peak RSS | {:.1} MiB |",
+        peak_rss as f64 / (1024.0 * 1024.0)
+    );
+    let rows = (after.rows - before.rows) as f64 / total as f64;
+    let wal = (after.wal_bytes - before.wal_bytes) as f64 / total as f64;
+    println!("| Postgres rows written per task during the run | {rows:.2} |");
+    println!(
+        "| of which HOT updates | {:.0} % |",
+        100.0 * (after.hot - before.hot) as f64 / (after.updates - before.updates).max(1) as f64
+    );
+    println!("| WAL bytes per task | {wal:.0} |");
+    println!("| dead tuples in tasks after the run | {} |", after.dead);
+
+    if let (Some(keep), Some(scheduler)) = (&args.keep_log, farm.scheduler_mut()) {
+        std::fs::copy(scheduler.log_path(), keep)?;
+    }
+    if let Some(river) = &args.river {
+        run_river(river, &farm.database_url(), args.tasks)?;
+    }
+    farm.shutdown().await?;
+    Ok(())
+}
+
+fn noop_job(tasks: usize) -> pb::SubmitJobRequest {
+    let template = format!(
+        "specificationVersion: jobtemplate-2023-09
+name: noop
+steps:
+  - name: Noop
+    parameterSpace:
+      taskParameterDefinitions:
+        - name: N
+          type: INT
+          range: \"1-{tasks}\"
+    script:
+      actions:
+        onRun:
+          command: noop
+          args: [\"{{{{Task.Param.N}}}}\"]
+"
+    );
+    pb::SubmitJobRequest {
+        template: Some(pb::submit_job_request::Template::TemplateDocument(template)),
+        ..Default::default()
+    }
+}
+
+async fn connect(uri: &str, connections: usize) -> Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(Channel::from_shared(uri.to_owned())?.connect().await?);
+    }
+    Ok(channels)
+}
+
+/// One simulated worker: registers with the `noop` renderer and finishes
+/// each assignment at once, recording its dispatch latency in ms.
+async fn simulated_worker(
+    channel: Channel,
+    index: usize,
+    completed: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+) -> Result<()> {
+    let (tx, rx) = mpsc::channel(64);
+    let register = pb::RegisterWorker {
+        worker_id: format!("sim-{index}"),
+        hostname: "bench".into(),
+        capabilities: Some(pb::WorkerCapabilities {
+            cpu_cores: 1,
+            renderers: vec![pb::Renderer {
+                name: "noop".into(),
+                version: "0".into(),
+            }],
+            slots: 1,
+            os: "linux".into(),
+            ..Default::default()
+        }),
+    };
+    tx.send(message(ToScheduler::Register(register))).await?;
+    let mut inbound = WorkerServiceClient::new(channel)
+        .session(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut free_since = Instant::now();
+    while let Some(incoming) = inbound.message().await? {
+        let Some(pb::scheduler_message::Message::Assignment(task)) = incoming.message else {
+            continue;
+        };
+        let latency = free_since.elapsed().as_secs_f64() * 1000.0;
+        latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(latency);
+        let started = pb::TaskStarted {
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+        };
+        tx.send(message(ToScheduler::Started(started))).await?;
+        let result = pb::TaskResult {
+            task_id: task.task_id,
+            attempt: task.attempt,
+            success: true,
+            exit_code: Some(0),
+            ..Default::default()
+        };
+        free_since = Instant::now();
+        tx.send(message(ToScheduler::Result(result))).await?;
+        completed.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn message(message: ToScheduler) -> pb::WorkerMessage {
+    pb::WorkerMessage {
+        message: Some(message),
+    }
+}
+
+async fn wait_until_succeeded(db: &PgPool, jobs: i64, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(db)
+            .await?;
+        if done >= jobs {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {jobs} jobs succeeded within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct PgCounters {
+    rows: i64,
+    updates: i64,
+    hot: i64,
+    dead: i64,
+    wal_bytes: i64,
+}
+
+async fn pg_counters(db: &PgPool) -> Result<PgCounters> {
+    let (rows, updates, hot, dead): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint,
+                COALESCE(sum(n_tup_upd), 0)::bigint, COALESCE(sum(n_tup_hot_upd), 0)::bigint,
+                COALESCE(sum(n_dead_tup) FILTER (WHERE relname = 'tasks'), 0)::bigint
+         FROM pg_stat_user_tables",
+    )
+    .fetch_one(db)
+    .await?;
+    let wal_bytes: i64 =
+        sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+            .fetch_one(db)
+            .await?;
+    Ok(PgCounters {
+        rows,
+        updates,
+        hot,
+        dead,
+        wal_bytes,
+    })
+}
+
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// River's own benchmark against the same Postgres, in a database of its own.
+fn run_river(river: &std::path::Path, url: &str, tasks: usize) -> Result<()> {
+    let admin = std::process::Command::new("psql")
+        .args([url, "-c", "CREATE DATABASE river"])
+        .output()?;
+    if !admin.status.success() {
+        bail!(
+            "creating the river database: {}",
+            String::from_utf8_lossy(&admin.stderr)
+        );
+    }
+    let river_url = url
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/river"))
+        .context("url")?;
+    let migrate = std::process::Command::new(river)
+        .args(["migrate-up", "--database-url", &river_url])
+        .output()?;
+    if !migrate.status.success() {
+        bail!(
+            "river migrate-up: {}",
+            String::from_utf8_lossy(&migrate.stderr)
+        );
+    }
+    println!("\n## riverqueue bench -n {tasks}, same Postgres\n```");
+    let bench = std::process::Command::new(river)
+        .args([
+            "bench",
+            "--database-url",
+            &river_url,
+            "-n",
+            &tasks.to_string(),
+        ])
+        .output()?;
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&bench.stdout),
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    println!("```");
+    Ok(())
+}
