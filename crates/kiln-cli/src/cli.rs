@@ -32,6 +32,54 @@ pub enum Command {
     Cancel(JobArgs),
     /// List a job's output files, optionally downloading them
     Outputs(OutputsArgs),
+    /// Pause a job: no new task starts; running ones finish
+    Pause(JobArgs),
+    /// Resume a paused job
+    Resume(JobArgs),
+    /// Run a failed or cancelled job's unfinished tasks again, with fresh attempts
+    Retry(JobArgs),
+    /// Change a job's priority; its next dispatch uses it
+    Priority(PriorityArgs),
+    /// Let workers blocklisted for a job take its tasks again
+    Unblock(UnblockArgs),
+}
+
+/// A priority: a number from 0 to 100 or one of low (25), normal (50), high (75), critical (100).
+pub fn parse_priority(text: &str) -> Result<u32, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "low" => Ok(25),
+        "normal" => Ok(50),
+        "high" => Ok(75),
+        "critical" => Ok(100),
+        number => match number.parse::<u32>() {
+            Ok(p) if p <= 100 => Ok(p),
+            _ => Err(format!(
+                "{text:?} is neither a number from 0 to 100 nor low, normal, high or critical"
+            )),
+        },
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PriorityArgs {
+    /// The job's id
+    pub job: String,
+    /// 0-100, or low, normal, high, critical
+    #[arg(value_parser = parse_priority)]
+    pub priority: u32,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UnblockArgs {
+    /// The job's id
+    pub job: String,
+    /// Only this worker [default: every worker blocklisted for the job]
+    #[arg(long)]
+    pub worker: Option<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 #[derive(Debug, Args)]
@@ -77,9 +125,12 @@ pub struct RenderArgs {
     /// Frame rate of the encoded video [default: the scene's, read with a local blender, else 24]
     #[arg(long, env = "KILN_RENDER_FPS")]
     pub fps: Option<f64>,
-    /// Job priority from 0 (lowest) to 100 (highest); 0 means the farm's default, 50
-    #[arg(long, env = "KILN_RENDER_PRIORITY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    /// Job priority: 0-100, or low, normal, high, critical [default: normal, 50]
+    #[arg(long, env = "KILN_RENDER_PRIORITY", default_value = "normal", value_parser = parse_priority)]
     pub priority: u32,
+    /// Start only after this job has succeeded (repeatable)
+    #[arg(long = "after", env = "KILN_RENDER_AFTER", value_delimiter = ',')]
+    pub after: Vec<String>,
     /// Submit the job and print its id without waiting for it to finish
     #[arg(long, env = "KILN_RENDER_NO_WAIT")]
     pub no_wait: bool,
@@ -113,4 +164,18 @@ pub struct OutputsArgs {
     pub download: Option<PathBuf>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_by_name_or_number() {
+        assert_eq!(parse_priority("HIGH"), Ok(75));
+        assert_eq!(parse_priority("critical"), Ok(100));
+        assert_eq!(parse_priority("0"), Ok(0));
+        assert!(parse_priority("101").is_err());
+        assert!(parse_priority("urgent").is_err());
+    }
 }

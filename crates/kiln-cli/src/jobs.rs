@@ -81,6 +81,19 @@ fn print_job(job: &Job) {
         job.tasks_failed
     );
     say!("priority  {}", job.priority);
+    say!("owner     {}", job.owner);
+    if !job.depends_on_jobs.is_empty() {
+        say!("after     {}", job.depends_on_jobs.join(", "));
+    }
+    for blocked in &job.blocklist {
+        say!(
+            "blocked   {} ({} failed attempts; `kiln unblock {} --worker {}` lets it back)",
+            blocked.worker_id,
+            blocked.failures,
+            job.id,
+            blocked.worker_id
+        );
+    }
     if !job.template_name.is_empty() {
         say!("template  {}", job.template_name);
     }

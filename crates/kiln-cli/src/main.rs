@@ -11,6 +11,7 @@ macro_rules! say {
 
 mod cli;
 mod connect;
+mod controls;
 mod dev;
 mod error;
 mod format;
@@ -47,6 +48,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => jobs::status(args).await?,
         Command::Cancel(args) => jobs::cancel(args).await?,
         Command::Outputs(args) => jobs::list_outputs(args).await?,
+        Command::Pause(args) => controls::pause(args).await?,
+        Command::Resume(args) => controls::resume(args).await?,
+        Command::Retry(args) => controls::retry(args).await?,
+        Command::Priority(args) => controls::priority(args).await?,
+        Command::Unblock(args) => controls::unblock(args).await?,
     }
     Ok(())
 }

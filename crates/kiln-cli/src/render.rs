@@ -117,6 +117,7 @@ async fn submit(
         }],
         name,
         priority: args.priority,
+        depends_on_jobs: args.after.clone(),
         ..Default::default()
     };
     let job = jobs
