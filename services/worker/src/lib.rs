@@ -11,5 +11,6 @@ pub mod log_tail;
 pub mod outputs;
 pub mod process;
 pub mod session;
+pub mod stall;
 pub mod task_runner;
 pub mod workdir;

@@ -21,6 +21,7 @@ use crate::command::{self, RendererKind, RendererPaths};
 use crate::log_tail::{LogTail, truncate_chars};
 use crate::outputs;
 use crate::process::{self, ProcessGroup};
+use crate::stall::StallTimer;
 use crate::workdir::{self, InputCache, OUTPUTS_DIR, TaskDir};
 
 /// Shortest time between two progress reports of one task.
@@ -59,10 +60,20 @@ pub struct TaskRunner<A> {
     assets: A,
 }
 
-/// What the renderer left behind when it stopped on its own or timed out.
+/// What the renderer left behind when it stopped on its own or was killed
+/// for breaking one of the assignment's limits.
 struct Exit {
     status: std::io::Result<ExitStatus>,
-    timed_out: bool,
+    broke: Option<Limit>,
+}
+
+/// A limit of the assignment that gets a renderer killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// `max_run_seconds` passed.
+    RunTime,
+    /// `stall_seconds` passed without an output line.
+    Stall,
 }
 
 /// Everything learned while watching the renderer.
@@ -266,6 +277,7 @@ impl Watch<'_> {
             }
         };
         tokio::pin!(deadline);
+        let mut stall = StallTimer::new(self.assignment.stall_seconds);
         let wait = child.wait();
         tokio::pin!(wait);
         let mut lines_open = true;
@@ -281,11 +293,19 @@ impl Watch<'_> {
                 _ = &mut deadline => {
                     tracing::warn!(max_run_seconds, "task ran too long; killing it");
                     let status = reap(group, &mut wait).await;
-                    break Exit { status, timed_out: true };
+                    break Exit { status, broke: Some(Limit::RunTime) };
                 }
-                status = &mut wait => break Exit { status, timed_out: false },
+                _ = stall.expired() => {
+                    tracing::warn!(stall_seconds = self.assignment.stall_seconds, "renderer stalled; killing it");
+                    let status = reap(group, &mut wait).await;
+                    break Exit { status, broke: Some(Limit::Stall) };
+                }
+                status = &mut wait => break Exit { status, broke: None },
                 line = lines.recv(), if lines_open => match line {
-                    Some(line) => self.line(&line).await,
+                    Some(line) => {
+                        stall.reset();
+                        self.line(&line).await
+                    }
                     None => lines_open = false,
                 },
             }
@@ -494,11 +514,8 @@ fn verdict(
         }
     };
     let exit_code = status.code();
-    let problem = if exit.timed_out {
-        Some(format!(
-            "exceeded maximum run time of {} s",
-            assignment.max_run_seconds
-        ))
+    let problem = if let Some(limit) = exit.broke {
+        Some(limit_message(assignment, limit))
     } else if let Some(code) = exit_code.filter(|code| *code != 0) {
         Some(format!("{name} exited with status {code}: {last_error}"))
     } else if exit_code.is_none() {
@@ -526,6 +543,16 @@ fn verdict(
             message: String::new(),
             log_tail,
         },
+    }
+}
+
+fn limit_message(assignment: &TaskAssignment, limit: Limit) -> String {
+    match limit {
+        Limit::RunTime => format!(
+            "exceeded maximum run time of {} s",
+            assignment.max_run_seconds
+        ),
+        Limit::Stall => format!("stalled: no output for {} s", assignment.stall_seconds),
     }
 }
 

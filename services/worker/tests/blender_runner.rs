@@ -478,3 +478,44 @@ fn process_group(pid: i32) -> Option<i32> {
     let _ppid = fields.next()?;
     fields.next()?.parse().ok()
 }
+
+#[tokio::test]
+async fn a_silent_command_is_killed_as_stalled() -> TestResult {
+    let farm = Farm::new().await?;
+    // ffmpeg paced to real time with its statistics and log off: a process
+    // that runs for a minute printing nothing.
+    let assignment = TaskAssignment {
+        task_id: "silent".to_owned(),
+        attempt: 1,
+        command: "ffmpeg".to_owned(),
+        args: strings(&[
+            "-nostdin",
+            "-nostats",
+            "-loglevel",
+            "quiet",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=16x16:rate=5:duration=60",
+            "-f",
+            "null",
+            "-",
+        ]),
+        stall_seconds: 2,
+        max_run_seconds: 50,
+        ..TaskAssignment::default()
+    };
+    let started = std::time::Instant::now();
+    let result = finished(farm.run(assignment).await.0);
+    assert!(!result.success);
+    assert_eq!(result.message, "stalled: no output for 2 s");
+    assert_eq!(result.exit_code, None, "killed, not exited");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(processes_mentioning(&farm.work_dir.join("silent-1")).is_empty());
+    Ok(())
+}
