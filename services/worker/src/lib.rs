@@ -13,4 +13,7 @@ pub mod process;
 pub mod session;
 pub mod stall;
 pub mod task_runner;
+pub mod warm_plan;
+pub mod warm_pool;
+pub mod warm_session;
 pub mod workdir;

@@ -15,6 +15,7 @@ use kiln_proto::v1::{
 use kiln_worker::assets::{AssetStore, AssetStoreError, StoredAsset};
 use kiln_worker::command::RendererPaths;
 use kiln_worker::task_runner::{RunnerSettings, TaskOutcome, TaskRunner};
+use kiln_worker::warm_pool::WarmSettings;
 use kiln_worker::workdir::InputCache;
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -73,6 +74,14 @@ struct Farm {
 
 impl Farm {
     async fn new() -> Result<Self, Box<dyn std::error::Error>> {
+        Self::with_warm(WarmSettings {
+            enabled: false,
+            ..WarmSettings::default()
+        })
+        .await
+    }
+
+    async fn with_warm(warm: WarmSettings) -> Result<Self, Box<dyn std::error::Error>> {
         let root = tempfile::tempdir()?;
         let base = tokio::fs::canonicalize(root.path()).await?;
         let (work_dir, store_dir, scratch) =
@@ -90,6 +99,7 @@ impl Farm {
             allow_blender_python: false,
             log_tail_lines: 60,
             keep_work_dirs: false,
+            warm,
         };
         let store = DirStore { dir: store_dir };
         let runner = Arc::new(TaskRunner::new(settings, cache, store.clone()));
@@ -518,4 +528,78 @@ async fn a_silent_command_is_killed_as_stalled() -> TestResult {
     );
     assert!(processes_mentioning(&farm.work_dir.join("silent-1")).is_empty());
     Ok(())
+}
+
+#[tokio::test]
+async fn warm_sessions_are_reused_recycled_and_killed_on_cancel() -> TestResult {
+    let farm = Farm::with_warm(WarmSettings {
+        max_frames: 2,
+        ..WarmSettings::default()
+    })
+    .await?;
+    let scene = farm.scene(2, 32, 18).await?;
+    let mut notes = Vec::new();
+    for frame in 1..=3 {
+        let args = frame_args(frame);
+        let task = blender_task(&format!("warm{frame}"), &scene, args, vec![frame]);
+        let (outcome, messages) = farm.run(task).await;
+        let result = finished(outcome);
+        assert!(result.success, "{}\n{}", result.message, result.log_tail);
+        let name = format!("frames/frame_{frame:04}.png");
+        assert_eq!(
+            outputs(&messages).first().map(|o| o.0.as_str()),
+            Some(name.as_str())
+        );
+        let note = result
+            .log_tail
+            .lines()
+            .find(|l| l.starts_with("kiln: "))
+            .map(str::to_owned);
+        notes.push(note.unwrap_or_default());
+    }
+    assert!(notes[0].contains("new warm blender session"), "{notes:?}");
+    assert!(notes[1].contains("(1 frames rendered before)"), "{notes:?}");
+    assert!(
+        notes[2].contains("new warm blender session"),
+        "recycled after 2 frames: {notes:?}"
+    );
+
+    let slow = farm.scene(100_000, 640, 360).await?;
+    let assignment = blender_task("long", &slow, frame_args(1), vec![1]);
+    let (events, mut received) = mpsc::channel(1024);
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (runner, cancel) = (farm.runner.clone(), cancel.clone());
+        async move { runner.run(&assignment, &events, &cancel).await }
+    });
+    wait_for_rendering(&mut received).await?;
+    let warm_dir = farm.work_dir.join("warm");
+    let before = processes_mentioning(&warm_dir);
+    assert_eq!(
+        before.len(),
+        2,
+        "the idle session and the rendering one: {before:?}"
+    );
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run).await??;
+    assert_eq!(outcome, TaskOutcome::Cancelled);
+    let after = processes_mentioning(&warm_dir);
+    assert_eq!(after.len(), 1, "only the idle session is left: {after:?}");
+    Ok(())
+}
+
+fn frame_args(frame: i64) -> Vec<String> {
+    let scene = format!("{WD}/scene.blend");
+    let output = format!("{WD}/outputs/frames/frame_####");
+    strings(&[
+        &scene,
+        "-o",
+        &output,
+        "-F",
+        "PNG",
+        "-x",
+        "1",
+        "-f",
+        &frame.to_string(),
+    ])
 }
