@@ -96,7 +96,7 @@ enum Engine {
     Warm {
         pool: Arc<WarmPool>,
         /// Taken back when the task ends: returned to the pool, or dropped (killed).
-        session: Option<WarmSession>,
+        session: Option<Box<WarmSession>>,
         reused: bool,
         /// Output pattern, resolved against the task's directory.
         output: String,
@@ -199,7 +199,7 @@ impl<A: AssetStore> TaskRunner<A> {
                 match session {
                     Ok((session, reused)) => Engine::Warm {
                         pool,
-                        session: Some(session),
+                        session: Some(Box::new(session)),
                         reused,
                         output: command::substitute_working_directory(
                             std::slice::from_ref(&plan.output),
@@ -287,7 +287,7 @@ impl<A: AssetStore> TaskRunner<A> {
             && matches!(watched, Some((Ending::WarmDone, _)))
             && !cancel.is_cancelled()
         {
-            pool.put_back(session);
+            pool.put_back(*session);
         }
         match watched {
             _ if cancel.is_cancelled() => TaskOutcome::Cancelled,
