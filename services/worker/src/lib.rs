@@ -7,6 +7,7 @@ pub mod blender_output;
 pub mod capabilities;
 pub mod command;
 pub mod config;
+pub mod encode;
 pub mod log_tail;
 pub mod outputs;
 pub mod process;

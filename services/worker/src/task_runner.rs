@@ -188,7 +188,7 @@ impl<A: AssetStore> TaskRunner<A> {
         };
         let warm = match invocation.renderer {
             RendererKind::Blender => self.warm_plan(assignment),
-            RendererKind::Ffmpeg => None,
+            RendererKind::Ffmpeg | RendererKind::Encode => None,
         };
         let mut engine = match warm {
             Some((pool, plan)) => {
