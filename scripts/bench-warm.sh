@@ -24,7 +24,7 @@ blender -b -Y --factory-startup --python "$repo/examples/make_scene.py" -- "$sce
 # One farm per setting: workers read KILN_WARM_SESSIONS at start.
 start_farm() {
   local name=$1 warm=$2
-  (cd "$work" && KILN_WARM_SESSIONS=$warm "$bin/kiln" dev --workers 1 --dir "$work/$name" \
+  (cd "$work" && KILN_WARM_SESSIONS=$warm exec "$bin/kiln" dev --workers 1 --dir "$work/$name" \
     --grpc-port 0 --http-port 0 >"$work/$name.log" 2>&1) &
   pids+=($!)
   for _ in $(seq 1 240); do
