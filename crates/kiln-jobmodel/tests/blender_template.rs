@@ -36,8 +36,15 @@ fn blender_job_renders_in_chunks_then_encodes() {
     let encode = &plan.steps[1];
     assert_eq!(encode.depends_on, vec!["Render".to_owned()]);
     assert_eq!(encode.tasks.len(), 1);
-    assert_eq!(encode.tasks[0].command, "ffmpeg");
-    assert!(encode.tasks[0].args.iter().any(|a| a == "yuv420p"));
+    assert_eq!(encode.tasks[0].command, "kiln-encode");
+    assert!(
+        encode.tasks[0]
+            .args
+            .windows(2)
+            .any(|w| w[0] == "--codec" && w[1] == "h264"),
+        "{:?}",
+        encode.tasks[0].args
+    );
 }
 
 #[test]

@@ -38,6 +38,10 @@ pub async fn detect_renderers(blender: &Path, ffmpeg: &Path) -> DetectedRenderer
             version,
         });
         detected.paths.ffmpeg = Some(ffmpeg.to_path_buf());
+        detected.renderers.push(Renderer {
+            name: RendererKind::Encode.name().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
     }
     detected
 }
@@ -134,7 +138,7 @@ mod tests {
         let detected =
             detect_renderers(Path::new("blender"), Path::new("/nonexistent/ffmpeg")).await;
         let names: Vec<&str> = detected.renderers.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["blender"]);
+        assert_eq!(names, ["blender"], "kiln-encode needs ffmpeg");
         assert!(detected.paths.ffmpeg.is_none());
     }
 }

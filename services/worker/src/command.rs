@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::encode::{self, EncodeError};
+
 /// The one format string the scheduler leaves for the worker to resolve.
 pub const WORKING_DIRECTORY: &str = "{{Session.WorkingDirectory}}";
 
@@ -32,6 +34,8 @@ pub enum CommandError {
         "blender argument {0:?} is not allowed on this worker: it runs python (the worker needs --allow-blender-python)"
     )]
     Python(String),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
 /// The renderers this worker can run.
@@ -39,6 +43,8 @@ pub enum CommandError {
 pub enum RendererKind {
     Blender,
     Ffmpeg,
+    /// The worker's own encode command, run by ffmpeg.
+    Encode,
 }
 
 impl RendererKind {
@@ -47,6 +53,7 @@ impl RendererKind {
         match self {
             RendererKind::Blender => "blender",
             RendererKind::Ffmpeg => "ffmpeg",
+            RendererKind::Encode => encode::COMMAND,
         }
     }
 
@@ -54,6 +61,7 @@ impl RendererKind {
         match name {
             "blender" => Some(RendererKind::Blender),
             "ffmpeg" => Some(RendererKind::Ffmpeg),
+            encode::COMMAND => Some(RendererKind::Encode),
             _ => None,
         }
     }
@@ -70,7 +78,7 @@ impl RendererPaths {
     fn path(&self, kind: RendererKind) -> Option<&Path> {
         match kind {
             RendererKind::Blender => self.blender.as_deref(),
-            RendererKind::Ffmpeg => self.ffmpeg.as_deref(),
+            RendererKind::Ffmpeg | RendererKind::Encode => self.ffmpeg.as_deref(),
         }
     }
 }
@@ -101,6 +109,7 @@ pub fn build(
     let args = match renderer {
         RendererKind::Blender => blender_args(&args, allow_blender_python)?,
         RendererKind::Ffmpeg => args,
+        RendererKind::Encode => encode::ffmpeg_args(&args, workdir)?,
     };
     Ok(Invocation {
         renderer,

@@ -2,10 +2,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use kiln_discovery::DiscoveryArgs;
 use kiln_telemetry::TelemetryArgs;
+
+use crate::warm_pool::WarmSettings;
 
 /// Kiln render worker: runs Blender and ffmpeg tasks handed out by the scheduler.
 #[derive(Debug, Clone, Parser)]
@@ -47,6 +50,21 @@ pub struct Config {
     /// Keep each task's working directory after it ends, for debugging
     #[arg(long, env = "KILN_KEEP_WORK_DIRS")]
     pub keep_work_dirs: bool,
+    /// Keep Blender running between tasks of the same scene and settings, feeding it frames through the worker's driver script ("false" to start Blender for every task)
+    #[arg(long, env = "KILN_WARM_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub warm_sessions: bool,
+    /// Frames a warm Blender session renders before it is replaced by a fresh one
+    #[arg(long, env = "KILN_WARM_SESSION_FRAMES", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub warm_session_frames: u32,
+    /// Warm Blender sessions kept waiting between tasks; the least recently used is ended first
+    #[arg(long, env = "KILN_WARM_SESSIONS_IDLE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub warm_sessions_idle: u32,
+    /// Seconds a warm Blender session may wait for its next task before it is ended
+    #[arg(long, env = "KILN_WARM_SESSION_IDLE_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub warm_session_idle_seconds: u64,
+    /// Growth of a warm Blender session's resident memory since its first frame, in MiB, that gets it replaced
+    #[arg(long, env = "KILN_WARM_SESSION_MEMORY_GROWTH_MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub warm_session_memory_growth_mib: u64,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
@@ -83,6 +101,16 @@ impl Config {
             .unwrap_or_else(|| self.resolved_work_dir().join("cache"))
     }
 
+    pub fn warm_settings(&self) -> WarmSettings {
+        WarmSettings {
+            enabled: self.warm_sessions,
+            max_frames: self.warm_session_frames,
+            max_idle: self.warm_sessions_idle as usize,
+            idle_timeout: Duration::from_secs(self.warm_session_idle_seconds),
+            max_memory_growth_bytes: self.warm_session_memory_growth_mib << 20,
+        }
+    }
+
     pub fn attribute_map(&self) -> HashMap<String, String> {
         self.attributes.iter().cloned().collect()
     }
@@ -111,6 +139,9 @@ mod tests {
         );
         assert_eq!(config.slots, 1);
         assert_eq!(config.log_tail_lines, 60);
+        assert!(config.warm_settings().enabled);
+        let off = Config::try_parse_from(["kiln-worker", "--warm-sessions", "false"])?;
+        assert!(!off.warm_settings().enabled);
         assert!(config.resolved_worker_id("host").starts_with("host-"));
         assert_eq!(config.resolved_worker_id("host").len(), "host-".len() + 6);
         Ok(())

@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         allow_blender_python: config.allow_blender_python,
         log_tail_lines: config.log_tail_lines as usize,
         keep_work_dirs: config.keep_work_dirs,
+        warm: config.warm_settings(),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn({

@@ -46,11 +46,21 @@ impl ProcessGroup {
 /// Starts `invocation` in `cwd` as the leader of a new process group, with
 /// stdin closed and stdout and stderr read line by line into one queue.
 pub fn spawn(invocation: &Invocation, cwd: &Path) -> io::Result<Renderer> {
+    start(invocation, cwd, Stdio::null())
+}
+
+/// Like [`spawn`], with the renderer's stdin kept open for requests; the
+/// returned [`Renderer`]'s child holds it in `stdin`.
+pub fn spawn_with_stdin(invocation: &Invocation, cwd: &Path) -> io::Result<Renderer> {
+    start(invocation, cwd, Stdio::piped())
+}
+
+fn start(invocation: &Invocation, cwd: &Path, stdin: Stdio) -> io::Result<Renderer> {
     let mut command = Command::new(&invocation.program);
     command
         .args(&invocation.args)
         .current_dir(cwd)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_proto::v1::{
@@ -21,6 +22,10 @@ use crate::command::{self, RendererKind, RendererPaths};
 use crate::log_tail::{LogTail, truncate_chars};
 use crate::outputs;
 use crate::process::{self, ProcessGroup};
+use crate::stall::StallTimer;
+use crate::warm_plan::{self, WarmPlan};
+use crate::warm_pool::{WarmPool, WarmSettings};
+use crate::warm_session::{self, DriverLine, WarmSession};
 use crate::workdir::{self, InputCache, OUTPUTS_DIR, TaskDir};
 
 /// Shortest time between two progress reports of one task.
@@ -41,6 +46,7 @@ pub struct RunnerSettings {
     pub allow_blender_python: bool,
     pub log_tail_lines: usize,
     pub keep_work_dirs: bool,
+    pub warm: WarmSettings,
 }
 
 /// How a task ended.
@@ -57,12 +63,44 @@ pub struct TaskRunner<A> {
     settings: RunnerSettings,
     cache: InputCache,
     assets: A,
+    /// Idle warm Blender sessions; `None` when they are off or Blender is missing.
+    warm: Option<Arc<WarmPool>>,
 }
 
-/// What the renderer left behind when it stopped on its own or timed out.
-struct Exit {
-    status: std::io::Result<ExitStatus>,
-    timed_out: bool,
+/// How the renderer's part of a task ended.
+enum Ending {
+    /// The renderer exited on its own.
+    Exited(std::io::Result<ExitStatus>),
+    /// The renderer was killed for breaking one of the assignment's limits.
+    Killed(Limit),
+    /// A warm session rendered every frame it was asked for.
+    WarmDone,
+    /// A warm session crashed or could not render a frame.
+    WarmFailed(String),
+}
+
+/// A limit of the assignment that gets a renderer killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// `max_run_seconds` passed.
+    RunTime,
+    /// `stall_seconds` passed without an output line.
+    Stall,
+}
+
+/// What renders the task.
+enum Engine {
+    /// A renderer started for this task alone; taken when watched.
+    Cold(Option<process::Renderer>),
+    /// A warm Blender session, lent by the pool for this task.
+    Warm {
+        pool: Arc<WarmPool>,
+        /// Taken back when the task ends: returned to the pool, or dropped (killed).
+        session: Option<Box<WarmSession>>,
+        reused: bool,
+        /// Output pattern, resolved against the task's directory.
+        output: String,
+    },
 }
 
 /// Everything learned while watching the renderer.
@@ -74,11 +112,15 @@ struct Observed {
 }
 
 impl<A: AssetStore> TaskRunner<A> {
+    /// Must be called within a Tokio runtime when warm sessions are enabled.
     pub fn new(settings: RunnerSettings, cache: InputCache, assets: A) -> Self {
+        let warm = (settings.warm.enabled && settings.renderers.blender.is_some())
+            .then(|| WarmPool::new(settings.warm.clone(), &settings.work_dir));
         Self {
             settings,
             cache,
             assets,
+            warm,
         }
     }
 
@@ -144,14 +186,53 @@ impl<A: AssetStore> TaskRunner<A> {
                 return TaskOutcome::Finished(failure(assignment, None, message, String::new()));
             }
         };
-        let renderer = match process::spawn(&invocation, dir.path()) {
-            Ok(renderer) => renderer,
-            Err(error) => {
-                let message = format!("cannot start {}: {error}", invocation.program.display());
-                return TaskOutcome::Finished(failure(assignment, None, message, String::new()));
-            }
+        let warm = match invocation.renderer {
+            RendererKind::Blender => self.warm_plan(assignment),
+            RendererKind::Ffmpeg | RendererKind::Encode => None,
         };
-        tracing::info!(program = %invocation.program.display(), args = ?invocation.args, "renderer started");
+        let mut engine = match warm {
+            Some((pool, plan)) => {
+                let session = tokio::select! {
+                    _ = cancel.cancelled() => return TaskOutcome::Cancelled,
+                    session = self.warm_session(&pool, &plan) => session,
+                };
+                match session {
+                    Ok((session, reused)) => Engine::Warm {
+                        pool,
+                        session: Some(Box::new(session)),
+                        reused,
+                        output: command::substitute_working_directory(
+                            std::slice::from_ref(&plan.output),
+                            dir.path(),
+                        )
+                        .concat(),
+                    },
+                    Err(message) => {
+                        return TaskOutcome::Finished(failure(
+                            assignment,
+                            None,
+                            message,
+                            String::new(),
+                        ));
+                    }
+                }
+            }
+            None => match process::spawn(&invocation, dir.path()) {
+                Ok(renderer) => {
+                    tracing::info!(program = %invocation.program.display(), args = ?invocation.args, "renderer started");
+                    Engine::Cold(Some(renderer))
+                }
+                Err(error) => {
+                    let message = format!("cannot start {}: {error}", invocation.program.display());
+                    return TaskOutcome::Finished(failure(
+                        assignment,
+                        None,
+                        message,
+                        String::new(),
+                    ));
+                }
+            },
+        };
         let started = TaskStarted {
             task_id: assignment.task_id.clone(),
             attempt: assignment.attempt,
@@ -185,18 +266,94 @@ impl<A: AssetStore> TaskRunner<A> {
                 problem: None,
             },
         };
-        let watch = watch.run(renderer);
+        let watch = async {
+            match &mut engine {
+                Engine::Cold(renderer) => match renderer.take() {
+                    Some(renderer) => watch.run(renderer).await,
+                    None => None,
+                },
+                Engine::Warm {
+                    session: Some(session),
+                    reused,
+                    output,
+                    ..
+                } => watch.run_warm(session, *reused, output).await,
+                Engine::Warm { session: None, .. } => None,
+            }
+        };
         let (watched, upload_error) = tokio::join!(watch, uploads);
+        if let Engine::Warm { pool, session, .. } = &mut engine
+            && let Some(session) = session.take()
+            && matches!(watched, Some((Ending::WarmDone, _)))
+            && !cancel.is_cancelled()
+        {
+            pool.put_back(*session);
+        }
         match watched {
             _ if cancel.is_cancelled() => TaskOutcome::Cancelled,
-            Some((exit, observed)) => TaskOutcome::Finished(verdict(
+            Some((ending, observed)) => TaskOutcome::Finished(verdict(
                 assignment,
                 invocation.renderer,
-                exit,
+                ending,
                 observed,
                 upload_error,
             )),
             None => TaskOutcome::Cancelled,
+        }
+    }
+
+    /// The pool and plan when `assignment` can render warm.
+    fn warm_plan(&self, assignment: &TaskAssignment) -> Option<(Arc<WarmPool>, WarmPlan)> {
+        let pool = self.warm.clone()?;
+        match warm_plan::plan(assignment) {
+            Ok(plan) => Some((pool, plan)),
+            Err(reason) => {
+                tracing::info!(%reason, "rendering cold");
+                None
+            }
+        }
+    }
+
+    /// An idle session for the plan's key, or a new one; whether it was reused.
+    async fn warm_session(
+        &self,
+        pool: &WarmPool,
+        plan: &WarmPlan,
+    ) -> Result<(WarmSession, bool), String> {
+        if let Some(session) = pool.take(&plan.key) {
+            return Ok((session, true));
+        }
+        let blender = self
+            .settings
+            .renderers
+            .blender
+            .as_deref()
+            .ok_or("blender is not available on this worker")?;
+        let id = pool.next_id();
+        let dir = TaskDir::create(pool.dir(), &format!("session-{id}"), 0)
+            .await
+            .map_err(|error| error.to_string())?;
+        for (path, digest) in &plan.key.inputs {
+            let placed = match workdir::relative_input_path(path) {
+                Ok(relative) => {
+                    self.cache
+                        .place(&self.assets, digest, &relative, &dir)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = placed {
+                dir.remove().await;
+                return Err(error.to_string());
+            }
+        }
+        let path = dir.path().to_path_buf();
+        match WarmSession::start(id, plan.key.clone(), path, blender).await {
+            Ok(session) => Ok((session, false)),
+            Err(error) => {
+                dir.remove().await;
+                Err(format!("cannot start a warm blender session: {error}"))
+            }
         }
     }
 
@@ -252,20 +409,16 @@ struct Watch<'a> {
 impl Watch<'_> {
     /// Follows the renderer until it exits, then queues every output not yet
     /// queued. `None` when cancelled.
-    async fn run(mut self, renderer: process::Renderer) -> Option<(Exit, Observed)> {
+    async fn run(mut self, renderer: process::Renderer) -> Option<(Ending, Observed)> {
         let process::Renderer {
             mut child,
             group,
             mut lines,
         } = renderer;
         let max_run_seconds = self.assignment.max_run_seconds;
-        let deadline = async {
-            match max_run_seconds {
-                0 => std::future::pending().await,
-                limit => tokio::time::sleep(Duration::from_secs(limit.into())).await,
-            }
-        };
+        let deadline = run_deadline(max_run_seconds);
         tokio::pin!(deadline);
+        let mut stall = StallTimer::new(self.assignment.stall_seconds);
         let wait = child.wait();
         tokio::pin!(wait);
         let mut lines_open = true;
@@ -280,12 +433,20 @@ impl Watch<'_> {
                 }
                 _ = &mut deadline => {
                     tracing::warn!(max_run_seconds, "task ran too long; killing it");
-                    let status = reap(group, &mut wait).await;
-                    break Exit { status, timed_out: true };
+                    log_reaped(reap(group, &mut wait).await);
+                    break Ending::Killed(Limit::RunTime);
                 }
-                status = &mut wait => break Exit { status, timed_out: false },
+                _ = stall.expired() => {
+                    tracing::warn!(stall_seconds = self.assignment.stall_seconds, "renderer stalled; killing it");
+                    log_reaped(reap(group, &mut wait).await);
+                    break Ending::Killed(Limit::Stall);
+                }
+                status = &mut wait => break Ending::Exited(status),
                 line = lines.recv(), if lines_open => match line {
-                    Some(line) => self.line(&line).await,
+                    Some(line) => {
+                        stall.reset();
+                        self.line(&line).await
+                    }
                     None => lines_open = false,
                 },
             }
@@ -297,6 +458,90 @@ impl Watch<'_> {
         }
         self.queue_remaining_outputs().await;
         Some((exit, self.observed))
+    }
+
+    /// Feeds the assignment's frames to a warm session one by one, following
+    /// its output until the driver reports each done. `None` when cancelled;
+    /// the caller then drops (kills) the session, as after any other failure.
+    async fn run_warm(
+        mut self,
+        session: &mut WarmSession,
+        reused: bool,
+        output: &str,
+    ) -> Option<(Ending, Observed)> {
+        let note = match reused {
+            true => format!(
+                "kiln: rendering in warm blender session {} ({} frames rendered before)",
+                session.id(),
+                session.frames_rendered()
+            ),
+            false => format!(
+                "kiln: rendering in new warm blender session {}",
+                session.id()
+            ),
+        };
+        tracing::info!(session = session.id(), reused, "rendering warm");
+        self.observed.tail.push(&note);
+        let deadline = run_deadline(self.assignment.max_run_seconds);
+        tokio::pin!(deadline);
+        let mut stall = StallTimer::new(self.assignment.stall_seconds);
+        let mut ending = Ending::WarmDone;
+        'frames: for &frame in &self.assignment.frames {
+            if let Err(error) = session.request(frame, output).await {
+                ending = Ending::WarmFailed(format!(
+                    "warm blender session {} stopped before frame {frame}: {error}",
+                    session.id()
+                ));
+                break;
+            }
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return None,
+                    _ = &mut deadline => {
+                        ending = Ending::Killed(Limit::RunTime);
+                        break 'frames;
+                    }
+                    _ = stall.expired() => {
+                        ending = Ending::Killed(Limit::Stall);
+                        break 'frames;
+                    }
+                    status = session.child.wait() => {
+                        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                        ending = Ending::WarmFailed(format!("warm blender session {} ended ({status}) while rendering frame {frame}", session.id()));
+                        break 'frames;
+                    }
+                    line = session.lines.recv() => {
+                        let Some(line) = line else {
+                            ending = Ending::WarmFailed(format!("warm blender session {} closed its output while rendering frame {frame}", session.id()));
+                            break 'frames;
+                        };
+                        stall.reset();
+                        match warm_session::parse_driver_line(&line) {
+                            Some(DriverLine::Done { frame: done }) if done == frame => {
+                                session.frame_done();
+                                continue 'frames;
+                            }
+                            Some(DriverLine::Failed { message, .. }) => {
+                                self.observed.tail.push(&line);
+                                ending = Ending::WarmFailed(format!("frame {frame} failed in warm blender session {}: {message}", session.id()));
+                                break 'frames;
+                            }
+                            _ => self.line(&line).await,
+                        }
+                    }
+                }
+            }
+        }
+        if !matches!(ending, Ending::WarmDone) {
+            tracing::warn!(session = session.id(), "killing warm blender session");
+            session.kill();
+            if !self.drain(&mut session.lines).await {
+                return None;
+            }
+        }
+        self.queue_remaining_outputs().await;
+        Some((ending, self.observed))
     }
 
     /// Reads what is left of the output after exit; false when cancelled.
@@ -393,6 +638,20 @@ impl Watch<'_> {
     }
 }
 
+/// Never completes when `max_run_seconds` is 0.
+async fn run_deadline(max_run_seconds: u32) {
+    match max_run_seconds {
+        0 => std::future::pending().await,
+        limit => tokio::time::sleep(Duration::from_secs(limit.into())).await,
+    }
+}
+
+fn log_reaped(status: std::io::Result<ExitStatus>) {
+    if let Err(error) = status {
+        tracing::warn!(%error, "cannot reap killed renderer");
+    }
+}
+
 /// Kills the group and reaps its leader.
 async fn reap(
     group: ProcessGroup,
@@ -471,7 +730,7 @@ async fn upload_one<A: AssetStore>(
 fn verdict(
     assignment: &TaskAssignment,
     kind: RendererKind,
-    exit: Exit,
+    ending: Ending,
     observed: Observed,
     upload_error: Option<String>,
 ) -> TaskResult {
@@ -482,9 +741,8 @@ fn verdict(
         .last_error()
         .or(observed.tail.last())
         .unwrap_or("no output");
-    let status = match exit.status {
-        Ok(status) => status,
-        Err(error) => {
+    let (exit_code, problem) = match ending {
+        Ending::Exited(Err(error)) => {
             return failure(
                 assignment,
                 None,
@@ -492,31 +750,30 @@ fn verdict(
                 log_tail,
             );
         }
+        Ending::Exited(Ok(status)) => match status.code() {
+            Some(0) => (Some(0), None),
+            Some(code) => (
+                Some(code),
+                Some(format!("{name} exited with status {code}: {last_error}")),
+            ),
+            None => (
+                None,
+                Some(format!("{name} was killed by a signal ({status})")),
+            ),
+        },
+        Ending::Killed(limit) => (None, Some(limit_message(assignment, limit))),
+        Ending::WarmDone => (None, None),
+        Ending::WarmFailed(message) => (None, Some(message)),
     };
-    let exit_code = status.code();
-    let problem = if exit.timed_out {
-        Some(format!(
-            "exceeded maximum run time of {} s",
-            assignment.max_run_seconds
-        ))
-    } else if let Some(code) = exit_code.filter(|code| *code != 0) {
-        Some(format!("{name} exited with status {code}: {last_error}"))
-    } else if exit_code.is_none() {
-        Some(format!("{name} was killed by a signal ({status})"))
-    } else if kind == RendererKind::Blender
-        && !observed
-            .tracker
-            .missing_frames(&assignment.frames)
-            .is_empty()
-    {
-        Some(missing_frames_message(
-            &observed.tracker,
-            &assignment.frames,
-        ))
-    } else {
-        observed.problem.or(upload_error)
-    };
-    match problem {
+    let problem = problem.or_else(|| {
+        let missing = kind == RendererKind::Blender
+            && !observed
+                .tracker
+                .missing_frames(&assignment.frames)
+                .is_empty();
+        missing.then(|| missing_frames_message(&observed.tracker, &assignment.frames))
+    });
+    match problem.or(observed.problem).or(upload_error) {
         Some(problem) => failure(assignment, exit_code, problem, log_tail),
         None => TaskResult {
             task_id: assignment.task_id.clone(),
@@ -526,6 +783,16 @@ fn verdict(
             message: String::new(),
             log_tail,
         },
+    }
+}
+
+fn limit_message(assignment: &TaskAssignment, limit: Limit) -> String {
+    match limit {
+        Limit::RunTime => format!(
+            "exceeded maximum run time of {} s",
+            assignment.max_run_seconds
+        ),
+        Limit::Stall => format!("stalled: no output for {} s", assignment.stall_seconds),
     }
 }
 

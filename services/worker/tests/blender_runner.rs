@@ -15,6 +15,7 @@ use kiln_proto::v1::{
 use kiln_worker::assets::{AssetStore, AssetStoreError, StoredAsset};
 use kiln_worker::command::RendererPaths;
 use kiln_worker::task_runner::{RunnerSettings, TaskOutcome, TaskRunner};
+use kiln_worker::warm_pool::WarmSettings;
 use kiln_worker::workdir::InputCache;
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -73,6 +74,14 @@ struct Farm {
 
 impl Farm {
     async fn new() -> Result<Self, Box<dyn std::error::Error>> {
+        Self::with_warm(WarmSettings {
+            enabled: false,
+            ..WarmSettings::default()
+        })
+        .await
+    }
+
+    async fn with_warm(warm: WarmSettings) -> Result<Self, Box<dyn std::error::Error>> {
         let root = tempfile::tempdir()?;
         let base = tokio::fs::canonicalize(root.path()).await?;
         let (work_dir, store_dir, scratch) =
@@ -90,6 +99,7 @@ impl Farm {
             allow_blender_python: false,
             log_tail_lines: 60,
             keep_work_dirs: false,
+            warm,
         };
         let store = DirStore { dir: store_dir };
         let runner = Arc::new(TaskRunner::new(settings, cache, store.clone()));
@@ -477,4 +487,119 @@ fn process_group(pid: i32) -> Option<i32> {
     let _state = fields.next()?;
     let _ppid = fields.next()?;
     fields.next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn a_silent_command_is_killed_as_stalled() -> TestResult {
+    let farm = Farm::new().await?;
+    // ffmpeg paced to real time with its statistics and log off: a process
+    // that runs for a minute printing nothing.
+    let assignment = TaskAssignment {
+        task_id: "silent".to_owned(),
+        attempt: 1,
+        command: "ffmpeg".to_owned(),
+        args: strings(&[
+            "-nostdin",
+            "-nostats",
+            "-loglevel",
+            "quiet",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=16x16:rate=5:duration=60",
+            "-f",
+            "null",
+            "-",
+        ]),
+        stall_seconds: 2,
+        max_run_seconds: 50,
+        ..TaskAssignment::default()
+    };
+    let started = std::time::Instant::now();
+    let result = finished(farm.run(assignment).await.0);
+    assert!(!result.success);
+    assert_eq!(result.message, "stalled: no output for 2 s");
+    assert_eq!(result.exit_code, None, "killed, not exited");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(processes_mentioning(&farm.work_dir.join("silent-1")).is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn warm_sessions_are_reused_recycled_and_killed_on_cancel() -> TestResult {
+    let farm = Farm::with_warm(WarmSettings {
+        max_frames: 2,
+        ..WarmSettings::default()
+    })
+    .await?;
+    let scene = farm.scene(2, 32, 18).await?;
+    let mut notes = Vec::new();
+    for frame in 1..=3 {
+        let args = frame_args(frame);
+        let task = blender_task(&format!("warm{frame}"), &scene, args, vec![frame]);
+        let (outcome, messages) = farm.run(task).await;
+        let result = finished(outcome);
+        assert!(result.success, "{}\n{}", result.message, result.log_tail);
+        let name = format!("frames/frame_{frame:04}.png");
+        assert_eq!(
+            outputs(&messages).first().map(|o| o.0.as_str()),
+            Some(name.as_str())
+        );
+        let note = result
+            .log_tail
+            .lines()
+            .find(|l| l.starts_with("kiln: "))
+            .map(str::to_owned);
+        notes.push(note.unwrap_or_default());
+    }
+    assert!(notes[0].contains("new warm blender session"), "{notes:?}");
+    assert!(notes[1].contains("(1 frames rendered before)"), "{notes:?}");
+    assert!(
+        notes[2].contains("new warm blender session"),
+        "recycled after 2 frames: {notes:?}"
+    );
+
+    let slow = farm.scene(100_000, 640, 360).await?;
+    let assignment = blender_task("long", &slow, frame_args(1), vec![1]);
+    let (events, mut received) = mpsc::channel(1024);
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (runner, cancel) = (farm.runner.clone(), cancel.clone());
+        async move { runner.run(&assignment, &events, &cancel).await }
+    });
+    wait_for_rendering(&mut received).await?;
+    let warm_dir = farm.work_dir.join("warm");
+    let before = processes_mentioning(&warm_dir);
+    assert_eq!(
+        before.len(),
+        2,
+        "the idle session and the rendering one: {before:?}"
+    );
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run).await??;
+    assert_eq!(outcome, TaskOutcome::Cancelled);
+    let after = processes_mentioning(&warm_dir);
+    assert_eq!(after.len(), 1, "only the idle session is left: {after:?}");
+    Ok(())
+}
+
+fn frame_args(frame: i64) -> Vec<String> {
+    let scene = format!("{WD}/scene.blend");
+    let output = format!("{WD}/outputs/frames/frame_####");
+    strings(&[
+        &scene,
+        "-o",
+        &output,
+        "-F",
+        "PNG",
+        "-x",
+        "1",
+        "-f",
+        &frame.to_string(),
+    ])
 }

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Benchmark: the example scene rendered through Kiln on one worker at chunk
+# size 1, with warm Blender sessions on and off, against one direct
+# `blender -b -Y scene -a` run of the same frames, all in one hyperfine run.
+# Usage: scripts/bench-warm.sh [FRAMES (default 24)] [RUNS (default 3)]
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+frames=${1:-24}
+runs=${2:-3}
+"$repo/scripts/setup.sh" >/dev/null
+command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 1; }
+cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
+bin=${CARGO_TARGET_DIR:-$cache/target}/debug
+work=$(mktemp -d)
+# The private Postgres runs as the postgres user when we are root: it must reach the directory.
+chmod 755 "$work"
+pids=()
+trap 'for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+scene="$work/scene.blend"
+blender -b -Y --factory-startup --python "$repo/examples/make_scene.py" -- "$scene" >/dev/null
+
+# One farm per setting: workers read KILN_WARM_SESSIONS at start.
+start_farm() {
+  local name=$1 warm=$2
+  (cd "$work" && KILN_WARM_SESSIONS=$warm exec "$bin/kiln" dev --workers 1 --dir "$work/$name" \
+    --grpc-port 0 --http-port 0 >"$work/$name.log" 2>&1) &
+  pids+=($!)
+  for _ in $(seq 1 240); do
+    [ -f "$work/$name/dev.json" ] && return
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.log"; exit 1; }
+    sleep 0.5
+  done
+  echo "farm $name did not start"; exit 1
+}
+start_farm warm true
+start_farm cold false
+
+gateway() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["gateway_grpc"])' "$work/$1/dev.json"; }
+render() { echo "$bin/kiln render $scene --gateway $(gateway "$1") --frames 1-$frames --fps 24 --chunk 1 --out $work/out-$1"; }
+hyperfine --runs "$runs" --warmup 1 --export-markdown "$work/bench.md" --export-json "$work/bench.json" \
+  -n "blender -b -a (direct)" "blender -b -Y $scene -o $work/direct/f_#### -F PNG -x 1 -s 1 -e $frames -a" \
+  -n "kiln, chunk 1, warm sessions" "$(render warm)" \
+  -n "kiln, chunk 1, warm sessions off" "$(render cold)"
+cat "$work/bench.md"
+python3 - "$work/bench.json" <<'PY'
+import json, sys
+results = {r["command"]: r["mean"] for r in json.load(open(sys.argv[1]))["results"]}
+direct = results["blender -b -a (direct)"]
+for name, mean in results.items():
+    print(f"{name}: {mean:.2f} s, {mean / direct:.2f} x direct")
+PY
