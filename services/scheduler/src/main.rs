@@ -13,11 +13,22 @@ use kiln_scheduler::scheduler::Scheduler;
 use kiln_scheduler::task_state::{self, TaskEvent};
 use kiln_scheduler::worker_service::WorkerSessions;
 use kiln_scheduler::{connect_database, dispatch};
+use kiln_service::{CheckResult, Checks, Listing, OpsArgs, OpsServer, checks};
 use tonic::service::Routes;
+
+/// Kiln's scheduler: owns job and task state in Postgres and dispatches tasks to workers.
+#[derive(Debug, clap::Parser)]
+#[command(name = "kiln-scheduler", version)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(flatten)]
+    ops: OpsArgs,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let Cli { config, ops } = Cli::parse();
     let _telemetry = kiln_telemetry::init("kiln-scheduler", &config.telemetry)?;
     let db = connect_database(
         &config.database_url,
@@ -29,6 +40,11 @@ async fn main() -> anyhow::Result<()> {
     let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
         .await
         .context("connecting to etcd")?;
+
+    let checks = Checks::new()
+        .add("postgres", postgres_check(db.clone()))
+        .add("etcd", checks::etcd(&discovery));
+    let ops = OpsServer::start("scheduler", &ops, checks).await?;
 
     // This scheduler has no worker sessions yet, so nothing can be running
     // for it: whatever the database says is in flight was lost with the
@@ -65,6 +81,26 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let listener = kiln_service::bind(config.listen).await?;
-    kiln_service::serve(service::SCHEDULER, listener, routes, &discovery, None).await?;
+    let listing = Listing {
+        ops: Some(&ops),
+        ..Listing::default()
+    };
+    kiln_service::serve_listed(service::SCHEDULER, listener, routes, &discovery, listing).await?;
     Ok(())
+}
+
+/// Ready while Postgres answers a trivial query.
+fn postgres_check(
+    db: sqlx::PgPool,
+) -> impl Fn() -> futures::future::BoxFuture<'static, CheckResult> + Send + Sync + 'static {
+    move || {
+        let db = db.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&db)
+                .await
+                .map(|_| "postgres answers".to_owned())
+                .map_err(|e| format!("postgres: {e}"))
+        })
+    }
 }

@@ -47,6 +47,14 @@ pub struct Config {
     /// Keep each task's working directory after it ends, for debugging
     #[arg(long, env = "KILN_KEEP_WORK_DIRS")]
     pub keep_work_dirs: bool,
+    /// Seconds a worker told to stop (SIGTERM) may spend finishing its running tasks before it hands them back
+    #[arg(long, env = "KILN_DRAIN_SECONDS", default_value_t = 300)]
+    pub drain_seconds: u64,
+    /// Least free space, in bytes, the work dir's filesystem must have for the worker to take tasks
+    #[arg(long, env = "KILN_MIN_FREE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub min_free_bytes: u64,
+    #[command(flatten)]
+    pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
