@@ -30,6 +30,13 @@ if [ ! -x "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q "$garage_ve
   cargo install --locked --quiet garage --version "$garage_version" --root "$cache/garage"
 fi
 
+venv="$cache/venv"
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "==> installing kubernetes-validate into $venv (checks deploy/k8s)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet kubernetes-validate==1.37.0
+fi
+
 echo "==> building Kiln (target dir $CARGO_TARGET_DIR)"
 cd "$repo"
 cargo build --workspace --bins --quiet
