@@ -8,7 +8,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 garage_version=2.5.0
-packages=(postgresql etcd-server etcd-client blender ffmpeg protobuf-compiler libprotobuf-dev python3 python3-venv)
+packages=(postgresql etcd-server etcd-client blender ffmpeg protobuf-compiler libprotobuf-dev python3 python3-venv prometheus docker-compose)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -28,6 +28,13 @@ garage="$cache/garage/bin/garage"
 if [ ! -x "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q "$garage_version"; then
   echo "==> building Garage $garage_version into $cache/garage (once; about 15 minutes on 2 cores)"
   cargo install --locked --quiet garage --version "$garage_version" --root "$cache/garage"
+fi
+
+venv="$cache/venv"
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "==> installing kubernetes-validate into $venv (checks deploy/k8s)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet kubernetes-validate==1.37.0
 fi
 
 echo "==> building Kiln (target dir $CARGO_TARGET_DIR)"

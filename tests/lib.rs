@@ -21,12 +21,23 @@ pub fn repo_root() -> PathBuf {
 
 /// Starts a farm in a fresh temporary directory (kept alive by the returned guard).
 pub async fn start_farm(workers: usize, s3: bool) -> Result<(Farm, tempfile::TempDir)> {
+    start_farm_with(workers, s3, &[]).await
+}
+
+/// [`start_farm`] with environment variables for every Kiln service.
+pub async fn start_farm_with(
+    workers: usize,
+    s3: bool,
+    env: &[(&str, &str)],
+) -> Result<(Farm, tempfile::TempDir)> {
     let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
-    let farm = Farm::builder(dir.path().join("farm"))
+    let mut builder = Farm::builder(dir.path().join("farm"))
         .workers(workers)
-        .s3(s3)
-        .start()
-        .await?;
+        .s3(s3);
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    let farm = builder.start().await?;
     Ok((farm, dir))
 }
 

@@ -64,6 +64,9 @@ pub struct Endpoint {
     /// HTTP address as `host:port`, for services that serve HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// HTTP ops endpoint (`/metrics`, `/healthz`, `/readyz`) as `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<String>,
 }
 
 impl Endpoint {

@@ -308,6 +308,12 @@ impl Farm {
     /// [`FarmBuilder::worker_gpus`]) and waits until it is registered;
     /// returns its index for [`Farm::worker_mut`].
     pub async fn add_worker(&mut self) -> Result<usize> {
+        self.add_worker_with_env(&[]).await
+    }
+
+    /// [`Farm::add_worker`], with environment variables for this worker
+    /// only, on top of the farm's (e.g. `("KILN_DRAIN_SECONDS", "1")`).
+    pub async fn add_worker_with_env(&mut self, env: &[(&str, &str)]) -> Result<usize> {
         let index = self.workers.len();
         let id = worker_id(index);
         let work_dir = self.layout.dir.join("workers").join(&id);
@@ -317,6 +323,9 @@ impl Farm {
             .arg(&work_dir);
         if let Some(gpus) = self.config.worker_gpus.get(index) {
             worker = worker.args(["--gpus", &gpus.to_string()]);
+        }
+        for (key, value) in env {
+            worker = worker.env(key, value);
         }
         self.workers.push(worker);
         let worker = &mut self.workers[index];

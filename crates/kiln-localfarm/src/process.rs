@@ -238,6 +238,16 @@ impl ServiceProcess {
         Ok(())
     }
 
+    /// Sends SIGTERM to the process alone (not its group) and returns at once,
+    /// leaving it to stop in its own time; see [`ServiceProcess::wait_exit`].
+    pub fn signal_terminate(&mut self) -> Result<()> {
+        let pid = self.pid.ok_or_else(|| LocalFarmError::NotRunning {
+            name: self.name.clone(),
+        })?;
+        ignore_gone(kill(Pid::from_raw(pid_i32(pid)), Signal::SIGTERM))
+            .map_err(|source| self.signal_error(source))
+    }
+
     /// Freezes the process and its group (SIGSTOP), as a hung machine would.
     pub fn pause(&mut self) -> Result<()> {
         let pid = self.pid.ok_or_else(|| LocalFarmError::NotRunning {

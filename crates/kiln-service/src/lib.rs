@@ -1,7 +1,11 @@
 //! What every Kiln gRPC service does the same way: bind a listener (port 0
 //! by default, so tests and `kiln dev` never race for ports), serve gRPC
 //! health and reflection beside its own services, register the bound
-//! address in etcd, and shut down gracefully on SIGTERM or Ctrl-C.
+//! address in etcd, and shut down gracefully on SIGTERM or Ctrl-C; and the
+//! HTTP ops endpoint ([`ops`]) with its readiness [`checks`].
+
+pub mod checks;
+pub mod ops;
 
 use std::net::SocketAddr;
 
@@ -23,7 +27,12 @@ pub enum ServiceError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Discovery(#[from] kiln_discovery::DiscoveryError),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
+
+pub use checks::{CheckResult, Checks, Readiness};
+pub use ops::{OpsArgs, OpsServer};
 
 /// Binds `addr`; port 0 picks a free port.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServiceError> {
@@ -70,6 +79,30 @@ pub async fn serve(
     discovery: &Discovery,
     http_addr: Option<String>,
 ) -> Result<(), ServiceError> {
+    let listing = Listing {
+        http: http_addr,
+        ops: None,
+    };
+    serve_listed(service, listener, routes, discovery, listing).await
+}
+
+/// What a service lists in etcd besides its gRPC address.
+#[derive(Default)]
+pub struct Listing<'a> {
+    /// Address of the service's own HTTP API (the gateway's REST), as peers reach it.
+    pub http: Option<String>,
+    /// The service's ops endpoint: listed, and marked not ready once shutdown starts.
+    pub ops: Option<&'a OpsServer>,
+}
+
+/// [`serve`], listing `listing` in etcd beside the gRPC address.
+pub async fn serve_listed(
+    service: &str,
+    listener: TcpListener,
+    routes: Routes,
+    discovery: &Discovery,
+    listing: Listing<'_>,
+) -> Result<(), ServiceError> {
     let local = listener.local_addr().map_err(|source| ServiceError::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
@@ -77,14 +110,24 @@ pub async fn serve(
     let endpoint = Endpoint {
         instance: instance_name(service),
         grpc: discovery.advertised_address(local),
-        http: http_addr,
+        http: listing.http,
+        ops: listing
+            .ops
+            .map(|ops| discovery.advertised_address(ops.local_addr())),
     };
     let registration = discovery.register(service, endpoint).await?;
     tracing::info!(service, addr = %local, "serving grpc");
+    let ops = listing.ops;
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some(ops) = ops {
+            ops.set_draining();
+        }
+    };
     let result = tonic::transport::Server::builder()
         .trace_fn(kiln_telemetry::propagation::server_span)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     deregister(registration).await;
     Ok(result?)

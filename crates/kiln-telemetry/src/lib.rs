@@ -28,9 +28,18 @@ pub struct TelemetryArgs {
     /// Log filter in tracing's EnvFilter syntax
     #[arg(long, env = "KILN_LOG", default_value = "info")]
     pub log: String,
-    /// Print logs as JSON lines instead of text
-    #[arg(long, env = "KILN_LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
+    /// Log line format; json lines carry the trace id of the span they were logged in
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line, with the enclosing spans' fields (including `trace_id`)
+    Json,
 }
 
 /// Flushes exported spans when dropped; keep it alive for the life of `main`.
@@ -47,26 +56,24 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber for `service` (e.g. "kiln-scheduler").
+///
+/// Spans always get OpenTelemetry trace ids (so logs and propagated
+/// contexts carry them); they are exported only with an OTLP endpoint.
 pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let provider = match &args.otlp_endpoint {
-        Some(endpoint) => Some(otlp_provider(service, endpoint)?),
-        None => None,
-    };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
-    if provider.is_some() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
-    }
+    let provider = tracer_provider(service, args.otlp_endpoint.as_deref())?;
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
-    if args.log_json {
+    if args.log_format == LogFormat::Json {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    .with_current_span(true)
+                    .with_span_list(true)
                     .with_writer(std::io::stderr),
             )
             .try_init()?;
@@ -75,22 +82,25 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .try_init()?;
     }
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
 }
 
-fn otlp_provider(
+fn tracer_provider(
     service: &'static str,
-    endpoint: &str,
+    otlp_endpoint: Option<&str>,
 ) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let Some(endpoint) = otlp_endpoint else {
+        return Ok(builder.build());
+    };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .build()?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service)
-        .build();
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build())
+    Ok(builder.with_batch_exporter(exporter).build())
 }

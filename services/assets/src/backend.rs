@@ -26,4 +26,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         digest: &Digest,
     ) -> impl Future<Output = Result<Option<ObjectReader>, Error>> + Send;
+
+    /// Whether the store is reachable and usable now; for readiness checks.
+    fn check(&self) -> impl Future<Output = Result<String, Error>> + Send;
 }

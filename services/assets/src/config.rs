@@ -36,8 +36,13 @@ pub struct Config {
     /// Largest upload accepted, in bytes
     #[arg(long, env = "KILN_MAX_UPLOAD_BYTES", default_value_t = 20 * GIB)]
     pub max_upload_bytes: u64,
+    /// Least free space, in bytes, the spool directory's filesystem must have for the service to report ready
+    #[arg(long, env = "KILN_MIN_FREE_BYTES", default_value_t = GIB)]
+    pub min_free_bytes: u64,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]

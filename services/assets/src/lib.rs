@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod cancel;
 pub mod config;
+pub mod counters;
 pub mod digest;
 pub mod error;
 pub mod local;
@@ -14,7 +15,10 @@ pub mod s3;
 pub mod service;
 pub mod spool;
 
+use std::sync::Arc;
+
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
+use kiln_service::{CheckResult, Checks};
 use tonic::service::Routes;
 
 pub use config::{BackendKind, Config};
@@ -36,20 +40,50 @@ const _: () = assert!(MAX_CHUNK_BYTES < MAX_DECODING_MESSAGE_BYTES);
 
 /// The service's gRPC routes (with health and reflection) for `config`.
 pub async fn routes(config: &Config) -> Result<Routes, Error> {
-    let spool_dir = config.spool_dir();
-    tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
-    let spool = Spool::create(spool_dir, config.max_upload_bytes).await?;
-    let routes = match config.backend {
-        BackendKind::Local => {
-            tracing::info!(data_dir = %config.data_dir.display(), "using local backend");
-            asset_routes(LocalBackend::create(&config.data_dir).await?, spool)
-        }
-        BackendKind::S3 => asset_routes(S3Backend::new(config.s3.settings()?), spool),
-    };
-    Ok(kiln_service::with_standard_services(routes, &[GRPC_SERVICE]).await?)
+    Ok(routes_with_checks(config, Checks::new()).await?.0)
 }
 
-fn asset_routes<B: Backend>(backend: B, spool: Spool) -> Routes {
+/// [`routes`], and `checks` with the storage's own readiness checks added:
+/// the backend (`s3` or `local_storage`) and the spool's `disk_space`.
+pub async fn routes_with_checks(
+    config: &Config,
+    checks: Checks,
+) -> Result<(Routes, Checks), Error> {
+    let spool_dir = config.spool_dir();
+    tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
+    let spool = Spool::create(spool_dir.clone(), config.max_upload_bytes).await?;
+    let checks = checks.add(
+        "disk_space",
+        kiln_service::checks::disk_space(spool_dir, config.min_free_bytes),
+    );
+    let (routes, checks) = match config.backend {
+        BackendKind::Local => {
+            tracing::info!(data_dir = %config.data_dir.display(), "using local backend");
+            let backend = Arc::new(LocalBackend::create(&config.data_dir).await?);
+            let checks = checks.add("local_storage", backend_check(&backend));
+            (asset_routes(backend, spool), checks)
+        }
+        BackendKind::S3 => {
+            let backend = Arc::new(S3Backend::new(config.s3.settings()?));
+            let checks = checks.add("s3", backend_check(&backend));
+            (asset_routes(backend, spool), checks)
+        }
+    };
+    let routes = kiln_service::with_standard_services(routes, &[GRPC_SERVICE]).await?;
+    Ok((routes, checks))
+}
+
+fn backend_check<B: Backend>(
+    backend: &Arc<B>,
+) -> impl Fn() -> futures::future::BoxFuture<'static, CheckResult> + Send + Sync + 'static {
+    let backend = backend.clone();
+    move || {
+        let backend = backend.clone();
+        Box::pin(async move { backend.check().await.map_err(|e| e.to_string()) })
+    }
+}
+
+fn asset_routes<B: Backend>(backend: Arc<B>, spool: Spool) -> Routes {
     let server = AssetServiceServer::new(AssetsService::new(backend, spool))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     Routes::new(DetectCancel(server))

@@ -35,6 +35,17 @@ impl LocalBackend {
 }
 
 impl Backend for LocalBackend {
+    async fn check(&self) -> Result<String, Error> {
+        match tokio::fs::metadata(&self.objects).await {
+            Ok(metadata) if metadata.is_dir() => Ok(format!("{} present", self.objects.display())),
+            Ok(_) => Err(Error::Local(std::io::Error::other(format!(
+                "{} is not a directory",
+                self.objects.display()
+            )))),
+            Err(err) => Err(Error::Local(err)),
+        }
+    }
+
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
         match tokio::fs::metadata(self.object_path(digest)).await {
             Ok(metadata) if metadata.is_file() => Ok(Some(metadata.len())),

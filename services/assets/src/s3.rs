@@ -201,6 +201,16 @@ impl S3Backend {
 }
 
 impl Backend for S3Backend {
+    async fn check(&self) -> Result<String, Error> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|err| s3_error("head bucket", err))?;
+        Ok(format!("bucket {} reachable", self.bucket))
+    }
+
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
         let head = self
             .client
@@ -256,6 +266,7 @@ fn s3_error<E>(operation: &'static str, err: SdkError<E>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    metrics::counter!(crate::counters::S3_ERRORS, "operation" => operation).increment(1);
     Error::S3 {
         operation,
         message: describe(&err),

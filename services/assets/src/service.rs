@@ -26,9 +26,9 @@ pub struct AssetsService<B> {
 }
 
 impl<B: Backend> AssetsService<B> {
-    pub fn new(backend: B, spool: Spool) -> Self {
+    pub fn new(backend: Arc<B>, spool: Spool) -> Self {
         Self {
-            backend: Arc::new(backend),
+            backend,
             spool: Arc::new(spool),
         }
     }
@@ -57,6 +57,7 @@ impl<B: Backend> AssetService for AssetsService<B> {
             digest: upload.digest.to_string(),
             size: upload.size,
         };
+        metrics::counter!(crate::counters::BYTES_RECEIVED).increment(upload.size);
         if self.backend.stat(&upload.digest).await?.is_some() {
             tracing::debug!(digest = %info.digest, "asset already stored");
         } else {
@@ -81,7 +82,10 @@ impl<B: Backend> AssetService for AssetsService<B> {
         tracing::debug!(digest = %digest, "sending asset");
         let chunks =
             ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK_BYTES).map(|read| match read {
-                Ok(data) => Ok(DownloadChunk { data: data.into() }),
+                Ok(data) => {
+                    metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
+                    Ok(DownloadChunk { data: data.into() })
+                }
                 Err(err) => Err(Status::from(Error::Read(err))),
             });
         Ok(Response::new(Box::pin(chunks)))

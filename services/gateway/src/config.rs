@@ -23,6 +23,8 @@ pub struct Config {
     #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     pub request_timeout_seconds: u64,
     #[command(flatten)]
+    pub ops: kiln_service::OpsArgs,
+    #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

@@ -10,6 +10,7 @@ use kiln_gateway::rest::{self, RestState};
 use kiln_gateway::upstream::Upstreams;
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
+use kiln_service::{Checks, Listing, OpsServer, checks};
 use tonic::service::Routes;
 
 #[tokio::main]
@@ -19,6 +20,14 @@ async fn main() -> anyhow::Result<()> {
     let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
         .await
         .context("connecting to etcd")?;
+    let checks = Checks::new()
+        .add("etcd", checks::etcd(&discovery))
+        .add(
+            "scheduler",
+            checks::registered(&discovery, service::SCHEDULER),
+        )
+        .add("assets", checks::registered(&discovery, service::ASSETS));
+    let ops = OpsServer::start("gateway", &config.ops, checks).await?;
     let upstreams = Arc::new(Upstreams::new(discovery.clone()));
     let api = PublicApi::new(upstreams.clone());
 
@@ -52,14 +61,12 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let grpc_listener = kiln_service::bind(config.grpc_listen).await?;
-    kiln_service::serve(
-        service::GATEWAY,
-        grpc_listener,
-        routes,
-        &discovery,
-        Some(discovery.advertised_address(http_addr)),
-    )
-    .await?;
+    let listing = Listing {
+        http: Some(discovery.advertised_address(http_addr)),
+        ops: Some(&ops),
+    };
+    kiln_service::serve_listed(service::GATEWAY, grpc_listener, routes, &discovery, listing)
+        .await?;
     http.await??;
     Ok(())
 }

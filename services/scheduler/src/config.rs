@@ -42,6 +42,8 @@ pub struct Config {
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub ops: kiln_service::OpsArgs,
 }
 
 fn parse_weight(text: &str) -> Result<(String, f64), String> {

@@ -12,6 +12,7 @@ use kiln_scheduler::job_service::{JobApi, JobDefaults};
 use kiln_scheduler::retry::RetryPolicy;
 use kiln_scheduler::scheduler::Scheduler;
 use kiln_scheduler::worker_service::WorkerSessions;
+use kiln_service::{CheckResult, Checks, Listing, OpsServer, checks};
 use tonic::service::Routes;
 
 #[tokio::main]
@@ -28,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
         .await
         .context("connecting to etcd")?;
+    let checks = Checks::new()
+        .add("postgres", postgres_check(db.clone()))
+        .add("etcd", checks::etcd(&discovery));
+    let ops = OpsServer::start("scheduler", &config.ops, checks).await?;
 
     let policy = RetryPolicy {
         max_attempts: config.max_attempts.max(1),
@@ -60,8 +65,12 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let listener = kiln_service::bind(config.listen).await?;
+    let listing = Listing {
+        ops: Some(&ops),
+        ..Listing::default()
+    };
     tokio::select! {
-        served = kiln_service::serve(service::SCHEDULER, listener, routes, &discovery, None) => served?,
+        served = kiln_service::serve_listed(service::SCHEDULER, listener, routes, &discovery, listing) => served?,
         stopped = dispatch => {
             // The dispatch loop only stops on a write conflict: this
             // scheduler's view is wrong, so it must not keep serving.
@@ -69,4 +78,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Ready while Postgres answers a trivial query.
+fn postgres_check(
+    db: sqlx::PgPool,
+) -> impl Fn() -> futures::future::BoxFuture<'static, CheckResult> + Send + Sync + 'static {
+    move || {
+        let db = db.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&db)
+                .await
+                .map(|_| "postgres answers".to_owned())
+                .map_err(|e| format!("postgres: {e}"))
+        })
+    }
 }

@@ -65,6 +65,14 @@ pub struct Config {
     /// Growth of a warm Blender session's resident memory since its first frame, in MiB, that gets it replaced
     #[arg(long, env = "KILN_WARM_SESSION_MEMORY_GROWTH_MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub warm_session_memory_growth_mib: u64,
+    /// Seconds a worker told to stop (SIGTERM) may spend finishing its running tasks before it hands them back
+    #[arg(long, env = "KILN_DRAIN_SECONDS", default_value_t = 300)]
+    pub drain_seconds: u64,
+    /// Least free space, in bytes, the work dir's filesystem must have for the worker to take tasks
+    #[arg(long, env = "KILN_MIN_FREE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub min_free_bytes: u64,
+    #[command(flatten)]
+    pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]

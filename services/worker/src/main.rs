@@ -1,14 +1,18 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use kiln_discovery::Discovery;
 use kiln_proto::v1::RegisterWorker;
+use kiln_service::{Checks, OpsServer, checks};
 use kiln_worker::capabilities::{capabilities, detect_renderers};
 use kiln_worker::config::Config;
-use kiln_worker::session::Worker;
+use kiln_worker::health::LocalHealth;
+use kiln_worker::session::{Stopping, Worker};
 use kiln_worker::task_runner::RunnerSettings;
 use kiln_worker::workdir::InputCache;
+use kiln_worker::worker_metrics;
 use tokio_util::sync::CancellationToken;
 
 /// How long to wait for etcd at startup.
@@ -36,6 +40,14 @@ async fn main() -> anyhow::Result<()> {
     let discovery = Discovery::connect(&config.discovery, ETCD_PATIENCE)
         .await
         .context("connecting to etcd")?;
+    let health = Arc::new(LocalHealth {
+        renderers: detected.renderers.iter().map(|r| r.name.clone()).collect(),
+        work_dir: work_dir.clone(),
+        min_free_bytes: config.min_free_bytes,
+    });
+    let checks = health.register(Checks::new().add("etcd", checks::etcd(&discovery)));
+    let ops = OpsServer::start("worker", &config.ops, checks).await?;
+    tokio::spawn(worker_metrics::sample_host());
     let runner = RunnerSettings {
         work_dir,
         renderers: detected.paths,
@@ -44,21 +56,33 @@ async fn main() -> anyhow::Result<()> {
         keep_work_dirs: config.keep_work_dirs,
         warm: config.warm_settings(),
     };
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            kiln_service::shutdown_signal().await;
-            shutdown.cancel();
-        }
-    });
+    let stopping = Stopping {
+        drain: CancellationToken::new(),
+        stop: CancellationToken::new(),
+        grace: Duration::from_secs(config.drain_seconds),
+    };
+    let ops_addr = Some(discovery.advertised_address(ops.local_addr()));
+    let ops = Arc::new(ops);
+    tokio::spawn(stop_on_signals(stopping.clone(), ops.clone()));
     Worker {
         register,
         discovery,
         runner,
         cache,
+        health,
+        ops_addr,
     }
-    .run(shutdown)
+    .run(stopping)
     .await?;
     Ok(())
+}
+
+/// The first SIGTERM/Ctrl-C drains the worker; a second stops it at once.
+async fn stop_on_signals(stopping: Stopping, ops: Arc<OpsServer>) {
+    kiln_service::shutdown_signal().await;
+    ops.set_draining();
+    stopping.drain.cancel();
+    kiln_service::shutdown_signal().await;
+    tracing::warn!("second stop signal: handing running tasks back now");
+    stopping.stop.cancel();
 }

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use kiln_asset_client::AssetClient;
 use kiln_discovery::{Discovery, DiscoveryError, Endpoint, service};
 use kiln_proto::v1::worker_service_client::WorkerServiceClient;
@@ -19,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use crate::health::LocalHealth;
 use crate::task_runner::{RunnerSettings, TaskOutcome, TaskRunner, message};
 use crate::workdir::InputCache;
+use crate::worker_metrics::{self, RunStatus};
 
 /// Heartbeat period until the scheduler says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -31,6 +35,10 @@ const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages waiting to go to the scheduler.
 const OUTBOUND_QUEUE: usize = 256;
+/// How often a worker that cannot take tasks looks again.
+const NOT_READY_RECHECK: Duration = Duration::from_secs(5);
+/// How long a closing session waits for the scheduler to take its last results.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -54,8 +62,31 @@ pub enum SessionError {
 enum SessionEnd {
     /// The worker is shutting down.
     Shutdown,
+    /// The worker cannot take tasks (no renderer, disk full); it finished what it ran.
+    NotReady(String),
     /// The stream ended or broke; `registered` tells whether it got as far as `Registered`.
     Lost { registered: bool, reason: String },
+}
+
+/// How the worker is told to stop.
+///
+/// `drain` (the first SIGTERM) stops it taking tasks: it finishes those it
+/// runs within `grace`, hands back the rest by ending its session (the
+/// scheduler requeues a departed worker's tasks as lost, not failed), and
+/// exits. `stop` (a second signal) hands everything back at once.
+#[derive(Debug, Clone)]
+pub struct Stopping {
+    pub drain: CancellationToken,
+    pub stop: CancellationToken,
+    pub grace: Duration,
+}
+
+/// Why the worker is not taking new tasks.
+#[derive(Debug, Clone, PartialEq)]
+enum Refusing {
+    /// Draining until the deadline.
+    Drain(Instant),
+    NotReady(String),
 }
 
 type TaskKey = (String, u32);
@@ -66,21 +97,39 @@ pub struct Worker {
     pub discovery: Discovery,
     pub runner: RunnerSettings,
     pub cache: InputCache,
+    pub health: Arc<LocalHealth>,
+    /// The ops endpoint's address as peers reach it, listed in etcd.
+    pub ops_addr: Option<String>,
 }
 
 impl Worker {
-    /// Serves sessions until `shutdown` is cancelled, listed in etcd as a worker meanwhile.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SessionError> {
+    /// Serves sessions until told to stop, listed in etcd as a worker meanwhile.
+    pub async fn run(self, stopping: Stopping) -> Result<(), SessionError> {
+        worker_metrics::describe();
         let listing = Endpoint {
             instance: self.register.worker_id.clone(),
             grpc: String::new(),
             http: None,
+            ops: self.ops_addr.clone(),
         };
         let registration = self.discovery.register(service::WORKER, listing).await?;
         let mut retry = FIRST_RETRY;
-        while !shutdown.is_cancelled() {
-            match self.session(&shutdown).await {
+        while !stopping.drain.is_cancelled() {
+            if let Err(reason) = self.health.can_take_tasks() {
+                // Without a session the scheduler hands this worker nothing.
+                metrics::gauge!(worker_metrics::ACCEPTING).set(0.0);
+                tracing::warn!(reason, "not ready; asking for no tasks");
+                tokio::select! {
+                    _ = stopping.drain.cancelled() => break,
+                    _ = tokio::time::sleep(NOT_READY_RECHECK) => continue,
+                }
+            }
+            match self.session(&stopping).await {
                 Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::NotReady(reason)) => {
+                    tracing::warn!(reason, "session closed: not ready");
+                    retry = FIRST_RETRY;
+                }
                 Ok(SessionEnd::Lost { registered, reason }) => {
                     tracing::warn!(reason, "session with the scheduler ended");
                     if registered {
@@ -94,7 +143,7 @@ impl Worker {
                 "reconnecting to the scheduler"
             );
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stopping.drain.cancelled() => break,
                 _ = tokio::time::sleep(retry) => {}
             }
             retry = (retry * 2).min(MAX_RETRY);
@@ -105,12 +154,12 @@ impl Worker {
     }
 
     /// One session, from finding the scheduler to the end of the stream.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+    async fn session(&self, stopping: &Stopping) -> Result<SessionEnd, SessionError> {
         let opened = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            _ = stopping.drain.cancelled() => return Ok(SessionEnd::Shutdown),
             opened = self.open() => opened?,
         };
-        let (runner, outbound, inbound) = opened;
+        let (runner, outbound, mut inbound) = opened;
         let mut session = Session {
             slots: self
                 .register
@@ -123,9 +172,14 @@ impl Worker {
             tasks: JoinSet::new(),
             running: HashMap::new(),
             task_ids: HashMap::new(),
+            health: self.health.clone(),
+            refusing: None,
         };
-        let end = session.serve(inbound, shutdown).await;
+        let end = session.serve(&mut inbound, stopping).await;
         session.stop_all().await;
+        if !matches!(end, SessionEnd::Lost { .. }) {
+            session.close(&mut inbound).await;
+        }
         Ok(end)
     }
 
@@ -203,22 +257,44 @@ struct Session {
     /// Parent of every task's cancellation: cancelled when the session ends.
     cancel: CancellationToken,
     tasks: JoinSet<TaskOutcome>,
-    /// Tasks that count against the slots, with what cancels each.
-    running: HashMap<TaskKey, CancellationToken>,
+    /// Tasks that count against the slots, with what cancels each, what they run and since when.
+    running: HashMap<TaskKey, RunningTask>,
     task_ids: HashMap<Id, TaskKey>,
+    health: Arc<LocalHealth>,
+    /// Set while the worker takes no new tasks.
+    refusing: Option<Refusing>,
+}
+
+struct RunningTask {
+    cancel: CancellationToken,
+    command: String,
+    started: Instant,
 }
 
 impl Session {
     async fn serve(
         &mut self,
-        mut inbound: Streaming<SchedulerMessage>,
-        shutdown: &CancellationToken,
+        inbound: &mut Streaming<SchedulerMessage>,
+        stopping: &Stopping,
     ) -> SessionEnd {
         let mut registered = false;
         let mut heartbeat = heartbeat_timer(DEFAULT_HEARTBEAT);
+        metrics::gauge!(worker_metrics::ACCEPTING).set(1.0);
         loop {
+            if let Some(end) = self.finished_refusing() {
+                return end;
+            }
+            let drain_deadline = match &self.refusing {
+                Some(Refusing::Drain(deadline)) => Some(*deadline),
+                _ => None,
+            };
             tokio::select! {
-                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                _ = stopping.stop.cancelled() => return SessionEnd::Shutdown,
+                _ = stopping.drain.cancelled(), if drain_deadline.is_none() => self.start_draining(stopping.grace),
+                _ = sleep_until_some(drain_deadline) => {
+                    tracing::warn!(tasks = self.running.len(), "drain grace period over; handing running tasks back");
+                    return SessionEnd::Shutdown;
+                }
                 received = inbound.message() => match received {
                     Ok(Some(received)) => {
                         if let Some(period) = self.handle(received).await {
@@ -232,6 +308,7 @@ impl Session {
                 _ = heartbeat.tick() => {
                     // A full queue means messages are flowing, which keeps the session alive too.
                     let _ = self.outbound.try_send(message(worker_message::Message::Heartbeat(Heartbeat {})));
+                    self.recheck_health();
                 }
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined).await,
             }
@@ -262,9 +339,14 @@ impl Session {
                     .running
                     .remove(&(cancel.task_id.clone(), cancel.attempt))
                 {
-                    Some(token) => {
+                    Some(task) => {
                         tracing::info!(task_id = %cancel.task_id, attempt = cancel.attempt, "cancelling task");
-                        token.cancel();
+                        task.cancel.cancel();
+                        worker_metrics::task_finished(
+                            &task.command,
+                            RunStatus::Cancelled,
+                            task.started.elapsed(),
+                        );
                     }
                     None => {
                         tracing::debug!(task_id = %cancel.task_id, attempt = cancel.attempt, "cancel for a task not running")
@@ -277,6 +359,12 @@ impl Session {
 
     async fn start(&mut self, assignment: TaskAssignment) {
         let key = (assignment.task_id.clone(), assignment.attempt);
+        if let Some(refusing) = &self.refusing {
+            // Not started and not answered: when this session ends the
+            // scheduler requeues it with the worker's other unfinished tasks.
+            tracing::info!(task_id = %key.0, attempt = key.1, ?refusing, "not taking a task; it goes back when the session ends");
+            return;
+        }
         if self.running.contains_key(&key) {
             tracing::warn!(task_id = %key.0, attempt = key.1, "task assigned twice; ignoring the repeat");
             return;
@@ -295,11 +383,62 @@ impl Session {
         let runner = self.runner.clone();
         let events = self.outbound.clone();
         let task_cancel = cancel.clone();
+        let command = assignment.command.clone();
         let handle = self
             .tasks
             .spawn(async move { runner.run(&assignment, &events, &task_cancel).await });
-        self.running.insert(key.clone(), cancel);
+        let task = RunningTask {
+            cancel,
+            command,
+            started: Instant::now(),
+        };
+        self.running.insert(key.clone(), task);
         self.task_ids.insert(handle.id(), key);
+        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(self.running.len() as f64);
+    }
+
+    /// Stops taking tasks; those running may finish within `grace`.
+    fn start_draining(&mut self, grace: Duration) {
+        tracing::info!(
+            tasks = self.running.len(),
+            grace_seconds = grace.as_secs(),
+            "draining: taking no new tasks"
+        );
+        metrics::gauge!(worker_metrics::ACCEPTING).set(0.0);
+        self.refusing = Some(Refusing::Drain(Instant::now() + grace));
+    }
+
+    /// Stops taking tasks while the worker is not ready, and takes them again once it is.
+    fn recheck_health(&mut self) {
+        match (self.health.can_take_tasks(), &self.refusing) {
+            (Err(reason), None) => {
+                tracing::warn!(reason, "not ready: taking no new tasks");
+                metrics::gauge!(worker_metrics::ACCEPTING).set(0.0);
+                self.refusing = Some(Refusing::NotReady(reason));
+            }
+            (Ok(()), Some(Refusing::NotReady(_))) => {
+                tracing::info!("ready again");
+                metrics::gauge!(worker_metrics::ACCEPTING).set(1.0);
+                self.refusing = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Once a worker that takes no tasks has none left running, its session
+    /// ends, handing back whatever it was assigned meanwhile.
+    fn finished_refusing(&self) -> Option<SessionEnd> {
+        if !self.running.is_empty() {
+            return None;
+        }
+        match &self.refusing {
+            Some(Refusing::Drain(_)) => {
+                tracing::info!("drained: no task left running");
+                Some(SessionEnd::Shutdown)
+            }
+            Some(Refusing::NotReady(reason)) => Some(SessionEnd::NotReady(reason.clone())),
+            None => None,
+        }
     }
 
     async fn finished(&mut self, joined: Result<(Id, TaskOutcome), JoinError>) {
@@ -310,7 +449,17 @@ impl Session {
         let Some(key) = self.task_ids.remove(&id) else {
             return;
         };
-        let still_wanted = self.running.remove(&key).is_some();
+        let task = self.running.remove(&key);
+        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(self.running.len() as f64);
+        let still_wanted = task.is_some();
+        if let Some(task) = &task {
+            let status = match &joined {
+                Ok((_, TaskOutcome::Finished(result))) if result.success => RunStatus::Succeeded,
+                Ok((_, TaskOutcome::Cancelled)) => RunStatus::Cancelled,
+                _ => RunStatus::Failed,
+            };
+            worker_metrics::task_finished(&task.command, status, task.started.elapsed());
+        }
         match joined {
             Ok((_, TaskOutcome::Finished(result))) if still_wanted => {
                 self.send_result(result).await
@@ -353,8 +502,38 @@ impl Session {
         }
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
-        self.running.clear();
+        for (_, task) in self.running.drain() {
+            worker_metrics::task_finished(
+                &task.command,
+                RunStatus::HandedBack,
+                task.started.elapsed(),
+            );
+        }
+        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(0.0);
         self.task_ids.clear();
+    }
+
+    /// Ends the stream from this side and waits (briefly) until the
+    /// scheduler has read everything sent and closed its side, so the last
+    /// results are not lost with the connection.
+    async fn close(&mut self, inbound: &mut Streaming<SchedulerMessage>) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.outbound, closed));
+        let drained = tokio::time::timeout(CLOSE_FLUSH, async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("scheduler did not close the session in time");
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -133,7 +133,14 @@ impl<A: AssetStore> TaskRunner<A> {
         events: &mpsc::Sender<WorkerMessage>,
         cancel: &CancellationToken,
     ) -> TaskOutcome {
-        let span = tracing::info_span!("task", task_id = %assignment.task_id, attempt = assignment.attempt);
+        let span = tracing::info_span!(
+            "task",
+            task_id = %assignment.task_id,
+            attempt = assignment.attempt,
+            job_id = %assignment.job_id,
+            trace_id = tracing::field::Empty
+        );
+        kiln_telemetry::propagation::record_trace_id(&span);
         async {
             let dir = match TaskDir::create(
                 &self.settings.work_dir,

@@ -1,0 +1,23 @@
+//! The counters the assets service records.
+
+/// Bytes of uploads received (before deduplication).
+pub const BYTES_RECEIVED: &str = "asset_bytes_received_total";
+/// Bytes of downloads sent.
+pub const BYTES_SENT: &str = "asset_bytes_sent_total";
+/// S3 requests that failed, by operation.
+pub const S3_ERRORS: &str = "asset_s3_errors_total";
+
+/// Gives each metric its help text, once the metrics recorder is installed.
+pub fn describe() {
+    metrics::describe_counter!(
+        BYTES_RECEIVED,
+        metrics::Unit::Bytes,
+        "Bytes of uploaded files received"
+    );
+    metrics::describe_counter!(
+        BYTES_SENT,
+        metrics::Unit::Bytes,
+        "Bytes of files sent to downloaders"
+    );
+    metrics::describe_counter!(S3_ERRORS, "S3 requests that failed, by operation");
+}
