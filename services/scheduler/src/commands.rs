@@ -257,6 +257,7 @@ impl Core {
             frames: task.frames.clone(),
             max_run_seconds: job.max_run_seconds,
             stall_seconds: job.stall_seconds,
+            trace_context: job.trace_context.clone(),
         };
         let dependency_steps = step
             .depends_on

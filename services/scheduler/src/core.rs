@@ -85,6 +85,8 @@ pub struct JobEntry {
     pub waiting_on: HashSet<Uuid>,
     /// Why the job failed, once it has.
     pub message: String,
+    /// The submission's W3C trace context, passed on to every task.
+    pub trace_context: HashMap<String, String>,
 }
 
 impl JobEntry {

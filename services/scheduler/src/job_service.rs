@@ -78,6 +78,7 @@ impl JobApi {
         let limits = self.run_limits(&request)?;
         validate_inputs(&request.inputs)?;
         let depends_on = self.dependencies(&request.depends_on_jobs).await?;
+        let trace_context = kiln_telemetry::propagation::current_context_map();
         let plan = plan_job(document, &request.parameters, self.limits)?;
         self.check_inputs_stored(&request.inputs).await?;
         let name = if request.name.is_empty() {
@@ -97,6 +98,7 @@ impl JobApi {
             max_failed_tasks: limits.max_failed_tasks as i32,
             max_run_seconds: limits.max_run_seconds as i32,
             stall_seconds: limits.stall_seconds as i32,
+            trace_context: &trace_context,
         };
         let created = store::create_job(&self.scheduler.db, new_job, &plan).await?;
         let id = created.id;
@@ -108,6 +110,7 @@ impl JobApi {
             stall_seconds: limits.stall_seconds,
             inputs: request.inputs.clone(),
             waiting_on: depends_on.unfinished,
+            trace_context,
         };
         let loaded = loader::from_plan(id, settings, &plan, &created.task_ids);
         self.scheduler

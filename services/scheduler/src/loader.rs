@@ -29,6 +29,7 @@ pub struct JobSettings {
     pub stall_seconds: u32,
     pub inputs: Vec<pb::JobInput>,
     pub waiting_on: HashSet<Uuid>,
+    pub trace_context: HashMap<String, String>,
 }
 
 /// The entry for a job just stored by `store::create_job`.
@@ -112,6 +113,7 @@ pub fn from_plan(
         worker_failures: HashMap::new(),
         waiting_on: settings.waiting_on,
         message: String::new(),
+        trace_context: settings.trace_context,
     };
     LoadedJob {
         job: Box::new(job),
@@ -141,6 +143,7 @@ struct JobRow {
     inputs: serde_json::Value,
     depends_on_jobs: Vec<Uuid>,
     message: String,
+    trace_context: serde_json::Value,
 }
 
 #[derive(sqlx::FromRow)]
@@ -171,7 +174,7 @@ struct TaskRow {
 pub async fn load_unfinished(db: &sqlx::PgPool) -> Result<Vec<LoadedJob>, sqlx::Error> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
-                depends_on_jobs, message
+                depends_on_jobs, message, trace_context
          FROM jobs WHERE finished_at IS NULL ORDER BY created_at",
     )
     .fetch_all(db)
@@ -183,7 +186,7 @@ pub async fn load_unfinished(db: &sqlx::PgPool) -> Result<Vec<LoadedJob>, sqlx::
 pub async fn load_one(db: &sqlx::PgPool, job_id: Uuid) -> Result<Option<LoadedJob>, sqlx::Error> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
-                depends_on_jobs, message
+                depends_on_jobs, message, trace_context
          FROM jobs WHERE id = $1",
     )
     .bind(job_id)
@@ -417,5 +420,6 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
             .filter(|d| dependencies.get(d) != Some(&JobState::Succeeded))
             .collect(),
         message: row.message,
+        trace_context: serde_json::from_value(row.trace_context).unwrap_or_default(),
     }
 }

@@ -25,6 +25,7 @@ pub struct NewJob<'a> {
     pub max_failed_tasks: i32,
     pub max_run_seconds: i32,
     pub stall_seconds: i32,
+    pub trace_context: &'a HashMap<String, String>,
 }
 
 /// A stored job's id and its tasks' ids, step by step in plan order.
@@ -87,8 +88,8 @@ pub async fn create_job(
     let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs, owner,
-                           depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                           depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds, trace_context)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(id)
     .bind(job.name)
@@ -103,6 +104,7 @@ pub async fn create_job(
     .bind(job.max_failed_tasks)
     .bind(job.max_run_seconds)
     .bind(job.stall_seconds)
+    .bind(serde_json::to_value(job.trace_context).unwrap_or_default())
     .execute(&mut *tx)
     .await?;
     let mut task_ids = Vec::with_capacity(plan.steps.len());

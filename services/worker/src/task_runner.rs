@@ -140,6 +140,8 @@ impl<A: AssetStore> TaskRunner<A> {
             job_id = %assignment.job_id,
             trace_id = tracing::field::Empty
         );
+        // The task joins the trace of the job's submission.
+        kiln_telemetry::propagation::adopt_parent_from_map(&span, &assignment.trace_context);
         kiln_telemetry::propagation::record_trace_id(&span);
         async {
             let dir = match TaskDir::create(
