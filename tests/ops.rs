@@ -132,7 +132,7 @@ async fn every_service_serves_metrics_health_and_named_readiness() -> anyhow::Re
     let worker = of("worker-0");
     for name in [
         "jobs_processed_total{job_type=\"blender\",status=\"succeeded\"} 2",
-        "jobs_processed_total{job_type=\"ffmpeg\",status=\"succeeded\"} 1",
+        "jobs_processed_total{job_type=\"kiln-encode\",status=\"succeeded\"} 1",
         "job_duration_seconds_bucket{job_type=\"blender\"",
         "worker_cpu_usage_percent ",
         "worker_memory_usage_bytes ",
@@ -156,6 +156,25 @@ async fn every_service_serves_metrics_health_and_named_readiness() -> anyhow::Re
         assert!(
             assets.contains(name),
             "assets /metrics lacks {name}:\n{assets}"
+        );
+    }
+    let scheduler = metrics
+        .iter()
+        .find(|(i, _)| i.starts_with("scheduler"))
+        .map(|(_, m)| m.as_str())
+        .unwrap_or_default();
+    for name in [
+        "kiln_scheduler_jobs_finished_total{state=\"succeeded\"} 1",
+        "kiln_scheduler_queue_depth 0",
+        "kiln_scheduler_workers 1",
+        "kiln_scheduler_tasks{state=\"in_flight\"} 0",
+        "kiln_scheduler_dispatch_latency_seconds_count 3",
+        "kiln_scheduler_batch_write_seconds_count",
+        "kiln_scheduler_idle_workers 0",
+    ] {
+        assert!(
+            scheduler.contains(name),
+            "scheduler /metrics lacks {name}:\n{scheduler}"
         );
     }
     Ok(())

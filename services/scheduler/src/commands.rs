@@ -154,6 +154,7 @@ impl Core {
                 capabilities,
                 slots,
                 running: HashSet::new(),
+                idle_since: Some(Instant::now()),
             },
         );
         self.free_workers.insert(worker_id);
@@ -238,6 +239,11 @@ impl Core {
             return;
         };
         worker.running.insert((task_id, task.attempt));
+        worker.idle_since = None;
+        if let Some(ready_at) = task.ready_at {
+            metrics::histogram!(crate::scheduler_metrics::DISPATCH_LATENCY)
+                .record(ready_at.elapsed().as_secs_f64());
+        }
         let outbox = worker.outbox.clone();
         let Some(job) = self.jobs.get(&task.job_id) else {
             return;
@@ -502,9 +508,10 @@ impl Core {
         self.touch(job_id);
     }
 
-    /// Periodic work: due retries, and attempts that outlived their limits.
+    /// Periodic work: due retries, attempts that outlived their limits, gauges.
     pub fn on_tick(&mut self, now: Instant) {
         self.release_due_retries(now);
+        self.publish_gauges(now);
         let mut overdue = Vec::new();
         for (worker_id, worker) in &self.workers {
             for &(task_id, attempt) in &worker.running {

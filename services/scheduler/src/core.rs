@@ -45,6 +45,8 @@ pub struct TaskEntry {
     pub args: Vec<String>,
     pub frames: Vec<i64>,
     pub dispatched_at: Option<Instant>,
+    /// When the task last became dispatchable, for the dispatch latency.
+    pub ready_at: Option<Instant>,
 }
 
 pub struct StepEntry {
@@ -61,6 +63,8 @@ pub struct StepEntry {
     pub succeeded: usize,
     /// Tasks that failed for good: while any has, the steps after this one cannot run.
     pub failed: usize,
+    /// Recent mean run time of the step's successful attempts, for queue-wait estimates.
+    pub mean_run_seconds: Option<f64>,
 }
 
 pub struct JobEntry {
@@ -132,6 +136,8 @@ pub struct WorkerEntry {
     pub slots: usize,
     /// Attempts the worker holds.
     pub running: HashSet<(Uuid, i32)>,
+    /// Since when the worker has run nothing.
+    pub idle_since: Option<Instant>,
 }
 
 impl WorkerEntry {
@@ -243,6 +249,9 @@ impl Core {
         if from.is_in_flight() && !to.is_in_flight() {
             self.release_slot(worker_id.as_deref(), task_id, attempt);
         }
+        if to == TaskState::Succeeded {
+            self.learn_run_time(task_id);
+        }
         self.count_move(job_id, step, from, to);
         self.batch.tasks.push(write);
         let step_name = self.step_name(job_id, step);
@@ -274,6 +283,9 @@ impl Core {
         if let Some(worker) = self.workers.get_mut(worker_id)
             && worker.running.remove(&(task_id, attempt))
         {
+            if worker.running.is_empty() {
+                worker.idle_since = Some(Instant::now());
+            }
             self.free_workers.insert(worker_id.to_owned());
             self.dispatch_wanted = true;
         }
@@ -304,11 +316,32 @@ impl Core {
         }
     }
 
-    /// Puts a task back at the front of its step's queue.
-    pub fn make_ready(&mut self, task_id: Uuid, front: bool) {
+    /// Folds a successful attempt's run time into its step's recent mean.
+    fn learn_run_time(&mut self, task_id: Uuid) {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
+        let Some(ran) = task.dispatched_at.map(|t| t.elapsed().as_secs_f64()) else {
+            return;
+        };
+        if let Some(step) = self
+            .jobs
+            .get_mut(&task.job_id)
+            .and_then(|j| j.steps.get_mut(task.step))
+        {
+            step.mean_run_seconds = Some(match step.mean_run_seconds {
+                Some(mean) => mean * 0.8 + ran * 0.2,
+                None => ran,
+            });
+        }
+    }
+
+    /// Puts a task back in its step's queue, at the front or the back.
+    pub fn make_ready(&mut self, task_id: Uuid, front: bool) {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        task.ready_at = Some(Instant::now());
         if let Some(step) = self
             .jobs
             .get_mut(&task.job_id)
@@ -364,6 +397,10 @@ impl Core {
         let reopened = job.state.is_final() && !state.is_final();
         job.state = state;
         tracing::info!(job_id = %job_id, state = state.as_str(), "job state changed");
+        if state.is_final() {
+            metrics::counter!(crate::scheduler_metrics::JOBS_FINISHED, "state" => state.as_str())
+                .increment(1);
+        }
         self.batch.jobs.push(JobWrite {
             id: job_id,
             state,

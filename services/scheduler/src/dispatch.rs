@@ -27,7 +27,7 @@ pub struct DispatchLoop {
     pub core: Core,
     pub db: PgPool,
     pub commands: mpsc::Receiver<Command>,
-    pub effects: mpsc::Sender<Vec<Effect>>,
+    pub effects: mpsc::Sender<(Instant, Vec<Effect>)>,
 }
 
 impl DispatchLoop {
@@ -90,12 +90,21 @@ async fn wait(flushing: &mut Option<JoinHandle<Result<(), WriteError>>>) -> Resu
 async fn flush(
     db: PgPool,
     batch: Batch,
-    effects: mpsc::Sender<Vec<Effect>>,
+    effects: mpsc::Sender<(Instant, Vec<Effect>)>,
 ) -> Result<(), WriteError> {
     let started = Instant::now();
     writer::write_until_done(&db, &batch).await?;
-    tracing::debug!(tasks = batch.tasks.len(), jobs = batch.jobs.len(), effects = batch.effects.len(), took = ?started.elapsed(), "batch written");
-    if effects.send(batch.effects).await.is_err() {
+    let took = started.elapsed();
+    metrics::histogram!(crate::scheduler_metrics::BATCH_WRITE).record(took.as_secs_f64());
+    metrics::histogram!(crate::scheduler_metrics::BATCH_TASKS).record(batch.tasks.len() as f64);
+    tracing::debug!(
+        tasks = batch.tasks.len(),
+        jobs = batch.jobs.len(),
+        effects = batch.effects.len(),
+        ?took,
+        "batch written"
+    );
+    if effects.send((Instant::now(), batch.effects)).await.is_err() {
         tracing::warn!("effects runner stopped; assignments were not delivered");
     }
     Ok(())

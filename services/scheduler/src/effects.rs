@@ -70,8 +70,11 @@ impl EffectRunner {
         }
     }
 
-    pub async fn run(mut self, mut batches: mpsc::Receiver<Vec<Effect>>) {
-        while let Some(effects) = batches.recv().await {
+    /// Applies committed batches' effects in commit order.
+    pub async fn run(mut self, mut batches: mpsc::Receiver<(Instant, Vec<Effect>)>) {
+        while let Some((committed, effects)) = batches.recv().await {
+            metrics::histogram!(crate::scheduler_metrics::EVENT_LAG)
+                .record(committed.elapsed().as_secs_f64());
             for effect in effects {
                 self.apply(effect).await;
             }

@@ -28,6 +28,7 @@ pub mod matching;
 pub mod queue;
 pub mod retry;
 pub mod scheduler;
+pub mod scheduler_metrics;
 pub mod store;
 pub mod task_state;
 pub mod worker_service;

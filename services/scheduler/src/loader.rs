@@ -69,6 +69,7 @@ pub fn from_plan(
                     args: task.args.clone(),
                     frames: task.frames.clone(),
                     dispatched_at: None,
+                    ready_at: None,
                 });
             }
             StepEntry {
@@ -88,6 +89,7 @@ pub fn from_plan(
                 total: step.tasks.len(),
                 succeeded: 0,
                 failed: 0,
+                mean_run_seconds: None,
             }
         })
         .collect();
@@ -316,6 +318,7 @@ fn assemble(
             total: 0,
             succeeded: 0,
             failed: 0,
+            mean_run_seconds: None,
         });
     }
     for (job_id, step_name, state, n) in counts {
@@ -367,6 +370,7 @@ fn assemble(
             args: row.args,
             frames: row.frames,
             dispatched_at: None,
+            ready_at: None,
         });
     }
     order

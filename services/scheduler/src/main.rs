@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         .add("postgres", postgres_check(db.clone()))
         .add("etcd", checks::etcd(&discovery));
     let ops = OpsServer::start("scheduler", &config.ops, checks).await?;
+    kiln_scheduler::scheduler_metrics::describe();
 
     let policy = RetryPolicy {
         max_attempts: config.max_attempts.max(1),
