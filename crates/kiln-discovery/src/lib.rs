@@ -201,6 +201,14 @@ impl Discovery {
         Ok(())
     }
 
+    /// Removes another instance's registration, e.g. that of a scheduler
+    /// which no longer leads but whose lease has not run out yet.
+    pub async fn remove(&self, service: &str, instance: &str) -> Result<(), DiscoveryError> {
+        let key = format!("{}{}", self.service_prefix(service), instance);
+        self.client.clone().delete(key, None).await?;
+        Ok(())
+    }
+
     /// Every live instance of `service`.
     pub async fn find(&self, service: &str) -> Result<Vec<Endpoint>, DiscoveryError> {
         let mut client = self.client.clone();

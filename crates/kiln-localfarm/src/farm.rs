@@ -28,6 +28,7 @@ pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct FarmBuilder {
     dir: PathBuf,
     workers: usize,
+    schedulers: usize,
     s3: bool,
     gateway_grpc_port: u16,
     gateway_http_port: u16,
@@ -40,6 +41,12 @@ impl FarmBuilder {
     /// Number of workers to start (default 2).
     pub fn workers(mut self, count: usize) -> Self {
         self.workers = count;
+        self
+    }
+
+    /// Number of scheduler replicas (default 1): one leads, the others stand by.
+    pub fn schedulers(mut self, count: usize) -> Self {
+        self.schedulers = count.max(1);
         self
     }
 
@@ -105,7 +112,7 @@ impl FarmBuilder {
         let mut farm = Farm {
             workers: Vec::new(),
             gateway: None,
-            scheduler: None,
+            schedulers: Vec::new(),
             assets: None,
             garage,
             etcd,
@@ -163,7 +170,9 @@ pub struct Farm {
     // Fields drop in declaration order: services before what they depend on.
     workers: Vec<ServiceProcess>,
     gateway: Option<ServiceProcess>,
-    scheduler: Option<ServiceProcess>,
+    /// Scheduler replicas; each process's host name is `replica-<index>`,
+    /// which its etcd instance name carries.
+    schedulers: Vec<ServiceProcess>,
     assets: Option<ServiceProcess>,
     garage: Option<Garage>,
     etcd: Etcd,
@@ -181,6 +190,7 @@ impl Farm {
         FarmBuilder {
             dir: dir.into(),
             workers: 2,
+            schedulers: 1,
             s3: false,
             gateway_grpc_port: 0,
             gateway_http_port: 0,
@@ -202,18 +212,31 @@ impl Farm {
         )
         .await?;
 
-        let scheduler = self
-            .service("scheduler", "scheduler")?
-            .arg("--database-url")
-            .arg(self.postgres.url());
-        let scheduler = self.scheduler.insert(scheduler);
-        start_and_register(
-            &self.discovery,
-            service::SCHEDULER,
-            scheduler,
-            self.config.startup_timeout,
-        )
-        .await?;
+        for index in 0..self.config.schedulers {
+            let name = match index {
+                0 => "scheduler".to_owned(),
+                n => format!("scheduler-{n}"),
+            };
+            let scheduler = self
+                .service("scheduler", &name)?
+                .arg("--database-url")
+                .arg(self.postgres.url())
+                .env("HOSTNAME", format!("replica-{index}"));
+            self.schedulers.push(scheduler);
+        }
+        // The first replica leads; the others start once it does, and stand by.
+        if let Some(first) = self.schedulers.first_mut() {
+            start_and_register(
+                &self.discovery,
+                service::SCHEDULER,
+                first,
+                self.config.startup_timeout,
+            )
+            .await?;
+        }
+        for standby in self.schedulers.iter_mut().skip(1) {
+            standby.start()?;
+        }
 
         let gateway = self
             .service("gateway", "gateway")?
@@ -391,9 +414,10 @@ impl Farm {
     /// each with the end of its log; a supervisor polls this to notice crashes.
     pub fn take_exits(&mut self) -> Vec<LocalFarmError> {
         let services = self.workers.iter_mut().chain(
-            [&mut self.gateway, &mut self.scheduler, &mut self.assets]
+            [&mut self.gateway, &mut self.assets]
                 .into_iter()
-                .flatten(),
+                .flatten()
+                .chain(self.schedulers.iter_mut()),
         );
         let infrastructure = std::iter::once(self.etcd.process_mut())
             .chain(self.garage.as_mut().map(Garage::process_mut));
@@ -417,11 +441,14 @@ impl Farm {
         let workers =
             futures::future::join_all(self.workers.iter_mut().map(ServiceProcess::terminate)).await;
         workers.into_iter().for_each(&mut note);
-        for process in [&mut self.gateway, &mut self.scheduler, &mut self.assets]
-            .into_iter()
-            .flatten()
-        {
-            note(process.terminate().await);
+        if let Some(gateway) = self.gateway.as_mut() {
+            note(gateway.terminate().await);
+        }
+        for scheduler in self.schedulers.iter_mut().rev() {
+            note(scheduler.terminate().await);
+        }
+        if let Some(assets) = self.assets.as_mut() {
+            note(assets.terminate().await);
         }
         if let Some(garage) = self.garage.as_mut() {
             note(garage.stop().await);
@@ -484,9 +511,23 @@ impl Farm {
         &self.discovery
     }
 
-    /// The scheduler process, e.g. to kill and restart it.
+    /// The first scheduler replica, e.g. to kill and restart it.
     pub fn scheduler_mut(&mut self) -> Option<&mut ServiceProcess> {
-        self.scheduler.as_mut()
+        self.schedulers.first_mut()
+    }
+
+    /// Every scheduler replica.
+    pub fn schedulers_mut(&mut self) -> &mut [ServiceProcess] {
+        &mut self.schedulers
+    }
+
+    /// Which replica leads now, as listed in etcd; `None` while none does.
+    pub async fn leading_scheduler(&self) -> Result<Option<usize>> {
+        let listed = self.discovery.find(service::SCHEDULER).await?;
+        Ok(listed.iter().find_map(|endpoint| {
+            let (_, rest) = endpoint.instance.split_once("replica-")?;
+            rest.split('-').next()?.parse().ok()
+        }))
     }
 
     /// The assets service process.

@@ -117,7 +117,19 @@ pub async fn serve_listed(
     };
     let registration = discovery.register(service, endpoint).await?;
     tracing::info!(service, addr = %local, "serving grpc");
-    let ops = listing.ops;
+    let result = serve_unlisted(listener, routes, listing.ops).await;
+    deregister(registration).await;
+    result
+}
+
+/// Serves `routes` on `listener` until SIGTERM/Ctrl-C without listing it in
+/// etcd: for a service that lists itself only at times (a scheduler lists
+/// itself while it leads).
+pub async fn serve_unlisted(
+    listener: TcpListener,
+    routes: Routes,
+    ops: Option<&OpsServer>,
+) -> Result<(), ServiceError> {
     let shutdown = async move {
         shutdown_signal().await;
         if let Some(ops) = ops {
@@ -129,7 +141,6 @@ pub async fn serve_listed(
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
-    deregister(registration).await;
     Ok(result?)
 }
 

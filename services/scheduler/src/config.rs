@@ -16,6 +16,9 @@ pub struct Config {
     /// Most Postgres connections the scheduler holds
     #[arg(long, env = "KILN_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
+    /// Seconds of the leadership lease: a leader that crashes is replaced this long after
+    #[arg(long, env = "KILN_LEADER_TTL", default_value_t = 3, value_parser = clap::value_parser!(i64).range(2..=60))]
+    pub leader_ttl: i64,
     /// Attempts a task gets before it fails for good
     #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::commands::Command;
 use crate::core::Core;
 use crate::effects::Effect;
+use crate::fence::Token;
 use crate::writer::{self, Batch, WriteError};
 
 /// How often retries whose backoff ran out and overdue attempts are looked at.
@@ -26,6 +27,7 @@ const COMMANDS_PER_TURN: usize = 4096;
 pub struct DispatchLoop {
     pub core: Core,
     pub db: PgPool,
+    pub token: Token,
     pub commands: mpsc::Receiver<Command>,
     pub effects: mpsc::Sender<(Instant, Vec<Effect>)>,
 }
@@ -57,6 +59,7 @@ impl DispatchLoop {
                 flushing = Some(tokio::spawn(flush(
                     self.db.clone(),
                     batch,
+                    self.token,
                     self.effects.clone(),
                 )));
             }
@@ -90,10 +93,11 @@ async fn wait(flushing: &mut Option<JoinHandle<Result<(), WriteError>>>) -> Resu
 async fn flush(
     db: PgPool,
     batch: Batch,
+    token: Token,
     effects: mpsc::Sender<(Instant, Vec<Effect>)>,
 ) -> Result<(), WriteError> {
     let started = Instant::now();
-    writer::write_until_done(&db, &batch).await?;
+    writer::write_until_done(&db, &batch, token).await?;
     let took = started.elapsed();
     metrics::histogram!(crate::scheduler_metrics::BATCH_WRITE).record(took.as_secs_f64());
     metrics::histogram!(crate::scheduler_metrics::BATCH_TASKS).record(batch.tasks.len() as f64);

@@ -22,6 +22,17 @@ pub enum SchedulerError {
     FailedPrecondition(String),
     #[error("the scheduler is stopping")]
     Stopping,
+    #[error("this scheduler does not lead: {0}")]
+    NotLeader(String),
+}
+
+impl From<crate::fence::FenceError> for SchedulerError {
+    fn from(err: crate::fence::FenceError) -> Self {
+        match err {
+            crate::fence::FenceError::Database(err) => Self::Database(err),
+            superseded => Self::NotLeader(superseded.to_string()),
+        }
+    }
 }
 
 impl From<SchedulerError> for Status {
@@ -34,7 +45,9 @@ impl From<SchedulerError> for Status {
             SchedulerError::JobFinished(_) | SchedulerError::FailedPrecondition(_) => {
                 Status::failed_precondition(err.to_string())
             }
-            SchedulerError::Stopping => Status::unavailable(err.to_string()),
+            SchedulerError::Stopping | SchedulerError::NotLeader(_) => {
+                Status::unavailable(err.to_string())
+            }
             SchedulerError::Database(_)
             | SchedulerError::Assets(_)
             | SchedulerError::Discovery(_) => {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::commands::{Command, Control};
 use crate::job_state::JobState;
+use crate::leader::LeaderSlot;
 use crate::loader::{self, JobSettings};
 use crate::scheduler::Scheduler;
 use crate::{SchedulerError, store};
@@ -37,7 +38,7 @@ pub struct JobDefaults {
 const WATCH_BUFFER: usize = 256;
 
 pub struct JobApi {
-    scheduler: Arc<Scheduler>,
+    leader: Arc<LeaderSlot>,
     discovery: Discovery,
     limits: Limits,
     defaults: JobDefaults,
@@ -45,13 +46,13 @@ pub struct JobApi {
 
 impl JobApi {
     pub fn new(
-        scheduler: Arc<Scheduler>,
+        leader: Arc<LeaderSlot>,
         discovery: Discovery,
         limits: Limits,
         defaults: JobDefaults,
     ) -> Self {
         Self {
-            scheduler,
+            leader,
             discovery,
             limits,
             defaults,
@@ -100,7 +101,13 @@ impl JobApi {
             stall_seconds: limits.stall_seconds as i32,
             trace_context: &trace_context,
         };
-        let created = store::create_job(&self.scheduler.db, new_job, &plan).await?;
+        let created = store::create_job(
+            &self.scheduler()?.db,
+            self.scheduler()?.token,
+            new_job,
+            &plan,
+        )
+        .await?;
         let id = created.id;
         let settings = JobSettings {
             owner: owner.to_owned(),
@@ -113,7 +120,7 @@ impl JobApi {
             trace_context,
         };
         let loaded = loader::from_plan(id, settings, &plan, &created.task_ids);
-        self.scheduler
+        self.scheduler()?
             .ask(|reply| Command::AddJob {
                 job: loaded.job,
                 tasks: loaded.tasks,
@@ -157,7 +164,7 @@ impl JobApi {
         let mut dependencies = Dependencies::default();
         for text in ids {
             let id = parse_uuid("depends_on_jobs", text)?;
-            match store::job_state(&self.scheduler.db, id).await? {
+            match store::job_state(&self.scheduler()?.db, id).await? {
                 None => return Err(invalid(format!("depends_on_jobs: job {id} does not exist"))),
                 Some(JobState::Succeeded) => {}
                 Some(state) if state.is_final() => {
@@ -179,7 +186,7 @@ impl JobApi {
     async fn control(&self, job_id: &str, control: Control) -> Result<pb::Job, SchedulerError> {
         let id = parse_job_id(job_id)?;
         self.require_job(id).await?;
-        self.scheduler
+        self.scheduler()?
             .ask(|reply| Command::Control {
                 job_id: id,
                 control,
@@ -199,7 +206,7 @@ impl JobApi {
 
     async fn retry(&self, job_id: &str) -> Result<pb::Job, SchedulerError> {
         let id = parse_job_id(job_id)?;
-        let state = store::job_state(&self.scheduler.db, id)
+        let state = store::job_state(&self.scheduler()?.db, id)
             .await?
             .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?;
         if state == JobState::Succeeded {
@@ -208,7 +215,7 @@ impl JobApi {
             )));
         }
         let reload = if state.is_final() {
-            loader::load_one(&self.scheduler.db, id)
+            loader::load_one(&self.scheduler()?.db, id)
                 .await?
                 .map(|l| (l.job, l.tasks))
         } else {
@@ -218,7 +225,7 @@ impl JobApi {
     }
 
     async fn load_job(&self, id: Uuid) -> Result<pb::Job, SchedulerError> {
-        store::get_job(&self.scheduler.db, id)
+        store::get_job(&self.scheduler()?.db, id)
             .await?
             .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
     }
@@ -369,7 +376,7 @@ impl pb::job_service_server::JobService for JobApi {
             n => n.min(MAX_LIST),
         };
         let owner = Some(request.get_ref().owner.as_str()).filter(|o| !o.is_empty());
-        let jobs = store::list_jobs(&self.scheduler.db, owner, limit as i64)
+        let jobs = store::list_jobs(&self.scheduler()?.db, owner, limit as i64)
             .await
             .map_err(SchedulerError::from)?;
         Ok(Response::new(pb::ListJobsResponse { jobs }))
@@ -390,10 +397,10 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<WatchStream>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         // Subscribe before reading the job, so nothing between the two is missed.
-        let notices = self.scheduler.events.subscribe();
+        let notices = self.scheduler()?.events.subscribe();
         let job = self.load_job(id).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(forward_events(self.scheduler.clone(), id, job, notices, tx));
+        tokio::spawn(forward_events(self.scheduler()?, id, job, notices, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -403,7 +410,7 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::ListOutputsResponse>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         self.require_job(id).await?;
-        let outputs = store::list_outputs(&self.scheduler.db, id)
+        let outputs = store::list_outputs(&self.scheduler()?.db, id)
             .await
             .map_err(SchedulerError::from)?;
         Ok(Response::new(pb::ListOutputsResponse { outputs }))
@@ -415,7 +422,7 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         self.require_job(id).await?;
-        let tasks = store::list_tasks(&self.scheduler.db, id)
+        let tasks = store::list_tasks(&self.scheduler()?.db, id)
             .await
             .map_err(SchedulerError::from)?;
         Ok(Response::new(pb::ListTasksResponse { tasks }))
@@ -470,9 +477,19 @@ impl pb::job_service_server::JobService for JobApi {
             // A finished job is not in the queue: its record is all there is.
             Err(SchedulerError::JobFinished(_)) => {
                 let id = parse_job_id(&request.job_id)?;
-                store::clear_blocklist(&self.scheduler.db, id, worker.as_deref())
+                let mut tx = self
+                    .scheduler()?
+                    .db
+                    .begin()
                     .await
                     .map_err(SchedulerError::from)?;
+                crate::fence::check(&mut tx, self.scheduler()?.token)
+                    .await
+                    .map_err(SchedulerError::from)?;
+                store::clear_blocklist(&mut *tx, id, worker.as_deref())
+                    .await
+                    .map_err(SchedulerError::from)?;
+                tx.commit().await.map_err(SchedulerError::from)?;
                 Ok(Response::new(self.load_job(id).await?))
             }
             other => Ok(Response::new(other?)),
@@ -481,8 +498,13 @@ impl pb::job_service_server::JobService for JobApi {
 }
 
 impl JobApi {
+    /// The scheduler this process runs while it leads.
+    fn scheduler(&self) -> Result<Arc<Scheduler>, SchedulerError> {
+        self.leader.get()
+    }
+
     async fn require_job(&self, id: Uuid) -> Result<(), SchedulerError> {
-        match store::job_state(&self.scheduler.db, id).await? {
+        match store::job_state(&self.scheduler()?.db, id).await? {
             Some(_) => Ok(()),
             None => Err(SchedulerError::JobNotFound(id.to_string())),
         }

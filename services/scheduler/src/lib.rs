@@ -9,6 +9,7 @@
 //! - `writer.rs`: batched durable writes; `effects.rs`: what follows a commit
 //! - `loader.rs`: the queue rebuilt from Postgres
 //! - `liveness.rs`: workers whose etcd lease expired are dead
+//! - `leader.rs` / `fence.rs`: one leader elected in etcd, fenced in Postgres
 //! - `job_state.rs`: a job's state derived from its tasks
 //! - `store.rs`: jobs in Postgres (creation and reads)
 //! - `worker_service.rs` / `job_service.rs`: the gRPC services
@@ -20,8 +21,10 @@ pub mod dispatch;
 pub mod effects;
 mod error;
 pub mod events;
+pub mod fence;
 pub mod job_service;
 pub mod job_state;
+pub mod leader;
 pub mod liveness;
 pub mod loader;
 pub mod matching;

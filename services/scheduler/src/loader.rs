@@ -8,7 +8,9 @@ use kiln_jobmodel::{HostRequirements, JobPlan};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::SchedulerError;
 use crate::core::{JobEntry, StepEntry, TaskEntry};
+use crate::fence::{self, Token};
 use crate::job_state::{JobState, TaskCounts};
 use crate::matching::Requirements;
 use crate::store;
@@ -173,7 +175,10 @@ struct TaskRow {
 
 /// Loads every unfinished job. Tasks left in flight by a previous leader go
 /// back to the queue first: no worker session exists yet to confirm them.
-pub async fn load_unfinished(db: &sqlx::PgPool) -> Result<Vec<LoadedJob>, sqlx::Error> {
+pub async fn load_unfinished(
+    db: &sqlx::PgPool,
+    token: Token,
+) -> Result<Vec<LoadedJob>, SchedulerError> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
                 depends_on_jobs, message, trace_context
@@ -181,7 +186,37 @@ pub async fn load_unfinished(db: &sqlx::PgPool) -> Result<Vec<LoadedJob>, sqlx::
     )
     .fetch_all(db)
     .await?;
-    load(db, rows).await
+    requeue_in_flight(db, token, &rows).await?;
+    Ok(load(db, rows).await?)
+}
+
+/// Tasks a previous leader left in flight go back to the queue: no worker
+/// session exists yet to confirm them.
+async fn requeue_in_flight(
+    db: &sqlx::PgPool,
+    token: Token,
+    rows: &[JobRow],
+) -> Result<(), SchedulerError> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut tx = db.begin().await?;
+    fence::check(&mut tx, token).await?;
+    let requeued = sqlx::query(
+        "UPDATE tasks SET state = 'pending', updated_at = now(),
+                message = 'requeued: the scheduler that dispatched it stopped'
+         WHERE job_id = ANY($1) AND state IN ('dispatched', 'running')",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if requeued > 0 {
+        tracing::warn!(
+            tasks = requeued,
+            "requeued tasks left in flight by a previous scheduler"
+        );
+    }
+    Ok(())
 }
 
 /// Loads one job (finished or not), for a retry that reopens it.
@@ -202,21 +237,6 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let requeued = sqlx::query(
-        "UPDATE tasks SET state = 'pending', updated_at = now(),
-                message = 'requeued: the scheduler that dispatched it stopped'
-         WHERE job_id = ANY($1) AND state IN ('dispatched', 'running')",
-    )
-    .bind(&ids)
-    .execute(db)
-    .await?
-    .rows_affected();
-    if requeued > 0 {
-        tracing::warn!(
-            tasks = requeued,
-            "requeued tasks left in flight by a previous scheduler"
-        );
-    }
     let steps: Vec<StepRow> = sqlx::query_as(
         "SELECT job_id, name, depends_on, host_requirements FROM steps
          WHERE job_id = ANY($1) ORDER BY job_id, position",

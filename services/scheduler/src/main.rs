@@ -1,18 +1,19 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use kiln_discovery::{Discovery, service};
+use kiln_discovery::{Discovery, Endpoint, service};
 use kiln_jobmodel::Limits;
 use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
 use kiln_scheduler::config::Config;
 use kiln_scheduler::connect_database;
 use kiln_scheduler::job_service::{JobApi, JobDefaults};
+use kiln_scheduler::leader::{self, LeaderSlot, Leading};
 use kiln_scheduler::retry::RetryPolicy;
-use kiln_scheduler::scheduler::Scheduler;
 use kiln_scheduler::worker_service::WorkerSessions;
-use kiln_service::{CheckResult, Checks, Listing, OpsServer, checks};
+use kiln_service::{CheckResult, Checks, OpsServer, checks};
 use tonic::service::Routes;
 
 #[tokio::main]
@@ -35,21 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let ops = OpsServer::start("scheduler", &config.ops, checks).await?;
     kiln_scheduler::scheduler_metrics::describe();
 
-    let policy = RetryPolicy {
-        max_attempts: config.max_attempts.max(1),
-        base_delay: Duration::from_secs_f64(config.retry_base_seconds.max(0.0)),
-        blocklist_after: config.blocklist_after.max(1),
-        ..RetryPolicy::default()
-    };
-    let weights = config.owner_weights.iter().cloned().collect();
-    let started = Scheduler::start(db, policy, weights).await?;
-    let scheduler = started.scheduler;
-    let dispatch = tokio::spawn(started.dispatch.run());
-    tokio::spawn(kiln_scheduler::liveness::watch_worker_leases(
-        discovery.clone(),
-        scheduler.clone(),
-    ));
-
+    let slot = Arc::new(LeaderSlot::default());
     let limits = Limits {
         max_tasks: config.max_tasks_per_job,
         max_template_bytes: config.max_template_bytes,
@@ -57,27 +44,41 @@ async fn main() -> anyhow::Result<()> {
     let defaults = JobDefaults {
         stall_seconds: config.stall_seconds,
     };
-    let jobs = JobApi::new(scheduler.clone(), discovery.clone(), limits, defaults);
+    let jobs = JobApi::new(slot.clone(), discovery.clone(), limits, defaults);
     let routes = Routes::new(JobServiceServer::new(jobs))
-        .add_service(WorkerServiceServer::new(WorkerSessions::new(scheduler)));
+        .add_service(WorkerServiceServer::new(WorkerSessions::new(slot.clone())));
     let routes = kiln_service::with_standard_services(
         routes,
         &["kiln.v1.JobService", "kiln.v1.WorkerService"],
     )
     .await?;
     let listener = kiln_service::bind(config.listen).await?;
-    let listing = Listing {
-        ops: Some(&ops),
-        ..Listing::default()
+    let endpoint = Endpoint {
+        instance: kiln_service::instance_name(service::SCHEDULER),
+        grpc: discovery.advertised_address(listener.local_addr()?),
+        http: None,
+        ops: Some(discovery.advertised_address(ops.local_addr())),
     };
-    tokio::select! {
-        served = kiln_service::serve_listed(service::SCHEDULER, listener, routes, &discovery, listing) => served?,
-        stopped = dispatch => {
-            // The dispatch loop only stops on a write conflict: this
-            // scheduler's view is wrong, so it must not keep serving.
-            stopped.context("dispatch loop panicked")?.context("dispatch loop stopped")?;
-        }
-    }
+    let leading = Leading {
+        db,
+        discovery,
+        slot,
+        policy: RetryPolicy {
+            max_attempts: config.max_attempts.max(1),
+            base_delay: Duration::from_secs_f64(config.retry_base_seconds.max(0.0)),
+            blocklist_after: config.blocklist_after.max(1),
+            ..RetryPolicy::default()
+        },
+        owner_weights: config.owner_weights.iter().cloned().collect(),
+        endpoint,
+        lease_ttl: config.leader_ttl,
+    };
+    // Both end on SIGTERM: the election first resigns, so a standby leads at once.
+    let (served, ()) = tokio::join!(
+        kiln_service::serve_unlisted(listener, routes, Some(&ops)),
+        leader::run(leading),
+    );
+    served?;
     Ok(())
 }
 

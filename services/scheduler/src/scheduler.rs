@@ -13,6 +13,7 @@ use crate::core::Core;
 use crate::dispatch::DispatchLoop;
 use crate::effects::EffectRunner;
 use crate::events::EventBus;
+use crate::fence::Token;
 use crate::loader;
 use crate::retry::RetryPolicy;
 
@@ -23,6 +24,8 @@ const EFFECT_QUEUE: usize = 1024;
 
 pub struct Scheduler {
     pub db: PgPool,
+    /// This leader's fencing token: every write checks it still leads.
+    pub token: Token,
     pub events: Arc<EventBus>,
     commands: mpsc::Sender<Command>,
 }
@@ -40,12 +43,13 @@ impl Scheduler {
         db: PgPool,
         policy: RetryPolicy,
         owner_weights: HashMap<String, f64>,
+        token: Token,
     ) -> Result<Started, SchedulerError> {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (effects, effect_rx) = mpsc::channel(EFFECT_QUEUE);
         let events = Arc::new(EventBus::default());
         let mut core = Core::new(policy, owner_weights);
-        let loaded = loader::load_unfinished(&db).await?;
+        let loaded = loader::load_unfinished(&db, token).await?;
         tracing::info!(jobs = loaded.len(), "loaded unfinished jobs");
         for job in loaded {
             let (reply, _) = oneshot::channel();
@@ -59,12 +63,14 @@ impl Scheduler {
         tokio::spawn(runner.run(effect_rx));
         let scheduler = Arc::new(Self {
             db: db.clone(),
+            token,
             events,
             commands,
         });
         let dispatch = DispatchLoop {
             core,
             db,
+            token,
             commands: command_rx,
             effects,
         };

@@ -9,6 +9,8 @@ use kiln_proto::v1 as pb;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::SchedulerError;
+use crate::fence::{self, Token};
 use crate::job_state::JobState;
 use crate::task_state::TaskState;
 
@@ -81,11 +83,13 @@ struct TaskRow {
 /// Stores a job with all its steps and tasks in one transaction.
 pub async fn create_job(
     db: &PgPool,
+    token: Token,
     job: NewJob<'_>,
     plan: &JobPlan,
-) -> Result<CreatedJob, sqlx::Error> {
+) -> Result<CreatedJob, SchedulerError> {
     let id = Uuid::new_v4();
     let mut tx = db.begin().await?;
+    fence::check(&mut tx, token).await?;
     sqlx::query(
         "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs, owner,
                            depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds, trace_context)
@@ -393,11 +397,14 @@ pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput
 /// the task's current one (a late report from a worker presumed dead).
 pub async fn record_output(
     db: &PgPool,
+    token: Token,
     task_id: Uuid,
     attempt: i32,
     output: &pb::OutputStored,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Option<Uuid>, SchedulerError> {
+    let mut tx = db.begin().await?;
+    fence::check(&mut tx, token).await?;
+    let job_id = sqlx::query_scalar(
         "INSERT INTO outputs (job_id, path, digest, size, task_id)
          SELECT job_id, $3, $4, $5, id FROM tasks WHERE id = $1 AND attempt = $2 AND state = ANY($6)
          ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest, size = EXCLUDED.size,
@@ -413,8 +420,10 @@ pub async fn record_output(
         TaskState::Dispatched.as_str(),
         TaskState::Running.as_str(),
     ])
-    .fetch_optional(db)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(job_id)
 }
 
 /// Outputs of the steps `step_names` of a job: the inputs of a step that depends on them.

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::commands::Command;
+use crate::leader::LeaderSlot;
 use crate::scheduler::Scheduler;
 use crate::{SchedulerError, store};
 
@@ -25,14 +26,14 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const SILENCE_LIMIT: Duration = Duration::from_secs(15);
 
 pub struct WorkerSessions {
-    scheduler: Arc<Scheduler>,
+    leader: Arc<LeaderSlot>,
     next_session: AtomicU64,
 }
 
 impl WorkerSessions {
-    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+    pub fn new(leader: Arc<LeaderSlot>) -> Self {
         Self {
-            scheduler,
+            leader,
             next_session: AtomicU64::new(1),
         }
     }
@@ -48,6 +49,8 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        // A standby refuses sessions: the worker looks for the leader again.
+        let scheduler = self.leader.get()?;
         let mut inbound = request.into_inner();
         let register = match inbound.next().await {
             Some(Ok(pb::WorkerMessage {
@@ -79,7 +82,7 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         // A worker that reconnects replaces its old session: whatever that
         // held is requeued before new work is handed out.
-        self.scheduler
+        scheduler
             .tell(Command::WorkerJoined {
                 worker_id: worker_id.clone(),
                 session,
@@ -88,12 +91,7 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
             })
             .await?;
         tracing::info!(worker_id, hostname = %register.hostname, session, "worker joined");
-        tokio::spawn(serve_session(
-            self.scheduler.clone(),
-            worker_id,
-            session,
-            inbound,
-        ));
+        tokio::spawn(serve_session(scheduler, worker_id, session, inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbox_rx))))
     }
 }
@@ -175,8 +173,14 @@ async fn record_output(
     output: pb::OutputStored,
 ) -> Result<(), SchedulerError> {
     let task_id = crate::job_service::parse_uuid("task_id", &output.task_id)?;
-    let Some(job_id) =
-        store::record_output(&scheduler.db, task_id, output.attempt as i32, &output).await?
+    let Some(job_id) = store::record_output(
+        &scheduler.db,
+        scheduler.token,
+        task_id,
+        output.attempt as i32,
+        &output,
+    )
+    .await?
     else {
         return Ok(());
     };

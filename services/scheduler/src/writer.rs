@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::effects::Effect;
+use crate::fence::{self, FenceError, Token};
 use crate::job_state::JobState;
 use crate::task_state::TaskState;
 
@@ -111,13 +112,25 @@ pub enum WriteError {
     /// Rows were not where this scheduler believed: someone else wrote them.
     #[error("{0} task rows were not in the state this scheduler expected")]
     Conflict(usize),
+    /// Another scheduler leads now.
+    #[error("{0}")]
+    Fenced(String),
+}
+
+impl From<FenceError> for WriteError {
+    fn from(err: FenceError) -> Self {
+        match err {
+            FenceError::Database(err) => Self::Database(err),
+            superseded => Self::Fenced(superseded.to_string()),
+        }
+    }
 }
 
 /// Writes a batch, retrying while Postgres is unreachable.
-pub async fn write_until_done(db: &PgPool, batch: &Batch) -> Result<(), WriteError> {
+pub async fn write_until_done(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match write(db, batch).await {
+        match write(db, batch, token).await {
             Ok(()) => return Ok(()),
             Err(WriteError::Database(err)) => {
                 tracing::warn!(error = %err, retry_in = ?delay, "cannot write task states; retrying");
@@ -129,8 +142,9 @@ pub async fn write_until_done(db: &PgPool, batch: &Batch) -> Result<(), WriteErr
     }
 }
 
-async fn write(db: &PgPool, batch: &Batch) -> Result<(), WriteError> {
+async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteError> {
     let mut tx = db.begin().await?;
+    fence::check(&mut tx, token).await?;
     let tasks = coalesce(&batch.tasks);
     if !tasks.is_empty() {
         let written = write_tasks(&mut tx, &tasks).await?;

@@ -1,0 +1,238 @@
+//! Leader election: any number of schedulers run, one leads. Each campaigns
+//! in an etcd election under a lease of its own; the winner claims the
+//! Postgres fence with its leadership's revision (`fence.rs`), loads the
+//! queue, lists itself in etcd as *the* scheduler, and dispatches until it
+//! loses its lease, finds itself fenced off, or is told to stop (then it
+//! resigns at once so a standby takes over). A standby serves gRPC but
+//! answers UNAVAILABLE, and is not listed, so workers and gateways find only
+//! the leader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use etcd_client::{Client, LeaderKey, ResignOptions};
+use kiln_discovery::{Discovery, Endpoint, Registration, service};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::SchedulerError;
+use crate::fence::{self, Token};
+use crate::retry::RetryPolicy;
+use crate::scheduler::Scheduler;
+
+/// The scheduler that leads, if this process does.
+#[derive(Default)]
+pub struct LeaderSlot {
+    current: RwLock<Option<Arc<Scheduler>>>,
+}
+
+impl LeaderSlot {
+    pub fn get(&self) -> Result<Arc<Scheduler>, SchedulerError> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| SchedulerError::NotLeader("this scheduler is a standby".into()))
+    }
+
+    fn set(&self, scheduler: Option<Arc<Scheduler>>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = scheduler;
+    }
+}
+
+/// What leading needs besides the election.
+pub struct Leading {
+    pub db: PgPool,
+    pub discovery: Discovery,
+    pub slot: Arc<LeaderSlot>,
+    pub policy: RetryPolicy,
+    pub owner_weights: HashMap<String, f64>,
+    /// How this process is listed in etcd while it leads.
+    pub endpoint: Endpoint,
+    /// Seconds of the election lease: how long a crashed leader holds on.
+    pub lease_ttl: i64,
+}
+
+enum Stop {
+    Shutdown,
+    Lost(String),
+}
+
+/// Campaigns, leads, and campaigns again after losing, until shutdown.
+pub async fn run(leading: Leading) {
+    let shutdown = shutdown_requested();
+    loop {
+        let mut lost = shutdown.clone();
+        let campaign = tokio::select! {
+            campaign = campaign(&leading) => campaign,
+            _ = lost.changed() => return,
+        };
+        let (key, lease) = match campaign {
+            Ok(won) => won,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot campaign for leadership; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let outcome = lead(&leading, &key, lease.lost.clone(), shutdown.clone()).await;
+        leading.slot.set(None);
+        resign(leading.discovery.client(), key).await;
+        lease.stop();
+        match outcome {
+            Stop::Shutdown => return,
+            Stop::Lost(why) => tracing::warn!(reason = %why, "stepped down; campaigning again"),
+        }
+    }
+}
+
+fn shutdown_requested() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        kiln_service::shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// A lease kept alive in the background; `lost` turns true once etcd
+/// says it has ended or cannot be reached for longer than it lasts.
+struct KeptLease {
+    id: i64,
+    lost: watch::Receiver<bool>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl KeptLease {
+    fn stop(self) {
+        self.keeper.abort();
+    }
+}
+
+async fn campaign(leading: &Leading) -> Result<(LeaderKey, KeptLease), etcd_client::Error> {
+    let mut client = leading.discovery.client();
+    let lease = keep_lease(client.clone(), leading.lease_ttl).await?;
+    let name = format!("{}/election/scheduler", leading.discovery.prefix());
+    tracing::info!(instance = %leading.endpoint.instance, "campaigning for leadership");
+    let won = client
+        .campaign(name, leading.endpoint.instance.clone(), lease.id)
+        .await;
+    match won {
+        Ok(response) => match response.leader() {
+            Some(key) => Ok((key.clone(), lease)),
+            None => {
+                lease.stop();
+                Err(etcd_client::Error::InvalidArgs(
+                    "campaign returned no leader key".into(),
+                ))
+            }
+        },
+        Err(err) => {
+            lease.stop();
+            Err(err)
+        }
+    }
+}
+
+async fn keep_lease(mut client: Client, ttl: i64) -> Result<KeptLease, etcd_client::Error> {
+    let id = client.lease_grant(ttl, None).await?.id();
+    let (lost_tx, lost) = watch::channel(false);
+    let keeper = tokio::spawn(async move {
+        let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+        let expires = Duration::from_secs(ttl.max(1) as u64);
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(period).await;
+            match refresh(&mut client, id).await {
+                Ok(true) => last_ok = tokio::time::Instant::now(),
+                Ok(false) => break,
+                Err(err) if last_ok.elapsed() < expires => {
+                    tracing::warn!(error = %err, "cannot refresh the leadership lease; retrying")
+                }
+                Err(_) => break,
+            }
+        }
+        // Safety first: without a live lease this process must not act as leader.
+        let _ = lost_tx.send(true);
+    });
+    Ok(KeptLease { id, lost, keeper })
+}
+
+/// One keep-alive round trip; false when etcd says the lease is gone.
+async fn refresh(client: &mut Client, id: i64) -> Result<bool, etcd_client::Error> {
+    let (mut keeper, mut responses) = client.lease_keep_alive(id).await?;
+    keeper.keep_alive().await?;
+    match responses.message().await? {
+        Some(response) => Ok(response.ttl() > 0),
+        None => Ok(false),
+    }
+}
+
+async fn lead(
+    leading: &Leading,
+    key: &LeaderKey,
+    mut lease_lost: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Stop {
+    let token = Token(key.rev());
+    if let Err(err) = fence::claim(&leading.db, token).await {
+        return Stop::Lost(format!("cannot claim the fence: {err}"));
+    }
+    let started = match Scheduler::start(
+        leading.db.clone(),
+        leading.policy,
+        leading.owner_weights.clone(),
+        token,
+    )
+    .await
+    {
+        Ok(started) => started,
+        Err(err) => return Stop::Lost(format!("cannot load the queue: {err}")),
+    };
+    let scheduler = started.scheduler;
+    leading.slot.set(Some(scheduler.clone()));
+    let listing = match list_as_leader(leading).await {
+        Ok(listing) => listing,
+        Err(err) => return Stop::Lost(format!("cannot list this scheduler in etcd: {err}")),
+    };
+    tracing::info!(token = token.0, instance = %leading.endpoint.instance, "leading");
+    let liveness = tokio::spawn(crate::liveness::watch_worker_leases(
+        leading.discovery.clone(),
+        scheduler,
+    ));
+    let stop = tokio::select! {
+        stopped = started.dispatch.run() => Stop::Lost(match stopped {
+            Ok(()) => "dispatch loop ended".to_owned(),
+            Err(err) => format!("dispatch loop stopped: {err}"),
+        }),
+        _ = lease_lost.wait_for(|lost| *lost) => Stop::Lost("leadership lease lost".into()),
+        _ = shutdown.wait_for(|stop| *stop) => Stop::Shutdown,
+    };
+    liveness.abort();
+    listing.revoke().await;
+    stop
+}
+
+/// Lists this process as the scheduler, and removes listings of earlier
+/// leaders whose leases have not run out yet, so nobody dials a dead one.
+async fn list_as_leader(leading: &Leading) -> Result<Registration, kiln_discovery::DiscoveryError> {
+    let discovery = &leading.discovery;
+    for stale in discovery.find(service::SCHEDULER).await? {
+        if stale.instance != leading.endpoint.instance {
+            discovery
+                .remove(service::SCHEDULER, &stale.instance)
+                .await?;
+        }
+    }
+    discovery
+        .register(service::SCHEDULER, leading.endpoint.clone())
+        .await
+}
+
+async fn resign(mut client: Client, key: LeaderKey) {
+    let options = ResignOptions::new().with_leader(key);
+    if let Err(err) = client.resign(Some(options)).await {
+        tracing::debug!(error = %err, "resigning leadership failed; the lease ends it");
+    }
+}
