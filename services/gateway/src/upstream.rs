@@ -73,6 +73,11 @@ impl Upstreams {
         let channel = Endpoint::from_shared(endpoint.grpc_uri())
             .map_err(|e| Status::internal(format!("bad {name} address: {e}")))?
             .connect_timeout(Duration::from_secs(3))
+            // Unanswered pings drop a connection to a frozen instance, so
+            // calls fail over instead of hanging.
+            .http2_keep_alive_interval(Duration::from_secs(3))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         if let Ok(mut cached) = slot.lock() {
             *cached = Some(channel.clone());

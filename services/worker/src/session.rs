@@ -30,6 +30,8 @@ use crate::worker_metrics::{self, RunStatus};
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Interval and timeout of HTTP/2 pings on the scheduler connection.
+const KEEPALIVE: Duration = Duration::from_secs(3);
 /// How long one lookup in etcd waits for a service to appear.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -216,6 +218,12 @@ impl Worker {
                 source,
             })?
             .connect_timeout(CONNECT_TIMEOUT)
+            // A scheduler that froze (or whose host did) still holds the TCP
+            // connection open; unanswered pings end the session, and the
+            // worker finds the leader that replaced it.
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
             .connect()
             .await
             .map_err(|source| SessionError::Connect {
