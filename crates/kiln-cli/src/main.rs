@@ -18,6 +18,7 @@ mod jobs;
 mod outputs;
 mod render;
 mod scene_probe;
+mod tokens;
 mod watch;
 
 use std::process::ExitCode;
@@ -47,6 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => jobs::status(args).await?,
         Command::Cancel(args) => jobs::cancel(args).await?,
         Command::Outputs(args) => jobs::list_outputs(args).await?,
+        Command::Token(command) => tokens::run(command).await?,
     }
     Ok(())
 }

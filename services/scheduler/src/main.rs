@@ -58,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
         discovery.clone(),
         limits,
     )))
-    .add_service(WorkerServiceServer::new(WorkerSessions::new(scheduler)));
+    .add_service(WorkerServiceServer::new(
+        WorkerSessions::new(scheduler).with_join_token(config.join_token.clone()),
+    ));
     let routes = kiln_service::with_standard_services(
         routes,
         &["kiln.v1.JobService", "kiln.v1.WorkerService"],

@@ -23,13 +23,25 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(15);
 
 pub struct WorkerSessions {
     scheduler: Arc<Scheduler>,
+    join_token: Option<String>,
 }
 
 impl WorkerSessions {
     pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Self { scheduler }
+        Self {
+            scheduler,
+            join_token: None,
+        }
+    }
+
+    /// Workers must then present `token` as metadata [`JOIN_TOKEN_METADATA`].
+    pub fn with_join_token(mut self, token: Option<String>) -> Self {
+        self.join_token = token;
+        self
     }
 }
+
+pub const JOIN_TOKEN_METADATA: &str = "kiln-join-token";
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
 
@@ -41,6 +53,16 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        if let Some(expected) = &self.join_token {
+            let presented = request.metadata().get(JOIN_TOKEN_METADATA);
+            let presented = presented.map_or(&[][..], |v| v.as_bytes());
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                presented,
+                expected.as_bytes(),
+            )) {
+                return Err(Status::unauthenticated("missing or wrong join token"));
+            }
+        }
         let mut inbound = request.into_inner();
         let register = match inbound.next().await {
             Some(Ok(pb::WorkerMessage {

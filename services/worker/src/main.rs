@@ -51,11 +51,18 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
+    let join_token = config
+        .join_token
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--join-token must be printable ASCII")?;
     Worker {
         register,
         discovery,
         runner,
         cache,
+        join_token,
     }
     .run(shutdown)
     .await?;
