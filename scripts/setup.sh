@@ -30,6 +30,15 @@ if [ ! -x "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q "$garage_ve
   cargo install --locked --quiet garage --version "$garage_version" --root "$cache/garage"
 fi
 
+# Schemathesis checks the gateway against its OpenAPI document (tests/gateway_api.rs).
+schemathesis_version=4.32.5
+venv="$cache/venv"
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  echo "==> installing Schemathesis $schemathesis_version into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "schemathesis==$schemathesis_version"
+fi
+
 echo "==> building Kiln (target dir $CARGO_TARGET_DIR)"
 cd "$repo"
 cargo build --workspace --bins --quiet

@@ -91,6 +91,37 @@ fn forward<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
     Ok(outgoing)
 }
 
+/// Postgres text cannot hold NUL, and no name or path needs one: refused
+/// here with the field's name rather than failing deep in the scheduler.
+fn refuse_nul(field: &str, value: &str) -> Result<(), Status> {
+    if value.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "{field}: contains a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
+fn check_submission(message: &pb::SubmitJobRequest) -> Result<(), Status> {
+    refuse_nul("name", &message.name)?;
+    if let Some(template) = &message.template {
+        let (field, text) = match template {
+            pb::submit_job_request::Template::BuiltinTemplate(name) => ("builtin_template", name),
+            pb::submit_job_request::Template::TemplateDocument(doc) => ("template_document", doc),
+        };
+        refuse_nul(field, text)?;
+    }
+    for (key, value) in &message.parameters {
+        refuse_nul("parameters", key)?;
+        refuse_nul(&format!("parameters.{key}"), value)?;
+    }
+    for (index, input) in message.inputs.iter().enumerate() {
+        refuse_nul(&format!("inputs[{index}].path"), &input.path)?;
+        refuse_nul(&format!("inputs[{index}].digest"), &input.digest)?;
+    }
+    Ok(())
+}
+
 /// Generates a job-scoped unary call: authorise, forward, observe.
 macro_rules! job_call {
     ($method:ident, $request:ty, $response:ty, $role:expr) => {
@@ -179,6 +210,7 @@ impl pb::job_service_server::JobService for PublicApi {
         let caller = auth::principal(&request)?;
         caller.require(Role::Submitter)?;
         let message = request.into_inner();
+        check_submission(&message)?;
         for dependency in &message.depends_on_jobs {
             self.authorize_job(&caller, dependency, Role::Submitter)
                 .await
@@ -219,6 +251,7 @@ impl pb::job_service_server::JobService for PublicApi {
         let caller = auth::principal(&request)?;
         caller.require(Role::Viewer)?;
         let mut message = request.into_inner();
+        refuse_nul("owner", &message.owner)?;
         if !caller.is_admin() {
             if message.owner.is_empty() {
                 message.owner = caller.name.clone();
