@@ -829,6 +829,11 @@ fn schemathesis(rest: &Rest, users: &Users, schema: &std::path::Path) -> Result<
         .env("NO_COLOR", "1")
         .output()?;
     let text = String::from_utf8_lossy(&output.stdout);
+    let summary: Vec<&str> = text.lines().rev().take(25).collect();
+    eprintln!(
+        "schemathesis:\n{}",
+        summary.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
     assert!(
         output.status.success(),
         "schemathesis failed:\n{text}\n{}",

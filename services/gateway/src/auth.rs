@@ -128,3 +128,54 @@ pub fn check_name(name: &str) -> Result<(), crate::error::GatewayError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(name: &str, role: Role) -> Principal {
+        Principal {
+            token_id: Uuid::nil(),
+            name: name.into(),
+            role,
+        }
+    }
+
+    #[test]
+    fn roles_nest_and_owners_are_isolated() {
+        let viewer = principal("carol", Role::Viewer);
+        assert!(viewer.require(Role::Viewer).is_ok());
+        assert_eq!(
+            viewer.require(Role::Submitter).map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        let alice = principal("alice", Role::Submitter);
+        assert!(alice.may_access("alice", "j").is_ok());
+        assert_eq!(
+            alice.may_access("bob", "j").map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert!(
+            principal("root", Role::Admin)
+                .may_access("bob", "j")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn secrets_are_random_and_stored_only_as_hashes() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_ne!(a, b);
+        assert!(a.starts_with(SECRET_PREFIX) && a.len() == SECRET_PREFIX.len() + 64);
+        assert_eq!(secret_hash(&a), secret_hash(&a));
+        assert_ne!(secret_hash(&a), secret_hash(&b));
+    }
+
+    #[test]
+    fn names_are_plain() {
+        assert!(check_name("alice.smith@studio").is_ok());
+        for bad in ["", "../etc", "a b", "nul\0", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -281,7 +281,25 @@ impl pb::job_service_server::JobService for PublicApi {
     delegate!(resume_job, pb::ResumeJobRequest, pb::Job);
     delegate!(retry_job, pb::RetryJobRequest, pb::Job);
     delegate!(set_job_priority, pb::SetJobPriorityRequest, pb::Job);
-    delegate!(clear_blocklist, pb::ClearBlocklistRequest, pb::Job);
+    fn clear_blocklist<'life0, 'async_trait>(
+        &'life0 self,
+        request: Request<pb::ClearBlocklistRequest>,
+    ) -> Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Response<pb::Job>, Status>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            refuse_nul("worker_id", &request.get_ref().worker_id)?;
+            JobCalls(self).clear_blocklist(request).await
+        })
+    }
 
     type WatchJobStream = BoxStream<pb::JobEvent>;
 

@@ -131,10 +131,11 @@ fn grpc_refusal(refusal: &Refusal) -> Response {
 }
 
 fn wait_text(verdict: &Verdict) -> String {
-    match verdict {
-        Verdict::Limited { retry_after } => format!("{} ms", retry_after.as_millis()),
-        Verdict::Allowed { .. } => format!("{} ms", Duration::ZERO.as_millis()),
-    }
+    let wait = match verdict {
+        Verdict::Limited { retry_after } => *retry_after,
+        Verdict::Allowed { .. } => Duration::ZERO,
+    };
+    format!("{} ms", wait.as_millis())
 }
 
 /// Health checks answer without a token, so orchestrators need none.
@@ -154,4 +155,50 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let (scheme, secret) = value.split_once(' ')?;
     let secret = secret.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively_and_never_empty() {
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearer kiln_abc")])),
+            Some("kiln_abc")
+        );
+        assert_eq!(
+            bearer(&headers(&[("authorization", "bearer  kiln_abc ")])),
+            Some("kiln_abc")
+        );
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Basic dXNlcg==")])),
+            None
+        );
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(bearer(&headers(&[])), None);
+    }
+
+    #[test]
+    fn only_health_checks_are_public() {
+        assert!(is_public("/healthz"));
+        assert!(is_public("/grpc.health.v1.Health/Check"));
+        assert!(!is_public("/v1/jobs"));
+        assert!(!is_public("/openapi.json"));
+        assert!(!is_public(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        ));
+    }
 }

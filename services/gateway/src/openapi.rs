@@ -273,3 +273,97 @@ impl Comments {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_proto::v1 as pb;
+
+    fn schema(name: &str) -> &'static Value {
+        &document()["components"]["schemas"][name]
+    }
+
+    /// Every key pbjson writes for a fully populated message is a property
+    /// of its schema, and the schema allows nothing else.
+    #[test]
+    fn schemas_match_what_pbjson_writes() {
+        let job = pb::Job {
+            id: "id".into(),
+            name: "n".into(),
+            state: pb::JobState::Running as i32,
+            priority: 50,
+            parameters: [("Frames".to_owned(), "1-2".to_owned())].into(),
+            steps: vec![pb::Step {
+                name: "Render".into(),
+                depends_on: vec!["x".into()],
+                tasks_total: 1,
+                tasks_succeeded: 1,
+            }],
+            tasks_total: 2,
+            created_at: Some(pbjson_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
+            owner: "alice".into(),
+            blocklist: vec![pb::BlockedWorker {
+                worker_id: "w".into(),
+                failures: 3,
+            }],
+            ..Default::default()
+        };
+        let written = serde_json::to_value(&job).expect("serializes");
+        let properties = schema("Job")["properties"]
+            .as_object()
+            .expect("Job properties");
+        for key in written.as_object().expect("an object").keys() {
+            assert!(properties.contains_key(key), "Job schema lacks {key}");
+        }
+        assert_eq!(schema("Job")["additionalProperties"], false);
+        assert_eq!(properties["createdAt"]["type"], "string");
+        assert_eq!(properties["state"]["$ref"], "#/components/schemas/JobState");
+        assert_eq!(properties["parameters"]["type"], "object");
+        assert_eq!(schema("JobState")["enum"][2], "JOB_STATE_RUNNING");
+        let output = serde_json::to_value(pb::JobOutput {
+            size: 7,
+            ..Default::default()
+        })
+        .expect("serializes");
+        assert_eq!(output["size"], "7", "64-bit integers are strings");
+        assert!(
+            schema("JobOutput")["properties"]["size"]["type"]
+                .as_array()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn oneof_members_exclude_each_other_and_every_route_is_documented() {
+        let submit = schema("SubmitJobRequest");
+        assert_eq!(
+            submit["not"]["anyOf"][0]["required"],
+            json!(["builtinTemplate", "templateDocument"])
+        );
+        let paths = document()["paths"].as_object().expect("paths");
+        for path in [
+            "/v1/jobs",
+            "/v1/jobs/{id}",
+            "/v1/jobs/{id}/status",
+            "/v1/jobs/{id}/pause",
+            "/v1/jobs/{id}/priority",
+            "/v1/jobs/{id}/blocklist",
+            "/v1/jobs/{id}/events",
+            "/v1/assets",
+            "/v1/assets/{digest}/stat",
+            "/v1/tokens",
+            "/v1/tokens/{id}",
+        ] {
+            assert!(paths.contains_key(path), "{path} is not documented");
+        }
+        assert_eq!(document()["openapi"], "3.1.0");
+        assert_eq!(
+            document()["paths"]["/v1/jobs"]["post"]["responses"]["429"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/Error"
+        );
+    }
+}
