@@ -30,11 +30,16 @@ if [ ! -x "$garage" ] || ! "$garage" --version 2>/dev/null | grep -q "$garage_ve
   cargo install --locked --quiet garage --version "$garage_version" --root "$cache/garage"
 fi
 
+# Python tools for the test suite, in one venv outside the repo:
+# kubernetes-validate checks deploy/k8s; Schemathesis checks the gateway
+# against its OpenAPI document (tests/gateway_api.rs).
 venv="$cache/venv"
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  echo "==> installing kubernetes-validate into $venv (checks deploy/k8s)"
+schemathesis_version=4.32.5
+if [ ! -x "$venv/bin/kubernetes-validate" ] || \
+   ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  echo "==> installing kubernetes-validate and Schemathesis $schemathesis_version into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet kubernetes-validate==1.37.0
+  "$venv/bin/pip" install --quiet kubernetes-validate==1.37.0 "schemathesis==$schemathesis_version"
 fi
 
 echo "==> building Kiln (target dir $CARGO_TARGET_DIR)"

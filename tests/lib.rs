@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kiln_asset_client::AssetClient;
+use kiln_asset_client::{AssetClient, CallCredentials};
 use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// A finished job takes at most this long in these tests.
@@ -41,19 +42,28 @@ pub async fn start_farm_with(
     Ok((farm, dir))
 }
 
-/// A gRPC client of the farm's gateway.
+pub type AuthChannel = InterceptedService<Channel, CallCredentials>;
+
+/// A gRPC client of the farm's gateway, carrying a bearer token.
 pub struct Client {
-    pub jobs: JobServiceClient<Channel>,
+    pub jobs: JobServiceClient<AuthChannel>,
     pub assets: AssetClient,
 }
 
 impl Client {
+    /// A client with the farm's admin token.
     pub async fn connect(farm: &Farm) -> Result<Self> {
+        Self::connect_as(farm, farm.admin_token()).await
+    }
+
+    /// A client presenting `token`.
+    pub async fn connect_as(farm: &Farm, token: &str) -> Result<Self> {
         let channel = Channel::from_shared(farm.gateway_url())?.connect().await?;
+        let credentials = CallCredentials::bearer(token)?;
         Ok(Self {
-            jobs: JobServiceClient::new(channel.clone())
+            jobs: JobServiceClient::with_interceptor(channel.clone(), credentials.clone())
                 .max_decoding_message_size(16 * 1024 * 1024),
-            assets: AssetClient::new(channel),
+            assets: AssetClient::with_credentials(channel, credentials),
         })
     }
 

@@ -28,14 +28,18 @@ async fn a_job_through_rest_from_upload_to_download() -> anyhow::Result<()> {
     let (mut farm, dir) = start_farm(1, false).await?;
     let scene = example_scene(dir.path())?;
     let base = farm.gateway_http_url();
-    let result = tokio::task::spawn_blocking(move || run(&base, &scene)).await;
+    let auth = format!("Bearer {}", farm.admin_token());
+    let result = tokio::task::spawn_blocking(move || run(&base, &auth, &scene)).await;
     farm.shutdown().await?;
     result?
 }
 
-fn run(base: &str, scene: &std::path::Path) -> anyhow::Result<()> {
+fn run(base: &str, auth: &str, scene: &std::path::Path) -> anyhow::Result<()> {
+    let agent = ureq::AgentBuilder::new().build();
+    let get = |url: &str| agent.get(url).set("authorization", auth);
+    let post = |url: &str| agent.post(url).set("authorization", auth);
     let bytes = std::fs::read(scene)?;
-    let uploaded = ureq::post(&format!("{base}/v1/assets")).send_bytes(&bytes)?;
+    let uploaded = post(&format!("{base}/v1/assets")).send_bytes(&bytes)?;
     assert_eq!(uploaded.status(), 201);
     let digest = json_of(uploaded)["digest"]
         .as_str()
@@ -49,7 +53,7 @@ fn run(base: &str, scene: &std::path::Path) -> anyhow::Result<()> {
             "inputs": [{"path": "scene.blend", "digest": digest}],
         })
     };
-    let (status, response) = call(ureq::post(&format!("{base}/v1/jobs")), Some(submit("0")));
+    let (status, response) = call(post(&format!("{base}/v1/jobs")), Some(submit("0")));
     assert_eq!(status, 400);
     let error = json_of(response);
     assert_eq!(error["error"]["code"], "invalid_argument");
@@ -61,7 +65,7 @@ fn run(base: &str, scene: &std::path::Path) -> anyhow::Result<()> {
         "{error}"
     );
 
-    let (status, response) = call(ureq::post(&format!("{base}/v1/jobs")), Some(submit("2")));
+    let (status, response) = call(post(&format!("{base}/v1/jobs")), Some(submit("2")));
     assert_eq!(status, 202);
     let location = response
         .header("location")
@@ -73,7 +77,7 @@ fn run(base: &str, scene: &std::path::Path) -> anyhow::Result<()> {
 
     let deadline = Instant::now() + Duration::from_secs(180);
     let finished = loop {
-        let (status, response) = call(ureq::get(&format!("{base}{location}/status")), None);
+        let (status, response) = call(get(&format!("{base}{location}/status")), None);
         if status == 200 {
             break json_of(response);
         }
@@ -87,7 +91,7 @@ fn run(base: &str, scene: &std::path::Path) -> anyhow::Result<()> {
     };
     assert_eq!(finished["state"], "JOB_STATE_SUCCEEDED", "{finished}");
 
-    let outputs = json_of(ureq::get(&format!("{base}{location}/outputs")).call()?);
+    let outputs = json_of(get(&format!("{base}{location}/outputs")).call()?);
     let paths: Vec<&str> = outputs["outputs"]
         .as_array()
         .into_iter()
@@ -102,17 +106,17 @@ fn run(base: &str, scene: &std::path::Path) -> anyhow::Result<()> {
             "video.mp4"
         ]
     );
-    let video = ureq::get(&format!("{base}{location}/outputs/video.mp4")).call()?;
+    let video = get(&format!("{base}{location}/outputs/video.mp4")).call()?;
     assert_eq!(video.header("content-type"), Some("video/mp4"));
     let mut body = Vec::new();
     std::io::Read::read_to_end(&mut video.into_reader(), &mut body)?;
     assert_eq!(&body[4..8], b"ftyp", "an mp4 file");
 
-    let (status, response) = call(ureq::get(&format!("{base}/v1/jobs/{}", uuid_like())), None);
+    let (status, response) = call(get(&format!("{base}/v1/jobs/{}", uuid_like())), None);
     assert_eq!(status, 404);
     assert_eq!(json_of(response)["error"]["code"], "not_found");
     let (status, _) = call(
-        ureq::post(&format!("{base}/v1/jobs")).set("content-type", "application/json"),
+        post(&format!("{base}/v1/jobs")).set("content-type", "application/json"),
         None,
     );
     assert_eq!(status, 400, "an empty body is not a job");

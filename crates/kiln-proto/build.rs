@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "kiln/v1/jobs.proto",
     "kiln/v1/worker.proto",
     "kiln/v1/assets.proto",
+    "kiln/v1/auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

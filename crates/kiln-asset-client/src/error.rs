@@ -23,6 +23,8 @@ pub enum AssetClientError {
     Source(std::io::Error),
     #[error("downloaded content has digest {actual}, expected {expected}")]
     DigestMismatch { expected: String, actual: String },
+    #[error("the token contains characters not allowed in a header")]
+    InvalidToken,
 }
 
 impl AssetClientError {
@@ -34,6 +36,7 @@ impl AssetClientError {
             Self::InvalidDigest(_) => tonic::Code::InvalidArgument,
             Self::Read { .. } | Self::Write { .. } | Self::Source(_) => tonic::Code::Internal,
             Self::DigestMismatch { .. } => tonic::Code::DataLoss,
+            Self::InvalidToken => tonic::Code::InvalidArgument,
         }
     }
 }

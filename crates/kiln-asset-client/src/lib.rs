@@ -6,6 +6,7 @@
 //! into place only once their SHA-256 checks out, so a reader never sees a
 //! partial or corrupt file.
 
+mod credentials;
 pub mod digest;
 mod download;
 mod error;
@@ -22,6 +23,7 @@ use tokio_util::io::ReaderStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub use credentials::CallCredentials;
 pub use error::AssetClientError;
 
 /// Size of the chunks this client sends.
@@ -31,8 +33,7 @@ pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// with room to spare.
 const MAX_MESSAGE_SIZE: usize = 5 * 1024 * 1024;
 
-type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-type TracedChannel = InterceptedService<Channel, Interceptor>;
+type TracedChannel = InterceptedService<Channel, CallCredentials>;
 
 /// A handle to the assets service; cheap to clone.
 #[derive(Debug, Clone)]
@@ -42,8 +43,12 @@ pub struct AssetClient {
 
 impl AssetClient {
     pub fn new(channel: Channel) -> Self {
-        let interceptor: Interceptor = kiln_telemetry::propagation::inject_context;
-        let inner = AssetServiceClient::with_interceptor(channel, interceptor)
+        Self::with_credentials(channel, CallCredentials::default())
+    }
+
+    /// A client whose calls carry `credentials` (the gateway wants a token).
+    pub fn with_credentials(channel: Channel, credentials: CallCredentials) -> Self {
+        let inner = AssetServiceClient::with_interceptor(channel, credentials)
             .max_decoding_message_size(MAX_MESSAGE_SIZE);
         Self { inner }
     }

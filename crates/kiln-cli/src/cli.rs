@@ -42,6 +42,9 @@ pub enum Command {
     Priority(PriorityArgs),
     /// Let workers blocklisted for a job take its tasks again
     Unblock(UnblockArgs),
+    /// Create, list and revoke access tokens (needs an admin token)
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 /// A priority: a number from 0 to 100 or one of low (25), normal (50), high (75), critical (100).
@@ -82,6 +85,55 @@ pub struct UnblockArgs {
     pub gateway: GatewayArgs,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown only this once)
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets)
+    List(TokenListArgs),
+    /// Revoke a token by id
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Reads its own jobs
+    Viewer,
+    /// Also submits, cancels and controls its own jobs
+    Submitter,
+    /// Everything, every owner, and tokens
+    Admin,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// The user the token acts as; jobs it submits are owned by this name
+    #[arg(long, env = "KILN_TOKEN_NAME")]
+    pub name: String,
+    /// What the token may do
+    #[arg(long, env = "KILN_TOKEN_ROLE", value_enum)]
+    pub role: RoleArg,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    /// Include revoked tokens
+    #[arg(long, env = "KILN_TOKEN_LIST_ALL")]
+    pub all: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (from `kiln token list`)
+    pub id: String,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Number of workers to start
@@ -107,6 +159,9 @@ pub struct GatewayArgs {
     /// Gateway gRPC URL, e.g. http://127.0.0.1:7070 [default: the one `kiln dev` wrote to .kiln/dev.json in this or a parent directory]
     #[arg(long = "gateway", env = "KILN_GATEWAY")]
     pub gateway: Option<String>,
+    /// Bearer token for the gateway [default: the admin token `kiln dev` wrote to .kiln/dev.json]
+    #[arg(long = "token", env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln_asset_client::AssetClient;
+use kiln_asset_client::{AssetClient, CallCredentials};
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use serde::{Deserialize, Serialize};
 use tonic::service::interceptor::InterceptedService;
@@ -21,8 +21,7 @@ pub const DEV_FILE: &str = "dev.json";
 const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-pub type JobClient = JobServiceClient<InterceptedService<Channel, Interceptor>>;
+pub type JobClient = JobServiceClient<InterceptedService<Channel, CallCredentials>>;
 
 /// What `kiln dev` writes to `<dir>/dev.json` while its farm runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,18 +33,24 @@ pub struct DevInfo {
     pub database: String,
     #[serde(default)]
     pub logs: PathBuf,
+    /// The farm's admin token; the file is readable by its owner only.
+    #[serde(default)]
+    pub token: String,
 }
 
 /// A connection to the gateway with the clients every command needs.
 pub struct Gateway {
     pub channel: Channel,
     pub jobs: JobClient,
+    pub credentials: CallCredentials,
 }
 
 impl Gateway {
     /// Connects to `--gateway`, else to the farm in the nearest `.kiln/dev.json`.
     pub async fn connect(args: &GatewayArgs) -> Result<Self, CliError> {
-        let url = gateway_url(args.gateway.as_deref(), &current_dir()?)?;
+        let cwd = current_dir()?;
+        let url = gateway_url(args.gateway.as_deref(), &cwd)?;
+        let credentials = credentials(args, &cwd)?;
         let endpoint =
             Endpoint::from_shared(url.clone()).map_err(|err| CliError::BadGatewayUrl {
                 url: url.clone(),
@@ -59,14 +64,37 @@ impl Gateway {
                 url: url.clone(),
                 reason: error_chain(&err),
             })?;
-        let interceptor: Interceptor = kiln_telemetry::propagation::inject_context;
-        let jobs = JobServiceClient::with_interceptor(channel.clone(), interceptor)
+        let jobs = JobServiceClient::with_interceptor(channel.clone(), credentials.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE);
-        Ok(Self { channel, jobs })
+        Ok(Self {
+            channel,
+            jobs,
+            credentials,
+        })
     }
 
     pub fn assets(&self) -> AssetClient {
-        AssetClient::new(self.channel.clone())
+        AssetClient::with_credentials(self.channel.clone(), self.credentials.clone())
+    }
+}
+
+/// `--token`, else the token in the nearest dev.json, else none (the
+/// gateway then answers "unauthenticated", which says what is missing).
+fn credentials(args: &GatewayArgs, cwd: &Path) -> Result<CallCredentials, CliError> {
+    let explicit = args
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let token = match explicit {
+        Some(token) => Some(token.to_owned()),
+        None => find_dev_info(cwd)?
+            .map(|info| info.token)
+            .filter(|t| !t.is_empty()),
+    };
+    match token {
+        Some(token) => Ok(CallCredentials::bearer(&token)?),
+        None => Ok(CallCredentials::default()),
     }
 }
 
@@ -138,6 +166,7 @@ mod tests {
             etcd: "http://127.0.0.1:2379".to_owned(),
             database: "postgres://postgres@127.0.0.1:5432/kiln".to_owned(),
             logs: PathBuf::from("/tmp/logs"),
+            token: String::new(),
         }
     }
 

@@ -32,6 +32,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         etcd: farm.etcd_url(),
         database: farm.database_url(),
         logs: farm.log_dir().to_path_buf(),
+        token: farm.admin_token().to_owned(),
     };
     let dev_file = dir.join(DEV_FILE);
     write_dev_info(&dev_file, &info)?;
@@ -54,7 +55,17 @@ fn write_dev_info(path: &Path, info: &DevInfo) -> Result<(), CliError> {
         path: path.to_path_buf(),
         source,
     })?;
-    std::fs::write(path, json).map_err(CliError::io(path))
+    // It holds the admin token: readable by its owner only, from creation on.
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(CliError::io(path))?;
+    file.write_all(&json).map_err(CliError::io(path))
 }
 
 fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
@@ -68,6 +79,8 @@ fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
     }
     say!("  workers       {}", farm.worker_count());
     say!("  logs          {}", info.logs.display());
+    say!("  admin token   {}", info.token);
+    say!("    (REST: curl -H 'authorization: Bearer <token>' ...; gRPC: metadata authorization)");
     say!(
         "kiln commands run under {} find it through {}.",
         parent_of(farm.dir()).display(),

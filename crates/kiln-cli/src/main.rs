@@ -19,6 +19,7 @@ mod jobs;
 mod outputs;
 mod render;
 mod scene_probe;
+mod tokens;
 mod watch;
 
 use std::process::ExitCode;
@@ -53,6 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Retry(args) => controls::retry(args).await?,
         Command::Priority(args) => controls::priority(args).await?,
         Command::Unblock(args) => controls::unblock(args).await?,
+        Command::Token(command) => tokens::run(command).await?,
     }
     Ok(())
 }

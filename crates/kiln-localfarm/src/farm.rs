@@ -119,6 +119,7 @@ impl FarmBuilder {
             postgres,
             discovery,
             gateway_endpoint: None,
+            secrets: Secrets::generate(),
             layout,
             config: self,
             _lock: lock,
@@ -179,9 +180,34 @@ pub struct Farm {
     postgres: Postgres,
     discovery: Discovery,
     gateway_endpoint: Option<Endpoint>,
+    secrets: Secrets,
     layout: Layout,
     config: FarmBuilder,
     _lock: Flock<File>,
+}
+
+/// Fresh for every start, never written to disk by the farm.
+struct Secrets {
+    /// The gateway's bootstrap admin token.
+    admin_token: String,
+    /// What workers present to the scheduler to join.
+    join_token: String,
+}
+
+impl Secrets {
+    fn generate() -> Self {
+        Self {
+            admin_token: random_secret(),
+            join_token: random_secret(),
+        }
+    }
+}
+
+/// `kiln_` and 256 random bits in hex, the gateway's own token format.
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    format!("kiln_{}", hex::encode(bytes))
 }
 
 impl Farm {
@@ -221,7 +247,8 @@ impl Farm {
                 .service("scheduler", &name)?
                 .arg("--database-url")
                 .arg(self.postgres.url())
-                .env("HOSTNAME", format!("replica-{index}"));
+                .env("HOSTNAME", format!("replica-{index}"))
+                .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
             self.schedulers.push(scheduler);
         }
         // The first replica leads; the others start once it does, and stand by.
@@ -240,7 +267,8 @@ impl Farm {
 
         let gateway = self
             .service("gateway", "gateway")?
-            .args(self.gateway_args());
+            .args(self.gateway_args())
+            .env("KILN_BOOTSTRAP_ADMIN_TOKEN", &self.secrets.admin_token);
         let gateway = self.gateway.insert(gateway);
         let endpoint = start_and_register(
             &self.discovery,
@@ -324,6 +352,8 @@ impl Farm {
             format!("127.0.0.1:{}", self.config.gateway_grpc_port),
             "--http-listen".to_owned(),
             format!("127.0.0.1:{}", self.config.gateway_http_port),
+            "--database-url".to_owned(),
+            self.postgres.url(),
         ]
     }
 
@@ -343,7 +373,8 @@ impl Farm {
         let mut worker = self
             .service("worker", &id)?
             .args(["--worker-id", &id, "--work-dir"])
-            .arg(&work_dir);
+            .arg(&work_dir)
+            .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
         if let Some(gpus) = self.config.worker_gpus.get(index) {
             worker = worker.args(["--gpus", &gpus.to_string()]);
         }
@@ -489,6 +520,17 @@ impl Farm {
             .and_then(|e| e.http.as_deref())
             .unwrap_or("");
         format!("http://{http}")
+    }
+
+    /// An admin token for the gateway, made afresh at each start (tokens of
+    /// earlier starts of the same farm directory are revoked).
+    pub fn admin_token(&self) -> &str {
+        &self.secrets.admin_token
+    }
+
+    /// The secret workers join the scheduler with.
+    pub fn join_token(&self) -> &str {
+        &self.secrets.join_token
     }
 
     /// The etcd client URL.

@@ -1,7 +1,17 @@
 //! Kiln's gateway: the public gRPC API (`grpc.rs`) and REST/JSON (`rest.rs`),
-//! both passing calls to the internal services found through etcd (`upstream.rs`).
+//! both passing calls to the internal services found through etcd
+//! (`upstream.rs`), behind bearer tokens (`auth.rs`, `tokens.rs`) and the
+//! limits composed in `limits.rs`.
 
+pub mod auth;
 pub mod config;
+pub mod error;
 pub mod grpc;
+pub mod guard;
+pub mod limits;
+pub mod openapi;
+pub mod rate_limit;
 pub mod rest;
+pub mod token_service;
+pub mod tokens;
 pub mod upstream;

@@ -6,10 +6,14 @@ use clap::Parser;
 use kiln_discovery::{Discovery, service};
 use kiln_gateway::config::Config;
 use kiln_gateway::grpc::PublicApi;
-use kiln_gateway::rest::{self, RestState};
+use kiln_gateway::limits::Limits;
+use kiln_gateway::rest::RestState;
+use kiln_gateway::token_service::TokenApi;
+use kiln_gateway::tokens::TokenStore;
 use kiln_gateway::upstream::Upstreams;
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
+use kiln_proto::v1::token_service_server::TokenServiceServer;
 use kiln_service::{Checks, Listing, OpsServer, checks};
 use tonic::service::Routes;
 
@@ -17,6 +21,20 @@ use tonic::service::Routes;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-gateway", &config.telemetry)?;
+    let store = TokenStore::connect(
+        &config.database_url,
+        config.database_max_connections,
+        Duration::from_secs(60),
+    )
+    .await
+    .context("opening the token store")?;
+    if let Some(secret) = &config.bootstrap_admin_token {
+        store
+            .bootstrap_admin(secret)
+            .await
+            .context("creating the bootstrap admin token")?;
+        tracing::info!("bootstrap admin token ready");
+    }
     let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
         .await
         .context("connecting to etcd")?;
@@ -30,20 +48,19 @@ async fn main() -> anyhow::Result<()> {
     let ops = OpsServer::start("gateway", &config.ops, checks).await?;
     let upstreams = Arc::new(Upstreams::new(discovery.clone()));
     let api = PublicApi::new(upstreams.clone());
+    let tokens = TokenApi::new(store.clone());
+    let limits = Limits::new(&config.limits, store);
 
     let http_listener = kiln_service::bind(config.http_listen).await?;
     let http_addr = http_listener.local_addr()?;
     let state = RestState {
         api: api.clone(),
+        tokens: tokens.clone(),
         upstreams,
-        max_upload_bytes: config.max_upload_bytes,
     };
-    let app = rest::router(
-        state,
-        config.max_json_bytes,
-        Duration::from_secs(config.request_timeout_seconds),
-    )
-    .layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = limits
+        .rest(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     tracing::info!(addr = %http_addr, "serving rest");
     let http = tokio::spawn(async move {
         axum::serve(http_listener, app)
@@ -51,13 +68,18 @@ async fn main() -> anyhow::Result<()> {
             .await
     });
 
-    let max_message = 8 * 1024 * 1024;
+    let max_message = limits.max_grpc_message_bytes();
     let routes =
         Routes::new(JobServiceServer::new(api.clone()).max_decoding_message_size(max_message))
-            .add_service(AssetServiceServer::new(api).max_decoding_message_size(max_message));
+            .add_service(AssetServiceServer::new(api).max_decoding_message_size(max_message))
+            .add_service(TokenServiceServer::new(tokens).max_decoding_message_size(max_message));
     let routes = kiln_service::with_standard_services(
         routes,
-        &["kiln.v1.JobService", "kiln.v1.AssetService"],
+        &[
+            "kiln.v1.JobService",
+            "kiln.v1.AssetService",
+            "kiln.v1.TokenService",
+        ],
     )
     .await?;
     let grpc_listener = kiln_service::bind(config.grpc_listen).await?;
@@ -65,8 +87,14 @@ async fn main() -> anyhow::Result<()> {
         http: Some(discovery.advertised_address(http_addr)),
         ops: Some(&ops),
     };
-    kiln_service::serve_listed(service::GATEWAY, grpc_listener, routes, &discovery, listing)
-        .await?;
+    kiln_service::serve_listed(
+        service::GATEWAY,
+        grpc_listener,
+        limits.grpc(routes),
+        &discovery,
+        listing,
+    )
+    .await?;
     http.await??;
     Ok(())
 }

@@ -1,56 +1,70 @@
 //! REST/JSON under `/v1`. Bodies are the gRPC messages in their proto3 JSON
-//! form (the same generated types), so REST and gRPC cannot drift apart.
+//! form (the same generated types, through pbjson), and every handler calls
+//! the same [`PublicApi`] as gRPC does, so the two cannot drift apart: not in
+//! shape, not in checks.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_service_server::JobService;
+use kiln_proto::v1::token_service_server::TokenService;
+use serde::Deserialize;
 use tonic::{Code, Request, Status};
 
+use crate::auth::{Principal, Role};
 use crate::grpc::PublicApi;
+use crate::openapi::Errors;
+use crate::token_service::TokenApi;
 use crate::upstream::Upstreams;
 
 #[derive(Clone)]
 pub struct RestState {
     pub api: PublicApi,
+    pub tokens: TokenApi,
     pub upstreams: Arc<Upstreams>,
-    pub max_upload_bytes: usize,
 }
 
-pub fn router(state: RestState, max_json_bytes: usize, timeout: Duration) -> Router {
-    let json_routes = Router::new()
+/// Routes answering JSON, each quick: these get the request timeout and the
+/// JSON body limit.
+pub fn json_routes() -> Router<RestState> {
+    use axum::routing::{delete, get, post};
+    Router::new()
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/status", get(job_status))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/pause", post(pause_job))
+        .route("/v1/jobs/{id}/resume", post(resume_job))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route(
+            "/v1/jobs/{id}/priority",
+            post(set_priority).put(set_priority),
+        )
+        .route("/v1/jobs/{id}/blocklist", delete(clear_blocklist))
         .route("/v1/jobs/{id}/tasks", get(list_tasks))
         .route("/v1/jobs/{id}/outputs", get(list_outputs))
-        .layer(DefaultBodyLimit::max(max_json_bytes))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            timeout,
-        ));
-    let streaming_routes = Router::new()
+        .route("/v1/assets/{digest}/stat", get(stat_asset))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/openapi.json", get(openapi))
+}
+
+/// Routes whose bodies stream (uploads, downloads, watches): no timeout, and
+/// the upload size limit instead of the JSON one.
+pub fn streaming_routes() -> Router<RestState> {
+    use axum::routing::{get, post};
+    Router::new()
+        .route("/v1/jobs/{id}/events", get(watch_job))
         .route("/v1/jobs/{id}/outputs/{*path}", get(download_output))
         .route("/v1/assets", post(upload_asset))
         .route("/v1/assets/{digest}", get(download_asset))
-        .layer(DefaultBodyLimit::max(state.max_upload_bytes));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .merge(json_routes)
-        .merge(streaming_routes)
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        })
-        .with_state(state)
 }
 
 /// A JSON error body: `{"error": {"code": "...", "message": "..."}}`.
@@ -61,12 +75,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
         }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }
 }
 
@@ -84,6 +102,7 @@ impl From<Status> for ApiError {
             Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
             Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Code::Unimplemented => (StatusCode::NOT_IMPLEMENTED, "unimplemented"),
             Code::DataLoss => (StatusCode::BAD_REQUEST, "data_loss"),
             _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
         };
@@ -97,15 +116,32 @@ impl From<kiln_asset_client::AssetClientError> for ApiError {
     }
 }
 
-impl From<axum::extract::rejection::JsonRejection> for ApiError {
-    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
         let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "invalid_json",
+        };
+        // 422 is axum's choice for well-formed JSON of the wrong shape; to a
+        // client both are a bad request.
+        let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
         } else {
-            "invalid_json"
+            status
         };
         Self::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
     }
 }
 
@@ -117,53 +153,119 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+type JsonBody<T> = Result<Json<T>, JsonRejection>;
 
-async fn submit_job(
+/// A gRPC request for `message` made by `caller`.
+fn call<T>(caller: &Principal, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.extensions_mut().insert(caller.clone());
+    request
+}
+
+fn job_response(status: StatusCode, job: pb::Job) -> Response {
+    (status, Json(job)).into_response()
+}
+
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "SubmitJob",
+    request_body(content = ref("#/components/schemas/SubmitJobRequest")),
+    responses(
+        (status = 202, description = "Accepted; the job runs in the background",
+         body = ref("#/components/schemas/Job"),
+         headers(("Location" = String, description = "The job's URL"))),
+        Errors))]
+pub(crate) async fn submit_job(
     State(state): State<RestState>,
-    body: Result<Json<pb::SubmitJobRequest>, axum::extract::rejection::JsonRejection>,
+    Extension(caller): Extension<Principal>,
+    body: JsonBody<pb::SubmitJobRequest>,
 ) -> ApiResult<Response> {
     let Json(request) = body?;
     let job = state
         .api
-        .submit_job(Request::new(request))
+        .submit_job(call(&caller, request))
         .await?
         .into_inner();
     let location = format!("/v1/jobs/{}", job.id);
-    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+    let mut response = job_response(StatusCode::ACCEPTED, job);
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
 }
 
-async fn list_jobs(State(state): State<RestState>) -> ApiResult<Json<pb::ListJobsResponse>> {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListJobsQuery {
+    /// At most this many jobs; 0 or absent means 100. Capped at 1000.
+    limit: Option<u32>,
+    /// Only jobs of this owner (non-admins: only their own name).
+    owner: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "ListJobs",
+    params(ListJobsQuery),
+    responses(
+        (status = 200, description = "Jobs, newest first", body = ref("#/components/schemas/ListJobsResponse")),
+        Errors))]
+pub(crate) async fn list_jobs(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    query: Result<Query<ListJobsQuery>, QueryRejection>,
+) -> ApiResult<Json<pb::ListJobsResponse>> {
+    let Query(query) = query?;
+    let request = pb::ListJobsRequest {
+        limit: query.limit.unwrap_or(0),
+        owner: query.owner.unwrap_or_default(),
+    };
     Ok(Json(
         state
             .api
-            .list_jobs(Request::new(pb::ListJobsRequest::default()))
+            .list_jobs(call(&caller, request))
             .await?
             .into_inner(),
     ))
 }
 
-async fn get_job(
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "GetJob",
+    params(("id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "The job", body = ref("#/components/schemas/Job")),
+        Errors))]
+pub(crate) async fn get_job(
     State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<pb::Job>> {
+    let request = pb::GetJobRequest { job_id: id };
     Ok(Json(
         state
             .api
-            .get_job(Request::new(pb::GetJobRequest { job_id: id }))
+            .get_job(call(&caller, request))
             .await?
             .into_inner(),
     ))
 }
 
-/// 202 with Retry-After while the job runs, 200 once it has finished.
-async fn job_status(State(state): State<RestState>, Path(id): Path<String>) -> ApiResult<Response> {
+/// Seconds a client polling a running job's status should wait.
+const STATUS_RETRY_AFTER: &str = "2";
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/status", tag = "jobs", operation_id = "GetJobStatus",
+    params(("id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "The job has finished", body = ref("#/components/schemas/Job")),
+        (status = 202, description = "The job is still pending, running or paused",
+         body = ref("#/components/schemas/Job"),
+         headers(("Retry-After" = String, description = "Seconds to wait before asking again"))),
+        Errors))]
+pub(crate) async fn job_status(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let request = pb::GetJobRequest { job_id: id };
     let job = state
         .api
-        .get_job(Request::new(pb::GetJobRequest { job_id: id }))
+        .get_job(call(&caller, request))
         .await?
         .into_inner();
     let finished = matches!(
@@ -171,63 +273,223 @@ async fn job_status(State(state): State<RestState>, Path(id): Path<String>) -> A
         Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
     );
     if finished {
-        return Ok((StatusCode::OK, Json(job)).into_response());
+        return Ok(job_response(StatusCode::OK, job));
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::RETRY_AFTER, "2")],
-        Json(job),
-    )
-        .into_response())
+    let mut response = job_response(StatusCode::ACCEPTED, job);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(STATUS_RETRY_AFTER),
+    );
+    Ok(response)
 }
 
-async fn cancel_job(
+/// A `POST /v1/jobs/{id}/<action>` handler calling `method` with `request`.
+macro_rules! job_action {
+    ($handler:ident, $method:ident, $request:ident, $path:literal, $op:literal, $what:literal) => {
+        #[utoipa::path(post, path = $path, tag = "jobs", operation_id = $op,
+                    params(("id" = String, Path, description = "The job's UUID")),
+                    responses(
+                        (status = 200, description = $what, body = ref("#/components/schemas/Job")),
+                        Errors))]
+        pub(crate) async fn $handler(
+            State(state): State<RestState>,
+            Extension(caller): Extension<Principal>,
+            Path(id): Path<String>,
+        ) -> ApiResult<Json<pb::Job>> {
+            let request = pb::$request { job_id: id };
+            Ok(Json(
+                state
+                    .api
+                    .$method(call(&caller, request))
+                    .await?
+                    .into_inner(),
+            ))
+        }
+    };
+}
+
+job_action!(
+    cancel_job,
+    cancel_job,
+    CancelJobRequest,
+    "/v1/jobs/{id}/cancel",
+    "CancelJob",
+    "Cancelled: pending tasks never start, running ones are killed"
+);
+job_action!(
+    pause_job,
+    pause_job,
+    PauseJobRequest,
+    "/v1/jobs/{id}/pause",
+    "PauseJob",
+    "Paused: no new task starts"
+);
+job_action!(
+    resume_job,
+    resume_job,
+    ResumeJobRequest,
+    "/v1/jobs/{id}/resume",
+    "ResumeJob",
+    "Resumed"
+);
+job_action!(
+    retry_job,
+    retry_job,
+    RetryJobRequest,
+    "/v1/jobs/{id}/retry",
+    "RetryJob",
+    "Unfinished tasks are queued again"
+);
+
+#[utoipa::path(put, path = "/v1/jobs/{id}/priority", tag = "jobs", operation_id = "SetJobPriority",
+    params(("id" = String, Path, description = "The job's UUID")),
+    request_body(content = ref("#/components/schemas/SetJobPriorityRequest"),
+        description = "`jobId` may be left out; if given it must match the path"),
+    responses(
+        (status = 200, description = "The job with its new priority", body = ref("#/components/schemas/Job")),
+        Errors))]
+pub(crate) async fn set_priority(
     State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
+    body: JsonBody<pb::SetJobPriorityRequest>,
 ) -> ApiResult<Json<pb::Job>> {
+    let Json(mut request) = body?;
+    if !request.job_id.is_empty() && request.job_id != id {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "jobId: differs from the job in the path",
+        ));
+    }
+    request.job_id = id;
     Ok(Json(
         state
             .api
-            .cancel_job(Request::new(pb::CancelJobRequest { job_id: id }))
+            .set_job_priority(call(&caller, request))
             .await?
             .into_inner(),
     ))
 }
 
-async fn list_tasks(
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub(crate) struct BlocklistQuery {
+    /// The worker to clear; absent clears every worker blocklisted for the job.
+    #[serde(alias = "worker_id")]
+    worker_id: Option<String>,
+}
+
+#[utoipa::path(delete, path = "/v1/jobs/{id}/blocklist", tag = "jobs", operation_id = "ClearBlocklist",
+    params(("id" = String, Path, description = "The job's UUID"), BlocklistQuery),
+    responses(
+        (status = 200, description = "The job with its blocklist cleared", body = ref("#/components/schemas/Job")),
+        Errors))]
+pub(crate) async fn clear_blocklist(
     State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+    query: Result<Query<BlocklistQuery>, QueryRejection>,
+) -> ApiResult<Json<pb::Job>> {
+    let Query(query) = query?;
+    let request = pb::ClearBlocklistRequest {
+        job_id: id,
+        worker_id: query.worker_id.unwrap_or_default(),
+    };
+    Ok(Json(
+        state
+            .api
+            .clear_blocklist(call(&caller, request))
+            .await?
+            .into_inner(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/tasks", tag = "jobs", operation_id = "ListTasks",
+    params(("id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "The job's tasks with their logs' tails", body = ref("#/components/schemas/ListTasksResponse")),
+        Errors))]
+pub(crate) async fn list_tasks(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<pb::ListTasksResponse>> {
+    let request = pb::ListTasksRequest { job_id: id };
     Ok(Json(
         state
             .api
-            .list_tasks(Request::new(pb::ListTasksRequest { job_id: id }))
+            .list_tasks(call(&caller, request))
             .await?
             .into_inner(),
     ))
 }
 
-async fn list_outputs(
+#[utoipa::path(get, path = "/v1/jobs/{id}/outputs", tag = "jobs", operation_id = "ListOutputs",
+    params(("id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "Files the job has produced so far", body = ref("#/components/schemas/ListOutputsResponse")),
+        Errors))]
+pub(crate) async fn list_outputs(
     State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<pb::ListOutputsResponse>> {
+    let request = pb::ListOutputsRequest { job_id: id };
     Ok(Json(
         state
             .api
-            .list_outputs(Request::new(pb::ListOutputsRequest { job_id: id }))
+            .list_outputs(call(&caller, request))
             .await?
             .into_inner(),
     ))
 }
 
-async fn download_output(
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "WatchJob",
+    params(("id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "JobEvent messages as newline-delimited JSON until the job ends",
+         content_type = "application/x-ndjson", body = String),
+        Errors))]
+pub(crate) async fn watch_job(
     State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let request = pb::WatchJobRequest { job_id: id };
+    let events = state
+        .api
+        .watch_job(call(&caller, request))
+        .await?
+        .into_inner();
+    let lines = events.map(|event| {
+        let event = event.map_err(std::io::Error::other)?;
+        let mut line = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        Ok::<_, std::io::Error>(line)
+    });
+    let mut response = Response::new(Body::from_stream(lines));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/outputs/{path}", tag = "jobs", operation_id = "DownloadOutput",
+    params(("id" = String, Path, description = "The job's UUID"),
+           ("path" = String, Path, description = "The output's path, e.g. frames/frame_0001.png")),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        Errors))]
+pub(crate) async fn download_output(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let outputs = state
-        .api
-        .list_outputs(Request::new(pb::ListOutputsRequest { job_id: id.clone() }))
-        .await?;
+    let request = pb::ListOutputsRequest { job_id: id.clone() };
+    let outputs = state.api.list_outputs(call(&caller, request)).await?;
     let Some(output) = outputs
         .into_inner()
         .outputs
@@ -249,14 +511,38 @@ async fn download_output(
     .await
 }
 
-async fn download_asset(
+#[utoipa::path(get, path = "/v1/assets/{digest}", tag = "assets", operation_id = "Download",
+    params(("digest" = String, Path, description = "SHA-256 of the content, 64 lowercase hex characters")),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        Errors))]
+pub(crate) async fn download_asset(
     State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
     Path(digest): Path<String>,
 ) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
     stream_asset(&state, &digest, None, "application/octet-stream").await
 }
 
-async fn stream_asset(
+#[utoipa::path(get, path = "/v1/assets/{digest}/stat", tag = "assets", operation_id = "Stat",
+    params(("digest" = String, Path, description = "SHA-256 of the content, 64 lowercase hex characters")),
+    responses(
+        (status = 200, description = "Whether the file is stored, and its size", body = ref("#/components/schemas/StatResponse")),
+        Errors))]
+pub(crate) async fn stat_asset(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    Path(digest): Path<String>,
+) -> ApiResult<Json<pb::StatResponse>> {
+    use kiln_proto::v1::asset_service_server::AssetService;
+    let request = pb::StatRequest { digest };
+    Ok(Json(
+        state.api.stat(call(&caller, request)).await?.into_inner(),
+    ))
+}
+
+pub(crate) async fn stream_asset(
     state: &RestState,
     digest: &str,
     size: Option<u64>,
@@ -292,8 +578,18 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-/// Streams the request body to the asset service; answers with its digest and size.
-async fn upload_asset(State(state): State<RestState>, body: Body) -> ApiResult<Response> {
+#[utoipa::path(post, path = "/v1/assets", tag = "assets", operation_id = "Upload",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The file's bytes, streamed"),
+    responses(
+        (status = 201, description = "Stored; its digest and size", body = ref("#/components/schemas/AssetInfo")),
+        Errors))]
+pub(crate) async fn upload_asset(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    body: Body,
+) -> ApiResult<Response> {
+    caller.require(Role::Submitter)?;
     let chunks = body.into_data_stream().map_err(std::io::Error::other);
     let info = state
         .upstreams
@@ -302,4 +598,83 @@ async fn upload_asset(State(state): State<RestState>, body: Body) -> ApiResult<R
         .upload_stream(None, chunks)
         .await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "CreateToken",
+    request_body(content = ref("#/components/schemas/CreateTokenRequest")),
+    responses(
+        (status = 201, description = "The token and its secret, shown only this once",
+         body = ref("#/components/schemas/CreateTokenResponse")),
+        Errors))]
+pub(crate) async fn create_token(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    body: JsonBody<pb::CreateTokenRequest>,
+) -> ApiResult<Response> {
+    let Json(request) = body?;
+    let created = state
+        .tokens
+        .create_token(call(&caller, request))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListTokensQuery {
+    /// Include revoked tokens.
+    #[serde(alias = "include_revoked")]
+    include_revoked: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "ListTokens",
+    params(ListTokensQuery),
+    responses(
+        (status = 200, description = "Tokens, newest first, without secrets", body = ref("#/components/schemas/ListTokensResponse")),
+        Errors))]
+pub(crate) async fn list_tokens(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    query: Result<Query<ListTokensQuery>, QueryRejection>,
+) -> ApiResult<Json<pb::ListTokensResponse>> {
+    let Query(query) = query?;
+    let request = pb::ListTokensRequest {
+        include_revoked: query.include_revoked.unwrap_or(false),
+    };
+    Ok(Json(
+        state
+            .tokens
+            .list_tokens(call(&caller, request))
+            .await?
+            .into_inner(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "RevokeToken",
+    params(("id" = String, Path, description = "The token's UUID")),
+    responses(
+        (status = 200, description = "The revoked token", body = ref("#/components/schemas/Token")),
+        Errors))]
+pub(crate) async fn revoke_token(
+    State(state): State<RestState>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<pb::Token>> {
+    let request = pb::RevokeTokenRequest { token_id: id };
+    Ok(Json(
+        state
+            .tokens
+            .revoke_token(call(&caller, request))
+            .await?
+            .into_inner(),
+    ))
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", operation_id = "OpenApi",
+    responses((status = 200, description = "This document", body = Object), Errors))]
+pub(crate) async fn openapi(Extension(caller): Extension<Principal>) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(crate::openapi::document()).into_response())
 }

@@ -41,6 +41,9 @@ pub struct Config {
     /// Largest job template accepted, in bytes
     #[arg(long, env = "KILN_MAX_TEMPLATE_BYTES", default_value_t = 256 * 1024)]
     pub max_template_bytes: usize,
+    /// Secret workers must present (metadata kiln-join-token) to join; unset lets any worker join
+    #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]

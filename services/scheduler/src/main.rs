@@ -45,8 +45,9 @@ async fn main() -> anyhow::Result<()> {
         stall_seconds: config.stall_seconds,
     };
     let jobs = JobApi::new(slot.clone(), discovery.clone(), limits, defaults);
-    let routes = Routes::new(JobServiceServer::new(jobs))
-        .add_service(WorkerServiceServer::new(WorkerSessions::new(slot.clone())));
+    let routes = Routes::new(JobServiceServer::new(jobs)).add_service(WorkerServiceServer::new(
+        WorkerSessions::new(slot.clone()).with_join_token(config.join_token.clone()),
+    ));
     let routes = kiln_service::with_standard_services(
         routes,
         &["kiln.v1.JobService", "kiln.v1.WorkerService"],

@@ -28,6 +28,7 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(15);
 pub struct WorkerSessions {
     leader: Arc<LeaderSlot>,
     next_session: AtomicU64,
+    join_token: Option<String>,
 }
 
 impl WorkerSessions {
@@ -35,9 +36,18 @@ impl WorkerSessions {
         Self {
             leader,
             next_session: AtomicU64::new(1),
+            join_token: None,
         }
     }
+
+    /// Workers must then present `token` as metadata [`JOIN_TOKEN_METADATA`].
+    pub fn with_join_token(mut self, token: Option<String>) -> Self {
+        self.join_token = token;
+        self
+    }
 }
+
+pub const JOIN_TOKEN_METADATA: &str = "kiln-join-token";
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
 
@@ -49,6 +59,16 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        if let Some(expected) = &self.join_token {
+            let presented = request.metadata().get(JOIN_TOKEN_METADATA);
+            let presented = presented.map_or(&[][..], |v| v.as_bytes());
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                presented,
+                expected.as_bytes(),
+            )) {
+                return Err(Status::unauthenticated("missing or wrong join token"));
+            }
+        }
         // A standby refuses sessions: the worker looks for the leader again.
         let scheduler = self.leader.get()?;
         let mut inbound = request.into_inner();

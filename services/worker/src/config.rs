@@ -26,6 +26,9 @@ pub struct Config {
     /// How many tasks this worker runs at once
     #[arg(long, env = "KILN_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub slots: u32,
+    /// Secret the scheduler asks of joining workers (its --join-token)
+    #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     /// Number of GPUs to advertise
     #[arg(long, env = "KILN_GPUS", default_value_t = 0)]
     pub gpus: u32,

@@ -64,6 +64,12 @@ async fn main() -> anyhow::Result<()> {
     let ops_addr = Some(discovery.advertised_address(ops.local_addr()));
     let ops = Arc::new(ops);
     tokio::spawn(stop_on_signals(stopping.clone(), ops.clone()));
+    let join_token = config
+        .join_token
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--join-token must be printable ASCII")?;
     Worker {
         register,
         discovery,
@@ -71,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         cache,
         health,
         ops_addr,
+        join_token,
     }
     .run(stopping)
     .await?;

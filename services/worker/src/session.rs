@@ -102,6 +102,8 @@ pub struct Worker {
     pub health: Arc<LocalHealth>,
     /// The ops endpoint's address as peers reach it, listed in etcd.
     pub ops_addr: Option<String>,
+    /// Presented to the scheduler as metadata `kiln-join-token` when joining.
+    pub join_token: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl Worker {
@@ -239,10 +241,13 @@ impl Worker {
         let _ = outbound.try_send(message(worker_message::Message::Register(
             self.register.clone(),
         )));
-        let inbound = client
-            .session(ReceiverStream::new(queued))
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(queued));
+        if let Some(token) = &self.join_token {
+            request
+                .metadata_mut()
+                .insert("kiln-join-token", token.clone());
+        }
+        let inbound = client.session(request).await?.into_inner();
         tracing::info!(scheduler = %uri, assets = %assets_uri, "session opened");
         Ok((runner, outbound, inbound))
     }

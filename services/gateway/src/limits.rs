@@ -1,0 +1,109 @@
+//! Every limit of the gateway, composed as tower layers in one place: the
+//! guard (header size, token, per-token rate), body sizes, timeouts and
+//! concurrency, for REST and for gRPC.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use http::StatusCode;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::config::LimitArgs;
+use crate::guard::{self, Guard, Protocol};
+use crate::rate_limit::TokenRateLimiter;
+use crate::rest::{self, ApiError, RestState};
+use crate::tokens::TokenStore;
+
+/// How often idle tokens are dropped from the rate limiter's table.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// The limits shared by REST and gRPC; one rate limiter, so a token's
+/// allowance covers both.
+pub struct Limits {
+    args: LimitArgs,
+    store: TokenStore,
+    limiter: Arc<TokenRateLimiter>,
+}
+
+impl Limits {
+    pub fn new(args: &LimitArgs, store: TokenStore) -> Self {
+        let per_second = NonZeroU32::new(args.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(args.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
+        let limiter = Arc::new(TokenRateLimiter::new(per_second, burst));
+        let idle = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FORGET_IDLE_EVERY);
+            loop {
+                tick.tick().await;
+                match idle.upgrade() {
+                    Some(limiter) => limiter.forget_idle(),
+                    None => return,
+                }
+            }
+        });
+        Self {
+            args: args.clone(),
+            store,
+            limiter,
+        }
+    }
+
+    pub fn max_grpc_message_bytes(&self) -> usize {
+        self.args.max_grpc_message_bytes
+    }
+
+    fn guard(&self, protocol: Protocol) -> Arc<Guard> {
+        Arc::new(Guard {
+            protocol,
+            store: self.store.clone(),
+            limiter: self.limiter.clone(),
+            max_header_bytes: self.args.max_header_bytes,
+        })
+    }
+
+    /// The REST application with its limits.
+    pub fn rest(&self, state: RestState) -> Router {
+        let timeout = Duration::from_secs(self.args.request_timeout_seconds);
+        let json = rest::json_routes()
+            .layer(DefaultBodyLimit::max(self.args.max_json_bytes))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::GATEWAY_TIMEOUT,
+                timeout,
+            ));
+        let streaming = rest::streaming_routes()
+            .layer(DefaultBodyLimit::disable())
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                self.args.max_upload_bytes,
+            ));
+        Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .merge(json)
+            .merge(streaming)
+            .fallback(|| async { ApiError::not_found() })
+            .with_state(state)
+            .layer(axum::middleware::from_fn_with_state(
+                self.guard(Protocol::Rest),
+                guard::check,
+            ))
+            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()))
+    }
+
+    /// The gRPC services with their limits (message sizes are set on each service).
+    pub fn grpc(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
+        let router = routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                self.guard(Protocol::Grpc),
+                guard::check,
+            ))
+            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()));
+        tonic::service::Routes::from(router)
+    }
+
+    fn concurrency(&self) -> usize {
+        self.args.max_concurrent_requests as usize
+    }
+}

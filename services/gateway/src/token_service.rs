@@ -1,0 +1,59 @@
+//! `kiln.v1.TokenService`: token administration, for admins only.
+
+use kiln_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{self, Role};
+use crate::tokens::TokenStore;
+
+#[derive(Clone)]
+pub struct TokenApi {
+    store: TokenStore,
+}
+
+impl TokenApi {
+    pub fn new(store: TokenStore) -> Self {
+        Self { store }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::token_service_server::TokenService for TokenApi {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Admin)?;
+        let request = request.into_inner();
+        let role = Role::from_proto(request.role).ok_or_else(|| {
+            Status::invalid_argument("role: must be ROLE_VIEWER, ROLE_SUBMITTER or ROLE_ADMIN")
+        })?;
+        let (token, secret) = self.store.create(&request.name, role).await?;
+        tracing::info!(by = %caller.name, token_id = %token.id, name = %token.name, role = role.as_str(), "token created");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        auth::principal(&request)?.require(Role::Admin)?;
+        let tokens = self.store.list(request.get_ref().include_revoked).await?;
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Admin)?;
+        let token = self.store.revoke(&request.get_ref().token_id).await?;
+        tracing::info!(by = %caller.name, token_id = %token.id, "token revoked");
+        Ok(Response::new(token))
+    }
+}
