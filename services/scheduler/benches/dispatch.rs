@@ -87,8 +87,9 @@ async fn main() -> Result<()> {
     for i in 0..args.workers {
         let channel = channels[i % channels.len()].clone();
         let (completed, latencies) = (completed.clone(), latencies.clone());
+        let join_token = farm.join_token().to_owned();
         sims.push(tokio::spawn(simulated_worker(
-            channel, i, completed, latencies,
+            channel, i, join_token, completed, latencies,
         )));
     }
     wait_until_succeeded(&db, args.jobs as i64, Duration::from_secs(900)).await?;
@@ -191,6 +192,7 @@ async fn connect(uri: &str, connections: usize) -> Result<Vec<Channel>> {
 async fn simulated_worker(
     channel: Channel,
     index: usize,
+    join_token: String,
     completed: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<f64>>>,
 ) -> Result<()> {
@@ -210,8 +212,13 @@ async fn simulated_worker(
         }),
     };
     tx.send(message(ToScheduler::Register(register))).await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        kiln_scheduler::worker_service::JOIN_TOKEN_METADATA,
+        join_token.parse()?,
+    );
     let mut inbound = WorkerServiceClient::new(channel)
-        .session(ReceiverStream::new(rx))
+        .session(request)
         .await?
         .into_inner();
     let mut free_since = Instant::now();

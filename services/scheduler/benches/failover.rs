@@ -1,0 +1,305 @@
+//! Failover figures: two real scheduler replicas, Postgres and etcd, with
+//! simulated workers (the named no-op renderer `noop`, each task held for
+//! 200 ms) that reconnect to whichever scheduler etcd lists.
+//!
+//! - leader failover: kill -9 the leading scheduler, time until a worker
+//!   receives its next assignment;
+//! - dead-worker requeue: a worker's stream is cut (as a killed process's
+//!   connection is reset), time until its task is assigned to another worker.
+//!
+//! Run: `scripts/bench-failover.sh`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use kiln_discovery::service;
+use kiln_localfarm::Farm;
+use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_proto::v1::worker_message::Message as ToScheduler;
+use kiln_proto::v1::worker_service_client::WorkerServiceClient;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Parser)]
+struct Args {
+    /// Measurements of each kind
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    // `cargo bench` passes --bench; accept and ignore it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// What the simulated workers saw: when the last assignment arrived, and
+/// which task each worker holds.
+#[derive(Default)]
+struct Seen {
+    last_assignment: Option<Instant>,
+    holding: HashMap<usize, String>,
+    assigned_at: HashMap<String, Instant>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-failover-")
+        .tempdir()?;
+    let mut farm = Farm::builder(dir.path().join("farm"))
+        .workers(0)
+        .schedulers(2)
+        .start()
+        .await?;
+    let discovery = farm.discovery().clone();
+    let endpoint = discovery
+        .find_one(service::SCHEDULER, Duration::from_secs(10))
+        .await?;
+    let mut jobs = JobServiceClient::connect(endpoint.grpc_uri()).await?;
+    jobs.submit_job(noop_job(100_000)).await?;
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut cutters = Vec::new();
+    for index in 0..args.workers {
+        let (cut, cut_rx) = mpsc::channel(1);
+        cutters.push(cut);
+        tokio::spawn(simulated_worker(
+            discovery.clone(),
+            index,
+            farm.join_token().to_owned(),
+            seen.clone(),
+            cut_rx,
+        ));
+    }
+    wait_for_assignments(&seen).await?;
+
+    let mut failovers = Vec::new();
+    for _ in 0..args.runs {
+        let leader = leading(&farm).await?;
+        let killed = Instant::now();
+        farm.schedulers_mut()[leader].kill().await?;
+        failovers.push(next_assignment_after(&seen, killed).await?);
+        farm.schedulers_mut()[leader].start()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let mut requeues = Vec::new();
+    for run in 0..args.runs {
+        let victim = run % args.workers;
+        let task = held_by(&seen, victim).await?;
+        let cut = Instant::now();
+        cutters[victim].send(()).await.context("worker gone")?;
+        requeues.push(reassigned_after(&seen, &task, victim, cut).await?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    println!(
+        "| figure ({} runs) | median | worst |\n|---|---|---|",
+        args.runs
+    );
+    print_row("leader kill -9 to next dispatch", &mut failovers);
+    print_row(
+        "worker stream cut to its task dispatched elsewhere",
+        &mut requeues,
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+fn print_row(name: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let median = samples[samples.len() / 2];
+    let worst = samples[samples.len() - 1];
+    println!(
+        "| {name} | {:.2} s | {:.2} s |",
+        median.as_secs_f64(),
+        worst.as_secs_f64()
+    );
+}
+
+fn noop_job(tasks: usize) -> pb::SubmitJobRequest {
+    let template = format!(
+        "specificationVersion: jobtemplate-2023-09
+name: noop
+steps:
+  - name: Noop
+    parameterSpace:
+      taskParameterDefinitions:
+        - name: N
+          type: INT
+          range: \"1-{tasks}\"
+    script:
+      actions:
+        onRun:
+          command: noop
+          args: [\"{{{{Task.Param.N}}}}\"]
+"
+    );
+    pb::SubmitJobRequest {
+        template: Some(pb::submit_job_request::Template::TemplateDocument(template)),
+        ..Default::default()
+    }
+}
+
+async fn leading(farm: &Farm) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(index) = farm.leading_scheduler().await? {
+            return Ok(index);
+        }
+        if Instant::now() > deadline {
+            bail!("no scheduler leads");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn poll<T>(mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = probe() {
+            return Ok(found);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn wait_for_assignments(seen: &Mutex<Seen>) -> Result<()> {
+    poll(|| lock(seen).last_assignment.map(|_| ())).await
+}
+
+async fn next_assignment_after(seen: &Mutex<Seen>, since: Instant) -> Result<Duration> {
+    poll(|| {
+        lock(seen)
+            .last_assignment
+            .filter(|at| *at > since)
+            .map(|at| at - since)
+    })
+    .await
+}
+
+async fn held_by(seen: &Mutex<Seen>, worker: usize) -> Result<String> {
+    poll(|| lock(seen).holding.get(&worker).cloned()).await
+}
+
+async fn reassigned_after(
+    seen: &Mutex<Seen>,
+    task: &str,
+    victim: usize,
+    since: Instant,
+) -> Result<Duration> {
+    poll(|| {
+        let seen = lock(seen);
+        let elsewhere = seen.holding.iter().any(|(w, t)| *w != victim && t == task);
+        let at = seen.assigned_at.get(task).copied().filter(|at| *at > since);
+        at.filter(|_| elsewhere).map(|at| at - since)
+    })
+    .await
+}
+
+/// A simulated worker that finds the scheduler in etcd, holds each task for
+/// 200 ms, and reconnects whenever its session ends or is cut.
+async fn simulated_worker(
+    discovery: kiln_discovery::Discovery,
+    index: usize,
+    join_token: String,
+    seen: Arc<Mutex<Seen>>,
+    mut cut: mpsc::Receiver<()>,
+) {
+    loop {
+        let session = session(&discovery, index, &join_token, &seen);
+        tokio::select! {
+            _ = session => {}
+            _ = cut.recv() => {}
+        }
+        lock(&seen).holding.remove(&index);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn session(
+    discovery: &kiln_discovery::Discovery,
+    index: usize,
+    join_token: &str,
+    seen: &Mutex<Seen>,
+) -> Result<()> {
+    let endpoint = discovery
+        .find_one(service::SCHEDULER, Duration::from_secs(30))
+        .await?;
+    let channel = tonic::transport::Channel::from_shared(endpoint.grpc_uri())?
+        .http2_keep_alive_interval(Duration::from_secs(3))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    let (tx, rx) = mpsc::channel(16);
+    let register = pb::RegisterWorker {
+        worker_id: format!("sim-{index}"),
+        hostname: "bench".into(),
+        capabilities: Some(pb::WorkerCapabilities {
+            renderers: vec![pb::Renderer {
+                name: "noop".into(),
+                version: "0".into(),
+            }],
+            slots: 1,
+            os: "linux".into(),
+            ..Default::default()
+        }),
+    };
+    tx.send(message(ToScheduler::Register(register))).await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        kiln_scheduler::worker_service::JOIN_TOKEN_METADATA,
+        join_token.parse()?,
+    );
+    let mut inbound = WorkerServiceClient::new(channel)
+        .session(request)
+        .await?
+        .into_inner();
+    while let Some(incoming) = inbound.message().await? {
+        let Some(pb::scheduler_message::Message::Assignment(task)) = incoming.message else {
+            continue;
+        };
+        {
+            let mut seen = lock(seen);
+            let now = Instant::now();
+            seen.last_assignment = Some(now);
+            seen.assigned_at.insert(task.task_id.clone(), now);
+            seen.holding.insert(index, task.task_id.clone());
+        }
+        let started = pb::TaskStarted {
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+        };
+        tx.send(message(ToScheduler::Started(started))).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        lock(seen).holding.remove(&index);
+        let result = pb::TaskResult {
+            task_id: task.task_id,
+            attempt: task.attempt,
+            success: true,
+            exit_code: Some(0),
+            ..Default::default()
+        };
+        tx.send(message(ToScheduler::Result(result))).await?;
+    }
+    Ok(())
+}
+
+fn message(message: ToScheduler) -> pb::WorkerMessage {
+    pb::WorkerMessage {
+        message: Some(message),
+    }
+}
