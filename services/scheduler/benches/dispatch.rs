@@ -6,6 +6,8 @@
 //!
 //! Run: `scripts/bench-scheduler.sh` (builds release binaries first).
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +22,8 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+
+use common::{message, noop_job};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -155,30 +159,6 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn noop_job(tasks: usize) -> pb::SubmitJobRequest {
-    let template = format!(
-        "specificationVersion: jobtemplate-2023-09
-name: noop
-steps:
-  - name: Noop
-    parameterSpace:
-      taskParameterDefinitions:
-        - name: N
-          type: INT
-          range: \"1-{tasks}\"
-    script:
-      actions:
-        onRun:
-          command: noop
-          args: [\"{{{{Task.Param.N}}}}\"]
-"
-    );
-    pb::SubmitJobRequest {
-        template: Some(pb::submit_job_request::Template::TemplateDocument(template)),
-        ..Default::default()
-    }
-}
-
 async fn connect(uri: &str, connections: usize) -> Result<Vec<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
@@ -248,12 +228,6 @@ async fn simulated_worker(
         completed.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
-}
-
-fn message(message: ToScheduler) -> pb::WorkerMessage {
-    pb::WorkerMessage {
-        message: Some(message),
-    }
 }
 
 async fn wait_until_succeeded(db: &PgPool, jobs: i64, limit: Duration) -> Result<()> {

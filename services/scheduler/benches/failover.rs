@@ -9,6 +9,8 @@
 //!
 //! Run: `scripts/bench-failover.sh`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +26,8 @@ use kiln_proto::v1::worker_service_client::WorkerServiceClient;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+
+use common::{message, noop_job};
 
 #[derive(Parser)]
 struct Args {
@@ -121,30 +125,6 @@ fn print_row(name: &str, samples: &mut [Duration]) {
         median.as_secs_f64(),
         worst.as_secs_f64()
     );
-}
-
-fn noop_job(tasks: usize) -> pb::SubmitJobRequest {
-    let template = format!(
-        "specificationVersion: jobtemplate-2023-09
-name: noop
-steps:
-  - name: Noop
-    parameterSpace:
-      taskParameterDefinitions:
-        - name: N
-          type: INT
-          range: \"1-{tasks}\"
-    script:
-      actions:
-        onRun:
-          command: noop
-          args: [\"{{{{Task.Param.N}}}}\"]
-"
-    );
-    pb::SubmitJobRequest {
-        template: Some(pb::submit_job_request::Template::TemplateDocument(template)),
-        ..Default::default()
-    }
 }
 
 async fn leading(farm: &Farm) -> Result<usize> {
@@ -296,10 +276,4 @@ async fn session(
         tx.send(message(ToScheduler::Result(result))).await?;
     }
     Ok(())
-}
-
-fn message(message: ToScheduler) -> pb::WorkerMessage {
-    pb::WorkerMessage {
-        message: Some(message),
-    }
 }
