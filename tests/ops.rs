@@ -165,9 +165,10 @@ async fn every_service_serves_metrics_health_and_named_readiness() -> anyhow::Re
         .unwrap_or_default();
     for name in [
         "kiln_scheduler_jobs_finished_total{state=\"succeeded\"} 1",
-        "kiln_scheduler_queue_depth 0",
+        // Gauges are sampled every 250 ms: their names, not their values.
+        "kiln_scheduler_queue_depth ",
+        "kiln_scheduler_tasks{state=\"in_flight\"} ",
         "kiln_scheduler_workers 1",
-        "kiln_scheduler_tasks{state=\"in_flight\"} 0",
         "kiln_scheduler_dispatch_latency_seconds_count 3",
         "kiln_scheduler_batch_write_seconds_count",
         "kiln_scheduler_idle_workers 0",

@@ -4,6 +4,7 @@
 //!
 //! - leader failover: kill -9 the leading scheduler, time until a worker
 //!   receives its next assignment;
+//! - handover: SIGTERM the leader (it resigns), time until the next assignment;
 //! - dead-worker requeue: a worker's stream is cut (as a killed process's
 //!   connection is reset), time until its task is assigned to another worker.
 //!
@@ -93,6 +94,17 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
+    let mut handovers = Vec::new();
+    for _ in 0..args.runs {
+        let leader = leading(&farm).await?;
+        let stopped = Instant::now();
+        farm.schedulers_mut()[leader].signal_terminate()?;
+        handovers.push(next_assignment_after(&seen, stopped).await?);
+        farm.schedulers_mut()[leader].terminate().await?;
+        farm.schedulers_mut()[leader].start()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
     let mut requeues = Vec::new();
     for run in 0..args.runs {
         let victim = run % args.workers;
@@ -108,6 +120,7 @@ async fn main() -> Result<()> {
         args.runs
     );
     print_row("leader kill -9 to next dispatch", &mut failovers);
+    print_row("leader SIGTERM (resigns) to next dispatch", &mut handovers);
     print_row(
         "worker stream cut to its task dispatched elsewhere",
         &mut requeues,

@@ -92,6 +92,12 @@ impl Core {
         }
         metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
         metrics::gauge!(WORKERS).set(self.workers.len() as f64);
+        // Every renderer a worker offers gets a value, 0 when nothing waits for it.
+        for worker in self.workers.values() {
+            for renderer in &worker.capabilities.renderers {
+                work.entry(renderer.name.as_str()).or_default();
+            }
+        }
         for (renderer, seconds) in work {
             let slots: usize = self
                 .workers
