@@ -23,12 +23,10 @@ use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use kiln_proto::v1::worker_message::Message as ToScheduler;
-use kiln_proto::v1::worker_service_client::WorkerServiceClient;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 
-use common::{message, noop_job};
+use common::{message, noop_job, open_session};
 
 #[derive(Parser)]
 struct Args {
@@ -237,30 +235,7 @@ async fn session(
         .keep_alive_timeout(Duration::from_secs(3))
         .connect()
         .await?;
-    let (tx, rx) = mpsc::channel(16);
-    let register = pb::RegisterWorker {
-        worker_id: format!("sim-{index}"),
-        hostname: "bench".into(),
-        capabilities: Some(pb::WorkerCapabilities {
-            renderers: vec![pb::Renderer {
-                name: "noop".into(),
-                version: "0".into(),
-            }],
-            slots: 1,
-            os: "linux".into(),
-            ..Default::default()
-        }),
-    };
-    tx.send(message(ToScheduler::Register(register))).await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        kiln_scheduler::worker_service::JOIN_TOKEN_METADATA,
-        join_token.parse()?,
-    );
-    let mut inbound = WorkerServiceClient::new(channel)
-        .session(request)
-        .await?
-        .into_inner();
+    let (tx, mut inbound) = open_session(channel, index, join_token).await?;
     while let Some(incoming) = inbound.message().await? {
         let Some(pb::scheduler_message::Message::Assignment(task)) = incoming.message else {
             continue;

@@ -270,9 +270,12 @@ impl Core {
             .iter()
             .map(|&d| job.steps[d].name.clone())
             .collect();
+        let attempt = (task_id, task.attempt);
         self.batch.effects.push(Effect::Deliver {
             worker_id: worker_id.to_owned(),
             outbox,
+            job_id: job.id,
+            attempt,
             assignment,
             dependency_steps,
         });

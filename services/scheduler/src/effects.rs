@@ -29,6 +29,9 @@ pub enum Effect {
     Deliver {
         worker_id: String,
         outbox: Outbox,
+        job_id: Uuid,
+        /// The task and attempt, as the core knows them (no parsing back from text).
+        attempt: (Uuid, i32),
         assignment: pb::TaskAssignment,
         /// Steps whose outputs the task receives as inputs under `outputs/`.
         dependency_steps: Vec<String>,
@@ -51,6 +54,13 @@ pub enum Effect {
         state_changed: bool,
     },
     Reply(Reply),
+}
+
+/// Where an assignment goes, and which attempt it is.
+struct Recipient {
+    worker_id: String,
+    outbox: Outbox,
+    attempt: (Uuid, i32),
 }
 
 pub struct EffectRunner {
@@ -86,10 +96,17 @@ impl EffectRunner {
             Effect::Deliver {
                 worker_id,
                 outbox,
+                job_id,
+                attempt,
                 assignment,
                 dependency_steps,
             } => {
-                self.deliver(worker_id, outbox, assignment, &dependency_steps)
+                let to = Recipient {
+                    worker_id,
+                    outbox,
+                    attempt,
+                };
+                self.deliver(to, job_id, assignment, &dependency_steps)
                     .await
             }
             Effect::Cancel {
@@ -126,40 +143,34 @@ impl EffectRunner {
 
     async fn deliver(
         &self,
-        worker_id: String,
-        outbox: Outbox,
+        to: Recipient,
+        job_id: Uuid,
         mut assignment: pb::TaskAssignment,
         dependency_steps: &[String],
     ) {
         if !dependency_steps.is_empty() {
-            match self
-                .dependency_outputs(&assignment.job_id, dependency_steps)
-                .await
-            {
+            match self.dependency_outputs(job_id, dependency_steps).await {
                 Ok(inputs) => assignment.inputs.extend(inputs),
                 Err(err) => {
-                    tracing::warn!(error = %err, task_id = %assignment.task_id, "cannot list the outputs a task needs");
-                    return self.undeliverable(worker_id, &assignment);
+                    tracing::warn!(error = %err, task_id = %to.attempt.0, "cannot list the outputs a task needs");
+                    return self.undeliverable(to);
                 }
             }
         }
-        tracing::debug!(task_id = %assignment.task_id, attempt = assignment.attempt, worker_id, "dispatched");
+        tracing::debug!(task_id = %to.attempt.0, attempt = to.attempt.1, worker_id = %to.worker_id, "dispatched");
         let message = pb::SchedulerMessage {
-            message: Some(pb::scheduler_message::Message::Assignment(
-                assignment.clone(),
-            )),
+            message: Some(pb::scheduler_message::Message::Assignment(assignment)),
         };
-        if outbox.try_send(Ok(message)).is_err() {
-            self.undeliverable(worker_id, &assignment);
+        if to.outbox.try_send(Ok(message)).is_err() {
+            self.undeliverable(to);
         }
     }
 
     async fn dependency_outputs(
         &self,
-        job_id: &str,
+        job_id: Uuid,
         steps: &[String],
     ) -> Result<Vec<pb::TaskInput>, sqlx::Error> {
-        let job_id = Uuid::parse_str(job_id).unwrap_or_default();
         let outputs = store::outputs_of_steps(&self.db, job_id, steps).await?;
         Ok(outputs
             .into_iter()
@@ -170,14 +181,12 @@ impl EffectRunner {
             .collect())
     }
 
-    fn undeliverable(&self, worker_id: String, assignment: &pb::TaskAssignment) {
-        let Ok(task_id) = Uuid::parse_str(&assignment.task_id) else {
-            return;
-        };
+    fn undeliverable(&self, to: Recipient) {
+        let (task_id, attempt) = to.attempt;
         let command = Command::Undeliverable {
-            worker_id,
+            worker_id: to.worker_id,
             task_id,
-            attempt: assignment.attempt as i32,
+            attempt,
         };
         // If the core is too busy to hear it now, the start timeout requeues the task.
         if self.commands.try_send(command).is_err() {

@@ -2,6 +2,49 @@
 
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::worker_message::Message as ToScheduler;
+use kiln_proto::v1::worker_service_client::WorkerServiceClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+/// Opens a simulated worker's session: registers `sim-<index>` with the
+/// no-op renderer and one slot, presenting the farm's join token. Returns
+/// the sender for further messages and the scheduler's messages.
+pub async fn open_session(
+    channel: Channel,
+    index: usize,
+    join_token: &str,
+) -> anyhow::Result<(
+    mpsc::Sender<pb::WorkerMessage>,
+    tonic::Streaming<pb::SchedulerMessage>,
+)> {
+    let (tx, rx) = mpsc::channel(64);
+    let register = pb::RegisterWorker {
+        worker_id: format!("sim-{index}"),
+        hostname: "bench".into(),
+        capabilities: Some(pb::WorkerCapabilities {
+            cpu_cores: 1,
+            renderers: vec![pb::Renderer {
+                name: "noop".into(),
+                version: "0".into(),
+            }],
+            slots: 1,
+            os: "linux".into(),
+            ..Default::default()
+        }),
+    };
+    tx.send(message(ToScheduler::Register(register))).await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        kiln_scheduler::worker_service::JOIN_TOKEN_METADATA,
+        join_token.parse()?,
+    );
+    let inbound = WorkerServiceClient::new(channel)
+        .session(request)
+        .await?
+        .into_inner();
+    Ok((tx, inbound))
+}
 
 /// A job of `tasks` tasks for the named no-op renderer `noop`.
 pub fn noop_job(tasks: usize) -> pb::SubmitJobRequest {
