@@ -39,7 +39,7 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
     farm.worker_mut(0).context("worker 0")?.kill().await?;
     report.push(("kill -9 worker 0", recover(&mut client, &id, fault).await?));
 
-    let leader = leading(&farm).await?;
+    let leader = kiln_tests::leading_scheduler(&farm).await?;
     let fault = Instant::now();
     farm.schedulers_mut()[leader].kill().await?;
     report.push((
@@ -49,7 +49,7 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
     // The killed replica comes back as the standby.
     farm.schedulers_mut()[leader].start()?;
 
-    let leader = leading(&farm).await?;
+    let leader = kiln_tests::leading_scheduler(&farm).await?;
     let fault = Instant::now();
     farm.schedulers_mut()[leader].pause()?;
     let recovered = recover(&mut client, &id, fault).await?;
@@ -95,19 +95,6 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
     );
     farm.shutdown().await?;
     Ok(())
-}
-
-async fn leading(farm: &Farm) -> Result<usize> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(index) = farm.leading_scheduler().await? {
-            return Ok(index);
-        }
-        if Instant::now() > deadline {
-            bail!("no scheduler leads");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn succeeded(client: &mut Client, id: &str) -> Option<u32> {

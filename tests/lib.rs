@@ -353,3 +353,17 @@ pub fn finished_at(job: &pb::Job) -> (i64, i32) {
         .as_ref()
         .map_or((i64::MAX, 0), |t| (t.seconds, t.nanos))
 }
+
+/// The index of the scheduler replica that leads, once one does.
+pub async fn leading_scheduler(farm: &Farm) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(index) = farm.leading_scheduler().await? {
+            return Ok(index);
+        }
+        if Instant::now() > deadline {
+            bail!("no scheduler leads");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

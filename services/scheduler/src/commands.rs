@@ -2,7 +2,6 @@
 //! memory through `Core::transition`, which queues the durable writes.
 
 use std::cmp::Reverse;
-use std::collections::HashSet;
 
 use chrono::Utc;
 use kiln_proto::v1 as pb;
@@ -17,7 +16,7 @@ use crate::core::{
 use crate::effects::Effect;
 use crate::job_state::JobState;
 use crate::task_state::{TaskEvent, TaskState};
-use crate::writer::BlocklistWrite;
+use crate::writer::{BlocklistWrite, OutputWrite};
 
 pub type Reply = oneshot::Sender<Result<(), SchedulerError>>;
 
@@ -27,6 +26,8 @@ pub enum Command {
         session: u64,
         capabilities: pb::WorkerCapabilities,
         outbox: Outbox,
+        /// Attempts the worker says it still holds from an earlier session.
+        held: Vec<(Uuid, i32)>,
     },
     WorkerLeft {
         worker_id: String,
@@ -86,7 +87,8 @@ impl Core {
                 session,
                 capabilities,
                 outbox,
-            } => self.worker_joined(worker_id, session, capabilities, outbox),
+                held,
+            } => self.worker_joined(worker_id, session, capabilities, outbox, held),
             Command::WorkerLeft { worker_id, session } => {
                 if self
                     .workers
@@ -140,11 +142,10 @@ impl Core {
         session: u64,
         capabilities: pb::WorkerCapabilities,
         outbox: Outbox,
+        held: Vec<(Uuid, i32)>,
     ) {
-        // A worker that reconnects starts afresh: what its old session held is lost.
-        if self.workers.contains_key(&worker_id) {
-            self.worker_left(&worker_id);
-        }
+        // What the worker's old session held and it no longer names is lost.
+        let kept = self.replace_session(&worker_id, &held);
         let slots = capabilities.slots.max(1) as usize;
         self.workers.insert(
             worker_id.clone(),
@@ -153,15 +154,22 @@ impl Core {
                 outbox,
                 capabilities,
                 slots,
-                running: HashSet::new(),
-                idle_since: Some(Instant::now()),
+                idle_since: kept.is_empty().then(Instant::now),
+                running: kept,
             },
         );
-        self.free_workers.insert(worker_id);
+        self.reclaim(&worker_id, held);
+        if self
+            .workers
+            .get(&worker_id)
+            .is_some_and(WorkerEntry::has_free_slot)
+        {
+            self.free_workers.insert(worker_id);
+        }
         self.dispatch_wanted = true;
     }
 
-    fn worker_left(&mut self, worker_id: &str) {
+    pub(crate) fn worker_left(&mut self, worker_id: &str) {
         let Some(worker) = self.workers.get(worker_id) else {
             return;
         };
@@ -184,6 +192,7 @@ impl Core {
     /// tasks are stopped and requeued, and dropping its outbox ends the
     /// stream, so a worker that is in fact alive reconnects afresh.
     fn lease_lost(&mut self, worker_id: &str) {
+        self.release_unclaimed_of(worker_id);
         let Some(worker) = self.workers.get(worker_id) else {
             return;
         };
@@ -196,7 +205,7 @@ impl Core {
     }
 
     /// An attempt ended through no fault of the task: it goes back to the queue.
-    fn lose(&mut self, worker_id: &str, task_id: Uuid, attempt: i32, why: &str) {
+    pub(crate) fn lose(&mut self, worker_id: &str, task_id: Uuid, attempt: i32, why: &str) {
         if !self.holds(worker_id, task_id, attempt) {
             return;
         }
@@ -213,7 +222,7 @@ impl Core {
     }
 
     /// Whether the task's current attempt is this one, on this worker.
-    fn holds(&self, worker_id: &str, task_id: Uuid, attempt: i32) -> bool {
+    pub(crate) fn holds(&self, worker_id: &str, task_id: Uuid, attempt: i32) -> bool {
         self.tasks.get(&task_id).is_some_and(|t| {
             t.attempt == attempt
                 && t.worker_id.as_deref() == Some(worker_id)
@@ -326,10 +335,33 @@ impl Core {
             log_tail: result.log_tail,
         };
         if result.success {
-            self.transition(task_id, TaskEvent::Succeed, Some(&outcome));
+            if self
+                .transition(task_id, TaskEvent::Succeed, Some(&outcome))
+                .is_some()
+            {
+                self.record_outputs(task_id, result.outputs);
+            }
             return;
         }
         self.fail_attempt(worker_id, task_id, &outcome);
+    }
+
+    /// A success lists every output of the attempt; those whose own report
+    /// never arrived are recorded with it.
+    fn record_outputs(&mut self, task_id: Uuid, outputs: Vec<pb::OutputStored>) {
+        let Some(job_id) = self.tasks.get(&task_id).map(|t| t.job_id) else {
+            return;
+        };
+        let valid = outputs
+            .into_iter()
+            .filter(|o| !o.path.is_empty() && !o.digest.is_empty());
+        self.batch.outputs.extend(valid.map(|o| OutputWrite {
+            job_id,
+            task_id,
+            path: o.path,
+            digest: o.digest,
+            size: i64::try_from(o.size).unwrap_or(i64::MAX),
+        }));
     }
 
     /// A failed attempt: retried after a backoff or failed for good, and
@@ -405,6 +437,9 @@ impl Core {
         for task in &tasks {
             if task.state.is_in_flight() {
                 *self.owner_running.entry(job.owner.clone()).or_default() += 1;
+                // Dispatched by a previous leader: its worker may still run it.
+                let deadline = Instant::now() + self.policy.reclaim_window;
+                self.unclaimed.insert(task.id, deadline);
             }
         }
         self.jobs.insert(job_id, job);
@@ -514,6 +549,7 @@ impl Core {
     /// Periodic work: due retries, attempts that outlived their limits, gauges.
     pub fn on_tick(&mut self, now: Instant) {
         self.release_due_retries(now);
+        self.expire_unclaimed(now);
         self.publish_gauges(now);
         let mut overdue = Vec::new();
         for (worker_id, worker) in &self.workers {

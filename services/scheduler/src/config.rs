@@ -32,6 +32,10 @@ pub struct Config {
     /// counted as a failed attempt (jobs may set their own; 0 turns it off)
     #[arg(long, env = "KILN_STALL_SECONDS", default_value_t = 600)]
     pub stall_seconds: u32,
+    /// Seconds a newly elected leader waits for workers to reconnect and
+    /// confirm the tasks they kept running before requeueing those tasks
+    #[arg(long, env = "KILN_RECLAIM_SECONDS", default_value_t = 15)]
+    pub reclaim_seconds: u64,
     /// An owner's weight in fair share, as NAME=WEIGHT (repeatable; default weight 1)
     #[arg(long = "owner-weight", env = "KILN_OWNER_WEIGHTS", value_delimiter = ',', value_parser = parse_weight)]
     pub owner_weights: Vec<(String, f64)>,

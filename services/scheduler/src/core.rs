@@ -177,6 +177,9 @@ pub struct Core {
     pub next_seq: u64,
     /// Jobs touched since their state was last derived.
     touched_jobs: HashSet<Uuid>,
+    /// In-flight attempts a previous leader dispatched, waiting until this
+    /// deadline for their worker to reconnect and confirm them.
+    pub unclaimed: HashMap<Uuid, Instant>,
     /// Final states of jobs that left memory lately, for submissions that
     /// raced with the end of a job they depend on.
     pub recently_finished: HashMap<Uuid, JobState>,
@@ -203,6 +206,7 @@ impl Core {
             dispatch_wanted: true,
             next_seq: 0,
             touched_jobs: HashSet::new(),
+            unclaimed: HashMap::new(),
             recently_finished: HashMap::new(),
         }
     }

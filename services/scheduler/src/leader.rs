@@ -96,6 +96,9 @@ fn shutdown_requested() -> watch::Receiver<bool> {
     rx
 }
 
+/// Pause between refreshes of a leadership lease that etcd did not confirm.
+const LEASE_RETRY: Duration = Duration::from_millis(200);
+
 /// A lease kept alive in the background; `lost` turns true once etcd
 /// says it has ended or cannot be reached for longer than it lasts.
 struct KeptLease {
@@ -141,16 +144,30 @@ async fn keep_lease(mut client: Client, ttl: i64) -> Result<KeptLease, etcd_clie
     let keeper = tokio::spawn(async move {
         let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
         let expires = Duration::from_secs(ttl.max(1) as u64);
-        let mut last_ok = tokio::time::Instant::now();
+        // When the last refresh that etcd confirmed was sent: the lease
+        // lasts at least `expires` from then.
+        let mut refreshed_at = tokio::time::Instant::now();
+        let mut wait = period;
         loop {
-            tokio::time::sleep(period).await;
-            match refresh(&mut client, id).await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => break,
-                Err(err) if last_ok.elapsed() < expires => {
-                    tracing::warn!(error = %err, "cannot refresh the leadership lease; retrying")
+            tokio::time::sleep(wait).await;
+            let left = expires.saturating_sub(refreshed_at.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let sent = tokio::time::Instant::now();
+            // An etcd that hangs (frozen, partitioned) must not hold the
+            // keeper past the lease's end, so each round trip has a deadline.
+            match tokio::time::timeout(period.min(left), refresh(&mut client, id)).await {
+                Ok(Ok(true)) => {
+                    refreshed_at = sent;
+                    wait = period;
                 }
-                Err(_) => break,
+                Ok(Ok(false)) => break,
+                Ok(Err(_)) | Err(_) => {
+                    // A short etcd outage is ridden out by retrying quickly.
+                    tracing::warn!("cannot refresh the leadership lease; retrying");
+                    wait = LEASE_RETRY;
+                }
             }
         }
         // Safety first: without a live lease this process must not act as leader.

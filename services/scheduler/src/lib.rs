@@ -29,6 +29,7 @@ pub mod liveness;
 pub mod loader;
 pub mod matching;
 pub mod queue;
+mod reclaim;
 pub mod retry;
 pub mod scheduler;
 pub mod scheduler_metrics;

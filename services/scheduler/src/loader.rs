@@ -173,8 +173,10 @@ struct TaskRow {
     frames: Vec<i64>,
 }
 
-/// Loads every unfinished job. Tasks left in flight by a previous leader go
-/// back to the queue first: no worker session exists yet to confirm them.
+/// Loads every unfinished job. Tasks left in flight by a previous leader
+/// stay in flight: their workers may still run them and reclaim them when
+/// they reconnect (`reclaim.rs`); the fence check makes sure this process
+/// still leads before anything is dispatched.
 pub async fn load_unfinished(
     db: &sqlx::PgPool,
     token: Token,
@@ -186,37 +188,10 @@ pub async fn load_unfinished(
     )
     .fetch_all(db)
     .await?;
-    requeue_in_flight(db, token, &rows).await?;
-    Ok(load(db, rows).await?)
-}
-
-/// Tasks a previous leader left in flight go back to the queue: no worker
-/// session exists yet to confirm them.
-async fn requeue_in_flight(
-    db: &sqlx::PgPool,
-    token: Token,
-    rows: &[JobRow],
-) -> Result<(), SchedulerError> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let mut tx = db.begin().await?;
     fence::check(&mut tx, token).await?;
-    let requeued = sqlx::query(
-        "UPDATE tasks SET state = 'pending', updated_at = now(),
-                message = 'requeued: the scheduler that dispatched it stopped'
-         WHERE job_id = ANY($1) AND state IN ('dispatched', 'running')",
-    )
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
     tx.commit().await?;
-    if requeued > 0 {
-        tracing::warn!(
-            tasks = requeued,
-            "requeued tasks left in flight by a previous scheduler"
-        );
-    }
-    Ok(())
+    Ok(load(db, rows).await?)
 }
 
 /// Loads one job (finished or not), for a retry that reopens it.
@@ -370,10 +345,7 @@ fn assemble(
         else {
             continue;
         };
-        let state = match TaskState::parse(&row.state) {
-            Some(s) if !s.is_in_flight() => s,
-            _ => TaskState::Pending,
-        };
+        let state = TaskState::parse(&row.state).unwrap_or(TaskState::Pending);
         if loaded.job.steps[step].command.is_empty() {
             loaded.job.steps[step].command = row.command.clone();
         }
@@ -402,11 +374,8 @@ fn assemble(
 fn add_count(job: &mut JobEntry, step_name: &str, state: TaskState, n: i64) {
     job.counts.total += n;
     match state {
-        // In-flight tasks were requeued before loading.
-        TaskState::Pending
-        | TaskState::WaitingRetry
-        | TaskState::Dispatched
-        | TaskState::Running => job.counts.waiting += n,
+        TaskState::Pending | TaskState::WaitingRetry => job.counts.waiting += n,
+        TaskState::Dispatched | TaskState::Running => job.counts.in_flight += n,
         TaskState::Succeeded => job.counts.succeeded += n,
         TaskState::Failed => job.counts.failed += n,
         TaskState::Cancelled => job.counts.cancelled += n,

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             max_attempts: config.max_attempts.max(1),
             base_delay: Duration::from_secs_f64(config.retry_base_seconds.max(0.0)),
             blocklist_after: config.blocklist_after.max(1),
+            reclaim_window: Duration::from_secs(config.reclaim_seconds),
             ..RetryPolicy::default()
         },
         owner_weights: config.owner_weights.iter().cloned().collect(),

@@ -15,6 +15,10 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Failed attempts of one job's tasks after which a worker is blocklisted for the job.
     pub blocklist_after: u32,
+    /// How long an attempt a previous leader dispatched waits for its worker
+    /// to reconnect and confirm it before it is lost and requeued. Workers
+    /// keep rendering through a failover; this is their time to come back.
+    pub reclaim_window: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -24,6 +28,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(300),
             blocklist_after: 3,
+            reclaim_window: Duration::from_secs(15),
         }
     }
 }

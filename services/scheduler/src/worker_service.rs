@@ -100,20 +100,44 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
 
         let worker_id = register.worker_id.clone();
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        // A worker that reconnects replaces its old session: whatever that
-        // held is requeued before new work is handed out.
+        let held = held_attempts(&register.running)?;
+        // A worker that reconnects replaces its old session: what that held
+        // and the worker no longer names is requeued before new work is
+        // handed out; what it names it keeps, if it is still its to run.
         scheduler
             .tell(Command::WorkerJoined {
                 worker_id: worker_id.clone(),
                 session,
                 capabilities: register.capabilities.unwrap_or_default(),
                 outbox,
+                held,
             })
             .await?;
         tracing::info!(worker_id, hostname = %register.hostname, session, "worker joined");
         tokio::spawn(serve_session(scheduler, worker_id, session, inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbox_rx))))
     }
+}
+
+/// Most attempts a worker may name when it registers.
+const MAX_HELD: usize = 4096;
+
+fn held_attempts(running: &[pb::HeldAttempt]) -> Result<Vec<(uuid::Uuid, i32)>, Status> {
+    if running.len() > MAX_HELD {
+        return Err(Status::invalid_argument(format!(
+            "running names {} attempts; at most {MAX_HELD} are allowed",
+            running.len()
+        )));
+    }
+    running
+        .iter()
+        .map(|held| {
+            let task_id = crate::job_service::parse_uuid("running.task_id", &held.task_id)?;
+            let attempt = i32::try_from(held.attempt)
+                .map_err(|_| Status::invalid_argument("running.attempt is out of range"))?;
+            Ok((task_id, attempt))
+        })
+        .collect()
 }
 
 async fn serve_session(

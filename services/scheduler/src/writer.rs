@@ -87,11 +87,22 @@ pub enum BlocklistWrite {
     },
 }
 
+/// An output a successful attempt stored, recorded with its success.
+#[derive(Debug, Clone)]
+pub struct OutputWrite {
+    pub job_id: Uuid,
+    pub task_id: Uuid,
+    pub path: String,
+    pub digest: String,
+    pub size: i64,
+}
+
 #[derive(Default)]
 pub struct Batch {
     pub tasks: Vec<TaskWrite>,
     pub jobs: Vec<JobWrite>,
     pub blocklist: Vec<BlocklistWrite>,
+    pub outputs: Vec<OutputWrite>,
     /// What to do once the writes are committed, in order.
     pub effects: Vec<Effect>,
 }
@@ -101,6 +112,7 @@ impl Batch {
         self.tasks.is_empty()
             && self.jobs.is_empty()
             && self.blocklist.is_empty()
+            && self.outputs.is_empty()
             && self.effects.is_empty()
     }
 }
@@ -157,6 +169,9 @@ async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteErro
     }
     for write in &batch.blocklist {
         write_blocklist(&mut tx, write).await?;
+    }
+    if !batch.outputs.is_empty() {
+        write_outputs(&mut tx, &batch.outputs).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -260,5 +275,32 @@ async fn write_blocklist(
             crate::store::clear_blocklist(&mut *tx, *job_id, worker_id.as_deref()).await?;
         }
     }
+    Ok(())
+}
+
+/// Records outputs (the last write of a path wins), as one statement.
+async fn write_outputs(
+    tx: &mut sqlx::PgConnection,
+    outputs: &[OutputWrite],
+) -> Result<(), sqlx::Error> {
+    // One statement may not update a row twice: keep each path's last write.
+    let mut last: HashMap<(Uuid, &str), &OutputWrite> = HashMap::with_capacity(outputs.len());
+    for output in outputs {
+        last.insert((output.job_id, output.path.as_str()), output);
+    }
+    let rows: Vec<&OutputWrite> = last.into_values().collect();
+    sqlx::query(
+        "INSERT INTO outputs (job_id, path, digest, size, task_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::uuid[])
+         ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest,
+             size = EXCLUDED.size, task_id = EXCLUDED.task_id",
+    )
+    .bind(rows.iter().map(|o| o.job_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|o| o.path.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|o| o.digest.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|o| o.size).collect::<Vec<_>>())
+    .bind(rows.iter().map(|o| o.task_id).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }

@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         worker_id: worker_id.clone(),
         hostname,
         capabilities: Some(capabilities(&config, &detected)),
+        running: Vec::new(),
     };
     tracing::info!(worker_id, work_dir = %work_dir.display(), capabilities = ?register.capabilities, "worker starting");
     let discovery = Discovery::connect(&config.discovery, ETCD_PATIENCE)

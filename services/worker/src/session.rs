@@ -1,7 +1,11 @@
 //! The worker's one stream to the scheduler: register, run what it assigns,
-//! report back; reconnect when the stream ends.
+//! report back; reconnect when the stream ends. Tasks outlive the stream: a
+//! render keeps going while the worker finds the scheduler again (a new
+//! leader after a failover), and its reports wait for the next session,
+//! which names the attempts the worker still holds so the scheduler can
+//! confirm or cancel them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +15,8 @@ use kiln_asset_client::AssetClient;
 use kiln_discovery::{Discovery, DiscoveryError, Endpoint, service};
 use kiln_proto::v1::worker_service_client::WorkerServiceClient;
 use kiln_proto::v1::{
-    Heartbeat, RegisterWorker, SchedulerMessage, TaskAssignment, TaskResult, WorkerMessage,
-    scheduler_message, worker_message,
+    Heartbeat, HeldAttempt, RegisterWorker, SchedulerMessage, TaskAssignment, TaskResult,
+    WorkerMessage, scheduler_message, worker_message,
 };
 use tokio::sync::mpsc;
 use tokio::task::{Id, JoinError, JoinSet};
@@ -41,6 +45,12 @@ const OUTBOUND_QUEUE: usize = 256;
 const NOT_READY_RECHECK: Duration = Duration::from_secs(5);
 /// How long a closing session waits for the scheduler to take its last results.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+/// Reports of running tasks waiting for a session; progress beyond this is dropped.
+const REPORT_QUEUE: usize = 256;
+/// Results sent this recently are sent again on a new session, in case they
+/// were lost with the old one (the scheduler ignores repeats).
+const RESEND_WINDOW: Duration = Duration::from_secs(120);
+const RESEND_MAX: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -117,6 +127,7 @@ impl Worker {
             ops: self.ops_addr.clone(),
         };
         let registration = self.discovery.register(service::WORKER, listing).await?;
+        let mut tasks = Tasks::new();
         let mut retry = FIRST_RETRY;
         while !stopping.drain.is_cancelled() {
             if let Err(reason) = self.health.can_take_tasks() {
@@ -128,14 +139,18 @@ impl Worker {
                     _ = tokio::time::sleep(NOT_READY_RECHECK) => continue,
                 }
             }
-            match self.session(&stopping).await {
+            match self.session(&mut tasks, &stopping).await {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::NotReady(reason)) => {
                     tracing::warn!(reason, "session closed: not ready");
                     retry = FIRST_RETRY;
                 }
                 Ok(SessionEnd::Lost { registered, reason }) => {
-                    tracing::warn!(reason, "session with the scheduler ended");
+                    tracing::warn!(
+                        reason,
+                        tasks = tasks.running.len(),
+                        "session with the scheduler ended; running tasks carry on"
+                    );
                     if registered {
                         retry = FIRST_RETRY;
                     }
@@ -152,16 +167,21 @@ impl Worker {
             }
             retry = (retry * 2).min(MAX_RETRY);
         }
+        tasks.stop_all().await;
         registration.revoke().await;
         tracing::info!("worker stopped");
         Ok(())
     }
 
     /// One session, from finding the scheduler to the end of the stream.
-    async fn session(&self, stopping: &Stopping) -> Result<SessionEnd, SessionError> {
+    async fn session(
+        &self,
+        tasks: &mut Tasks,
+        stopping: &Stopping,
+    ) -> Result<SessionEnd, SessionError> {
         let opened = tokio::select! {
             _ = stopping.drain.cancelled() => return Ok(SessionEnd::Shutdown),
-            opened = self.open() => opened?,
+            opened = self.open(tasks) => opened?,
         };
         let (runner, outbound, mut inbound) = opened;
         let mut session = Session {
@@ -172,24 +192,24 @@ impl Worker {
                 .map_or(1, |c| c.slots.max(1)) as usize,
             runner,
             outbound,
-            cancel: CancellationToken::new(),
-            tasks: JoinSet::new(),
-            running: HashMap::new(),
-            task_ids: HashMap::new(),
+            tasks,
             health: self.health.clone(),
             refusing: None,
         };
         let end = session.serve(&mut inbound, stopping).await;
-        session.stop_all().await;
-        if !matches!(end, SessionEnd::Lost { .. }) {
-            session.close(&mut inbound).await;
+        if let SessionEnd::Lost { .. } = end {
+            return Ok(end);
         }
+        session.tasks.stop_all().await;
+        session.close(&mut inbound).await;
         Ok(end)
     }
 
-    /// Looks both services up in etcd, connects, and sends `RegisterWorker`.
+    /// Looks both services up in etcd, connects, and sends `RegisterWorker`
+    /// naming the attempts the worker holds, then the results it sent lately.
     async fn open(
         &self,
+        tasks: &mut Tasks,
     ) -> Result<
         (
             Arc<TaskRunner<AssetClient>>,
@@ -236,11 +256,16 @@ impl Worker {
             channel,
             kiln_telemetry::propagation::inject_context,
         );
-        let (outbound, queued) = mpsc::channel(OUTBOUND_QUEUE);
-        // The queue is empty and its receiver alive: this cannot fail.
-        let _ = outbound.try_send(message(worker_message::Message::Register(
-            self.register.clone(),
-        )));
+        let (outbound, queued) = mpsc::channel(OUTBOUND_QUEUE + RESEND_MAX + 1);
+        let register = RegisterWorker {
+            running: tasks.held(),
+            ..self.register.clone()
+        };
+        // The queue is empty, large enough, and its receiver alive: these cannot fail.
+        let _ = outbound.try_send(message(worker_message::Message::Register(register)));
+        for result in tasks.recent_results() {
+            let _ = outbound.try_send(message(worker_message::Message::Result(result)));
+        }
         let mut request = tonic::Request::new(ReceiverStream::new(queued));
         if let Some(token) = &self.join_token {
             request
@@ -262,17 +287,100 @@ fn lazy_channel(uri: &str) -> Result<Channel, SessionError> {
         })
 }
 
+/// The worker's tasks, which outlive its sessions.
+struct Tasks {
+    /// Parent of every task's cancellation: cancelled when the worker stops.
+    cancel: CancellationToken,
+    set: JoinSet<TaskOutcome>,
+    /// Tasks that count against the slots, with what cancels each, what they run and since when.
+    running: HashMap<TaskKey, RunningTask>,
+    ids: HashMap<Id, TaskKey>,
+    /// Where runners send their reports; the current session forwards them.
+    reports: mpsc::Sender<WorkerMessage>,
+    unsent: mpsc::Receiver<WorkerMessage>,
+    /// Results sent lately, with when.
+    sent_results: VecDeque<(Instant, TaskResult)>,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        let (reports, unsent) = mpsc::channel(REPORT_QUEUE);
+        Self {
+            cancel: CancellationToken::new(),
+            set: JoinSet::new(),
+            running: HashMap::new(),
+            ids: HashMap::new(),
+            reports,
+            unsent,
+            sent_results: VecDeque::new(),
+        }
+    }
+
+    /// The attempts to name on registering: those running, and those whose
+    /// results may have been lost with the last session.
+    fn held(&mut self) -> Vec<HeldAttempt> {
+        self.forget_old_results();
+        let running = self.running.keys().cloned();
+        let reported = self
+            .sent_results
+            .iter()
+            .map(|(_, r)| (r.task_id.clone(), r.attempt));
+        running
+            .chain(reported)
+            .map(|(task_id, attempt)| HeldAttempt { task_id, attempt })
+            .collect()
+    }
+
+    fn recent_results(&mut self) -> Vec<TaskResult> {
+        self.forget_old_results();
+        self.sent_results.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    fn remember_result(&mut self, result: &TaskResult) {
+        self.forget_old_results();
+        if self.sent_results.len() >= RESEND_MAX {
+            self.sent_results.pop_front();
+        }
+        self.sent_results
+            .push_back((Instant::now(), result.clone()));
+    }
+
+    fn forget_old_results(&mut self) {
+        while self
+            .sent_results
+            .front()
+            .is_some_and(|(sent, _)| sent.elapsed() > RESEND_WINDOW)
+        {
+            self.sent_results.pop_front();
+        }
+    }
+
+    /// Kills every task and waits until their processes are reaped.
+    async fn stop_all(&mut self) {
+        if !self.set.is_empty() {
+            tracing::info!(tasks = self.set.len(), "killing running tasks");
+        }
+        self.cancel.cancel();
+        while self.set.join_next().await.is_some() {}
+        for (_, task) in self.running.drain() {
+            worker_metrics::task_finished(
+                &task.command,
+                RunStatus::HandedBack,
+                task.started.elapsed(),
+            );
+        }
+        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(0.0);
+        self.ids.clear();
+        self.cancel = CancellationToken::new();
+    }
+}
+
 /// The state of one open session.
-struct Session {
+struct Session<'a> {
     slots: usize,
     runner: Arc<TaskRunner<AssetClient>>,
     outbound: mpsc::Sender<WorkerMessage>,
-    /// Parent of every task's cancellation: cancelled when the session ends.
-    cancel: CancellationToken,
-    tasks: JoinSet<TaskOutcome>,
-    /// Tasks that count against the slots, with what cancels each, what they run and since when.
-    running: HashMap<TaskKey, RunningTask>,
-    task_ids: HashMap<Id, TaskKey>,
+    tasks: &'a mut Tasks,
     health: Arc<LocalHealth>,
     /// Set while the worker takes no new tasks.
     refusing: Option<Refusing>,
@@ -284,7 +392,7 @@ struct RunningTask {
     started: Instant,
 }
 
-impl Session {
+impl Session<'_> {
     async fn serve(
         &mut self,
         inbound: &mut Streaming<SchedulerMessage>,
@@ -305,7 +413,7 @@ impl Session {
                 _ = stopping.stop.cancelled() => return SessionEnd::Shutdown,
                 _ = stopping.drain.cancelled(), if drain_deadline.is_none() => self.start_draining(stopping.grace),
                 _ = sleep_until_some(drain_deadline) => {
-                    tracing::warn!(tasks = self.running.len(), "drain grace period over; handing running tasks back");
+                    tracing::warn!(tasks = self.tasks.running.len(), "drain grace period over; handing running tasks back");
                     return SessionEnd::Shutdown;
                 }
                 received = inbound.message() => match received {
@@ -323,7 +431,12 @@ impl Session {
                     let _ = self.outbound.try_send(message(worker_message::Message::Heartbeat(Heartbeat {})));
                     self.recheck_health();
                 }
-                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined).await,
+                Some(joined) = self.tasks.set.join_next_with_id(), if !self.tasks.set.is_empty() => self.finished(joined).await,
+                Some(report) = self.tasks.unsent.recv() => {
+                    if self.outbound.send(report).await.is_err() {
+                        tracing::warn!("session closed before a report could be sent");
+                    }
+                }
             }
         }
     }
@@ -349,6 +462,7 @@ impl Session {
             }
             scheduler_message::Message::Cancel(cancel) => {
                 match self
+                    .tasks
                     .running
                     .remove(&(cancel.task_id.clone(), cancel.attempt))
                 {
@@ -378,11 +492,11 @@ impl Session {
             tracing::info!(task_id = %key.0, attempt = key.1, ?refusing, "not taking a task; it goes back when the session ends");
             return;
         }
-        if self.running.contains_key(&key) {
+        if self.tasks.running.contains_key(&key) {
             tracing::warn!(task_id = %key.0, attempt = key.1, "task assigned twice; ignoring the repeat");
             return;
         }
-        if self.running.len() >= self.slots {
+        if self.tasks.running.len() >= self.slots {
             tracing::warn!(task_id = %key.0, attempt = key.1, slots = self.slots, "assignment beyond the worker's slots");
             let refusal = refused(
                 &assignment,
@@ -392,28 +506,29 @@ impl Session {
             return;
         }
         tracing::info!(task_id = %key.0, attempt = key.1, job_id = %assignment.job_id, step = %assignment.step_name, "task assigned");
-        let cancel = self.cancel.child_token();
+        let cancel = self.tasks.cancel.child_token();
         let runner = self.runner.clone();
-        let events = self.outbound.clone();
+        let events = self.tasks.reports.clone();
         let task_cancel = cancel.clone();
         let command = assignment.command.clone();
         let handle = self
             .tasks
+            .set
             .spawn(async move { runner.run(&assignment, &events, &task_cancel).await });
         let task = RunningTask {
             cancel,
             command,
             started: Instant::now(),
         };
-        self.running.insert(key.clone(), task);
-        self.task_ids.insert(handle.id(), key);
-        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(self.running.len() as f64);
+        self.tasks.running.insert(key.clone(), task);
+        self.tasks.ids.insert(handle.id(), key);
+        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(self.tasks.running.len() as f64);
     }
 
     /// Stops taking tasks; those running may finish within `grace`.
     fn start_draining(&mut self, grace: Duration) {
         tracing::info!(
-            tasks = self.running.len(),
+            tasks = self.tasks.running.len(),
             grace_seconds = grace.as_secs(),
             "draining: taking no new tasks"
         );
@@ -441,7 +556,7 @@ impl Session {
     /// Once a worker that takes no tasks has none left running, its session
     /// ends, handing back whatever it was assigned meanwhile.
     fn finished_refusing(&self) -> Option<SessionEnd> {
-        if !self.running.is_empty() {
+        if !self.tasks.running.is_empty() {
             return None;
         }
         match &self.refusing {
@@ -459,11 +574,11 @@ impl Session {
             Ok((id, _)) => *id,
             Err(error) => error.id(),
         };
-        let Some(key) = self.task_ids.remove(&id) else {
+        let Some(key) = self.tasks.ids.remove(&id) else {
             return;
         };
-        let task = self.running.remove(&key);
-        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(self.running.len() as f64);
+        let task = self.tasks.running.remove(&key);
+        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(self.tasks.running.len() as f64);
         let still_wanted = task.is_some();
         if let Some(task) = &task {
             let status = match &joined {
@@ -493,7 +608,8 @@ impl Session {
         }
     }
 
-    async fn send_result(&self, result: TaskResult) {
+    async fn send_result(&mut self, result: TaskResult) {
+        self.tasks.remember_result(&result);
         if self
             .outbound
             .send(message(worker_message::Message::Result(result)))
@@ -502,28 +618,6 @@ impl Session {
         {
             tracing::warn!("session closed before a task result could be sent");
         }
-    }
-
-    /// Kills every task and waits until their processes are reaped: their
-    /// results could only go to a dead session, and the scheduler requeues them.
-    async fn stop_all(&mut self) {
-        if !self.tasks.is_empty() {
-            tracing::info!(
-                tasks = self.tasks.len(),
-                "session over; killing running tasks"
-            );
-        }
-        self.cancel.cancel();
-        while self.tasks.join_next().await.is_some() {}
-        for (_, task) in self.running.drain() {
-            worker_metrics::task_finished(
-                &task.command,
-                RunStatus::HandedBack,
-                task.started.elapsed(),
-            );
-        }
-        metrics::gauge!(worker_metrics::TASKS_RUNNING).set(0.0);
-        self.task_ids.clear();
     }
 
     /// Ends the stream from this side and waits (briefly) until the
@@ -558,6 +652,7 @@ fn refused(assignment: &TaskAssignment, message: String) -> TaskResult {
         exit_code: None,
         message,
         log_tail: String::new(),
+        outputs: Vec::new(),
     }
 }
 

@@ -290,7 +290,7 @@ impl<A: AssetStore> TaskRunner<A> {
                 Engine::Warm { session: None, .. } => None,
             }
         };
-        let (watched, upload_error) = tokio::join!(watch, uploads);
+        let (watched, uploaded) = tokio::join!(watch, uploads);
         if let Engine::Warm { pool, session, .. } = &mut engine
             && let Some(session) = session.take()
             && matches!(watched, Some((Ending::WarmDone, _)))
@@ -305,7 +305,7 @@ impl<A: AssetStore> TaskRunner<A> {
                 invocation.renderer,
                 ending,
                 observed,
-                upload_error,
+                uploaded,
             )),
             None => TaskOutcome::Cancelled,
         }
@@ -670,9 +670,16 @@ async fn reap(
     wait.await
 }
 
+/// What the uploader stored, and why it stopped storing, if it did.
+#[derive(Default)]
+struct Uploaded {
+    stored: Vec<OutputStored>,
+    failed: Option<String>,
+}
+
 /// Uploads queued outputs one by one, telling the scheduler about each.
-/// Returns why uploading failed, if it did; after a failure the rest of the
-/// queue is drained without uploading, since the task has failed anyway.
+/// After a failure the rest of the queue is drained without uploading,
+/// since the task has failed anyway.
 async fn upload_outputs<A: AssetStore>(
     assets: &A,
     mut queued: mpsc::Receiver<PathBuf>,
@@ -680,25 +687,33 @@ async fn upload_outputs<A: AssetStore>(
     assignment: &TaskAssignment,
     events: &mpsc::Sender<WorkerMessage>,
     cancel: &CancellationToken,
-) -> Option<String> {
-    let mut failed = None;
+) -> Uploaded {
+    let mut uploaded = Uploaded::default();
     loop {
         let relative = tokio::select! {
-            _ = cancel.cancelled() => return failed,
+            _ = cancel.cancelled() => return uploaded,
             relative = queued.recv() => match relative {
                 Some(relative) => relative,
-                None => return failed,
+                None => return uploaded,
             },
         };
-        if failed.is_some() {
+        if uploaded.failed.is_some() {
             continue;
         }
-        let upload = upload_one(assets, outputs_dir, &relative, assignment, events);
+        let upload = upload_one(assets, outputs_dir, &relative, assignment);
         let result = tokio::select! {
-            _ = cancel.cancelled() => return failed,
+            _ = cancel.cancelled() => return uploaded,
             result = upload => result,
         };
-        failed = result.err();
+        match result {
+            Ok(output) => {
+                let _ = events
+                    .send(message(worker_message::Message::Output(output.clone())))
+                    .await;
+                uploaded.stored.push(output);
+            }
+            Err(error) => uploaded.failed = Some(error),
+        }
     }
 }
 
@@ -707,8 +722,7 @@ async fn upload_one<A: AssetStore>(
     outputs_dir: &Path,
     relative: &Path,
     assignment: &TaskAssignment,
-    events: &mpsc::Sender<WorkerMessage>,
-) -> Result<(), String> {
+) -> Result<OutputStored, String> {
     let name = outputs::display_path(relative);
     let path = outputs_dir.join(relative);
     let is_file = tokio::fs::symlink_metadata(&path)
@@ -722,17 +736,13 @@ async fn upload_one<A: AssetStore>(
         .await
         .map_err(|error| format!("cannot upload output {name}: {error}"))?;
     tracing::info!(path = %name, digest = %stored.digest, size = stored.size, "output stored");
-    let output = OutputStored {
+    Ok(OutputStored {
         task_id: assignment.task_id.clone(),
         attempt: assignment.attempt,
         path: name,
         digest: stored.digest,
         size: stored.size,
-    };
-    let _ = events
-        .send(message(worker_message::Message::Output(output)))
-        .await;
-    Ok(())
+    })
 }
 
 /// Decides success and the one-line reason for failure.
@@ -741,7 +751,7 @@ fn verdict(
     kind: RendererKind,
     ending: Ending,
     observed: Observed,
-    upload_error: Option<String>,
+    uploaded: Uploaded,
 ) -> TaskResult {
     let name = kind.name();
     let log_tail = observed.tail.text();
@@ -782,7 +792,7 @@ fn verdict(
                 .is_empty();
         missing.then(|| missing_frames_message(&observed.tracker, &assignment.frames))
     });
-    match problem.or(observed.problem).or(upload_error) {
+    match problem.or(observed.problem).or(uploaded.failed) {
         Some(problem) => failure(assignment, exit_code, problem, log_tail),
         None => TaskResult {
             task_id: assignment.task_id.clone(),
@@ -791,6 +801,7 @@ fn verdict(
             exit_code,
             message: String::new(),
             log_tail,
+            outputs: uploaded.stored,
         },
     }
 }
@@ -834,6 +845,7 @@ fn failure(
         exit_code,
         message: truncate_chars(&one_line, MAX_MESSAGE_CHARS).to_owned(),
         log_tail,
+        outputs: Vec::new(),
     }
 }
 

@@ -32,6 +32,7 @@ pub async fn open_session(
             os: "linux".into(),
             ..Default::default()
         }),
+        running: Vec::new(),
     };
     tx.send(message(ToScheduler::Register(register))).await?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));

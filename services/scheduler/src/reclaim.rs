@@ -1,0 +1,140 @@
+//! Attempts that outlive a session. A worker whose stream breaks keeps
+//! rendering and, when it reconnects, names the attempts it still holds. A
+//! leader that has just taken over loads what its predecessor left in flight
+//! as *unclaimed*: the worker that was given such an attempt gets it back as
+//! it is (nothing renders twice); an attempt a worker names but may no longer
+//! run is cancelled on it; an unclaimed attempt nobody names within the
+//! reclaim window is lost and requeued.
+
+use std::collections::HashSet;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::core::{Core, Outcome};
+use crate::task_state::{TaskEvent, TaskState};
+
+type Attempt = (Uuid, i32);
+
+impl Core {
+    /// Ends a worker's previous session for a new one: the attempts the
+    /// worker still names move to the new session, the rest are lost.
+    /// Returns those kept.
+    pub(crate) fn replace_session(
+        &mut self,
+        worker_id: &str,
+        held: &[Attempt],
+    ) -> HashSet<Attempt> {
+        let Some(old) = self.workers.get_mut(worker_id) else {
+            return HashSet::new();
+        };
+        let kept: HashSet<Attempt> = held
+            .iter()
+            .copied()
+            .filter(|attempt| old.running.contains(attempt))
+            .collect();
+        old.running.retain(|attempt| !kept.contains(attempt));
+        self.worker_left(worker_id);
+        kept
+    }
+
+    /// Takes back what a reconnecting worker names: unclaimed attempts it was
+    /// given become its own again; any other it may no longer run is cancelled.
+    pub(crate) fn reclaim(&mut self, worker_id: &str, held: Vec<Attempt>) {
+        for (task_id, attempt) in held {
+            let own = self
+                .workers
+                .get(worker_id)
+                .is_some_and(|w| w.running.contains(&(task_id, attempt)));
+            if own {
+                continue;
+            }
+            if self.unclaimed.contains_key(&task_id) && self.holds(worker_id, task_id, attempt) {
+                self.claim(worker_id, task_id, attempt);
+                continue;
+            }
+            // Most often an attempt whose result is already recorded; a
+            // cancel for one the worker no longer runs changes nothing.
+            let reassigned = self
+                .tasks
+                .get(&task_id)
+                .is_some_and(|t| t.state.is_in_flight());
+            if reassigned {
+                tracing::info!(task_id = %task_id, attempt, worker_id, "worker holds an attempt that was given to another; cancelling it");
+            }
+            self.send_cancel(worker_id, task_id, attempt);
+        }
+    }
+
+    fn claim(&mut self, worker_id: &str, task_id: Uuid, attempt: i32) {
+        self.unclaimed.remove(&task_id);
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        // Run-time limits count from here: when it was dispatched is not known.
+        task.dispatched_at = Some(Instant::now());
+        let dispatched = task.state == TaskState::Dispatched;
+        if let Some(worker) = self.workers.get_mut(worker_id) {
+            worker.running.insert((task_id, attempt));
+            worker.idle_since = None;
+        }
+        if dispatched {
+            // The worker holds it, so it has started even if that report was lost.
+            self.transition(task_id, TaskEvent::Start, None);
+        }
+        tracing::info!(task_id = %task_id, attempt, worker_id, "worker confirmed an attempt dispatched before the failover");
+    }
+
+    /// Requeues the unclaimed attempts whose reclaim window has ended.
+    pub(crate) fn expire_unclaimed(&mut self, now: Instant) {
+        if self.unclaimed.is_empty() {
+            return;
+        }
+        let due: Vec<Uuid> = self
+            .unclaimed
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(task_id, _)| *task_id)
+            .collect();
+        for task_id in due {
+            self.lose_unclaimed(task_id, "its worker did not reconnect after the failover");
+        }
+    }
+
+    /// Requeues at once the unclaimed attempts of a worker known to be dead.
+    pub(crate) fn release_unclaimed_of(&mut self, worker_id: &str) {
+        let theirs: Vec<Uuid> = self
+            .unclaimed
+            .keys()
+            .copied()
+            .filter(|id| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|t| t.worker_id.as_deref() == Some(worker_id))
+            })
+            .collect();
+        for task_id in theirs {
+            self.lose_unclaimed(task_id, "its worker died during the failover");
+        }
+    }
+
+    fn lose_unclaimed(&mut self, task_id: Uuid, why: &str) {
+        self.unclaimed.remove(&task_id);
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        if !task.state.is_in_flight() {
+            return;
+        }
+        let outcome = Outcome {
+            message: format!("attempt {} lost: {why}", task.attempt),
+            ..Outcome::default()
+        };
+        if self
+            .transition(task_id, TaskEvent::Lose, Some(&outcome))
+            .is_some()
+        {
+            self.make_ready(task_id, true);
+        }
+    }
+}

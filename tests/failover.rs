@@ -1,0 +1,204 @@
+//! High availability beyond the chaos run: a render keeps going through a
+//! leader failover and is confirmed by the new leader instead of rendered
+//! again; the leader rides out a short etcd outage, and stands down during a
+//! long one until etcd is back.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use kiln_localfarm::Farm;
+use kiln_proto::v1 as pb;
+use kiln_tests::{Client, as_owner, example_scene, scheduler_jobs, state_of};
+use tokio::time::Instant;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+/// Frames of the one chunk that is rendering when the leader dies.
+const FRAMES: usize = 48;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_render_carries_on_through_a_leader_failover() -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-failover-")
+        .tempdir()?;
+    let mut farm = Farm::builder(dir.path().join("farm"))
+        .workers(1)
+        .schedulers(2)
+        .env("KILN_LEASE_TTL", "3")
+        .start()
+        .await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    let job = client
+        .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
+        .await?;
+    let render = wait_until_rendering(&mut client, &job.id).await?;
+
+    let leader = kiln_tests::leading_scheduler(&farm).await?;
+    farm.schedulers_mut()[leader].kill().await?;
+    println!("killed the leading scheduler while task {render} was rendering");
+
+    let done = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+    let tasks = client.tasks(&job.id).await?;
+    let rendered = tasks
+        .iter()
+        .find(|t| t.id == render)
+        .expect("the render task is listed");
+    assert_eq!(
+        rendered.attempts, 1,
+        "the new leader confirmed the running attempt instead of dispatching it again: {rendered:?}"
+    );
+    let frames = client
+        .outputs(&job.id)
+        .await?
+        .into_iter()
+        .filter(|o| o.path.starts_with("frames/"))
+        .count();
+    assert_eq!(frames, FRAMES, "every frame stored once");
+    farm.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_rides_out_etcd_outages() -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-etcd-out-")
+        .tempdir()?;
+    let mut farm = Farm::builder(dir.path().join("farm"))
+        .workers(2)
+        .schedulers(2)
+        .env("KILN_LEASE_TTL", "3")
+        .start()
+        .await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    let job = client.submit_blender(&scene, "1-40", 2).await?;
+    wait_for_succeeded(&mut client, &job.id, 2).await?;
+    // Asked directly, the leader answers for the job while it leads.
+    let mut leader = scheduler_jobs(&farm).await?;
+
+    let led = kiln_tests::leading_scheduler(&farm).await?;
+    let outage = Instant::now();
+    farm.etcd_mut().stop().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    farm.etcd_mut().start().await?;
+    let down = outage.elapsed();
+    let before = succeeded(&mut client, &job.id).await?;
+    wait_for_succeeded(&mut client, &job.id, before + 1).await?;
+    println!(
+        "etcd down for {:.1} s: the farm finished another task {:.1} s after it went down",
+        down.as_secs_f64(),
+        outage.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        kiln_tests::leading_scheduler(&farm).await?,
+        led,
+        "an etcd outage shorter than the lease changes no leader"
+    );
+
+    let outage = Instant::now();
+    farm.etcd_mut().stop().await?;
+    let stood_down = wait_until_standby(&mut leader, &job.id).await?;
+    println!(
+        "etcd down for good: the leader stopped leading after {:.1} s",
+        stood_down.as_secs_f64()
+    );
+    farm.etcd_mut().start().await?;
+    let back = Instant::now();
+    let before = succeeded(&mut client, &job.id).await?;
+    wait_for_succeeded(&mut client, &job.id, before + 1).await?;
+    println!(
+        "etcd down for {:.1} s: the farm finished another task {:.1} s after etcd came back",
+        (back - outage).as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+
+    let done = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+    let frames = client
+        .outputs(&job.id)
+        .await?
+        .into_iter()
+        .filter(|o| o.path.starts_with("frames/"))
+        .count();
+    assert_eq!(frames, 40, "every frame stored once");
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// Waits until the job's first render task runs and has saved a frame; returns its id.
+async fn wait_until_rendering(client: &mut Client, job_id: &str) -> Result<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let outputs = client.outputs(job_id).await?;
+        if !outputs.is_empty() {
+            let tasks = client.tasks(job_id).await?;
+            if let Some(task) = tasks
+                .iter()
+                .find(|t| t.step_name == "Render" && t.state == pb::TaskState::Running as i32)
+            {
+                return Ok(task.id.clone());
+            }
+            bail!("the render finished before the failover could be tried: {tasks:?}");
+        }
+        if Instant::now() > deadline {
+            bail!("job {job_id} never started rendering");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the scheduler that led until it answers as a standby; returns how long that took.
+async fn wait_until_standby(
+    scheduler: &mut pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    job_id: &str,
+) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let request = as_owner(
+            "admin",
+            pb::GetJobRequest {
+                job_id: job_id.to_owned(),
+            },
+        )?;
+        match scheduler.get_job(request).await {
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                return Ok(started.elapsed());
+            }
+            _ if started.elapsed() > PATIENCE => {
+                bail!("the leader kept leading without etcd")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Tasks the job has finished, once the farm answers again.
+async fn succeeded(client: &mut Client, job_id: &str) -> Result<u32> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match client.job(job_id).await {
+            Ok(job) => return Ok(job.tasks_succeeded),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn wait_for_succeeded(client: &mut Client, job_id: &str, at_least: u32) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // The gateway may briefly find no leader while etcd comes back.
+        if let Ok(job) = client.job(job_id).await
+            && job.tasks_succeeded >= at_least
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("job {job_id} never finished {at_least} tasks");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
