@@ -13,6 +13,9 @@ use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+/// Pause before looking again after a failed lookup.
+const LOOKUP_RETRY: Duration = Duration::from_millis(200);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error("etcd: {0}")]
@@ -211,6 +214,11 @@ impl Discovery {
 
     /// Every live instance of `service`.
     pub async fn find(&self, service: &str) -> Result<Vec<Endpoint>, DiscoveryError> {
+        Ok(self.find_at(service).await?.0)
+    }
+
+    /// Every live instance of `service`, and the etcd revision it was read at.
+    async fn find_at(&self, service: &str) -> Result<(Vec<Endpoint>, i64), DiscoveryError> {
         let mut client = self.client.clone();
         let response = client
             .get(
@@ -218,11 +226,40 @@ impl Discovery {
                 Some(GetOptions::new().with_prefix()),
             )
             .await?;
-        response
+        let revision = response.header().map_or(0, |h| h.revision());
+        let endpoints = response
             .kvs()
             .iter()
             .map(|kv| serde_json::from_slice(kv.value()).map_err(DiscoveryError::from))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((endpoints, revision))
+    }
+
+    /// Returns once anything under `service` changes after `revision`, or after `patience`.
+    async fn wait_for_change(&self, service: &str, revision: i64, patience: Duration) {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut client = self.client.clone();
+        let watched = async {
+            let mut stream = client
+                .watch(self.service_prefix(service), Some(options))
+                .await?;
+            // The first response only confirms the watch; wait for one with events.
+            while let Some(response) = stream.message().await? {
+                if !response.events().is_empty() {
+                    break;
+                }
+            }
+            Ok::<(), DiscoveryError>(())
+        };
+        match tokio::time::timeout(patience, watched).await {
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, service, "watch failed; looking again shortly");
+                tokio::time::sleep(LOOKUP_RETRY.min(patience)).await;
+            }
+            Ok(Ok(())) | Err(_) => {}
+        }
     }
 
     /// One live instance of `service`, chosen at random, waiting up to `patience` for one to appear.
@@ -233,21 +270,26 @@ impl Discovery {
     ) -> Result<Endpoint, DiscoveryError> {
         let started = tokio::time::Instant::now();
         loop {
-            match self.find(service).await {
-                Ok(mut endpoints) if !endpoints.is_empty() => {
+            let left = patience.saturating_sub(started.elapsed());
+            match self.find_at(service).await {
+                Ok((mut endpoints, _)) if !endpoints.is_empty() => {
                     let pick = rand::random_range(0..endpoints.len());
                     return Ok(endpoints.swap_remove(pick));
                 }
-                Ok(_) => {}
-                Err(err) => tracing::debug!(error = %err, service, "lookup failed"),
+                _ if left.is_zero() => {
+                    return Err(DiscoveryError::NotFound {
+                        service: service.to_owned(),
+                        waited: patience,
+                    });
+                }
+                // Woken by the registration itself, not by polling: a new
+                // leader is dialled the moment it lists itself.
+                Ok((_, revision)) => self.wait_for_change(service, revision, left).await,
+                Err(err) => {
+                    tracing::debug!(error = %err, service, "lookup failed");
+                    tokio::time::sleep(LOOKUP_RETRY.min(left)).await;
+                }
             }
-            if started.elapsed() >= patience {
-                return Err(DiscoveryError::NotFound {
-                    service: service.to_owned(),
-                    waited: patience,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

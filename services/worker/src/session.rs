@@ -139,6 +139,7 @@ impl Worker {
                     _ = tokio::time::sleep(NOT_READY_RECHECK) => continue,
                 }
             }
+            let began = Instant::now();
             match self.session(&mut tasks, &stopping).await {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::NotReady(reason)) => {
@@ -153,6 +154,11 @@ impl Worker {
                     );
                     if registered {
                         retry = FIRST_RETRY;
+                        // A session that worked for a while ended: most likely
+                        // the leader changed, and the new one is worth trying now.
+                        if began.elapsed() > FIRST_RETRY * 5 {
+                            continue;
+                        }
                     }
                 }
                 Err(error) => tracing::warn!(%error, "cannot open a session with the scheduler"),
