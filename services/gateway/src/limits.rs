@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use http::StatusCode;
+use tonic::Status;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::config::LimitArgs;
@@ -93,8 +96,10 @@ impl Limits {
 
     /// The gRPC services with their limits (message sizes are set on each service).
     pub fn grpc(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
+        let timeout = Duration::from_secs(self.args.request_timeout_seconds);
         let router = routes
             .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(timeout, grpc_deadline))
             .layer(axum::middleware::from_fn_with_state(
                 self.guard(Protocol::Grpc),
                 guard::check,
@@ -105,5 +110,29 @@ impl Limits {
 
     fn concurrency(&self) -> usize {
         self.args.max_concurrent_requests as usize
+    }
+}
+
+/// Calls whose request is a stream: an upload takes as long as its bytes do.
+const CLIENT_STREAMING: &[&str] = &["/kiln.v1.AssetService/Upload"];
+
+/// Answers DEADLINE_EXCEEDED when a call has not started answering within
+/// `limit`. Only the wait for the response head counts, so a server stream
+/// (a watch, a download) may then run as long as it likes.
+async fn grpc_deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    if CLIENT_STREAMING.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_owned();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(path, limit_seconds = limit.as_secs(), "grpc call timed out");
+            Status::deadline_exceeded(format!(
+                "the gateway gave up after {} s (--request-timeout-seconds)",
+                limit.as_secs()
+            ))
+            .into_http::<axum::body::Body>()
+        }
     }
 }
