@@ -100,6 +100,7 @@ impl Limits {
         let router = routes
             .into_axum_router()
             .layer(axum::middleware::from_fn_with_state(timeout, grpc_deadline))
+            .layer(axum::middleware::from_fn(malformed_is_invalid_argument))
             .layer(axum::middleware::from_fn_with_state(
                 self.guard(Protocol::Grpc),
                 guard::check,
@@ -111,6 +112,28 @@ impl Limits {
     fn concurrency(&self) -> usize {
         self.args.max_concurrent_requests as usize
     }
+}
+
+/// How tonic's prost codec begins the message of a request it cannot decode.
+const DECODE_FAILURE: &str = "failed to decode Protobuf message";
+
+/// tonic answers a request message it cannot decode with INTERNAL (gRPC's
+/// convention); at Kiln's edge bad input is INVALID_ARGUMENT, so clients and
+/// alerts do not take a caller's garbage for the gateway's own failure.
+async fn malformed_is_invalid_argument(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() == tonic::Code::Internal && status.message().starts_with(DECODE_FAILURE) {
+        let headers = response.headers_mut();
+        headers.remove(Status::GRPC_STATUS);
+        headers.remove(Status::GRPC_MESSAGE);
+        if let Err(error) = Status::invalid_argument(status.message()).add_header(headers) {
+            tracing::warn!(%error, "cannot rewrite a decode failure");
+        }
+    }
+    response
 }
 
 /// Calls whose request is a stream: an upload takes as long as its bytes do.
