@@ -174,3 +174,54 @@ pub fn install_provider() {
     // Err means one is installed already, which is all this wants.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_certificate_nothing_changes() -> Result<(), TlsError> {
+        let settings = TlsArgs::default().load()?;
+        assert!(!settings.serves_tls());
+        assert!(settings.grpc_server().is_none());
+        assert!(settings.http_server()?.is_none());
+        settings.client().endpoint("http://127.0.0.1:7070")?;
+        Ok(())
+    }
+
+    #[test]
+    fn certificates_are_read_at_start_up() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, issued.cert.pem())?;
+        std::fs::write(&key, issued.signing_key.serialize_pem())?;
+        let args = TlsArgs {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key),
+            tls_client_ca: Some(cert.clone()),
+            tls_ca: None,
+        };
+        let settings = args.load()?;
+        assert!(settings.serves_tls());
+        assert!(settings.grpc_server().is_some());
+        assert!(settings.http_server()?.is_some());
+        settings.client().endpoint("https://localhost:7070")?;
+
+        let missing = TlsArgs {
+            tls_key: Some(dir.path().join("nope.pem")),
+            ..args
+        };
+        let err = missing.load().expect_err("a missing key file");
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_address_is_a_clear_error() {
+        let err = ClientTls::default()
+            .endpoint("http://bad host")
+            .expect_err("a space in the host");
+        assert!(err.to_string().contains("bad host"), "{err}");
+    }
+}
