@@ -113,6 +113,35 @@ async fn the_tls_gateway_refuses_plaintext_and_clients_that_do_not_trust_its_ca(
         &token,
     )?;
     assert_eq!(code, "000", "curl trusting another CA got an answer");
+
+    // The CLI: `--ca` makes it trust the farm; without it, the system's roots do not.
+    let kiln = |ca: Option<&Path>| -> Result<std::process::Output> {
+        let mut command = Command::new(kiln_localfarm::locate_binary("kiln")?);
+        command.current_dir(dir.path()).env_remove("KILN_CA").args([
+            "jobs",
+            "--gateway",
+            &farm.gateway_url(),
+            "--token",
+            &token,
+        ]);
+        if let Some(ca) = ca {
+            command.arg("--ca").arg(ca);
+        }
+        Ok(command.output()?)
+    };
+    let trusted = kiln(Some(ca))?;
+    assert!(
+        trusted.status.success(),
+        "kiln jobs --ca: {}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let untrusted = kiln(None)?;
+    assert!(
+        !untrusted.status.success(),
+        "kiln trusted the farm without --ca"
+    );
+    let stderr = String::from_utf8_lossy(&untrusted.stderr).to_lowercase();
+    assert!(stderr.contains("certificate"), "{stderr}");
     farm.shutdown().await?;
     Ok(())
 }
