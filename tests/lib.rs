@@ -42,6 +42,17 @@ pub async fn start_farm_with(
     Ok((farm, dir))
 }
 
+/// A farm with TLS everywhere ([`kiln_localfarm::FarmBuilder::tls`]) in a fresh temporary directory.
+pub async fn start_farm_tls(workers: usize) -> Result<(Farm, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let farm = Farm::builder(dir.path().join("farm"))
+        .workers(workers)
+        .tls(true)
+        .start()
+        .await?;
+    Ok((farm, dir))
+}
+
 pub type AuthChannel = InterceptedService<Channel, CallCredentials>;
 
 /// A gRPC client of the farm's gateway, carrying a bearer token.
@@ -56,9 +67,12 @@ impl Client {
         Self::connect_as(farm, farm.admin_token()).await
     }
 
-    /// A client presenting `token`.
+    /// A client presenting `token` (over TLS, trusting the farm's CA, when the farm serves TLS).
     pub async fn connect_as(farm: &Farm, token: &str) -> Result<Self> {
-        let channel = Channel::from_shared(farm.gateway_url())?.connect().await?;
+        let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+            .endpoint(&farm.gateway_url())?
+            .connect()
+            .await?;
         let credentials = CallCredentials::bearer(token)?;
         Ok(Self {
             jobs: JobServiceClient::with_interceptor(channel.clone(), credentials.clone())

@@ -151,6 +151,9 @@ pub struct DevArgs {
     /// Store assets in a local Garage S3 server instead of a directory
     #[arg(long, env = "KILN_DEV_S3")]
     pub s3: bool,
+    /// TLS everywhere: a private CA made at start-up (in <dir>/tls) signs every service's certificate; services require each other's (mutual TLS)
+    #[arg(long, env = "KILN_DEV_TLS")]
+    pub tls: bool,
 }
 
 /// How to reach the farm.
@@ -162,6 +165,9 @@ pub struct GatewayArgs {
     /// Bearer token for the gateway [default: the admin token `kiln dev` wrote to .kiln/dev.json]
     #[arg(long = "token", env = "KILN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate to trust for an https gateway [default: the one `kiln dev --tls` wrote to .kiln/dev.json, else the system's roots]
+    #[arg(long = "ca", env = "KILN_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use kiln_asset_client::{AssetClient, CallCredentials};
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use serde::{Deserialize, Serialize};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cli::GatewayArgs;
 use crate::error::CliError;
@@ -36,6 +36,9 @@ pub struct DevInfo {
     /// The farm's admin token; the file is readable by its owner only.
     #[serde(default)]
     pub token: String,
+    /// The farm's CA certificate when it serves TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// A connection to the gateway with the clients every command needs.
@@ -51,8 +54,13 @@ impl Gateway {
         let cwd = current_dir()?;
         let url = gateway_url(args.gateway.as_deref(), &cwd)?;
         let credentials = credentials(args, &cwd)?;
-        let endpoint =
-            Endpoint::from_shared(url.clone()).map_err(|err| CliError::BadGatewayUrl {
+        let ca = match &args.ca {
+            Some(ca) => Some(ca.clone()),
+            None => find_dev_info(&cwd)?.and_then(|info| info.ca),
+        };
+        let endpoint = kiln_tls::ClientTls::trusting(ca.as_deref())?
+            .endpoint(&url)
+            .map_err(|err| CliError::BadGatewayUrl {
                 url: url.clone(),
                 reason: err.to_string(),
             })?;
@@ -167,6 +175,7 @@ mod tests {
             database: "postgres://postgres@127.0.0.1:5432/kiln".to_owned(),
             logs: PathBuf::from("/tmp/logs"),
             token: String::new(),
+            ca: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let builder = Farm::builder(&dir)
         .workers(usize::from(args.workers))
         .s3(args.s3)
+        .tls(args.tls)
         .gateway_ports(args.grpc_port, args.http_port);
     say!("starting a Kiln farm in {} ...", dir.display());
     let signal = shutdown_signal();
@@ -33,6 +34,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         database: farm.database_url(),
         logs: farm.log_dir().to_path_buf(),
         token: farm.admin_token().to_owned(),
+        ca: farm.tls_ca().map(Path::to_path_buf),
     };
     let dev_file = dir.join(DEV_FILE);
     write_dev_info(&dev_file, &info)?;
@@ -74,6 +76,9 @@ fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
     say!("  gateway REST  {}", info.gateway_http);
     say!("  Postgres      {}", info.database);
     say!("  etcd          {}", info.etcd);
+    if let Some(ca) = &info.ca {
+        say!("  TLS CA        {}", ca.display());
+    }
     if let Some(s3) = farm.s3_endpoint() {
         say!("  S3 (Garage)   {s3}");
     }

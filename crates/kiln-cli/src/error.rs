@@ -31,6 +31,8 @@ pub enum CliError {
     #[error(transparent)]
     Asset(#[from] kiln_asset_client::AssetClientError),
     #[error(transparent)]
+    Tls(#[from] kiln_tls::TlsError),
+    #[error(transparent)]
     Farm(#[from] kiln_localfarm::LocalFarmError),
     #[error("scene {0} is not a file")]
     NoScene(PathBuf),

@@ -70,11 +70,28 @@ pub struct Endpoint {
     /// HTTP ops endpoint (`/metrics`, `/healthz`, `/readyz`) as `host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<String>,
+    /// The instance serves TLS on its gRPC (and HTTP) address: dial `https`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl Endpoint {
+    fn scheme(&self) -> &'static str {
+        match self.tls {
+            true => "https",
+            false => "http",
+        }
+    }
+
+    /// `http://host:port`, or `https://` when the instance serves TLS.
     pub fn grpc_uri(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("{}://{}", self.scheme(), self.grpc)
+    }
+
+    /// The HTTP address as a URL with the instance's scheme, if it serves HTTP.
+    pub fn http_url(&self) -> Option<String> {
+        let http = self.http.as_deref()?;
+        Some(format!("{}://{http}", self.scheme()))
     }
 }
 

@@ -142,6 +142,14 @@ fn plan_step(step: &Step, task_budget: usize) -> Result<StepPlan, JobModelError>
         Some(space) => {
             let iter =
                 StepParameterSpaceIterator::new(space).map_err(|e| step_error(e.to_string()))?;
+            // The size is known up front (0 for adaptive chunking): refuse a
+            // billion-frame range at once rather than after counting past the limit.
+            if iter.len() > task_budget {
+                return Err(JobModelError::TooManyTasks {
+                    tasks: iter.len(),
+                    limit: task_budget,
+                });
+            }
             let tasks: Vec<_> = iter.take(task_budget.saturating_add(1)).collect();
             if tasks.len() > task_budget {
                 return Err(JobModelError::TooManyTasks {

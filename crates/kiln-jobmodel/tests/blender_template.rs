@@ -91,3 +91,28 @@ fn task_count_is_bounded() {
     .unwrap_err();
     assert!(matches!(err, JobModelError::TooManyTasks { .. }), "{err}");
 }
+
+#[test]
+fn a_billion_frames_are_refused_from_the_range_size_without_counting_them() {
+    let template = builtin_template("blender").unwrap();
+    let err = plan_job(
+        template,
+        &params(&[
+            ("Frames", "1-1000000000"),
+            ("ChunkSize", "1"),
+            ("FrameRate", "24"),
+        ]),
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JobModelError::TooManyTasks {
+                tasks: 1_000_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -37,6 +37,8 @@ pub enum LocalFarmError {
         log: PathBuf,
         tail: String,
     },
+    #[error("cannot make the farm's TLS certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
     #[error("{name}: `{command}` failed ({status}): {output}")]

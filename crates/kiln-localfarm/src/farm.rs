@@ -16,6 +16,7 @@ use crate::garage::{BUCKET, Garage, REGION};
 use crate::log_tail::TAIL_LINES;
 use crate::postgres::Postgres;
 use crate::process::ServiceProcess;
+use crate::tls::FarmCerts;
 use crate::wait::POLL_INTERVAL;
 
 /// The key prefix every farm process uses; each farm has its own etcd.
@@ -35,6 +36,7 @@ pub struct FarmBuilder {
     worker_gpus: Vec<u32>,
     env: Vec<(OsString, OsString)>,
     startup_timeout: Duration,
+    tls: bool,
 }
 
 impl FarmBuilder {
@@ -80,6 +82,15 @@ impl FarmBuilder {
         self
     }
 
+    /// TLS everywhere (default off): a private CA made at start-up signs a
+    /// certificate every service serves and presents to the others; the
+    /// scheduler and assets service refuse clients without one (mutual TLS),
+    /// and the gateway serves TLS to anyone trusting [`Farm::tls_ca`].
+    pub fn tls(mut self, enabled: bool) -> Self {
+        self.tls = enabled;
+        self
+    }
+
     /// How long each start-up stage may take (default 90 s).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
@@ -109,6 +120,10 @@ impl FarmBuilder {
             }
         })?;
         let discovery = connect_discovery(&etcd.url()).await?;
+        let certs = match self.tls {
+            true => Some(FarmCerts::generate(&layout.dir.join("tls"))?),
+            false => None,
+        };
         let mut farm = Farm {
             workers: Vec::new(),
             gateway: None,
@@ -120,6 +135,7 @@ impl FarmBuilder {
             discovery,
             gateway_endpoint: None,
             secrets: Secrets::generate(),
+            certs,
             layout,
             config: self,
             _lock: lock,
@@ -181,6 +197,7 @@ pub struct Farm {
     discovery: Discovery,
     gateway_endpoint: Option<Endpoint>,
     secrets: Secrets,
+    certs: Option<FarmCerts>,
     layout: Layout,
     config: FarmBuilder,
     _lock: Flock<File>,
@@ -223,6 +240,7 @@ impl Farm {
             worker_gpus: Vec::new(),
             env: Vec::new(),
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            tls: false,
         }
     }
 
@@ -301,6 +319,17 @@ impl Farm {
             "--etcd-prefix",
             ETCD_PREFIX,
         ]);
+        if let Some(certs) = &self.certs {
+            process = process
+                .env("KILN_TLS_CERT", &certs.cert)
+                .env("KILN_TLS_KEY", &certs.key)
+                .env("KILN_TLS_CA", &certs.ca);
+            // Internal services take only callers holding a farm certificate;
+            // the gateway is public and checks tokens instead.
+            if kind == "scheduler" || kind == "assets" {
+                process = process.env("KILN_TLS_CLIENT_CA", &certs.ca);
+            }
+        }
         for (key, value) in &self.config.env {
             process = process.env(key, value);
         }
@@ -507,19 +536,31 @@ impl Farm {
             .map_or("", |e| e.grpc.as_str())
     }
 
-    /// The gateway's gRPC URL, `http://127.0.0.1:PORT`, for a tonic channel.
+    /// The gateway's gRPC URL, `http://127.0.0.1:PORT` (`https` with
+    /// [`FarmBuilder::tls`]), for a tonic channel.
     pub fn gateway_url(&self) -> String {
-        format!("http://{}", self.gateway_grpc_addr())
+        self.gateway_endpoint
+            .as_ref()
+            .map_or_else(|| "http://".to_owned(), Endpoint::grpc_uri)
     }
 
-    /// The gateway's REST base URL, `http://127.0.0.1:PORT`.
+    /// The gateway's REST base URL, `http://127.0.0.1:PORT` (`https` with
+    /// [`FarmBuilder::tls`]).
     pub fn gateway_http_url(&self) -> String {
-        let http = self
-            .gateway_endpoint
+        self.gateway_endpoint
             .as_ref()
-            .and_then(|e| e.http.as_deref())
-            .unwrap_or("");
-        format!("http://{http}")
+            .and_then(Endpoint::http_url)
+            .unwrap_or_else(|| "http://".to_owned())
+    }
+
+    /// The farm CA's certificate (PEM) when it runs with TLS: what clients trust.
+    pub fn tls_ca(&self) -> Option<&Path> {
+        self.certs.as_ref().map(|certs| certs.ca.as_path())
+    }
+
+    /// The certificate and key every service of a TLS farm presents.
+    pub fn tls_certs(&self) -> Option<&FarmCerts> {
+        self.certs.as_ref()
     }
 
     /// An admin token for the gateway, made afresh at each start (tokens of

@@ -17,6 +17,7 @@ mod log_tail;
 mod ports;
 mod postgres;
 mod process;
+mod tls;
 mod wait;
 
 pub use binary::locate_binary;
@@ -28,3 +29,4 @@ pub use log_tail::tail as log_tail;
 pub use ports::free_port;
 pub use postgres::{DATABASE, Postgres};
 pub use process::{ServiceProcess, TERMINATE_GRACE};
+pub use tls::{DevCa, FarmCerts, IssuedCert};

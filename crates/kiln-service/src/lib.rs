@@ -13,6 +13,7 @@ use kiln_discovery::{Discovery, Endpoint, Registration};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::transport::ServerTlsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -29,6 +30,8 @@ pub enum ServiceError {
     Discovery(#[from] kiln_discovery::DiscoveryError),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error(transparent)]
+    Tls(#[from] kiln_tls::TlsError),
 }
 
 pub use checks::{CheckResult, Checks, Readiness};
@@ -81,7 +84,7 @@ pub async fn serve(
 ) -> Result<(), ServiceError> {
     let listing = Listing {
         http: http_addr,
-        ops: None,
+        ..Listing::default()
     };
     serve_listed(service, listener, routes, discovery, listing).await
 }
@@ -93,6 +96,8 @@ pub struct Listing<'a> {
     pub http: Option<String>,
     /// The service's ops endpoint: listed, and marked not ready once shutdown starts.
     pub ops: Option<&'a OpsServer>,
+    /// Serve TLS (listed in etcd, so clients dial `https`); see [`kiln_tls::TlsSettings::grpc_server`].
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// [`serve`], listing `listing` in etcd beside the gRPC address.
@@ -114,10 +119,11 @@ pub async fn serve_listed(
         ops: listing
             .ops
             .map(|ops| discovery.advertised_address(ops.local_addr())),
+        tls: listing.tls.is_some(),
     };
     let registration = discovery.register(service, endpoint).await?;
-    tracing::info!(service, addr = %local, "serving grpc");
-    let result = serve_unlisted(listener, routes, listing.ops).await;
+    tracing::info!(service, addr = %local, tls = listing.tls.is_some(), "serving grpc");
+    let result = serve_unlisted_tls(listener, routes, listing.ops, listing.tls).await;
     deregister(registration).await;
     result
 }
@@ -130,13 +136,27 @@ pub async fn serve_unlisted(
     routes: Routes,
     ops: Option<&OpsServer>,
 ) -> Result<(), ServiceError> {
+    serve_unlisted_tls(listener, routes, ops, None).await
+}
+
+/// [`serve_unlisted`], serving TLS with `tls`.
+pub async fn serve_unlisted_tls(
+    listener: TcpListener,
+    routes: Routes,
+    ops: Option<&OpsServer>,
+    tls: Option<ServerTlsConfig>,
+) -> Result<(), ServiceError> {
     let shutdown = async move {
         shutdown_signal().await;
         if let Some(ops) = ops {
             ops.set_draining();
         }
     };
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
         .trace_fn(kiln_telemetry::propagation::server_span)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

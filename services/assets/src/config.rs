@@ -44,6 +44,8 @@ pub struct Config {
     #[command(flatten)]
     pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
+    pub tls: kiln_tls::TlsArgs,
+    #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

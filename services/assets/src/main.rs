@@ -11,6 +11,7 @@ const ETCD_PATIENCE: Duration = Duration::from_secs(30);
 async fn main() -> anyhow::Result<()> {
     let config = kiln_assets::Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-assets", &config.telemetry)?;
+    let tls = config.tls.load()?;
     let discovery = Discovery::connect(&config.discovery, ETCD_PATIENCE).await?;
     let checks = Checks::new().add("etcd", checks::etcd(&discovery));
     let (routes, checks) = kiln_assets::routes_with_checks(&config, checks).await?;
@@ -19,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = kiln_service::bind(config.listen).await?;
     let listing = Listing {
         ops: Some(&ops),
+        tls: tls.grpc_server(),
         ..Listing::default()
     };
     kiln_service::serve_listed(

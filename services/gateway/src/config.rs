@@ -27,6 +27,8 @@ pub struct Config {
     #[command(flatten)]
     pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
+    pub tls: kiln_tls::TlsArgs,
+    #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -56,7 +58,7 @@ pub struct LimitArgs {
     /// Requests served at once on each of REST and gRPC; more wait their turn
     #[arg(long, env = "KILN_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
-    /// Seconds a REST request may take before it is answered with 504 (streams excepted)
+    /// Seconds a request may take before REST answers 504 and gRPC DEADLINE_EXCEEDED (streams excepted)
     #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     pub request_timeout_seconds: u64,
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod guard;
+pub mod http_server;
 pub mod limits;
 pub mod openapi;
 pub mod rate_limit;

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use http::StatusCode;
+use tonic::Status;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::config::LimitArgs;
@@ -93,8 +96,11 @@ impl Limits {
 
     /// The gRPC services with their limits (message sizes are set on each service).
     pub fn grpc(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
+        let timeout = Duration::from_secs(self.args.request_timeout_seconds);
         let router = routes
             .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(timeout, grpc_deadline))
+            .layer(axum::middleware::from_fn(malformed_is_invalid_argument))
             .layer(axum::middleware::from_fn_with_state(
                 self.guard(Protocol::Grpc),
                 guard::check,
@@ -105,5 +111,51 @@ impl Limits {
 
     fn concurrency(&self) -> usize {
         self.args.max_concurrent_requests as usize
+    }
+}
+
+/// How tonic's prost codec begins the message of a request it cannot decode.
+const DECODE_FAILURE: &str = "failed to decode Protobuf message";
+
+/// tonic answers a request message it cannot decode with INTERNAL (gRPC's
+/// convention); at Kiln's edge bad input is INVALID_ARGUMENT, so clients and
+/// alerts do not take a caller's garbage for the gateway's own failure.
+async fn malformed_is_invalid_argument(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() == tonic::Code::Internal && status.message().starts_with(DECODE_FAILURE) {
+        let headers = response.headers_mut();
+        headers.remove(Status::GRPC_STATUS);
+        headers.remove(Status::GRPC_MESSAGE);
+        if let Err(error) = Status::invalid_argument(status.message()).add_header(headers) {
+            tracing::warn!(%error, "cannot rewrite a decode failure");
+        }
+    }
+    response
+}
+
+/// Calls whose request is a stream: an upload takes as long as its bytes do.
+const CLIENT_STREAMING: &[&str] = &["/kiln.v1.AssetService/Upload"];
+
+/// Answers DEADLINE_EXCEEDED when a call has not started answering within
+/// `limit`. Only the wait for the response head counts, so a server stream
+/// (a watch, a download) may then run as long as it likes.
+async fn grpc_deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    if CLIENT_STREAMING.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_owned();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(path, limit_seconds = limit.as_secs(), "grpc call timed out");
+            Status::deadline_exceeded(format!(
+                "the gateway gave up after {} s (--request-timeout-seconds)",
+                limit.as_secs()
+            ))
+            .into_http::<axum::body::Body>()
+        }
     }
 }

@@ -21,6 +21,7 @@ use tonic::service::Routes;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-gateway", &config.telemetry)?;
+    let tls = config.tls.load().context("loading TLS certificates")?;
     let store = TokenStore::connect(
         &config.database_url,
         config.database_max_connections,
@@ -46,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .add("assets", checks::registered(&discovery, service::ASSETS));
     let ops = OpsServer::start("gateway", &config.ops, checks).await?;
-    let upstreams = Arc::new(Upstreams::new(discovery.clone()));
+    let upstreams = Arc::new(Upstreams::new(discovery.clone(), tls.client()));
     let api = PublicApi::new(upstreams.clone());
     let tokens = TokenApi::new(store.clone());
     let limits = Limits::new(&config.limits, store);
@@ -61,12 +62,12 @@ async fn main() -> anyhow::Result<()> {
     let app = limits
         .rest(state)
         .layer(tower_http::trace::TraceLayer::new_for_http());
-    tracing::info!(addr = %http_addr, "serving rest");
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(kiln_service::shutdown_signal())
-            .await
-    });
+    tracing::info!(addr = %http_addr, tls = tls.serves_tls(), "serving rest");
+    let http = tokio::spawn(kiln_gateway::http_server::serve(
+        http_listener,
+        app,
+        tls.http_server()?,
+    ));
 
     let max_message = limits.max_grpc_message_bytes();
     let routes =
@@ -86,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let listing = Listing {
         http: Some(discovery.advertised_address(http_addr)),
         ops: Some(&ops),
+        tls: tls.grpc_server(),
     };
     kiln_service::serve_listed(
         service::GATEWAY,

@@ -11,7 +11,7 @@ use kiln_discovery::{Discovery, service};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long a request waits for a service to be registered.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
@@ -19,14 +19,17 @@ const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct Upstreams {
     discovery: Discovery,
+    tls: kiln_tls::ClientTls,
     scheduler: Mutex<Option<Channel>>,
     assets: Mutex<Option<Channel>>,
 }
 
 impl Upstreams {
-    pub fn new(discovery: Discovery) -> Self {
+    /// Upstreams found through `discovery`, dialled with `tls` when they serve TLS.
+    pub fn new(discovery: Discovery, tls: kiln_tls::ClientTls) -> Self {
         Self {
             discovery,
+            tls,
             scheduler: Mutex::new(None),
             assets: Mutex::new(None),
         }
@@ -70,8 +73,10 @@ impl Upstreams {
             .find_one(name, LOOKUP_PATIENCE)
             .await
             .map_err(|e| Status::unavailable(format!("{name} service: {e}")))?;
-        let channel = Endpoint::from_shared(endpoint.grpc_uri())
-            .map_err(|e| Status::internal(format!("bad {name} address: {e}")))?
+        let channel = self
+            .tls
+            .endpoint(&endpoint.grpc_uri())
+            .map_err(|e| Status::internal(format!("{name} service: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             // Unanswered pings drop a connection to a frozen instance, so
             // calls fail over instead of hanging.

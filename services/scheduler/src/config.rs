@@ -54,6 +54,8 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub ops: kiln_service::OpsArgs,
+    #[command(flatten)]
+    pub tls: kiln_tls::TlsArgs,
 }
 
 fn parse_weight(text: &str) -> Result<(String, f64), String> {

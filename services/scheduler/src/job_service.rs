@@ -42,6 +42,8 @@ pub struct JobApi {
     discovery: Discovery,
     limits: Limits,
     defaults: JobDefaults,
+    /// How the assets service is dialled (TLS when it lists itself so).
+    assets_tls: kiln_tls::ClientTls,
 }
 
 impl JobApi {
@@ -56,7 +58,14 @@ impl JobApi {
             discovery,
             limits,
             defaults,
+            assets_tls: kiln_tls::ClientTls::default(),
         }
+    }
+
+    /// Dials the assets service with `tls` (its CA, and this scheduler's certificate).
+    pub fn with_client_tls(mut self, tls: kiln_tls::ClientTls) -> Self {
+        self.assets_tls = tls;
+        self
     }
 
     async fn submit(
@@ -238,7 +247,9 @@ impl JobApi {
             .discovery
             .find_one(service::ASSETS, Duration::from_secs(5))
             .await?;
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.grpc_uri())
+        let channel = self
+            .assets_tls
+            .endpoint(&endpoint.grpc_uri())
             .map_err(|e| SchedulerError::Assets(e.to_string()))?
             .connect_lazy();
         let assets = kiln_asset_client::AssetClient::new(channel);

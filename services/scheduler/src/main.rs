@@ -20,6 +20,7 @@ use tonic::service::Routes;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-scheduler", &config.telemetry)?;
+    let tls = config.tls.load()?;
     let db = connect_database(
         &config.database_url,
         config.database_max_connections,
@@ -44,7 +45,8 @@ async fn main() -> anyhow::Result<()> {
     let defaults = JobDefaults {
         stall_seconds: config.stall_seconds,
     };
-    let jobs = JobApi::new(slot.clone(), discovery.clone(), limits, defaults);
+    let jobs = JobApi::new(slot.clone(), discovery.clone(), limits, defaults)
+        .with_client_tls(tls.client());
     let routes = Routes::new(JobServiceServer::new(jobs)).add_service(WorkerServiceServer::new(
         WorkerSessions::new(slot.clone()).with_join_token(config.join_token.clone()),
     ));
@@ -59,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         grpc: discovery.advertised_address(listener.local_addr()?),
         http: None,
         ops: Some(discovery.advertised_address(ops.local_addr())),
+        tls: tls.serves_tls(),
     };
     let leading = Leading {
         db,
@@ -77,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // Both end on SIGTERM: the election first resigns, so a standby leads at once.
     let (served, ()) = tokio::join!(
-        kiln_service::serve_unlisted(listener, routes, Some(&ops)),
+        kiln_service::serve_unlisted_tls(listener, routes, Some(&ops), tls.grpc_server()),
         leader::run(leading),
     );
     served?;

@@ -22,6 +22,7 @@ const ETCD_PATIENCE: Duration = Duration::from_secs(30);
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-worker", &config.telemetry)?;
+    let tls = config.tls.load()?;
     let hostname = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
@@ -79,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         health,
         ops_addr,
         join_token,
+        tls: tls.client(),
     }
     .run(stopping)
     .await?;

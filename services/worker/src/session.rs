@@ -56,11 +56,8 @@ const RESEND_MAX: usize = 256;
 pub enum SessionError {
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
-    #[error("bad address {uri} in etcd: {source}")]
-    BadUri {
-        uri: String,
-        source: tonic::codegen::http::uri::InvalidUri,
-    },
+    #[error("address in etcd: {0}")]
+    Endpoint(#[from] kiln_tls::TlsError),
     #[error("cannot connect to {uri}: {source}")]
     Connect {
         uri: String,
@@ -114,6 +111,8 @@ pub struct Worker {
     pub ops_addr: Option<String>,
     /// Presented to the scheduler as metadata `kiln-join-token` when joining.
     pub join_token: Option<tonic::metadata::AsciiMetadataValue>,
+    /// How the scheduler and assets service are dialled (TLS when they list themselves so).
+    pub tls: kiln_tls::ClientTls,
 }
 
 impl Worker {
@@ -125,6 +124,7 @@ impl Worker {
             grpc: String::new(),
             http: None,
             ops: self.ops_addr.clone(),
+            tls: false,
         };
         let registration = self.discovery.register(service::WORKER, listing).await?;
         let mut tasks = Tasks::new();
@@ -233,18 +233,16 @@ impl Worker {
             .find_one(service::ASSETS, LOOKUP_PATIENCE)
             .await?
             .grpc_uri();
-        let assets = AssetClient::new(lazy_channel(&assets_uri)?);
+        let assets = AssetClient::new(lazy_channel(&self.tls, &assets_uri)?);
         let runner = Arc::new(TaskRunner::new(
             self.runner.clone(),
             self.cache.clone(),
             assets,
         ));
         let uri = scheduler.grpc_uri();
-        let channel = Channel::from_shared(uri.clone())
-            .map_err(|source| SessionError::BadUri {
-                uri: uri.clone(),
-                source,
-            })?
+        let channel = self
+            .tls
+            .endpoint(&uri)?
             .connect_timeout(CONNECT_TIMEOUT)
             // A scheduler that froze (or whose host did) still holds the TCP
             // connection open; unanswered pings end the session, and the
@@ -284,13 +282,11 @@ impl Worker {
     }
 }
 
-fn lazy_channel(uri: &str) -> Result<Channel, SessionError> {
-    Channel::from_shared(uri.to_owned())
-        .map(|endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy())
-        .map_err(|source| SessionError::BadUri {
-            uri: uri.to_owned(),
-            source,
-        })
+fn lazy_channel(tls: &kiln_tls::ClientTls, uri: &str) -> Result<Channel, SessionError> {
+    Ok(tls
+        .endpoint(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_lazy())
 }
 
 /// The worker's tasks, which outlive its sessions.
