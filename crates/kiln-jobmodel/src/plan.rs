@@ -16,6 +16,9 @@ use crate::{JobModelError, WORKING_DIRECTORY_PLACEHOLDER};
 /// Extensions of the OpenJD schema Kiln understands.
 const SUPPORTED_EXTENSIONS: &[&str] = &["TASK_CHUNKING"];
 
+/// Commands that run Blender and read its `-f` frame syntax.
+const BLENDER_COMMANDS: &[&str] = &["blender", "kiln-blender-variant"];
+
 /// The task parameter whose values are frame numbers.
 const FRAME_PARAMETER: &str = "Frame";
 
@@ -216,7 +219,7 @@ fn plan_task(
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if command == "blender" {
+    if BLENDER_COMMANDS.contains(&command.as_str()) {
         rewrite_blender_frames(&mut args, &frames);
     }
     Ok(TaskPlan {
