@@ -158,3 +158,29 @@ fn variant_job_renders_and_encodes_each_row() {
         encode.tasks[2].args
     );
 }
+
+#[test]
+fn example_engine_templates_plan() {
+    let transcode = plan_job(
+        builtin_template("ffmpeg-transcode").unwrap(),
+        &params(&[("Title", "; rm -rf /"), ("Height", "90")]),
+        Limits::default(),
+    )
+    .unwrap();
+    let task = &transcode.steps[0].tasks[0];
+    assert_eq!(task.command, "ffmpeg");
+    assert!(
+        task.args.iter().any(|a| a == "title=; rm -rf /"),
+        "{:?}",
+        task.args
+    );
+    let natron = plan_job(
+        builtin_template("natron-render").unwrap(),
+        &params(&[("Frames", "1-20"), ("ChunkSize", "10")]),
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(natron.steps[0].tasks.len(), 2);
+    assert_eq!(natron.steps[0].tasks[1].command, "natron");
+    assert!(natron.steps[0].tasks[1].args.iter().any(|a| a == "11-20"));
+}
