@@ -108,10 +108,12 @@ async fn quality_check_passes_a_good_render_and_names_a_black_frame() -> anyhow:
     let tasks = client.tasks(&job.id).await?;
     let check = step_task(&tasks, "Check")?;
     assert_eq!(check.state(), pb::TaskState::Failed, "{check:?}");
+    // Blender dithers its 8-bit output, so black is not quite uniform.
     assert!(
         check
             .message
-            .starts_with("quality check failed: frame 3 is uniform (stddev 0.0 < 2"),
+            .starts_with("quality check failed: frame 3 is uniform (stddev ")
+            && check.message.ends_with(" < 2.0)"),
         "the failure names the black frame: {check:?}"
     );
     assert!(

@@ -325,7 +325,7 @@ fn check_frames(plan: &CheckPlan) -> Report {
         if stddev < plan.min_stddev {
             report.add(
                 Some(frame),
-                format!("is uniform (stddev {stddev:.1} < {})", plan.min_stddev),
+                format!("is uniform (stddev {stddev:.1} < {:?})", plan.min_stddev),
             );
         }
     }
@@ -543,7 +543,7 @@ mod tests {
         assert!(!report.passed);
         let message = report.failure_message().unwrap_or_default();
         assert!(
-            message.starts_with("quality check failed: frame 2 is uniform (stddev 0.0 < 2)"),
+            message.starts_with("quality check failed: frame 2 is uniform (stddev 0.0 < 2.0)"),
             "{message}"
         );
         for expected in [
