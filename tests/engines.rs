@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use kiln_proto::v1 as pb;
-use kiln_tests::{Client, blender_request, blender_script, example_scene, start_farm, state_of};
+use kiln_tests::{
+    Client, blender_request, blender_script, example_scene, repo_root, start_farm, start_farm_with,
+    state_of,
+};
 
 /// Turns the example scene's light and sky off at frame 3 only, so that
 /// frame renders pure black.
@@ -192,8 +195,11 @@ async fn a_variant_table_makes_one_video_per_row() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ffmpeg_transcode_template_takes_shell_syntax_literally() -> anyhow::Result<()> {
-    let (mut farm, dir) = start_farm(1, false).await?;
+async fn approved_ffmpeg_transcode_template_takes_shell_syntax_literally() -> anyhow::Result<()> {
+    // The admin approves the example templates by pointing the scheduler at them.
+    let approved = repo_root().join("examples/templates");
+    let approved = approved.to_string_lossy();
+    let (mut farm, dir) = start_farm_with(1, false, &[("KILN_TEMPLATE_DIR", &approved)]).await?;
     let source = dir.path().join("source.mp4");
     let status = std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-f", "lavfi", "-i"])

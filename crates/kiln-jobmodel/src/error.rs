@@ -12,6 +12,8 @@ pub enum JobModelError {
     TooManyTasks { tasks: usize, limit: usize },
     #[error("invalid variant row id {0:?}: {1}")]
     RowId(String, String),
+    #[error("approved templates: {0}")]
+    TemplateDir(String),
     #[error("invalid frame range {0:?}")]
     FrameRange(String),
 }

@@ -12,7 +12,7 @@ mod frames;
 mod plan;
 mod variants;
 
-pub use builtin::{BUILTIN_TEMPLATES, builtin_template};
+pub use builtin::{BUILTIN_TEMPLATES, TemplateLibrary, builtin_template};
 pub use error::JobModelError;
 pub use frames::{blender_frame_arg, parse_frame_list};
 pub use openjd_model::job::{AmountRequirement, AttributeRequirement, HostRequirements};

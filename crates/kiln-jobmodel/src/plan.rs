@@ -105,6 +105,23 @@ pub fn plan_job(
     })
 }
 
+/// Checks that `template` is a valid OpenJD job template Kiln can run,
+/// without parameter values.
+pub(crate) fn check_template(template: &str, max_bytes: usize) -> Result<(), JobModelError> {
+    if template.len() > max_bytes {
+        return Err(JobModelError::Template(format!(
+            "template is {} bytes, more than the limit of {max_bytes}",
+            template.len()
+        )));
+    }
+    let limits = CallerLimits::default();
+    let document = document_string_to_object(template, DocumentType::Yaml, &limits)
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    decode_job_template(document, Some(SUPPORTED_EXTENSIONS), &limits)
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    Ok(())
+}
+
 fn instantiate(template: &str, parameters: &HashMap<String, String>) -> Result<Job, JobModelError> {
     let limits = CallerLimits::default();
     let document = document_string_to_object(template, DocumentType::Yaml, &limits)

@@ -1,6 +1,8 @@
 use std::collections::HashMap;
 
-use kiln_jobmodel::{JobModelError, Limits, builtin_template, plan_job, variants_template};
+use kiln_jobmodel::{
+    JobModelError, Limits, TemplateLibrary, builtin_template, plan_job, variants_template,
+};
 
 fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -160,9 +162,12 @@ fn variant_job_renders_and_encodes_each_row() {
 }
 
 #[test]
-fn example_engine_templates_plan() {
+fn example_engine_templates_load_as_approved_templates_and_plan() {
+    let examples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/templates");
+    let library = TemplateLibrary::load_dir(&examples, 256 * 1024).unwrap();
     let transcode = plan_job(
-        builtin_template("ffmpeg-transcode").unwrap(),
+        library.get("ffmpeg-transcode").unwrap(),
         &params(&[("Title", "; rm -rf /"), ("Height", "90")]),
         Limits::default(),
     )
@@ -175,7 +180,7 @@ fn example_engine_templates_plan() {
         task.args
     );
     let natron = plan_job(
-        builtin_template("natron-render").unwrap(),
+        library.get("natron-render").unwrap(),
         &params(&[("Frames", "1-20"), ("ChunkSize", "10")]),
         Limits::default(),
     )

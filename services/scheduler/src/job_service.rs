@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use kiln_discovery::{Discovery, service};
-use kiln_jobmodel::{Limits, builtin_template, plan_job};
+use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
 use tokio::sync::{broadcast, mpsc};
@@ -42,6 +42,8 @@ pub struct JobApi {
     discovery: Discovery,
     limits: Limits,
     defaults: JobDefaults,
+    /// Built-in and admin-approved templates jobs may name.
+    templates: Arc<TemplateLibrary>,
 }
 
 impl JobApi {
@@ -56,7 +58,14 @@ impl JobApi {
             discovery,
             limits,
             defaults,
+            templates: Arc::default(),
         }
+    }
+
+    /// Lets jobs name the admin-approved templates too.
+    pub fn with_templates(mut self, templates: TemplateLibrary) -> Self {
+        self.templates = Arc::new(templates);
+        self
     }
 
     async fn submit(
@@ -66,7 +75,7 @@ impl JobApi {
     ) -> Result<pb::Job, SchedulerError> {
         let (template_name, document) = match &request.template {
             Some(pb::submit_job_request::Template::BuiltinTemplate(name)) => {
-                (name.as_str(), builtin_template(name)?)
+                (name.as_str(), self.templates.get(name)?)
             }
             Some(pb::submit_job_request::Template::TemplateDocument(doc)) => ("", doc.as_str()),
             None => {
