@@ -33,7 +33,8 @@ for owner in (light, scene.world.node_tree):
 bpy.ops.wm.save_as_mainfile(filepath=out)
 "#;
 
-/// A title card: a text object named "Title" glowing on black, tiny and fast.
+/// A title card: a text object named "Title" glowing in front of a picture
+/// (image "Photo"), tiny and fast.
 const TITLE_SCENE: &str = r#"
 import sys
 import bpy
@@ -65,6 +66,21 @@ emission = nodes.new("ShaderNodeEmission")
 emission.inputs[1].default_value = 5.0
 glow.node_tree.links.new(emission.outputs[0], nodes["Material Output"].inputs[0])
 title.data.materials.append(glow)
+photo = bpy.data.images.new("Photo", 4, 4)
+photo.source = "FILE"
+photo.filepath = "//placeholder.png"
+bpy.ops.mesh.primitive_plane_add(size=3, location=(0, 0, -0.5))
+plane = bpy.context.active_object
+picture = bpy.data.materials.new("Picture")
+picture.use_nodes = True
+tree = picture.node_tree
+tree.nodes.remove(tree.nodes["Principled BSDF"])
+texture = tree.nodes.new("ShaderNodeTexImage")
+texture.image = photo
+shine = tree.nodes.new("ShaderNodeEmission")
+tree.links.new(texture.outputs[0], shine.inputs[0])
+tree.links.new(shine.outputs[0], tree.nodes["Material Output"].inputs[0])
+plane.data.materials.append(picture)
 bpy.ops.object.camera_add(location=(0, 0, 6))
 scene.camera = bpy.context.active_object
 bpy.ops.wm.save_as_mainfile(filepath=out)
@@ -146,9 +162,18 @@ async fn a_variant_table_makes_one_video_per_row() -> anyhow::Result<()> {
     let scene = dir.path().join("title.blend");
     blender_script(dir.path(), TITLE_SCENE, &[&scene])?;
     let rows = dir.path().join("rows.csv");
+    for colour in ["red", "blue"] {
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("color={colour}:s=32x32"))
+            .args(["-frames:v", "1"])
+            .arg(dir.path().join(format!("{colour}.png")))
+            .status()?;
+        assert!(status.success(), "ffmpeg could not make {colour}.png");
+    }
     std::fs::write(
         &rows,
-        "id,Title\nalice,Alice\nbob,Bob!\ncarol,\"Carol, hi\"\n",
+        "id,Title,image:Photo\nalice,Alice,red.png\nbob,Bob!,blue.png\ncarol,\"Carol, hi\",red.png\n",
     )?;
     let out = dir.path().join("out");
     let output = kiln_render(&farm, &scene, &rows, &out).await?;
@@ -162,6 +187,16 @@ async fn a_variant_table_makes_one_video_per_row() -> anyhow::Result<()> {
         let video = out.join(format!("variants/{id}/video.mp4"));
         let frame = first_frame(&video, &dir.path().join(format!("{id}.png")))?;
         first_frames.push((id, frame));
+    }
+    // Each row's picture replaced the placeholder image.
+    for (id, frame, red) in [
+        ("alice", &first_frames[0].1, true),
+        ("bob", &first_frames[1].1, false),
+    ] {
+        let (r, b) = frame.chunks(3).fold((0u64, 0u64), |(r, b), px| {
+            (r + u64::from(px[0]), b + u64::from(px[2]))
+        });
+        assert_eq!(r > b, red, "{id}'s picture: red {r}, blue {b}");
     }
     for (i, (a, first)) in first_frames.iter().enumerate() {
         for (b, other) in &first_frames[i + 1..] {
