@@ -250,17 +250,12 @@ async fn approved_ffmpeg_transcode_template_takes_shell_syntax_literally() -> an
         template: Some(pb::submit_job_request::Template::BuiltinTemplate(
             "ffmpeg-transcode".into(),
         )),
-        parameters: [
-            ("InputFile", "clips/source.mp4"),
-            ("OutputName", "small.mp4"),
-            ("Height", "120"),
-            ("Title", title),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect(),
+        parameters: [("Height", "120"), ("Title", title)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         inputs: vec![pb::JobInput {
-            path: "clips/source.mp4".into(),
+            path: "source.mp4".into(),
             digest,
         }],
         ..Default::default()
@@ -274,7 +269,7 @@ async fn approved_ffmpeg_transcode_template_takes_shell_syntax_literally() -> an
         .args(["-v", "error", "-select_streams", "v:0"])
         .args(["-show_entries", "stream=width,height:format_tags=title"])
         .args(["-of", "json"])
-        .arg(out.join("small.mp4"))
+        .arg(out.join("transcoded.mp4"))
         .output()?;
     let info: serde_json::Value = serde_json::from_slice(&probe.stdout)?;
     assert_eq!(
