@@ -184,9 +184,26 @@ async fn a_variant_table_makes_one_video_per_row() -> anyhow::Result<()> {
     );
     let mut first_frames = Vec::new();
     for id in ["alice", "bob", "carol"] {
+        let report = std::fs::read(out.join(format!("variants/{id}/check.json")))?;
+        let report: serde_json::Value = serde_json::from_slice(&report)?;
+        assert_eq!(report["passed"], true, "{id}: {report}");
         let video = out.join(format!("variants/{id}/video.mp4"));
         let frame = first_frame(&video, &dir.path().join(format!("{id}.png")))?;
         first_frames.push((id, frame));
+    }
+    let client_tasks = {
+        let mut client = Client::connect(&farm).await?;
+        let jobs = client
+            .jobs
+            .list_jobs(pb::ListJobsRequest::default())
+            .await?
+            .into_inner()
+            .jobs;
+        let job = jobs.first().context("the variant job is listed")?;
+        client.tasks(&job.id).await?
+    };
+    for render in client_tasks.iter().filter(|t| t.step_name == "Render") {
+        assert_eq!(render.message, "device: cpu", "{render:?}");
     }
     // Each row's picture replaced the placeholder image.
     for (id, frame, red) in [

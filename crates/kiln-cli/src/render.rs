@@ -120,17 +120,15 @@ async fn submit(
         ("ChunkSize".to_owned(), args.chunk.to_string()),
         ("FrameRate".to_owned(), fps.to_string()),
     ]);
+    parameters.insert("Device".to_owned(), args.device.clone());
+    let check = if args.no_quality_check { "off" } else { "on" };
+    parameters.insert("QualityCheck".to_owned(), check.to_owned());
     let template = match rows {
         Some(rows) => {
             let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
             Template::TemplateDocument(kiln_jobmodel::variants_template(&ids)?)
         }
-        None => {
-            parameters.insert("Device".to_owned(), args.device.clone());
-            let check = if args.no_quality_check { "off" } else { "on" };
-            parameters.insert("QualityCheck".to_owned(), check.to_owned());
-            Template::BuiltinTemplate("blender".to_owned())
-        }
+        None => Template::BuiltinTemplate("blender".to_owned()),
     };
     let name = args
         .scene

@@ -151,6 +151,16 @@ fn variant_job_renders_and_encodes_each_row() {
     );
     let encode = &plan.steps[1];
     assert_eq!(encode.tasks.len(), 3);
+    let check = &plan.steps[2];
+    assert_eq!(check.tasks.len(), 3);
+    assert!(
+        check.tasks[0]
+            .args
+            .iter()
+            .any(|a| a == "outputs/variants/alice/check.json"),
+        "{:?}",
+        check.tasks[0].args
+    );
     assert!(
         encode.tasks[2]
             .args

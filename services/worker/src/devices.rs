@@ -129,7 +129,17 @@ pub fn choose(requested: &str, gpus: &[Gpu]) -> CyclesDevice {
 /// arguments ask for no device, or for one the worker does not manage.
 pub fn resolve_cycles_device(args: &mut [String], gpus: &[Gpu]) -> Option<CyclesDevice> {
     let script = args.iter().position(|a| a == "--")?;
-    let at = script + 1 + args[script + 1..].iter().position(|a| a == CYCLES_DEVICE)?;
+    resolve_option(&mut args[script + 1..], CYCLES_DEVICE, gpus)
+}
+
+/// The same for `kiln-blender-variant`'s own `--device` option (before any `--`).
+pub fn resolve_variant_device(args: &mut [String], gpus: &[Gpu]) -> Option<CyclesDevice> {
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    resolve_option(&mut args[..end], "--device", gpus)
+}
+
+fn resolve_option(args: &mut [String], flag: &str, gpus: &[Gpu]) -> Option<CyclesDevice> {
+    let at = args.iter().position(|a| a == flag)?;
     let value = args.get_mut(at + 1)?;
     if !matches!(
         value.to_ascii_lowercase().as_str(),
@@ -222,6 +232,12 @@ mod tests {
         assert_eq!(args[5], "CPU");
         let mut before_script = strings(&["s.blend", "--cycles-device", "gpu", "-f", "1"]);
         assert_eq!(resolve_cycles_device(&mut before_script, &[]), None);
+        let mut variant = strings(&["s.blend", "--row", "a", "--device", "gpu", "-f", "1"]);
+        assert_eq!(
+            resolve_variant_device(&mut variant, &[]),
+            Some(CyclesDevice::Cpu)
+        );
+        assert_eq!(variant[4], "CPU");
         let mut other = strings(&["s.blend", "--", "--cycles-device", "METAL"]);
         assert_eq!(resolve_cycles_device(&mut other, &[]), None);
         assert_eq!(other[3], "METAL");

@@ -207,9 +207,13 @@ impl<A: AssetStore> TaskRunner<A> {
     /// cpu|gpu`) replaced by the device this worker renders it on.
     fn with_device(&self, assignment: &TaskAssignment) -> (TaskAssignment, Option<CyclesDevice>) {
         let mut assignment = assignment.clone();
-        let device = match assignment.command == RendererKind::Blender.name() {
-            true => devices::resolve_cycles_device(&mut assignment.args, &self.settings.gpus),
-            false => None,
+        let gpus = &self.settings.gpus;
+        let device = match assignment.command.as_str() {
+            command if command == RendererKind::Blender.name() => {
+                devices::resolve_cycles_device(&mut assignment.args, gpus)
+            }
+            variant::COMMAND => devices::resolve_variant_device(&mut assignment.args, gpus),
+            _ => None,
         };
         if let Some(device) = device {
             tracing::info!(device = device.name(), "cycles device chosen");

@@ -34,10 +34,12 @@ pub enum VariantError {
 
 /// Blender's argv for a variant render: the template's Blender arguments
 /// (checked as for `blender`), the driver right after the scene so it runs
-/// before any `-f`, and the table and row for the driver after `--`.
+/// before any `-f`, and the table and row for the driver after `--`, then
+/// Cycles' device when `--device` gave one.
 pub fn blender_args(args: &[String], workdir: &Path) -> Result<Vec<String>, VariantError> {
     let mut table = None;
     let mut row = None;
+    let mut device = None;
     let mut rest = Vec::with_capacity(args.len());
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -45,6 +47,7 @@ pub fn blender_args(args: &[String], workdir: &Path) -> Result<Vec<String>, Vari
             "--" => return Err(VariantError::ScriptArgs),
             "--variants" => &mut table,
             "--row" => &mut row,
+            "--device" => &mut device,
             _ => {
                 rest.push(arg.clone());
                 continue;
@@ -76,6 +79,11 @@ pub fn blender_args(args: &[String], workdir: &Path) -> Result<Vec<String>, Vari
     let driver = driver_path(workdir).to_string_lossy().into_owned();
     blender.splice(3..3, ["--python".to_owned(), driver]);
     blender.extend(["--".to_owned(), table, row]);
+    // Cycles reads its device from anywhere after `--`; the task runner has
+    // already replaced the template's cpu/gpu with this worker's choice.
+    if let Some(device) = device {
+        blender.extend(["--cycles-device".to_owned(), device]);
+    }
     Ok(blender)
 }
 
@@ -104,6 +112,8 @@ mod tests {
             "/w/outputs/variants/alice/frames/frame_####",
             "-f",
             "1..4",
+            "--device",
+            "CPU",
         ]);
         assert_eq!(
             blender_args(&args, Path::new("/w")),
@@ -120,6 +130,8 @@ mod tests {
                 "--",
                 "/w/variants.json",
                 "alice",
+                "--cycles-device",
+                "CPU",
             ]))
         );
     }

@@ -2,7 +2,7 @@
 to the scene Blender has loaded, before Blender renders it as usual.
 
 Run by the worker as
-    blender -b -Y scene.blend --python variant_driver.py -o ... -f ... -- TABLE.json ROW_ID
+    blender -b -Y scene.blend --python variant_driver.py -o ... -f ... -- TABLE.json ROW_ID [--cycles-device D]
 It is shipped with the worker; `-Y` keeps scripts inside the .blend from
 running, and the table is data only: text bodies and image file paths.
 A placeholder the row names but the scene lacks stops Blender with an error
@@ -63,7 +63,8 @@ def apply(row):
 
 def main():
     args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
-    if len(args) != 2:
+    # Cycles' own options (--cycles-device) may follow.
+    if len(args) < 2:
         fail("the variant driver needs: -- TABLE.json ROW_ID")
     try:
         row = load_row(args[0], args[1])
