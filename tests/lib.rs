@@ -241,6 +241,29 @@ pub fn booby_trapped_scene(dir: &Path, marker: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Runs the Python `source` in Blender (factory settings) with `args`
+/// after `--`, to make or change test scenes.
+pub fn blender_script(dir: &Path, source: &str, args: &[&Path]) -> Result<()> {
+    let script = dir.join(format!("script-{}.py", rand_suffix()));
+    std::fs::write(&script, source)?;
+    let script_arg = script.to_string_lossy().into_owned();
+    let mut all = vec!["--factory-startup", "--python", &script_arg, "--"];
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    all.extend(args.iter().map(String::as_str));
+    let result = run_blender_python(&all);
+    let _ = std::fs::remove_file(&script);
+    result
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 fn run_blender_python(args: &[&str]) -> Result<()> {
     let output = std::process::Command::new("blender")
         .args(["-b", "-Y"])

@@ -15,8 +15,8 @@ async fn twelve_frames_in_chunks_of_four_across_two_workers() -> anyhow::Result<
 
     let job = client.submit_blender(&scene, "1-12", 4).await?;
     assert_eq!(
-        job.tasks_total, 4,
-        "three render chunks and one encode task"
+        job.tasks_total, 5,
+        "three render chunks, one encode task and one quality check"
     );
     // Follow the job through the streaming watch, as `kiln render` does.
     let mut events = client
@@ -41,11 +41,11 @@ async fn twelve_frames_in_chunks_of_four_across_two_workers() -> anyhow::Result<
         pb::JobState::Succeeded,
         "the watch ends with the final state: {job:?}"
     );
-    assert_eq!(job.tasks_succeeded, 4);
+    assert_eq!(job.tasks_succeeded, 5);
     assert!(progress > 0, "render progress was streamed");
     assert_eq!(
-        outputs, 13,
-        "every frame and the video were announced as they were stored"
+        outputs, 14,
+        "every frame, the video and the check report were announced as they were stored"
     );
 
     let tasks = client.tasks(&job.id).await?;

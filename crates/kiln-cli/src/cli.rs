@@ -195,6 +195,15 @@ pub struct RenderArgs {
     /// Submit the job and print its id without waiting for it to finish
     #[arg(long, env = "KILN_RENDER_NO_WAIT")]
     pub no_wait: bool,
+    /// Variant table (.csv, or .json: an array of objects) making one personalised video per row: column "id" names the row (variants/<id>/video.mp4), "image:<Name>" columns replace image <Name>'s file with a local file (relative to the table), other columns (optionally "text:<Name>") replace text object <Name>'s body
+    #[arg(long, env = "KILN_RENDER_VARIANTS")]
+    pub variants: Option<PathBuf>,
+    /// Where Cycles renders: cpu, or gpu (a worker's NVIDIA GPU when it has one, its CPU otherwise)
+    #[arg(long, env = "KILN_RENDER_DEVICE", default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    pub device: String,
+    /// Skip the quality check of frames and video after encoding
+    #[arg(long, env = "KILN_RENDER_NO_QUALITY_CHECK")]
+    pub no_quality_check: bool,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

@@ -52,6 +52,12 @@ pub enum CliError {
         "the farm named an output {0:?}, which is not a plain relative path; refusing to write it"
     )]
     UnsafeOutputPath(String),
+    #[error("variant table {path}: {reason}")]
+    Variants { path: PathBuf, reason: String },
+    #[error("variant row {row:?}: image {path} is not a file")]
+    NoImage { row: String, path: PathBuf },
+    #[error(transparent)]
+    JobModel(#[from] kiln_jobmodel::JobModelError),
     #[error("interrupted")]
     Interrupted,
 }

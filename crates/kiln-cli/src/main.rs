@@ -20,6 +20,7 @@ mod outputs;
 mod render;
 mod scene_probe;
 mod tokens;
+mod variants;
 mod watch;
 
 use std::process::ExitCode;

@@ -11,6 +11,7 @@ use crate::connect::{Gateway, JobClient};
 use crate::error::CliError;
 use crate::format::{job_state, last_lines};
 use crate::scene_probe::{self, SceneInfo};
+use crate::variants::{self, LocalRow};
 use crate::{outputs, watch};
 
 /// Name of the scene inside each task's working directory, as the blender
@@ -24,6 +25,11 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     if !args.scene.is_file() {
         return Err(CliError::NoScene(args.scene.clone()));
     }
+    let rows = args
+        .variants
+        .as_deref()
+        .map(variants::read_table)
+        .transpose()?;
     let (frames, fps) = frames_and_fps(&args).await?;
     let gateway = Gateway::connect(&args.gateway).await?;
 
@@ -35,7 +41,15 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
         &scene.digest
     );
 
-    let job = submit(&gateway.jobs, &args, &frames, fps, scene.digest).await?;
+    let mut inputs = vec![JobInput {
+        path: SCENE_INPUT.to_owned(),
+        digest: scene.digest,
+    }];
+    if let Some(rows) = &rows {
+        inputs.extend(variants::upload(&gateway.assets(), rows).await?);
+        say!("uploaded the variant table ({} rows)", rows.len());
+    }
+    let job = submit(&gateway.jobs, &args, &frames, fps, inputs, rows.as_deref()).await?;
     say!(
         "submitted job {} ({} tasks, frames {frames}, {fps} fps)",
         job.id,
@@ -91,30 +105,40 @@ async fn probe(scene: &Path) -> Result<SceneInfo, String> {
     result
 }
 
+/// The built-in blender job, or with `rows` the personalised-video job
+/// (one video per row).
 async fn submit(
     jobs: &JobClient,
     args: &RenderArgs,
     frames: &str,
     fps: f64,
-    digest: String,
+    inputs: Vec<JobInput>,
+    rows: Option<&[LocalRow]>,
 ) -> Result<Job, CliError> {
-    let parameters = HashMap::from([
+    let mut parameters = HashMap::from([
         ("Frames".to_owned(), frames.to_owned()),
         ("ChunkSize".to_owned(), args.chunk.to_string()),
         ("FrameRate".to_owned(), fps.to_string()),
     ]);
+    parameters.insert("Device".to_owned(), args.device.clone());
+    let check = if args.no_quality_check { "off" } else { "on" };
+    parameters.insert("QualityCheck".to_owned(), check.to_owned());
+    let template = match rows {
+        Some(rows) => {
+            let ids: Vec<String> = rows.iter().map(|row| row.id.clone()).collect();
+            Template::TemplateDocument(kiln_jobmodel::variants_template(&ids)?)
+        }
+        None => Template::BuiltinTemplate("blender".to_owned()),
+    };
     let name = args
         .scene
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let request = SubmitJobRequest {
-        template: Some(Template::BuiltinTemplate("blender".to_owned())),
+        template: Some(template),
         parameters,
-        inputs: vec![JobInput {
-            path: SCENE_INPUT.to_owned(),
-            digest,
-        }],
+        inputs,
         name,
         priority: args.priority,
         depends_on_jobs: args.after.clone(),

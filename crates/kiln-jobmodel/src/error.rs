@@ -10,6 +10,10 @@ pub enum JobModelError {
     Step { step: String, message: String },
     #[error("job has {tasks} tasks, more than the limit of {limit}")]
     TooManyTasks { tasks: usize, limit: usize },
+    #[error("invalid variant row id {0:?}: {1}")]
+    RowId(String, String),
+    #[error("approved templates: {0}")]
+    TemplateDir(String),
     #[error("invalid frame range {0:?}")]
     FrameRange(String),
 }

@@ -10,12 +10,14 @@ mod builtin;
 mod error;
 mod frames;
 mod plan;
+mod variants;
 
-pub use builtin::{BUILTIN_TEMPLATES, builtin_template};
+pub use builtin::{BUILTIN_TEMPLATES, TemplateLibrary, builtin_template};
 pub use error::JobModelError;
 pub use frames::{blender_frame_arg, parse_frame_list};
 pub use openjd_model::job::{AmountRequirement, AttributeRequirement, HostRequirements};
 pub use plan::{JobPlan, Limits, StepPlan, TaskPlan, plan_job};
+pub use variants::{MAX_ROWS, VariantRow, VariantTable, validate_row_id, variants_template};
 
 /// The placeholder left in task arguments for the worker to fill in: only the
 /// worker knows where a task's working directory is.

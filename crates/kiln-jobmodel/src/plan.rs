@@ -16,6 +16,9 @@ use crate::{JobModelError, WORKING_DIRECTORY_PLACEHOLDER};
 /// Extensions of the OpenJD schema Kiln understands.
 const SUPPORTED_EXTENSIONS: &[&str] = &["TASK_CHUNKING"];
 
+/// Commands that run Blender and read its `-f` frame syntax.
+const BLENDER_COMMANDS: &[&str] = &["blender", "kiln-blender-variant"];
+
 /// The task parameter whose values are frame numbers.
 const FRAME_PARAMETER: &str = "Frame";
 
@@ -100,6 +103,23 @@ pub fn plan_job(
         name: job.name.clone(),
         steps,
     })
+}
+
+/// Checks that `template` is a valid OpenJD job template Kiln can run,
+/// without parameter values.
+pub(crate) fn check_template(template: &str, max_bytes: usize) -> Result<(), JobModelError> {
+    if template.len() > max_bytes {
+        return Err(JobModelError::Template(format!(
+            "template is {} bytes, more than the limit of {max_bytes}",
+            template.len()
+        )));
+    }
+    let limits = CallerLimits::default();
+    let document = document_string_to_object(template, DocumentType::Yaml, &limits)
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    decode_job_template(document, Some(SUPPORTED_EXTENSIONS), &limits)
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    Ok(())
 }
 
 fn instantiate(template: &str, parameters: &HashMap<String, String>) -> Result<Job, JobModelError> {
@@ -224,7 +244,7 @@ fn plan_task(
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if command == "blender" {
+    if BLENDER_COMMANDS.contains(&command.as_str()) {
         rewrite_blender_frames(&mut args, &frames);
     }
     Ok(TaskPlan {

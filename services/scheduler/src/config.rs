@@ -36,6 +36,9 @@ pub struct Config {
     /// confirm the tasks they kept running before requeueing those tasks
     #[arg(long, env = "KILN_RECLAIM_SECONDS", default_value_t = 15)]
     pub reclaim_seconds: u64,
+    /// Directory of admin-approved OpenJD job templates (<name>.yaml/.yml/.json) that jobs may name like the built-ins; loaded at start
+    #[arg(long, env = "KILN_TEMPLATE_DIR")]
+    pub template_dir: Option<std::path::PathBuf>,
     /// An owner's weight in fair share, as NAME=WEIGHT (repeatable; default weight 1)
     #[arg(long = "owner-weight", env = "KILN_OWNER_WEIGHTS", value_delimiter = ',', value_parser = parse_weight)]
     pub owner_weights: Vec<(String, f64)>,

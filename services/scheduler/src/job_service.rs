@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use kiln_discovery::{Discovery, service};
-use kiln_jobmodel::{Limits, builtin_template, plan_job};
+use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
 use tokio::sync::{broadcast, mpsc};
@@ -44,6 +44,8 @@ pub struct JobApi {
     defaults: JobDefaults,
     /// How the assets service is dialled (TLS when it lists itself so).
     assets_tls: kiln_tls::ClientTls,
+    /// Built-in and admin-approved templates jobs may name.
+    templates: Arc<TemplateLibrary>,
 }
 
 impl JobApi {
@@ -59,12 +61,19 @@ impl JobApi {
             limits,
             defaults,
             assets_tls: kiln_tls::ClientTls::default(),
+            templates: Arc::default(),
         }
     }
 
     /// Dials the assets service with `tls` (its CA, and this scheduler's certificate).
     pub fn with_client_tls(mut self, tls: kiln_tls::ClientTls) -> Self {
         self.assets_tls = tls;
+        self
+    }
+
+    /// Lets jobs name the admin-approved templates too.
+    pub fn with_templates(mut self, templates: TemplateLibrary) -> Self {
+        self.templates = Arc::new(templates);
         self
     }
 
@@ -75,7 +84,7 @@ impl JobApi {
     ) -> Result<pb::Job, SchedulerError> {
         let (template_name, document) = match &request.template {
             Some(pb::submit_job_request::Template::BuiltinTemplate(name)) => {
-                (name.as_str(), builtin_template(name)?)
+                (name.as_str(), self.templates.get(name)?)
             }
             Some(pb::submit_job_request::Template::TemplateDocument(doc)) => ("", doc.as_str()),
             None => {

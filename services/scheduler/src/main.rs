@@ -45,8 +45,14 @@ async fn main() -> anyhow::Result<()> {
     let defaults = JobDefaults {
         stall_seconds: config.stall_seconds,
     };
+    let templates = match &config.template_dir {
+        Some(dir) => kiln_jobmodel::TemplateLibrary::load_dir(dir, limits.max_template_bytes)
+            .context("loading the approved templates")?,
+        None => kiln_jobmodel::TemplateLibrary::default(),
+    };
     let jobs = JobApi::new(slot.clone(), discovery.clone(), limits, defaults)
-        .with_client_tls(tls.client());
+        .with_client_tls(tls.client())
+        .with_templates(templates);
     let routes = Routes::new(JobServiceServer::new(jobs)).add_service(WorkerServiceServer::new(
         WorkerSessions::new(slot.clone()).with_join_token(config.join_token.clone()),
     ));

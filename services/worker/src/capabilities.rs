@@ -10,6 +10,7 @@ use tokio::process::Command;
 
 use crate::command::{RendererKind, RendererPaths};
 use crate::config::Config;
+use crate::devices::{self, Gpu};
 
 /// How long a renderer may take to print its version.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,9 +22,9 @@ pub struct DetectedRenderers {
     pub paths: RendererPaths,
 }
 
-/// Runs `<blender> --version` and `<ffmpeg> -version`; a renderer that is
-/// missing or does not answer sensibly is left out.
-pub async fn detect_renderers(blender: &Path, ffmpeg: &Path) -> DetectedRenderers {
+/// Runs `<blender> --version` and `<ffmpeg> -version`, and looks for
+/// `natron`; a renderer that is missing or does not answer sensibly is left out.
+pub async fn detect_renderers(blender: &Path, ffmpeg: &Path, natron: &Path) -> DetectedRenderers {
     let mut detected = DetectedRenderers::default();
     if let Some(version) = probe(blender, "--version", parse_blender_version).await {
         detected.renderers.push(Renderer {
@@ -38,12 +39,47 @@ pub async fn detect_renderers(blender: &Path, ffmpeg: &Path) -> DetectedRenderer
             version,
         });
         detected.paths.ffmpeg = Some(ffmpeg.to_path_buf());
+        for own in [RendererKind::Encode, RendererKind::Check] {
+            detected.renderers.push(Renderer {
+                name: own.name().to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            });
+        }
+    }
+    if detected.paths.blender.is_some() {
         detected.renderers.push(Renderer {
-            name: RendererKind::Encode.name().to_owned(),
+            name: RendererKind::BlenderVariant.name().to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         });
     }
+    if let Some(path) = find_executable(natron) {
+        // NatronRenderer prints its version among other lines; any first line will do.
+        let version = probe(&path, "--version", |line| Some(line.trim().to_owned()))
+            .await
+            .unwrap_or_default();
+        detected.renderers.push(Renderer {
+            name: RendererKind::Natron.name().to_owned(),
+            version,
+        });
+        detected.paths.natron = Some(path);
+    }
     detected
+}
+
+/// `program` itself when it is a path, else where it is on the PATH; only
+/// an executable file counts.
+fn find_executable(program: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate))
 }
 
 async fn probe(program: &Path, flag: &str, parse: fn(&str) -> Option<String>) -> Option<String> {
@@ -94,15 +130,21 @@ pub fn parse_ffmpeg_version(line: &str) -> Option<String> {
 }
 
 /// The capabilities this worker registers with.
-pub fn capabilities(config: &Config, renderers: &DetectedRenderers) -> WorkerCapabilities {
+pub fn capabilities(
+    config: &Config,
+    renderers: &DetectedRenderers,
+    gpus: &[Gpu],
+) -> WorkerCapabilities {
+    let (gpus, gpu_memory_bytes) =
+        devices::advertised((config.gpus, config.gpu_memory_bytes), gpus);
     let cpu_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut system = sysinfo::System::new();
     system.refresh_memory();
     WorkerCapabilities {
         cpu_cores: u32::try_from(cpu_cores).unwrap_or(u32::MAX),
         memory_bytes: system.total_memory(),
-        gpus: config.gpus,
-        gpu_memory_bytes: config.gpu_memory_bytes,
+        gpus,
+        gpu_memory_bytes,
         os: std::env::consts::OS.to_owned(),
         renderers: renderers.renderers.clone(),
         slots: config.slots,
@@ -135,10 +177,19 @@ mod tests {
 
     #[tokio::test]
     async fn detects_installed_renderers_and_skips_missing_ones() {
-        let detected =
-            detect_renderers(Path::new("blender"), Path::new("/nonexistent/ffmpeg")).await;
+        let detected = detect_renderers(
+            Path::new("blender"),
+            Path::new("/nonexistent/ffmpeg"),
+            Path::new("NatronRenderer-not-installed"),
+        )
+        .await;
         let names: Vec<&str> = detected.renderers.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["blender"], "kiln-encode needs ffmpeg");
+        assert_eq!(
+            names,
+            ["blender", "kiln-blender-variant"],
+            "kiln-encode and kiln-check need ffmpeg; natron is not installed"
+        );
         assert!(detected.paths.ffmpeg.is_none());
+        assert!(detected.paths.natron.is_none());
     }
 }

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::encode::{self, EncodeError};
+use crate::quality_check::{self, CheckError};
+use crate::variant::{self, VariantError};
 
 /// The one format string the scheduler leaves for the worker to resolve.
 pub const WORKING_DIRECTORY: &str = "{{Session.WorkingDirectory}}";
@@ -36,6 +38,10 @@ pub enum CommandError {
     Python(String),
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    #[error(transparent)]
+    Variant(#[from] VariantError),
 }
 
 /// The renderers this worker can run.
@@ -45,6 +51,12 @@ pub enum RendererKind {
     Ffmpeg,
     /// The worker's own encode command, run by ffmpeg.
     Encode,
+    /// The worker's own quality check, run in the worker with ffprobe.
+    Check,
+    /// Blender with a variant row substituted by the worker's trusted script.
+    BlenderVariant,
+    /// Natron's command-line renderer, `NatronRenderer`.
+    Natron,
 }
 
 impl RendererKind {
@@ -54,7 +66,15 @@ impl RendererKind {
             RendererKind::Blender => "blender",
             RendererKind::Ffmpeg => "ffmpeg",
             RendererKind::Encode => encode::COMMAND,
+            RendererKind::Check => quality_check::COMMAND,
+            RendererKind::BlenderVariant => variant::COMMAND,
+            RendererKind::Natron => "natron",
         }
+    }
+
+    /// Whether it runs Blender, whose output says which frames it saved.
+    pub fn is_blender(self) -> bool {
+        matches!(self, RendererKind::Blender | RendererKind::BlenderVariant)
     }
 
     fn from_name(name: &str) -> Option<Self> {
@@ -62,6 +82,9 @@ impl RendererKind {
             "blender" => Some(RendererKind::Blender),
             "ffmpeg" => Some(RendererKind::Ffmpeg),
             encode::COMMAND => Some(RendererKind::Encode),
+            quality_check::COMMAND => Some(RendererKind::Check),
+            variant::COMMAND => Some(RendererKind::BlenderVariant),
+            "natron" => Some(RendererKind::Natron),
             _ => None,
         }
     }
@@ -72,14 +95,25 @@ impl RendererKind {
 pub struct RendererPaths {
     pub blender: Option<PathBuf>,
     pub ffmpeg: Option<PathBuf>,
+    pub natron: Option<PathBuf>,
 }
 
 impl RendererPaths {
-    fn path(&self, kind: RendererKind) -> Option<&Path> {
+    fn path(&self, kind: RendererKind) -> Option<PathBuf> {
         match kind {
-            RendererKind::Blender => self.blender.as_deref(),
-            RendererKind::Ffmpeg | RendererKind::Encode => self.ffmpeg.as_deref(),
+            RendererKind::Blender | RendererKind::BlenderVariant => self.blender.clone(),
+            RendererKind::Ffmpeg | RendererKind::Encode => self.ffmpeg.clone(),
+            RendererKind::Check => self.ffmpeg.as_deref().map(ffprobe_beside),
+            RendererKind::Natron => self.natron.clone(),
         }
+    }
+}
+
+/// ffprobe ships with ffmpeg: next to it, or on the PATH like it.
+fn ffprobe_beside(ffmpeg: &Path) -> PathBuf {
+    match ffmpeg.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join("ffprobe"),
+        _ => PathBuf::from("ffprobe"),
     }
 }
 
@@ -103,13 +137,18 @@ pub fn build(
         .ok_or_else(|| CommandError::NotAllowed(command.to_owned()))?;
     let program = renderers
         .path(renderer)
-        .ok_or_else(|| CommandError::NotAllowed(command.to_owned()))?
-        .to_path_buf();
+        .ok_or_else(|| CommandError::NotAllowed(command.to_owned()))?;
     let args = substitute_working_directory(args, workdir);
     let args = match renderer {
         RendererKind::Blender => blender_args(&args, allow_blender_python)?,
-        RendererKind::Ffmpeg => args,
+        // Arguments go to the program as argv, never through a shell.
+        RendererKind::Ffmpeg | RendererKind::Natron => args,
         RendererKind::Encode => encode::ffmpeg_args(&args, workdir)?,
+        RendererKind::Check => {
+            quality_check::parse(&args, workdir)?;
+            args
+        }
+        RendererKind::BlenderVariant => variant::blender_args(&args, workdir)?,
     };
     Ok(Invocation {
         renderer,
@@ -163,6 +202,7 @@ mod tests {
         RendererPaths {
             blender: Some("/opt/blender/blender".into()),
             ffmpeg: Some("/usr/bin/ffmpeg".into()),
+            natron: None,
         }
     }
 
@@ -294,6 +334,7 @@ mod tests {
         let renderers = RendererPaths {
             blender: Some("blender".into()),
             ffmpeg: None,
+            natron: None,
         };
         assert_eq!(
             build("bash", &[], Path::new("/w"), &renderers, false),
@@ -302,6 +343,41 @@ mod tests {
         assert_eq!(
             build("ffmpeg", &[], Path::new("/w"), &renderers, false),
             Err(CommandError::NotAllowed("ffmpeg".to_owned()))
+        );
+        assert_eq!(
+            build("natron", &[], Path::new("/w"), &renderers, false),
+            Err(CommandError::NotAllowed("natron".to_owned()))
+        );
+    }
+
+    #[test]
+    fn shell_syntax_in_arguments_stays_one_literal_argument() {
+        let template = strings(&["-i", "in.mp4", "; rm -rf / #", "$(reboot)"]);
+        let invocation = build(
+            "ffmpeg",
+            &template,
+            Path::new("/w"),
+            &all_renderers(),
+            false,
+        );
+        assert_eq!(
+            invocation.map(|i| i.args),
+            Ok(strings(&["-i", "in.mp4", "; rm -rf / #", "$(reboot)"]))
+        );
+    }
+
+    #[test]
+    fn check_runs_ffprobe_beside_ffmpeg() {
+        let invocation = build(
+            "kiln-check",
+            &strings(&["--expect-frames", "1-4"]),
+            Path::new("/w"),
+            &all_renderers(),
+            false,
+        );
+        assert_eq!(
+            invocation.map(|i| i.program),
+            Ok(PathBuf::from("/usr/bin/ffprobe"))
         );
     }
 }

@@ -29,21 +29,27 @@ pub struct Config {
     /// Secret the scheduler asks of joining workers (its --join-token)
     #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
-    /// Number of GPUs to advertise
+    /// Number of GPUs to advertise; 0 advertises the NVIDIA GPUs nvidia-smi reports
     #[arg(long, env = "KILN_GPUS", default_value_t = 0)]
     pub gpus: u32,
-    /// GPU memory to advertise, in bytes
+    /// GPU memory to advertise, in bytes (with --gpus); detected GPUs advertise their smallest one's
     #[arg(long, env = "KILN_GPU_MEMORY_BYTES", default_value_t = 0)]
     pub gpu_memory_bytes: u64,
+    /// nvidia-smi executable, asked at start which NVIDIA GPUs Cycles can render on
+    #[arg(long, env = "KILN_NVIDIA_SMI", default_value = "nvidia-smi")]
+    pub nvidia_smi: PathBuf,
     /// Attribute host requirements can match, as key=value; repeatable (comma-separated in the environment)
     #[arg(long = "attribute", env = "KILN_ATTRIBUTES", value_delimiter = ',', value_parser = parse_attribute)]
     pub attributes: Vec<(String, String)>,
     /// Blender executable
     #[arg(long, env = "KILN_BLENDER", default_value = "blender")]
     pub blender: PathBuf,
-    /// ffmpeg executable
+    /// ffmpeg executable (ffprobe is looked for beside it)
     #[arg(long, env = "KILN_FFMPEG", default_value = "ffmpeg")]
     pub ffmpeg: PathBuf,
+    /// Natron's command-line renderer; the worker offers "natron" only when it is found
+    #[arg(long, env = "KILN_NATRON", default_value = "NatronRenderer")]
+    pub natron: PathBuf,
     /// Let tasks pass Python options (-P, --python, --python-expr, ...) to Blender; scene auto-run stays disabled regardless
     #[arg(long, env = "KILN_ALLOW_BLENDER_PYTHON")]
     pub allow_blender_python: bool,

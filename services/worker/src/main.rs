@@ -8,6 +8,7 @@ use kiln_proto::v1::RegisterWorker;
 use kiln_service::{Checks, OpsServer, checks};
 use kiln_worker::capabilities::{capabilities, detect_renderers};
 use kiln_worker::config::Config;
+use kiln_worker::devices::detect_nvidia;
 use kiln_worker::health::LocalHealth;
 use kiln_worker::session::{Stopping, Worker};
 use kiln_worker::task_runner::RunnerSettings;
@@ -31,11 +32,12 @@ async fn main() -> anyhow::Result<()> {
     let cache = InputCache::open(&config.resolved_cache_dir())
         .await
         .context("opening the input cache")?;
-    let detected = detect_renderers(&config.blender, &config.ffmpeg).await;
+    let detected = detect_renderers(&config.blender, &config.ffmpeg, &config.natron).await;
+    let gpus = detect_nvidia(&config.nvidia_smi).await;
     let register = RegisterWorker {
         worker_id: worker_id.clone(),
         hostname,
-        capabilities: Some(capabilities(&config, &detected)),
+        capabilities: Some(capabilities(&config, &detected, &gpus)),
         running: Vec::new(),
     };
     tracing::info!(worker_id, work_dir = %work_dir.display(), capabilities = ?register.capabilities, "worker starting");
@@ -57,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         log_tail_lines: config.log_tail_lines as usize,
         keep_work_dirs: config.keep_work_dirs,
         warm: config.warm_settings(),
+        gpus,
     };
     let stopping = Stopping {
         drain: CancellationToken::new(),

@@ -19,10 +19,13 @@ use tracing::Instrument;
 use crate::assets::AssetStore;
 use crate::blender_output::RenderTracker;
 use crate::command::{self, RendererKind, RendererPaths};
+use crate::devices::{self, CyclesDevice, Gpu};
 use crate::log_tail::{LogTail, truncate_chars};
 use crate::outputs;
 use crate::process::{self, ProcessGroup};
+use crate::quality_check;
 use crate::stall::StallTimer;
+use crate::variant;
 use crate::warm_plan::{self, WarmPlan};
 use crate::warm_pool::{WarmPool, WarmSettings};
 use crate::warm_session::{self, DriverLine, WarmSession};
@@ -47,6 +50,8 @@ pub struct RunnerSettings {
     pub log_tail_lines: usize,
     pub keep_work_dirs: bool,
     pub warm: WarmSettings,
+    /// GPUs Cycles may render on; empty renders every frame on the CPU.
+    pub gpus: Vec<Gpu>,
 }
 
 /// How a task ended.
@@ -185,6 +190,44 @@ impl<A: AssetStore> TaskRunner<A> {
         events: &mpsc::Sender<WorkerMessage>,
         cancel: &CancellationToken,
     ) -> TaskOutcome {
+        let (assignment, device) = self.with_device(assignment);
+        let outcome = self.run_on(&assignment, dir, events, cancel).await;
+        match (outcome, device) {
+            // The device is reported in the result's message, which the
+            // scheduler keeps as the task's message.
+            (TaskOutcome::Finished(mut result), Some(device)) if result.success => {
+                result.message = format!("device: {}", device.name());
+                TaskOutcome::Finished(result)
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// The assignment with its Cycles device request (`-- --cycles-device
+    /// cpu|gpu`) replaced by the device this worker renders it on.
+    fn with_device(&self, assignment: &TaskAssignment) -> (TaskAssignment, Option<CyclesDevice>) {
+        let mut assignment = assignment.clone();
+        let gpus = &self.settings.gpus;
+        let device = match assignment.command.as_str() {
+            command if command == RendererKind::Blender.name() => {
+                devices::resolve_cycles_device(&mut assignment.args, gpus)
+            }
+            variant::COMMAND => devices::resolve_variant_device(&mut assignment.args, gpus),
+            _ => None,
+        };
+        if let Some(device) = device {
+            tracing::info!(device = device.name(), "cycles device chosen");
+        }
+        (assignment, device)
+    }
+
+    async fn run_on(
+        &self,
+        assignment: &TaskAssignment,
+        dir: &TaskDir,
+        events: &mpsc::Sender<WorkerMessage>,
+        cancel: &CancellationToken,
+    ) -> TaskOutcome {
         let prepared = tokio::select! {
             _ = cancel.cancelled() => return TaskOutcome::Cancelled,
             prepared = self.prepare(assignment, dir) => prepared,
@@ -195,9 +238,14 @@ impl<A: AssetStore> TaskRunner<A> {
                 return TaskOutcome::Finished(failure(assignment, None, message, String::new()));
             }
         };
+        if invocation.renderer == RendererKind::Check {
+            return self
+                .run_check(assignment, dir, &invocation, events, cancel)
+                .await;
+        }
         let warm = match invocation.renderer {
             RendererKind::Blender => self.warm_plan(assignment),
-            RendererKind::Ffmpeg | RendererKind::Encode => None,
+            _ => None,
         };
         let mut engine = match warm {
             Some((pool, plan)) => {
@@ -311,6 +359,89 @@ impl<A: AssetStore> TaskRunner<A> {
         }
     }
 
+    /// Runs `kiln-check` in the worker and uploads its report, which is an
+    /// output whether the check passed or not.
+    async fn run_check(
+        &self,
+        assignment: &TaskAssignment,
+        dir: &TaskDir,
+        invocation: &command::Invocation,
+        events: &mpsc::Sender<WorkerMessage>,
+        cancel: &CancellationToken,
+    ) -> TaskOutcome {
+        let started = TaskStarted {
+            task_id: assignment.task_id.clone(),
+            attempt: assignment.attempt,
+        };
+        let _ = events
+            .send(message(worker_message::Message::Started(started)))
+            .await;
+        let plan = match quality_check::parse(&invocation.args, dir.path()) {
+            Ok(plan) => plan,
+            Err(error) => {
+                return TaskOutcome::Finished(failure(
+                    assignment,
+                    None,
+                    error.to_string(),
+                    String::new(),
+                ));
+            }
+        };
+        let report = tokio::select! {
+            _ = cancel.cancelled() => return TaskOutcome::Cancelled,
+            report = quality_check::run(&plan, &invocation.program) => report,
+        };
+        let mut tail = LogTail::new(self.settings.log_tail_lines);
+        for line in report.log_lines() {
+            tail.push(&line);
+        }
+        let stored = self.store_report(&report, &plan.report, dir, assignment, events);
+        let stored = tokio::select! {
+            _ = cancel.cancelled() => return TaskOutcome::Cancelled,
+            stored = stored => stored,
+        };
+        tracing::info!(
+            passed = report.passed,
+            problems = report.problems_total,
+            "quality check done"
+        );
+        match report.failure_message().or(stored.err()) {
+            Some(problem) => TaskOutcome::Finished(failure(assignment, None, problem, tail.text())),
+            None => TaskOutcome::Finished(TaskResult {
+                task_id: assignment.task_id.clone(),
+                attempt: assignment.attempt,
+                success: true,
+                exit_code: None,
+                message: match report.skipped {
+                    true => "quality check skipped".to_owned(),
+                    false => "quality check passed".to_owned(),
+                },
+                log_tail: tail.text(),
+            }),
+        }
+    }
+
+    async fn store_report(
+        &self,
+        report: &quality_check::Report,
+        relative: &Path,
+        dir: &TaskDir,
+        assignment: &TaskAssignment,
+        events: &mpsc::Sender<WorkerMessage>,
+    ) -> Result<(), String> {
+        let path = dir.outputs().join(relative);
+        let json = serde_json::to_vec_pretty(report).map_err(|e| e.to_string())?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        tokio::fs::write(&path, json)
+            .await
+            .map_err(|e| format!("cannot write the check report: {e}"))?;
+        upload_one(&self.assets, dir.outputs(), relative, assignment, events).await
+    }
+
     /// The pool and plan when `assignment` can render warm.
     fn warm_plan(&self, assignment: &TaskAssignment) -> Option<(Arc<WarmPool>, WarmPlan)> {
         let pool = self.warm.clone()?;
@@ -393,6 +524,9 @@ impl<A: AssetStore> TaskRunner<A> {
             if let Ok(inside) = relative.strip_prefix(OUTPUTS_DIR) {
                 input_outputs.insert(inside.to_path_buf());
             }
+        }
+        if invocation.renderer == RendererKind::BlenderVariant {
+            write_variant_driver(dir.path()).await?;
         }
         Ok((invocation, input_outputs))
     }
@@ -575,7 +709,7 @@ impl Watch<'_> {
     async fn line(&mut self, line: &str) {
         tracing::trace!(line, "renderer output");
         self.observed.tail.push(line);
-        if self.kind != RendererKind::Blender {
+        if !self.kind.is_blender() {
             return;
         }
         if let Some(saved) = self.observed.tracker.observe(line) {
@@ -645,6 +779,25 @@ impl Watch<'_> {
             }
         }
     }
+}
+
+/// Writes the trusted variant driver into the task's directory, replacing
+/// whatever an input placed there (inputs are hard links into the cache,
+/// which must not be written through).
+async fn write_variant_driver(workdir: &Path) -> Result<(), String> {
+    let path = variant::driver_path(workdir);
+    let cannot = |e: std::io::Error| format!("cannot write the variant driver: {e}");
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(cannot)?;
+    }
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(cannot(e)),
+    }
+    tokio::fs::write(&path, variant::DRIVER)
+        .await
+        .map_err(cannot)
 }
 
 /// Never completes when `max_run_seconds` is 0.
@@ -785,7 +938,7 @@ fn verdict(
         Ending::WarmFailed(message) => (None, Some(message)),
     };
     let problem = problem.or_else(|| {
-        let missing = kind == RendererKind::Blender
+        let missing = kind.is_blender()
             && !observed
                 .tracker
                 .missing_frames(&assignment.frames)

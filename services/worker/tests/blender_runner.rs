@@ -95,11 +95,13 @@ impl Farm {
             renderers: RendererPaths {
                 blender: Some("blender".into()),
                 ffmpeg: Some("ffmpeg".into()),
+                natron: None,
             },
             allow_blender_python: false,
             log_tail_lines: 60,
             keep_work_dirs: false,
             warm,
+            gpus: Vec::new(),
         };
         let store = DirStore { dir: store_dir };
         let runner = Arc::new(TaskRunner::new(settings, cache, store.clone()));
