@@ -405,7 +405,11 @@ impl<A: AssetStore> TaskRunner<A> {
             problems = report.problems_total,
             "quality check done"
         );
-        match report.failure_message().or(stored.err()) {
+        let (stored, store_error) = match stored {
+            Ok(output) => (vec![output], None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        match report.failure_message().or(store_error) {
             Some(problem) => TaskOutcome::Finished(failure(assignment, None, problem, tail.text())),
             None => TaskOutcome::Finished(TaskResult {
                 task_id: assignment.task_id.clone(),
@@ -417,6 +421,7 @@ impl<A: AssetStore> TaskRunner<A> {
                     false => "quality check passed".to_owned(),
                 },
                 log_tail: tail.text(),
+                outputs: stored,
             }),
         }
     }
@@ -428,7 +433,7 @@ impl<A: AssetStore> TaskRunner<A> {
         dir: &TaskDir,
         assignment: &TaskAssignment,
         events: &mpsc::Sender<WorkerMessage>,
-    ) -> Result<(), String> {
+    ) -> Result<OutputStored, String> {
         let path = dir.outputs().join(relative);
         let json = serde_json::to_vec_pretty(report).map_err(|e| e.to_string())?;
         if let Some(parent) = path.parent() {
@@ -439,7 +444,9 @@ impl<A: AssetStore> TaskRunner<A> {
         tokio::fs::write(&path, json)
             .await
             .map_err(|e| format!("cannot write the check report: {e}"))?;
-        upload_one(&self.assets, dir.outputs(), relative, assignment, events).await
+        let output = upload_one(&self.assets, dir.outputs(), relative, assignment).await?;
+        report_output(events, &output).await;
+        Ok(output)
     }
 
     /// The pool and plan when `assignment` can render warm.
@@ -860,9 +867,7 @@ async fn upload_outputs<A: AssetStore>(
         };
         match result {
             Ok(output) => {
-                let _ = events
-                    .send(message(worker_message::Message::Output(output.clone())))
-                    .await;
+                report_output(events, &output).await;
                 uploaded.stored.push(output);
             }
             Err(error) => uploaded.failed = Some(error),
@@ -896,6 +901,13 @@ async fn upload_one<A: AssetStore>(
         digest: stored.digest,
         size: stored.size,
     })
+}
+
+/// Tells the scheduler at once that an output is stored, so watchers see it.
+async fn report_output(events: &mpsc::Sender<WorkerMessage>, output: &OutputStored) {
+    let _ = events
+        .send(message(worker_message::Message::Output(output.clone())))
+        .await;
 }
 
 /// Decides success and the one-line reason for failure.
