@@ -176,7 +176,10 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     assert_eq!(
         code(
             bob.jobs
-                .watch_job(pb::WatchJobRequest { job_id: id() })
+                .watch_job(pb::WatchJobRequest {
+                    job_id: id(),
+                    after_seq: None,
+                })
                 .await
         ),
         Code::PermissionDenied

@@ -23,8 +23,10 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
     let mut job = job;
     let mut failures = 0;
     let mut last_error = String::from("the progress stream kept ending early");
+    // The last event seen: a reconnect resumes after it, missing nothing.
+    let mut last_seq = None;
     loop {
-        match stream_events(jobs, &job.id, &bar).await {
+        match stream_events(jobs, &job.id, &bar, &mut last_seq).await {
             // Progress was made, so the connection works; start counting afresh.
             Ok(Some(latest)) => {
                 job = latest;
@@ -85,14 +87,19 @@ async fn stream_events(
     jobs: &JobClient,
     job_id: &str,
     bar: &ProgressBar,
+    last_seq: &mut Option<u64>,
 ) -> Result<Option<Job>, tonic::Status> {
     let request = WatchJobRequest {
         job_id: job_id.to_owned(),
+        after_seq: *last_seq,
     };
     let mut stream = jobs.clone().watch_job(request).await?.into_inner();
     let mut latest = None;
     while let Some(event) = stream.message().await? {
         tracing::debug!(?event, "job event");
+        if event.seq > 0 {
+            *last_seq = Some(event.seq);
+        }
         let snapshot = match event.event {
             Some(Event::JobChanged(job)) => Some(job),
             Some(Event::TaskStateChanged(change)) => {

@@ -457,7 +457,10 @@ pub(crate) async fn watch_job(
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let request = pb::WatchJobRequest { job_id: id };
+    let request = pb::WatchJobRequest {
+        job_id: id,
+        after_seq: None,
+    };
     let events = state
         .api
         .watch_job(call(&caller, request))

@@ -7,7 +7,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use kiln_proto::v1 as pb;
+use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -92,6 +96,8 @@ pub struct Batch {
     pub tasks: Vec<TaskWrite>,
     pub jobs: Vec<JobWrite>,
     pub blocklist: Vec<BlocklistWrite>,
+    /// Job events, numbered by the core (`core_events.rs`).
+    pub events: Vec<(Uuid, Arc<pb::JobEvent>)>,
     /// What to do once the writes are committed, in order.
     pub effects: Vec<Effect>,
 }
@@ -101,6 +107,7 @@ impl Batch {
         self.tasks.is_empty()
             && self.jobs.is_empty()
             && self.blocklist.is_empty()
+            && self.events.is_empty()
             && self.effects.is_empty()
     }
 }
@@ -157,6 +164,9 @@ async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteErro
     }
     for write in &batch.blocklist {
         write_blocklist(&mut tx, write).await?;
+    }
+    if !batch.events.is_empty() {
+        write_events(&mut tx, &batch.events).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -229,6 +239,34 @@ async fn write_jobs(tx: &mut sqlx::PgConnection, jobs: &[JobWrite]) -> Result<()
     .bind(jobs.iter().map(|j| j.message.clone()).collect::<Vec<_>>())
     .bind(jobs.iter().map(|j| j.finished).collect::<Vec<_>>())
     .bind(jobs.iter().map(|j| j.reopened).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_events(
+    tx: &mut sqlx::PgConnection,
+    events: &[(Uuid, Arc<pb::JobEvent>)],
+) -> Result<(), sqlx::Error> {
+    let job_ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+    sqlx::query(
+        "INSERT INTO job_events (job_id, seq, farm_seq, payload)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[])",
+    )
+    .bind(job_ids)
+    .bind(events.iter().map(|(_, e)| e.seq as i64).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|(_, e)| e.farm_seq as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|(_, e)| e.encode_to_vec())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *tx)
     .await?;
     Ok(())

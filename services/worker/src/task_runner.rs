@@ -728,6 +728,7 @@ async fn upload_one<A: AssetStore>(
         path: name,
         digest: stored.digest,
         size: stored.size,
+        kind: String::new(),
     };
     let _ = events
         .send(message(worker_message::Message::Output(output)))

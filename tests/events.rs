@@ -1,0 +1,181 @@
+//! Watching a job never loses or repeats an event: across disconnects, a
+//! scheduler restart, and 50 watchers at once; live task logs show
+//! Blender's lines while it renders; every frame gets a thumbnail.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::future::try_join_all;
+use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_event::Event;
+use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_tests::{AuthChannel, Client, example_scene, start_farm, state_of};
+use prost::Message;
+
+type Jobs = JobServiceClient<AuthChannel>;
+
+/// Pause before reconnecting while the scheduler restarts.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+const CONCURRENT_WATCHERS: usize = 50;
+
+fn is_final_record(event: &pb::JobEvent) -> bool {
+    matches!(&event.event, Some(Event::JobChanged(job)) if kiln_tests::is_final(job))
+}
+
+/// Follows the job to its end, resuming after the last sequence number on
+/// every break. With `hang_up_every`, it also hangs up itself after that
+/// many events, `hang_ups` times.
+async fn follow(
+    mut jobs: Jobs,
+    job_id: String,
+    from_start: bool,
+    hang_up_every: Option<usize>,
+    mut hang_ups: usize,
+) -> Result<Vec<pb::JobEvent>> {
+    let mut seen: Vec<pb::JobEvent> = Vec::new();
+    let mut after = from_start.then_some(0);
+    let mut failures = 0;
+    loop {
+        let request = pb::WatchJobRequest {
+            job_id: job_id.clone(),
+            after_seq: after,
+        };
+        let mut stream = match jobs.watch_job(request).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if failures < 300 => {
+                failures += 1;
+                tracing_pause(&status).await;
+                continue;
+            }
+            Err(status) => bail!("cannot watch the job: {status}"),
+        };
+        let mut this_connection = 0;
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) if event.seq == 0 => {
+                    // The opening record of a fresh watch is not in the sequence.
+                    continue;
+                }
+                Ok(Some(event)) => {
+                    after = Some(event.seq);
+                    let done = is_final_record(&event);
+                    seen.push(event);
+                    if done {
+                        return Ok(seen);
+                    }
+                    this_connection += 1;
+                    if hang_ups > 0 && hang_up_every.is_some_and(|n| this_connection >= n) {
+                        hang_ups -= 1;
+                        break;
+                    }
+                }
+                // Ended or broken before the final record: resume.
+                Ok(None) => break,
+                Err(status) => {
+                    failures += 1;
+                    if failures > 300 {
+                        bail!("the watch kept failing: {status}");
+                    }
+                    tracing_pause(&status).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn tracing_pause(status: &tonic::Status) {
+    eprintln!("watch interrupted ({}); resuming", status.message());
+    tokio::time::sleep(RECONNECT_PAUSE).await;
+}
+
+fn assert_complete(events: &[pb::JobEvent], reference: &[pb::JobEvent], who: &str) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = reference.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, expected, "{who}: every event once, in order");
+    for (got, want) in events.iter().zip(reference) {
+        assert_eq!(
+            got.encode_to_vec(),
+            want.encode_to_vec(),
+            "{who}: event {} is the one stored",
+            got.seq
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resumed_and_concurrent_watchers_get_every_event_once_across_a_restart() -> Result<()> {
+    let (mut farm, dir) = start_farm(2, false).await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    let job = client.submit_blender(&scene, "1-12", 2).await?;
+
+    // One watcher hangs up three times on its own and resumes each time.
+    let resumer = tokio::spawn(follow(
+        client.jobs.clone(),
+        job.id.clone(),
+        false,
+        Some(4),
+        3,
+    ));
+    // Fifty more follow from the start at once.
+    let crowd = try_join_all((0..CONCURRENT_WATCHERS).map(|_| {
+        let (jobs, id) = (client.jobs.clone(), job.id.clone());
+        async move { tokio::spawn(follow(jobs, id, true, None, 0)).await? }
+    }));
+    let crowd = tokio::spawn(crowd);
+
+    // Restart the scheduler once some frames are done: every watcher is cut
+    // off and resumes at the new one.
+    client
+        .wait_for_job(&job.id, Duration::from_secs(180), |j| {
+            j.tasks_succeeded >= 2
+        })
+        .await?;
+    let scheduler = farm.scheduler_mut().context("a scheduler")?;
+    scheduler.terminate().await?;
+    scheduler.restart().await?;
+
+    let resumed = resumer.await??;
+    let crowd = crowd.await??;
+    let finished = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&finished), pb::JobState::Succeeded, "{finished:?}");
+
+    // The whole stored history, read in one go after the end.
+    let reference = follow(client.jobs.clone(), job.id.clone(), true, None, 0).await?;
+    let seqs: Vec<u64> = reference.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=reference.len() as u64).collect::<Vec<_>>(),
+        "the stored sequence has no gap"
+    );
+    assert!(
+        reference.len() > 20,
+        "states, progress, frames and records: {} events",
+        reference.len()
+    );
+    let last = reference.last().context("events")?;
+    assert!(
+        is_final_record(last),
+        "the sequence ends with the final state"
+    );
+    let outputs_announced = reference
+        .iter()
+        .filter(|e| {
+            matches!(&e.event, Some(Event::OutputAdded(a)) if a.output.as_ref().is_some_and(|o| o.kind.is_empty()))
+        })
+        .count();
+    assert_eq!(
+        outputs_announced, 13,
+        "every frame and the video announced once"
+    );
+
+    // The resumed watcher saw the tail of the sequence from its first event on.
+    let first = resumed.first().context("the resumer saw events")?.seq as usize;
+    assert_complete(&resumed, &reference[first - 1..], "the resumed watcher");
+    for (i, events) in crowd.iter().enumerate() {
+        assert_complete(events, &reference, &format!("watcher {i}"));
+    }
+    farm.shutdown().await?;
+    Ok(())
+}
