@@ -23,6 +23,8 @@ use crate::log_tail::{LogTail, truncate_chars};
 use crate::outputs;
 use crate::process::{self, ProcessGroup};
 use crate::stall::StallTimer;
+use crate::task_log::TaskLog;
+use crate::thumbnails;
 use crate::warm_plan::{self, WarmPlan};
 use crate::warm_pool::{WarmPool, WarmSettings};
 use crate::warm_session::{self, DriverLine, WarmSession};
@@ -45,6 +47,8 @@ pub struct RunnerSettings {
     pub renderers: RendererPaths,
     pub allow_blender_python: bool,
     pub log_tail_lines: usize,
+    /// Cap of each attempt's stored log, in bytes.
+    pub log_max_bytes: usize,
     pub keep_work_dirs: bool,
     pub warm: WarmSettings,
 }
@@ -107,6 +111,8 @@ enum Engine {
 struct Observed {
     tracker: RenderTracker,
     tail: LogTail,
+    /// The whole log (up to its cap), streamed live as it grows.
+    log: TaskLog,
     /// Why the task fails even if the renderer succeeds.
     problem: Option<String>,
 }
@@ -272,6 +278,7 @@ impl<A: AssetStore> TaskRunner<A> {
             observed: Observed {
                 tracker: RenderTracker::default(),
                 tail: LogTail::new(self.settings.log_tail_lines),
+                log: TaskLog::new(assignment, self.settings.log_max_bytes),
                 problem: None,
             },
         };
@@ -291,6 +298,14 @@ impl<A: AssetStore> TaskRunner<A> {
             }
         };
         let (watched, upload_error) = tokio::join!(watch, uploads);
+        let watched = match watched {
+            Some((ending, mut observed)) if !cancel.is_cancelled() => {
+                observed.log.flush(events);
+                self.store_log(assignment, dir, &observed.log, events).await;
+                Some((ending, observed))
+            }
+            other => other,
+        };
         if let Engine::Warm { pool, session, .. } = &mut engine
             && let Some(session) = session.take()
             && matches!(watched, Some((Ending::WarmDone, _)))
@@ -309,6 +324,41 @@ impl<A: AssetStore> TaskRunner<A> {
             )),
             None => TaskOutcome::Cancelled,
         }
+    }
+
+    /// Stores the attempt's log through the asset service and reports it
+    /// (before the result, while the attempt is still current). A log that
+    /// cannot be stored is only worth a warning.
+    async fn store_log(
+        &self,
+        assignment: &TaskAssignment,
+        dir: &TaskDir,
+        log: &TaskLog,
+        events: &mpsc::Sender<WorkerMessage>,
+    ) {
+        let path = dir.path().join("kiln-task.log");
+        if let Err(error) = tokio::fs::write(&path, log.contents()).await {
+            tracing::warn!(%error, "cannot write the task's log");
+            return;
+        }
+        let stored = match self.assets.upload_file(&path).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "cannot store the task's log");
+                return;
+            }
+        };
+        let output = OutputStored {
+            task_id: assignment.task_id.clone(),
+            attempt: assignment.attempt,
+            path: format!("logs/{}.log", assignment.task_id),
+            digest: stored.digest,
+            size: stored.size,
+            kind: "log".into(),
+        };
+        let _ = events
+            .send(message(worker_message::Message::Output(output)))
+            .await;
     }
 
     /// The pool and plan when `assignment` can render warm.
@@ -575,6 +625,7 @@ impl Watch<'_> {
     async fn line(&mut self, line: &str) {
         tracing::trace!(line, "renderer output");
         self.observed.tail.push(line);
+        self.observed.log.push(line, self.events);
         if self.kind != RendererKind::Blender {
             return;
         }
@@ -733,7 +784,45 @@ async fn upload_one<A: AssetStore>(
     let _ = events
         .send(message(worker_message::Message::Output(output)))
         .await;
+    if thumbnails::is_frame(relative) {
+        upload_thumbnail(assets, outputs_dir, relative, assignment, events).await;
+    }
     Ok(())
+}
+
+/// Makes, stores and reports a frame's thumbnail; a frame without one is
+/// only worth a warning.
+async fn upload_thumbnail<A: AssetStore>(
+    assets: &A,
+    outputs_dir: &Path,
+    relative: &Path,
+    assignment: &TaskAssignment,
+    events: &mpsc::Sender<WorkerMessage>,
+) {
+    let name = outputs::display_path(relative);
+    let dest = thumbnails::path_for(outputs_dir, relative);
+    if let Err(error) = thumbnails::make(outputs_dir.join(relative), dest.clone()).await {
+        tracing::warn!(path = %name, %error, "cannot make a thumbnail");
+        return;
+    }
+    let stored = match assets.upload_file(&dest).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(path = %name, %error, "cannot store a thumbnail");
+            return;
+        }
+    };
+    let output = OutputStored {
+        task_id: assignment.task_id.clone(),
+        attempt: assignment.attempt,
+        path: format!("thumbnails/{name}"),
+        digest: stored.digest,
+        size: stored.size,
+        kind: "thumbnail".into(),
+    };
+    let _ = events
+        .send(message(worker_message::Message::Output(output)))
+        .await;
 }
 
 /// Decides success and the one-line reason for failure.
