@@ -179,3 +179,87 @@ async fn resumed_and_concurrent_watchers_get_every_event_once_across_a_restart()
     farm.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_logs_show_blender_rendering_and_every_frame_has_a_thumbnail() -> Result<()> {
+    let (mut farm, dir) = start_farm(1, false).await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    // One task renders all twelve frames, so its log grows for a while.
+    let job = client.submit_blender(&scene, "1-12", 12).await?;
+
+    let render = loop {
+        let tasks = client.tasks(&job.id).await?;
+        if let Some(task) = tasks
+            .iter()
+            .find(|t| t.step_name == "Render" && t.state() == pb::TaskState::Running)
+        {
+            break task.clone();
+        }
+        let current = client.job(&job.id).await?;
+        if kiln_tests::is_final(&current) {
+            bail!("the job ended before its render was seen running: {current:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Follow the running task's log through the gateway, as `kiln logs -f` does.
+    let mut lines = client
+        .jobs
+        .watch_task_log(pb::WatchTaskLogRequest {
+            job_id: job.id.clone(),
+            task_id: render.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut live = Vec::new();
+    while let Some(batch) = lines.message().await? {
+        live.extend(batch.lines);
+    }
+    assert!(
+        live.iter().any(|l| l.starts_with("Fra:")),
+        "the live log shows Blender's Fra: lines: {live:?}"
+    );
+
+    let finished = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&finished), pb::JobState::Succeeded, "{finished:?}");
+
+    // The whole log is stored once the attempt ends.
+    let log = client
+        .jobs
+        .get_task_log(pb::GetTaskLogRequest {
+            job_id: job.id.clone(),
+            task_id: render.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let stored = dir.path().join("render.log");
+    client.assets.download_to(&log.digest, &stored).await?;
+    let text = std::fs::read_to_string(&stored)?;
+    assert!(text.contains("Fra:") && text.contains("Saved:"), "{text}");
+
+    // Every frame has a thumbnail with the frame's aspect ratio (320 x 180).
+    let outputs = client.all_outputs(&job.id).await?;
+    let frames: Vec<&pb::JobOutput> = outputs
+        .iter()
+        .filter(|o| o.kind.is_empty() && o.path.starts_with("frames/"))
+        .collect();
+    assert_eq!(frames.len(), 12);
+    for frame in frames {
+        let thumbnail = outputs
+            .iter()
+            .find(|o| o.kind == "thumbnail" && o.path == format!("thumbnails/{}", frame.path))
+            .with_context(|| format!("no thumbnail of {}", frame.path))?;
+        let path = dir.path().join("thumb.png");
+        client.assets.download_to(&thumbnail.digest, &path).await?;
+        let image = image::open(&path)?;
+        assert_eq!(
+            (image.width(), image.height()),
+            (256, 144),
+            "{} keeps the frame's 16:9",
+            thumbnail.path
+        );
+        std::fs::remove_file(&path)?;
+    }
+    farm.shutdown().await?;
+    Ok(())
+}
