@@ -11,6 +11,7 @@ use kiln_proto::v1::job_event::Event;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use kiln_tests::{AuthChannel, Client, example_scene, start_farm, state_of};
 use prost::Message;
+use std::io::Read;
 
 type Jobs = JobServiceClient<AuthChannel>;
 
@@ -260,6 +261,58 @@ async fn live_logs_show_blender_rendering_and_every_frame_has_a_thumbnail() -> R
         );
         std::fs::remove_file(&path)?;
     }
+
+    // The same through REST: the job's last three events over SSE resumed
+    // with Last-Event-ID, the stored log, and the contact sheet.
+    let last_seq = follow(client.jobs.clone(), job.id.clone(), true, None, 0)
+        .await?
+        .len() as u64;
+    let (base, auth) = (
+        farm.gateway_http_url(),
+        format!("Bearer {}", farm.admin_token()),
+    );
+    let (job_id, task_id) = (job.id.clone(), render.id.clone());
+    tokio::task::spawn_blocking(move || rest_checks(&base, &auth, &job_id, &task_id, last_seq))
+        .await??;
     farm.shutdown().await?;
+    Ok(())
+}
+
+fn rest_checks(base: &str, auth: &str, job_id: &str, task_id: &str, last_seq: u64) -> Result<()> {
+    let agent = ureq::AgentBuilder::new().build();
+    let get = |path: &str| {
+        agent
+            .get(&format!("{base}{path}"))
+            .set("authorization", auth)
+    };
+    let sse = get(&format!("/v1/jobs/{job_id}/events"))
+        .set("accept", "text/event-stream")
+        .set("last-event-id", &(last_seq - 3).to_string())
+        .call()?;
+    assert_eq!(sse.content_type(), "text/event-stream");
+    let body = sse.into_string()?;
+    let ids: Vec<u64> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .filter_map(|id| id.trim().parse().ok())
+        .collect();
+    assert_eq!(ids, vec![last_seq - 2, last_seq - 1, last_seq], "{body}");
+    assert!(body.contains("event: job_changed"), "{body}");
+
+    let log = get(&format!("/v1/jobs/{job_id}/tasks/{task_id}/log"))
+        .call()?
+        .into_string()?;
+    assert!(log.contains("Fra:"), "{log}");
+
+    let sheet = get(&format!("/v1/jobs/{job_id}/contact-sheet")).call()?;
+    assert_eq!(sheet.content_type(), "image/png");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut sheet.into_reader().take(64 << 20), &mut bytes)?;
+    let sheet = image::load_from_memory(&bytes)?;
+    assert_eq!(
+        (sheet.width(), sheet.height()),
+        (8 * 256, 2 * 256),
+        "twelve thumbnails in rows of eight"
+    );
     Ok(())
 }

@@ -820,8 +820,9 @@ fn schemathesis(rest: &Rest, users: &Users, schema: &std::path::Path) -> Result<
     // RevokeToken: Schemathesis reuses ids from earlier responses, so it
     // would revoke its own token (revocation is covered above). WatchJob: a
     // live stream stays open until its job ends, which a job the fuzzer
-    // paused never does (the REST test follows one to its end).
-    let excluded = ["RevokeToken", "WatchJob"];
+    // paused never does (the REST test follows one to its end); WatchFarm
+    // and WatchTaskLog stream the same way.
+    let excluded = ["RevokeToken", "WatchJob", "WatchFarm", "WatchTaskLog"];
     let exclusions = excluded
         .iter()
         .flat_map(|id| ["--exclude-operation-id", id]);
