@@ -50,6 +50,8 @@ pub enum CliError {
         "the farm named an output {0:?}, which is not a plain relative path; refusing to write it"
     )]
     UnsafeOutputPath(String),
+    #[error("job {job} has no task {task:?}; see `kiln status {job}`")]
+    NoSuchTask { job: String, task: String },
     #[error("interrupted")]
     Interrupted,
 }
