@@ -203,22 +203,26 @@ async fn live_logs_show_blender_rendering_and_every_frame_has_a_thumbnail() -> R
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // Follow the running task's log through the gateway, as `kiln logs -f` does.
-    let mut lines = client
-        .jobs
-        .watch_task_log(pb::WatchTaskLogRequest {
-            job_id: job.id.clone(),
-            task_id: render.id.clone(),
-        })
-        .await?
-        .into_inner();
-    let mut live = Vec::new();
-    while let Some(batch) = lines.message().await? {
-        live.extend(batch.lines);
-    }
+    // `kiln logs -f` follows the running task's output until it ends.
+    let output = tokio::process::Command::new(kiln_localfarm::locate_binary("kiln")?)
+        .args(["logs", &job.id, &render.id, "-f"])
+        .args([
+            "--gateway",
+            &farm.gateway_url(),
+            "--token",
+            farm.admin_token(),
+        ])
+        .output()
+        .await?;
+    let live = String::from_utf8_lossy(&output.stdout);
     assert!(
-        live.iter().any(|l| l.starts_with("Fra:")),
-        "the live log shows Blender's Fra: lines: {live:?}"
+        output.status.success(),
+        "kiln logs -f failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        live.lines().any(|l| l.starts_with("Fra:")),
+        "the live log shows Blender's Fra: lines: {live}"
     );
 
     let finished = client.wait_until_finished(&job.id).await?;
