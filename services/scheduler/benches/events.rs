@@ -17,10 +17,11 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
@@ -52,6 +53,9 @@ struct Args {
     /// Workers of the ETA job
     #[arg(long, default_value_t = 12)]
     eta_workers: usize,
+    /// Copy the scheduler's log here at the end
+    #[arg(long)]
+    keep_log: Option<std::path::PathBuf>,
     // `cargo bench` passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -76,8 +80,18 @@ async fn main() -> Result<()> {
         .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
         .await?;
     let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
+    let result = measure(&args, channel, farm.join_token()).await;
+    if let (Some(keep), Some(scheduler)) = (&args.keep_log, farm.scheduler_mut()) {
+        std::fs::copy(scheduler.log_path(), keep)?;
+    }
+    farm.shutdown().await?;
+    result
+}
 
-    let (p50, p99, events, rate) = latency(&args, channel.clone(), farm.join_token()).await?;
+async fn measure(args: &Args, channel: Channel, join_token: &str) -> Result<()> {
+    let (p50, p99, events, rate) = latency(args, channel.clone(), join_token)
+        .await
+        .context("latency run")?;
     println!(
         "## Job events: {} workers, {} watchers",
         args.workers, args.watchers
@@ -88,7 +102,7 @@ async fn main() -> Result<()> {
     println!("| latency worker report -> watcher, p50 | {p50:.1} ms |");
     println!("| latency worker report -> watcher, p99 | {p99:.1} ms |");
 
-    let rows = eta(&args, channel, farm.join_token()).await?;
+    let rows = eta(args, channel, join_token).await.context("eta run")?;
     println!(
         "\n## ETA: {} tasks of 1-3 s on {} workers",
         args.eta_tasks, args.eta_workers
@@ -100,7 +114,6 @@ async fn main() -> Result<()> {
             100.0 * (f64::from(said) - really).abs() / really.max(0.1)
         );
     }
-    farm.shutdown().await?;
     Ok(())
 }
 
@@ -137,24 +150,28 @@ async fn latency(
     }
     let run_until = Instant::now() + Duration::from_secs(args.seconds);
     let interval = Duration::from_secs_f64(1.0 / args.rate_per_worker);
+    let reports = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for i in 0..args.workers {
         let (tx, mut inbound) = open_session(channel.clone(), i, join_token).await?;
-        let sent = sent.clone();
+        let (sent, reports) = (sent.clone(), reports.clone());
         workers.push(tokio::spawn(async move {
             let Some(task) = next_assignment(&mut inbound).await else {
-                return anyhow::Ok(0u64);
+                return anyhow::Ok(());
             };
             let started = pb::TaskStarted {
                 task_id: task.task_id.clone(),
                 attempt: task.attempt,
             };
-            tx.send(message(ToScheduler::Started(started))).await?;
+            tx.send(message(ToScheduler::Started(started)))
+                .await
+                .context("sending started")?;
             let mut tick = tokio::time::interval(interval);
             let mut frame = 0;
             while Instant::now() < run_until {
                 tick.tick().await;
                 frame += 1;
+                reports.fetch_add(1, Ordering::Relaxed);
                 lock(&sent).insert((task.task_id.clone(), frame), Instant::now());
                 let report = pb::TaskProgressReport {
                     task_id: task.task_id.clone(),
@@ -162,7 +179,9 @@ async fn latency(
                     fraction: 0.5,
                     frame: Some(frame),
                 };
-                tx.send(message(ToScheduler::Progress(report))).await?;
+                tx.send(message(ToScheduler::Progress(report)))
+                    .await
+                    .with_context(|| format!("sending progress of frame {frame}"))?;
             }
             let result = pb::TaskResult {
                 task_id: task.task_id,
@@ -172,17 +191,17 @@ async fn latency(
                 ..Default::default()
             };
             tx.send(message(ToScheduler::Result(result))).await?;
-            Ok(frame as u64)
+            // Anything handed out later (a task requeued from a session that
+            // broke) finishes at once, until the job ends.
+            serve_instantly(&tx, &mut inbound).await
         }));
     }
-    let started = Instant::now();
-    let mut reports = 0;
-    for worker in workers {
-        reports += worker.await??;
-    }
-    let rate = reports as f64 / started.elapsed().as_secs_f64();
     for watcher in watchers {
         watcher.await?;
+    }
+    let rate = reports.load(Ordering::Relaxed) as f64 / args.seconds as f64;
+    for worker in workers {
+        worker.abort();
     }
     let mut all = std::mem::take(&mut *lock(&latencies));
     all.sort_by(f64::total_cmp);
@@ -257,6 +276,28 @@ async fn eta(args: &Args, channel: Channel, join_token: &str) -> Result<Vec<(f64
         .into_iter()
         .map(|(done, left, pm, at)| (done, left, pm, (finished - at).as_secs_f64()))
         .collect())
+}
+
+async fn serve_instantly(
+    tx: &tokio::sync::mpsc::Sender<pb::WorkerMessage>,
+    inbound: &mut tonic::Streaming<pb::SchedulerMessage>,
+) -> Result<()> {
+    while let Some(task) = next_assignment(inbound).await {
+        let started = pb::TaskStarted {
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+        };
+        tx.send(message(ToScheduler::Started(started))).await?;
+        let result = pb::TaskResult {
+            task_id: task.task_id,
+            attempt: task.attempt,
+            success: true,
+            exit_code: Some(0),
+            ..Default::default()
+        };
+        tx.send(message(ToScheduler::Result(result))).await?;
+    }
+    Ok(())
 }
 
 async fn next_assignment(
