@@ -190,6 +190,8 @@ impl Watch {
         loop {
             let notice = tokio::select! {
                 notice = self.live.recv() => notice,
+                // The client left: stop now rather than at the next event.
+                _ = self.to.closed() => return Next::Done,
                 _ = check.tick() => {
                     if self.still_leads() {
                         continue;

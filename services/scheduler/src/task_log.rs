@@ -40,6 +40,7 @@ pub async fn follow(
     }
     loop {
         tokio::select! {
+            _ = to.closed() => return,
             batch = live.recv() => match batch {
                 Ok(batch) => {
                     if to.send(Ok(pb::TaskLogLines::clone(&batch))).await.is_err() {
