@@ -176,7 +176,10 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     assert_eq!(
         code(
             bob.jobs
-                .watch_job(pb::WatchJobRequest { job_id: id() })
+                .watch_job(pb::WatchJobRequest {
+                    job_id: id(),
+                    after_seq: None,
+                })
                 .await
         ),
         Code::PermissionDenied
@@ -826,8 +829,9 @@ fn schemathesis(rest: &Rest, users: &Users, schema: &std::path::Path) -> Result<
     // RevokeToken: Schemathesis reuses ids from earlier responses, so it
     // would revoke its own token (revocation is covered above). WatchJob: a
     // live stream stays open until its job ends, which a job the fuzzer
-    // paused never does (the REST test follows one to its end).
-    let excluded = ["RevokeToken", "WatchJob"];
+    // paused never does (the REST test follows one to its end); WatchFarm
+    // and WatchTaskLog stream the same way.
+    let excluded = ["RevokeToken", "WatchJob", "WatchFarm", "WatchTaskLog"];
     let exclusions = excluded
         .iter()
         .flat_map(|id| ["--exclude-operation-id", id]);

@@ -117,7 +117,15 @@ impl Client {
             .tasks)
     }
 
+    /// The job's own files (frames, videos), without thumbnails and logs.
     pub async fn outputs(&mut self, id: &str) -> Result<Vec<pb::JobOutput>> {
+        let mut outputs = self.all_outputs(id).await?;
+        outputs.retain(|o| o.kind.is_empty());
+        Ok(outputs)
+    }
+
+    /// Every output of the job, thumbnails and logs included.
+    pub async fn all_outputs(&mut self, id: &str) -> Result<Vec<pb::JobOutput>> {
         Ok(self
             .jobs
             .list_outputs(pb::ListOutputsRequest {

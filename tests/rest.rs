@@ -96,6 +96,8 @@ fn run(base: &str, auth: &str, scene: &std::path::Path) -> anyhow::Result<()> {
         .as_array()
         .into_iter()
         .flatten()
+        // The job's own files; thumbnails and logs have a kind.
+        .filter(|o| o.get("kind").is_none())
         .filter_map(|o| o["path"].as_str())
         .collect();
     assert_eq!(

@@ -23,6 +23,7 @@ async fn twelve_frames_in_chunks_of_four_across_two_workers() -> anyhow::Result<
         .jobs
         .watch_job(pb::WatchJobRequest {
             job_id: job.id.clone(),
+            after_seq: None,
         })
         .await?
         .into_inner();
@@ -30,7 +31,11 @@ async fn twelve_frames_in_chunks_of_four_across_two_workers() -> anyhow::Result<
     while let Some(event) = events.message().await? {
         match event.event {
             Some(Event::TaskProgress(_)) => progress += 1,
-            Some(Event::OutputAdded(_)) => outputs += 1,
+            Some(Event::OutputAdded(added))
+                if added.output.as_ref().is_some_and(|o| o.kind.is_empty()) =>
+            {
+                outputs += 1
+            }
             Some(Event::JobChanged(job)) => last_job = Some(job),
             _ => {}
         }

@@ -57,6 +57,7 @@ async fn warm_frames_match_cold_ones_and_a_killed_session_costs_one_attempt() ->
         .jobs
         .watch_job(pb::WatchJobRequest {
             job_id: job.id.clone(),
+            after_seq: None,
         })
         .await?
         .into_inner();

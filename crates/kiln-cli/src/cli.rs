@@ -30,6 +30,10 @@ pub enum Command {
     Status(JobArgs),
     /// Cancel a job: pending tasks never start, running ones are stopped
     Cancel(JobArgs),
+    /// Follow a job until it ends: a progress bar for the job with its ETA, and one per busy worker
+    Watch(JobArgs),
+    /// Print a task's log: the stored log of its last attempt, or with -f its output live while it runs
+    Logs(LogsArgs),
     /// List a job's output files, optionally downloading them
     Outputs(OutputsArgs),
     /// Pause a job: no new task starts; running ones finish
@@ -221,6 +225,22 @@ pub struct JobsArgs {
 pub struct JobArgs {
     /// The job's id
     pub job: String,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The job's id
+    pub job: String,
+    /// The task: its id, or its index within --step
+    pub task: String,
+    /// The step a task index refers to [default: the job's first step]
+    #[arg(long, env = "KILN_LOGS_STEP")]
+    pub step: Option<String>,
+    /// Follow the running task's output as it is printed, until the task ends
+    #[arg(short = 'f', long, env = "KILN_LOGS_FOLLOW")]
+    pub follow: bool,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

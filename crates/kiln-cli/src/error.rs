@@ -58,6 +58,8 @@ pub enum CliError {
     NoImage { row: String, path: PathBuf },
     #[error(transparent)]
     JobModel(#[from] kiln_jobmodel::JobModelError),
+    #[error("job {job} has no task {task:?}; see `kiln status {job}`")]
+    NoSuchTask { job: String, task: String },
     #[error("interrupted")]
     Interrupted,
 }

@@ -16,6 +16,7 @@ mod dev;
 mod error;
 mod format;
 mod jobs;
+mod logs;
 mod outputs;
 mod render;
 mod scene_probe;
@@ -49,6 +50,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(args) => jobs::list(args).await?,
         Command::Status(args) => jobs::status(args).await?,
         Command::Cancel(args) => jobs::cancel(args).await?,
+        Command::Watch(args) => logs::watch(args).await?,
+        Command::Logs(args) => logs::run(args).await?,
         Command::Outputs(args) => jobs::list_outputs(args).await?,
         Command::Pause(args) => controls::pause(args).await?,
         Command::Resume(args) => controls::resume(args).await?,

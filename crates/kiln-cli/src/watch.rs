@@ -1,10 +1,15 @@
-//! Follows a job's progress on a progress bar until it ends.
+//! Follows a job until it ends: a progress bar for the job (with its ETA)
+//! and one per busy worker, fed by the job's event stream, which resumes
+//! after the last event seen whenever it breaks.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kiln_proto::v1::job_event::Event;
-use kiln_proto::v1::{GetJobRequest, Job, TaskState, TaskStateChanged, WatchJobRequest};
+use kiln_proto::v1::{
+    GetJobRequest, Job, TaskProgress, TaskState, TaskStateChanged, WatchJobRequest,
+};
 
 use crate::connect::JobClient;
 use crate::error::CliError;
@@ -15,16 +20,84 @@ const MAX_RECONNECTS: u32 = 20;
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 const BAR_TEMPLATE: &str =
     "{spinner:.green} [{elapsed_precise}] {bar:40.cyan/blue} {pos}/{len} tasks  {msg}";
+const WORKER_TEMPLATE: &str = "  {prefix:<24} {bar:30.yellow/blue} {percent:>3}%  {msg}";
+
+/// The job's bar and one bar per busy worker.
+struct View {
+    bars: MultiProgress,
+    job: ProgressBar,
+    /// Bars of running tasks, by task id.
+    tasks: HashMap<String, ProgressBar>,
+}
+
+impl View {
+    fn new(job: &Job) -> Self {
+        let bars = MultiProgress::new();
+        let bar = bars.add(progress_bar(job));
+        Self {
+            bars,
+            job: bar,
+            tasks: HashMap::new(),
+        }
+    }
+
+    fn task_changed(&mut self, change: &TaskStateChanged) {
+        report_failed_task(&self.job, change);
+        if change.state() == TaskState::Running {
+            let bar = self.bars.add(ProgressBar::new(100));
+            if let Ok(style) = ProgressStyle::with_template(WORKER_TEMPLATE) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            let worker = if change.worker_id.is_empty() {
+                "?"
+            } else {
+                &change.worker_id
+            };
+            bar.set_prefix(worker.to_owned());
+            bar.set_message(format!("{}[{}]", change.step_name, change.index));
+            if let Some(old) = self.tasks.insert(change.task_id.clone(), bar) {
+                old.finish_and_clear();
+            }
+        } else if let Some(bar) = self.tasks.remove(&change.task_id) {
+            bar.finish_and_clear();
+            self.bars.remove(&bar);
+        }
+    }
+
+    fn progress(&self, progress: &TaskProgress) {
+        if let Some(bar) = self.tasks.get(&progress.task_id) {
+            bar.set_position((f64::from(progress.fraction) * 100.0).round() as u64);
+            if let Some(frame) = progress.frame {
+                let task = bar.message();
+                let task = task.split(" frame").next().unwrap_or_default().to_owned();
+                bar.set_message(format!("{task} frame {frame}"));
+            }
+        }
+    }
+
+    fn finish(&mut self, job: &Job) {
+        for (_, bar) in self.tasks.drain() {
+            bar.finish_and_clear();
+        }
+        self.job.finish_with_message(job_state(job.state()));
+    }
+
+    fn abandon(&self) {
+        self.job.abandon();
+    }
+}
 
 /// Shows `job`'s progress until it reaches a final state and returns it as
 /// it ended. Reconnects if the stream breaks (e.g. the gateway restarts).
 pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
-    let bar = progress_bar(&job);
+    let mut view = View::new(&job);
     let mut job = job;
     let mut failures = 0;
     let mut last_error = String::from("the progress stream kept ending early");
+    // The last event seen: a reconnect resumes after it, missing nothing.
+    let mut last_seq = None;
     loop {
-        match stream_events(jobs, &job.id, &bar).await {
+        match stream_events(jobs, &job.id, &mut view, &mut last_seq).await {
             // Progress was made, so the connection works; start counting afresh.
             Ok(Some(latest)) => {
                 job = latest;
@@ -32,7 +105,7 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
             }
             Ok(None) => failures += 1,
             Err(status) if is_permanent(&status) => {
-                bar.abandon();
+                view.abandon();
                 return Err(CliError::Rpc {
                     action: "watching the job",
                     status,
@@ -49,13 +122,13 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
             && let Some(current) = fetch_job(jobs, &job.id).await
         {
             job = current;
-            show(&bar, &job);
+            show(&view.job, &job);
         }
         if is_final(job.state()) {
             break;
         }
         if failures > MAX_RECONNECTS {
-            bar.abandon();
+            view.abandon();
             return Err(CliError::WatchLost {
                 id: job.id.clone(),
                 reason: last_error,
@@ -63,7 +136,7 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
         }
         tokio::time::sleep(RECONNECT_PAUSE).await;
     }
-    bar.finish_with_message(job_state(job.state()));
+    view.finish(&job);
     Ok(job)
 }
 
@@ -84,26 +157,34 @@ fn is_permanent(status: &tonic::Status) -> bool {
 async fn stream_events(
     jobs: &JobClient,
     job_id: &str,
-    bar: &ProgressBar,
+    view: &mut View,
+    last_seq: &mut Option<u64>,
 ) -> Result<Option<Job>, tonic::Status> {
     let request = WatchJobRequest {
         job_id: job_id.to_owned(),
+        after_seq: *last_seq,
     };
     let mut stream = jobs.clone().watch_job(request).await?.into_inner();
     let mut latest = None;
     while let Some(event) = stream.message().await? {
         tracing::debug!(?event, "job event");
+        if event.seq > 0 {
+            *last_seq = Some(event.seq);
+        }
         let snapshot = match event.event {
             Some(Event::JobChanged(job)) => Some(job),
             Some(Event::TaskStateChanged(change)) => {
-                report_failed_task(bar, &change);
-                // Task counts may change without a JobChanged event; read them.
-                fetch_job(jobs, job_id).await
+                view.task_changed(&change);
+                None
+            }
+            Some(Event::TaskProgress(progress)) => {
+                view.progress(&progress);
+                None
             }
             _ => None,
         };
         if let Some(job) = snapshot {
-            show(bar, &job);
+            show(&view.job, &job);
             let done = is_final(job.state());
             latest = Some(job);
             if done {
@@ -148,6 +229,9 @@ fn show(bar: &ProgressBar, job: &Job) {
     if job.tasks_failed > 0 {
         message.push_str(&format!(", {} failed", job.tasks_failed));
     }
+    if let Some(eta) = &job.eta {
+        message.push_str(&format!(", {}", eta_text(eta)));
+    }
     bar.set_message(message);
 }
 
@@ -180,4 +264,21 @@ pub fn describe_task(task: &kiln_proto::v1::Task) -> String {
         text.push_str(&format!(", exit code {code}"));
     }
     text
+}
+
+/// "ETA 2m05s ± 20s".
+pub fn eta_text(eta: &kiln_proto::v1::Eta) -> String {
+    format!(
+        "ETA {} ± {}",
+        duration_text(eta.seconds_left),
+        duration_text(eta.plus_minus_seconds)
+    )
+}
+
+fn duration_text(seconds: u32) -> String {
+    match seconds {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
 }

@@ -176,6 +176,12 @@ impl JobCalls<'_> {
         pb::Job,
         Role::Submitter
     );
+    job_call!(
+        get_task_log,
+        pb::GetTaskLogRequest,
+        pb::TaskLog,
+        Role::Viewer
+    );
 }
 
 /// A trait method delegating to [`JobCalls`]; expands to a plain `async fn`
@@ -277,6 +283,7 @@ impl pb::job_service_server::JobService for PublicApi {
         pb::ListOutputsResponse
     );
     delegate!(list_tasks, pb::ListTasksRequest, pb::ListTasksResponse);
+    delegate!(get_task_log, pb::GetTaskLogRequest, pb::TaskLog);
     delegate!(pause_job, pb::PauseJobRequest, pb::Job);
     delegate!(resume_job, pb::ResumeJobRequest, pb::Job);
     delegate!(retry_job, pb::RetryJobRequest, pb::Job);
@@ -319,6 +326,45 @@ impl pb::job_service_server::JobService for PublicApi {
             .await;
         let events = self.observe(result)?.into_inner();
         Ok(Response::new(Box::pin(events)))
+    }
+
+    type WatchFarmStream = BoxStream<pb::JobEvent>;
+
+    /// Every job's events: admins only, as they show every owner's jobs.
+    async fn watch_farm(
+        &self,
+        request: Request<pb::WatchFarmRequest>,
+    ) -> Result<Response<Self::WatchFarmStream>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Admin)?;
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .watch_farm(forward(&caller, request.into_inner())?)
+            .await;
+        let events = self.observe(result)?.into_inner();
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    type WatchTaskLogStream = BoxStream<pb::TaskLogLines>;
+
+    async fn watch_task_log(
+        &self,
+        request: Request<pb::WatchTaskLogRequest>,
+    ) -> Result<Response<Self::WatchTaskLogStream>, Status> {
+        let caller = auth::principal(&request)?;
+        let message = request.into_inner();
+        self.authorize_job(&caller, &message.job_id, Role::Viewer)
+            .await?;
+        let result = self
+            .upstreams
+            .jobs()
+            .await?
+            .watch_task_log(forward(&caller, message)?)
+            .await;
+        let lines = self.observe(result)?.into_inner();
+        Ok(Response::new(Box::pin(lines)))
     }
 }
 

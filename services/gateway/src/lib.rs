@@ -13,6 +13,7 @@ pub mod limits;
 pub mod openapi;
 pub mod rate_limit;
 pub mod rest;
+pub mod sse;
 pub mod token_service;
 pub mod tokens;
 pub mod upstream;

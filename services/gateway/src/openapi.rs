@@ -36,6 +36,8 @@ const TIMESTAMP: &str = ".google.protobuf.Timestamp";
         crate::rest::watch_job, crate::rest::download_output, crate::rest::upload_asset,
         crate::rest::download_asset, crate::rest::stat_asset, crate::rest::create_token,
         crate::rest::list_tokens, crate::rest::revoke_token, crate::rest::openapi,
+        crate::sse::farm_events, crate::sse::task_log, crate::sse::task_log_live,
+        crate::sse::contact_sheet,
     ),
     modifiers(&Security),
     security(("bearer" = [])),

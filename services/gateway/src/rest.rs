@@ -61,10 +61,11 @@ pub fn json_routes() -> Router<RestState> {
 pub fn streaming_routes() -> Router<RestState> {
     use axum::routing::{get, post};
     Router::new()
-        .route("/v1/jobs/{id}/events", get(watch_job))
+        .route("/v1/jobs/{id}/events", get(crate::sse::job_events))
         .route("/v1/jobs/{id}/outputs/{*path}", get(download_output))
         .route("/v1/assets", post(upload_asset))
         .route("/v1/assets/{digest}", get(download_asset))
+        .merge(crate::sse::routes())
 }
 
 /// A JSON error body: `{"error": {"code": "...", "message": "..."}}`.
@@ -152,11 +153,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 type JsonBody<T> = Result<Json<T>, JsonRejection>;
 
 /// A gRPC request for `message` made by `caller`.
-fn call<T>(caller: &Principal, message: T) -> Request<T> {
+pub(crate) fn call<T>(caller: &Principal, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.extensions_mut().insert(caller.clone());
     request
@@ -457,7 +458,10 @@ pub(crate) async fn watch_job(
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let request = pb::WatchJobRequest { job_id: id };
+    let request = pb::WatchJobRequest {
+        job_id: id,
+        after_seq: None,
+    };
     let events = state
         .api
         .watch_job(call(&caller, request))
@@ -567,7 +571,7 @@ pub(crate) async fn stream_asset(
     Ok(response)
 }
 
-fn content_type(path: &str) -> &'static str {
+pub(crate) fn content_type(path: &str) -> &'static str {
     match path.rsplit('.').next() {
         Some("png") => "image/png",
         Some("jpg" | "jpeg") => "image/jpeg",

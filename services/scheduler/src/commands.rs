@@ -60,6 +60,11 @@ pub enum Command {
     LeaseLost {
         worker_id: String,
     },
+    /// An output was recorded; its event joins the job's sequence.
+    OutputAdded {
+        job_id: Uuid,
+        added: pb::OutputAdded,
+    },
     /// An assignment could not be handed to its worker.
     Undeliverable {
         worker_id: String,
@@ -122,6 +127,9 @@ impl Core {
                 }
             }
             Command::LeaseLost { worker_id } => self.lease_lost(&worker_id),
+            Command::OutputAdded { job_id, added } => {
+                self.emit(job_id, pb::job_event::Event::OutputAdded(added))
+            }
             Command::Undeliverable {
                 worker_id,
                 task_id,
@@ -309,15 +317,13 @@ impl Core {
         let Some(job_id) = self.tasks.get(&task_id).map(|t| t.job_id) else {
             return;
         };
-        // Progress is frequent and disposable: it goes to watchers, not to Postgres.
-        self.batch.effects.push(Effect::Progress {
-            job_id,
-            progress: pb::TaskProgress {
-                task_id: progress.task_id,
-                fraction: progress.fraction,
-                frame: progress.frame,
-            },
-        });
+        // Progress is frequent: the sequencer keeps at most about one a second per task.
+        let progress = pb::TaskProgress {
+            task_id: progress.task_id,
+            fraction: progress.fraction,
+            frame: progress.frame,
+        };
+        self.emit_progress(job_id, progress);
     }
 
     fn finished(&mut self, worker_id: &str, result: pb::TaskResult) {
@@ -361,6 +367,7 @@ impl Core {
             path: o.path,
             digest: o.digest,
             size: i64::try_from(o.size).unwrap_or(i64::MAX),
+            kind: o.kind,
         }));
     }
 

@@ -12,10 +12,13 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_event::Event;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::core_events::EventSequencer;
 use crate::effects::Effect;
+use crate::eta::EtaBook;
 use crate::job_state::{self, JobFacts, JobState, TaskCounts};
 use crate::matching::Requirements;
 use crate::retry::RetryPolicy;
@@ -91,6 +94,9 @@ pub struct JobEntry {
     pub message: String,
     /// The submission's W3C trace context, passed on to every task.
     pub trace_context: HashMap<String, String>,
+    pub name: String,
+    /// The last sequence number given to one of the job's events.
+    pub event_seq: u64,
 }
 
 impl JobEntry {
@@ -183,6 +189,10 @@ pub struct Core {
     /// Final states of jobs that left memory lately, for submissions that
     /// raced with the end of a job they depend on.
     pub recently_finished: HashMap<Uuid, JobState>,
+    /// Numbering and throttling of job events (`core_events.rs`).
+    pub events: EventSequencer,
+    /// Run times for each running job's ETA.
+    pub eta: EtaBook,
 }
 
 /// Finished jobs remembered in `recently_finished`.
@@ -208,6 +218,8 @@ impl Core {
             touched_jobs: HashSet::new(),
             unclaimed: HashMap::new(),
             recently_finished: HashMap::new(),
+            events: EventSequencer::default(),
+            eta: EtaBook::default(),
         }
     }
 
@@ -259,17 +271,15 @@ impl Core {
         self.count_move(job_id, step, from, to);
         self.batch.tasks.push(write);
         let step_name = self.step_name(job_id, step);
-        self.batch.effects.push(Effect::TaskChanged {
-            job_id,
-            change: pb::TaskStateChanged {
-                task_id: task_id.to_string(),
-                step_name,
-                index: index as u32,
-                state: to.to_proto() as i32,
-                worker_id: worker_id.unwrap_or_default(),
-                message: outcome.map(|o| o.message.clone()).unwrap_or_default(),
-            },
-        });
+        let change = pb::TaskStateChanged {
+            task_id: task_id.to_string(),
+            step_name,
+            index: index as u32,
+            state: to.to_proto() as i32,
+            worker_id: worker_id.unwrap_or_default(),
+            message: outcome.map(|o| o.message.clone()).unwrap_or_default(),
+        };
+        self.emit(job_id, Event::TaskStateChanged(change));
         self.touched_jobs.insert(job_id);
         Some(to)
     }
@@ -328,6 +338,7 @@ impl Core {
         let Some(ran) = task.dispatched_at.map(|t| t.elapsed().as_secs_f64()) else {
             return;
         };
+        self.eta.learn(task.job_id, task.step, ran);
         if let Some(step) = self
             .jobs
             .get_mut(&task.job_id)
@@ -386,10 +397,7 @@ impl Core {
             }
             self.set_job_state(job_id, next);
         } else {
-            self.batch.effects.push(Effect::JobChanged {
-                job_id,
-                state_changed: false,
-            });
+            self.emit_record(job_id, false);
         }
     }
 
@@ -413,19 +421,19 @@ impl Core {
             finished: state.is_final(),
             reopened,
         });
-        self.batch.effects.push(Effect::JobChanged {
-            job_id,
-            state_changed: true,
-        });
+        // A final record closes the job's sequence: the tasks it stops are cancelled before it.
+        if state.is_final() {
+            self.cancel_unfinished(job_id, state);
+        }
+        self.emit_record(job_id, true);
         self.dispatch_wanted = true;
         if state.is_final() {
             self.finish_job(job_id, state);
         }
     }
 
-    /// A job ended: stop what still runs, tell the jobs waiting on it, and
-    /// drop it from memory (Postgres keeps the record).
-    fn finish_job(&mut self, job_id: Uuid, state: JobState) {
+    /// A job ended: stop what still runs.
+    fn cancel_unfinished(&mut self, job_id: Uuid, state: JobState) {
         let task_ids = self
             .jobs
             .get(&job_id)
@@ -438,12 +446,18 @@ impl Core {
         for task_id in task_ids {
             self.cancel_task(task_id, &reason);
         }
+    }
+
+    /// A job ended: tell the jobs waiting on it, and drop it from memory
+    /// (Postgres keeps the record and its events).
+    fn finish_job(&mut self, job_id: Uuid, state: JobState) {
         self.release_dependents(job_id, state);
         if self.recently_finished.len() >= RECENTLY_FINISHED {
             self.recently_finished.clear();
         }
         self.recently_finished.insert(job_id, state);
         if let Some(job) = self.jobs.remove(&job_id) {
+            self.eta.forget(job_id, job.steps.len());
             for task_id in &job.task_ids {
                 self.tasks.remove(task_id);
             }

@@ -46,7 +46,11 @@ impl DispatchLoop {
                     Some(command) => self.core.handle(command),
                     None => return Ok(()),
                 },
-                _ = tick.tick() => self.core.on_tick(Instant::now()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.core.on_tick(now);
+                    self.core.emit_due_records(now);
+                }
                 done = wait(&mut flushing), if flushing.is_some() => {
                     flushing = None;
                     done?;

@@ -3,12 +3,9 @@
 //! run in order on one task, separate from the dispatch core, so a slow
 //! watcher or a dependency lookup never holds up dispatch.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kiln_proto::v1 as pb;
-use kiln_proto::v1::job_event::Event;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -18,12 +15,6 @@ use crate::commands::{Command, Reply};
 use crate::core::Outbox;
 use crate::events::EventBus;
 use crate::store;
-
-/// Least time between two job records sent to watchers for one job while it
-/// only counts move; a change of state always goes out.
-const JOB_EVENT_INTERVAL: Duration = Duration::from_millis(250);
-/// Jobs remembered for throttling before the memory is swept.
-const THROTTLE_MEMORY: usize = 10_000;
 
 pub enum Effect {
     Deliver {
@@ -41,18 +32,8 @@ pub enum Effect {
         task_id: Uuid,
         attempt: i32,
     },
-    TaskChanged {
-        job_id: Uuid,
-        change: pb::TaskStateChanged,
-    },
-    Progress {
-        job_id: Uuid,
-        progress: pb::TaskProgress,
-    },
-    JobChanged {
-        job_id: Uuid,
-        state_changed: bool,
-    },
+    /// A job event, now durable, goes to live watchers.
+    Publish(Arc<pb::JobEvent>),
     Reply(Reply),
 }
 
@@ -67,7 +48,6 @@ pub struct EffectRunner {
     pub db: PgPool,
     pub events: Arc<EventBus>,
     pub commands: mpsc::Sender<Command>,
-    last_job_event: HashMap<Uuid, Instant>,
 }
 
 impl EffectRunner {
@@ -76,7 +56,6 @@ impl EffectRunner {
             db,
             events,
             commands,
-            last_job_event: HashMap::new(),
         }
     }
 
@@ -125,16 +104,7 @@ impl EffectRunner {
                     tracing::debug!(task_id = %task_id, "worker gone before it could be told to cancel");
                 }
             }
-            Effect::TaskChanged { job_id, change } => {
-                self.events.publish(job_id, Event::TaskStateChanged(change));
-            }
-            Effect::Progress { job_id, progress } => {
-                self.events.publish(job_id, Event::TaskProgress(progress));
-            }
-            Effect::JobChanged {
-                job_id,
-                state_changed,
-            } => self.job_changed(job_id, state_changed).await,
+            Effect::Publish(event) => self.events.publish(event),
             Effect::Reply(reply) => {
                 let _ = reply.send(Ok(()));
             }
@@ -191,35 +161,6 @@ impl EffectRunner {
         // If the core is too busy to hear it now, the start timeout requeues the task.
         if self.commands.try_send(command).is_err() {
             tracing::warn!(task_id = %task_id, "could not report an undelivered assignment");
-        }
-    }
-
-    /// Sends the job's record to watchers, at most every JOB_EVENT_INTERVAL
-    /// per job while only its counts move, and only when someone watches.
-    async fn job_changed(&mut self, job_id: Uuid, state_changed: bool) {
-        if !self.events.has_watchers() {
-            return;
-        }
-        let now = Instant::now();
-        if !state_changed
-            && self
-                .last_job_event
-                .get(&job_id)
-                .is_some_and(|at| now.duration_since(*at) < JOB_EVENT_INTERVAL)
-        {
-            return;
-        }
-        if self.last_job_event.len() >= THROTTLE_MEMORY {
-            self.last_job_event
-                .retain(|_, at| now.duration_since(*at) < JOB_EVENT_INTERVAL);
-        }
-        self.last_job_event.insert(job_id, now);
-        match store::get_job(&self.db, job_id).await {
-            Ok(Some(job)) => self.events.publish(job_id, Event::JobChanged(job)),
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(job_id = %job_id, error = %err, "cannot read job for watchers")
-            }
         }
     }
 }

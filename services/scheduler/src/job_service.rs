@@ -10,12 +10,13 @@ use kiln_discovery::{Discovery, service};
 use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::commands::{Command, Control};
+use crate::event_log::{self, Scope, Watch};
 use crate::job_state::JobState;
 use crate::leader::LeaderSlot;
 use crate::loader::{self, JobSettings};
@@ -136,6 +137,7 @@ impl JobApi {
             inputs: request.inputs.clone(),
             waiting_on: depends_on.unfinished,
             trace_context,
+            name: name.clone(),
         };
         let loaded = loader::from_plan(id, settings, &plan, &created.task_ids);
         self.scheduler()?
@@ -366,6 +368,14 @@ pub fn parse_uuid(field: &str, text: &str) -> Result<Uuid, SchedulerError> {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::TaskLogLines, Status>> + Send>>;
+
+fn parse_task(request: &pb::WatchTaskLogRequest) -> Result<(Uuid, Uuid), SchedulerError> {
+    Ok((
+        parse_job_id(&request.job_id)?,
+        parse_uuid("task_id", &request.task_id)?,
+    ))
+}
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobApi {
@@ -384,7 +394,9 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
-        Ok(Response::new(self.load_job(id).await?))
+        let mut job = self.load_job(id).await?;
+        job.eta = self.scheduler()?.events.eta(id);
+        Ok(Response::new(job))
     }
 
     async fn list_jobs(
@@ -416,12 +428,112 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
-        // Subscribe before reading the job, so nothing between the two is missed.
-        let notices = self.scheduler()?.events.subscribe();
-        let job = self.load_job(id).await?;
+        let scheduler = self.scheduler()?;
+        // Subscribe before reading Postgres, so nothing between the two is missed.
+        let live = scheduler.events.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(forward_events(self.scheduler()?, id, job, notices, tx));
+        let after = match request.get_ref().after_seq {
+            Some(after) => {
+                self.require_job(id).await?;
+                after
+            }
+            None => {
+                // The record is read after the position, so it shows at
+                // least what the events up to it did.
+                let position = event_log::last_position(&scheduler.db, Scope::Job(id))
+                    .await
+                    .map_err(SchedulerError::from)?;
+                let job = self.load_job(id).await?;
+                let opening = pb::JobEvent {
+                    job_id: id.to_string(),
+                    event: Some(Event::JobChanged(job)),
+                    ..pb::JobEvent::default()
+                };
+                let _ = tx.try_send(Ok(opening));
+                position
+            }
+        };
+        let watch = Watch {
+            scheduler,
+            leader: self.leader.clone(),
+            scope: Scope::Job(id),
+            after,
+            live,
+            to: tx,
+        };
+        tokio::spawn(watch.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchFarmStream = WatchStream;
+
+    async fn watch_farm(
+        &self,
+        request: Request<pb::WatchFarmRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let scheduler = self.scheduler()?;
+        let live = scheduler.events.subscribe();
+        let after = match request.get_ref().after_farm_seq {
+            Some(after) => after,
+            None => event_log::last_position(&scheduler.db, Scope::Farm)
+                .await
+                .map_err(SchedulerError::from)?,
+        };
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let watch = Watch {
+            scheduler,
+            leader: self.leader.clone(),
+            scope: Scope::Farm,
+            after,
+            live,
+            to: tx,
+        };
+        tokio::spawn(watch.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchTaskLogStream = LogStream;
+
+    async fn watch_task_log(
+        &self,
+        request: Request<pb::WatchTaskLogRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let (job_id, task_id) = parse_task(request.get_ref())?;
+        let scheduler = self.scheduler()?;
+        let events = scheduler.events.subscribe();
+        let subscription = scheduler.logs.subscribe(task_id);
+        let state = store::task_state(&scheduler.db, job_id, task_id)
+            .await
+            .map_err(SchedulerError::from)?
+            .ok_or_else(|| Status::not_found(format!("job {job_id} has no task {task_id}")))?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(crate::task_log::follow(
+            task_id,
+            state.is_in_flight(),
+            subscription,
+            events,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_task_log(
+        &self,
+        request: Request<pb::GetTaskLogRequest>,
+    ) -> Result<Response<pb::TaskLog>, Status> {
+        let (job_id, task_id) = parse_task(&pb::WatchTaskLogRequest {
+            job_id: request.get_ref().job_id.clone(),
+            task_id: request.get_ref().task_id.clone(),
+        })?;
+        let log = store::task_log(&self.scheduler()?.db, job_id, task_id)
+            .await
+            .map_err(SchedulerError::from)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "task {task_id} of job {job_id} has no stored log (yet: it is stored when an attempt ends)"
+                ))
+            })?;
+        Ok(Response::new(log))
     }
 
     async fn list_outputs(
@@ -527,53 +639,6 @@ impl JobApi {
         match store::job_state(&self.scheduler()?.db, id).await? {
             Some(_) => Ok(()),
             None => Err(SchedulerError::JobNotFound(id.to_string())),
-        }
-    }
-}
-
-fn is_final(job: &pb::Job) -> bool {
-    pb::JobState::try_from(job.state).ok().is_some_and(|s| {
-        matches!(
-            s,
-            pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled
-        )
-    })
-}
-
-async fn forward_events(
-    scheduler: Arc<Scheduler>,
-    job_id: Uuid,
-    job: pb::Job,
-    mut notices: broadcast::Receiver<crate::events::JobNotice>,
-    tx: mpsc::Sender<Result<pb::JobEvent, Status>>,
-) {
-    let event = |event: Event| pb::JobEvent {
-        job_id: job_id.to_string(),
-        event: Some(event),
-    };
-    let done = is_final(&job);
-    if tx.send(Ok(event(Event::JobChanged(job)))).await.is_err() || done {
-        return;
-    }
-    loop {
-        let notice = match notices.recv().await {
-            Ok(notice) if notice.job_id == job_id => notice,
-            Ok(_) => continue,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                // Fell behind: the job's current record says where things stand.
-                match store::get_job(&scheduler.db, job_id).await {
-                    Ok(Some(job)) => crate::events::JobNotice {
-                        job_id,
-                        event: Event::JobChanged(job),
-                    },
-                    _ => return,
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let done = matches!(&notice.event, Event::JobChanged(job) if is_final(job));
-        if tx.send(Ok(event(notice.event))).await.is_err() || done {
-            return;
         }
     }
 }

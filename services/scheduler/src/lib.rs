@@ -7,6 +7,9 @@
 //! - `matching.rs`: host requirements against worker capabilities
 //! - `core.rs`: the leader's in-memory queue; `commands.rs`: what changes it
 //! - `writer.rs`: batched durable writes; `effects.rs`: what follows a commit
+//! - `core_events.rs`: job events numbered and queued with the writes that
+//!   caused them; `event_log.rs`: replaying them for watchers; `eta.rs`: ETAs
+//! - `logs.rs`: live task logs for watchers
 //! - `loader.rs`: the queue rebuilt from Postgres
 //! - `liveness.rs`: workers whose etcd lease expired are dead
 //! - `leader.rs` / `fence.rs`: one leader elected in etcd, fenced in Postgres
@@ -17,9 +20,12 @@
 pub mod commands;
 pub mod config;
 pub mod core;
+pub mod core_events;
 pub mod dispatch;
 pub mod effects;
 mod error;
+pub mod eta;
+pub mod event_log;
 pub mod events;
 pub mod fence;
 pub mod job_service;
@@ -27,6 +33,7 @@ pub mod job_state;
 pub mod leader;
 pub mod liveness;
 pub mod loader;
+pub mod logs;
 pub mod matching;
 pub mod queue;
 mod reclaim;
@@ -34,6 +41,7 @@ pub mod retry;
 pub mod scheduler;
 pub mod scheduler_metrics;
 pub mod store;
+pub mod task_log;
 pub mod task_state;
 pub mod worker_service;
 pub mod writer;

@@ -32,6 +32,7 @@ pub struct JobSettings {
     pub inputs: Vec<pb::JobInput>,
     pub waiting_on: HashSet<Uuid>,
     pub trace_context: HashMap<String, String>,
+    pub name: String,
 }
 
 /// The entry for a job just stored by `store::create_job`.
@@ -118,6 +119,8 @@ pub fn from_plan(
         waiting_on: settings.waiting_on,
         message: String::new(),
         trace_context: settings.trace_context,
+        name: settings.name,
+        event_seq: 0,
     };
     LoadedJob {
         job: Box::new(job),
@@ -148,6 +151,7 @@ struct JobRow {
     depends_on_jobs: Vec<Uuid>,
     message: String,
     trace_context: serde_json::Value,
+    name: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -183,7 +187,7 @@ pub async fn load_unfinished(
 ) -> Result<Vec<LoadedJob>, SchedulerError> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
-                depends_on_jobs, message, trace_context
+                depends_on_jobs, message, trace_context, name
          FROM jobs WHERE finished_at IS NULL ORDER BY created_at",
     )
     .fetch_all(db)
@@ -198,7 +202,7 @@ pub async fn load_unfinished(
 pub async fn load_one(db: &sqlx::PgPool, job_id: Uuid) -> Result<Option<LoadedJob>, sqlx::Error> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
-                depends_on_jobs, message, trace_context
+                depends_on_jobs, message, trace_context, name
          FROM jobs WHERE id = $1",
     )
     .bind(job_id)
@@ -239,14 +243,27 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
             .fetch_all(db)
             .await?;
     let dependencies = dependency_states(db, &rows).await?;
-    Ok(assemble(
-        rows,
-        steps,
-        counts,
-        tasks,
-        blocklist,
-        &dependencies,
-    ))
+    let event_seqs: HashMap<Uuid, i64> = sqlx::query_as(
+        "SELECT job_id, max(seq) FROM job_events WHERE job_id = ANY($1) GROUP BY job_id",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .collect();
+    let mut loaded = assemble(rows, steps, counts, tasks, blocklist, &dependencies);
+    for job in &mut loaded {
+        job.job.event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);
+    }
+    Ok(loaded)
+}
+
+/// The last farm-wide event position written, where a new leader continues.
+pub async fn last_farm_seq(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(farm_seq) FROM job_events")
+        .fetch_one(db)
+        .await?;
+    Ok(last.unwrap_or(0) as u64)
 }
 
 /// States of the jobs the given jobs depend on.
@@ -414,5 +431,7 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
             .collect(),
         message: row.message,
         trace_context: serde_json::from_value(row.trace_context).unwrap_or_default(),
+        name: row.name,
+        event_seq: 0,
     }
 }

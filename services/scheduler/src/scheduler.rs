@@ -27,6 +27,8 @@ pub struct Scheduler {
     /// This leader's fencing token: every write checks it still leads.
     pub token: Token,
     pub events: Arc<EventBus>,
+    /// Live log lines of running tasks, for WatchTaskLog.
+    pub logs: Arc<crate::logs::LogHub>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -49,6 +51,7 @@ impl Scheduler {
         let (effects, effect_rx) = mpsc::channel(EFFECT_QUEUE);
         let events = Arc::new(EventBus::default());
         let mut core = Core::new(policy, owner_weights);
+        core.events.farm_seq = loader::last_farm_seq(&db).await?;
         let loaded = loader::load_unfinished(&db, token).await?;
         tracing::info!(jobs = loaded.len(), "loaded unfinished jobs");
         for job in loaded {
@@ -65,6 +68,7 @@ impl Scheduler {
             db: db.clone(),
             token,
             events,
+            logs: Arc::new(crate::logs::LogHub::default()),
             commands,
         });
         let dispatch = DispatchLoop {

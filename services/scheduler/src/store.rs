@@ -204,6 +204,43 @@ pub async fn job_state(
     Ok(state.as_deref().and_then(JobState::parse))
 }
 
+/// The state of a task of a job, or `None` if the job has no such task.
+pub async fn task_state(
+    db: &PgPool,
+    job_id: Uuid,
+    task_id: Uuid,
+) -> Result<Option<TaskState>, sqlx::Error> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1 AND job_id = $2")
+            .bind(task_id)
+            .bind(job_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(state.as_deref().and_then(TaskState::parse))
+}
+
+/// Where a task's last stored log is.
+pub async fn task_log(
+    db: &PgPool,
+    job_id: Uuid,
+    task_id: Uuid,
+) -> Result<Option<pb::TaskLog>, sqlx::Error> {
+    let row: Option<(String, String, i64)> = sqlx::query_as(
+        "SELECT path, digest, size FROM outputs
+         WHERE job_id = $1 AND task_id = $2 AND kind = 'log' ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(job_id)
+    .bind(task_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(path, digest, size)| pb::TaskLog {
+        task_id: task_id.to_string(),
+        digest,
+        size: size as u64,
+        path,
+    }))
+}
+
 /// A query for the columns of `jobs` that make up a [`pb::Job`]; a macro
 /// because sqlx takes only literal SQL.
 macro_rules! select_jobs {
@@ -338,7 +375,7 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
     job
 }
 
-fn timestamp(at: DateTime<Utc>) -> pbjson_types::Timestamp {
+pub fn timestamp(at: DateTime<Utc>) -> pbjson_types::Timestamp {
     pbjson_types::Timestamp {
         seconds: at.timestamp(),
         nanos: at.timestamp_subsec_nanos() as i32,
@@ -376,19 +413,20 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
 }
 
 pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput>, sqlx::Error> {
-    let rows: Vec<(String, String, i64, Uuid)> = sqlx::query_as(
-        "SELECT path, digest, size, task_id FROM outputs WHERE job_id = $1 ORDER BY path",
+    let rows: Vec<(String, String, i64, Uuid, String)> = sqlx::query_as(
+        "SELECT path, digest, size, task_id, kind FROM outputs WHERE job_id = $1 ORDER BY path",
     )
     .bind(job_id)
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(path, digest, size, task_id)| pb::JobOutput {
+        .map(|(path, digest, size, task_id, kind)| pb::JobOutput {
             path,
             digest,
             size: size as u64,
             task_id: task_id.to_string(),
+            kind,
         })
         .collect())
 }
@@ -405,10 +443,10 @@ pub async fn record_output(
     let mut tx = db.begin().await?;
     fence::check(&mut tx, token).await?;
     let job_id = sqlx::query_scalar(
-        "INSERT INTO outputs (job_id, path, digest, size, task_id)
-         SELECT job_id, $3, $4, $5, id FROM tasks WHERE id = $1 AND attempt = $2 AND state = ANY($6)
+        "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
+         SELECT job_id, $3, $4, $5, id, $7 FROM tasks WHERE id = $1 AND attempt = $2 AND state = ANY($6)
          ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest, size = EXCLUDED.size,
-             task_id = EXCLUDED.task_id, created_at = now()
+             task_id = EXCLUDED.task_id, kind = EXCLUDED.kind, created_at = now()
          RETURNING job_id",
     )
     .bind(task_id)
@@ -420,6 +458,7 @@ pub async fn record_output(
         TaskState::Dispatched.as_str(),
         TaskState::Running.as_str(),
     ])
+    .bind(&output.kind)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -437,7 +476,7 @@ pub async fn outputs_of_steps(
     }
     sqlx::query_as(
         "SELECT o.path, o.digest FROM outputs o JOIN tasks t ON t.id = o.task_id
-         WHERE o.job_id = $1 AND t.step_name = ANY($2) ORDER BY o.path",
+         WHERE o.job_id = $1 AND t.step_name = ANY($2) AND o.kind = '' ORDER BY o.path",
     )
     .bind(job_id)
     .bind(step_names)

@@ -202,6 +202,10 @@ async fn handle(
                 .tell(Command::Finished { worker_id, result })
                 .await
         }
+        Some(FromWorker::Log(lines)) => {
+            scheduler.logs.append(lines);
+            Ok(())
+        }
         Some(FromWorker::Heartbeat(_)) | None => Ok(()),
         Some(FromWorker::Register(_)) => {
             tracing::warn!(worker_id, "ignored a second RegisterWorker on one session");
@@ -234,10 +238,8 @@ async fn record_output(
             digest: output.digest,
             size: output.size,
             task_id: output.task_id,
+            kind: output.kind,
         }),
     };
-    scheduler
-        .events
-        .publish(job_id, kiln_proto::v1::job_event::Event::OutputAdded(added));
-    Ok(())
+    scheduler.tell(Command::OutputAdded { job_id, added }).await
 }

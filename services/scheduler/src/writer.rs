@@ -7,7 +7,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use kiln_proto::v1 as pb;
+use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -95,6 +99,8 @@ pub struct OutputWrite {
     pub path: String,
     pub digest: String,
     pub size: i64,
+    /// Empty for a step's own files; "log", "thumbnail" for the others.
+    pub kind: String,
 }
 
 #[derive(Default)]
@@ -103,6 +109,8 @@ pub struct Batch {
     pub jobs: Vec<JobWrite>,
     pub blocklist: Vec<BlocklistWrite>,
     pub outputs: Vec<OutputWrite>,
+    /// Job events, numbered by the core (`core_events.rs`).
+    pub events: Vec<(Uuid, Arc<pb::JobEvent>)>,
     /// What to do once the writes are committed, in order.
     pub effects: Vec<Effect>,
 }
@@ -113,6 +121,7 @@ impl Batch {
             && self.jobs.is_empty()
             && self.blocklist.is_empty()
             && self.outputs.is_empty()
+            && self.events.is_empty()
             && self.effects.is_empty()
     }
 }
@@ -172,6 +181,9 @@ async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteErro
     }
     if !batch.outputs.is_empty() {
         write_outputs(&mut tx, &batch.outputs).await?;
+    }
+    if !batch.events.is_empty() {
+        write_events(&mut tx, &batch.events).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -249,6 +261,34 @@ async fn write_jobs(tx: &mut sqlx::PgConnection, jobs: &[JobWrite]) -> Result<()
     Ok(())
 }
 
+async fn write_events(
+    tx: &mut sqlx::PgConnection,
+    events: &[(Uuid, Arc<pb::JobEvent>)],
+) -> Result<(), sqlx::Error> {
+    let job_ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+    sqlx::query(
+        "INSERT INTO job_events (job_id, seq, farm_seq, payload)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[])",
+    )
+    .bind(job_ids)
+    .bind(events.iter().map(|(_, e)| e.seq as i64).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|(_, e)| e.farm_seq as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|(_, e)| e.encode_to_vec())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 async fn write_blocklist(
     tx: &mut sqlx::PgConnection,
     write: &BlocklistWrite,
@@ -290,16 +330,17 @@ async fn write_outputs(
     }
     let rows: Vec<&OutputWrite> = last.into_values().collect();
     sqlx::query(
-        "INSERT INTO outputs (job_id, path, digest, size, task_id)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::uuid[])
+        "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::text[])
          ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest,
-             size = EXCLUDED.size, task_id = EXCLUDED.task_id",
+             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind",
     )
     .bind(rows.iter().map(|o| o.job_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|o| o.path.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|o| o.digest.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|o| o.size).collect::<Vec<_>>())
     .bind(rows.iter().map(|o| o.task_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|o| o.kind.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())

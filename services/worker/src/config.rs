@@ -56,6 +56,9 @@ pub struct Config {
     /// Lines of renderer output sent back with each task result
     #[arg(long, env = "KILN_LOG_TAIL_LINES", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub log_tail_lines: u32,
+    /// Cap of each task attempt's stored log in bytes; past it the log keeps its start and end around a truncation mark
+    #[arg(long, env = "KILN_LOG_MAX_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..=1024 * 1024 * 1024))]
+    pub log_max_bytes: u64,
     /// Keep each task's working directory after it ends, for debugging
     #[arg(long, env = "KILN_KEEP_WORK_DIRS")]
     pub keep_work_dirs: bool,

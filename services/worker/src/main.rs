@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         renderers: detected.paths,
         allow_blender_python: config.allow_blender_python,
         log_tail_lines: config.log_tail_lines as usize,
+        log_max_bytes: config.log_max_bytes as usize,
         keep_work_dirs: config.keep_work_dirs,
         warm: config.warm_settings(),
         gpus,

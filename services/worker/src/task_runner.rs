@@ -26,6 +26,8 @@ use crate::process::{self, ProcessGroup};
 use crate::quality_check;
 use crate::stall::StallTimer;
 use crate::variant;
+use crate::task_log::TaskLog;
+use crate::thumbnails;
 use crate::warm_plan::{self, WarmPlan};
 use crate::warm_pool::{WarmPool, WarmSettings};
 use crate::warm_session::{self, DriverLine, WarmSession};
@@ -48,6 +50,8 @@ pub struct RunnerSettings {
     pub renderers: RendererPaths,
     pub allow_blender_python: bool,
     pub log_tail_lines: usize,
+    /// Cap of each attempt's stored log, in bytes.
+    pub log_max_bytes: usize,
     pub keep_work_dirs: bool,
     pub warm: WarmSettings,
     /// GPUs Cycles may render on; empty renders every frame on the CPU.
@@ -112,6 +116,8 @@ enum Engine {
 struct Observed {
     tracker: RenderTracker,
     tail: LogTail,
+    /// The whole log (up to its cap), streamed live as it grows.
+    log: TaskLog,
     /// Why the task fails even if the renderer succeeds.
     problem: Option<String>,
 }
@@ -320,6 +326,7 @@ impl<A: AssetStore> TaskRunner<A> {
             observed: Observed {
                 tracker: RenderTracker::default(),
                 tail: LogTail::new(self.settings.log_tail_lines),
+                log: TaskLog::new(assignment, self.settings.log_max_bytes),
                 problem: None,
             },
         };
@@ -338,7 +345,16 @@ impl<A: AssetStore> TaskRunner<A> {
                 Engine::Warm { session: None, .. } => None,
             }
         };
-        let (watched, uploaded) = tokio::join!(watch, uploads);
+        let (watched, mut uploaded) = tokio::join!(watch, uploads);
+        let watched = match watched {
+            Some((ending, mut observed)) if !cancel.is_cancelled() => {
+                observed.log.flush(events);
+                let log = self.store_log(assignment, dir, &observed.log, events).await;
+                uploaded.stored.extend(log);
+                Some((ending, observed))
+            }
+            other => other,
+        };
         if let Engine::Warm { pool, session, .. } = &mut engine
             && let Some(session) = session.take()
             && matches!(watched, Some((Ending::WarmDone, _)))
@@ -447,6 +463,40 @@ impl<A: AssetStore> TaskRunner<A> {
         let output = upload_one(&self.assets, dir.outputs(), relative, assignment).await?;
         report_output(events, &output).await;
         Ok(output)
+    }
+
+    /// Stores the attempt's log through the asset service and reports it
+    /// (before the result, while the attempt is still current). A log that
+    /// cannot be stored is only worth a warning.
+    async fn store_log(
+        &self,
+        assignment: &TaskAssignment,
+        dir: &TaskDir,
+        log: &TaskLog,
+        events: &mpsc::Sender<WorkerMessage>,
+    ) -> Option<OutputStored> {
+        let path = dir.path().join("kiln-task.log");
+        if let Err(error) = tokio::fs::write(&path, log.contents()).await {
+            tracing::warn!(%error, "cannot write the task's log");
+            return None;
+        }
+        let stored = match self.assets.upload_file(&path).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "cannot store the task's log");
+                return None;
+            }
+        };
+        let output = OutputStored {
+            task_id: assignment.task_id.clone(),
+            attempt: assignment.attempt,
+            path: format!("logs/{}.log", assignment.task_id),
+            digest: stored.digest,
+            size: stored.size,
+            kind: "log".into(),
+        };
+        report_output(events, &output).await;
+        Some(output)
     }
 
     /// The pool and plan when `assignment` can render warm.
@@ -716,6 +766,7 @@ impl Watch<'_> {
     async fn line(&mut self, line: &str) {
         tracing::trace!(line, "renderer output");
         self.observed.tail.push(line);
+        self.observed.log.push(line, self.events);
         if !self.kind.is_blender() {
             return;
         }
@@ -869,6 +920,11 @@ async fn upload_outputs<A: AssetStore>(
             Ok(output) => {
                 report_output(events, &output).await;
                 uploaded.stored.push(output);
+                if thumbnails::is_frame(&relative) {
+                    let thumbnail =
+                        upload_thumbnail(assets, outputs_dir, &relative, assignment, events).await;
+                    uploaded.stored.extend(thumbnail);
+                }
             }
             Err(error) => uploaded.failed = Some(error),
         }
@@ -900,6 +956,7 @@ async fn upload_one<A: AssetStore>(
         path: name,
         digest: stored.digest,
         size: stored.size,
+        kind: String::new(),
     })
 }
 
@@ -908,6 +965,40 @@ async fn report_output(events: &mpsc::Sender<WorkerMessage>, output: &OutputStor
     let _ = events
         .send(message(worker_message::Message::Output(output.clone())))
         .await;
+}
+
+/// Makes, stores and reports a frame's thumbnail; a frame without one is
+/// only worth a warning.
+async fn upload_thumbnail<A: AssetStore>(
+    assets: &A,
+    outputs_dir: &Path,
+    relative: &Path,
+    assignment: &TaskAssignment,
+    events: &mpsc::Sender<WorkerMessage>,
+) -> Option<OutputStored> {
+    let name = outputs::display_path(relative);
+    let dest = thumbnails::path_for(outputs_dir, relative);
+    if let Err(error) = thumbnails::make(outputs_dir.join(relative), dest.clone()).await {
+        tracing::warn!(path = %name, %error, "cannot make a thumbnail");
+        return None;
+    }
+    let stored = match assets.upload_file(&dest).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(path = %name, %error, "cannot store a thumbnail");
+            return None;
+        }
+    };
+    let output = OutputStored {
+        task_id: assignment.task_id.clone(),
+        attempt: assignment.attempt,
+        path: format!("thumbnails/{name}"),
+        digest: stored.digest,
+        size: stored.size,
+        kind: "thumbnail".into(),
+    };
+    report_output(events, &output).await;
+    Some(output)
 }
 
 /// Decides success and the one-line reason for failure.

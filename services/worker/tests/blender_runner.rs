@@ -99,6 +99,7 @@ impl Farm {
             },
             allow_blender_python: false,
             log_tail_lines: 60,
+            log_max_bytes: 1024 * 1024,
             keep_work_dirs: false,
             warm,
             gpus: Vec::new(),
@@ -209,7 +210,9 @@ fn outputs(messages: &[WorkerMessage]) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = messages
         .iter()
         .filter_map(|m| match &m.message {
-            Some(Message::Output(output)) => Some((output.path.clone(), output.digest.clone())),
+            Some(Message::Output(output)) if output.kind.is_empty() => {
+                Some((output.path.clone(), output.digest.clone()))
+            }
             _ => None,
         })
         .collect();

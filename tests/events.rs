@@ -1,0 +1,322 @@
+//! Watching a job never loses or repeats an event: across disconnects, a
+//! scheduler restart, and 50 watchers at once; live task logs show
+//! Blender's lines while it renders; every frame gets a thumbnail.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::future::try_join_all;
+use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_event::Event;
+use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_tests::{AuthChannel, Client, example_scene, start_farm, state_of};
+use prost::Message;
+use std::io::Read;
+
+type Jobs = JobServiceClient<AuthChannel>;
+
+/// Pause before reconnecting while the scheduler restarts.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+const CONCURRENT_WATCHERS: usize = 50;
+
+fn is_final_record(event: &pb::JobEvent) -> bool {
+    matches!(&event.event, Some(Event::JobChanged(job)) if kiln_tests::is_final(job))
+}
+
+/// Follows the job to its end, resuming after the last sequence number on
+/// every break. With `hang_up_every`, it also hangs up itself after that
+/// many events, `hang_ups` times.
+async fn follow(
+    mut jobs: Jobs,
+    job_id: String,
+    from_start: bool,
+    hang_up_every: Option<usize>,
+    mut hang_ups: usize,
+) -> Result<Vec<pb::JobEvent>> {
+    let mut seen: Vec<pb::JobEvent> = Vec::new();
+    let mut after = from_start.then_some(0);
+    let mut failures = 0;
+    loop {
+        let request = pb::WatchJobRequest {
+            job_id: job_id.clone(),
+            after_seq: after,
+        };
+        let mut stream = match jobs.watch_job(request).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if failures < 300 => {
+                failures += 1;
+                tracing_pause(&status).await;
+                continue;
+            }
+            Err(status) => bail!("cannot watch the job: {status}"),
+        };
+        let mut this_connection = 0;
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) if event.seq == 0 => {
+                    // The opening record of a fresh watch is not in the sequence.
+                    continue;
+                }
+                Ok(Some(event)) => {
+                    after = Some(event.seq);
+                    let done = is_final_record(&event);
+                    seen.push(event);
+                    if done {
+                        return Ok(seen);
+                    }
+                    this_connection += 1;
+                    if hang_ups > 0 && hang_up_every.is_some_and(|n| this_connection >= n) {
+                        hang_ups -= 1;
+                        break;
+                    }
+                }
+                // Ended or broken before the final record: resume.
+                Ok(None) => break,
+                Err(status) => {
+                    failures += 1;
+                    if failures > 300 {
+                        bail!("the watch kept failing: {status}");
+                    }
+                    tracing_pause(&status).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn tracing_pause(status: &tonic::Status) {
+    eprintln!("watch interrupted ({}); resuming", status.message());
+    tokio::time::sleep(RECONNECT_PAUSE).await;
+}
+
+fn assert_complete(events: &[pb::JobEvent], reference: &[pb::JobEvent], who: &str) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = reference.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, expected, "{who}: every event once, in order");
+    for (got, want) in events.iter().zip(reference) {
+        assert_eq!(
+            got.encode_to_vec(),
+            want.encode_to_vec(),
+            "{who}: event {} is the one stored",
+            got.seq
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resumed_and_concurrent_watchers_get_every_event_once_across_a_restart() -> Result<()> {
+    let (mut farm, dir) = start_farm(2, false).await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    let job = client.submit_blender(&scene, "1-12", 2).await?;
+
+    // One watcher hangs up three times on its own and resumes each time.
+    let resumer = tokio::spawn(follow(
+        client.jobs.clone(),
+        job.id.clone(),
+        false,
+        Some(4),
+        3,
+    ));
+    // Fifty more follow from the start at once.
+    let crowd = try_join_all((0..CONCURRENT_WATCHERS).map(|_| {
+        let (jobs, id) = (client.jobs.clone(), job.id.clone());
+        async move { tokio::spawn(follow(jobs, id, true, None, 0)).await? }
+    }));
+    let crowd = tokio::spawn(crowd);
+
+    // Restart the scheduler once some frames are done: every watcher is cut
+    // off and resumes at the new one.
+    client
+        .wait_for_job(&job.id, Duration::from_secs(180), |j| {
+            j.tasks_succeeded >= 2
+        })
+        .await?;
+    let scheduler = farm.scheduler_mut().context("a scheduler")?;
+    scheduler.terminate().await?;
+    scheduler.restart().await?;
+
+    let resumed = resumer.await??;
+    let crowd = crowd.await??;
+    let finished = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&finished), pb::JobState::Succeeded, "{finished:?}");
+
+    // The whole stored history, read in one go after the end.
+    let reference = follow(client.jobs.clone(), job.id.clone(), true, None, 0).await?;
+    let seqs: Vec<u64> = reference.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=reference.len() as u64).collect::<Vec<_>>(),
+        "the stored sequence has no gap"
+    );
+    assert!(
+        reference.len() > 20,
+        "states, progress, frames and records: {} events",
+        reference.len()
+    );
+    let last = reference.last().context("events")?;
+    assert!(
+        is_final_record(last),
+        "the sequence ends with the final state"
+    );
+    let outputs_announced = reference
+        .iter()
+        .filter(|e| {
+            matches!(&e.event, Some(Event::OutputAdded(a)) if a.output.as_ref().is_some_and(|o| o.kind.is_empty()))
+        })
+        .count();
+    assert_eq!(
+        outputs_announced, 13,
+        "every frame and the video announced once"
+    );
+
+    // The resumed watcher saw the tail of the sequence from its first event on.
+    let first = resumed.first().context("the resumer saw events")?.seq as usize;
+    assert_complete(&resumed, &reference[first - 1..], "the resumed watcher");
+    for (i, events) in crowd.iter().enumerate() {
+        assert_complete(events, &reference, &format!("watcher {i}"));
+    }
+    farm.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_logs_show_blender_rendering_and_every_frame_has_a_thumbnail() -> Result<()> {
+    let (mut farm, dir) = start_farm(1, false).await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    // One task renders all twelve frames, so its log grows for a while.
+    let job = client.submit_blender(&scene, "1-12", 12).await?;
+
+    let render = loop {
+        let tasks = client.tasks(&job.id).await?;
+        if let Some(task) = tasks
+            .iter()
+            .find(|t| t.step_name == "Render" && t.state() == pb::TaskState::Running)
+        {
+            break task.clone();
+        }
+        let current = client.job(&job.id).await?;
+        if kiln_tests::is_final(&current) {
+            bail!("the job ended before its render was seen running: {current:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // `kiln logs -f` follows the running task's output until it ends.
+    let output = tokio::process::Command::new(kiln_localfarm::locate_binary("kiln")?)
+        .args(["logs", &job.id, &render.id, "-f"])
+        .args([
+            "--gateway",
+            &farm.gateway_url(),
+            "--token",
+            farm.admin_token(),
+        ])
+        .output()
+        .await?;
+    let live = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "kiln logs -f failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        live.lines().any(|l| l.starts_with("Fra:")),
+        "the live log shows Blender's Fra: lines: {live}"
+    );
+
+    let finished = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&finished), pb::JobState::Succeeded, "{finished:?}");
+
+    // The whole log is stored once the attempt ends.
+    let log = client
+        .jobs
+        .get_task_log(pb::GetTaskLogRequest {
+            job_id: job.id.clone(),
+            task_id: render.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let stored = dir.path().join("render.log");
+    client.assets.download_to(&log.digest, &stored).await?;
+    let text = std::fs::read_to_string(&stored)?;
+    assert!(text.contains("Fra:") && text.contains("Saved:"), "{text}");
+
+    // Every frame has a thumbnail with the frame's aspect ratio (320 x 180).
+    let outputs = client.all_outputs(&job.id).await?;
+    let frames: Vec<&pb::JobOutput> = outputs
+        .iter()
+        .filter(|o| o.kind.is_empty() && o.path.starts_with("frames/"))
+        .collect();
+    assert_eq!(frames.len(), 12);
+    for frame in frames {
+        let thumbnail = outputs
+            .iter()
+            .find(|o| o.kind == "thumbnail" && o.path == format!("thumbnails/{}", frame.path))
+            .with_context(|| format!("no thumbnail of {}", frame.path))?;
+        let path = dir.path().join("thumb.png");
+        client.assets.download_to(&thumbnail.digest, &path).await?;
+        let image = image::open(&path)?;
+        assert_eq!(
+            (image.width(), image.height()),
+            (256, 144),
+            "{} keeps the frame's 16:9",
+            thumbnail.path
+        );
+        std::fs::remove_file(&path)?;
+    }
+
+    // The same through REST: the job's last three events over SSE resumed
+    // with Last-Event-ID, the stored log, and the contact sheet.
+    let last_seq = follow(client.jobs.clone(), job.id.clone(), true, None, 0)
+        .await?
+        .len() as u64;
+    let (base, auth) = (
+        farm.gateway_http_url(),
+        format!("Bearer {}", farm.admin_token()),
+    );
+    let (job_id, task_id) = (job.id.clone(), render.id.clone());
+    tokio::task::spawn_blocking(move || rest_checks(&base, &auth, &job_id, &task_id, last_seq))
+        .await??;
+    farm.shutdown().await?;
+    Ok(())
+}
+
+fn rest_checks(base: &str, auth: &str, job_id: &str, task_id: &str, last_seq: u64) -> Result<()> {
+    let agent = ureq::AgentBuilder::new().build();
+    let get = |path: &str| {
+        agent
+            .get(&format!("{base}{path}"))
+            .set("authorization", auth)
+    };
+    let sse = get(&format!("/v1/jobs/{job_id}/events"))
+        .set("accept", "text/event-stream")
+        .set("last-event-id", &(last_seq - 3).to_string())
+        .call()?;
+    assert_eq!(sse.content_type(), "text/event-stream");
+    let body = sse.into_string()?;
+    let ids: Vec<u64> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .filter_map(|id| id.trim().parse().ok())
+        .collect();
+    assert_eq!(ids, vec![last_seq - 2, last_seq - 1, last_seq], "{body}");
+    assert!(body.contains("event: job_changed"), "{body}");
+
+    let log = get(&format!("/v1/jobs/{job_id}/tasks/{task_id}/log"))
+        .call()?
+        .into_string()?;
+    assert!(log.contains("Fra:"), "{log}");
+
+    let sheet = get(&format!("/v1/jobs/{job_id}/contact-sheet")).call()?;
+    assert_eq!(sheet.content_type(), "image/png");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut sheet.into_reader().take(64 << 20), &mut bytes)?;
+    let sheet = image::load_from_memory(&bytes)?;
+    assert_eq!(
+        (sheet.width(), sheet.height()),
+        (8 * 256, 2 * 256),
+        "twelve thumbnails in rows of eight"
+    );
+    Ok(())
+}
