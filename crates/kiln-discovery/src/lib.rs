@@ -13,6 +13,9 @@ use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+mod lock;
+pub use lock::LockGuard;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error("etcd: {0}")]
