@@ -189,6 +189,12 @@ pub struct RenderArgs {
     /// Submit the job and print its id without waiting for it to finish
     #[arg(long, env = "KILN_RENDER_NO_WAIT")]
     pub no_wait: bool,
+    /// Send only the scene file, not the files in its directory tree (textures, caches, ...)
+    #[arg(long, env = "KILN_RENDER_NO_BUNDLE")]
+    pub no_bundle: bool,
+    /// Largest scene directory tree sent with the scene, in bytes
+    #[arg(long, env = "KILN_RENDER_BUNDLE_MAX_BYTES", default_value_t = 50 * 1024 * 1024 * 1024)]
+    pub bundle_max_bytes: u64,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

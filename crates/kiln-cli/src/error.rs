@@ -32,6 +32,8 @@ pub enum CliError {
     Asset(#[from] kiln_asset_client::AssetClientError),
     #[error(transparent)]
     Farm(#[from] kiln_localfarm::LocalFarmError),
+    #[error("bundle: {0}")]
+    Bundle(String),
     #[error("scene {0} is not a file")]
     NoScene(PathBuf),
     #[error("--frames is required: {0}")]

@@ -378,4 +378,34 @@ impl pb::asset_service_server::AssetService for PublicApi {
             .await;
         self.observe(result)
     }
+
+    async fn find_missing(
+        &self,
+        request: Request<pb::FindMissingRequest>,
+    ) -> Result<Response<pb::FindMissingResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Viewer)?;
+        let result = self
+            .upstreams
+            .assets()
+            .await?
+            .find_missing(forward(&caller, request.into_inner())?)
+            .await;
+        self.observe(result)
+    }
+
+    async fn upload_offset(
+        &self,
+        request: Request<pb::UploadOffsetRequest>,
+    ) -> Result<Response<pb::UploadOffsetResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Submitter)?;
+        let result = self
+            .upstreams
+            .assets()
+            .await?
+            .upload_offset(forward(&caller, request.into_inner())?)
+            .await;
+        self.observe(result)
+    }
 }

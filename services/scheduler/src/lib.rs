@@ -13,6 +13,7 @@
 //! - `job_state.rs`: a job's state derived from its tasks
 //! - `store.rs`: jobs in Postgres (creation and reads)
 //! - `worker_service.rs` / `job_service.rs`: the gRPC services
+//! - `references.rs`: which stored files jobs still need (for the assets collector)
 
 pub mod commands;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod liveness;
 pub mod loader;
 pub mod matching;
 pub mod queue;
+pub mod references;
 pub mod retry;
 pub mod scheduler;
 pub mod scheduler_metrics;
