@@ -64,12 +64,13 @@ impl AssetClient {
     /// Hashes the file, asks the service whether it has it, and uploads it
     /// only if not; returns its digest and size either way.
     pub async fn upload_file(&self, path: &Path) -> Result<AssetInfo, AssetClientError> {
-        let (digest, _) = digest::sha256_file_with_len(path)
-            .await
-            .map_err(|source| AssetClientError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+        let (digest, _) =
+            digest::sha256_file_with_len(path)
+                .await
+                .map_err(|source| AssetClientError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
         if let Some(stored) = self.stat(&digest).await? {
             tracing::debug!(digest = %digest, "asset already stored; skipping upload");
             return Ok(AssetInfo {

@@ -12,9 +12,13 @@ pub enum Error {
     UploadTooLarge { limit: u64 },
     #[error("content has digest {actual} but the upload expected {expected}; nothing stored")]
     DigestMismatch { expected: String, actual: String },
-    #[error("an upload can only resume (offset > 0) when its first chunk names the expected digest")]
+    #[error(
+        "an upload can only resume (offset > 0) when its first chunk names the expected digest"
+    )]
     ResumeWithoutDigest,
-    #[error("cannot resume at byte {offset}: the service holds {held} bytes of this upload (ask UploadOffset)")]
+    #[error(
+        "cannot resume at byte {offset}: the service holds {held} bytes of this upload (ask UploadOffset)"
+    )]
     ResumeOffset { offset: u64, held: u64 },
     #[error("{count} digests in one request; the limit is {limit}")]
     TooManyDigests { count: usize, limit: usize },

@@ -81,7 +81,11 @@ impl<B: Backend> Collector<B> {
             ticks.tick().await;
             match self.collect_once().await {
                 Ok(Some(done)) => {
-                    tracing::info!(objects = done.objects, bytes = done.bytes, "collection done")
+                    tracing::info!(
+                        objects = done.objects,
+                        bytes = done.bytes,
+                        "collection done"
+                    )
                 }
                 Ok(None) => tracing::debug!("another replica is collecting"),
                 Err(err) => tracing::warn!(error = %err, "collection failed"),
@@ -113,8 +117,7 @@ impl<B: Backend> Collector<B> {
         let referenced = self.referenced().await?;
         let mut done = Collected::default();
         for object in candidates {
-            if referenced.contains(object.digest.as_str()) || self.recent.contains(&object.digest)
-            {
+            if referenced.contains(object.digest.as_str()) || self.recent.contains(&object.digest) {
                 continue;
             }
             if lock.is_lost() {

@@ -177,7 +177,9 @@ impl Spool {
 
     fn paused_uploads(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Paused>> {
         // A panic elsewhere cannot leave the map inconsistent: take it anyway.
-        self.paused.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.paused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn temp_file(&self) -> Result<NamedTempFile, Error> {
@@ -301,8 +303,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
         let wrong = "0".repeat(64);
-        let result = spool.receive(stream::iter([chunk(&wrong, b"abc")]), || false)
-.await;
+        let result = spool
+            .receive(stream::iter([chunk(&wrong, b"abc")]), || false)
+            .await;
         let message = result.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             message.contains(&wrong) && message.contains(ABC),
@@ -317,14 +320,17 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 4).await?;
         let too_long = spool
-            .receive(stream::iter([chunk("", b"abc"), chunk("", b"de")]), || false)
+            .receive(stream::iter([chunk("", b"abc"), chunk("", b"de")]), || {
+                false
+            })
             .await;
         assert!(matches!(too_long, Err(Error::UploadTooLarge { limit: 4 })));
 
         let spool = Spool::create(dir.path().to_owned(), u64::MAX).await?;
         let huge = vec![0u8; MAX_CHUNK_BYTES + 1];
-        let too_big = spool.receive(stream::iter([chunk("", &huge)]), || false)
-.await;
+        let too_big = spool
+            .receive(stream::iter([chunk("", &huge)]), || false)
+            .await;
         assert!(matches!(too_big, Err(Error::ChunkTooLarge { .. })));
         assert_eq!(spool_files(dir.path()), 0);
         Ok(())
@@ -334,8 +340,9 @@ mod tests {
     async fn rejects_a_malformed_expected_digest() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
-        let result = spool.receive(stream::iter([chunk("XYZ", b"abc")]), || false)
-.await;
+        let result = spool
+            .receive(stream::iter([chunk("XYZ", b"abc")]), || false)
+            .await;
         assert!(matches!(result, Err(Error::InvalidDigest(_))));
         Ok(())
     }
@@ -358,8 +365,7 @@ mod tests {
     async fn an_empty_upload_is_the_empty_file() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
-        let upload = spool.receive(stream::iter(Vec::new()), || false)
-.await?;
+        let upload = spool.receive(stream::iter(Vec::new()), || false).await?;
         assert_eq!(
             upload.digest.as_str(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -386,8 +392,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_interrupted_upload_resumes_where_it_stopped() -> Result<(), Box<dyn std::error::Error>>
-    {
+    async fn an_interrupted_upload_resumes_where_it_stopped()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
         let digest = Digest::parse(ABC)?;

@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod encode;
 pub mod health;
+pub mod input_cache;
 pub mod log_tail;
 pub mod outputs;
 pub mod process;
