@@ -18,7 +18,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::{
-    AssetInfo, DownloadRequest, FindMissingRequest, StatRequest, UploadOffsetRequest,
+    AssetInfo, DownloadRequest, FindMissingRequest, PresignDownloadRequest, StatRequest,
+    UploadOffsetRequest,
 };
 use tokio::io::AsyncSeekExt;
 use tokio::sync::oneshot;
@@ -128,6 +129,22 @@ impl AssetClient {
             ReaderStream::with_capacity(file, CHUNK_SIZE),
         )
         .await
+    }
+
+    /// A URL that downloads `digest` straight from the S3 backend for
+    /// `expires_seconds` (0: an hour); FailedPrecondition without S3.
+    pub async fn presign_download(
+        &self,
+        digest: &str,
+        expires_seconds: u32,
+    ) -> Result<String, AssetClientError> {
+        check(digest)?;
+        let request = PresignDownloadRequest {
+            digest: digest.to_owned(),
+            expires_seconds,
+        };
+        let response = self.inner.clone().presign_download(request).await?;
+        Ok(response.into_inner().url)
     }
 
     /// Bytes of an interrupted upload of `digest` the service holds.

@@ -51,6 +51,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Deletes the object; deleting one that is not stored is not an error.
     fn delete(&self, digest: &Digest) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// A URL that fetches the object for `expires`, bypassing the service;
+    /// only stores reachable by URL (S3) can.
+    fn presign(
+        &self,
+        digest: &Digest,
+        expires: std::time::Duration,
+    ) -> impl Future<Output = Result<String, Error>> + Send;
+
     /// Whether the store is reachable and usable now; for readiness checks.
     fn check(&self) -> impl Future<Output = Result<String, Error>> + Send;
 }

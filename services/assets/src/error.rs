@@ -24,6 +24,10 @@ pub enum Error {
     TooManyDigests { count: usize, limit: usize },
     #[error("stored content of {digest} is corrupt (it hashes to {actual}); refusing to serve it")]
     Corrupt { digest: String, actual: String },
+    #[error("presigned URLs need the s3 backend; download through the service instead")]
+    PresignUnsupported,
+    #[error("expires_seconds {0} is outside 1-604800")]
+    BadExpiry(u32),
     #[error("scheduler: {0}")]
     Scheduler(String),
     #[error(transparent)]
@@ -61,7 +65,8 @@ impl Error {
             | Self::DigestMismatch { .. }
             | Self::ResumeWithoutDigest
             | Self::TooManyDigests { .. } => Code::InvalidArgument,
-            Self::ResumeOffset { .. } => Code::FailedPrecondition,
+            Self::ResumeOffset { .. } | Self::PresignUnsupported => Code::FailedPrecondition,
+            Self::BadExpiry(_) => Code::InvalidArgument,
             Self::Corrupt { .. } => Code::DataLoss,
             Self::Scheduler(_) | Self::Discovery(_) => Code::Unavailable,
             Self::NotFound(_) => Code::NotFound,

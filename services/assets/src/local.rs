@@ -52,6 +52,14 @@ impl Backend for LocalBackend {
         Ok((objects, next))
     }
 
+    async fn presign(
+        &self,
+        _digest: &Digest,
+        _expires: std::time::Duration,
+    ) -> Result<String, Error> {
+        Err(Error::PresignUnsupported)
+    }
+
     async fn delete(&self, digest: &Digest) -> Result<(), Error> {
         match tokio::fs::remove_file(self.object_path(digest)).await {
             Ok(()) => Ok(()),

@@ -13,6 +13,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
@@ -260,6 +261,22 @@ impl Backend for S3Backend {
             None
         };
         Ok((objects, next))
+    }
+
+    async fn presign(&self, digest: &Digest, expires: Duration) -> Result<String, Error> {
+        let config = PresigningConfig::expires_in(expires).map_err(|err| Error::S3 {
+            operation: "presign",
+            message: err.to_string(),
+        })?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(Self::key(digest))
+            .presigned(config)
+            .await
+            .map_err(|err| s3_error("presign", err))?;
+        Ok(request.uri().to_owned())
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), Error> {

@@ -7,6 +7,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use kiln_proto::v1::asset_service_server::AssetService;
 use kiln_proto::v1::{
     AssetInfo, DownloadChunk, DownloadRequest, FindMissingRequest, FindMissingResponse,
+    PresignDownloadRequest, PresignDownloadResponse,
     StatRequest, StatResponse, UploadChunk, UploadOffsetRequest, UploadOffsetResponse,
 };
 use sha2::{Digest as _, Sha256};
@@ -24,6 +25,10 @@ use crate::spool::Spool;
 pub const DOWNLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 /// Most digests one FindMissing call may ask about.
 pub const MAX_FIND_DIGESTS: usize = 10_000;
+/// Lifetime of a presigned URL when the caller names none.
+const DEFAULT_PRESIGN_SECONDS: u32 = 3600;
+/// S3's own limit on a presigned URL's lifetime: a week.
+const MAX_PRESIGN_SECONDS: u32 = 7 * 24 * 3600;
 /// Backend lookups one FindMissing call runs at once.
 const FIND_CONCURRENCY: usize = 32;
 
@@ -148,6 +153,32 @@ impl<B: Backend> AssetService for AssetsService<B> {
             "found missing assets"
         );
         Ok(Response::new(FindMissingResponse { missing }))
+    }
+
+    async fn presign_download(
+        &self,
+        request: Request<PresignDownloadRequest>,
+    ) -> Result<Response<PresignDownloadResponse>, Status> {
+        let request = request.into_inner();
+        let digest = Digest::parse(&request.digest)?;
+        let seconds = match request.expires_seconds {
+            0 => DEFAULT_PRESIGN_SECONDS,
+            s if s <= MAX_PRESIGN_SECONDS => s,
+            s => return Err(Error::BadExpiry(s).into()),
+        };
+        if self.backend.stat(&digest).await?.is_none() {
+            return Err(Error::NotFound(digest.to_string()).into());
+        }
+        let expires = std::time::Duration::from_secs(u64::from(seconds));
+        let url = self.backend.presign(&digest, expires).await?;
+        let expires_at_unix_seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|now| (now + expires).as_secs())
+            .unwrap_or_default();
+        Ok(Response::new(PresignDownloadResponse {
+            url,
+            expires_at_unix_seconds,
+        }))
     }
 
     async fn upload_offset(

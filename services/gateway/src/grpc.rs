@@ -408,4 +408,19 @@ impl pb::asset_service_server::AssetService for PublicApi {
             .await;
         self.observe(result)
     }
+
+    async fn presign_download(
+        &self,
+        request: Request<pb::PresignDownloadRequest>,
+    ) -> Result<Response<pb::PresignDownloadResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Viewer)?;
+        let result = self
+            .upstreams
+            .assets()
+            .await?
+            .presign_download(forward(&caller, request.into_inner())?)
+            .await;
+        self.observe(result)
+    }
 }
