@@ -86,7 +86,12 @@ fn kiln_render(farm: &Farm, scene: &Path, out: &Path, extra: &[&str]) -> Result<
         .arg(scene)
         .args(["--frames", "1", "--fps", "24", "--chunk", "1", "--out"])
         .arg(out)
-        .args(["--gateway", &farm.gateway_url(), "--token", farm.admin_token()])
+        .args([
+            "--gateway",
+            &farm.gateway_url(),
+            "--token",
+            farm.admin_token(),
+        ])
         .args(extra)
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -169,12 +174,7 @@ async fn bundles_travel_once_and_render_with_their_textures() -> Result<()> {
     let textured = frame(&dir.path().join("out1"))?;
     assert_eq!(textured.dimensions(), (64, 36));
     assert_eq!(textured, frame(&dir.path().join("out2"))?);
-    kiln_render(
-        &farm,
-        &shot,
-        &dir.path().join("out4"),
-        &["--no-bundle"],
-    )?;
+    kiln_render(&farm, &shot, &dir.path().join("out4"), &["--no-bundle"])?;
     let untextured = frame(&dir.path().join("out4"))?;
     assert_ne!(
         textured.as_raw(),
@@ -196,7 +196,11 @@ async fn bundles_travel_once_and_render_with_their_textures() -> Result<()> {
         Ok(body)
     })
     .await??;
-    assert_eq!(fetched, std::fs::read(&frame_path)?, "the presigned URL serves the frame");
+    assert_eq!(
+        fetched,
+        std::fs::read(&frame_path)?,
+        "the presigned URL serves the frame"
+    );
     farm.shutdown().await?;
     Ok(())
 }
@@ -290,7 +294,15 @@ fn peak_rss_bytes(pid: u32) -> Result<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
     let (mut farm, dir) = start_farm(0, true).await?;
-    let client = Client::connect(&farm).await?;
+    // Straight to the assets service: its memory is what is measured.
+    let endpoint = farm
+        .discovery()
+        .find_one(kiln_discovery::service::ASSETS, Duration::from_secs(10))
+        .await?;
+    let channel = tonic::transport::Channel::from_shared(endpoint.grpc_uri())?
+        .connect()
+        .await?;
+    let assets = kiln_asset_client::AssetClient::new(channel);
     let pid = farm
         .assets_mut()
         .and_then(|p| p.pid())
@@ -310,13 +322,15 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
         futures::stream::iter(0..(BIG_BYTES as usize / MIB))
             .map(move |index| Ok::<_, std::io::Error>(blocks[index % BLOCKS].clone()))
     };
-    let stored = client
-        .assets
+    let stored = assets
         .upload_stream(Some(expected.clone()), source)
         .await?;
-    assert_eq!((stored.digest.as_str(), stored.size), (expected.as_str(), BIG_BYTES));
+    assert_eq!(
+        (stored.digest.as_str(), stored.size),
+        (expected.as_str(), BIG_BYTES)
+    );
 
-    let mut chunks = client.assets.download_stream(&expected).await?;
+    let mut chunks = assets.download_stream(&expected).await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = chunks.next().await {
@@ -325,7 +339,11 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
         hasher.update(&chunk);
     }
     assert_eq!(size, BIG_BYTES);
-    assert_eq!(hex::encode(hasher.finalize()), expected, "the download matches");
+    assert_eq!(
+        hex::encode(hasher.finalize()),
+        expected,
+        "the download matches"
+    );
 
     let growth = peak_rss_bytes(pid)?.saturating_sub(before);
     assert!(
@@ -384,7 +402,11 @@ async fn a_corrupted_object_fails_the_task_with_a_clear_error() -> Result<()> {
         }
         anyhow::Ok(())
     };
-    let refused = download.await.err().map(|e| e.to_string()).unwrap_or_default();
+    let refused = download
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(
         refused.contains("corrupt") && refused.contains(&stored.digest),
         "a client download is refused: {refused:?}"
@@ -405,7 +427,11 @@ async fn a_corrupted_object_fails_the_task_with_a_clear_error() -> Result<()> {
         "the task names the input and says it is corrupt: {:?}",
         render.message
     );
-    assert_eq!(client.outputs(&job.id).await?.len(), 0, "nothing was rendered");
+    assert_eq!(
+        client.outputs(&job.id).await?.len(),
+        0,
+        "nothing was rendered"
+    );
     farm.shutdown().await?;
     Ok(())
 }
@@ -445,10 +471,20 @@ async fn retention_spares_what_live_jobs_need_and_collects_the_rest() -> Result<
         }],
         ..clips_request(1, 60, "testsrc=size=64x36:rate=5", false)
     };
-    let running = client.jobs.submit_job(with_input(&running_input)).await?.into_inner();
-    let pending = client.jobs.submit_job(with_input(&pending_input)).await?.into_inner();
+    let running = client
+        .jobs
+        .submit_job(with_input(&running_input))
+        .await?
+        .into_inner();
+    let pending = client
+        .jobs
+        .submit_job(with_input(&pending_input))
+        .await?
+        .into_inner();
     client
-        .wait_for_job(&running.id, Duration::from_secs(60), |job| job.tasks_running == 1)
+        .wait_for_job(&running.id, Duration::from_secs(60), |job| {
+            job.tasks_running == 1
+        })
         .await?;
 
     // Watched on disk: a Stat would itself keep the object for the grace period.
@@ -465,10 +501,19 @@ async fn retention_spares_what_live_jobs_need_and_collects_the_rest() -> Result<
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(stored(&client, &running_input).await?, "a running job's input is kept");
-    assert!(stored(&client, &pending_input).await?, "a pending job's input is kept");
+    assert!(
+        stored(&client, &running_input).await?,
+        "a running job's input is kept"
+    );
+    assert!(
+        stored(&client, &pending_input).await?,
+        "a pending job's input is kept"
+    );
     assert_eq!(client.job(&running.id).await?.tasks_running, 1);
-    assert_eq!(state_of(&client.job(&pending.id).await?), pb::JobState::Pending);
+    assert_eq!(
+        state_of(&client.job(&pending.id).await?),
+        pb::JobState::Pending
+    );
     assert!(assets_counter(&farm, "asset_collected_objects_total").await? >= 1.0);
 
     for job in [&running, &pending] {

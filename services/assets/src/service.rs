@@ -7,8 +7,8 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use kiln_proto::v1::asset_service_server::AssetService;
 use kiln_proto::v1::{
     AssetInfo, DownloadChunk, DownloadRequest, FindMissingRequest, FindMissingResponse,
-    PresignDownloadRequest, PresignDownloadResponse,
-    StatRequest, StatResponse, UploadChunk, UploadOffsetRequest, UploadOffsetResponse,
+    PresignDownloadRequest, PresignDownloadResponse, StatRequest, StatResponse, UploadChunk,
+    UploadOffsetRequest, UploadOffsetResponse,
 };
 use sha2::{Digest as _, Sha256};
 use tokio_util::io::ReaderStream;
