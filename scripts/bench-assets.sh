@@ -22,7 +22,8 @@ venv=$cache/venv
 work=$(mktemp -d)
 # The private Postgres runs as the postgres user when we are root: it must reach the directory.
 chmod 755 "$work"
-trap 'kill -INT ${dev:-0} 2>/dev/null; wait ${dev:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+logs=${KILN_BENCH_LOGS:-}
+trap 'kill -INT ${dev:-0} 2>/dev/null; wait ${dev:-0} 2>/dev/null || true; [ -z "$logs" ] || cp -r "$work/.kiln/logs" "$logs"; rm -rf "$work"' EXIT
 
 "$bin/kiln" dev --workers 2 --s3 --dir "$work/.kiln" --grpc-port 0 --http-port 0 >"$work/dev.log" 2>&1 &
 dev=$!

@@ -322,9 +322,7 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
         futures::stream::iter(0..(BIG_BYTES as usize / MIB))
             .map(move |index| Ok::<_, std::io::Error>(blocks[index % BLOCKS].clone()))
     };
-    let stored = assets
-        .upload_stream(Some(expected.clone()), source)
-        .await?;
+    let stored = assets.upload_stream(Some(expected.clone()), source).await?;
     assert_eq!(
         (stored.digest.as_str(), stored.size),
         (expected.as_str(), BIG_BYTES)

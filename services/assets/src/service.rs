@@ -84,7 +84,15 @@ impl<B: Backend> AssetService for AssetsService<B> {
         if self.backend.stat(&digest).await?.is_some() {
             tracing::debug!(digest = %info.digest, "asset already stored");
         } else {
-            self.backend.put(upload).await?;
+            // On a blocking thread: the S3 SDK signs (hashes) each part and
+            // the spool file's unlink can take a while; the runtime's own
+            // threads must stay free to answer HTTP/2 pings, or callers with
+            // keep-alive timeouts (the gateway) drop the upload.
+            let backend = self.backend.clone();
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || runtime.block_on(backend.put(upload)))
+                .await
+                .map_err(|err| Error::Spool(std::io::Error::other(err)))??;
             tracing::info!(digest = %info.digest, size = info.size, "asset stored");
         }
         self.recent.touch(&digest);
