@@ -17,7 +17,11 @@ use std::path::Path;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
-use kiln_proto::v1::{AssetInfo, DownloadRequest, StatRequest};
+use kiln_proto::v1::{
+    AssetInfo, DownloadRequest, FindMissingRequest, PresignDownloadRequest, StatRequest,
+    UploadOffsetRequest,
+};
+use tokio::io::AsyncSeekExt;
 use tokio::sync::oneshot;
 use tokio_util::io::ReaderStream;
 use tonic::service::interceptor::InterceptedService;
@@ -25,6 +29,11 @@ use tonic::transport::Channel;
 
 pub use credentials::CallCredentials;
 pub use error::AssetClientError;
+
+/// Tries of one file upload, the later ones resuming the earlier.
+pub const UPLOAD_ATTEMPTS: u32 = 3;
+/// Digests per FindMissing call (the service's limit).
+pub const FIND_BATCH: usize = 10_000;
 
 /// Size of the chunks this client sends.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
@@ -70,13 +79,13 @@ impl AssetClient {
     /// Hashes the file, asks the service whether it has it, and uploads it
     /// only if not; returns its digest and size either way.
     pub async fn upload_file(&self, path: &Path) -> Result<AssetInfo, AssetClientError> {
-        let read_error = |source| AssetClientError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let (digest, _) = digest::sha256_file_with_len(path)
-            .await
-            .map_err(read_error)?;
+        let (digest, _) =
+            digest::sha256_file_with_len(path)
+                .await
+                .map_err(|source| AssetClientError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
         if let Some(stored) = self.stat(&digest).await? {
             tracing::debug!(digest = %digest, "asset already stored; skipping upload");
             return Ok(AssetInfo {
@@ -84,9 +93,104 @@ impl AssetClient {
                 size: stored,
             });
         }
-        let file = tokio::fs::File::open(path).await.map_err(read_error)?;
-        self.upload_stream(Some(digest), ReaderStream::with_capacity(file, CHUNK_SIZE))
-            .await
+        self.upload_file_as(path, &digest).await
+    }
+
+    /// Uploads the file at `path`, already hashed to `digest`. A broken
+    /// connection does not start it over: the upload resumes from what the
+    /// service holds, up to [`UPLOAD_ATTEMPTS`] times.
+    pub async fn upload_file_as(
+        &self,
+        path: &Path,
+        digest: &str,
+    ) -> Result<AssetInfo, AssetClientError> {
+        check(digest)?;
+        let mut attempt = 1;
+        loop {
+            let offset = self.upload_offset(digest).await?;
+            match self.upload_file_from(path, digest, offset).await {
+                Err(AssetClientError::Status(status))
+                    if attempt < UPLOAD_ATTEMPTS && resumable(&status) =>
+                {
+                    tracing::warn!(digest, attempt, error = %status.message(), "upload interrupted; resuming");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn upload_file_from(
+        &self,
+        path: &Path,
+        digest: &str,
+        offset: u64,
+    ) -> Result<AssetInfo, AssetClientError> {
+        let read_error = |source| AssetClientError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(read_error)?;
+        if offset > 0 {
+            tracing::info!(digest, offset, "resuming upload");
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(read_error)?;
+        }
+        self.upload_stream_at(
+            Some(digest.to_owned()),
+            offset,
+            ReaderStream::with_capacity(file, CHUNK_SIZE),
+        )
+        .await
+    }
+
+    /// A URL that downloads `digest` straight from the S3 backend for
+    /// `expires_seconds` (0: an hour); FailedPrecondition without S3.
+    pub async fn presign_download(
+        &self,
+        digest: &str,
+        expires_seconds: u32,
+    ) -> Result<String, AssetClientError> {
+        check(digest)?;
+        let request = PresignDownloadRequest {
+            digest: digest.to_owned(),
+            expires_seconds,
+        };
+        let response = self.inner.clone().presign_download(request).await?;
+        Ok(response.into_inner().url)
+    }
+
+    /// Bytes of an interrupted upload of `digest` the service holds.
+    pub async fn upload_offset(&self, digest: &str) -> Result<u64, AssetClientError> {
+        check(digest)?;
+        let request = UploadOffsetRequest {
+            digest: digest.to_owned(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .upload_offset(request)
+            .await?
+            .into_inner()
+            .offset)
+    }
+
+    /// Which of `digests` the service does not store (one call per
+    /// [`FIND_BATCH`] digests).
+    pub async fn find_missing(&self, digests: &[String]) -> Result<Vec<String>, AssetClientError> {
+        let mut missing = Vec::new();
+        for batch in digests.chunks(FIND_BATCH) {
+            for digest in batch {
+                check(digest)?;
+            }
+            let request = FindMissingRequest {
+                digests: batch.to_vec(),
+            };
+            let response = self.inner.clone().find_missing(request).await?;
+            missing.extend(response.into_inner().missing);
+        }
+        Ok(missing)
     }
 
     /// Uploads whatever `source` yields. With `expected_digest`, the service
@@ -99,11 +203,26 @@ impl AssetClient {
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
+        self.upload_stream_at(expected_digest, 0, source).await
+    }
+
+    /// [`AssetClient::upload_stream`] continuing an interrupted upload:
+    /// `source` yields the file from byte `offset` on, and `offset` must be
+    /// what [`AssetClient::upload_offset`] answered.
+    pub async fn upload_stream_at<S>(
+        &self,
+        expected_digest: Option<String>,
+        offset: u64,
+        source: S,
+    ) -> Result<AssetInfo, AssetClientError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
         if let Some(expected) = &expected_digest {
             check(expected)?;
         }
         let (failed_tx, failed_rx) = oneshot::channel();
-        let chunks = upload::chunks(expected_digest, source, failed_tx);
+        let chunks = upload::chunks(expected_digest, offset, source, failed_tx);
         let mut client = self.inner.clone();
         // Biased so that a failed source always wins over a response that
         // might arrive in the same poll.
@@ -146,6 +265,15 @@ impl AssetClient {
         let response = self.inner.clone().stat(request).await?.into_inner();
         Ok(response.exists.then_some(response.size))
     }
+}
+
+/// Whether an upload that failed with `status` may have left bytes on the
+/// service worth resuming from.
+fn resumable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+    )
 }
 
 fn check(digest: &str) -> Result<(), AssetClientError> {

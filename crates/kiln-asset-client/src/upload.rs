@@ -16,6 +16,7 @@ use crate::CHUNK_SIZE;
 /// content. The caller then drops the call, which resets the HTTP/2 stream.
 pub(crate) fn chunks<S>(
     expected_digest: Option<String>,
+    offset: u64,
     source: S,
     failed: oneshot::Sender<std::io::Error>,
 ) -> impl Stream<Item = UploadChunk> + Send + 'static
@@ -25,6 +26,7 @@ where
     let header = UploadChunk {
         expected_digest: expected_digest.unwrap_or_default(),
         data: Vec::new(),
+        offset,
     };
     let mut failed = Some(failed);
     let data = source
@@ -36,6 +38,7 @@ where
                     Ok(data) => UploadChunk {
                         expected_digest: String::new(),
                         data: data.into(),
+                        offset: 0,
                     },
                     Err(err) => {
                         if let Some(failed) = failed {
@@ -92,7 +95,7 @@ mod tests {
     async fn first_chunk_carries_the_digest() {
         let (tx, _rx) = oneshot::channel();
         let source = stream::iter([Ok(Bytes::from_static(b"abc"))]);
-        let sent: Vec<UploadChunk> = chunks(Some("d".repeat(64)), source, tx).collect().await;
+        let sent: Vec<UploadChunk> = chunks(Some("d".repeat(64)), 0, source, tx).collect().await;
         assert_eq!(sent.len(), 2);
         assert_eq!(sent[0].expected_digest, "d".repeat(64));
         assert!(sent[0].data.is_empty());
@@ -107,7 +110,7 @@ mod tests {
             Ok(Bytes::from_static(b"abc")),
             Err(std::io::Error::other("disk gone")),
         ]);
-        let mut sent = Box::pin(chunks(None, source, tx));
+        let mut sent = Box::pin(chunks(None, 0, source, tx));
         assert!(sent.next().await.is_some());
         assert!(sent.next().await.is_some());
         let stalled = tokio::time::timeout(std::time::Duration::from_millis(50), sent.next()).await;

@@ -208,6 +208,12 @@ pub struct RenderArgs {
     /// Skip the quality check of frames and video after encoding
     #[arg(long, env = "KILN_RENDER_NO_QUALITY_CHECK")]
     pub no_quality_check: bool,
+    /// Send only the scene file, not the files in its directory tree (textures, caches, ...)
+    #[arg(long, env = "KILN_RENDER_NO_BUNDLE")]
+    pub no_bundle: bool,
+    /// Largest scene directory tree sent with the scene, in bytes
+    #[arg(long, env = "KILN_RENDER_BUNDLE_MAX_BYTES", default_value_t = 50 * 1024 * 1024 * 1024)]
+    pub bundle_max_bytes: u64,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

@@ -34,6 +34,8 @@ pub enum CliError {
     Tls(#[from] kiln_tls::TlsError),
     #[error(transparent)]
     Farm(#[from] kiln_localfarm::LocalFarmError),
+    #[error("bundle: {0}")]
+    Bundle(String),
     #[error("scene {0} is not a file")]
     NoScene(PathBuf),
     #[error("--frames is required: {0}")]

@@ -9,6 +9,7 @@ macro_rules! say {
     }};
 }
 
+mod bundle;
 mod cli;
 mod connect;
 mod controls;

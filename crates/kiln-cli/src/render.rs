@@ -12,11 +12,8 @@ use crate::error::CliError;
 use crate::format::{job_state, last_lines};
 use crate::scene_probe::{self, SceneInfo};
 use crate::variants::{self, LocalRow};
-use crate::{outputs, watch};
+use crate::{bundle, outputs, watch};
 
-/// Name of the scene inside each task's working directory, as the blender
-/// template expects it.
-const SCENE_INPUT: &str = "scene.blend";
 const DEFAULT_FPS: f64 = 24.0;
 /// Lines of each failed task's log shown.
 const LOG_TAIL_LINES: usize = 20;
@@ -33,18 +30,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let (frames, fps) = frames_and_fps(&args).await?;
     let gateway = Gateway::connect(&args.gateway).await?;
 
-    let scene = gateway.assets().upload_file(&args.scene).await?;
-    say!(
-        "uploaded {} ({} bytes, {})",
-        args.scene.display(),
-        scene.size,
-        &scene.digest
-    );
-
-    let mut inputs = vec![JobInput {
-        path: SCENE_INPUT.to_owned(),
-        digest: scene.digest,
-    }];
+    let mut inputs = send_bundle(&gateway, &args).await?;
     if let Some(rows) = &rows {
         inputs.extend(variants::upload(&gateway.assets(), rows).await?);
         say!("uploaded the variant table ({} rows)", rows.len());
@@ -67,6 +53,26 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     }
     let out = args.out.clone().unwrap_or_else(|| default_out_dir(&job.id));
     fetch_outputs(&gateway, &job.id, &out).await
+}
+
+/// Hashes the scene and the files around it, uploads what the farm lacks,
+/// and returns the job's inputs.
+async fn send_bundle(gateway: &Gateway, args: &RenderArgs) -> Result<Vec<JobInput>, CliError> {
+    let files = if args.no_bundle {
+        bundle::collect_scene_only(&args.scene).await?
+    } else {
+        bundle::collect(&args.scene, args.bundle_max_bytes).await?
+    };
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let sent = bundle::upload(&gateway.assets(), &files).await?;
+    say!(
+        "bundle of {}: {} files, {total} bytes; uploaded {} files ({} bytes), the rest already on the farm",
+        args.scene.display(),
+        files.len(),
+        sent.files,
+        sent.bytes
+    );
+    Ok(bundle::inputs(&files))
 }
 
 /// Frames and fps from the flags, filling gaps from the scene itself.

@@ -13,6 +13,9 @@ use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+mod lock;
+pub use lock::LockGuard;
+
 /// Pause before looking again after a failed lookup.
 const LOOKUP_RETRY: Duration = Duration::from_millis(200);
 

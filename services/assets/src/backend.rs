@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use tokio::io::AsyncRead;
 
@@ -11,6 +12,18 @@ use crate::spool::Spooled;
 
 /// A stored file being read.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// One stored object, as the collector sees it.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub digest: Digest,
+    pub size: u64,
+    /// When it was stored.
+    pub modified: SystemTime,
+}
+
+/// One page of a listing and where the next one starts, if any.
+pub type ListPage = (Vec<StoredObject>, Option<String>);
 
 /// A content-addressed store. It is only handed complete content whose
 /// digest has been checked, so it never validates content itself.
@@ -26,6 +39,25 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         digest: &Digest,
     ) -> impl Future<Output = Result<Option<ObjectReader>, Error>> + Send;
+
+    /// A page of the stored objects, starting at `page` (None: the first).
+    /// Pages hold a bounded number of objects; objects added or removed
+    /// while listing may or may not appear.
+    fn list_page(
+        &self,
+        page: Option<String>,
+    ) -> impl Future<Output = Result<ListPage, Error>> + Send;
+
+    /// Deletes the object; deleting one that is not stored is not an error.
+    fn delete(&self, digest: &Digest) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// A URL that fetches the object for `expires`, bypassing the service;
+    /// only stores reachable by URL (S3) can.
+    fn presign(
+        &self,
+        digest: &Digest,
+        expires: std::time::Duration,
+    ) -> impl Future<Output = Result<String, Error>> + Send;
 
     /// Whether the store is reachable and usable now; for readiness checks.
     fn check(&self) -> impl Future<Output = Result<String, Error>> + Send;

@@ -3,12 +3,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 use kiln_discovery::DiscoveryArgs;
 use kiln_telemetry::TelemetryArgs;
 
 use crate::error::Error;
+use crate::retention::RetentionPolicy;
 use crate::s3::S3Settings;
 
 const GIB: u64 = 1024 * 1024 * 1024;
@@ -39,6 +41,16 @@ pub struct Config {
     /// Least free space, in bytes, the spool directory's filesystem must have for the service to report ready
     #[arg(long, env = "KILN_MIN_FREE_BYTES", default_value_t = GIB)]
     pub min_free_bytes: u64,
+    /// Seconds between collections of objects no job needs; 0 never collects
+    #[arg(long, env = "KILN_GC_INTERVAL_SECONDS", default_value_t = 3600)]
+    pub gc_interval_seconds: u64,
+    /// Seconds an object is safe from collection after it is stored or a client is told it is
+    /// stored (time to submit the job that uses it)
+    #[arg(long, env = "KILN_GC_GRACE_SECONDS", default_value_t = 24 * 3600)]
+    pub gc_grace_seconds: u64,
+    /// Seconds a finished job's inputs and outputs are kept after it finished
+    #[arg(long, env = "KILN_RETAIN_FINISHED_SECONDS", default_value_t = 30 * 24 * 3600)]
+    pub retain_finished_seconds: u64,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
@@ -52,6 +64,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The collector's policy, or None when collection is off.
+    pub fn retention(&self) -> Option<RetentionPolicy> {
+        (self.gc_interval_seconds > 0).then(|| RetentionPolicy {
+            interval: Duration::from_secs(self.gc_interval_seconds),
+            grace: Duration::from_secs(self.gc_grace_seconds),
+            retain_finished: Duration::from_secs(self.retain_finished_seconds),
+        })
+    }
+
     pub fn spool_dir(&self) -> PathBuf {
         match (&self.spool_dir, self.backend) {
             (Some(dir), _) => dir.clone(),

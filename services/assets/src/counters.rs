@@ -7,6 +7,13 @@ pub const BYTES_SENT: &str = "asset_bytes_sent_total";
 /// S3 requests that failed, by operation.
 pub const S3_ERRORS: &str = "asset_s3_errors_total";
 
+/// Downloads whose stored bytes did not match their digest.
+pub const CORRUPT: &str = "asset_corrupt_objects_total";
+/// Objects the collector deleted.
+pub const COLLECTED: &str = "asset_collected_objects_total";
+/// Bytes of the objects the collector deleted.
+pub const COLLECTED_BYTES: &str = "asset_collected_bytes_total";
+
 /// Gives each metric its help text, once the metrics recorder is installed.
 pub fn describe() {
     metrics::describe_counter!(
@@ -18,6 +25,16 @@ pub fn describe() {
         BYTES_SENT,
         metrics::Unit::Bytes,
         "Bytes of files sent to downloaders"
+    );
+    metrics::describe_counter!(
+        CORRUPT,
+        "Downloads refused because the stored bytes did not match their digest"
+    );
+    metrics::describe_counter!(COLLECTED, "Unreferenced objects the collector deleted");
+    metrics::describe_counter!(
+        COLLECTED_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of unreferenced objects the collector deleted"
     );
     metrics::describe_counter!(S3_ERRORS, "S3 requests that failed, by operation");
 }

@@ -12,6 +12,26 @@ pub enum Error {
     UploadTooLarge { limit: u64 },
     #[error("content has digest {actual} but the upload expected {expected}; nothing stored")]
     DigestMismatch { expected: String, actual: String },
+    #[error(
+        "an upload can only resume (offset > 0) when its first chunk names the expected digest"
+    )]
+    ResumeWithoutDigest,
+    #[error(
+        "cannot resume at byte {offset}: the service holds {held} bytes of this upload (ask UploadOffset)"
+    )]
+    ResumeOffset { offset: u64, held: u64 },
+    #[error("{count} digests in one request; the limit is {limit}")]
+    TooManyDigests { count: usize, limit: usize },
+    #[error("stored content of {digest} is corrupt (it hashes to {actual}); refusing to serve it")]
+    Corrupt { digest: String, actual: String },
+    #[error("presigned URLs need the s3 backend; download through the service instead")]
+    PresignUnsupported,
+    #[error("expires_seconds {0} is outside 1-604800")]
+    BadExpiry(u32),
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+    #[error(transparent)]
+    Discovery(#[from] kiln_discovery::DiscoveryError),
     #[error("no asset with digest {0}")]
     NotFound(String),
     #[error("upload interrupted: {}", .0.message())]
@@ -42,7 +62,13 @@ impl Error {
             Self::InvalidDigest(_)
             | Self::ChunkTooLarge { .. }
             | Self::UploadTooLarge { .. }
-            | Self::DigestMismatch { .. } => Code::InvalidArgument,
+            | Self::DigestMismatch { .. }
+            | Self::ResumeWithoutDigest
+            | Self::TooManyDigests { .. } => Code::InvalidArgument,
+            Self::ResumeOffset { .. } | Self::PresignUnsupported => Code::FailedPrecondition,
+            Self::BadExpiry(_) => Code::InvalidArgument,
+            Self::Corrupt { .. } => Code::DataLoss,
+            Self::Scheduler(_) | Self::Discovery(_) => Code::Unavailable,
             Self::NotFound(_) => Code::NotFound,
             Self::Interrupted(status) => status.code(),
             Self::S3 { .. } => Code::Unavailable,

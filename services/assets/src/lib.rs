@@ -11,11 +11,16 @@ pub mod counters;
 pub mod digest;
 pub mod error;
 pub mod local;
+pub mod recent;
+pub mod retention;
 pub mod s3;
 pub mod service;
 pub mod spool;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_discovery::Discovery;
 
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
 use kiln_service::{CheckResult, Checks};
@@ -27,6 +32,8 @@ pub use error::Error;
 use crate::backend::Backend;
 use crate::cancel::DetectCancel;
 use crate::local::LocalBackend;
+use crate::recent::Recent;
+use crate::retention::{Collector, RetentionPolicy};
 use crate::s3::S3Backend;
 use crate::service::AssetsService;
 use crate::spool::{MAX_CHUNK_BYTES, Spool};
@@ -40,15 +47,20 @@ const _: () = assert!(MAX_CHUNK_BYTES < MAX_DECODING_MESSAGE_BYTES);
 
 /// The service's gRPC routes (with health and reflection) for `config`.
 pub async fn routes(config: &Config) -> Result<Routes, Error> {
-    Ok(routes_with_checks(config, Checks::new()).await?.0)
+    Ok(routes_with_checks(config, Checks::new(), None).await?.0)
 }
 
 /// [`routes`], and `checks` with the storage's own readiness checks added:
-/// the backend (`s3` or `local_storage`) and the spool's `disk_space`.
+/// the backend (`s3` or `local_storage`) and the spool's `disk_space`. With
+/// `discovery`, also starts the collector (unless configured off).
 pub async fn routes_with_checks(
     config: &Config,
     checks: Checks,
+    discovery: Option<&Discovery>,
 ) -> Result<(Routes, Checks), Error> {
+    let grace = Duration::from_secs(config.gc_grace_seconds);
+    let recent = Recent::new(grace);
+    let collect = discovery.cloned().zip(config.retention());
     let spool_dir = config.spool_dir();
     tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
     let spool = Spool::create(spool_dir.clone(), config.max_upload_bytes).await?;
@@ -61,12 +73,14 @@ pub async fn routes_with_checks(
             tracing::info!(data_dir = %config.data_dir.display(), "using local backend");
             let backend = Arc::new(LocalBackend::create(&config.data_dir).await?);
             let checks = checks.add("local_storage", backend_check(&backend));
-            (asset_routes(backend, spool), checks)
+            start_collector(&backend, &recent, collect);
+            (asset_routes(backend, spool, recent), checks)
         }
         BackendKind::S3 => {
             let backend = Arc::new(S3Backend::new(config.s3.settings()?));
             let checks = checks.add("s3", backend_check(&backend));
-            (asset_routes(backend, spool), checks)
+            start_collector(&backend, &recent, collect);
+            (asset_routes(backend, spool, recent), checks)
         }
     };
     let routes = kiln_service::with_standard_services(routes, &[GRPC_SERVICE]).await?;
@@ -83,8 +97,20 @@ fn backend_check<B: Backend>(
     }
 }
 
-fn asset_routes<B: Backend>(backend: Arc<B>, spool: Spool) -> Routes {
-    let server = AssetServiceServer::new(AssetsService::new(backend, spool))
+fn start_collector<B: Backend>(
+    backend: &Arc<B>,
+    recent: &Recent,
+    collect: Option<(Discovery, RetentionPolicy)>,
+) {
+    if let Some((discovery, policy)) = collect {
+        tracing::info!(?policy, "collecting unreferenced objects");
+        let collector = Collector::new(backend.clone(), discovery, recent.clone(), policy);
+        tokio::spawn(collector.run());
+    }
+}
+
+fn asset_routes<B: Backend>(backend: Arc<B>, spool: Spool, recent: Recent) -> Routes {
+    let server = AssetServiceServer::new(AssetsService::new(backend, spool, recent))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     Routes::new(DetectCancel(server))
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempPath;
 
-use crate::backend::{Backend, ObjectReader};
+use crate::backend::{Backend, ListPage, ObjectReader, StoredObject};
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::spool::Spooled;
@@ -35,6 +35,39 @@ impl LocalBackend {
 }
 
 impl Backend for LocalBackend {
+    /// A page is one of the 256 prefix directories; the token is its index.
+    async fn list_page(&self, page: Option<String>) -> Result<ListPage, Error> {
+        let index: u16 = match page {
+            Some(token) => token
+                .parse()
+                .map_err(|_| Error::Local(std::io::Error::other("bad page token")))?,
+            None => 0,
+        };
+        let dir = self.objects.join(format!("{index:02x}"));
+        let objects = tokio::task::spawn_blocking(move || list_dir(&dir))
+            .await
+            .map_err(|err| Error::Local(std::io::Error::other(err)))?
+            .map_err(Error::Local)?;
+        let next = (index < 255).then(|| (index + 1).to_string());
+        Ok((objects, next))
+    }
+
+    async fn presign(
+        &self,
+        _digest: &Digest,
+        _expires: std::time::Duration,
+    ) -> Result<String, Error> {
+        Err(Error::PresignUnsupported)
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<(), Error> {
+        match tokio::fs::remove_file(self.object_path(digest)).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(Error::Local(err)),
+        }
+    }
+
     async fn check(&self) -> Result<String, Error> {
         match tokio::fs::metadata(&self.objects).await {
             Ok(metadata) if metadata.is_dir() => Ok(format!("{} present", self.objects.display())),
@@ -71,6 +104,30 @@ impl Backend for LocalBackend {
             Err(err) => Err(Error::Local(err)),
         }
     }
+}
+
+/// The objects in one prefix directory; other files (a copy's temporary
+/// file) are skipped.
+fn list_dir(dir: &Path) -> std::io::Result<Vec<StoredObject>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut objects = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Ok(digest) = Digest::parse(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let metadata = entry.metadata()?;
+        objects.push(StoredObject {
+            digest,
+            size: metadata.len(),
+            modified: metadata.modified()?,
+        });
+    }
+    Ok(objects)
 }
 
 /// Moves a complete file into place so that `target` either does not exist
@@ -112,8 +169,9 @@ mod tests {
         let chunk = UploadChunk {
             expected_digest: String::new(),
             data: data.to_vec(),
+            offset: 0,
         };
-        spool.receive(stream::iter([Ok(chunk)])).await
+        spool.receive(stream::iter([Ok(chunk)]), || false).await
     }
 
     async fn read_all(mut reader: ObjectReader) -> std::io::Result<Vec<u8>> {

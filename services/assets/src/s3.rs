@@ -2,7 +2,9 @@
 //! S3-compatible store.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -11,10 +13,11 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
-use crate::backend::{Backend, ObjectReader};
+use crate::backend::{Backend, ListPage, ObjectReader, StoredObject};
 use crate::config::Secret;
 use crate::digest::Digest;
 use crate::error::Error;
@@ -23,6 +26,15 @@ use crate::spool::Spooled;
 /// Uploads above this size go in parts: a single PUT is capped at 5 GiB on
 /// AWS, and parts let a failed attempt be retried without resending it all.
 const MULTIPART_THRESHOLD: u64 = 64 * 1024 * 1024;
+/// Size of each part (raised for files so big they would need more than
+/// [`MAX_PARTS`]). Parts are read from the spool file as they are sent, so
+/// memory holds at most a few buffers per part in flight.
+const PART_BYTES: u64 = 16 * 1024 * 1024;
+/// Parts sent at once: enough to fill a link, few enough to bound memory.
+const PARTS_IN_FLIGHT: usize = 4;
+/// Objects per listing page (S3's own maximum).
+const LIST_PAGE: i32 = 1000;
+const PREFIX: &str = "sha256/";
 /// S3's cap on the number of parts of one upload.
 const MAX_PARTS: u64 = 10_000;
 
@@ -126,41 +138,53 @@ impl S3Backend {
         path: &Path,
         size: u64,
     ) -> Result<Vec<CompletedPart>, Error> {
-        let part_size = MULTIPART_THRESHOLD.max(size.div_ceil(MAX_PARTS));
-        let mut parts = Vec::new();
-        let mut offset = 0;
-        while offset < size {
-            let number = i32::try_from(parts.len() + 1)
-                .map_err(|_| Error::UploadTooLarge { limit: size })?;
-            let length = part_size.min(size - offset);
-            let body = ByteStream::read_from()
-                .path(path)
-                .offset(offset)
-                .length(Length::Exact(length))
-                .build()
-                .await
-                .map_err(|err| Error::Spool(std::io::Error::other(err)))?;
-            let uploaded = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .content_length(content_length(length)?)
-                .body(body)
-                .send()
-                .await
-                .map_err(|err| s3_error("upload part", err))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(uploaded.e_tag)
-                    .build(),
-            );
-            offset += length;
-        }
-        Ok(parts)
+        let part_size = PART_BYTES.max(size.div_ceil(MAX_PARTS));
+        let count = size.div_ceil(part_size);
+        let parts = futures::stream::iter(0..count)
+            .map(|index| {
+                let offset = index * part_size;
+                let length = part_size.min(size - offset);
+                self.put_part(key, upload_id, path, index, offset, length)
+            })
+            .buffered(PARTS_IN_FLIGHT);
+        parts.try_collect().await
+    }
+
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        path: &Path,
+        index: u64,
+        offset: u64,
+        length: u64,
+    ) -> Result<CompletedPart, Error> {
+        let number = i32::try_from(index + 1).map_err(|_| Error::UploadTooLarge {
+            limit: MAX_PARTS * PART_BYTES,
+        })?;
+        let body = ByteStream::read_from()
+            .path(path)
+            .offset(offset)
+            .length(Length::Exact(length))
+            .build()
+            .await
+            .map_err(|err| Error::Spool(std::io::Error::other(err)))?;
+        let uploaded = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(content_length(length)?)
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| s3_error("upload part", err))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(uploaded.e_tag)
+            .build())
     }
 
     async fn complete(
@@ -201,6 +225,71 @@ impl S3Backend {
 }
 
 impl Backend for S3Backend {
+    async fn list_page(&self, page: Option<String>) -> Result<ListPage, Error> {
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(PREFIX)
+            .max_keys(LIST_PAGE)
+            .set_continuation_token(page)
+            .send()
+            .await
+            .map_err(|err| s3_error("list objects", err))?;
+        let objects = listed
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                let digest = Digest::parse(object.key()?.strip_prefix(PREFIX)?).ok()?;
+                Some(StoredObject {
+                    digest,
+                    size: object
+                        .size()
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0),
+                    // Unknown age: treat as new, so it is never collected early.
+                    modified: object
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or_else(SystemTime::now),
+                })
+            })
+            .collect();
+        let next = if listed.is_truncated() == Some(true) {
+            listed.next_continuation_token().map(str::to_owned)
+        } else {
+            None
+        };
+        Ok((objects, next))
+    }
+
+    async fn presign(&self, digest: &Digest, expires: Duration) -> Result<String, Error> {
+        let config = PresigningConfig::expires_in(expires).map_err(|err| Error::S3 {
+            operation: "presign",
+            message: err.to_string(),
+        })?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(Self::key(digest))
+            .presigned(config)
+            .await
+            .map_err(|err| s3_error("presign", err))?;
+        Ok(request.uri().to_owned())
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<(), Error> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(Self::key(digest))
+            .send()
+            .await
+            .map_err(|err| s3_error("delete object", err))?;
+        Ok(())
+    }
+
     async fn check(&self) -> Result<String, Error> {
         self.client
             .head_bucket()

@@ -3,11 +3,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use kiln_proto::v1::asset_service_server::AssetService;
 use kiln_proto::v1::{
-    AssetInfo, DownloadChunk, DownloadRequest, StatRequest, StatResponse, UploadChunk,
+    AssetInfo, DownloadChunk, DownloadRequest, FindMissingRequest, FindMissingResponse,
+    PresignDownloadRequest, PresignDownloadResponse, StatRequest, StatResponse, UploadChunk,
+    UploadOffsetRequest, UploadOffsetResponse,
 };
+use sha2::{Digest as _, Sha256};
 use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -15,22 +18,43 @@ use crate::backend::Backend;
 use crate::cancel::BodyFailed;
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::recent::Recent;
 use crate::spool::Spool;
 
 /// Largest chunk a download sends, as the contract promises.
 pub const DOWNLOAD_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most digests one FindMissing call may ask about.
+pub const MAX_FIND_DIGESTS: usize = 10_000;
+/// Lifetime of a presigned URL when the caller names none.
+const DEFAULT_PRESIGN_SECONDS: u32 = 3600;
+/// S3's own limit on a presigned URL's lifetime: a week.
+const MAX_PRESIGN_SECONDS: u32 = 7 * 24 * 3600;
+/// Backend lookups one FindMissing call runs at once.
+const FIND_CONCURRENCY: usize = 32;
 
 pub struct AssetsService<B> {
     backend: Arc<B>,
     spool: Arc<Spool>,
+    recent: Recent,
 }
 
 impl<B: Backend> AssetsService<B> {
-    pub fn new(backend: Arc<B>, spool: Spool) -> Self {
+    pub fn new(backend: Arc<B>, spool: Spool, recent: Recent) -> Self {
         Self {
             backend,
             spool: Arc::new(spool),
+            recent,
         }
+    }
+
+    /// Stat that also marks a present object as wanted, so the collector
+    /// spares it while a client that was told "stored" submits its job.
+    async fn stat_and_touch(&self, digest: &Digest) -> Result<Option<u64>, Error> {
+        let size = self.backend.stat(digest).await?;
+        if size.is_some() {
+            self.recent.touch(digest);
+        }
+        Ok(size)
     }
 }
 
@@ -47,23 +71,31 @@ impl<B: Backend> AssetService for AssetsService<B> {
             .get::<BodyFailed>()
             .cloned()
             .unwrap_or_default();
-        let upload = self.spool.receive(request.into_inner()).await?;
-        if failed.get() {
-            return Err(
-                Error::Interrupted(Status::cancelled("upload cancelled by the client")).into(),
-            );
-        }
+        let upload = self
+            .spool
+            .receive(request.into_inner(), || failed.get())
+            .await?;
         let info = AssetInfo {
             digest: upload.digest.to_string(),
             size: upload.size,
         };
         metrics::counter!(crate::counters::BYTES_RECEIVED).increment(upload.size);
-        if self.backend.stat(&upload.digest).await?.is_some() {
+        let digest = upload.digest.clone();
+        if self.backend.stat(&digest).await?.is_some() {
             tracing::debug!(digest = %info.digest, "asset already stored");
         } else {
-            self.backend.put(upload).await?;
+            // On a blocking thread: the S3 SDK signs (hashes) each part and
+            // the spool file's unlink can take a while; the runtime's own
+            // threads must stay free to answer HTTP/2 pings, or callers with
+            // keep-alive timeouts (the gateway) drop the upload.
+            let backend = self.backend.clone();
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || runtime.block_on(backend.put(upload)))
+                .await
+                .map_err(|err| Error::Spool(std::io::Error::other(err)))??;
             tracing::info!(digest = %info.digest, size = info.size, "asset stored");
         }
+        self.recent.touch(&digest);
         Ok(Response::new(info))
     }
 
@@ -80,23 +112,124 @@ impl<B: Backend> AssetService for AssetsService<B> {
             .await?
             .ok_or_else(|| Error::NotFound(digest.to_string()))?;
         tracing::debug!(digest = %digest, "sending asset");
-        let chunks =
-            ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK_BYTES).map(|read| match read {
-                Ok(data) => {
-                    metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
-                    Ok(DownloadChunk { data: data.into() })
-                }
-                Err(err) => Err(Status::from(Error::Read(err))),
-            });
-        Ok(Response::new(Box::pin(chunks)))
+        let chunks = ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK_BYTES)
+            .map_err(|err| Status::from(Error::Read(err)));
+        Ok(Response::new(Box::pin(verified(digest, chunks))))
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let digest = Digest::parse(&request.into_inner().digest)?;
-        let size = self.backend.stat(&digest).await?;
+        let size = self.stat_and_touch(&digest).await?;
         Ok(Response::new(StatResponse {
             exists: size.is_some(),
             size: size.unwrap_or(0),
         }))
     }
+
+    async fn find_missing(
+        &self,
+        request: Request<FindMissingRequest>,
+    ) -> Result<Response<FindMissingResponse>, Status> {
+        let requested = request.into_inner().digests;
+        if requested.len() > MAX_FIND_DIGESTS {
+            return Err(Error::TooManyDigests {
+                count: requested.len(),
+                limit: MAX_FIND_DIGESTS,
+            }
+            .into());
+        }
+        let mut digests = Vec::with_capacity(requested.len());
+        let mut seen = std::collections::HashSet::with_capacity(requested.len());
+        for text in &requested {
+            let digest = Digest::parse(text)?;
+            if seen.insert(digest.clone()) {
+                digests.push(digest);
+            }
+        }
+        let missing: Vec<String> = futures::stream::iter(digests)
+            .map(|digest| async move {
+                let size = self.stat_and_touch(&digest).await?;
+                Ok::<_, Error>(size.is_none().then(|| digest.to_string()))
+            })
+            .buffered(FIND_CONCURRENCY)
+            .try_filter_map(|missing| async move { Ok(missing) })
+            .try_collect()
+            .await?;
+        tracing::debug!(
+            asked = requested.len(),
+            missing = missing.len(),
+            "found missing assets"
+        );
+        Ok(Response::new(FindMissingResponse { missing }))
+    }
+
+    async fn presign_download(
+        &self,
+        request: Request<PresignDownloadRequest>,
+    ) -> Result<Response<PresignDownloadResponse>, Status> {
+        let request = request.into_inner();
+        let digest = Digest::parse(&request.digest)?;
+        let seconds = match request.expires_seconds {
+            0 => DEFAULT_PRESIGN_SECONDS,
+            s if s <= MAX_PRESIGN_SECONDS => s,
+            s => return Err(Error::BadExpiry(s).into()),
+        };
+        if self.backend.stat(&digest).await?.is_none() {
+            return Err(Error::NotFound(digest.to_string()).into());
+        }
+        let expires = std::time::Duration::from_secs(u64::from(seconds));
+        let url = self.backend.presign(&digest, expires).await?;
+        let expires_at_unix_seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|now| (now + expires).as_secs())
+            .unwrap_or_default();
+        Ok(Response::new(PresignDownloadResponse {
+            url,
+            expires_at_unix_seconds,
+        }))
+    }
+
+    async fn upload_offset(
+        &self,
+        request: Request<UploadOffsetRequest>,
+    ) -> Result<Response<UploadOffsetResponse>, Status> {
+        let digest = Digest::parse(&request.into_inner().digest)?;
+        Ok(Response::new(UploadOffsetResponse {
+            offset: self.spool.offset(&digest),
+        }))
+    }
+}
+
+/// Passes chunks on while hashing them; if the stored bytes do not hash to
+/// their digest (the store corrupted them), the stream ends with DATA_LOSS
+/// instead of a clean end, so no client takes them for the file.
+fn verified(
+    digest: Digest,
+    chunks: impl Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static,
+) -> impl Stream<Item = Result<DownloadChunk, Status>> + Send + 'static {
+    let state = (Box::pin(chunks), Some(Sha256::new()), digest);
+    futures::stream::unfold(state, |(mut chunks, hasher, digest)| async move {
+        let mut hasher = hasher?;
+        match chunks.next().await {
+            Some(Ok(data)) => {
+                hasher.update(&data);
+                metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
+                let chunk = DownloadChunk { data: data.into() };
+                Some((Ok(chunk), (chunks, Some(hasher), digest)))
+            }
+            Some(Err(status)) => Some((Err(status), (chunks, None, digest))),
+            None => {
+                let actual = Digest::from_hasher(hasher);
+                if actual == digest {
+                    return None;
+                }
+                metrics::counter!(crate::counters::CORRUPT).increment(1);
+                let err = Error::Corrupt {
+                    digest: digest.to_string(),
+                    actual: actual.to_string(),
+                };
+                Some((Err(Status::from(err)), (chunks, None, digest)))
+            }
+        }
+    })
 }

@@ -2,8 +2,10 @@
 //! is known before anything is stored and memory stays bounded whatever
 //! the file size.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{Stream, StreamExt};
 use kiln_proto::v1::UploadChunk;
@@ -31,10 +33,24 @@ pub struct Spooled {
     pub path: TempPath,
 }
 
+/// Interrupted uploads kept for resuming, at most this many (the oldest
+/// goes first)...
+const MAX_PAUSED: usize = 64;
+/// ...and for at most this long.
+const PAUSED_FOR: Duration = Duration::from_secs(60 * 60);
+
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
     max_upload_bytes: u64,
+    paused: Mutex<HashMap<Digest, Paused>>,
+}
+
+/// An upload cut off part-way, with its hash state, waiting to be resumed.
+#[derive(Debug)]
+struct Paused {
+    writer: Writer,
+    since: Instant,
 }
 
 impl Spool {
@@ -47,39 +63,123 @@ impl Spool {
         Ok(Self {
             dir,
             max_upload_bytes,
+            paused: Mutex::new(HashMap::new()),
         })
     }
 
+    /// Bytes held of an interrupted upload of `digest`.
+    pub fn offset(&self, digest: &Digest) -> u64 {
+        self.paused_uploads()
+            .get(digest)
+            .map_or(0, |paused| paused.writer.size)
+    }
+
     /// Writes `chunks` to a spool file, enforcing the chunk and size limits
-    /// and the expected digest named in the first chunk.
-    pub async fn receive<S>(&self, chunks: S) -> Result<Spooled, Error>
+    /// and the expected digest named in the first chunk. `cancelled` tells
+    /// whether a stream that ended cleanly was in fact cut off. An
+    /// interrupted upload that named its digest is kept for resuming.
+    pub async fn receive<S>(
+        &self,
+        chunks: S,
+        cancelled: impl Fn() -> bool,
+    ) -> Result<Spooled, Error>
     where
         S: Stream<Item = Result<UploadChunk, tonic::Status>>,
     {
-        let (file, path) = self.temp_file().await?.into_parts();
-        let mut writer = Writer {
-            file: tokio::fs::File::from_std(file),
-            hasher: Sha256::new(),
-            size: 0,
-        };
         let mut chunks = std::pin::pin!(chunks);
-        let mut expected = None;
-        let mut first = true;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(Error::Interrupted)?;
-            if std::mem::take(&mut first) && !chunk.expected_digest.is_empty() {
-                expected = Some(Digest::parse(&chunk.expected_digest)?);
+        let first = match chunks.next().await {
+            Some(chunk) => chunk.map_err(Error::Interrupted)?,
+            None => UploadChunk::default(),
+        };
+        let expected = match first.expected_digest.as_str() {
+            "" => None,
+            text => Some(Digest::parse(text)?),
+        };
+        let mut writer = self.writer_for(expected.as_ref(), first.offset).await?;
+        let mut received = writer.append(&first.data, self.max_upload_bytes).await;
+        while received.is_ok() {
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    received = writer.append(&chunk.data, self.max_upload_bytes).await
+                }
+                Some(Err(status)) => received = Err(Error::Interrupted(status)),
+                None if cancelled() => {
+                    received = Err(Error::Interrupted(tonic::Status::cancelled(
+                        "upload cancelled by the client",
+                    )))
+                }
+                None => break,
             }
-            writer.append(&chunk.data, self.max_upload_bytes).await?;
         }
-        let (digest, size) = writer.finish().await?;
-        match expected {
-            Some(expected) if expected != digest => Err(Error::DigestMismatch {
-                expected: expected.to_string(),
-                actual: digest.to_string(),
-            }),
-            _ => Ok(Spooled { digest, size, path }),
+        match (received, expected) {
+            (Err(err @ Error::Interrupted(_)), Some(digest)) => {
+                self.pause(digest, writer).await;
+                Err(err)
+            }
+            (Err(err), _) => Err(err),
+            (Ok(()), expected) => writer.finish(expected).await,
         }
+    }
+
+    /// A fresh spool file, or the paused upload `offset` continues.
+    async fn writer_for(&self, expected: Option<&Digest>, offset: u64) -> Result<Writer, Error> {
+        if offset == 0 {
+            let (file, path) = self.temp_file().await?.into_parts();
+            return Ok(Writer {
+                file: tokio::fs::File::from_std(file),
+                path,
+                hasher: Sha256::new(),
+                size: 0,
+            });
+        }
+        let Some(digest) = expected else {
+            return Err(Error::ResumeWithoutDigest);
+        };
+        let mut paused = self.paused_uploads();
+        match paused.remove(digest) {
+            Some(held) if held.writer.size == offset => Ok(held.writer),
+            Some(held) => {
+                let held_bytes = held.writer.size;
+                paused.insert(digest.clone(), held);
+                Err(Error::ResumeOffset {
+                    offset,
+                    held: held_bytes,
+                })
+            }
+            None => Err(Error::ResumeOffset { offset, held: 0 }),
+        }
+    }
+
+    async fn pause(&self, digest: Digest, mut writer: Writer) {
+        if let Err(err) = writer.file.flush().await {
+            tracing::warn!(digest = %digest, error = %err, "cannot keep interrupted upload");
+            return;
+        }
+        tracing::info!(digest = %digest, bytes = writer.size, "upload interrupted; kept for resuming");
+        let mut paused = self.paused_uploads();
+        paused.retain(|_, held| held.since.elapsed() < PAUSED_FOR);
+        if paused.len() >= MAX_PAUSED
+            && let Some(oldest) = paused
+                .iter()
+                .min_by_key(|(_, held)| held.since)
+                .map(|(digest, _)| digest.clone())
+        {
+            paused.remove(&oldest);
+        }
+        paused.insert(
+            digest,
+            Paused {
+                writer,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    fn paused_uploads(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Paused>> {
+        // A panic elsewhere cannot leave the map inconsistent: take it anyway.
+        self.paused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn temp_file(&self) -> Result<NamedTempFile, Error> {
@@ -93,8 +193,10 @@ impl Spool {
     }
 }
 
+#[derive(Debug)]
 struct Writer {
     file: tokio::fs::File,
+    path: TempPath,
     hasher: Sha256,
     size: u64,
 }
@@ -107,17 +209,29 @@ impl Writer {
                 limit: MAX_CHUNK_BYTES,
             });
         }
-        self.size += data.len() as u64;
-        if self.size > limit {
+        if self.size + data.len() as u64 > limit {
             return Err(Error::UploadTooLarge { limit });
         }
         self.hasher.update(data);
-        self.file.write_all(data).await.map_err(Error::Spool)
+        self.file.write_all(data).await.map_err(Error::Spool)?;
+        self.size += data.len() as u64;
+        Ok(())
     }
 
-    async fn finish(mut self) -> Result<(Digest, u64), Error> {
+    async fn finish(mut self, expected: Option<Digest>) -> Result<Spooled, Error> {
         self.file.flush().await.map_err(Error::Spool)?;
-        Ok((Digest::from_hasher(self.hasher), self.size))
+        let digest = Digest::from_hasher(self.hasher);
+        match expected {
+            Some(expected) if expected != digest => Err(Error::DigestMismatch {
+                expected: expected.to_string(),
+                actual: digest.to_string(),
+            }),
+            _ => Ok(Spooled {
+                digest,
+                size: self.size,
+                path: self.path,
+            }),
+        }
     }
 }
 
@@ -158,6 +272,7 @@ mod tests {
         Ok(UploadChunk {
             expected_digest: expected_digest.to_owned(),
             data: data.to_vec(),
+            offset: 0,
         })
     }
 
@@ -172,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
         let upload = spool
-            .receive(stream::iter([chunk(ABC, b"a"), chunk("", b"bc")]))
+            .receive(stream::iter([chunk(ABC, b"a"), chunk("", b"bc")]), || false)
             .await?;
         assert_eq!(upload.digest.as_str(), ABC);
         assert_eq!(upload.size, 3);
@@ -188,7 +303,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
         let wrong = "0".repeat(64);
-        let result = spool.receive(stream::iter([chunk(&wrong, b"abc")])).await;
+        let result = spool
+            .receive(stream::iter([chunk(&wrong, b"abc")]), || false)
+            .await;
         let message = result.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             message.contains(&wrong) && message.contains(ABC),
@@ -203,13 +320,17 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 4).await?;
         let too_long = spool
-            .receive(stream::iter([chunk("", b"abc"), chunk("", b"de")]))
+            .receive(stream::iter([chunk("", b"abc"), chunk("", b"de")]), || {
+                false
+            })
             .await;
         assert!(matches!(too_long, Err(Error::UploadTooLarge { limit: 4 })));
 
         let spool = Spool::create(dir.path().to_owned(), u64::MAX).await?;
         let huge = vec![0u8; MAX_CHUNK_BYTES + 1];
-        let too_big = spool.receive(stream::iter([chunk("", &huge)])).await;
+        let too_big = spool
+            .receive(stream::iter([chunk("", &huge)]), || false)
+            .await;
         assert!(matches!(too_big, Err(Error::ChunkTooLarge { .. })));
         assert_eq!(spool_files(dir.path()), 0);
         Ok(())
@@ -219,7 +340,9 @@ mod tests {
     async fn rejects_a_malformed_expected_digest() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
-        let result = spool.receive(stream::iter([chunk("XYZ", b"abc")])).await;
+        let result = spool
+            .receive(stream::iter([chunk("XYZ", b"abc")]), || false)
+            .await;
         assert!(matches!(result, Err(Error::InvalidDigest(_))));
         Ok(())
     }
@@ -232,7 +355,7 @@ mod tests {
             chunk("", b"ab"),
             Err(tonic::Status::cancelled("client went away")),
         ]);
-        let result = spool.receive(chunks).await;
+        let result = spool.receive(chunks, || false).await;
         assert!(matches!(result, Err(Error::Interrupted(_))));
         assert_eq!(spool_files(dir.path()), 0);
         Ok(())
@@ -242,7 +365,7 @@ mod tests {
     async fn an_empty_upload_is_the_empty_file() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
-        let upload = spool.receive(stream::iter(Vec::new())).await?;
+        let upload = spool.receive(stream::iter(Vec::new()), || false).await?;
         assert_eq!(
             upload.digest.as_str(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -265,6 +388,31 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["unrelated-old", "upload-live"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_upload_resumes_where_it_stopped()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let spool = Spool::create(dir.path().to_owned(), 1024).await?;
+        let digest = Digest::parse(ABC)?;
+        let cut = stream::iter([chunk(ABC, b"a")]);
+        let result = spool.receive(cut, || true).await;
+        assert!(matches!(result, Err(Error::Interrupted(_))));
+        assert_eq!(spool.offset(&digest), 1);
+
+        let mut wrong = chunk(ABC, b"x")?;
+        wrong.offset = 2;
+        let refused = spool.receive(stream::iter([Ok(wrong)]), || false).await;
+        assert!(matches!(refused, Err(Error::ResumeOffset { held: 1, .. })));
+
+        let mut rest = chunk(ABC, b"bc")?;
+        rest.offset = 1;
+        let upload = spool.receive(stream::iter([Ok(rest)]), || false).await?;
+        assert_eq!((upload.digest.as_str(), upload.size), (ABC, 3));
+        assert_eq!(std::fs::read(&upload.path)?, b"abc");
+        assert_eq!(spool.offset(&digest), 0);
         Ok(())
     }
 }

@@ -338,6 +338,7 @@ async fn malformed_digests_are_invalid(
     let chunk = UploadChunk {
         expected_digest: bad,
         data: b"abc".to_vec(),
+        offset: 0,
     };
     let upload = raw
         .upload(stream::iter([chunk]))
@@ -348,6 +349,7 @@ async fn malformed_digests_are_invalid(
     let oversized = UploadChunk {
         expected_digest: String::new(),
         data: vec![0; 4 * MIB + 1],
+        offset: 0,
     };
     let upload = raw
         .upload(stream::iter([oversized]))

@@ -424,4 +424,49 @@ impl pb::asset_service_server::AssetService for PublicApi {
             .await;
         self.observe(result)
     }
+
+    async fn find_missing(
+        &self,
+        request: Request<pb::FindMissingRequest>,
+    ) -> Result<Response<pb::FindMissingResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Viewer)?;
+        let result = self
+            .upstreams
+            .assets()
+            .await?
+            .find_missing(forward(&caller, request.into_inner())?)
+            .await;
+        self.observe(result)
+    }
+
+    async fn upload_offset(
+        &self,
+        request: Request<pb::UploadOffsetRequest>,
+    ) -> Result<Response<pb::UploadOffsetResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Submitter)?;
+        let result = self
+            .upstreams
+            .assets()
+            .await?
+            .upload_offset(forward(&caller, request.into_inner())?)
+            .await;
+        self.observe(result)
+    }
+
+    async fn presign_download(
+        &self,
+        request: Request<pb::PresignDownloadRequest>,
+    ) -> Result<Response<pb::PresignDownloadResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(Role::Viewer)?;
+        let result = self
+            .upstreams
+            .assets()
+            .await?
+            .presign_download(forward(&caller, request.into_inner())?)
+            .await;
+        self.observe(result)
+    }
 }

@@ -264,17 +264,17 @@ impl JobApi {
             .map_err(|e| SchedulerError::Assets(e.to_string()))?
             .connect_lazy();
         let assets = kiln_asset_client::AssetClient::new(channel);
-        for input in inputs {
-            match assets.stat(&input.digest).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(invalid(format!(
-                        "inputs: {} (digest {}) is not stored in the asset service; upload it first",
-                        input.path, input.digest
-                    )));
-                }
-                Err(err) => return Err(SchedulerError::Assets(err.to_string())),
-            }
+        // One call for the whole bundle rather than one Stat per file.
+        let digests: Vec<String> = inputs.iter().map(|i| i.digest.clone()).collect();
+        let missing = assets
+            .find_missing(&digests)
+            .await
+            .map_err(|err| SchedulerError::Assets(err.to_string()))?;
+        if let Some(input) = inputs.iter().find(|i| missing.contains(&i.digest)) {
+            return Err(invalid(format!(
+                "inputs: {} (digest {}) is not stored in the asset service; upload it first",
+                input.path, input.digest
+            )));
         }
         Ok(())
     }

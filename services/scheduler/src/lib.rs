@@ -16,6 +16,7 @@
 //! - `job_state.rs`: a job's state derived from its tasks
 //! - `store.rs`: jobs in Postgres (creation and reads)
 //! - `worker_service.rs` / `job_service.rs`: the gRPC services
+//! - `references.rs`: which stored files jobs still need (for the assets collector)
 
 pub mod commands;
 pub mod config;
@@ -37,6 +38,7 @@ pub mod logs;
 pub mod matching;
 pub mod queue;
 mod reclaim;
+pub mod references;
 pub mod retry;
 pub mod scheduler;
 pub mod scheduler_metrics;

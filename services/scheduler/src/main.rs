@@ -5,12 +5,14 @@ use anyhow::Context;
 use clap::Parser;
 use kiln_discovery::{Discovery, Endpoint, service};
 use kiln_jobmodel::Limits;
+use kiln_proto::v1::asset_references_server::AssetReferencesServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
 use kiln_scheduler::config::Config;
 use kiln_scheduler::connect_database;
 use kiln_scheduler::job_service::{JobApi, JobDefaults};
 use kiln_scheduler::leader::{self, LeaderSlot, Leading};
+use kiln_scheduler::references::References;
 use kiln_scheduler::retry::RetryPolicy;
 use kiln_scheduler::worker_service::WorkerSessions;
 use kiln_service::{CheckResult, Checks, OpsServer, checks};
@@ -53,12 +55,18 @@ async fn main() -> anyhow::Result<()> {
     let jobs = JobApi::new(slot.clone(), discovery.clone(), limits, defaults)
         .with_client_tls(tls.client())
         .with_templates(templates);
-    let routes = Routes::new(JobServiceServer::new(jobs)).add_service(WorkerServiceServer::new(
-        WorkerSessions::new(slot.clone()).with_join_token(config.join_token.clone()),
-    ));
+    let routes = Routes::new(JobServiceServer::new(jobs))
+        .add_service(WorkerServiceServer::new(
+            WorkerSessions::new(slot.clone()).with_join_token(config.join_token.clone()),
+        ))
+        .add_service(AssetReferencesServer::new(References::new(db.clone())));
     let routes = kiln_service::with_standard_services(
         routes,
-        &["kiln.v1.JobService", "kiln.v1.WorkerService"],
+        &[
+            "kiln.v1.JobService",
+            "kiln.v1.WorkerService",
+            "kiln.v1.AssetReferences",
+        ],
     )
     .await?;
     let listener = kiln_service::bind(config.listen).await?;

@@ -23,6 +23,9 @@ pub struct Config {
     /// Directory caching downloaded task inputs by digest; must be on the work dir's filesystem for hard links [default: <work-dir>/cache]
     #[arg(long, env = "KILN_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes the input cache keeps; the least recently used inputs go first
+    #[arg(long, env = "KILN_CACHE_BYTES", default_value_t = 50 * 1024 * 1024 * 1024)]
+    pub cache_bytes: u64,
     /// How many tasks this worker runs at once
     #[arg(long, env = "KILN_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub slots: u32,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod devices;
 pub mod encode;
 pub mod health;
+pub mod input_cache;
 pub mod log_tail;
 pub mod outputs;
 pub mod process;

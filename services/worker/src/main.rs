@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "localhost".into());
     let worker_id = config.resolved_worker_id(&hostname);
     let work_dir = config.resolved_work_dir();
-    let cache = InputCache::open(&config.resolved_cache_dir())
+    let cache = InputCache::open(&config.resolved_cache_dir(), config.cache_bytes)
         .await
         .context("opening the input cache")?;
     let detected = detect_renderers(&config.blender, &config.ffmpeg, &config.natron).await;

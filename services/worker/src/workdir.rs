@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use crate::assets::{AssetStore, AssetStoreError};
+use crate::assets::AssetStoreError;
 
 /// Name of the directory inside the working directory whose files are outputs.
 pub const OUTPUTS_DIR: &str = "outputs";
@@ -33,7 +33,10 @@ pub enum WorkdirError {
     },
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WorkdirError {
+pub(crate) fn io_error(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(io::Error) -> WorkdirError {
     let path = path.to_path_buf();
     move |source| WorkdirError::Io {
         action,
@@ -121,94 +124,7 @@ pub fn relative_input_path(path: &str) -> Result<PathBuf, WorkdirError> {
         .collect())
 }
 
-/// Downloaded inputs, one file per digest, shared by every task on this worker.
-#[derive(Debug, Clone)]
-pub struct InputCache {
-    dir: PathBuf,
-}
-
-impl InputCache {
-    pub async fn open(dir: &Path) -> Result<Self, WorkdirError> {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(io_error("create", dir))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    /// The cached file for `digest`, downloaded first if needed.
-    pub async fn fetch<A: AssetStore>(
-        &self,
-        assets: &A,
-        digest: &str,
-        for_path: &str,
-    ) -> Result<PathBuf, WorkdirError> {
-        if !kiln_asset_client::digest::is_valid(digest) {
-            return Err(WorkdirError::BadDigest(digest.to_owned()));
-        }
-        let cached = self.dir.join(digest);
-        if tokio::fs::metadata(&cached)
-            .await
-            .is_ok_and(|m| m.is_file())
-        {
-            tracing::debug!(digest, "input found in cache");
-            return Ok(cached);
-        }
-        tracing::info!(digest, path = for_path, "downloading input");
-        assets
-            .download_to(digest, &cached)
-            .await
-            .map_err(|source| WorkdirError::Fetch {
-                path: for_path.to_owned(),
-                digest: digest.to_owned(),
-                source,
-            })?;
-        // Inputs are hard links to this file: a renderer writing to its input must not change the cache.
-        let mut permissions = tokio::fs::metadata(&cached)
-            .await
-            .map_err(io_error("inspect", &cached))?
-            .permissions();
-        permissions.set_readonly(true);
-        tokio::fs::set_permissions(&cached, permissions)
-            .await
-            .map_err(io_error("protect", &cached))?;
-        Ok(cached)
-    }
-
-    /// Fetches `digest` and places it at `relative` inside `dir`. Inputs are
-    /// hard-linked from the cache, except under `outputs/`, where renderers
-    /// write and a shared inode would let them corrupt the cache.
-    pub async fn place<A: AssetStore>(
-        &self,
-        assets: &A,
-        digest: &str,
-        relative: &Path,
-        dir: &TaskDir,
-    ) -> Result<(), WorkdirError> {
-        let cached = self
-            .fetch(assets, digest, &relative.to_string_lossy())
-            .await?;
-        let dest = dir.path().join(relative);
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io_error("create", parent))?;
-        }
-        if tokio::fs::symlink_metadata(&dest).await.is_ok() {
-            tokio::fs::remove_file(&dest)
-                .await
-                .map_err(io_error("replace", &dest))?;
-        }
-        if relative.starts_with(OUTPUTS_DIR) || tokio::fs::hard_link(&cached, &dest).await.is_err()
-        {
-            tokio::fs::copy(&cached, &dest)
-                .await
-                .map_err(io_error("copy input to", &dest))?;
-        }
-        Ok(())
-    }
-}
+pub use crate::input_cache::InputCache;
 
 #[cfg(test)]
 mod tests {

@@ -56,6 +56,7 @@ pub fn describe() {
         ACCEPTING,
         "1 while this worker takes new tasks; 0 while it drains or is not ready"
     );
+    crate::input_cache::describe();
 }
 
 /// Counts one finished task run of `job_type` (the renderer it ran).

@@ -89,7 +89,7 @@ impl Farm {
         for dir in [&work_dir, &store_dir, &scratch] {
             tokio::fs::create_dir_all(dir).await?;
         }
-        let cache = InputCache::open(&work_dir.join("cache")).await?;
+        let cache = InputCache::open(&work_dir.join("cache"), u64::MAX).await?;
         let settings = RunnerSettings {
             work_dir: work_dir.clone(),
             renderers: RendererPaths {

@@ -1,0 +1,97 @@
+//! Which stored files jobs still need: the assets service's collector asks
+//! before deleting anything. Read-only, so any replica (leading or not)
+//! answers it from Postgres.
+
+use std::pin::Pin;
+
+use futures::{Stream, TryStreamExt};
+use kiln_proto::v1 as pb;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Digests per streamed message.
+const BATCH: usize = 10_000;
+/// Batches queued ahead of a slow reader.
+const QUEUE: usize = 4;
+
+/// Inputs and outputs of jobs that are unfinished or finished less than $1
+/// seconds ago. Job inputs are a JSON array of {path, digest}.
+const QUERY: &str = "
+    WITH live AS (
+        SELECT id, inputs FROM jobs
+        WHERE finished_at IS NULL OR finished_at > now() - make_interval(secs => $1)
+    )
+    SELECT input->>'digest' FROM live, jsonb_array_elements(live.inputs) AS input
+    UNION
+    SELECT outputs.digest FROM outputs JOIN live ON live.id = outputs.job_id";
+
+pub struct References {
+    db: PgPool,
+}
+
+impl References {
+    pub fn new(db: PgPool) -> Self {
+        Self { db }
+    }
+}
+
+type DigestStream = Pin<Box<dyn Stream<Item = Result<pb::ReferencedDigests, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::asset_references_server::AssetReferences for References {
+    type ListReferencedDigestsStream = DigestStream;
+
+    async fn list_referenced_digests(
+        &self,
+        request: Request<pb::ListReferencedDigestsRequest>,
+    ) -> Result<Response<DigestStream>, Status> {
+        let within = request.into_inner().finished_within_seconds as f64;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(send_batches(self.db.clone(), within, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn send_batches(
+    db: PgPool,
+    within_seconds: f64,
+    tx: mpsc::Sender<Result<pb::ReferencedDigests, Status>>,
+) {
+    let mut rows = sqlx::query_scalar::<_, Option<String>>(QUERY)
+        .bind(within_seconds)
+        .fetch(&db);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        match rows.try_next().await {
+            Ok(Some(digest)) => {
+                batch.extend(digest);
+                if batch.len() < BATCH {
+                    continue;
+                }
+            }
+            Ok(None) => {
+                if !batch.is_empty() {
+                    let _ = tx.send(Ok(pb::ReferencedDigests { digests: batch })).await;
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot list referenced digests");
+                let _ = tx
+                    .send(Err(Status::unavailable(format!("postgres: {err}"))))
+                    .await;
+                return;
+            }
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+        if tx
+            .send(Ok(pb::ReferencedDigests { digests: full }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! Assets end to end: bundles through `kiln render`, deduplication, a 4 GiB
+//! file through the service with bounded memory, corruption caught on
+//! download, and retention that spares what live jobs need. Real Garage,
+//! the local-directory backend, Blender and ffmpeg throughout.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use futures::StreamExt;
+use kiln_localfarm::{Farm, S3_BUCKET, S3_REGION, locate_binary};
+use kiln_proto::v1 as pb;
+use kiln_tests::{Client, clips_request, start_farm, start_farm_with, state_of};
+use sha2::{Digest as _, Sha256};
+
+/// Makes `dir/<name>`: the default cube wearing `//textures/wood.png` (a
+/// red and green checker written beside it) as an emission shader, so the
+/// texture alone decides the colours (Cycles, 1 sample).
+fn textured_scene(dir: &Path, name: &str, width: u32) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("textures"))?;
+    let scene = dir.join(name);
+    let expr = format!(
+        "import bpy, os\n\
+         d = {dir:?}\n\
+         img = bpy.data.images.new('wood', 16, 16)\n\
+         px = []\n\
+         for y in range(16):\n\
+         \x20   for x in range(16):\n\
+         \x20       px += [1, 0, 0, 1] if (x // 4 + y // 4) % 2 else [0, 1, 0, 1]\n\
+         img.pixels = px\n\
+         img.filepath_raw = os.path.join(d, 'textures', 'wood.png')\n\
+         img.file_format = 'PNG'\n\
+         img.save()\n\
+         mat = bpy.data.materials.new('wood')\n\
+         mat.use_nodes = True\n\
+         tex = mat.node_tree.nodes.new('ShaderNodeTexImage')\n\
+         tex.image = img\n\
+         nodes = mat.node_tree.nodes\n\
+         nodes.remove(nodes['Principled BSDF'])\n\
+         emit = nodes.new('ShaderNodeEmission')\n\
+         mat.node_tree.links.new(tex.outputs['Color'], emit.inputs['Color'])\n\
+         mat.node_tree.links.new(emit.outputs['Emission'], nodes['Material Output'].inputs['Surface'])\n\
+         cube = bpy.data.objects['Cube']\n\
+         cube.data.materials.clear()\n\
+         cube.data.materials.append(mat)\n\
+         s = bpy.context.scene\n\
+         s.render.engine = 'CYCLES'\n\
+         s.cycles.samples = 1\n\
+         s.cycles.use_denoising = False\n\
+         s.view_settings.view_transform = 'Standard'\n\
+         s.render.resolution_x = {width}\n\
+         s.render.resolution_y = 36\n\
+         s.render.resolution_percentage = 100\n\
+         s.frame_start = 1\n\
+         s.frame_end = 1\n\
+         bpy.ops.wm.save_as_mainfile(filepath={scene:?})\n\
+         img.filepath = '//textures/wood.png'\n\
+         bpy.ops.wm.save_as_mainfile(filepath={scene:?})\n",
+        dir = dir.to_string_lossy(),
+        scene = scene.to_string_lossy(),
+    );
+    let output = std::process::Command::new("blender")
+        .args(["-b", "-Y", "--factory-startup", "--python-expr", &expr])
+        .output()
+        .context("running blender")?;
+    ensure!(
+        output.status.success() && scene.is_file(),
+        "blender could not make the scene: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(scene)
+}
+
+/// What one `kiln render` printed about its bundle.
+#[derive(Debug, PartialEq)]
+struct Sent {
+    files: u64,
+    bytes: u64,
+}
+
+/// Runs `kiln render` against the farm; returns what it uploaded.
+fn kiln_render(farm: &Farm, scene: &Path, out: &Path, extra: &[&str]) -> Result<Sent> {
+    let output = std::process::Command::new(locate_binary("kiln")?)
+        .arg("render")
+        .arg(scene)
+        .args(["--frames", "1", "--fps", "24", "--chunk", "1", "--out"])
+        .arg(out)
+        .args([
+            "--gateway",
+            &farm.gateway_url(),
+            "--token",
+            farm.admin_token(),
+        ])
+        .args(extra)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure!(
+        output.status.success(),
+        "kiln render failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_sent(&stdout).with_context(|| format!("no bundle line in: {stdout}"))
+}
+
+/// Parses "... uploaded N files (B bytes) ...".
+fn parse_sent(stdout: &str) -> Option<Sent> {
+    let rest = stdout.split("uploaded ").nth(1)?;
+    let mut words = rest.split_whitespace();
+    let files = words.next()?.parse().ok()?;
+    let bytes = words.nth(1)?.trim_start_matches('(').parse().ok()?;
+    Some(Sent { files, bytes })
+}
+
+/// A counter's value on the assets service's /metrics.
+async fn assets_counter(farm: &Farm, name: &str) -> Result<f64> {
+    let endpoint = farm
+        .discovery()
+        .find_one(kiln_discovery::service::ASSETS, Duration::from_secs(10))
+        .await?;
+    let ops = endpoint.ops.context("assets lists no ops address")?;
+    let body = tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("http://{ops}/metrics"))
+            .call()
+            .map_err(anyhow::Error::from)?
+            .into_string()
+            .map_err(anyhow::Error::from)
+    })
+    .await??;
+    Ok(body
+        .lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0))
+}
+
+fn frame(out: &Path) -> Result<image::RgbImage> {
+    Ok(image::open(out.join("frames/frame_0001.png"))?.to_rgb8())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundles_travel_once_and_render_with_their_textures() -> Result<()> {
+    let (mut farm, dir) = start_farm(1, true).await?;
+    let shot = textured_scene(&dir.path().join("a"), "shot.blend", 64)?;
+    let texture = dir.path().join("a/textures/wood.png");
+    let other_dir = dir.path().join("b");
+    let other = textured_scene(&other_dir, "other.blend", 48)?;
+    // Bundle b shares bundle a's texture, byte for byte.
+    std::fs::copy(&texture, other_dir.join("textures/wood.png"))?;
+    let size = |path: &Path| std::fs::metadata(path).map(|m| m.len());
+
+    let first = kiln_render(&farm, &shot, &dir.path().join("out1"), &[])?;
+    assert_eq!(
+        first,
+        Sent {
+            files: 2,
+            bytes: size(&shot)? + size(&texture)?
+        },
+        "the scene and its texture are uploaded"
+    );
+    let again = kiln_render(&farm, &shot, &dir.path().join("out2"), &[])?;
+    assert_eq!(again, Sent { files: 0, bytes: 0 }, "nothing travels twice");
+
+    let shared = kiln_render(&farm, &other, &dir.path().join("out3"), &[])?;
+    assert_eq!(
+        shared,
+        Sent {
+            files: 1,
+            bytes: size(&other)?
+        },
+        "a bundle sharing the texture uploads only its own scene"
+    );
+
+    let textured = frame(&dir.path().join("out1"))?;
+    assert_eq!(textured.dimensions(), (64, 36));
+    assert_eq!(textured, frame(&dir.path().join("out2"))?);
+    kiln_render(&farm, &shot, &dir.path().join("out4"), &["--no-bundle"])?;
+    let untextured = frame(&dir.path().join("out4"))?;
+    assert_ne!(
+        textured.as_raw(),
+        untextured.as_raw(),
+        "the texture in textures/ was found on the farm: the frame differs from one rendered without it"
+    );
+    let green = |image: &image::RgbImage| image.pixels().any(|p| p[1] > 150 && p[0] < 80);
+    assert!(green(&textured), "the checker's green shows");
+    assert!(!green(&untextured), "no checker without the texture");
+
+    // With S3, an output can be fetched straight from the store.
+    let frame_path = dir.path().join("out1/frames/frame_0001.png");
+    let digest = kiln_asset_client::digest::sha256_file(&frame_path).await?;
+    let client = Client::connect(&farm).await?;
+    let url = client.assets.presign_download(&digest, 60).await?;
+    let fetched = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut ureq::get(&url).call()?.into_reader(), &mut body)?;
+        Ok(body)
+    })
+    .await??;
+    assert_eq!(
+        fetched,
+        std::fs::read(&frame_path)?,
+        "the presigned URL serves the frame"
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_backend_stores_a_shared_texture_once() -> Result<()> {
+    let (mut farm, dir) = start_farm(0, false).await?;
+    let shot = textured_scene(&dir.path().join("a"), "shot.blend", 64)?;
+    let other_dir = dir.path().join("b");
+    let other = textured_scene(&other_dir, "other.blend", 48)?;
+    std::fs::copy(
+        dir.path().join("a/textures/wood.png"),
+        other_dir.join("textures/wood.png"),
+    )?;
+    let out = dir.path().join("out");
+    assert_eq!(kiln_render(&farm, &shot, &out, &["--no-wait"])?.files, 2);
+    // No workers, so no outputs: every byte the service receives is a bundle's.
+    let received = assets_counter(&farm, "asset_bytes_received_total").await?;
+    assert_eq!(kiln_render(&farm, &shot, &out, &["--no-wait"])?.files, 0);
+    assert_eq!(
+        assets_counter(&farm, "asset_bytes_received_total").await?,
+        received,
+        "the service received no bytes for the second submission"
+    );
+    assert_eq!(kiln_render(&farm, &other, &out, &["--no-wait"])?.files, 1);
+    let objects = count_files(&farm.dir().join("assets/sha256"))?;
+    assert_eq!(objects, 3, "two scenes and one texture are stored");
+    let client = Client::connect(&farm).await?;
+    let scene_digest = kiln_asset_client::digest::sha256_file(&shot).await?;
+    let presigned = client.assets.presign_download(&scene_digest, 60).await;
+    assert_eq!(
+        presigned.err().map(|e| e.code()),
+        Some(tonic::Code::FailedPrecondition),
+        "no presigned URLs without S3"
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+fn count_files(dir: &Path) -> Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            count += count_files(&entry.path())?;
+        } else if kiln_asset_client::digest::is_valid(&entry.file_name().to_string_lossy()) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+const MIB: usize = 1024 * 1024;
+const BIG_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Distinct pseudo-random blocks the big file cycles through. Garage keeps
+/// one copy of identical 1 MiB blocks, so its disk holds 64 MiB while every
+/// one of the 4 GiB still travels, is hashed and is spooled by the service.
+const BLOCKS: usize = 64;
+
+/// `BLOCKS` deterministic pseudo-random MiB (xorshift64).
+fn random_blocks() -> Vec<Bytes> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..BLOCKS)
+        .map(|_| {
+            let mut block = Vec::with_capacity(MIB);
+            while block.len() < MIB {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                block.extend_from_slice(&state.to_le_bytes());
+            }
+            Bytes::from(block)
+        })
+        .collect()
+}
+
+fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
+    let (mut farm, dir) = start_farm(0, true).await?;
+    // Straight to the assets service: its memory is what is measured.
+    let endpoint = farm
+        .discovery()
+        .find_one(kiln_discovery::service::ASSETS, Duration::from_secs(10))
+        .await?;
+    let channel = tonic::transport::Channel::from_shared(endpoint.grpc_uri())?
+        .connect()
+        .await?;
+    let assets = kiln_asset_client::AssetClient::new(channel);
+    let pid = farm
+        .assets_mut()
+        .and_then(|p| p.pid())
+        .context("assets pid")?;
+    let blocks = random_blocks();
+    let expected = {
+        let mut hasher = Sha256::new();
+        for index in 0..(BIG_BYTES as usize / MIB) {
+            hasher.update(&blocks[index % BLOCKS]);
+        }
+        hex::encode(hasher.finalize())
+    };
+    let before = peak_rss_bytes(pid)?;
+
+    let source = {
+        let blocks = blocks.clone();
+        futures::stream::iter(0..(BIG_BYTES as usize / MIB))
+            .map(move |index| Ok::<_, std::io::Error>(blocks[index % BLOCKS].clone()))
+    };
+    let stored = assets.upload_stream(Some(expected.clone()), source).await?;
+    assert_eq!(
+        (stored.digest.as_str(), stored.size),
+        (expected.as_str(), BIG_BYTES)
+    );
+
+    let mut chunks = assets.download_stream(&expected).await?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    assert_eq!(size, BIG_BYTES);
+    assert_eq!(
+        hex::encode(hasher.finalize()),
+        expected,
+        "the download matches"
+    );
+
+    let growth = peak_rss_bytes(pid)?.saturating_sub(before);
+    assert!(
+        growth < 128 * MIB as u64,
+        "the assets service's peak RSS grew by {} MiB",
+        growth / MIB as u64
+    );
+    farm.shutdown().await?;
+    // The farm (Garage's data dir included) lives in `dir`; delete it now.
+    dir.close()?;
+    Ok(())
+}
+
+async fn s3_client(farm: &mut Farm) -> Result<aws_sdk_s3::Client> {
+    let endpoint = farm.s3_endpoint().context("farm has no S3")?;
+    let garage = farm.garage_mut().context("farm has no garage")?;
+    let credentials = aws_sdk_s3::config::Credentials::new(
+        garage.access_key(),
+        garage.secret_key(),
+        None,
+        None,
+        "kiln-tests",
+    );
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_s3::config::Region::new(S3_REGION))
+        .credentials_provider(credentials)
+        .force_path_style(true)
+        .build();
+    Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_object_fails_the_task_with_a_clear_error() -> Result<()> {
+    let (mut farm, dir) = start_farm(1, true).await?;
+    let mut client = Client::connect(&farm).await?;
+    let scene = kiln_tests::example_scene(dir.path())?;
+    let stored = client.assets.upload_file(&scene).await?;
+    let mut bytes = std::fs::read(&scene)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    s3_client(&mut farm)
+        .await?
+        .put_object()
+        .bucket(S3_BUCKET)
+        .key(format!("sha256/{}", stored.digest))
+        .body(bytes.into())
+        .send()
+        .await?;
+
+    let download = async {
+        let mut chunks = client.assets.download_stream(&stored.digest).await?;
+        while let Some(chunk) = chunks.next().await {
+            chunk?;
+        }
+        anyhow::Ok(())
+    };
+    let refused = download
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        refused.contains("corrupt") && refused.contains(&stored.digest),
+        "a client download is refused: {refused:?}"
+    );
+
+    let job = client.submit_blender(&scene, "1", 1).await?;
+    let job = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&job), pb::JobState::Failed, "{job:?}");
+    let tasks = client.tasks(&job.id).await?;
+    let render = tasks
+        .iter()
+        .find(|t| t.step_name == "Render")
+        .context("render task")?;
+    assert!(
+        render.message.contains("scene.blend")
+            && render.message.contains(&stored.digest)
+            && render.message.contains("corrupt"),
+        "the task names the input and says it is corrupt: {:?}",
+        render.message
+    );
+    assert_eq!(
+        client.outputs(&job.id).await?.len(),
+        0,
+        "nothing was rendered"
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+async fn stored(client: &Client, digest: &str) -> Result<bool> {
+    Ok(client.assets.stat(digest).await?.is_some())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_spares_what_live_jobs_need_and_collects_the_rest() -> Result<()> {
+    let (mut farm, dir) = start_farm_with(
+        1,
+        false,
+        &[
+            ("KILN_GC_INTERVAL_SECONDS", "1"),
+            ("KILN_GC_GRACE_SECONDS", "2"),
+            ("KILN_RETAIN_FINISHED_SECONDS", "0"),
+        ],
+    )
+    .await?;
+    let mut client = Client::connect(&farm).await?;
+    let upload = |name: &str| -> Result<PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("contents of {name}"))?;
+        Ok(path)
+    };
+    let (running_input, pending_input, orphan) = (upload("a")?, upload("b")?, upload("c")?);
+    let running_input = client.assets.upload_file(&running_input).await?.digest;
+    let pending_input = client.assets.upload_file(&pending_input).await?.digest;
+    let orphan = client.assets.upload_file(&orphan).await?.digest;
+
+    // One slot: the first job runs for a minute, the second waits behind it.
+    let with_input = |digest: &str| pb::SubmitJobRequest {
+        inputs: vec![pb::JobInput {
+            path: "input.bin".into(),
+            digest: digest.to_owned(),
+        }],
+        ..clips_request(1, 60, "testsrc=size=64x36:rate=5", false)
+    };
+    let running = client
+        .jobs
+        .submit_job(with_input(&running_input))
+        .await?
+        .into_inner();
+    let pending = client
+        .jobs
+        .submit_job(with_input(&pending_input))
+        .await?
+        .into_inner();
+    client
+        .wait_for_job(&running.id, Duration::from_secs(60), |job| {
+            job.tasks_running == 1
+        })
+        .await?;
+
+    // Watched on disk: a Stat would itself keep the object for the grace period.
+    let orphan_file = farm
+        .dir()
+        .join("assets/sha256")
+        .join(&orphan[..2])
+        .join(&orphan);
+    assert!(orphan_file.is_file(), "{} is stored", orphan_file.display());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while orphan_file.exists() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the unreferenced object was never collected");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        stored(&client, &running_input).await?,
+        "a running job's input is kept"
+    );
+    assert!(
+        stored(&client, &pending_input).await?,
+        "a pending job's input is kept"
+    );
+    assert_eq!(client.job(&running.id).await?.tasks_running, 1);
+    assert_eq!(
+        state_of(&client.job(&pending.id).await?),
+        pb::JobState::Pending
+    );
+    assert!(assets_counter(&farm, "asset_collected_objects_total").await? >= 1.0);
+
+    for job in [&running, &pending] {
+        client
+            .jobs
+            .cancel_job(pb::CancelJobRequest {
+                job_id: job.id.clone(),
+            })
+            .await?;
+    }
+    farm.shutdown().await?;
+    Ok(())
+}
