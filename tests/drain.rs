@@ -35,7 +35,7 @@ async fn all_frames_rendered(client: &mut Client, job_id: &str, frames: u32) -> 
         .collect();
     let expected: BTreeSet<String> = (1..=frames)
         .map(|f| format!("frames/frame_{f:04}.png"))
-        .chain(["video.mp4".to_owned()])
+        .chain(["video.mp4".to_owned(), "check/report.json".to_owned()])
         .collect();
     assert_eq!(outputs, expected);
     Ok(())

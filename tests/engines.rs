@@ -159,7 +159,10 @@ async fn quality_check_passes_a_good_render_and_names_a_black_frame() -> anyhow:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_variant_table_makes_one_video_per_row() -> anyhow::Result<()> {
     let (mut farm, dir) = start_farm(1, false).await?;
-    let scene = dir.path().join("title.blend");
+    // The scene's directory is sent with it: keep it apart from the farm's files.
+    let project = dir.path().join("project");
+    std::fs::create_dir(&project)?;
+    let scene = project.join("title.blend");
     blender_script(dir.path(), TITLE_SCENE, &[&scene])?;
     let rows = dir.path().join("rows.csv");
     for colour in ["red", "blue"] {

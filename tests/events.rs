@@ -167,8 +167,8 @@ async fn resumed_and_concurrent_watchers_get_every_event_once_across_a_restart()
         })
         .count();
     assert_eq!(
-        outputs_announced, 13,
-        "every frame and the video announced once"
+        outputs_announced, 14,
+        "every frame, the video and the check report announced once"
     );
 
     // The resumed watcher saw the tail of the sequence from its first event on.

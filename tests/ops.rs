@@ -169,7 +169,7 @@ async fn every_service_serves_metrics_health_and_named_readiness() -> anyhow::Re
         "kiln_scheduler_queue_depth ",
         "kiln_scheduler_tasks{state=\"in_flight\"} ",
         "kiln_scheduler_workers 1",
-        "kiln_scheduler_dispatch_latency_seconds_count 3",
+        "kiln_scheduler_dispatch_latency_seconds_count 4",
         "kiln_scheduler_batch_write_seconds_count",
         "kiln_scheduler_idle_workers 0",
     ] {

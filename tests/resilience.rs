@@ -97,7 +97,7 @@ async fn restarting_the_scheduler_mid_job_loses_no_job_and_no_frame() -> anyhow:
     );
     let expected: BTreeSet<String> = (1..=12)
         .map(|f| format!("frames/frame_{f:04}.png"))
-        .chain(["video.mp4".to_owned()])
+        .chain(["video.mp4".to_owned(), "check/report.json".to_owned()])
         .collect();
     assert_eq!(after, expected);
     let jobs = client

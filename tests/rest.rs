@@ -103,6 +103,7 @@ fn run(base: &str, auth: &str, scene: &std::path::Path) -> anyhow::Result<()> {
     assert_eq!(
         paths,
         [
+            "check/report.json",
             "frames/frame_0001.png",
             "frames/frame_0002.png",
             "video.mp4"

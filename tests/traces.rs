@@ -154,7 +154,11 @@ async fn one_trace_follows_a_job_through_all_four_services() -> anyhow::Result<(
         ])
     );
     let tasks = task_traces(&spans, &job_id);
-    assert_eq!(tasks.len(), 2, "one render and one encode task span");
+    assert_eq!(
+        tasks.len(),
+        3,
+        "one render, one encode and one quality-check task span"
+    );
     assert!(
         tasks.iter().all(|t| *t == submit),
         "every task span is in the submit's trace"

@@ -32,7 +32,17 @@ use tokio::task::JoinHandle;
 
 use crate::{Discovery, DiscoveryError};
 
+/// Lease of a migration lock: a migrator that crashes frees it this soon.
+const MIGRATION_LOCK_TTL: i64 = 30;
+
 impl Discovery {
+    /// Takes the farm-wide lock under which `service` migrates its Postgres
+    /// schema, so replicas starting together migrate one at a time.
+    pub async fn lock_migrations(&self, service: &str) -> Result<LockGuard, DiscoveryError> {
+        self.lock(&format!("{service}-migrations"), MIGRATION_LOCK_TTL)
+            .await
+    }
+
     /// Takes the farm-wide lock `name`, waiting as long as another process
     /// holds it. `ttl_seconds` (at least 2) bounds how long the lock outlives
     /// this process if it dies. The key lives under `{prefix}/locks/{name}`.

@@ -22,6 +22,14 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-gateway", &config.telemetry)?;
     let tls = config.tls.load().context("loading TLS certificates")?;
+    let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
+        .await
+        .context("connecting to etcd")?;
+    // One gateway migrates its schema at a time, farm-wide.
+    let migrating = discovery
+        .lock_migrations(service::GATEWAY)
+        .await
+        .context("taking the migration lock in etcd")?;
     let store = TokenStore::connect(
         &config.database_url,
         config.database_max_connections,
@@ -29,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("opening the token store")?;
+    migrating.release().await;
     if let Some(secret) = &config.bootstrap_admin_token {
         store
             .bootstrap_admin(secret)
@@ -36,9 +45,6 @@ async fn main() -> anyhow::Result<()> {
             .context("creating the bootstrap admin token")?;
         tracing::info!("bootstrap admin token ready");
     }
-    let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
-        .await
-        .context("connecting to etcd")?;
     let checks = Checks::new()
         .add("etcd", checks::etcd(&discovery))
         .add(

@@ -54,8 +54,9 @@ pub use error::SchedulerError;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 /// Connects to Postgres, waiting up to `patience` for it to come up, and
-/// applies the migrations (under Postgres's advisory lock, so replicas
-/// starting together apply them once).
+/// applies the migrations. The scheduler's `main` holds the farm-wide etcd
+/// lock `scheduler-migrations` meanwhile (and sqlx takes Postgres's advisory
+/// lock too), so replicas starting together apply them once.
 pub async fn connect_database(
     url: &str,
     max_connections: u32,

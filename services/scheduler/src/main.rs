@@ -23,6 +23,15 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-scheduler", &config.telemetry)?;
     let tls = config.tls.load()?;
+    let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
+        .await
+        .context("connecting to etcd")?;
+    // One replica migrates at a time, farm-wide; the others wait, then find
+    // nothing left to apply.
+    let migrating = discovery
+        .lock_migrations(service::SCHEDULER)
+        .await
+        .context("taking the migration lock in etcd")?;
     let db = connect_database(
         &config.database_url,
         config.database_max_connections,
@@ -30,9 +39,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("connecting to postgres")?;
-    let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
-        .await
-        .context("connecting to etcd")?;
+    migrating.release().await;
     let checks = Checks::new()
         .add("postgres", postgres_check(db.clone()))
         .add("etcd", checks::etcd(&discovery));
