@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use kiln_proto::v1 as pb;
+use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use moka::sync::Cache;
 use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Principal, Role};
@@ -45,6 +47,19 @@ impl PublicApi {
     }
 
     /// Fails unless `caller` has `role` and may reach job `job_id`.
+    /// Checks the caller's role; returns the assets service and the request
+    /// ready to forward to it on the caller's behalf.
+    async fn to_assets<T>(
+        &self,
+        request: Request<T>,
+        role: Role,
+    ) -> Result<(AssetServiceClient<Channel>, Request<T>), Status> {
+        let caller = auth::principal(&request)?;
+        caller.require(role)?;
+        let assets = self.upstreams.assets().await?;
+        Ok((assets, forward(&caller, request.into_inner())?))
+    }
+
     async fn authorize_job(
         &self,
         caller: &Principal,
@@ -398,14 +413,8 @@ impl pb::asset_service_server::AssetService for PublicApi {
         &self,
         request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        let caller = auth::principal(&request)?;
-        caller.require(Role::Viewer)?;
-        let result = self
-            .upstreams
-            .assets()
-            .await?
-            .download(forward(&caller, request.into_inner())?)
-            .await;
+        let (mut assets, request) = self.to_assets(request, Role::Viewer).await?;
+        let result = assets.download(request).await;
         let chunks = self.observe(result)?.into_inner();
         Ok(Response::new(Box::pin(chunks)))
     }
@@ -414,14 +423,8 @@ impl pb::asset_service_server::AssetService for PublicApi {
         &self,
         request: Request<pb::StatRequest>,
     ) -> Result<Response<pb::StatResponse>, Status> {
-        let caller = auth::principal(&request)?;
-        caller.require(Role::Viewer)?;
-        let result = self
-            .upstreams
-            .assets()
-            .await?
-            .stat(forward(&caller, request.into_inner())?)
-            .await;
+        let (mut assets, request) = self.to_assets(request, Role::Viewer).await?;
+        let result = assets.stat(request).await;
         self.observe(result)
     }
 
@@ -429,14 +432,8 @@ impl pb::asset_service_server::AssetService for PublicApi {
         &self,
         request: Request<pb::FindMissingRequest>,
     ) -> Result<Response<pb::FindMissingResponse>, Status> {
-        let caller = auth::principal(&request)?;
-        caller.require(Role::Viewer)?;
-        let result = self
-            .upstreams
-            .assets()
-            .await?
-            .find_missing(forward(&caller, request.into_inner())?)
-            .await;
+        let (mut assets, request) = self.to_assets(request, Role::Viewer).await?;
+        let result = assets.find_missing(request).await;
         self.observe(result)
     }
 
@@ -444,14 +441,8 @@ impl pb::asset_service_server::AssetService for PublicApi {
         &self,
         request: Request<pb::UploadOffsetRequest>,
     ) -> Result<Response<pb::UploadOffsetResponse>, Status> {
-        let caller = auth::principal(&request)?;
-        caller.require(Role::Submitter)?;
-        let result = self
-            .upstreams
-            .assets()
-            .await?
-            .upload_offset(forward(&caller, request.into_inner())?)
-            .await;
+        let (mut assets, request) = self.to_assets(request, Role::Submitter).await?;
+        let result = assets.upload_offset(request).await;
         self.observe(result)
     }
 
@@ -459,14 +450,8 @@ impl pb::asset_service_server::AssetService for PublicApi {
         &self,
         request: Request<pb::PresignDownloadRequest>,
     ) -> Result<Response<pb::PresignDownloadResponse>, Status> {
-        let caller = auth::principal(&request)?;
-        caller.require(Role::Viewer)?;
-        let result = self
-            .upstreams
-            .assets()
-            .await?
-            .presign_download(forward(&caller, request.into_inner())?)
-            .await;
+        let (mut assets, request) = self.to_assets(request, Role::Viewer).await?;
+        let result = assets.presign_download(request).await;
         self.observe(result)
     }
 }

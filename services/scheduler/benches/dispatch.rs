@@ -16,11 +16,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_service_client::JobServiceClient;
-use kiln_proto::v1::worker_message::Message as ToScheduler;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
-use common::{message, noop_job, open_session};
+use common::{noop_job, open_session, started, succeeded};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -184,20 +183,9 @@ async fn simulated_worker(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(latency);
-        let started = pb::TaskStarted {
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-        };
-        tx.send(message(ToScheduler::Started(started))).await?;
-        let result = pb::TaskResult {
-            task_id: task.task_id,
-            attempt: task.attempt,
-            success: true,
-            exit_code: Some(0),
-            ..Default::default()
-        };
+        tx.send(started(&task)).await?;
         free_since = Instant::now();
-        tx.send(message(ToScheduler::Result(result))).await?;
+        tx.send(succeeded(task)).await?;
         completed.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())

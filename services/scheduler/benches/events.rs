@@ -31,7 +31,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use common::{message, noop_job, open_session};
+use common::{message, noop_job, open_session, started, succeeded};
 
 #[derive(Parser)]
 struct Args {
@@ -283,19 +283,8 @@ async fn serve_instantly(
     inbound: &mut tonic::Streaming<pb::SchedulerMessage>,
 ) -> Result<()> {
     while let Some(task) = next_assignment(inbound).await {
-        let started = pb::TaskStarted {
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-        };
-        tx.send(message(ToScheduler::Started(started))).await?;
-        let result = pb::TaskResult {
-            task_id: task.task_id,
-            attempt: task.attempt,
-            success: true,
-            exit_code: Some(0),
-            ..Default::default()
-        };
-        tx.send(message(ToScheduler::Result(result))).await?;
+        tx.send(started(&task)).await?;
+        tx.send(succeeded(task)).await?;
     }
     Ok(())
 }

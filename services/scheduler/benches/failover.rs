@@ -22,11 +22,10 @@ use kiln_discovery::service;
 use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_service_client::JobServiceClient;
-use kiln_proto::v1::worker_message::Message as ToScheduler;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use common::{message, noop_job, open_session};
+use common::{noop_job, open_session, started, succeeded};
 
 #[derive(Parser)]
 struct Args {
@@ -247,21 +246,10 @@ async fn session(
             seen.assigned_at.insert(task.task_id.clone(), now);
             seen.holding.insert(index, task.task_id.clone());
         }
-        let started = pb::TaskStarted {
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-        };
-        tx.send(message(ToScheduler::Started(started))).await?;
+        tx.send(started(&task)).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         lock(seen).holding.remove(&index);
-        let result = pb::TaskResult {
-            task_id: task.task_id,
-            attempt: task.attempt,
-            success: true,
-            exit_code: Some(0),
-            ..Default::default()
-        };
-        tx.send(message(ToScheduler::Result(result))).await?;
+        tx.send(succeeded(task)).await?;
     }
     Ok(())
 }
