@@ -59,6 +59,49 @@ async fn a_render_carries_on_through_a_leader_failover() -> Result<()> {
     Ok(())
 }
 
+/// A worker restarted while no scheduler leads holds nothing when it
+/// reconnects; the new leader requeues what it was given at once instead of
+/// waiting out the reclaim window (set here far longer than the test waits).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_restarted_during_a_failover_gets_its_task_again_at_once() -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-restarted-")
+        .tempdir()?;
+    let mut farm = Farm::builder(dir.path().join("farm"))
+        .workers(1)
+        .schedulers(2)
+        .env("KILN_RECLAIM_SECONDS", "3600")
+        .start()
+        .await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    let job = client
+        .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
+        .await?;
+    let render = wait_until_rendering(&mut client, &job.id).await?;
+
+    let leader = kiln_tests::leading_scheduler(&farm).await?;
+    farm.schedulers_mut()[leader].kill().await?;
+    farm.workers_mut()[0].kill().await?;
+    farm.workers_mut()[0].start()?;
+    println!("killed the leader and restarted the worker while task {render} was rendering");
+
+    // Five minutes at most, against the hour-long reclaim window.
+    let done = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+    let tasks = client.tasks(&job.id).await?;
+    let rendered = tasks
+        .iter()
+        .find(|t| t.id == render)
+        .expect("the render task is listed");
+    assert_eq!(
+        rendered.attempts, 2,
+        "the attempt the restarted worker lost was dispatched again: {rendered:?}"
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leader_rides_out_etcd_outages() -> Result<()> {
     let dir = tempfile::Builder::new()

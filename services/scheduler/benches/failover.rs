@@ -86,7 +86,11 @@ async fn main() -> Result<()> {
         let leader = leading(&farm).await?;
         let killed = Instant::now();
         farm.schedulers_mut()[leader].kill().await?;
-        failovers.push(next_assignment_after(&seen, killed).await?);
+        failovers.push(
+            next_assignment_after(&seen, killed)
+                .await
+                .context("after a leader's kill -9")?,
+        );
         farm.schedulers_mut()[leader].start()?;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -96,7 +100,11 @@ async fn main() -> Result<()> {
         let leader = leading(&farm).await?;
         let stopped = Instant::now();
         farm.schedulers_mut()[leader].signal_terminate()?;
-        handovers.push(next_assignment_after(&seen, stopped).await?);
+        handovers.push(
+            next_assignment_after(&seen, stopped)
+                .await
+                .context("after a leader's SIGTERM")?,
+        );
         farm.schedulers_mut()[leader].terminate().await?;
         farm.schedulers_mut()[leader].start()?;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -108,7 +116,11 @@ async fn main() -> Result<()> {
         let task = held_by(&seen, victim).await?;
         let cut = Instant::now();
         cutters[victim].send(()).await.context("worker gone")?;
-        requeues.push(reassigned_after(&seen, &task, victim, cut).await?);
+        requeues.push(
+            reassigned_after(&seen, &task, victim, cut)
+                .await
+                .context("after a worker's stream was cut")?,
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -211,12 +223,14 @@ async fn simulated_worker(
 ) {
     loop {
         let session = session(&discovery, index, &join_token, &seen);
-        tokio::select! {
-            _ = session => {}
-            _ = cut.recv() => {}
-        }
+        // A cut worker plays a dead one: it stays away long enough for its
+        // task to be dispatched elsewhere rather than handed back to it.
+        let pause = tokio::select! {
+            _ = session => Duration::from_millis(100),
+            _ = cut.recv() => Duration::from_secs(3),
+        };
         lock(&seen).holding.remove(&index);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -4,9 +4,13 @@
 //! as *unclaimed*: the worker that was given such an attempt gets it back as
 //! it is (nothing renders twice); an attempt a worker names but may no longer
 //! run is cancelled on it; an unclaimed attempt nobody names within the
-//! reclaim window is lost and requeued.
+//! reclaim window is lost and requeued. A worker that reconnects without
+//! naming an attempt it was given no longer runs it: that attempt is requeued
+//! after a short grace, which lets the results the worker re-sends after
+//! registering (an attempt that finished during the failover) land first.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -15,6 +19,10 @@ use crate::core::{Core, Outcome};
 use crate::task_state::{TaskEvent, TaskState};
 
 type Attempt = (Uuid, i32);
+
+/// How long a reconnected worker's re-sent results have to arrive before the
+/// attempts it did not name are requeued.
+const UNNAMED_GRACE: Duration = Duration::from_secs(2);
 
 impl Core {
     /// Ends a worker's previous session for a new one: the attempts the
@@ -63,6 +71,22 @@ impl Core {
                 tracing::info!(task_id = %task_id, attempt, worker_id, "worker holds an attempt that was given to another; cancelling it");
             }
             self.send_cancel(worker_id, task_id, attempt);
+        }
+        self.shorten_unnamed(worker_id);
+    }
+
+    /// The unclaimed attempts given to this worker that it did not name: it
+    /// does not run them, so they need not wait out the reclaim window.
+    fn shorten_unnamed(&mut self, worker_id: &str) {
+        let soon = Instant::now() + UNNAMED_GRACE;
+        for (task_id, deadline) in self.unclaimed.iter_mut() {
+            let given_to_worker = self
+                .tasks
+                .get(task_id)
+                .is_some_and(|t| t.worker_id.as_deref() == Some(worker_id));
+            if given_to_worker && *deadline > soon {
+                *deadline = soon;
+            }
         }
     }
 
