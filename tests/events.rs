@@ -1,6 +1,7 @@
 //! Watching a job never loses or repeats an event: across disconnects, a
 //! scheduler restart, and 50 watchers at once; live task logs show
-//! Blender's lines while it renders; every frame gets a thumbnail.
+//! Blender's lines while it renders; every frame gets a thumbnail; a
+//! re-render of a scene has an ETA from the start.
 
 use std::time::Duration;
 
@@ -177,6 +178,53 @@ async fn resumed_and_concurrent_watchers_get_every_event_once_across_a_restart()
     for (i, events) in crowd.iter().enumerate() {
         assert_complete(events, &reference, &format!("watcher {i}"));
     }
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// The first record of a job that carries an ETA, from its stored events.
+async fn first_eta(client: &mut Client, job_id: &str) -> Result<(usize, Option<pb::Eta>)> {
+    let events = follow(client.jobs.clone(), job_id.to_owned(), true, None, 0).await?;
+    let records: Vec<&pb::Job> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::JobChanged(job)) => Some(job),
+            _ => None,
+        })
+        .collect();
+    let first = records.first().context("the job has records")?;
+    Ok((records.len(), first.eta))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerender_of_a_scene_has_an_eta_before_its_first_task_ends() -> Result<()> {
+    let (mut farm, dir) = start_farm(1, false).await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+
+    let first = client.submit_blender(&scene, "1-4", 1).await?;
+    let done = client.wait_until_finished(&first.id).await?;
+    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+    let (_, eta) = first_eta(&mut client, &first.id).await?;
+    assert_eq!(
+        eta, None,
+        "a scene never rendered has no ETA until a task ends"
+    );
+
+    // Another range and chunk size of the same file.
+    let again = client.submit_blender(&scene, "5-10", 2).await?;
+    let done = client.wait_until_finished(&again.id).await?;
+    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+    let (_, eta) = first_eta(&mut client, &again.id).await?;
+    let eta = eta.context("the re-render's first record has an ETA")?;
+    assert_eq!(
+        eta.samples, 0,
+        "no task of the re-render had ended: {eta:?}"
+    );
+    assert!(
+        eta.earlier_samples >= 4 && eta.seconds_left > 0,
+        "the ETA starts from the first job's run times: {eta:?}"
+    );
     farm.shutdown().await?;
     Ok(())
 }

@@ -266,10 +266,15 @@ pub fn describe_task(task: &kiln_proto::v1::Task) -> String {
     text
 }
 
-/// "ETA 2m05s ± 20s".
+/// "ETA 2m05s ± 20s", marked when it rests on earlier jobs of the scene alone.
 pub fn eta_text(eta: &kiln_proto::v1::Eta) -> String {
+    let basis = if eta.samples == 0 && eta.earlier_samples > 0 {
+        " (from earlier jobs of this scene)"
+    } else {
+        ""
+    };
     format!(
-        "ETA {} ± {}",
+        "ETA {} ± {}{basis}",
         duration_text(eta.seconds_left),
         duration_text(eta.plus_minus_seconds)
     )

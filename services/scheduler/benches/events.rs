@@ -7,9 +7,11 @@
 //!   frame always makes a durable event), while `--watchers` WatchJob
 //!   streams follow the job. Each event's latency is from the moment its
 //!   report was sent to the moment a watcher read it.
-//! - ETA: `--eta-tasks` tasks of 1-3 s each on `--eta-workers` workers; the
-//!   ETA the job's record carries when 25, 50 and 75 % of its tasks are done
-//!   is compared with when the job really finished.
+//! - ETA: two jobs of one scene (the same input file), each `--eta-tasks`
+//!   tasks of 1-3 s on `--eta-workers` workers, one after the other; the ETA
+//!   each job's records carry first and when 25, 50 and 75 % of its tasks
+//!   are done is compared with when the job really finished. The second
+//!   starts from what the first took.
 //!
 //! Run: `cargo bench -p kiln-scheduler --bench events` (after
 //! `cargo build --release --workspace --bins`, so the farm runs release binaries).
@@ -80,7 +82,14 @@ async fn main() -> Result<()> {
         .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
         .await?;
     let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
-    let result = measure(&args, channel, farm.join_token()).await;
+    let result = measure(
+        &args,
+        channel,
+        farm.join_token(),
+        farm.discovery(),
+        dir.path(),
+    )
+    .await;
     if let (Some(keep), Some(scheduler)) = (&args.keep_log, farm.scheduler_mut()) {
         std::fs::copy(scheduler.log_path(), keep)?;
     }
@@ -88,7 +97,13 @@ async fn main() -> Result<()> {
     result
 }
 
-async fn measure(args: &Args, channel: Channel, join_token: &str) -> Result<()> {
+async fn measure(
+    args: &Args,
+    channel: Channel,
+    join_token: &str,
+    discovery: &kiln_discovery::Discovery,
+    dir: &std::path::Path,
+) -> Result<()> {
     let (p50, p99, events, rate) = latency(args, channel.clone(), join_token)
         .await
         .context("latency run")?;
@@ -102,17 +117,27 @@ async fn measure(args: &Args, channel: Channel, join_token: &str) -> Result<()> 
     println!("| latency worker report -> watcher, p50 | {p50:.1} ms |");
     println!("| latency worker report -> watcher, p99 | {p99:.1} ms |");
 
-    let rows = eta(args, channel, join_token).await.context("eta run")?;
+    let runs = eta_runs(args, channel, join_token, discovery, dir)
+        .await
+        .context("eta run")?;
     println!(
-        "\n## ETA: {} tasks of 1-3 s on {} workers",
+        "\n## ETA: two jobs of one scene, {} tasks of 1-3 s each on {} workers",
         args.eta_tasks, args.eta_workers
     );
-    println!("| done | ETA said (s left) | ± | really left (s) | error |\n|---|---|---|---|---|");
-    for (done, said, plus_minus, really) in rows {
-        println!(
-            "| {done:.0} % | {said} | {plus_minus} | {really:.1} | {:.0} % |",
-            100.0 * (f64::from(said) - really).abs() / really.max(0.1)
-        );
+    println!(
+        "| job | done | ETA said (s left) | ± | really left (s) | error |\n|---|---|---|---|---|---|"
+    );
+    for (job, marks) in ["first", "second (same scene)"].iter().zip(runs) {
+        for mark in marks {
+            println!(
+                "| {job} | {:.1} % | {} | {} | {:.1} | {:.0} % |",
+                mark.percent_done,
+                mark.said,
+                mark.plus_minus,
+                mark.really,
+                100.0 * (f64::from(mark.said) - mark.really).abs() / mark.really.max(0.1)
+            );
+        }
     }
     Ok(())
 }
@@ -213,43 +238,76 @@ async fn latency(
     ))
 }
 
-/// (percent done, ETA seconds left, ±, seconds really left) at 25, 50, 75 %.
-async fn eta(args: &Args, channel: Channel, join_token: &str) -> Result<Vec<(f64, u32, u32, f64)>> {
-    let mut jobs = JobServiceClient::new(channel.clone());
-    let job = jobs
-        .submit_job(noop_job(args.eta_tasks))
-        .await?
-        .into_inner();
-    let request = pb::WatchJobRequest {
-        job_id: job.id.clone(),
-        after_seq: None,
+/// What the ETA said at one point of a job, against what really remained.
+struct EtaMark {
+    percent_done: f64,
+    said: u32,
+    plus_minus: u32,
+    really: f64,
+}
+
+/// Two jobs of one scene (the same input file) on the same workers: the
+/// first learns from its own tasks only, the second starts from the first's.
+async fn eta_runs(
+    args: &Args,
+    channel: Channel,
+    join_token: &str,
+    discovery: &kiln_discovery::Discovery,
+    dir: &std::path::Path,
+) -> Result<[Vec<EtaMark>; 2]> {
+    let scene = dir.join("scene.blend");
+    std::fs::write(&scene, b"the same scene for both ETA jobs")?;
+    let assets = discovery
+        .find_one(kiln_discovery::service::ASSETS, Duration::from_secs(10))
+        .await?;
+    let assets = kiln_asset_client::AssetClient::new(
+        Channel::from_shared(assets.grpc_uri())?.connect().await?,
+    );
+    let input = pb::JobInput {
+        path: "scene.blend".into(),
+        digest: assets.upload_file(&scene).await?.digest,
     };
-    let mut stream = jobs.watch_job(request).await?.into_inner();
     let mut workers = Vec::new();
     for i in 0..args.eta_workers {
-        let (tx, mut inbound) = open_session(channel.clone(), 10_000 + i, join_token).await?;
-        workers.push(tokio::spawn(async move {
-            while let Some(task) = next_assignment(&mut inbound).await {
-                let started = pb::TaskStarted {
-                    task_id: task.task_id.clone(),
-                    attempt: task.attempt,
-                };
-                tx.send(message(ToScheduler::Started(started))).await?;
-                let seconds = rand::rng().random_range(1.0..3.0);
-                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-                let result = pb::TaskResult {
-                    task_id: task.task_id,
-                    attempt: task.attempt,
-                    success: true,
-                    exit_code: Some(0),
-                    ..Default::default()
-                };
-                tx.send(message(ToScheduler::Result(result))).await?;
-            }
-            anyhow::Ok(())
-        }));
+        let (tx, inbound) = open_session(channel.clone(), 10_000 + i, join_token).await?;
+        workers.push(tokio::spawn(serve_slowly(tx, inbound)));
     }
-    let mut marks = vec![0.25, 0.5, 0.75];
+    let first = eta(args, channel.clone(), &input)
+        .await
+        .context("first job");
+    let second = eta(args, channel, &input).await.context("second job");
+    for worker in workers {
+        worker.abort();
+    }
+    Ok([first?, second?])
+}
+
+/// Runs each task for 1-3 s (uniformly random).
+async fn serve_slowly(
+    tx: tokio::sync::mpsc::Sender<pb::WorkerMessage>,
+    mut inbound: tonic::Streaming<pb::SchedulerMessage>,
+) -> Result<()> {
+    while let Some(task) = next_assignment(&mut inbound).await {
+        tx.send(started(&task)).await?;
+        let seconds = rand::rng().random_range(1.0..3.0);
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        tx.send(succeeded(task)).await?;
+    }
+    Ok(())
+}
+
+/// The ETA of a job's first record that has one, and at 25, 50 and 75 %.
+async fn eta(args: &Args, channel: Channel, input: &pb::JobInput) -> Result<Vec<EtaMark>> {
+    let mut jobs = JobServiceClient::new(channel);
+    let mut request = noop_job(args.eta_tasks);
+    request.inputs = vec![input.clone()];
+    let job = jobs.submit_job(request).await?.into_inner();
+    let request = pb::WatchJobRequest {
+        job_id: job.id.clone(),
+        after_seq: Some(0),
+    };
+    let mut stream = jobs.watch_job(request).await?.into_inner();
+    let mut marks = vec![0.0, 0.25, 0.5, 0.75];
     let mut said = Vec::new();
     while let Some(event) = stream.message().await? {
         let Some(Event::JobChanged(record)) = event.event else {
@@ -269,12 +327,14 @@ async fn eta(args: &Args, channel: Channel, join_token: &str) -> Result<Vec<(f64
         }
     }
     let finished = Instant::now();
-    for worker in workers {
-        worker.abort();
-    }
     Ok(said
         .into_iter()
-        .map(|(done, left, pm, at)| (done, left, pm, (finished - at).as_secs_f64()))
+        .map(|(percent_done, said, plus_minus, at)| EtaMark {
+            percent_done,
+            said,
+            plus_minus,
+            really: (finished - at).as_secs_f64(),
+        })
         .collect())
 }
 

@@ -449,6 +449,8 @@ impl Core {
                 self.unclaimed.insert(task.id, deadline);
             }
         }
+        let earlier = std::mem::take(&mut job.earlier_run_times);
+        self.eta.open(&job, &tasks, &earlier);
         self.jobs.insert(job_id, job);
         for task in tasks {
             let (id, state) = (task.id, task.state);

@@ -18,10 +18,11 @@ use uuid::Uuid;
 
 use crate::core_events::EventSequencer;
 use crate::effects::Effect;
-use crate::eta::EtaBook;
+use crate::eta::{self, EtaBook, RunStats};
 use crate::job_state::{self, JobFacts, JobState, TaskCounts};
 use crate::matching::Requirements;
 use crate::retry::RetryPolicy;
+use crate::scene_history;
 use crate::task_state::{TaskEvent, TaskState};
 use crate::writer::{Batch, JobWrite, TaskWrite};
 
@@ -97,6 +98,9 @@ pub struct JobEntry {
     pub name: String,
     /// The last sequence number given to one of the job's events.
     pub event_seq: u64,
+    /// Per-frame run times of earlier jobs of the same scene, by step name:
+    /// loaded with the job, handed to the ETA book when the core takes it.
+    pub earlier_run_times: HashMap<String, RunStats>,
 }
 
 impl JobEntry {
@@ -338,7 +342,8 @@ impl Core {
         let Some(ran) = task.dispatched_at.map(|t| t.elapsed().as_secs_f64()) else {
             return;
         };
-        self.eta.learn(task.job_id, task.step, ran);
+        self.eta
+            .learn(task.job_id, task.step, ran, eta::frames_of(task));
         if let Some(step) = self
             .jobs
             .get_mut(&task.job_id)
@@ -457,7 +462,15 @@ impl Core {
         }
         self.recently_finished.insert(job_id, state);
         if let Some(job) = self.jobs.remove(&job_id) {
-            self.eta.forget(job_id, job.steps.len());
+            let learnt = self.eta.close(job_id);
+            // Only a whole successful run says what the scene takes.
+            if state == JobState::Succeeded
+                && let Some(scene) = scene_history::scene_key(&job.inputs)
+            {
+                self.batch
+                    .scene_times
+                    .extend(scene_history::writes_for(&scene, learnt));
+            }
             for task_id in &job.task_ids {
                 self.tasks.remove(task_id);
             }

@@ -183,6 +183,7 @@ impl Core {
                 *count += 1;
             }
         }
-        self.eta.estimate(job, &running)
+        let farm_slots = self.workers.values().map(|w| w.slots).sum();
+        self.eta.estimate(job, &running, farm_slots)
     }
 }

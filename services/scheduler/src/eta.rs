@@ -1,26 +1,37 @@
 //! A running job's expected finish, learnt from how long its finished tasks
-//! took (per step) and how many of its tasks run at once.
+//! took (per step), from earlier jobs of the same scene, and from how many
+//! of its tasks run at once.
 //!
-//! Each step keeps the mean and spread of its successful attempts' run
-//! times (Welford's online algorithm, so memory is constant per step). What
-//! remains is the waiting tasks' mean run time plus half of each running
-//! task's, spread over the tasks the job currently runs at once. The ±
-//! comes from the run times' standard deviation, scaled the way a sum of
-//! independent durations spreads.
+//! Run times are kept per frame (a task's time over its frame count, a
+//! frameless task counting as one), so a chunk size that differs from an
+//! earlier job's still compares. Each step keeps the mean and spread of its
+//! successful attempts (Welford's online algorithm, so memory is constant
+//! per step). Earlier jobs of the scene (`scene_history.rs`) count as at
+//! most EARLIER_WEIGHT samples: they give an ETA before the job's first task
+//! ends, and the job's own frames outweigh them soon after. What remains is
+//! the waiting tasks' mean run time plus half of each running task's, spread
+//! over the tasks the job currently runs at once (before any runs, over the
+//! farm's slots, as many as it has tasks left). The ± comes from the run
+//! times' standard deviation, scaled the way a sum of independent durations
+//! spreads.
 
 use std::collections::HashMap;
 
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::core::JobEntry;
+use crate::core::{JobEntry, TaskEntry};
 
-/// Mean and spread of one step's run times.
-#[derive(Debug, Clone, Copy, Default)]
+/// The most samples earlier jobs of a scene count for, against the job's own.
+const EARLIER_WEIGHT: u32 = 4;
+
+/// Mean and spread of run times.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RunStats {
-    count: u32,
-    mean: f64,
-    m2: f64,
+    pub count: u32,
+    pub mean: f64,
+    /// Sum of squared differences from the mean.
+    pub m2: f64,
 }
 
 impl RunStats {
@@ -31,6 +42,37 @@ impl RunStats {
         self.m2 += delta * (seconds - self.mean);
     }
 
+    /// Both sets of samples as one (Chan et al.'s parallel update).
+    pub fn merged(self, other: RunStats) -> RunStats {
+        if self.count == 0 {
+            return other;
+        }
+        if other.count == 0 {
+            return self;
+        }
+        let (a, b) = (f64::from(self.count), f64::from(other.count));
+        let n = a + b;
+        let delta = other.mean - self.mean;
+        RunStats {
+            count: self.count + other.count,
+            mean: self.mean + delta * b / n,
+            m2: self.m2 + other.m2 + delta * delta * a * b / n,
+        }
+    }
+
+    /// The same mean and spread, counted as at most `count` samples.
+    pub fn weighed_as(self, count: u32) -> RunStats {
+        if self.count <= count {
+            return self;
+        }
+        let scale = f64::from(count) / f64::from(self.count);
+        RunStats {
+            count,
+            mean: self.mean,
+            m2: self.m2 * scale,
+        }
+    }
+
     fn std_dev(&self) -> f64 {
         if self.count < 2 {
             return self.mean * 0.5;
@@ -39,42 +81,127 @@ impl RunStats {
     }
 }
 
-/// Run times per (job, step position).
+/// What one step of a running job has learnt.
+#[derive(Debug, Clone, Default)]
+pub struct StepTimes {
+    pub name: String,
+    /// Seconds per frame of the job's own successful attempts.
+    pub own: RunStats,
+    /// Seconds per frame in earlier jobs of the same scene.
+    pub earlier: RunStats,
+    /// Mean frames of the step's unfinished tasks.
+    pub frames_per_task: f64,
+}
+
+impl StepTimes {
+    fn per_frame(&self) -> RunStats {
+        self.own.merged(self.earlier.weighed_as(EARLIER_WEIGHT))
+    }
+}
+
+/// Run times of each running job's steps.
 #[derive(Default)]
 pub struct EtaBook {
-    steps: HashMap<(Uuid, usize), RunStats>,
+    jobs: HashMap<Uuid, Vec<StepTimes>>,
+}
+
+/// Frames a task counts as: a frameless one (an encode, a check) as one.
+pub fn frames_of(task: &TaskEntry) -> f64 {
+    task.frames.len().max(1) as f64
 }
 
 impl EtaBook {
-    pub fn learn(&mut self, job_id: Uuid, step: usize, seconds: f64) {
-        self.steps.entry((job_id, step)).or_default().add(seconds);
+    /// Starts a job's book from its unfinished tasks and what earlier jobs
+    /// of its scene took per step (by step name).
+    pub fn open(
+        &mut self,
+        job: &JobEntry,
+        tasks: &[TaskEntry],
+        earlier: &HashMap<String, RunStats>,
+    ) {
+        let steps = job
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(position, step)| {
+                let frames: Vec<f64> = tasks
+                    .iter()
+                    .filter(|t| t.step == position)
+                    .map(frames_of)
+                    .collect();
+                StepTimes {
+                    name: step.name.clone(),
+                    own: RunStats::default(),
+                    earlier: earlier.get(&step.name).copied().unwrap_or_default(),
+                    frames_per_task: if frames.is_empty() {
+                        1.0
+                    } else {
+                        frames.iter().sum::<f64>() / frames.len() as f64
+                    },
+                }
+            })
+            .collect();
+        self.jobs.insert(job.id, steps);
     }
 
-    pub fn forget(&mut self, job_id: Uuid, steps: usize) {
-        for step in 0..steps {
-            self.steps.remove(&(job_id, step));
+    pub fn learn(&mut self, job_id: Uuid, step: usize, seconds: f64, frames: f64) {
+        if let Some(times) = self.jobs.get_mut(&job_id).and_then(|s| s.get_mut(step)) {
+            times.own.add(seconds / frames.max(1.0));
         }
     }
 
-    /// The job's ETA, or `None` until at least one task finished.
-    pub fn estimate(&self, job: &JobEntry, running_per_step: &[usize]) -> Option<pb::Eta> {
+    /// Closes a job's book, returning what it learnt.
+    pub fn close(&mut self, job_id: Uuid) -> Vec<StepTimes> {
+        self.jobs.remove(&job_id).unwrap_or_default()
+    }
+
+    /// The job's ETA, or `None` until one of its tasks finished or an
+    /// earlier job of its scene is known.
+    pub fn estimate(
+        &self,
+        job: &JobEntry,
+        running_per_step: &[usize],
+        farm_slots: usize,
+    ) -> Option<pb::Eta> {
         if job.state.is_final() {
             return None;
         }
-        let known: Vec<RunStats> = (0..job.steps.len())
-            .filter_map(|s| self.steps.get(&(job.id, s)).copied())
+        let times = self.jobs.get(&job.id)?;
+        let per_frame: Vec<RunStats> = times.iter().map(StepTimes::per_frame).collect();
+        let samples: u32 = times.iter().map(|t| t.own.count).sum();
+        let earlier_samples: u32 = times.iter().map(|t| t.earlier.count).sum();
+        let known: Vec<f64> = per_frame
+            .iter()
+            .zip(times)
+            .filter(|(stats, _)| stats.count > 0)
+            .map(|(stats, step)| stats.mean * step.frames_per_task)
             .collect();
-        let samples: u32 = known.iter().map(|s| s.count).sum();
-        if samples == 0 {
+        if known.is_empty() {
             return None;
         }
-        // Steps with no finished task yet are assumed to take what the others did.
-        let fallback = known.iter().map(|s| s.mean).sum::<f64>() / known.len() as f64;
-        let parallel = running_per_step.iter().sum::<usize>().max(1) as f64;
+        // Steps with nothing known yet are assumed to take what the others did per task.
+        let fallback = known.iter().sum::<f64>() / known.len() as f64;
+        let running: usize = running_per_step.iter().sum();
+        let left: usize = job
+            .steps
+            .iter()
+            .map(|s| s.total.saturating_sub(s.succeeded + s.failed))
+            .sum();
+        let parallel = if running > 0 {
+            running
+        } else {
+            farm_slots.min(left)
+        }
+        .max(1) as f64;
         let (mut work, mut variance) = (0.0, 0.0);
         for (position, step) in job.steps.iter().enumerate() {
-            let stats = self.steps.get(&(job.id, position)).copied();
-            let (mean, sd) = stats.map_or((fallback, fallback * 0.5), |s| (s.mean, s.std_dev()));
+            let (mean, sd) = match (per_frame.get(position), times.get(position)) {
+                (Some(stats), Some(t)) if stats.count > 0 => (
+                    stats.mean * t.frames_per_task,
+                    stats.std_dev() * t.frames_per_task,
+                ),
+                _ => (fallback, fallback * 0.5),
+            };
             let running = running_per_step.get(position).copied().unwrap_or(0);
             let left = step.total.saturating_sub(step.succeeded + step.failed);
             let waiting = left.saturating_sub(running) as f64;
@@ -88,6 +215,46 @@ impl EtaBook {
             plus_minus_seconds: plus_minus.round() as u32,
             computed_at: Some(crate::store::timestamp(chrono::Utc::now())),
             samples,
+            earlier_samples,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(samples: &[f64]) -> RunStats {
+        let mut stats = RunStats::default();
+        for s in samples {
+            stats.add(*s);
+        }
+        stats
+    }
+
+    #[test]
+    fn merging_matches_adding_every_sample() {
+        let both = stats(&[1.0, 2.0, 4.0]).merged(stats(&[8.0, 3.0]));
+        let all = stats(&[1.0, 2.0, 4.0, 8.0, 3.0]);
+        assert_eq!(both.count, all.count);
+        assert!((both.mean - all.mean).abs() < 1e-9);
+        assert!((both.m2 - all.m2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn earlier_jobs_weigh_no_more_than_a_few_samples() {
+        let earlier = stats(&[10.0; 100]);
+        let step = StepTimes {
+            own: stats(&[2.0; 8]),
+            earlier,
+            frames_per_task: 1.0,
+            ..StepTimes::default()
+        };
+        // 8 own samples at 2 s against 4 earlier ones at 10 s.
+        let mean = step.per_frame().mean;
+        assert!(
+            (mean - (8.0 * 2.0 + 4.0 * 10.0) / 12.0).abs() < 1e-9,
+            "{mean}"
+        );
     }
 }

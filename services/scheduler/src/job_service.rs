@@ -139,7 +139,9 @@ impl JobApi {
             trace_context,
             name: name.clone(),
         };
-        let loaded = loader::from_plan(id, settings, &plan, &created.task_ids);
+        let mut loaded = [loader::from_plan(id, settings, &plan, &created.task_ids)];
+        loader::attach_earlier_run_times(&self.scheduler()?.db, &mut loaded).await;
+        let [loaded] = loaded;
         self.scheduler()?
             .ask(|reply| Command::AddJob {
                 job: loaded.job,

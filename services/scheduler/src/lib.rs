@@ -40,6 +40,7 @@ pub mod queue;
 mod reclaim;
 pub mod references;
 pub mod retry;
+mod scene_history;
 pub mod scheduler;
 pub mod scheduler_metrics;
 pub mod store;

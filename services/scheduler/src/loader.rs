@@ -13,6 +13,7 @@ use crate::core::{JobEntry, StepEntry, TaskEntry};
 use crate::fence::{self, Token};
 use crate::job_state::{JobState, TaskCounts};
 use crate::matching::Requirements;
+use crate::scene_history;
 use crate::store;
 use crate::task_state::TaskState;
 
@@ -121,6 +122,7 @@ pub fn from_plan(
         trace_context: settings.trace_context,
         name: settings.name,
         event_seq: 0,
+        earlier_run_times: HashMap::new(),
     };
     LoadedJob {
         job: Box::new(job),
@@ -255,7 +257,34 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     for job in &mut loaded {
         job.job.event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);
     }
+    attach_earlier_run_times(db, &mut loaded).await;
     Ok(loaded)
+}
+
+/// Gives each job what earlier jobs of its scene took. Without them a job
+/// only waits longer for its first ETA, so a failed read is logged, not fatal.
+pub async fn attach_earlier_run_times(db: &sqlx::PgPool, jobs: &mut [LoadedJob]) {
+    let scenes: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| scene_history::scene_key(&j.job.inputs))
+        .collect();
+    if scenes.is_empty() {
+        return;
+    }
+    let mut known = match scene_history::load(db, &scenes).await {
+        Ok(known) => known,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read earlier jobs' run times; ETAs wait for this job's own");
+            return;
+        }
+    };
+    for job in jobs {
+        if let Some(times) =
+            scene_history::scene_key(&job.job.inputs).and_then(|s| known.remove(&s))
+        {
+            job.job.earlier_run_times = times;
+        }
+    }
 }
 
 /// The last farm-wide event position written, where a new leader continues.
@@ -433,5 +462,6 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         trace_context: serde_json::from_value(row.trace_context).unwrap_or_default(),
         name: row.name,
         event_seq: 0,
+        earlier_run_times: HashMap::new(),
     }
 }

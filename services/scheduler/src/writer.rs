@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::effects::Effect;
 use crate::fence::{self, FenceError, Token};
 use crate::job_state::JobState;
+use crate::scene_history::{self, SceneTimesWrite};
 use crate::task_state::TaskState;
 
 /// One task's row after a transition (or several, coalesced).
@@ -111,6 +112,8 @@ pub struct Batch {
     pub outputs: Vec<OutputWrite>,
     /// Job events, numbered by the core (`core_events.rs`).
     pub events: Vec<(Uuid, Arc<pb::JobEvent>)>,
+    /// Run times succeeded jobs leave for their scenes (`scene_history.rs`).
+    pub scene_times: Vec<SceneTimesWrite>,
     /// What to do once the writes are committed, in order.
     pub effects: Vec<Effect>,
 }
@@ -122,6 +125,7 @@ impl Batch {
             && self.blocklist.is_empty()
             && self.outputs.is_empty()
             && self.events.is_empty()
+            && self.scene_times.is_empty()
             && self.effects.is_empty()
     }
 }
@@ -185,6 +189,7 @@ async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteErro
     if !batch.events.is_empty() {
         write_events(&mut tx, &batch.events).await?;
     }
+    scene_history::write(&mut tx, &batch.scene_times).await?;
     tx.commit().await?;
     Ok(())
 }
