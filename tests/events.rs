@@ -1,7 +1,8 @@
 //! Watching a job never loses or repeats an event: across disconnects, a
 //! scheduler restart, and 50 watchers at once; live task logs show
 //! Blender's lines while it renders; every frame gets a thumbnail; a
-//! re-render of a scene has an ETA from the start.
+//! re-render of a scene has an ETA from the start; the farm watch tells
+//! when workers join and leave.
 
 use std::time::Duration;
 
@@ -224,6 +225,61 @@ async fn a_rerender_of_a_scene_has_an_eta_before_its_first_task_ends() -> Result
     assert!(
         eta.earlier_samples >= 4 && eta.seconds_left > 0,
         "the ETA starts from the first job's run times: {eta:?}"
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// Reads the farm watch until a change of `worker`; returns its position.
+async fn next_worker_change(
+    stream: &mut tonic::Streaming<pb::JobEvent>,
+    worker: &str,
+) -> Result<(pb::WorkerChange, u64)> {
+    let wait = async {
+        while let Some(event) = stream.message().await? {
+            if let Some(Event::WorkerChanged(change)) = &event.event
+                && change.worker_id == worker
+            {
+                assert!(event.job_id.is_empty() && event.seq == 0, "{event:?}");
+                return Ok((change.change(), event.farm_seq));
+            }
+        }
+        bail!("the farm watch ended")
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .context("no change of the worker")?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_farm_watch_tells_when_workers_join_and_leave() -> Result<()> {
+    let (mut farm, _dir) = start_farm(1, false).await?;
+    let client = Client::connect(&farm).await?;
+    let worker = kiln_localfarm::worker_id(0);
+    let mut jobs = client.jobs.clone();
+    let from_start = pb::WatchFarmRequest {
+        after_farm_seq: Some(0),
+    };
+    let mut stream = jobs.watch_farm(from_start).await?.into_inner();
+    let (change, joined_at) = next_worker_change(&mut stream, &worker).await?;
+    assert_eq!(change, pb::WorkerChange::Joined);
+
+    farm.workers_mut()[0].kill().await?;
+    let (change, left_at) = next_worker_change(&mut stream, &worker).await?;
+    assert_eq!(
+        change,
+        pb::WorkerChange::Left,
+        "the killed worker's stream broke"
+    );
+
+    // Resuming after the join replays the departure, not the join.
+    let resumed = pb::WatchFarmRequest {
+        after_farm_seq: Some(joined_at),
+    };
+    let mut stream = jobs.watch_farm(resumed).await?.into_inner();
+    assert_eq!(
+        next_worker_change(&mut stream, &worker).await?,
+        (pb::WorkerChange::Left, left_at)
     );
     farm.shutdown().await?;
     Ok(())

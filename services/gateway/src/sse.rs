@@ -65,6 +65,7 @@ fn sse_event(event: &pb::JobEvent, farm: bool) -> SseEvent {
         Some(Event::TaskStateChanged(_)) => "task_state_changed",
         Some(Event::TaskProgress(_)) => "task_progress",
         Some(Event::OutputAdded(_)) => "output_added",
+        Some(Event::WorkerChanged(_)) => "worker_changed",
         None => "unknown",
     };
     let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());

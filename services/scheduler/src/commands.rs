@@ -101,6 +101,11 @@ impl Core {
                     .is_some_and(|w| w.session == session)
                 {
                     self.worker_left(&worker_id);
+                    self.emit_worker(
+                        &worker_id,
+                        pb::WorkerChange::Left,
+                        "its session ended".into(),
+                    );
                 }
             }
             Command::Started { worker_id, started } => self.started(&worker_id, &started),
@@ -152,8 +157,13 @@ impl Core {
         outbox: Outbox,
         held: Vec<(Uuid, i32)>,
     ) {
+        let reconnected = self.workers.contains_key(&worker_id);
         // What the worker's old session held and it no longer names is lost.
         let kept = self.replace_session(&worker_id, &held);
+        if !reconnected {
+            let offer = describe_offer(&capabilities);
+            self.emit_worker(&worker_id, pb::WorkerChange::Joined, offer);
+        }
         let slots = capabilities.slots.max(1) as usize;
         self.workers.insert(
             worker_id.clone(),
@@ -210,6 +220,11 @@ impl Core {
         }
         tracing::warn!(worker_id, "worker lease lost; treating it as dead");
         self.worker_left(worker_id);
+        self.emit_worker(
+            worker_id,
+            pb::WorkerChange::Lost,
+            "its etcd registration expired".into(),
+        );
     }
 
     /// An attempt ended through no fault of the task: it goes back to the queue.
@@ -599,4 +614,20 @@ impl Core {
         }
         self.refresh_jobs();
     }
+}
+
+/// "8 cores, 1 GPU, 2 slots: blender 3.4.1, ffmpeg 5.1".
+fn describe_offer(capabilities: &pb::WorkerCapabilities) -> String {
+    let renderers: Vec<String> = capabilities
+        .renderers
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.version))
+        .collect();
+    format!(
+        "{} cores, {} GPU, {} slots: {}",
+        capabilities.cpu_cores,
+        capabilities.gpus,
+        capabilities.slots.max(1),
+        renderers.join(", ")
+    )
 }

@@ -57,6 +57,29 @@ impl Core {
         self.batch.effects.push(Effect::Publish(event));
     }
 
+    /// Numbers a farm event (one of no job): the next farm position, written
+    /// and published like a job's.
+    pub fn emit_farm(&mut self, event: Event) {
+        self.events.farm_seq += 1;
+        let event = Arc::new(pb::JobEvent {
+            job_id: String::new(),
+            seq: 0,
+            farm_seq: self.events.farm_seq,
+            event: Some(event),
+        });
+        self.batch.farm_events.push(event.clone());
+        self.batch.effects.push(Effect::Publish(event));
+    }
+
+    /// A worker joined, left or was lost.
+    pub fn emit_worker(&mut self, worker_id: &str, change: pb::WorkerChange, message: String) {
+        self.emit_farm(Event::WorkerChanged(pb::WorkerChanged {
+            worker_id: worker_id.to_owned(),
+            change: change as i32,
+            message,
+        }));
+    }
+
     /// A running task's progress: kept at most once a second per task, or
     /// when it moves to another frame, so a busy farm does not flood Postgres.
     pub fn emit_progress(&mut self, job_id: Uuid, progress: pb::TaskProgress) {

@@ -80,7 +80,11 @@ async fn page(db: &PgPool, scope: Scope, after: u64) -> Result<Vec<pb::JobEvent>
         .await,
         Scope::Farm => {
             sqlx::query_scalar(
-                "SELECT payload FROM job_events WHERE farm_seq > $1 ORDER BY farm_seq LIMIT $2",
+                "SELECT payload FROM (
+                     SELECT farm_seq, payload FROM job_events WHERE farm_seq > $1
+                     UNION ALL
+                     SELECT farm_seq, payload FROM farm_events WHERE farm_seq > $1
+                 ) AS events ORDER BY farm_seq LIMIT $2",
             )
             .bind(after as i64)
             .bind(PAGE)
@@ -107,9 +111,12 @@ pub async fn last_position(db: &PgPool, scope: Scope) -> Result<u64, sqlx::Error
                 .await?
         }
         Scope::Farm => {
-            sqlx::query_scalar("SELECT max(farm_seq) FROM job_events")
-                .fetch_one(db)
-                .await?
+            sqlx::query_scalar(
+                "SELECT greatest((SELECT max(farm_seq) FROM job_events),
+                                 (SELECT max(farm_seq) FROM farm_events))",
+            )
+            .fetch_one(db)
+            .await?
         }
     };
     Ok(last.unwrap_or(0) as u64)

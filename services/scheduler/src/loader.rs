@@ -289,10 +289,7 @@ pub async fn attach_earlier_run_times(db: &sqlx::PgPool, jobs: &mut [LoadedJob])
 
 /// The last farm-wide event position written, where a new leader continues.
 pub async fn last_farm_seq(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
-    let last: Option<i64> = sqlx::query_scalar("SELECT max(farm_seq) FROM job_events")
-        .fetch_one(db)
-        .await?;
-    Ok(last.unwrap_or(0) as u64)
+    crate::event_log::last_position(db, crate::event_log::Scope::Farm).await
 }
 
 /// States of the jobs the given jobs depend on.

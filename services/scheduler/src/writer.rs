@@ -112,6 +112,8 @@ pub struct Batch {
     pub outputs: Vec<OutputWrite>,
     /// Job events, numbered by the core (`core_events.rs`).
     pub events: Vec<(Uuid, Arc<pb::JobEvent>)>,
+    /// Farm events, numbered by the core (`core_events.rs`).
+    pub farm_events: Vec<Arc<pb::JobEvent>>,
     /// Run times succeeded jobs leave for their scenes (`scene_history.rs`).
     pub scene_times: Vec<SceneTimesWrite>,
     /// What to do once the writes are committed, in order.
@@ -125,6 +127,7 @@ impl Batch {
             && self.blocklist.is_empty()
             && self.outputs.is_empty()
             && self.events.is_empty()
+            && self.farm_events.is_empty()
             && self.scene_times.is_empty()
             && self.effects.is_empty()
     }
@@ -188,6 +191,9 @@ async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteErro
     }
     if !batch.events.is_empty() {
         write_events(&mut tx, &batch.events).await?;
+    }
+    if !batch.farm_events.is_empty() {
+        write_farm_events(&mut tx, &batch.farm_events).await?;
     }
     scene_history::write(&mut tx, &batch.scene_times).await?;
     tx.commit().await?;
@@ -291,6 +297,26 @@ async fn write_events(
     )
     .execute(&mut *tx)
     .await?;
+    Ok(())
+}
+
+/// Farm events are few (workers come and go), so pruning the week-old ones
+/// as new ones arrive keeps the table bounded without a sweeper.
+async fn write_farm_events(
+    tx: &mut sqlx::PgConnection,
+    events: &[Arc<pb::JobEvent>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO farm_events (farm_seq, payload)
+         SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
+    )
+    .bind(events.iter().map(|e| e.farm_seq as i64).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.encode_to_vec()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM farm_events WHERE created_at < now() - interval '7 days'")
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
