@@ -1,6 +1,7 @@
 //! Render engines through a whole farm: the quality check after encoding,
 //! personalised videos from a variant table (through `kiln render`), the
-//! device a render used, and the approved ffmpeg transcode template.
+//! device a render used, the approved ffmpeg transcode template, and a
+//! Workbench scene, whose render prints no frame lines.
 
 use std::path::{Path, PathBuf};
 
@@ -152,6 +153,40 @@ async fn quality_check_passes_a_good_render_and_names_a_black_frame() -> anyhow:
     let tasks = client.tasks(&job.id).await?;
     assert_eq!(step_task(&tasks, "Check")?.message, "quality check skipped");
 
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// Opens argv[-2], switches it to the Workbench engine, saves it as argv[-1].
+const WORKBENCH_SCENE: &str = r#"
+import sys
+import bpy
+source, out = sys.argv[-2], sys.argv[-1]
+bpy.ops.wm.open_mainfile(filepath=source)
+bpy.context.scene.render.engine = "BLENDER_WORKBENCH"
+bpy.ops.wm.save_as_mainfile(filepath=out)
+"#;
+
+/// Workbench (previews, playblasts) prints no `Fra:` lines; its frames are
+/// known by their saved files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workbench_scene_renders_every_frame() -> anyhow::Result<()> {
+    let (mut farm, dir) = start_farm(1, false).await?;
+    let scene = example_scene(dir.path())?;
+    let workbench = dir.path().join("workbench.blend");
+    blender_script(dir.path(), WORKBENCH_SCENE, &[&scene, &workbench])?;
+    let mut client = Client::connect(&farm).await?;
+
+    let job = client.submit_blender(&workbench, "1-4", 2).await?;
+    let job = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
+    let frames = client
+        .outputs(&job.id)
+        .await?
+        .into_iter()
+        .filter(|o| o.path.starts_with("frames/") && o.kind.is_empty())
+        .count();
+    assert_eq!(frames, 4, "every Workbench frame stored");
     farm.shutdown().await?;
     Ok(())
 }

@@ -349,7 +349,8 @@ async fn write_blocklist(
     Ok(())
 }
 
-/// Records outputs (the last write of a path wins), as one statement.
+/// Records outputs (the last write of a path wins), as one statement; rows
+/// already as the success lists them are not rewritten.
 async fn write_outputs(
     tx: &mut sqlx::PgConnection,
     outputs: &[OutputWrite],
@@ -364,7 +365,10 @@ async fn write_outputs(
         "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::text[])
          ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest,
-             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind",
+             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind
+         -- Most were recorded as their reports arrived: leave those rows be.
+         WHERE (outputs.digest, outputs.size, outputs.task_id, outputs.kind)
+               IS DISTINCT FROM (EXCLUDED.digest, EXCLUDED.size, EXCLUDED.task_id, EXCLUDED.kind)",
     )
     .bind(rows.iter().map(|o| o.job_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|o| o.path.clone()).collect::<Vec<_>>())

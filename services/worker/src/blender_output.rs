@@ -62,11 +62,20 @@ fn parse_samples(field: &str) -> Option<f32> {
     (total > 0.0).then(|| (done / total).clamp(0.0, 1.0))
 }
 
+/// The number a file's name ends with: `frame_0007.png` is frame 7.
+fn frame_in_file_name(path: &std::path::Path) -> Option<i64> {
+    let stem = path.file_stem()?.to_str()?;
+    let digits = stem.len() - stem.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    stem[stem.len() - digits..].parse().ok()
+}
+
 /// The state of one Blender run, built from its output lines.
 #[derive(Debug, Default)]
 pub struct RenderTracker {
     current_frame: Option<i64>,
     current_samples: f32,
+    /// The last frame saved, for renders that print no `Fra:` lines (Workbench).
+    last_saved: Option<i64>,
     saved_frames: BTreeSet<i64>,
     first_error: Option<String>,
     last_error: Option<String>,
@@ -88,7 +97,12 @@ impl RenderTracker {
                 None
             }
             BlenderLine::Saved { path } => {
-                self.mark_current_frame_saved();
+                // Workbench prints no `Fra:` lines: the file's name says the
+                // frame (the worker's output pattern ends in its number).
+                match frame_in_file_name(&path) {
+                    Some(frame) => self.mark_saved(frame),
+                    None => self.mark_current_frame_saved(),
+                }
                 Some(path)
             }
             BlenderLine::AppendedFrame { frame } => {
@@ -107,14 +121,21 @@ impl RenderTracker {
     }
 
     fn mark_current_frame_saved(&mut self) {
-        if let Some(frame) = self.current_frame {
-            self.saved_frames.insert(frame);
+        match self.current_frame {
+            Some(frame) => self.mark_saved(frame),
+            None => self.current_samples = 0.0,
         }
+    }
+
+    fn mark_saved(&mut self, frame: i64) {
+        self.saved_frames.insert(frame);
+        self.last_saved = Some(frame);
         self.current_samples = 0.0;
     }
 
+    /// The frame being rendered, or else the last one saved.
     pub fn current_frame(&self) -> Option<i64> {
-        self.current_frame
+        self.current_frame.or(self.last_saved)
     }
 
     /// Frames of `expected` that Blender reported saving.
@@ -279,6 +300,23 @@ mod tests {
             Some("Error: Build without OpenImageDenoiser")
         );
         assert_eq!(tracker.last_error(), Some("Error: something else"));
+    }
+
+    #[test]
+    fn workbench_frames_count_as_saved_by_their_file_names() {
+        // Blender 3.4's Workbench engine prints no `Fra:` lines.
+        let mut tracker = RenderTracker::default();
+        for line in [
+            "Read blend: /work/scene.blend",
+            "Saved: '/work/out/frame_0003.png'",
+            " Time: 00:03.10 (Saving: 00:00.62)",
+            "Saved: '/work/out/frame_0004.png'",
+        ] {
+            tracker.observe(line);
+        }
+        assert!(tracker.missing_frames(&[3, 4]).is_empty());
+        assert_eq!(tracker.current_frame(), Some(4));
+        assert_eq!(tracker.fraction(&[3, 4, 5, 6]), 0.5);
     }
 
     #[test]
