@@ -1,8 +1,11 @@
 //! Follows a job until it ends: a progress bar for the job (with its ETA)
 //! and one per busy worker, fed by the job's event stream, which resumes
-//! after the last event seen whenever it breaks.
+//! after the last event seen whenever it breaks. Without a terminal (a
+//! pipeline script, a CI log) bars draw nothing, so the job's progress is
+//! written as a line whenever its counts or state change.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -28,21 +31,47 @@ struct View {
     job: ProgressBar,
     /// Bars of running tasks, by task id.
     tasks: HashMap<String, ProgressBar>,
+    /// Without a terminal: the last line written, so only changes are.
+    plain: Option<String>,
 }
 
 impl View {
     fn new(job: &Job) -> Self {
         let bars = MultiProgress::new();
         let bar = bars.add(progress_bar(job));
+        let plain = (!std::io::stderr().is_terminal()).then(String::new);
         Self {
             bars,
             job: bar,
             tasks: HashMap::new(),
+            plain,
+        }
+    }
+
+    /// The job's record: on its bar, or as a line when it changed.
+    fn show(&mut self, job: &Job) {
+        let summary = show(&self.job, job);
+        if let Some(last) = &mut self.plain {
+            let line = format!(
+                "{}/{} tasks, {summary}",
+                job.tasks_succeeded, job.tasks_total
+            );
+            // The ETA moves with every record; a line is worth it when the rest does.
+            let without_eta = line.split(", ETA").next().unwrap_or_default();
+            if last.split(", ETA").next().unwrap_or_default() != without_eta {
+                eprintln!("{line}");
+                *last = line;
+            }
         }
     }
 
     fn task_changed(&mut self, change: &TaskStateChanged) {
-        report_failed_task(&self.job, change);
+        if let Some(failure) = failed_task_line(change) {
+            match self.plain {
+                Some(_) => eprintln!("{failure}"),
+                None => self.job.println(failure),
+            }
+        }
         if change.state() == TaskState::Running {
             let bar = self.bars.add(ProgressBar::new(100));
             if let Ok(style) = ProgressStyle::with_template(WORKER_TEMPLATE) {
@@ -122,7 +151,7 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
             && let Some(current) = fetch_job(jobs, &job.id).await
         {
             job = current;
-            show(&view.job, &job);
+            view.show(&job);
         }
         if is_final(job.state()) {
             break;
@@ -184,7 +213,7 @@ async fn stream_events(
             _ => None,
         };
         if let Some(job) = snapshot {
-            show(&view.job, &job);
+            view.show(&job);
             let done = is_final(job.state());
             latest = Some(job);
             if done {
@@ -219,7 +248,8 @@ fn progress_bar(job: &Job) -> ProgressBar {
     bar
 }
 
-fn show(bar: &ProgressBar, job: &Job) {
+/// Puts the job's record on its bar; returns the bar's message.
+fn show(bar: &ProgressBar, job: &Job) -> String {
     bar.set_length(u64::from(job.tasks_total));
     bar.set_position(u64::from(job.tasks_succeeded));
     let mut message = job_state(job.state()).to_owned();
@@ -232,23 +262,24 @@ fn show(bar: &ProgressBar, job: &Job) {
     if let Some(eta) = &job.eta {
         message.push_str(&format!(", {}", eta_text(eta)));
     }
-    bar.set_message(message);
+    bar.set_message(message.clone());
+    message
 }
 
 /// Task failures are worth a line above the bar as they happen.
-fn report_failed_task(bar: &ProgressBar, change: &TaskStateChanged) {
+fn failed_task_line(change: &TaskStateChanged) -> Option<String> {
     if change.state() != TaskState::Failed {
-        return;
+        return None;
     }
     let worker = if change.worker_id.is_empty() {
         "?"
     } else {
         &change.worker_id
     };
-    bar.println(format!(
+    Some(format!(
         "task {}[{}] failed on {worker}: {}",
         change.step_name, change.index, change.message
-    ));
+    ))
 }
 
 /// One line about a task for failure reports.

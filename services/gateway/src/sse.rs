@@ -119,7 +119,7 @@ pub(crate) async fn job_events(
 #[utoipa::path(get, path = "/v1/events", tag = "jobs", operation_id = "WatchFarm",
     params(("Last-Event-ID" = Option<u64>, Header, description = "Resume after this farm-wide position")),
     responses(
-        (status = 200, description = "Every job's events as Server-Sent Events (admins only)",
+        (status = 200, description = "Every job's events and the workers joining and leaving, as Server-Sent Events (admins only)",
          content_type = "text/event-stream", body = String),
         crate::openapi::Errors))]
 pub(crate) async fn farm_events(

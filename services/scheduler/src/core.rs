@@ -49,6 +49,8 @@ pub struct TaskEntry {
     pub args: Vec<String>,
     pub frames: Vec<i64>,
     pub dispatched_at: Option<Instant>,
+    /// An attempt confirmed after a failover: its start is unknown.
+    pub claimed_attempt: Option<i32>,
     /// When the task last became dispatchable, for the dispatch latency.
     pub ready_at: Option<Instant>,
 }
@@ -342,6 +344,9 @@ impl Core {
         let Some(ran) = task.dispatched_at.map(|t| t.elapsed().as_secs_f64()) else {
             return;
         };
+        if task.claimed_attempt == Some(task.attempt) {
+            return;
+        }
         self.eta
             .learn(task.job_id, task.step, ran, eta::frames_of(task));
         if let Some(step) = self

@@ -10,11 +10,13 @@
 //! most EARLIER_WEIGHT samples: they give an ETA before the job's first task
 //! ends, and the job's own frames outweigh them soon after. What remains is
 //! the waiting tasks' mean run time plus half of each running task's, spread
-//! over the tasks the job currently runs at once (before any runs, over the
-//! farm's slots, as many as it has tasks left). The ± comes from the run
+//! over the tasks the job runs at once (while none runs, as many as when it
+//! last ran any; before it ever ran, the farm's slots, as many as it has
+//! tasks left). The ± comes from the run
 //! times' standard deviation, scaled the way a sum of independent durations
 //! spreads.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use kiln_proto::v1 as pb;
@@ -99,10 +101,20 @@ impl StepTimes {
     }
 }
 
+/// What a running job has learnt.
+#[derive(Default)]
+struct JobTimes {
+    steps: Vec<StepTimes>,
+    /// Tasks of the job running at once when last seen running; kept for
+    /// the moments none runs (between a success and the next dispatch, a
+    /// pause), so the ETA does not jump.
+    parallel: Cell<usize>,
+}
+
 /// Run times of each running job's steps.
 #[derive(Default)]
 pub struct EtaBook {
-    jobs: HashMap<Uuid, Vec<StepTimes>>,
+    jobs: HashMap<Uuid, JobTimes>,
 }
 
 /// Frames a task counts as: a frameless one (an encode, a check) as one.
@@ -141,18 +153,28 @@ impl EtaBook {
                 }
             })
             .collect();
-        self.jobs.insert(job.id, steps);
+        self.jobs.insert(
+            job.id,
+            JobTimes {
+                steps,
+                parallel: Cell::new(0),
+            },
+        );
     }
 
     pub fn learn(&mut self, job_id: Uuid, step: usize, seconds: f64, frames: f64) {
-        if let Some(times) = self.jobs.get_mut(&job_id).and_then(|s| s.get_mut(step)) {
+        if let Some(times) = self
+            .jobs
+            .get_mut(&job_id)
+            .and_then(|j| j.steps.get_mut(step))
+        {
             times.own.add(seconds / frames.max(1.0));
         }
     }
 
     /// Closes a job's book, returning what it learnt.
     pub fn close(&mut self, job_id: Uuid) -> Vec<StepTimes> {
-        self.jobs.remove(&job_id).unwrap_or_default()
+        self.jobs.remove(&job_id).unwrap_or_default().steps
     }
 
     /// The job's ETA, or `None` until one of its tasks finished or an
@@ -166,7 +188,8 @@ impl EtaBook {
         if job.state.is_final() {
             return None;
         }
-        let times = self.jobs.get(&job.id)?;
+        let job_times = self.jobs.get(&job.id)?;
+        let times = &job_times.steps;
         let per_frame: Vec<RunStats> = times.iter().map(StepTimes::per_frame).collect();
         let samples: u32 = times.iter().map(|t| t.own.count).sum();
         let earlier_samples: u32 = times.iter().map(|t| t.earlier.count).sum();
@@ -187,10 +210,12 @@ impl EtaBook {
             .iter()
             .map(|s| s.total.saturating_sub(s.succeeded + s.failed))
             .sum();
-        let parallel = if running > 0 {
-            running
-        } else {
-            farm_slots.min(left)
+        if running > 0 {
+            job_times.parallel.set(running);
+        }
+        let parallel = match job_times.parallel.get() {
+            0 => farm_slots.min(left),
+            seen => running.max(seen.min(left)),
         }
         .max(1) as f64;
         let (mut work, mut variance) = (0.0, 0.0);

@@ -73,6 +73,7 @@ pub fn from_plan(
                     args: task.args.clone(),
                     frames: task.frames.clone(),
                     dispatched_at: None,
+                    claimed_attempt: None,
                     ready_at: None,
                 });
             }
@@ -271,7 +272,7 @@ pub async fn attach_earlier_run_times(db: &sqlx::PgPool, jobs: &mut [LoadedJob])
     if scenes.is_empty() {
         return;
     }
-    let mut known = match scene_history::load(db, &scenes).await {
+    let known = match scene_history::load(db, &scenes).await {
         Ok(known) => known,
         Err(err) => {
             tracing::warn!(error = %err, "cannot read earlier jobs' run times; ETAs wait for this job's own");
@@ -280,7 +281,7 @@ pub async fn attach_earlier_run_times(db: &sqlx::PgPool, jobs: &mut [LoadedJob])
     };
     for job in jobs {
         if let Some(times) =
-            scene_history::scene_key(&job.job.inputs).and_then(|s| known.remove(&s))
+            scene_history::scene_key(&job.job.inputs).and_then(|s| known.get(&s).cloned())
         {
             job.job.earlier_run_times = times;
         }
@@ -405,6 +406,7 @@ fn assemble(
             args: row.args,
             frames: row.frames,
             dispatched_at: None,
+            claimed_attempt: None,
             ready_at: None,
         });
     }

@@ -95,8 +95,10 @@ impl Core {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        // Run-time limits count from here: when it was dispatched is not known.
+        // Run-time limits count from here: when it was dispatched is not
+        // known, so neither is its run time, which the ETA must not learn.
         task.dispatched_at = Some(Instant::now());
+        task.claimed_attempt = Some(attempt);
         let dispatched = task.state == TaskState::Dispatched;
         if let Some(worker) = self.workers.get_mut(worker_id) {
             worker.running.insert((task_id, attempt));
@@ -121,7 +123,7 @@ impl Core {
             .map(|(task_id, _)| *task_id)
             .collect();
         for task_id in due {
-            self.lose_unclaimed(task_id, "its worker did not reconnect after the failover");
+            self.lose_unclaimed(task_id, "its worker did not confirm it after the failover");
         }
     }
 

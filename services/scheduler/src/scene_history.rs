@@ -16,6 +16,8 @@ use crate::eta::{RunStats, StepTimes};
 /// render times change (new lighting, heavier geometry) instead of averaging
 /// over its whole history.
 const KEPT_SAMPLES: i32 = 200;
+/// A scene nobody rendered for this long is forgotten.
+const FORGET_AFTER: &str = "90 days";
 
 /// Identifies a scene by its input files' digests; `None` for a job without inputs.
 pub fn scene_key(inputs: &[pb::TaskInput]) -> Option<String> {
@@ -78,12 +80,17 @@ pub async fn load(
 
 /// Folds succeeded jobs' run times into their scenes' rows (Chan et al.'s
 /// parallel update, in SQL so that two jobs of a scene finishing in one
-/// batch both count), then scales rows down to KEPT_SAMPLES.
+/// batch both count), scaling rows down to KEPT_SAMPLES; forgets scenes
+/// not rendered for FORGET_AFTER.
 pub async fn write(
     tx: &mut sqlx::PgConnection,
     writes: &[SceneTimesWrite],
 ) -> Result<(), sqlx::Error> {
+    if writes.is_empty() {
+        return Ok(());
+    }
     for write in writes {
+        let stats = write.stats.weighed_as(KEPT_SAMPLES as u32);
         sqlx::query(
             "INSERT INTO scene_run_times AS r (scene, step_name, samples, mean, m2)
              VALUES ($1, $2, $3, $4, $5)
@@ -97,13 +104,17 @@ pub async fn write(
         )
         .bind(&write.scene)
         .bind(&write.step_name)
-        .bind(write.stats.count as i32)
-        .bind(write.stats.mean)
-        .bind(write.stats.m2)
+        .bind(stats.count as i32)
+        .bind(stats.mean)
+        .bind(stats.m2)
         .bind(KEPT_SAMPLES)
         .execute(&mut *tx)
         .await?;
     }
+    sqlx::query("DELETE FROM scene_run_times WHERE updated_at < now() - $1::interval")
+        .bind(FORGET_AFTER)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 

@@ -62,11 +62,17 @@ fn parse_samples(field: &str) -> Option<f32> {
     (total > 0.0).then(|| (done / total).clamp(0.0, 1.0))
 }
 
-/// The number a file's name ends with: `frame_0007.png` is frame 7.
+/// The number a file's name ends with: `frame_0007.png` is frame 7, and
+/// `frame_-007.png` (Blender's padding of a negative frame) is frame -7.
 fn frame_in_file_name(path: &std::path::Path) -> Option<i64> {
     let stem = path.file_stem()?.to_str()?;
-    let digits = stem.len() - stem.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-    stem[stem.len() - digits..].parse().ok()
+    let before_digits = stem.trim_end_matches(|c: char| c.is_ascii_digit());
+    let number: i64 = stem[before_digits.len()..].parse().ok()?;
+    // A dash after a separator (or alone) is a sign; `shot-0007` is frame 7.
+    let negative = before_digits
+        .strip_suffix('-')
+        .is_some_and(|rest| rest.is_empty() || rest.ends_with(['_', '.']));
+    Some(if negative { -number } else { number })
 }
 
 /// The state of one Blender run, built from its output lines.
@@ -97,11 +103,11 @@ impl RenderTracker {
                 None
             }
             BlenderLine::Saved { path } => {
-                // Workbench prints no `Fra:` lines: the file's name says the
-                // frame (the worker's output pattern ends in its number).
-                match frame_in_file_name(&path) {
+                // Workbench prints no `Fra:` lines: then the file's name says
+                // the frame (the output pattern ends in its number).
+                match self.current_frame.or_else(|| frame_in_file_name(&path)) {
                     Some(frame) => self.mark_saved(frame),
-                    None => self.mark_current_frame_saved(),
+                    None => self.current_samples = 0.0,
                 }
                 Some(path)
             }
@@ -317,6 +323,20 @@ mod tests {
         assert!(tracker.missing_frames(&[3, 4]).is_empty());
         assert_eq!(tracker.current_frame(), Some(4));
         assert_eq!(tracker.fraction(&[3, 4, 5, 6]), 0.5);
+    }
+
+    #[test]
+    fn a_fra_line_outranks_the_file_name() {
+        let mut tracker = RenderTracker::default();
+        tracker.observe(
+            "Fra:5 Mem:9.90M (Peak 10.83M) | Time:00:00.00 | Scene, ViewLayer | Sample 4/4",
+        );
+        tracker.observe("Saved: '/work/out/shot_0005_v2.png'");
+        assert!(tracker.missing_frames(&[5]).is_empty());
+        let name = |n: &str| frame_in_file_name(std::path::Path::new(n));
+        assert_eq!(name("/o/frame_-007.png"), Some(-7));
+        assert_eq!(name("/o/shot-0007.png"), Some(7));
+        assert_eq!(name("/o/frame.png"), None);
     }
 
     #[test]
