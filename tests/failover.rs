@@ -15,24 +15,52 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// Frames of the one chunk that is rendering when the leader dies.
 const FRAMES: usize = 48;
 
+/// A farm of two schedulers and one worker, rendering the one chunk of a
+/// 48-frame job.
+struct Rendering {
+    farm: Farm,
+    client: Client,
+    job: pb::Job,
+    /// The render task, running and with a frame saved.
+    render: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Rendering {
+    async fn start(env: (&str, &str)) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-failover-")
+            .tempdir()?;
+        let farm = Farm::builder(dir.path().join("farm"))
+            .workers(1)
+            .schedulers(2)
+            .env(env.0, env.1)
+            .start()
+            .await?;
+        let scene = example_scene(dir.path())?;
+        let mut client = Client::connect(&farm).await?;
+        let job = client
+            .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
+            .await?;
+        let render = wait_until_rendering(&mut client, &job.id).await?;
+        Ok(Self {
+            farm,
+            client,
+            job,
+            render,
+            _dir: dir,
+        })
+    }
+
+    fn parts(&mut self) -> (&mut Farm, &mut Client, &pb::Job, &String) {
+        (&mut self.farm, &mut self.client, &self.job, &self.render)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_render_carries_on_through_a_leader_failover() -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-failover-")
-        .tempdir()?;
-    let mut farm = Farm::builder(dir.path().join("farm"))
-        .workers(1)
-        .schedulers(2)
-        .env("KILN_LEASE_TTL", "3")
-        .start()
-        .await?;
-    let scene = example_scene(dir.path())?;
-    let mut client = Client::connect(&farm).await?;
-    let job = client
-        .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
-        .await?;
-    let render = wait_until_rendering(&mut client, &job.id).await?;
-
+    let mut rendering = Rendering::start(("KILN_LEASE_TTL", "3")).await?;
+    let (farm, client, job, render) = rendering.parts();
     let leader = kiln_tests::leading_scheduler(&farm).await?;
     farm.schedulers_mut()[leader].kill().await?;
     println!("killed the leading scheduler while task {render} was rendering");
@@ -42,7 +70,7 @@ async fn a_render_carries_on_through_a_leader_failover() -> Result<()> {
     let tasks = client.tasks(&job.id).await?;
     let rendered = tasks
         .iter()
-        .find(|t| t.id == render)
+        .find(|t| t.id == *render)
         .expect("the render task is listed");
     assert_eq!(
         rendered.attempts, 1,
@@ -55,7 +83,7 @@ async fn a_render_carries_on_through_a_leader_failover() -> Result<()> {
         .filter(|o| o.path.starts_with("frames/"))
         .count();
     assert_eq!(frames, FRAMES, "every frame stored once");
-    farm.shutdown().await?;
+    rendering.farm.shutdown().await?;
     Ok(())
 }
 
@@ -64,22 +92,8 @@ async fn a_render_carries_on_through_a_leader_failover() -> Result<()> {
 /// waiting out the reclaim window (set here far longer than the test waits).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_restarted_during_a_failover_gets_its_task_again_at_once() -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-restarted-")
-        .tempdir()?;
-    let mut farm = Farm::builder(dir.path().join("farm"))
-        .workers(1)
-        .schedulers(2)
-        .env("KILN_RECLAIM_SECONDS", "3600")
-        .start()
-        .await?;
-    let scene = example_scene(dir.path())?;
-    let mut client = Client::connect(&farm).await?;
-    let job = client
-        .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
-        .await?;
-    let render = wait_until_rendering(&mut client, &job.id).await?;
-
+    let mut rendering = Rendering::start(("KILN_RECLAIM_SECONDS", "3600")).await?;
+    let (farm, client, job, render) = rendering.parts();
     let leader = kiln_tests::leading_scheduler(&farm).await?;
     farm.schedulers_mut()[leader].kill().await?;
     farm.workers_mut()[0].kill().await?;
@@ -92,13 +106,13 @@ async fn a_worker_restarted_during_a_failover_gets_its_task_again_at_once() -> R
     let tasks = client.tasks(&job.id).await?;
     let rendered = tasks
         .iter()
-        .find(|t| t.id == render)
+        .find(|t| t.id == *render)
         .expect("the render task is listed");
     assert_eq!(
         rendered.attempts, 2,
         "the attempt the restarted worker lost was dispatched again: {rendered:?}"
     );
-    farm.shutdown().await?;
+    rendering.farm.shutdown().await?;
     Ok(())
 }
 
