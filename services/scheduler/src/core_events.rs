@@ -206,7 +206,12 @@ impl Core {
                 *count += 1;
             }
         }
-        let farm_slots = self.workers.values().map(|w| w.slots).sum();
+        let farm_slots = self
+            .workers
+            .values()
+            .filter(|w| crate::queue::can_run_some_step(job, w))
+            .map(|w| w.slots)
+            .sum();
         self.eta.estimate(job, &running, farm_slots)
     }
 }

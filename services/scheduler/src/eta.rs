@@ -11,8 +11,8 @@
 //! ends, and the job's own frames outweigh them soon after. What remains is
 //! the waiting tasks' mean run time plus half of each running task's, spread
 //! over the tasks the job runs at once (while none runs, as many as when it
-//! last ran any; before it ever ran, the farm's slots, as many as it has
-//! tasks left). The ± comes from the run
+//! last ran any; before it ever ran, the slots of the workers that could take
+//! its tasks, as many as it has tasks left). The ± comes from the run
 //! times' standard deviation, scaled the way a sum of independent durations
 //! spreads.
 

@@ -136,6 +136,14 @@ fn runnable_step(job: &JobEntry, worker: &WorkerEntry, gpu_only: bool) -> Option
     })
 }
 
+/// Whether the worker could take some step of the job (its requirements and renderer).
+pub(crate) fn can_run_some_step(job: &JobEntry, worker: &WorkerEntry) -> bool {
+    (0..job.steps.len()).any(|s| {
+        job.steps[s].requirements.matches(&worker.capabilities)
+            && worker_has_renderer(worker, job, s)
+    })
+}
+
 /// Steps run one command; a worker only takes steps whose renderer it registered.
 fn worker_has_renderer(worker: &WorkerEntry, job: &JobEntry, step: usize) -> bool {
     let command = &job.steps[step].command;
