@@ -127,11 +127,14 @@ async fn assets_counter(farm: &Farm, name: &str) -> Result<f64> {
             .map_err(anyhow::Error::from)
     })
     .await??;
-    Ok(body
-        .lines()
-        .find(|line| line.starts_with(name))
+    // A renamed metric must fail the test, not read as zero.
+    body.lines()
+        .find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
         .and_then(|line| line.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0.0))
+        .with_context(|| format!("no {name} on the assets service's /metrics"))
 }
 
 fn frame(out: &Path) -> Result<image::RgbImage> {
@@ -219,6 +222,7 @@ async fn the_local_backend_stores_a_shared_texture_once() -> Result<()> {
     assert_eq!(kiln_render(&farm, &shot, &out, &["--no-wait"])?.files, 2);
     // No workers, so no outputs: every byte the service receives is a bundle's.
     let received = assets_counter(&farm, "asset_bytes_received_total").await?;
+    assert!(received > 0.0, "the first submission uploaded its bundle");
     assert_eq!(kiln_render(&farm, &shot, &out, &["--no-wait"])?.files, 0);
     assert_eq!(
         assets_counter(&farm, "asset_bytes_received_total").await?,

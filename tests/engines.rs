@@ -184,7 +184,7 @@ async fn a_workbench_scene_renders_every_frame() -> anyhow::Result<()> {
         .outputs(&job.id)
         .await?
         .into_iter()
-        .filter(|o| o.path.starts_with("frames/") && o.kind.is_empty())
+        .filter(|o| o.path.starts_with("frames/"))
         .count();
     assert_eq!(frames, 4, "every Workbench frame stored");
     farm.shutdown().await?;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
 use kiln_tests::{Client, as_owner, example_scene, scheduler_jobs, state_of};
@@ -52,32 +52,36 @@ impl Rendering {
         })
     }
 
-    fn parts(&mut self) -> (&mut Farm, &mut Client, &pb::Job, &String) {
-        (&mut self.farm, &mut self.client, &self.job, &self.render)
+    /// Waits for the job to succeed; returns the render task as it ended.
+    async fn succeeded_render(&mut self) -> Result<pb::Task> {
+        let done = self.client.wait_until_finished(&self.job.id).await?;
+        assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+        let tasks = self.client.tasks(&self.job.id).await?;
+        tasks
+            .into_iter()
+            .find(|t| t.id == self.render)
+            .context("the render task is listed")
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_render_carries_on_through_a_leader_failover() -> Result<()> {
     let mut rendering = Rendering::start(("KILN_LEASE_TTL", "3")).await?;
-    let (farm, client, job, render) = rendering.parts();
-    let leader = kiln_tests::leading_scheduler(&farm).await?;
-    farm.schedulers_mut()[leader].kill().await?;
-    println!("killed the leading scheduler while task {render} was rendering");
+    let leader = kiln_tests::leading_scheduler(&rendering.farm).await?;
+    rendering.farm.schedulers_mut()[leader].kill().await?;
+    println!(
+        "killed the leading scheduler while task {} was rendering",
+        rendering.render
+    );
 
-    let done = client.wait_until_finished(&job.id).await?;
-    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
-    let tasks = client.tasks(&job.id).await?;
-    let rendered = tasks
-        .iter()
-        .find(|t| t.id == *render)
-        .expect("the render task is listed");
+    let rendered = rendering.succeeded_render().await?;
     assert_eq!(
         rendered.attempts, 1,
         "the new leader confirmed the running attempt instead of dispatching it again: {rendered:?}"
     );
-    let frames = client
-        .outputs(&job.id)
+    let frames = rendering
+        .client
+        .outputs(&rendering.job.id)
         .await?
         .into_iter()
         .filter(|o| o.path.starts_with("frames/"))
@@ -93,21 +97,18 @@ async fn a_render_carries_on_through_a_leader_failover() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_restarted_during_a_failover_gets_its_task_again_at_once() -> Result<()> {
     let mut rendering = Rendering::start(("KILN_RECLAIM_SECONDS", "3600")).await?;
-    let (farm, client, job, render) = rendering.parts();
-    let leader = kiln_tests::leading_scheduler(&farm).await?;
+    let farm = &mut rendering.farm;
+    let leader = kiln_tests::leading_scheduler(farm).await?;
     farm.schedulers_mut()[leader].kill().await?;
     farm.workers_mut()[0].kill().await?;
     farm.workers_mut()[0].start()?;
-    println!("killed the leader and restarted the worker while task {render} was rendering");
+    println!(
+        "killed the leader and restarted the worker while task {} was rendering",
+        rendering.render
+    );
 
     // Five minutes at most, against the hour-long reclaim window.
-    let done = client.wait_until_finished(&job.id).await?;
-    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
-    let tasks = client.tasks(&job.id).await?;
-    let rendered = tasks
-        .iter()
-        .find(|t| t.id == *render)
-        .expect("the render task is listed");
+    let rendered = rendering.succeeded_render().await?;
     assert_eq!(
         rendered.attempts, 2,
         "the attempt the restarted worker lost was dispatched again: {rendered:?}"
@@ -232,30 +233,17 @@ async fn wait_until_standby(
 
 /// Tasks the job has finished, once the farm answers again.
 async fn succeeded(client: &mut Client, job_id: &str) -> Result<u32> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match client.job(job_id).await {
-            Ok(job) => return Ok(job.tasks_succeeded),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(err) => return Err(err),
-        }
-    }
+    Ok(client
+        .wait_for_job(job_id, PATIENCE, |_| true)
+        .await?
+        .tasks_succeeded)
 }
 
+/// Waits until the job has finished `at_least` tasks; the gateway may
+/// briefly find no leader while etcd comes back.
 async fn wait_for_succeeded(client: &mut Client, job_id: &str, at_least: u32) -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        // The gateway may briefly find no leader while etcd comes back.
-        if let Ok(job) = client.job(job_id).await
-            && job.tasks_succeeded >= at_least
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("job {job_id} never finished {at_least} tasks");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    client
+        .wait_for_job(job_id, PATIENCE, |j| j.tasks_succeeded >= at_least)
+        .await?;
+    Ok(())
 }

@@ -27,7 +27,9 @@ async fn a_tls_farm_renders_a_job_through_the_gateway_over_tls() -> Result<()> {
     );
     assert!(farm.gateway_http_url().starts_with("https://"));
     for name in [service::GATEWAY, service::SCHEDULER, service::ASSETS] {
-        for endpoint in farm.discovery().find(name).await? {
+        let listed = farm.discovery().find(name).await?;
+        assert!(!listed.is_empty(), "{name} is listed in etcd");
+        for endpoint in listed {
             assert!(
                 endpoint.tls,
                 "{name} must list itself as serving TLS: {endpoint:?}"

@@ -25,8 +25,6 @@ pub enum AssetClientError {
     DigestMismatch { expected: String, actual: String },
     #[error("the token contains characters not allowed in a header")]
     InvalidToken,
-    #[error(transparent)]
-    Tls(#[from] kiln_tls::TlsError),
 }
 
 impl AssetClientError {
@@ -39,7 +37,6 @@ impl AssetClientError {
             Self::Read { .. } | Self::Write { .. } | Self::Source(_) => tonic::Code::Internal,
             Self::DigestMismatch { .. } => tonic::Code::DataLoss,
             Self::InvalidToken => tonic::Code::InvalidArgument,
-            Self::Tls(_) => tonic::Code::InvalidArgument,
         }
     }
 }

@@ -55,20 +55,6 @@ impl AssetClient {
         Self::with_credentials(channel, CallCredentials::default())
     }
 
-    /// A client of the assets service (or a gateway) at `url`, connecting on
-    /// first use; for `https` URLs it trusts the PEM CA certificate(s) at
-    /// `ca` (a CLI's `--ca` / `KILN_CA`), or the system's roots without one.
-    pub fn connect(
-        url: &str,
-        ca: Option<&Path>,
-        credentials: CallCredentials,
-    ) -> Result<Self, AssetClientError> {
-        let channel = kiln_tls::ClientTls::trusting(ca)?
-            .endpoint(url)?
-            .connect_lazy();
-        Ok(Self::with_credentials(channel, credentials))
-    }
-
     /// A client whose calls carry `credentials` (the gateway wants a token).
     pub fn with_credentials(channel: Channel, credentials: CallCredentials) -> Self {
         let inner = AssetServiceClient::with_interceptor(channel, credentials)

@@ -62,10 +62,7 @@ pub async fn collect(scene: &Path, max_bytes: u64) -> Result<Vec<BundleFile>, Cl
         .map(|(path, source)| async move {
             let (digest, size) = kiln_asset_client::digest::sha256_file_with_len(&source)
                 .await
-                .map_err(|err| CliError::Io {
-                    path: source.clone(),
-                    source: err,
-                })?;
+                .map_err(CliError::io(&source))?;
             Ok::<_, CliError>(BundleFile {
                 path,
                 source,
@@ -82,7 +79,7 @@ pub async fn collect(scene: &Path, max_bytes: u64) -> Result<Vec<BundleFile>, Cl
 pub async fn collect_scene_only(scene: &Path) -> Result<Vec<BundleFile>, CliError> {
     let (digest, size) = kiln_asset_client::digest::sha256_file_with_len(scene)
         .await
-        .map_err(io(scene))?;
+        .map_err(CliError::io(scene))?;
     Ok(vec![BundleFile {
         path: SCENE_INPUT.to_owned(),
         source: scene.to_owned(),
@@ -125,15 +122,15 @@ pub fn inputs(files: &[BundleFile]) -> Vec<JobInput> {
 
 /// Files under `root` other than `scene`, as (relative path, source).
 fn walk(root: &Path, scene: &Path, max_bytes: u64) -> Result<Vec<(String, PathBuf)>, CliError> {
-    let scene = std::fs::canonicalize(scene).map_err(io(scene))?;
+    let scene = std::fs::canonicalize(scene).map_err(CliError::io(scene))?;
     let mut found = Vec::new();
     let mut total = 0u64;
     let mut pending = vec![(root.to_owned(), String::new())];
     while let Some((dir, prefix)) = pending.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(io(&dir))?
+            .map_err(CliError::io(&dir))?
             .collect::<Result<_, _>>()
-            .map_err(io(&dir))?;
+            .map_err(CliError::io(&dir))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -141,14 +138,16 @@ fn walk(root: &Path, scene: &Path, max_bytes: u64) -> Result<Vec<(String, PathBu
             if skipped(&name, &relative) {
                 continue;
             }
-            let kind = entry.file_type().map_err(io(&entry.path()))?;
+            let kind = entry.file_type().map_err(CliError::io(&entry.path()))?;
             if kind.is_dir() {
                 pending.push((entry.path(), format!("{relative}/")));
             } else if kind.is_file() {
-                if std::fs::canonicalize(entry.path()).map_err(io(&entry.path()))? == scene {
+                if std::fs::canonicalize(entry.path()).map_err(CliError::io(&entry.path()))?
+                    == scene
+                {
                     continue;
                 }
-                total += entry.metadata().map_err(io(&entry.path()))?.len();
+                total += entry.metadata().map_err(CliError::io(&entry.path()))?.len();
                 found.push((relative, entry.path()));
                 check_limits(found.len() + 1, total, max_bytes, root)?;
             }
@@ -181,11 +180,6 @@ fn check_limits(files: usize, bytes: u64, max_bytes: u64, root: &Path) -> Result
         )));
     }
     Ok(())
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError {
-    let path = path.to_owned();
-    move |source| CliError::Io { path, source }
 }
 
 #[cfg(test)]

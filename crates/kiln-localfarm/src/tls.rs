@@ -69,8 +69,8 @@ impl IssuedCert {
     pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}-key.pem"));
-        write_private(&cert, &self.cert_pem)?;
-        write_private(&key, &self.key_pem)?;
+        crate::fs::write_private(&cert, self.cert_pem.as_bytes())?;
+        crate::fs::write_private(&key, self.key_pem.as_bytes())?;
         Ok((cert, key))
     }
 }
@@ -91,7 +91,7 @@ impl FarmCerts {
         std::fs::create_dir_all(dir).map_err(|e| LocalFarmError::io(dir, e))?;
         let ca = DevCa::generate("Kiln dev farm CA")?;
         let ca_path = dir.join("ca.pem");
-        write_private(&ca_path, &ca.cert_pem())?;
+        crate::fs::write_private(&ca_path, ca.cert_pem().as_bytes())?;
         let (cert, key) = ca.issue("kiln-service")?.write(dir, "service")?;
         Ok(Self {
             ca: ca_path,
@@ -99,20 +99,6 @@ impl FarmCerts {
             key,
         })
     }
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| LocalFarmError::io(path, e))?;
-    file.write_all(contents.as_bytes())
-        .map_err(|e| LocalFarmError::io(path, e))
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ use crate::retention::{Collector, RetentionPolicy};
 use crate::s3::S3Backend;
 use crate::service::AssetsService;
 use crate::spool::{MAX_CHUNK_BYTES, Spool};
+use kiln_tls::ClientTls;
 
 /// The gRPC service name, as health checks report it.
 pub const GRPC_SERVICE: &str = "kiln.v1.AssetService";
@@ -52,15 +53,16 @@ pub async fn routes(config: &Config) -> Result<Routes, Error> {
 
 /// [`routes`], and `checks` with the storage's own readiness checks added:
 /// the backend (`s3` or `local_storage`) and the spool's `disk_space`. With
-/// `discovery`, also starts the collector (unless configured off).
+/// the farm's discovery (and how to dial its scheduler), also starts the
+/// collector (unless configured off).
 pub async fn routes_with_checks(
     config: &Config,
     checks: Checks,
-    discovery: Option<&Discovery>,
+    farm: Option<(Discovery, ClientTls)>,
 ) -> Result<(Routes, Checks), Error> {
     let grace = Duration::from_secs(config.gc_grace_seconds);
     let recent = Recent::new(grace);
-    let collect = discovery.cloned().zip(config.retention());
+    let collect = farm.zip(config.retention());
     let spool_dir = config.spool_dir();
     tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
     let spool = Spool::create(spool_dir.clone(), config.max_upload_bytes).await?;
@@ -100,11 +102,11 @@ fn backend_check<B: Backend>(
 fn start_collector<B: Backend>(
     backend: &Arc<B>,
     recent: &Recent,
-    collect: Option<(Discovery, RetentionPolicy)>,
+    collect: Option<((Discovery, ClientTls), RetentionPolicy)>,
 ) {
-    if let Some((discovery, policy)) = collect {
+    if let Some((farm, policy)) = collect {
         tracing::info!(?policy, "collecting unreferenced objects");
-        let collector = Collector::new(backend.clone(), discovery, recent.clone(), policy);
+        let collector = Collector::new(backend.clone(), farm, recent.clone(), policy);
         tokio::spawn(collector.run());
     }
 }

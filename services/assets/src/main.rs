@@ -15,7 +15,8 @@ async fn main() -> anyhow::Result<()> {
     let discovery = Discovery::connect(&config.discovery, ETCD_PATIENCE).await?;
     let checks = Checks::new().add("etcd", checks::etcd(&discovery));
     let (routes, checks) =
-        kiln_assets::routes_with_checks(&config, checks, Some(&discovery)).await?;
+        kiln_assets::routes_with_checks(&config, checks, Some((discovery.clone(), tls.client())))
+            .await?;
     let ops = OpsServer::start("assets", &config.ops, checks).await?;
     kiln_assets::counters::describe();
     let listener = kiln_service::bind(config.listen).await?;

@@ -18,6 +18,8 @@ use futures::StreamExt;
 use kiln_discovery::{Discovery, LockGuard, service};
 use kiln_proto::v1::ListReferencedDigestsRequest;
 use kiln_proto::v1::asset_references_client::AssetReferencesClient;
+use kiln_tls::ClientTls;
+use tonic::transport::Channel;
 
 use crate::backend::{Backend, StoredObject};
 use crate::error::Error;
@@ -54,6 +56,8 @@ pub struct Collected {
 pub struct Collector<B> {
     backend: Arc<B>,
     discovery: Discovery,
+    /// How to dial the scheduler: TLS (and this service's certificate) on a TLS farm.
+    scheduler_tls: ClientTls,
     recent: Recent,
     policy: RetentionPolicy,
 }
@@ -61,13 +65,14 @@ pub struct Collector<B> {
 impl<B: Backend> Collector<B> {
     pub fn new(
         backend: Arc<B>,
-        discovery: Discovery,
+        (discovery, scheduler_tls): (Discovery, ClientTls),
         recent: Recent,
         policy: RetentionPolicy,
     ) -> Self {
         Self {
             backend,
             discovery,
+            scheduler_tls,
             recent,
             policy,
         }
@@ -108,13 +113,14 @@ impl<B: Backend> Collector<B> {
     }
 
     async fn collect_locked(&self, lock: &LockGuard) -> Result<Collected, Error> {
-        let referenced = self.referenced().await?;
+        let scheduler = self.scheduler().await?;
+        let referenced = self.referenced(&scheduler).await?;
         let candidates = self.candidates(&referenced).await?;
         if candidates.is_empty() {
             return Ok(Collected::default());
         }
         // Jobs submitted while we listed reference objects we just picked.
-        let referenced = self.referenced().await?;
+        let referenced = self.referenced(&scheduler).await?;
         let mut done = Collected::default();
         for object in candidates {
             if referenced.contains(object.digest.as_str()) || self.recent.contains(&object.digest) {
@@ -159,21 +165,26 @@ impl<B: Backend> Collector<B> {
         }
     }
 
-    /// Digests live or recently finished jobs name, from the leading scheduler.
-    async fn referenced(&self) -> Result<HashSet<String>, Error> {
+    /// A connection to the leading scheduler, for one collection.
+    async fn scheduler(&self) -> Result<Channel, Error> {
         let endpoint = self
             .discovery
             .find_one(service::SCHEDULER, Duration::from_secs(5))
             .await?;
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.grpc_uri())
+        self.scheduler_tls
+            .endpoint(&endpoint.grpc_uri())
             .map_err(|err| Error::Scheduler(err.to_string()))?
             .connect()
             .await
-            .map_err(|err| Error::Scheduler(err.to_string()))?;
+            .map_err(|err| Error::Scheduler(err.to_string()))
+    }
+
+    /// Digests live or recently finished jobs name, from the leading scheduler.
+    async fn referenced(&self, scheduler: &Channel) -> Result<HashSet<String>, Error> {
         let request = ListReferencedDigestsRequest {
             finished_within_seconds: self.policy.retain_finished.as_secs(),
         };
-        let mut batches = AssetReferencesClient::new(channel)
+        let mut batches = AssetReferencesClient::new(scheduler.clone())
             .list_referenced_digests(request)
             .await
             .map_err(|status| Error::Scheduler(status.message().to_owned()))?

@@ -46,7 +46,6 @@ impl PublicApi {
         result
     }
 
-    /// Fails unless `caller` has `role` and may reach job `job_id`.
     /// Checks the caller's role; returns the assets service and the request
     /// ready to forward to it on the caller's behalf.
     async fn to_assets<T>(
@@ -60,6 +59,7 @@ impl PublicApi {
         Ok((assets, forward(&caller, request.into_inner())?))
     }
 
+    /// Fails unless `caller` has `role` and may reach job `job_id`.
     async fn authorize_job(
         &self,
         caller: &Principal,

@@ -184,13 +184,7 @@ async fn latency(
             let Some(task) = next_assignment(&mut inbound).await else {
                 return anyhow::Ok(());
             };
-            let started = pb::TaskStarted {
-                task_id: task.task_id.clone(),
-                attempt: task.attempt,
-            };
-            tx.send(message(ToScheduler::Started(started)))
-                .await
-                .context("sending started")?;
+            tx.send(started(&task)).await.context("sending started")?;
             let mut tick = tokio::time::interval(interval);
             let mut frame = 0;
             while Instant::now() < run_until {
@@ -208,14 +202,7 @@ async fn latency(
                     .await
                     .with_context(|| format!("sending progress of frame {frame}"))?;
             }
-            let result = pb::TaskResult {
-                task_id: task.task_id,
-                attempt: task.attempt,
-                success: true,
-                exit_code: Some(0),
-                ..Default::default()
-            };
-            tx.send(message(ToScheduler::Result(result))).await?;
+            tx.send(succeeded(task)).await?;
             // Anything handed out later (a task requeued from a session that
             // broke) finishes at once, until the job ends.
             serve_instantly(&tx, &mut inbound).await

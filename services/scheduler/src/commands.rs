@@ -338,7 +338,7 @@ impl Core {
             fraction: progress.fraction,
             frame: progress.frame,
         };
-        self.emit_progress(job_id, progress);
+        self.emit_progress(job_id, task_id, progress);
     }
 
     fn finished(&mut self, worker_id: &str, result: pb::TaskResult) {

@@ -82,10 +82,7 @@ impl Core {
 
     /// A running task's progress: kept at most once a second per task, or
     /// when it moves to another frame, so a busy farm does not flood Postgres.
-    pub fn emit_progress(&mut self, job_id: Uuid, progress: pb::TaskProgress) {
-        let Ok(task_id) = Uuid::parse_str(&progress.task_id) else {
-            return;
-        };
+    pub fn emit_progress(&mut self, job_id: Uuid, task_id: Uuid, progress: pb::TaskProgress) {
         let now = Instant::now();
         if let Some((at, frame)) = self.events.progress_sent.get(&task_id)
             && *frame == progress.frame

@@ -42,10 +42,6 @@ impl EventBus {
         let _ = self.sender.send(event);
     }
 
-    pub fn has_watchers(&self) -> bool {
-        self.sender.receiver_count() > 0
-    }
-
     pub fn subscribe(&self) -> broadcast::Receiver<JobNotice> {
         self.sender.subscribe()
     }

@@ -288,11 +288,6 @@ pub async fn attach_earlier_run_times(db: &sqlx::PgPool, jobs: &mut [LoadedJob])
     }
 }
 
-/// The last farm-wide event position written, where a new leader continues.
-pub async fn last_farm_seq(db: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
-    crate::event_log::last_position(db, crate::event_log::Scope::Farm).await
-}
-
 /// States of the jobs the given jobs depend on.
 async fn dependency_states(
     db: &sqlx::PgPool,

@@ -12,6 +12,7 @@ use crate::commands::{Command, Reply};
 use crate::core::Core;
 use crate::dispatch::DispatchLoop;
 use crate::effects::EffectRunner;
+use crate::event_log;
 use crate::events::EventBus;
 use crate::fence::Token;
 use crate::loader;
@@ -51,7 +52,7 @@ impl Scheduler {
         let (effects, effect_rx) = mpsc::channel(EFFECT_QUEUE);
         let events = Arc::new(EventBus::default());
         let mut core = Core::new(policy, owner_weights);
-        core.events.farm_seq = loader::last_farm_seq(&db).await?;
+        core.events.farm_seq = event_log::last_position(&db, event_log::Scope::Farm).await?;
         let loaded = loader::load_unfinished(&db, token).await?;
         tracing::info!(jobs = loaded.len(), "loaded unfinished jobs");
         for job in loaded {

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::log_tail::truncate_chars;
+use crate::task_runner::message;
 
 /// Most lines in one live batch.
 const BATCH_LINES: usize = 64;
@@ -75,10 +76,7 @@ impl TaskLog {
             attempt: self.attempt,
             lines,
         };
-        let message = WorkerMessage {
-            message: Some(worker_message::Message::Log(batch)),
-        };
-        let _ = events.try_send(message);
+        let _ = events.try_send(message(worker_message::Message::Log(batch)));
     }
 
     fn keep(&mut self, line: &str) {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::assets::AssetStore;
+use crate::assets::{AssetStore, StoredAsset};
 use crate::blender_output::RenderTracker;
 use crate::command::{self, RendererKind, RendererPaths};
 use crate::devices::{self, CyclesDevice, Gpu};
@@ -487,14 +487,12 @@ impl<A: AssetStore> TaskRunner<A> {
                 return None;
             }
         };
-        let output = OutputStored {
-            task_id: assignment.task_id.clone(),
-            attempt: assignment.attempt,
-            path: format!("logs/{}.log", assignment.task_id),
-            digest: stored.digest,
-            size: stored.size,
-            kind: "log".into(),
-        };
+        let output = stored_output(
+            assignment,
+            format!("logs/{}.log", assignment.task_id),
+            stored,
+            "log",
+        );
         report_output(events, &output).await;
         Some(output)
     }
@@ -950,14 +948,24 @@ async fn upload_one<A: AssetStore>(
         .await
         .map_err(|error| format!("cannot upload output {name}: {error}"))?;
     tracing::info!(path = %name, digest = %stored.digest, size = stored.size, "output stored");
-    Ok(OutputStored {
+    Ok(stored_output(assignment, name, stored, ""))
+}
+
+/// What the scheduler records of a file this attempt stored.
+fn stored_output(
+    assignment: &TaskAssignment,
+    path: String,
+    stored: StoredAsset,
+    kind: impl Into<String>,
+) -> OutputStored {
+    OutputStored {
         task_id: assignment.task_id.clone(),
         attempt: assignment.attempt,
-        path: name,
+        path,
         digest: stored.digest,
         size: stored.size,
-        kind: String::new(),
-    })
+        kind: kind.into(),
+    }
 }
 
 /// Tells the scheduler at once that an output is stored, so watchers see it.
@@ -989,14 +997,12 @@ async fn upload_thumbnail<A: AssetStore>(
             return None;
         }
     };
-    let output = OutputStored {
-        task_id: assignment.task_id.clone(),
-        attempt: assignment.attempt,
-        path: format!("thumbnails/{name}"),
-        digest: stored.digest,
-        size: stored.size,
-        kind: "thumbnail".into(),
-    };
+    let output = stored_output(
+        assignment,
+        format!("thumbnails/{name}"),
+        stored,
+        "thumbnail",
+    );
     report_output(events, &output).await;
     Some(output)
 }
