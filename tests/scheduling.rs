@@ -314,12 +314,21 @@ async fn a_task_on_a_killed_worker_reruns_elsewhere_and_counts_once() -> Result<
     })
     .await?;
     let victim = worker_id(0);
-    let lost: Vec<String> = tasks(&mut jobs, &id)
-        .await?
-        .into_iter()
-        .filter(|t| t.worker_id == victim && t.state == pb::TaskState::Running as i32)
-        .map(|t| t.id)
-        .collect();
+    // The job's count includes tasks dispatched but not yet started; wait
+    // until the victim's task has started rendering.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let lost: Vec<String> = loop {
+        let running: Vec<String> = tasks(&mut jobs, &id)
+            .await?
+            .into_iter()
+            .filter(|t| t.worker_id == victim && t.state == pb::TaskState::Running as i32)
+            .map(|t| t.id)
+            .collect();
+        if !running.is_empty() || Instant::now() > deadline {
+            break running;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(lost.len(), 1);
     farm.worker_mut(0).expect("worker 0").kill().await?;
 
