@@ -1,15 +1,25 @@
 //! What each call to a Kiln service carries: the caller's trace context and,
-//! for the gateway, a bearer token.
+//! for the gateway, a bearer token; between services, the user a call acts
+//! for.
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request, Status};
 
 use crate::AssetClientError;
 
-/// A tonic interceptor adding trace context and, if set, `authorization: Bearer <token>`.
+/// Metadata naming the user a call between services acts for; the gateway
+/// sets it from the caller's token, and the assets service answers as that
+/// user would see (their own files only).
+pub const OWNER_METADATA: &str = "kiln-owner";
+/// Metadata with that user's role (`viewer`, `submitter`, `admin`).
+pub const ROLE_METADATA: &str = "kiln-role";
+
+/// A tonic interceptor adding trace context and, if set, `authorization:
+/// Bearer <token>` and the user the call acts for.
 #[derive(Debug, Clone, Default)]
 pub struct CallCredentials {
     authorization: Option<MetadataValue<Ascii>>,
+    owner: Option<(MetadataValue<Ascii>, Option<MetadataValue<Ascii>>)>,
 }
 
 impl CallCredentials {
@@ -19,7 +29,25 @@ impl CallCredentials {
             .map_err(|_| AssetClientError::InvalidToken)?;
         Ok(Self {
             authorization: Some(value),
+            owner: None,
         })
+    }
+
+    /// These credentials, with calls acting for user `owner` (of `role`,
+    /// if known): for Kiln services calling the assets service on a user's
+    /// behalf, never for clients of the gateway (it sets this itself).
+    pub fn on_behalf_of(
+        mut self,
+        owner: &str,
+        role: Option<&str>,
+    ) -> Result<Self, AssetClientError> {
+        let value = |text: &str| {
+            MetadataValue::try_from(text)
+                .map_err(|_| AssetClientError::InvalidOwner(text.to_owned()))
+        };
+        let role = role.map(value).transpose()?;
+        self.owner = Some((value(owner)?, role));
+        Ok(self)
     }
 }
 
@@ -30,6 +58,12 @@ impl tonic::service::Interceptor for CallCredentials {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        if let Some((owner, role)) = &self.owner {
+            request.metadata_mut().insert(OWNER_METADATA, owner.clone());
+            if let Some(role) = role {
+                request.metadata_mut().insert(ROLE_METADATA, role.clone());
+            }
         }
         Ok(request)
     }

@@ -4,6 +4,7 @@
 //! address in etcd, and shut down gracefully on SIGTERM or Ctrl-C; and the
 //! HTTP ops endpoint ([`ops`]) with its readiness [`checks`].
 
+pub mod cancel;
 pub mod checks;
 pub mod ops;
 

@@ -3,15 +3,18 @@
 //!
 //! An upload is spooled to disk and hashed before it reaches a backend, so
 //! a backend only ever receives complete content whose digest is known.
+//! Who may see which object, and what the collector must spare, is kept in
+//! marker objects beside the content (`markers.rs`, `access.rs`).
 
+pub mod access;
 pub mod backend;
-pub mod cancel;
+pub mod caller;
 pub mod config;
 pub mod counters;
 pub mod digest;
 pub mod error;
 pub mod local;
-pub mod recent;
+pub mod markers;
 pub mod retention;
 pub mod s3;
 pub mod service;
@@ -29,14 +32,14 @@ use tonic::service::Routes;
 pub use config::{BackendKind, Config};
 pub use error::Error;
 
+use crate::access::Access;
 use crate::backend::Backend;
-use crate::cancel::DetectCancel;
 use crate::local::LocalBackend;
-use crate::recent::Recent;
 use crate::retention::{Collector, RetentionPolicy};
 use crate::s3::S3Backend;
 use crate::service::AssetsService;
 use crate::spool::{MAX_CHUNK_BYTES, Spool};
+use kiln_service::cancel::DetectCancel;
 use kiln_tls::ClientTls;
 
 /// The gRPC service name, as health checks report it.
@@ -61,7 +64,6 @@ pub async fn routes_with_checks(
     farm: Option<(Discovery, ClientTls)>,
 ) -> Result<(Routes, Checks), Error> {
     let grace = Duration::from_secs(config.gc_grace_seconds);
-    let recent = Recent::new(grace);
     let collect = farm.zip(config.retention());
     let spool_dir = config.spool_dir();
     tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
@@ -75,14 +77,14 @@ pub async fn routes_with_checks(
             tracing::info!(data_dir = %config.data_dir.display(), "using local backend");
             let backend = Arc::new(LocalBackend::create(&config.data_dir).await?);
             let checks = checks.add("local_storage", backend_check(&backend));
-            start_collector(&backend, &recent, collect);
-            (asset_routes(backend, spool, recent), checks)
+            start_collector(&backend, collect);
+            (asset_routes(backend, spool, grace), checks)
         }
         BackendKind::S3 => {
             let backend = Arc::new(S3Backend::new(config.s3.settings()?));
             let checks = checks.add("s3", backend_check(&backend));
-            start_collector(&backend, &recent, collect);
-            (asset_routes(backend, spool, recent), checks)
+            start_collector(&backend, collect);
+            (asset_routes(backend, spool, grace), checks)
         }
     };
     let routes = kiln_service::with_standard_services(routes, &[GRPC_SERVICE]).await?;
@@ -101,18 +103,18 @@ fn backend_check<B: Backend>(
 
 fn start_collector<B: Backend>(
     backend: &Arc<B>,
-    recent: &Recent,
     collect: Option<((Discovery, ClientTls), RetentionPolicy)>,
 ) {
     if let Some((farm, policy)) = collect {
         tracing::info!(?policy, "collecting unreferenced objects");
-        let collector = Collector::new(backend.clone(), farm, recent.clone(), policy);
+        let collector = Collector::new(backend.clone(), farm, policy);
         tokio::spawn(collector.run());
     }
 }
 
-fn asset_routes<B: Backend>(backend: Arc<B>, spool: Spool, recent: Recent) -> Routes {
-    let server = AssetServiceServer::new(AssetsService::new(backend, spool, recent))
+fn asset_routes<B: Backend>(backend: Arc<B>, spool: Spool, grace: Duration) -> Routes {
+    let access = Access::new(backend.clone(), grace);
+    let server = AssetServiceServer::new(AssetsService::new(backend, spool, access))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     Routes::new(DetectCancel(server))
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
+use kiln_service::cancel::BodyFailed;
 use moka::sync::Cache;
+use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -18,8 +20,11 @@ use crate::upstream::Upstreams;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Metadata the scheduler reads a job's owner from (it trusts the gateway).
-pub const OWNER_METADATA: &str = "kiln-owner";
+/// Metadata the scheduler and the assets service read the caller's name
+/// from (they trust the gateway).
+pub const OWNER_METADATA: &str = kiln_asset_client::OWNER_METADATA;
+/// Metadata with the caller's role: admins see every tenant's files.
+pub const ROLE_METADATA: &str = kiln_asset_client::ROLE_METADATA;
 /// Job owners remembered, so checking a caller's access rarely costs a call;
 /// a job's owner never changes, so entries never go stale.
 const OWNER_CACHE_CAPACITY: u64 = 100_000;
@@ -93,8 +98,8 @@ impl PublicApi {
     }
 }
 
-/// An upstream request for `message` carrying the caller's trace context and
-/// name; nothing the client sent as metadata is passed on.
+/// An upstream request for `message` carrying the caller's trace context,
+/// name and role; nothing the client sent as metadata is passed on.
 fn forward<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
     let mut outgoing = Request::new(message);
     if let Ok(with_context) = kiln_telemetry::propagation::inject_context(Request::new(())) {
@@ -103,7 +108,29 @@ fn forward<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
     let owner = MetadataValue::try_from(caller.name.as_str())
         .map_err(|_| Status::internal("token name is not valid metadata"))?;
     outgoing.metadata_mut().insert(OWNER_METADATA, owner);
+    outgoing.metadata_mut().insert(
+        ROLE_METADATA,
+        MetadataValue::from_static(caller.role.as_str()),
+    );
     Ok(outgoing)
+}
+
+/// A client's upload chunks, ending in an error instead of cleanly if the
+/// client cut the upload off: tonic reports a client's RST_STREAM(CANCEL)
+/// as a clean end of the stream, which would tell the assets service the
+/// file is complete and get it stored truncated. `cut_off` says whether the
+/// request body failed.
+fn upload_pass_through(
+    chunks: Streaming<pb::UploadChunk>,
+    cut_off: BodyFailed,
+) -> impl Stream<Item = Result<pb::UploadChunk, Status>> + Send + 'static {
+    let end = futures::stream::once(async move {
+        cut_off
+            .get()
+            .then(|| Err(Status::cancelled("upload cancelled by the client")))
+    })
+    .filter_map(futures::future::ready);
+    chunks.chain(end)
 }
 
 /// Postgres text cannot hold NUL, and no name or path needs one: refused
@@ -383,8 +410,8 @@ impl pb::job_service_server::JobService for PublicApi {
     }
 }
 
-/// Assets are addressed by content: whoever can name a digest already knows
-/// the content's hash, so reads need only a viewer token.
+/// Every asset call is forwarded as the caller: the assets service answers
+/// as the caller sees the store (their own files; all of them for admins).
 #[tonic::async_trait]
 impl pb::asset_service_server::AssetService for PublicApi {
     async fn upload(
@@ -393,18 +420,25 @@ impl pb::asset_service_server::AssetService for PublicApi {
     ) -> Result<Response<pb::AssetInfo>, Status> {
         let caller = auth::principal(&request)?;
         caller.require(Role::Submitter)?;
+        let cut_off = request
+            .extensions()
+            .get::<BodyFailed>()
+            .cloned()
+            .unwrap_or_default();
         // Chunks pass straight through: the gateway never holds a whole file.
-        let chunks = request
-            .into_inner()
-            .take_while(|chunk| futures::future::ready(chunk.is_ok()))
-            .filter_map(|chunk| futures::future::ready(chunk.ok()));
-        let result = self
-            .upstreams
-            .assets()
-            .await?
-            .upload(forward(&caller, chunks)?)
-            .await;
-        self.observe(result)
+        let chunks = upload_pass_through(request.into_inner(), cut_off);
+        let (failed_tx, failed_rx) = oneshot::channel();
+        let chunks = kiln_asset_client::stall_on_error(chunks, failed_tx);
+        let mut assets = self.upstreams.assets().await?;
+        let upload = assets.upload(forward(&caller, chunks)?);
+        // Biased so that a client's failure always wins: returning drops the
+        // upstream call, which resets its stream, and the assets service
+        // keeps what it received for the client to resume.
+        tokio::select! {
+            biased;
+            Ok(status) = failed_rx => Err(status),
+            result = upload => self.observe(result),
+        }
     }
 
     type DownloadStream = BoxStream<pb::DownloadChunk>;

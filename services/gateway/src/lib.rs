@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod contact_sheet;
 pub mod error;
 pub mod grpc;
 pub mod guard;

@@ -526,7 +526,10 @@ pub(crate) async fn download_asset(
     Path(digest): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
-    stream_asset(&state, &digest, None, "application/octet-stream").await
+    // As the caller: the assets service answers NOT_FOUND for files that
+    // are not theirs, exactly as for files that are not stored.
+    let assets = state.upstreams.asset_client_for(&caller).await?;
+    stream_from(&assets, &digest, None, "application/octet-stream").await
 }
 
 #[utoipa::path(get, path = "/v1/assets/{digest}/stat", tag = "assets", operation_id = "Stat",
@@ -546,18 +549,25 @@ pub(crate) async fn stat_asset(
     ))
 }
 
+/// Streams a file of a job whose access the caller already passed (an
+/// output, a log): read as the gateway, whoever stored it.
 pub(crate) async fn stream_asset(
     state: &RestState,
     digest: &str,
     size: Option<u64>,
     mime: &'static str,
 ) -> ApiResult<Response> {
-    let chunks = state
-        .upstreams
-        .asset_client()
-        .await?
-        .download_stream(digest)
-        .await?;
+    let assets = state.upstreams.asset_client().await?;
+    stream_from(&assets, digest, size, mime).await
+}
+
+async fn stream_from(
+    assets: &kiln_asset_client::AssetClient,
+    digest: &str,
+    size: Option<u64>,
+    mime: &'static str,
+) -> ApiResult<Response> {
+    let chunks = assets.download_stream(digest).await?;
     let body = Body::from_stream(chunks.map_err(std::io::Error::other));
     let mut response = Response::new(body);
     response
@@ -597,7 +607,7 @@ pub(crate) async fn upload_asset(
     let chunks = body.into_data_stream().map_err(std::io::Error::other);
     let info = state
         .upstreams
-        .asset_client()
+        .asset_client_for(&caller)
         .await?
         .upload_stream(None, chunks)
         .await?;

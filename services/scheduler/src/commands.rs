@@ -296,6 +296,7 @@ impl Core {
             max_run_seconds: job.max_run_seconds,
             stall_seconds: job.stall_seconds,
             trace_context: job.trace_context.clone(),
+            owner: job.owner.clone(),
         };
         let dependency_steps = step
             .depends_on

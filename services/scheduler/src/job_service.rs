@@ -3,10 +3,9 @@
 use std::path::{Component, Path};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
-use kiln_discovery::{Discovery, service};
+use kiln_discovery::Discovery;
 use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
@@ -17,6 +16,7 @@ use uuid::Uuid;
 
 use crate::commands::{Command, Control};
 use crate::event_log::{self, Scope, Watch};
+use crate::input_check::{self, Submitter};
 use crate::job_state::JobState;
 use crate::leader::LeaderSlot;
 use crate::loader::{self, JobSettings};
@@ -80,9 +80,10 @@ impl JobApi {
 
     async fn submit(
         &self,
-        owner: &str,
+        submitter: Submitter<'_>,
         request: pb::SubmitJobRequest,
     ) -> Result<pb::Job, SchedulerError> {
+        let owner = submitter.owner;
         let (template_name, document) = match &request.template {
             Some(pb::submit_job_request::Template::BuiltinTemplate(name)) => {
                 (name.as_str(), self.templates.get(name)?)
@@ -100,7 +101,13 @@ impl JobApi {
         let depends_on = self.dependencies(&request.depends_on_jobs).await?;
         let trace_context = kiln_telemetry::propagation::current_context_map();
         let plan = plan_job(document, &request.parameters, self.limits)?;
-        self.check_inputs_stored(&request.inputs).await?;
+        input_check::check_inputs_stored(
+            &self.discovery,
+            &self.assets_tls,
+            submitter,
+            &request.inputs,
+        )
+        .await?;
         let name = if request.name.is_empty() {
             plan.name.clone()
         } else {
@@ -251,35 +258,6 @@ impl JobApi {
             .await?
             .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
     }
-
-    async fn check_inputs_stored(&self, inputs: &[pb::JobInput]) -> Result<(), SchedulerError> {
-        if inputs.is_empty() {
-            return Ok(());
-        }
-        let endpoint = self
-            .discovery
-            .find_one(service::ASSETS, Duration::from_secs(5))
-            .await?;
-        let channel = self
-            .assets_tls
-            .endpoint(&endpoint.grpc_uri())
-            .map_err(|e| SchedulerError::Assets(e.to_string()))?
-            .connect_lazy();
-        let assets = kiln_asset_client::AssetClient::new(channel);
-        // One call for the whole bundle rather than one Stat per file.
-        let digests: Vec<String> = inputs.iter().map(|i| i.digest.clone()).collect();
-        let missing = assets
-            .find_missing(&digests)
-            .await
-            .map_err(|err| SchedulerError::Assets(err.to_string()))?;
-        if let Some(input) = inputs.iter().find(|i| missing.contains(&i.digest)) {
-            return Err(invalid(format!(
-                "inputs: {} (digest {}) is not stored in the asset service; upload it first",
-                input.path, input.digest
-            )));
-        }
-        Ok(())
-    }
 }
 
 struct RunLimits {
@@ -351,6 +329,15 @@ fn validate_inputs(inputs: &[pb::JobInput]) -> Result<(), SchedulerError> {
 pub const OWNER_METADATA: &str = "kiln-owner";
 const ANONYMOUS: &str = "anonymous";
 
+/// The caller's role as the gateway named it (`kiln-role`), if it did.
+fn role_of<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(kiln_asset_client::ROLE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn owner_of<T>(request: &Request<T>) -> String {
     request
         .metadata()
@@ -386,8 +373,13 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let owner = owner_of(&request);
+        let role = role_of(&request);
+        let submitter = Submitter {
+            owner: &owner,
+            role: role.as_deref(),
+        };
         Ok(Response::new(
-            self.submit(&owner, request.into_inner()).await?,
+            self.submit(submitter, request.into_inner()).await?,
         ))
     }
 

@@ -29,6 +29,7 @@ pub mod eta;
 pub mod event_log;
 pub mod events;
 pub mod fence;
+mod input_check;
 pub mod job_service;
 pub mod job_state;
 pub mod leader;

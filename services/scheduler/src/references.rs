@@ -13,19 +13,25 @@ use tonic::{Request, Response, Status};
 
 /// Digests per streamed message.
 const BATCH: usize = 10_000;
+/// Digests one request may ask about by name.
+const MAX_ONLY: usize = 10_000;
 /// Batches queued ahead of a slow reader.
 const QUEUE: usize = 4;
 
 /// Inputs and outputs of jobs that are unfinished or finished less than $1
-/// seconds ago. Job inputs are a JSON array of {path, digest}.
+/// seconds ago, of the digests $2 unless it is empty. Job inputs are a
+/// JSON array of {path, digest}.
 const QUERY: &str = "
     WITH live AS (
         SELECT id, inputs FROM jobs
         WHERE finished_at IS NULL OR finished_at > now() - make_interval(secs => $1)
     )
-    SELECT input->>'digest' FROM live, jsonb_array_elements(live.inputs) AS input
-    UNION
-    SELECT outputs.digest FROM outputs JOIN live ON live.id = outputs.job_id";
+    SELECT digest FROM (
+        SELECT input->>'digest' AS digest FROM live, jsonb_array_elements(live.inputs) AS input
+        UNION
+        SELECT outputs.digest FROM outputs JOIN live ON live.id = outputs.job_id
+    ) AS referenced
+    WHERE cardinality($2::text[]) = 0 OR digest = ANY($2)";
 
 pub struct References {
     db: PgPool,
@@ -47,9 +53,16 @@ impl pb::asset_references_server::AssetReferences for References {
         &self,
         request: Request<pb::ListReferencedDigestsRequest>,
     ) -> Result<Response<DigestStream>, Status> {
-        let within = request.into_inner().finished_within_seconds as f64;
+        let request = request.into_inner();
+        if request.only.len() > MAX_ONLY {
+            return Err(Status::invalid_argument(format!(
+                "only: {} digests, more than the limit of {MAX_ONLY}",
+                request.only.len()
+            )));
+        }
+        let within = request.finished_within_seconds as f64;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(send_batches(self.db.clone(), within, tx));
+        tokio::spawn(send_batches(self.db.clone(), within, request.only, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -57,10 +70,12 @@ impl pb::asset_references_server::AssetReferences for References {
 async fn send_batches(
     db: PgPool,
     within_seconds: f64,
+    only: Vec<String>,
     tx: mpsc::Sender<Result<pb::ReferencedDigests, Status>>,
 ) {
     let mut rows = sqlx::query_scalar::<_, Option<String>>(QUERY)
         .bind(within_seconds)
+        .bind(&only)
         .fetch(&db);
     let mut batch = Vec::with_capacity(BATCH);
     loop {

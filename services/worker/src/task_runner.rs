@@ -480,7 +480,7 @@ impl<A: AssetStore> TaskRunner<A> {
             tracing::warn!(%error, "cannot write the task's log");
             return None;
         }
-        let stored = match self.assets.upload_file(&path).await {
+        let stored = match self.assets.upload_file(&path, &assignment.owner).await {
             Ok(stored) => stored,
             Err(error) => {
                 tracing::warn!(%error, "cannot store the task's log");
@@ -944,7 +944,7 @@ async fn upload_one<A: AssetStore>(
         return Err(format!("output {name} is not a regular file"));
     }
     let stored = assets
-        .upload_file(&path)
+        .upload_file(&path, &assignment.owner)
         .await
         .map_err(|error| format!("cannot upload output {name}: {error}"))?;
     tracing::info!(path = %name, digest = %stored.digest, size = stored.size, "output stored");
@@ -990,7 +990,7 @@ async fn upload_thumbnail<A: AssetStore>(
         tracing::warn!(path = %name, %error, "cannot make a thumbnail");
         return None;
     }
-    let stored = match assets.upload_file(&dest).await {
+    let stored = match assets.upload_file(&dest, &assignment.owner).await {
         Ok(stored) => stored,
         Err(error) => {
             tracing::warn!(path = %name, %error, "cannot store a thumbnail");
