@@ -129,6 +129,8 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     assert_eq!(job.owner, "alice");
 
     // A client cannot choose its owner: metadata is set from the token.
+    // (Bob uploads the scene too: alice's copy is not his to use.)
+    bob.assets.upload_file(&scene).await?;
     let mut request = tonic::Request::new(blender_request(&digest, "1", 1));
     request
         .metadata_mut()

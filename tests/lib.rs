@@ -69,8 +69,13 @@ impl Client {
 
     /// A client presenting `token` (over TLS, trusting the farm's CA, when the farm serves TLS).
     pub async fn connect_as(farm: &Farm, token: &str) -> Result<Self> {
+        Self::connect_to(farm, &farm.gateway_url(), token).await
+    }
+
+    /// [`Client::connect_as`] through the gateway at `url` (one of [`Farm::gateway_urls`]).
+    pub async fn connect_to(farm: &Farm, url: &str, token: &str) -> Result<Self> {
         let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
-            .endpoint(&farm.gateway_url())?
+            .endpoint(url)?
             .connect()
             .await?;
         let credentials = CallCredentials::bearer(token)?;
@@ -370,6 +375,44 @@ steps:
         .collect(),
         ..Default::default()
     }
+}
+
+/// A client of the farm's Garage bucket (the farm must use S3).
+pub async fn s3_client(farm: &mut Farm) -> Result<aws_sdk_s3::Client> {
+    let endpoint = farm.s3_endpoint().context("farm has no S3")?;
+    let garage = farm.garage_mut().context("farm has no garage")?;
+    let credentials = aws_sdk_s3::config::Credentials::new(
+        garage.access_key(),
+        garage.secret_key(),
+        None,
+        None,
+        "kiln-tests",
+    );
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_s3::config::Region::new(kiln_localfarm::S3_REGION))
+        .credentials_provider(credentials)
+        .force_path_style(true)
+        .build();
+    Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+/// A new token for user `name` with `role`, made with the farm's admin token; its secret.
+pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<String> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let mut tokens = pb::token_service_client::TokenServiceClient::with_interceptor(
+        channel,
+        CallCredentials::bearer(farm.admin_token())?,
+    );
+    let request = pb::CreateTokenRequest {
+        name: name.to_owned(),
+        role: role as i32,
+    };
+    Ok(tokens.create_token(request).await?.into_inner().secret)
 }
 
 /// A client of the scheduler's own job API, which the gateway calls on

@@ -11,11 +11,16 @@ use kiln_proto::v1 as pb;
 
 use crate::SchedulerError;
 
-/// Who submits: the owner the gateway named, and their role if it said.
+/// Who submits, as the assets service should see them.
 #[derive(Debug, Clone, Copy)]
-pub struct Submitter<'a> {
-    pub owner: &'a str,
-    pub role: Option<&'a str>,
+pub enum Submitter<'a> {
+    /// The user the gateway named (`kiln-owner`), with their role if it said.
+    Owner {
+        name: &'a str,
+        role: Option<&'a str>,
+    },
+    /// A call that named no owner: another Kiln service, which sees every file.
+    Service,
 }
 
 /// Fails with INVALID_ARGUMENT naming the first input `submitter` cannot
@@ -36,9 +41,12 @@ pub async fn check_inputs_stored(
         .endpoint(&endpoint.grpc_uri())
         .map_err(|e| SchedulerError::Assets(e.to_string()))?
         .connect_lazy();
-    let credentials = CallCredentials::default()
-        .on_behalf_of(submitter.owner, submitter.role)
-        .map_err(|err| SchedulerError::InvalidArgument(err.to_string()))?;
+    let credentials = match submitter {
+        Submitter::Owner { name, role } => CallCredentials::default()
+            .on_behalf_of(name, role)
+            .map_err(|err| SchedulerError::InvalidArgument(err.to_string()))?,
+        Submitter::Service => CallCredentials::default(),
+    };
     let assets = AssetClient::with_credentials(channel, credentials);
     // One call for the whole bundle rather than one Stat per file.
     let digests: Vec<String> = inputs.iter().map(|i| i.digest.clone()).collect();

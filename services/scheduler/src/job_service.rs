@@ -80,10 +80,10 @@ impl JobApi {
 
     async fn submit(
         &self,
+        owner: &str,
         submitter: Submitter<'_>,
         request: pb::SubmitJobRequest,
     ) -> Result<pb::Job, SchedulerError> {
-        let owner = submitter.owner;
         let (template_name, document) = match &request.template {
             Some(pb::submit_job_request::Template::BuiltinTemplate(name)) => {
                 (name.as_str(), self.templates.get(name)?)
@@ -374,12 +374,15 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::Job>, Status> {
         let owner = owner_of(&request);
         let role = role_of(&request);
-        let submitter = Submitter {
-            owner: &owner,
-            role: role.as_deref(),
+        let submitter = match request.metadata().get(OWNER_METADATA) {
+            Some(_) => Submitter::Owner {
+                name: &owner,
+                role: role.as_deref(),
+            },
+            None => Submitter::Service,
         };
         Ok(Response::new(
-            self.submit(submitter, request.into_inner()).await?,
+            self.submit(&owner, submitter, request.into_inner()).await?,
         ))
     }
 
