@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use futures::StreamExt;
-use kiln_localfarm::{Farm, S3_BUCKET, S3_REGION, locate_binary};
+use kiln_localfarm::{Farm, S3_BUCKET, locate_binary};
 use kiln_proto::v1 as pb;
 use kiln_tests::{Client, clips_request, s3_client, start_farm, start_farm_with, state_of};
 use sha2::{Digest as _, Sha256};
@@ -659,10 +659,17 @@ fn spool_sizes(farm: &Farm) -> Result<Vec<u64>> {
     Ok(sizes)
 }
 
-/// Starts an upload through the gateway that sends `first` and then stops
-/// sending without ending; once the assets service holds all of `first`,
-/// the client gives up (its call is dropped, resetting the stream).
-async fn cut_off_upload(farm: &Farm, expected_digest: &str, first: &[u8]) -> Result<()> {
+/// The gateway's default limit on one gRPC message.
+const GATEWAY_MAX_MESSAGE: usize = 8 * MIB;
+
+/// An upload through the gateway that sends `first`, and once the assets
+/// service holds all of it, a message over the gateway's size limit: the
+/// client's stream fails part-way.
+async fn upload_that_fails_part_way(
+    farm: &Farm,
+    expected_digest: &str,
+    first: &[u8],
+) -> Result<()> {
     let channel = tonic::transport::Channel::from_shared(farm.gateway_url())?
         .connect()
         .await?;
@@ -688,13 +695,21 @@ async fn cut_off_upload(farm: &Farm, expected_digest: &str, first: &[u8]) -> Res
         async || Ok(spool_sizes(farm)?.contains(&held)),
     )
     .await?;
-    call.abort();
-    drop(tx);
+    tx.send(pb::UploadChunk {
+        data: vec![0; GATEWAY_MAX_MESSAGE + 1],
+        ..Default::default()
+    })
+    .await?;
+    let refused = call.await?.expect_err("an oversized chunk");
+    ensure!(
+        refused.code() != tonic::Code::Ok,
+        "the client learns its upload failed"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_upload_cut_off_at_the_gateway_is_kept_for_resuming_never_stored_truncated() -> Result<()>
+async fn an_upload_failing_at_the_gateway_is_kept_for_resuming_never_stored_truncated() -> Result<()>
 {
     let (mut farm, _dir) = start_farm(0, false).await?;
     let client = Client::connect(&farm).await?;
@@ -703,10 +718,10 @@ async fn an_upload_cut_off_at_the_gateway_is_kept_for_resuming_never_stored_trun
     let head = &file[..MIB];
 
     // Named digest: the part received is kept, and the upload resumes.
-    cut_off_upload(&farm, &digest, head).await?;
+    upload_that_fails_part_way(&farm, &digest, head).await?;
     let mut offset = 0;
     eventually(
-        "the gateway passes the cut on and the service keeps the part",
+        "the gateway passes the failure on and the service keeps the part",
         Duration::from_secs(30),
         async || {
             offset = client.assets.upload_offset(&digest).await?;
@@ -732,7 +747,7 @@ async fn an_upload_cut_off_at_the_gateway_is_kept_for_resuming_never_stored_trun
     // No digest named: nothing to resume, and the part is not stored as a file.
     let other: Vec<u8> = file.iter().map(|b| b ^ 0x5a).collect();
     let other_head = &other[..MIB];
-    cut_off_upload(&farm, "", other_head).await?;
+    upload_that_fails_part_way(&farm, "", other_head).await?;
     eventually(
         "the service drops the part",
         Duration::from_secs(30),
@@ -743,7 +758,7 @@ async fn an_upload_cut_off_at_the_gateway_is_kept_for_resuming_never_stored_trun
     assert_eq!(
         client.assets.stat(&truncated).await?,
         None,
-        "a cut-off upload is never stored as if complete"
+        "a failed upload is never stored as if complete"
     );
     farm.shutdown().await?;
     Ok(())
