@@ -38,6 +38,8 @@ pub mod liveness;
 pub mod loader;
 pub mod logs;
 pub mod matching;
+#[cfg(test)]
+mod output_events_tests;
 pub mod output_ledger;
 pub mod queue;
 mod reclaim;
