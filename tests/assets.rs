@@ -598,7 +598,7 @@ async fn a_re_render_of_an_old_scene_survives_collection_on_the_other_replica() 
     let as_alice = kiln_asset_client::AssetClient::new(channel).on_behalf_of("alice", None)?;
     assert!(
         as_alice
-            .find_missing(&[scene_digest.clone()])
+            .find_missing(std::slice::from_ref(&scene_digest))
             .await?
             .is_empty(),
         "the scene is stored"

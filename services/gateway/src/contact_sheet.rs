@@ -26,16 +26,14 @@ pub enum SheetError {
     Encode(#[from] image::ImageError),
     #[error("contact sheet worker failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    #[error("contact sheets are no longer made (shutting down)")]
+    Closed(#[from] tokio::sync::AcquireError),
 }
 
 /// A turn to make a sheet: hold it while reading thumbnails and composing,
 /// so the bytes held at once stay bounded too.
-pub async fn turn() -> SemaphorePermit<'static> {
-    // The semaphore is never closed.
-    SHEETS
-        .acquire()
-        .await
-        .unwrap_or_else(|_| unreachable!("the contact sheet semaphore is never closed"))
+pub async fn turn() -> Result<SemaphorePermit<'static>, SheetError> {
+    Ok(SHEETS.acquire().await?)
 }
 
 /// The PNG contact sheet of `thumbnails` (encoded images, in order); ones

@@ -227,7 +227,10 @@ pub(crate) async fn contact_sheet(
             format!("job {id} has no frame thumbnails yet"),
         ));
     }
-    let _turn = crate::contact_sheet::turn().await;
+    let internal = |e: crate::contact_sheet::SheetError| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
+    let _turn = crate::contact_sheet::turn().await.map_err(internal)?;
     // Read as the gateway: the caller may see the job, and these are its outputs.
     let assets = state.upstreams.asset_client().await?;
     let mut images = Vec::with_capacity(thumbnails.len());
@@ -237,7 +240,7 @@ pub(crate) async fn contact_sheet(
     }
     let png = crate::contact_sheet::compose(images)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(internal)?;
     let mut response = Response::new(Body::from(png));
     response
         .headers_mut()
