@@ -3,8 +3,9 @@
 //! it, resume its upload and feed it to a job of their own, through two
 //! gateways in front of two assets replicas sharing one Garage bucket. Every
 //! attempt is refused exactly as for a file that does not exist; the owner's
-//! files stay whole; and the attacker's own upload of the same content is
-//! checked and stored once.
+//! files stay whole (also one stored before holds were recorded, which is
+//! hers because her job names it); and the attacker's own upload of the
+//! same content is checked and stored once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,10 @@ async fn attack(farm: &Farm, s3: &aws_sdk_s3::Client) -> Result<()> {
     ensure!(urls.len() == 2, "two gateways: {urls:?}");
     let mut alice = Client::connect_to(farm, &urls[0], &alice_token).await?;
     let secrets = alices_files(&mut alice).await?;
+    // As if stored before the assets service recorded who holds what: her
+    // output has no holds, and only her job says it is hers.
+    let holds = holds_prefix(&secrets.output_digest);
+    forget(s3, &holds).await?;
 
     for (url, http) in urls.iter().zip(farm.gateway_http_urls()) {
         let mut bob = Client::connect_to(farm, url, &bob_token).await?;
@@ -79,6 +84,11 @@ async fn attack(farm: &Farm, s3: &aws_sdk_s3::Client) -> Result<()> {
         );
         download(&alice, &secrets.output_digest).await?;
     }
+    assert_eq!(
+        s3_keys(s3, &holds).await?,
+        1,
+        "alice's hold on her job's output is recorded again"
+    );
 
     // Bob's own copy of the same content: accepted, checked, stored once.
     let stored = bob
@@ -269,6 +279,30 @@ async fn rest_get(url: &str, token: &str) -> Result<(u16, String)> {
         Ok((response.status(), response.into_string()?))
     })
     .await?
+}
+
+/// Where the holds of `digest` are kept in the bucket.
+fn holds_prefix(digest: &str) -> String {
+    format!("owners/{}/{digest}/", &digest[..2])
+}
+
+/// Deletes every object of the bucket under `prefix`.
+async fn forget(s3: &aws_sdk_s3::Client, prefix: &str) -> Result<()> {
+    let listed = s3
+        .list_objects_v2()
+        .bucket(S3_BUCKET)
+        .prefix(prefix)
+        .send()
+        .await?;
+    ensure!(!listed.contents().is_empty(), "nothing under {prefix}");
+    for object in listed.contents() {
+        s3.delete_object()
+            .bucket(S3_BUCKET)
+            .set_key(object.key().map(str::to_owned))
+            .send()
+            .await?;
+    }
+    Ok(())
 }
 
 /// How many objects in the farm's bucket have keys starting with `prefix`.

@@ -4,7 +4,9 @@
 //! A user sees an object only if they hold it: they uploaded it (their
 //! upload proves they have the content: it is hashed on the way in), a
 //! worker stored it as an output of their job, or it was confirmed to them
-//! before. Admins and other Kiln services see every object. To anyone
+//! before. A file stored before holds were recorded is theirs too if one
+//! of their jobs names it (the scheduler says; the hold is recorded then).
+//! Admins and other Kiln services see every object. To anyone
 //! else an object is simply not stored: Stat and FindMissing say so,
 //! Download and PresignDownload answer NOT_FOUND, and an upload of it is
 //! accepted, checked, and stored once (deduplicated) with a new holder.
@@ -25,6 +27,7 @@ use crate::caller::{Caller, Holder};
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::markers::{self, Markers};
+use crate::references::SchedulerLink;
 
 /// Backend lookups one request runs at once.
 const CONCURRENCY: usize = 32;
@@ -36,6 +39,8 @@ pub struct Access<B> {
     backend: Arc<B>,
     markers: Markers<B>,
     grace: Duration,
+    /// Asked which files a user's jobs name, for files no hold records.
+    scheduler: Option<Arc<SchedulerLink>>,
 }
 
 impl<B: Backend> Access<B> {
@@ -46,7 +51,15 @@ impl<B: Backend> Access<B> {
             markers: Markers::new(backend.clone()),
             backend,
             grace,
+            scheduler: None,
         }
+    }
+
+    /// Lets users reach files stored before holds were recorded, when their
+    /// jobs name them.
+    pub fn with_scheduler(mut self, scheduler: Arc<SchedulerLink>) -> Self {
+        self.scheduler = Some(scheduler);
+        self
     }
 
     /// Whether `caller` may read `digest` now.
@@ -54,11 +67,14 @@ impl<B: Backend> Access<B> {
         if caller.sees_everything() {
             return Ok(true);
         }
-        Ok(self
-            .markers
-            .held_since(digest, &caller.holder())
-            .await?
-            .is_some())
+        let holder = caller.holder();
+        if self.markers.held_since(digest, &holder).await?.is_some() {
+            return Ok(true);
+        }
+        let mut held = [false];
+        self.adopt_from_jobs(caller, &holder, std::slice::from_ref(digest), &mut held)
+            .await?;
+        Ok(held[0])
     }
 
     /// The size of each of `digests` as `caller` sees it (None: not
@@ -77,6 +93,8 @@ impl<B: Backend> Access<B> {
                 .map(|digest| self.hold_if_visible(digest, &holder, sees_everything));
             held.extend(futures::future::try_join_all(checks).await?);
         }
+        self.adopt_from_jobs(caller, &holder, &digests, &mut held)
+            .await?;
         if !held.contains(&true) {
             return Ok(vec![None; digests.len()]);
         }
@@ -102,6 +120,47 @@ impl<B: Backend> Access<B> {
         } else {
             Ok(None)
         }
+    }
+
+    /// Records as held the digests not `held` yet that a job of the caller
+    /// names and that are stored: files stored before holds were recorded.
+    /// If the scheduler cannot answer, they stay not held (the user can
+    /// upload them again).
+    async fn adopt_from_jobs(
+        &self,
+        caller: &Caller,
+        holder: &Holder,
+        digests: &[Digest],
+        held: &mut [bool],
+    ) -> Result<(), Error> {
+        let (Some(scheduler), Caller::Owner { name, admin: false }) = (&self.scheduler, caller)
+        else {
+            return Ok(());
+        };
+        let unknown: Vec<String> = digests
+            .iter()
+            .zip(held.iter())
+            .filter(|(_, held)| !**held)
+            .map(|(digest, _)| digest.to_string())
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let owned = match scheduler.owned(name, unknown).await {
+            Ok(owned) => owned,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot ask which files a user's jobs name");
+                return Ok(());
+            }
+        };
+        for (digest, held) in digests.iter().zip(held.iter_mut()) {
+            if owned.contains(digest.as_str()) && self.backend.stat(digest).await?.is_some() {
+                tracing::info!(digest = %digest, "recording a hold a job of its owner implies");
+                self.markers.hold(digest, holder).await?;
+                *held = true;
+            }
+        }
+        Ok(())
     }
 
     /// Step one of a confirmation: re-dates the holder's hold (or, for

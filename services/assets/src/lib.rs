@@ -15,6 +15,7 @@ pub mod digest;
 pub mod error;
 pub mod local;
 pub mod markers;
+pub mod references;
 pub mod retention;
 pub mod s3;
 pub mod service;
@@ -35,6 +36,7 @@ pub use error::Error;
 use crate::access::Access;
 use crate::backend::Backend;
 use crate::local::LocalBackend;
+use crate::references::SchedulerLink;
 use crate::retention::{Collector, RetentionPolicy};
 use crate::s3::S3Backend;
 use crate::service::AssetsService;
@@ -64,7 +66,10 @@ pub async fn routes_with_checks(
     farm: Option<(Discovery, ClientTls)>,
 ) -> Result<(Routes, Checks), Error> {
     let grace = Duration::from_secs(config.gc_grace_seconds);
-    let collect = farm.zip(config.retention());
+    let farm = farm.map(|(discovery, tls)| FarmLink {
+        scheduler: Arc::new(SchedulerLink::new(discovery.clone(), tls)),
+        discovery,
+    });
     let spool_dir = config.spool_dir();
     tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
     let spool = Spool::create(spool_dir.clone(), config.max_upload_bytes).await?;
@@ -77,14 +82,12 @@ pub async fn routes_with_checks(
             tracing::info!(data_dir = %config.data_dir.display(), "using local backend");
             let backend = Arc::new(LocalBackend::create(&config.data_dir).await?);
             let checks = checks.add("local_storage", backend_check(&backend));
-            start_collector(&backend, collect);
-            (asset_routes(backend, spool, grace), checks)
+            (serve(backend, spool, grace, farm, config), checks)
         }
         BackendKind::S3 => {
             let backend = Arc::new(S3Backend::new(config.s3.settings()?));
             let checks = checks.add("s3", backend_check(&backend));
-            start_collector(&backend, collect);
-            (asset_routes(backend, spool, grace), checks)
+            (serve(backend, spool, grace, farm, config), checks)
         }
     };
     let routes = kiln_service::with_standard_services(routes, &[GRPC_SERVICE]).await?;
@@ -101,20 +104,35 @@ fn backend_check<B: Backend>(
     }
 }
 
-fn start_collector<B: Backend>(
-    backend: &Arc<B>,
-    collect: Option<((Discovery, ClientTls), RetentionPolicy)>,
-) {
-    if let Some((farm, policy)) = collect {
-        tracing::info!(?policy, "collecting unreferenced objects");
-        let collector = Collector::new(backend.clone(), farm, policy);
-        tokio::spawn(collector.run());
-    }
+/// The rest of the farm, as the assets service reaches it.
+struct FarmLink {
+    discovery: Discovery,
+    scheduler: Arc<SchedulerLink>,
 }
 
-fn asset_routes<B: Backend>(backend: Arc<B>, spool: Spool, grace: Duration) -> Routes {
-    let access = Access::new(backend.clone(), grace);
+/// The service's routes over `backend`; with the farm, also starts the
+/// collector (unless configured off).
+fn serve<B: Backend>(
+    backend: Arc<B>,
+    spool: Spool,
+    grace: Duration,
+    farm: Option<FarmLink>,
+    config: &Config,
+) -> Routes {
+    let mut access = Access::new(backend.clone(), grace);
+    if let Some(farm) = farm {
+        access = access.with_scheduler(farm.scheduler.clone());
+        if let Some(policy) = config.retention() {
+            start_collector(&backend, farm, policy);
+        }
+    }
     let server = AssetServiceServer::new(AssetsService::new(backend, spool, access))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     Routes::new(DetectCancel(server))
+}
+
+fn start_collector<B: Backend>(backend: &Arc<B>, farm: FarmLink, policy: RetentionPolicy) {
+    tracing::info!(?policy, "collecting unreferenced objects");
+    let collector = Collector::new(backend.clone(), farm.discovery, farm.scheduler, policy);
+    tokio::spawn(collector.run());
 }

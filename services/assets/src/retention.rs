@@ -19,18 +19,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
-use kiln_discovery::{Discovery, LockGuard, service};
-use kiln_proto::v1::ListReferencedDigestsRequest;
-use kiln_proto::v1::asset_references_client::AssetReferencesClient;
-use kiln_tls::ClientTls;
+use kiln_discovery::{Discovery, LockGuard};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::backend::{Backend, StoredObject};
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::markers::{self, CLAIM_EXPIRY, Markers};
+use crate::references::SchedulerLink;
 
 /// The etcd lock collectors take.
 pub const LOCK_NAME: &str = "assets-collector";
@@ -40,8 +36,6 @@ const LOCK_TTL_SECONDS: i64 = 15;
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// Candidates held per round; the rest wait for the next round.
 const MAX_CANDIDATES: usize = 100_000;
-/// Digests of live jobs held in memory at most (about 100 bytes each).
-const MAX_REFERENCES: usize = 5_000_000;
 /// Objects claimed, re-checked and deleted together.
 const BATCH: usize = 1_000;
 /// Objects of a batch checked and deleted at once.
@@ -113,23 +107,24 @@ pub fn is_candidate(
 pub struct Collector<B> {
     backend: Arc<B>,
     markers: Markers<B>,
+    /// Where the collection lock is taken.
     discovery: Discovery,
-    /// How to dial the scheduler: TLS (and this service's certificate) on a TLS farm.
-    scheduler_tls: ClientTls,
+    scheduler: Arc<SchedulerLink>,
     policy: RetentionPolicy,
 }
 
 impl<B: Backend> Collector<B> {
     pub fn new(
         backend: Arc<B>,
-        (discovery, scheduler_tls): (Discovery, ClientTls),
+        discovery: Discovery,
+        scheduler: Arc<SchedulerLink>,
         policy: RetentionPolicy,
     ) -> Self {
         Self {
             markers: Markers::new(backend.clone()),
             backend,
             discovery,
-            scheduler_tls,
+            scheduler,
             policy,
         }
     }
@@ -170,9 +165,8 @@ impl<B: Backend> Collector<B> {
     }
 
     async fn collect_locked(&self, lock: &LockGuard) -> Result<Collected, Error> {
-        let scheduler = self.scheduler().await?;
         self.clear_expired_claims().await?;
-        let referenced = self.referenced(&scheduler, Vec::new()).await?;
+        let referenced = self.referenced(Vec::new()).await?;
         let candidates = self.candidates(&referenced).await?;
         drop(referenced);
         let mut done = Collected::default();
@@ -181,7 +175,7 @@ impl<B: Backend> Collector<B> {
                 tracing::warn!("collector lock lost; stopping");
                 break;
             }
-            let collected = self.collect_batch(&scheduler, lock, batch).await?;
+            let collected = self.collect_batch(lock, batch).await?;
             done.objects += collected.objects;
             done.bytes += collected.bytes;
         }
@@ -192,16 +186,12 @@ impl<B: Backend> Collector<B> {
     /// still unneeded; every claim is released again.
     async fn collect_batch(
         &self,
-        scheduler: &Channel,
         lock: &LockGuard,
         batch: &[StoredObject],
     ) -> Result<Collected, Error> {
         let claimed_at = Instant::now();
         let result = match self.claim_all(batch).await {
-            Ok(()) => {
-                self.delete_unneeded(scheduler, lock, batch, claimed_at)
-                    .await
-            }
+            Ok(()) => self.delete_unneeded(lock, batch, claimed_at).await,
             Err(err) => Err(err),
         };
         for chunk in batch.chunks(DELETE_CONCURRENCY) {
@@ -230,13 +220,12 @@ impl<B: Backend> Collector<B> {
 
     async fn delete_unneeded(
         &self,
-        scheduler: &Channel,
         lock: &LockGuard,
         batch: &[StoredObject],
         claimed_at: Instant,
     ) -> Result<Collected, Error> {
         let digests = batch.iter().map(|o| o.digest.to_string()).collect();
-        let referenced = self.referenced(scheduler, digests).await?;
+        let referenced = self.referenced(digests).await?;
         let mut done = Collected::default();
         for chunk in batch.chunks(DELETE_CONCURRENCY) {
             let deletions = chunk.iter().map(|object| {
@@ -320,49 +309,11 @@ impl<B: Backend> Collector<B> {
         }
     }
 
-    /// A connection to the leading scheduler, for one collection.
-    async fn scheduler(&self) -> Result<Channel, Error> {
-        let endpoint = self
-            .discovery
-            .find_one(service::SCHEDULER, Duration::from_secs(5))
-            .await?;
-        self.scheduler_tls
-            .endpoint(&endpoint.grpc_uri())
-            .map_err(|err| Error::Scheduler(err.to_string()))?
-            .connect()
+    /// Digests live or recently finished jobs name; of `only` when it is not empty.
+    async fn referenced(&self, only: Vec<String>) -> Result<HashSet<String>, Error> {
+        self.scheduler
+            .referenced(self.policy.retain_finished, only)
             .await
-            .map_err(|err| Error::Scheduler(err.to_string()))
-    }
-
-    /// Digests live or recently finished jobs name, from the leading
-    /// scheduler; of `only` when it is not empty.
-    async fn referenced(
-        &self,
-        scheduler: &Channel,
-        only: Vec<String>,
-    ) -> Result<HashSet<String>, Error> {
-        let asked = only.len();
-        let request = ListReferencedDigestsRequest {
-            finished_within_seconds: self.policy.retain_finished.as_secs(),
-            only,
-        };
-        let mut batches = AssetReferencesClient::new(scheduler.clone())
-            .list_referenced_digests(request)
-            .await
-            .map_err(|status| Error::Scheduler(status.message().to_owned()))?
-            .into_inner();
-        let mut referenced = HashSet::with_capacity(asked);
-        while let Some(batch) = batches.next().await {
-            let batch = batch.map_err(|status| Error::Scheduler(status.message().to_owned()))?;
-            referenced.extend(batch.digests);
-            if referenced.len() > MAX_REFERENCES {
-                // Collecting with a partial view could delete what a job needs.
-                return Err(Error::Scheduler(format!(
-                    "more than {MAX_REFERENCES} referenced digests; not collecting"
-                )));
-            }
-        }
-        Ok(referenced)
     }
 }
 
