@@ -414,3 +414,20 @@ pub async fn leading_scheduler(farm: &Farm) -> Result<usize> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Creates an access token named `name` with `role` (as the farm's admin)
+/// and returns its secret.
+pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<String> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let credentials = CallCredentials::bearer(farm.admin_token())?;
+    let mut tokens =
+        pb::token_service_client::TokenServiceClient::with_interceptor(channel, credentials);
+    let request = pb::CreateTokenRequest {
+        name: name.to_owned(),
+        role: role as i32,
+    };
+    Ok(tokens.create_token(request).await?.into_inner().secret)
+}
