@@ -10,6 +10,7 @@
 //! leaves nothing behind.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -46,9 +47,11 @@ async fn compose_farm_renders_survives_a_lost_worker_and_restarted_schedulers() 
         .parent()
         .map(Path::to_path_buf)
         .context("the binaries' directory")?;
-    let built = run(Command::new(repo_root().join("tests/docker/build-images.sh"))
-        .arg(&bin_dir)
-        .arg(IMAGE_TAG))?;
+    let built = run(
+        Command::new(repo_root().join("tests/docker/build-images.sh"))
+            .arg(&bin_dir)
+            .arg(IMAGE_TAG),
+    )?;
     println!(
         "images built in {:.0} s:\n{}",
         started.elapsed().as_secs_f64(),
@@ -70,7 +73,10 @@ async fn exercise(farm: &ComposeFarm, dir: &Path) -> Result<()> {
     let up = Instant::now();
     farm.compose(&["up", "-d"])?;
     farm.wait_healthy(&SERVICES).await?;
-    println!("every service healthy {:.0} s after up", up.elapsed().as_secs_f64());
+    println!(
+        "every service healthy {:.0} s after up",
+        up.elapsed().as_secs_f64()
+    );
 
     // The documented command prints the admin token; the host renders the
     // bundled example through the published gateway, as a user would.
@@ -156,14 +162,19 @@ async fn scale_and_kill_a_worker(
         .with_context(|| format!("no worker container runs worker {victim}"))?;
     run(Command::new("docker").args(["kill", &container]))?;
     println!("killed worker container {container} (worker {victim}) while it rendered");
-    let job = client.wait_for_job(&job.id, PATIENCE, kiln_tests::is_final).await?;
+    let job = client
+        .wait_for_job(&job.id, PATIENCE, kiln_tests::is_final)
+        .await?;
     assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
     let outputs = client.outputs(&job.id).await?;
     let frames = outputs
         .iter()
         .filter(|o| o.path.ends_with(".png") && o.path.contains("frame_"))
         .count();
-    assert_eq!(frames, 48, "every frame despite the lost worker: {outputs:?}");
+    assert_eq!(
+        frames, 48,
+        "every frame despite the lost worker: {outputs:?}"
+    );
     Ok(job.id)
 }
 
@@ -301,7 +312,8 @@ impl ComposeFarm {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let format = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}";
+        let format =
+            "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}";
         let output = run(Command::new("docker")
             .args(["inspect", "-f", format])
             .args(&ids))?;
@@ -339,8 +351,17 @@ impl ComposeFarm {
                 && !p.to_string_lossy().contains("thumbnails")
         })?;
         let videos = find_files(&out, |p| p.extension().is_some_and(|e| e == "mp4"))?;
-        assert_eq!(frames.len(), 24, "the example's frames in {}", out.display());
-        ensure!(videos.len() == 1, "the example's video in {}", out.display());
+        assert_eq!(
+            frames.len(),
+            24,
+            "the example's frames in {}",
+            out.display()
+        );
+        ensure!(
+            videos.len() == 1,
+            "the example's video in {}",
+            out.display()
+        );
         assert_eq!(probe_video(&videos[0])?.0, 24, "{}", videos[0].display());
         println!("the example service rendered into {}", out.display());
         Ok(())
@@ -365,10 +386,7 @@ impl ComposeFarm {
             &["network", "ls", "-q", "--filter"][..],
         ] {
             let left = run(Command::new("docker").args(kind).arg(&label))?;
-            ensure!(
-                left.trim().is_empty(),
-                "`down -v` left {kind:?}: {left}"
-            );
+            ensure!(left.trim().is_empty(), "`down -v` left {kind:?}: {left}");
         }
         Ok(())
     }
@@ -396,6 +414,17 @@ fn ensure_docker_engine() -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    // Descriptors this test inherited (a build lock's flock among them) must
+    // not live on in the daemon: it outlives the test by design.
+    // SAFETY: between fork and exec only close(2), which is async-signal-safe.
+    unsafe {
+        dockerd.pre_exec(|| {
+            for fd in 3..1024 {
+                nix::libc::close(fd);
+            }
+            Ok(())
+        });
+    }
     dockerd.spawn().context(
         "cannot start dockerd: is Debian's docker.io installed? scripts/setup.sh installs it",
     )?;
@@ -426,7 +455,9 @@ fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KILN_CACHE") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| home.join(".cache"))

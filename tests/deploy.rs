@@ -47,7 +47,14 @@ fn docker_compose_config_is_valid() -> anyhow::Result<()> {
         .arg("--env-file")
         .arg(&env_file)
         .args(["-f", "docker-compose.yml"])
-        .args(["--profile", "dashboards", "--profile", "tracing", "config", "-q"]);
+        .args([
+            "--profile",
+            "dashboards",
+            "--profile",
+            "tracing",
+            "config",
+            "-q",
+        ]);
     run(&mut command)?;
     Ok(())
 }

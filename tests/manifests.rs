@@ -42,7 +42,9 @@ async fn every_service_becomes_ready_with_its_manifests_environment() -> Result<
         "deploy/k8s runs exactly Kiln's four services"
     );
     let secret = generated_secret()?;
-    let dir = tempfile::Builder::new().prefix("kiln-manifests-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-manifests-")
+        .tempdir()?;
     let infra = Infrastructure::start(dir.path(), &secret).await?;
 
     // The check can fail: the gateway without its database URL never serves.
@@ -130,10 +132,9 @@ impl Manifests {
         let mut vars = image_environment(service)?;
         for source in sequence(&container["envFrom"]) {
             let name = text_at(source, &["configMapRef", "name"]);
-            let data = self
-                .config_maps
-                .get(name)
-                .with_context(|| format!("{service} reads ConfigMap {name}, which no manifest makes"))?;
+            let data = self.config_maps.get(name).with_context(|| {
+                format!("{service} reads ConfigMap {name}, which no manifest makes")
+            })?;
             vars.extend(data.clone());
         }
         for entry in sequence(&container["env"]) {
@@ -159,7 +160,8 @@ impl Manifests {
             .iter()
             .map(|m| text_at(m, &["mountPath"]).to_owned())
             .collect();
-        let mut localizer = Localizer::new(infra, &mounts, &dir.join(format!("{service}-volumes")))?;
+        let mut localizer =
+            Localizer::new(infra, &mounts, &dir.join(format!("{service}-volumes")))?;
         for value in vars.values_mut() {
             *value = localizer.localize(value)?;
         }
@@ -238,7 +240,10 @@ impl Localizer {
         }
         Ok(Self {
             hosts: vec![
-                ("postgres.kiln.svc:5432".to_owned(), infra.postgres_address()),
+                (
+                    "postgres.kiln.svc:5432".to_owned(),
+                    infra.postgres_address(),
+                ),
                 ("etcd.kiln.svc:2379".to_owned(), infra.etcd_address()),
                 ("garage.kiln.svc:3900".to_owned(), infra.garage_address()),
             ],
@@ -347,7 +352,16 @@ impl Infrastructure {
         );
         let output = std::process::Command::new(postgres.bin_dir().join("psql"))
             .args(["-h", "127.0.0.1", "-p", &postgres.port().to_string()])
-            .args(["-U", "postgres", "-d", "kiln", "-v", "ON_ERROR_STOP=1", "-c", &setup])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "kiln",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &setup,
+            ])
             .output()?;
         ensure!(
             output.status.success(),
@@ -398,10 +412,14 @@ fn without_scheme(url: &str) -> String {
 
 /// The `stringData` of the Secret deploy/k8s/gen-secret.sh prints.
 fn generated_secret() -> Result<BTreeMap<String, String>> {
-    let output = std::process::Command::new(repo_root().join("deploy/k8s/gen-secret.sh")).output()?;
+    let output =
+        std::process::Command::new(repo_root().join("deploy/k8s/gen-secret.sh")).output()?;
     ensure!(output.status.success(), "deploy/k8s/gen-secret.sh failed");
     let secret: Value = serde_yaml::from_slice(&output.stdout)?;
-    ensure!(text_at(&secret, &["kind"]) == "Secret", "gen-secret.sh prints a Secret");
+    ensure!(
+        text_at(&secret, &["kind"]) == "Secret",
+        "gen-secret.sh prints a Secret"
+    );
     string_map(&secret["stringData"])
 }
 

@@ -21,7 +21,9 @@ pub fn leader_check(
 fn describe(leading: bool) -> CheckResult {
     match leading {
         true => Ok("leading".to_owned()),
-        false => Err("standby: another scheduler leads, or none has won the election yet".to_owned()),
+        false => {
+            Err("standby: another scheduler leads, or none has won the election yet".to_owned())
+        }
     }
 }
 
@@ -48,6 +50,9 @@ mod tests {
         tx.send_replace(true);
         assert_eq!(check().await, Ok("leading".to_owned()));
         tx.send_replace(false);
-        assert!(check().await.is_err(), "a leader that stepped down is not ready");
+        assert!(
+            check().await.is_err(),
+            "a leader that stepped down is not ready"
+        );
     }
 }
