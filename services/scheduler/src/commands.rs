@@ -15,6 +15,7 @@ use crate::core::{
 };
 use crate::effects::Effect;
 use crate::job_state::JobState;
+use crate::output_ledger::RecordedOutput;
 use crate::task_state::{TaskEvent, TaskState};
 use crate::writer::{BlocklistWrite, OutputWrite};
 
@@ -60,10 +61,10 @@ pub enum Command {
     LeaseLost {
         worker_id: String,
     },
-    /// An output was recorded; its event joins the job's sequence.
-    OutputAdded {
-        job_id: Uuid,
-        added: pb::OutputAdded,
+    /// A worker stored an output of an attempt, and says so as soon as it has.
+    OutputStored {
+        worker_id: String,
+        output: pb::OutputStored,
     },
     /// An assignment could not be handed to its worker.
     Undeliverable {
@@ -132,9 +133,7 @@ impl Core {
                 }
             }
             Command::LeaseLost { worker_id } => self.lease_lost(&worker_id),
-            Command::OutputAdded { job_id, added } => {
-                self.emit(job_id, pb::job_event::Event::OutputAdded(added))
-            }
+            Command::OutputStored { worker_id, output } => self.output_stored(&worker_id, output),
             Command::Undeliverable {
                 worker_id,
                 task_id,
@@ -356,34 +355,68 @@ impl Core {
             log_tail: result.log_tail,
         };
         if result.success {
-            if self
-                .transition(task_id, TaskEvent::Succeed, Some(&outcome))
-                .is_some()
-            {
-                self.record_outputs(task_id, result.outputs);
+            // A success lists every output of the attempt: those whose own
+            // report never arrived (lost with a connection) are recorded and
+            // announced now, before the success (which applies: the attempt
+            // is in flight), so a watcher that sees it knows all its files.
+            for output in result.outputs {
+                self.record_output(task_id, output);
             }
+            self.transition(task_id, TaskEvent::Succeed, Some(&outcome));
             return;
         }
         self.fail_attempt(worker_id, task_id, &outcome);
     }
 
-    /// A success lists every output of the attempt; those whose own report
-    /// never arrived are recorded with it.
-    fn record_outputs(&mut self, task_id: Uuid, outputs: Vec<pb::OutputStored>) {
+    /// An output reported as soon as it was stored: recorded only while its
+    /// attempt is current, so a file saved by a superseded attempt is never listed.
+    fn output_stored(&mut self, worker_id: &str, output: pb::OutputStored) {
+        let Ok(task_id) = Uuid::parse_str(&output.task_id) else {
+            return;
+        };
+        if self.holds(worker_id, task_id, output.attempt as i32) {
+            self.record_output(task_id, output);
+        }
+    }
+
+    /// Records an output of a task's current attempt with its `OutputAdded`
+    /// event, in one batch; a repeat of what the task recorded is neither
+    /// written nor announced (`output_ledger.rs`).
+    fn record_output(&mut self, task_id: Uuid, output: pb::OutputStored) {
+        if output.path.is_empty() || output.digest.is_empty() {
+            return;
+        }
         let Some(job_id) = self.tasks.get(&task_id).map(|t| t.job_id) else {
             return;
         };
-        let valid = outputs
-            .into_iter()
-            .filter(|o| !o.path.is_empty() && !o.digest.is_empty());
-        self.batch.outputs.extend(valid.map(|o| OutputWrite {
+        let size = i64::try_from(output.size).unwrap_or(i64::MAX);
+        let recorded = RecordedOutput {
+            digest: output.digest.clone(),
+            size,
+            kind: output.kind.clone(),
+        };
+        if !self.outputs.record(task_id, &output.path, recorded) {
+            return;
+        }
+        self.batch.outputs.push(OutputWrite {
             job_id,
             task_id,
-            path: o.path,
-            digest: o.digest,
-            size: i64::try_from(o.size).unwrap_or(i64::MAX),
-            kind: o.kind,
-        }));
+            path: output.path.clone(),
+            digest: output.digest.clone(),
+            size,
+            kind: output.kind.clone(),
+        });
+        let added = pb::JobOutput {
+            path: output.path,
+            digest: output.digest,
+            size: size as u64,
+            task_id: task_id.to_string(),
+            kind: output.kind,
+        };
+        let added = pb::OutputAdded {
+            output: Some(added),
+        };
+        self.emit(job_id, pb::job_event::Event::OutputAdded(added));
     }
 
     /// A failed attempt: retried after a backoff or failed for good, and
@@ -463,6 +496,10 @@ impl Core {
                 let deadline = Instant::now() + self.policy.reclaim_window;
                 self.unclaimed.insert(task.id, deadline);
             }
+        }
+        // What a previous leader recorded for these tasks was announced then.
+        for (task_id, path, recorded) in std::mem::take(&mut job.recorded_outputs) {
+            self.outputs.record(task_id, &path, recorded);
         }
         let earlier = std::mem::take(&mut job.earlier_run_times);
         self.eta.open(&job, &tasks, &earlier);

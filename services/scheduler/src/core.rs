@@ -21,6 +21,7 @@ use crate::effects::Effect;
 use crate::eta::{self, EtaBook, RunStats};
 use crate::job_state::{self, JobFacts, JobState, TaskCounts};
 use crate::matching::Requirements;
+use crate::output_ledger::{OutputLedger, RecordedOutput};
 use crate::retry::RetryPolicy;
 use crate::scene_history;
 use crate::task_state::{TaskEvent, TaskState};
@@ -103,6 +104,10 @@ pub struct JobEntry {
     /// Per-frame run times of earlier jobs of the same scene, by step name:
     /// loaded with the job, handed to the ETA book when the core takes it.
     pub earlier_run_times: HashMap<String, RunStats>,
+    /// Outputs its unfinished tasks recorded (task, path, file), as Postgres
+    /// has them: loaded with the job, handed to the output ledger when the
+    /// core takes it.
+    pub recorded_outputs: Vec<(Uuid, String, RecordedOutput)>,
 }
 
 impl JobEntry {
@@ -199,6 +204,8 @@ pub struct Core {
     pub events: EventSequencer,
     /// Run times for each running job's ETA.
     pub eta: EtaBook,
+    /// What each unfinished task recorded, so each output is announced once.
+    pub outputs: OutputLedger,
 }
 
 /// Finished jobs remembered in `recently_finished`.
@@ -226,6 +233,7 @@ impl Core {
             recently_finished: HashMap::new(),
             events: EventSequencer::default(),
             eta: EtaBook::default(),
+            outputs: OutputLedger::default(),
         }
     }
 
@@ -273,6 +281,7 @@ impl Core {
         }
         if to == TaskState::Succeeded {
             self.learn_run_time(task_id);
+            self.outputs.forget(task_id);
         }
         self.count_move(job_id, step, from, to);
         self.batch.tasks.push(write);
@@ -478,6 +487,7 @@ impl Core {
             }
             for task_id in &job.task_ids {
                 self.tasks.remove(task_id);
+                self.outputs.forget(*task_id);
             }
         }
     }

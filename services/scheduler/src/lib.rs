@@ -8,7 +8,9 @@
 //! - `core.rs`: the leader's in-memory queue; `commands.rs`: what changes it
 //! - `writer.rs`: batched durable writes; `effects.rs`: what follows a commit
 //! - `core_events.rs`: job events numbered and queued with the writes that
-//!   caused them; `event_log.rs`: replaying them for watchers; `eta.rs`: ETAs
+//!   caused them; `output_ledger.rs`: the outputs each unfinished task
+//!   recorded, so each is announced once; `event_log.rs`: replaying events
+//!   for watchers; `eta.rs`: ETAs
 //! - `logs.rs`: live task logs for watchers
 //! - `loader.rs`: the queue rebuilt from Postgres
 //! - `liveness.rs`: workers whose etcd lease expired are dead
@@ -36,6 +38,9 @@ pub mod liveness;
 pub mod loader;
 pub mod logs;
 pub mod matching;
+#[cfg(test)]
+mod output_events_tests;
+pub mod output_ledger;
 pub mod queue;
 mod reclaim;
 pub mod references;

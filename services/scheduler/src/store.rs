@@ -431,40 +431,6 @@ pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput
         .collect())
 }
 
-/// Records an output of the given attempt, unless that attempt is no longer
-/// the task's current one (a late report from a worker presumed dead).
-pub async fn record_output(
-    db: &PgPool,
-    token: Token,
-    task_id: Uuid,
-    attempt: i32,
-    output: &pb::OutputStored,
-) -> Result<Option<Uuid>, SchedulerError> {
-    let mut tx = db.begin().await?;
-    fence::check(&mut tx, token).await?;
-    let job_id = sqlx::query_scalar(
-        "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
-         SELECT job_id, $3, $4, $5, id, $7 FROM tasks WHERE id = $1 AND attempt = $2 AND state = ANY($6)
-         ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest, size = EXCLUDED.size,
-             task_id = EXCLUDED.task_id, kind = EXCLUDED.kind, created_at = now()
-         RETURNING job_id",
-    )
-    .bind(task_id)
-    .bind(attempt)
-    .bind(&output.path)
-    .bind(&output.digest)
-    .bind(output.size as i64)
-    .bind(vec![
-        TaskState::Dispatched.as_str(),
-        TaskState::Running.as_str(),
-    ])
-    .bind(&output.kind)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(job_id)
-}
-
 /// Outputs of the steps `step_names` of a job: the inputs of a step that depends on them.
 pub async fn outputs_of_steps(
     db: &PgPool,

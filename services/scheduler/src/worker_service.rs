@@ -13,10 +13,10 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::SchedulerError;
 use crate::commands::Command;
 use crate::leader::LeaderSlot;
 use crate::scheduler::Scheduler;
-use crate::{SchedulerError, store};
 
 /// Messages queued for one worker before the dispatcher waits on it.
 const OUTBOX_CAPACITY: usize = 64;
@@ -196,7 +196,11 @@ async fn handle(
                 })
                 .await
         }
-        Some(FromWorker::Output(output)) => record_output(scheduler, output).await,
+        Some(FromWorker::Output(output)) => {
+            scheduler
+                .tell(Command::OutputStored { worker_id, output })
+                .await
+        }
         Some(FromWorker::Result(result)) => {
             scheduler
                 .tell(Command::Finished { worker_id, result })
@@ -212,34 +216,4 @@ async fn handle(
             Ok(())
         }
     }
-}
-
-/// Outputs are recorded as they arrive, guarded on the attempt still being
-/// current, so a frame saved by a superseded attempt is never listed.
-async fn record_output(
-    scheduler: &Scheduler,
-    output: pb::OutputStored,
-) -> Result<(), SchedulerError> {
-    let task_id = crate::job_service::parse_uuid("task_id", &output.task_id)?;
-    let Some(job_id) = store::record_output(
-        &scheduler.db,
-        scheduler.token,
-        task_id,
-        output.attempt as i32,
-        &output,
-    )
-    .await?
-    else {
-        return Ok(());
-    };
-    let added = pb::OutputAdded {
-        output: Some(pb::JobOutput {
-            path: output.path,
-            digest: output.digest,
-            size: output.size,
-            task_id: output.task_id,
-            kind: output.kind,
-        }),
-    };
-    scheduler.tell(Command::OutputAdded { job_id, added }).await
 }

@@ -92,7 +92,8 @@ pub enum BlocklistWrite {
     },
 }
 
-/// An output a successful attempt stored, recorded with its success.
+/// An output of a task's current attempt, from its own report or its
+/// success's list; the core queues only those it has not recorded yet.
 #[derive(Debug, Clone)]
 pub struct OutputWrite {
     pub job_id: Uuid,
@@ -350,7 +351,7 @@ async fn write_blocklist(
 }
 
 /// Records outputs (the last write of a path wins), as one statement; rows
-/// already as the success lists them are not rewritten.
+/// that already hold the same file are not rewritten.
 async fn write_outputs(
     tx: &mut sqlx::PgConnection,
     outputs: &[OutputWrite],
@@ -365,8 +366,8 @@ async fn write_outputs(
         "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::text[])
          ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest,
-             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind
-         -- Most were recorded as their reports arrived: leave those rows be.
+             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind,
+             created_at = now()
          WHERE (outputs.digest, outputs.size, outputs.task_id, outputs.kind)
                IS DISTINCT FROM (EXCLUDED.digest, EXCLUDED.size, EXCLUDED.task_id, EXCLUDED.kind)",
     )
