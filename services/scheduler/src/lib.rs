@@ -48,6 +48,7 @@ pub mod retry;
 mod scene_history;
 pub mod scheduler;
 pub mod scheduler_metrics;
+pub mod standby;
 pub mod store;
 pub mod task_log;
 pub mod task_state;
