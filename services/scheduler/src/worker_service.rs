@@ -13,10 +13,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::commands::Command;
+use crate::core::command::{AttemptReport, Command};
+use crate::error::parse_uuid;
 use crate::leader::LeaderSlot;
 use crate::scheduler::Scheduler;
-use crate::{SchedulerError, store};
+use crate::{SchedulerError, inserts};
 
 /// Messages queued for one worker before the dispatcher waits on it.
 const OUTBOX_CAPACITY: usize = 64;
@@ -105,13 +106,13 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         // and the worker no longer names is requeued before new work is
         // handed out; what it names it keeps, if it is still its to run.
         scheduler
-            .tell(Command::WorkerJoined {
-                worker_id: worker_id.clone(),
+            .join(
+                worker_id.clone(),
                 session,
-                capabilities: register.capabilities.unwrap_or_default(),
-                outbox,
+                register.capabilities.unwrap_or_default(),
                 held,
-            })
+                outbox,
+            )
             .await?;
         tracing::info!(worker_id, hostname = %register.hostname, session, "worker joined");
         tokio::spawn(serve_session(scheduler, worker_id, session, inbound));
@@ -132,7 +133,7 @@ fn held_attempts(running: &[pb::HeldAttempt]) -> Result<Vec<(uuid::Uuid, i32)>, 
     running
         .iter()
         .map(|held| {
-            let task_id = crate::job_service::parse_uuid("running.task_id", &held.task_id)?;
+            let task_id = parse_uuid("running.task_id", &held.task_id)?;
             let attempt = i32::try_from(held.attempt)
                 .map_err(|_| Status::invalid_argument("running.attempt is out of range"))?;
             Ok((task_id, attempt))
@@ -184,23 +185,38 @@ async fn handle(
     let worker_id = worker_id.to_owned();
     match message.message {
         Some(FromWorker::Started(started)) => {
-            scheduler
-                .tell(Command::Started { worker_id, started })
-                .await
+            let command = Command::Started {
+                worker_id,
+                task_id: parse_uuid("task_id", &started.task_id)?,
+                attempt: started.attempt as i32,
+            };
+            scheduler.tell(command).await
         }
         Some(FromWorker::Progress(progress)) => {
-            scheduler
-                .tell(Command::Progress {
-                    worker_id,
-                    progress,
-                })
-                .await
+            let command = Command::Progress {
+                worker_id,
+                task_id: parse_uuid("task_id", &progress.task_id)?,
+                attempt: progress.attempt as i32,
+                fraction: progress.fraction,
+                frame: progress.frame,
+            };
+            scheduler.tell(command).await
         }
         Some(FromWorker::Output(output)) => record_output(scheduler, output).await,
         Some(FromWorker::Result(result)) => {
-            scheduler
-                .tell(Command::Finished { worker_id, result })
-                .await
+            let command = Command::Finished {
+                worker_id,
+                task_id: parse_uuid("task_id", &result.task_id)?,
+                attempt: result.attempt as i32,
+                report: AttemptReport {
+                    success: result.success,
+                    exit_code: result.exit_code,
+                    message: result.message,
+                    log_tail: result.log_tail,
+                    outputs: result.outputs,
+                },
+            };
+            scheduler.tell(command).await
         }
         Some(FromWorker::Log(lines)) => {
             scheduler.logs.append(lines);
@@ -220,8 +236,8 @@ async fn record_output(
     scheduler: &Scheduler,
     output: pb::OutputStored,
 ) -> Result<(), SchedulerError> {
-    let task_id = crate::job_service::parse_uuid("task_id", &output.task_id)?;
-    let Some(job_id) = store::record_output(
+    let task_id = parse_uuid("task_id", &output.task_id)?;
+    let Some(job_id) = inserts::record_output(
         &scheduler.db,
         scheduler.token,
         task_id,
@@ -243,3 +259,4 @@ async fn record_output(
     };
     scheduler.tell(Command::OutputAdded { job_id, added }).await
 }
+
