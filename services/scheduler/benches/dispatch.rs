@@ -73,7 +73,7 @@ async fn main() -> Result<()> {
         let mut request = tonic::Request::new(noop_job(per_job));
         request
             .metadata_mut()
-            .insert("kiln-owner", owner.parse()?);
+            .insert(kiln_proto::metadata::OWNER, owner.parse()?);
         jobs.submit_job(request).await?;
     }
     let submit_time = submit_started.elapsed();

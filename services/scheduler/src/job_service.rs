@@ -102,15 +102,12 @@ async fn require_job(scheduler: &Scheduler, id: Uuid) -> Result<(), SchedulerErr
     }
 }
 
-/// Metadata the gateway sets to the authenticated user's name; the scheduler
-/// is internal and trusts it.
-pub const OWNER_METADATA: &str = "kiln-owner";
 const ANONYMOUS: &str = "anonymous";
 
 fn owner_of<T>(request: &Request<T>) -> String {
     request
         .metadata()
-        .get(OWNER_METADATA)
+        .get(kiln_proto::metadata::OWNER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .unwrap_or(ANONYMOUS)
