@@ -18,10 +18,18 @@ use crate::core::batch::{Batch, BlocklistWrite, JobWrite, OutputWrite, TaskWrite
 use crate::fence::{self, FenceError, Token};
 use crate::scene_history;
 
+/// First pause before writing a batch again after a transient error.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Longest pause between attempts.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    /// Postgres refused the batch for a reason that retrying cannot mend (a
+    /// value or constraint it rejects, a schema that does not match): the
+    /// core's view cannot be made durable, so this scheduler stops leading.
+    #[error("postgres refused the batch: {0}")]
+    Refused(sqlx::Error),
     /// Rows were not where this scheduler believed: someone else wrote them.
     #[error("{0} task rows were not in the state this scheduler expected")]
     Conflict(usize),
@@ -31,6 +39,9 @@ pub enum WriteError {
     /// The task writing the batch panicked: what was written is unknown.
     #[error("the batch writer panicked: {0}")]
     Panicked(String),
+    /// Transient: retried by [`write_until_done`], never returned by it.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
 impl From<FenceError> for WriteError {
@@ -42,18 +53,49 @@ impl From<FenceError> for WriteError {
     }
 }
 
-/// Writes a batch, retrying while Postgres is unreachable.
+/// Whether an error may go away if the same batch is written again: the
+/// connection failed (Postgres restarting, a network cut, the pool unable to
+/// connect in time), or Postgres aborted the transaction for a
+/// serialization failure or a deadlock.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 40001 serialization failure, 40P01
+            // deadlock; 57P01-57P03 the server shutting down or starting;
+            // 53300 too many connections.
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// Writes a batch, retrying with jittered backoff while the error is
+/// transient. Any other error is returned at once: the dispatch loop then
+/// stops and this scheduler stops leading, as it does on a fencing conflict,
+/// rather than stall all dispatch behind a write that can never succeed.
 pub async fn write_until_done(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteError> {
-    let mut delay = Duration::from_millis(100);
+    let mut nominal = FIRST_RETRY;
     loop {
         match write(db, batch, token).await {
             Ok(()) => return Ok(()),
-            Err(WriteError::Database(err)) => {
+            Err(WriteError::Database(err)) if is_transient(&err) => {
+                // Jitter in the upper half, so replicas coming back together
+                // do not hammer Postgres in step.
+                let delay = nominal.mul_f64(rand::random_range(0.5..=1.0));
                 tracing::warn!(error = %err, retry_in = ?delay, "cannot write task states; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                nominal = (nominal * 2).min(MAX_RETRY);
             }
-            Err(conflict) => return Err(conflict),
+            Err(WriteError::Database(err)) => {
+                tracing::error!(error = %err, tasks = batch.tasks.len(), "postgres refused a batch; this scheduler stops leading");
+                return Err(WriteError::Refused(err));
+            }
+            Err(other) => return Err(other),
         }
     }
 }

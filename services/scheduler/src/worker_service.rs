@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
+use kiln_proto::metadata;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::worker_message::Message as FromWorker;
 use tokio::sync::mpsc;
@@ -41,14 +42,12 @@ impl WorkerSessions {
         }
     }
 
-    /// Workers must then present `token` as metadata [`JOIN_TOKEN_METADATA`].
+    /// Workers must then present `token` as metadata [`metadata::JOIN_TOKEN`].
     pub fn with_join_token(mut self, token: Option<String>) -> Self {
         self.join_token = token;
         self
     }
 }
-
-pub const JOIN_TOKEN_METADATA: &str = "kiln-join-token";
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
 
@@ -61,7 +60,7 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
         if let Some(expected) = &self.join_token {
-            let presented = request.metadata().get(JOIN_TOKEN_METADATA);
+            let presented = request.metadata().get(metadata::JOIN_TOKEN);
             let presented = presented.map_or(&[][..], |v| v.as_bytes());
             if !bool::from(subtle::ConstantTimeEq::ct_eq(
                 presented,
@@ -86,6 +85,10 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         };
         if register.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id must not be empty"));
+        }
+        // Postgres text holds no NUL: a worker id with one could never be written.
+        if register.worker_id.contains('\0') {
+            return Err(Status::invalid_argument("worker_id must not contain NUL"));
         }
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let registered = pb::Registered {
@@ -211,9 +214,17 @@ async fn handle(
                 report: AttemptReport {
                     success: result.success,
                     exit_code: result.exit_code,
-                    message: result.message,
-                    log_tail: result.log_tail,
-                    outputs: result.outputs,
+                    message: without_nul(result.message),
+                    log_tail: without_nul(result.log_tail),
+                    outputs: result
+                        .outputs
+                        .into_iter()
+                        .filter(|o| {
+                            ![&o.path, &o.digest, &o.kind]
+                                .iter()
+                                .any(|t| t.contains('\0'))
+                        })
+                        .collect(),
                 },
             };
             scheduler.tell(command).await
@@ -260,3 +271,12 @@ async fn record_output(
     scheduler.tell(Command::OutputAdded { job_id, added }).await
 }
 
+/// A worker's text as Postgres can store it: text columns hold no NUL, and a
+/// value Postgres refuses would end this scheduler's leadership.
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text
+    }
+}
