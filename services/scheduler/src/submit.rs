@@ -301,3 +301,44 @@ fn validate_inputs(inputs: &[pb::JobInput]) -> Result<(), SchedulerError> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_priority_level_wins_over_the_number() {
+        let high = pb::PriorityLevel::High as i32;
+        assert_eq!(priority_of(10, high, DEFAULT_PRIORITY).ok(), Some(75));
+        let low = pb::PriorityLevel::Low as i32;
+        assert_eq!(priority_of(0, low, DEFAULT_PRIORITY).ok(), Some(25));
+        let critical = pb::PriorityLevel::Critical as i32;
+        assert_eq!(priority_of(0, critical, DEFAULT_PRIORITY).ok(), Some(100));
+    }
+
+    #[test]
+    fn a_priority_number_is_0_to_100_and_0_means_the_default() {
+        assert_eq!(priority_of(0, 0, DEFAULT_PRIORITY).ok(), Some(50));
+        assert_eq!(priority_of(100, 0, DEFAULT_PRIORITY).ok(), Some(100));
+        assert!(matches!(
+            priority_of(101, 0, DEFAULT_PRIORITY),
+            Err(SchedulerError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            priority_of(0, 99, DEFAULT_PRIORITY),
+            Err(SchedulerError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn inputs_must_be_relative_paths_with_valid_digests() {
+        let input = |path: &str, digest: &str| pb::JobInput {
+            path: path.into(),
+            digest: digest.into(),
+        };
+        let digest = "a".repeat(64);
+        assert!(validate_inputs(&[input("scene.blend", &digest)]).is_ok());
+        assert!(validate_inputs(&[input("../etc/passwd", &digest)]).is_err());
+        assert!(validate_inputs(&[input("/abs", &digest)]).is_err());
+        assert!(validate_inputs(&[input("scene.blend", "nothex")]).is_err());
+    }
+}

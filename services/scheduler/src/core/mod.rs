@@ -21,7 +21,8 @@
 //!   leaving; `reports.rs`: what workers report; `jobs.rs`: new jobs and
 //!   controls; `reclaim.rs`: attempts that outlive a session or a leader;
 //!   `timeouts.rs`: retries due and attempts overdue; `emit.rs`: events;
-//!   `gauges.rs`: the snapshot the loop publishes as metrics.
+//!   `gauges.rs`: the snapshot the loop publishes as metrics; `waiting.rs`:
+//!   why a task waits, by the pick order's own rules.
 
 mod assign;
 pub mod batch;
@@ -37,6 +38,7 @@ mod reports;
 mod sessions;
 mod timeouts;
 mod transition;
+pub mod waiting;
 
 #[cfg(test)]
 mod tests;

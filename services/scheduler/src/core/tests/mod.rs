@@ -12,6 +12,7 @@ mod failures;
 mod pick_order;
 mod property;
 mod reclaim;
+mod waiting;
 mod workers;
 
 use std::collections::HashMap;
