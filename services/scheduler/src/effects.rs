@@ -22,7 +22,7 @@ pub enum Action {
     Deliver {
         to: Recipient,
         job_id: Uuid,
-        assignment: pb::TaskAssignment,
+        assignment: Box<pb::TaskAssignment>,
         /// Steps whose outputs the task receives as inputs under `outputs/`.
         dependency_steps: Vec<String>,
     },
@@ -74,7 +74,7 @@ impl EffectRunner {
                 assignment,
                 dependency_steps,
             } => {
-                self.deliver(to, job_id, assignment, &dependency_steps)
+                self.deliver(to, job_id, *assignment, &dependency_steps)
                     .await
             }
             Action::Cancel {

@@ -62,7 +62,7 @@ impl EventBus {
                 if etas.len() >= ETA_MEMORY {
                     etas.clear();
                 }
-                etas.insert(id, eta.clone());
+                etas.insert(id, *eta);
             }
             None => {
                 etas.remove(&id);

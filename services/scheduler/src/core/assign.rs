@@ -116,7 +116,7 @@ impl Core {
         self.shares.served_now(&job.owner);
         tracing::debug!(task_id = %task_id, job_id = %job.id, owner = %job.owner, worker_id, "assigned");
         let step = &job.steps[task.step];
-        let assignment = pb::TaskAssignment {
+        let assignment = Box::new(pb::TaskAssignment {
             task_id: task_id.to_string(),
             job_id: job.id.to_string(),
             attempt: task.attempt as u32,
@@ -128,7 +128,7 @@ impl Core {
             max_run_seconds: job.max_run_seconds,
             stall_seconds: job.stall_seconds,
             trace_context: job.trace_context.clone(),
-        };
+        });
         let dependency_steps = step
             .depends_on
             .iter()

@@ -111,7 +111,8 @@ pub enum Effect {
         job_id: Uuid,
         /// The task and attempt, as the core knows them (no parsing back from text).
         attempt: (Uuid, i32),
-        assignment: pb::TaskAssignment,
+        /// Boxed: far larger than the other effects.
+        assignment: Box<pb::TaskAssignment>,
         /// Steps whose outputs the task receives as inputs under `outputs/`.
         dependency_steps: Vec<String>,
     },

@@ -65,8 +65,7 @@ fn a_job_fails_when_the_job_it_waits_for_is_cancelled() {
         .batches
         .iter()
         .flat_map(|b| &b.jobs)
-        .filter(|w| w.id == second.id)
-        .last()
+        .rfind(|w| w.id == second.id)
         .map(|w| w.message.clone())
         .unwrap_or_default();
     assert!(message.contains(&first.id.to_string()), "{message}");

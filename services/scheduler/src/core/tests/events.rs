@@ -162,10 +162,10 @@ fn a_jobs_record_carries_an_eta_once_a_task_finished() {
         .events
         .iter()
         .filter_map(|(_, e)| match &e.event {
-            Some(pb::job_event::Event::JobChanged(job)) => job.eta.clone(),
+            Some(pb::job_event::Event::JobChanged(job)) => job.eta,
             _ => None,
         })
-        .last()
+        .next_back()
         .expect("an ETA");
     // Two tasks of 10 s left, one at a time.
     assert_eq!(eta.seconds_left, 20);

@@ -121,8 +121,7 @@ fn the_last_attempt_fails_the_task_and_the_job_saying_why() {
         .batches
         .iter()
         .flat_map(|b| &b.jobs)
-        .filter(|w| w.id == job.id)
-        .last()
+        .rfind(|w| w.id == job.id)
         .map(|w| w.message.clone())
         .unwrap_or_default();
     assert_eq!(message, "task 0 of step Render failed: exit 1");

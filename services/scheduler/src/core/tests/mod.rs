@@ -81,6 +81,9 @@ impl WorkerSpec {
         self
     }
 
+    // `..Default::default()` keeps these literals building when the proto
+    // gains fields.
+    #[allow(clippy::needless_update)]
     fn capabilities(&self) -> pb::WorkerCapabilities {
         pb::WorkerCapabilities {
             cpu_cores: 8,
@@ -520,8 +523,7 @@ impl Bench {
         self.batches
             .iter()
             .flat_map(|b| &b.jobs)
-            .filter(|w| w.id == job)
-            .last()
+            .rfind(|w| w.id == job)
             .map(|w| w.state)
     }
 

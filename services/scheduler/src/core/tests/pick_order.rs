@@ -195,7 +195,7 @@ fn a_blocklisted_worker_gets_none_of_the_jobs_tasks_until_cleared() {
         .batches
         .iter()
         .flat_map(|b| &b.blocklist)
-        .last()
+        .next_back()
         .cloned();
     assert_eq!(
         blocked,
