@@ -13,6 +13,8 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod hand_worker;
+
 /// A finished job takes at most this long in these tests.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(300);
 

@@ -15,7 +15,8 @@
 //! - `model.rs`: jobs, steps, tasks, workers; `batch.rs`: writes and
 //!   effects; `command.rs`: what the core is told;
 //! - `pick_order.rs`: the order of dispatch and fair share;
-//!   `numbering.rs`: event numbering and throttling;
+//!   `numbering.rs`: event numbering and throttling; `output_ledger.rs`:
+//!   what each unfinished task recorded, so each output is announced once;
 //! - `transition.rs`: task and job state changes; `assign.rs`: handing
 //!   tasks to free workers in pick order; `sessions.rs`: workers joining and
 //!   leaving; `reports.rs`: what workers report; `jobs.rs`: new jobs and
@@ -32,6 +33,7 @@ pub mod gauges;
 mod jobs;
 pub mod model;
 pub mod numbering;
+pub mod output_ledger;
 pub mod pick_order;
 mod reclaim;
 mod reports;
@@ -55,6 +57,7 @@ use crate::core::batch::{Batch, Effect};
 use crate::core::command::{Command, Refusal};
 use crate::core::model::{Clock, JobEntry, TaskEntry, WorkerEntry};
 use crate::core::numbering::EventNumbering;
+use crate::core::output_ledger::OutputLedger;
 use crate::core::pick_order::Shares;
 use crate::eta::EtaBook;
 use crate::job_state::JobState;
@@ -108,6 +111,8 @@ pub struct Core {
     numbering: EventNumbering,
     /// Run times for each running job's ETA.
     eta: EtaBook,
+    /// What each unfinished task recorded, so each output is announced once.
+    outputs: OutputLedger,
     /// The time of the command being handled.
     now: Clock,
     jitter: SmallRng,
@@ -132,6 +137,7 @@ impl Core {
             recently_finished: HashMap::new(),
             numbering: EventNumbering::starting_after(settings.farm_position),
             eta: EtaBook::default(),
+            outputs: OutputLedger::default(),
             now: settings.now,
             jitter: SmallRng::seed_from_u64(settings.jitter_seed),
         }
@@ -211,8 +217,13 @@ impl Core {
                 self.lease_lost(&worker_id);
                 Ok(())
             }
-            Command::OutputAdded { job_id, added } => {
-                self.emit(job_id, kiln_proto::v1::job_event::Event::OutputAdded(added));
+            Command::OutputStored {
+                worker_id,
+                task_id,
+                attempt,
+                output,
+            } => {
+                self.output_stored(&worker_id, task_id, attempt, output);
                 Ok(())
             }
             Command::Undeliverable {
