@@ -398,9 +398,10 @@ pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<Channel>> {
 /// A request made on behalf of `owner`, as the gateway makes it.
 pub fn as_owner<T>(owner: &str, message: T) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("kiln-owner", owner.parse().context("owner name")?);
+    request.metadata_mut().insert(
+        kiln_proto::metadata::OWNER,
+        owner.parse().context("owner name")?,
+    );
     Ok(request)
 }
 

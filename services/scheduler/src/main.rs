@@ -10,11 +10,12 @@ use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
 use kiln_scheduler::config::Config;
 use kiln_scheduler::connect_database;
-use kiln_scheduler::job_service::{JobApi, JobDefaults};
+use kiln_scheduler::job_service::JobApi;
 use kiln_scheduler::leader::{self, LeaderSlot, Leading};
 use kiln_scheduler::references::References;
 use kiln_scheduler::retry::RetryPolicy;
 use kiln_scheduler::standby;
+use kiln_scheduler::submit::{AssetService, JobDefaults, Submissions};
 use kiln_scheduler::worker_service::WorkerSessions;
 use kiln_service::{CheckResult, Checks, OpsServer, checks};
 use tonic::service::Routes;
@@ -61,9 +62,10 @@ async fn main() -> anyhow::Result<()> {
             .context("loading the approved templates")?,
         None => kiln_jobmodel::TemplateLibrary::default(),
     };
-    let jobs = JobApi::new(slot.clone(), discovery.clone(), limits, defaults)
-        .with_client_tls(tls.client())
-        .with_templates(templates);
+    let assets = AssetService::new(discovery.clone(), tls.client());
+    let submissions =
+        Submissions::new(limits, defaults, Arc::new(assets)).with_templates(templates);
+    let jobs = JobApi::new(slot.clone(), submissions);
     let routes = Routes::new(JobServiceServer::new(jobs))
         .add_service(WorkerServiceServer::new(
             WorkerSessions::new(slot.clone()).with_join_token(config.join_token.clone()),
