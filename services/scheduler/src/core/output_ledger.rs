@@ -8,7 +8,7 @@
 //!
 //! The core writes an output and its event in one batch, so what Postgres
 //! holds for a task has been announced: a new leader starts from that
-//! (`loader.rs`). A task's entries go when it succeeds (nothing it reports
+//! (`loader.rs`). Plain data: the core (`reports.rs`) decides with it. A task's entries go when it succeeds (nothing it reports
 //! later is recorded) or its job leaves memory.
 
 use std::collections::HashMap;
