@@ -80,6 +80,16 @@ impl Client {
             .endpoint(url)?
             .connect()
             .await?;
+        Self::over(channel, token)
+    }
+
+    /// A client of the plaintext gateway at `url` (a farm this test did not start), presenting `token`.
+    pub async fn connect_url(url: &str, token: &str) -> Result<Self> {
+        let channel = Channel::from_shared(url.to_owned())?.connect().await?;
+        Self::over(channel, token)
+    }
+
+    fn over(channel: Channel, token: &str) -> Result<Self> {
         let credentials = CallCredentials::bearer(token)?;
         Ok(Self {
             jobs: JobServiceClient::with_interceptor(channel.clone(), credentials.clone())
@@ -431,9 +441,10 @@ pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<Channel>> {
 /// A request made on behalf of `owner`, as the gateway makes it.
 pub fn as_owner<T>(owner: &str, message: T) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("kiln-owner", owner.parse().context("owner name")?);
+    request.metadata_mut().insert(
+        kiln_proto::metadata::OWNER,
+        owner.parse().context("owner name")?,
+    );
     Ok(request)
 }
 
@@ -455,5 +466,21 @@ pub async fn leading_scheduler(farm: &Farm) -> Result<usize> {
             bail!("no scheduler leads");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `docker compose` where the compose plugin is installed, else Debian's `docker-compose`.
+pub fn docker_compose() -> std::process::Command {
+    let plugin = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    match plugin {
+        true => {
+            let mut command = std::process::Command::new("docker");
+            command.arg("compose");
+            command
+        }
+        false => std::process::Command::new("docker-compose"),
     }
 }

@@ -10,9 +10,9 @@ use crate::AssetClientError;
 /// Metadata naming the user a call between services acts for; the gateway
 /// sets it from the caller's token, and the assets service answers as that
 /// user would see (their own files only).
-pub const OWNER_METADATA: &str = "kiln-owner";
+pub const OWNER_METADATA: &str = kiln_proto::metadata::OWNER;
 /// Metadata with that user's role (`viewer`, `submitter`, `admin`).
-pub const ROLE_METADATA: &str = "kiln-role";
+pub const ROLE_METADATA: &str = kiln_proto::metadata::ROLE;
 
 /// A tonic interceptor adding trace context and, if set, `authorization:
 /// Bearer <token>` and the user the call acts for.

@@ -13,8 +13,6 @@ use kiln_proto::v1::job_service_client::JobServiceClient;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::auth::Principal;
-
 /// How long a request waits for a service to be registered.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -47,24 +45,9 @@ impl Upstreams {
         Ok(AssetServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    /// A client of the assets service acting as the gateway itself, which
-    /// reads any file: only for files of a job the caller may see.
     pub async fn asset_client(&self) -> Result<kiln_asset_client::AssetClient, Status> {
         let channel = self.channel(service::ASSETS, &self.assets).await?;
         Ok(kiln_asset_client::AssetClient::new(channel))
-    }
-
-    /// A client of the assets service acting for `caller`: it sees only
-    /// the caller's files (all of them for admins), and what it uploads
-    /// becomes the caller's.
-    pub async fn asset_client_for(
-        &self,
-        caller: &Principal,
-    ) -> Result<kiln_asset_client::AssetClient, Status> {
-        Ok(self
-            .asset_client()
-            .await?
-            .on_behalf_of(&caller.name, Some(caller.role.as_str()))?)
     }
 
     /// Forgets cached channels after an upstream failed, so the next call looks again.

@@ -9,13 +9,13 @@ use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::SchedulerError;
-use crate::core::{JobEntry, StepEntry, TaskEntry};
+use crate::core::model::{JobEntry, StepEntry, TaskEntry};
+use crate::core::output_ledger::RecordedOutput;
 use crate::fence::{self, Token};
 use crate::job_state::{JobState, TaskCounts};
 use crate::matching::Requirements;
-use crate::output_ledger::RecordedOutput;
+use crate::queries;
 use crate::scene_history;
-use crate::store;
 use crate::task_state::TaskState;
 
 /// A job as the core schedules it, with the tasks it still has to run.
@@ -37,7 +37,7 @@ pub struct JobSettings {
     pub name: String,
 }
 
-/// The entry for a job just stored by `store::create_job`.
+/// The entry for a job just stored by `inserts::insert_job`.
 pub fn from_plan(
     job_id: Uuid,
     settings: JobSettings,
@@ -108,7 +108,7 @@ pub fn from_plan(
         id: job_id,
         owner: settings.owner,
         priority: settings.priority,
-        seq: 0,
+        submission_order: 0,
         state: JobState::Pending,
         paused: false,
         max_failed_tasks: settings.max_failed_tasks,
@@ -123,7 +123,7 @@ pub fn from_plan(
         message: String::new(),
         trace_context: settings.trace_context,
         name: settings.name,
-        event_seq: 0,
+        last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
     };
@@ -258,7 +258,7 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     .collect();
     let mut loaded = assemble(rows, steps, counts, tasks, blocklist, &dependencies);
     for job in &mut loaded {
-        job.job.event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);
+        job.job.last_event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);
     }
     attach_recorded_outputs(db, &ids, &mut loaded).await?;
     attach_earlier_run_times(db, &mut loaded).await;
@@ -469,13 +469,13 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         id: row.id,
         owner: row.owner,
         priority: row.priority,
-        seq: 0,
+        submission_order: 0,
         state,
         paused: state == JobState::Paused,
         max_failed_tasks: i64::from(row.max_failed_tasks),
         max_run_seconds: row.max_run_seconds.max(0) as u32,
         stall_seconds: row.stall_seconds.max(0) as u32,
-        inputs: task_inputs(&store::inputs_from_json(&row.inputs)),
+        inputs: task_inputs(&queries::inputs_from_json(&row.inputs)),
         steps: Vec::new(),
         task_ids: Vec::new(),
         counts: TaskCounts::default(),
@@ -488,7 +488,7 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         message: row.message,
         trace_context: serde_json::from_value(row.trace_context).unwrap_or_default(),
         name: row.name,
-        event_seq: 0,
+        last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
     }
