@@ -306,7 +306,10 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
     let channel = tonic::transport::Channel::from_shared(endpoint.grpc_uri())?
         .connect()
         .await?;
-    let assets = kiln_asset_client::AssetClient::new(channel);
+    let assets = kiln_asset_client::AssetClient::with_credentials(
+        channel,
+        kiln_asset_client::CallCredentials::service(farm.service_token())?,
+    );
     let pid = farm
         .assets_mut()
         .and_then(|p| p.pid())

@@ -372,15 +372,18 @@ steps:
     }
 }
 
-/// A client of the scheduler's own job API, which the gateway calls on
-/// behalf of authenticated users; `as_owner` says who.
-pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<Channel>> {
+/// A client of the scheduler's own job API as the gateway calls it (with
+/// the farm's service token), on behalf of the user `as_owner` names.
+pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<AuthChannel>> {
     let endpoint = farm
         .discovery()
         .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
         .await?;
     let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
-    Ok(JobServiceClient::new(channel))
+    Ok(JobServiceClient::with_interceptor(
+        channel,
+        CallCredentials::service(farm.service_token())?,
+    ))
 }
 
 /// A request made on behalf of `owner`, as the gateway makes it.

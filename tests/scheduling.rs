@@ -16,7 +16,7 @@ use kiln_tests::{as_owner, clips_request, finished_at, scheduler_jobs, start_far
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-type Jobs = pb::job_service_client::JobServiceClient<Channel>;
+type Jobs = pb::job_service_client::JobServiceClient<kiln_tests::AuthChannel>;
 
 const RED: &str = "color=c=red:s=32x32";
 

@@ -207,8 +207,11 @@ pub struct Farm {
 struct Secrets {
     /// The gateway's bootstrap admin token.
     admin_token: String,
-    /// What workers present to the scheduler to join.
+    /// What workers present to the scheduler and the assets service.
     join_token: String,
+    /// What the gateway, the scheduler and the assets service present to
+    /// each other.
+    service_token: String,
 }
 
 impl Secrets {
@@ -216,6 +219,7 @@ impl Secrets {
         Self {
             admin_token: random_secret(),
             join_token: random_secret(),
+            service_token: random_secret(),
         }
     }
 }
@@ -265,8 +269,7 @@ impl Farm {
                 .service("scheduler", &name)?
                 .arg("--database-url")
                 .arg(self.postgres.url())
-                .env("HOSTNAME", format!("replica-{index}"))
-                .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
+                .env("HOSTNAME", format!("replica-{index}"));
             self.schedulers.push(scheduler);
         }
         // The first replica leads; the others start once it does, and stand by.
@@ -319,6 +322,15 @@ impl Farm {
             "--etcd-prefix",
             ETCD_PREFIX,
         ]);
+        // Secrets go by environment, never on a command line others can read.
+        process = match kind {
+            "scheduler" | "assets" => process
+                .env("KILN_SERVICE_TOKEN", &self.secrets.service_token)
+                .env("KILN_JOIN_TOKEN", &self.secrets.join_token),
+            "gateway" => process.env("KILN_SERVICE_TOKEN", &self.secrets.service_token),
+            "worker" => process.env("KILN_JOIN_TOKEN", &self.secrets.join_token),
+            _ => process,
+        };
         if let Some(certs) = &self.certs {
             process = process
                 .env("KILN_TLS_CERT", &certs.cert)
@@ -402,8 +414,7 @@ impl Farm {
         let mut worker = self
             .service("worker", &id)?
             .args(["--worker-id", &id, "--work-dir"])
-            .arg(&work_dir)
-            .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
+            .arg(&work_dir);
         if let Some(gpus) = self.config.worker_gpus.get(index) {
             worker = worker.args(["--gpus", &gpus.to_string()]);
         }
@@ -572,6 +583,12 @@ impl Farm {
     /// The secret workers join the scheduler with.
     pub fn join_token(&self) -> &str {
         &self.secrets.join_token
+    }
+
+    /// The secret the gateway, the scheduler and the assets service present
+    /// to each other: a test holding it calls them as the gateway would.
+    pub fn service_token(&self) -> &str {
+        &self.secrets.service_token
     }
 
     /// The etcd client URL.

@@ -5,6 +5,8 @@
 //! HTTP ops endpoint ([`ops`]) with its readiness [`checks`].
 
 pub mod checks;
+pub mod internal_auth;
+pub mod keyed_permits;
 pub mod ops;
 
 use std::net::SocketAddr;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use kiln_asset_client::CallCredentials;
 use kiln_discovery::{Discovery, LockGuard, service};
 use kiln_proto::v1::ListReferencedDigestsRequest;
 use kiln_proto::v1::asset_references_client::AssetReferencesClient;
@@ -53,11 +54,22 @@ pub struct Collected {
     pub bytes: u64,
 }
 
+/// How the collector reaches the leading scheduler.
+#[derive(Clone)]
+pub struct SchedulerLink {
+    pub discovery: Discovery,
+    /// TLS (and this service's certificate) on a TLS farm.
+    pub tls: ClientTls,
+    /// The farm's service token: the scheduler answers only farm services.
+    pub credentials: CallCredentials,
+}
+
 pub struct Collector<B> {
     backend: Arc<B>,
     discovery: Discovery,
     /// How to dial the scheduler: TLS (and this service's certificate) on a TLS farm.
     scheduler_tls: ClientTls,
+    scheduler_credentials: CallCredentials,
     recent: Recent,
     policy: RetentionPolicy,
 }
@@ -65,14 +77,15 @@ pub struct Collector<B> {
 impl<B: Backend> Collector<B> {
     pub fn new(
         backend: Arc<B>,
-        (discovery, scheduler_tls): (Discovery, ClientTls),
+        scheduler: SchedulerLink,
         recent: Recent,
         policy: RetentionPolicy,
     ) -> Self {
         Self {
             backend,
-            discovery,
-            scheduler_tls,
+            discovery: scheduler.discovery,
+            scheduler_tls: scheduler.tls,
+            scheduler_credentials: scheduler.credentials,
             recent,
             policy,
         }
@@ -184,11 +197,14 @@ impl<B: Backend> Collector<B> {
         let request = ListReferencedDigestsRequest {
             finished_within_seconds: self.policy.retain_finished.as_secs(),
         };
-        let mut batches = AssetReferencesClient::new(scheduler.clone())
-            .list_referenced_digests(request)
-            .await
-            .map_err(|status| Error::Scheduler(status.message().to_owned()))?
-            .into_inner();
+        let mut batches = AssetReferencesClient::with_interceptor(
+            scheduler.clone(),
+            self.scheduler_credentials.clone(),
+        )
+        .list_referenced_digests(request)
+        .await
+        .map_err(|status| Error::Scheduler(status.message().to_owned()))?
+        .into_inner();
         let mut referenced = HashSet::new();
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(|status| Error::Scheduler(status.message().to_owned()))?;
