@@ -2,8 +2,8 @@
 //! since the last flush is written in one transaction of a few multi-row
 //! statements, however many tasks it covers. The rows are guarded on the
 //! state and attempt the core expected, so a write can never move a task
-//! that another writer moved. (The only other writes are a submitted job's
-//! rows and outputs reported as they are stored: `inserts.rs`.)
+//! that another writer moved. (The only other write is a submitted job's
+//! rows: `inserts.rs`.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -271,7 +271,7 @@ async fn write_blocklist(
 }
 
 /// Records outputs (the last write of a path wins), as one statement; rows
-/// already as the success lists them are not rewritten.
+/// that already hold the same file are not rewritten.
 async fn write_outputs(
     tx: &mut sqlx::PgConnection,
     outputs: &[OutputWrite],
@@ -286,8 +286,8 @@ async fn write_outputs(
         "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::text[])
          ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest,
-             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind
-         -- Most were recorded as their reports arrived: leave those rows be.
+             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind,
+             created_at = now()
          WHERE (outputs.digest, outputs.size, outputs.task_id, outputs.kind)
                IS DISTINCT FROM (EXCLUDED.digest, EXCLUDED.size, EXCLUDED.task_id, EXCLUDED.kind)",
     )

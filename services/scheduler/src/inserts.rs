@@ -1,7 +1,6 @@
 //! The rows written outside the dispatch core's batches: a submitted job
-//! (its job, steps and tasks, in one transaction), and an output as its
-//! worker reports it stored (guarded on the attempt still being current).
-//! Both check the fence first, like every write.
+//! (its job, steps and tasks, in one transaction), after a fence check like
+//! every write. (Outputs go through the core, with their events.)
 
 use std::collections::HashMap;
 
@@ -134,38 +133,4 @@ fn inputs_to_json(inputs: &[pb::JobInput]) -> serde_json::Value {
             .map(|i| serde_json::json!({"path": i.path, "digest": i.digest}))
             .collect(),
     )
-}
-
-/// Records an output of the given attempt, unless that attempt is no longer
-/// the task's current one (a late report from a worker presumed dead).
-pub async fn record_output(
-    db: &PgPool,
-    token: Token,
-    task_id: Uuid,
-    attempt: i32,
-    output: &pb::OutputStored,
-) -> Result<Option<Uuid>, SchedulerError> {
-    let mut tx = db.begin().await?;
-    fence::check(&mut tx, token).await?;
-    let job_id = sqlx::query_scalar(
-        "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
-         SELECT job_id, $3, $4, $5, id, $7 FROM tasks WHERE id = $1 AND attempt = $2 AND state = ANY($6)
-         ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest, size = EXCLUDED.size,
-             task_id = EXCLUDED.task_id, kind = EXCLUDED.kind, created_at = now()
-         RETURNING job_id",
-    )
-    .bind(task_id)
-    .bind(attempt)
-    .bind(&output.path)
-    .bind(&output.digest)
-    .bind(output.size as i64)
-    .bind(vec![
-        TaskState::Dispatched.as_str(),
-        TaskState::Running.as_str(),
-    ])
-    .bind(&output.kind)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(job_id)
 }

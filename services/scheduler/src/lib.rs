@@ -10,7 +10,7 @@
 //!    fields; commands in, a batch of guarded writes and effects out. The
 //!    order of dispatch is decided in `core/pick_order.rs`.
 //! 3. Postgres: `batch_writer.rs` (the core's batches, guarded and fenced),
-//!    `inserts.rs` (a submitted job's rows, reported outputs), `queries.rs`
+//!    `inserts.rs` (a submitted job's rows), `queries.rs`
 //!    (reads), `loader.rs` (core entries from Postgres), `event_replay.rs`
 //!    (written events read back), `fence.rs` (the leader's fencing token).
 //! 4. `inbox.rs` / `dispatch.rs` / `effects.rs`: the loop that owns the core,
@@ -50,6 +50,7 @@ pub mod retry;
 pub mod scene_history;
 pub mod scheduler;
 pub mod scheduler_metrics;
+pub mod standby;
 pub mod stream_quota;
 pub mod submit;
 pub mod task_log;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::SchedulerError;
 use crate::core::model::{JobEntry, StepEntry, TaskEntry};
+use crate::core::output_ledger::RecordedOutput;
 use crate::fence::{self, Token};
 use crate::job_state::{JobState, TaskCounts};
 use crate::matching::Requirements;
@@ -124,6 +125,7 @@ pub fn from_plan(
         name: settings.name,
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
+        recorded_outputs: Vec::new(),
     };
     LoadedJob {
         job: Box::new(job),
@@ -258,8 +260,39 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     for job in &mut loaded {
         job.job.last_event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);
     }
+    attach_recorded_outputs(db, &ids, &mut loaded).await?;
     attach_earlier_run_times(db, &mut loaded).await;
     Ok(loaded)
+}
+
+/// Gives each job the outputs its unfinished tasks recorded. They were
+/// announced in the transactions that recorded them, so a report or a
+/// success that lists them again announces nothing new.
+async fn attach_recorded_outputs(
+    db: &sqlx::PgPool,
+    ids: &[Uuid],
+    jobs: &mut [LoadedJob],
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, String, String, i64, String)> = sqlx::query_as(
+        "SELECT o.job_id, o.task_id, o.path, o.digest, o.size, o.kind
+         FROM outputs o JOIN tasks t ON t.id = o.task_id
+         WHERE o.job_id = ANY($1) AND t.state <> 'succeeded'",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    let positions: HashMap<Uuid, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.job.id, i))
+        .collect();
+    for (job_id, task_id, path, digest, size, kind) in rows {
+        if let Some(&i) = positions.get(&job_id) {
+            let recorded = RecordedOutput { digest, size, kind };
+            jobs[i].job.recorded_outputs.push((task_id, path, recorded));
+        }
+    }
+    Ok(())
 }
 
 /// Gives each job what earlier jobs of its scene took. Without them a job
@@ -457,5 +490,6 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         name: row.name,
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
+        recorded_outputs: Vec::new(),
     }
 }

@@ -14,6 +14,7 @@ use kiln_scheduler::job_service::JobApi;
 use kiln_scheduler::leader::{self, LeaderSlot, Leading};
 use kiln_scheduler::references::References;
 use kiln_scheduler::retry::RetryPolicy;
+use kiln_scheduler::standby;
 use kiln_scheduler::stream_quota::StreamQuota;
 use kiln_scheduler::submit::{AssetService, JobDefaults, SizeLimits, Submissions};
 use kiln_scheduler::worker_service::WorkerSessions;
@@ -62,13 +63,14 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("connecting to postgres")?;
     migrating.release().await;
+    let slot = Arc::new(LeaderSlot::default());
     let checks = Checks::new()
         .add("postgres", postgres_check(db.clone()))
-        .add("etcd", checks::etcd(&discovery));
+        .add("etcd", checks::etcd(&discovery))
+        .add("leader", standby::leader_check(slot.leading()));
     let ops = OpsServer::start("scheduler", &config.ops, checks).await?;
     kiln_scheduler::scheduler_metrics::describe();
 
-    let slot = Arc::new(LeaderSlot::default());
     let limits = Limits {
         max_tasks: config.max_tasks_per_job,
         max_template_bytes: config.max_template_bytes,
@@ -94,7 +96,8 @@ async fn main() -> anyhow::Result<()> {
     let routes = Routes::new(JobServiceServer::new(jobs))
         .add_service(WorkerServiceServer::new(WorkerSessions::new(slot.clone())))
         .add_service(AssetReferencesServer::new(References::new(db.clone())));
-    let routes = kiln_service::with_standard_services(
+    // NOT_SERVING while standing by (standby.rs).
+    let (routes, health) = kiln_service::with_health(
         routes,
         &[
             "kiln.v1.JobService",
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         ],
     )
     .await?;
+    tokio::spawn(standby::report_health(slot.leading(), health));
     let routes = internal_auth::guard(routes, credentials, CALLERS);
     let listener = kiln_service::bind(config.listen).await?;
     let endpoint = Endpoint {

@@ -1,6 +1,6 @@
 //! Questions about jobs, answered from Postgres: the record, its tasks,
 //! outputs and logs. Read-only; the dispatch core's changes are written by
-//! `batch_writer.rs`, a submission's rows and reported outputs by `inserts.rs`.
+//! `batch_writer.rs`, a submission's rows by `inserts.rs`.
 
 use std::collections::HashMap;
 

@@ -13,12 +13,12 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::SchedulerError;
 use crate::core::command::{AttemptReport, Command};
 use crate::error::parse_uuid;
 use crate::leader::LeaderSlot;
 use crate::live_sessions::{LiveSessions, SessionRefusal};
 use crate::scheduler::Scheduler;
-use crate::{SchedulerError, inserts};
 
 /// Messages queued for one worker before the dispatcher waits on it.
 const OUTBOX_CAPACITY: usize = 64;
@@ -224,7 +224,21 @@ async fn handle(
             };
             scheduler.tell(command).await
         }
-        Some(FromWorker::Output(output)) => record_output(scheduler, output).await,
+        Some(FromWorker::Output(output)) => {
+            if [&output.path, &output.digest, &output.kind]
+                .iter()
+                .any(|t| t.contains('\0'))
+            {
+                return Ok(());
+            }
+            let command = Command::OutputStored {
+                worker_id,
+                task_id: parse_uuid("task_id", &output.task_id)?,
+                attempt: output.attempt as i32,
+                output,
+            };
+            scheduler.tell(command).await
+        }
         Some(FromWorker::Result(result)) => {
             let command = Command::Finished {
                 worker_id,
@@ -258,36 +272,6 @@ async fn handle(
             Ok(())
         }
     }
-}
-
-/// Outputs are recorded as they arrive, guarded on the attempt still being
-/// current, so a frame saved by a superseded attempt is never listed.
-async fn record_output(
-    scheduler: &Scheduler,
-    output: pb::OutputStored,
-) -> Result<(), SchedulerError> {
-    let task_id = parse_uuid("task_id", &output.task_id)?;
-    let Some(job_id) = inserts::record_output(
-        &scheduler.db,
-        scheduler.token,
-        task_id,
-        output.attempt as i32,
-        &output,
-    )
-    .await?
-    else {
-        return Ok(());
-    };
-    let added = pb::OutputAdded {
-        output: Some(pb::JobOutput {
-            path: output.path,
-            digest: output.digest,
-            size: output.size,
-            task_id: output.task_id,
-            kind: output.kind,
-        }),
-    };
-    scheduler.tell(Command::OutputAdded { job_id, added }).await
 }
 
 /// A worker's text as Postgres can store it: text columns hold no NUL, and a

@@ -89,7 +89,8 @@ pub enum BlocklistWrite {
     },
 }
 
-/// An output a successful attempt stored, recorded with its success.
+/// An output of a task's current attempt, from its own report or its
+/// success's list; the core queues only those it has not recorded yet.
 #[derive(Debug, Clone)]
 pub struct OutputWrite {
     pub job_id: Uuid,

@@ -64,10 +64,12 @@ pub enum Command {
     LeaseLost {
         worker_id: String,
     },
-    /// An output was recorded; its event joins the job's sequence.
-    OutputAdded {
-        job_id: Uuid,
-        added: pb::OutputAdded,
+    /// A worker stored an output of an attempt, and says so as soon as it has.
+    OutputStored {
+        worker_id: String,
+        task_id: Uuid,
+        attempt: i32,
+        output: pb::OutputStored,
     },
     /// An assignment could not be handed to its worker.
     Undeliverable {

@@ -39,6 +39,10 @@ impl Core {
                 self.unclaimed.insert(task.id, deadline);
             }
         }
+        // What a previous leader recorded for these tasks was announced then.
+        for (task_id, path, recorded) in mem::take(&mut job.recorded_outputs) {
+            self.outputs.record(task_id, &path, recorded);
+        }
         let earlier = mem::take(&mut job.earlier_run_times);
         let shapes = job
             .steps

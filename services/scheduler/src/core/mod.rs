@@ -16,7 +16,8 @@
 //!   effects; `command.rs`: what the core is told;
 //! - `pick_order.rs`: the order of dispatch, fair share and share caps;
 //!   `quotas.rs`: owners' quotas, checked when a job is admitted;
-//!   `numbering.rs`: event numbering and throttling;
+//!   `numbering.rs`: event numbering and throttling; `output_ledger.rs`:
+//!   what each unfinished task recorded, so each output is announced once;
 //! - `transition.rs`: task and job state changes; `assign.rs`: handing
 //!   tasks to free workers in pick order; `sessions.rs`: workers joining and
 //!   leaving; `reports.rs`: what workers report; `jobs.rs`: new jobs and
@@ -33,6 +34,7 @@ pub mod gauges;
 mod jobs;
 pub mod model;
 pub mod numbering;
+pub mod output_ledger;
 pub mod pick_order;
 pub mod quotas;
 mod reclaim;
@@ -57,6 +59,7 @@ use crate::core::batch::{Batch, Effect};
 use crate::core::command::{Command, Refusal};
 use crate::core::model::{Clock, JobEntry, TaskEntry, WorkerEntry};
 use crate::core::numbering::EventNumbering;
+use crate::core::output_ledger::OutputLedger;
 use crate::core::pick_order::Shares;
 use crate::core::quotas::{QuotaSettings, Reservations};
 use crate::eta::EtaBook;
@@ -116,6 +119,8 @@ pub struct Core {
     numbering: EventNumbering,
     /// Run times for each running job's ETA.
     eta: EtaBook,
+    /// What each unfinished task recorded, so each output is announced once.
+    outputs: OutputLedger,
     /// The time of the command being handled.
     now: Clock,
     jitter: SmallRng,
@@ -142,6 +147,7 @@ impl Core {
             recently_finished: HashMap::new(),
             numbering: EventNumbering::starting_after(settings.farm_position),
             eta: EtaBook::default(),
+            outputs: OutputLedger::default(),
             now: settings.now,
             jitter: SmallRng::seed_from_u64(settings.jitter_seed),
         }
@@ -230,8 +236,13 @@ impl Core {
                 self.lease_lost(&worker_id);
                 Ok(())
             }
-            Command::OutputAdded { job_id, added } => {
-                self.emit(job_id, kiln_proto::v1::job_event::Event::OutputAdded(added));
+            Command::OutputStored {
+                worker_id,
+                task_id,
+                attempt,
+                output,
+            } => {
+                self.output_stored(&worker_id, task_id, attempt, output);
                 Ok(())
             }
             Command::Undeliverable {

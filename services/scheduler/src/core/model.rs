@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::core::output_ledger::RecordedOutput;
 use crate::eta::RunStats;
 use crate::job_state::{JobFacts, JobState, TaskCounts};
 use crate::matching::Requirements;
@@ -110,6 +111,10 @@ pub struct JobEntry {
     /// Per-frame run times of earlier jobs of the same scene, by step name:
     /// loaded with the job, handed to the ETA book when the core takes it.
     pub earlier_run_times: HashMap<String, RunStats>,
+    /// Outputs its unfinished tasks recorded (task, path, file), as Postgres
+    /// has them: loaded with the job, handed to the output ledger when the
+    /// core takes it.
+    pub recorded_outputs: Vec<(Uuid, String, RecordedOutput)>,
 }
 
 impl JobEntry {

@@ -9,6 +9,7 @@ use crate::core::Core;
 use crate::core::batch::{BlocklistWrite, OutputWrite};
 use crate::core::command::AttemptReport;
 use crate::core::model::Outcome;
+use crate::core::output_ledger::RecordedOutput;
 use crate::task_state::TaskEvent;
 
 impl Core {
@@ -58,34 +59,70 @@ impl Core {
             log_tail: report.log_tail,
         };
         if report.success {
-            if self
-                .transition(task_id, TaskEvent::Succeed, Some(&outcome))
-                .is_some()
-            {
-                self.record_outputs(task_id, report.outputs);
+            // A success lists every output of the attempt: those whose own
+            // report never arrived (lost with a connection) are recorded and
+            // announced now, before the success (which applies: the attempt
+            // is in flight), so a watcher that sees it knows all its files.
+            for output in report.outputs {
+                self.record_output(task_id, output);
             }
+            self.transition(task_id, TaskEvent::Succeed, Some(&outcome));
             return;
         }
         self.fail_attempt(worker_id, task_id, &outcome);
     }
 
-    /// A success lists every output of the attempt; those whose own report
-    /// never arrived are recorded with it.
-    fn record_outputs(&mut self, task_id: Uuid, outputs: Vec<pb::OutputStored>) {
+    /// An output reported as soon as it was stored: recorded only while its
+    /// attempt is current, so a file saved by a superseded attempt is never listed.
+    pub(super) fn output_stored(
+        &mut self,
+        worker_id: &str,
+        task_id: Uuid,
+        attempt: i32,
+        output: pb::OutputStored,
+    ) {
+        if self.holds(worker_id, task_id, attempt) {
+            self.record_output(task_id, output);
+        }
+    }
+
+    /// Records an output of a task's current attempt with its `OutputAdded`
+    /// event, in one batch; a repeat of what the task recorded is neither
+    /// written nor announced (`output_ledger.rs`).
+    fn record_output(&mut self, task_id: Uuid, output: pb::OutputStored) {
+        if output.path.is_empty() || output.digest.is_empty() {
+            return;
+        }
         let Some(job_id) = self.tasks.get(&task_id).map(|t| t.job_id) else {
             return;
         };
-        let valid = outputs
-            .into_iter()
-            .filter(|o| !o.path.is_empty() && !o.digest.is_empty());
-        self.batch.outputs.extend(valid.map(|o| OutputWrite {
+        let size = i64::try_from(output.size).unwrap_or(i64::MAX);
+        let recorded = RecordedOutput {
+            digest: output.digest.clone(),
+            size,
+            kind: output.kind.clone(),
+        };
+        if !self.outputs.record(task_id, &output.path, recorded) {
+            return;
+        }
+        self.batch.outputs.push(OutputWrite {
             job_id,
             task_id,
-            path: o.path,
-            digest: o.digest,
-            size: i64::try_from(o.size).unwrap_or(i64::MAX),
-            kind: o.kind,
-        }));
+            path: output.path.clone(),
+            digest: output.digest.clone(),
+            size,
+            kind: output.kind.clone(),
+        });
+        let added = pb::OutputAdded {
+            output: Some(pb::JobOutput {
+                path: output.path,
+                digest: output.digest,
+                size: size as u64,
+                task_id: task_id.to_string(),
+                kind: output.kind,
+            }),
+        };
+        self.emit(job_id, pb::job_event::Event::OutputAdded(added));
     }
 
     /// A failed attempt: retried after a backoff or failed for good, and

@@ -75,6 +75,7 @@ impl Core {
         }
         if to == TaskState::Succeeded {
             self.learn_run_time(task_id);
+            self.outputs.forget(task_id);
         }
         self.count_move(job_id, step, from, to);
         self.batch.tasks.push(write);
@@ -281,6 +282,7 @@ impl Core {
             }
             for task_id in &job.task_ids {
                 self.tasks.remove(task_id);
+                self.outputs.forget(*task_id);
             }
         }
     }

@@ -189,18 +189,3 @@ fn a_succeeded_job_leaves_its_run_times_for_its_scene() {
     assert_eq!((times.step_name.as_str(), times.stats.count), ("Render", 2));
     assert!((times.stats.mean - 4.0).abs() < 1e-9);
 }
-
-#[test]
-fn an_output_report_joins_the_jobs_sequence() {
-    let mut bench = Bench::default();
-    let job = bench.submit(job("alice", 1));
-    bench.commit();
-    let added = Command::OutputAdded {
-        job_id: job.id,
-        added: pb::OutputAdded::default(),
-    };
-    bench.handle(added).expect("never refused");
-    let batch = bench.commit();
-    assert_eq!(batch.events.len(), 1);
-    assert_eq!(batch.events[0].1.seq, 2, "after the job's first record");
-}

@@ -9,6 +9,7 @@ mod controls;
 mod dependencies;
 mod events;
 mod failures;
+mod outputs;
 mod pick_order;
 mod property;
 mod quotas;
@@ -299,6 +300,11 @@ impl Bench {
             next_request: 1,
             batches: Vec::new(),
         }
+    }
+
+    /// Adds a task row as Postgres holds it (for entries built by hand).
+    pub fn rows_insert(&mut self, task: Uuid, row: (TaskState, i32)) {
+        self.rows.insert(task, row);
     }
 
     pub fn advance(&mut self, by: Duration) {
@@ -697,6 +703,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         name: format!("{}'s job", spec.owner),
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
+        recorded_outputs: Vec::new(),
     };
     (job, tasks, Submitted { id, steps: ids })
 }
