@@ -30,6 +30,7 @@ pub struct FarmBuilder {
     dir: PathBuf,
     workers: usize,
     schedulers: usize,
+    gateways: usize,
     s3: bool,
     gateway_grpc_port: u16,
     gateway_http_port: u16,
@@ -49,6 +50,12 @@ impl FarmBuilder {
     /// Number of scheduler replicas (default 1): one leads, the others stand by.
     pub fn schedulers(mut self, count: usize) -> Self {
         self.schedulers = count.max(1);
+        self
+    }
+
+    /// Number of gateways (default 1); see [`Farm::gateway_urls`].
+    pub fn gateways(mut self, count: usize) -> Self {
+        self.gateways = count.max(1);
         self
     }
 
@@ -126,14 +133,14 @@ impl FarmBuilder {
         };
         let mut farm = Farm {
             workers: Vec::new(),
-            gateway: None,
+            gateways: Vec::new(),
             schedulers: Vec::new(),
             assets: None,
             garage,
             etcd,
             postgres,
             discovery,
-            gateway_endpoint: None,
+            gateway_endpoints: Vec::new(),
             secrets: Secrets::generate(),
             certs,
             layout,
@@ -186,7 +193,7 @@ impl Layout {
 pub struct Farm {
     // Fields drop in declaration order: services before what they depend on.
     workers: Vec<ServiceProcess>,
-    gateway: Option<ServiceProcess>,
+    gateways: Vec<ServiceProcess>,
     /// Scheduler replicas; each process's host name is `replica-<index>`,
     /// which its etcd instance name carries.
     schedulers: Vec<ServiceProcess>,
@@ -195,7 +202,8 @@ pub struct Farm {
     etcd: Etcd,
     postgres: Postgres,
     discovery: Discovery,
-    gateway_endpoint: Option<Endpoint>,
+    /// Where each gateway listens, by index.
+    gateway_endpoints: Vec<Endpoint>,
     secrets: Secrets,
     certs: Option<FarmCerts>,
     layout: Layout,
@@ -238,6 +246,7 @@ impl Farm {
             dir: dir.into(),
             workers: 2,
             schedulers: 1,
+            gateways: 1,
             s3: false,
             gateway_grpc_port: 0,
             gateway_http_port: 0,
@@ -286,19 +295,32 @@ impl Farm {
             standby.start()?;
         }
 
-        let gateway = self
-            .service("gateway", "gateway")?
-            .args(self.gateway_args())
-            .env("KILN_BOOTSTRAP_ADMIN_TOKEN", &self.secrets.admin_token);
-        let gateway = self.gateway.insert(gateway);
-        let endpoint = start_and_register(
-            &self.discovery,
-            service::GATEWAY,
-            gateway,
-            self.config.startup_timeout,
-        )
-        .await?;
-        self.gateway_endpoint = Some(endpoint);
+        for index in 0..self.config.gateways {
+            let name = match index {
+                0 => "gateway".to_owned(),
+                n => format!("gateway-{n}"),
+            };
+            // Fixed ports are for the first gateway; the others pick free ones.
+            let ports = match index {
+                0 => (self.config.gateway_grpc_port, self.config.gateway_http_port),
+                _ => (0, 0),
+            };
+            let gateway = self
+                .service("gateway", &name)?
+                .args(gateway_args(ports))
+                .args(["--database-url", &self.postgres.url()])
+                .env("KILN_BOOTSTRAP_ADMIN_TOKEN", &self.secrets.admin_token);
+            self.gateways.push(gateway);
+            let gateway = &mut self.gateways[index];
+            let endpoint = start_and_register(
+                &self.discovery,
+                service::GATEWAY,
+                gateway,
+                self.config.startup_timeout,
+            )
+            .await?;
+            self.gateway_endpoints.push(endpoint);
+        }
 
         for _ in 0..self.config.workers {
             self.add_worker().await?;
@@ -387,17 +409,6 @@ impl Farm {
         }
     }
 
-    fn gateway_args(&self) -> Vec<String> {
-        vec![
-            "--grpc-listen".to_owned(),
-            format!("127.0.0.1:{}", self.config.gateway_grpc_port),
-            "--http-listen".to_owned(),
-            format!("127.0.0.1:{}", self.config.gateway_http_port),
-            "--database-url".to_owned(),
-            self.postgres.url(),
-        ]
-    }
-
     /// Starts one more worker (`worker-<index>`, GPUs from
     /// [`FarmBuilder::worker_gpus`]) and waits until it is registered;
     /// returns its index for [`Farm::worker_mut`].
@@ -433,10 +444,10 @@ impl Farm {
         Ok(index)
     }
 
-    /// Restarts the gateway (SIGTERM, then start) and learns its new address,
-    /// which changes unless [`FarmBuilder::gateway_ports`] fixed it.
+    /// Restarts the (first) gateway (SIGTERM, then start) and learns its new
+    /// address, which changes unless [`FarmBuilder::gateway_ports`] fixed it.
     pub async fn restart_gateway(&mut self) -> Result<()> {
-        let Some(gateway) = self.gateway.as_mut() else {
+        let Some(gateway) = self.gateways.first_mut() else {
             return Err(LocalFarmError::NotRunning {
                 name: "gateway".to_owned(),
             });
@@ -449,7 +460,7 @@ impl Farm {
             self.config.startup_timeout,
         )
         .await?;
-        self.gateway_endpoint = Some(endpoint);
+        self.gateway_endpoints[0] = endpoint;
         Ok(())
     }
 
@@ -485,9 +496,9 @@ impl Farm {
     /// each with the end of its log; a supervisor polls this to notice crashes.
     pub fn take_exits(&mut self) -> Vec<LocalFarmError> {
         let services = self.workers.iter_mut().chain(
-            [&mut self.gateway, &mut self.assets]
-                .into_iter()
-                .flatten()
+            self.gateways
+                .iter_mut()
+                .chain(self.assets.as_mut())
                 .chain(self.schedulers.iter_mut()),
         );
         let infrastructure = std::iter::once(self.etcd.process_mut())
@@ -512,7 +523,7 @@ impl Farm {
         let workers =
             futures::future::join_all(self.workers.iter_mut().map(ServiceProcess::terminate)).await;
         workers.into_iter().for_each(&mut note);
-        if let Some(gateway) = self.gateway.as_mut() {
+        for gateway in &mut self.gateways {
             note(gateway.terminate().await);
         }
         for scheduler in self.schedulers.iter_mut().rev() {
@@ -540,28 +551,45 @@ impl Farm {
         &self.layout.logs
     }
 
-    /// The gateway's gRPC address as `127.0.0.1:PORT`.
+    /// The (first) gateway's gRPC address as `127.0.0.1:PORT`.
     pub fn gateway_grpc_addr(&self) -> &str {
-        self.gateway_endpoint
-            .as_ref()
+        self.gateway_endpoints
+            .first()
             .map_or("", |e| e.grpc.as_str())
     }
 
-    /// The gateway's gRPC URL, `http://127.0.0.1:PORT` (`https` with
-    /// [`FarmBuilder::tls`]), for a tonic channel.
+    /// The (first) gateway's gRPC URL, `http://127.0.0.1:PORT` (`https`
+    /// with [`FarmBuilder::tls`]), for a tonic channel.
     pub fn gateway_url(&self) -> String {
-        self.gateway_endpoint
-            .as_ref()
-            .map_or_else(|| "http://".to_owned(), Endpoint::grpc_uri)
+        self.gateway_urls()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "http://".to_owned())
     }
 
-    /// The gateway's REST base URL, `http://127.0.0.1:PORT` (`https` with
-    /// [`FarmBuilder::tls`]).
+    /// Every gateway's gRPC URL, in start order ([`FarmBuilder::gateways`]).
+    pub fn gateway_urls(&self) -> Vec<String> {
+        self.gateway_endpoints
+            .iter()
+            .map(Endpoint::grpc_uri)
+            .collect()
+    }
+
+    /// The (first) gateway's REST base URL, `http://127.0.0.1:PORT`
+    /// (`https` with [`FarmBuilder::tls`]).
     pub fn gateway_http_url(&self) -> String {
-        self.gateway_endpoint
-            .as_ref()
-            .and_then(Endpoint::http_url)
+        self.gateway_http_urls()
+            .into_iter()
+            .next()
             .unwrap_or_else(|| "http://".to_owned())
+    }
+
+    /// Every gateway's REST base URL, in start order.
+    pub fn gateway_http_urls(&self) -> Vec<String> {
+        self.gateway_endpoints
+            .iter()
+            .filter_map(Endpoint::http_url)
+            .collect()
     }
 
     /// The farm CA's certificate (PEM) when it runs with TLS: what clients trust.
@@ -635,9 +663,9 @@ impl Farm {
         self.assets.as_mut()
     }
 
-    /// The gateway process; prefer [`Farm::restart_gateway`] to restart it.
+    /// The (first) gateway process; prefer [`Farm::restart_gateway`] to restart it.
     pub fn gateway_mut(&mut self) -> Option<&mut ServiceProcess> {
-        self.gateway.as_mut()
+        self.gateways.first_mut()
     }
 
     /// Worker number `index` (from 0, in start order), if there is one.
@@ -714,6 +742,16 @@ async fn start_and_register(
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// `--grpc-listen` and `--http-listen` on 127.0.0.1 at `(grpc, http)` (0: any free port).
+fn gateway_args((grpc, http): (u16, u16)) -> Vec<String> {
+    vec![
+        "--grpc-listen".to_owned(),
+        format!("127.0.0.1:{grpc}"),
+        "--http-listen".to_owned(),
+        format!("127.0.0.1:{http}"),
+    ]
 }
 
 async fn connect_discovery(etcd_url: &str) -> Result<Discovery> {

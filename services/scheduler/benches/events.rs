@@ -282,7 +282,9 @@ async fn eta_runs(
     let first = eta(args, scheduler.clone(), &input)
         .await
         .context("first job");
-    let second = eta(args, scheduler.clone(), &input).await.context("second job");
+    let second = eta(args, scheduler.clone(), &input)
+        .await
+        .context("second job");
     for worker in workers {
         worker.abort();
     }
