@@ -41,8 +41,8 @@ struct Secrets {
 }
 
 async fn attack(farm: &Farm, s3: &aws_sdk_s3::Client) -> Result<()> {
-    let alice_token = create_token(farm, "alice", pb::Role::Submitter).await?;
-    let bob_token = create_token(farm, "bob", pb::Role::Submitter).await?;
+    let alice_token = create_token(farm, "alice", pb::Role::Submitter, 0).await?;
+    let bob_token = create_token(farm, "bob", pb::Role::Submitter, 0).await?;
     let urls = farm.gateway_urls();
     ensure!(urls.len() == 2, "two gateways: {urls:?}");
     let mut alice = Client::connect_to(farm, &urls[0], &alice_token).await?;

@@ -306,7 +306,10 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
     let channel = tonic::transport::Channel::from_shared(endpoint.grpc_uri())?
         .connect()
         .await?;
-    let assets = kiln_asset_client::AssetClient::new(channel);
+    let assets = kiln_asset_client::AssetClient::with_credentials(
+        channel,
+        kiln_asset_client::CallCredentials::service(farm.service_token())?,
+    );
     let pid = farm
         .assets_mut()
         .and_then(|p| p.pid())
@@ -573,7 +576,7 @@ async fn a_re_render_of_an_old_scene_survives_collection_on_the_other_replica() 
         ],
     )
     .await?;
-    let token = kiln_tests::create_token(&farm, "alice", pb::Role::Submitter).await?;
+    let token = kiln_tests::create_token(&farm, "alice", pb::Role::Submitter, 0).await?;
     let mut alice = Client::connect_as(&farm, &token).await?;
     let scene = kiln_tests::example_scene(dir.path())?;
     let canary = dir.path().join("canary.bin");
@@ -595,7 +598,12 @@ async fn a_re_render_of_an_old_scene_survives_collection_on_the_other_replica() 
     let channel = tonic::transport::Channel::from_shared(replica0.grpc_uri())?
         .connect()
         .await?;
-    let as_alice = kiln_asset_client::AssetClient::new(channel).on_behalf_of("alice", None)?;
+    // As the gateway calls it: with the farm's service token, for alice.
+    let as_alice = kiln_asset_client::AssetClient::with_credentials(
+        channel,
+        kiln_asset_client::CallCredentials::service(farm.service_token())?,
+    )
+    .on_behalf_of("alice", None)?;
     assert!(
         as_alice
             .find_missing(std::slice::from_ref(&scene_digest))

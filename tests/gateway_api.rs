@@ -74,6 +74,7 @@ async fn create_users(farm: &Farm) -> Result<Users> {
         let request = pb::CreateTokenRequest {
             name: name.to_owned(),
             role: role as i32,
+            ..Default::default()
         };
         Ok(tokens.create_token(request).await?.into_inner().secret)
     };
@@ -229,6 +230,7 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     let create = pb::CreateTokenRequest {
         name: "mallory".into(),
         role: pb::Role::Admin as i32,
+        ..Default::default()
     };
     assert_eq!(
         code(viewer_tokens.create_token(create).await),
@@ -250,6 +252,7 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
         .create_token(pb::CreateTokenRequest {
             name: "temp".into(),
             role: pb::Role::Viewer as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -278,6 +281,7 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     let bad_name = pb::CreateTokenRequest {
         name: "../../etc".into(),
         role: pb::Role::Viewer as i32,
+        ..Default::default()
     };
     assert_eq!(
         code(tokens.create_token(bad_name).await),

@@ -410,8 +410,14 @@ pub async fn s3_client(farm: &mut Farm) -> Result<aws_sdk_s3::Client> {
     Ok(aws_sdk_s3::Client::from_conf(config))
 }
 
-/// A new token for user `name` with `role`, made with the farm's admin token; its secret.
-pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<String> {
+/// Makes a token for `name` with the farm's admin token; `max_priority` 0
+/// leaves the default grant (high). Returns its secret.
+pub async fn create_token(
+    farm: &Farm,
+    name: &str,
+    role: pb::Role,
+    max_priority: u32,
+) -> Result<String> {
     let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
         .endpoint(&farm.gateway_url())?
         .connect()
@@ -423,19 +429,57 @@ pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<Str
     let request = pb::CreateTokenRequest {
         name: name.to_owned(),
         role: role as i32,
+        max_priority,
     };
     Ok(tokens.create_token(request).await?.into_inner().secret)
 }
 
-/// A client of the scheduler's own job API, which the gateway calls on
-/// behalf of authenticated users; `as_owner` says who.
-pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<Channel>> {
+/// One REST call (`body` as JSON, `token` as bearer): the status and the
+/// JSON body (Null when there is none). Blocking; call it from
+/// `spawn_blocking` in async tests.
+pub fn rest_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    let mut request = ureq::request(method, url).set("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.set("authorization", &format!("Bearer {token}"));
+    }
+    let result = match body {
+        Some(body) => request.send_string(&body.to_string()),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => bail!("{method} {url}: {err}"),
+    };
+    let status = response.status();
+    let json = response.into_json().unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// The gRPC status an error carries (from a call, or wrapped by anyhow).
+pub fn status_of(error: &anyhow::Error) -> Option<&tonic::Status> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<tonic::Status>())
+}
+
+/// A client of the scheduler's own job API as the gateway calls it (with
+/// the farm's service token), on behalf of the user `as_owner` names.
+pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<AuthChannel>> {
     let endpoint = farm
         .discovery()
         .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
         .await?;
     let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
-    Ok(JobServiceClient::new(channel))
+    Ok(JobServiceClient::with_interceptor(
+        channel,
+        CallCredentials::service(farm.service_token())?,
+    ))
 }
 
 /// A request made on behalf of `owner`, as the gateway makes it.

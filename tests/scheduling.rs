@@ -14,9 +14,8 @@ use kiln_localfarm::worker_id;
 use kiln_proto::v1 as pb;
 use kiln_tests::{as_owner, clips_request, finished_at, scheduler_jobs, start_farm, state_of};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
-type Jobs = pb::job_service_client::JobServiceClient<Channel>;
+type Jobs = pb::job_service_client::JobServiceClient<kiln_tests::AuthChannel>;
 
 const RED: &str = "color=c=red:s=32x32";
 

@@ -251,8 +251,11 @@ pub struct Farm {
 struct Secrets {
     /// The gateway's bootstrap admin token.
     admin_token: String,
-    /// What workers present to the scheduler to join.
+    /// What workers present to the scheduler and the assets service.
     join_token: String,
+    /// What the gateway, the scheduler and the assets service present to
+    /// each other.
+    service_token: String,
 }
 
 impl Secrets {
@@ -260,6 +263,7 @@ impl Secrets {
         Self {
             admin_token: random_secret(),
             join_token: random_secret(),
+            service_token: random_secret(),
         }
     }
 }
@@ -301,8 +305,7 @@ impl Farm {
             let scheduler = self
                 .service("scheduler", &name)?
                 .env("KILN_DATABASE_URL", self.postgres.url())
-                .env("HOSTNAME", format!("replica-{index}"))
-                .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
+                .env("HOSTNAME", format!("replica-{index}"));
             self.schedulers.push(scheduler);
         }
         // The first replica leads; the others start once it does, and stand by.
@@ -368,6 +371,14 @@ impl Farm {
             // Secrets go in the environment, which other users cannot read.
             .env("KILN_ETCD_USER", etcd_user)
             .env("KILN_ETCD_PASSWORD", etcd_password);
+        process = match kind {
+            "scheduler" | "assets" => process
+                .env("KILN_SERVICE_TOKEN", &self.secrets.service_token)
+                .env("KILN_JOIN_TOKEN", &self.secrets.join_token),
+            "gateway" => process.env("KILN_SERVICE_TOKEN", &self.secrets.service_token),
+            "worker" => process.env("KILN_JOIN_TOKEN", &self.secrets.join_token),
+            _ => process,
+        };
         if let Some(certs) = &self.certs {
             process = process
                 .env("KILN_TLS_CERT", &certs.cert)
@@ -466,8 +477,7 @@ impl Farm {
         let mut worker = self
             .service("worker", &id)?
             .args(["--worker-id", &id, "--work-dir"])
-            .arg(&work_dir)
-            .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
+            .arg(&work_dir);
         if let Some(gpus) = self.config.worker_gpus.get(index) {
             worker = worker.args(["--gpus", &gpus.to_string()]);
         }
@@ -653,6 +663,12 @@ impl Farm {
     /// The secret workers join the scheduler with.
     pub fn join_token(&self) -> &str {
         &self.secrets.join_token
+    }
+
+    /// The secret the gateway, the scheduler and the assets service present
+    /// to each other: a test holding it calls them as the gateway would.
+    pub fn service_token(&self) -> &str {
+        &self.secrets.service_token
     }
 
     /// The etcd client URL.

@@ -6,6 +6,8 @@
 
 pub mod cancel;
 pub mod checks;
+pub mod internal_auth;
+pub mod keyed_permits;
 pub mod ops;
 
 use std::net::SocketAddr;

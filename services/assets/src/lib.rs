@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_discovery::Discovery;
-
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
 use kiln_service::{CheckResult, Checks};
 use tonic::service::Routes;
@@ -42,10 +41,20 @@ use crate::s3::S3Backend;
 use crate::service::AssetsService;
 use crate::spool::{MAX_CHUNK_BYTES, Spool};
 use kiln_service::cancel::DetectCancel;
-use kiln_tls::ClientTls;
 
 /// The gRPC service name, as health checks report it.
 pub const GRPC_SERVICE: &str = "kiln.v1.AssetService";
+
+/// Who may call what: every asset call is the farm services' (the gateway
+/// acting for a user, the scheduler checking a submission's inputs) and the
+/// workers' (fetching inputs, storing outputs for the job's owner).
+pub const CALLERS: kiln_service::internal_auth::Policy = kiln_service::internal_auth::Policy {
+    routes: &[(
+        "/kiln.v1.AssetService/",
+        kiln_service::internal_auth::Admit::ServicesAndWorkers,
+    )],
+    workers_name_owners: true,
+};
 
 /// Room for a full 4 MiB upload chunk plus its framing.
 const MAX_DECODING_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
@@ -63,12 +72,12 @@ pub async fn routes(config: &Config) -> Result<Routes, Error> {
 pub async fn routes_with_checks(
     config: &Config,
     checks: Checks,
-    farm: Option<(Discovery, ClientTls)>,
+    farm: Option<SchedulerLink>,
 ) -> Result<(Routes, Checks), Error> {
     let grace = Duration::from_secs(config.gc_grace_seconds);
-    let farm = farm.map(|(discovery, tls)| FarmLink {
-        scheduler: Arc::new(SchedulerLink::new(discovery.clone(), tls)),
-        discovery,
+    let farm = farm.map(|scheduler| FarmLink {
+        discovery: scheduler.discovery().clone(),
+        scheduler: Arc::new(scheduler),
     });
     let spool_dir = config.spool_dir();
     tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");

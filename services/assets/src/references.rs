@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kiln_asset_client::CallCredentials;
 use kiln_discovery::{Discovery, service};
 use kiln_proto::v1::ListReferencedDigestsRequest;
 use kiln_proto::v1::asset_references_client::AssetReferencesClient;
@@ -26,16 +27,24 @@ pub struct SchedulerLink {
     discovery: Discovery,
     /// How to dial it: TLS (and this service's certificate) on a TLS farm.
     tls: ClientTls,
+    /// The farm's service token: the scheduler answers only farm services.
+    credentials: CallCredentials,
     channel: Mutex<Option<Channel>>,
 }
 
 impl SchedulerLink {
-    pub fn new(discovery: Discovery, tls: ClientTls) -> Self {
+    pub fn new(discovery: Discovery, tls: ClientTls, credentials: CallCredentials) -> Self {
         Self {
             discovery,
             tls,
+            credentials,
             channel: Mutex::new(None),
         }
+    }
+
+    /// The farm's etcd, where the scheduler was found.
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
     }
 
     /// Digests that jobs unfinished or finished within `finished_within`
@@ -80,11 +89,14 @@ impl SchedulerLink {
         request: ListReferencedDigestsRequest,
     ) -> Result<HashSet<String>, Error> {
         let asked = request.only.len();
-        let mut batches = AssetReferencesClient::new(self.channel().await?)
-            .list_referenced_digests(request)
-            .await
-            .map_err(|status| Error::Scheduler(status.message().to_owned()))?
-            .into_inner();
+        let mut batches = AssetReferencesClient::with_interceptor(
+            self.channel().await?,
+            self.credentials.clone(),
+        )
+        .list_referenced_digests(request)
+        .await
+        .map_err(|status| Error::Scheduler(status.message().to_owned()))?
+        .into_inner();
         let mut referenced = HashSet::with_capacity(asked);
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(|status| Error::Scheduler(status.message().to_owned()))?;

@@ -106,7 +106,7 @@ impl PublicApi {
         let message = request.into_inner();
         self.authorize(&caller, message.reach(), role).await?;
         let upstream = C::connect(&self.upstreams).await?;
-        let result = call(upstream, forward(&caller, message)?).await;
+        let result = call(upstream, self.forward(&caller, message)?).await;
         self.observe(result)
     }
 
@@ -118,32 +118,37 @@ impl PublicApi {
             .upstreams
             .jobs()
             .await?
-            .get_job(forward(caller, request)?)
+            .get_job(self.forward(caller, request)?)
             .await;
         let job = self.observe(result)?.into_inner();
         self.owners.insert(job.id.clone(), job.owner.clone());
         Ok(job)
     }
-}
 
-/// An upstream request for `message` carrying the caller's trace context,
-/// name and role; nothing the client sent as metadata is passed on.
-fn forward<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
-    let mut outgoing = Request::new(message);
-    if let Ok(with_context) = kiln_telemetry::propagation::inject_context(Request::new(())) {
-        *outgoing.metadata_mut() = with_context.metadata().clone();
+    /// An upstream request for `message` carrying the caller's trace
+    /// context, name and role, and the farm's service token that makes the
+    /// internal services trust that name; nothing the client sent as
+    /// metadata is passed on.
+    fn forward<T>(&self, caller: &Principal, message: T) -> Result<Request<T>, Status> {
+        let mut outgoing = Request::new(message);
+        if let Ok(with_context) = kiln_telemetry::propagation::inject_context(Request::new(())) {
+            *outgoing.metadata_mut() = with_context.metadata().clone();
+        }
+        let owner = MetadataValue::try_from(caller.name.as_str())
+            .map_err(|_| Status::internal("token name is not valid metadata"))?;
+        let metadata = outgoing.metadata_mut();
+        metadata.insert(kiln_proto::metadata::OWNER, owner);
+        // Admins see every tenant's files.
+        metadata.insert(
+            kiln_proto::metadata::ROLE,
+            MetadataValue::from_static(caller.role.as_str()),
+        );
+        metadata.insert(
+            kiln_proto::metadata::SERVICE_TOKEN,
+            self.upstreams.service_token().clone(),
+        );
+        Ok(outgoing)
     }
-    let owner = MetadataValue::try_from(caller.name.as_str())
-        .map_err(|_| Status::internal("token name is not valid metadata"))?;
-    outgoing
-        .metadata_mut()
-        .insert(kiln_proto::metadata::OWNER, owner);
-    // Admins see every tenant's files.
-    outgoing.metadata_mut().insert(
-        kiln_proto::metadata::ROLE,
-        MetadataValue::from_static(caller.role.as_str()),
-    );
-    Ok(outgoing)
 }
 
 /// A client's upload chunks, ending in an error instead of cleanly if the
@@ -173,6 +178,22 @@ fn refuse_nul(field: &str, value: &str) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// The priority a request asks for, as the scheduler reads it: a named
+/// level wins over the number, and 0 means normal (50). Values the
+/// scheduler refuses pass through unchanged for it to refuse.
+fn requested_priority(number: u32, level: i32) -> u32 {
+    match pb::PriorityLevel::try_from(level) {
+        Ok(pb::PriorityLevel::Low) => 25,
+        Ok(pb::PriorityLevel::Normal) => 50,
+        Ok(pb::PriorityLevel::High) => 75,
+        Ok(pb::PriorityLevel::Critical) => 100,
+        Ok(pb::PriorityLevel::Unspecified) | Err(_) => match number {
+            0 => 50,
+            n => n,
+        },
+    }
 }
 
 fn check_submission(message: &pb::SubmitJobRequest) -> Result<(), Status> {
@@ -276,6 +297,7 @@ impl pb::job_service_server::JobService for PublicApi {
             .await?;
         let message = request.into_inner();
         check_submission(&message)?;
+        caller.may_give_priority(requested_priority(message.priority, message.priority_level))?;
         for dependency in &message.depends_on_jobs {
             self.authorize(&caller, Reach::Job(dependency), Role::Submitter)
                 .await
@@ -290,7 +312,7 @@ impl pb::job_service_server::JobService for PublicApi {
             .upstreams
             .jobs()
             .await?
-            .submit_job(forward(&caller, message)?)
+            .submit_job(self.forward(&caller, message)?)
             .await;
         let job = self.observe(result)?;
         self.owners
@@ -409,6 +431,9 @@ impl pb::job_service_server::JobService for PublicApi {
         &self,
         request: Request<pb::SetJobPriorityRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = auth::principal(&request)?;
+        let message = request.get_ref();
+        caller.may_give_priority(requested_priority(message.priority, message.priority_level))?;
         self.pass(request, Role::Submitter, |mut jobs: Jobs, r| async move {
             jobs.set_job_priority(r).await
         })
@@ -491,7 +516,7 @@ impl pb::asset_service_server::AssetService for PublicApi {
         let (failed_tx, failed_rx) = oneshot::channel();
         let chunks = kiln_asset_client::stall_on_error(chunks, failed_tx);
         let mut assets = self.upstreams.assets().await?;
-        let upload = assets.upload(forward(&caller, chunks)?);
+        let upload = assets.upload(self.forward(&caller, chunks)?);
         // Biased so that a client's failure always wins: returning drops the
         // upstream call, which resets its stream, and the assets service
         // keeps what it received for the client to resume.

@@ -54,7 +54,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .add("assets", checks::registered(&discovery, service::ASSETS));
     let ops = OpsServer::start("gateway", &config.ops, checks).await?;
-    let upstreams = Arc::new(Upstreams::new(discovery.clone(), tls.client()));
+    let upstreams = Arc::new(
+        Upstreams::new(discovery.clone(), tls.client(), &config.service_token)
+            .context("--service-token must be printable ASCII")?,
+    );
     let api = PublicApi::new(upstreams);
     let tokens = TokenApi::new(store.clone());
     let limits = Limits::new(&config.limits, store);

@@ -29,7 +29,11 @@ impl pb::token_service_server::TokenService for TokenApi {
         let role = Role::from_proto(request.role).ok_or_else(|| {
             Status::invalid_argument("role: must be ROLE_VIEWER, ROLE_SUBMITTER or ROLE_ADMIN")
         })?;
-        let (token, secret) = self.store.create(&request.name, role).await?;
+        let max_priority = match request.max_priority {
+            0 => auth::DEFAULT_MAX_PRIORITY,
+            granted => granted,
+        };
+        let (token, secret) = self.store.create(&request.name, role, max_priority).await?;
         tracing::info!(by = %caller.name, token_id = %token.id, name = %token.name, role = role.as_str(), "token created");
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(token),

@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
 use tokio::sync::mpsc;
@@ -21,6 +21,7 @@ use crate::job_state::JobState;
 use crate::leader::LeaderSlot;
 use crate::loader;
 use crate::scheduler::Scheduler;
+use crate::stream_quota::{StreamPermit, StreamQuota};
 use crate::submit::{Submissions, Submitter, priority_of};
 use crate::watch::Watch;
 use crate::{SchedulerError, queries};
@@ -32,6 +33,8 @@ const WATCH_BUFFER: usize = 256;
 pub struct JobApi {
     leader: Arc<LeaderSlot>,
     submissions: Submissions,
+    /// Watch streams each owner holds open.
+    streams: StreamQuota,
 }
 
 impl JobApi {
@@ -39,8 +42,39 @@ impl JobApi {
         Self {
             leader,
             submissions,
+            streams: StreamQuota::new(0),
         }
     }
+
+    /// At most `quota` watch streams open per owner.
+    pub fn with_stream_quota(mut self, quota: StreamQuota) -> Self {
+        self.streams = quota;
+        self
+    }
+
+    /// A permit for one more stream of the request's owner (none for a
+    /// service's own call, which names no owner).
+    fn stream_permit<T>(&self, request: &Request<T>) -> Result<Option<StreamPermit>, Status> {
+        match owner_named(request) {
+            Some(owner) => self
+                .streams
+                .open(owner)
+                .map(Some)
+                .map_err(Status::resource_exhausted),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `stream`, holding `permit` for as long as it lives.
+fn holding<S>(stream: S, permit: Option<StreamPermit>) -> impl Stream<Item = S::Item> + Send
+where
+    S: Stream + Send,
+{
+    stream.map(move |item| {
+        let _held = &permit;
+        item
+    })
 }
 
 /// Applies a control to a job and answers with the job as it is now.
@@ -113,14 +147,18 @@ fn role_of<T>(request: &Request<T>) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn owner_of<T>(request: &Request<T>) -> String {
+/// The user the gateway named for this call. Only a caller holding the
+/// farm's service token gets this far with one (`internal_auth`).
+fn owner_named<T>(request: &Request<T>) -> Option<&str> {
     request
         .metadata()
         .get(kiln_proto::metadata::OWNER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
-        .unwrap_or(ANONYMOUS)
-        .to_owned()
+}
+
+fn owner_of<T>(request: &Request<T>) -> String {
+    owner_named(request).unwrap_or(ANONYMOUS).to_owned()
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -141,7 +179,7 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::Job>, Status> {
         let owner = owner_of(&request);
         let role = role_of(&request);
-        let submitter = match request.metadata().get(kiln_proto::metadata::OWNER) {
+        let submitter = match owner_named(&request) {
             Some(_) => Submitter::Owner {
                 name: &owner,
                 role: role.as_deref(),
@@ -200,6 +238,7 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<WatchStream>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         let scheduler = self.scheduler()?;
+        let permit = self.stream_permit(&request)?;
         // Subscribe before reading Postgres, so nothing between the two is missed.
         let live = scheduler.events.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
@@ -233,7 +272,10 @@ impl pb::job_service_server::JobService for JobApi {
             to: tx,
         };
         tokio::spawn(watch.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(holding(
+            ReceiverStream::new(rx),
+            permit,
+        ))))
     }
 
     type WatchFarmStream = WatchStream;
@@ -243,6 +285,7 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::WatchFarmRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let scheduler = self.scheduler()?;
+        let permit = self.stream_permit(&request)?;
         let live = scheduler.events.subscribe();
         let after = match request.get_ref().after_farm_seq {
             Some(after) => after,
@@ -260,7 +303,10 @@ impl pb::job_service_server::JobService for JobApi {
             to: tx,
         };
         tokio::spawn(watch.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(holding(
+            ReceiverStream::new(rx),
+            permit,
+        ))))
     }
 
     type WatchTaskLogStream = LogStream;
@@ -271,21 +317,33 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<LogStream>, Status> {
         let (job_id, task_id) = parse_task(request.get_ref())?;
         let scheduler = self.scheduler()?;
+        let permit = self.stream_permit(&request)?;
+        // Subscribed first, so the task's end is not missed.
         let events = scheduler.events.subscribe();
-        let subscription = scheduler.logs.subscribe(task_id);
+        // Only a task of this job (which the gateway checked is the
+        // caller's) is watched, and only a running one makes room for its
+        // lines: any other id would push other tasks' lines out.
         let state = queries::task_state(&scheduler.db, job_id, task_id)
             .await
             .map_err(SchedulerError::from)?
             .ok_or_else(|| Status::not_found(format!("job {job_id} has no task {task_id}")))?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(crate::task_log::follow(
-            task_id,
-            state.is_in_flight(),
-            subscription,
-            events,
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        if state.is_in_flight() {
+            let subscription = scheduler.logs.subscribe(task_id);
+            tokio::spawn(crate::task_log::follow(task_id, subscription, events, tx));
+        } else if let Some((attempt, lines)) = scheduler.logs.recent(task_id)
+            && !lines.is_empty()
+        {
+            let _ = tx.try_send(Ok(pb::TaskLogLines {
+                task_id: task_id.to_string(),
+                attempt,
+                lines,
+            }));
+        }
+        Ok(Response::new(Box::pin(holding(
+            ReceiverStream::new(rx),
+            permit,
+        ))))
     }
 
     async fn get_task_log(
