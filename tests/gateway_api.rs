@@ -155,7 +155,10 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     assert_eq!(
         code(
             bob.jobs
-                .list_tasks(pb::ListTasksRequest { job_id: id() })
+                .list_tasks(pb::ListTasksRequest {
+                    job_id: id(),
+                    ..Default::default()
+                })
                 .await
         ),
         Code::PermissionDenied
@@ -163,7 +166,10 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     assert_eq!(
         code(
             bob.jobs
-                .list_outputs(pb::ListOutputsRequest { job_id: id() })
+                .list_outputs(pb::ListOutputsRequest {
+                    job_id: id(),
+                    ..Default::default()
+                })
                 .await
         ),
         Code::PermissionDenied

@@ -123,15 +123,26 @@ impl Client {
             .into_inner())
     }
 
+    /// Every task of the job, page after page.
     pub async fn tasks(&mut self, id: &str) -> Result<Vec<pb::Task>> {
-        Ok(self
-            .jobs
-            .list_tasks(pb::ListTasksRequest {
-                job_id: id.to_owned(),
-            })
-            .await?
-            .into_inner()
-            .tasks)
+        let mut tasks = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .jobs
+                .list_tasks(pb::ListTasksRequest {
+                    job_id: id.to_owned(),
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            tasks.extend(page.tasks);
+            if page.next_page_token.is_empty() {
+                return Ok(tasks);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// The job's own files (frames, videos), without thumbnails and logs.
@@ -143,14 +154,24 @@ impl Client {
 
     /// Every output of the job, thumbnails and logs included.
     pub async fn all_outputs(&mut self, id: &str) -> Result<Vec<pb::JobOutput>> {
-        Ok(self
-            .jobs
-            .list_outputs(pb::ListOutputsRequest {
-                job_id: id.to_owned(),
-            })
-            .await?
-            .into_inner()
-            .outputs)
+        let mut outputs = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .jobs
+                .list_outputs(pb::ListOutputsRequest {
+                    job_id: id.to_owned(),
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            outputs.extend(page.outputs);
+            if page.next_page_token.is_empty() {
+                return Ok(outputs);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Polls until the job reaches a final state; returns it.

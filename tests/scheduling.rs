@@ -38,6 +38,7 @@ async fn job(jobs: &mut Jobs, id: &str) -> Result<pb::Job> {
 async fn tasks(jobs: &mut Jobs, id: &str) -> Result<Vec<pb::Task>> {
     let request = pb::ListTasksRequest {
         job_id: id.to_owned(),
+        ..Default::default()
     };
     Ok(jobs.list_tasks(request).await?.into_inner().tasks)
 }
@@ -298,7 +299,10 @@ async fn a_task_on_a_killed_worker_reruns_elsewhere_and_counts_once() -> Result<
         (2, worker_id(1).as_str())
     );
     let outputs = jobs
-        .list_outputs(pb::ListOutputsRequest { job_id: id.clone() })
+        .list_outputs(pb::ListOutputsRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .outputs
@@ -356,7 +360,10 @@ async fn a_frozen_worker_is_dead_once_its_lease_ends_and_counts_once() -> Result
     let after = job(&mut jobs, &id).await?;
     assert_eq!((after.tasks_succeeded, after.tasks_total), (2, 2));
     let outputs = jobs
-        .list_outputs(pb::ListOutputsRequest { job_id: id.clone() })
+        .list_outputs(pb::ListOutputsRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .outputs

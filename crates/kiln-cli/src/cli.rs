@@ -226,6 +226,9 @@ pub struct JobsArgs {
     /// Show at most this many jobs
     #[arg(long, env = "KILN_JOBS_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
+    /// Show the page after the one that printed this token
+    #[arg(long, default_value = "")]
+    pub page_token: String,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

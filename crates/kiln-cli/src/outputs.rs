@@ -5,28 +5,53 @@ use std::path::{Component, Path, PathBuf};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_asset_client::AssetClient;
-use kiln_proto::v1::{JobOutput, ListOutputsRequest};
+use kiln_proto::v1::{JobOutput, ListOutputsRequest, ListTasksRequest, Task};
 
 use crate::connect::JobClient;
 use crate::error::CliError;
+use crate::pages;
 
 /// Files downloaded at once.
 const PARALLEL_DOWNLOADS: usize = 4;
 
-/// The job's outputs, sorted by path.
+/// The job's outputs, sorted by path: every page of them.
 pub async fn list(jobs: &JobClient, job_id: &str) -> Result<Vec<JobOutput>, CliError> {
-    let request = ListOutputsRequest {
-        job_id: job_id.to_owned(),
-    };
-    let mut outputs = jobs
-        .clone()
-        .list_outputs(request)
-        .await
-        .map_err(CliError::rpc("listing the job's outputs"))?
-        .into_inner()
-        .outputs;
+    let mut outputs = pages::all("the job's outputs", |page_token| async move {
+        let request = ListOutputsRequest {
+            job_id: job_id.to_owned(),
+            page_token,
+            ..Default::default()
+        };
+        let page = jobs
+            .clone()
+            .list_outputs(request)
+            .await
+            .map_err(CliError::rpc("listing the job's outputs"))?
+            .into_inner();
+        Ok((page.outputs, page.next_page_token))
+    })
+    .await?;
     outputs.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(outputs)
+}
+
+/// Every task of the job, in step and index order.
+pub async fn tasks(jobs: &JobClient, job_id: &str) -> Result<Vec<Task>, CliError> {
+    pages::all("the job's tasks", |page_token| async move {
+        let request = ListTasksRequest {
+            job_id: job_id.to_owned(),
+            page_token,
+            ..Default::default()
+        };
+        let page = jobs
+            .clone()
+            .list_tasks(request)
+            .await
+            .map_err(CliError::rpc("listing the job's tasks"))?
+            .into_inner();
+        Ok((page.tasks, page.next_page_token))
+    })
+    .await
 }
 
 /// Downloads every output into `dir`, keeping its relative path; returns

@@ -39,16 +39,24 @@ pub async fn run(command: TokenCommand) -> Result<(), CliError> {
             say!("{}", created.secret);
         }
         TokenCommand::List(args) => {
-            let mut client = client(&args.gateway).await?;
-            let request = pb::ListTokensRequest {
-                include_revoked: args.all,
-            };
-            let tokens = client
-                .list_tokens(request)
-                .await
-                .map_err(CliError::rpc("listing tokens"))?
-                .into_inner()
-                .tokens;
+            let client = client(&args.gateway).await?;
+            let tokens = crate::pages::all("tokens", |page_token| {
+                let mut client = client.clone();
+                async move {
+                    let request = pb::ListTokensRequest {
+                        include_revoked: args.all,
+                        page_token,
+                        ..Default::default()
+                    };
+                    let page = client
+                        .list_tokens(request)
+                        .await
+                        .map_err(CliError::rpc("listing tokens"))?
+                        .into_inner();
+                    Ok((page.tokens, page.next_page_token))
+                }
+            })
+            .await?;
             let mut rows = table(["ID", "NAME", "ROLE", "MAX PRIORITY", "CREATED", "REVOKED"]);
             for token in &tokens {
                 rows.add_row([

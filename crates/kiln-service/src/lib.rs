@@ -9,6 +9,7 @@ pub mod checks;
 pub mod internal_auth;
 pub mod keyed_permits;
 pub mod ops;
+pub mod paging;
 
 use std::net::SocketAddr;
 

@@ -205,7 +205,12 @@ pub(crate) async fn contact_sheet(
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let request = pb::ListOutputsRequest { job_id: id.clone() };
+    let request = pb::ListOutputsRequest {
+        job_id: id.clone(),
+        kind: "thumbnail".to_owned(),
+        page_size: SHEET_MAX_FRAMES as u32,
+        ..Default::default()
+    };
     let outputs = state
         .api
         .list_outputs(call(&caller, request))

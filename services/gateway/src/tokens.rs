@@ -21,7 +21,6 @@ use crate::error::GatewayError;
 pub const SCHEMA: &str = "gateway";
 const CACHE_TTL: Duration = Duration::from_secs(5);
 const CACHE_CAPACITY: u64 = 10_000;
-const LIST_LIMIT: i64 = 1000;
 /// The name of the token made from `--bootstrap-admin-token`.
 pub const BOOTSTRAP_NAME: &str = "admin";
 
@@ -172,13 +171,24 @@ impl TokenStore {
         Ok((token_of(&row)?, secret))
     }
 
-    pub async fn list(&self, include_revoked: bool) -> Result<Vec<pb::Token>, GatewayError> {
+    /// Tokens newest first, after the token created at `after.0` with id
+    /// `after.1` if given; at most `limit`.
+    pub async fn list(
+        &self,
+        include_revoked: bool,
+        limit: i64,
+        after: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<Vec<pb::Token>, GatewayError> {
         let rows = sqlx::query(
             "SELECT id, name, role, created_at, revoked_at, max_priority FROM tokens \
-             WHERE $1 OR revoked_at IS NULL ORDER BY created_at DESC LIMIT $2",
+             WHERE ($1 OR revoked_at IS NULL) \
+               AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+             ORDER BY created_at DESC, id DESC LIMIT $2",
         )
         .bind(include_revoked)
-        .bind(LIST_LIMIT)
+        .bind(limit)
+        .bind(after.map(|(at, _)| at))
+        .bind(after.map(|(_, id)| id))
         .fetch_all(&self.db)
         .await?;
         rows.iter().map(token_of).collect()

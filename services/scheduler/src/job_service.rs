@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
+use kiln_service::paging::{self, BadPageToken, PageSize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -26,7 +27,33 @@ use crate::submit::{Submissions, Submitter, priority_of};
 use crate::watch::Watch;
 use crate::{SchedulerError, queries};
 
-const MAX_LIST: u32 = 1000;
+/// Jobs a page: `limit`'s old rule (100, at most 1000).
+const JOB_PAGE: PageSize = PageSize {
+    default: 100,
+    max: 1000,
+};
+/// Outputs a page: a JobOutput is a few hundred bytes, so the most fits
+/// well within the gateway's 8 MiB upstream limit.
+const OUTPUT_PAGE: PageSize = PageSize {
+    default: 10_000,
+    max: 10_000,
+};
+/// Tasks a page; their log tails make them larger, hence the byte bound too.
+const TASK_PAGE: PageSize = PageSize {
+    default: 1000,
+    max: 1000,
+};
+/// A page stops before this many bytes, below the gateway's 8 MiB limit.
+const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A task page token's position: `step position,index` of the last task.
+fn task_position(text: &str) -> Result<queries::TaskPosition, BadPageToken> {
+    let (step, index) = text.split_once(',').ok_or(BadPageToken)?;
+    Ok((
+        step.parse().map_err(|_| BadPageToken)?,
+        index.parse().map_err(|_| BadPageToken)?,
+    ))
+}
 /// Events queued per watcher before the watcher is considered too slow.
 const WATCH_BUFFER: usize = 256;
 
@@ -209,15 +236,33 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let limit = match request.get_ref().limit {
-            0 => 100,
-            n => n.min(MAX_LIST),
-        };
-        let owner = Some(request.get_ref().owner.as_str()).filter(|o| !o.is_empty());
-        let jobs = queries::list_jobs(&self.scheduler()?.db, owner, limit as i64)
+        let message = request.get_ref();
+        let size = JOB_PAGE.of(match message.page_size {
+            0 => message.limit,
+            n => n,
+        });
+        let after = paging::decode("jobs", &message.page_token)?
+            .map(|position| paging::parse_time_and_id(&position))
+            .transpose()?;
+        let owner = Some(message.owner.as_str()).filter(|o| !o.is_empty());
+        let jobs = queries::list_jobs(&self.scheduler()?.db, owner, size as i64 + 1, after)
             .await
             .map_err(SchedulerError::from)?;
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        let (jobs, next_page_token) = paging::page(
+            "jobs",
+            jobs,
+            size,
+            MAX_PAGE_BYTES,
+            prost::Message::encoded_len,
+            |job| {
+                let created = job.created_at.unwrap_or_default();
+                paging::time_and_id(created.seconds, created.nanos, &job.id)
+            },
+        );
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
     }
 
     async fn cancel_job(
@@ -369,26 +414,61 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::ListOutputsRequest>,
     ) -> Result<Response<pb::ListOutputsResponse>, Status> {
-        let id = parse_job_id(&request.get_ref().job_id)?;
+        let message = request.get_ref();
+        let id = parse_job_id(&message.job_id)?;
+        let size = OUTPUT_PAGE.of(message.page_size);
+        let after = paging::decode("outputs", &message.page_token)?;
         let scheduler = self.scheduler()?;
         require_job(&scheduler, id).await?;
-        let outputs = queries::list_outputs(&scheduler.db, id)
+        let filter = queries::OutputFilter {
+            path: Some(message.path.as_str()).filter(|p| !p.is_empty()),
+            kind: Some(message.kind.as_str()).filter(|k| !k.is_empty()),
+            after: after.as_deref(),
+        };
+        let outputs = queries::list_outputs(&scheduler.db, id, filter, size as i64 + 1)
             .await
             .map_err(SchedulerError::from)?;
-        Ok(Response::new(pb::ListOutputsResponse { outputs }))
+        let (outputs, next_page_token) = paging::page(
+            "outputs",
+            outputs,
+            size,
+            MAX_PAGE_BYTES,
+            prost::Message::encoded_len,
+            |output| output.path.clone(),
+        );
+        Ok(Response::new(pb::ListOutputsResponse {
+            outputs,
+            next_page_token,
+        }))
     }
 
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let id = parse_job_id(&request.get_ref().job_id)?;
+        let message = request.get_ref();
+        let id = parse_job_id(&message.job_id)?;
+        let size = TASK_PAGE.of(message.page_size);
+        let after = paging::decode("tasks", &message.page_token)?
+            .map(|position| task_position(&position))
+            .transpose()?;
         let scheduler = self.scheduler()?;
         require_job(&scheduler, id).await?;
-        let tasks = queries::list_tasks(&scheduler.db, id)
+        let tasks = queries::list_tasks(&scheduler.db, id, size as i64 + 1, after)
             .await
             .map_err(SchedulerError::from)?;
-        Ok(Response::new(pb::ListTasksResponse { tasks }))
+        let (tasks, next_page_token) = paging::page(
+            "tasks",
+            tasks,
+            size,
+            MAX_PAGE_BYTES,
+            |(_, task)| prost::Message::encoded_len(task),
+            |((step, index), _)| format!("{step},{index}"),
+        );
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.into_iter().map(|(_, task)| task).collect(),
+            next_page_token,
+        }))
     }
 
     async fn pause_job(
