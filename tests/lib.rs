@@ -187,6 +187,28 @@ impl Client {
     }
 }
 
+/// A client of a new submitter (an ordinary tenant) named `name`, whose
+/// token the admin creates.
+pub async fn submitter(farm: &Farm, name: &str) -> Result<Client> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let mut tokens = pb::token_service_client::TokenServiceClient::with_interceptor(
+        channel,
+        CallCredentials::bearer(farm.admin_token())?,
+    );
+    let secret = tokens
+        .create_token(pb::CreateTokenRequest {
+            name: name.to_owned(),
+            role: pb::Role::Submitter as i32,
+        })
+        .await?
+        .into_inner()
+        .secret;
+    Client::connect_as(farm, &secret).await
+}
+
 pub fn blender_request(digest: &str, frames: &str, chunk: u32) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
         template: Some(pb::submit_job_request::Template::BuiltinTemplate(
