@@ -17,6 +17,16 @@ use kiln_proto::v1 as pb;
 use kiln_tests::{Client, JOB_DEADLINE, start_farm_with, state_of};
 use tokio::time::Instant;
 
+/// Removes a file planted (or feared written) outside the test's directory,
+/// however the test ends.
+struct Planted(std::path::PathBuf);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A marker no file or log contains unless it leaked.
 fn marker(what: &str) -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -133,8 +143,8 @@ async fn a_hostile_tenant_cannot_read_write_reach_or_signal_outside_its_task() -
     let secret = marker("SECRET");
     let secret_path = dir.path().join("planted-secret.txt");
     std::fs::write(&secret_path, &secret)?;
-    let host_tmp_secret = std::env::temp_dir().join(format!("{}.txt", marker("tmp")));
-    std::fs::write(&host_tmp_secret, &secret)?;
+    let host_tmp_secret = Planted(std::env::temp_dir().join(format!("{}.txt", marker("tmp"))));
+    std::fs::write(&host_tmp_secret.0, &secret)?;
     let victim_text = marker("VICTIM");
     let victim_input = input(&mut victim, dir.path(), "victim.txt", &victim_text).await?;
     let victim_job = submit(
@@ -162,7 +172,7 @@ async fn a_hostile_tenant_cannot_read_write_reach_or_signal_outside_its_task() -
         .context("worker pid")?;
     let join_token = farm.join_token().to_owned();
     let written_outside = dir.path().join("written-by-task.txt");
-    let written_host_tmp = std::env::temp_dir().join(format!("{}.txt", marker("written")));
+    let written_host_tmp = Planted(std::env::temp_dir().join(format!("{}.txt", marker("written"))));
     let ports = farm_ports(&farm).await?;
 
     // bash: files, environment, processes, loopback ports; its own input
@@ -184,7 +194,10 @@ async fn a_hostile_tenant_cannot_read_write_reach_or_signal_outside_its_task() -
             "read-planted-secret",
             format!("cat '{}'", path(&secret_path)),
         ),
-        ("read-host-tmp", format!("cat '{}'", path(&host_tmp_secret))),
+        (
+            "read-host-tmp",
+            format!("cat '{}'", path(&host_tmp_secret.0)),
+        ),
         ("read-worker-cache", format!("cat '{}'", path(&cache_file))),
         (
             "list-worker-cache",
@@ -224,7 +237,7 @@ async fn a_hostile_tenant_cannot_read_write_reach_or_signal_outside_its_task() -
     script.push_str(&format!(
         "echo pwned > '{}'; echo pwned > '{}'\n",
         path(&written_outside),
-        path(&written_host_tmp)
+        path(&written_host_tmp.0)
     ));
     for (name, port) in &ports {
         script.push_str(&format!(
@@ -409,7 +422,7 @@ attempt("internet", lambda: socket.create_connection(("1.1.1.1", 53), timeout=5)
         !written_outside.exists(),
         "a task wrote outside its directory"
     );
-    assert!(!written_host_tmp.exists(), "a task wrote the host's /tmp");
+    assert!(!written_host_tmp.0.exists(), "a task wrote the host's /tmp");
     assert!(!Path::new("/usr/kiln-pwned").exists() && !Path::new("/etc/kiln-pwned").exists());
     assert_eq!(
         std::fs::read_to_string(&secret_path)?,
@@ -447,7 +460,6 @@ attempt("internet", lambda: socket.create_connection(("1.1.1.1", 53), timeout=5)
     let after = admin.wait_until_finished(&after).await?;
     assert_eq!(state_of(&after), pb::JobState::Succeeded, "{after:?}");
 
-    std::fs::remove_file(&host_tmp_secret)?;
     farm.shutdown().await?;
     Ok(())
 }
@@ -581,6 +593,130 @@ async fn a_task_over_its_memory_or_output_limit_fails_naming_it() -> Result<()> 
     assert_eq!(state_of(&ok), pb::JobState::Succeeded, "{ok:?}");
     assert!(farm.worker_mut(0).is_some_and(|w| w.is_running()));
     let _ = dir;
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// A worker's `/readyz`: status code and body.
+async fn readyz(farm: &Farm, worker: &str) -> Result<(u16, serde_json::Value)> {
+    let endpoints = farm
+        .discovery()
+        .find(kiln_discovery::service::WORKER)
+        .await?;
+    let ops = endpoints
+        .into_iter()
+        .find(|e| e.instance == worker)
+        .and_then(|e| e.ops)
+        .context("the worker lists no ops address")?;
+    let url = format!("http://{ops}/readyz");
+    tokio::task::spawn_blocking(move || {
+        let (code, body) = match ureq::get(&url).call() {
+            Ok(response) => (response.status(), response.into_string()?),
+            Err(ureq::Error::Status(code, response)) => (code, response.into_string()?),
+            Err(error) => return Err(error.into()),
+        };
+        Ok((code, serde_json::from_str(&body)?))
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_cannot_sandbox_takes_no_task_unless_its_operator_opts_out() -> Result<()> {
+    let (mut farm, _dir) = start_farm_with(0, false, &[]).await?;
+    farm.add_worker_with_env(&[("KILN_BWRAP", "/nonexistent/bwrap")])
+        .await?;
+    let (code, readiness) = readyz(&farm, "worker-0").await?;
+    assert_eq!(code, 503, "{readiness}");
+    assert!(
+        readiness.to_string().contains("cannot sandbox tasks"),
+        "the sandbox check says why: {readiness}"
+    );
+
+    let mut mallory = kiln_tests::submitter(&farm, "mallory").await?;
+    let job = submit(
+        &mut mallory,
+        command_job("who", "bash", &["-c", "id -u"], vec![]),
+    )
+    .await?;
+    // A trusted single-user machine: its operator opts out, loudly.
+    farm.add_worker_with_env(&[("KILN_NO_SANDBOX", "true")])
+        .await?;
+    let (code, readiness) = readyz(&farm, "worker-1").await?;
+    assert_eq!(code, 200, "{readiness}");
+    let job = mallory.wait_until_finished(&job).await?;
+    assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
+    let tasks = mallory.tasks(&job.id).await?;
+    assert_eq!(
+        tasks[0].worker_id, "worker-1",
+        "the worker that cannot sandbox took no task: {tasks:?}"
+    );
+    let log = farm
+        .worker_mut(1)
+        .map(|w| w.log_tail(200))
+        .unwrap_or_default();
+    assert!(
+        log.contains("TASKS RUN UNSANDBOXED"),
+        "logged loudly: {log}"
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+const NET_PROBE: &str = r#"specificationVersion: jobtemplate-2023-09
+name: NetProbe
+parameterDefinitions:
+  - name: Port
+    type: INT
+steps:
+  - name: Probe
+    script:
+      actions:
+        onRun:
+          command: bash
+          args: ["-c", "exec 3<>/dev/tcp/127.0.0.1/{{Param.Port}} && echo connected > outputs/connected.txt"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_template_the_admin_approved_for_it_reaches_the_network() -> Result<()> {
+    let templates = kiln_tests::e2e_dir()?;
+    std::fs::write(templates.path().join("net-probe.yaml"), NET_PROBE)?;
+    let dir = templates.path().to_string_lossy().into_owned();
+    let env = [
+        ("KILN_TEMPLATE_DIR", dir.as_str()),
+        ("KILN_NETWORK_TEMPLATES", "net-probe"),
+    ];
+    let (mut farm, _dir) = start_farm_with(1, false, &env).await?;
+    let mut mallory = kiln_tests::submitter(&farm, "mallory").await?;
+    let port = port_of(&farm.gateway_http_url())?.to_string();
+    let parameters: HashMap<String, String> = [("Port".to_owned(), port)].into();
+
+    let approved = pb::SubmitJobRequest {
+        template: Some(pb::submit_job_request::Template::BuiltinTemplate(
+            "net-probe".into(),
+        )),
+        parameters: parameters.clone(),
+        ..Default::default()
+    };
+    let job = submit(&mut mallory, approved).await?;
+    let job = mallory.wait_until_finished(&job).await?;
+    assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
+
+    // The same template written by the submitter runs without network.
+    let inline = pb::SubmitJobRequest {
+        template: Some(pb::submit_job_request::Template::TemplateDocument(
+            NET_PROBE.to_owned(),
+        )),
+        parameters,
+        ..Default::default()
+    };
+    let job = submit(&mut mallory, inline).await?;
+    let job = mallory.wait_until_finished(&job).await?;
+    assert_eq!(state_of(&job), pb::JobState::Failed, "{job:?}");
+    let tasks = mallory.tasks(&job.id).await?;
+    assert!(
+        tasks[0].log_tail.contains("Connection refused"),
+        "no listener in its own network namespace: {tasks:?}"
+    );
     farm.shutdown().await?;
     Ok(())
 }
