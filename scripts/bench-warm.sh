@@ -22,7 +22,10 @@ chmod 755 "$work"
 pids=()
 trap 'for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
-scene="$work/scene.blend"
+# In a directory of its own: `kiln render` bundles the scene's directory,
+# which must not hold the farms.
+mkdir "$work/scene"
+scene="$work/scene/scene.blend"
 blender -b -Y --factory-startup --python "$repo/examples/make_scene.py" -- "$scene" >/dev/null
 
 # One farm per setting: workers read KILN_WARM_SESSIONS at start.
