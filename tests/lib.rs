@@ -255,12 +255,17 @@ pub fn example_scene(dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// What a booby-trapped scene's script prints when it runs.
+pub const AUTOEXEC_RAN: &str = "KILN-AUTOEXEC-RAN";
+
 /// Makes a scene whose text block is registered to run when the file
-/// loads; if it ever runs, it creates `marker`.
+/// loads; if it ever runs, it prints [`AUTOEXEC_RAN`] and creates `marker`.
 pub fn booby_trapped_scene(dir: &Path, marker: &Path) -> Result<PathBuf> {
     let out = dir.join("trap.blend");
+    // It says so on stdout too: inside a task's sandbox the marker's path
+    // is out of reach, but its output is the task's log.
     let payload = format!(
-        "open({:?}, 'w').write('autoexec ran')",
+        "print('{AUTOEXEC_RAN}'); open({:?}, 'w').write('autoexec ran')",
         marker.to_string_lossy()
     );
     let expr = format!(
