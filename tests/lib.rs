@@ -13,6 +13,8 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod hand_worker;
+
 /// A finished job takes at most this long in these tests.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -83,6 +85,16 @@ impl Client {
             .endpoint(&farm.gateway_url())?
             .connect()
             .await?;
+        Self::over(channel, token)
+    }
+
+    /// A client of the plaintext gateway at `url` (a farm this test did not start), presenting `token`.
+    pub async fn connect_url(url: &str, token: &str) -> Result<Self> {
+        let channel = Channel::from_shared(url.to_owned())?.connect().await?;
+        Self::over(channel, token)
+    }
+
+    fn over(channel: Channel, token: &str) -> Result<Self> {
         let credentials = CallCredentials::bearer(token)?;
         Ok(Self {
             jobs: JobServiceClient::with_interceptor(channel.clone(), credentials.clone())
@@ -425,9 +437,10 @@ pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<Channel>> {
 /// A request made on behalf of `owner`, as the gateway makes it.
 pub fn as_owner<T>(owner: &str, message: T) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("kiln-owner", owner.parse().context("owner name")?);
+    request.metadata_mut().insert(
+        kiln_proto::metadata::OWNER,
+        owner.parse().context("owner name")?,
+    );
     Ok(request)
 }
 
@@ -449,5 +462,21 @@ pub async fn leading_scheduler(farm: &Farm) -> Result<usize> {
             bail!("no scheduler leads");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `docker compose` where the compose plugin is installed, else Debian's `docker-compose`.
+pub fn docker_compose() -> std::process::Command {
+    let plugin = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    match plugin {
+        true => {
+            let mut command = std::process::Command::new("docker");
+            command.arg("compose");
+            command
+        }
+        false => std::process::Command::new("docker-compose"),
     }
 }

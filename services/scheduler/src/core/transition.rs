@@ -1,254 +1,44 @@
-//! The leader's in-memory view of the queue: unfinished jobs, their tasks,
-//! the connected workers and what each runs.
-//!
-//! Postgres stays the record. Every change made here goes through
-//! [`Core::transition`] (tasks) or [`Core::refresh_job`] (jobs), which apply
-//! the state machine and queue the matching row write in the current
-//! [`Batch`]; nothing a change implies (an assignment, a cancel, an event)
-//! leaves the process before that batch is committed.
+//! Task and job state changes. Every task change goes through
+//! `Core::transition`, which applies the state machine, keeps the counts and
+//! shares in step, and queues the guarded row write and the event; every
+//! job change goes through `Core::set_job_state`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
-use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
-use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::core_events::EventSequencer;
-use crate::effects::Effect;
-use crate::eta::{self, EtaBook, RunStats};
-use crate::job_state::{self, JobFacts, JobState, TaskCounts};
-use crate::matching::Requirements;
-use crate::retry::RetryPolicy;
+use crate::core::batch::{Effect, JobWrite, TaskWrite};
+use crate::core::model::Outcome;
+use crate::core::{Core, RECENTLY_FINISHED};
+use crate::job_state::{self, JobState, TaskCounts};
 use crate::scene_history;
 use crate::task_state::{TaskEvent, TaskState};
-use crate::writer::{Batch, JobWrite, TaskWrite};
-
-/// A dispatched task that the worker has not confirmed after this long is
-/// presumed lost on the way (e.g. its outbox was full) and requeued.
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long past its maximum run time the scheduler waits for the worker to
-/// kill a task itself before failing it here.
-pub const MAX_RUN_GRACE: Duration = Duration::from_secs(30);
-
-/// Where a worker's session receives what the scheduler sends it.
-pub type Outbox = tokio::sync::mpsc::Sender<Result<pb::SchedulerMessage, tonic::Status>>;
-
-pub struct TaskEntry {
-    pub id: Uuid,
-    pub job_id: Uuid,
-    pub step: usize,
-    pub index: i32,
-    pub state: TaskState,
-    pub attempt: i32,
-    pub failures: i32,
-    pub worker_id: Option<String>,
-    pub command: String,
-    pub args: Vec<String>,
-    pub frames: Vec<i64>,
-    pub dispatched_at: Option<Instant>,
-    /// An attempt confirmed after a failover: its start is unknown.
-    pub claimed_attempt: Option<i32>,
-    /// When the task last became dispatchable, for the dispatch latency.
-    pub ready_at: Option<Instant>,
-}
-
-pub struct StepEntry {
-    pub name: String,
-    /// The renderer every task of the step runs; only workers that have it take them.
-    pub command: String,
-    /// Positions of the steps this one depends on.
-    pub depends_on: Vec<usize>,
-    pub requirements: Requirements,
-    /// Tasks that may be dispatched now, in order. Entries whose task moved
-    /// on (e.g. was cancelled) are skipped when they reach the front.
-    pub ready: VecDeque<Uuid>,
-    pub total: usize,
-    pub succeeded: usize,
-    /// Tasks that failed for good: while any has, the steps after this one cannot run.
-    pub failed: usize,
-    /// Recent mean run time of the step's successful attempts, for queue-wait estimates.
-    pub mean_run_seconds: Option<f64>,
-}
-
-pub struct JobEntry {
-    pub id: Uuid,
-    pub owner: String,
-    pub priority: i32,
-    /// Submission order, for ties.
-    pub seq: u64,
-    pub state: JobState,
-    pub paused: bool,
-    pub max_failed_tasks: i64,
-    pub max_run_seconds: u32,
-    pub stall_seconds: u32,
-    pub inputs: Vec<pb::TaskInput>,
-    pub steps: Vec<StepEntry>,
-    /// The job's unfinished tasks (and, after a reopen, the reopened ones).
-    pub task_ids: Vec<Uuid>,
-    pub counts: TaskCounts,
-    /// Failed attempts per worker, for the blocklist.
-    pub worker_failures: HashMap<String, u32>,
-    /// Jobs that must succeed before this one starts.
-    pub waiting_on: HashSet<Uuid>,
-    /// Why the job failed, once it has.
-    pub message: String,
-    /// The submission's W3C trace context, passed on to every task.
-    pub trace_context: HashMap<String, String>,
-    pub name: String,
-    /// The built-in or admin-approved template the job was made from; empty
-    /// for a template the submitter wrote.
-    pub template_name: String,
-    /// The last sequence number given to one of the job's events.
-    pub event_seq: u64,
-    /// Per-frame run times of earlier jobs of the same scene, by step name:
-    /// loaded with the job, handed to the ETA book when the core takes it.
-    pub earlier_run_times: HashMap<String, RunStats>,
-}
-
-impl JobEntry {
-    /// Whether every step `step` depends on has succeeded entirely.
-    pub fn step_unblocked(&self, step: usize) -> bool {
-        self.steps[step]
-            .depends_on
-            .iter()
-            .all(|&d| self.steps[d].succeeded == self.steps[d].total)
-    }
-
-    /// Whether a step can still complete: no step before it has a task that failed for good.
-    fn step_can_complete(&self, step: usize) -> bool {
-        self.steps[step]
-            .depends_on
-            .iter()
-            .all(|&d| self.steps[d].failed == 0 && self.step_can_complete(d))
-    }
-
-    fn facts(&self) -> JobFacts {
-        let runnable_left = self.counts.waiting > 0
-            && (0..self.steps.len()).any(|s| {
-                let step = &self.steps[s];
-                step.succeeded + step.failed < step.total && self.step_can_complete(s)
-            });
-        JobFacts {
-            counts: self.counts,
-            paused: self.paused,
-            max_failed_tasks: self.max_failed_tasks,
-            runnable_left: runnable_left || !self.waiting_on.is_empty(),
-        }
-    }
-
-    pub fn is_dispatchable(&self) -> bool {
-        !self.paused && self.waiting_on.is_empty() && !self.state.is_final()
-    }
-}
-
-pub struct WorkerEntry {
-    pub session: u64,
-    pub outbox: Outbox,
-    pub capabilities: pb::WorkerCapabilities,
-    pub slots: usize,
-    /// Attempts the worker holds.
-    pub running: HashSet<(Uuid, i32)>,
-    /// Since when the worker has run nothing.
-    pub idle_since: Option<Instant>,
-}
-
-impl WorkerEntry {
-    pub fn has_free_slot(&self) -> bool {
-        self.running.len() < self.slots
-    }
-}
-
-/// What a worker or the scheduler says about how an attempt ended.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub exit_code: Option<i32>,
-    pub message: String,
-    pub log_tail: String,
-    /// The Cycles device the attempt rendered on, as the worker reported it.
-    pub device: Option<String>,
-    /// The attempt's last status line, as the worker reported it.
-    pub status: Option<String>,
-}
-
-pub struct Core {
-    pub jobs: HashMap<Uuid, JobEntry>,
-    pub tasks: HashMap<Uuid, TaskEntry>,
-    pub workers: HashMap<String, WorkerEntry>,
-    /// Workers with at least one free slot.
-    pub free_workers: BTreeSet<String>,
-    /// Tasks in flight per owner, for fair share.
-    pub owner_running: HashMap<String, u64>,
-    pub owner_weights: HashMap<String, f64>,
-    /// When each owner last got a task, as a count of dispatches.
-    pub owner_served: HashMap<String, u64>,
-    pub dispatches: u64,
-    /// Jobs waiting for each job to succeed.
-    pub dependents: HashMap<Uuid, Vec<Uuid>>,
-    /// Tasks waiting out a retry backoff, soonest first.
-    pub retries: BinaryHeap<Reverse<(Instant, Uuid)>>,
-    pub policy: RetryPolicy,
-    pub batch: Batch,
-    /// Something changed that may let a task be dispatched.
-    pub dispatch_wanted: bool,
-    pub next_seq: u64,
-    /// Jobs touched since their state was last derived.
-    touched_jobs: HashSet<Uuid>,
-    /// In-flight attempts a previous leader dispatched, waiting until this
-    /// deadline for their worker to reconnect and confirm them.
-    pub unclaimed: HashMap<Uuid, Instant>,
-    /// Final states of jobs that left memory lately, for submissions that
-    /// raced with the end of a job they depend on.
-    pub recently_finished: HashMap<Uuid, JobState>,
-    /// Numbering and throttling of job events (`core_events.rs`).
-    pub events: EventSequencer,
-    /// Run times for each running job's ETA.
-    pub eta: EtaBook,
-    /// Admin-approved templates whose tasks may use the network; every
-    /// other task's sandbox has none.
-    pub network_templates: HashSet<String>,
-}
-
-/// Finished jobs remembered in `recently_finished`.
-const RECENTLY_FINISHED: usize = 10_000;
 
 impl Core {
-    pub fn new(policy: RetryPolicy, owner_weights: HashMap<String, f64>) -> Self {
-        Self {
-            jobs: HashMap::new(),
-            tasks: HashMap::new(),
-            workers: HashMap::new(),
-            free_workers: BTreeSet::new(),
-            owner_running: HashMap::new(),
-            owner_weights,
-            owner_served: HashMap::new(),
-            dispatches: 0,
-            dependents: HashMap::new(),
-            retries: BinaryHeap::new(),
-            policy,
-            batch: Batch::default(),
-            dispatch_wanted: true,
-            next_seq: 0,
-            touched_jobs: HashSet::new(),
-            unclaimed: HashMap::new(),
-            recently_finished: HashMap::new(),
-            events: EventSequencer::default(),
-            eta: EtaBook::default(),
-            network_templates: HashSet::new(),
-        }
-    }
-
     /// Applies `event` to the current attempt of a task. Returns the new
     /// state, or `None` (and changes nothing) when the event does not apply
     /// to the task's state.
-    pub fn transition(
+    pub(super) fn transition(
         &mut self,
         task_id: Uuid,
         event: TaskEvent,
         outcome: Option<&Outcome>,
     ) -> Option<TaskState> {
+        self.transition_until(task_id, event, outcome, None)
+    }
+
+    /// [`Core::transition`], with the time a retry is due written with the row.
+    pub(super) fn transition_until(
+        &mut self,
+        task_id: Uuid,
+        event: TaskEvent,
+        outcome: Option<&Outcome>,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Option<TaskState> {
+        let now = self.now.instant;
         let task = self.tasks.get_mut(&task_id)?;
         let from = task.state;
         let to = event.next(from)?;
@@ -256,7 +46,7 @@ impl Core {
         match event {
             TaskEvent::Dispatch => {
                 task.attempt += 1;
-                task.dispatched_at = Some(Instant::now());
+                task.dispatched_at = Some(now);
             }
             TaskEvent::FailAndRetry | TaskEvent::FailFinally => task.failures += 1,
             TaskEvent::Reopen => task.failures = 0,
@@ -267,6 +57,7 @@ impl Core {
         write.attempt = task.attempt;
         write.failures = task.failures;
         write.worker_id = task.worker_id.clone();
+        write.retry_at = retry_at;
         if let Some(outcome) = outcome {
             write.exit_code = outcome.exit_code;
             write.message = Some(outcome.message.clone());
@@ -286,6 +77,7 @@ impl Core {
         }
         if to == TaskState::Succeeded {
             self.learn_run_time(task_id);
+            self.outputs.forget(task_id);
         }
         self.count_move(job_id, step, from, to);
         self.batch.tasks.push(write);
@@ -317,7 +109,7 @@ impl Core {
             && worker.running.remove(&(task_id, attempt))
         {
             if worker.running.is_empty() {
-                worker.idle_since = Some(Instant::now());
+                worker.idle_since = Some(self.now.instant);
             }
             self.free_workers.insert(worker_id.to_owned());
             self.dispatch_wanted = true;
@@ -336,11 +128,10 @@ impl Core {
             step.failed = adjust(step.failed, from, to, TaskState::Failed);
         }
         if from.is_in_flight() != to.is_in_flight() {
-            let running = self.owner_running.entry(job.owner.clone()).or_default();
             if to.is_in_flight() {
-                *running += 1;
+                self.shares.started(&job.owner);
             } else {
-                *running = running.saturating_sub(1);
+                self.shares.stopped(&job.owner);
             }
         }
         if to == TaskState::Succeeded {
@@ -354,14 +145,17 @@ impl Core {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
-        let Some(ran) = task.dispatched_at.map(|t| t.elapsed().as_secs_f64()) else {
+        let Some(ran) = task
+            .dispatched_at
+            .map(|t| self.now.instant.saturating_duration_since(t).as_secs_f64())
+        else {
             return;
         };
         if task.claimed_attempt == Some(task.attempt) {
             return;
         }
         self.eta
-            .learn(task.job_id, task.step, ran, eta::frames_of(task));
+            .learn(task.job_id, task.step, ran, task.frame_count());
         if let Some(step) = self
             .jobs
             .get_mut(&task.job_id)
@@ -375,11 +169,11 @@ impl Core {
     }
 
     /// Puts a task back in its step's queue, at the front or the back.
-    pub fn make_ready(&mut self, task_id: Uuid, front: bool) {
+    pub(super) fn make_ready(&mut self, task_id: Uuid, front: bool) {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        task.ready_at = Some(Instant::now());
+        task.ready_at = Some(self.now.instant);
         if let Some(step) = self
             .jobs
             .get_mut(&task.job_id)
@@ -396,7 +190,7 @@ impl Core {
 
     /// Derives the state of every job touched since the last call, writes
     /// the ones that changed, and finishes jobs that reached a final state.
-    pub fn refresh_jobs(&mut self) {
+    pub(super) fn refresh_jobs(&mut self) {
         while !self.touched_jobs.is_empty() {
             let touched: Vec<Uuid> = self.touched_jobs.drain().collect();
             for job_id in touched {
@@ -405,7 +199,7 @@ impl Core {
         }
     }
 
-    pub fn touch(&mut self, job_id: Uuid) {
+    pub(super) fn touch(&mut self, job_id: Uuid) {
         self.touched_jobs.insert(job_id);
     }
 
@@ -425,7 +219,7 @@ impl Core {
     }
 
     /// Moves a job to `state` (any state: users reopen final jobs) and writes it.
-    pub fn set_job_state(&mut self, job_id: Uuid, state: JobState) {
+    pub(super) fn set_job_state(&mut self, job_id: Uuid, state: JobState) {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
@@ -433,8 +227,7 @@ impl Core {
         job.state = state;
         tracing::info!(job_id = %job_id, state = state.as_str(), "job state changed");
         if state.is_final() {
-            metrics::counter!(crate::scheduler_metrics::JOBS_FINISHED, "state" => state.as_str())
-                .increment(1);
+            self.batch.observations.jobs_finished.push(state);
         }
         self.batch.jobs.push(JobWrite {
             id: job_id,
@@ -491,12 +284,13 @@ impl Core {
             }
             for task_id in &job.task_ids {
                 self.tasks.remove(task_id);
+                self.outputs.forget(*task_id);
             }
         }
     }
 
     /// Cancels one task, telling its worker to stop if it runs.
-    pub fn cancel_task(&mut self, task_id: Uuid, reason: &Outcome) {
+    pub(super) fn cancel_task(&mut self, task_id: Uuid, reason: &Outcome) {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
@@ -512,10 +306,12 @@ impl Core {
         }
     }
 
-    pub fn send_cancel(&mut self, worker_id: &str, task_id: Uuid, attempt: i32) {
+    /// Tells a worker's current session to stop an attempt.
+    pub(super) fn send_cancel(&mut self, worker_id: &str, task_id: Uuid, attempt: i32) {
         if let Some(worker) = self.workers.get(worker_id) {
             self.batch.effects.push(Effect::Cancel {
-                outbox: worker.outbox.clone(),
+                worker_id: worker_id.to_owned(),
+                session: worker.session,
                 task_id,
                 attempt,
             });
@@ -538,30 +334,9 @@ impl Core {
         }
     }
 
-    /// Tasks whose retry backoff has run out go back into their queues.
-    pub fn release_due_retries(&mut self, now: Instant) {
-        while let Some(Reverse((at, task_id))) = self.retries.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.retries.pop();
-            if self
-                .tasks
-                .get(&task_id)
-                .is_some_and(|t| t.state == TaskState::WaitingRetry)
-            {
-                self.make_ready(task_id, true);
-            }
-        }
-    }
-
-    /// The weight of an owner's share of the farm (1 unless configured).
-    pub fn weight_of(&self, owner: &str) -> f64 {
-        self.owner_weights
-            .get(owner)
-            .copied()
-            .unwrap_or(1.0)
-            .max(0.001)
+    /// Queues a task's next attempt after its backoff.
+    pub(super) fn retry_later(&mut self, task_id: Uuid, at: std::time::Instant) {
+        self.retries.push(Reverse((at, task_id)));
     }
 }
 

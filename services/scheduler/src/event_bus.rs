@@ -1,5 +1,5 @@
 //! Live job events for watchers, fanned out in memory after their batch
-//! committed. The record is the `job_events` table (`event_log.rs`): a
+//! committed. The record is the `job_events` table (`event_replay.rs`): a
 //! watcher that falls behind this bus's buffer, or connects late, reads what
 //! it missed from there, so it never loses an event.
 
@@ -62,7 +62,7 @@ impl EventBus {
                 if etas.len() >= ETA_MEMORY {
                     etas.clear();
                 }
-                etas.insert(id, eta.clone());
+                etas.insert(id, *eta);
             }
             None => {
                 etas.remove(&id);

@@ -1,40 +1,17 @@
-//! Creating jobs in Postgres and answering questions about them. Changes of
-//! task and job state are written by the dispatch core, in `writer.rs`.
+//! Questions about jobs, answered from Postgres: the record, its tasks,
+//! outputs and logs. Read-only; the dispatch core's changes are written by
+//! `batch_writer.rs`, a submission's rows by `inserts.rs`.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use kiln_jobmodel::JobPlan;
 use kiln_proto::v1 as pb;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::SchedulerError;
-use crate::fence::{self, Token};
 use crate::job_state::JobState;
 use crate::task_state::TaskState;
-
-/// What a submission stores besides the plan.
-pub struct NewJob<'a> {
-    pub name: &'a str,
-    pub owner: &'a str,
-    pub priority: i32,
-    pub template_name: &'a str,
-    pub template_document: &'a str,
-    pub parameters: &'a HashMap<String, String>,
-    pub inputs: &'a [pb::JobInput],
-    pub depends_on_jobs: &'a [Uuid],
-    pub max_failed_tasks: i32,
-    pub max_run_seconds: i32,
-    pub stall_seconds: i32,
-    pub trace_context: &'a HashMap<String, String>,
-}
-
-/// A stored job's id and its tasks' ids, step by step in plan order.
-pub struct CreatedJob {
-    pub id: Uuid,
-    pub task_ids: Vec<Vec<Uuid>>,
-}
+use crate::timestamps::timestamp;
 
 #[derive(sqlx::FromRow)]
 struct JobRow {
@@ -80,105 +57,6 @@ struct TaskRow {
     retry_at: Option<DateTime<Utc>>,
     device: String,
     status: String,
-}
-
-/// Stores a job with all its steps and tasks in one transaction.
-pub async fn create_job(
-    db: &PgPool,
-    token: Token,
-    job: NewJob<'_>,
-    plan: &JobPlan,
-) -> Result<CreatedJob, SchedulerError> {
-    let id = Uuid::new_v4();
-    let mut tx = db.begin().await?;
-    fence::check(&mut tx, token).await?;
-    sqlx::query(
-        "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs, owner,
-                           depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds, trace_context)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    )
-    .bind(id)
-    .bind(job.name)
-    .bind(JobState::Pending.as_str())
-    .bind(job.priority)
-    .bind(job.template_name)
-    .bind(job.template_document)
-    .bind(serde_json::to_value(job.parameters).unwrap_or_default())
-    .bind(inputs_to_json(job.inputs))
-    .bind(job.owner)
-    .bind(job.depends_on_jobs)
-    .bind(job.max_failed_tasks)
-    .bind(job.max_run_seconds)
-    .bind(job.stall_seconds)
-    .bind(serde_json::to_value(job.trace_context).unwrap_or_default())
-    .execute(&mut *tx)
-    .await?;
-    let mut task_ids = Vec::with_capacity(plan.steps.len());
-    for (position, step) in plan.steps.iter().enumerate() {
-        task_ids.push(insert_step(&mut tx, id, position as i32, step).await?);
-    }
-    tx.commit().await?;
-    Ok(CreatedJob { id, task_ids })
-}
-
-async fn insert_step(
-    tx: &mut Transaction<'_, Postgres>,
-    job_id: Uuid,
-    position: i32,
-    step: &kiln_jobmodel::StepPlan,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query("INSERT INTO steps (job_id, name, position, depends_on, host_requirements) VALUES ($1, $2, $3, $4, $5)")
-        .bind(job_id)
-        .bind(&step.name)
-        .bind(position)
-        .bind(&step.depends_on)
-        .bind(step.host_requirements.as_ref().and_then(|h| serde_json::to_value(h).ok()))
-        .execute(&mut **tx)
-        .await?;
-    // One multi-row insert per step: a 10,000-frame job is one round trip, not 10,000.
-    // Each task's args and frames travel as JSON text because Postgres arrays of
-    // arrays must be rectangular, and UNNEST would flatten them.
-    let count = step.tasks.len();
-    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
-    let indexes: Vec<i32> = (0..count as i32).collect();
-    let commands: Vec<&str> = step.tasks.iter().map(|t| t.command.as_str()).collect();
-    let args: Vec<String> = step
-        .tasks
-        .iter()
-        .map(|t| serde_json::to_string(&t.args).unwrap_or_default())
-        .collect();
-    let frames: Vec<String> = step
-        .tasks
-        .iter()
-        .map(|t| serde_json::to_string(&t.frames).unwrap_or_default())
-        .collect();
-    sqlx::query(
-        "INSERT INTO tasks (id, job_id, step_name, index, state, command, args, frames)
-         SELECT id, $2, $3, index, $4, command,
-                ARRAY(SELECT jsonb_array_elements_text(args::jsonb)),
-                ARRAY(SELECT jsonb_array_elements_text(frames::jsonb)::bigint)
-         FROM UNNEST($1::uuid[], $5::int[], $6::text[], $7::text[], $8::text[]) AS t(id, index, command, args, frames)",
-    )
-    .bind(&ids)
-    .bind(job_id)
-    .bind(&step.name)
-    .bind(TaskState::Pending.as_str())
-    .bind(&indexes)
-    .bind(&commands)
-    .bind(&args)
-    .bind(&frames)
-    .execute(&mut **tx)
-    .await?;
-    Ok(ids)
-}
-
-fn inputs_to_json(inputs: &[pb::JobInput]) -> serde_json::Value {
-    serde_json::Value::Array(
-        inputs
-            .iter()
-            .map(|i| serde_json::json!({"path": i.path, "digest": i.digest}))
-            .collect(),
-    )
 }
 
 pub fn inputs_from_json(value: &serde_json::Value) -> Vec<pb::JobInput> {
@@ -377,13 +255,6 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
     job
 }
 
-pub fn timestamp(at: DateTime<Utc>) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
-}
-
 pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
     let rows: Vec<TaskRow> = sqlx::query_as(
         "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at,
@@ -436,40 +307,6 @@ pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput
         .collect())
 }
 
-/// Records an output of the given attempt, unless that attempt is no longer
-/// the task's current one (a late report from a worker presumed dead).
-pub async fn record_output(
-    db: &PgPool,
-    token: Token,
-    task_id: Uuid,
-    attempt: i32,
-    output: &pb::OutputStored,
-) -> Result<Option<Uuid>, SchedulerError> {
-    let mut tx = db.begin().await?;
-    fence::check(&mut tx, token).await?;
-    let job_id = sqlx::query_scalar(
-        "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
-         SELECT job_id, $3, $4, $5, id, $7 FROM tasks WHERE id = $1 AND attempt = $2 AND state = ANY($6)
-         ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest, size = EXCLUDED.size,
-             task_id = EXCLUDED.task_id, kind = EXCLUDED.kind, created_at = now()
-         RETURNING job_id",
-    )
-    .bind(task_id)
-    .bind(attempt)
-    .bind(&output.path)
-    .bind(&output.digest)
-    .bind(output.size as i64)
-    .bind(vec![
-        TaskState::Dispatched.as_str(),
-        TaskState::Running.as_str(),
-    ])
-    .bind(&output.kind)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(job_id)
-}
-
 /// Outputs of the steps `step_names` of a job: the inputs of a step that depends on them.
 pub async fn outputs_of_steps(
     db: &PgPool,
@@ -487,18 +324,4 @@ pub async fn outputs_of_steps(
     .bind(step_names)
     .fetch_all(db)
     .await
-}
-
-/// Forgets a finished job's blocklisted workers (one, or all with `None`).
-pub async fn clear_blocklist(
-    db: impl sqlx::PgExecutor<'_>,
-    job_id: Uuid,
-    worker_id: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM blocklist WHERE job_id = $1 AND ($2::text IS NULL OR worker_id = $2)")
-        .bind(job_id)
-        .bind(worker_id)
-        .execute(db)
-        .await?;
-    Ok(())
 }

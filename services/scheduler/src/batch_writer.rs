@@ -1,154 +1,47 @@
-//! Durable writes, batched: everything the dispatch core changed since the
-//! last flush is written in one transaction of a few multi-row statements,
-//! however many tasks it covers. The rows are guarded on the state and
-//! attempt the core expected, so a write can never move a task that another
-//! writer moved.
+//! The core's batches, made durable: everything the dispatch core changed
+//! since the last flush is written in one transaction of a few multi-row
+//! statements, however many tasks it covers. The rows are guarded on the
+//! state and attempt the core expected, so a write can never move a task
+//! that another writer moved. (The only other write is a submitted job's
+//! rows: `inserts.rs`.)
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use chrono::{DateTime, Utc};
 use kiln_proto::v1 as pb;
 use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::effects::Effect;
+use crate::core::batch::{Batch, BlocklistWrite, JobWrite, OutputWrite, TaskWrite};
 use crate::fence::{self, FenceError, Token};
-use crate::job_state::JobState;
-use crate::scene_history::{self, SceneTimesWrite};
-use crate::task_state::TaskState;
+use crate::scene_history;
 
-/// One task's row after a transition (or several, coalesced).
-#[derive(Debug, Clone)]
-pub struct TaskWrite {
-    pub id: Uuid,
-    pub expect_state: TaskState,
-    pub expect_attempt: i32,
-    pub state: TaskState,
-    pub attempt: i32,
-    pub failures: i32,
-    pub worker_id: Option<String>,
-    pub retry_at: Option<DateTime<Utc>>,
-    pub exit_code: Option<i32>,
-    pub message: Option<String>,
-    pub log_tail: Option<String>,
-    pub device: Option<String>,
-    pub status: Option<String>,
-}
-
-impl TaskWrite {
-    pub fn new(id: Uuid, expect_state: TaskState, expect_attempt: i32) -> Self {
-        Self {
-            id,
-            expect_state,
-            expect_attempt,
-            state: expect_state,
-            attempt: expect_attempt,
-            failures: 0,
-            worker_id: None,
-            retry_at: None,
-            exit_code: None,
-            message: None,
-            log_tail: None,
-            device: None,
-            status: None,
-        }
-    }
-
-    /// Folds a later write of the same task into this one: the row ends as
-    /// the later one says, guarded by what this one expected.
-    fn absorb(&mut self, later: TaskWrite) {
-        self.state = later.state;
-        self.attempt = later.attempt;
-        self.failures = later.failures;
-        self.worker_id = later.worker_id.or(self.worker_id.take());
-        self.retry_at = later.retry_at;
-        self.exit_code = later.exit_code.or(self.exit_code);
-        self.message = later.message.or(self.message.take());
-        self.log_tail = later.log_tail.or(self.log_tail.take());
-        self.device = later.device.or(self.device.take());
-        self.status = later.status.or(self.status.take());
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct JobWrite {
-    pub id: Uuid,
-    pub state: JobState,
-    pub priority: i32,
-    pub message: String,
-    pub finished: bool,
-    pub reopened: bool,
-}
-
-#[derive(Debug, Clone)]
-pub enum BlocklistWrite {
-    Set {
-        job_id: Uuid,
-        worker_id: String,
-        failures: i32,
-        blocked: bool,
-    },
-    Clear {
-        job_id: Uuid,
-        worker_id: Option<String>,
-    },
-}
-
-/// An output a successful attempt stored, recorded with its success.
-#[derive(Debug, Clone)]
-pub struct OutputWrite {
-    pub job_id: Uuid,
-    pub task_id: Uuid,
-    pub path: String,
-    pub digest: String,
-    pub size: i64,
-    /// Empty for a step's own files; "log", "thumbnail" for the others.
-    pub kind: String,
-}
-
-#[derive(Default)]
-pub struct Batch {
-    pub tasks: Vec<TaskWrite>,
-    pub jobs: Vec<JobWrite>,
-    pub blocklist: Vec<BlocklistWrite>,
-    pub outputs: Vec<OutputWrite>,
-    /// Job events, numbered by the core (`core_events.rs`).
-    pub events: Vec<(Uuid, Arc<pb::JobEvent>)>,
-    /// Farm events, numbered by the core (`core_events.rs`).
-    pub farm_events: Vec<Arc<pb::JobEvent>>,
-    /// Run times succeeded jobs leave for their scenes (`scene_history.rs`).
-    pub scene_times: Vec<SceneTimesWrite>,
-    /// What to do once the writes are committed, in order.
-    pub effects: Vec<Effect>,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-            && self.jobs.is_empty()
-            && self.blocklist.is_empty()
-            && self.outputs.is_empty()
-            && self.events.is_empty()
-            && self.farm_events.is_empty()
-            && self.scene_times.is_empty()
-            && self.effects.is_empty()
-    }
-}
+/// First pause before writing a batch again after a transient error.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Longest pause between attempts.
+const MAX_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    /// Postgres refused the batch for a reason that retrying cannot mend (a
+    /// value or constraint it rejects, a schema that does not match): the
+    /// core's view cannot be made durable, so this scheduler stops leading.
+    #[error("postgres refused the batch: {0}")]
+    Refused(sqlx::Error),
     /// Rows were not where this scheduler believed: someone else wrote them.
     #[error("{0} task rows were not in the state this scheduler expected")]
     Conflict(usize),
     /// Another scheduler leads now.
     #[error("{0}")]
     Fenced(String),
+    /// The task writing the batch panicked: what was written is unknown.
+    #[error("the batch writer panicked: {0}")]
+    Panicked(String),
+    /// Transient: retried by [`write_until_done`], never returned by it.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
 impl From<FenceError> for WriteError {
@@ -160,18 +53,49 @@ impl From<FenceError> for WriteError {
     }
 }
 
-/// Writes a batch, retrying while Postgres is unreachable.
+/// Whether an error may go away if the same batch is written again: the
+/// connection failed (Postgres restarting, a network cut, the pool unable to
+/// connect in time), or Postgres aborted the transaction for a
+/// serialization failure or a deadlock.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 40001 serialization failure, 40P01
+            // deadlock; 57P01-57P03 the server shutting down or starting;
+            // 53300 too many connections.
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// Writes a batch, retrying with jittered backoff while the error is
+/// transient. Any other error is returned at once: the dispatch loop then
+/// stops and this scheduler stops leading, as it does on a fencing conflict,
+/// rather than stall all dispatch behind a write that can never succeed.
 pub async fn write_until_done(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteError> {
-    let mut delay = Duration::from_millis(100);
+    let mut nominal = FIRST_RETRY;
     loop {
         match write(db, batch, token).await {
             Ok(()) => return Ok(()),
-            Err(WriteError::Database(err)) => {
+            Err(WriteError::Database(err)) if is_transient(&err) => {
+                // Jitter in the upper half, so replicas coming back together
+                // do not hammer Postgres in step.
+                let delay = nominal.mul_f64(rand::random_range(0.5..=1.0));
                 tracing::warn!(error = %err, retry_in = ?delay, "cannot write task states; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                nominal = (nominal * 2).min(MAX_RETRY);
             }
-            Err(conflict) => return Err(conflict),
+            Err(WriteError::Database(err)) => {
+                tracing::error!(error = %err, tasks = batch.tasks.len(), "postgres refused a batch; this scheduler stops leading");
+                return Err(WriteError::Refused(err));
+            }
+            Err(other) => return Err(other),
         }
     }
 }
@@ -179,7 +103,7 @@ pub async fn write_until_done(db: &PgPool, batch: &Batch, token: Token) -> Resul
 async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteError> {
     let mut tx = db.begin().await?;
     fence::check(&mut tx, token).await?;
-    let tasks = coalesce(&batch.tasks);
+    let tasks = batch.coalesced_tasks();
     if !tasks.is_empty() {
         let written = write_tasks(&mut tx, &tasks).await?;
         if written != tasks.len() as u64 {
@@ -204,21 +128,6 @@ async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteErro
     scene_history::write(&mut tx, &batch.scene_times).await?;
     tx.commit().await?;
     Ok(())
-}
-
-fn coalesce(writes: &[TaskWrite]) -> Vec<TaskWrite> {
-    let mut merged: Vec<TaskWrite> = Vec::with_capacity(writes.len());
-    let mut position: HashMap<Uuid, usize> = HashMap::with_capacity(writes.len());
-    for write in writes {
-        match position.get(&write.id) {
-            Some(&i) => merged[i].absorb(write.clone()),
-            None => {
-                position.insert(write.id, merged.len());
-                merged.push(write.clone());
-            }
-        }
-    }
-    merged
 }
 
 async fn write_tasks(tx: &mut sqlx::PgConnection, tasks: &[TaskWrite]) -> Result<u64, sqlx::Error> {
@@ -353,14 +262,20 @@ async fn write_blocklist(
             .await?;
         }
         BlocklistWrite::Clear { job_id, worker_id } => {
-            crate::store::clear_blocklist(&mut *tx, *job_id, worker_id.as_deref()).await?;
+            sqlx::query(
+                "DELETE FROM blocklist WHERE job_id = $1 AND ($2::text IS NULL OR worker_id = $2)",
+            )
+            .bind(job_id)
+            .bind(worker_id.as_deref())
+            .execute(&mut *tx)
+            .await?;
         }
     }
     Ok(())
 }
 
 /// Records outputs (the last write of a path wins), as one statement; rows
-/// already as the success lists them are not rewritten.
+/// that already hold the same file are not rewritten.
 async fn write_outputs(
     tx: &mut sqlx::PgConnection,
     outputs: &[OutputWrite],
@@ -375,8 +290,8 @@ async fn write_outputs(
         "INSERT INTO outputs (job_id, path, digest, size, task_id, kind)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], $6::text[])
          ON CONFLICT (job_id, path) DO UPDATE SET digest = EXCLUDED.digest,
-             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind
-         -- Most were recorded as their reports arrived: leave those rows be.
+             size = EXCLUDED.size, task_id = EXCLUDED.task_id, kind = EXCLUDED.kind,
+             created_at = now()
          WHERE (outputs.digest, outputs.size, outputs.task_id, outputs.kind)
                IS DISTINCT FROM (EXCLUDED.digest, EXCLUDED.size, EXCLUDED.task_id, EXCLUDED.kind)",
     )

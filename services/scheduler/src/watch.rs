@@ -1,126 +1,29 @@
-//! Watching jobs without losing an event: what a watcher missed comes from
-//! the `job_events` table, then live events from the bus, with no gap and no
-//! duplicate. The watcher subscribes to the bus *before* reading Postgres,
-//! so any event not yet in its read is published after it subscribed; live
-//! events at or below its position are dropped. A watcher that falls behind
-//! the bus (or sees a gap) resumes from Postgres instead of losing events.
+//! One watch of a job or of the farm, without losing an event: what the
+//! watcher missed comes from Postgres (`event_replay.rs`), then live events
+//! from the bus (`event_bus.rs`), with no gap and no duplicate. The watcher
+//! subscribes to the bus *before* reading Postgres, so any event not yet in
+//! its read is published after it subscribed; live events at or below its
+//! position are dropped. A watcher that falls behind the bus (or sees a gap)
+//! resumes from Postgres instead of losing events.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_proto::v1 as pb;
-use kiln_proto::v1::job_event::Event;
-use prost::Message;
-use sqlx::PgPool;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
-use uuid::Uuid;
 
-use crate::events::JobNotice;
+use crate::event_bus::JobNotice;
+use crate::event_replay::{PAGE, Scope, page};
 use crate::leader::LeaderSlot;
+use crate::queries;
 use crate::scheduler::Scheduler;
-use crate::store;
 
-/// Events read from Postgres per query while catching up.
-const PAGE: i64 = 500;
 /// How often a watch checks that its scheduler still leads; one that does
 /// not ends the stream (UNAVAILABLE) so the client resumes at the new leader.
 const LEADER_CHECK: Duration = Duration::from_secs(1);
 
 pub type Watcher = mpsc::Sender<Result<pb::JobEvent, Status>>;
-
-/// Which events a watch follows.
-#[derive(Debug, Clone, Copy)]
-pub enum Scope {
-    Job(Uuid),
-    Farm,
-}
-
-impl Scope {
-    fn position(self, event: &pb::JobEvent) -> u64 {
-        match self {
-            Self::Job(_) => event.seq,
-            Self::Farm => event.farm_seq,
-        }
-    }
-
-    fn wants(self, event: &pb::JobEvent) -> bool {
-        match self {
-            Self::Job(id) => Uuid::parse_str(&event.job_id).is_ok_and(|e| e == id),
-            Self::Farm => true,
-        }
-    }
-
-    /// A job watch ends with the job's final record.
-    fn ends_with(self, event: &pb::JobEvent) -> bool {
-        matches!(self, Self::Job(_)) && is_final_record(event)
-    }
-}
-
-pub fn is_final_record(event: &pb::JobEvent) -> bool {
-    let Some(Event::JobChanged(job)) = &event.event else {
-        return false;
-    };
-    matches!(
-        pb::JobState::try_from(job.state),
-        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
-    )
-}
-
-/// Events of `scope` after `after`, oldest first, at most PAGE.
-async fn page(db: &PgPool, scope: Scope, after: u64) -> Result<Vec<pb::JobEvent>, Status> {
-    let rows: Vec<Vec<u8>> = match scope {
-        Scope::Job(id) => sqlx::query_scalar(
-            "SELECT payload FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(id)
-        .bind(after as i64)
-        .bind(PAGE)
-        .fetch_all(db)
-        .await,
-        Scope::Farm => {
-            sqlx::query_scalar(
-                "SELECT payload FROM (
-                     SELECT farm_seq, payload FROM job_events WHERE farm_seq > $1
-                     UNION ALL
-                     SELECT farm_seq, payload FROM farm_events WHERE farm_seq > $1
-                 ) AS events ORDER BY farm_seq LIMIT $2",
-            )
-            .bind(after as i64)
-            .bind(PAGE)
-            .fetch_all(db)
-            .await
-        }
-    }
-    .map_err(|err| Status::unavailable(format!("cannot read job events: {err}")))?;
-    rows.iter()
-        .map(|bytes| {
-            pb::JobEvent::decode(bytes.as_slice())
-                .map_err(|err| Status::data_loss(format!("a stored job event is corrupt: {err}")))
-        })
-        .collect()
-}
-
-/// The last position written for `scope`.
-pub async fn last_position(db: &PgPool, scope: Scope) -> Result<u64, sqlx::Error> {
-    let last: Option<i64> = match scope {
-        Scope::Job(id) => {
-            sqlx::query_scalar("SELECT max(seq) FROM job_events WHERE job_id = $1")
-                .bind(id)
-                .fetch_one(db)
-                .await?
-        }
-        Scope::Farm => {
-            sqlx::query_scalar(
-                "SELECT greatest((SELECT max(farm_seq) FROM job_events),
-                                 (SELECT max(farm_seq) FROM farm_events))",
-            )
-            .fetch_one(db)
-            .await?
-        }
-    };
-    Ok(last.unwrap_or(0) as u64)
-}
 
 /// How a stretch of a watch ended.
 enum Next {
@@ -161,7 +64,7 @@ impl Watch {
     async fn catch_up(&mut self) -> Result<Next, Status> {
         // A job already finished when we look has its whole sequence written.
         let finished = match self.scope {
-            Scope::Job(id) => store::job_state(&self.scheduler.db, id)
+            Scope::Job(id) => queries::job_state(&self.scheduler.db, id)
                 .await
                 .map_err(|err| Status::unavailable(err.to_string()))?
                 .is_some_and(|s| s.is_final()),

@@ -12,13 +12,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::core::{Core, Outcome};
+use crate::core::Core;
+use crate::core::model::{Attempt, Outcome};
 use crate::task_state::{TaskEvent, TaskState};
-
-type Attempt = (Uuid, i32);
 
 /// How long a reconnected worker's re-sent results have to arrive before the
 /// attempts it did not name are requeued.
@@ -28,7 +26,7 @@ impl Core {
     /// Ends a worker's previous session for a new one: the attempts the
     /// worker still names move to the new session, the rest are lost.
     /// Returns those kept.
-    pub(crate) fn replace_session(
+    pub(super) fn replace_session(
         &mut self,
         worker_id: &str,
         held: &[Attempt],
@@ -48,7 +46,7 @@ impl Core {
 
     /// Takes back what a reconnecting worker names: unclaimed attempts it was
     /// given become its own again; any other it may no longer run is cancelled.
-    pub(crate) fn reclaim(&mut self, worker_id: &str, held: Vec<Attempt>) {
+    pub(super) fn reclaim(&mut self, worker_id: &str, held: Vec<Attempt>) {
         for (task_id, attempt) in held {
             let own = self
                 .workers
@@ -78,7 +76,7 @@ impl Core {
     /// The unclaimed attempts given to this worker that it did not name: it
     /// does not run them, so they need not wait out the reclaim window.
     fn shorten_unnamed(&mut self, worker_id: &str) {
-        let soon = Instant::now() + UNNAMED_GRACE;
+        let soon = self.now.instant + UNNAMED_GRACE;
         for (task_id, deadline) in self.unclaimed.iter_mut() {
             let given_to_worker = self
                 .tasks
@@ -97,7 +95,7 @@ impl Core {
         };
         // Run-time limits count from here: when it was dispatched is not
         // known, so neither is its run time, which the ETA must not learn.
-        task.dispatched_at = Some(Instant::now());
+        task.dispatched_at = Some(self.now.instant);
         task.claimed_attempt = Some(attempt);
         let dispatched = task.state == TaskState::Dispatched;
         if let Some(worker) = self.workers.get_mut(worker_id) {
@@ -112,10 +110,11 @@ impl Core {
     }
 
     /// Requeues the unclaimed attempts whose reclaim window has ended.
-    pub(crate) fn expire_unclaimed(&mut self, now: Instant) {
+    pub(super) fn expire_unclaimed(&mut self) {
         if self.unclaimed.is_empty() {
             return;
         }
+        let now = self.now.instant;
         let due: Vec<Uuid> = self
             .unclaimed
             .iter()
@@ -128,7 +127,7 @@ impl Core {
     }
 
     /// Requeues at once the unclaimed attempts of a worker known to be dead.
-    pub(crate) fn release_unclaimed_of(&mut self, worker_id: &str) {
+    pub(super) fn release_unclaimed_of(&mut self, worker_id: &str) {
         let theirs: Vec<Uuid> = self
             .unclaimed
             .keys()
