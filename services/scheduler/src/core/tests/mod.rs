@@ -160,7 +160,7 @@ pub fn job(owner: &str, tasks: usize) -> JobSpec {
 
 impl JobSpec {
     /// Made from the approved template `name` (not one the submitter wrote).
-    pub fn from_template(mut self, name: &str) -> Self {
+    pub fn made_from(mut self, name: &str) -> Self {
         self.template_name = name.into();
         self
     }

@@ -252,8 +252,8 @@ fn only_tasks_of_a_template_approved_for_the_network_may_use_it() {
     });
     std::mem::swap(&mut bench.core, &mut core);
     bench.join("w", worker().slots(3));
-    bench.submit(job("alice", 1).from_template("net-probe"));
-    bench.submit(job("alice", 1).from_template("blender"));
+    bench.submit(job("alice", 1).made_from("net-probe"));
+    bench.submit(job("alice", 1).made_from("blender"));
     bench.submit(job("alice", 1));
     bench.core.dispatch(bench.now);
     let batch = bench.commit();
