@@ -480,3 +480,20 @@ pub fn docker_compose() -> std::process::Command {
         false => std::process::Command::new("docker-compose"),
     }
 }
+
+/// Creates an access token named `name` with `role` (as the farm's admin)
+/// and returns its secret.
+pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<String> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let credentials = CallCredentials::bearer(farm.admin_token())?;
+    let mut tokens =
+        pb::token_service_client::TokenServiceClient::with_interceptor(channel, credentials);
+    let request = pb::CreateTokenRequest {
+        name: name.to_owned(),
+        role: role as i32,
+    };
+    Ok(tokens.create_token(request).await?.into_inner().secret)
+}
