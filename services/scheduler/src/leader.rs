@@ -68,6 +68,8 @@ pub struct Leading {
     pub owner_weights: HashMap<String, f64>,
     /// What each owner may queue and run at once.
     pub quotas: QuotaSettings,
+    /// Templates whose tasks may use the network.
+    pub network_templates: std::collections::HashSet<String>,
     /// How this process is listed in etcd while it leads.
     pub endpoint: Endpoint,
     /// Seconds of the election lease: how long a crashed leader holds on.
@@ -221,6 +223,7 @@ async fn lead(
         leading.policy,
         leading.owner_weights.clone(),
         leading.quotas.clone(),
+        leading.network_templates.clone(),
         token,
     )
     .await

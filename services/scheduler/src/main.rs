@@ -129,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         },
         owner_weights: config.owner_weights.iter().cloned().collect(),
         quotas: config.quotas.core(),
+        network_templates: config.network_templates.iter().cloned().collect(),
         endpoint,
         lease_ttl: config.leader_ttl,
     };

@@ -55,6 +55,8 @@ struct TaskRow {
     message: String,
     log_tail: String,
     retry_at: Option<DateTime<Utc>>,
+    device: String,
+    status: String,
 }
 
 pub fn inputs_from_json(value: &serde_json::Value) -> Vec<pb::JobInput> {
@@ -276,7 +278,8 @@ pub async fn list_tasks(
     after: Option<TaskPosition>,
 ) -> Result<Vec<(TaskPosition, pb::Task)>, sqlx::Error> {
     let rows: Vec<PositionedTaskRow> = sqlx::query_as(
-        "SELECT s.position, t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at
+        "SELECT s.position, t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at,
+                t.device, t.status
          FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
          WHERE t.job_id = $1 AND ($3::integer IS NULL OR (s.position, t.index) > ($3, $4))
          ORDER BY s.position, t.index LIMIT $2",
@@ -306,6 +309,8 @@ pub async fn list_tasks(
                 message: r.message,
                 log_tail: r.log_tail,
                 retry_at: r.retry_at.map(timestamp),
+                device: r.device,
+                status: r.status,
             };
             (at, task)
         })

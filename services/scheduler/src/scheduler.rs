@@ -57,6 +57,7 @@ impl Scheduler {
         policy: RetryPolicy,
         owner_weights: HashMap<String, f64>,
         quotas: QuotaSettings,
+        network_templates: std::collections::HashSet<String>,
         token: Token,
     ) -> Result<Started, SchedulerError> {
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
@@ -73,6 +74,7 @@ impl Scheduler {
             farm_position,
             jitter_seed: rand::random(),
             now,
+            network_templates,
         });
         for job in loaded {
             core.restore(*job.job, job.tasks, now);

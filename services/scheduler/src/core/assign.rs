@@ -129,6 +129,8 @@ impl Core {
             stall_seconds: job.stall_seconds,
             trace_context: job.trace_context.clone(),
             owner: job.owner.clone(),
+            allow_network: !job.template_name.is_empty()
+                && self.network_templates.contains(&job.template_name),
         });
         let dependency_steps = step
             .depends_on
