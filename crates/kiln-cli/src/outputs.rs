@@ -1,6 +1,8 @@
 //! Downloading a job's outputs into a directory.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,6 +15,11 @@ use crate::pages;
 
 /// Files downloaded at once.
 const PARALLEL_DOWNLOADS: usize = 4;
+/// Tries of one file while the gateway says too many requests, and the
+/// pauses between them (doubling).
+const MAX_ATTEMPTS: u32 = 20;
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// The job's outputs, sorted by path: every page of them.
 pub async fn list(jobs: &JobClient, job_id: &str) -> Result<Vec<JobOutput>, CliError> {
@@ -55,7 +62,9 @@ pub async fn tasks(jobs: &JobClient, job_id: &str) -> Result<Vec<Task>, CliError
 }
 
 /// Downloads every output into `dir`, keeping its relative path; returns
-/// the written paths in the order of `outputs`.
+/// the written paths in the order of `outputs`. Each content is fetched
+/// once: outputs with the same digest (identical frames, say) are copied
+/// from the first, which spares the gateway's per-token request rate.
 pub async fn download_all(
     assets: &AssetClient,
     outputs: &[JobOutput],
@@ -63,28 +72,56 @@ pub async fn download_all(
 ) -> Result<Vec<PathBuf>, CliError> {
     let targets = outputs
         .iter()
-        .map(|output| Ok((output, dir.join(safe_relative(&output.path)?))))
+        .map(|output| {
+            Ok((
+                output.digest.as_str(),
+                dir.join(safe_relative(&output.path)?),
+            ))
+        })
         .collect::<Result<Vec<_>, CliError>>()?;
+    let mut first_of: HashMap<&str, &Path> = HashMap::new();
+    let mut copies = Vec::new();
+    let mut fetches = Vec::new();
+    for (digest, dest) in &targets {
+        match first_of.get(digest) {
+            Some(source) => copies.push((*source, dest.as_path())),
+            None => {
+                first_of.insert(digest, dest);
+                fetches.push((*digest, dest.as_path()));
+            }
+        }
+    }
     let bar = ProgressBar::new(targets.len() as u64);
     if let Ok(style) =
         ProgressStyle::with_template("downloading {bar:40.cyan/blue} {pos}/{len} files")
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    let written: Vec<PathBuf> = futures::stream::iter(targets)
-        .map(|(output, dest)| {
+    futures::stream::iter(fetches)
+        .map(|(digest, dest)| {
             let bar = bar.clone();
             async move {
-                download_one(assets, &output.digest, &dest).await?;
+                download_one(assets, digest, dest).await?;
                 bar.inc(1);
-                Ok::<_, CliError>(dest)
+                Ok::<_, CliError>(())
             }
         })
-        .buffered(PARALLEL_DOWNLOADS)
-        .try_collect()
+        .buffer_unordered(PARALLEL_DOWNLOADS)
+        .try_collect::<()>()
         .await?;
+    for (source, dest) in copies {
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(CliError::io(parent))?;
+        }
+        tokio::fs::copy(source, dest)
+            .await
+            .map_err(CliError::io(dest))?;
+        bar.inc(1);
+    }
     bar.finish_and_clear();
-    Ok(written)
+    Ok(targets.into_iter().map(|(_, dest)| dest).collect())
 }
 
 async fn download_one(assets: &AssetClient, digest: &str, dest: &Path) -> Result<(), CliError> {
@@ -92,6 +129,21 @@ async fn download_one(assets: &AssetClient, digest: &str, dest: &Path) -> Result
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(CliError::io(parent))?;
+    }
+    // The gateway limits each token's request rate: a job with tens of
+    // thousands of outputs meets that limit, which asks to come back shortly.
+    let mut pause = FIRST_PAUSE;
+    for _ in 1..MAX_ATTEMPTS {
+        match assets.download_to(digest, dest).await {
+            Err(err) if err.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+            result => {
+                result?;
+                return Ok(());
+            }
+        }
     }
     assets.download_to(digest, dest).await?;
     Ok(())

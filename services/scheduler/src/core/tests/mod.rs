@@ -721,6 +721,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
+        finished_outputs: Vec::new(),
     };
     (job, tasks, Submitted { id, steps: ids })
 }
