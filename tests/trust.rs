@@ -122,7 +122,7 @@ async fn rogue_worker(farm: &Farm) -> Result<()> {
         .into_iter()
         .map(|o| o.path)
         .collect();
-    assert_eq!(paths, [real.path.clone()]);
+    assert_eq!(paths, std::slice::from_ref(&real.path));
     // The log watch ends with the task: the victim's line, never the rogue's.
     let mut lines = Vec::new();
     while let Some(batch) = tokio::time::timeout(PATIENCE, log.next())

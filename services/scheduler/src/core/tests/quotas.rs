@@ -98,8 +98,7 @@ fn a_job_over_its_owners_queued_task_quota_is_refused_naming_the_quota() {
         .expect("6 of 10 tasks");
     let refused = bench
         .admit_and_submit(job("alice", 5))
-        .err()
-        .expect("6 + 5 > 10");
+        .expect_err("6 + 5 > 10");
     assert_eq!(
         refused,
         Refusal::Quota(QuotaExceeded::Tasks {
