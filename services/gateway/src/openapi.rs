@@ -80,7 +80,7 @@ impl utoipa::IntoResponses for Errors {
             let response = ResponseBuilder::new()
                 .description(description)
                 .content(
-                    "application/json",
+                    crate::rest::PROBLEM_JSON,
                     utoipa::openapi::ContentBuilder::new()
                         .schema(Some(utoipa::openapi::Ref::from_schema_name("Error")))
                         .build(),
@@ -120,18 +120,27 @@ pub fn document() -> &'static Value {
     })
 }
 
+/// An RFC 9457 problem document with Kiln's `code`, and the older `error` object.
 fn error_schema() -> Value {
     json!({
         "type": "object",
-        "required": ["error"],
-        "properties": {"error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string", "description": "A stable, machine-readable code"},
-                "message": {"type": "string", "description": "What was wrong, naming the field"}
+        "required": ["type", "title", "status", "detail", "code", "error"],
+        "properties": {
+            "type": {"type": "string", "description": "A URI naming the problem type; `about:blank` (see `code`)"},
+            "title": {"type": "string", "description": "The HTTP status's reason phrase"},
+            "status": {"type": "integer", "description": "The HTTP status code"},
+            "detail": {"type": "string", "description": "What was wrong, naming the field"},
+            "code": {"type": "string", "description": "A stable, machine-readable code"},
+            "error": {
+                "type": "object",
+                "description": "The same code and detail, as clients written before problem documents read them",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"}
+                }
             }
-        }}
+        }
     })
 }
 
@@ -368,7 +377,7 @@ mod tests {
         }
         assert_eq!(document()["openapi"], "3.1.0");
         assert_eq!(
-            document()["paths"]["/v1/jobs"]["post"]["responses"]["429"]["content"]["application/json"]
+            document()["paths"]["/v1/jobs"]["post"]["responses"]["429"]["content"]["application/problem+json"]
                 ["schema"]["$ref"],
             "#/components/schemas/Error"
         );

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use kiln_proto::v1 as pb;
@@ -87,7 +87,9 @@ fn rest_of_path(
     (schemas, paths, method_router)
 }
 
-/// A JSON error body: `{"error": {"code": "...", "message": "..."}}`.
+/// An error answer: an RFC 9457 problem document (`application/problem+json`)
+/// with Kiln's stable `code` as an extension member, and, for clients
+/// written before it, the same in the older `{"error": {"code", "message"}}`.
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
@@ -165,10 +167,26 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// The media type of error bodies (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let body = serde_json::json!({
+            // No page per problem: `code` tells them apart, and "about:blank"
+            // says the title is the status's own.
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.message,
+            "code": self.code,
+            "error": {"code": self.code, "message": self.message},
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
     }
 }
 
@@ -182,11 +200,18 @@ pub(crate) fn call<T>(caller: &Principal, message: T) -> Request<T> {
     request
 }
 
+/// The header that makes `POST /v1/jobs` idempotent (the IETF draft's name).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 fn job_response(status: StatusCode, job: pb::Job) -> Response {
     (status, Json(job)).into_response()
 }
 
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "SubmitJob",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes the submission safe to retry: a repeat with the same key (and the same body) \
+            within a day answers with the job the first one made; a reuse with another body is refused \
+            with 409. 1-255 printable ASCII characters, e.g. a UUID; the body's `requestId` is the same.")),
     request_body(content = ref("#/components/schemas/SubmitJobRequest")),
     responses(
         (status = 202, description = "Accepted; the job runs in the background",
@@ -196,9 +221,27 @@ fn job_response(status: StatusCode, job: pb::Job) -> Response {
 pub(crate) async fn submit_job(
     State(state): State<RestState>,
     Extension(caller): Extension<Principal>,
+    headers: HeaderMap,
     body: JsonBody<pb::SubmitJobRequest>,
 ) -> ApiResult<Response> {
-    let Json(request) = body?;
+    let Json(mut request) = body?;
+    if let Some(key) = headers.get(IDEMPOTENCY_KEY) {
+        let key = key.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                "Idempotency-Key: only printable ASCII characters are allowed",
+            )
+        })?;
+        if !request.request_id.is_empty() && request.request_id != key {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                "Idempotency-Key: differs from the body's requestId",
+            ));
+        }
+        request.request_id = key.to_owned();
+    }
     let job = state
         .api
         .submit_job(call(&caller, request))

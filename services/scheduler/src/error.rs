@@ -30,6 +30,9 @@ pub enum SchedulerError {
     /// Over one of the owner's quotas; the message names it.
     #[error("{0}")]
     Quota(String),
+    /// A submission's idempotency key was used for a different request.
+    #[error("{0}")]
+    AlreadyExists(String),
 }
 
 impl From<Refusal> for SchedulerError {
@@ -74,6 +77,7 @@ impl From<SchedulerError> for Status {
                 Status::invalid_argument(err.to_string())
             }
             SchedulerError::Quota(_) => Status::resource_exhausted(err.to_string()),
+            SchedulerError::AlreadyExists(_) => Status::already_exists(err.to_string()),
             SchedulerError::JobNotFound(_) => Status::not_found(err.to_string()),
             SchedulerError::JobFinished(_) | SchedulerError::FailedPrecondition(_) => {
                 Status::failed_precondition(err.to_string())

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::SchedulerError;
 use crate::fence::{self, Token};
+use crate::idempotency::{IdempotencyKey, RETENTION_HOURS};
 use crate::job_state::JobState;
 use crate::task_state::TaskState;
 
@@ -28,6 +29,8 @@ pub struct NewJob<'a> {
     pub max_run_seconds: i32,
     pub stall_seconds: i32,
     pub trace_context: &'a HashMap<String, String>,
+    /// The submission's idempotency key, remembered with the job.
+    pub idempotency: Option<&'a IdempotencyKey>,
 }
 
 /// A stored job's id and its tasks' ids, step by step in plan order.
@@ -67,12 +70,53 @@ pub async fn insert_job(
     .bind(serde_json::to_value(job.trace_context).unwrap_or_default())
     .execute(&mut *tx)
     .await?;
+    if let Some(key) = job.idempotency {
+        remember_key(&mut tx, job.owner, key, id).await?;
+    }
     let mut task_ids = Vec::with_capacity(plan.steps.len());
     for (position, step) in plan.steps.iter().enumerate() {
         task_ids.push(insert_step(&mut tx, id, position as i32, step).await?);
     }
     tx.commit().await?;
     Ok(CreatedJob { id, task_ids })
+}
+
+/// Stores `owner`'s `key` for the job `id`, after pruning expired keys (so
+/// the table holds about a day of keyed submissions). A concurrent
+/// submission with the same key that committed first makes this fail with a
+/// unique violation ([`is_key_taken`]), and the whole job is rolled back.
+async fn remember_key(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: &str,
+    key: &IdempotencyKey,
+    id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM submit_requests WHERE created_at < now() - make_interval(hours => $1)",
+    )
+    .bind(RETENTION_HOURS)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO submit_requests (owner, request_id, fingerprint, job_id) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(owner)
+    .bind(key.key())
+    .bind(key.fingerprint())
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether `err` is another submission having stored the same key first.
+pub fn is_key_taken(err: &SchedulerError) -> bool {
+    match err {
+        SchedulerError::Database(sqlx::Error::Database(db)) => {
+            db.is_unique_violation() && db.constraint() == Some("submit_requests_pkey")
+        }
+        _ => false,
+    }
 }
 
 async fn insert_step(

@@ -34,6 +34,7 @@ pub mod eta;
 pub mod event_bus;
 pub mod event_replay;
 pub mod fence;
+pub mod idempotency;
 pub mod inbox;
 pub mod inserts;
 pub mod job_service;

@@ -134,6 +134,29 @@ macro_rules! select_jobs {
     };
 }
 
+/// What `owner` stored under the idempotency key `key` within the retention.
+pub async fn remembered_submission(
+    db: &PgPool,
+    owner: &str,
+    key: &str,
+) -> Result<Option<crate::idempotency::Remembered>, sqlx::Error> {
+    let row: Option<(String, Uuid)> = sqlx::query_as(
+        "SELECT fingerprint, job_id FROM submit_requests
+         WHERE owner = $1 AND request_id = $2 AND created_at > now() - make_interval(hours => $3)",
+    )
+    .bind(owner)
+    .bind(key)
+    .bind(crate::idempotency::RETENTION_HOURS)
+    .fetch_optional(db)
+    .await?;
+    Ok(
+        row.map(|(fingerprint, job_id)| crate::idempotency::Remembered {
+            fingerprint,
+            job_id,
+        }),
+    )
+}
+
 pub async fn get_job(db: &PgPool, job_id: Uuid) -> Result<Option<pb::Job>, sqlx::Error> {
     let rows: Vec<JobRow> = sqlx::query_as(select_jobs!("WHERE id = $1"))
         .bind(job_id)

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::core::command::Command;
 use crate::error::{invalid, parse_uuid};
+use crate::idempotency::{IdempotencyKey, Outcome};
 use crate::inserts::{self, NewJob};
 use crate::job_state::JobState;
 use crate::loader::{self, JobSettings};
@@ -170,13 +171,44 @@ impl Submissions {
         self
     }
 
-    /// Validates, stores and schedules a job; answers with its record.
+    /// Validates, stores and schedules a job; answers with its record. A
+    /// repeat of an earlier submission of `owner` with the same
+    /// `request_id` answers with the job that one made
+    /// ([`IdempotencyKey`]).
     pub async fn submit(
         &self,
         scheduler: &Scheduler,
         owner: &str,
         submitter: Submitter<'_>,
         request: pb::SubmitJobRequest,
+    ) -> Result<pb::Job, SchedulerError> {
+        let Some(key) = IdempotencyKey::of(&request)? else {
+            return self
+                .create(scheduler, owner, submitter, request, None)
+                .await;
+        };
+        if let Some(job) = repeated(scheduler, owner, &key).await? {
+            return Ok(job);
+        }
+        match self
+            .create(scheduler, owner, submitter, request, Some(&key))
+            .await
+        {
+            // A concurrent submission with the same key stored its job first.
+            Err(err) if inserts::is_key_taken(&err) => {
+                repeated(scheduler, owner, &key).await?.ok_or(err)
+            }
+            result => result,
+        }
+    }
+
+    async fn create(
+        &self,
+        scheduler: &Scheduler,
+        owner: &str,
+        submitter: Submitter<'_>,
+        request: pb::SubmitJobRequest,
+        idempotency: Option<&IdempotencyKey>,
     ) -> Result<pb::Job, SchedulerError> {
         let (template_name, document) = match &request.template {
             Some(pb::submit_job_request::Template::BuiltinTemplate(name)) => {
@@ -227,6 +259,7 @@ impl Submissions {
             max_run_seconds: limits.max_run_seconds as i32,
             stall_seconds: limits.stall_seconds as i32,
             trace_context: &trace_context,
+            idempotency,
         };
         let created = inserts::insert_job(&scheduler.db, scheduler.token, new_job, &plan).await?;
         let id = created.id;
@@ -297,6 +330,26 @@ impl Submissions {
             )));
         }
         Ok(())
+    }
+}
+
+/// The job `owner` made earlier with `key`'s request, if any; refuses a
+/// reuse of the key for a different request.
+async fn repeated(
+    scheduler: &Scheduler,
+    owner: &str,
+    key: &IdempotencyKey,
+) -> Result<Option<pb::Job>, SchedulerError> {
+    let stored = queries::remembered_submission(&scheduler.db, owner, key.key()).await?;
+    match key.decide(stored.as_ref())? {
+        Outcome::Create => Ok(None),
+        Outcome::Repeat(id) => {
+            tracing::info!(job_id = %id, owner, "repeated submission answered with its job");
+            queries::get_job(&scheduler.db, id)
+                .await?
+                .map(Some)
+                .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
+        }
     }
 }
 
