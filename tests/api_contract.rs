@@ -2,7 +2,9 @@
 //! schedulers): a submit retried with the same Idempotency-Key after its
 //! response was lost makes one job, also across a scheduler failover; a key
 //! is its owner's alone and is refused for a different body; errors are
-//! RFC 9457 problem documents keeping the `code` field.
+//! RFC 9457 problem documents keeping the `code` field; a download cut at
+//! half resumes with `Range` (REST) or from its partial file (the client
+//! the CLI uses) and matches its digest.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -49,7 +51,152 @@ async fn run(farm: &mut Farm) -> Result<()> {
     let (base2, alice2, bob2) = (base.clone(), alice.clone(), bob.clone());
     tokio::task::spawn_blocking(move || rest_checks(&base2, &alice2, &bob2, &first)).await??;
 
-    grpc_request_id(farm, &alice).await
+    grpc_request_id(farm, &alice).await?;
+
+    let content = test_content();
+    let digest = {
+        let (base, alice, content) = (base.clone(), alice.clone(), content.clone());
+        tokio::task::spawn_blocking(move || resumed_rest_download(&base, &alice, &content))
+            .await??
+    };
+    resumed_client_download(farm, &alice, &digest, &content).await
+}
+
+/// 3 MiB that no other test stores.
+fn test_content() -> Vec<u8> {
+    (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Uploads `content`, reads half of it over a connection that then drops,
+/// and fetches the rest with `Range`. Returns the digest.
+fn resumed_rest_download(base: &str, token: &str, content: &[u8]) -> Result<String> {
+    let auth = format!("Bearer {token}");
+    let info: Value = ureq::post(&format!("{base}/v1/assets"))
+        .set("authorization", &auth)
+        .set("content-type", "application/octet-stream")
+        .send_bytes(content)?
+        .into_json()?;
+    let digest = info["digest"].as_str().context("digest")?.to_owned();
+    ensure!(digest == sha256(content), "stored as {digest}");
+    let url = format!("{base}/v1/assets/{digest}");
+
+    // The first half arrives, then the connection drops.
+    let address = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address)?;
+    write!(
+        stream,
+        "GET /v1/assets/{digest} HTTP/1.1\r\nHost: {address}\r\nAuthorization: {auth}\r\n\r\n"
+    )?;
+    let half = content.len() / 2;
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let body_start = loop {
+        let read = stream.read(&mut buffer)?;
+        ensure!(read > 0, "the download ended early");
+        received.extend_from_slice(&buffer[..read]);
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+            ensure!(head.starts_with("http/1.1 200"), "{head}");
+            ensure!(head.contains(&format!("etag: \"{digest}\"")), "{head}");
+            ensure!(head.contains("accept-ranges: bytes"), "{head}");
+            ensure!(head.contains("immutable"), "{head}");
+            break end + 4;
+        }
+    };
+    while received.len() - body_start < half {
+        let read = stream.read(&mut buffer)?;
+        ensure!(read > 0, "the download ended early");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    drop(stream);
+    let mut file = received.split_off(body_start);
+    file.truncate(half);
+
+    // The rest, by Range.
+    let response = ureq::get(&url)
+        .set("authorization", &auth)
+        .set("range", &format!("bytes={}-", file.len()))
+        .call()?;
+    ensure!(response.status() == 206, "resume: {}", response.status());
+    let expected = format!(
+        "bytes {}-{}/{}",
+        file.len(),
+        content.len() - 1,
+        content.len()
+    );
+    ensure!(
+        response.header("content-range") == Some(expected.as_str()),
+        "content-range {:?}",
+        response.header("content-range")
+    );
+    response.into_reader().read_to_end(&mut file)?;
+    ensure!(
+        sha256(&file) == digest,
+        "the resumed download does not match its digest"
+    );
+
+    // A current copy is not sent again; a range past the end is refused.
+    let not_modified = ureq::get(&url)
+        .set("authorization", &auth)
+        .set("if-none-match", &format!("\"{digest}\""))
+        .call()?;
+    ensure!(
+        not_modified.status() == 304,
+        "if-none-match: {}",
+        not_modified.status()
+    );
+    let past_end = ureq::get(&url)
+        .set("authorization", &auth)
+        .set("range", &format!("bytes={}-", content.len()))
+        .call();
+    match past_end {
+        Err(ureq::Error::Status(416, response)) => {
+            let expected = format!("bytes */{}", content.len());
+            ensure!(response.header("content-range") == Some(expected.as_str()));
+            ensure!(response.content_type() == "application/problem+json");
+        }
+        other => bail!("a range past the end: {other:?}"),
+    }
+    Ok(digest)
+}
+
+/// The asset client (which `kiln download` and `kiln outputs --download`
+/// use) finds the first half of a cut download in its partial file and
+/// fetches only the rest; a partial file of other bytes is started over.
+async fn resumed_client_download(
+    farm: &Farm,
+    token: &str,
+    digest: &str,
+    content: &[u8],
+) -> Result<()> {
+    let client = kiln_tests::Client::connect_as(farm, token).await?;
+    let dir = tempfile::tempdir()?;
+    let dest = dir.path().join("frame.exr");
+    let partial = kiln_asset_client::download::partial_path(&dest, digest);
+    std::fs::write(&partial, &content[..content.len() / 2])?;
+    let size = client.assets.download_to(digest, &dest).await?;
+    ensure!(size == content.len() as u64, "downloaded {size} bytes");
+    ensure!(
+        sha256(&std::fs::read(&dest)?) == digest,
+        "the resumed file differs"
+    );
+    ensure!(!partial.exists(), "the partial file was left behind");
+
+    std::fs::remove_file(&dest)?;
+    std::fs::write(&partial, b"not the first bytes of the content")?;
+    client.assets.download_to(digest, &dest).await?;
+    ensure!(
+        sha256(&std::fs::read(&dest)?) == digest,
+        "a bad partial file survived"
+    );
+    Ok(())
 }
 
 /// A noop job's JSON body (no worker here offers `noop`: it stays pending).

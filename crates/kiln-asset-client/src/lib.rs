@@ -8,7 +8,7 @@
 
 mod credentials;
 pub mod digest;
-mod download;
+pub mod download;
 mod error;
 mod upload;
 
@@ -236,9 +236,31 @@ impl AssetClient {
     }
 
     /// Downloads `digest` to `dest`, verified, atomically; returns its size.
+    /// A download cut short resumes where it stopped the next time (its
+    /// bytes wait in [`download::partial_path`]).
     pub async fn download_to(&self, digest: &str, dest: &Path) -> Result<u64, AssetClientError> {
-        let chunks = self.download_stream(digest).await?;
-        download::to_file(digest, chunks, dest).await
+        check(digest)?;
+        let mut partial = download::Partial::find(dest, digest).await?;
+        let chunks = match self.download_range(digest, partial.offset, 0).await {
+            Ok(chunks) => chunks,
+            // Longer than the content: not a prefix of it; start over.
+            Err(err) if partial.offset > 0 && err.code() == tonic::Code::OutOfRange => {
+                partial = partial.discard().await;
+                self.download_range(digest, 0, 0).await?
+            }
+            Err(err) => return Err(err),
+        };
+        let resumed = partial.offset > 0;
+        match download::resume_file(digest, partial, chunks, dest).await {
+            // The kept bytes were not the content's (the partial file is
+            // gone now): once more from the start.
+            Err(AssetClientError::DigestMismatch { .. }) if resumed => {
+                let fresh = download::Partial::find(dest, digest).await?;
+                let chunks = self.download_range(digest, 0, 0).await?;
+                download::resume_file(digest, fresh, chunks, dest).await
+            }
+            result => result,
+        }
     }
 
     /// The stored bytes of `digest`, as they arrive. Fails before the first
@@ -250,9 +272,26 @@ impl AssetClient {
         impl Stream<Item = Result<Bytes, AssetClientError>> + Send + 'static,
         AssetClientError,
     > {
+        self.download_range(digest, 0, 0).await
+    }
+
+    /// The stored bytes of `digest` from byte `offset`, at most `length` of
+    /// them (0: to the end). Only a whole read is checked against the
+    /// digest by the service; a caller reading parts checks the whole file.
+    pub async fn download_range(
+        &self,
+        digest: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<
+        impl Stream<Item = Result<Bytes, AssetClientError>> + Send + 'static,
+        AssetClientError,
+    > {
         check(digest)?;
         let request = DownloadRequest {
             digest: digest.to_owned(),
+            offset,
+            length,
         };
         let chunks = self.inner.clone().download(request).await?.into_inner();
         Ok(chunks.map(|chunk| Ok(Bytes::from(chunk?.data))))

@@ -39,10 +39,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Stores a spooled upload under its digest; the spool file is consumed.
     fn put(&self, upload: Spooled) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Opens the object for reading, if it is stored.
+    /// Opens the object for reading from byte `offset` (at most its size),
+    /// if it is stored.
     fn open(
         &self,
         digest: &Digest,
+        offset: u64,
     ) -> impl Future<Output = Result<Option<ObjectReader>, Error>> + Send;
 
     /// A page of the stored objects, starting at `page` (None: the first).

@@ -129,9 +129,17 @@ impl Backend for LocalBackend {
             .map_err(Error::Local)
     }
 
-    async fn open(&self, digest: &Digest) -> Result<Option<ObjectReader>, Error> {
+    async fn open(&self, digest: &Digest, offset: u64) -> Result<Option<ObjectReader>, Error> {
+        use tokio::io::AsyncSeekExt;
         match tokio::fs::File::open(self.object_path(digest)).await {
-            Ok(file) => Ok(Some(Box::pin(file))),
+            Ok(mut file) => {
+                if offset > 0 {
+                    file.seek(std::io::SeekFrom::Start(offset))
+                        .await
+                        .map_err(Error::Local)?;
+                }
+                Ok(Some(Box::pin(file)))
+            }
             Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
             Err(err) => Err(Error::Local(err)),
         }
@@ -300,7 +308,7 @@ mod tests {
         let upload = spooled(&spool, b"hello kiln").await?;
         let digest = upload.digest.clone();
         assert_eq!(backend.stat(&digest).await?, None);
-        assert!(backend.open(&digest).await?.is_none());
+        assert!(backend.open(&digest, 0).await?.is_none());
 
         backend.put(upload).await?;
         let expected = data_dir
@@ -311,7 +319,7 @@ mod tests {
         assert_eq!(backend.object_path(&digest), expected);
         assert_eq!(std::fs::read(&expected)?, b"hello kiln");
         assert_eq!(backend.stat(&digest).await?, Some(10));
-        let reader = backend.open(&digest).await?.ok_or("object missing")?;
+        let reader = backend.open(&digest, 0).await?.ok_or("object missing")?;
         assert_eq!(read_all(reader).await?, b"hello kiln");
         // The spool file was moved, not copied.
         assert_eq!(std::fs::read_dir(data_dir.path().join("spool"))?.count(), 0);

@@ -412,12 +412,15 @@ impl Backend for S3Backend {
         }
     }
 
-    async fn open(&self, digest: &Digest) -> Result<Option<ObjectReader>, Error> {
+    async fn open(&self, digest: &Digest, offset: u64) -> Result<Option<ObjectReader>, Error> {
+        // An empty object has no byte 0 for S3 to range from.
+        let range = (offset > 0).then(|| format!("bytes={offset}-"));
         let get = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(Self::key(digest))
+            .set_range(range)
             .send()
             .await;
         match get {

@@ -12,6 +12,7 @@ use kiln_proto::v1::{
     UploadOffsetRequest, UploadOffsetResponse,
 };
 use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -109,17 +110,41 @@ impl<B: Backend> AssetService for AssetsService<B> {
         request: Request<DownloadRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
-        let digest = Digest::parse(&request.into_inner().digest)?;
+        let request = request.into_inner();
+        let digest = Digest::parse(&request.digest)?;
         self.readable(&caller, &digest).await?;
+        let (offset, length) = (request.offset, request.length);
+        if offset > 0 {
+            // Asked of the store, so a range never reads past the end.
+            let size = self
+                .backend
+                .stat(&digest)
+                .await?
+                .ok_or_else(|| Error::NotFound(digest.to_string()))?;
+            if offset > size {
+                return Err(Status::out_of_range(format!(
+                    "offset: {offset} is past the end of {digest} ({size} bytes)"
+                )));
+            }
+        }
         let reader = self
             .backend
-            .open(&digest)
+            .open(&digest, offset)
             .await?
             .ok_or_else(|| Error::NotFound(digest.to_string()))?;
-        tracing::debug!(digest = %digest, "sending asset");
-        let chunks = ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK_BYTES)
-            .map_err(|err| Status::from(Error::Read(err)));
-        Ok(Response::new(Box::pin(verified(digest, chunks))))
+        tracing::debug!(digest = %digest, offset, length, "sending asset");
+        if offset == 0 && length == 0 {
+            let chunks = ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK_BYTES)
+                .map_err(|err| Status::from(Error::Read(err)));
+            return Ok(Response::new(Box::pin(verified(digest, chunks))));
+        }
+        let reader = reader.take(if length == 0 { u64::MAX } else { length });
+        let chunks = ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK_BYTES).map(|chunk| {
+            let data = chunk.map_err(|err| Status::from(Error::Read(err)))?;
+            metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
+            Ok(DownloadChunk { data: data.into() })
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {

@@ -356,6 +356,7 @@ async fn malformed_digests_are_invalid(
     let download = raw
         .download(DownloadRequest {
             digest: bad.clone(),
+            ..Default::default()
         })
         .await
         .err()

@@ -15,6 +15,7 @@ pub mod http_server;
 pub mod limits;
 pub mod lookup_limit;
 pub mod openapi;
+pub mod ranges;
 pub mod rate_limit;
 pub mod rest;
 pub mod sse;

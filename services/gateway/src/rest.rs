@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 use crate::auth::{Principal, Role};
 use crate::grpc::PublicApi;
 use crate::openapi::Errors;
+use crate::ranges::Answer;
 use crate::token_service::TokenApi;
 
 #[derive(Clone)]
@@ -575,14 +576,24 @@ pub(crate) async fn watch_job(
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/outputs/{path}", tag = "jobs", operation_id = "DownloadOutput",
     params(("id" = String, Path, description = "The job's UUID"),
-           ("path" = String, Path, description = "The output's path, e.g. frames/frame_0001.png")),
+           ("path" = String, Path, description = "The output's path, e.g. frames/frame_0001.png"),
+           DownloadHeaders),
     responses(
-        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file's bytes (its content type follows its name)",
+         content_type = "application/octet-stream", body = Vec<u8>, headers(
+            ("ETag" = String, description = "The file's SHA-256 in quotes"),
+            ("Accept-Ranges" = String, description = "bytes"))),
+        (status = 206, description = "The requested byte range", content_type = "application/octet-stream", body = Vec<u8>,
+         headers(("Content-Range" = String, description = "bytes START-END/SIZE"))),
+        (status = 304, description = "If-None-Match names the file's ETag: the client's copy is current"),
+        (status = 416, description = "The Range lies outside the file", content_type = "application/problem+json",
+         body = ref("#/components/schemas/Error")),
         Errors))]
 pub(crate) async fn download_output(
     State(state): State<RestState>,
     Extension(caller): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let request = pb::ListOutputsRequest {
         job_id: id.clone(),
@@ -602,27 +613,42 @@ pub(crate) async fn download_output(
             format!("job {id} has no output {path:?}"),
         ));
     };
-    stream_asset(
-        &state,
-        &caller,
-        &output.digest,
-        Some(output.size),
-        content_type(&path),
-    )
-    .await
+    let file = Download {
+        digest: &output.digest,
+        size: Some(output.size),
+        mime: content_type(&path),
+        cache: NO_CACHE,
+    };
+    serve_file(&state, &caller, file, &headers).await
 }
 
 #[utoipa::path(get, path = "/v1/assets/{digest}", tag = "assets", operation_id = "Download",
-    params(("digest" = String, Path, description = "SHA-256 of the content, 64 lowercase hex characters")),
+    params(("digest" = String, Path, description = "SHA-256 of the content, 64 lowercase hex characters"),
+           DownloadHeaders),
     responses(
-        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file's bytes; cacheable for good (immutable)",
+         content_type = "application/octet-stream", body = Vec<u8>, headers(
+            ("ETag" = String, description = "The digest in quotes"),
+            ("Accept-Ranges" = String, description = "bytes"))),
+        (status = 206, description = "The requested byte range", content_type = "application/octet-stream", body = Vec<u8>,
+         headers(("Content-Range" = String, description = "bytes START-END/SIZE"))),
+        (status = 304, description = "If-None-Match names the digest: the client's copy is current"),
+        (status = 416, description = "The Range lies outside the file", content_type = "application/problem+json",
+         body = ref("#/components/schemas/Error")),
         Errors))]
 pub(crate) async fn download_asset(
     State(state): State<RestState>,
     Extension(caller): Extension<Principal>,
     Path(digest): Path<String>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
-    stream_asset(&state, &caller, &digest, None, "application/octet-stream").await
+    let file = Download {
+        digest: &digest,
+        size: None,
+        mime: "application/octet-stream",
+        cache: IMMUTABLE,
+    };
+    serve_file(&state, &caller, file, &headers).await
 }
 
 #[utoipa::path(get, path = "/v1/assets/{digest}/stat", tag = "assets", operation_id = "Stat",
@@ -651,31 +677,139 @@ pub(crate) async fn stream_asset(
     size: Option<u64>,
     mime: &'static str,
 ) -> ApiResult<Response> {
-    let chunks = state
-        .api
-        .asset_client(caller, Role::Viewer)
-        .await?
-        .download_stream(digest)
-        .await?;
-    let body = Body::from_stream(chunks.map_err(std::io::Error::other));
+    let file = Download {
+        digest,
+        size,
+        mime,
+        cache: NO_CACHE,
+    };
+    serve_file(state, caller, file, &HeaderMap::new()).await
+}
+
+/// The request headers downloads honour (documentation only: `serve_file`
+/// reads them from the request).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct DownloadHeaders {
+    /// One byte range, e.g. `bytes=1048576-` to resume; answered with 206
+    /// (several ranges: the whole file).
+    #[param(rename = "Range")]
+    range: Option<String>,
+    /// The ETag of the copy the client has; answered with 304 when current.
+    #[param(rename = "If-None-Match")]
+    if_none_match: Option<String>,
+}
+
+/// For URLs naming content by digest: a cache may keep it for good (but
+/// privately: it is one tenant's).
+const IMMUTABLE: &str = "private, max-age=31536000, immutable";
+/// For URLs naming a file by path: revalidate (cheap: 304 by ETag).
+const NO_CACHE: &str = "private, no-cache";
+
+/// A stored file to answer with.
+pub(crate) struct Download<'a> {
+    digest: &'a str,
+    /// Its size, when the caller knows it; else it is asked of the store.
+    size: Option<u64>,
+    mime: &'static str,
+    cache: &'static str,
+}
+
+/// Answers a GET of a stored file: 304 for a current copy (`If-None-Match`
+/// with the digest as ETag), 206 for a `Range`, 416 for a range outside it,
+/// else all of it; each with `ETag`, `Accept-Ranges` and `Cache-Control`.
+pub(crate) async fn serve_file(
+    state: &RestState,
+    caller: &Principal,
+    file: Download<'_>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let assets = state.api.asset_client(caller, Role::Viewer).await?;
+    // Asked even for a 304, so a file the caller may not read is a 404 however asked.
+    let size = match file.size {
+        Some(size) => size,
+        None => assets.stat(file.digest).await?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("asset {} is not stored", file.digest),
+            )
+        })?,
+    };
+    let etag = crate::ranges::etag(file.digest);
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let conditions = crate::ranges::Conditions {
+        if_none_match: text(header::IF_NONE_MATCH),
+        range: text(header::RANGE),
+        if_range: text(header::IF_RANGE),
+    };
+    let (status, body, length, content_range) = match conditions.answer(&etag, size) {
+        Answer::NotModified => (StatusCode::NOT_MODIFIED, Body::empty(), None, None),
+        Answer::Unsatisfiable => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("Range: outside the file's {size} bytes"),
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+        Answer::Full => {
+            let chunks = assets.download_stream(file.digest).await?;
+            let body = Body::from_stream(chunks.map_err(std::io::Error::other));
+            (StatusCode::OK, body, Some(size), None)
+        }
+        Answer::Partial { start, end } => {
+            let length = end - start + 1;
+            let chunks = assets.download_range(file.digest, start, length).await?;
+            let body = Body::from_stream(chunks.map_err(std::io::Error::other));
+            let range = format!("bytes {start}-{end}/{size}");
+            (StatusCode::PARTIAL_CONTENT, body, Some(length), Some(range))
+        }
+    };
     let mut response = Response::new(body);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
-    if let Some(size) = size {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if status != StatusCode::NOT_MODIFIED {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(file.mime));
     }
+    if let Some(length) = length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    if let Some(range) = content_range.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        headers.insert(header::CONTENT_RANGE, range);
+    }
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(file.cache));
     Ok(response)
 }
 
 pub(crate) fn content_type(path: &str) -> &'static str {
-    match path.rsplit('.').next() {
+    let extension = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match extension.as_deref() {
         Some("png") => "image/png",
         Some("jpg" | "jpeg") => "image/jpeg",
         Some("exr") => "image/x-exr",
+        Some("tif" | "tiff") => "image/tiff",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
         Some("mp4") => "video/mp4",
+        Some("mov") => "video/quicktime",
+        Some("webm") => "video/webm",
+        Some("mkv") => "video/x-matroska",
+        Some("wav") => "audio/wav",
+        Some("json") => "application/json",
         Some("txt" | "log") => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     }
