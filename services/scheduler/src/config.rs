@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use kiln_discovery::DiscoveryArgs;
 
 use crate::core::pick_order::RunningCaps;
-use crate::core::quotas::QuotaSettings;
+use crate::core::quota_policy::QuotaSettings;
 use kiln_telemetry::TelemetryArgs;
 
 /// Kiln's scheduler: owns job and task state in Postgres and dispatches tasks to workers.

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::SchedulerError;
-use crate::core::quotas::QuotaSettings;
+use crate::core::quota_policy::QuotaSettings;
 use crate::fence::{self, Token};
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;

@@ -15,7 +15,7 @@ use crate::SchedulerError;
 use crate::core::batch::RequestId;
 use crate::core::command::Command;
 use crate::core::model::Attempt;
-use crate::core::quotas::QuotaSettings;
+use crate::core::quota_policy::QuotaSettings;
 use crate::core::{Core, CoreSettings};
 use crate::dispatch::{self, DispatchLoop};
 use crate::effects::EffectRunner;

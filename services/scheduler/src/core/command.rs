@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::core::batch::RequestId;
 use crate::core::model::{Attempt, JobEntry, TaskEntry};
-use crate::core::quotas::QuotaExceeded;
+use crate::core::quota_policy::QuotaExceeded;
 
 pub enum Command {
     WorkerJoined {

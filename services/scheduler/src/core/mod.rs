@@ -15,7 +15,8 @@
 //! - `model.rs`: jobs, steps, tasks, workers; `batch.rs`: writes and
 //!   effects; `command.rs`: what the core is told;
 //! - `pick_order.rs`: the order of dispatch, fair share and share caps;
-//!   `quotas.rs`: owners' quotas, checked when a job is admitted;
+//!   `quota_policy.rs`: owners' quotas, usage and reservations as plain data;
+//!   `quotas.rs`: that rule applied when a job is admitted, with reservations;
 //!   `numbering.rs`: event numbering and throttling; `output_ledger.rs`:
 //!   what each unfinished task recorded, so each output is announced once;
 //! - `transition.rs`: task and job state changes; `assign.rs`: handing
@@ -36,6 +37,7 @@ pub mod model;
 pub mod numbering;
 pub mod output_ledger;
 pub mod pick_order;
+pub mod quota_policy;
 pub mod quotas;
 mod reclaim;
 mod reports;
@@ -61,7 +63,8 @@ use crate::core::model::{Clock, JobEntry, TaskEntry, WorkerEntry};
 use crate::core::numbering::EventNumbering;
 use crate::core::output_ledger::OutputLedger;
 use crate::core::pick_order::Shares;
-use crate::core::quotas::{QuotaSettings, Reservations};
+use crate::core::quota_policy::QuotaSettings;
+use crate::core::quota_policy::Reservations;
 use crate::eta::EtaBook;
 use crate::job_state::JobState;
 use crate::retry::RetryPolicy;

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::core::batch::{Batch, Effect, RequestId};
 use crate::core::command::{AttemptReport, Command, Control, Refusal};
 use crate::core::model::{Attempt, Clock, JobEntry, StepEntry, TaskEntry};
-use crate::core::quotas::QuotaSettings;
+use crate::core::quota_policy::QuotaSettings;
 use crate::core::{Core, CoreSettings};
 use crate::job_state::{JobState, TaskCounts};
 use crate::matching::Requirements;
