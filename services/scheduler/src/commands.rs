@@ -296,6 +296,8 @@ impl Core {
             max_run_seconds: job.max_run_seconds,
             stall_seconds: job.stall_seconds,
             trace_context: job.trace_context.clone(),
+            session_step: step.session_step.as_deref().unwrap_or_default().to_owned(),
+            task_symbols: task.task_symbols.clone().unwrap_or_default(),
         };
         let dependency_steps = step
             .depends_on

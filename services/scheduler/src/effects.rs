@@ -144,8 +144,11 @@ impl EffectRunner {
         let outputs = store::outputs_of_steps(&self.db, job_id, steps).await?;
         Ok(outputs
             .into_iter()
-            .map(|(path, digest)| pb::TaskInput {
-                path: format!("outputs/{path}"),
+            .map(|(path, digest, in_session)| pb::TaskInput {
+                path: match in_session {
+                    true => path,
+                    false => format!("outputs/{path}"),
+                },
                 digest,
             })
             .collect())

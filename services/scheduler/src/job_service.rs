@@ -30,6 +30,39 @@ const MAX_DEPENDENCIES: usize = 100;
 /// A week: longer limits are surely typos.
 const MAX_RUN_LIMIT: u32 = 7 * 24 * 3600;
 
+/// The submission's path-mapping rules in the OpenJD model's terms.
+fn path_mapping_rules(
+    rules: &[pb::PathMappingRule],
+) -> Result<Vec<kiln_jobmodel::PathMappingRule>, SchedulerError> {
+    if rules.len() > kiln_jobmodel::MAX_PATH_MAPPING_RULES {
+        return Err(invalid(format!(
+            "path_mapping_rules: {} rules, more than the limit of {}",
+            rules.len(),
+            kiln_jobmodel::MAX_PATH_MAPPING_RULES
+        )));
+    }
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let source_path_format = match rule.source_path_format.to_ascii_uppercase().as_str() {
+                "POSIX" => kiln_jobmodel::PathFormat::Posix,
+                "WINDOWS" => kiln_jobmodel::PathFormat::Windows,
+                other => {
+                    return Err(invalid(format!(
+                        "path_mapping_rules[{i}].source_path_format: {other:?} is not POSIX or WINDOWS"
+                    )));
+                }
+            };
+            Ok(kiln_jobmodel::PathMappingRule {
+                source_path_format,
+                source_path: rule.source_path.clone(),
+                destination_path: rule.destination_path.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Defaults for what a submission leaves unset.
 #[derive(Debug, Clone, Copy)]
 pub struct JobDefaults {
@@ -99,7 +132,8 @@ impl JobApi {
         validate_inputs(&request.inputs)?;
         let depends_on = self.dependencies(&request.depends_on_jobs).await?;
         let trace_context = kiln_telemetry::propagation::current_context_map();
-        let plan = plan_job(document, &request.parameters, self.limits)?;
+        let rules = path_mapping_rules(&request.path_mapping_rules)?;
+        let plan = plan_job(document, &request.parameters, &rules, self.limits)?;
         self.check_inputs_stored(&request.inputs).await?;
         let name = if request.name.is_empty() {
             plan.name.clone()

@@ -125,12 +125,13 @@ async fn insert_step(
     position: i32,
     step: &kiln_jobmodel::StepPlan,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query("INSERT INTO steps (job_id, name, position, depends_on, host_requirements) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query("INSERT INTO steps (job_id, name, position, depends_on, host_requirements, session_step) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(job_id)
         .bind(&step.name)
         .bind(position)
         .bind(&step.depends_on)
         .bind(step.host_requirements.as_ref().and_then(|h| serde_json::to_value(h).ok()))
+        .bind(step.session.as_ref().map(kiln_jobmodel::SessionStep::to_json))
         .execute(&mut **tx)
         .await?;
     // One multi-row insert per step: a 10,000-frame job is one round trip, not 10,000.
@@ -150,12 +151,14 @@ async fn insert_step(
         .iter()
         .map(|t| serde_json::to_string(&t.frames).unwrap_or_default())
         .collect();
+    let symbols: Vec<Option<&str>> = step.tasks.iter().map(|t| t.symbols.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO tasks (id, job_id, step_name, index, state, command, args, frames)
+        "INSERT INTO tasks (id, job_id, step_name, index, state, command, args, frames, task_symbols)
          SELECT id, $2, $3, index, $4, command,
                 ARRAY(SELECT jsonb_array_elements_text(args::jsonb)),
-                ARRAY(SELECT jsonb_array_elements_text(frames::jsonb)::bigint)
-         FROM UNNEST($1::uuid[], $5::int[], $6::text[], $7::text[], $8::text[]) AS t(id, index, command, args, frames)",
+                ARRAY(SELECT jsonb_array_elements_text(frames::jsonb)::bigint), task_symbols
+         FROM UNNEST($1::uuid[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[])
+              AS t(id, index, command, args, frames, task_symbols)",
     )
     .bind(&ids)
     .bind(job_id)
@@ -165,6 +168,7 @@ async fn insert_step(
     .bind(&commands)
     .bind(&args)
     .bind(&frames)
+    .bind(&symbols)
     .execute(&mut **tx)
     .await?;
     Ok(ids)
@@ -465,17 +469,22 @@ pub async fn record_output(
     Ok(job_id)
 }
 
-/// Outputs of the steps `step_names` of a job: the inputs of a step that depends on them.
+/// Outputs of the steps `step_names` of a job: the inputs of a step that
+/// depends on them. Each comes with whether a session step (OpenJD, run as
+/// written) made it: those are named by their place in the session's
+/// working directory, Kiln command lines' by their place under `outputs/`.
 pub async fn outputs_of_steps(
     db: &PgPool,
     job_id: Uuid,
     step_names: &[String],
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+) -> Result<Vec<(String, String, bool)>, sqlx::Error> {
     if step_names.is_empty() {
         return Ok(Vec::new());
     }
     sqlx::query_as(
-        "SELECT o.path, o.digest FROM outputs o JOIN tasks t ON t.id = o.task_id
+        "SELECT o.path, o.digest, s.session_step IS NOT NULL FROM outputs o
+         JOIN tasks t ON t.id = o.task_id
+         JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
          WHERE o.job_id = $1 AND t.step_name = ANY($2) AND o.kind = '' ORDER BY o.path",
     )
     .bind(job_id)

@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         keep_work_dirs: config.keep_work_dirs,
         warm: config.warm_settings(),
         gpus,
+        session_idle_timeout: Duration::from_secs(config.session_idle_seconds),
     };
     let stopping = Stopping {
         drain: CancellationToken::new(),

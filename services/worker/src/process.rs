@@ -34,10 +34,19 @@ pub struct ProcessGroup(Pid);
 impl ProcessGroup {
     /// SIGKILLs every process in the group; the leader still has to be reaped.
     pub fn kill(self) {
-        match killpg(self.0, Signal::SIGKILL) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// SIGTERMs every process in the group: OpenJD's "notify" of a cancel.
+    pub fn terminate(self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    fn signal(self, signal: Signal) {
+        match killpg(self.0, signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(error) => {
-                tracing::warn!(pgid = self.0.as_raw(), %error, "cannot kill renderer process group")
+                tracing::warn!(pgid = self.0.as_raw(), %error, ?signal, "cannot signal renderer process group")
             }
         }
     }
@@ -55,10 +64,36 @@ pub fn spawn_with_stdin(invocation: &Invocation, cwd: &Path) -> io::Result<Rende
     start(invocation, cwd, Stdio::piped())
 }
 
+/// Starts an OpenJD action: `program` (found on `env`'s PATH when it is a
+/// bare name) with exactly the environment `env`, none of the worker's.
+pub fn spawn_action(
+    program: &str,
+    args: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+) -> io::Result<Renderer> {
+    let mut command = Command::new(program);
+    command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    start_command(command, args, cwd, Stdio::null())
+}
+
 fn start(invocation: &Invocation, cwd: &Path, stdin: Stdio) -> io::Result<Renderer> {
-    let mut command = Command::new(&invocation.program);
+    start_command(
+        Command::new(&invocation.program),
+        &invocation.args,
+        cwd,
+        stdin,
+    )
+}
+
+fn start_command(
+    mut command: Command,
+    args: &[String],
+    cwd: &Path,
+    stdin: Stdio,
+) -> io::Result<Renderer> {
     command
-        .args(&invocation.args)
+        .args(args)
         .current_dir(cwd)
         .stdin(stdin)
         .stdout(Stdio::piped())

@@ -24,6 +24,8 @@ use crate::log_tail::{LogTail, truncate_chars};
 use crate::outputs;
 use crate::process::{self, ProcessGroup};
 use crate::quality_check;
+use crate::session_pool::SessionPool;
+use crate::session_runner::SessionRun;
 use crate::stall::StallTimer;
 use crate::task_log::TaskLog;
 use crate::thumbnails;
@@ -56,6 +58,9 @@ pub struct RunnerSettings {
     pub warm: WarmSettings,
     /// GPUs Cycles may render on; empty renders every frame on the CPU.
     pub gpus: Vec<Gpu>,
+    /// How long an OpenJD session (its environments entered) waits for its
+    /// job's next task before it ends.
+    pub session_idle_timeout: Duration,
 }
 
 /// How a task ended.
@@ -74,6 +79,8 @@ pub struct TaskRunner<A> {
     assets: A,
     /// Idle warm Blender sessions; `None` when they are off or Blender is missing.
     warm: Option<Arc<WarmPool>>,
+    /// OpenJD sessions waiting for their job's next task.
+    sessions: Arc<SessionPool>,
 }
 
 /// How the renderer's part of a task ended.
@@ -127,11 +134,17 @@ impl<A: AssetStore> TaskRunner<A> {
     pub fn new(settings: RunnerSettings, cache: InputCache, assets: A) -> Self {
         let warm = (settings.warm.enabled && settings.renderers.blender.is_some())
             .then(|| WarmPool::new(settings.warm.clone(), &settings.work_dir));
+        let sessions = SessionPool::new(
+            &settings.work_dir,
+            settings.session_idle_timeout,
+            settings.keep_work_dirs,
+        );
         Self {
             settings,
             cache,
             assets,
             warm,
+            sessions,
         }
     }
 
@@ -155,6 +168,16 @@ impl<A: AssetStore> TaskRunner<A> {
         kiln_telemetry::propagation::adopt_parent_from_map(&span, &assignment.trace_context);
         kiln_telemetry::propagation::record_trace_id(&span);
         async {
+            if !assignment.session_step.is_empty() {
+                let session = SessionRun {
+                    cache: &self.cache,
+                    assets: &self.assets,
+                    pool: &self.sessions,
+                    log_tail_lines: self.settings.log_tail_lines,
+                    log_max_bytes: self.settings.log_max_bytes,
+                };
+                return log_outcome(session.run(assignment, events, cancel).await);
+            }
             let dir = match TaskDir::create(
                 &self.settings.work_dir,
                 &assignment.task_id,
@@ -176,14 +199,7 @@ impl<A: AssetStore> TaskRunner<A> {
             if !self.settings.keep_work_dirs {
                 dir.remove().await;
             }
-            match &outcome {
-                TaskOutcome::Finished(result) if result.success => tracing::info!("task succeeded"),
-                TaskOutcome::Finished(result) => {
-                    tracing::warn!(message = %result.message, "task failed")
-                }
-                TaskOutcome::Cancelled => tracing::info!("task cancelled"),
-            }
-            outcome
+            log_outcome(outcome)
         }
         .instrument(span)
         .await
@@ -465,9 +481,6 @@ impl<A: AssetStore> TaskRunner<A> {
         Ok(output)
     }
 
-    /// Stores the attempt's log through the asset service and reports it
-    /// (before the result, while the attempt is still current). A log that
-    /// cannot be stored is only worth a warning.
     async fn store_log(
         &self,
         assignment: &TaskAssignment,
@@ -475,26 +488,7 @@ impl<A: AssetStore> TaskRunner<A> {
         log: &TaskLog,
         events: &mpsc::Sender<WorkerMessage>,
     ) -> Option<OutputStored> {
-        let path = dir.path().join("kiln-task.log");
-        if let Err(error) = tokio::fs::write(&path, log.contents()).await {
-            tracing::warn!(%error, "cannot write the task's log");
-            return None;
-        }
-        let stored = match self.assets.upload_file(&path).await {
-            Ok(stored) => stored,
-            Err(error) => {
-                tracing::warn!(%error, "cannot store the task's log");
-                return None;
-            }
-        };
-        let output = stored_output(
-            assignment,
-            format!("logs/{}.log", assignment.task_id),
-            stored,
-            "log",
-        );
-        report_output(events, &output).await;
-        Some(output)
+        store_log(&self.assets, assignment, dir.path(), log, events).await
     }
 
     /// The pool and plan when `assignment` can render warm.
@@ -837,6 +831,17 @@ impl Watch<'_> {
     }
 }
 
+fn log_outcome(outcome: TaskOutcome) -> TaskOutcome {
+    match &outcome {
+        TaskOutcome::Finished(result) if result.success => tracing::info!("task succeeded"),
+        TaskOutcome::Finished(result) => {
+            tracing::warn!(message = %result.message, "task failed")
+        }
+        TaskOutcome::Cancelled => tracing::info!("task cancelled"),
+    }
+    outcome
+}
+
 /// Writes the trusted variant driver into the task's directory, replacing
 /// whatever an input placed there (inputs are hard links into the cache,
 /// which must not be written through).
@@ -879,17 +884,49 @@ async fn reap(
     wait.await
 }
 
+/// Stores the attempt's log (written into `dir` first) through the asset
+/// service and reports it (before the result, while the attempt is still
+/// current). A log that cannot be stored is only worth a warning.
+pub(crate) async fn store_log<A: AssetStore>(
+    assets: &A,
+    assignment: &TaskAssignment,
+    dir: &Path,
+    log: &TaskLog,
+    events: &mpsc::Sender<WorkerMessage>,
+) -> Option<OutputStored> {
+    let path = dir.join("kiln-task.log");
+    if let Err(error) = tokio::fs::write(&path, log.contents()).await {
+        tracing::warn!(%error, "cannot write the task's log");
+        return None;
+    }
+    let stored = match assets.upload_file(&path).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(%error, "cannot store the task's log");
+            return None;
+        }
+    };
+    let output = stored_output(
+        assignment,
+        format!("logs/{}.log", assignment.task_id),
+        stored,
+        "log",
+    );
+    report_output(events, &output).await;
+    Some(output)
+}
+
 /// What the uploader stored, and why it stopped storing, if it did.
 #[derive(Default)]
-struct Uploaded {
-    stored: Vec<OutputStored>,
-    failed: Option<String>,
+pub(crate) struct Uploaded {
+    pub(crate) stored: Vec<OutputStored>,
+    pub(crate) failed: Option<String>,
 }
 
 /// Uploads queued outputs one by one, telling the scheduler about each.
 /// After a failure the rest of the queue is drained without uploading,
 /// since the task has failed anyway.
-async fn upload_outputs<A: AssetStore>(
+pub(crate) async fn upload_outputs<A: AssetStore>(
     assets: &A,
     mut queued: mpsc::Receiver<PathBuf>,
     outputs_dir: &Path,
@@ -1093,7 +1130,7 @@ fn missing_frames_message(tracker: &RenderTracker, frames: &[i64]) -> String {
     }
 }
 
-fn failure(
+pub(crate) fn failure(
     assignment: &TaskAssignment,
     exit_code: Option<i32>,
     message: String,

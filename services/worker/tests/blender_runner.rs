@@ -103,6 +103,7 @@ impl Farm {
             keep_work_dirs: false,
             warm,
             gpus: Vec::new(),
+            session_idle_timeout: std::time::Duration::from_secs(60),
         };
         let store = DirStore { dir: store_dir };
         let runner = Arc::new(TaskRunner::new(settings, cache, store.clone()));
