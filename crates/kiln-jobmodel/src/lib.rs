@@ -18,7 +18,7 @@ pub use error::JobModelError;
 pub use frames::{blender_frame_arg, parse_frame_list};
 pub use openjd_expr::path_mapping::{PathFormat, PathMappingRule};
 pub use openjd_model::job::{AmountRequirement, AttributeRequirement, HostRequirements};
-pub use plan::{JobPlan, Limits, StepPlan, TaskPlan, plan_job};
+pub use plan::{JobPlan, Limits, PathParameter, StepPlan, TaskPlan, path_parameters, plan_job};
 pub use session_step::{
     JOB_ROOT, MAX_PATH_MAPPING_RULES, SessionStep, check_path_mapping_rules, task_symbols_from_json,
 };

@@ -412,3 +412,45 @@ fn rewrite_blender_frames(args: &mut [String], frames: &[i64]) {
         }
     }
 }
+
+/// A PATH parameter of a template, as a job bundle's submitter needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathParameter {
+    pub name: String,
+    /// The template's default, if any (relative to the template's directory).
+    pub default: Option<String>,
+    /// Whether the job reads what the path names.
+    pub reads: bool,
+    /// Whether the job writes there (OUT or INOUT): collected as outputs.
+    pub writes: bool,
+    /// Whether it names a directory (rather than a file or either).
+    pub directory: bool,
+}
+
+/// The PATH parameters of `template` (YAML or JSON), checked like a submission.
+pub fn path_parameters(
+    template: &str,
+    max_bytes: usize,
+) -> Result<Vec<PathParameter>, JobModelError> {
+    check_template(template, max_bytes)?;
+    let limits = CallerLimits::default();
+    let document = document_string_to_object(template, DocumentType::Yaml, &limits)
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    let template = decode_job_template(document, Some(SUPPORTED_EXTENSIONS), &limits)
+        .map_err(|e| JobModelError::Template(e.to_string()))?;
+    Ok(template
+        .parameter_definitions_list()
+        .iter()
+        .filter(|d| d.type_name() == "PATH")
+        .map(|d| {
+            let (object_type, data_flow) = d.path_properties();
+            PathParameter {
+                name: d.name().to_owned(),
+                default: d.default_value(),
+                reads: matches!(data_flow, Some(DataFlow::In | DataFlow::Inout)),
+                writes: matches!(data_flow, Some(DataFlow::Out | DataFlow::Inout)),
+                directory: matches!(object_type, Some(openjd_model::ObjectType::Directory)),
+            }
+        })
+        .collect())
+}

@@ -339,6 +339,7 @@ impl Core {
             task_id: progress.task_id,
             fraction: progress.fraction,
             frame: progress.frame,
+            status: progress.status,
         };
         self.emit_progress(job_id, task_id, progress);
     }

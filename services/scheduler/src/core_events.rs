@@ -30,7 +30,9 @@ pub struct EventSequencer {
     /// The last farm-wide position handed out.
     pub farm_seq: u64,
     /// When each task's last progress event went out, and its frame.
-    progress_sent: HashMap<Uuid, (Instant, Option<i64>)>,
+    /// When each task's progress was last kept, with its frame and status
+    /// line: a new frame or status is always kept.
+    progress_sent: HashMap<Uuid, (Instant, Option<i64>, String)>,
     /// When each job's record last went out.
     record_sent: HashMap<Uuid, Instant>,
     /// Jobs whose counts moved while their record was throttled.
@@ -84,8 +86,9 @@ impl Core {
     /// when it moves to another frame, so a busy farm does not flood Postgres.
     pub fn emit_progress(&mut self, job_id: Uuid, task_id: Uuid, progress: pb::TaskProgress) {
         let now = Instant::now();
-        if let Some((at, frame)) = self.events.progress_sent.get(&task_id)
+        if let Some((at, frame, status)) = self.events.progress_sent.get(&task_id)
             && *frame == progress.frame
+            && *status == progress.status
             && now.duration_since(*at) < PROGRESS_INTERVAL
         {
             return;
@@ -93,11 +96,11 @@ impl Core {
         if self.events.progress_sent.len() >= THROTTLE_MEMORY {
             self.events
                 .progress_sent
-                .retain(|_, (at, _)| now.duration_since(*at) < PROGRESS_INTERVAL);
+                .retain(|_, (at, _, _)| now.duration_since(*at) < PROGRESS_INTERVAL);
         }
         self.events
             .progress_sent
-            .insert(task_id, (now, progress.frame));
+            .insert(task_id, (now, progress.frame, progress.status.clone()));
         self.emit(job_id, Event::TaskProgress(progress));
     }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_jobmodel::SessionStep;
+use openjd_expr::SerializedSymbolTable;
 use openjd_model::job::Environment;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,9 @@ enum Scope {
 struct Entered {
     scope: Scope,
     environment: Environment,
+    /// The values its format strings are resolved with: its own, or (for a
+    /// step environment, which the model gives none) the step's.
+    symbols: Option<SerializedSymbolTable>,
     /// Variables it set (`None`: unset), in order, `variables` first.
     variables: Vec<(String, Option<String>)>,
     files: Vec<(String, PathBuf)>,
@@ -192,8 +196,14 @@ impl OpenJdSession {
             self.exit_last(cancel, watcher).await;
         }
         for (scope, environment) in wanted.into_iter().skip(keep) {
+            // The model gives a step environment no values of its own: it
+            // shares the step's.
+            let symbols = environment
+                .resolved_symtab
+                .clone()
+                .or_else(|| step.symbols.clone());
             let ran = self
-                .enter(scope, environment, limits, cancel, watcher)
+                .enter(scope, environment, symbols, limits, cancel, watcher)
                 .await;
             if ran.problem("").is_some() {
                 return ran;
@@ -206,6 +216,7 @@ impl OpenJdSession {
         &mut self,
         scope: Scope,
         environment: &Environment,
+        serialized: Option<SerializedSymbolTable>,
         limits: Limits,
         cancel: &CancellationToken,
         watcher: &mut impl ActionWatcher,
@@ -218,7 +229,7 @@ impl OpenJdSession {
         tracing::info!(session = self.id, environment = %name, "entering openjd environment");
         watcher.line(&format!("kiln: entering environment {name}"));
         let mut symbols = match session_symbols::scope_symbols(
-            environment.resolved_symtab.as_ref(),
+            serialized.as_ref(),
             &self.mapping,
             &self.rules_file,
         ) {
@@ -246,6 +257,7 @@ impl OpenJdSession {
         self.entered.push(Entered {
             scope,
             environment: environment.clone(),
+            symbols: serialized,
             variables,
             files,
         });
@@ -317,7 +329,7 @@ impl OpenJdSession {
             return;
         };
         let symbols = session_symbols::scope_symbols(
-            entered.environment.resolved_symtab.as_ref(),
+            entered.symbols.as_ref(),
             &self.mapping,
             &self.rules_file,
         )

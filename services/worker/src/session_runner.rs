@@ -327,6 +327,7 @@ impl Watch<'_> {
             attempt: self.assignment.attempt,
             fraction: self.fraction,
             frame: None,
+            status: self.status.clone().unwrap_or_default(),
         };
         // Progress may be dropped when the stream is busy; the next report supersedes it.
         let _ = self

@@ -26,9 +26,10 @@ impl PathMapping {
     /// `working_dir`, and the job root (where relative PATH values were
     /// anchored at submission) mapped onto `working_dir`.
     pub fn new(rules: &[PathMappingRule], working_dir: &Path) -> Self {
-        let inside = |destination: &str| match Path::new(destination).is_absolute() {
-            true => destination.to_owned(),
-            false => display(&working_dir.join(destination.trim_start_matches("./"))),
+        let inside = |destination: &str| match destination.trim_start_matches("./") {
+            "" | "." => display(working_dir),
+            absolute if Path::new(absolute).is_absolute() => absolute.to_owned(),
+            relative => display(&working_dir.join(relative)),
         };
         let mut all: Vec<PathMappingRule> = rules
             .iter()

@@ -806,6 +806,7 @@ impl Watch<'_> {
             attempt: self.assignment.attempt,
             fraction: self.observed.tracker.fraction(&self.assignment.frames),
             frame: Some(frame),
+            status: String::new(),
         };
         // Progress may be dropped when the stream is busy; the next report supersedes it.
         let _ = self
