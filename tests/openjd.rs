@@ -211,3 +211,62 @@ async fn environments_are_entered_once_per_session() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_submit_brings_back_the_out_directory() -> Result<()> {
+    let (farm, dir) = start_farm(1, false).await?;
+    let token = {
+        // `kiln bundle submit` as the submitter: a token of its own.
+        let channel = tonic::transport::Channel::from_shared(farm.gateway_url())?
+            .connect()
+            .await?;
+        let credentials = kiln_asset_client::CallCredentials::bearer(farm.admin_token())?;
+        TokenServiceClient::with_interceptor(channel, credentials)
+            .create_token(pb::CreateTokenRequest {
+                name: "bundler".to_owned(),
+                role: pb::Role::Submitter as i32,
+            })
+            .await?
+            .into_inner()
+            .secret
+    };
+    // The Blender + ffmpeg sample as a Deadline job bundle: the template, its
+    // scene where the template's default names it, and parameter values.
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("scene"))?;
+    std::fs::write(
+        bundle.join("template.yaml"),
+        fixture("blender-ffmpeg.yaml")?,
+    )?;
+    let scene = example_scene(dir.path())?;
+    std::fs::copy(&scene, bundle.join("scene/blender_scene.blend"))?;
+    std::fs::write(
+        bundle.join("parameter_values.yaml"),
+        "parameterValues:\n  - name: EndFrame\n    value: 2\n  - name: deadline:priority\n    value: 60\n",
+    )?;
+    let kiln = kiln_localfarm::locate_binary("kiln")?;
+    let output = tokio::process::Command::new(kiln)
+        .args(["bundle", "submit"])
+        .arg(&bundle)
+        .args(["-p", "OutputPattern=render-####.PNG"])
+        .args(["--gateway", &farm.gateway_url()])
+        .args(["--token", &token])
+        .env_remove("KILN_GATEWAY")
+        .env_remove("KILN_TOKEN")
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "kiln bundle submit failed: {stderr}"
+    );
+    for frame in ["render-0001.PNG", "render-0002.PNG"] {
+        let path = bundle.join("output").join(frame);
+        let image = image::open(&path)
+            .with_context(|| format!("{} was not brought back: {stderr}", path.display()))?;
+        assert_eq!((image.width(), image.height()), (320, 180));
+    }
+    Ok(())
+}
