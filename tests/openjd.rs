@@ -270,3 +270,133 @@ async fn bundle_submit_brings_back_the_out_directory() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_templates_and_rules_are_refused_at_submission() -> Result<()> {
+    let (farm, _dir) = start_farm(1, false).await?;
+    let mut client = submitter(&farm, "studio").await?;
+    let sample = fixture("stdout-messages.yaml")?;
+    let many_files: String = (0..40)
+        .map(|n| format!("    - name: F{n}\n      type: TEXT\n      data: x\n"))
+        .collect();
+    let too_many_files = format!(
+        "specificationVersion: jobtemplate-2023-09\nname: files\nsteps:\n- name: S\n  script:\n    actions:\n      onRun:\n        command: bash\n        args: ['{{{{Task.File.F0}}}}']\n    embeddedFiles:\n{many_files}"
+    );
+    let rule = |source_format: &str, destination: &str| pb::PathMappingRule {
+        source_path_format: source_format.to_owned(),
+        source_path: "/mnt/projects".to_owned(),
+        destination_path: destination.to_owned(),
+    };
+    let mut climbing = inline(sample.clone(), &[], Vec::new());
+    climbing.path_mapping_rules = vec![rule("POSIX", "../../etc")];
+    let mut unknown_format = inline(sample.clone(), &[], Vec::new());
+    unknown_format.path_mapping_rules = vec![rule("VMS", "projects")];
+    let cases = [
+        (
+            "an undefined embedded file",
+            inline(
+                sample.replace("Task.File.Run", "Task.File.Nope"),
+                &[],
+                Vec::new(),
+            ),
+            "Nope",
+        ),
+        (
+            "too many embedded files",
+            inline(too_many_files, &[], Vec::new()),
+            "embedded files",
+        ),
+        ("a rule climbing out of the session", climbing, "'..'"),
+        ("a rule of an unknown path format", unknown_format, "VMS"),
+        (
+            "a template that is not YAML",
+            inline("steps: [".to_owned(), &[], Vec::new()),
+            "template",
+        ),
+    ];
+    for (what, request, mentions) in cases {
+        let status = client.jobs.submit_job(request).await.expect_err(what);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message().contains(mentions),
+            "{what}: {:?} should mention {mentions:?}",
+            status.message()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ffmpeg_review_media_sample_reads_path_parameters_in_its_steps() -> Result<()> {
+    let (farm, dir) = start_farm(1, false).await?;
+    let mut client = submitter(&farm, "studio").await?;
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames)?;
+    let status = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=128x72:rate=24",
+            "-frames:v",
+            "4",
+        ])
+        .arg(frames.join("f_%04d.png"))
+        .status()?;
+    assert!(status.success(), "ffmpeg could not make the test frames");
+    let mut inputs = Vec::new();
+    for n in 1..=4 {
+        let stored = client
+            .assets
+            .upload_file(&frames.join(format!("f_{n:04}.png")))
+            .await?;
+        inputs.push(pb::JobInput {
+            path: format!("frames/f_{n:04}.png"),
+            digest: stored.digest,
+        });
+    }
+    // InputFile and OutputDir are PATH parameters the steps use as
+    // {{Param.InputFile}}: relative values are places in the session.
+    let request = inline(
+        fixture("ffmpeg.yaml")?,
+        &[
+            ("InputFile", "frames/f_%04d.png"),
+            ("OutputDir", "review"),
+            ("EndFrame", "4"),
+        ],
+        inputs,
+    );
+    let job = client.jobs.submit_job(request).await?.into_inner();
+    let job = client.wait_until_finished(&job.id).await?;
+    let tasks = client.tasks(&job.id).await?;
+    assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?} {tasks:?}");
+    let outputs: Vec<String> = client
+        .outputs(&job.id)
+        .await?
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
+    assert_eq!(
+        outputs,
+        [
+            "review/h264_hq_output.mp4",
+            "review/prores_0_output.mov",
+            "review/prores_3_output.mov",
+            "review/webm_output.webm"
+        ]
+    );
+    let out = dir.path().join("downloaded");
+    client.download_outputs(&job.id, &out).await?;
+    let (frames, _, _) = kiln_tests::probe_video(&out.join("review/webm_output.webm"))?;
+    assert_eq!(
+        frames, 4,
+        "the webm step read the h264 step's output at the same path"
+    );
+    Ok(())
+}

@@ -20,7 +20,8 @@ pub use openjd_expr::path_mapping::{PathFormat, PathMappingRule};
 pub use openjd_model::job::{AmountRequirement, AttributeRequirement, HostRequirements};
 pub use plan::{JobPlan, Limits, PathParameter, StepPlan, TaskPlan, path_parameters, plan_job};
 pub use session_step::{
-    JOB_ROOT, MAX_PATH_MAPPING_RULES, SessionStep, check_path_mapping_rules, task_symbols_from_json,
+    JOB_ROOT, MAX_PATH_MAPPING_RULES, OutputPath, SessionStep, check_path_mapping_rules,
+    task_symbols_from_json,
 };
 pub use variants::{MAX_ROWS, VariantRow, VariantTable, validate_row_id, variants_template};
 

@@ -12,7 +12,7 @@ use openjd_model::{
 };
 
 use crate::frames::{blender_frame_arg, parse_frame_list};
-use crate::session_step::{self, JOB_ROOT, SessionStep};
+use crate::session_step::{self, JOB_ROOT, OutputPath, SessionStep};
 use crate::{JobModelError, WORKING_DIRECTORY_PLACEHOLDER};
 
 /// Extensions of the OpenJD schema Kiln understands.
@@ -155,8 +155,8 @@ pub(crate) fn check_template(template: &str, max_bytes: usize) -> Result<(), Job
 /// What every step of a job shares.
 struct JobContext<'a> {
     job: &'a Job,
-    /// Raw values of the PATH parameters whose data flows out.
-    outputs: Vec<String>,
+    /// The PATH parameters whose data flows out.
+    outputs: Vec<OutputPath>,
     path_mapping_rules: &'a [PathMappingRule],
 }
 
@@ -164,7 +164,7 @@ struct JobContext<'a> {
 fn instantiate(
     template: &str,
     parameters: &HashMap<String, String>,
-) -> Result<(Job, Vec<String>), JobModelError> {
+) -> Result<(Job, Vec<OutputPath>), JobModelError> {
     let limits = CallerLimits::default();
     let document = document_string_to_object(template, DocumentType::Yaml, &limits)
         .map_err(|e| JobModelError::Template(e.to_string()))?;
@@ -188,12 +188,20 @@ fn instantiate(
         .parameter_definitions_list()
         .iter()
         .filter(|d| matches!(d.path_properties().1, Some(DataFlow::Out | DataFlow::Inout)))
-        .filter_map(|d| values.get(d.name()))
-        .flat_map(|v| match &v.value {
-            ExprValue::String(s) => vec![s.clone()],
-            ExprValue::Path { value, .. } => vec![value.clone()],
-            ExprValue::ListString(items, _) | ExprValue::ListPath(items, _, _) => items.clone(),
-            _ => Vec::new(),
+        .filter_map(|d| {
+            let directory = d.path_properties().0 == Some(openjd_model::ObjectType::Directory);
+            Some((values.get(d.name())?, directory))
+        })
+        .flat_map(|(v, directory)| {
+            let paths = match &v.value {
+                ExprValue::String(s) => vec![s.clone()],
+                ExprValue::Path { value, .. } => vec![value.clone()],
+                ExprValue::ListString(items, _) | ExprValue::ListPath(items, _, _) => items.clone(),
+                _ => Vec::new(),
+            };
+            paths
+                .into_iter()
+                .map(move |path| OutputPath { path, directory })
         })
         .collect();
     Ok((job, outputs))

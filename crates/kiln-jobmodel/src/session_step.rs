@@ -40,9 +40,10 @@ pub struct SessionStep {
     pub job_environments: Vec<Environment>,
     /// Entered after the job's, for this step only.
     pub step_environments: Vec<Environment>,
-    /// Raw values of the job's PATH parameters with `dataFlow: OUT` or
-    /// `INOUT`: directories (or files) collected as outputs after each task.
-    pub outputs: Vec<String>,
+    /// The job's PATH parameters with `dataFlow: OUT` or `INOUT`: created
+    /// before each task (a directory, or a file's directory) and collected
+    /// as outputs after it.
+    pub outputs: Vec<OutputPath>,
     /// The submitter's rules, applied to PATH values; a relative destination
     /// is inside the session's working directory.
     pub path_mapping_rules: Vec<PathMappingRule>,
@@ -57,6 +58,15 @@ impl SessionStep {
     pub fn from_json(json: &str) -> Result<Self, String> {
         serde_json::from_str(json).map_err(|e| format!("invalid step script: {e}"))
     }
+}
+
+/// A PATH parameter's value the job writes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputPath {
+    /// The raw value, as given at submission (relative ones under [`JOB_ROOT`]).
+    pub path: String,
+    /// Whether it names a directory (`objectType: DIRECTORY`); otherwise a file.
+    pub directory: bool,
 }
 
 /// A task's parameter values (`Task.Param.*`, `Task.RawParam.*`) as a

@@ -60,7 +60,11 @@ fn path_parameters_reach_the_worker_unresolved_with_out_directories_named() {
             .session
             .as_ref()
             .expect("ffmpeg with PATH parameters runs as written");
-        assert_eq!(session.outputs, [format!("{JOB_ROOT}/review")]);
+        let out = &session.outputs[0];
+        assert_eq!(
+            (out.path.as_str(), out.directory),
+            (format!("{JOB_ROOT}/review").as_str(), true)
+        );
     }
     let prores = &plan.steps[2];
     assert_eq!(prores.tasks.len(), 2);
@@ -127,4 +131,58 @@ fn an_undefined_variable_is_refused_at_submission() {
     let template = fixture("stdout-messages.yaml").replace("Task.File.Run", "Task.File.Missing");
     let error = plan_job(&template, &HashMap::new(), &[], Limits::default()).unwrap_err();
     assert!(error.to_string().contains("Missing"), "{error}");
+}
+
+#[test]
+fn every_task_parameter_type_and_combination_reaches_the_worker_typed() {
+    let template = r#"
+specificationVersion: jobtemplate-2023-09
+name: Params
+steps:
+  - name: All
+    parameterSpace:
+      taskParameterDefinitions:
+        - name: Shot
+          type: INT
+          range: "1-3:2"
+        - name: Scale
+          type: FLOAT
+          range: [0.5, 1.5]
+        - name: Look
+          type: STRING
+          range: [warm, cold]
+        - name: Plate
+          type: PATH
+          range: [plates/a.exr, plates/b.exr]
+      combination: "(Shot, Plate) * Scale * Look"
+    script:
+      actions:
+        onRun:
+          command: bash
+          args: ["-c", "echo {{Task.Param.Shot}} {{Task.Param.Scale}} {{Task.Param.Look}} {{Task.Param.Plate}}"]
+"#;
+    let plan = plan_job(template, &HashMap::new(), &[], Limits::default()).unwrap();
+    let step = &plan.steps[0];
+    // Shot (1, 3) pairs with Plate's two values, times Scale's two, times Look's two.
+    assert_eq!(step.tasks.len(), 2 * 2 * 2);
+    let table = task_symbols_from_json(step.tasks[0].symbols.as_deref().unwrap())
+        .unwrap()
+        .to_symtab(PathFormat::Posix)
+        .unwrap();
+    assert!(matches!(
+        table.get_value("Task.Param.Shot"),
+        Some(openjd_expr::ExprValue::Int(1))
+    ));
+    assert!(matches!(
+        table.get_value("Task.Param.Plate"),
+        Some(openjd_expr::ExprValue::Path { .. })
+    ));
+    assert!(matches!(
+        table.get_value("Task.Param.Look"),
+        Some(openjd_expr::ExprValue::String(_))
+    ));
+    assert!(matches!(
+        table.get_value("Task.Param.Scale"),
+        Some(openjd_expr::ExprValue::Float(_))
+    ));
 }

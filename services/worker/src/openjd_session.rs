@@ -27,6 +27,9 @@ const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 /// How long an environment's `onExit` may run when the session ends.
 const EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Most `openjd_env`/`openjd_unset_env` one `onEnter` may issue.
+const MAX_EXPORTS: usize = 256;
+
 static NEXT_FILES_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// Which environments an entered one belongs to.
@@ -277,23 +280,25 @@ impl OpenJdSession {
         };
         let env = self.environment_variables();
         let mut exported = Vec::new();
-        let ran =
-            run_watched(
-                &spec,
-                &self.dir,
-                &env,
-                limits,
-                cancel,
-                watcher,
-                |message| match message {
-                    Message::SetEnv { name, value } => {
-                        exported.push((name.clone(), Some(value.clone())))
-                    }
-                    Message::UnsetEnv(name) => exported.push((name.clone(), None)),
-                    _ => {}
-                },
-            )
-            .await;
+        let ran = run_watched(
+            &spec,
+            &self.dir,
+            &env,
+            limits,
+            cancel,
+            watcher,
+            // Bounded like declared variables: one action cannot grow
+            // the environment of every later one without limit.
+            |message| match message {
+                _ if exported.len() >= MAX_EXPORTS => {}
+                Message::SetEnv { name, value } => {
+                    exported.push((name.clone(), Some(value.clone())))
+                }
+                Message::UnsetEnv(name) => exported.push((name.clone(), None)),
+                _ => {}
+            },
+        )
+        .await;
         if ran.problem("").is_some() {
             // A failed onEnter leaves the environment not entered: no onExit.
             self.entered.pop();

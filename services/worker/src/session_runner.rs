@@ -106,6 +106,10 @@ impl<A: AssetStore> SessionRun<'_, A> {
                 started,
             )))
             .await;
+        if let Err(error) = create_output_dirs(&step, &session).await {
+            self.pool.end(session);
+            return fail(error);
+        }
         let collected = collected_paths(&step, &session);
         let before = snapshot(session.dir(), &collected).await;
         let limits = Limits {
@@ -236,8 +240,8 @@ impl<A: AssetStore> SessionRun<'_, A> {
 /// that map inside the session, and `outputs/`.
 fn collected_paths(step: &SessionStep, session: &OpenJdSession) -> Vec<PathBuf> {
     let mut places: Vec<PathBuf> = vec![PathBuf::from(OUTPUTS_DIR)];
-    for raw in &step.outputs {
-        let mapped = session.mapping().map(raw);
+    for output in &step.outputs {
+        let mapped = session.mapping().map(&output.path);
         match outputs::relative_to(Path::new(&mapped), session.dir()) {
             Some(relative) => places.push(relative),
             None => {
@@ -251,6 +255,25 @@ fn collected_paths(step: &SessionStep, session: &OpenJdSession) -> Vec<PathBuf> 
     let all = places.clone();
     places.retain(|p| !all.iter().any(|other| other != p && p.starts_with(other)));
     places
+}
+
+/// Creates the OUT directories (and OUT files' directories) inside the
+/// session, as a task expects to find them.
+async fn create_output_dirs(step: &SessionStep, session: &OpenJdSession) -> Result<(), String> {
+    for output in &step.outputs {
+        let mapped = PathBuf::from(session.mapping().map(&output.path));
+        let dir = match output.directory {
+            true => mapped.as_path(),
+            false => mapped.parent().unwrap_or(session.dir()),
+        };
+        if outputs::relative_to(dir, session.dir()).is_none() {
+            continue;
+        }
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// What a file looked like: a file that keeps its size and modification

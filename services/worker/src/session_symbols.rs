@@ -137,7 +137,9 @@ pub fn add_task(
         let Some(value) = task.get_value(&key) else {
             continue;
         };
-        let value = match key.starts_with("Task.Param.") {
+        // Only PATH task parameters are mapped; a STRING one is text.
+        let is_path = matches!(value, ExprValue::Path { .. } | ExprValue::ListPath(..));
+        let value = match key.starts_with("Task.Param.") && is_path {
             true => map_value(value, mapping).unwrap_or_else(|| value.clone()),
             false => value.clone(),
         };
@@ -260,6 +262,13 @@ mod tests {
         let mut task = SymbolTable::new();
         task.set("Task.Param.Shot", ExprValue::Int(3)).unwrap();
         task.set("Task.RawParam.Shot", ExprValue::Int(3)).unwrap();
+        task.set("Task.Param.Quality", ExprValue::String("3".to_owned()))
+            .unwrap();
+        task.set(
+            "Task.Param.Plate",
+            ExprValue::new_path("plates/a.exr", PathFormat::Posix),
+        )
+        .unwrap();
         let mapping = PathMapping::new(&[], Path::new("/w/s"));
         let mut table = scope_symbols(None, &mapping, Path::new("/w/r.json")).unwrap();
         add_task(
@@ -274,8 +283,15 @@ mod tests {
             &[("Run".to_owned(), PathBuf::from("/w/f/run.sh"))],
         )
         .unwrap();
-        let text = FormatString::new("{{Task.File.Run}} {{Task.Param.Shot}}").unwrap();
-        assert_eq!(resolve(&text, &table).unwrap(), "/w/f/run.sh 3");
+        let text = FormatString::new(
+            "{{Task.File.Run}} {{Task.Param.Shot}} {{Task.Param.Quality}} {{Task.Param.Plate}}",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve(&text, &table).unwrap(),
+            "/w/f/run.sh 3 3 /w/s/plates/a.exr",
+            "STRING values stay text; relative PATH values are in the session"
+        );
         let missing = FormatString::new("{{Task.File.Other}}").unwrap();
         assert!(resolve(&missing, &table).is_err());
     }
