@@ -8,7 +8,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 garage_version=2.5.0
-packages=(postgresql etcd-server etcd-client blender ffmpeg protobuf-compiler libprotobuf-dev python3 python3-venv python-is-python3 prometheus docker-compose)
+packages=(postgresql etcd-server etcd-client blender ffmpeg bubblewrap protobuf-compiler libprotobuf-dev python3 python3-venv python-is-python3 prometheus docker-compose)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -20,6 +20,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A fresh temporary directory for a test's farm. Other users may pass
+/// through it (not list it): the workers' sandboxed tasks run as uids of
+/// their own and must reach their working directories below it.
+pub fn e2e_dir() -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
+}
+
 /// Starts a farm in a fresh temporary directory (kept alive by the returned guard).
 pub async fn start_farm(workers: usize, s3: bool) -> Result<(Farm, tempfile::TempDir)> {
     start_farm_with(workers, s3, &[]).await
@@ -31,7 +41,7 @@ pub async fn start_farm_with(
     s3: bool,
     env: &[(&str, &str)],
 ) -> Result<(Farm, tempfile::TempDir)> {
-    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let dir = e2e_dir()?;
     let mut builder = Farm::builder(dir.path().join("farm"))
         .workers(workers)
         .s3(s3);
@@ -44,7 +54,7 @@ pub async fn start_farm_with(
 
 /// A farm with TLS everywhere ([`kiln_localfarm::FarmBuilder::tls`]) in a fresh temporary directory.
 pub async fn start_farm_tls(workers: usize) -> Result<(Farm, tempfile::TempDir)> {
-    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let dir = e2e_dir()?;
     let farm = Farm::builder(dir.path().join("farm"))
         .workers(workers)
         .tls(true)
@@ -306,7 +316,8 @@ pub fn probe_video(path: &Path) -> Result<(u64, String, String)> {
     Ok((frames, text("codec_name"), text("pix_fmt")))
 }
 
-/// Process ids of running Blender processes whose command line mentions `dir`.
+/// Process ids of running Blender processes whose command line mentions
+/// `dir` (not the bubblewrap processes holding their sandboxes).
 pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -318,7 +329,8 @@ pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains("blender") && cmdline.contains(&needle)).then_some(pid)
+            let sandbox = cmdline.starts_with("bwrap ");
+            (!sandbox && cmdline.contains("blender") && cmdline.contains(&needle)).then_some(pid)
         })
         .collect()
 }

@@ -296,6 +296,8 @@ impl Core {
             max_run_seconds: job.max_run_seconds,
             stall_seconds: job.stall_seconds,
             trace_context: job.trace_context.clone(),
+            allow_network: !job.template_name.is_empty()
+                && self.network_templates.contains(&job.template_name),
             session_step: step.session_step.as_deref().unwrap_or_default().to_owned(),
             task_symbols: task.task_symbols.clone().unwrap_or_default(),
         };
@@ -357,6 +359,8 @@ impl Core {
             exit_code: result.exit_code,
             message: result.message,
             log_tail: result.log_tail,
+            device: Some(result.device),
+            status: Some(result.status),
         };
         if result.success {
             if self

@@ -103,6 +103,9 @@ pub struct JobEntry {
     /// The submission's W3C trace context, passed on to every task.
     pub trace_context: HashMap<String, String>,
     pub name: String,
+    /// The built-in or admin-approved template the job was made from; empty
+    /// for a template the submitter wrote.
+    pub template_name: String,
     /// The last sequence number given to one of the job's events.
     pub event_seq: u64,
     /// Per-frame run times of earlier jobs of the same scene, by step name:
@@ -169,6 +172,10 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     pub message: String,
     pub log_tail: String,
+    /// The Cycles device the attempt rendered on, as the worker reported it.
+    pub device: Option<String>,
+    /// The attempt's last status line, as the worker reported it.
+    pub status: Option<String>,
 }
 
 pub struct Core {
@@ -204,6 +211,9 @@ pub struct Core {
     pub events: EventSequencer,
     /// Run times for each running job's ETA.
     pub eta: EtaBook,
+    /// Admin-approved templates whose tasks may use the network; every
+    /// other task's sandbox has none.
+    pub network_templates: HashSet<String>,
 }
 
 /// Finished jobs remembered in `recently_finished`.
@@ -231,6 +241,7 @@ impl Core {
             recently_finished: HashMap::new(),
             events: EventSequencer::default(),
             eta: EtaBook::default(),
+            network_templates: HashSet::new(),
         }
     }
 
@@ -265,6 +276,8 @@ impl Core {
             write.exit_code = outcome.exit_code;
             write.message = Some(outcome.message.clone());
             write.log_tail = (!outcome.log_tail.is_empty()).then(|| outcome.log_tail.clone());
+            write.device = outcome.device.clone();
+            write.status = outcome.status.clone();
         }
         let (job_id, step, index, attempt, worker_id) = (
             task.job_id,

@@ -144,12 +144,7 @@ pub(crate) fn can_run_some_step(job: &JobEntry, worker: &WorkerEntry) -> bool {
     })
 }
 
-/// Steps run one command; a worker only takes steps whose renderer it registered.
+/// Steps run one command; see [`crate::matching::runs_command`].
 fn worker_has_renderer(worker: &WorkerEntry, job: &JobEntry, step: usize) -> bool {
-    let command = &job.steps[step].command;
-    worker
-        .capabilities
-        .renderers
-        .iter()
-        .any(|r| &r.name == command)
+    crate::matching::runs_command(&worker.capabilities, &job.steps[step].command)
 }

@@ -46,12 +46,14 @@ impl Scheduler {
         db: PgPool,
         policy: RetryPolicy,
         owner_weights: HashMap<String, f64>,
+        network_templates: std::collections::HashSet<String>,
         token: Token,
     ) -> Result<Started, SchedulerError> {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (effects, effect_rx) = mpsc::channel(EFFECT_QUEUE);
         let events = Arc::new(EventBus::default());
         let mut core = Core::new(policy, owner_weights);
+        core.network_templates = network_templates;
         core.events.farm_seq = event_log::last_position(&db, event_log::Scope::Farm).await?;
         let loaded = loader::load_unfinished(&db, token).await?;
         tracing::info!(jobs = loaded.len(), "loaded unfinished jobs");

@@ -35,6 +35,8 @@ pub struct TaskWrite {
     pub exit_code: Option<i32>,
     pub message: Option<String>,
     pub log_tail: Option<String>,
+    pub device: Option<String>,
+    pub status: Option<String>,
 }
 
 impl TaskWrite {
@@ -51,6 +53,8 @@ impl TaskWrite {
             exit_code: None,
             message: None,
             log_tail: None,
+            device: None,
+            status: None,
         }
     }
 
@@ -65,6 +69,8 @@ impl TaskWrite {
         self.exit_code = later.exit_code.or(self.exit_code);
         self.message = later.message.or(self.message.take());
         self.log_tail = later.log_tail.or(self.log_tail.take());
+        self.device = later.device.or(self.device.take());
+        self.status = later.status.or(self.status.take());
     }
 }
 
@@ -222,11 +228,13 @@ async fn write_tasks(tx: &mut sqlx::PgConnection, tasks: &[TaskWrite]) -> Result
                 worker_id = COALESCE(w.worker_id, t.worker_id), retry_at = w.retry_at,
                 exit_code = CASE WHEN w.state = 'dispatched' THEN NULL ELSE COALESCE(w.exit_code, t.exit_code) END,
                 message = COALESCE(w.message, t.message), log_tail = COALESCE(w.log_tail, t.log_tail),
+                device = CASE WHEN w.state = 'dispatched' THEN '' ELSE COALESCE(w.device, t.device) END,
+                status = CASE WHEN w.state = 'dispatched' THEN '' ELSE COALESCE(w.status, t.status) END,
                 updated_at = now()
          FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::int[], $7::text[],
-                     $8::timestamptz[], $9::int[], $10::text[], $11::text[])
+                     $8::timestamptz[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[])
               AS w(id, expect_state, expect_attempt, state, attempt, failures, worker_id, retry_at,
-                   exit_code, message, log_tail)
+                   exit_code, message, log_tail, device, status)
          WHERE t.id = w.id AND t.state = w.expect_state AND t.attempt = w.expect_attempt",
     )
     .bind(tasks.iter().map(|t| t.id).collect::<Vec<_>>())
@@ -240,6 +248,8 @@ async fn write_tasks(tx: &mut sqlx::PgConnection, tasks: &[TaskWrite]) -> Result
     .bind(tasks.iter().map(|t| t.exit_code).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.message.clone()).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.log_tail.clone()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.device.clone()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.status.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(result.rows_affected())

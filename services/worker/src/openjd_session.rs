@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::openjd_messages::{self, Message};
+use crate::sandbox::{Sandbox, TaskSandbox};
 use crate::session_action::{self, ActionEnd, ActionSpec, Limits};
 use crate::session_files;
 use crate::session_symbols::{self, PathMapping};
@@ -22,8 +23,6 @@ use crate::session_symbols::{self, PathMapping};
 /// Where a session keeps its own files (embedded files, the path-mapping
 /// rules), inside its working directory; never collected as outputs.
 pub const PRIVATE_DIR: &str = ".openjd";
-/// The environment every action starts from: none of the worker's own.
-const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long an environment's `onExit` may run when the session ends.
 const EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -86,6 +85,11 @@ impl Ran {
 pub struct OpenJdSession {
     id: u64,
     job_id: String,
+    /// Where every action of the session runs; held for the session's life.
+    sandbox: TaskSandbox,
+    /// The worker's own directory for the session (the task's log,
+    /// thumbnails), outside anything the sandbox sees.
+    scratch: PathBuf,
     dir: PathBuf,
     mapping: PathMapping,
     rules_file: PathBuf,
@@ -101,17 +105,25 @@ impl OpenJdSession {
     pub async fn create(
         id: u64,
         job_id: &str,
-        dir: PathBuf,
+        (dir, scratch): (PathBuf, PathBuf),
         step: &SessionStep,
+        sandbox: &Sandbox,
+        network: bool,
     ) -> Result<Self, String> {
         let cannot = |e: std::io::Error| format!("cannot create the session directory: {e}");
-        if tokio::fs::symlink_metadata(&dir).await.is_ok() {
-            tokio::fs::remove_dir_all(&dir).await.map_err(cannot)?;
+        for place in [&dir, &scratch] {
+            if tokio::fs::symlink_metadata(place).await.is_ok() {
+                tokio::fs::remove_dir_all(place).await.map_err(cannot)?;
+            }
         }
         tokio::fs::create_dir_all(dir.join(PRIVATE_DIR))
             .await
             .map_err(cannot)?;
+        tokio::fs::create_dir_all(&scratch).await.map_err(cannot)?;
         let dir = tokio::fs::canonicalize(&dir).await.map_err(cannot)?;
+        let sandbox = sandbox
+            .enter(&format!("openjd-{id}"), &dir, network)
+            .map_err(|e| format!("cannot make the session's sandbox: {e}"))?;
         let mapping = PathMapping::new(&step.path_mapping_rules, &dir);
         let rules_file = dir.join(PRIVATE_DIR).join("path-mapping.json");
         tokio::fs::write(&rules_file, mapping.rules_json())
@@ -120,6 +132,8 @@ impl OpenJdSession {
         Ok(Self {
             id,
             job_id: job_id.to_owned(),
+            sandbox,
+            scratch,
             dir,
             mapping,
             rules_file,
@@ -139,6 +153,14 @@ impl OpenJdSession {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    pub fn sandbox(&self) -> &TaskSandbox {
+        &self.sandbox
     }
 
     pub fn mapping(&self) -> &PathMapping {
@@ -282,7 +304,7 @@ impl OpenJdSession {
         let mut exported = Vec::new();
         let ran = run_watched(
             &spec,
-            &self.dir,
+            &self.sandbox,
             &env,
             limits,
             cancel,
@@ -354,7 +376,7 @@ impl OpenJdSession {
             run_time: Some(EXIT_LIMIT),
             stall_seconds: 0,
         };
-        let ran = run_watched(&spec, &self.dir, &env, limits, cancel, watcher, |_| {}).await;
+        let ran = run_watched(&spec, &self.sandbox, &env, limits, cancel, watcher, |_| {}).await;
         if let Some(problem) = ran.problem("onExit") {
             tracing::warn!(session = self.id, environment = %name, %problem, "environment exit failed");
             watcher.line(&format!("kiln: environment {name} exit failed: {problem}"));
@@ -370,6 +392,9 @@ impl OpenJdSession {
             self.exit_last(&cancel, &mut watcher).await;
         }
         tracing::info!(session = self.id, job_id = %self.job_id, "openjd session ended");
+        // Whatever the session's processes left running goes with its sandbox.
+        self.sandbox.kill();
+        let _ = tokio::fs::remove_dir_all(&self.scratch).await;
         if !keep && let Err(error) = tokio::fs::remove_dir_all(&self.dir).await {
             tracing::warn!(path = %self.dir.display(), %error, "cannot remove session directory");
         }
@@ -411,7 +436,7 @@ impl OpenJdSession {
             Err(error) => return failed(error),
         };
         let env = self.environment_variables();
-        run_watched(&spec, &self.dir, &env, limits, cancel, watcher, |_| {}).await
+        run_watched(&spec, &self.sandbox, &env, limits, cancel, watcher, |_| {}).await
     }
 
     async fn write_files(
@@ -448,16 +473,11 @@ impl OpenJdSession {
     /// The environment of the next action: a fixed base, then every entered
     /// environment's variables, outermost first.
     fn environment_variables(&self) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = vec![
-            ("PATH".to_owned(), BASE_PATH.to_owned()),
-            ("HOME".to_owned(), self.dir.to_string_lossy().into_owned()),
-            ("LANG".to_owned(), "C.UTF-8".to_owned()),
-            ("TMPDIR".to_owned(), "/tmp".to_owned()),
-            (
-                "OPENJD_SESSION_WORKING_DIR".to_owned(),
-                self.dir.to_string_lossy().into_owned(),
-            ),
-        ];
+        // The sandbox supplies the base (PATH, HOME, LANG, ...).
+        let mut env: Vec<(String, String)> = vec![(
+            "OPENJD_SESSION_WORKING_DIR".to_owned(),
+            self.dir.to_string_lossy().into_owned(),
+        )];
         for entered in &self.entered {
             for (name, value) in &entered.variables {
                 env.retain(|(existing, _)| existing != name);
@@ -474,7 +494,7 @@ impl OpenJdSession {
 /// `also`), and remembers the last `openjd_fail`.
 async fn run_watched(
     spec: &ActionSpec,
-    dir: &Path,
+    sandbox: &TaskSandbox,
     env: &[(String, String)],
     limits: Limits,
     cancel: &CancellationToken,
@@ -482,7 +502,17 @@ async fn run_watched(
     mut also: impl FnMut(&Message),
 ) -> Ran {
     let mut fail = None;
-    let end = session_action::run(spec, dir, env, limits, cancel, |line| {
+    // Directories the worker made since (embedded files, OUT directories)
+    // become the sandbox's; files stay the worker's, read-only inputs.
+    if let Err(error) = sandbox.hand_over(sandbox.workdir()) {
+        return Ran {
+            end: ActionEnd::Failed(format!(
+                "cannot prepare the session for its sandbox: {error}"
+            )),
+            fail: None,
+        };
+    }
+    let end = session_action::run(spec, sandbox, env, limits, cancel, |line| {
         watcher.line(line);
         if let Some(message) = openjd_messages::parse(line) {
             if let Message::Fail(text) = &message {

@@ -3,7 +3,6 @@
 //! limits, and `cancelation` (TERMINATE, or NOTIFY_THEN_TERMINATE: SIGTERM,
 //! then SIGKILL after the notify period).
 
-use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -11,7 +10,10 @@ use openjd_expr::SymbolTable;
 use openjd_model::job::{Action, CancelationMode};
 use tokio_util::sync::CancellationToken;
 
+use std::process::Stdio;
+
 use crate::process;
+use crate::sandbox::TaskSandbox;
 use crate::session_symbols::resolve;
 use crate::stall::StallTimer;
 
@@ -154,17 +156,18 @@ impl ActionEnd {
     }
 }
 
-/// Runs `spec` in `cwd` with exactly `env`, handing each output line to
-/// `on_line` as it comes.
+/// Runs `spec` in `sandbox` (in its working directory) with its base
+/// environment plus `env`, handing each output line to `on_line` as it comes.
 pub async fn run(
     spec: &ActionSpec,
-    cwd: &Path,
+    sandbox: &TaskSandbox,
     env: &[(String, String)],
     limits: Limits,
     cancel: &CancellationToken,
     mut on_line: impl FnMut(&str),
 ) -> ActionEnd {
-    let renderer = match process::spawn_action(&spec.program, &spec.args, cwd, env) {
+    let command = sandbox.command(std::ffi::OsStr::new(&spec.program), &spec.args, env);
+    let renderer = match process::spawn(command, Stdio::null()) {
         Ok(renderer) => renderer,
         Err(error) => return ActionEnd::Failed(format!("cannot start {}: {error}", spec.program)),
     };
@@ -174,6 +177,7 @@ pub async fn run(
         group,
         mut lines,
     } = renderer;
+    let sandboxed = sandbox.uid().is_some();
     // The sooner of the action's own timeout and the job's run-time limit.
     let deadline = match (spec.timeout, limits.run_time) {
         (Some(own), Some(job)) if job < own => Some((job, false)),
@@ -190,81 +194,78 @@ pub async fn run(
     tokio::pin!(sleep);
     let mut stall = StallTimer::new(limits.stall_seconds);
     let mut lines_open = true;
-    let end = {
-        let wait = child.wait();
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    stop(spec.cancel, group, &mut wait, &mut lines, &mut on_line).await;
-                    break ActionEnd::Cancelled;
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                if let CancelMode::NotifyThenTerminate(period) = spec.cancel {
+                    notify(&mut child, group, period, &mut lines, &mut on_line).await;
                 }
-                _ = &mut sleep => {
-                    group.kill();
-                    let _ = wait.await;
-                    break match deadline {
-                        Some((limit, true)) => ActionEnd::TimedOut(limit),
-                        Some((limit, false)) => ActionEnd::RunTime(limit),
-                        None => ActionEnd::Failed("deadline without a limit".to_owned()),
-                    };
-                }
-                _ = stall.expired() => {
-                    group.kill();
-                    let _ = wait.await;
-                    break ActionEnd::Stalled(limits.stall_seconds);
-                }
-                status = &mut wait => break match status {
-                    Ok(status) => ActionEnd::Exited(status),
-                    Err(error) => ActionEnd::Failed(format!("cannot wait for {}: {error}", spec.program)),
-                },
-                line = lines.recv(), if lines_open => match line {
-                    Some(line) => {
-                        stall.reset();
-                        on_line(&line);
-                    }
-                    None => lines_open = false,
-                },
+                let _ = process::stop(&mut child, group, sandboxed).await;
+                break ActionEnd::Cancelled;
             }
+            _ = &mut sleep => {
+                let _ = process::stop(&mut child, group, sandboxed).await;
+                break match deadline {
+                    Some((limit, true)) => ActionEnd::TimedOut(limit),
+                    Some((limit, false)) => ActionEnd::RunTime(limit),
+                    None => ActionEnd::Failed("deadline without a limit".to_owned()),
+                };
+            }
+            _ = stall.expired() => {
+                let _ = process::stop(&mut child, group, sandboxed).await;
+                break ActionEnd::Stalled(limits.stall_seconds);
+            }
+            status = child.wait() => break match status {
+                Ok(status) => ActionEnd::Exited(status),
+                Err(error) => ActionEnd::Failed(format!("cannot wait for {}: {error}", spec.program)),
+            },
+            line = lines.recv(), if lines_open => match line {
+                Some(line) => {
+                    stall.reset();
+                    on_line(&line);
+                }
+                None => lines_open = false,
+            },
         }
     };
     // Helpers the action left behind would keep its pipes open.
-    group.kill();
+    if matches!(end, ActionEnd::Exited(_) | ActionEnd::Failed(_)) {
+        let _ = process::stop(&mut child, group, sandboxed).await;
+    }
     drain(&mut lines, &mut on_line).await;
     end
 }
 
-/// Stops a cancelled action: at once, or with a SIGTERM and its notify
-/// period to wind down (reading its output meanwhile) before SIGKILL.
-async fn stop(
-    mode: CancelMode,
+/// OpenJD's notify of a cancel: SIGTERM to every process of the action
+/// (inside a sandbox they are in a session of their own, out of reach of
+/// the group), then its notify period to wind down, reading its output
+/// meanwhile. The caller kills what is left.
+async fn notify(
+    child: &mut tokio::process::Child,
     group: process::ProcessGroup,
-    wait: &mut std::pin::Pin<&mut impl Future<Output = std::io::Result<ExitStatus>>>,
+    period: Duration,
     lines: &mut tokio::sync::mpsc::Receiver<String>,
     on_line: &mut impl FnMut(&str),
 ) {
-    if let CancelMode::NotifyThenTerminate(period) = mode {
-        tracing::info!(
-            notify_seconds = period.as_secs(),
-            "notifying cancelled action"
-        );
-        group.terminate();
-        let grace = tokio::time::sleep(period);
-        tokio::pin!(grace);
-        let mut lines_open = true;
-        loop {
-            tokio::select! {
-                _ = &mut grace => break,
-                _ = wait.as_mut() => return,
-                line = lines.recv(), if lines_open => match line {
-                    Some(line) => on_line(&line),
-                    None => lines_open = false,
-                },
-            }
+    tracing::info!(
+        notify_seconds = period.as_secs(),
+        "notifying cancelled action"
+    );
+    process::terminate_tree(child, group);
+    let grace = tokio::time::sleep(period);
+    tokio::pin!(grace);
+    let mut lines_open = true;
+    loop {
+        tokio::select! {
+            _ = &mut grace => return,
+            _ = child.wait() => return,
+            line = lines.recv(), if lines_open => match line {
+                Some(line) => on_line(&line),
+                None => lines_open = false,
+            },
         }
     }
-    group.kill();
-    let _ = wait.as_mut().await;
 }
 
 async fn drain(lines: &mut tokio::sync::mpsc::Receiver<String>, on_line: &mut impl FnMut(&str)) {
@@ -299,6 +300,32 @@ mod tests {
         vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())]
     }
 
+    /// An opt-out sandbox (no isolation) around `dir`: what these tests
+    /// check is the action's life, not its containment.
+    async fn sandbox(dir: &std::path::Path) -> TaskSandbox {
+        let settings = crate::sandbox::SandboxSettings {
+            enabled: false,
+            bwrap: "bwrap".into(),
+            uid_base: 1_900_000_000,
+            uid_count: 1,
+            limits: crate::sandbox::Limits {
+                memory_bytes: 1 << 30,
+                processes: 1024,
+                open_files: 1024,
+                disk_bytes: 1 << 30,
+                output_bytes: 1 << 30,
+            },
+            work_dir: dir.to_path_buf(),
+            read_only: Vec::new(),
+            worker_id: "session-action-test".into(),
+            helper: std::env::current_exe().unwrap(),
+        };
+        crate::sandbox::Sandbox::start(settings)
+            .await
+            .enter("t", dir, false)
+            .unwrap()
+    }
+
     fn no_limits() -> Limits {
         Limits {
             run_time: None,
@@ -328,10 +355,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gets_its_environment_and_nothing_else() {
+    async fn gets_the_session_environment() {
         let dir = tempfile::tempdir().unwrap();
         let spec = ActionSpec::resolve(
-            &action("bash", &["-c", "echo \"$GREETING|${HOME:-none}\""]),
+            &action("bash", &["-c", "echo \"$GREETING\""]),
             &SymbolTable::new(),
         )
         .unwrap();
@@ -340,7 +367,7 @@ mod tests {
         let mut lines = Vec::new();
         let end = run(
             &spec,
-            dir.path(),
+            &sandbox(dir.path()).await,
             &env,
             no_limits(),
             &CancellationToken::new(),
@@ -348,7 +375,7 @@ mod tests {
         )
         .await;
         assert!(end.succeeded(), "{end:?}");
-        assert_eq!(lines, ["hi|none"]);
+        assert_eq!(lines, ["hi"]);
     }
 
     #[tokio::test]
@@ -359,7 +386,7 @@ mod tests {
         let spec = ActionSpec::resolve(&slow, &SymbolTable::new()).unwrap();
         let end = run(
             &spec,
-            dir.path(),
+            &sandbox(dir.path()).await,
             &env(),
             no_limits(),
             &CancellationToken::new(),
@@ -388,12 +415,19 @@ mod tests {
         let spec = ActionSpec::resolve(&graceful, &SymbolTable::new()).unwrap();
         let cancel = CancellationToken::new();
         let mut lines = Vec::new();
-        let end = run(&spec, dir.path(), &env(), no_limits(), &cancel, |line| {
-            if line == "ready" {
-                cancel.cancel();
-            }
-            lines.push(line.to_owned());
-        })
+        let end = run(
+            &spec,
+            &sandbox(dir.path()).await,
+            &env(),
+            no_limits(),
+            &cancel,
+            |line| {
+                if line == "ready" {
+                    cancel.cancel();
+                }
+                lines.push(line.to_owned());
+            },
+        )
         .await;
         assert!(matches!(end, ActionEnd::Cancelled), "{end:?}");
         assert!(lines.contains(&"cleaning up".to_owned()), "{lines:?}");

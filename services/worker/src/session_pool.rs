@@ -15,6 +15,7 @@ const SESSIONS_DIR: &str = "openjd";
 
 pub struct SessionPool {
     dir: PathBuf,
+    scratch: PathBuf,
     idle_timeout: Duration,
     keep_dirs: bool,
     idle: Mutex<Vec<OpenJdSession>>,
@@ -23,9 +24,16 @@ pub struct SessionPool {
 
 impl SessionPool {
     /// Must be called within a Tokio runtime: a task ends sessions left idle too long.
-    pub fn new(work_dir: &Path, idle_timeout: Duration, keep_dirs: bool) -> Arc<Self> {
+    /// `scratch` is the worker's private directory, which no sandbox sees.
+    pub fn new(
+        work_dir: &Path,
+        scratch: &Path,
+        idle_timeout: Duration,
+        keep_dirs: bool,
+    ) -> Arc<Self> {
         let pool = Arc::new(Self {
             dir: work_dir.join(SESSIONS_DIR),
+            scratch: scratch.to_path_buf(),
             idle_timeout,
             keep_dirs,
             idle: Mutex::new(Vec::new()),
@@ -36,10 +44,17 @@ impl SessionPool {
         pool
     }
 
-    /// A fresh id and directory for a new session.
-    pub fn new_session_dir(&self) -> (u64, PathBuf) {
+    /// A fresh id, and a new session's working directory and the worker's
+    /// private directory for it (outside anything a sandbox sees).
+    pub fn new_session_dir(&self) -> (u64, (PathBuf, PathBuf)) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        (id, self.dir.join(format!("session-{id}")))
+        (
+            id,
+            (
+                self.dir.join(format!("session-{id}")),
+                self.scratch.join(format!("openjd-session-{id}")),
+            ),
+        )
     }
 
     /// The idle session of `job_id`, if any. Idle sessions of other jobs

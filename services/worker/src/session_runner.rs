@@ -22,10 +22,13 @@ use crate::log_tail::LogTail;
 use crate::openjd_messages::Message;
 use crate::openjd_session::{ActionWatcher, OpenJdSession, Ran};
 use crate::outputs;
+use crate::sandbox::Sandbox;
 use crate::session_action::Limits;
 use crate::session_pool::SessionPool;
+use crate::task::upload::{self, UploadPlan, Uploaded};
+use crate::task::verdict::failure;
+use crate::task::{self as task_runner, TaskOutcome};
 use crate::task_log::TaskLog;
-use crate::task_runner::{self, TaskOutcome, Uploaded};
 use crate::workdir::{self, OUTPUTS_DIR};
 
 /// Shortest time between two progress reports of one task.
@@ -38,6 +41,7 @@ pub struct SessionRun<'a, A> {
     pub cache: &'a InputCache,
     pub assets: &'a A,
     pub pool: &'a SessionPool,
+    pub sandbox: &'a Sandbox,
     pub log_tail_lines: usize,
     pub log_max_bytes: usize,
 }
@@ -50,12 +54,7 @@ impl<A: AssetStore> SessionRun<'_, A> {
         cancel: &CancellationToken,
     ) -> TaskOutcome {
         let fail = |message: String| {
-            TaskOutcome::Finished(task_runner::failure(
-                assignment,
-                None,
-                message,
-                String::new(),
-            ))
+            TaskOutcome::Finished(failure(assignment, None, message, String::new()))
         };
         let step = match SessionStep::from_json(&assignment.session_step) {
             Ok(step) => step,
@@ -76,7 +75,15 @@ impl<A: AssetStore> SessionRun<'_, A> {
             }
             None => {
                 let (id, dir) = self.pool.new_session_dir();
-                match OpenJdSession::create(id, &assignment.job_id, dir, &step).await {
+                let created = OpenJdSession::create(
+                    id,
+                    &assignment.job_id,
+                    dir,
+                    &step,
+                    self.sandbox,
+                    assignment.allow_network,
+                );
+                match created.await {
                     Ok(session) => session,
                     Err(error) => return fail(error),
                 }
@@ -144,9 +151,14 @@ impl<A: AssetStore> SessionRun<'_, A> {
             .await;
         watch.report_progress(true);
         watch.log.flush(events);
-        let private = session.dir().join(crate::openjd_session::PRIVATE_DIR);
-        let log =
-            task_runner::store_log(self.assets, assignment, &private, &watch.log, events).await;
+        let log = upload::store_log(
+            self.assets,
+            assignment,
+            session.scratch(),
+            &watch.log,
+            events,
+        )
+        .await;
         let result = verdict(
             assignment,
             &ran,
@@ -155,6 +167,7 @@ impl<A: AssetStore> SessionRun<'_, A> {
             uploaded,
             problem,
             log,
+            watch.status.clone(),
         );
         match result.success {
             true => self.pool.put_back(session),
@@ -216,14 +229,22 @@ impl<A: AssetStore> SessionRun<'_, A> {
                 }
             }
         };
-        let upload = task_runner::upload_outputs(
-            self.assets,
-            queued,
-            session.dir(),
-            assignment,
-            events,
-            cancel,
-        );
+        let root = match crate::outputs::OutputsRoot::open(session.dir()) {
+            Ok(root) => std::sync::Arc::new(root),
+            Err(error) => {
+                let failed = Uploaded {
+                    failed: Some(format!("cannot open the session directory: {error}")),
+                    ..Uploaded::default()
+                };
+                return (failed, None);
+            }
+        };
+        let plan = UploadPlan {
+            outputs: root,
+            scratch: session.scratch(),
+            output_limit: self.sandbox.limits().output_bytes,
+        };
+        let upload = upload::upload_outputs(self.assets, queued, plan, assignment, events, cancel);
         let ((), uploaded) = tokio::join!(feed, upload);
         let problem = too_many.then(|| {
             format!(
@@ -394,6 +415,7 @@ fn verdict(
     uploaded: Uploaded,
     problem: Option<String>,
     log: Option<kiln_proto::v1::OutputStored>,
+    status: Option<String>,
 ) -> TaskResult {
     let what = match entered {
         true => "the task",
@@ -408,7 +430,7 @@ fn verdict(
     outputs.extend(log);
     match failed {
         // Like a failed render's: outputs were reported one by one as stored.
-        Some(message) => task_runner::failure(assignment, exit_code, message, log_tail),
+        Some(message) => failure(assignment, exit_code, message, log_tail),
         None => TaskResult {
             task_id: assignment.task_id.clone(),
             attempt: assignment.attempt,
@@ -417,6 +439,8 @@ fn verdict(
             message: String::new(),
             log_tail,
             outputs,
+            device: String::new(),
+            status: status.unwrap_or_default(),
         },
     }
 }
