@@ -334,14 +334,19 @@ fn plan_session_task(set: &openjd_model::TaskParameterSet) -> Result<TaskPlan, S
     let mut parameters = BTreeMap::new();
     let mut frames = Vec::new();
     for (name, value) in set {
-        for key in [
-            format!("Task.Param.{name}"),
-            format!("Task.RawParam.{name}"),
-        ] {
-            symbols
-                .set(&key, value.value.clone())
-                .map_err(|e| e.to_string())?;
-        }
+        // A PATH value travels as a path, so the worker knows to map it.
+        let typed = match (&value.param_type, &value.value) {
+            (openjd_model::TaskParameterType::Path, ExprValue::String(path)) => {
+                ExprValue::new_path(path.clone(), PathFormat::Posix)
+            }
+            _ => value.value.clone(),
+        };
+        symbols
+            .set(&format!("Task.Param.{name}"), typed)
+            .map_err(|e| e.to_string())?;
+        symbols
+            .set(&format!("Task.RawParam.{name}"), value.value.clone())
+            .map_err(|e| e.to_string())?;
         let text = value.value.to_display_string();
         if name == FRAME_PARAMETER {
             frames = parse_frame_list(&text).unwrap_or_default();
