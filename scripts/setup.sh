@@ -8,7 +8,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 garage_version=2.5.0
-packages=(postgresql etcd-server etcd-client blender ffmpeg bubblewrap protobuf-compiler libprotobuf-dev python3 python3-venv python-is-python3 prometheus docker-compose)
+# docker.io, docker-compose and debootstrap: the compose test (tests/compose.rs) runs a real Docker engine.
+packages=(postgresql etcd-server etcd-client blender ffmpeg bubblewrap protobuf-compiler libprotobuf-dev python3 python3-venv python-is-python3 prometheus docker.io docker-compose debootstrap)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -40,6 +41,13 @@ if [ ! -x "$venv/bin/kubernetes-validate" ] || \
   echo "==> installing kubernetes-validate and Schemathesis $schemathesis_version into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet kubernetes-validate==1.37.0 "schemathesis==$schemathesis_version"
+fi
+
+# kiln-client's wheels (grpcio-tools to build it, grpcio and protobuf to run
+# it), so tests/python_client.rs installs it into a fresh venv offline.
+if ! "$repo/clients/python/wheelhouse.sh" "$cache/python-wheels"; then
+  echo "==> could not download kiln-client's wheels into $cache/python-wheels" >&2
+  exit 1
 fi
 
 echo "==> building Kiln (target dir $CARGO_TARGET_DIR)"

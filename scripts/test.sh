@@ -8,5 +8,14 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 cd "$repo"
+if [ "$(id -u)" != 0 ]; then
+  echo "warning: the end-to-end tests start workers that sandbox every task as a uid of its own," >&2
+  echo "         which takes root (or the capabilities in docs/OPERATIONS.md); run this as root." >&2
+fi
+# One HTTP/TLS stack for the whole workspace (offline: reads Cargo.lock).
+"$repo/scripts/check-deps.sh"
 # Two test threads: each end-to-end test runs a whole farm on this machine.
+# The scheduler's core unit tests (no farm, milliseconds each) run first, with
+# their count in the log; then everything.
+cargo test -p kiln-scheduler --lib -- core::tests
 cargo test --workspace --no-fail-fast -- --test-threads=2

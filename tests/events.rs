@@ -11,6 +11,7 @@ use futures::future::try_join_all;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
 use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_tests::hand_worker::{HandWorker, noop_request};
 use kiln_tests::{AuthChannel, Client, example_scene, start_farm, state_of};
 use prost::Message;
 use std::io::Read;
@@ -179,6 +180,126 @@ async fn resumed_and_concurrent_watchers_get_every_event_once_across_a_restart()
     for (i, events) in crowd.iter().enumerate() {
         assert_complete(events, &reference, &format!("watcher {i}"));
     }
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// Reads the job's stored events from the start until one matches.
+async fn wait_for_event(
+    jobs: &mut Jobs,
+    job_id: &str,
+    wanted: impl Fn(&pb::JobEvent) -> bool,
+) -> Result<()> {
+    let request = pb::WatchJobRequest {
+        job_id: job_id.to_owned(),
+        after_seq: Some(0),
+    };
+    let mut stream = jobs.watch_job(request).await?.into_inner();
+    let wait = async {
+        while let Some(event) = stream.message().await? {
+            if wanted(&event) {
+                return Ok(());
+            }
+        }
+        bail!("the watch ended before the event")
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .context("the event never came")?
+}
+
+fn announced_path(event: &pb::JobEvent) -> Option<&str> {
+    match &event.event {
+        Some(Event::OutputAdded(added)) => added.output.as_ref().map(|o| o.path.as_str()),
+        _ => None,
+    }
+}
+
+/// A frame whose own report is lost with the connection (here: across a
+/// scheduler restart) is known only from its task's success. It must still
+/// be announced, once; a frame reported before the restart, reported again
+/// after it and listed in the success too, is announced once as well.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_known_only_from_its_success_is_announced_once_across_a_restart() -> Result<()> {
+    let (mut farm, _dir) = start_farm(0, false).await?;
+    let mut client = Client::connect(&farm).await?;
+    let job = client.jobs.submit_job(noop_request(1)).await?.into_inner();
+    let mut worker = HandWorker::join(&farm, "hand-0", &[]).await?;
+    let task = worker.assignment().await?;
+    worker.started(&task).await?;
+    let output = |path: &str, digest: char| pb::OutputStored {
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        path: path.to_owned(),
+        digest: digest.to_string().repeat(64),
+        size: 100,
+        kind: String::new(),
+    };
+    let (before, lost) = (
+        output("frames/f_0001.png", 'a'),
+        output("frames/f_0002.png", 'b'),
+    );
+
+    // The first frame is reported and announced before the restart.
+    worker.output_stored(&before).await?;
+    wait_for_event(&mut client.jobs, &job.id, |e| {
+        announced_path(e) == Some(before.path.as_str())
+    })
+    .await?;
+    // Killed, so the old leader can do nothing more about the session.
+    let scheduler = farm.scheduler_mut().context("a scheduler")?;
+    scheduler.kill().await?;
+    drop(worker);
+    scheduler.start()?;
+
+    // The worker comes back still holding the attempt. The second frame's
+    // own report was lost with the old connection; the first is reported
+    // again, and the success lists both.
+    let holds = [(task.task_id.clone(), task.attempt)];
+    let worker = HandWorker::join(&farm, "hand-0", &holds).await?;
+    worker.output_stored(&before).await?;
+    worker
+        .succeeded(&task, vec![before.clone(), lost.clone()])
+        .await?;
+
+    let finished = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&finished), pb::JobState::Succeeded, "{finished:?}");
+    let mut stored: Vec<String> = client
+        .outputs(&job.id)
+        .await?
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
+    stored.sort();
+    assert_eq!(stored, [before.path.clone(), lost.path.clone()]);
+    let history = follow(client.jobs.clone(), job.id.clone(), true, None, 0).await?;
+    let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=history.len() as u64).collect::<Vec<_>>(),
+        "the stored sequence has no gap"
+    );
+    let mut announced: Vec<&str> = history.iter().filter_map(announced_path).collect();
+    announced.sort();
+    assert_eq!(
+        announced,
+        [before.path.as_str(), lost.path.as_str()],
+        "each stored output announced exactly once"
+    );
+    let succeeded_at = history
+        .iter()
+        .position(|e| {
+            matches!(&e.event, Some(Event::TaskStateChanged(c)) if c.state() == pb::TaskState::Succeeded)
+        })
+        .context("the task's success is in the sequence")?;
+    let lost_at = history
+        .iter()
+        .position(|e| announced_path(e) == Some(lost.path.as_str()))
+        .context("the lost frame is announced")?;
+    assert!(
+        lost_at < succeeded_at,
+        "a task's outputs are announced before its success"
+    );
     farm.shutdown().await?;
     Ok(())
 }

@@ -132,7 +132,7 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     let mut request = tonic::Request::new(blender_request(&digest, "1", 1));
     request
         .metadata_mut()
-        .insert("kiln-owner", "alice".parse()?);
+        .insert(kiln_proto::metadata::OWNER, "alice".parse()?);
     let bobs = bob.jobs.submit_job(request).await?.into_inner();
     assert_eq!(bobs.owner, "bob", "owner comes from the token");
 
@@ -362,7 +362,7 @@ async fn join_token_is_required(farm: &Farm) -> Result<()> {
     let mut request = tonic::Request::new(futures::stream::iter([register]));
     request
         .metadata_mut()
-        .insert("kiln-join-token", "guess".parse()?);
+        .insert(kiln_proto::metadata::JOIN_TOKEN, "guess".parse()?);
     let status = client
         .session(request)
         .await

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod hand_worker;
+
 /// A finished job takes at most this long in these tests.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -83,6 +85,16 @@ impl Client {
             .endpoint(&farm.gateway_url())?
             .connect()
             .await?;
+        Self::over(channel, token)
+    }
+
+    /// A client of the plaintext gateway at `url` (a farm this test did not start), presenting `token`.
+    pub async fn connect_url(url: &str, token: &str) -> Result<Self> {
+        let channel = Channel::from_shared(url.to_owned())?.connect().await?;
+        Self::over(channel, token)
+    }
+
+    fn over(channel: Channel, token: &str) -> Result<Self> {
         let credentials = CallCredentials::bearer(token)?;
         Ok(Self {
             jobs: JobServiceClient::with_interceptor(channel.clone(), credentials.clone())
@@ -187,6 +199,28 @@ impl Client {
     }
 }
 
+/// A client of a new submitter (an ordinary tenant) named `name`, whose
+/// token the admin creates.
+pub async fn submitter(farm: &Farm, name: &str) -> Result<Client> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let mut tokens = pb::token_service_client::TokenServiceClient::with_interceptor(
+        channel,
+        CallCredentials::bearer(farm.admin_token())?,
+    );
+    let secret = tokens
+        .create_token(pb::CreateTokenRequest {
+            name: name.to_owned(),
+            role: pb::Role::Submitter as i32,
+        })
+        .await?
+        .into_inner()
+        .secret;
+    Client::connect_as(farm, &secret).await
+}
+
 pub fn blender_request(digest: &str, frames: &str, chunk: u32) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
         template: Some(pb::submit_job_request::Template::BuiltinTemplate(
@@ -233,12 +267,17 @@ pub fn example_scene(dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// What a booby-trapped scene's script prints when it runs.
+pub const AUTOEXEC_RAN: &str = "KILN-AUTOEXEC-RAN";
+
 /// Makes a scene whose text block is registered to run when the file
-/// loads; if it ever runs, it creates `marker`.
+/// loads; if it ever runs, it prints [`AUTOEXEC_RAN`] and creates `marker`.
 pub fn booby_trapped_scene(dir: &Path, marker: &Path) -> Result<PathBuf> {
     let out = dir.join("trap.blend");
+    // It says so on stdout too: inside a task's sandbox the marker's path
+    // is out of reach, but its output is the task's log.
     let payload = format!(
-        "open({:?}, 'w').write('autoexec ran')",
+        "print('{AUTOEXEC_RAN}'); open({:?}, 'w').write('autoexec ran')",
         marker.to_string_lossy()
     );
     let expr = format!(
@@ -398,9 +437,10 @@ pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<Channel>> {
 /// A request made on behalf of `owner`, as the gateway makes it.
 pub fn as_owner<T>(owner: &str, message: T) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("kiln-owner", owner.parse().context("owner name")?);
+    request.metadata_mut().insert(
+        kiln_proto::metadata::OWNER,
+        owner.parse().context("owner name")?,
+    );
     Ok(request)
 }
 
@@ -423,4 +463,37 @@ pub async fn leading_scheduler(farm: &Farm) -> Result<usize> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `docker compose` where the compose plugin is installed, else Debian's `docker-compose`.
+pub fn docker_compose() -> std::process::Command {
+    let plugin = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    match plugin {
+        true => {
+            let mut command = std::process::Command::new("docker");
+            command.arg("compose");
+            command
+        }
+        false => std::process::Command::new("docker-compose"),
+    }
+}
+
+/// Creates an access token named `name` with `role` (as the farm's admin)
+/// and returns its secret.
+pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<String> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let credentials = CallCredentials::bearer(farm.admin_token())?;
+    let mut tokens =
+        pb::token_service_client::TokenServiceClient::with_interceptor(channel, credentials);
+    let request = pb::CreateTokenRequest {
+        name: name.to_owned(),
+        role: role as i32,
+    };
+    Ok(tokens.create_token(request).await?.into_inner().secret)
 }

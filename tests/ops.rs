@@ -1,20 +1,27 @@
 //! The ops endpoint of every service of a real farm: `/metrics` passes
 //! `promtool check metrics`, `/healthz` answers, `/readyz` names its checks;
-//! a worker short of disk space reports not ready and takes no task.
+//! a worker short of disk space reports not ready and takes no task; a
+//! standby scheduler is not ready and its gRPC health answers NOT_SERVING.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use kiln_discovery::service;
+use kiln_localfarm::{ETCD_PREFIX, ServiceProcess, free_port, locate_binary};
 use kiln_proto::v1 as pb;
 use kiln_tests::{Client, example_scene, start_farm_with, state_of};
 use serde_json::Value;
+use tokio::time::Instant;
 
 const SERVICES: [(&str, &[&str]); 4] = [
     (service::GATEWAY, &["etcd", "scheduler", "assets"]),
-    (service::SCHEDULER, &["postgres", "etcd"]),
+    (service::SCHEDULER, &["postgres", "etcd", "leader"]),
     (service::ASSETS, &["etcd", "disk_space", "s3"]),
-    (service::WORKER, &["etcd", "renderer", "disk_space"]),
+    (
+        service::WORKER,
+        &["etcd", "renderer", "sandbox", "disk_space"],
+    ),
 ];
 
 fn get(url: &str) -> anyhow::Result<(u16, String)> {
@@ -179,4 +186,85 @@ async fn every_service_serves_metrics_health_and_named_readiness() -> anyhow::Re
         );
     }
     Ok(())
+}
+
+/// `/readyz` status and the `leader` check's outcome, and gRPC health's
+/// status for the whole server and for the job API, of a scheduler.
+async fn scheduler_readiness(ops: u16, grpc: u16) -> anyhow::Result<(u16, bool, [i32; 2])> {
+    let (code, body) =
+        tokio::task::spawn_blocking(move || get(&format!("http://127.0.0.1:{ops}/readyz")))
+            .await??;
+    let readiness: Value = serde_json::from_str(&body)?;
+    let leader = checks_of(&readiness).contains(&("leader".to_owned(), true));
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))?
+        .connect()
+        .await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut statuses = [0; 2];
+    for (status, service) in statuses.iter_mut().zip(["", "kiln.v1.JobService"]) {
+        *status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .status;
+    }
+    Ok((code, leader, statuses))
+}
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_scheduler_is_not_ready_until_it_leads() -> anyhow::Result<()> {
+    let (mut farm, dir) = start_farm_with(0, false, &[]).await?;
+    let (grpc, ops) = (free_port()?, free_port()?);
+    let mut standby = ServiceProcess::new(
+        "standby",
+        locate_binary("kiln-scheduler")?,
+        dir.path().join("standby.log"),
+    )
+    .args(["--etcd", &farm.etcd_url(), "--etcd-prefix", ETCD_PREFIX])
+    .args(["--database-url", &farm.database_url()])
+    .args(["--listen", &format!("127.0.0.1:{grpc}")])
+    .args(["--ops-listen", &format!("127.0.0.1:{ops}")]);
+    standby.start()?;
+    let result = async {
+        // Up, and standing by: alive, not ready, NOT_SERVING.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let standing_by = loop {
+            match scheduler_readiness(ops, grpc).await {
+                Ok(found) => break found,
+                Err(err) if Instant::now() > deadline => return Err(err),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        assert_eq!(
+            standing_by,
+            (503, false, [NOT_SERVING; 2]),
+            "a standby is not ready"
+        );
+        farm.scheduler_mut()
+            .ok_or_else(|| anyhow::anyhow!("the farm has a scheduler"))?
+            .kill()
+            .await?;
+        // The leader is gone: the standby leads, and turns ready and SERVING.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = scheduler_readiness(ops, grpc).await?;
+            if now == (200, true, [SERVING; 2]) {
+                return anyhow::Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the standby never turned ready after the leader died: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    .await;
+    standby.kill().await?;
+    farm.shutdown().await?;
+    result
 }

@@ -1,6 +1,11 @@
 //! The order of dispatch, matching, the failure policy and the job controls,
 //! against a real scheduler, Postgres, etcd and workers running ffmpeg.
 //! Each task encodes a clip in real time (`-re`), so its length is known.
+//!
+//! The order of dispatch itself (priority, then fair share, then submission
+//! order; GPU preference; blocklists; retry timing; reclaim) is unit-tested
+//! in milliseconds in `services/scheduler/src/core/tests/`; these check that
+//! a real farm follows it.
 
 use std::time::Duration;
 
@@ -60,56 +65,6 @@ async fn wait_for(
 
 async fn wait_final(jobs: &mut Jobs, id: &str) -> Result<pb::Job> {
     wait_for(jobs, id, "final", kiln_tests::is_final).await
-}
-
-fn with_priority(
-    mut request: pb::SubmitJobRequest,
-    level: pb::PriorityLevel,
-) -> pb::SubmitJobRequest {
-    request.priority_level = level as i32;
-    request
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn priority_first_then_fair_share_between_owners() -> Result<()> {
-    let (mut farm, _dir) = start_farm(1, false).await?;
-    let mut jobs = scheduler_jobs(&farm).await?;
-    let low = submit(
-        &mut jobs,
-        "alice",
-        with_priority(clips_request(5, 1, RED, false), pb::PriorityLevel::Low),
-    )
-    .await?;
-    let high = submit(
-        &mut jobs,
-        "alice",
-        with_priority(clips_request(2, 1, RED, false), pb::PriorityLevel::High),
-    )
-    .await?;
-    let large = submit(&mut jobs, "alice", clips_request(6, 1, RED, false)).await?;
-    let small = submit(&mut jobs, "bob", clips_request(2, 1, RED, false)).await?;
-
-    let mut finished = Vec::new();
-    for (name, id) in [
-        ("high", &high),
-        ("small", &small),
-        ("large", &large),
-        ("low", &low),
-    ] {
-        let job = wait_final(&mut jobs, id).await?;
-        assert_eq!(state_of(&job), pb::JobState::Succeeded, "{name}: {job:?}");
-        finished.push((finished_at(&job), name));
-    }
-    let order: Vec<&str> = {
-        let mut sorted = finished.clone();
-        sorted.sort();
-        sorted.into_iter().map(|(_, name)| name).collect()
-    };
-    // The high-priority job overtakes the low one submitted before it; bob's
-    // small job is not starved by alice's large one submitted before it.
-    assert_eq!(order, ["high", "small", "large", "low"]);
-    farm.shutdown().await?;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -232,7 +232,7 @@ async fn open_worker_session(
     };
     let mut request = tonic::Request::new(futures::stream::iter([register]));
     request.metadata_mut().insert(
-        "kiln-join-token",
+        kiln_proto::metadata::JOIN_TOKEN,
         join_token.parse().map_err(|_| "join token".to_owned())?,
     );
     let mut inbound = client

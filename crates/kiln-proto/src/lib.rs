@@ -10,3 +10,12 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every Kiln proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
+
+/// gRPC metadata keys Kiln's services agree on, defined once here.
+pub mod metadata {
+    /// The job owner a call is made for: set by the gateway from the caller's
+    /// token; the scheduler, which is internal, trusts it.
+    pub const OWNER: &str = "kiln-owner";
+    /// The secret a worker presents to join the scheduler.
+    pub const JOIN_TOKEN: &str = "kiln-join-token";
+}

@@ -57,20 +57,53 @@ pub async fn with_standard_services(
     routes: Routes,
     serving: &[&str],
 ) -> Result<Routes, ServiceError> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    for name in serving {
-        reporter
-            .set_service_status(*name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    let (routes, health) = with_health(routes, serving).await?;
+    health.set_serving(true).await;
+    Ok(routes)
+}
+
+/// Adds health and reflection to `routes`, reporting the services named in
+/// `serving` (and the server as a whole, `""`) NOT_SERVING until the
+/// returned [`Health`] says otherwise: for a service that serves only at
+/// times (a standby scheduler).
+pub async fn with_health(
+    routes: Routes,
+    serving: &[&str],
+) -> Result<(Routes, Health), ServiceError> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    let health = Health {
+        reporter,
+        names: std::iter::once("")
+            .chain(serving.iter().copied())
+            .map(str::to_owned)
+            .collect(),
+    };
+    health.set_serving(false).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kiln_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    Ok(routes.add_service(health).add_service(reflection))
+    Ok((routes.add_service(service).add_service(reflection), health))
+}
+
+/// What `grpc.health.v1` answers for a server's services.
+#[derive(Clone)]
+pub struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    names: Vec<String>,
+}
+
+impl Health {
+    /// Reports every service SERVING, or NOT_SERVING.
+    pub async fn set_serving(&self, serving: bool) {
+        let status = match serving {
+            true => tonic_health::ServingStatus::Serving,
+            false => tonic_health::ServingStatus::NotServing,
+        };
+        for name in &self.names {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
 }
 
 /// Serves `routes` on `listener` until SIGTERM/Ctrl-C, registered in etcd

@@ -22,7 +22,7 @@ pub enum TelemetryError {
 /// Command-line options every service shares for logs and traces.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {
-    /// OTLP/gRPC endpoint to export traces to, e.g. http://127.0.0.1:4317; traces stay local when unset
+    /// OTLP/gRPC endpoint to export traces to, e.g. http://127.0.0.1:4317; traces stay local when unset or empty
     #[arg(long, env = "KILN_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// Log filter in tracing's EnvFilter syntax
@@ -95,7 +95,8 @@ fn tracer_provider(
         .with_service_name(service)
         .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let Some(endpoint) = otlp_endpoint else {
+    // Empty counts as unset, so a deployment can leave the variable blank.
+    let Some(endpoint) = otlp_endpoint.filter(|e| !e.trim().is_empty()) else {
         return Ok(builder.build());
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()

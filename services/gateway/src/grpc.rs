@@ -2,12 +2,14 @@
 //! for non-admins the job's owner) and passed to the internal service that
 //! owns it, with the caller's name as `kiln-owner` metadata.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
+use kiln_proto::v1::job_service_client::JobServiceClient;
 use moka::sync::Cache;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -18,8 +20,6 @@ use crate::upstream::Upstreams;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Metadata the scheduler reads a job's owner from (it trusts the gateway).
-pub const OWNER_METADATA: &str = "kiln-owner";
 /// Job owners remembered, so checking a caller's access rarely costs a call;
 /// a job's owner never changes, so entries never go stale.
 const OWNER_CACHE_CAPACITY: u64 = 100_000;
@@ -46,27 +46,19 @@ impl PublicApi {
         result
     }
 
-    /// Checks the caller's role; returns the assets service and the request
-    /// ready to forward to it on the caller's behalf.
-    async fn to_assets<T>(
-        &self,
-        request: Request<T>,
-        role: Role,
-    ) -> Result<(AssetServiceClient<Channel>, Request<T>), Status> {
-        let caller = auth::principal(&request)?;
-        caller.require(role)?;
-        let assets = self.upstreams.assets().await?;
-        Ok((assets, forward(&caller, request.into_inner())?))
-    }
-
-    /// Fails unless `caller` has `role` and may reach job `job_id`.
-    async fn authorize_job(
+    /// The authorization step every call passes, gRPC and REST alike
+    /// (asset streaming included): the caller must have `role`, and a
+    /// non-admin may reach only its own jobs.
+    pub async fn authorize(
         &self,
         caller: &Principal,
-        job_id: &str,
+        reach: Reach<'_>,
         role: Role,
     ) -> Result<(), Status> {
         caller.require(role)?;
+        let Reach::Job(job_id) = reach else {
+            return Ok(());
+        };
         if caller.is_admin() {
             return Ok(());
         }
@@ -75,6 +67,40 @@ impl PublicApi {
             None => self.fetch_job(caller, job_id).await?.owner,
         };
         caller.may_access(&owner, job_id)
+    }
+
+    /// The asset client for a REST stream, once the caller is authorized
+    /// as a gRPC asset call is.
+    pub async fn asset_client(
+        &self,
+        caller: &Principal,
+        role: Role,
+    ) -> Result<kiln_asset_client::AssetClient, Status> {
+        self.authorize(caller, Reach::Assets, role).await?;
+        self.upstreams.asset_client().await
+    }
+
+    /// One call, authorized then forwarded: checks the caller against what
+    /// the message reaches and `role`, connects to the upstream service,
+    /// and passes the message on the caller's behalf with `call`.
+    async fn pass<T, C, R, F, Fut>(
+        &self,
+        request: Request<T>,
+        role: Role,
+        call: F,
+    ) -> Result<Response<R>, Status>
+    where
+        T: Reaches + Send + Sync,
+        C: Upstream,
+        F: FnOnce(C, Request<T>) -> Fut + Send,
+        Fut: Future<Output = Result<Response<R>, Status>> + Send,
+    {
+        let caller = auth::principal(&request)?;
+        let message = request.into_inner();
+        self.authorize(&caller, message.reach(), role).await?;
+        let upstream = C::connect(&self.upstreams).await?;
+        let result = call(upstream, forward(&caller, message)?).await;
+        self.observe(result)
     }
 
     async fn fetch_job(&self, caller: &Principal, job_id: &str) -> Result<pb::Job, Status> {
@@ -102,7 +128,9 @@ fn forward<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
     }
     let owner = MetadataValue::try_from(caller.name.as_str())
         .map_err(|_| Status::internal("token name is not valid metadata"))?;
-    outgoing.metadata_mut().insert(OWNER_METADATA, owner);
+    outgoing
+        .metadata_mut()
+        .insert(kiln_proto::metadata::OWNER, owner);
     Ok(outgoing)
 }
 
@@ -137,90 +165,74 @@ fn check_submission(message: &pb::SubmitJobRequest) -> Result<(), Status> {
     Ok(())
 }
 
-/// Generates a job-scoped unary call: authorise, forward, observe.
-macro_rules! job_call {
-    ($method:ident, $request:ty, $response:ty, $role:expr) => {
-        async fn $method(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
-            let caller = auth::principal(&request)?;
-            let message = request.into_inner();
-            self.0
-                .authorize_job(&caller, &message.job_id, $role)
-                .await?;
-            let result = self
-                .0
-                .upstreams
-                .jobs()
-                .await?
-                .$method(forward(&caller, message)?)
-                .await;
-            self.0.observe(result)
-        }
+/// What a call reaches, which decides its authorization with its role.
+#[derive(Debug, Clone, Copy)]
+pub enum Reach<'a> {
+    /// Something of one job: its owner's (or an admin's) only.
+    Job(&'a str),
+    /// Files addressed by content: whoever can name a digest already knows
+    /// the content's hash, so the role is enough.
+    Assets,
+    /// Every job of the farm: the role is enough (admin where it shows
+    /// every owner's jobs).
+    Farm,
+}
+
+/// A request message, and what it reaches.
+pub trait Reaches {
+    fn reach(&self) -> Reach<'_>;
+}
+
+/// Implements [`Reaches`] for messages of one job (`job`, by their
+/// `job_id`) or of a fixed reach.
+macro_rules! reaches {
+    ($($message:ty),* => job) => {
+        $(impl Reaches for $message {
+            fn reach(&self) -> Reach<'_> {
+                Reach::Job(&self.job_id)
+            }
+        })*
+    };
+    ($($message:ty),* => $reach:ident) => {
+        $(impl Reaches for $message {
+            fn reach(&self) -> Reach<'_> {
+                Reach::$reach
+            }
+        })*
     };
 }
 
-/// Job-scoped unary calls, as inherent methods: `async_trait` cannot see
-/// into macro invocations, so the trait methods below delegate to these.
-struct JobCalls<'a>(&'a PublicApi);
+reaches!(
+    pb::CancelJobRequest, pb::PauseJobRequest, pb::ResumeJobRequest, pb::RetryJobRequest,
+    pb::SetJobPriorityRequest, pb::ClearBlocklistRequest, pb::ListOutputsRequest,
+    pb::ListTasksRequest, pb::GetTaskLogRequest, pb::WatchJobRequest, pb::WatchTaskLogRequest
+    => job
+);
+reaches!(
+    pb::DownloadRequest, pb::StatRequest, pb::FindMissingRequest, pb::UploadOffsetRequest,
+    pb::PresignDownloadRequest => Assets
+);
+reaches!(pb::WatchFarmRequest, pb::ListJobsRequest => Farm);
 
-impl JobCalls<'_> {
-    job_call!(cancel_job, pb::CancelJobRequest, pb::Job, Role::Submitter);
-    job_call!(
-        list_outputs,
-        pb::ListOutputsRequest,
-        pb::ListOutputsResponse,
-        Role::Viewer
-    );
-    job_call!(
-        list_tasks,
-        pb::ListTasksRequest,
-        pb::ListTasksResponse,
-        Role::Viewer
-    );
-    job_call!(pause_job, pb::PauseJobRequest, pb::Job, Role::Submitter);
-    job_call!(resume_job, pb::ResumeJobRequest, pb::Job, Role::Submitter);
-    job_call!(retry_job, pb::RetryJobRequest, pb::Job, Role::Submitter);
-    job_call!(
-        set_job_priority,
-        pb::SetJobPriorityRequest,
-        pb::Job,
-        Role::Submitter
-    );
-    job_call!(
-        clear_blocklist,
-        pb::ClearBlocklistRequest,
-        pb::Job,
-        Role::Submitter
-    );
-    job_call!(
-        get_task_log,
-        pb::GetTaskLogRequest,
-        pb::TaskLog,
-        Role::Viewer
-    );
+/// An internal service calls are passed to.
+pub trait Upstream: Sized {
+    fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send;
 }
 
-/// A trait method delegating to [`JobCalls`]; expands to a plain `async fn`
-/// that `async_trait` rewrites.
-macro_rules! delegate {
-    ($method:ident, $request:ty, $response:ty) => {
-        fn $method<'life0, 'async_trait>(
-            &'life0 self,
-            request: Request<$request>,
-        ) -> Pin<
-            Box<
-                dyn std::future::Future<Output = Result<Response<$response>, Status>>
-                    + Send
-                    + 'async_trait,
-            >,
-        >
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            Box::pin(async move { JobCalls(self).$method(request).await })
-        }
-    };
+impl Upstream for JobServiceClient<Channel> {
+    fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
+        upstreams.jobs()
+    }
 }
+
+impl Upstream for AssetServiceClient<Channel> {
+    fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
+        upstreams.assets()
+    }
+}
+
+type Jobs = JobServiceClient<Channel>;
+type Assets = AssetServiceClient<Channel>;
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for PublicApi {
@@ -229,11 +241,12 @@ impl pb::job_service_server::JobService for PublicApi {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let caller = auth::principal(&request)?;
-        caller.require(Role::Submitter)?;
+        self.authorize(&caller, Reach::Farm, Role::Submitter)
+            .await?;
         let message = request.into_inner();
         check_submission(&message)?;
         for dependency in &message.depends_on_jobs {
-            self.authorize_job(&caller, dependency, Role::Submitter)
+            self.authorize(&caller, Reach::Job(dependency), Role::Submitter)
                 .await
                 .map_err(|status| {
                     Status::new(
@@ -259,6 +272,8 @@ impl pb::job_service_server::JobService for PublicApi {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let caller = auth::principal(&request)?;
+        // The job's record is what tells its owner: it is fetched once, and
+        // its owner checked as `authorize` would.
         caller.require(Role::Viewer)?;
         let job = self.fetch_job(&caller, &request.get_ref().job_id).await?;
         caller.may_access(&job.owner, &job.id)?;
@@ -270,9 +285,9 @@ impl pb::job_service_server::JobService for PublicApi {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let caller = auth::principal(&request)?;
-        caller.require(Role::Viewer)?;
-        let mut message = request.into_inner();
+        let (metadata, extensions, mut message) = request.into_parts();
         refuse_nul("owner", &message.owner)?;
+        // Non-admins list their own jobs only.
         if !caller.is_admin() {
             if message.owner.is_empty() {
                 message.owner = caller.name.clone();
@@ -282,45 +297,102 @@ impl pb::job_service_server::JobService for PublicApi {
                 ));
             }
         }
-        let result = self
-            .upstreams
-            .jobs()
-            .await?
-            .list_jobs(forward(&caller, message)?)
-            .await;
-        self.observe(result)
+        let request = Request::from_parts(metadata, extensions, message);
+        self.pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+            jobs.list_jobs(r).await
+        })
+        .await
     }
 
-    delegate!(cancel_job, pb::CancelJobRequest, pb::Job);
-    delegate!(
-        list_outputs,
-        pb::ListOutputsRequest,
-        pb::ListOutputsResponse
-    );
-    delegate!(list_tasks, pb::ListTasksRequest, pb::ListTasksResponse);
-    delegate!(get_task_log, pb::GetTaskLogRequest, pb::TaskLog);
-    delegate!(pause_job, pb::PauseJobRequest, pb::Job);
-    delegate!(resume_job, pb::ResumeJobRequest, pb::Job);
-    delegate!(retry_job, pb::RetryJobRequest, pb::Job);
-    delegate!(set_job_priority, pb::SetJobPriorityRequest, pb::Job);
-    fn clear_blocklist<'life0, 'async_trait>(
-        &'life0 self,
-        request: Request<pb::ClearBlocklistRequest>,
-    ) -> Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Response<pb::Job>, Status>>
-                + Send
-                + 'async_trait,
-        >,
-    >
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            refuse_nul("worker_id", &request.get_ref().worker_id)?;
-            JobCalls(self).clear_blocklist(request).await
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.pass(request, Role::Submitter, |mut jobs: Jobs, r| async move {
+            jobs.cancel_job(r).await
         })
+        .await
+    }
+
+    async fn list_outputs(
+        &self,
+        request: Request<pb::ListOutputsRequest>,
+    ) -> Result<Response<pb::ListOutputsResponse>, Status> {
+        self.pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+            jobs.list_outputs(r).await
+        })
+        .await
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        self.pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+            jobs.list_tasks(r).await
+        })
+        .await
+    }
+
+    async fn get_task_log(
+        &self,
+        request: Request<pb::GetTaskLogRequest>,
+    ) -> Result<Response<pb::TaskLog>, Status> {
+        self.pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+            jobs.get_task_log(r).await
+        })
+        .await
+    }
+
+    async fn pause_job(
+        &self,
+        request: Request<pb::PauseJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.pass(request, Role::Submitter, |mut jobs: Jobs, r| async move {
+            jobs.pause_job(r).await
+        })
+        .await
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.pass(request, Role::Submitter, |mut jobs: Jobs, r| async move {
+            jobs.resume_job(r).await
+        })
+        .await
+    }
+
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.pass(request, Role::Submitter, |mut jobs: Jobs, r| async move {
+            jobs.retry_job(r).await
+        })
+        .await
+    }
+
+    async fn set_job_priority(
+        &self,
+        request: Request<pb::SetJobPriorityRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.pass(request, Role::Submitter, |mut jobs: Jobs, r| async move {
+            jobs.set_job_priority(r).await
+        })
+        .await
+    }
+
+    async fn clear_blocklist(
+        &self,
+        request: Request<pb::ClearBlocklistRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        refuse_nul("worker_id", &request.get_ref().worker_id)?;
+        self.pass(request, Role::Submitter, |mut jobs: Jobs, r| async move {
+            jobs.clear_blocklist(r).await
+        })
+        .await
     }
 
     type WatchJobStream = BoxStream<pb::JobEvent>;
@@ -329,18 +401,12 @@ impl pb::job_service_server::JobService for PublicApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let caller = auth::principal(&request)?;
-        let message = request.into_inner();
-        self.authorize_job(&caller, &message.job_id, Role::Viewer)
+        let events = self
+            .pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+                jobs.watch_job(r).await
+            })
             .await?;
-        let result = self
-            .upstreams
-            .jobs()
-            .await?
-            .watch_job(forward(&caller, message)?)
-            .await;
-        let events = self.observe(result)?.into_inner();
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(Box::pin(events.into_inner())))
     }
 
     type WatchFarmStream = BoxStream<pb::JobEvent>;
@@ -350,16 +416,12 @@ impl pb::job_service_server::JobService for PublicApi {
         &self,
         request: Request<pb::WatchFarmRequest>,
     ) -> Result<Response<Self::WatchFarmStream>, Status> {
-        let caller = auth::principal(&request)?;
-        caller.require(Role::Admin)?;
-        let result = self
-            .upstreams
-            .jobs()
-            .await?
-            .watch_farm(forward(&caller, request.into_inner())?)
-            .await;
-        let events = self.observe(result)?.into_inner();
-        Ok(Response::new(Box::pin(events)))
+        let events = self
+            .pass(request, Role::Admin, |mut jobs: Jobs, r| async move {
+                jobs.watch_farm(r).await
+            })
+            .await?;
+        Ok(Response::new(Box::pin(events.into_inner())))
     }
 
     type WatchTaskLogStream = BoxStream<pb::TaskLogLines>;
@@ -368,18 +430,12 @@ impl pb::job_service_server::JobService for PublicApi {
         &self,
         request: Request<pb::WatchTaskLogRequest>,
     ) -> Result<Response<Self::WatchTaskLogStream>, Status> {
-        let caller = auth::principal(&request)?;
-        let message = request.into_inner();
-        self.authorize_job(&caller, &message.job_id, Role::Viewer)
+        let lines = self
+            .pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+                jobs.watch_task_log(r).await
+            })
             .await?;
-        let result = self
-            .upstreams
-            .jobs()
-            .await?
-            .watch_task_log(forward(&caller, message)?)
-            .await;
-        let lines = self.observe(result)?.into_inner();
-        Ok(Response::new(Box::pin(lines)))
+        Ok(Response::new(Box::pin(lines.into_inner())))
     }
 }
 
@@ -392,7 +448,8 @@ impl pb::asset_service_server::AssetService for PublicApi {
         request: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::AssetInfo>, Status> {
         let caller = auth::principal(&request)?;
-        caller.require(Role::Submitter)?;
+        self.authorize(&caller, Reach::Assets, Role::Submitter)
+            .await?;
         // Chunks pass straight through: the gateway never holds a whole file.
         let chunks = request
             .into_inner()
@@ -413,45 +470,53 @@ impl pb::asset_service_server::AssetService for PublicApi {
         &self,
         request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        let (mut assets, request) = self.to_assets(request, Role::Viewer).await?;
-        let result = assets.download(request).await;
-        let chunks = self.observe(result)?.into_inner();
-        Ok(Response::new(Box::pin(chunks)))
+        let chunks = self
+            .pass(request, Role::Viewer, |mut assets: Assets, r| async move {
+                assets.download(r).await
+            })
+            .await?;
+        Ok(Response::new(Box::pin(chunks.into_inner())))
     }
 
     async fn stat(
         &self,
         request: Request<pb::StatRequest>,
     ) -> Result<Response<pb::StatResponse>, Status> {
-        let (mut assets, request) = self.to_assets(request, Role::Viewer).await?;
-        let result = assets.stat(request).await;
-        self.observe(result)
+        self.pass(request, Role::Viewer, |mut assets: Assets, r| async move {
+            assets.stat(r).await
+        })
+        .await
     }
 
     async fn find_missing(
         &self,
         request: Request<pb::FindMissingRequest>,
     ) -> Result<Response<pb::FindMissingResponse>, Status> {
-        let (mut assets, request) = self.to_assets(request, Role::Viewer).await?;
-        let result = assets.find_missing(request).await;
-        self.observe(result)
+        self.pass(request, Role::Viewer, |mut assets: Assets, r| async move {
+            assets.find_missing(r).await
+        })
+        .await
     }
 
     async fn upload_offset(
         &self,
         request: Request<pb::UploadOffsetRequest>,
     ) -> Result<Response<pb::UploadOffsetResponse>, Status> {
-        let (mut assets, request) = self.to_assets(request, Role::Submitter).await?;
-        let result = assets.upload_offset(request).await;
-        self.observe(result)
+        self.pass(
+            request,
+            Role::Submitter,
+            |mut assets: Assets, r| async move { assets.upload_offset(r).await },
+        )
+        .await
     }
 
     async fn presign_download(
         &self,
         request: Request<pb::PresignDownloadRequest>,
     ) -> Result<Response<pb::PresignDownloadResponse>, Status> {
-        let (mut assets, request) = self.to_assets(request, Role::Viewer).await?;
-        let result = assets.presign_download(request).await;
-        self.observe(result)
+        self.pass(request, Role::Viewer, |mut assets: Assets, r| async move {
+            assets.presign_download(r).await
+        })
+        .await
     }
 }

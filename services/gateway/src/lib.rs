@@ -1,7 +1,9 @@
 //! Kiln's gateway: the public gRPC API (`grpc.rs`) and REST/JSON (`rest.rs`),
 //! both passing calls to the internal services found through etcd
 //! (`upstream.rs`), behind bearer tokens (`auth.rs`, `tokens.rs`) and the
-//! limits composed in `limits.rs`.
+//! limits composed in `limits.rs`. Every call passes one authorization step
+//! (`PublicApi::authorize`); REST routes and OpenAPI operations are
+//! registered together in `rest.rs`'s route table.
 
 pub mod auth;
 pub mod config;

@@ -81,10 +81,10 @@ impl Limits {
             .layer(tower_http::limit::RequestBodyLimitLayer::new(
                 self.args.max_upload_bytes,
             ));
+        let routes: Router<RestState> = json.merge(streaming).into();
         Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .merge(json)
-            .merge(streaming)
+            .merge(routes)
             .fallback(|| async { ApiError::not_found() })
             .with_state(state)
             .layer(axum::middleware::from_fn_with_state(

@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         .add("assets", checks::registered(&discovery, service::ASSETS));
     let ops = OpsServer::start("gateway", &config.ops, checks).await?;
     let upstreams = Arc::new(Upstreams::new(discovery.clone(), tls.client()));
-    let api = PublicApi::new(upstreams.clone());
+    let api = PublicApi::new(upstreams);
     let tokens = TokenApi::new(store.clone());
     let limits = Limits::new(&config.limits, store);
 
@@ -63,7 +63,6 @@ async fn main() -> anyhow::Result<()> {
     let state = RestState {
         api: api.clone(),
         tokens: tokens.clone(),
-        upstreams,
     };
     let app = limits
         .rest(state)

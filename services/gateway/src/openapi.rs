@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document at `/openapi.json`.
 //!
-//! Operations come from the `#[utoipa::path]` attributes on the REST
-//! handlers; the body schemas are derived from the same protobuf descriptors
+//! Operations come from the REST route table (`rest::json_routes` and
+//! `rest::streaming_routes`), where each handler is registered with its
+//! `#[utoipa::path]`, so a route cannot be served undocumented or documented
+//! unserved; the body schemas are derived from the same protobuf descriptors
 //! the handlers' types are generated from, following the proto3 JSON mapping
 //! that pbjson implements, so the document describes exactly what is served.
 
@@ -16,6 +18,9 @@ use utoipa::OpenApi;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::rest::RestState;
 
 const PACKAGE: &str = "kiln.v1";
 const TIMESTAMP: &str = ".google.protobuf.Timestamp";
@@ -27,17 +32,6 @@ const TIMESTAMP: &str = ".google.protobuf.Timestamp";
         description = "Kiln render farm: the REST/JSON form of the gRPC API in proto/kiln/v1. \
             Every call needs `Authorization: Bearer <token>`. Bodies are the protobuf messages in \
             their proto3 JSON mapping; errors are `{\"error\": {\"code\", \"message\"}}`."
-    ),
-    paths(
-        crate::rest::submit_job, crate::rest::list_jobs, crate::rest::get_job,
-        crate::rest::job_status, crate::rest::cancel_job, crate::rest::pause_job,
-        crate::rest::resume_job, crate::rest::retry_job, crate::rest::set_priority,
-        crate::rest::clear_blocklist, crate::rest::list_tasks, crate::rest::list_outputs,
-        crate::rest::watch_job, crate::rest::download_output, crate::rest::upload_asset,
-        crate::rest::download_asset, crate::rest::stat_asset, crate::rest::create_token,
-        crate::rest::list_tokens, crate::rest::revoke_token, crate::rest::openapi,
-        crate::sse::farm_events, crate::sse::task_log, crate::sse::task_log_live,
-        crate::sse::contact_sheet,
     ),
     modifiers(&Security),
     security(("bearer" = [])),
@@ -102,7 +96,18 @@ impl utoipa::IntoResponses for Errors {
 pub fn document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+        let (_, api) = OpenApiRouter::<RestState>::with_openapi(ApiDoc::openapi())
+            .merge(crate::rest::json_routes())
+            .merge(crate::rest::streaming_routes())
+            .split_for_parts();
+        let mut document = serde_json::to_value(api).unwrap_or(Value::Null);
+        // A rest-of-path parameter is routed as `{*name}`, documented as `{name}`.
+        if let Some(Value::Object(paths)) = document.get_mut("paths") {
+            *paths = std::mem::take(paths)
+                .into_iter()
+                .map(|(path, item)| (path.replace("{*", "{"), item))
+                .collect();
+        }
         let schemas = &mut document["components"]["schemas"];
         if !schemas.is_object() {
             *schemas = json!({});
@@ -367,5 +372,47 @@ mod tests {
                 ["schema"]["$ref"],
             "#/components/schemas/Error"
         );
+    }
+
+    /// The route table documents exactly the operations the gateway serves.
+    #[test]
+    fn the_document_lists_every_operation_once() {
+        let mut operations: Vec<String> = Vec::new();
+        for (path, item) in document()["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                let id = operation["operationId"].as_str().unwrap_or("?");
+                operations.push(format!("{} {path} {id}", method.to_uppercase()));
+            }
+        }
+        operations.sort();
+        let expected = [
+            "DELETE /v1/jobs/{id}/blocklist ClearBlocklist",
+            "DELETE /v1/tokens/{id} RevokeToken",
+            "GET /openapi.json OpenApi",
+            "GET /v1/assets/{digest} Download",
+            "GET /v1/assets/{digest}/stat Stat",
+            "GET /v1/events WatchFarm",
+            "GET /v1/jobs ListJobs",
+            "GET /v1/jobs/{id} GetJob",
+            "GET /v1/jobs/{id}/contact-sheet ContactSheet",
+            "GET /v1/jobs/{id}/events WatchJob",
+            "GET /v1/jobs/{id}/outputs ListOutputs",
+            "GET /v1/jobs/{id}/outputs/{path} DownloadOutput",
+            "GET /v1/jobs/{id}/status GetJobStatus",
+            "GET /v1/jobs/{id}/tasks ListTasks",
+            "GET /v1/jobs/{id}/tasks/{task}/log GetTaskLog",
+            "GET /v1/jobs/{id}/tasks/{task}/log/live WatchTaskLog",
+            "GET /v1/tokens ListTokens",
+            "POST /v1/assets Upload",
+            "POST /v1/jobs SubmitJob",
+            "POST /v1/jobs/{id}/cancel CancelJob",
+            "POST /v1/jobs/{id}/pause PauseJob",
+            "POST /v1/jobs/{id}/resume ResumeJob",
+            "POST /v1/jobs/{id}/retry RetryJob",
+            "POST /v1/tokens CreateToken",
+            "PUT /v1/jobs/{id}/priority SetJobPriority",
+        ];
+        assert_eq!(operations, expected);
+        assert_eq!(document()["info"]["title"], "Kiln");
     }
 }

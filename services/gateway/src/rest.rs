@@ -3,69 +3,88 @@
 //! the same [`PublicApi`] as gRPC does, so the two cannot drift apart: not in
 //! shape, not in checks.
 
-use std::sync::Arc;
-
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_service_server::JobService;
 use kiln_proto::v1::token_service_server::TokenService;
 use serde::Deserialize;
 use tonic::{Code, Request, Status};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use crate::auth::{Principal, Role};
 use crate::grpc::PublicApi;
 use crate::openapi::Errors;
 use crate::token_service::TokenApi;
-use crate::upstream::Upstreams;
 
 #[derive(Clone)]
 pub struct RestState {
     pub api: PublicApi,
     pub tokens: TokenApi,
-    pub upstreams: Arc<Upstreams>,
 }
 
+/// The REST routes and their OpenAPI operations, registered together: each
+/// handler's `#[utoipa::path]` gives both its route and its documentation,
+/// so a new endpoint is added in one place. (`openapi.rs` builds the
+/// document from this same table.)
+///
 /// Routes answering JSON, each quick: these get the request timeout and the
 /// JSON body limit.
-pub fn json_routes() -> Router<RestState> {
-    use axum::routing::{delete, get, post};
-    Router::new()
-        .route("/v1/jobs", post(submit_job).get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/status", get(job_status))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/jobs/{id}/pause", post(pause_job))
-        .route("/v1/jobs/{id}/resume", post(resume_job))
-        .route("/v1/jobs/{id}/retry", post(retry_job))
-        .route(
-            "/v1/jobs/{id}/priority",
-            post(set_priority).put(set_priority),
-        )
-        .route("/v1/jobs/{id}/blocklist", delete(clear_blocklist))
-        .route("/v1/jobs/{id}/tasks", get(list_tasks))
-        .route("/v1/jobs/{id}/outputs", get(list_outputs))
-        .route("/v1/assets/{digest}/stat", get(stat_asset))
-        .route("/v1/tokens", post(create_token).get(list_tokens))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-        .route("/openapi.json", get(openapi))
+pub fn json_routes() -> OpenApiRouter<RestState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(job_status))
+        .routes(routes!(cancel_job))
+        .routes(routes!(pause_job))
+        .routes(routes!(resume_job))
+        .routes(routes!(retry_job))
+        .routes(routes!(set_priority))
+        // An alias kept for clients written before PUT was documented.
+        .route("/v1/jobs/{id}/priority", axum::routing::post(set_priority))
+        .routes(routes!(clear_blocklist))
+        .routes(routes!(list_tasks))
+        .routes(routes!(list_outputs))
+        .routes(routes!(stat_asset))
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+        .routes(routes!(openapi))
 }
 
 /// Routes whose bodies stream (uploads, downloads, watches): no timeout, and
 /// the upload size limit instead of the JSON one.
-pub fn streaming_routes() -> Router<RestState> {
-    use axum::routing::{get, post};
-    Router::new()
-        .route("/v1/jobs/{id}/events", get(crate::sse::job_events))
-        .route("/v1/jobs/{id}/outputs/{*path}", get(download_output))
-        .route("/v1/assets", post(upload_asset))
-        .route("/v1/assets/{digest}", get(download_asset))
-        .merge(crate::sse::routes())
+pub fn streaming_routes() -> OpenApiRouter<RestState> {
+    OpenApiRouter::new()
+        .routes(routes!(crate::sse::job_events))
+        .routes(rest_of_path(routes!(download_output), "path"))
+        .routes(routes!(upload_asset))
+        .routes(routes!(download_asset))
+        .routes(routes!(crate::sse::farm_events))
+        .routes(routes!(crate::sse::task_log))
+        .routes(routes!(crate::sse::task_log_live))
+        .routes(routes!(crate::sse::contact_sheet))
+}
+
+/// Registers `routes` with its last parameter `param` taking the rest of
+/// the path (axum's `{*param}`: an output's path has slashes). OpenAPI has
+/// no such parameter, so the document keeps `{param}` (`openapi.rs`).
+fn rest_of_path(
+    routes: UtoipaMethodRouter<RestState>,
+    param: &str,
+) -> UtoipaMethodRouter<RestState> {
+    let (schemas, mut paths, method_router) = routes;
+    let (plain, rest) = (format!("{{{param}}}"), format!("{{*{param}}}"));
+    paths.paths = std::mem::take(&mut paths.paths)
+        .into_iter()
+        .map(|(path, item)| (path.replace(&plain, &rest), item))
+        .collect();
+    (schemas, paths, method_router)
 }
 
 /// A JSON error body: `{"error": {"code": "...", "message": "..."}}`.
@@ -447,12 +466,8 @@ pub(crate) async fn list_outputs(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "WatchJob",
-    params(("id" = String, Path, description = "The job's UUID")),
-    responses(
-        (status = 200, description = "JobEvent messages as newline-delimited JSON until the job ends",
-         content_type = "application/x-ndjson", body = String),
-        Errors))]
+/// `GET /v1/jobs/{id}/events` as newline-delimited JSON (`sse::job_events`
+/// serves SSE on the same route).
 pub(crate) async fn watch_job(
     State(state): State<RestState>,
     Extension(caller): Extension<Principal>,
@@ -508,6 +523,7 @@ pub(crate) async fn download_output(
     };
     stream_asset(
         &state,
+        &caller,
         &output.digest,
         Some(output.size),
         content_type(&path),
@@ -525,8 +541,7 @@ pub(crate) async fn download_asset(
     Extension(caller): Extension<Principal>,
     Path(digest): Path<String>,
 ) -> ApiResult<Response> {
-    caller.require(Role::Viewer)?;
-    stream_asset(&state, &digest, None, "application/octet-stream").await
+    stream_asset(&state, &caller, &digest, None, "application/octet-stream").await
 }
 
 #[utoipa::path(get, path = "/v1/assets/{digest}/stat", tag = "assets", operation_id = "Stat",
@@ -546,15 +561,18 @@ pub(crate) async fn stat_asset(
     ))
 }
 
+/// Streams a stored file to `caller`, through the same authorization step
+/// as a gRPC download.
 pub(crate) async fn stream_asset(
     state: &RestState,
+    caller: &Principal,
     digest: &str,
     size: Option<u64>,
     mime: &'static str,
 ) -> ApiResult<Response> {
     let chunks = state
-        .upstreams
-        .asset_client()
+        .api
+        .asset_client(caller, Role::Viewer)
         .await?
         .download_stream(digest)
         .await?;
@@ -593,14 +611,9 @@ pub(crate) async fn upload_asset(
     Extension(caller): Extension<Principal>,
     body: Body,
 ) -> ApiResult<Response> {
-    caller.require(Role::Submitter)?;
+    let assets = state.api.asset_client(&caller, Role::Submitter).await?;
     let chunks = body.into_data_stream().map_err(std::io::Error::other);
-    let info = state
-        .upstreams
-        .asset_client()
-        .await?
-        .upload_stream(None, chunks)
-        .await?;
+    let info = assets.upload_stream(None, chunks).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 

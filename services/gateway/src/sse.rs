@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,7 +17,7 @@ use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
 use kiln_proto::v1::job_service_server::JobService;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Role};
 use crate::rest::{ApiError, ApiResult, RestState, call, stream_asset};
 
 /// Keep-alive comments on idle event streams, so proxies keep them open.
@@ -31,15 +30,6 @@ const SHEET_COLUMNS: u32 = 8;
 const SHEET_CELL: u32 = 256;
 /// Largest thumbnail read for a contact sheet, in bytes.
 const SHEET_MAX_THUMBNAIL: usize = 4 * 1024 * 1024;
-
-pub fn routes() -> Router<RestState> {
-    use axum::routing::get;
-    Router::new()
-        .route("/v1/events", get(farm_events))
-        .route("/v1/jobs/{id}/tasks/{task}/log", get(task_log))
-        .route("/v1/jobs/{id}/tasks/{task}/log/live", get(task_log_live))
-        .route("/v1/jobs/{id}/contact-sheet", get(contact_sheet))
-}
 
 /// `Last-Event-ID` as a sequence number; absent or unreadable means a fresh watch.
 fn last_event_id(headers: &HeaderMap) -> Option<u64> {
@@ -95,6 +85,12 @@ fn to_sse(
 /// `GET /v1/jobs/{id}/events`: SSE when the client asks for
 /// `text/event-stream` (or resumes with `Last-Event-ID`), newline-delimited
 /// JSON otherwise.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "WatchJob",
+    params(("id" = String, Path, description = "The job's UUID")),
+    responses(
+        (status = 200, description = "JobEvent messages as newline-delimited JSON until the job ends",
+         content_type = "application/x-ndjson", body = String),
+        crate::openapi::Errors))]
 pub(crate) async fn job_events(
     state: State<RestState>,
     caller: Extension<Principal>,
@@ -160,6 +156,7 @@ pub(crate) async fn task_log(
         .into_inner();
     stream_asset(
         &state,
+        &caller,
         &log.digest,
         Some(log.size),
         "text/plain; charset=utf-8",
@@ -231,7 +228,7 @@ pub(crate) async fn contact_sheet(
             format!("job {id} has no frame thumbnails yet"),
         ));
     }
-    let assets = state.upstreams.asset_client().await?;
+    let assets = state.api.asset_client(&caller, Role::Viewer).await?;
     let mut images = Vec::with_capacity(thumbnails.len());
     for thumbnail in &thumbnails {
         let bytes = read_small(&assets, &thumbnail.digest).await?;

@@ -71,7 +71,9 @@ async fn main() -> Result<()> {
     for n in 0..args.jobs {
         let owner = if n % 2 == 0 { "alice" } else { "bob" };
         let mut request = tonic::Request::new(noop_job(per_job));
-        request.metadata_mut().insert("kiln-owner", owner.parse()?);
+        request
+            .metadata_mut()
+            .insert(kiln_proto::metadata::OWNER, owner.parse()?);
         jobs.submit_job(request).await?;
     }
     let submit_time = submit_started.elapsed();

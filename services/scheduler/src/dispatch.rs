@@ -1,11 +1,15 @@
-//! The dispatch loop: one task owns the queue (`core.rs`), takes commands
-//! from the gRPC services, hands tasks to free workers (`queue.rs`), and
-//! group-commits what changed (`writer.rs`).
+//! The dispatch loop: one task owns the core (`core/`), feeds it what the
+//! gRPC services send (`inbox.rs`), lets it hand tasks to free workers, and
+//! group-commits what it decided (`batch_writer.rs`). It also holds what the
+//! core only names by id: each worker session's outbox and each waiting
+//! caller's reply, and turns the core's effects into actions on them once
+//! their batch is committed (`effects.rs`).
 //!
 //! While one batch is being written, the next accumulates; so the busier the
 //! farm, the more transitions each commit carries, and Postgres work per
 //! task stays a fixed handful of row writes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -13,28 +17,63 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::commands::Command;
+use crate::batch_writer::{self, WriteError};
 use crate::core::Core;
-use crate::effects::Effect;
+use crate::core::batch::{Batch, Effect, RequestId};
+use crate::core::command::Command;
+use crate::core::model::Clock;
+use crate::effects::{Action, Recipient};
 use crate::fence::Token;
-use crate::writer::{self, Batch, WriteError};
+use crate::inbox::{Inbound, Outbox, Reply};
+use crate::scheduler_metrics;
 
 /// How often retries whose backoff ran out and overdue attempts are looked at.
 const TICK: Duration = Duration::from_millis(250);
-/// Commands taken in one turn before the loop dispatches and flushes.
-const COMMANDS_PER_TURN: usize = 4096;
+/// Messages taken in one turn before the loop dispatches and flushes.
+const MESSAGES_PER_TURN: usize = 4096;
+
+/// The time now, as the core is told it.
+pub fn clock() -> Clock {
+    Clock {
+        instant: std::time::Instant::now(),
+        wall: chrono::Utc::now(),
+    }
+}
 
 pub struct DispatchLoop {
-    pub core: Core,
-    pub db: PgPool,
-    pub token: Token,
-    pub commands: mpsc::Receiver<Command>,
-    pub effects: mpsc::Sender<(Instant, Vec<Effect>)>,
+    core: Core,
+    db: PgPool,
+    token: Token,
+    inbox: mpsc::Receiver<Inbound>,
+    actions: mpsc::Sender<(Instant, Vec<Action>)>,
+    /// Each open session's outbox, by worker and session.
+    outboxes: HashMap<(String, u64), Outbox>,
+    /// Callers waiting for their request's batch to commit.
+    replies: HashMap<RequestId, Reply>,
 }
 
 impl DispatchLoop {
-    /// Runs until the command channel closes, or a write finds rows moved by
-    /// another writer: then this scheduler's view is wrong, and it stops
+    pub fn new(
+        core: Core,
+        db: PgPool,
+        token: Token,
+        inbox: mpsc::Receiver<Inbound>,
+        actions: mpsc::Sender<(Instant, Vec<Action>)>,
+    ) -> Self {
+        Self {
+            core,
+            db,
+            token,
+            inbox,
+            actions,
+            outboxes: HashMap::new(),
+            replies: HashMap::new(),
+        }
+    }
+
+    /// Runs until the inbox closes, or a write fails for good (rows moved by
+    /// another writer, a newer leader, an error that is not transient): then
+    /// this scheduler's view is wrong or cannot be made durable, and it stops
     /// rather than act on it.
     pub async fn run(mut self) -> Result<(), WriteError> {
         let mut tick = tokio::time::interval(TICK);
@@ -42,42 +81,147 @@ impl DispatchLoop {
         let mut flushing: Option<JoinHandle<Result<(), WriteError>>> = None;
         loop {
             tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(command) => self.core.handle(command),
+                message = self.inbox.recv() => match message {
+                    Some(message) => self.receive(message),
                     None => return Ok(()),
                 },
                 _ = tick.tick() => {
-                    let now = Instant::now();
-                    self.core.on_tick(now);
-                    self.core.emit_due_records(now);
+                    let now = clock();
+                    self.core.tick(now);
+                    scheduler_metrics::publish(&self.core.gauges(now.instant));
                 }
                 done = wait(&mut flushing), if flushing.is_some() => {
                     flushing = None;
                     done?;
                 }
             }
-            self.take_queued_commands();
-            self.core.dispatch_round();
-            if flushing.is_none() && !self.core.batch.is_empty() {
-                let batch = std::mem::take(&mut self.core.batch);
+            self.take_queued();
+            self.core.dispatch(clock());
+            if flushing.is_none()
+                && let Some(batch) = self.core.take_batch()
+            {
+                let actions = self.resolve(&batch);
                 flushing = Some(tokio::spawn(flush(
                     self.db.clone(),
                     batch,
+                    actions,
                     self.token,
-                    self.effects.clone(),
+                    self.actions.clone(),
                 )));
             }
         }
     }
 
+    fn receive(&mut self, message: Inbound) {
+        let now = clock();
+        match message {
+            // Reports need no answer, and the core refuses none.
+            Inbound::Tell(command) => {
+                let _ = self.core.handle(command, now);
+            }
+            Inbound::Ask {
+                request,
+                command,
+                reply,
+            } => match self.core.handle(command, now) {
+                Ok(()) => {
+                    self.replies.insert(request, reply);
+                }
+                Err(refusal) => {
+                    let _ = reply.send(Err(refusal.into()));
+                }
+            },
+            Inbound::Join {
+                worker_id,
+                session,
+                capabilities,
+                held,
+                outbox,
+            } => {
+                self.outboxes.insert((worker_id.clone(), session), outbox);
+                let joined = Command::WorkerJoined {
+                    worker_id,
+                    session,
+                    capabilities,
+                    held,
+                };
+                let _ = self.core.handle(joined, now);
+            }
+        }
+    }
+
     /// Takes what is already queued without waiting, so one flush covers it all.
-    fn take_queued_commands(&mut self) {
-        for _ in 0..COMMANDS_PER_TURN {
-            match self.commands.try_recv() {
-                Ok(command) => self.core.handle(command),
+    fn take_queued(&mut self) {
+        for _ in 0..MESSAGES_PER_TURN {
+            match self.inbox.try_recv() {
+                Ok(message) => self.receive(message),
                 Err(_) => break,
             }
         }
+    }
+
+    /// The batch's effects, with the outboxes and replies their ids name.
+    fn resolve(&mut self, batch: &Batch) -> Vec<Action> {
+        let mut actions = Vec::with_capacity(batch.effects.len());
+        let mut lost = Vec::new();
+        for effect in &batch.effects {
+            match effect {
+                Effect::Deliver {
+                    worker_id,
+                    session,
+                    job_id,
+                    attempt,
+                    assignment,
+                    dependency_steps,
+                } => match self.outboxes.get(&(worker_id.clone(), *session)) {
+                    Some(outbox) => actions.push(Action::Deliver {
+                        to: Recipient {
+                            worker_id: worker_id.clone(),
+                            outbox: outbox.clone(),
+                            attempt: *attempt,
+                        },
+                        job_id: *job_id,
+                        assignment: assignment.clone(),
+                        dependency_steps: dependency_steps.clone(),
+                    }),
+                    None => lost.push((worker_id.clone(), *attempt)),
+                },
+                Effect::Cancel {
+                    worker_id,
+                    session,
+                    task_id,
+                    attempt,
+                } => {
+                    if let Some(outbox) = self.outboxes.get(&(worker_id.clone(), *session)) {
+                        actions.push(Action::Cancel {
+                            outbox: outbox.clone(),
+                            task_id: *task_id,
+                            attempt: *attempt,
+                        });
+                    }
+                }
+                Effect::Publish(event) => actions.push(Action::Publish(event.clone())),
+                Effect::Answer(request) => {
+                    if let Some(reply) = self.replies.remove(request) {
+                        actions.push(Action::Answer(reply));
+                    }
+                }
+                Effect::EndSession { worker_id, session } => {
+                    self.outboxes.remove(&(worker_id.clone(), *session));
+                }
+            }
+        }
+        // An assignment for a session already gone: requeue it now rather
+        // than after the start timeout.
+        for (worker_id, (task_id, attempt)) in lost {
+            let undeliverable = Command::Undeliverable {
+                worker_id,
+                task_id,
+                attempt,
+            };
+            let _ = self.core.handle(undeliverable, clock());
+        }
+        actions
     }
 }
 
@@ -87,7 +231,7 @@ async fn wait(flushing: &mut Option<JoinHandle<Result<(), WriteError>>>) -> Resu
             Ok(result) => result,
             Err(err) => {
                 tracing::error!(error = %err, "the batch writer panicked");
-                Err(WriteError::Conflict(0))
+                Err(WriteError::Panicked(err.to_string()))
             }
         },
         None => std::future::pending().await,
@@ -97,14 +241,16 @@ async fn wait(flushing: &mut Option<JoinHandle<Result<(), WriteError>>>) -> Resu
 async fn flush(
     db: PgPool,
     batch: Batch,
+    actions: Vec<Action>,
     token: Token,
-    effects: mpsc::Sender<(Instant, Vec<Effect>)>,
+    to_runner: mpsc::Sender<(Instant, Vec<Action>)>,
 ) -> Result<(), WriteError> {
     let started = Instant::now();
-    writer::write_until_done(&db, &batch, token).await?;
+    batch_writer::write_until_done(&db, &batch, token).await?;
     let took = started.elapsed();
-    metrics::histogram!(crate::scheduler_metrics::BATCH_WRITE).record(took.as_secs_f64());
-    metrics::histogram!(crate::scheduler_metrics::BATCH_TASKS).record(batch.tasks.len() as f64);
+    metrics::histogram!(scheduler_metrics::BATCH_WRITE).record(took.as_secs_f64());
+    metrics::histogram!(scheduler_metrics::BATCH_TASKS).record(batch.tasks.len() as f64);
+    scheduler_metrics::record(&batch.observations);
     tracing::debug!(
         tasks = batch.tasks.len(),
         jobs = batch.jobs.len(),
@@ -112,7 +258,7 @@ async fn flush(
         ?took,
         "batch written"
     );
-    if effects.send((Instant::now(), batch.effects)).await.is_err() {
+    if to_runner.send((Instant::now(), actions)).await.is_err() {
         tracing::warn!("effects runner stopped; assignments were not delivered");
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! What happens once a batch is durable: assignments and cancels go to the
-//! workers, events go to watchers, waiting callers get their answer. Effects
-//! run in order on one task, separate from the dispatch core, so a slow
-//! watcher or a dependency lookup never holds up dispatch.
+//! workers, events go to watchers, waiting callers get their answer. The
+//! core's effects name sessions and requests by id; the dispatch loop turns
+//! them into these actions on the channels behind the ids. Actions run in
+//! order on one task, separate from the dispatch loop, so a slow watcher or
+//! a dependency lookup never holds up dispatch.
 
 use std::sync::Arc;
 
@@ -11,19 +13,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::commands::{Command, Reply};
-use crate::core::Outbox;
-use crate::events::EventBus;
-use crate::store;
+use crate::core::command::Command;
+use crate::event_bus::EventBus;
+use crate::inbox::{Inbound, Outbox, Reply};
+use crate::queries;
 
-pub enum Effect {
+pub enum Action {
     Deliver {
-        worker_id: String,
-        outbox: Outbox,
+        to: Recipient,
         job_id: Uuid,
-        /// The task and attempt, as the core knows them (no parsing back from text).
-        attempt: (Uuid, i32),
-        assignment: pb::TaskAssignment,
+        assignment: Box<pb::TaskAssignment>,
         /// Steps whose outputs the task receives as inputs under `outputs/`.
         dependency_steps: Vec<String>,
     },
@@ -34,33 +33,30 @@ pub enum Effect {
     },
     /// A job event, now durable, goes to live watchers.
     Publish(Arc<pb::JobEvent>),
-    Reply(Reply),
+    Answer(Reply),
 }
 
 /// Where an assignment goes, and which attempt it is.
-struct Recipient {
-    worker_id: String,
-    outbox: Outbox,
-    attempt: (Uuid, i32),
+pub struct Recipient {
+    pub worker_id: String,
+    pub outbox: Outbox,
+    pub attempt: (Uuid, i32),
 }
 
 pub struct EffectRunner {
-    pub db: PgPool,
-    pub events: Arc<EventBus>,
-    pub commands: mpsc::Sender<Command>,
+    db: PgPool,
+    events: Arc<EventBus>,
+    /// Back into the dispatch loop, for assignments that could not be delivered.
+    inbox: mpsc::Sender<Inbound>,
 }
 
 impl EffectRunner {
-    pub fn new(db: PgPool, events: Arc<EventBus>, commands: mpsc::Sender<Command>) -> Self {
-        Self {
-            db,
-            events,
-            commands,
-        }
+    pub fn new(db: PgPool, events: Arc<EventBus>, inbox: mpsc::Sender<Inbound>) -> Self {
+        Self { db, events, inbox }
     }
 
-    /// Applies committed batches' effects in commit order.
-    pub async fn run(mut self, mut batches: mpsc::Receiver<(Instant, Vec<Effect>)>) {
+    /// Applies committed batches' actions in commit order.
+    pub async fn run(mut self, mut batches: mpsc::Receiver<(Instant, Vec<Action>)>) {
         while let Some((committed, effects)) = batches.recv().await {
             metrics::histogram!(crate::scheduler_metrics::EVENT_LAG)
                 .record(committed.elapsed().as_secs_f64());
@@ -70,25 +66,18 @@ impl EffectRunner {
         }
     }
 
-    async fn apply(&mut self, effect: Effect) {
-        match effect {
-            Effect::Deliver {
-                worker_id,
-                outbox,
+    async fn apply(&mut self, action: Action) {
+        match action {
+            Action::Deliver {
+                to,
                 job_id,
-                attempt,
                 assignment,
                 dependency_steps,
             } => {
-                let to = Recipient {
-                    worker_id,
-                    outbox,
-                    attempt,
-                };
-                self.deliver(to, job_id, assignment, &dependency_steps)
+                self.deliver(to, job_id, *assignment, &dependency_steps)
                     .await
             }
-            Effect::Cancel {
+            Action::Cancel {
                 outbox,
                 task_id,
                 attempt,
@@ -104,8 +93,8 @@ impl EffectRunner {
                     tracing::debug!(task_id = %task_id, "worker gone before it could be told to cancel");
                 }
             }
-            Effect::Publish(event) => self.events.publish(event),
-            Effect::Reply(reply) => {
+            Action::Publish(event) => self.events.publish(event),
+            Action::Answer(reply) => {
                 let _ = reply.send(Ok(()));
             }
         }
@@ -141,13 +130,14 @@ impl EffectRunner {
         job_id: Uuid,
         steps: &[String],
     ) -> Result<Vec<pb::TaskInput>, sqlx::Error> {
-        let outputs = store::outputs_of_steps(&self.db, job_id, steps).await?;
+        let outputs = queries::outputs_of_steps(&self.db, job_id, steps).await?;
         Ok(outputs
             .into_iter()
-            .map(|(path, digest, in_session)| pb::TaskInput {
-                path: match in_session {
-                    true => path,
-                    false => format!("outputs/{path}"),
+            .map(|(path, digest, as_written)| pb::TaskInput {
+                path: if as_written {
+                    path
+                } else {
+                    format!("outputs/{path}")
                 },
                 digest,
             })
@@ -162,7 +152,7 @@ impl EffectRunner {
             attempt,
         };
         // If the core is too busy to hear it now, the start timeout requeues the task.
-        if self.commands.try_send(command).is_err() {
+        if self.inbox.try_send(Inbound::Tell(command)).is_err() {
             tracing::warn!(task_id = %task_id, "could not report an undelivered assignment");
         }
     }

@@ -1,4 +1,7 @@
 use tonic::Status;
+use uuid::Uuid;
+
+use crate::core::command::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -24,6 +27,28 @@ pub enum SchedulerError {
     Stopping,
     #[error("this scheduler does not lead: {0}")]
     NotLeader(String),
+}
+
+impl From<Refusal> for SchedulerError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::JobFinished(id) => Self::JobFinished(id.to_string()),
+        }
+    }
+}
+
+/// An INVALID_ARGUMENT error saying what is wrong with the request.
+pub fn invalid(message: impl Into<String>) -> SchedulerError {
+    SchedulerError::InvalidArgument(message.into())
+}
+
+pub fn parse_job_id(text: &str) -> Result<Uuid, SchedulerError> {
+    parse_uuid("job_id", text)
+}
+
+/// A UUID from a request's field, or an error naming the field.
+pub fn parse_uuid(field: &str, text: &str) -> Result<Uuid, SchedulerError> {
+    Uuid::parse_str(text).map_err(|_| invalid(format!("{field}: {text:?} is not a UUID")))
 }
 
 impl From<crate::fence::FenceError> for SchedulerError {

@@ -19,10 +19,11 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::core::{JobEntry, TaskEntry};
+use crate::timestamps::timestamp;
 
 /// The most samples earlier jobs of a scene count for, against the job's own.
 const EARLIER_WEIGHT: u32 = 4;
@@ -117,44 +118,46 @@ pub struct EtaBook {
     jobs: HashMap<Uuid, JobTimes>,
 }
 
-/// Frames a task counts as: a frameless one (an encode, a check) as one.
-pub fn frames_of(task: &TaskEntry) -> f64 {
-    task.frames.len().max(1) as f64
+/// A step of a job as its book starts: its name, and the frames of its
+/// unfinished tasks (a frameless task counting as one).
+pub struct StepShape {
+    pub name: String,
+    pub task_frames: Vec<f64>,
+}
+
+/// A step of a running job as it is now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepLeft {
+    /// Tasks neither succeeded nor failed for good.
+    pub left: usize,
+    /// Of those, tasks in flight.
+    pub running: usize,
 }
 
 impl EtaBook {
-    /// Starts a job's book from its unfinished tasks and what earlier jobs
-    /// of its scene took per step (by step name).
+    /// Starts a job's book from its steps and what earlier jobs of its
+    /// scene took per step (by step name).
     pub fn open(
         &mut self,
-        job: &JobEntry,
-        tasks: &[TaskEntry],
+        job_id: Uuid,
+        steps: Vec<StepShape>,
         earlier: &HashMap<String, RunStats>,
     ) {
-        let steps = job
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(position, step)| {
-                let frames: Vec<f64> = tasks
-                    .iter()
-                    .filter(|t| t.step == position)
-                    .map(frames_of)
-                    .collect();
-                StepTimes {
-                    name: step.name.clone(),
-                    own: RunStats::default(),
-                    earlier: earlier.get(&step.name).copied().unwrap_or_default(),
-                    frames_per_task: if frames.is_empty() {
-                        1.0
-                    } else {
-                        frames.iter().sum::<f64>() / frames.len() as f64
-                    },
-                }
+        let steps = steps
+            .into_iter()
+            .map(|step| StepTimes {
+                own: RunStats::default(),
+                earlier: earlier.get(&step.name).copied().unwrap_or_default(),
+                frames_per_task: if step.task_frames.is_empty() {
+                    1.0
+                } else {
+                    step.task_frames.iter().sum::<f64>() / step.task_frames.len() as f64
+                },
+                name: step.name,
             })
             .collect();
         self.jobs.insert(
-            job.id,
+            job_id,
             JobTimes {
                 steps,
                 parallel: Cell::new(0),
@@ -178,17 +181,16 @@ impl EtaBook {
     }
 
     /// The job's ETA, or `None` until one of its tasks finished or an
-    /// earlier job of its scene is known.
+    /// earlier job of its scene is known. `farm_slots` is the slots of the
+    /// workers that could take its tasks.
     pub fn estimate(
         &self,
-        job: &JobEntry,
-        running_per_step: &[usize],
+        job_id: Uuid,
+        now: &[StepLeft],
         farm_slots: usize,
+        computed_at: DateTime<Utc>,
     ) -> Option<pb::Eta> {
-        if job.state.is_final() {
-            return None;
-        }
-        let job_times = self.jobs.get(&job.id)?;
+        let job_times = self.jobs.get(&job_id)?;
         let times = &job_times.steps;
         let per_frame: Vec<RunStats> = times.iter().map(StepTimes::per_frame).collect();
         let samples: u32 = times.iter().map(|t| t.own.count).sum();
@@ -204,12 +206,8 @@ impl EtaBook {
         }
         // Steps with nothing known yet are assumed to take what the others did per task.
         let fallback = known.iter().sum::<f64>() / known.len() as f64;
-        let running: usize = running_per_step.iter().sum();
-        let left: usize = job
-            .steps
-            .iter()
-            .map(|s| s.total.saturating_sub(s.succeeded + s.failed))
-            .sum();
+        let running: usize = now.iter().map(|s| s.running).sum();
+        let left: usize = now.iter().map(|s| s.left).sum();
         if running > 0 {
             job_times.parallel.set(running);
         }
@@ -219,7 +217,7 @@ impl EtaBook {
         }
         .max(1) as f64;
         let (mut work, mut variance) = (0.0, 0.0);
-        for (position, step) in job.steps.iter().enumerate() {
+        for (position, step) in now.iter().enumerate() {
             let (mean, sd) = match (per_frame.get(position), times.get(position)) {
                 (Some(stats), Some(t)) if stats.count > 0 => (
                     stats.mean * t.frames_per_task,
@@ -227,9 +225,8 @@ impl EtaBook {
                 ),
                 _ => (fallback, fallback * 0.5),
             };
-            let running = running_per_step.get(position).copied().unwrap_or(0);
-            let left = step.total.saturating_sub(step.succeeded + step.failed);
-            let waiting = left.saturating_sub(running) as f64;
+            let running = step.running;
+            let waiting = step.left.saturating_sub(running) as f64;
             work += waiting * mean + running as f64 * mean * 0.5;
             variance += (waiting + running as f64) * sd * sd;
         }
@@ -238,7 +235,7 @@ impl EtaBook {
         Some(pb::Eta {
             seconds_left: seconds_left.round() as u32,
             plus_minus_seconds: plus_minus.round() as u32,
-            computed_at: Some(crate::store::timestamp(chrono::Utc::now())),
+            computed_at: Some(timestamp(computed_at)),
             samples,
             earlier_samples,
         })

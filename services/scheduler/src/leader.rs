@@ -22,12 +22,27 @@ use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
 
 /// The scheduler that leads, if this process does.
-#[derive(Default)]
 pub struct LeaderSlot {
     current: RwLock<Option<Arc<Scheduler>>>,
+    /// Whether this process leads, for readiness and gRPC health.
+    leading: watch::Sender<bool>,
+}
+
+impl Default for LeaderSlot {
+    fn default() -> Self {
+        Self {
+            current: RwLock::default(),
+            leading: watch::Sender::new(false),
+        }
+    }
 }
 
 impl LeaderSlot {
+    /// Whether this process leads, now and as it changes.
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
     pub fn get(&self) -> Result<Arc<Scheduler>, SchedulerError> {
         self.current
             .read()
@@ -37,7 +52,9 @@ impl LeaderSlot {
     }
 
     fn set(&self, scheduler: Option<Arc<Scheduler>>) {
+        let leading = scheduler.is_some();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = scheduler;
+        self.leading.send_replace(leading);
     }
 }
 

@@ -1,34 +1,40 @@
-//! Kiln's scheduler.
+//! Kiln's scheduler. Modules depend one way, from the core outwards
+//! (`tests/module_cycles.rs` checks it):
 //!
-//! - `task_state.rs`: the task state machine, as data
-//! - `dispatch.rs`: the dispatch loop
-//! - `retry.rs`: the failure policy (retries, blocklist)
-//! - `queue.rs`: the order of dispatch (priority, fair share, GPU preference)
-//! - `matching.rs`: host requirements against worker capabilities
-//! - `core.rs`: the leader's in-memory queue; `commands.rs`: what changes it
-//! - `writer.rs`: batched durable writes; `effects.rs`: what follows a commit
-//! - `core_events.rs`: job events numbered and queued with the writes that
-//!   caused them; `event_log.rs`: replaying them for watchers; `eta.rs`: ETAs
-//! - `logs.rs`: live task logs for watchers
-//! - `loader.rs`: the queue rebuilt from Postgres
-//! - `liveness.rs`: workers whose etcd lease expired are dead
-//! - `leader.rs` / `fence.rs`: one leader elected in etcd, fenced in Postgres
-//! - `job_state.rs`: a job's state derived from its tasks
-//! - `store.rs`: jobs in Postgres (creation and reads)
-//! - `worker_service.rs` / `job_service.rs`: the gRPC services
-//! - `references.rs`: which stored files jobs still need (for the assets collector)
+//! 1. Rules, no I/O: `task_state.rs` (the task state machine, as data),
+//!    `job_state.rs` (a job's state from its tasks), `retry.rs` (the failure
+//!    policy), `matching.rs` (host requirements against workers), `eta.rs`
+//!    (run-time statistics to an ETA), `scene_history.rs` (what earlier
+//!    jobs of a scene took), `timestamps.rs`.
+//! 2. `core/`: the dispatch core, the leader's queue as a model with private
+//!    fields; commands in, a batch of guarded writes and effects out. The
+//!    order of dispatch is decided in `core/pick_order.rs`.
+//! 3. Postgres: `batch_writer.rs` (the core's batches, guarded and fenced),
+//!    `inserts.rs` (a submitted job's rows), `queries.rs`
+//!    (reads), `loader.rs` (core entries from Postgres), `event_replay.rs`
+//!    (written events read back), `fence.rs` (the leader's fencing token).
+//! 4. `inbox.rs` / `dispatch.rs` / `effects.rs`: the loop that owns the core,
+//!    commits its batches, and runs their effects on worker sessions,
+//!    callers and the live `event_bus.rs`; `scheduler_metrics.rs`.
+//! 5. `scheduler.rs`: a leader's handle; `leader.rs`: the election;
+//!    `liveness.rs`: workers whose etcd lease expired.
+//! 6. Services: `job_service.rs` (gRPC), `submit.rs` (submission),
+//!    `watch.rs` (WatchJob/WatchFarm), `task_log.rs` / `logs.rs` (live task
+//!    logs), `worker_service.rs` (worker sessions), `references.rs` (which
+//!    stored files jobs still need, for the assets collector).
 
-pub mod commands;
+pub mod batch_writer;
 pub mod config;
 pub mod core;
-pub mod core_events;
 pub mod dispatch;
 pub mod effects;
 mod error;
 pub mod eta;
-pub mod event_log;
-pub mod events;
+pub mod event_bus;
+pub mod event_replay;
 pub mod fence;
+pub mod inbox;
+pub mod inserts;
 pub mod job_service;
 pub mod job_state;
 pub mod leader;
@@ -36,18 +42,19 @@ pub mod liveness;
 pub mod loader;
 pub mod logs;
 pub mod matching;
-pub mod queue;
-mod reclaim;
+pub mod queries;
 pub mod references;
 pub mod retry;
-mod scene_history;
+pub mod scene_history;
 pub mod scheduler;
 pub mod scheduler_metrics;
-pub mod store;
+pub mod standby;
+pub mod submit;
 pub mod task_log;
 pub mod task_state;
+pub mod timestamps;
+pub mod watch;
 pub mod worker_service;
-pub mod writer;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kiln_discovery::{Discovery, service};
 use tokio::sync::mpsc;
 
-use crate::commands::Command;
+use crate::core::command::Command;
 use crate::scheduler::Scheduler;
 
 /// Lease expiries queued before the watcher waits for the scheduler.

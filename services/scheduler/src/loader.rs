@@ -9,12 +9,13 @@ use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::SchedulerError;
-use crate::core::{JobEntry, StepEntry, TaskEntry};
+use crate::core::model::{JobEntry, StepEntry, TaskEntry};
+use crate::core::output_ledger::RecordedOutput;
 use crate::fence::{self, Token};
 use crate::job_state::{JobState, TaskCounts};
 use crate::matching::Requirements;
+use crate::queries;
 use crate::scene_history;
-use crate::store;
 use crate::task_state::TaskState;
 
 /// A job as the core schedules it, with the tasks it still has to run.
@@ -37,7 +38,7 @@ pub struct JobSettings {
     pub template_name: String,
 }
 
-/// The entry for a job just stored by `store::create_job`.
+/// The entry for a job just stored by `inserts::insert_job`.
 pub fn from_plan(
     job_id: Uuid,
     settings: JobSettings,
@@ -110,7 +111,7 @@ pub fn from_plan(
         id: job_id,
         owner: settings.owner,
         priority: settings.priority,
-        seq: 0,
+        submission_order: 0,
         state: JobState::Pending,
         paused: false,
         max_failed_tasks: settings.max_failed_tasks,
@@ -126,8 +127,9 @@ pub fn from_plan(
         trace_context: settings.trace_context,
         name: settings.name,
         template_name: settings.template_name,
-        event_seq: 0,
+        last_event_seq: 0,
         earlier_run_times: HashMap::new(),
+        recorded_outputs: Vec::new(),
     };
     LoadedJob {
         job: Box::new(job),
@@ -264,10 +266,41 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     .collect();
     let mut loaded = assemble(rows, steps, counts, tasks, blocklist, &dependencies);
     for job in &mut loaded {
-        job.job.event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);
+        job.job.last_event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);
     }
+    attach_recorded_outputs(db, &ids, &mut loaded).await?;
     attach_earlier_run_times(db, &mut loaded).await;
     Ok(loaded)
+}
+
+/// Gives each job the outputs its unfinished tasks recorded. They were
+/// announced in the transactions that recorded them, so a report or a
+/// success that lists them again announces nothing new.
+async fn attach_recorded_outputs(
+    db: &sqlx::PgPool,
+    ids: &[Uuid],
+    jobs: &mut [LoadedJob],
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, String, String, i64, String)> = sqlx::query_as(
+        "SELECT o.job_id, o.task_id, o.path, o.digest, o.size, o.kind
+         FROM outputs o JOIN tasks t ON t.id = o.task_id
+         WHERE o.job_id = ANY($1) AND t.state <> 'succeeded'",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    let positions: HashMap<Uuid, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.job.id, i))
+        .collect();
+    for (job_id, task_id, path, digest, size, kind) in rows {
+        if let Some(&i) = positions.get(&job_id) {
+            let recorded = RecordedOutput { digest, size, kind };
+            jobs[i].job.recorded_outputs.push((task_id, path, recorded));
+        }
+    }
+    Ok(())
 }
 
 /// Gives each job what earlier jobs of its scene took. Without them a job
@@ -446,13 +479,13 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         id: row.id,
         owner: row.owner,
         priority: row.priority,
-        seq: 0,
+        submission_order: 0,
         state,
         paused: state == JobState::Paused,
         max_failed_tasks: i64::from(row.max_failed_tasks),
         max_run_seconds: row.max_run_seconds.max(0) as u32,
         stall_seconds: row.stall_seconds.max(0) as u32,
-        inputs: task_inputs(&store::inputs_from_json(&row.inputs)),
+        inputs: task_inputs(&queries::inputs_from_json(&row.inputs)),
         steps: Vec::new(),
         task_ids: Vec::new(),
         counts: TaskCounts::default(),
@@ -466,7 +499,8 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         trace_context: serde_json::from_value(row.trace_context).unwrap_or_default(),
         name: row.name,
         template_name: row.template_name,
-        event_seq: 0,
+        last_event_seq: 0,
         earlier_run_times: HashMap::new(),
+        recorded_outputs: Vec::new(),
     }
 }

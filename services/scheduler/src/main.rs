@@ -10,10 +10,12 @@ use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
 use kiln_scheduler::config::Config;
 use kiln_scheduler::connect_database;
-use kiln_scheduler::job_service::{JobApi, JobDefaults};
+use kiln_scheduler::job_service::JobApi;
 use kiln_scheduler::leader::{self, LeaderSlot, Leading};
 use kiln_scheduler::references::References;
 use kiln_scheduler::retry::RetryPolicy;
+use kiln_scheduler::standby;
+use kiln_scheduler::submit::{AssetService, JobDefaults, Submissions};
 use kiln_scheduler::worker_service::WorkerSessions;
 use kiln_service::{CheckResult, Checks, OpsServer, checks};
 use tonic::service::Routes;
@@ -40,13 +42,14 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("connecting to postgres")?;
     migrating.release().await;
+    let slot = Arc::new(LeaderSlot::default());
     let checks = Checks::new()
         .add("postgres", postgres_check(db.clone()))
-        .add("etcd", checks::etcd(&discovery));
+        .add("etcd", checks::etcd(&discovery))
+        .add("leader", standby::leader_check(slot.leading()));
     let ops = OpsServer::start("scheduler", &config.ops, checks).await?;
     kiln_scheduler::scheduler_metrics::describe();
 
-    let slot = Arc::new(LeaderSlot::default());
     let limits = Limits {
         max_tasks: config.max_tasks_per_job,
         max_template_bytes: config.max_template_bytes,
@@ -59,15 +62,17 @@ async fn main() -> anyhow::Result<()> {
             .context("loading the approved templates")?,
         None => kiln_jobmodel::TemplateLibrary::default(),
     };
-    let jobs = JobApi::new(slot.clone(), discovery.clone(), limits, defaults)
-        .with_client_tls(tls.client())
-        .with_templates(templates);
+    let assets = AssetService::new(discovery.clone(), tls.client());
+    let submissions =
+        Submissions::new(limits, defaults, Arc::new(assets)).with_templates(templates);
+    let jobs = JobApi::new(slot.clone(), submissions);
     let routes = Routes::new(JobServiceServer::new(jobs))
         .add_service(WorkerServiceServer::new(
             WorkerSessions::new(slot.clone()).with_join_token(config.join_token.clone()),
         ))
         .add_service(AssetReferencesServer::new(References::new(db.clone())));
-    let routes = kiln_service::with_standard_services(
+    // NOT_SERVING while standing by (standby.rs).
+    let (routes, health) = kiln_service::with_health(
         routes,
         &[
             "kiln.v1.JobService",
@@ -76,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         ],
     )
     .await?;
+    tokio::spawn(standby::report_health(slot.leading(), health));
     let listener = kiln_service::bind(config.listen).await?;
     let endpoint = Endpoint {
         instance: kiln_service::instance_name(service::SCHEDULER),

@@ -35,12 +35,16 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// What the task's `failures`-th failed attempt (counted from 1) leads
-    /// to, and after what delay.
-    pub fn on_failure(&self, failures: u32) -> (TaskEvent, Option<Duration>) {
+    /// to, and after what delay. `jitter` is a random number in [0, 1),
+    /// given by the caller so that the policy stays a pure function.
+    pub fn on_failure(&self, failures: u32, jitter: f64) -> (TaskEvent, Option<Duration>) {
         if failures >= self.max_attempts {
             return (TaskEvent::FailFinally, None);
         }
-        (TaskEvent::FailAndRetry, Some(self.delay_after(failures)))
+        (
+            TaskEvent::FailAndRetry,
+            Some(self.delay_after(failures, jitter)),
+        )
     }
 
     /// Whether a worker with `failures` failed attempts of a job is blocklisted for it.
@@ -50,14 +54,13 @@ impl RetryPolicy {
 
     /// Exponential backoff with "full jitter" in its upper half, so that many
     /// tasks failing together do not all come back at the same instant.
-    fn delay_after(&self, attempt: u32) -> Duration {
+    fn delay_after(&self, attempt: u32, jitter: f64) -> Duration {
         let exponent = attempt.saturating_sub(1).min(20);
         let nominal = self
             .base_delay
             .saturating_mul(1 << exponent)
             .min(self.max_delay);
-        let jitter: f64 = rand::random_range(0.5..=1.0);
-        nominal.mul_f64(jitter)
+        nominal.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
 }
 
@@ -68,9 +71,9 @@ mod tests {
     #[test]
     fn retries_until_the_last_attempt() {
         let policy = RetryPolicy::default();
-        assert_eq!(policy.on_failure(1).0, TaskEvent::FailAndRetry);
-        assert_eq!(policy.on_failure(2).0, TaskEvent::FailAndRetry);
-        assert_eq!(policy.on_failure(3), (TaskEvent::FailFinally, None));
+        assert_eq!(policy.on_failure(1, 0.5).0, TaskEvent::FailAndRetry);
+        assert_eq!(policy.on_failure(2, 0.5).0, TaskEvent::FailAndRetry);
+        assert_eq!(policy.on_failure(3, 0.5), (TaskEvent::FailFinally, None));
     }
 
     #[test]
@@ -79,10 +82,18 @@ mod tests {
             max_attempts: 100,
             ..RetryPolicy::default()
         };
-        let first = policy.on_failure(1).1.unwrap();
-        let third = policy.on_failure(3).1.unwrap();
+        let first = policy.on_failure(1, 0.99).1.unwrap();
+        let third = policy.on_failure(3, 0.0).1.unwrap();
         assert!(first <= Duration::from_secs(2) && first >= Duration::from_secs(1));
         assert!(third >= Duration::from_secs(4), "{third:?}");
-        assert!(policy.on_failure(60).1.unwrap() <= policy.max_delay);
+        assert!(policy.on_failure(60, 0.99).1.unwrap() <= policy.max_delay);
+    }
+
+    #[test]
+    fn jitter_spreads_the_upper_half_of_the_delay() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.on_failure(1, 0.0).1, Some(Duration::from_secs(1)));
+        assert_eq!(policy.on_failure(1, 1.0).1, Some(Duration::from_secs(2)));
+        assert_eq!(policy.on_failure(2, 0.5).1, Some(Duration::from_secs(3)));
     }
 }

@@ -1,27 +1,35 @@
-//! The handle the gRPC services hold: Postgres for reads, the event bus for
-//! watchers, and the command channel into the dispatch loop for every change.
+//! The handle the gRPC services hold while this process leads: Postgres for
+//! reads, the event bus for watchers, and the inbox of the dispatch loop for
+//! every change. A request takes one handle (`LeaderSlot::get`) and uses it
+//! throughout, so it never mixes two leaderships.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use kiln_proto::v1 as pb;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::SchedulerError;
-use crate::commands::{Command, Reply};
-use crate::core::Core;
-use crate::dispatch::DispatchLoop;
+use crate::core::batch::RequestId;
+use crate::core::command::Command;
+use crate::core::model::Attempt;
+use crate::core::{Core, CoreSettings};
+use crate::dispatch::{self, DispatchLoop};
 use crate::effects::EffectRunner;
-use crate::event_log;
-use crate::events::EventBus;
+use crate::event_bus::EventBus;
+use crate::event_replay::{self, Scope};
 use crate::fence::Token;
+use crate::inbox::{Inbound, Outbox};
 use crate::loader;
+use crate::logs::LogHub;
 use crate::retry::RetryPolicy;
 
-/// Commands queued for the dispatch loop before senders wait.
-const COMMAND_QUEUE: usize = 65_536;
-/// Committed batches whose effects wait to run before the writer waits.
-const EFFECT_QUEUE: usize = 1024;
+/// Messages queued for the dispatch loop before senders wait.
+const INBOX: usize = 65_536;
+/// Committed batches whose actions wait to run before the writer waits.
+const ACTION_QUEUE: usize = 1024;
 
 pub struct Scheduler {
     pub db: PgPool,
@@ -29,8 +37,9 @@ pub struct Scheduler {
     pub token: Token,
     pub events: Arc<EventBus>,
     /// Live log lines of running tasks, for WatchTaskLog.
-    pub logs: Arc<crate::logs::LogHub>,
-    commands: mpsc::Sender<Command>,
+    pub logs: Arc<LogHub>,
+    inbox: mpsc::Sender<Inbound>,
+    next_request: AtomicU64,
 }
 
 /// What `Scheduler::start` hands back: the handle, and the dispatch loop to run.
@@ -49,38 +58,35 @@ impl Scheduler {
         network_templates: std::collections::HashSet<String>,
         token: Token,
     ) -> Result<Started, SchedulerError> {
-        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (effects, effect_rx) = mpsc::channel(EFFECT_QUEUE);
+        let (inbox, inbox_rx) = mpsc::channel(INBOX);
+        let (actions, actions_rx) = mpsc::channel(ACTION_QUEUE);
         let events = Arc::new(EventBus::default());
-        let mut core = Core::new(policy, owner_weights);
-        core.network_templates = network_templates;
-        core.events.farm_seq = event_log::last_position(&db, event_log::Scope::Farm).await?;
+        let farm_position = event_replay::last_position(&db, Scope::Farm).await?;
         let loaded = loader::load_unfinished(&db, token).await?;
         tracing::info!(jobs = loaded.len(), "loaded unfinished jobs");
+        let now = dispatch::clock();
+        let mut core = Core::new(CoreSettings {
+            policy,
+            owner_weights,
+            farm_position,
+            jitter_seed: rand::random(),
+            now,
+            network_templates,
+        });
         for job in loaded {
-            let (reply, _) = oneshot::channel();
-            core.handle(Command::AddJob {
-                job: job.job,
-                tasks: job.tasks,
-                reply,
-            });
+            core.restore(*job.job, job.tasks, now);
         }
-        let runner = EffectRunner::new(db.clone(), events.clone(), commands.clone());
-        tokio::spawn(runner.run(effect_rx));
+        let runner = EffectRunner::new(db.clone(), events.clone(), inbox.clone());
+        tokio::spawn(runner.run(actions_rx));
         let scheduler = Arc::new(Self {
             db: db.clone(),
             token,
             events,
-            logs: Arc::new(crate::logs::LogHub::default()),
-            commands,
+            logs: Arc::new(LogHub::default()),
+            inbox,
+            next_request: AtomicU64::new(1),
         });
-        let dispatch = DispatchLoop {
-            core,
-            db,
-            token,
-            commands: command_rx,
-            effects,
-        };
+        let dispatch = DispatchLoop::new(core, db, token, inbox_rx, actions);
         Ok(Started {
             scheduler,
             dispatch,
@@ -89,16 +95,48 @@ impl Scheduler {
 
     /// Sends a command that needs no answer (a worker's report).
     pub async fn tell(&self, command: Command) -> Result<(), SchedulerError> {
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| SchedulerError::Stopping)
+        self.send(Inbound::Tell(command)).await
     }
 
     /// Sends a command and waits until what it changed is durable.
-    pub async fn ask(&self, command: impl FnOnce(Reply) -> Command) -> Result<(), SchedulerError> {
+    pub async fn ask(
+        &self,
+        command: impl FnOnce(RequestId) -> Command,
+    ) -> Result<(), SchedulerError> {
+        let request = RequestId(self.next_request.fetch_add(1, Ordering::Relaxed));
         let (reply, answer) = oneshot::channel();
-        self.tell(command(reply)).await?;
+        self.send(Inbound::Ask {
+            request,
+            command: command(request),
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| SchedulerError::Stopping)?
+    }
+
+    /// A worker's new session: what the core sends it goes to `outbox`.
+    pub async fn join(
+        &self,
+        worker_id: String,
+        session: u64,
+        capabilities: pb::WorkerCapabilities,
+        held: Vec<Attempt>,
+        outbox: Outbox,
+    ) -> Result<(), SchedulerError> {
+        self.send(Inbound::Join {
+            worker_id,
+            session,
+            capabilities,
+            held,
+            outbox,
+        })
+        .await
+    }
+
+    async fn send(&self, message: Inbound) -> Result<(), SchedulerError> {
+        self.inbox
+            .send(message)
+            .await
+            .map_err(|_| SchedulerError::Stopping)
     }
 }

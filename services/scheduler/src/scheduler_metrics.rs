@@ -1,14 +1,9 @@
 //! The scheduler's metrics, exported at `/metrics` by the ops endpoint. The
-//! gauges are refreshed from the dispatch core on its tick; the histograms
-//! are recorded where things happen.
+//! dispatch loop publishes the core's gauge snapshot on its tick and records
+//! what each committed batch measured; the core itself touches no metrics.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use tokio::time::Instant;
-
-use crate::core::Core;
-use crate::job_state::TaskCounts;
+use crate::core::batch::Observations;
+use crate::core::gauges::Gauges;
 
 pub const TASKS: &str = "kiln_scheduler_tasks";
 pub const QUEUE_DEPTH: &str = "kiln_scheduler_queue_depth";
@@ -20,11 +15,6 @@ pub const JOBS_FINISHED: &str = "kiln_scheduler_jobs_finished_total";
 pub const WORKERS: &str = "kiln_scheduler_workers";
 pub const IDLE_WORKERS: &str = "kiln_scheduler_idle_workers";
 pub const QUEUE_WAIT: &str = "kiln_scheduler_estimated_queue_wait_seconds";
-
-/// A task's expected run time before any of its step has finished.
-pub const DEFAULT_TASK_SECONDS: f64 = 60.0;
-/// How long a worker must have had nothing to do to count as idle.
-const IDLE_AFTER: Duration = Duration::from_secs(300);
 
 pub fn describe() {
     metrics::describe_gauge!(TASKS, "Tasks of unfinished jobs, by state");
@@ -61,72 +51,32 @@ pub fn describe() {
     );
 }
 
-impl Core {
-    /// Refreshes the gauges; O(jobs × steps + workers).
-    pub fn publish_gauges(&self, now: Instant) {
-        let mut counts = TaskCounts::default();
-        let mut work: HashMap<&str, f64> = HashMap::new();
-        let mut depth = 0usize;
-        for job in self.jobs.values() {
-            add_counts(&mut counts, &job.counts);
-            if !job.is_dispatchable() {
-                continue;
-            }
-            for (s, step) in job.steps.iter().enumerate() {
-                if step.ready.is_empty() || !job.step_unblocked(s) {
-                    continue;
-                }
-                depth += step.ready.len();
-                let each = step.mean_run_seconds.unwrap_or(DEFAULT_TASK_SECONDS);
-                *work.entry(step.command.as_str()).or_default() += each * step.ready.len() as f64;
-            }
-        }
-        for (state, n) in [
-            ("waiting", counts.waiting),
-            ("in_flight", counts.in_flight),
-            ("succeeded", counts.succeeded),
-            ("failed", counts.failed),
-            ("cancelled", counts.cancelled),
-        ] {
-            metrics::gauge!(TASKS, "state" => state).set(n as f64);
-        }
-        metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
-        metrics::gauge!(WORKERS).set(self.workers.len() as f64);
-        // Every renderer a worker offers gets a value, 0 when nothing waits for it.
-        for worker in self.workers.values() {
-            for renderer in &worker.capabilities.renderers {
-                work.entry(renderer.name.as_str()).or_default();
-            }
-        }
-        for (renderer, seconds) in work {
-            let slots: usize = self
-                .workers
-                .values()
-                .filter(|w| w.capabilities.renderers.iter().any(|r| r.name == renderer))
-                .map(|w| w.slots)
-                .sum();
-            metrics::gauge!(QUEUE_WAIT, "renderer" => renderer.to_owned())
-                .set(seconds / slots.max(1) as f64);
-        }
-        let idle = if depth > 0 {
-            0
-        } else {
-            self.workers
-                .values()
-                .filter(|w| {
-                    w.idle_since
-                        .is_some_and(|t| now.duration_since(t) >= IDLE_AFTER)
-                })
-                .count()
-        };
-        metrics::gauge!(IDLE_WORKERS).set(idle as f64);
+/// Publishes the core's gauges.
+pub fn publish(gauges: &Gauges) {
+    let counts = &gauges.tasks;
+    for (state, n) in [
+        ("waiting", counts.waiting),
+        ("in_flight", counts.in_flight),
+        ("succeeded", counts.succeeded),
+        ("failed", counts.failed),
+        ("cancelled", counts.cancelled),
+    ] {
+        metrics::gauge!(TASKS, "state" => state).set(n as f64);
     }
+    metrics::gauge!(QUEUE_DEPTH).set(gauges.queue_depth as f64);
+    metrics::gauge!(WORKERS).set(gauges.workers as f64);
+    for (renderer, seconds) in &gauges.queue_wait_seconds {
+        metrics::gauge!(QUEUE_WAIT, "renderer" => renderer.clone()).set(*seconds);
+    }
+    metrics::gauge!(IDLE_WORKERS).set(gauges.idle_workers as f64);
 }
 
-fn add_counts(total: &mut TaskCounts, job: &TaskCounts) {
-    total.waiting += job.waiting;
-    total.in_flight += job.in_flight;
-    total.succeeded += job.succeeded;
-    total.failed += job.failed;
-    total.cancelled += job.cancelled;
+/// Records what a committed batch measured.
+pub fn record(observations: &Observations) {
+    for seconds in &observations.dispatch_latencies {
+        metrics::histogram!(DISPATCH_LATENCY).record(*seconds);
+    }
+    for state in &observations.jobs_finished {
+        metrics::counter!(JOBS_FINISHED, "state" => state.as_str()).increment(1);
+    }
 }

@@ -7,7 +7,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::events::JobNotice;
+use crate::event_bus::JobNotice;
 use crate::logs::LogSubscription;
 
 type LogWatcher = mpsc::Sender<Result<pb::TaskLogLines, Status>>;

@@ -3,7 +3,7 @@
 //! Every change of a task's state goes through [`TaskEvent::rule`]: the
 //! states it may leave from and the state it leads to. The dispatch core
 //! applies an event in memory only if the rule allows it, and the batched
-//! write in `writer.rs` guards each row on the state and attempt it expects,
+//! write in `batch_writer.rs` guards each row on the state and attempt it expects,
 //! so a late or duplicate report can never move a task backwards or count
 //! twice.
 

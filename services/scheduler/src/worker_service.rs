@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
+use kiln_proto::metadata;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::worker_message::Message as FromWorker;
 use tokio::sync::mpsc;
@@ -13,10 +14,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::commands::Command;
+use crate::SchedulerError;
+use crate::core::command::{AttemptReport, Command};
+use crate::error::parse_uuid;
 use crate::leader::LeaderSlot;
 use crate::scheduler::Scheduler;
-use crate::{SchedulerError, store};
 
 /// Messages queued for one worker before the dispatcher waits on it.
 const OUTBOX_CAPACITY: usize = 64;
@@ -40,14 +42,12 @@ impl WorkerSessions {
         }
     }
 
-    /// Workers must then present `token` as metadata [`JOIN_TOKEN_METADATA`].
+    /// Workers must then present `token` as metadata [`metadata::JOIN_TOKEN`].
     pub fn with_join_token(mut self, token: Option<String>) -> Self {
         self.join_token = token;
         self
     }
 }
-
-pub const JOIN_TOKEN_METADATA: &str = "kiln-join-token";
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
 
@@ -60,7 +60,7 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
         if let Some(expected) = &self.join_token {
-            let presented = request.metadata().get(JOIN_TOKEN_METADATA);
+            let presented = request.metadata().get(metadata::JOIN_TOKEN);
             let presented = presented.map_or(&[][..], |v| v.as_bytes());
             if !bool::from(subtle::ConstantTimeEq::ct_eq(
                 presented,
@@ -86,6 +86,10 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         if register.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id must not be empty"));
         }
+        // Postgres text holds no NUL: a worker id with one could never be written.
+        if register.worker_id.contains('\0') {
+            return Err(Status::invalid_argument("worker_id must not contain NUL"));
+        }
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let registered = pb::Registered {
             heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() as u32,
@@ -105,13 +109,13 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         // and the worker no longer names is requeued before new work is
         // handed out; what it names it keeps, if it is still its to run.
         scheduler
-            .tell(Command::WorkerJoined {
-                worker_id: worker_id.clone(),
+            .join(
+                worker_id.clone(),
                 session,
-                capabilities: register.capabilities.unwrap_or_default(),
-                outbox,
+                register.capabilities.unwrap_or_default(),
                 held,
-            })
+                outbox,
+            )
             .await?;
         tracing::info!(worker_id, hostname = %register.hostname, session, "worker joined");
         tokio::spawn(serve_session(scheduler, worker_id, session, inbound));
@@ -132,7 +136,7 @@ fn held_attempts(running: &[pb::HeldAttempt]) -> Result<Vec<(uuid::Uuid, i32)>, 
     running
         .iter()
         .map(|held| {
-            let task_id = crate::job_service::parse_uuid("running.task_id", &held.task_id)?;
+            let task_id = parse_uuid("running.task_id", &held.task_id)?;
             let attempt = i32::try_from(held.attempt)
                 .map_err(|_| Status::invalid_argument("running.attempt is out of range"))?;
             Ok((task_id, attempt))
@@ -184,23 +188,63 @@ async fn handle(
     let worker_id = worker_id.to_owned();
     match message.message {
         Some(FromWorker::Started(started)) => {
-            scheduler
-                .tell(Command::Started { worker_id, started })
-                .await
+            let command = Command::Started {
+                worker_id,
+                task_id: parse_uuid("task_id", &started.task_id)?,
+                attempt: started.attempt as i32,
+            };
+            scheduler.tell(command).await
         }
         Some(FromWorker::Progress(progress)) => {
-            scheduler
-                .tell(Command::Progress {
-                    worker_id,
-                    progress,
-                })
-                .await
+            let command = Command::Progress {
+                worker_id,
+                task_id: parse_uuid("task_id", &progress.task_id)?,
+                attempt: progress.attempt as i32,
+                fraction: progress.fraction,
+                frame: progress.frame,
+                status: without_nul(progress.status),
+            };
+            scheduler.tell(command).await
         }
-        Some(FromWorker::Output(output)) => record_output(scheduler, output).await,
+        Some(FromWorker::Output(output)) => {
+            if [&output.path, &output.digest, &output.kind]
+                .iter()
+                .any(|t| t.contains('\0'))
+            {
+                return Ok(());
+            }
+            let command = Command::OutputStored {
+                worker_id,
+                task_id: parse_uuid("task_id", &output.task_id)?,
+                attempt: output.attempt as i32,
+                output,
+            };
+            scheduler.tell(command).await
+        }
         Some(FromWorker::Result(result)) => {
-            scheduler
-                .tell(Command::Finished { worker_id, result })
-                .await
+            let command = Command::Finished {
+                worker_id,
+                task_id: parse_uuid("task_id", &result.task_id)?,
+                attempt: result.attempt as i32,
+                report: AttemptReport {
+                    success: result.success,
+                    exit_code: result.exit_code,
+                    message: without_nul(result.message),
+                    log_tail: without_nul(result.log_tail),
+                    device: without_nul(result.device),
+                    status: without_nul(result.status),
+                    outputs: result
+                        .outputs
+                        .into_iter()
+                        .filter(|o| {
+                            ![&o.path, &o.digest, &o.kind]
+                                .iter()
+                                .any(|t| t.contains('\0'))
+                        })
+                        .collect(),
+                },
+            };
+            scheduler.tell(command).await
         }
         Some(FromWorker::Log(lines)) => {
             scheduler.logs.append(lines);
@@ -214,32 +258,12 @@ async fn handle(
     }
 }
 
-/// Outputs are recorded as they arrive, guarded on the attempt still being
-/// current, so a frame saved by a superseded attempt is never listed.
-async fn record_output(
-    scheduler: &Scheduler,
-    output: pb::OutputStored,
-) -> Result<(), SchedulerError> {
-    let task_id = crate::job_service::parse_uuid("task_id", &output.task_id)?;
-    let Some(job_id) = store::record_output(
-        &scheduler.db,
-        scheduler.token,
-        task_id,
-        output.attempt as i32,
-        &output,
-    )
-    .await?
-    else {
-        return Ok(());
-    };
-    let added = pb::OutputAdded {
-        output: Some(pb::JobOutput {
-            path: output.path,
-            digest: output.digest,
-            size: output.size,
-            task_id: output.task_id,
-            kind: output.kind,
-        }),
-    };
-    scheduler.tell(Command::OutputAdded { job_id, added }).await
+/// A worker's text as Postgres can store it: text columns hold no NUL, and a
+/// value Postgres refuses would end this scheduler's leadership.
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text
+    }
 }

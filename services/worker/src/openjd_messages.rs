@@ -2,7 +2,11 @@
 //! farm its progress (`openjd_progress: 42.5`), what it is doing
 //! (`openjd_status: ...`), why it failed (`openjd_fail: ...`), and, from an
 //! environment's `onEnter`, which variables later actions get
-//! (`openjd_env: NAME=value`, `openjd_unset_env: NAME`).
+//! (`openjd_env: NAME=value`, `openjd_unset_env: NAME`). The one parser for
+//! both ways a task runs: OpenJD session actions (`session_runner.rs`) and
+//! Kiln's own command lines (`task/collect.rs`; `kiln-check` speaks them).
+
+use crate::log_tail::truncate_chars;
 
 /// Longest status line or failure message kept, in characters.
 pub const MAX_TEXT_CHARS: usize = 1000;
@@ -61,10 +65,7 @@ pub fn parse(line: &str) -> Option<Message> {
 }
 
 fn bounded(text: &str) -> String {
-    match text.char_indices().nth(MAX_TEXT_CHARS) {
-        Some((end, _)) => text[..end].to_owned(),
-        None => text.to_owned(),
-    }
+    truncate_chars(text, MAX_TEXT_CHARS).to_owned()
 }
 
 /// Whether `name` is a portable environment variable name.
@@ -142,6 +143,18 @@ mod tests {
         assert_eq!(parse("Fra:1 Mem:11M"), None);
         assert_eq!(parse("openjd_environment_setup: done"), None);
         assert_eq!(parse("echo openjd_progress: 5"), None);
+        assert_eq!(parse("xopenjd_status: no"), None);
+    }
+
+    #[test]
+    fn malformed_environment_lines_are_not_changes() {
+        for line in [
+            "openjd_env: =x",
+            "openjd_unset_env:",
+            "openjd_unset_env: A B",
+        ] {
+            assert!(matches!(parse(line), Some(Message::Malformed(_))), "{line}");
+        }
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl Worker {
         if let Some(token) = &self.join_token {
             request
                 .metadata_mut()
-                .insert("kiln-join-token", token.clone());
+                .insert(kiln_proto::metadata::JOIN_TOKEN, token.clone());
         }
         let inbound = client.session(request).await?.into_inner();
         tracing::info!(scheduler = %uri, assets = %assets_uri, "session opened");

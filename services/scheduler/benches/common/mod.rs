@@ -36,10 +36,9 @@ pub async fn open_session(
     };
     tx.send(message(ToScheduler::Register(register))).await?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        kiln_scheduler::worker_service::JOIN_TOKEN_METADATA,
-        join_token.parse()?,
-    );
+    request
+        .metadata_mut()
+        .insert(kiln_proto::metadata::JOIN_TOKEN, join_token.parse()?);
     let inbound = WorkerServiceClient::new(channel)
         .session(request)
         .await?

@@ -55,7 +55,10 @@ fn directory(point: &Path, root: &str, path: &str) -> Option<PathBuf> {
         "/" => path,
         root => path.strip_prefix(root)?,
     };
-    Some(point.join(inside.trim_start_matches('/')))
+    match inside.trim_start_matches('/') {
+        "" => Some(point.to_path_buf()),
+        inside => Some(point.join(inside)),
+    }
 }
 
 /// Controllers named in a `cgroup.controllers` file that `needed` lacks.
@@ -359,6 +362,10 @@ mod tests {
         assert_eq!(
             directory(Path::new("/sys/fs/cgroup"), "/docker/abc", "/elsewhere"),
             None
+        );
+        assert_eq!(
+            directory(Path::new("/sys/fs/cgroup/unified"), "/", "/"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
     }
 

@@ -64,6 +64,7 @@ pub fn bytes(value: u64) -> String {
     const GIB: u64 = 1 << 30;
     match value {
         v if v >= GIB && v % GIB == 0 => format!("{} GiB", v / GIB),
+        v if v >= GIB => format!("{:.1} GiB", v as f64 / GIB as f64),
         v if v >= MIB && v % MIB == 0 => format!("{} MiB", v / MIB),
         v if v >= MIB => format!("{:.1} MiB", v as f64 / MIB as f64),
         v => format!("{v} bytes"),
@@ -161,5 +162,6 @@ mod tests {
         assert_eq!(bytes(3 << 20), "3 MiB");
         assert_eq!(bytes(16 << 30), "16 GiB");
         assert_eq!(bytes((1 << 20) + (1 << 19)), "1.5 MiB");
+        assert_eq!(bytes(25_276_194_816), "23.5 GiB");
     }
 }

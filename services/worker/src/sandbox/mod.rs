@@ -444,16 +444,15 @@ async fn bwrap_version(bwrap: &Path) -> Result<String, String> {
         .to_owned())
 }
 
-/// Puts the worker's own executable where sandboxes can run it: a hard
-/// link, or a copy across filesystems. The original may sit where task uids
-/// cannot reach (a home directory), and a rebuild replaces it meanwhile.
+/// Puts a copy of the worker's own executable where sandboxes can run it:
+/// the original may sit where task uids cannot reach (a home directory), a
+/// rebuild may replace it meanwhile, and it may carry file capabilities
+/// (a non-root worker's), which a copy does not.
 fn install_helper(exe: &Path, dir: &Path) -> io::Result<PathBuf> {
     let helper = dir.join("kiln-worker");
     let staged = dir.join("kiln-worker.new");
     let _ = std::fs::remove_file(&staged);
-    if std::fs::hard_link(exe, &staged).is_err() {
-        std::fs::copy(exe, &staged)?;
-    }
+    std::fs::copy(exe, &staged)?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&staged, &helper)?;
     Ok(helper)

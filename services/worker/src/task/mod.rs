@@ -14,7 +14,6 @@ pub mod collect;
 pub mod prepare;
 pub mod run;
 pub mod run_warm;
-pub mod stdout_messages;
 pub mod supervise;
 pub mod upload;
 pub mod verdict;

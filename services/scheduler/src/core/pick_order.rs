@@ -1,0 +1,159 @@
+//! Which task a free worker gets: the order of dispatch, decided here and
+//! nowhere else.
+//!
+//! 1. A GPU worker first looks only at steps that need a GPU, and takes
+//!    CPU-only work only when no GPU work it can run waits.
+//! 2. Higher job priority first.
+//! 3. Within a priority, the owner with the smallest share of the farm
+//!    (tasks in flight divided by the owner's weight), and among equal
+//!    shares the owner served least recently, so one user's huge job does
+//!    not starve another's small one even on a single worker.
+//! 4. Then submission order, then step order, then task order.
+//!
+//! A job is a candidate for a worker only if it is dispatchable (not
+//! paused, not waiting for other jobs, not final), the worker is not
+//! blocklisted for it, and some step with queued tasks is unblocked and
+//! matches the worker (host requirements and renderer). Plain functions
+//! over the model, so `core/assign.rs` and the unit tests use the same ones.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use crate::core::model::{JobEntry, WorkerEntry};
+use crate::retry::RetryPolicy;
+
+/// The owners' shares of the farm, for fair share.
+#[derive(Debug, Default)]
+pub struct Shares {
+    weights: HashMap<String, f64>,
+    /// Tasks in flight per owner.
+    in_flight: HashMap<String, u64>,
+    /// When each owner last got a task, as a count of dispatches.
+    served: HashMap<String, u64>,
+    dispatches: u64,
+}
+
+impl Shares {
+    pub fn new(weights: HashMap<String, f64>) -> Self {
+        Self {
+            weights,
+            ..Self::default()
+        }
+    }
+
+    /// The weight of an owner's share of the farm (1 unless configured).
+    pub fn weight_of(&self, owner: &str) -> f64 {
+        self.weights.get(owner).copied().unwrap_or(1.0).max(0.001)
+    }
+
+    pub fn in_flight(&self, owner: &str) -> u64 {
+        self.in_flight.get(owner).copied().unwrap_or(0)
+    }
+
+    /// Tasks in flight over the owner's weight: smaller goes first.
+    pub fn share_of(&self, owner: &str) -> f64 {
+        self.in_flight(owner) as f64 / self.weight_of(owner)
+    }
+
+    pub fn last_served(&self, owner: &str) -> u64 {
+        self.served.get(owner).copied().unwrap_or(0)
+    }
+
+    /// One more of the owner's tasks is in flight.
+    pub fn started(&mut self, owner: &str) {
+        *self.in_flight.entry(owner.to_owned()).or_default() += 1;
+    }
+
+    /// One of the owner's tasks left flight.
+    pub fn stopped(&mut self, owner: &str) {
+        if let Some(running) = self.in_flight.get_mut(owner) {
+            *running = running.saturating_sub(1);
+        }
+    }
+
+    /// The owner just got a task.
+    pub fn served_now(&mut self, owner: &str) {
+        self.dispatches += 1;
+        self.served.insert(owner.to_owned(), self.dispatches);
+    }
+}
+
+/// A job a worker could take a task from, with what orders it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub job_id: Uuid,
+    pub priority: i32,
+    pub share: f64,
+    pub last_served: u64,
+    pub submission_order: u64,
+}
+
+impl Candidate {
+    pub fn of(job: &JobEntry, shares: &Shares) -> Self {
+        Self {
+            job_id: job.id,
+            priority: job.priority,
+            share: shares.share_of(&job.owner),
+            last_served: shares.last_served(&job.owner),
+            submission_order: job.submission_order,
+        }
+    }
+}
+
+/// The order of dispatch between jobs: `Less` goes first.
+pub fn order(a: &Candidate, b: &Candidate) -> Ordering {
+    b.priority
+        .cmp(&a.priority)
+        .then(a.share.partial_cmp(&b.share).unwrap_or(Ordering::Equal))
+        .then(a.last_served.cmp(&b.last_served))
+        .then(a.submission_order.cmp(&b.submission_order))
+}
+
+/// The jobs `worker` could take a task from now, first to serve first.
+pub fn candidates<'a>(
+    jobs: impl Iterator<Item = &'a JobEntry>,
+    worker_id: &str,
+    worker: &WorkerEntry,
+    shares: &Shares,
+    policy: &RetryPolicy,
+    gpu_only: bool,
+) -> Vec<Candidate> {
+    let mut candidates: Vec<Candidate> = jobs
+        .filter(|job| job.is_dispatchable() && !blocklisted(job, worker_id, policy))
+        .filter(|job| runnable_step(job, worker, gpu_only).is_some())
+        .map(|job| Candidate::of(job, shares))
+        .collect();
+    candidates.sort_by(order);
+    candidates
+}
+
+/// Whether the worker failed the job often enough to be kept away from it.
+pub fn blocklisted(job: &JobEntry, worker_id: &str, policy: &RetryPolicy) -> bool {
+    job.worker_failures
+        .get(worker_id)
+        .is_some_and(|&failures| policy.blocklists(failures))
+}
+
+/// The first step of the job with queued tasks that the worker can run.
+pub fn runnable_step(job: &JobEntry, worker: &WorkerEntry, gpu_only: bool) -> Option<usize> {
+    (0..job.steps.len()).find(|&s| {
+        let step = &job.steps[s];
+        !step.ready.is_empty()
+            && (!gpu_only || step.requirements.needs_gpu())
+            && job.step_unblocked(s)
+            && worker_fits_step(job, s, worker)
+    })
+}
+
+/// Whether the worker could take some step of the job (its requirements and renderer).
+pub fn can_run_some_step(job: &JobEntry, worker: &WorkerEntry) -> bool {
+    (0..job.steps.len()).any(|s| worker_fits_step(job, s, worker))
+}
+
+/// The step's host requirements match the worker, and it has the step's renderer.
+pub fn worker_fits_step(job: &JobEntry, step: usize, worker: &WorkerEntry) -> bool {
+    let step = &job.steps[step];
+    step.requirements.matches(&worker.capabilities) && worker.has_renderer(&step.command)
+}

@@ -1,0 +1,35 @@
+//! What the dispatch loop receives, and the channels that stand behind the
+//! ids in the core's effects: a worker session's outbox, a caller's reply.
+
+use kiln_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::SchedulerError;
+use crate::core::batch::RequestId;
+use crate::core::command::Command;
+use crate::core::model::Attempt;
+
+/// Where a worker's session receives what the scheduler sends it.
+pub type Outbox = mpsc::Sender<Result<pb::SchedulerMessage, tonic::Status>>;
+/// Where a caller learns that its command is durable, or why it was refused.
+pub type Reply = oneshot::Sender<Result<(), SchedulerError>>;
+
+pub enum Inbound {
+    /// A command that needs no answer (a worker's report).
+    Tell(Command),
+    /// A command whose caller waits until what it changed is durable.
+    Ask {
+        request: RequestId,
+        command: Command,
+        reply: Reply,
+    },
+    /// A worker opened a session.
+    Join {
+        worker_id: String,
+        session: u64,
+        capabilities: pb::WorkerCapabilities,
+        /// Attempts the worker says it still holds from an earlier session.
+        held: Vec<Attempt>,
+        outbox: Outbox,
+    },
+}
