@@ -1,37 +1,21 @@
 //! Open Job Description templates run as written, from a submitter's token:
-//! the specification's own samples (unchanged, in tests/fixtures/openjd)
-//! and a template with job and step environments.
+//! the specification's own samples (unchanged, in tests/fixtures/openjd),
+//! a template with job and step environments, and a cancelled action.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
-use kiln_proto::v1::token_service_client::TokenServiceClient;
-use kiln_tests::{Client, example_scene, repo_root, start_farm, state_of};
+use kiln_tests::{
+    Client, example_scene, processes_with, repo_root, start_farm, state_of, submitter,
+};
+use tokio::time::Instant;
 
 fn fixture(name: &str) -> Result<String> {
     let path = repo_root().join("tests/fixtures/openjd").join(name);
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// A client acting as `name`, a submitter (not an admin).
-async fn submitter(farm: &Farm, name: &str) -> Result<Client> {
-    let channel = tonic::transport::Channel::from_shared(farm.gateway_url())?
-        .connect()
-        .await?;
-    let credentials = kiln_asset_client::CallCredentials::bearer(farm.admin_token())?;
-    let mut tokens = TokenServiceClient::with_interceptor(channel, credentials);
-    let secret = tokens
-        .create_token(pb::CreateTokenRequest {
-            name: name.to_owned(),
-            role: pb::Role::Submitter as i32,
-        })
-        .await?
-        .into_inner()
-        .secret;
-    Client::connect_as(farm, &secret).await
 }
 
 fn inline(
@@ -215,21 +199,8 @@ async fn environments_are_entered_once_per_session() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn bundle_submit_brings_back_the_out_directory() -> Result<()> {
     let (farm, dir) = start_farm(1, false).await?;
-    let token = {
-        // `kiln bundle submit` as the submitter: a token of its own.
-        let channel = tonic::transport::Channel::from_shared(farm.gateway_url())?
-            .connect()
-            .await?;
-        let credentials = kiln_asset_client::CallCredentials::bearer(farm.admin_token())?;
-        TokenServiceClient::with_interceptor(channel, credentials)
-            .create_token(pb::CreateTokenRequest {
-                name: "bundler".to_owned(),
-                role: pb::Role::Submitter as i32,
-            })
-            .await?
-            .into_inner()
-            .secret
-    };
+    // `kiln bundle submit` as the submitter: a token of its own.
+    let token = kiln_tests::create_token(&farm, "bundler", pb::Role::Submitter).await?;
     // The Blender + ffmpeg sample as a Deadline job bundle: the template, its
     // scene where the template's default names it, and parameter values.
     let bundle = dir.path().join("bundle");
@@ -398,5 +369,117 @@ async fn ffmpeg_review_media_sample_reads_path_parameters_in_its_steps() -> Resu
         frames, 4,
         "the webm step read the h264 step's output at the same path"
     );
+    Ok(())
+}
+
+/// A step whose action runs an embedded script that ignores the notify of
+/// a cancel (NOTIFY_THEN_TERMINATE, 10 s) and leaves children behind: one
+/// that ends on SIGTERM, and one in a session of its own that ignores it.
+const STUBBORN_TEMPLATE: &str = r#"
+specificationVersion: jobtemplate-2023-09
+name: Stubborn
+steps:
+  - name: Wait
+    script:
+      actions:
+        onRun:
+          command: "{{Task.File.Run}}"
+          cancelation:
+            mode: NOTIFY_THEN_TERMINATE
+            notifyPeriodInSeconds: 10
+      embeddedFiles:
+        - name: Run
+          type: TEXT
+          runnable: true
+          data: |
+            #!/usr/bin/env bash
+            trap 'echo "openjd_status: notified, carrying on"' TERM
+            sleep 4107 &
+            setsid sh -c 'trap "" TERM HUP; sleep 4109' &
+            echo "openjd_status: waiting"
+            while true; do sleep 1; done
+"#;
+
+/// The child that ends on the notify, and the one only the terminate ends.
+const POLITE_CHILD: &str = "sleep 4107";
+const STUBBORN_CHILD: &str = "sleep 4109";
+
+/// Waits (at most `within`) until no process matches any of `needles`;
+/// answers with those left.
+async fn gone(needles: &[&str], within: Duration) -> Vec<(u32, String)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: Vec<(u32, String)> = needles.iter().flat_map(|n| processes_with(n)).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_an_action_notifies_it_then_ends_it_and_its_processes() -> Result<()> {
+    let (mut farm, _dir) = start_farm(1, false).await?;
+    let mut client = submitter(&farm, "studio").await?;
+    let job = client
+        .jobs
+        .submit_job(inline(STUBBORN_TEMPLATE.to_owned(), &[], Vec::new()))
+        .await?
+        .into_inner();
+    client.wait_running(&job.id).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while [POLITE_CHILD, STUBBORN_CHILD]
+        .iter()
+        .any(|c| processes_with(c).is_empty())
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the action's processes never all started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+        .jobs
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?;
+    let cancelled = client.wait_until_finished(&job.id).await?;
+    assert_eq!(
+        state_of(&cancelled),
+        pb::JobState::Cancelled,
+        "{cancelled:?}"
+    );
+    // The notify: SIGTERM, which ends the polite child while the stubborn
+    // one lives on into the notify period (not a SIGKILL at once).
+    let left = gone(&[POLITE_CHILD], Duration::from_secs(8)).await;
+    assert!(left.is_empty(), "the notify never came: {left:?}");
+    assert!(
+        !processes_with(STUBBORN_CHILD).is_empty(),
+        "the action was killed at once, without its notify period"
+    );
+    // Then the terminate: nothing is left after the notify period (10 s)
+    // and the worker's wait for killed processes (at most 5 s), with room
+    // for a busy machine.
+    let left = gone(&[STUBBORN_CHILD], Duration::from_secs(30)).await;
+    assert!(
+        left.is_empty(),
+        "processes outlived the cancelled action: {left:?}"
+    );
+    let tasks = client.tasks(&job.id).await?;
+    assert!(
+        tasks.iter().all(|t| t.state() == pb::TaskState::Cancelled),
+        "{tasks:?}"
+    );
+    // The worker ended that session and runs the next job as usual.
+    let next = client
+        .jobs
+        .submit_job(inline(fixture("stdout-messages.yaml")?, &[], Vec::new()))
+        .await?
+        .into_inner();
+    let next = client.wait_until_finished(&next.id).await?;
+    assert_eq!(state_of(&next), pb::JobState::Succeeded, "{next:?}");
+    assert!(farm.worker_mut(0).is_some_and(|w| w.is_running()));
+    farm.shutdown().await?;
     Ok(())
 }

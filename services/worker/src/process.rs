@@ -49,10 +49,15 @@ impl ProcessGroup {
     }
 }
 
-/// SIGTERMs `child`'s descendants and its group: OpenJD's "notify". In a
-/// sandbox the action runs in a session of its own, which the group does
-/// not reach; the sandbox's own processes ignore the signal.
-pub fn terminate_tree(child: &Child, group: ProcessGroup) {
+/// SIGTERMs the processes of `child`'s action: OpenJD's "notify". In a
+/// sandbox (`sandboxed`) those are the child's descendants, in a session of
+/// their own; the child is bubblewrap, and neither it nor its group may get
+/// the signal: bubblewrap dies of it, and its `--die-with-parent` would
+/// take the whole sandbox with it at once, leaving the action no notify
+/// period. (The sandbox's init ignores the signal, as a PID namespace's
+/// init does.) Without a sandbox the child is the action itself, signalled
+/// with its group and any descendant that left the group.
+pub fn terminate_tree(child: &Child, group: ProcessGroup, sandboxed: bool) {
     if let Some(leader) = child.id() {
         for pid in crate::proc_tree::descendants_in(std::path::Path::new("/proc"), leader)
             .iter()
@@ -63,7 +68,9 @@ pub fn terminate_tree(child: &Child, group: ProcessGroup) {
             }
         }
     }
-    group.terminate();
+    if !sandboxed {
+        group.terminate();
+    }
 }
 
 /// How long killed processes get to disappear.

@@ -199,7 +199,7 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => {
                 if let CancelMode::NotifyThenTerminate(period) = spec.cancel {
-                    notify(&mut child, group, period, &mut lines, &mut on_line).await;
+                    notify(&mut child, group, sandboxed, period, &mut lines, &mut on_line).await;
                 }
                 let _ = process::stop(&mut child, group, sandboxed).await;
                 break ActionEnd::Cancelled;
@@ -244,6 +244,7 @@ pub async fn run(
 async fn notify(
     child: &mut tokio::process::Child,
     group: process::ProcessGroup,
+    sandboxed: bool,
     period: Duration,
     lines: &mut tokio::sync::mpsc::Receiver<String>,
     on_line: &mut impl FnMut(&str),
@@ -252,7 +253,7 @@ async fn notify(
         notify_seconds = period.as_secs(),
         "notifying cancelled action"
     );
-    process::terminate_tree(child, group);
+    process::terminate_tree(child, group, sandboxed);
     let grace = tokio::time::sleep(period);
     tokio::pin!(grace);
     let mut lines_open = true;
