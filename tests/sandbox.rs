@@ -142,13 +142,15 @@ async fn a_hostile_tenant_cannot_read_write_reach_or_signal_outside_its_task() -
         ),
     )
     .await?;
-    let victim_task = victim.wait_running(&victim_job).await?;
+    victim.wait_running(&victim_job).await?;
     let worker_dir = farm.workers_dir().join("worker-0");
-    let victim_dir = worker_dir.join(format!("{}-{}", victim_task.id, victim_task.attempts));
-    ensure!(
-        victim_dir.join("victim.txt").exists(),
-        "the victim's task holds its input"
-    );
+    // The victim's task runs as written (bash), in an OpenJD session of its
+    // job: the session's directory holds its input.
+    let victim_dir = std::fs::read_dir(worker_dir.join("openjd"))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|dir| dir.join("victim.txt").exists())
+        .context("the victim's task holds its input")?;
     let cache_file = worker_dir.join("cache").join(&victim_input.digest);
     ensure!(cache_file.exists(), "the worker caches the victim's input");
     let worker_pid = farm

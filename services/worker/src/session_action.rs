@@ -1,7 +1,8 @@
 //! Runs one OpenJD action (a task's `onRun`, an environment's `onEnter` or
 //! `onExit`) to its end: its `timeout`, the job's run-time and stall
-//! limits, and `cancelation` (TERMINATE, or NOTIFY_THEN_TERMINATE: SIGTERM,
-//! then SIGKILL after the notify period).
+//! limits, the sandbox's limits (sampled as for Kiln's own commands), and
+//! `cancelation` (TERMINATE, or NOTIFY_THEN_TERMINATE: SIGTERM, then
+//! SIGKILL after the notify period).
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -13,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 use std::process::Stdio;
 
 use crate::process;
-use crate::sandbox::TaskSandbox;
+use crate::sandbox::usage::{LimitSampler, SAMPLE_EVERY};
+use crate::sandbox::{LimitHit, TaskSandbox};
 use crate::session_symbols::resolve;
 use crate::stall::StallTimer;
+use crate::workdir::OUTPUTS_DIR;
 
 /// OpenJD's default notify period for NOTIFY_THEN_TERMINATE.
 const DEFAULT_NOTIFY_PERIOD: Duration = Duration::from_secs(120);
@@ -122,6 +125,8 @@ pub enum ActionEnd {
     RunTime(Duration),
     /// It printed nothing for the job's stall time; it was killed.
     Stalled(u32),
+    /// It broke one of the sandbox's limits; it was killed.
+    Limit(LimitHit),
     /// Cancelled, and stopped as its cancelation mode says.
     Cancelled,
     /// It could not be started or waited for.
@@ -150,6 +155,7 @@ impl ActionEnd {
                 limit.as_secs()
             )),
             ActionEnd::Stalled(seconds) => Some(format!("stalled: no output for {seconds} s")),
+            ActionEnd::Limit(hit) => Some(hit.to_string()),
             ActionEnd::Cancelled => Some(format!("{what} was cancelled")),
             ActionEnd::Failed(message) => Some(message.clone()),
         }
@@ -193,6 +199,10 @@ pub async fn run(
     };
     tokio::pin!(sleep);
     let mut stall = StallTimer::new(limits.stall_seconds);
+    let mut sampling = tokio::time::interval(SAMPLE_EVERY);
+    sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampler = LimitSampler::default();
+    let outputs = sandbox.workdir().join(OUTPUTS_DIR);
     let mut lines_open = true;
     let end = loop {
         tokio::select! {
@@ -215,6 +225,15 @@ pub async fn run(
             _ = stall.expired() => {
                 let _ = process::stop(&mut child, group, sandboxed).await;
                 break ActionEnd::Stalled(limits.stall_seconds);
+            }
+            _ = sampling.tick() => {
+                let probe = child.id().map(|pid| sandbox.memory_probe(pid));
+                if let Some(hit) = sampler.over_limit(sandbox, probe, &outputs).await {
+                    tracing::warn!(limit = %hit, "openjd action broke a limit; killing it");
+                    sandbox.kill();
+                    let _ = process::stop(&mut child, group, sandboxed).await;
+                    break ActionEnd::Limit(hit);
+                }
             }
             status = child.wait() => break match status {
                 Ok(status) => ActionEnd::Exited(status),

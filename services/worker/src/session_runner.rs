@@ -22,11 +22,11 @@ use crate::log_tail::LogTail;
 use crate::openjd_messages::Message;
 use crate::openjd_session::{ActionWatcher, OpenJdSession, Ran};
 use crate::outputs;
-use crate::sandbox::Sandbox;
-use crate::session_action::Limits;
+use crate::sandbox::{Sandbox, TaskSandbox};
+use crate::session_action::{ActionEnd, Limits};
 use crate::session_pool::SessionPool;
 use crate::task::upload::{self, UploadPlan, Uploaded};
-use crate::task::verdict::failure;
+use crate::task::verdict::{broken_limit, failure, memory_hint};
 use crate::task::{self as task_runner, TaskOutcome};
 use crate::task_log::TaskLog;
 use crate::workdir::{self, OUTPUTS_DIR};
@@ -159,11 +159,18 @@ impl<A: AssetStore> SessionRun<'_, A> {
             events,
         )
         .await;
+        let log_tail = watch.tail.text();
+        let what = if entered {
+            "the task"
+        } else {
+            "an environment"
+        };
+        let failed = action_problem(&ran, what, session.sandbox(), &log_tail);
         let result = verdict(
             assignment,
-            &ran,
-            entered,
-            watch.tail.text(),
+            failed,
+            exit_code(&ran),
+            log_tail,
             uploaded,
             problem,
             log,
@@ -281,6 +288,11 @@ fn collected_paths(step: &SessionStep, session: &OpenJdSession) -> Vec<PathBuf> 
 /// Creates the OUT directories (and OUT files' directories) inside the
 /// session, as a task expects to find them.
 async fn create_output_dirs(step: &SessionStep, session: &OpenJdSession) -> Result<(), String> {
+    // Kiln's own place for outputs, as in a Kiln command line's working directory.
+    let outputs = session.dir().join(OUTPUTS_DIR);
+    tokio::fs::create_dir_all(&outputs)
+        .await
+        .map_err(|e| format!("cannot create output directory {}: {e}", outputs.display()))?;
     for output in &step.outputs {
         let mapped = PathBuf::from(session.mapping().map(&output.path));
         let dir = match output.directory {
@@ -404,28 +416,47 @@ impl ActionWatcher for Watch<'_> {
     }
 }
 
-/// Success when the environments were entered, the task's action exited 0
-/// and every output was stored; otherwise the first reason, with the
-/// action's own `openjd_fail` message first.
+/// Why the last action failed (`what` it was: the task, an environment),
+/// naming the sandbox limit when one explains it, as for Kiln's own
+/// commands; `None` when it succeeded.
+fn action_problem(ran: &Ran, what: &str, sandbox: &TaskSandbox, log_tail: &str) -> Option<String> {
+    let problem = ran.problem(what)?;
+    let ActionEnd::Exited(status) = &ran.end else {
+        return Some(problem);
+    };
+    let limits = sandbox.limits();
+    if let Some(limit) = broken_limit(*status, sandbox.kernel_hit(), limits.disk_bytes) {
+        return Some(limit);
+    }
+    let rlimited_memory = sandbox.rlimited().then_some(limits.memory_bytes);
+    Some(format!(
+        "{problem}{}",
+        memory_hint(rlimited_memory, log_tail)
+    ))
+}
+
+fn exit_code(ran: &Ran) -> Option<i32> {
+    match &ran.end {
+        ActionEnd::Exited(status) => status.code(),
+        _ => None,
+    }
+}
+
+/// Success when the environments were entered (`action_failed` is then
+/// `None`), the task's action exited 0 and every output was stored;
+/// otherwise the first reason, the action's own first.
+#[allow(clippy::too_many_arguments)]
 fn verdict(
     assignment: &TaskAssignment,
-    ran: &Ran,
-    entered: bool,
+    action_failed: Option<String>,
+    exit_code: Option<i32>,
     log_tail: String,
     uploaded: Uploaded,
     problem: Option<String>,
     log: Option<kiln_proto::v1::OutputStored>,
     status: Option<String>,
 ) -> TaskResult {
-    let what = match entered {
-        true => "the task",
-        false => "an environment",
-    };
-    let exit_code = match &ran.end {
-        crate::session_action::ActionEnd::Exited(status) => status.code(),
-        _ => None,
-    };
-    let failed = ran.problem(what).or(problem).or(uploaded.failed);
+    let failed = action_failed.or(problem).or(uploaded.failed);
     let mut outputs = uploaded.stored;
     outputs.extend(log);
     match failed {

@@ -137,7 +137,7 @@ fn progress_is_kept_once_a_second_unless_the_frame_changes() {
 #[test]
 fn a_new_status_line_goes_out_at_once_and_a_repeated_one_is_throttled() {
     let mut bench = Bench::default();
-    let job = bench.submit(job("alice", 1).as_written("{}"));
+    let job = bench.submit(job("alice", 1).with_session_step("{}"));
     bench.join("w", worker().renderers(&[kiln_jobmodel::SESSION_COMMAND]));
     bench.dispatch();
     bench.started("w", job.task(0));

@@ -223,7 +223,7 @@ impl JobSpec {
     }
     /// The first step runs as written through the OpenJD session model,
     /// with `script` as its session step; each task's symbols name its index.
-    pub fn as_written(mut self, script: &str) -> Self {
+    pub fn with_session_step(mut self, script: &str) -> Self {
         self.steps[0].command = kiln_jobmodel::SESSION_COMMAND.into();
         self.steps[0].session = Some(script.into());
         self

@@ -33,7 +33,7 @@ fn session_worker() -> WorkerSpec {
 #[test]
 fn a_step_run_as_written_sends_its_script_and_each_tasks_values() {
     let mut bench = Bench::default();
-    let job = bench.submit(job("alice", 2).as_written(SCRIPT).then("Encode", 1));
+    let job = bench.submit(job("alice", 2).with_session_step(SCRIPT).then("Encode", 1));
     bench.join("w", session_worker());
     bench.run_to_end();
     let delivered = delivered(&bench);
@@ -60,7 +60,7 @@ fn a_step_run_as_written_sends_its_script_and_each_tasks_values() {
 #[test]
 fn a_retried_attempt_carries_the_same_script_and_values() {
     let mut bench = Bench::default();
-    let job = bench.submit(job("alice", 1).as_written(SCRIPT));
+    let job = bench.submit(job("alice", 1).with_session_step(SCRIPT));
     bench.join("w", session_worker());
     bench.dispatch_one();
     bench.started("w", job.task(0));
@@ -86,7 +86,11 @@ fn a_retried_attempt_carries_the_same_script_and_values() {
 #[test]
 fn a_new_leader_sends_the_script_it_loaded() {
     let mut bench = Bench::default();
-    let job = bench.restore(job("alice", 1).as_written(SCRIPT), TaskState::Pending, "w");
+    let job = bench.restore(
+        job("alice", 1).with_session_step(SCRIPT),
+        TaskState::Pending,
+        "w",
+    );
     bench.join("w", session_worker());
     bench.dispatch_one();
     let delivered = delivered(&bench);
@@ -100,7 +104,7 @@ fn a_new_leader_sends_the_script_it_loaded() {
 #[test]
 fn a_worker_without_the_session_runtime_takes_no_session_step() {
     let mut bench = Bench::default();
-    bench.submit(job("alice", 1).as_written(SCRIPT));
+    bench.submit(job("alice", 1).with_session_step(SCRIPT));
     bench.join("w", worker().renderers(&["blender", "ffmpeg"]));
     assert_eq!(bench.dispatch(), []);
 }
