@@ -4,7 +4,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-"$repo/scripts/setup.sh"
+"$repo/scripts/setup.sh" --tests
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 cd "$repo"

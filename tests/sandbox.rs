@@ -161,6 +161,12 @@ async fn a_hostile_tenant_cannot_read_write_reach_or_signal_outside_its_task() -
     let written_outside = dir.path().join("written-by-task.txt");
     let written_host_tmp = Planted(std::env::temp_dir().join(format!("{}.txt", marker("written"))));
     let ports = farm_ports(&farm).await?;
+    // Names of this run only, so a file an earlier unsandboxed run left
+    // behind cannot fail the test, nor hide a write of this one.
+    let system_writes = [
+        Planted(Path::new("/usr").join(marker("pwned"))),
+        Planted(Path::new("/etc").join(marker("pwned"))),
+    ];
 
     // bash: files, environment, processes, loopback ports; its own input
     // and working directory are the control that the attempts can succeed.
@@ -205,8 +211,14 @@ async fn a_hostile_tenant_cannot_read_write_reach_or_signal_outside_its_task() -
             "cat /proc/*/environ | tr '\\0' '\\n' | grep KILN_".to_owned(),
         ),
         ("own-environment", "env | grep KILN_".to_owned()),
-        ("write-usr", "touch /usr/kiln-pwned".to_owned()),
-        ("write-etc", "touch /etc/kiln-pwned".to_owned()),
+        (
+            "write-usr",
+            format!("touch '{}'", path(&system_writes[0].0)),
+        ),
+        (
+            "write-etc",
+            format!("touch '{}'", path(&system_writes[1].0)),
+        ),
         ("see-worker-process", format!("test -e /proc/{worker_pid}")),
         (
             "see-other-processes",
@@ -410,7 +422,13 @@ attempt("internet", lambda: socket.create_connection(("1.1.1.1", 53), timeout=5)
         "a task wrote outside its directory"
     );
     assert!(!written_host_tmp.0.exists(), "a task wrote the host's /tmp");
-    assert!(!Path::new("/usr/kiln-pwned").exists() && !Path::new("/etc/kiln-pwned").exists());
+    for planted in &system_writes {
+        assert!(
+            !planted.0.exists(),
+            "a task wrote {} on the host's read-only system",
+            planted.0.display()
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(&secret_path)?,
         secret,
