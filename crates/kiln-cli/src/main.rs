@@ -21,6 +21,7 @@ mod job_bundle;
 mod jobs;
 mod logs;
 mod outputs;
+mod pages;
 mod render;
 mod scene_probe;
 mod tokens;
