@@ -200,7 +200,7 @@ async fn environments_are_entered_once_per_session() -> Result<()> {
 async fn bundle_submit_brings_back_the_out_directory() -> Result<()> {
     let (farm, dir) = start_farm(1, false).await?;
     // `kiln bundle submit` as the submitter: a token of its own.
-    let token = kiln_tests::create_token(&farm, "bundler", pb::Role::Submitter).await?;
+    let token = kiln_tests::create_token(&farm, "bundler", pb::Role::Submitter, 0).await?;
     // The Blender + ffmpeg sample as a Deadline job bundle: the template, its
     // scene where the template's default names it, and parameter values.
     let bundle = dir.path().join("bundle");
