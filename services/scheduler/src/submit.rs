@@ -195,7 +195,8 @@ impl Submissions {
         validate_inputs(&request.inputs)?;
         let depends_on = dependencies(scheduler, &request.depends_on_jobs).await?;
         let trace_context = kiln_telemetry::propagation::current_context_map();
-        let plan = plan_job(document, &request.parameters, self.limits)?;
+        let rules = path_mapping_rules(&request.path_mapping_rules)?;
+        let plan = plan_job(document, &request.parameters, &rules, self.limits)?;
         self.check_inputs_stored(submitter, &request.inputs).await?;
         // Room in the owner's quotas is reserved before any row is written.
         let mut admission = None;
@@ -366,6 +367,40 @@ pub fn priority_of(number: u32, level: i32, default: u32) -> Result<u32, Schedul
     }
 }
 
+/// The submission's path-mapping rules in the OpenJD model's terms (which
+/// checks the paths themselves when it plans the job).
+fn path_mapping_rules(
+    rules: &[pb::PathMappingRule],
+) -> Result<Vec<kiln_jobmodel::PathMappingRule>, SchedulerError> {
+    if rules.len() > kiln_jobmodel::MAX_PATH_MAPPING_RULES {
+        return Err(invalid(format!(
+            "path_mapping_rules: {} rules, more than the limit of {}",
+            rules.len(),
+            kiln_jobmodel::MAX_PATH_MAPPING_RULES
+        )));
+    }
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let source_path_format = match rule.source_path_format.to_ascii_uppercase().as_str() {
+                "POSIX" => kiln_jobmodel::PathFormat::Posix,
+                "WINDOWS" => kiln_jobmodel::PathFormat::Windows,
+                other => {
+                    return Err(invalid(format!(
+                        "path_mapping_rules[{i}].source_path_format: {other:?} is not POSIX or WINDOWS"
+                    )));
+                }
+            };
+            Ok(kiln_jobmodel::PathMappingRule {
+                source_path_format,
+                source_path: rule.source_path.clone(),
+                destination_path: rule.destination_path.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Refuses a submission whose name, parameters or template are larger than
 /// their quotas allow.
 fn check_sizes(
@@ -463,6 +498,38 @@ mod tests {
         ));
         assert!(matches!(
             priority_of(0, 99, DEFAULT_PRIORITY),
+            Err(SchedulerError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn path_mapping_rules_name_a_known_format_and_are_bounded() {
+        let rule = |format: &str| pb::PathMappingRule {
+            source_path_format: format.into(),
+            source_path: "/mnt/projects".into(),
+            destination_path: "root-0".into(),
+        };
+        let rules = path_mapping_rules(&[rule("posix"), rule("WINDOWS")]).expect("valid rules");
+        assert_eq!(
+            rules[0].source_path_format,
+            kiln_jobmodel::PathFormat::Posix
+        );
+        assert_eq!(
+            rules[1].source_path_format,
+            kiln_jobmodel::PathFormat::Windows
+        );
+        assert_eq!(rules[0].destination_path, "root-0");
+        let Err(SchedulerError::InvalidArgument(message)) = path_mapping_rules(&[rule("MACOS")])
+        else {
+            panic!("an unknown format is refused");
+        };
+        assert!(
+            message.contains("path_mapping_rules[0].source_path_format"),
+            "{message}"
+        );
+        let many = vec![rule("POSIX"); kiln_jobmodel::MAX_PATH_MAPPING_RULES + 1];
+        assert!(matches!(
+            path_mapping_rules(&many),
             Err(SchedulerError::InvalidArgument(_))
         ));
     }

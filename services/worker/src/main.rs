@@ -99,6 +99,7 @@ async fn serve() -> anyhow::Result<()> {
         keep_work_dirs: config.keep_work_dirs,
         warm: config.warm_settings(),
         gpus,
+        session_idle_timeout: Duration::from_secs(config.session_idle_seconds),
         sandbox,
     };
     let stopping = Stopping {

@@ -32,6 +32,8 @@ pub enum Command {
         attempt: i32,
         fraction: f32,
         frame: Option<i64>,
+        /// The task's status line; empty when it gave none.
+        status: String,
     },
     Finished {
         worker_id: String,

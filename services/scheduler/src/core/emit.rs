@@ -71,7 +71,7 @@ impl Core {
     ) {
         if self
             .numbering
-            .progress_due(task_id, progress.frame, self.now.instant)
+            .progress_due(task_id, progress.frame, &progress.status, self.now.instant)
         {
             self.emit(job_id, Event::TaskProgress(progress));
         }

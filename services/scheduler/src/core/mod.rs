@@ -203,8 +203,9 @@ impl Core {
                 attempt,
                 fraction,
                 frame,
+                status,
             } => {
-                self.progress(&worker_id, task_id, attempt, fraction, frame);
+                self.progress(&worker_id, task_id, attempt, fraction, frame, status);
                 Ok(())
             }
             Command::Finished {

@@ -2,6 +2,7 @@
 //! Data only; the rules that change it live in the other files of `core/`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -47,6 +48,9 @@ pub struct TaskEntry {
     pub command: String,
     pub args: Vec<String>,
     pub frames: Vec<i64>,
+    /// For a session step's task: its parameter values (a serialised OpenJD
+    /// symbol table).
+    pub task_symbols: Option<String>,
     pub dispatched_at: Option<Instant>,
     /// An attempt confirmed after a failover: its start is unknown.
     pub claimed_attempt: Option<i32>,
@@ -68,6 +72,9 @@ pub struct StepEntry {
     /// Positions of the steps this one depends on.
     pub depends_on: Vec<usize>,
     pub requirements: Requirements,
+    /// The script of a step run as written (OpenJD session model), as JSON;
+    /// shared by every assignment of the step.
+    pub session_step: Option<Arc<str>>,
     /// Tasks that may be dispatched now, in order. Entries whose task moved
     /// on (e.g. was cancelled) are skipped when they reach the front.
     pub ready: VecDeque<Uuid>,

@@ -14,10 +14,12 @@ mod pick_order;
 mod property;
 mod quotas;
 mod reclaim;
+mod session_steps;
 mod waiting;
 mod workers;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
@@ -138,6 +140,8 @@ struct StepSpec {
     command: String,
     depends_on: Vec<usize>,
     requirements: Option<HostRequirements>,
+    /// The step's script, for a step run as written (OpenJD session model).
+    session: Option<Arc<str>>,
 }
 
 /// A job of `owner` with one step of `tasks` Blender tasks.
@@ -154,6 +158,7 @@ pub fn job(owner: &str, tasks: usize) -> JobSpec {
             command: "blender".into(),
             depends_on: Vec::new(),
             requirements: None,
+            session: None,
         }],
         inputs: Vec::new(),
         template_name: String::new(),
@@ -218,6 +223,13 @@ impl JobSpec {
         self.steps[0].command = command.into();
         self
     }
+    /// The first step runs as written through the OpenJD session model,
+    /// with `script` as its session step; each task's symbols name its index.
+    pub fn with_session_step(mut self, script: &str) -> Self {
+        self.steps[0].command = kiln_jobmodel::SESSION_COMMAND.into();
+        self.steps[0].session = Some(script.into());
+        self
+    }
     /// Adds an ffmpeg step of `tasks` tasks depending on the step before it.
     pub fn then(mut self, name: &str, tasks: usize) -> Self {
         let before = self.steps.len() - 1;
@@ -227,6 +239,7 @@ impl JobSpec {
             command: "ffmpeg".into(),
             depends_on: vec![before],
             requirements: None,
+            session: None,
         });
         self
     }
@@ -679,6 +692,10 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
                     command: step.command.clone(),
                     args: vec![format!("--frame={index}")],
                     frames: vec![index as i64 + 1],
+                    task_symbols: step
+                        .session
+                        .as_ref()
+                        .map(|_| format!(r#"{{"Task.Param.Index":{index}}}"#)),
                     dispatched_at: None,
                     claimed_attempt: None,
                     ready_at: None,
@@ -690,6 +707,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
                 command: step.command.clone(),
                 depends_on: step.depends_on.clone(),
                 requirements: Requirements::from_openjd(step.requirements.as_ref()),
+                session_step: step.session.clone(),
                 ready: Default::default(),
                 total: step.tasks,
                 succeeded: 0,
