@@ -18,4 +18,7 @@ pub mod metadata {
     pub const OWNER: &str = "kiln-owner";
     /// The secret a worker presents to join the scheduler.
     pub const JOIN_TOKEN: &str = "kiln-join-token";
+    /// Seconds a caller refused for load (UNAVAILABLE, RESOURCE_EXHAUSTED)
+    /// should wait before trying again; REST carries it as `Retry-After`.
+    pub const RETRY_AFTER: &str = "retry-after";
 }

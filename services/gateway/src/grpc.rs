@@ -7,12 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use kiln_mesh::MeshChannel;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use moka::sync::Cache;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Principal, Role};
@@ -36,14 +36,6 @@ impl PublicApi {
             upstreams,
             owners: Cache::new(OWNER_CACHE_CAPACITY),
         }
-    }
-
-    /// Drops cached upstream channels if the upstream was unreachable.
-    fn observe<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
-        if let Err(status) = &result {
-            self.upstreams.note_failure(status);
-        }
-        result
     }
 
     /// The authorization step every call passes, gRPC and REST alike
@@ -99,21 +91,20 @@ impl PublicApi {
         let message = request.into_inner();
         self.authorize(&caller, message.reach(), role).await?;
         let upstream = C::connect(&self.upstreams).await?;
-        let result = call(upstream, forward(&caller, message)?).await;
-        self.observe(result)
+        call(upstream, forward(&caller, message)?).await
     }
 
     async fn fetch_job(&self, caller: &Principal, job_id: &str) -> Result<pb::Job, Status> {
         let request = pb::GetJobRequest {
             job_id: job_id.to_owned(),
         };
-        let result = self
+        let job = self
             .upstreams
             .jobs()
             .await?
             .get_job(forward(caller, request)?)
-            .await;
-        let job = self.observe(result)?.into_inner();
+            .await?
+            .into_inner();
         self.owners.insert(job.id.clone(), job.owner.clone());
         Ok(job)
     }
@@ -219,20 +210,20 @@ pub trait Upstream: Sized {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send;
 }
 
-impl Upstream for JobServiceClient<Channel> {
+impl Upstream for JobServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.jobs()
     }
 }
 
-impl Upstream for AssetServiceClient<Channel> {
+impl Upstream for AssetServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.assets()
     }
 }
 
-type Jobs = JobServiceClient<Channel>;
-type Assets = AssetServiceClient<Channel>;
+type Jobs = JobServiceClient<MeshChannel>;
+type Assets = AssetServiceClient<MeshChannel>;
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for PublicApi {
@@ -255,13 +246,12 @@ impl pb::job_service_server::JobService for PublicApi {
                     )
                 })?;
         }
-        let result = self
+        let job = self
             .upstreams
             .jobs()
             .await?
             .submit_job(forward(&caller, message)?)
-            .await;
-        let job = self.observe(result)?;
+            .await?;
         self.owners
             .insert(job.get_ref().id.clone(), job.get_ref().owner.clone());
         Ok(job)
@@ -455,13 +445,11 @@ impl pb::asset_service_server::AssetService for PublicApi {
             .into_inner()
             .take_while(|chunk| futures::future::ready(chunk.is_ok()))
             .filter_map(|chunk| futures::future::ready(chunk.ok()));
-        let result = self
-            .upstreams
+        self.upstreams
             .assets()
             .await?
             .upload(forward(&caller, chunks)?)
-            .await;
-        self.observe(result)
+            .await
     }
 
     type DownloadStream = BoxStream<pb::DownloadChunk>;

@@ -1,6 +1,7 @@
 //! Every limit of the gateway, composed as tower layers in one place: the
 //! guard (header size, token, per-token rate), body sizes, timeouts and
-//! concurrency, for REST and for gRPC.
+//! the bounded queue that sheds load (`shed.rs`), for REST and for gRPC;
+//! and REST's request metrics (gRPC's are every server's, `kiln-mesh`).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -12,12 +13,12 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::StatusCode;
 use tonic::Status;
-use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::config::LimitArgs;
 use crate::guard::{self, Guard, Protocol};
 use crate::rate_limit::TokenRateLimiter;
 use crate::rest::{self, ApiError, RestState};
+use crate::shed::{self, EdgeQueue};
 use crate::tokens::TokenStore;
 
 /// How often idle tokens are dropped from the rate limiter's table.
@@ -91,7 +92,11 @@ impl Limits {
                 self.guard(Protocol::Rest),
                 guard::check,
             ))
-            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()))
+            .layer(axum::middleware::from_fn_with_state(
+                self.queue(Protocol::Rest),
+                shed::admit,
+            ))
+            .layer(axum::middleware::from_fn(kiln_mesh::metrics::http_server))
     }
 
     /// The gRPC services with their limits (message sizes are set on each service).
@@ -105,12 +110,20 @@ impl Limits {
                 self.guard(Protocol::Grpc),
                 guard::check,
             ))
-            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()));
+            .layer(axum::middleware::from_fn_with_state(
+                self.queue(Protocol::Grpc),
+                shed::admit,
+            ));
         tonic::service::Routes::from(router)
     }
 
-    fn concurrency(&self) -> usize {
-        self.args.max_concurrent_requests as usize
+    /// The bounded queue for one protocol (each has its own).
+    fn queue(&self, protocol: Protocol) -> Arc<EdgeQueue> {
+        Arc::new(EdgeQueue::new(
+            protocol,
+            self.args.max_concurrent_requests as usize,
+            self.args.max_queued_requests as usize,
+        ))
     }
 }
 

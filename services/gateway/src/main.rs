@@ -53,7 +53,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .add("assets", checks::registered(&discovery, service::ASSETS));
     let ops = OpsServer::start("gateway", &config.ops, checks).await?;
-    let upstreams = Arc::new(Upstreams::new(discovery.clone(), tls.client()));
+    let mesh = kiln_mesh::Mesh::new(
+        discovery.clone(),
+        tls.client(),
+        kiln_mesh::Settings::from_args(&config.mesh),
+    );
+    let upstreams = Arc::new(Upstreams::new(&mesh));
     let api = PublicApi::new(upstreams);
     let tokens = TokenApi::new(store.clone());
     let limits = Limits::new(&config.limits, store);

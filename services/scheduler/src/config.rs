@@ -59,6 +59,8 @@ pub struct Config {
     pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
     pub tls: kiln_tls::TlsArgs,
+    #[command(flatten)]
+    pub mesh: kiln_mesh::MeshArgs,
 }
 
 fn parse_weight(text: &str) -> Result<(String, f64), String> {

@@ -62,7 +62,12 @@ async fn main() -> anyhow::Result<()> {
             .context("loading the approved templates")?,
         None => kiln_jobmodel::TemplateLibrary::default(),
     };
-    let assets = AssetService::new(discovery.clone(), tls.client());
+    let mesh = kiln_mesh::Mesh::new(
+        discovery.clone(),
+        tls.client(),
+        kiln_mesh::Settings::from_args(&config.mesh),
+    );
+    let assets = AssetService::new(mesh.channel(service::ASSETS));
     let submissions =
         Submissions::new(limits, defaults, Arc::new(assets)).with_templates(templates);
     let jobs = JobApi::new(slot.clone(), submissions);

@@ -7,9 +7,7 @@
 use std::collections::HashSet;
 use std::path::{Component, Path};
 use std::sync::Arc;
-use std::time::Duration;
 
-use kiln_discovery::{Discovery, service};
 use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
@@ -41,33 +39,25 @@ pub trait StoredInputs: Send + Sync {
     async fn missing(&self, digests: &[String]) -> Result<Vec<String>, SchedulerError>;
 }
 
-/// The asset service, found in etcd and asked once per submission.
+/// The asset service, through the mesh (every replica), asked once per
+/// submission.
 pub struct AssetService {
-    discovery: Discovery,
-    /// How the assets service is dialled (TLS when it lists itself so).
-    tls: kiln_tls::ClientTls,
+    client: kiln_asset_client::AssetClient,
 }
 
 impl AssetService {
-    pub fn new(discovery: Discovery, tls: kiln_tls::ClientTls) -> Self {
-        Self { discovery, tls }
+    pub fn new(channel: kiln_mesh::MeshChannel) -> Self {
+        Self {
+            client: kiln_asset_client::AssetClient::new(channel),
+        }
     }
 }
 
 #[tonic::async_trait]
 impl StoredInputs for AssetService {
     async fn missing(&self, digests: &[String]) -> Result<Vec<String>, SchedulerError> {
-        let endpoint = self
-            .discovery
-            .find_one(service::ASSETS, Duration::from_secs(5))
-            .await?;
-        let channel = self
-            .tls
-            .endpoint(&endpoint.grpc_uri())
-            .map_err(|e| SchedulerError::Assets(e.to_string()))?
-            .connect_lazy();
         // One call for the whole bundle rather than one Stat per file.
-        kiln_asset_client::AssetClient::new(channel)
+        self.client
             .find_missing(digests)
             .await
             .map_err(|err| SchedulerError::Assets(err.to_string()))

@@ -67,6 +67,12 @@ async fn main() -> anyhow::Result<()> {
         stop: CancellationToken::new(),
         grace: Duration::from_secs(config.drain_seconds),
     };
+    let mesh = kiln_mesh::Mesh::new(
+        discovery.clone(),
+        tls.client(),
+        kiln_mesh::Settings::from_args(&config.mesh),
+    );
+    let assets = kiln_asset_client::AssetClient::new(mesh.channel(kiln_discovery::service::ASSETS));
     let ops_addr = Some(discovery.advertised_address(ops.local_addr()));
     let ops = Arc::new(ops);
     tokio::spawn(stop_on_signals(stopping.clone(), ops.clone()));
@@ -85,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         ops_addr,
         join_token,
         tls: tls.client(),
+        assets,
     }
     .run(stopping)
     .await?;
