@@ -55,6 +55,8 @@ struct TaskRow {
     message: String,
     log_tail: String,
     retry_at: Option<DateTime<Utc>>,
+    device: String,
+    status: String,
 }
 
 pub fn inputs_from_json(value: &serde_json::Value) -> Vec<pb::JobInput> {
@@ -255,7 +257,8 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
 
 pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
     let rows: Vec<TaskRow> = sqlx::query_as(
-        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at
+        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at,
+                t.device, t.status
          FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
          WHERE t.job_id = $1 ORDER BY s.position, t.index",
     )
@@ -279,6 +282,8 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
             message: r.message,
             log_tail: r.log_tail,
             retry_at: r.retry_at.map(timestamp),
+            device: r.device,
+            status: r.status,
         })
         .collect())
 }

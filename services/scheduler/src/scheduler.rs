@@ -55,6 +55,7 @@ impl Scheduler {
         db: PgPool,
         policy: RetryPolicy,
         owner_weights: HashMap<String, f64>,
+        network_templates: std::collections::HashSet<String>,
         token: Token,
     ) -> Result<Started, SchedulerError> {
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
@@ -70,6 +71,7 @@ impl Scheduler {
             farm_position,
             jitter_seed: rand::random(),
             now,
+            network_templates,
         });
         for job in loaded {
             core.restore(*job.job, job.tasks, now);

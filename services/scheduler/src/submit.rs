@@ -144,6 +144,7 @@ impl Submissions {
             waiting_on: depends_on.unfinished,
             trace_context,
             name: name.clone(),
+            template_name: template_name.to_owned(),
         };
         let mut loaded = [loader::from_plan(id, settings, &plan, &created.task_ids)];
         loader::attach_earlier_run_times(&scheduler.db, &mut loaded).await;

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use crate::health::LocalHealth;
-use crate::task_runner::{RunnerSettings, TaskOutcome, TaskRunner, message};
+use crate::task::{RunnerSettings, TaskOutcome, TaskRunner, message};
 use crate::workdir::InputCache;
 use crate::worker_metrics::{self, RunStatus};
 
@@ -643,6 +643,8 @@ fn refused(assignment: &TaskAssignment, message: String) -> TaskResult {
         message,
         log_tail: String::new(),
         outputs: Vec::new(),
+        device: String::new(),
+        status: String::new(),
     }
 }
 

@@ -81,6 +81,9 @@ pub struct CoreSettings {
     /// Seeds the jitter of retry delays: a fixed seed makes a test repeatable.
     pub jitter_seed: u64,
     pub now: Clock,
+    /// Admin-approved templates whose tasks may use the network; every
+    /// other task's sandbox has none.
+    pub network_templates: HashSet<String>,
 }
 
 pub struct Core {
@@ -116,6 +119,8 @@ pub struct Core {
     /// The time of the command being handled.
     now: Clock,
     jitter: SmallRng,
+    /// Admin-approved templates whose tasks may use the network.
+    network_templates: HashSet<String>,
 }
 
 impl Core {
@@ -140,6 +145,7 @@ impl Core {
             outputs: OutputLedger::default(),
             now: settings.now,
             jitter: SmallRng::seed_from_u64(settings.jitter_seed),
+            network_templates: settings.network_templates,
         }
     }
 

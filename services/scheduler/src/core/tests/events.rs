@@ -57,6 +57,7 @@ fn farm_positions_continue_after_those_already_written() {
         farm_position: 41,
         jitter_seed: 1,
         now: bench.now,
+        network_templates: Default::default(),
     });
     std::mem::swap(&mut bench.core, &mut core);
     bench.join("w", worker());
