@@ -30,6 +30,8 @@ pub struct FarmBuilder {
     dir: PathBuf,
     workers: usize,
     schedulers: usize,
+    assets: usize,
+    gateways: usize,
     s3: bool,
     gateway_grpc_port: u16,
     gateway_http_port: u16,
@@ -49,6 +51,20 @@ impl FarmBuilder {
     /// Number of scheduler replicas (default 1): one leads, the others stand by.
     pub fn schedulers(mut self, count: usize) -> Self {
         self.schedulers = count.max(1);
+        self
+    }
+
+    /// Number of assets service replicas (default 1), each listed in etcd;
+    /// with more than one, use [`FarmBuilder::s3`] so they share a store.
+    pub fn assets_replicas(mut self, count: usize) -> Self {
+        self.assets = count.max(1);
+        self
+    }
+
+    /// Number of gateways (default 1). The first takes
+    /// [`FarmBuilder::gateway_ports`]; the others pick free ports.
+    pub fn gateways(mut self, count: usize) -> Self {
+        self.gateways = count.max(1);
         self
     }
 
@@ -126,14 +142,15 @@ impl FarmBuilder {
         };
         let mut farm = Farm {
             workers: Vec::new(),
-            gateway: None,
+            gateways: Vec::new(),
             schedulers: Vec::new(),
-            assets: None,
+            assets: Vec::new(),
             garage,
             etcd,
             postgres,
             discovery,
-            gateway_endpoint: None,
+            gateway_endpoints: Vec::new(),
+            assets_endpoints: Vec::new(),
             secrets: Secrets::generate(),
             certs,
             layout,
@@ -228,16 +245,21 @@ impl Layout {
 pub struct Farm {
     // Fields drop in declaration order: services before what they depend on.
     workers: Vec<ServiceProcess>,
-    gateway: Option<ServiceProcess>,
+    /// The first is "the" gateway; more with [`FarmBuilder::gateways`].
+    gateways: Vec<ServiceProcess>,
     /// Scheduler replicas; each process's host name is `replica-<index>`,
     /// which its etcd instance name carries.
     schedulers: Vec<ServiceProcess>,
-    assets: Option<ServiceProcess>,
+    /// Assets replicas: `assets`, then `assets-1`, ...
+    assets: Vec<ServiceProcess>,
     garage: Option<Garage>,
     etcd: Etcd,
     postgres: Postgres,
     discovery: Discovery,
-    gateway_endpoint: Option<Endpoint>,
+    /// Where each gateway listens, in the order of `gateways`.
+    gateway_endpoints: Vec<Endpoint>,
+    /// How each assets replica was listed when it started, in the order of `assets`.
+    assets_endpoints: Vec<Endpoint>,
     secrets: Secrets,
     certs: Option<FarmCerts>,
     layout: Layout,
@@ -276,6 +298,8 @@ impl Farm {
             dir: dir.into(),
             workers: 2,
             schedulers: 1,
+            assets: 1,
+            gateways: 1,
             s3: false,
             gateway_grpc_port: 0,
             gateway_http_port: 0,
@@ -287,16 +311,24 @@ impl Farm {
     }
 
     async fn start_services(&mut self) -> Result<()> {
-        let assets =
-            self.with_assets_env(self.service("assets", "assets")?.args(self.assets_args()));
-        let assets = self.assets.insert(assets);
-        start_and_register(
-            &self.discovery,
-            service::ASSETS,
-            assets,
-            self.config.startup_timeout,
-        )
-        .await?;
+        for index in 0..self.config.assets {
+            let name = match index {
+                0 => "assets".to_owned(),
+                n => format!("assets-{n}"),
+            };
+            let assets =
+                self.with_assets_env(self.service("assets", &name)?.args(self.assets_args(index)));
+            self.assets.push(assets);
+            let assets = &mut self.assets[index];
+            let endpoint = start_and_register(
+                &self.discovery,
+                service::ASSETS,
+                assets,
+                self.config.startup_timeout,
+            )
+            .await?;
+            self.assets_endpoints.push(endpoint);
+        }
 
         for index in 0..self.config.schedulers {
             let name = match index {
@@ -325,19 +357,26 @@ impl Farm {
             standby.start()?;
         }
 
-        let gateway = self
-            .service("gateway", "gateway")?
-            .args(self.gateway_args())
-            .env("KILN_BOOTSTRAP_ADMIN_TOKEN", &self.secrets.admin_token);
-        let gateway = self.gateway.insert(gateway);
-        let endpoint = start_and_register(
-            &self.discovery,
-            service::GATEWAY,
-            gateway,
-            self.config.startup_timeout,
-        )
-        .await?;
-        self.gateway_endpoint = Some(endpoint);
+        for index in 0..self.config.gateways {
+            let name = match index {
+                0 => "gateway".to_owned(),
+                n => format!("gateway-{n}"),
+            };
+            let gateway = self
+                .service("gateway", &name)?
+                .args(self.gateway_args(index))
+                .env("KILN_BOOTSTRAP_ADMIN_TOKEN", &self.secrets.admin_token);
+            self.gateways.push(gateway);
+            let gateway = &mut self.gateways[index];
+            let endpoint = start_and_register(
+                &self.discovery,
+                service::GATEWAY,
+                gateway,
+                self.config.startup_timeout,
+            )
+            .await?;
+            self.gateway_endpoints.push(endpoint);
+        }
 
         for _ in 0..self.config.workers {
             self.add_worker().await?;
@@ -378,7 +417,8 @@ impl Farm {
         Ok(process)
     }
 
-    fn assets_args(&self) -> Vec<OsString> {
+    /// The arguments of assets replica `index`.
+    fn assets_args(&self, index: usize) -> Vec<OsString> {
         let Some(garage) = &self.garage else {
             return vec![
                 "--backend".into(),
@@ -402,11 +442,13 @@ impl Farm {
         .into_iter()
         .map(OsString::from)
         .collect();
-        // Uploads are staged here while hashed; keep them inside the farm.
-        args.extend([
-            "--spool-dir".into(),
-            self.layout.dir.join("assets-spool").into(),
-        ]);
+        // Uploads are staged here while hashed; keep them inside the farm,
+        // one directory per replica.
+        let spool = match index {
+            0 => "assets-spool".to_owned(),
+            n => format!("assets-spool-{n}"),
+        };
+        args.extend(["--spool-dir".into(), self.layout.dir.join(spool).into()]);
         args
     }
 
@@ -417,12 +459,17 @@ impl Farm {
         }
     }
 
-    fn gateway_args(&self) -> Vec<String> {
+    /// The arguments of gateway `index`: only the first takes fixed ports.
+    fn gateway_args(&self, index: usize) -> Vec<String> {
+        let (grpc, http) = match index {
+            0 => (self.config.gateway_grpc_port, self.config.gateway_http_port),
+            _ => (0, 0),
+        };
         vec![
             "--grpc-listen".to_owned(),
-            format!("127.0.0.1:{}", self.config.gateway_grpc_port),
+            format!("127.0.0.1:{grpc}"),
             "--http-listen".to_owned(),
-            format!("127.0.0.1:{}", self.config.gateway_http_port),
+            format!("127.0.0.1:{http}"),
             "--database-url".to_owned(),
             self.postgres.url(),
         ]
@@ -469,7 +516,7 @@ impl Farm {
     /// Restarts the gateway (SIGTERM, then start) and learns its new address,
     /// which changes unless [`FarmBuilder::gateway_ports`] fixed it.
     pub async fn restart_gateway(&mut self) -> Result<()> {
-        let Some(gateway) = self.gateway.as_mut() else {
+        let Some(gateway) = self.gateways.first_mut() else {
             return Err(LocalFarmError::NotRunning {
                 name: "gateway".to_owned(),
             });
@@ -482,7 +529,9 @@ impl Farm {
             self.config.startup_timeout,
         )
         .await?;
-        self.gateway_endpoint = Some(endpoint);
+        if let Some(first) = self.gateway_endpoints.first_mut() {
+            *first = endpoint;
+        }
         Ok(())
     }
 
@@ -518,9 +567,9 @@ impl Farm {
     /// each with the end of its log; a supervisor polls this to notice crashes.
     pub fn take_exits(&mut self) -> Vec<LocalFarmError> {
         let services = self.workers.iter_mut().chain(
-            [&mut self.gateway, &mut self.assets]
-                .into_iter()
-                .flatten()
+            self.gateways
+                .iter_mut()
+                .chain(self.assets.iter_mut())
                 .chain(self.schedulers.iter_mut()),
         );
         let infrastructure = std::iter::once(self.etcd.process_mut())
@@ -545,13 +594,13 @@ impl Farm {
         let workers =
             futures::future::join_all(self.workers.iter_mut().map(ServiceProcess::terminate)).await;
         workers.into_iter().for_each(&mut note);
-        if let Some(gateway) = self.gateway.as_mut() {
+        for gateway in self.gateways.iter_mut().rev() {
             note(gateway.terminate().await);
         }
         for scheduler in self.schedulers.iter_mut().rev() {
             note(scheduler.terminate().await);
         }
-        if let Some(assets) = self.assets.as_mut() {
+        for assets in self.assets.iter_mut().rev() {
             note(assets.terminate().await);
         }
         if let Some(garage) = self.garage.as_mut() {
@@ -581,24 +630,29 @@ impl Farm {
 
     /// The gateway's gRPC address as `127.0.0.1:PORT`.
     pub fn gateway_grpc_addr(&self) -> &str {
-        self.gateway_endpoint
-            .as_ref()
+        self.gateway_endpoints
+            .first()
             .map_or("", |e| e.grpc.as_str())
     }
 
     /// The gateway's gRPC URL, `http://127.0.0.1:PORT` (`https` with
     /// [`FarmBuilder::tls`]), for a tonic channel.
     pub fn gateway_url(&self) -> String {
-        self.gateway_endpoint
-            .as_ref()
+        self.gateway_endpoints
+            .first()
             .map_or_else(|| "http://".to_owned(), Endpoint::grpc_uri)
+    }
+
+    /// Every gateway's gRPC URL, in start order ([`FarmBuilder::gateways`]).
+    pub fn gateway_urls(&self) -> Vec<String> {
+        self.gateway_endpoints.iter().map(Endpoint::grpc_uri).collect()
     }
 
     /// The gateway's REST base URL, `http://127.0.0.1:PORT` (`https` with
     /// [`FarmBuilder::tls`]).
     pub fn gateway_http_url(&self) -> String {
-        self.gateway_endpoint
-            .as_ref()
+        self.gateway_endpoints
+            .first()
             .and_then(Endpoint::http_url)
             .unwrap_or_else(|| "http://".to_owned())
     }
@@ -663,14 +717,25 @@ impl Farm {
         }))
     }
 
-    /// The assets service process.
+    /// The (first) assets service process.
     pub fn assets_mut(&mut self) -> Option<&mut ServiceProcess> {
-        self.assets.as_mut()
+        self.assets.first_mut()
     }
 
-    /// The gateway process; prefer [`Farm::restart_gateway`] to restart it.
+    /// Every assets replica, in start order ([`FarmBuilder::assets_replicas`]).
+    pub fn assets_replicas_mut(&mut self) -> &mut [ServiceProcess] {
+        &mut self.assets
+    }
+
+    /// How each assets replica was listed in etcd when it started (its
+    /// instance, gRPC and ops addresses), in start order.
+    pub fn assets_endpoints(&self) -> &[Endpoint] {
+        &self.assets_endpoints
+    }
+
+    /// The (first) gateway process; prefer [`Farm::restart_gateway`] to restart it.
     pub fn gateway_mut(&mut self) -> Option<&mut ServiceProcess> {
-        self.gateway.as_mut()
+        self.gateways.first_mut()
     }
 
     /// Worker number `index` (from 0, in start order), if there is one.

@@ -22,10 +22,12 @@ use crate::BoxError;
 /// The gRPC header carrying a call's timeout.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
-/// tonic's own server timer on the same header answers CANCELLED; this
-/// layer's fires this much earlier, so a caller sees DEADLINE_EXCEEDED as
-/// gRPC defines it.
-const BEFORE_TONIC: Duration = Duration::from_millis(5);
+/// tonic's own timers on the same header (the server's, and the caller's
+/// own if it is a tonic client) answer CANCELLED; this layer answers up to
+/// this much earlier (a tenth of the timeout at most), so that the answer
+/// reaches the caller before its own timer fires and it sees
+/// DEADLINE_EXCEEDED as gRPC defines it.
+const ANSWER_EARLY: Duration = Duration::from_millis(50);
 
 tokio::task_local! {
     static DEADLINE: Instant;
@@ -198,7 +200,8 @@ where
         };
         let deadline = Instant::now() + timeout;
         let call = DEADLINE.sync_scope(deadline, || self.inner.call(request));
-        let answer_by = deadline.checked_sub(BEFORE_TONIC).unwrap_or(deadline);
+        let early = ANSWER_EARLY.min(timeout / 10);
+        let answer_by = deadline.checked_sub(early).unwrap_or(deadline);
         Box::pin(async move {
             match tokio::time::timeout_at(answer_by, DEADLINE.scope(deadline, call)).await {
                 Ok(result) => result,
