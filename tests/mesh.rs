@@ -149,6 +149,9 @@ async fn mesh_farm(dir: &Path) -> Result<Farm> {
         .s3(true)
         .assets_replicas(3)
         .gateways(2)
+        // Hundreds of uploads from one token: above the per-token limit.
+        .env("KILN_RATE_LIMIT_PER_SECOND", "100000")
+        .env("KILN_RATE_LIMIT_BURST", "100000")
         .start()
         .await?)
 }

@@ -67,6 +67,8 @@ pub struct Leading {
     pub owner_weights: HashMap<String, f64>,
     /// Templates whose tasks may use the network.
     pub network_templates: std::collections::HashSet<String>,
+    /// When new work is held back or refused while the farm is saturated.
+    pub admission: crate::core::admission::AdmissionPolicy,
     /// How this process is listed in etcd while it leads.
     pub endpoint: Endpoint,
     /// Seconds of the election lease: how long a crashed leader holds on.
@@ -220,6 +222,7 @@ async fn lead(
         leading.policy,
         leading.owner_weights.clone(),
         leading.network_templates.clone(),
+        leading.admission,
         token,
     )
     .await

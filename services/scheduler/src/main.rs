@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         },
         owner_weights: config.owner_weights.iter().cloned().collect(),
         network_templates: config.network_templates.iter().cloned().collect(),
+        admission: config.admission_policy(),
         endpoint,
         lease_ttl: config.leader_ttl,
     };

@@ -8,10 +8,11 @@ use std::collections::HashSet;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
-use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
+use kiln_jobmodel::{JobPlan, Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::core::admission::Admission;
 use crate::core::command::Command;
 use crate::error::{invalid, parse_uuid};
 use crate::inserts::{self, NewJob};
@@ -113,6 +114,7 @@ impl Submissions {
         let trace_context = kiln_telemetry::propagation::current_context_map();
         let plan = plan_job(document, &request.parameters, self.limits)?;
         self.check_inputs_stored(&request.inputs).await?;
+        let held = admit(scheduler, owner, &plan).await?;
         let name = if request.name.is_empty() {
             plan.name.clone()
         } else {
@@ -148,7 +150,8 @@ impl Submissions {
         };
         let mut loaded = [loader::from_plan(id, settings, &plan, &created.task_ids)];
         loader::attach_earlier_run_times(&scheduler.db, &mut loaded).await;
-        let [loaded] = loaded;
+        let [mut loaded] = loaded;
+        loaded.job.held = held.clone();
         scheduler
             .ask(|request| Command::AddJob {
                 request,
@@ -156,10 +159,12 @@ impl Submissions {
                 tasks: loaded.tasks,
             })
             .await?;
-        tracing::info!(job_id = %id, owner, tasks = plan.task_count(), "job submitted");
-        queries::get_job(&scheduler.db, id)
+        tracing::info!(job_id = %id, owner, tasks = plan.task_count(), held = held.is_some(), "job submitted");
+        let mut job = queries::get_job(&scheduler.db, id)
             .await?
-            .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
+            .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?;
+        job.held_reason = held.unwrap_or_default();
+        Ok(job)
     }
 
     fn run_limits(&self, request: &pb::SubmitJobRequest) -> Result<RunLimits, SchedulerError> {
@@ -196,6 +201,39 @@ impl Submissions {
             )));
         }
         Ok(())
+    }
+}
+
+/// Admission control's decision on the job `plan` describes, before any of
+/// it is stored: the reason to hold it, if it is delayed.
+async fn admit(
+    scheduler: &Scheduler,
+    owner: &str,
+    plan: &JobPlan,
+) -> Result<Option<String>, SchedulerError> {
+    let mut renderers: Vec<String> = plan
+        .steps
+        .iter()
+        .filter_map(|step| step.tasks.first().map(|t| t.command.clone()))
+        .collect();
+    renderers.sort();
+    renderers.dedup();
+    match scheduler.admission(owner, renderers).await? {
+        Admission::Admit => Ok(None),
+        Admission::Delay { reason } => {
+            tracing::info!(owner, %reason, "submission delayed");
+            Ok(Some(reason))
+        }
+        Admission::Refuse {
+            reason,
+            retry_after,
+        } => {
+            tracing::info!(owner, %reason, "submission refused");
+            Err(SchedulerError::Overloaded {
+                reason,
+                retry_after_seconds: retry_after.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
+            })
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! attempt), so every test also checks that each write the core makes is
 //! guarded on what the row holds.
 
+mod admission;
 mod controls;
 mod dependencies;
 mod events;
@@ -24,6 +25,7 @@ use kiln_jobmodel::{AmountRequirement, AttributeRequirement, HostRequirements};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::core::admission::{Admission, AdmissionAction, AdmissionPolicy};
 use crate::core::batch::{Batch, Effect, RequestId};
 use crate::core::command::{AttemptReport, Command, Control, Refusal};
 use crate::core::model::{Attempt, Clock, JobEntry, StepEntry, TaskEntry};
@@ -283,6 +285,16 @@ impl Default for Bench {
 
 impl Bench {
     pub fn new(policy: RetryPolicy, weights: &[(&str, f64)]) -> Self {
+        Self::with_admission(policy, weights, AdmissionPolicy::default())
+    }
+
+    /// A bench whose core applies `admission` to submissions made with
+    /// [`Bench::submit_admitted`].
+    pub fn with_admission(
+        policy: RetryPolicy,
+        weights: &[(&str, f64)],
+        admission: AdmissionPolicy,
+    ) -> Self {
         let now = start_clock();
         let core = Core::new(CoreSettings {
             policy,
@@ -294,6 +306,7 @@ impl Bench {
             jitter_seed: 7,
             now,
             network_templates: Default::default(),
+            admission,
         });
         Self {
             core,
@@ -375,6 +388,31 @@ impl Bench {
         };
         self.handle(add).expect("new jobs are never refused");
         submitted
+    }
+
+    /// Submits a job as `submit.rs` does: asks admission control first,
+    /// then stores and adds it (held, if delayed) unless it was refused.
+    pub fn submit_admitted(&mut self, spec: JobSpec) -> (Admission, Option<Submitted>) {
+        let renderers: Vec<String> = spec.steps.iter().map(|s| s.command.clone()).collect();
+        let admission = self.core.admission(&spec.owner, &renderers);
+        let held = match &admission {
+            Admission::Admit => None,
+            Admission::Delay { reason } => Some(reason.clone()),
+            Admission::Refuse { .. } => return (admission, None),
+        };
+        let (mut job, tasks, submitted) = entries(&spec, TaskState::Pending);
+        job.held = held;
+        for task in &tasks {
+            self.rows.insert(task.id, (task.state, task.attempt));
+        }
+        let request = self.request();
+        let add = Command::AddJob {
+            request,
+            job: Box::new(job),
+            tasks,
+        };
+        self.handle(add).expect("new jobs are never refused");
+        (admission, Some(submitted))
     }
 
     /// Restores a job as a new leader loads it: every task in `state`,
@@ -665,6 +703,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         submission_order: 0,
         state: JobState::Pending,
         paused: false,
+        held: None,
         max_failed_tasks: spec.max_failed_tasks,
         max_run_seconds: spec.max_run_seconds,
         stall_seconds: 0,
