@@ -42,7 +42,10 @@ async fn an_over_share_owner_is_delayed_with_the_reason_and_nothing_is_lost() ->
     let mut bob = submitter(&farm, "bob").await?;
 
     let first = submit(&mut alice, 6).await?;
-    ensure!(first.held_reason.is_empty(), "an empty farm admits: {first:?}");
+    ensure!(
+        first.held_reason.is_empty(),
+        "an empty farm admits: {first:?}"
+    );
     let bobs = submit(&mut bob, 1).await?;
     ensure!(
         bobs.held_reason.is_empty(),
@@ -66,7 +69,10 @@ async fn an_over_share_owner_is_delayed_with_the_reason_and_nothing_is_lost() ->
     all_succeed(&mut [(&mut alice, &first.id), (&mut bob, &bobs.id)]).await?;
     all_succeed(&mut [(&mut alice, &second.id)]).await?;
     let second = alice.job(&second.id).await?;
-    ensure!(second.held_reason.is_empty(), "the hold was lifted: {second:?}");
+    ensure!(
+        second.held_reason.is_empty(),
+        "the hold was lifted: {second:?}"
+    );
     farm.shutdown().await?;
     Ok(())
 }

@@ -112,7 +112,10 @@ async fn metric_sum(ops: &str, metric: &str, labels: &[String]) -> Result<f64> {
 
 /// Uploads an assets replica served, from its own server metrics.
 async fn uploads_served(replica: &kiln_discovery::Endpoint) -> Result<f64> {
-    let ops = replica.ops.as_deref().context("replica lists no ops address")?;
+    let ops = replica
+        .ops
+        .as_deref()
+        .context("replica lists no ops address")?;
     metric_sum(
         ops,
         "kiln_grpc_server_requests_total",
@@ -129,7 +132,10 @@ async fn uploads_served(replica: &kiln_discovery::Endpoint) -> Result<f64> {
 async fn calls_sent_to(gateways: &[kiln_discovery::Endpoint], instance: &str) -> Result<f64> {
     let mut total = 0.0;
     for gateway in gateways {
-        let ops = gateway.ops.as_deref().context("gateway lists no ops address")?;
+        let ops = gateway
+            .ops
+            .as_deref()
+            .context("gateway lists no ops address")?;
         total += metric_sum(
             ops,
             "kiln_balancer_endpoint_requests_total",
@@ -157,8 +163,7 @@ async fn mesh_farm(dir: &Path) -> Result<Farm> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_killed() -> Result<()>
-{
+async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_killed() -> Result<()> {
     let dir = e2e_dir()?;
     let mut farm = mesh_farm(dir.path()).await?;
     let replicas = farm.assets_endpoints().to_vec();
@@ -207,7 +212,11 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
         batch += 1;
         all_verified(upload_all(&clients, &some).await)?;
         let after = calls_sent_to(&gateways, &frozen.instance).await?;
-        quiet_batches = if after == before { quiet_batches + 1 } else { 0 };
+        quiet_batches = if after == before {
+            quiet_batches + 1
+        } else {
+            0
+        };
     }
     println!(
         "the frozen replica got no new calls after {:.1} s ({batch} batches of uploads)",
@@ -301,7 +310,10 @@ async fn a_deadline_travels_through_the_gateway_to_a_frozen_scheduler() -> Resul
     let started = Instant::now();
     let result = client.jobs.list_jobs(request).await;
     let elapsed = started.elapsed();
-    println!("the call ended after {:.3} s: {result:?}", elapsed.as_secs_f64());
+    println!(
+        "the call ended after {:.3} s: {result:?}",
+        elapsed.as_secs_f64()
+    );
     let Some(scheduler) = farm.scheduler_mut() else {
         bail!("no scheduler");
     };

@@ -645,7 +645,10 @@ impl Farm {
 
     /// Every gateway's gRPC URL, in start order ([`FarmBuilder::gateways`]).
     pub fn gateway_urls(&self) -> Vec<String> {
-        self.gateway_endpoints.iter().map(Endpoint::grpc_uri).collect()
+        self.gateway_endpoints
+            .iter()
+            .map(Endpoint::grpc_uri)
+            .collect()
     }
 
     /// The gateway's REST base URL, `http://127.0.0.1:PORT` (`https` with

@@ -58,7 +58,9 @@ pub enum AdmissionAction {
 pub enum Admission {
     Admit,
     /// Accept and hold, for this reason.
-    Delay { reason: String },
+    Delay {
+        reason: String,
+    },
     /// Refuse, for this reason (said as a refusal by the caller's error);
     /// the caller may try again after `retry_after`.
     Refuse {
@@ -164,10 +166,7 @@ impl Core {
         }
         let mine = outstanding.get(owner).copied().unwrap_or(0);
         outstanding.entry(owner).or_default();
-        let weights: f64 = outstanding
-            .keys()
-            .map(|o| self.shares.weight_of(o))
-            .sum();
+        let weights: f64 = outstanding.keys().map(|o| self.shares.weight_of(o)).sum();
         Some(Share {
             used: mine as f64 / total as f64,
             fair: self.shares.weight_of(owner) / weights,

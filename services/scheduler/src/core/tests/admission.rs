@@ -139,7 +139,10 @@ fn weights_set_the_fair_share() {
     heavy.submit_admitted(job("bob", 2));
     // 10 of 12 is 83%, over 75%.
     let (admission, _) = heavy.submit_admitted(job("alice", 1));
-    assert!(matches!(admission, Admission::Delay { .. }), "{admission:?}");
+    assert!(
+        matches!(admission, Admission::Delay { .. }),
+        "{admission:?}"
+    );
 }
 
 #[test]
