@@ -7,7 +7,7 @@
 
 use anyhow::{Result, bail, ensure};
 use kiln_proto::v1 as pb;
-use kiln_tests::{Client, clips_request, start_farm_with, state_of, submitter};
+use kiln_tests::{Client, clips_request, create_token, start_farm_with, state_of, submitter};
 
 const SOURCE: &str = "color=c=blue:s=32x32";
 /// Seconds of queued work above which an over-share owner is held back:
@@ -19,6 +19,13 @@ async fn submit(client: &mut Client, count: u32) -> Result<pb::Job, tonic::Statu
     // estimate) while the test submits.
     let request = clips_request(count, 10, SOURCE, false);
     Ok(client.jobs.submit_job(request).await?.into_inner())
+}
+
+fn template_of(request: &pb::SubmitJobRequest) -> String {
+    match &request.template {
+        Some(pb::submit_job_request::Template::TemplateDocument(doc)) => doc.clone(),
+        _ => String::new(),
+    }
 }
 
 /// Waits until every job succeeded, each asked by its owner's client; each
@@ -88,7 +95,8 @@ async fn the_refuse_policy_refuses_an_over_share_owner_with_retry_after() -> Res
         ],
     )
     .await?;
-    let mut alice = submitter(&farm, "alice").await?;
+    let alice_secret = create_token(&farm, "alice", pb::Role::Submitter).await?;
+    let mut alice = Client::connect_as(&farm, &alice_secret).await?;
     let mut bob = submitter(&farm, "bob").await?;
 
     let first = submit(&mut alice, 6).await?;
@@ -127,6 +135,36 @@ async fn the_refuse_policy_refuses_an_over_share_owner_with_retry_after() -> Res
         .jobs
         .len();
     ensure!(after == before, "a refused job leaves nothing behind");
+
+    // REST says the same: 429 with Retry-After and a JSON body saying why.
+    let url = format!("{}/v1/jobs", farm.gateway_http_url());
+    let body = serde_json::json!({
+        "templateDocument": template_of(&clips_request(2, 10, SOURCE, false)),
+        "parameters": {"Count": "2", "Seconds": "10", "Source": SOURCE},
+    });
+    let auth = format!("Bearer {alice_secret}");
+    let (code, retry_after, text) = tokio::task::spawn_blocking(move || {
+        match ureq::post(&url).set("authorization", &auth).send_json(body) {
+            Ok(response) => (response.status(), None, response.into_string().ok()),
+            Err(ureq::Error::Status(code, response)) => (
+                code,
+                response.header("retry-after").map(str::to_owned),
+                response.into_string().ok(),
+            ),
+            Err(other) => (0, None, Some(other.to_string())),
+        }
+    })
+    .await?;
+    println!("REST: {code} retry-after {retry_after:?} {text:?}");
+    ensure!(code == 429, "REST refuses with 429: {code} {text:?}");
+    ensure!(
+        retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)),
+        "REST gives a Retry-After"
+    );
+    ensure!(
+        text.is_some_and(|t| t.contains("queue wait for ffmpeg")),
+        "REST says why"
+    );
 
     all_succeed(&mut [(&mut alice, &first.id), (&mut bob, &bobs.id)]).await?;
     farm.shutdown().await?;

@@ -82,17 +82,22 @@ fn all_verified(outcomes: Vec<Result<(PathBuf, String)>>) -> Result<Vec<(PathBuf
     Ok(done)
 }
 
-/// The sum of `metric`'s samples on `ops`'s /metrics whose labels contain
-/// every one of `labels`.
-async fn metric_sum(ops: &str, metric: &str, labels: &[String]) -> Result<f64> {
+/// The text of `ops`'s /metrics.
+async fn metrics_of(ops: &str) -> Result<String> {
     let url = format!("http://{ops}/metrics");
-    let body = tokio::task::spawn_blocking(move || -> Result<String> {
+    tokio::task::spawn_blocking(move || -> Result<String> {
         Ok(ureq::get(&url)
             .timeout(Duration::from_secs(5))
             .call()?
             .into_string()?)
     })
-    .await??;
+    .await?
+}
+
+/// The sum of `metric`'s samples on `ops`'s /metrics whose labels contain
+/// every one of `labels`.
+async fn metric_sum(ops: &str, metric: &str, labels: &[String]) -> Result<f64> {
+    let body = metrics_of(ops).await?;
     let mut sum = 0.0;
     for line in body.lines() {
         let Some(rest) = line.strip_prefix(metric) else {
@@ -178,18 +183,28 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
     }
     let files = dir.path().join("files");
 
-    // 1. Every replica serves its share.
+    // 1. Every replica serves its share: of the calls the gateways' balancers
+    // sent (each upload is a Stat, an UploadOffset and an Upload, each
+    // balanced on its own).
     let small = make_files(&files, "spread", UPLOADS, 16 * 1024)?;
     all_verified(upload_all(&clients, &small).await)?;
+    let mut sent = Vec::new();
     let mut served = Vec::new();
     for replica in &replicas {
+        sent.push(calls_sent_to(&gateways, &replica.instance).await?);
         served.push(uploads_served(replica).await?);
     }
-    println!("uploads served per replica: {served:?}");
-    for (replica, count) in replicas.iter().zip(&served) {
+    let total: f64 = sent.iter().sum();
+    println!("calls the gateways sent to each replica: {sent:?}");
+    println!("uploads each replica counted itself (kiln_grpc_server_*): {served:?}");
+    ensure!(
+        total >= UPLOADS as f64 * 3.0,
+        "every upload's calls are counted: {sent:?}"
+    );
+    for (replica, count) in replicas.iter().zip(&sent) {
         ensure!(
-            *count >= UPLOADS as f64 * MIN_SHARE,
-            "replica {} served {count} of {UPLOADS} uploads (all: {served:?})",
+            *count >= total * MIN_SHARE,
+            "replica {} took {count} of {total} calls (all: {sent:?})",
             replica.instance
         );
     }
@@ -226,7 +241,7 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
     // ... and is used again once it runs again.
     farm.assets_replicas_mut()[1].resume()?;
     let resumed = Instant::now();
-    let served_before = uploads_served(frozen).await?;
+    let sent_before = calls_sent_to(&gateways, &frozen.instance).await?;
     loop {
         ensure!(
             resumed.elapsed() < PHASE_LIMIT,
@@ -236,7 +251,8 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
         let some = make_files(&files, &format!("thawed-{batch}"), 16, 16 * 1024)?;
         batch += 1;
         all_verified(upload_all(&clients, &some).await)?;
-        if uploads_served(frozen).await? > served_before {
+        // It answered them too: every upload of the batch succeeded.
+        if calls_sent_to(&gateways, &frozen.instance).await? > sent_before {
             break;
         }
     }
@@ -255,10 +271,10 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
     let victim = &replicas[2];
     let deadline = Instant::now() + PHASE_LIMIT;
     // Kill it once it is serving some of these uploads.
-    let busy_before = uploads_served(victim).await?;
+    let busy_before = calls_sent_to(&gateways, &victim.instance).await?;
     loop {
-        let served = uploads_served(victim).await?;
-        if served > busy_before || uploads.is_finished() || Instant::now() > deadline {
+        let sent = calls_sent_to(&gateways, &victim.instance).await?;
+        if sent > busy_before + 3.0 || uploads.is_finished() || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

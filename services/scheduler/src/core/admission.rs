@@ -175,7 +175,7 @@ impl Core {
 }
 
 /// The renderers a job's steps run.
-pub fn job_renderers(job: &crate::core::model::JobEntry) -> Vec<String> {
+fn job_renderers(job: &crate::core::model::JobEntry) -> Vec<String> {
     let mut renderers: Vec<String> = job.steps.iter().map(|s| s.command.clone()).collect();
     renderers.sort();
     renderers.dedup();
