@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use kiln_discovery::DiscoveryArgs;
 use kiln_telemetry::TelemetryArgs;
 
-use crate::core::admission::{AdmissionAction, AdmissionPolicy};
+use crate::core::admission_policy::{AdmissionAction, AdmissionPolicy};
 
 /// Kiln's scheduler: owns job and task state in Postgres and dispatches tasks to workers.
 #[derive(Debug, clap::Parser)]

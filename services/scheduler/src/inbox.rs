@@ -5,7 +5,7 @@ use kiln_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::SchedulerError;
-use crate::core::admission::Admission;
+use crate::core::admission_policy::Admission;
 use crate::core::batch::RequestId;
 use crate::core::command::Command;
 use crate::core::model::Attempt;

@@ -68,7 +68,7 @@ pub struct Leading {
     /// Templates whose tasks may use the network.
     pub network_templates: std::collections::HashSet<String>,
     /// When new work is held back or refused while the farm is saturated.
-    pub admission: crate::core::admission::AdmissionPolicy,
+    pub admission: crate::core::admission_policy::AdmissionPolicy,
     /// How this process is listed in etcd while it leads.
     pub endpoint: Endpoint,
     /// Seconds of the election lease: how long a crashed leader holds on.

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::SchedulerError;
-use crate::core::admission::{Admission, AdmissionPolicy};
+use crate::core::admission_policy::{Admission, AdmissionPolicy};
 use crate::core::batch::RequestId;
 use crate::core::command::Command;
 use crate::core::model::Attempt;

@@ -12,7 +12,7 @@ use kiln_jobmodel::{JobPlan, Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::core::admission::Admission;
+use crate::core::admission_policy::Admission;
 use crate::core::command::Command;
 use crate::error::{invalid, parse_uuid};
 use crate::inserts::{self, NewJob};

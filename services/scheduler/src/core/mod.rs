@@ -27,6 +27,7 @@
 //!   work held back or refused while the farm is saturated.
 
 pub mod admission;
+pub mod admission_policy;
 mod assign;
 pub mod batch;
 pub mod command;
@@ -55,7 +56,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use uuid::Uuid;
 
-use crate::core::admission::AdmissionPolicy;
+use crate::core::admission_policy::AdmissionPolicy;
 use crate::core::batch::{Batch, Effect};
 use crate::core::command::{Command, Refusal};
 use crate::core::model::{Clock, JobEntry, TaskEntry, WorkerEntry};

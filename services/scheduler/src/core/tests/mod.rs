@@ -25,7 +25,7 @@ use kiln_jobmodel::{AmountRequirement, AttributeRequirement, HostRequirements};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::core::admission::{Admission, AdmissionAction, AdmissionPolicy};
+use crate::core::admission_policy::{Admission, AdmissionAction, AdmissionPolicy};
 use crate::core::batch::{Batch, Effect, RequestId};
 use crate::core::command::{AttemptReport, Command, Control, Refusal};
 use crate::core::model::{Attempt, Clock, JobEntry, StepEntry, TaskEntry};
