@@ -95,7 +95,7 @@ async fn the_refuse_policy_refuses_an_over_share_owner_with_retry_after() -> Res
         ],
     )
     .await?;
-    let alice_secret = create_token(&farm, "alice", pb::Role::Submitter).await?;
+    let alice_secret = create_token(&farm, "alice", pb::Role::Submitter, 0).await?;
     let mut alice = Client::connect_as(&farm, &alice_secret).await?;
     let mut bob = submitter(&farm, "bob").await?;
 

@@ -212,7 +212,7 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
     // 2. A frozen replica gets no new calls within a bounded wait, while
     // every upload still succeeds.
     let frozen = &replicas[1];
-    farm.assets_replicas_mut()[1].pause()?;
+    farm.assets_replica_mut(1).context("replica 1")?.pause()?;
     let started = Instant::now();
     let mut quiet_batches = 0;
     let mut batch = 0;
@@ -239,7 +239,7 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
     );
 
     // ... and is used again once it runs again.
-    farm.assets_replicas_mut()[1].resume()?;
+    farm.assets_replica_mut(1).context("replica 1")?.resume()?;
     let resumed = Instant::now();
     let sent_before = calls_sent_to(&gateways, &frozen.instance).await?;
     loop {
@@ -283,7 +283,10 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
         !uploads.is_finished(),
         "the uploads ended before the replica could be killed mid-upload"
     );
-    farm.assets_replicas_mut()[2].kill().await?;
+    farm.assets_replica_mut(2)
+        .context("replica 2")?
+        .kill()
+        .await?;
     println!("killed replica {} mid-upload", victim.instance);
     let stored = all_verified(uploads.await?)?;
     ensure!(stored.len() == large.len());

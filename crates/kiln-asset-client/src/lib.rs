@@ -27,8 +27,9 @@ use tokio::sync::oneshot;
 use tokio_util::io::ReaderStream;
 use tonic::service::interceptor::InterceptedService;
 
-pub use credentials::CallCredentials;
+pub use credentials::{CallCredentials, OWNER_METADATA, ROLE_METADATA};
 pub use error::AssetClientError;
+pub use upload::stall_on_error;
 
 /// Tries of one file upload, the later ones resuming the earlier.
 pub const UPLOAD_ATTEMPTS: u32 = 3;
@@ -48,6 +49,8 @@ type TracedChannel = InterceptedService<MeshChannel, CallCredentials>;
 #[derive(Debug, Clone)]
 pub struct AssetClient {
     inner: AssetServiceClient<TracedChannel>,
+    channel: MeshChannel,
+    credentials: CallCredentials,
 }
 
 impl AssetClient {
@@ -59,9 +62,22 @@ impl AssetClient {
 
     /// A client whose calls carry `credentials` (the gateway wants a token).
     pub fn with_credentials(channel: impl Into<MeshChannel>, credentials: CallCredentials) -> Self {
-        let inner = AssetServiceClient::with_interceptor(channel.into(), credentials)
+        let channel = channel.into();
+        let inner = AssetServiceClient::with_interceptor(channel.clone(), credentials.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE);
-        Self { inner }
+        Self {
+            inner,
+            channel,
+            credentials,
+        }
+    }
+
+    /// This client acting for user `owner` (see
+    /// [`CallCredentials::on_behalf_of`]): the service answers as that user
+    /// sees it, and what it uploads becomes theirs.
+    pub fn on_behalf_of(&self, owner: &str, role: Option<&str>) -> Result<Self, AssetClientError> {
+        let credentials = self.credentials.clone().on_behalf_of(owner, role)?;
+        Ok(Self::with_credentials(self.channel.clone(), credentials))
     }
 
     /// Hashes the file, asks the service whether it has it, and uploads it
@@ -134,7 +150,8 @@ impl AssetClient {
     }
 
     /// A URL that downloads `digest` straight from the S3 backend for
-    /// `expires_seconds` (0: an hour); FailedPrecondition without S3.
+    /// `expires_seconds` (0: five minutes; at most 15); FailedPrecondition
+    /// without S3.
     pub async fn presign_download(
         &self,
         digest: &str,

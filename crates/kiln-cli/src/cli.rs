@@ -117,6 +117,9 @@ pub struct TokenCreateArgs {
     /// What the token may do
     #[arg(long, env = "KILN_TOKEN_ROLE", value_enum)]
     pub role: RoleArg,
+    /// The highest job priority the token may give (0-100, or low, normal, high, critical) [default: high]
+    #[arg(long, value_parser = parse_priority)]
+    pub max_priority: Option<u32>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }
@@ -226,6 +229,9 @@ pub struct JobsArgs {
     /// Show at most this many jobs
     #[arg(long, env = "KILN_JOBS_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
+    /// Show the page after the one that printed this token
+    #[arg(long, default_value = "")]
+    pub page_token: String,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

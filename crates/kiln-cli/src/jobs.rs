@@ -1,9 +1,7 @@
 //! `kiln jobs`, `kiln status`, `kiln cancel` and `kiln outputs`.
 
 use indicatif::HumanBytes;
-use kiln_proto::v1::{
-    CancelJobRequest, GetJobRequest, Job, ListJobsRequest, ListTasksRequest, Task,
-};
+use kiln_proto::v1::{CancelJobRequest, GetJobRequest, Job, ListJobsRequest, Task};
 
 use crate::cli::{JobArgs, JobsArgs, OutputsArgs};
 use crate::connect::Gateway;
@@ -14,17 +12,18 @@ use crate::outputs;
 pub async fn list(args: JobsArgs) -> Result<(), CliError> {
     let gateway = Gateway::connect(&args.gateway).await?;
     let request = ListJobsRequest {
-        limit: args.limit,
+        page_size: args.limit,
+        page_token: args.page_token,
         ..Default::default()
     };
-    let jobs = gateway
+    let page = gateway
         .jobs
         .clone()
         .list_jobs(request)
         .await
         .map_err(CliError::rpc("listing jobs"))?
-        .into_inner()
-        .jobs;
+        .into_inner();
+    let jobs = page.jobs;
     if jobs.is_empty() {
         say!("no jobs yet; submit one with `kiln render SCENE.blend`");
         return Ok(());
@@ -40,6 +39,13 @@ pub async fn list(args: JobsArgs) -> Result<(), CliError> {
         ]);
     }
     say!("{rows}");
+    if !page.next_page_token.is_empty() {
+        say!(
+            "older jobs: kiln jobs --limit {} --page-token {}",
+            args.limit,
+            page.next_page_token
+        );
+    }
     Ok(())
 }
 
@@ -55,15 +61,7 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
         .await
         .map_err(CliError::rpc("getting the job"))?
         .into_inner();
-    let request = ListTasksRequest { job_id: args.job };
-    let tasks = gateway
-        .jobs
-        .clone()
-        .list_tasks(request)
-        .await
-        .map_err(CliError::rpc("listing the job's tasks"))?
-        .into_inner()
-        .tasks;
+    let tasks = crate::outputs::tasks(&gateway.jobs, &args.job).await?;
     print_job(&job);
     say!("\n{}", steps_table(&job));
     say!("\n{}", tasks_table(&tasks));

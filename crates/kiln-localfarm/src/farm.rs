@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::binary::locate_binary;
 use crate::error::{LocalFarmError, Result};
-use crate::etcd::Etcd;
-use crate::fs::absolute;
+use crate::etcd::{ETCD_PREFIX, Etcd};
+use crate::fs::{Passage, absolute, private_dir};
 use crate::garage::{BUCKET, Garage, REGION};
 use crate::log_tail::TAIL_LINES;
 use crate::postgres::Postgres;
@@ -19,8 +19,6 @@ use crate::process::ServiceProcess;
 use crate::tls::FarmCerts;
 use crate::wait::POLL_INTERVAL;
 
-/// The key prefix every farm process uses; each farm has its own etcd.
-pub const ETCD_PREFIX: &str = "/kiln";
 /// Default time each start-up stage (a service registering) may take.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -30,7 +28,7 @@ pub struct FarmBuilder {
     dir: PathBuf,
     workers: usize,
     schedulers: usize,
-    assets: usize,
+    assets_replicas: usize,
     gateways: usize,
     s3: bool,
     gateway_grpc_port: u16,
@@ -54,15 +52,14 @@ impl FarmBuilder {
         self
     }
 
-    /// Number of assets service replicas (default 1), each listed in etcd;
-    /// with more than one, use [`FarmBuilder::s3`] so they share a store.
+    /// Number of assets service replicas (default 1), sharing one store
+    /// (the farm's Garage bucket, or its `assets/` directory).
     pub fn assets_replicas(mut self, count: usize) -> Self {
-        self.assets = count.max(1);
+        self.assets_replicas = count.max(1);
         self
     }
 
-    /// Number of gateways (default 1). The first takes
-    /// [`FarmBuilder::gateway_ports`]; the others pick free ports.
+    /// Number of gateways (default 1); see [`Farm::gateway_urls`].
     pub fn gateways(mut self, count: usize) -> Self {
         self.gateways = count.max(1);
         self
@@ -135,11 +132,12 @@ impl FarmBuilder {
                 None => Ok(()),
             }
         })?;
-        let discovery = connect_discovery(&etcd.url()).await?;
+        let discovery = connect_discovery(&etcd).await?;
         let certs = match self.tls {
             true => Some(FarmCerts::generate(&layout.dir.join("tls"))?),
             false => None,
         };
+        layout.close_service_dirs()?;
         let mut farm = Farm {
             workers: Vec::new(),
             gateways: Vec::new(),
@@ -189,10 +187,21 @@ struct Layout {
 const UIDS_PER_WORKER: u32 = 1000;
 
 impl Layout {
+    /// Creates the farm's directory and its `logs/`, closed to other users
+    /// (also when they already exist). When Postgres runs as the `postgres`
+    /// account (the farm runs as root), that account must pass through the
+    /// farm's directory and `logs/` to its own: those two can then be
+    /// traversed, never listed, and whatever lies inside is closed itself.
     fn new(dir: &Path) -> Result<Self> {
         let dir = absolute(dir)?;
         let logs = dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| LocalFarmError::io(&logs, e))?;
+        let passage = if nix::unistd::geteuid().is_root() {
+            Passage::TraverseOnly
+        } else {
+            Passage::Closed
+        };
+        private_dir(&dir, passage)?;
+        private_dir(&logs, passage)?;
         let workers = match searchable_by_others(&dir) {
             true => dir.join("workers"),
             false => {
@@ -210,6 +219,9 @@ impl Layout {
             }
         };
         std::fs::create_dir_all(&workers).map_err(|e| LocalFarmError::io(&workers, e))?;
+        // Sandboxed tasks pass through to their working directories; no
+        // one else lists what is there.
+        private_dir(&workers, Passage::TraverseOnly)?;
         let uid_base = 1_900_000_000 + rand::random_range(0..20_000u32) * 10 * UIDS_PER_WORKER;
         Ok(Self {
             dir,
@@ -217,6 +229,22 @@ impl Layout {
             workers,
             uid_base,
         })
+    }
+
+    /// The directories the farm's own services keep data in: closed to
+    /// other users, also when made earlier with a wider mode.
+    fn close_service_dirs(&self) -> Result<()> {
+        // Not `workers`: sandboxed tasks pass through it (`Layout::new`).
+        for name in ["assets", "assets-spool"] {
+            private_dir(&self.dir.join(name), Passage::Closed)?;
+        }
+        for name in ["garage", "tls", "etcd"] {
+            let dir = self.dir.join(name);
+            if dir.exists() {
+                private_dir(&dir, Passage::Closed)?;
+            }
+        }
+        Ok(())
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -228,9 +256,12 @@ impl Layout {
 /// end-to-end tests.
 ///
 /// Everything lives under one directory: `postgres/` (kept across runs, so
-/// jobs survive), `etcd/`, `assets/` or `garage/`, `workers/<id>/` and
-/// `logs/<process>.log`. Dropping a farm kills its services at once and
-/// stops Postgres; [`Farm::shutdown`] stops everything gracefully instead.
+/// jobs survive) and its password file, `etcd/`, `assets/` or `garage/`,
+/// `workers/<id>/` and `logs/<process>.log`, none of it open to other
+/// users. Postgres and etcd listen on 127.0.0.1 but take only the farm's
+/// own processes, which get their passwords in their environment. Dropping
+/// a farm kills its services at once and stops Postgres; [`Farm::shutdown`]
+/// stops everything gracefully instead.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), kiln_localfarm::LocalFarmError> {
@@ -245,20 +276,18 @@ impl Layout {
 pub struct Farm {
     // Fields drop in declaration order: services before what they depend on.
     workers: Vec<ServiceProcess>,
-    /// The first is "the" gateway; more with [`FarmBuilder::gateways`].
     gateways: Vec<ServiceProcess>,
     /// Scheduler replicas; each process's host name is `replica-<index>`,
     /// which its etcd instance name carries.
     schedulers: Vec<ServiceProcess>,
-    /// Assets replicas: `assets`, then `assets-1`, ...
     assets: Vec<ServiceProcess>,
     garage: Option<Garage>,
     etcd: Etcd,
     postgres: Postgres,
     discovery: Discovery,
-    /// Where each gateway listens, in the order of `gateways`.
+    /// Where each gateway listens, by index.
     gateway_endpoints: Vec<Endpoint>,
-    /// How each assets replica was listed when it started, in the order of `assets`.
+    /// How each assets replica was listed when it started, by index.
     assets_endpoints: Vec<Endpoint>,
     secrets: Secrets,
     certs: Option<FarmCerts>,
@@ -271,8 +300,11 @@ pub struct Farm {
 struct Secrets {
     /// The gateway's bootstrap admin token.
     admin_token: String,
-    /// What workers present to the scheduler to join.
+    /// What workers present to the scheduler and the assets service.
     join_token: String,
+    /// What the gateway, the scheduler and the assets service present to
+    /// each other.
+    service_token: String,
 }
 
 impl Secrets {
@@ -280,15 +312,14 @@ impl Secrets {
         Self {
             admin_token: random_secret(),
             join_token: random_secret(),
+            service_token: random_secret(),
         }
     }
 }
 
 /// `kiln_` and 256 random bits in hex, the gateway's own token format.
 fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-    format!("kiln_{}", hex::encode(bytes))
+    format!("kiln_{}", crate::secret::random_hex(32))
 }
 
 impl Farm {
@@ -298,7 +329,7 @@ impl Farm {
             dir: dir.into(),
             workers: 2,
             schedulers: 1,
-            assets: 1,
+            assets_replicas: 1,
             gateways: 1,
             s3: false,
             gateway_grpc_port: 0,
@@ -311,23 +342,8 @@ impl Farm {
     }
 
     async fn start_services(&mut self) -> Result<()> {
-        for index in 0..self.config.assets {
-            let name = match index {
-                0 => "assets".to_owned(),
-                n => format!("assets-{n}"),
-            };
-            let assets =
-                self.with_assets_env(self.service("assets", &name)?.args(self.assets_args(index)));
-            self.assets.push(assets);
-            let assets = &mut self.assets[index];
-            let endpoint = start_and_register(
-                &self.discovery,
-                service::ASSETS,
-                assets,
-                self.config.startup_timeout,
-            )
-            .await?;
-            self.assets_endpoints.push(endpoint);
+        for _ in 0..self.config.assets_replicas {
+            self.add_assets_replica_with_env(&[]).await?;
         }
 
         for index in 0..self.config.schedulers {
@@ -337,10 +353,8 @@ impl Farm {
             };
             let scheduler = self
                 .service("scheduler", &name)?
-                .arg("--database-url")
-                .arg(self.postgres.url())
-                .env("HOSTNAME", format!("replica-{index}"))
-                .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
+                .env("KILN_DATABASE_URL", self.postgres.url())
+                .env("HOSTNAME", format!("replica-{index}"));
             self.schedulers.push(scheduler);
         }
         // The first replica leads; the others start once it does, and stand by.
@@ -362,9 +376,15 @@ impl Farm {
                 0 => "gateway".to_owned(),
                 n => format!("gateway-{n}"),
             };
+            // Fixed ports are for the first gateway; the others pick free ones.
+            let ports = match index {
+                0 => (self.config.gateway_grpc_port, self.config.gateway_http_port),
+                _ => (0, 0),
+            };
             let gateway = self
                 .service("gateway", &name)?
-                .args(self.gateway_args(index))
+                .args(gateway_args(ports))
+                .env("KILN_DATABASE_URL", self.postgres.url())
                 .env("KILN_BOOTSTRAP_ADMIN_TOKEN", &self.secrets.admin_token);
             self.gateways.push(gateway);
             let gateway = &mut self.gateways[index];
@@ -394,12 +414,20 @@ impl Farm {
     /// `kiln-<kind>`), pointed at this farm's etcd.
     fn service(&self, kind: &str, name: &str) -> Result<ServiceProcess> {
         let binary = locate_binary(&format!("kiln-{kind}"))?;
-        let mut process = ServiceProcess::new(name, binary, self.layout.log(name)).args([
-            "--etcd",
-            &self.etcd.url(),
-            "--etcd-prefix",
-            ETCD_PREFIX,
-        ]);
+        let (etcd_user, etcd_password) = self.etcd.credentials();
+        let mut process = ServiceProcess::new(name, binary, self.layout.log(name))
+            .args(["--etcd", &self.etcd.url(), "--etcd-prefix", ETCD_PREFIX])
+            // Secrets go in the environment, which other users cannot read.
+            .env("KILN_ETCD_USER", etcd_user)
+            .env("KILN_ETCD_PASSWORD", etcd_password);
+        process = match kind {
+            "scheduler" | "assets" => process
+                .env("KILN_SERVICE_TOKEN", &self.secrets.service_token)
+                .env("KILN_JOIN_TOKEN", &self.secrets.join_token),
+            "gateway" => process.env("KILN_SERVICE_TOKEN", &self.secrets.service_token),
+            "worker" => process.env("KILN_JOIN_TOKEN", &self.secrets.join_token),
+            _ => process,
+        };
         if let Some(certs) = &self.certs {
             process = process
                 .env("KILN_TLS_CERT", &certs.cert)
@@ -417,8 +445,7 @@ impl Farm {
         Ok(process)
     }
 
-    /// The arguments of assets replica `index`.
-    fn assets_args(&self, index: usize) -> Vec<OsString> {
+    fn assets_args(&self) -> Vec<OsString> {
         let Some(garage) = &self.garage else {
             return vec![
                 "--backend".into(),
@@ -442,13 +469,11 @@ impl Farm {
         .into_iter()
         .map(OsString::from)
         .collect();
-        // Uploads are staged here while hashed; keep them inside the farm,
-        // one directory per replica.
-        let spool = match index {
-            0 => "assets-spool".to_owned(),
-            n => format!("assets-spool-{n}"),
-        };
-        args.extend(["--spool-dir".into(), self.layout.dir.join(spool).into()]);
+        // Uploads are staged here while hashed; keep them inside the farm.
+        args.extend([
+            "--spool-dir".into(),
+            self.layout.dir.join("assets-spool").into(),
+        ]);
         args
     }
 
@@ -459,20 +484,31 @@ impl Farm {
         }
     }
 
-    /// The arguments of gateway `index`: only the first takes fixed ports.
-    fn gateway_args(&self, index: usize) -> Vec<String> {
-        let (grpc, http) = match index {
-            0 => (self.config.gateway_grpc_port, self.config.gateway_http_port),
-            _ => (0, 0),
+    /// Starts one more assets service replica (`assets`, `assets-1`, ...),
+    /// with environment variables for it only on top of the farm's (e.g.
+    /// `("KILN_GC_INTERVAL_SECONDS", "1")`), and waits until it is
+    /// registered; returns its index for [`Farm::assets_replica_mut`].
+    pub async fn add_assets_replica_with_env(&mut self, env: &[(&str, &str)]) -> Result<usize> {
+        let index = self.assets.len();
+        let name = match index {
+            0 => "assets".to_owned(),
+            n => format!("assets-{n}"),
         };
-        vec![
-            "--grpc-listen".to_owned(),
-            format!("127.0.0.1:{grpc}"),
-            "--http-listen".to_owned(),
-            format!("127.0.0.1:{http}"),
-            "--database-url".to_owned(),
-            self.postgres.url(),
-        ]
+        let mut assets =
+            self.with_assets_env(self.service("assets", &name)?.args(self.assets_args()));
+        for (key, value) in env {
+            assets = assets.env(key, value);
+        }
+        self.assets.push(assets);
+        let endpoint = start_and_register(
+            &self.discovery,
+            service::ASSETS,
+            &mut self.assets[index],
+            self.config.startup_timeout,
+        )
+        .await?;
+        self.assets_endpoints.push(endpoint);
+        Ok(index)
     }
 
     /// Starts one more worker (`worker-<index>`, GPUs from
@@ -493,8 +529,7 @@ impl Farm {
             .service("worker", &id)?
             .args(["--worker-id", &id, "--work-dir"])
             .arg(&work_dir)
-            .args(["--sandbox-uid-base", &uid_base.to_string()])
-            .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
+            .args(["--sandbox-uid-base", &uid_base.to_string()]);
         if let Some(gpus) = self.config.worker_gpus.get(index) {
             worker = worker.args(["--gpus", &gpus.to_string()]);
         }
@@ -513,8 +548,8 @@ impl Farm {
         Ok(index)
     }
 
-    /// Restarts the gateway (SIGTERM, then start) and learns its new address,
-    /// which changes unless [`FarmBuilder::gateway_ports`] fixed it.
+    /// Restarts the (first) gateway (SIGTERM, then start) and learns its new
+    /// address, which changes unless [`FarmBuilder::gateway_ports`] fixed it.
     pub async fn restart_gateway(&mut self) -> Result<()> {
         let Some(gateway) = self.gateways.first_mut() else {
             return Err(LocalFarmError::NotRunning {
@@ -529,9 +564,7 @@ impl Farm {
             self.config.startup_timeout,
         )
         .await?;
-        if let Some(first) = self.gateway_endpoints.first_mut() {
-            *first = endpoint;
-        }
+        self.gateway_endpoints[0] = endpoint;
         Ok(())
     }
 
@@ -594,13 +627,13 @@ impl Farm {
         let workers =
             futures::future::join_all(self.workers.iter_mut().map(ServiceProcess::terminate)).await;
         workers.into_iter().for_each(&mut note);
-        for gateway in self.gateways.iter_mut().rev() {
+        for gateway in &mut self.gateways {
             note(gateway.terminate().await);
         }
         for scheduler in self.schedulers.iter_mut().rev() {
             note(scheduler.terminate().await);
         }
-        for assets in self.assets.iter_mut().rev() {
+        for assets in &mut self.assets {
             note(assets.terminate().await);
         }
         if let Some(garage) = self.garage.as_mut() {
@@ -628,19 +661,20 @@ impl Farm {
         &self.layout.logs
     }
 
-    /// The gateway's gRPC address as `127.0.0.1:PORT`.
+    /// The (first) gateway's gRPC address as `127.0.0.1:PORT`.
     pub fn gateway_grpc_addr(&self) -> &str {
         self.gateway_endpoints
             .first()
             .map_or("", |e| e.grpc.as_str())
     }
 
-    /// The gateway's gRPC URL, `http://127.0.0.1:PORT` (`https` with
-    /// [`FarmBuilder::tls`]), for a tonic channel.
+    /// The (first) gateway's gRPC URL, `http://127.0.0.1:PORT` (`https`
+    /// with [`FarmBuilder::tls`]), for a tonic channel.
     pub fn gateway_url(&self) -> String {
-        self.gateway_endpoints
-            .first()
-            .map_or_else(|| "http://".to_owned(), Endpoint::grpc_uri)
+        self.gateway_urls()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "http://".to_owned())
     }
 
     /// Every gateway's gRPC URL, in start order ([`FarmBuilder::gateways`]).
@@ -651,13 +685,21 @@ impl Farm {
             .collect()
     }
 
-    /// The gateway's REST base URL, `http://127.0.0.1:PORT` (`https` with
-    /// [`FarmBuilder::tls`]).
+    /// The (first) gateway's REST base URL, `http://127.0.0.1:PORT`
+    /// (`https` with [`FarmBuilder::tls`]).
     pub fn gateway_http_url(&self) -> String {
-        self.gateway_endpoints
-            .first()
-            .and_then(Endpoint::http_url)
+        self.gateway_http_urls()
+            .into_iter()
+            .next()
             .unwrap_or_else(|| "http://".to_owned())
+    }
+
+    /// Every gateway's REST base URL, in start order.
+    pub fn gateway_http_urls(&self) -> Vec<String> {
+        self.gateway_endpoints
+            .iter()
+            .filter_map(Endpoint::http_url)
+            .collect()
     }
 
     /// The farm CA's certificate (PEM) when it runs with TLS: what clients trust.
@@ -681,14 +723,30 @@ impl Farm {
         &self.secrets.join_token
     }
 
+    /// The secret the gateway, the scheduler and the assets service present
+    /// to each other: a test holding it calls them as the gateway would.
+    pub fn service_token(&self) -> &str {
+        &self.secrets.service_token
+    }
+
     /// The etcd client URL.
     pub fn etcd_url(&self) -> String {
         self.etcd.url()
     }
 
-    /// The scheduler's database, `postgres://postgres@127.0.0.1:PORT/kiln`.
+    /// The etcd user and password the farm's processes connect as.
+    pub fn etcd_credentials(&self) -> (&str, &str) {
+        self.etcd.credentials()
+    }
+
+    /// The scheduler's database, `postgres://postgres:PASSWORD@127.0.0.1:PORT/kiln`.
     pub fn database_url(&self) -> String {
         self.postgres.url()
+    }
+
+    /// [`Farm::database_url`] without the password, to show.
+    pub fn database_public_url(&self) -> String {
+        self.postgres.public_url()
     }
 
     /// The Garage S3 endpoint, when the farm uses S3.
@@ -725,15 +783,15 @@ impl Farm {
         self.assets.first_mut()
     }
 
-    /// Every assets replica, in start order ([`FarmBuilder::assets_replicas`]).
-    pub fn assets_replicas_mut(&mut self) -> &mut [ServiceProcess] {
-        &mut self.assets
-    }
-
     /// How each assets replica was listed in etcd when it started (its
-    /// instance, gRPC and ops addresses), in start order.
+    /// instance, gRPC and ops addresses), by index.
     pub fn assets_endpoints(&self) -> &[Endpoint] {
         &self.assets_endpoints
+    }
+
+    /// Assets service replica number `index` (from 0, in start order).
+    pub fn assets_replica_mut(&mut self, index: usize) -> Option<&mut ServiceProcess> {
+        self.assets.get_mut(index)
     }
 
     /// The (first) gateway process; prefer [`Farm::restart_gateway`] to restart it.
@@ -817,12 +875,25 @@ async fn start_and_register(
     }
 }
 
-async fn connect_discovery(etcd_url: &str) -> Result<Discovery> {
+/// `--grpc-listen` and `--http-listen` on 127.0.0.1 at `(grpc, http)` (0: any free port).
+fn gateway_args((grpc, http): (u16, u16)) -> Vec<String> {
+    vec![
+        "--grpc-listen".to_owned(),
+        format!("127.0.0.1:{grpc}"),
+        "--http-listen".to_owned(),
+        format!("127.0.0.1:{http}"),
+    ]
+}
+
+async fn connect_discovery(etcd: &Etcd) -> Result<Discovery> {
+    let (user, password) = etcd.credentials();
     let args = DiscoveryArgs {
-        etcd_endpoints: vec![etcd_url.to_owned()],
+        etcd_endpoints: vec![etcd.url()],
         etcd_prefix: ETCD_PREFIX.to_owned(),
         lease_ttl: 10,
         advertise_host: None,
+        etcd_user: Some(user.to_owned()),
+        etcd_password: Some(password.to_owned().into()),
     };
     Ok(Discovery::connect(&args, Duration::from_secs(10)).await?)
 }

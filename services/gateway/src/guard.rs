@@ -1,7 +1,10 @@
 //! The gate every request passes: header size, bearer token, rate limit.
 //!
 //! One middleware serves REST and gRPC alike; only how a refusal is written
-//! differs (a JSON error, or a gRPC status in trailers-only form).
+//! differs (a JSON error, or a gRPC status in trailers-only form). It runs
+//! before the concurrency limit, so what it refuses never takes a slot real
+//! users wait for, and a token the cache does not know is looked up only
+//! within the caller's allowance (`lookup_limit.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tonic::Status;
 
+use crate::lookup_limit::{LookupLimiter, LookupRefusal, peer_of};
 use crate::rate_limit::{TokenRateLimiter, Verdict};
 use crate::rest::ApiError;
 use crate::tokens::TokenStore;
@@ -26,6 +30,7 @@ pub struct Guard {
     pub protocol: Protocol,
     pub store: TokenStore,
     pub limiter: Arc<TokenRateLimiter>,
+    pub lookups: Arc<LookupLimiter>,
     pub max_header_bytes: usize,
 }
 
@@ -34,6 +39,10 @@ enum Refusal {
     Unauthenticated(&'static str),
     Unavailable,
     RateLimited(Verdict),
+    /// The peer used its allowance of token lookups.
+    TooManyLookups(Duration),
+    /// Every token lookup slot stayed busy.
+    LookupsBusy,
 }
 
 /// Checks the request and puts its [`crate::auth::Principal`] into its extensions.
@@ -50,13 +59,30 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
             "a bearer token is required (header authorization: Bearer <token>)",
         ));
     };
-    let principal = match guard.store.authenticate(secret).await {
-        Ok(Some(principal)) => principal,
-        Ok(None) => return guard.refuse(Refusal::Unauthenticated("unknown or revoked token")),
-        Err(err) => {
-            tracing::error!(error = %err, "cannot check a token");
-            return guard.refuse(Refusal::Unavailable);
+    let known = match guard.store.cached(secret) {
+        Some(known) => known,
+        None => {
+            // Only Postgres can tell: within the peer's allowance, a few at a time.
+            let peer = peer_of(&request);
+            let _slot = match guard.lookups.admit(peer).await {
+                Ok(slot) => slot,
+                Err(LookupRefusal::PeerExhausted(wait)) => {
+                    tracing::debug!(%peer, "too many token lookups");
+                    return guard.refuse(Refusal::TooManyLookups(wait));
+                }
+                Err(LookupRefusal::Busy) => return guard.refuse(Refusal::LookupsBusy),
+            };
+            match guard.store.look_up(secret).await {
+                Ok(known) => known,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot check a token");
+                    return guard.refuse(Refusal::Unavailable);
+                }
+            }
         }
+    };
+    let Some(principal) = known else {
+        return guard.refuse(Refusal::Unauthenticated("unknown or revoked token"));
     };
     let verdict = guard.limiter.check(principal.token_id);
     if matches!(verdict, Verdict::Limited { .. }) {
@@ -82,7 +108,13 @@ impl Guard {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Refusal::RateLimited(verdict) => self.limiter.headers(verdict, response.headers_mut()),
-            Refusal::HeadersTooLarge(_) | Refusal::Unavailable => {}
+            Refusal::TooManyLookups(wait) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
+            Refusal::HeadersTooLarge(_) | Refusal::Unavailable | Refusal::LookupsBusy => {}
         }
         response
     }
@@ -111,6 +143,14 @@ fn rest_refusal(refusal: &Refusal) -> Response {
                 wait_text(verdict)
             ),
         ),
+        Refusal::TooManyLookups(wait) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "resource_exhausted",
+            lookups_text(*wait),
+        ),
+        Refusal::LookupsBusy => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", LOOKUPS_BUSY)
+        }
     }
     .into_response()
 }
@@ -126,8 +166,19 @@ fn grpc_refusal(refusal: &Refusal) -> Response {
             "too many requests for this token; retry in {}",
             wait_text(verdict)
         )),
+        Refusal::TooManyLookups(wait) => Status::resource_exhausted(lookups_text(*wait)),
+        Refusal::LookupsBusy => Status::unavailable(LOOKUPS_BUSY),
     };
     status.into_http::<axum::body::Body>()
+}
+
+const LOOKUPS_BUSY: &str = "too many token lookups at once; retry shortly";
+
+fn lookups_text(wait: Duration) -> String {
+    format!(
+        "quota max-token-lookups-per-peer: too many requests with tokens this gateway does not know from this address; retry in {} ms",
+        wait.as_millis()
+    )
 }
 
 fn wait_text(verdict: &Verdict) -> String {

@@ -8,16 +8,19 @@
 
 pub mod auth;
 pub mod config;
+pub mod contact_sheet;
 pub mod error;
 pub mod grpc;
 pub mod guard;
 pub mod http_server;
 pub mod limits;
+pub mod lookup_limit;
 pub mod openapi;
 pub mod rate_limit;
 pub mod rest;
 pub mod shed;
 pub mod sse;
+pub mod stream_limit;
 pub mod token_service;
 pub mod tokens;
 pub mod upstream;

@@ -1,7 +1,9 @@
-//! Every limit of the gateway, composed as tower layers in one place: the
-//! guard (header size, token, per-token rate), body sizes, timeouts and
-//! the bounded queue that sheds load (`shed.rs`), for REST and for gRPC;
-//! and REST's request metrics (gRPC's are every server's, `kiln-mesh`).
+//! Every limit of the gateway, composed as tower layers in one place, in the
+//! order they apply: REST's request metrics (gRPC's are every server's,
+//! `kiln-mesh`), the guard (header size, token looked up within the peer's
+//! allowance, per-token rate), then the bounded queue that sheds load
+//! (`shed.rs`), then streams per token, body sizes and timeouts, for REST
+//! and for gRPC.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -12,13 +14,17 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::StatusCode;
+use kiln_service::keyed_permits::KeyedPermits;
 use tonic::Status;
+use uuid::Uuid;
 
 use crate::config::LimitArgs;
 use crate::guard::{self, Guard, Protocol};
+use crate::lookup_limit::LookupLimiter;
 use crate::rate_limit::TokenRateLimiter;
 use crate::rest::{self, ApiError, RestState};
 use crate::shed::{self, EdgeQueue};
+use crate::stream_limit::{self, StreamLimit};
 use crate::tokens::TokenStore;
 
 /// How often idle tokens are dropped from the rate limiter's table.
@@ -30,6 +36,9 @@ pub struct Limits {
     args: LimitArgs,
     store: TokenStore,
     limiter: Arc<TokenRateLimiter>,
+    lookups: Arc<LookupLimiter>,
+    /// Open streams per token, REST and gRPC together.
+    streams: KeyedPermits<Uuid>,
 }
 
 impl Limits {
@@ -37,14 +46,22 @@ impl Limits {
         let per_second = NonZeroU32::new(args.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(args.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
         let limiter = Arc::new(TokenRateLimiter::new(per_second, burst));
-        let idle = Arc::downgrade(&limiter);
+        let lookups = Arc::new(LookupLimiter::new(
+            NonZeroU32::new(args.max_token_lookups_per_peer).unwrap_or(NonZeroU32::MIN),
+            NonZeroU32::new(args.token_lookup_burst).unwrap_or(NonZeroU32::MIN),
+            args.max_concurrent_token_lookups as usize,
+        ));
+        let (idle, idle_peers) = (Arc::downgrade(&limiter), Arc::downgrade(&lookups));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(FORGET_IDLE_EVERY);
             loop {
                 tick.tick().await;
-                match idle.upgrade() {
-                    Some(limiter) => limiter.forget_idle(),
-                    None => return,
+                match (idle.upgrade(), idle_peers.upgrade()) {
+                    (Some(limiter), Some(lookups)) => {
+                        limiter.forget_idle();
+                        lookups.forget_idle();
+                    }
+                    _ => return,
                 }
             }
         });
@@ -52,6 +69,8 @@ impl Limits {
             args: args.clone(),
             store,
             limiter,
+            lookups,
+            streams: KeyedPermits::new(args.max_streams_per_token),
         }
     }
 
@@ -64,7 +83,15 @@ impl Limits {
             protocol,
             store: self.store.clone(),
             limiter: self.limiter.clone(),
+            lookups: self.lookups.clone(),
             max_header_bytes: self.args.max_header_bytes,
+        })
+    }
+
+    fn streams(&self, protocol: Protocol) -> Arc<StreamLimit> {
+        Arc::new(StreamLimit {
+            protocol,
+            permits: self.streams.clone(),
         })
     }
 
@@ -81,6 +108,10 @@ impl Limits {
             .layer(DefaultBodyLimit::disable())
             .layer(tower_http::limit::RequestBodyLimitLayer::new(
                 self.args.max_upload_bytes,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.streams(Protocol::Rest),
+                stream_limit::hold,
             ));
         let routes: Router<RestState> = json.merge(streaming).into();
         Router::new()
@@ -89,12 +120,12 @@ impl Limits {
             .fallback(|| async { ApiError::not_found() })
             .with_state(state)
             .layer(axum::middleware::from_fn_with_state(
-                self.guard(Protocol::Rest),
-                guard::check,
-            ))
-            .layer(axum::middleware::from_fn_with_state(
                 self.queue(Protocol::Rest),
                 shed::admit,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.guard(Protocol::Rest),
+                guard::check,
             ))
             .layer(axum::middleware::from_fn(kiln_mesh::metrics::http_server))
     }
@@ -107,12 +138,16 @@ impl Limits {
             .layer(axum::middleware::from_fn_with_state(timeout, grpc_deadline))
             .layer(axum::middleware::from_fn(malformed_is_invalid_argument))
             .layer(axum::middleware::from_fn_with_state(
-                self.guard(Protocol::Grpc),
-                guard::check,
+                self.streams(Protocol::Grpc),
+                stream_limit::hold,
             ))
             .layer(axum::middleware::from_fn_with_state(
                 self.queue(Protocol::Grpc),
                 shed::admit,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.guard(Protocol::Grpc),
+                guard::check,
             ));
         tonic::service::Routes::from(router)
     }

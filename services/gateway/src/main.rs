@@ -14,6 +14,7 @@ use kiln_gateway::upstream::Upstreams;
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::token_service_server::TokenServiceServer;
+use kiln_service::cancel::DetectCancel;
 use kiln_service::{Checks, Listing, OpsServer, checks};
 use tonic::service::Routes;
 
@@ -58,7 +59,10 @@ async fn main() -> anyhow::Result<()> {
         tls.client(),
         kiln_mesh::Settings::from_args(&config.mesh),
     );
-    let upstreams = Arc::new(Upstreams::new(&mesh));
+    let upstreams = Arc::new(
+        Upstreams::new(&mesh, &config.service_token)
+            .context("--service-token must be printable ASCII")?,
+    );
     let api = PublicApi::new(upstreams);
     let tokens = TokenApi::new(store.clone());
     let limits = Limits::new(&config.limits, store);
@@ -82,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
     let max_message = limits.max_grpc_message_bytes();
     let routes =
         Routes::new(JobServiceServer::new(api.clone()).max_decoding_message_size(max_message))
-            .add_service(AssetServiceServer::new(api).max_decoding_message_size(max_message))
+            // Uploads must tell a client's cancel from a clean end (see grpc.rs).
+            .add_service(DetectCancel(
+                AssetServiceServer::new(api).max_decoding_message_size(max_message),
+            ))
             .add_service(TokenServiceServer::new(tokens).max_decoding_message_size(max_message));
     let routes = kiln_service::with_standard_services(
         routes,

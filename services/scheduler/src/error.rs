@@ -33,12 +33,16 @@ pub enum SchedulerError {
         reason: String,
         retry_after_seconds: u32,
     },
+    /// Over one of the owner's quotas; the message names it.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl From<Refusal> for SchedulerError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::JobFinished(id) => Self::JobFinished(id.to_string()),
+            Refusal::Quota(exceeded) => Self::Quota(exceeded.to_string()),
         }
     }
 }
@@ -69,9 +73,13 @@ impl From<crate::fence::FenceError> for SchedulerError {
 impl From<SchedulerError> for Status {
     fn from(err: SchedulerError) -> Self {
         match &err {
+            SchedulerError::JobModel(kiln_jobmodel::JobModelError::TooManyTasks { .. }) => {
+                Status::resource_exhausted(format!("quota max-tasks-per-job: {err}"))
+            }
             SchedulerError::InvalidArgument(_) | SchedulerError::JobModel(_) => {
                 Status::invalid_argument(err.to_string())
             }
+            SchedulerError::Quota(_) => Status::resource_exhausted(err.to_string()),
             SchedulerError::JobNotFound(_) => Status::not_found(err.to_string()),
             SchedulerError::JobFinished(_) | SchedulerError::FailedPrecondition(_) => {
                 Status::failed_precondition(err.to_string())

@@ -24,6 +24,12 @@ pub enum Inbound {
         command: Command,
         reply: Reply,
     },
+    /// Lines a running task printed, as its worker sends them: kept only if
+    /// the worker holds that attempt.
+    Logs {
+        worker_id: String,
+        lines: pb::TaskLogLines,
+    },
     /// A worker opened a session.
     Join {
         worker_id: String,

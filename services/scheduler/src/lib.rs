@@ -20,7 +20,8 @@
 //!    `liveness.rs`: workers whose etcd lease expired.
 //! 6. Services: `job_service.rs` (gRPC), `submit.rs` (submission),
 //!    `watch.rs` (WatchJob/WatchFarm), `task_log.rs` / `logs.rs` (live task
-//!    logs), `worker_service.rs` (worker sessions), `references.rs` (which
+//!    logs), `worker_service.rs` (worker sessions; `live_sessions.rs`: one
+//!    process per worker id), `references.rs` (which
 //!    stored files jobs still need, for the assets collector).
 
 pub mod batch_writer;
@@ -38,6 +39,7 @@ pub mod inserts;
 pub mod job_service;
 pub mod job_state;
 pub mod leader;
+pub mod live_sessions;
 pub mod liveness;
 pub mod loader;
 pub mod logs;
@@ -49,6 +51,7 @@ pub mod scene_history;
 pub mod scheduler;
 pub mod scheduler_metrics;
 pub mod standby;
+pub mod stream_quota;
 pub mod submit;
 pub mod task_log;
 pub mod task_state;

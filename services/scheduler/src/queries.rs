@@ -142,17 +142,27 @@ pub async fn get_job(db: &PgPool, job_id: Uuid) -> Result<Option<pb::Job>, sqlx:
     Ok(with_steps(db, rows).await?.pop())
 }
 
-/// The newest jobs, of one owner or (with `None`) of everyone.
+/// Where a page of jobs starts: after the job created at `.0` with id `.1`
+/// (newest first).
+pub type JobPosition = (DateTime<Utc>, Uuid);
+
+/// The newest jobs, of one owner or (with `None`) of everyone, after
+/// `after` if given; at most `limit`.
 pub async fn list_jobs(
     db: &PgPool,
     owner: Option<&str>,
     limit: i64,
+    after: Option<JobPosition>,
 ) -> Result<Vec<pb::Job>, sqlx::Error> {
     let rows: Vec<JobRow> = sqlx::query_as(select_jobs!(
-        "WHERE $2::text IS NULL OR owner = $2 ORDER BY created_at DESC LIMIT $1"
+        "WHERE ($2::text IS NULL OR owner = $2)
+           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+         ORDER BY created_at DESC, id DESC LIMIT $1"
     ))
     .bind(limit)
     .bind(owner)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
     .fetch_all(db)
     .await?;
     with_steps(db, rows).await
@@ -255,44 +265,94 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
     job
 }
 
-pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
-    let rows: Vec<TaskRow> = sqlx::query_as(
-        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at,
+/// Where a page of tasks starts: after the task of index `.1` in the step
+/// at position `.0`.
+pub type TaskPosition = (i32, i32);
+
+/// A job's tasks in step and index order, after `after` if given; at most
+/// `limit`. Each comes with its step's position, for the next page's token.
+pub async fn list_tasks(
+    db: &PgPool,
+    job_id: Uuid,
+    limit: i64,
+    after: Option<TaskPosition>,
+) -> Result<Vec<(TaskPosition, pb::Task)>, sqlx::Error> {
+    let rows: Vec<PositionedTaskRow> = sqlx::query_as(
+        "SELECT s.position, t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at,
                 t.device, t.status
          FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
-         WHERE t.job_id = $1 ORDER BY s.position, t.index",
+         WHERE t.job_id = $1 AND ($3::integer IS NULL OR (s.position, t.index) > ($3, $4))
+         ORDER BY s.position, t.index LIMIT $2",
     )
     .bind(job_id)
+    .bind(limit)
+    .bind(after.map(|(position, _)| position))
+    .bind(after.map(|(_, index)| index))
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| pb::Task {
-            id: r.id.to_string(),
-            job_id: r.job_id.to_string(),
-            step_name: r.step_name,
-            index: r.index as u32,
-            state: TaskState::parse(&r.state)
-                .map(TaskState::to_proto)
-                .unwrap_or_default() as i32,
-            attempts: r.attempt as u32,
-            worker_id: r.worker_id.unwrap_or_default(),
-            frames: r.frames,
-            exit_code: r.exit_code,
-            message: r.message,
-            log_tail: r.log_tail,
-            retry_at: r.retry_at.map(timestamp),
-            device: r.device,
-            status: r.status,
+        .map(|PositionedTaskRow { position, task: r }| {
+            let at = (position, r.index);
+            let task = pb::Task {
+                id: r.id.to_string(),
+                job_id: r.job_id.to_string(),
+                step_name: r.step_name,
+                index: r.index as u32,
+                state: TaskState::parse(&r.state)
+                    .map(TaskState::to_proto)
+                    .unwrap_or_default() as i32,
+                attempts: r.attempt as u32,
+                worker_id: r.worker_id.unwrap_or_default(),
+                frames: r.frames,
+                exit_code: r.exit_code,
+                message: r.message,
+                log_tail: r.log_tail,
+                retry_at: r.retry_at.map(timestamp),
+                device: r.device,
+                status: r.status,
+            };
+            (at, task)
         })
         .collect())
 }
 
-pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput>, sqlx::Error> {
+#[derive(sqlx::FromRow)]
+struct PositionedTaskRow {
+    position: i32,
+    #[sqlx(flatten)]
+    task: TaskRow,
+}
+
+/// Which of a job's outputs to list.
+#[derive(Debug, Default)]
+pub struct OutputFilter<'a> {
+    /// Only the output at exactly this path.
+    pub path: Option<&'a str>,
+    /// Only outputs of this kind.
+    pub kind: Option<&'a str>,
+    /// Only outputs with a path after this one (the previous page's last).
+    pub after: Option<&'a str>,
+}
+
+/// A job's outputs in path order, as `filter` says; at most `limit`.
+pub async fn list_outputs(
+    db: &PgPool,
+    job_id: Uuid,
+    filter: OutputFilter<'_>,
+    limit: i64,
+) -> Result<Vec<pb::JobOutput>, sqlx::Error> {
     let rows: Vec<(String, String, i64, Uuid, String)> = sqlx::query_as(
-        "SELECT path, digest, size, task_id, kind FROM outputs WHERE job_id = $1 ORDER BY path",
+        "SELECT path, digest, size, task_id, kind FROM outputs
+         WHERE job_id = $1 AND ($2::text IS NULL OR path = $2) AND ($3::text IS NULL OR kind = $3)
+           AND ($4::text IS NULL OR path > $4)
+         ORDER BY path LIMIT $5",
     )
     .bind(job_id)
+    .bind(filter.path)
+    .bind(filter.kind)
+    .bind(filter.after)
+    .bind(limit)
     .fetch_all(db)
     .await?;
     Ok(rows

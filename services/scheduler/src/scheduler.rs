@@ -16,6 +16,7 @@ use crate::core::admission_policy::{Admission, AdmissionPolicy};
 use crate::core::batch::RequestId;
 use crate::core::command::Command;
 use crate::core::model::Attempt;
+use crate::core::quotas::QuotaSettings;
 use crate::core::{Core, CoreSettings};
 use crate::dispatch::{self, DispatchLoop};
 use crate::effects::EffectRunner;
@@ -56,6 +57,7 @@ impl Scheduler {
         db: PgPool,
         policy: RetryPolicy,
         owner_weights: HashMap<String, f64>,
+        quotas: QuotaSettings,
         network_templates: std::collections::HashSet<String>,
         admission: AdmissionPolicy,
         token: Token,
@@ -70,6 +72,7 @@ impl Scheduler {
         let mut core = Core::new(CoreSettings {
             policy,
             owner_weights,
+            quotas,
             farm_position,
             jitter_seed: rand::random(),
             now,
@@ -89,7 +92,8 @@ impl Scheduler {
             inbox,
             next_request: AtomicU64::new(1),
         });
-        let dispatch = DispatchLoop::new(core, db, token, inbox_rx, actions);
+        let dispatch =
+            DispatchLoop::new(core, db, token, inbox_rx, actions).with_logs(scheduler.logs.clone());
         Ok(Started {
             scheduler,
             dispatch,
@@ -151,6 +155,19 @@ impl Scheduler {
         })
         .await?;
         answer.await.map_err(|_| SchedulerError::Stopping)
+    }
+
+    /// A worker's batch of log lines, for the dispatch loop to check against
+    /// what the worker holds; dropped when the loop is busy (live lines may
+    /// be: the stored log is complete).
+    pub fn log_lines(&self, worker_id: String, lines: pb::TaskLogLines) {
+        if self
+            .inbox
+            .try_send(Inbound::Logs { worker_id, lines })
+            .is_err()
+        {
+            tracing::debug!("dropped a batch of live log lines");
+        }
     }
 
     async fn send(&self, message: Inbound) -> Result<(), SchedulerError> {

@@ -74,6 +74,9 @@ async fn serve() -> anyhow::Result<()> {
         hostname,
         capabilities: Some(capabilities(&config, &detected, &gpus, &sandbox)),
         running: Vec::new(),
+        // Made afresh by each process: the scheduler refuses another
+        // process under this id while this one's session lives.
+        instance_key: format!("{:032x}", rand::random::<u128>()),
     };
     tracing::info!(worker_id, work_dir = %work_dir.display(), capabilities = ?register.capabilities, "worker starting");
     let discovery = Discovery::connect(&config.discovery, ETCD_PATIENCE)
@@ -108,7 +111,17 @@ async fn serve() -> anyhow::Result<()> {
         tls.client(),
         kiln_mesh::Settings::from_args(&config.mesh),
     );
-    let assets = kiln_asset_client::AssetClient::new(mesh.channel(kiln_discovery::service::ASSETS));
+    // The assets service asks workers for the join token (or, with mutual
+    // TLS, the certificate the channel presents).
+    let credentials = match config.join_token.as_deref() {
+        Some(token) => kiln_asset_client::CallCredentials::worker(token)
+            .context("--join-token must be printable ASCII")?,
+        None => kiln_asset_client::CallCredentials::default(),
+    };
+    let assets = kiln_asset_client::AssetClient::with_credentials(
+        mesh.channel(kiln_discovery::service::ASSETS),
+        credentials,
+    );
     let ops_addr = Some(discovery.advertised_address(ops.local_addr()));
     let ops = Arc::new(ops);
     tokio::spawn(stop_on_signals(stopping.clone(), ops.clone()));

@@ -64,6 +64,8 @@ pub enum SessionError {
     },
     #[error("scheduler refused the session: {0}")]
     Refused(#[from] tonic::Status),
+    #[error("join token: {0}")]
+    Credentials(String),
 }
 
 /// Why a session ended.

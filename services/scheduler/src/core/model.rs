@@ -121,6 +121,9 @@ pub struct JobEntry {
     /// has them: loaded with the job, handed to the output ledger when the
     /// core takes it.
     pub recorded_outputs: Vec<(Uuid, String, RecordedOutput)>,
+    /// Paths finished tasks of the job wrote, by task: no other task may
+    /// write them (`output_ledger.rs`).
+    pub finished_outputs: Vec<(Uuid, String)>,
 }
 
 impl JobEntry {

@@ -21,6 +21,8 @@ pub enum Waiting {
     ForSteps(Vec<String>),
     /// A failed attempt's backoff has not run out.
     RetryBackoff,
+    /// Its owner has as many tasks in flight as its share cap allows.
+    OwnerAtCap { running: u64, cap: u64 },
     /// No connected worker matches its step (host requirements, renderer).
     NoMatchingWorker,
     /// Every connected worker that matches is blocklisted for its job.
@@ -63,6 +65,14 @@ impl Core {
         // A retry is queued again once its backoff runs out (still waiting_retry).
         if task.state == TaskState::WaitingRetry && !step.ready.contains(&task_id) {
             return Some(Waiting::RetryBackoff);
+        }
+        if let Some(cap) = self.shares.cap_of(&job.owner)
+            && self.shares.at_cap(&job.owner)
+        {
+            return Some(Waiting::OwnerAtCap {
+                running: self.shares.in_flight(&job.owner),
+                cap,
+            });
         }
         let matching: Vec<&String> = self
             .workers
