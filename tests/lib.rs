@@ -68,6 +68,7 @@ pub async fn start_farm_tls(workers: usize) -> Result<(Farm, tempfile::TempDir)>
 pub type AuthChannel = InterceptedService<Channel, CallCredentials>;
 
 /// A gRPC client of the farm's gateway, carrying a bearer token.
+#[derive(Clone)]
 pub struct Client {
     pub jobs: JobServiceClient<AuthChannel>,
     pub assets: AssetClient,

@@ -7,14 +7,13 @@
 use std::collections::HashSet;
 use std::path::{Component, Path};
 use std::sync::Arc;
-use std::time::Duration;
 
 use kiln_asset_client::{AssetClient, CallCredentials};
-use kiln_discovery::{Discovery, service};
-use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
+use kiln_jobmodel::{JobPlan, Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::core::admission_policy::Admission;
 use crate::core::command::Command;
 use crate::error::{invalid, parse_uuid};
 use crate::inserts::{self, NewJob};
@@ -80,26 +79,24 @@ pub trait StoredInputs: Send + Sync {
     ) -> Result<Vec<String>, SchedulerError>;
 }
 
-/// The asset service, found in etcd and asked once per submission.
+/// The asset service, through the mesh (every replica), asked once per
+/// submission.
 pub struct AssetService {
-    discovery: Discovery,
-    /// How the assets service is dialled (TLS when it lists itself so).
-    tls: kiln_tls::ClientTls,
+    /// Through the mesh (every replica).
+    channel: kiln_mesh::MeshChannel,
     /// The farm's service token, which the assets service asks of callers.
     credentials: CallCredentials,
 }
 
 impl AssetService {
     pub fn new(
-        discovery: Discovery,
-        tls: kiln_tls::ClientTls,
+        channel: kiln_mesh::MeshChannel,
         service_token: &str,
     ) -> Result<Self, SchedulerError> {
         let credentials = CallCredentials::service(service_token)
             .map_err(|err| SchedulerError::Assets(err.to_string()))?;
         Ok(Self {
-            discovery,
-            tls,
+            channel,
             credentials,
         })
     }
@@ -112,15 +109,6 @@ impl StoredInputs for AssetService {
         submitter: Submitter<'_>,
         digests: &[String],
     ) -> Result<Vec<String>, SchedulerError> {
-        let endpoint = self
-            .discovery
-            .find_one(service::ASSETS, Duration::from_secs(5))
-            .await?;
-        let channel = self
-            .tls
-            .endpoint(&endpoint.grpc_uri())
-            .map_err(|e| SchedulerError::Assets(e.to_string()))?
-            .connect_lazy();
         // As the farm service, acting for the submitter.
         let credentials = match submitter {
             Submitter::Owner { name, role } => self
@@ -131,7 +119,7 @@ impl StoredInputs for AssetService {
             Submitter::Service => self.credentials.clone(),
         };
         // One call for the whole bundle rather than one Stat per file.
-        AssetClient::with_credentials(channel, credentials)
+        AssetClient::with_credentials(self.channel.clone(), credentials)
             .find_missing(digests)
             .await
             .map_err(|err| SchedulerError::Assets(err.to_string()))
@@ -198,6 +186,8 @@ impl Submissions {
         let rules = path_mapping_rules(&request.path_mapping_rules)?;
         let plan = plan_job(document, &request.parameters, &rules, self.limits)?;
         self.check_inputs_stored(submitter, &request.inputs).await?;
+        // Admission control first: a refusal stores and reserves nothing.
+        let held = admit(scheduler, owner, &plan).await?;
         // Room in the owner's quotas is reserved before any row is written.
         let mut admission = None;
         scheduler
@@ -245,7 +235,8 @@ impl Submissions {
         };
         let mut loaded = [loader::from_plan(id, settings, &plan, &created.task_ids)];
         loader::attach_earlier_run_times(&scheduler.db, &mut loaded).await;
-        let [loaded] = loaded;
+        let [mut loaded] = loaded;
+        loaded.job.held = held.clone();
         scheduler
             .ask(|request| Command::AddJob {
                 request,
@@ -254,10 +245,12 @@ impl Submissions {
                 tasks: loaded.tasks,
             })
             .await?;
-        tracing::info!(job_id = %id, owner, tasks = plan.task_count(), "job submitted");
-        queries::get_job(&scheduler.db, id)
+        tracing::info!(job_id = %id, owner, tasks = plan.task_count(), held = held.is_some(), "job submitted");
+        let mut job = queries::get_job(&scheduler.db, id)
             .await?
-            .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
+            .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?;
+        job.held_reason = held.unwrap_or_default();
+        Ok(job)
     }
 
     fn run_limits(&self, request: &pb::SubmitJobRequest) -> Result<RunLimits, SchedulerError> {
@@ -298,6 +291,39 @@ impl Submissions {
             )));
         }
         Ok(())
+    }
+}
+
+/// Admission control's decision on the job `plan` describes, before any of
+/// it is stored: the reason to hold it, if it is delayed.
+async fn admit(
+    scheduler: &Scheduler,
+    owner: &str,
+    plan: &JobPlan,
+) -> Result<Option<String>, SchedulerError> {
+    let mut renderers: Vec<String> = plan
+        .steps
+        .iter()
+        .filter_map(|step| step.tasks.first().map(|t| t.command.clone()))
+        .collect();
+    renderers.sort();
+    renderers.dedup();
+    match scheduler.admission(owner, renderers).await? {
+        Admission::Admit => Ok(None),
+        Admission::Delay { reason } => {
+            tracing::info!(owner, %reason, "submission delayed");
+            Ok(Some(reason))
+        }
+        Admission::Refuse {
+            reason,
+            retry_after,
+        } => {
+            tracing::info!(owner, %reason, "submission refused");
+            Err(SchedulerError::Overloaded {
+                reason,
+                retry_after_seconds: retry_after.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
+            })
+        }
     }
 }
 

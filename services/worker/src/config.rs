@@ -123,6 +123,8 @@ pub struct Config {
     #[command(flatten)]
     pub tls: kiln_tls::TlsArgs,
     #[command(flatten)]
+    pub mesh: kiln_mesh::MeshArgs,
+    #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

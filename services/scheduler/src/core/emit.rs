@@ -136,6 +136,7 @@ impl Core {
             stall_seconds: job.stall_seconds,
             finished_at,
             eta: self.eta_of(job),
+            held_reason: job.held.clone().unwrap_or_default(),
             ..pb::Job::default()
         }
     }

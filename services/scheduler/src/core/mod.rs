@@ -25,8 +25,11 @@
 //!   controls; `reclaim.rs`: attempts that outlive a session or a leader;
 //!   `timeouts.rs`: retries due and attempts overdue; `emit.rs`: events;
 //!   `gauges.rs`: the snapshot the loop publishes as metrics; `waiting.rs`:
-//!   why a task waits, by the pick order's own rules.
+//!   why a task waits, by the pick order's own rules; `admission.rs`: new
+//!   work held back or refused while the farm is saturated.
 
+pub mod admission;
+pub mod admission_policy;
 mod assign;
 pub mod batch;
 pub mod command;
@@ -57,6 +60,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use uuid::Uuid;
 
+use crate::core::admission_policy::AdmissionPolicy;
 use crate::core::batch::{Batch, Effect};
 use crate::core::command::{Command, Refusal};
 use crate::core::model::{Clock, JobEntry, TaskEntry, WorkerEntry};
@@ -92,6 +96,8 @@ pub struct CoreSettings {
     /// Admin-approved templates whose tasks may use the network; every
     /// other task's sandbox has none.
     pub network_templates: HashSet<String>,
+    /// When new work is held back or refused (`admission.rs`).
+    pub admission: AdmissionPolicy,
 }
 
 pub struct Core {
@@ -132,6 +138,7 @@ pub struct Core {
     jitter: SmallRng,
     /// Admin-approved templates whose tasks may use the network.
     network_templates: HashSet<String>,
+    admission: AdmissionPolicy,
 }
 
 impl Core {
@@ -159,6 +166,7 @@ impl Core {
             now: settings.now,
             jitter: SmallRng::seed_from_u64(settings.jitter_seed),
             network_templates: settings.network_templates,
+            admission: settings.admission,
         }
     }
 
@@ -281,6 +289,7 @@ impl Core {
         self.expire_unclaimed();
         self.expire_reservations();
         self.end_overdue_attempts();
+        self.release_holds();
         self.refresh_jobs();
         self.emit_due_records();
     }

@@ -95,6 +95,9 @@ pub struct JobEntry {
     pub submission_order: u64,
     pub state: JobState,
     pub paused: bool,
+    /// Why admission control holds the job back (accepted, not yet
+    /// dispatched), while it does (`admission.rs`).
+    pub held: Option<String>,
     pub max_failed_tasks: i64,
     pub max_run_seconds: u32,
     pub stall_seconds: u32,
@@ -162,7 +165,7 @@ impl JobEntry {
     }
 
     pub fn is_dispatchable(&self) -> bool {
-        !self.paused && self.waiting_on.is_empty() && !self.state.is_final()
+        !self.paused && self.held.is_none() && self.waiting_on.is_empty() && !self.state.is_final()
     }
 }
 

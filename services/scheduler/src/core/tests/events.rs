@@ -82,6 +82,7 @@ fn farm_positions_continue_after_those_already_written() {
         jitter_seed: 1,
         now: bench.now,
         network_templates: Default::default(),
+        admission: Default::default(),
     });
     std::mem::swap(&mut bench.core, &mut core);
     bench.join("w", worker());

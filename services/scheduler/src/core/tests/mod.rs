@@ -5,6 +5,7 @@
 //! attempt), so every test also checks that each write the core makes is
 //! guarded on what the row holds.
 
+mod admission;
 mod controls;
 mod dependencies;
 mod events;
@@ -27,6 +28,7 @@ use kiln_jobmodel::{AmountRequirement, AttributeRequirement, HostRequirements};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::core::admission_policy::{Admission, AdmissionAction, AdmissionPolicy};
 use crate::core::batch::{Batch, Effect, RequestId};
 use crate::core::command::{AttemptReport, Command, Control, Refusal};
 use crate::core::model::{Attempt, Clock, JobEntry, StepEntry, TaskEntry};
@@ -298,7 +300,12 @@ impl Default for Bench {
 
 impl Bench {
     pub fn new(policy: RetryPolicy, weights: &[(&str, f64)]) -> Self {
-        Self::with_quotas(policy, weights, QuotaSettings::default())
+        Self::with_settings(
+            policy,
+            weights,
+            QuotaSettings::default(),
+            AdmissionPolicy::default(),
+        )
     }
 
     /// A bench whose owners have `quotas`.
@@ -306,6 +313,25 @@ impl Bench {
         policy: RetryPolicy,
         weights: &[(&str, f64)],
         quotas: QuotaSettings,
+    ) -> Self {
+        Self::with_settings(policy, weights, quotas, AdmissionPolicy::default())
+    }
+
+    /// A bench whose core applies `admission` to submissions made with
+    /// [`Bench::submit_admitted`].
+    pub fn with_admission(
+        policy: RetryPolicy,
+        weights: &[(&str, f64)],
+        admission: AdmissionPolicy,
+    ) -> Self {
+        Self::with_settings(policy, weights, QuotaSettings::default(), admission)
+    }
+
+    fn with_settings(
+        policy: RetryPolicy,
+        weights: &[(&str, f64)],
+        quotas: QuotaSettings,
+        admission: AdmissionPolicy,
     ) -> Self {
         let now = start_clock();
         let core = Core::new(CoreSettings {
@@ -319,6 +345,7 @@ impl Bench {
             jitter_seed: 7,
             now,
             network_templates: Default::default(),
+            admission,
         });
         Self {
             core,
@@ -428,6 +455,32 @@ impl Bench {
         };
         self.handle(add).expect("new jobs are never refused");
         submitted
+    }
+
+    /// Submits a job as `submit.rs` does: asks admission control first,
+    /// then stores and adds it (held, if delayed) unless it was refused.
+    pub fn submit_admitted(&mut self, spec: JobSpec) -> (Admission, Option<Submitted>) {
+        let renderers: Vec<String> = spec.steps.iter().map(|s| s.command.clone()).collect();
+        let admission = self.core.admission(&spec.owner, &renderers);
+        let held = match &admission {
+            Admission::Admit => None,
+            Admission::Delay { reason } => Some(reason.clone()),
+            Admission::Refuse { .. } => return (admission, None),
+        };
+        let (mut job, tasks, submitted) = entries(&spec, TaskState::Pending);
+        job.held = held;
+        for task in &tasks {
+            self.rows.insert(task.id, (task.state, task.attempt));
+        }
+        let request = self.request();
+        let add = Command::AddJob {
+            request,
+            admission: None,
+            job: Box::new(job),
+            tasks,
+        };
+        self.handle(add).expect("new jobs are never refused");
+        (admission, Some(submitted))
     }
 
     /// Restores a job as a new leader loads it: every task in `state`,
@@ -723,6 +776,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         submission_order: 0,
         state: JobState::Pending,
         paused: false,
+        held: None,
         max_failed_tasks: spec.max_failed_tasks,
         max_run_seconds: spec.max_run_seconds,
         stall_seconds: 0,
