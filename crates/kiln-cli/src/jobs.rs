@@ -80,6 +80,9 @@ fn print_job(job: &Job) {
     );
     say!("priority  {}", job.priority);
     say!("owner     {}", job.owner);
+    if !job.held_reason.is_empty() {
+        say!("held      {}", job.held_reason);
+    }
     if !job.depends_on_jobs.is_empty() {
         say!("after     {}", job.depends_on_jobs.join(", "));
     }

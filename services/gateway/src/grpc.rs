@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use kiln_mesh::MeshChannel;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
@@ -14,7 +15,6 @@ use kiln_service::cancel::BodyFailed;
 use moka::sync::Cache;
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Principal, Role};
@@ -38,14 +38,6 @@ impl PublicApi {
             upstreams,
             owners: Cache::new(OWNER_CACHE_CAPACITY),
         }
-    }
-
-    /// Drops cached upstream channels if the upstream was unreachable.
-    fn observe<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
-        if let Err(status) = &result {
-            self.upstreams.note_failure(status);
-        }
-        result
     }
 
     /// The authorization step every call passes, gRPC and REST alike
@@ -106,21 +98,20 @@ impl PublicApi {
         let message = request.into_inner();
         self.authorize(&caller, message.reach(), role).await?;
         let upstream = C::connect(&self.upstreams).await?;
-        let result = call(upstream, self.forward(&caller, message)?).await;
-        self.observe(result)
+        call(upstream, self.forward(&caller, message)?).await
     }
 
     async fn fetch_job(&self, caller: &Principal, job_id: &str) -> Result<pb::Job, Status> {
         let request = pb::GetJobRequest {
             job_id: job_id.to_owned(),
         };
-        let result = self
+        let job = self
             .upstreams
             .jobs()
             .await?
             .get_job(self.forward(caller, request)?)
-            .await;
-        let job = self.observe(result)?.into_inner();
+            .await?
+            .into_inner();
         self.owners.insert(job.id.clone(), job.owner.clone());
         Ok(job)
     }
@@ -271,20 +262,20 @@ pub trait Upstream: Sized {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send;
 }
 
-impl Upstream for JobServiceClient<Channel> {
+impl Upstream for JobServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.jobs()
     }
 }
 
-impl Upstream for AssetServiceClient<Channel> {
+impl Upstream for AssetServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.assets()
     }
 }
 
-type Jobs = JobServiceClient<Channel>;
-type Assets = AssetServiceClient<Channel>;
+type Jobs = JobServiceClient<MeshChannel>;
+type Assets = AssetServiceClient<MeshChannel>;
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for PublicApi {
@@ -308,13 +299,12 @@ impl pb::job_service_server::JobService for PublicApi {
                     )
                 })?;
         }
-        let result = self
+        let job = self
             .upstreams
             .jobs()
             .await?
             .submit_job(self.forward(&caller, message)?)
-            .await;
-        let job = self.observe(result)?;
+            .await?;
         self.owners
             .insert(job.get_ref().id.clone(), job.get_ref().owner.clone());
         Ok(job)
@@ -523,7 +513,7 @@ impl pb::asset_service_server::AssetService for PublicApi {
         tokio::select! {
             biased;
             Ok(status) = failed_rx => Err(status),
-            result = upload => self.observe(result),
+            result = upload => result,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Kiln's gateway: the public gRPC API (`grpc.rs`) and REST/JSON (`rest.rs`),
-//! both passing calls to the internal services found through etcd
-//! (`upstream.rs`), behind bearer tokens (`auth.rs`, `tokens.rs`) and the
-//! limits composed in `limits.rs`. Every call passes one authorization step
+//! both passing calls to the internal services through the mesh's balanced
+//! channels (`upstream.rs`, `kiln-mesh`), behind bearer tokens (`auth.rs`,
+//! `tokens.rs`) and the limits composed in `limits.rs` (among them the
+//! bounded queue that sheds load, `shed.rs`). Every call passes one authorization step
 //! (`PublicApi::authorize`); REST routes and OpenAPI operations are
 //! registered together in `rest.rs`'s route table.
 
@@ -18,6 +19,7 @@ pub mod openapi;
 pub mod ranges;
 pub mod rate_limit;
 pub mod rest;
+pub mod shed;
 pub mod sse;
 pub mod stream_limit;
 pub mod token_service;

@@ -95,6 +95,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds to wait before asking again, sent as `Retry-After`.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -103,7 +105,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn not_found() -> Self {
@@ -129,7 +137,15 @@ impl From<Status> for ApiError {
             Code::DataLoss => (StatusCode::BAD_REQUEST, "data_loss"),
             _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
         };
-        Self::new(http, code, status.message())
+        let retry_after = status
+            .metadata()
+            .get(kiln_proto::metadata::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+        Self {
+            retry_after,
+            ..Self::new(http, code, status.message())
+        }
     }
 }
 
@@ -187,6 +203,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

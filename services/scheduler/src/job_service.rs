@@ -229,6 +229,7 @@ impl pb::job_service_server::JobService for JobApi {
         let scheduler = self.scheduler()?;
         let mut job = load_job(&scheduler, id).await?;
         job.eta = scheduler.events.eta(id);
+        job.held_reason = scheduler.events.held_reason(id);
         Ok(Response::new(job))
     }
 

@@ -71,7 +71,7 @@ impl Core {
     ) {
         if self
             .numbering
-            .progress_due(task_id, progress.frame, self.now.instant)
+            .progress_due(task_id, progress.frame, &progress.status, self.now.instant)
         {
             self.emit(job_id, Event::TaskProgress(progress));
         }
@@ -136,6 +136,7 @@ impl Core {
             stall_seconds: job.stall_seconds,
             finished_at,
             eta: self.eta_of(job),
+            held_reason: job.held.clone().unwrap_or_default(),
             ..pb::Job::default()
         }
     }

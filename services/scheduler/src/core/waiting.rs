@@ -13,6 +13,8 @@ use crate::task_state::TaskState;
 pub enum Waiting {
     /// Its job is paused.
     JobPaused,
+    /// Admission control holds its job back, for this reason.
+    Held(String),
     /// Its job waits for these jobs to succeed.
     ForJobs(Vec<Uuid>),
     /// Its step waits for these steps to succeed.
@@ -40,6 +42,9 @@ impl Core {
         let job = self.jobs.get(&task.job_id)?;
         if job.paused {
             return Some(Waiting::JobPaused);
+        }
+        if let Some(reason) = &job.held {
+            return Some(Waiting::Held(reason.clone()));
         }
         if !job.waiting_on.is_empty() {
             let mut jobs: Vec<Uuid> = job.waiting_on.iter().copied().collect();
