@@ -17,7 +17,7 @@ from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).resolve().parent
 # The public API; worker.proto is the workers' internal protocol.
-PROTOS = ("jobs.proto", "assets.proto", "auth.proto")
+PROTOS = ("jobs.proto", "assets.proto", "auth.proto", "webhooks.proto")
 GENERATED_NOTE = '"""Generated from proto/kiln/v1 when kiln-client was built; do not edit."""\n'
 
 

@@ -4,12 +4,20 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &[
-    "kiln/v1/jobs.proto",
-    "kiln/v1/worker.proto",
-    "kiln/v1/assets.proto",
-    "kiln/v1/auth.proto",
-];
+/// Every `.proto` of `proto/kiln/v1`, found at run time like the directory
+/// itself: a build script binary reused from another checkout (the target
+/// directory is shared, and its hash ignores where the checkout lives) must
+/// compile this checkout's protos, new files included.
+fn protos(proto_root: &std::path::Path) -> Result<Vec<String>, std::io::Error> {
+    let mut names: Vec<String> = std::fs::read_dir(proto_root.join("kiln/v1"))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".proto"))
+        .map(|name| format!("kiln/v1/{name}"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read at run time: a build script binary reused from another checkout
@@ -18,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed={}", proto_root.display());
 
-    let descriptors = protox::compile(PROTOS, [&proto_root])?;
+    let descriptors = protox::compile(protos(&proto_root)?, [&proto_root])?;
     let descriptor_path = out_dir.join("kiln_descriptor.bin");
     std::fs::write(&descriptor_path, descriptors.encode_to_vec())?;
 

@@ -49,6 +49,9 @@ pub enum Command {
     /// Create, list and revoke access tokens (needs an admin token)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Register, list and remove webhooks for job events, and read their delivery logs
+    #[command(subcommand)]
+    Webhooks(WebhookCommand),
     /// Submit a Deadline Cloud job bundle (an OpenJD template with its parameter values and files)
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -114,6 +117,48 @@ pub struct UnblockArgs {
     /// Only this worker [default: every worker blocklisted for the job]
     #[arg(long)]
     pub worker: Option<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register an http(s) endpoint and print its signing secret (shown only this once)
+    Add(WebhookAddArgs),
+    /// List your webhooks (every one, for admins)
+    List(WebhookListArgs),
+    /// Remove a webhook by id
+    Rm(WebhookIdArgs),
+    /// Let a webhook paused after repeated failures receive again
+    Resume(WebhookIdArgs),
+    /// Show a webhook's recent deliveries
+    Deliveries(WebhookIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookAddArgs {
+    /// Where deliveries are POSTed
+    pub url: String,
+    /// Events to receive (repeatable or comma-separated): submitted, started, succeeded, failed, cancelled, quality-check-failed [default: all]
+    #[arg(long = "events", value_delimiter = ',')]
+    pub events: Vec<String>,
+    /// Hear about every job of the farm (admins only)
+    #[arg(long)]
+    pub farm_wide: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookListArgs {
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookIdArgs {
+    /// The webhook's id
+    pub id: String,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

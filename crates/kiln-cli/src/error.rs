@@ -64,6 +64,10 @@ pub enum CliError {
     NoSuchTask { job: String, task: String },
     #[error("interrupted")]
     Interrupted,
+    #[error(
+        "--events: {0:?} is not one of submitted, started, succeeded, failed, cancelled, quality-check-failed"
+    )]
+    BadWebhookEvent(String),
     #[error("listing {what}: {reason}")]
     Paging { what: &'static str, reason: String },
 }

@@ -11,6 +11,7 @@ use kiln_mesh::MeshChannel;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_proto::v1::webhook_service_client::WebhookServiceClient;
 use kiln_service::cancel::BodyFailed;
 use moka::sync::Cache;
 use tokio::sync::oneshot;
@@ -82,7 +83,7 @@ impl PublicApi {
     /// One call, authorized then forwarded: checks the caller against what
     /// the message reaches and `role`, connects to the upstream service,
     /// and passes the message on the caller's behalf with `call`.
-    async fn pass<T, C, R, F, Fut>(
+    pub(crate) async fn pass<T, C, R, F, Fut>(
         &self,
         request: Request<T>,
         role: Role,
@@ -162,7 +163,7 @@ fn upload_pass_through(
 
 /// Postgres text cannot hold NUL, and no name or path needs one: refused
 /// here with the field's name rather than failing deep in the scheduler.
-fn refuse_nul(field: &str, value: &str) -> Result<(), Status> {
+pub(crate) fn refuse_nul(field: &str, value: &str) -> Result<(), Status> {
     if value.contains('\0') {
         return Err(Status::invalid_argument(format!(
             "{field}: contains a NUL byte"
@@ -256,6 +257,11 @@ reaches!(
     pb::PresignDownloadRequest => Assets
 );
 reaches!(pb::WatchFarmRequest, pb::ListJobsRequest => Farm);
+// Webhooks are the scheduler's to scope: it shows each user their own.
+reaches!(
+    pb::CreateWebhookRequest, pb::ListWebhooksRequest, pb::DeleteWebhookRequest,
+    pb::ResumeWebhookRequest, pb::ListDeliveriesRequest => Farm
+);
 
 /// An internal service calls are passed to.
 pub trait Upstream: Sized {
@@ -271,6 +277,12 @@ impl Upstream for JobServiceClient<MeshChannel> {
 impl Upstream for AssetServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.assets()
+    }
+}
+
+impl Upstream for WebhookServiceClient<MeshChannel> {
+    fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
+        upstreams.webhooks()
     }
 }
 

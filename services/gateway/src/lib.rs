@@ -25,3 +25,5 @@ pub mod stream_limit;
 pub mod token_service;
 pub mod tokens;
 pub mod upstream;
+pub mod webhook_service;
+pub mod webhooks_rest;

@@ -14,6 +14,7 @@ use kiln_gateway::upstream::Upstreams;
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::token_service_server::TokenServiceServer;
+use kiln_proto::v1::webhook_service_server::WebhookServiceServer;
 use kiln_service::cancel::DetectCancel;
 use kiln_service::{Checks, Listing, OpsServer, checks};
 use tonic::service::Routes;
@@ -88,15 +89,17 @@ async fn main() -> anyhow::Result<()> {
         Routes::new(JobServiceServer::new(api.clone()).max_decoding_message_size(max_message))
             // Uploads must tell a client's cancel from a clean end (see grpc.rs).
             .add_service(DetectCancel(
-                AssetServiceServer::new(api).max_decoding_message_size(max_message),
+                AssetServiceServer::new(api.clone()).max_decoding_message_size(max_message),
             ))
-            .add_service(TokenServiceServer::new(tokens).max_decoding_message_size(max_message));
+            .add_service(TokenServiceServer::new(tokens).max_decoding_message_size(max_message))
+            .add_service(WebhookServiceServer::new(api).max_decoding_message_size(max_message));
     let routes = kiln_service::with_standard_services(
         routes,
         &[
             "kiln.v1.JobService",
             "kiln.v1.AssetService",
             "kiln.v1.TokenService",
+            "kiln.v1.WebhookService",
         ],
     )
     .await?;

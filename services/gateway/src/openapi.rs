@@ -372,6 +372,8 @@ mod tests {
             "/v1/assets/{digest}/stat",
             "/v1/tokens",
             "/v1/tokens/{id}",
+            "/v1/webhooks",
+            "/v1/webhooks/{id}/deliveries",
         ] {
             assert!(paths.contains_key(path), "{path} is not documented");
         }
@@ -397,6 +399,7 @@ mod tests {
         let expected = [
             "DELETE /v1/jobs/{id}/blocklist ClearBlocklist",
             "DELETE /v1/tokens/{id} RevokeToken",
+            "DELETE /v1/webhooks/{id} DeleteWebhook",
             "GET /openapi.json OpenApi",
             "GET /v1/assets/{digest} Download",
             "GET /v1/assets/{digest}/stat Stat",
@@ -412,6 +415,8 @@ mod tests {
             "GET /v1/jobs/{id}/tasks/{task}/log GetTaskLog",
             "GET /v1/jobs/{id}/tasks/{task}/log/live WatchTaskLog",
             "GET /v1/tokens ListTokens",
+            "GET /v1/webhooks ListWebhooks",
+            "GET /v1/webhooks/{id}/deliveries ListDeliveries",
             "POST /v1/assets Upload",
             "POST /v1/jobs SubmitJob",
             "POST /v1/jobs/{id}/cancel CancelJob",
@@ -419,6 +424,8 @@ mod tests {
             "POST /v1/jobs/{id}/resume ResumeJob",
             "POST /v1/jobs/{id}/retry RetryJob",
             "POST /v1/tokens CreateToken",
+            "POST /v1/webhooks CreateWebhook",
+            "POST /v1/webhooks/{id}/resume ResumeWebhook",
             "PUT /v1/jobs/{id}/priority SetJobPriority",
         ];
         assert_eq!(operations, expected);

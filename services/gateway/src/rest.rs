@@ -55,6 +55,13 @@ pub fn json_routes() -> OpenApiRouter<RestState> {
         .routes(routes!(stat_asset))
         .routes(routes!(create_token, list_tokens))
         .routes(routes!(revoke_token))
+        .routes(routes!(
+            crate::webhooks_rest::create_webhook,
+            crate::webhooks_rest::list_webhooks
+        ))
+        .routes(routes!(crate::webhooks_rest::delete_webhook))
+        .routes(routes!(crate::webhooks_rest::resume_webhook))
+        .routes(routes!(crate::webhooks_rest::list_deliveries))
         .routes(routes!(openapi))
 }
 
@@ -213,7 +220,7 @@ impl IntoResponse for ApiError {
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
-type JsonBody<T> = Result<Json<T>, JsonRejection>;
+pub(crate) type JsonBody<T> = Result<Json<T>, JsonRejection>;
 
 /// A gRPC request for `message` made by `caller`.
 pub(crate) fn call<T>(caller: &Principal, message: T) -> Request<T> {
@@ -300,10 +307,10 @@ pub(crate) struct ListJobsQuery {
 pub(crate) struct PageQuery {
     /// At most this many items (0 or absent: the list's default, which is also its most).
     #[serde(alias = "page_size")]
-    page_size: Option<u32>,
+    pub(crate) page_size: Option<u32>,
     /// The `nextPageToken` of the previous page; absent for the first.
     #[serde(alias = "page_token")]
-    page_token: Option<String>,
+    pub(crate) page_token: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "ListJobs",

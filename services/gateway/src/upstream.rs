@@ -5,6 +5,7 @@ use kiln_discovery::service;
 use kiln_mesh::{Mesh, MeshChannel};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_proto::v1::webhook_service_client::WebhookServiceClient;
 use tonic::Status;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::metadata::errors::InvalidMetadataValue;
@@ -38,6 +39,12 @@ impl Upstreams {
 
     pub async fn jobs(&self) -> Result<JobServiceClient<MeshChannel>, Status> {
         Ok(JobServiceClient::new(self.scheduler.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Webhooks live in the scheduler (the leader).
+    pub async fn webhooks(&self) -> Result<WebhookServiceClient<MeshChannel>, Status> {
+        Ok(WebhookServiceClient::new(self.scheduler.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 

@@ -65,6 +65,8 @@ pub struct Config {
     pub max_tasks_per_job: usize,
     #[command(flatten)]
     pub quotas: QuotaArgs,
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookArgs,
     /// Largest job template accepted, in bytes
     #[arg(long, env = "KILN_MAX_TEMPLATE_BYTES", default_value_t = 256 * 1024)]
     pub max_template_bytes: usize,

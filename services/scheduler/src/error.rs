@@ -13,6 +13,9 @@ pub enum SchedulerError {
     InvalidArgument(String),
     #[error("job {0} not found")]
     JobNotFound(String),
+    /// Something other than a job is not there; the message names it.
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     JobModel(#[from] kiln_jobmodel::JobModelError),
     #[error("asset service: {0}")]
@@ -84,7 +87,9 @@ impl From<SchedulerError> for Status {
             }
             SchedulerError::Quota(_) => Status::resource_exhausted(err.to_string()),
             SchedulerError::AlreadyExists(_) => Status::already_exists(err.to_string()),
-            SchedulerError::JobNotFound(_) => Status::not_found(err.to_string()),
+            SchedulerError::JobNotFound(_) | SchedulerError::NotFound(_) => {
+                Status::not_found(err.to_string())
+            }
             SchedulerError::JobFinished(_) | SchedulerError::FailedPrecondition(_) => {
                 Status::failed_precondition(err.to_string())
             }

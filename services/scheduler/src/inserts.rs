@@ -77,6 +77,22 @@ pub async fn insert_job(
     for (position, step) in plan.steps.iter().enumerate() {
         task_ids.push(insert_step(&mut tx, id, position as i32, step).await?);
     }
+    // Its `submitted` webhooks commit with it (a submission is no job event).
+    let record = pb::Job {
+        id: id.to_string(),
+        name: job.name.to_owned(),
+        state: pb::JobState::Pending as i32,
+        priority: job.priority.max(0) as u32,
+        template_name: job.template_name.to_owned(),
+        parameters: job.parameters.clone(),
+        tasks_total: plan.task_count() as u32,
+        owner: job.owner.to_owned(),
+        inputs: job.inputs.to_vec(),
+        depends_on_jobs: job.depends_on_jobs.iter().map(Uuid::to_string).collect(),
+        created_at: Some(crate::timestamps::timestamp(chrono::Utc::now())),
+        ..Default::default()
+    };
+    crate::webhooks::fanout::enqueue_submitted(&mut tx, &record).await?;
     tx.commit().await?;
     Ok(CreatedJob { id, task_ids })
 }

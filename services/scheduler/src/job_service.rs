@@ -163,10 +163,10 @@ async fn require_job(scheduler: &Scheduler, id: Uuid) -> Result<(), SchedulerErr
     }
 }
 
-const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 /// The caller's role as the gateway named it (`kiln-role`), if it did.
-fn role_of<T>(request: &Request<T>) -> Option<String> {
+pub(crate) fn role_of<T>(request: &Request<T>) -> Option<String> {
     request
         .metadata()
         .get(kiln_proto::metadata::ROLE)
@@ -176,7 +176,7 @@ fn role_of<T>(request: &Request<T>) -> Option<String> {
 
 /// The user the gateway named for this call. Only a caller holding the
 /// farm's service token gets this far with one (`internal_auth`).
-fn owner_named<T>(request: &Request<T>) -> Option<&str> {
+pub(crate) fn owner_named<T>(request: &Request<T>) -> Option<&str> {
     request
         .metadata()
         .get(kiln_proto::metadata::OWNER)

@@ -72,6 +72,8 @@ pub struct Leading {
     pub network_templates: std::collections::HashSet<String>,
     /// When new work is held back or refused while the farm is saturated.
     pub admission: crate::core::admission_policy::AdmissionPolicy,
+    /// How webhooks are delivered while this process leads.
+    pub webhooks: crate::webhooks::Settings,
     /// How this process is listed in etcd while it leads.
     pub endpoint: Endpoint,
     /// Seconds of the election lease: how long a crashed leader holds on.
@@ -241,6 +243,11 @@ async fn lead(
         Err(err) => return Stop::Lost(format!("cannot list this scheduler in etcd: {err}")),
     };
     tracing::info!(token = token.0, instance = %leading.endpoint.instance, "leading");
+    let webhooks = tokio::spawn(crate::webhooks::runner::run(
+        leading.db.clone(),
+        token,
+        leading.webhooks.clone(),
+    ));
     let liveness = tokio::spawn(crate::liveness::watch_worker_leases(
         leading.discovery.clone(),
         scheduler,
@@ -254,6 +261,7 @@ async fn lead(
         _ = shutdown.wait_for(|stop| *stop) => Stop::Shutdown,
     };
     liveness.abort();
+    webhooks.abort();
     listing.revoke().await;
     stop
 }

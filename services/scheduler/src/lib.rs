@@ -22,7 +22,8 @@
 //!    `watch.rs` (WatchJob/WatchFarm), `task_log.rs` / `logs.rs` (live task
 //!    logs), `worker_service.rs` (worker sessions; `live_sessions.rs`: one
 //!    process per worker id), `references.rs` (which
-//!    stored files jobs still need, for the assets collector).
+//!    stored files jobs still need, for the assets collector), `webhooks/`
+//!    (registrations, the API, and the leader's delivery loop).
 
 pub mod batch_writer;
 pub mod config;
@@ -58,6 +59,7 @@ pub mod task_log;
 pub mod task_state;
 pub mod timestamps;
 pub mod watch;
+pub mod webhooks;
 pub mod worker_service;
 
 use std::time::Duration;

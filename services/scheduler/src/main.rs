@@ -7,6 +7,7 @@ use kiln_discovery::{Discovery, Endpoint, service};
 use kiln_jobmodel::Limits;
 use kiln_proto::v1::asset_references_server::AssetReferencesServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
+use kiln_proto::v1::webhook_service_server::WebhookServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
 use kiln_scheduler::config::Config;
 use kiln_scheduler::connect_database;
@@ -17,6 +18,7 @@ use kiln_scheduler::retry::RetryPolicy;
 use kiln_scheduler::standby;
 use kiln_scheduler::stream_quota::StreamQuota;
 use kiln_scheduler::submit::{AssetService, JobDefaults, SizeLimits, Submissions};
+use kiln_scheduler::webhooks::service::WebhookApi;
 use kiln_scheduler::worker_service::WorkerSessions;
 use kiln_service::internal_auth::{self, Admit, Policy};
 use kiln_service::{CheckResult, Checks, OpsServer, checks};
@@ -29,6 +31,7 @@ const CALLERS: Policy = Policy {
     routes: &[
         ("/kiln.v1.JobService/", Admit::Services),
         ("/kiln.v1.AssetReferences/", Admit::Services),
+        ("/kiln.v1.WebhookService/", Admit::Services),
         ("/kiln.v1.WorkerService/", Admit::Workers),
     ],
     workers_name_owners: false,
@@ -96,11 +99,16 @@ async fn main() -> anyhow::Result<()> {
     let submissions = Submissions::new(limits, defaults, Arc::new(assets))
         .with_templates(templates)
         .with_sizes(sizes);
+    let webhooks = config.webhooks.settings();
     let jobs = JobApi::new(slot.clone(), submissions)
         .with_stream_quota(StreamQuota::new(config.quotas.max_streams_per_owner));
     let routes = Routes::new(JobServiceServer::new(jobs))
         .add_service(WorkerServiceServer::new(WorkerSessions::new(slot.clone())))
-        .add_service(AssetReferencesServer::new(References::new(db.clone())));
+        .add_service(AssetReferencesServer::new(References::new(db.clone())))
+        .add_service(WebhookServiceServer::new(WebhookApi::new(
+            slot.clone(),
+            webhooks.clone(),
+        )));
     // NOT_SERVING while standing by (standby.rs).
     let (routes, health) = kiln_service::with_health(
         routes,
@@ -108,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
             "kiln.v1.JobService",
             "kiln.v1.WorkerService",
             "kiln.v1.AssetReferences",
+            "kiln.v1.WebhookService",
         ],
     )
     .await?;
@@ -136,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         quotas: config.quotas.core(),
         network_templates: config.network_templates.iter().cloned().collect(),
         admission: config.admission_policy(),
+        webhooks,
         endpoint,
         lease_ttl: config.leader_ttl,
     };

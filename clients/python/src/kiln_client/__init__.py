@@ -2,6 +2,7 @@
 
 `Farm` connects to a gateway; `farm.jobs` submits, watches and downloads,
 `farm.assets` moves files by SHA-256, `farm.tokens` manages access tokens.
+Webhooks are reached with the generated stub (`kiln_client.v1.webhooks_pb2_grpc`).
 The messages are the farm's own, generated from proto/kiln/v1 when this
 package was built (`kiln_client.v1`).
 """
@@ -11,7 +12,7 @@ from .errors import FarmError, IntegrityError, JobNotSucceeded, KilnError
 from .farm import Farm
 from .jobs import FINAL_STATES, state_name
 from .tokens import CreatedToken, role_name
-from .v1 import assets_pb2, auth_pb2, jobs_pb2
+from .v1 import assets_pb2, auth_pb2, jobs_pb2, webhooks_pb2
 
 __all__ = [
     "Asset",
@@ -28,4 +29,5 @@ __all__ = [
     "jobs_pb2",
     "role_name",
     "state_name",
+    "webhooks_pb2",
 ]

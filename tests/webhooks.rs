@@ -1,0 +1,318 @@
+//! Webhooks on a real farm: a receiver gets each event of a job exactly once
+//! by id, with valid signatures, across a leader kill mid-job; a receiver
+//! that fails three times still gets everything; a webhook pointed at
+//! loopback is refused by default (SSRF).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use kiln_localfarm::Farm;
+use kiln_proto::v1 as pb;
+use kiln_proto::v1::webhook_service_client::WebhookServiceClient;
+use kiln_tests::{Client, example_scene, state_of};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+const PATIENCE: Duration = Duration::from_secs(180);
+/// Frames of the one chunk rendering when the leader dies.
+const FRAMES: usize = 24;
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    timestamp: i64,
+    signature: String,
+    body: Vec<u8>,
+    /// What the receiver answered.
+    status: u16,
+}
+
+/// A webhook receiver on 127.0.0.1: answers each request with the next of
+/// `statuses`, then 200, and keeps what it got.
+#[derive(Clone)]
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start(statuses: Vec<u16>) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(statuses.into_iter()));
+        let kept = got.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (kept, answers) = (kept.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, kept, answers).await;
+                });
+            }
+        });
+        Ok(Self { port, got })
+    }
+
+    fn url(&self, host: &str) -> String {
+        format!("http://{host}:{}/hooks/kiln", self.port)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// One HTTP/1.1 request, answered and closed.
+async fn serve(
+    mut stream: tokio::net::TcpStream,
+    kept: Arc<Mutex<Vec<Received>>>,
+    answers: Arc<Mutex<std::vec::IntoIter<u16>>>,
+) -> Result<()> {
+    let mut buffer = Vec::new();
+    let header_end = loop {
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            bail!("closed before the headers ended");
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..header_end]).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(key, _)| key.trim().eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let length: usize = header("content-length").parse().unwrap_or(0);
+    while buffer.len() < header_end + length {
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            bail!("closed before the body ended");
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    let status = answers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .next()
+        .unwrap_or(200);
+    kept.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Received {
+            id: header("webhook-id"),
+            timestamp: header("webhook-timestamp").parse().unwrap_or(0),
+            signature: header("webhook-signature"),
+            body: buffer[header_end..header_end + length].to_vec(),
+            status,
+        });
+    let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    stream.write_all(answer.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Whether `received` is signed with `secret` as Standard Webhooks says.
+fn signed_with(secret: &str, received: &Received) -> bool {
+    let Ok(key) = STANDARD.decode(secret.trim_start_matches("whsec_")) else {
+        return false;
+    };
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&key) else {
+        return false;
+    };
+    mac.update(format!("{}.{}.", received.id, received.timestamp).as_bytes());
+    mac.update(&received.body);
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    received.signature.split(' ').any(|s| s == expected)
+}
+
+/// The event type of each distinct delivery id the receiver answered 2xx
+/// (repeats of an id, after a failover, count once).
+fn delivered_types(received: &[Received], job_id: &str) -> BTreeMap<String, String> {
+    let mut types = BTreeMap::new();
+    for r in received.iter().filter(|r| (200..300).contains(&r.status)) {
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&r.body) else {
+            continue;
+        };
+        if body["data"]["jobId"] != job_id {
+            continue;
+        }
+        types.insert(r.id.clone(), body["type"].as_str().unwrap_or("").to_owned());
+    }
+    types
+}
+
+async fn webhooks(farm: &Farm) -> Result<WebhookServiceClient<kiln_tests::AuthChannel>> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    Ok(WebhookServiceClient::with_interceptor(
+        channel,
+        kiln_asset_client::CallCredentials::bearer(farm.admin_token())?,
+    ))
+}
+
+/// Waits until `done` holds for what `receiver` got.
+async fn wait_for(
+    receiver: &Receiver,
+    what: &str,
+    done: impl Fn(&[Received]) -> bool,
+) -> Result<Vec<Received>> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = receiver.received();
+        if done(&got) {
+            return Ok(got);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: the receiver got {} requests: {got:?}", got.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()> {
+    let dir = kiln_tests::e2e_dir()?;
+    // `localhost` is allowed; 127.0.0.1 is not, so the default policy is
+    // tested on the same farm.
+    let mut farm = Farm::builder(dir.path().join("farm"))
+        .workers(1)
+        .schedulers(2)
+        .env("KILN_LEASE_TTL", "3")
+        .env("KILN_WEBHOOK_ALLOW_HOSTS", "localhost")
+        .env("KILN_WEBHOOK_RETRY_BASE_MS", "200")
+        .start()
+        .await?;
+    let mut hooks = webhooks(&farm).await?;
+
+    // SSRF: loopback is refused by default, naming why.
+    let refused = hooks
+        .create_webhook(pb::CreateWebhookRequest {
+            url: "http://127.0.0.1:9/hook".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a loopback webhook is refused");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+        ) && refused.message().contains("SSRF"),
+        "{refused:?}"
+    );
+    let bad = hooks
+        .create_webhook(pb::CreateWebhookRequest {
+            url: "ftp://example.com/".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an ftp url is refused");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    let steady = Receiver::start(Vec::new()).await?;
+    let flaky = Receiver::start(vec![500, 500, 500]).await?;
+    let steady_hook = hooks
+        .create_webhook(pb::CreateWebhookRequest {
+            url: steady.url("localhost"),
+            events: Vec::new(),
+            farm_wide: true,
+        })
+        .await?
+        .into_inner();
+    let flaky_hook = hooks
+        .create_webhook(pb::CreateWebhookRequest {
+            url: flaky.url("localhost"),
+            events: Vec::new(),
+            farm_wide: false,
+        })
+        .await?
+        .into_inner();
+    assert!(steady_hook.secret.starts_with("whsec_"));
+    let listed = hooks
+        .list_webhooks(pb::ListWebhooksRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(listed.webhooks.len(), 2, "{listed:?}");
+
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    let job = client
+        .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
+        .await?;
+    client.wait_running(&job.id).await?;
+    let leader = kiln_tests::leading_scheduler(&farm).await?;
+    farm.schedulers_mut()[leader].kill().await?;
+    println!(
+        "killed the leading scheduler while job {} was rendering",
+        job.id
+    );
+    let done = client.wait_until_finished(&job.id).await?;
+    assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
+
+    let expected: BTreeSet<&str> = ["job.submitted", "job.started", "job.succeeded"].into();
+    for (receiver, secret, name) in [
+        (&steady, &steady_hook.secret, "steady"),
+        (&flaky, &flaky_hook.secret, "flaky"),
+    ] {
+        wait_for(receiver, name, |got| {
+            let types: BTreeSet<String> = delivered_types(got, &job.id).into_values().collect();
+            expected.iter().all(|t| types.contains(*t))
+        })
+        .await?;
+        // Let any late repeat arrive before counting.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let got = receiver.received();
+        for r in &got {
+            assert!(signed_with(secret, r), "{name}: a bad signature on {r:?}");
+        }
+        let types = delivered_types(&got, &job.id);
+        let mut kinds: Vec<&str> = types.values().map(String::as_str).collect();
+        kinds.sort_unstable();
+        assert_eq!(
+            kinds,
+            ["job.started", "job.submitted", "job.succeeded"],
+            "{name}: each event once by id: {types:?}"
+        );
+        println!(
+            "{name}: {} requests for {} deliveries",
+            got.len(),
+            types.len()
+        );
+    }
+    let failed_first: usize = flaky.received().iter().filter(|r| r.status == 500).count();
+    assert_eq!(failed_first, 3, "the flaky receiver failed three times");
+
+    // The delivery log tells the same story.
+    let log = hooks
+        .list_deliveries(pb::ListDeliveriesRequest {
+            webhook_id: flaky_hook.webhook.as_ref().context("a webhook")?.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(
+        log.deliveries
+            .iter()
+            .all(|d| d.state() == pb::DeliveryState::Delivered),
+        "{log:?}"
+    );
+    let attempts: u32 = log.deliveries.iter().map(|d| d.attempts).sum();
+    assert!(attempts >= 6, "three failed attempts were logged: {log:?}");
+    farm.shutdown().await?;
+    Ok(())
+}
