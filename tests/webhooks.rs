@@ -1,7 +1,8 @@
 //! Webhooks on a real farm: a receiver gets each event of a job exactly once
 //! by id, with valid signatures, across a leader kill mid-job; a receiver
-//! that fails three times still gets everything; a webhook pointed at
-//! loopback is refused by default (SSRF).
+//! that fails three times still gets everything; one that always fails is
+//! paused, and resumed on request; a webhook pointed at loopback is refused
+//! by default (SSRF).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -196,6 +197,8 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
         .env("KILN_LEASE_TTL", "3")
         .env("KILN_WEBHOOK_ALLOW_HOSTS", "localhost")
         .env("KILN_WEBHOOK_RETRY_BASE_MS", "200")
+        // The flaky receiver fails 3 times in a row: not enough to pause it.
+        .env("KILN_WEBHOOK_PAUSE_AFTER", "4")
         .start()
         .await?;
     let mut hooks = webhooks(&farm).await?;
@@ -226,6 +229,7 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
 
     let steady = Receiver::start(Vec::new()).await?;
     let flaky = Receiver::start(vec![500, 500, 500]).await?;
+    let dead = Receiver::start(vec![503; 10_000]).await?;
     let steady_hook = hooks
         .create_webhook(pb::CreateWebhookRequest {
             url: steady.url("localhost"),
@@ -242,12 +246,22 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
         })
         .await?
         .into_inner();
+    let dead_hook = hooks
+        .create_webhook(pb::CreateWebhookRequest {
+            url: dead.url("localhost"),
+            events: vec![pb::WebhookEvent::JobSubmitted as i32],
+            farm_wide: false,
+        })
+        .await?
+        .into_inner()
+        .webhook
+        .context("a webhook")?;
     assert!(steady_hook.secret.starts_with("whsec_"));
     let listed = hooks
         .list_webhooks(pb::ListWebhooksRequest::default())
         .await?
         .into_inner();
-    assert_eq!(listed.webhooks.len(), 2, "{listed:?}");
+    assert_eq!(listed.webhooks.len(), 3, "{listed:?}");
 
     let scene = example_scene(dir.path())?;
     let mut client = Client::connect(&farm).await?;
@@ -318,6 +332,69 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
         log.deliveries.iter().any(|d| d.attempts > 1),
         "retries are logged: {log:?}"
     );
+
+    // The receiver that always fails got its webhook paused after 4 failed
+    // attempts in a row; its delivery waits, and a resume sends it again.
+    let deadline = Instant::now() + PATIENCE;
+    let paused = loop {
+        let listed = hooks
+            .list_webhooks(pb::ListWebhooksRequest::default())
+            .await?
+            .into_inner();
+        let hook = listed
+            .webhooks
+            .into_iter()
+            .find(|h| h.id == dead_hook.id)
+            .context("the dead receiver's webhook is listed")?;
+        if hook.paused {
+            break hook;
+        }
+        if Instant::now() > deadline {
+            bail!("the failing webhook was never paused: {hook:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(paused.failure_streak >= 4, "{paused:?}");
+    let tried = dead.received().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        dead.received().len() <= tried + 1,
+        "a paused webhook is not called"
+    );
+    let log = hooks
+        .list_deliveries(pb::ListDeliveriesRequest {
+            webhook_id: dead_hook.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(log.deliveries.len(), 1, "submitted only: {log:?}");
+    assert_eq!(
+        log.deliveries[0].state(),
+        pb::DeliveryState::Pending,
+        "{log:?}"
+    );
+    assert!(log.deliveries[0].last_error.contains("503"), "{log:?}");
+    let resumed = hooks
+        .resume_webhook(pb::ResumeWebhookRequest {
+            webhook_id: dead_hook.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        !resumed.paused && resumed.failure_streak == 0,
+        "{resumed:?}"
+    );
+    let before = dead.received().len();
+    wait_for(&dead, "an attempt after the resume", |got| {
+        got.len() > before
+    })
+    .await?;
+    hooks
+        .delete_webhook(pb::DeleteWebhookRequest {
+            webhook_id: dead_hook.id.clone(),
+        })
+        .await?;
 
     // REST: the same API, with problem documents for bad input.
     let (base, token) = (farm.gateway_http_url(), farm.admin_token().to_owned());
