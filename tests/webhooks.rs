@@ -157,13 +157,20 @@ fn delivered_types(received: &[Received], job_id: &str) -> BTreeMap<String, Stri
 }
 
 async fn webhooks(farm: &Farm) -> Result<WebhookServiceClient<kiln_tests::AuthChannel>> {
+    webhooks_as(farm, farm.admin_token()).await
+}
+
+async fn webhooks_as(
+    farm: &Farm,
+    token: &str,
+) -> Result<WebhookServiceClient<kiln_tests::AuthChannel>> {
     let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
         .endpoint(&farm.gateway_url())?
         .connect()
         .await?;
     Ok(WebhookServiceClient::with_interceptor(
         channel,
-        kiln_asset_client::CallCredentials::bearer(farm.admin_token())?,
+        kiln_asset_client::CallCredentials::bearer(token)?,
     ))
 }
 
@@ -395,6 +402,37 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
             webhook_id: dead_hook.id.clone(),
         })
         .await?;
+
+    // Another user sees none of this, and may not register farm-wide.
+    let bob = kiln_tests::create_token(&farm, "bob", pb::Role::Submitter, 0).await?;
+    let mut bobs = webhooks_as(&farm, &bob).await?;
+    let seen = bobs
+        .list_webhooks(pb::ListWebhooksRequest::default())
+        .await?
+        .into_inner();
+    assert!(seen.webhooks.is_empty(), "{seen:?}");
+    let hidden = bobs
+        .list_deliveries(pb::ListDeliveriesRequest {
+            webhook_id: steady_hook
+                .webhook
+                .as_ref()
+                .context("a webhook")?
+                .id
+                .clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another user's webhook");
+    assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden:?}");
+    let denied = bobs
+        .create_webhook(pb::CreateWebhookRequest {
+            url: steady.url("localhost"),
+            events: Vec::new(),
+            farm_wide: true,
+        })
+        .await
+        .expect_err("farm-wide is for admins");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
 
     // REST: the same API, with problem documents for bad input.
     let (base, token) = (farm.gateway_http_url(), farm.admin_token().to_owned());

@@ -62,7 +62,7 @@ impl utoipa::IntoResponses for Errors {
                 "403",
                 "The token's role does not allow this, or the job belongs to another user",
             ),
-            ("404", "No such job, output, asset or token"),
+            ("404", "No such job, output, asset, token or webhook"),
             ("409", "The job is not in a state that allows this"),
             ("413", "The request body is too large"),
             ("415", "The body is not application/json"),
