@@ -131,8 +131,10 @@ impl DispatchLoop {
                     let _ = reply.send(Err(refusal.into()));
                 }
             },
+            Inbound::Query(question) => question(&self.core),
             Inbound::Join {
                 worker_id,
+                hostname,
                 session,
                 capabilities,
                 held,
@@ -141,6 +143,7 @@ impl DispatchLoop {
                 self.outboxes.insert((worker_id.clone(), session), outbox);
                 let joined = Command::WorkerJoined {
                     worker_id,
+                    hostname,
                     session,
                     capabilities,
                     held,

@@ -30,6 +30,7 @@ struct JobRow {
     max_failed_tasks: i32,
     max_run_seconds: i32,
     stall_seconds: i32,
+    tags: Vec<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -125,7 +126,7 @@ macro_rules! select_jobs {
     ($rest:literal) => {
         concat!(
             "SELECT id, name, owner, state, priority, template_name, parameters, inputs, message, ",
-            "created_at, finished_at, depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds ",
+            "created_at, finished_at, depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds, tags ",
             "FROM jobs ",
             $rest
         )
@@ -140,20 +141,56 @@ pub async fn get_job(db: &PgPool, job_id: Uuid) -> Result<Option<pb::Job>, sqlx:
     Ok(with_steps(db, rows).await?.pop())
 }
 
-/// The newest jobs, of one owner or (with `None`) of everyone.
+/// Which jobs a listing shows; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub owner: Option<String>,
+    pub states: Vec<JobState>,
+    /// A case-insensitive substring of the name.
+    pub name_contains: Option<String>,
+    pub submitted_after: Option<DateTime<Utc>>,
+    pub submitted_before: Option<DateTime<Utc>>,
+}
+
+/// The newest jobs that pass the filter (newest first; ties by id).
 pub async fn list_jobs(
     db: &PgPool,
-    owner: Option<&str>,
+    filter: &JobFilter,
     limit: i64,
 ) -> Result<Vec<pb::Job>, sqlx::Error> {
+    let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+    let pattern = filter.name_contains.as_deref().map(like_pattern);
     let rows: Vec<JobRow> = sqlx::query_as(select_jobs!(
-        "WHERE $2::text IS NULL OR owner = $2 ORDER BY created_at DESC LIMIT $1"
+        "WHERE ($2::text IS NULL OR owner = $2)
+           AND (cardinality($3::text[]) = 0 OR state = ANY($3))
+           AND ($4::text IS NULL OR name ILIKE $4 ESCAPE '\\')
+           AND ($5::timestamptz IS NULL OR created_at >= $5)
+           AND ($6::timestamptz IS NULL OR created_at < $6)
+         ORDER BY created_at DESC, id DESC LIMIT $1"
     ))
     .bind(limit)
-    .bind(owner)
+    .bind(filter.owner.as_deref())
+    .bind(&states)
+    .bind(pattern)
+    .bind(filter.submitted_after)
+    .bind(filter.submitted_before)
     .fetch_all(db)
     .await?;
     with_steps(db, rows).await
+}
+
+/// `%text%` for ILIKE, with the pattern's own special characters escaped.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Adds steps and task counts to job rows: one query however many jobs.
@@ -224,6 +261,7 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
         max_failed_tasks: row.max_failed_tasks.max(0) as u32,
         max_run_seconds: row.max_run_seconds.max(0) as u32,
         stall_seconds: row.stall_seconds.max(0) as u32,
+        tags: row.tags,
         ..Default::default()
     };
     for step_row in step_rows {
@@ -253,6 +291,23 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
     job
 }
 
+/// One task of a job.
+pub async fn get_task(
+    db: &PgPool,
+    job_id: Uuid,
+    task_id: Uuid,
+) -> Result<Option<pb::Task>, sqlx::Error> {
+    let row: Option<TaskRow> = sqlx::query_as(
+        "SELECT id, job_id, step_name, index, state, attempt, worker_id, frames, exit_code, message, log_tail, retry_at
+         FROM tasks WHERE id = $1 AND job_id = $2",
+    )
+    .bind(task_id)
+    .bind(job_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(task_to_proto))
+}
+
 pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
     let rows: Vec<TaskRow> = sqlx::query_as(
         "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at
@@ -262,9 +317,11 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
     .bind(job_id)
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| pb::Task {
+    Ok(rows.into_iter().map(task_to_proto).collect())
+}
+
+fn task_to_proto(r: TaskRow) -> pb::Task {
+    pb::Task {
             id: r.id.to_string(),
             job_id: r.job_id.to_string(),
             step_name: r.step_name,
@@ -279,8 +336,7 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
             message: r.message,
             log_tail: r.log_tail,
             retry_at: r.retry_at.map(timestamp),
-        })
-        .collect())
+    }
 }
 
 pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput>, sqlx::Error> {

@@ -57,6 +57,7 @@ fn farm_positions_continue_after_those_already_written() {
         farm_position: 41,
         jitter_seed: 1,
         now: bench.now,
+        known_workers: Vec::new(),
     });
     std::mem::swap(&mut bench.core, &mut core);
     bench.join("w", worker());

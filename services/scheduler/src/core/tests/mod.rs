@@ -9,6 +9,7 @@ mod controls;
 mod dependencies;
 mod events;
 mod failures;
+mod fleet;
 mod outputs;
 mod pick_order;
 mod property;
@@ -118,6 +119,7 @@ pub struct JobSpec {
     waiting_on: Vec<Uuid>,
     steps: Vec<StepSpec>,
     inputs: Vec<pb::TaskInput>,
+    tags: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -145,6 +147,7 @@ pub fn job(owner: &str, tasks: usize) -> JobSpec {
             requirements: None,
         }],
         inputs: Vec::new(),
+        tags: Vec::new(),
     }
 }
 
@@ -159,6 +162,11 @@ impl JobSpec {
     }
     pub fn max_run_seconds(mut self, seconds: u32) -> Self {
         self.max_run_seconds = seconds;
+        self
+    }
+    /// The job's tasks go only to workers carrying `tag`.
+    pub fn tag(mut self, tag: &str) -> Self {
+        self.tags.push(tag.into());
         self
     }
     pub fn after_job(mut self, job: Uuid) -> Self {
@@ -278,6 +286,7 @@ impl Bench {
             farm_position: 0,
             jitter_seed: 7,
             now,
+            known_workers: Vec::new(),
         });
         Self {
             core,
@@ -320,6 +329,7 @@ impl Bench {
         self.sessions.insert(worker_id.to_owned(), session);
         let joined = Command::WorkerJoined {
             worker_id: worker_id.into(),
+            hostname: format!("{worker_id}.local"),
             session,
             capabilities: spec.capabilities(),
             held,
@@ -383,6 +393,19 @@ impl Bench {
         self.handle(Command::Control {
             request,
             job_id: job,
+            control,
+        })
+    }
+
+    pub fn worker_control(
+        &mut self,
+        worker_id: &str,
+        control: crate::core::command::WorkerControl,
+    ) -> Result<(), Refusal> {
+        let request = self.request();
+        self.handle(Command::WorkerControl {
+            request,
+            worker_id: worker_id.into(),
             control,
         })
     }
@@ -664,6 +687,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
+        tags: spec.tags.iter().cloned().collect(),
     };
     (job, tasks, Submitted { id, steps: ids })
 }
