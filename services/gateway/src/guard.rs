@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tonic::Status;
 
+use crate::dashboard;
 use crate::rate_limit::{TokenRateLimiter, Verdict};
+use crate::sessions::SessionStore;
 use crate::rest::ApiError;
 use crate::tokens::TokenStore;
 
@@ -25,6 +27,9 @@ pub enum Protocol {
 pub struct Guard {
     pub protocol: Protocol,
     pub store: TokenStore,
+    /// Dashboard sessions (REST only): a cookie instead of a bearer token,
+    /// with a CSRF secret every state-changing call must echo.
+    pub sessions: Option<SessionStore>,
     pub limiter: Arc<TokenRateLimiter>,
     pub max_header_bytes: usize,
 }
@@ -32,30 +37,67 @@ pub struct Guard {
 enum Refusal {
     HeadersTooLarge(usize),
     Unauthenticated(&'static str),
+    /// A cookie-authenticated change without the session's CSRF secret, or
+    /// from another origin.
+    Forgery(&'static str),
+    /// A dashboard page asked for without a session: go and log in.
+    LogIn,
     Unavailable,
     RateLimited(Verdict),
 }
 
 /// Checks the request and puts its [`crate::auth::Principal`] into its extensions.
 pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
-    if is_public(request.uri().path()) {
+    let path = request.uri().path();
+    if is_public(path) || (guard.sessions.is_some() && dashboard::is_public(path)) {
         return next.run(request).await;
     }
     let size = header_bytes(request.headers());
     if size > guard.max_header_bytes {
         return guard.refuse(Refusal::HeadersTooLarge(guard.max_header_bytes));
     }
-    let Some(secret) = bearer(request.headers()) else {
-        return guard.refuse(Refusal::Unauthenticated(
-            "a bearer token is required (header authorization: Bearer <token>)",
-        ));
-    };
-    let principal = match guard.store.authenticate(secret).await {
-        Ok(Some(principal)) => principal,
-        Ok(None) => return guard.refuse(Refusal::Unauthenticated("unknown or revoked token")),
-        Err(err) => {
-            tracing::error!(error = %err, "cannot check a token");
-            return guard.refuse(Refusal::Unavailable);
+    let page = guard.sessions.is_some() && dashboard::is_page(path);
+    let mut csrf = None;
+    let principal = match (bearer(request.headers()), &guard.sessions) {
+        (Some(secret), _) => match guard.store.authenticate(secret).await {
+            Ok(Some(principal)) => principal,
+            Ok(None) => return guard.refuse(Refusal::Unauthenticated("unknown or revoked token")),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot check a token");
+                return guard.refuse(Refusal::Unavailable);
+            }
+        },
+        (None, Some(sessions)) => match dashboard::session_cookie(request.headers()) {
+            Some(secret) => match sessions.find(secret).await {
+                Ok(Some(session)) => {
+                    if let Err(why) = dashboard::check_forgery(&request, &session) {
+                        return guard.refuse(Refusal::Forgery(why));
+                    }
+                    csrf = Some(dashboard::Csrf(session.csrf));
+                    session.principal
+                }
+                Ok(None) if page => return guard.refuse(Refusal::LogIn),
+                Ok(None) => {
+                    return guard.refuse(Refusal::Unauthenticated(
+                        "the session has ended; log in again",
+                    ));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot check a session");
+                    return guard.refuse(Refusal::Unavailable);
+                }
+            },
+            None if page => return guard.refuse(Refusal::LogIn),
+            None => {
+                return guard.refuse(Refusal::Unauthenticated(
+                    "a bearer token is required (header authorization: Bearer <token>)",
+                ));
+            }
+        },
+        (None, None) => {
+            return guard.refuse(Refusal::Unauthenticated(
+                "a bearer token is required (header authorization: Bearer <token>)",
+            ));
         }
     };
     let verdict = guard.limiter.check(principal.token_id);
@@ -64,6 +106,9 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         return guard.refuse(Refusal::RateLimited(verdict));
     }
     request.extensions_mut().insert(principal);
+    if let Some(csrf) = csrf {
+        request.extensions_mut().insert(csrf);
+    }
     let mut response = next.run(request).await;
     guard.limiter.headers(&verdict, response.headers_mut());
     response
@@ -82,7 +127,10 @@ impl Guard {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Refusal::RateLimited(verdict) => self.limiter.headers(verdict, response.headers_mut()),
-            Refusal::HeadersTooLarge(_) | Refusal::Unavailable => {}
+            Refusal::HeadersTooLarge(_)
+            | Refusal::Unavailable
+            | Refusal::Forgery(_)
+            | Refusal::LogIn => {}
         }
         response
     }
@@ -98,6 +146,8 @@ fn rest_refusal(refusal: &Refusal) -> Response {
         Refusal::Unauthenticated(why) => {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", *why)
         }
+        Refusal::Forgery(why) => ApiError::new(StatusCode::FORBIDDEN, "csrf", *why),
+        Refusal::LogIn => return dashboard::to_login(),
         Refusal::Unavailable => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -121,6 +171,8 @@ fn grpc_refusal(refusal: &Refusal) -> Response {
             Status::invalid_argument(format!("request metadata exceeds {limit} bytes"))
         }
         Refusal::Unauthenticated(why) => Status::unauthenticated(*why),
+        Refusal::Forgery(why) => Status::permission_denied(*why),
+        Refusal::LogIn => Status::unauthenticated("log in"),
         Refusal::Unavailable => Status::unavailable("the token store is unavailable"),
         Refusal::RateLimited(verdict) => Status::resource_exhausted(format!(
             "too many requests for this token; retry in {}",

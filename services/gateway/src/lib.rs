@@ -3,10 +3,13 @@
 //! (`upstream.rs`), behind bearer tokens (`auth.rs`, `tokens.rs`) and the
 //! limits composed in `limits.rs`. Every call passes one authorization step
 //! (`PublicApi::authorize`); REST routes and OpenAPI operations are
-//! registered together in `rest.rs`'s route table.
+//! registered together in `rest.rs`'s route table. The web dashboard
+//! (`dashboard/`) is served on the REST port at `/`, behind a session cookie
+//! (`sessions.rs`) with CSRF protection in the same guard.
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod grpc;
 pub mod guard;
@@ -15,6 +18,8 @@ pub mod limits;
 pub mod openapi;
 pub mod rate_limit;
 pub mod rest;
+pub mod rest_farm;
+pub mod sessions;
 pub mod sse;
 pub mod token_service;
 pub mod tokens;

@@ -18,6 +18,7 @@ use crate::config::LimitArgs;
 use crate::guard::{self, Guard, Protocol};
 use crate::rate_limit::TokenRateLimiter;
 use crate::rest::{self, ApiError, RestState};
+use crate::sessions::SessionStore;
 use crate::tokens::TokenStore;
 
 /// How often idle tokens are dropped from the rate limiter's table.
@@ -62,6 +63,7 @@ impl Limits {
         Arc::new(Guard {
             protocol,
             store: self.store.clone(),
+            sessions: (protocol == Protocol::Rest).then(|| SessionStore::new(&self.store)),
             limiter: self.limiter.clone(),
             max_header_bytes: self.args.max_header_bytes,
         })
@@ -82,9 +84,17 @@ impl Limits {
                 self.args.max_upload_bytes,
             ));
         let routes: Router<RestState> = json.merge(streaming).into();
+        // The dashboard's pages and login: small bodies, quick answers.
+        let pages = crate::dashboard::routes()
+            .layer(DefaultBodyLimit::max(self.args.max_json_bytes))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::GATEWAY_TIMEOUT,
+                timeout,
+            ));
         Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .merge(routes)
+            .merge(pages)
             .fallback(|| async { ApiError::not_found() })
             .with_state(state)
             .layer(axum::middleware::from_fn_with_state(

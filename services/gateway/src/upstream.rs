@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kiln_discovery::{Discovery, service};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
+use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -38,6 +39,11 @@ impl Upstreams {
     pub async fn jobs(&self) -> Result<JobServiceClient<Channel>, Status> {
         let channel = self.channel(service::SCHEDULER, &self.scheduler).await?;
         Ok(JobServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    pub async fn farm(&self) -> Result<FarmServiceClient<Channel>, Status> {
+        let channel = self.channel(service::SCHEDULER, &self.scheduler).await?;
+        Ok(FarmServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     pub async fn assets(&self) -> Result<AssetServiceClient<Channel>, Status> {

@@ -20,6 +20,7 @@ pub mod stall;
 pub mod task_log;
 pub mod task_runner;
 pub mod thumbnails;
+pub mod usage;
 pub mod variant;
 pub mod warm_plan;
 pub mod warm_pool;
