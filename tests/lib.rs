@@ -8,12 +8,15 @@ use anyhow::{Context, Result, bail};
 use kiln_asset_client::{AssetClient, CallCredentials};
 use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
+use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_proto::v1::token_service_client::TokenServiceClient;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub mod hand_worker;
+pub mod webdriver;
 
 /// A finished job takes at most this long in these tests.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(300);
@@ -58,8 +61,10 @@ pub async fn start_farm_tls(workers: usize) -> Result<(Farm, tempfile::TempDir)>
 pub type AuthChannel = InterceptedService<Channel, CallCredentials>;
 
 /// A gRPC client of the farm's gateway, carrying a bearer token.
+#[derive(Clone)]
 pub struct Client {
     pub jobs: JobServiceClient<AuthChannel>,
+    pub farm: FarmServiceClient<AuthChannel>,
     pub assets: AssetClient,
 }
 
@@ -89,6 +94,7 @@ impl Client {
         Ok(Self {
             jobs: JobServiceClient::with_interceptor(channel.clone(), credentials.clone())
                 .max_decoding_message_size(16 * 1024 * 1024),
+            farm: FarmServiceClient::with_interceptor(channel.clone(), credentials.clone()),
             assets: AssetClient::with_credentials(channel, credentials),
         })
     }
@@ -440,4 +446,44 @@ pub fn docker_compose() -> std::process::Command {
         }
         false => std::process::Command::new("docker-compose"),
     }
+}
+
+/// Creates a token through the gateway with the farm's admin token; returns its secret.
+pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<String> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let credentials = CallCredentials::bearer(farm.admin_token())?;
+    let mut tokens = TokenServiceClient::with_interceptor(channel, credentials);
+    let request = pb::CreateTokenRequest {
+        name: name.to_owned(),
+        role: role as i32,
+    };
+    Ok(tokens.create_token(request).await?.into_inner().secret)
+}
+
+/// Polls `check` every 200 ms until it gives a value, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) if Instant::now() < until => {}
+            Ok(None) => bail!("timed out waiting for {what}"),
+            Err(err) if Instant::now() < until => {
+                tracing_free_note(&err);
+            }
+            Err(err) => return Err(err.context(format!("waiting for {what}"))),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tracing_free_note(err: &anyhow::Error) {
+    eprintln!("(still waiting: {err:#})");
 }

@@ -2,7 +2,8 @@
 
 use indicatif::HumanBytes;
 use kiln_proto::v1::{
-    CancelJobRequest, GetJobRequest, Job, ListJobsRequest, ListTasksRequest, Task,
+    CancelJobRequest, ExplainWaitingRequest, ExplainWaitingResponse, GetJobRequest, Job,
+    ListJobsRequest, ListTasksRequest, Task,
 };
 
 use crate::cli::{JobArgs, JobsArgs, OutputsArgs};
@@ -55,7 +56,9 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
         .await
         .map_err(CliError::rpc("getting the job"))?
         .into_inner();
-    let request = ListTasksRequest { job_id: args.job };
+    let request = ListTasksRequest {
+        job_id: args.job.clone(),
+    };
     let tasks = gateway
         .jobs
         .clone()
@@ -67,7 +70,37 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
     print_job(&job);
     say!("\n{}", steps_table(&job));
     say!("\n{}", tasks_table(&tasks));
+    let request = ExplainWaitingRequest {
+        job_id: args.job,
+        task_id: String::new(),
+    };
+    // Why the waiting tasks wait, as the scheduler's dispatch core sees it.
+    match gateway.jobs.clone().explain_waiting(request).await {
+        Ok(answer) => print_waiting(&answer.into_inner()),
+        Err(status) => say!("\nwhy waiting: cannot tell ({})", status.message()),
+    }
     Ok(())
+}
+
+fn print_waiting(answer: &ExplainWaitingResponse) {
+    if answer.tasks.is_empty() {
+        return;
+    }
+    say!("\nwaiting (queue position {} of {}):", answer.queue_position, answer.queue_length);
+    for task in &answer.tasks {
+        let more = match task.similar_tasks {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        for (i, reason) in task.reasons.iter().enumerate() {
+            let lead = if i == 0 {
+                format!("{} #{}{more}:", task.step_name, task.index)
+            } else {
+                String::new()
+            };
+            say!("  {lead:<24} {}", reason.message);
+        }
+    }
 }
 
 fn print_job(job: &Job) {
@@ -82,6 +115,9 @@ fn print_job(job: &Job) {
     );
     say!("priority  {}", job.priority);
     say!("owner     {}", job.owner);
+    if !job.tags.is_empty() {
+        say!("tags      {}", job.tags.join(", "));
+    }
     if !job.depends_on_jobs.is_empty() {
         say!("after     {}", job.depends_on_jobs.join(", "));
     }
