@@ -9,7 +9,7 @@ cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 garage_version=2.5.0
 # docker.io, docker-compose and debootstrap: the compose test (tests/compose.rs) runs a real Docker engine.
-packages=(postgresql etcd-server etcd-client blender ffmpeg protobuf-compiler libprotobuf-dev python3 python3-venv prometheus docker.io docker-compose debootstrap)
+packages=(postgresql etcd-server etcd-client blender ffmpeg protobuf-compiler libprotobuf-dev python3 python3-venv prometheus docker.io docker-compose debootstrap chromium chromium-driver)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
