@@ -33,16 +33,27 @@ fn artifacts() -> PathBuf {
 /// Fails on any console error since the last look, naming the page.
 fn no_console_errors(browser: &Browser, page: &str) -> Result<()> {
     let errors = browser.console_errors()?;
-    ensure!(errors.is_empty(), "console errors on the {page} page: {errors:#?}");
+    ensure!(
+        errors.is_empty(),
+        "console errors on the {page} page: {errors:#?}"
+    );
     Ok(())
 }
 
 fn log_in(browser: &Browser, base: &str, token: &str) -> Result<()> {
     browser.goto(&format!("{base}/"))?;
-    browser.wait_for("the login page", "document.body.dataset.page === 'login'", SHORT)?;
+    browser.wait_for(
+        "the login page",
+        "document.body.dataset.page === 'login'",
+        SHORT,
+    )?;
     browser.type_into("#token", token)?;
     browser.click("#login")?;
-    browser.wait_for("the jobs page", "document.body.dataset.page === 'jobs'", SHORT)?;
+    browser.wait_for(
+        "the jobs page",
+        "document.body.dataset.page === 'jobs'",
+        SHORT,
+    )?;
     Ok(())
 }
 
@@ -57,17 +68,28 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
 
     // 1. Log in with a token: the session cookie is HttpOnly.
     browser.goto(&format!("{base}/"))?;
-    browser.wait_for("the login page", "document.body.dataset.page === 'login'", SHORT)?;
+    browser.wait_for(
+        "the login page",
+        "document.body.dataset.page === 'login'",
+        SHORT,
+    )?;
     browser.screenshot("login")?;
     log_in(&browser, &base, farm.admin_token())?;
     let cookies = browser.script("return document.cookie;")?;
-    ensure!(cookies == "", "the session cookie is readable by scripts: {cookies}");
+    ensure!(
+        cookies == "",
+        "the session cookie is readable by scripts: {cookies}"
+    );
     browser.screenshot("jobs-empty")?;
     no_console_errors(&browser, "jobs")?;
 
     // 2. Submit the example scene through the form.
     browser.goto(&format!("{base}/submit"))?;
-    browser.wait_for("the submit page", "document.body.dataset.page === 'submit'", SHORT)?;
+    browser.wait_for(
+        "the submit page",
+        "document.body.dataset.page === 'submit'",
+        SHORT,
+    )?;
     browser.type_into("#scene", &scene.display().to_string())?;
     browser.type_into("#frames", "1-8")?;
     browser.type_into("#chunk", "2")?;
@@ -86,8 +108,8 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
         "document.querySelectorAll('#grid .cell').length === 8",
         SHORT,
     )?;
-    let green_at_first = browser
-        .script("return document.querySelectorAll('#grid .cell.t-succeeded').length;")?;
+    let green_at_first =
+        browser.script("return document.querySelectorAll('#grid .cell.t-succeeded').length;")?;
     browser.wait_for(
         "every frame green",
         "document.querySelectorAll('#grid .cell.t-succeeded').length === 8",
@@ -110,7 +132,8 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
         SHORT,
     )?;
     ensure!(
-        log.as_str().is_some_and(|l| l.contains("Fra:") || l.contains("Saved:")),
+        log.as_str()
+            .is_some_and(|l| l.contains("Fra:") || l.contains("Saved:")),
         "not a Blender log: {log}"
     );
     ensure!(
@@ -149,7 +172,11 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
         .await?
         .into_inner();
     browser.goto(&format!("{base}/jobs/{}", second.id))?;
-    browser.wait_for("the second job's page", "document.body.dataset.page === 'job'", SHORT)?;
+    browser.wait_for(
+        "the second job's page",
+        "document.body.dataset.page === 'job'",
+        SHORT,
+    )?;
     browser.click("button[data-action=cancel]")?;
     browser.wait_for(
         "the cancel to show",
@@ -165,8 +192,14 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
     // 7. Disable a worker on the workers page; it takes no new task.
     let disabled = kiln_localfarm::worker_id(1);
     browser.goto(&format!("{base}/workers"))?;
-    browser.wait_for("the workers page", "document.body.dataset.page === 'workers'", SHORT)?;
-    browser.click(&format!("tr[data-worker=\"{disabled}\"] button[data-worker-action=disable]"))?;
+    browser.wait_for(
+        "the workers page",
+        "document.body.dataset.page === 'workers'",
+        SHORT,
+    )?;
+    browser.click(&format!(
+        "tr[data-worker=\"{disabled}\"] button[data-worker-action=disable]"
+    ))?;
     browser.wait_for(
         "the worker shown disabled",
         &format!("document.querySelector('tr[data-worker=\"{disabled}\"] .badge').textContent === 'disabled'"),
@@ -178,14 +211,21 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
         .await?
         .into_inner();
     let finished = admin.wait_until_finished(&third.id).await?;
-    ensure!(finished.state == pb::JobState::Succeeded as i32, "{finished:?}");
+    ensure!(
+        finished.state == pb::JobState::Succeeded as i32,
+        "{finished:?}"
+    );
     let tasks = admin.tasks(&third.id).await?;
     ensure!(
         tasks.iter().all(|t| t.worker_id != disabled),
         "a disabled worker took a task: {tasks:?}"
     );
     browser.goto(&format!("{base}/workers"))?;
-    browser.wait_for("the workers page", "document.body.dataset.page === 'workers'", SHORT)?;
+    browser.wait_for(
+        "the workers page",
+        "document.body.dataset.page === 'workers'",
+        SHORT,
+    )?;
     browser.screenshot("workers")?;
     no_console_errors(&browser, "workers")?;
 
@@ -201,19 +241,31 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
 
     // The jobs list, with three jobs.
     browser.goto(&format!("{base}/"))?;
-    browser.wait_for("the jobs list", "document.querySelectorAll('#jobs tbody tr').length === 3", SHORT)?;
+    browser.wait_for(
+        "the jobs list",
+        "document.querySelectorAll('#jobs tbody tr').length === 3",
+        SHORT,
+    )?;
     browser.screenshot("jobs")?;
 
     // 8. A viewer sees no admin buttons, and the API refuses them anyway.
     browser.click("#logout")?;
-    browser.wait_for("the login page", "document.body.dataset.page === 'login'", SHORT)?;
+    browser.wait_for(
+        "the login page",
+        "document.body.dataset.page === 'login'",
+        SHORT,
+    )?;
     log_in(&browser, &base, &viewer_token)?;
     browser.goto(&format!("{base}/jobs/{job_id}"))?;
     let page = browser.wait_for("the viewer's job page", "document.body.dataset.page", SHORT)?;
     ensure!(page == "error" || page == "job", "{page}");
     ensure!(!browser.exists("#actions")?, "a viewer sees job controls");
     browser.goto(&format!("{base}/workers"))?;
-    browser.wait_for("the viewer's workers page", "document.body.dataset.page === 'workers'", SHORT)?;
+    browser.wait_for(
+        "the viewer's workers page",
+        "document.body.dataset.page === 'workers'",
+        SHORT,
+    )?;
     ensure!(
         !browser.exists("[data-worker-action]")?,
         "a viewer sees worker actions"
@@ -247,7 +299,10 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
         .into_iter()
         .filter(|e| !e.contains("403"))
         .collect();
-    ensure!(errors.is_empty(), "console errors for the viewer: {errors:#?}");
+    ensure!(
+        errors.is_empty(),
+        "console errors for the viewer: {errors:#?}"
+    );
     println!("dashboard screenshots in {}", artifacts().display());
     Ok(())
 }
@@ -285,10 +340,18 @@ async fn dashboard_figures() -> Result<()> {
     for submitter in submitters {
         submitter.await??;
     }
-    println!("submitted {jobs} jobs in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "submitted {jobs} jobs in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut grid_request = clips_request(frames, 1, "testsrc", false);
     grid_request.tags = vec!["nowhere".into()];
-    let big = client.jobs.clone().submit_job(grid_request).await?.into_inner();
+    let big = client
+        .jobs
+        .clone()
+        .submit_job(grid_request)
+        .await?
+        .into_inner();
 
     let browser = Browser::start(&artifacts())?;
     log_in(&browser, &base, farm.admin_token())?;

@@ -89,7 +89,9 @@ async fn worker_settings_survive_restarts_and_admins_alone_change_them() -> Resu
             .map(|_| ()),
     ] {
         ensure!(
-            refused.as_ref().is_err_and(|s| s.code() == Code::PermissionDenied),
+            refused
+                .as_ref()
+                .is_err_and(|s| s.code() == Code::PermissionDenied),
             "a viewer's action was not refused: {refused:?}"
         );
     }
@@ -113,7 +115,10 @@ async fn worker_settings_survive_restarts_and_admins_alone_change_them() -> Resu
         })
         .await?;
     let disabled = admin.farm.disable_worker(action(&id)).await?.into_inner();
-    ensure!(disabled.state == pb::WorkerState::Disabled as i32, "{disabled:?}");
+    ensure!(
+        disabled.state == pb::WorkerState::Disabled as i32,
+        "{disabled:?}"
+    );
     farm.scheduler_mut().expect("a scheduler").restart().await?;
     farm.worker_mut(0).expect("a worker").restart().await?;
     let back = eventually("the worker back after both restarts", PATIENCE, || {
@@ -124,7 +129,10 @@ async fn worker_settings_survive_restarts_and_admins_alone_change_them() -> Resu
     .await?;
     ensure!(back.disabled, "disabled was forgotten: {back:?}");
     ensure!(back.state == pb::WorkerState::Disabled as i32, "{back:?}");
-    ensure!(back.tags == ["fx", "linux"], "tags were forgotten: {back:?}");
+    ensure!(
+        back.tags == ["fx", "linux"],
+        "tags were forgotten: {back:?}"
+    );
     ensure!(back.usage.is_some() || back.connected, "{back:?}");
 
     // A disabled worker takes nothing, and the job says why.
@@ -135,7 +143,10 @@ async fn worker_settings_survive_restarts_and_admins_alone_change_them() -> Resu
         .into_inner();
     let excluded = reason(&mut admin, &job.id, pb::WaitCause::WorkersExcluded).await?;
     ensure!(
-        excluded.workers.iter().any(|w| w.worker_id == id && w.reason == "disabled"),
+        excluded
+            .workers
+            .iter()
+            .any(|w| w.worker_id == id && w.reason == "disabled"),
         "{excluded:?}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -164,7 +175,10 @@ async fn worker_settings_survive_restarts_and_admins_alone_change_them() -> Resu
     })
     .await?;
     let draining = admin.farm.drain_worker(action(&id)).await?.into_inner();
-    ensure!(draining.state == pb::WorkerState::Draining as i32, "{draining:?}");
+    ensure!(
+        draining.state == pb::WorkerState::Draining as i32,
+        "{draining:?}"
+    );
     let drained = eventually("the drain to end", PATIENCE, || {
         let mut admin = admin.clone();
         let id = id.clone();
@@ -244,7 +258,10 @@ async fn why_a_task_waits_names_each_cause() -> Result<()> {
     let first = reason(&mut client, &urgent.id, pb::WaitCause::Queued).await?;
     ensure!(first.jobs_ahead == 0, "{first:?}");
     let place = waiting(&mut client, &normal.id).await?;
-    ensure!(place.queue_position == 2 && place.queue_length >= 2, "{place:?}");
+    ensure!(
+        place.queue_position == 2 && place.queue_length >= 2,
+        "{place:?}"
+    );
 
     let gpu = client
         .jobs
@@ -288,7 +305,11 @@ async fn why_a_task_waits_names_each_cause() -> Result<()> {
     let held = waiting(&mut client, &paused.id).await?;
     let causes: Vec<i32> = held.tasks[0].reasons.iter().map(|r| r.cause).collect();
     ensure!(
-        causes == [pb::WaitCause::Paused as i32, pb::WaitCause::WorkersExcluded as i32],
+        causes
+            == [
+                pb::WaitCause::Paused as i32,
+                pb::WaitCause::WorkersExcluded as i32
+            ],
         "paused first, the tag still named: {held:?}"
     );
 
@@ -354,7 +375,11 @@ async fn filtered_pages_miss_and_repeat_nothing_while_jobs_arrive() -> Result<()
     arriving.await??;
     let unique: HashSet<String> = seen.iter().cloned().collect();
     ensure!(unique.len() == seen.len(), "a job was listed twice");
-    ensure!(unique == before, "jobs missed: {:?}", before.difference(&unique));
+    ensure!(
+        unique == before,
+        "jobs missed: {:?}",
+        before.difference(&unique)
+    );
     let none = client
         .jobs
         .list_jobs(pb::ListJobsRequest {

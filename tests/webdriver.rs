@@ -50,7 +50,9 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let profile = tempfile::Builder::new().prefix("kiln-chromium-").tempdir()?;
+        let profile = tempfile::Builder::new()
+            .prefix("kiln-chromium-")
+            .tempdir()?;
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:loggingPrefs": {"browser": "ALL"},
@@ -163,7 +165,10 @@ impl Browser {
         let deadline = Instant::now() + timeout;
         loop {
             let value = self.script(&format!("return ({condition});"))?;
-            if !(value.is_null() || value == json!(false) || value == json!(0) || value == json!(""))
+            if !(value.is_null()
+                || value == json!(false)
+                || value == json!(0)
+                || value == json!(""))
             {
                 return Ok(value);
             }

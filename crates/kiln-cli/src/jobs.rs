@@ -86,7 +86,11 @@ fn print_waiting(answer: &ExplainWaitingResponse) {
     if answer.tasks.is_empty() {
         return;
     }
-    say!("\nwaiting (queue position {} of {}):", answer.queue_position, answer.queue_length);
+    say!(
+        "\nwaiting (queue position {} of {}):",
+        answer.queue_position,
+        answer.queue_length
+    );
     for task in &answer.tasks {
         let more = match task.similar_tasks {
             0 => String::new(),

@@ -14,8 +14,8 @@ use tonic::Status;
 
 use crate::dashboard;
 use crate::rate_limit::{TokenRateLimiter, Verdict};
-use crate::sessions::SessionStore;
 use crate::rest::ApiError;
+use crate::sessions::SessionStore;
 use crate::tokens::TokenStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

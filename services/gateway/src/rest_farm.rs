@@ -228,7 +228,11 @@ pub(crate) async fn timeline(
 ) -> ApiResult<Json<pb::ListTaskSpansResponse>> {
     let Query(query) = query?;
     let request = pb::ListTaskSpansRequest {
-        since: query.since.as_deref().map(|t| rfc3339("since", t)).transpose()?,
+        since: query
+            .since
+            .as_deref()
+            .map(|t| rfc3339("since", t))
+            .transpose()?,
         limit: query.limit.unwrap_or(0),
         owner: String::new(),
     };

@@ -340,7 +340,11 @@ async fn write_workers(
     )
     .bind(rows.iter().map(|w| w.tags.join(",")).collect::<Vec<_>>())
     .bind(rows.iter().map(|w| w.admin.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|w| w.connection.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|w| w.connection.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|w| w.last_seen).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;

@@ -81,13 +81,7 @@ impl Requirements {
         let attributes = self
             .attributes
             .iter()
-            .filter(|a| {
-                !a.matches(&worker_attribute(
-                    &worker.attributes,
-                    &worker.os,
-                    &a.name,
-                ))
-            })
+            .filter(|a| !a.matches(&worker_attribute(&worker.attributes, &worker.os, &a.name)))
             .map(Attribute::describe);
         amounts.chain(attributes).collect()
     }

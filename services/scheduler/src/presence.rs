@@ -30,7 +30,10 @@ impl Presence {
             return;
         };
         if seen.len() >= MAX_WORKERS && !seen.contains_key(worker_id) {
-            let oldest = seen.iter().min_by_key(|(_, s)| s.at).map(|(k, _)| k.clone());
+            let oldest = seen
+                .iter()
+                .min_by_key(|(_, s)| s.at)
+                .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 seen.remove(&oldest);
             }

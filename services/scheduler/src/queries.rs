@@ -322,20 +322,20 @@ pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx
 
 fn task_to_proto(r: TaskRow) -> pb::Task {
     pb::Task {
-            id: r.id.to_string(),
-            job_id: r.job_id.to_string(),
-            step_name: r.step_name,
-            index: r.index as u32,
-            state: TaskState::parse(&r.state)
-                .map(TaskState::to_proto)
-                .unwrap_or_default() as i32,
-            attempts: r.attempt as u32,
-            worker_id: r.worker_id.unwrap_or_default(),
-            frames: r.frames,
-            exit_code: r.exit_code,
-            message: r.message,
-            log_tail: r.log_tail,
-            retry_at: r.retry_at.map(timestamp),
+        id: r.id.to_string(),
+        job_id: r.job_id.to_string(),
+        step_name: r.step_name,
+        index: r.index as u32,
+        state: TaskState::parse(&r.state)
+            .map(TaskState::to_proto)
+            .unwrap_or_default() as i32,
+        attempts: r.attempt as u32,
+        worker_id: r.worker_id.unwrap_or_default(),
+        frames: r.frames,
+        exit_code: r.exit_code,
+        message: r.message,
+        log_tail: r.log_tail,
+        retry_at: r.retry_at.map(timestamp),
     }
 }
 

@@ -65,4 +65,3 @@ pub fn task_finished(job_type: &str, status: RunStatus, took: Duration) {
         .increment(1);
     metrics::histogram!(JOB_DURATION, "job_type" => job_type).record(took.as_secs_f64());
 }
-

@@ -58,7 +58,11 @@ pub fn page(
         let _ = write!(attributes, " data-{name}=\"{}\"", esc(value));
     }
     let nav = |href: &str, name: &str, label: &str| {
-        let current = if name == page { " class=\"current\"" } else { "" };
+        let current = if name == page {
+            " class=\"current\""
+        } else {
+            ""
+        };
         format!("<a href=\"{href}\"{current}>{label}</a>")
     };
     let html = format!(
@@ -113,7 +117,10 @@ fn secured(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -82,7 +82,9 @@ pub fn is_public(path: &str) -> bool {
 /// Pages that send a visitor without a session to the login.
 pub fn is_page(path: &str) -> bool {
     matches!(path, "/" | "/workers" | "/timeline" | "/submit")
-        || path.strip_prefix("/jobs/").is_some_and(|id| !id.contains('/'))
+        || path
+            .strip_prefix("/jobs/")
+            .is_some_and(|id| !id.contains('/'))
 }
 
 /// A redirect to the login page.

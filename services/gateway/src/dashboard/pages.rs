@@ -43,7 +43,10 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn parse_time(field: &str, text: &Option<String>) -> Result<Option<pbjson_types::Timestamp>, String> {
+fn parse_time(
+    field: &str,
+    text: &Option<String>,
+) -> Result<Option<pbjson_types::Timestamp>, String> {
     let Some(text) = text.as_deref().filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
@@ -83,7 +86,11 @@ pub fn state_name(state: i32) -> &'static str {
 
 fn eta_text(job: &pb::Job) -> String {
     match &job.eta {
-        Some(eta) => format!("~{} ± {}", duration(eta.seconds_left), duration(eta.plus_minus_seconds)),
+        Some(eta) => format!(
+            "~{} ± {}",
+            duration(eta.seconds_left),
+            duration(eta.plus_minus_seconds)
+        ),
         None => String::new(),
     }
 }
@@ -98,7 +105,11 @@ fn duration(seconds: u32) -> String {
 
 fn error_page(caller: &Principal, csrf: &str, status: StatusCode, message: &str) -> Response {
     let body = format!("<p class=\"error\" id=\"page-error\">{}</p>", esc(message));
-    (status, html::page("Error", "error", caller, csrf, &[], &body)).into_response()
+    (
+        status,
+        html::page("Error", "error", caller, csrf, &[], &body),
+    )
+        .into_response()
 }
 
 pub async fn jobs(
@@ -111,7 +122,12 @@ pub async fn jobs(
     let query = match query {
         Ok(Query(query)) => query,
         Err(rejection) => {
-            return error_page(&caller, &csrf, StatusCode::BAD_REQUEST, &rejection.body_text());
+            return error_page(
+                &caller,
+                &csrf,
+                StatusCode::BAD_REQUEST,
+                &rejection.body_text(),
+            );
         }
     };
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
@@ -119,12 +135,13 @@ pub async fn jobs(
         .state
         .iter()
         .flat_map(|s| s.split(','))
-        .filter_map(|name| pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.trim().to_ascii_uppercase())))
+        .filter_map(|name| {
+            pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.trim().to_ascii_uppercase()))
+        })
         .map(|s| s as i32)
         .collect();
-    let times = parse_time("before", &query.before).and_then(|before| {
-        parse_time("after", &query.after).map(|after| (before, after))
-    });
+    let times = parse_time("before", &query.before)
+        .and_then(|before| parse_time("after", &query.after).map(|after| (before, after)));
     let (before, after) = match times {
         Ok(times) => times,
         Err(message) => return error_page(&caller, &csrf, StatusCode::BAD_REQUEST, &message),
@@ -177,7 +194,9 @@ pub async fn jobs(
         esc(query.after.as_deref().unwrap_or(""))
     );
     for job in &jobs {
-        let submitted = time(job.created_at.as_ref()).map(rfc3339).unwrap_or_default();
+        let submitted = time(job.created_at.as_ref())
+            .map(rfc3339)
+            .unwrap_or_default();
         let _ = write!(
             body,
             "<tr data-job=\"{id}\"><td><a href=\"/jobs/{id}\">{name}</a></td>\
@@ -214,7 +233,11 @@ pub async fn jobs(
                 let _ = write!(next, "&{key}={}", url(value));
             }
         }
-        let _ = write!(body, "<p class=\"pager\"><a id=\"older\" href=\"{}\">Older jobs →</a></p>", esc(&next));
+        let _ = write!(
+            body,
+            "<p class=\"pager\"><a id=\"older\" href=\"{}\">Older jobs →</a></p>",
+            esc(&next)
+        );
     }
     let first = query.before.is_none();
     html::page(
@@ -242,7 +265,8 @@ pub async fn job(
             return error_page(&caller, &csrf, code, status.message());
         }
     };
-    let may_control = caller.role >= Role::Submitter && (caller.is_admin() || caller.name == job.owner);
+    let may_control =
+        caller.role >= Role::Submitter && (caller.is_admin() || caller.name == job.owner);
     let mut body = String::new();
     let _ = write!(
         body,
@@ -412,7 +436,10 @@ fn worker_row(worker: &pb::Worker, admin: bool) -> String {
         } else {
             String::new()
         },
-        gpu = usage.gpu.map(|g| format!("{:.0}%", g * 100.0)).unwrap_or_default(),
+        gpu = usage
+            .gpu
+            .map(|g| format!("{:.0}%", g * 100.0))
+            .unwrap_or_default(),
         seen = time(worker.last_seen.as_ref())
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default(),

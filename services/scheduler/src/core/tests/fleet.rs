@@ -38,7 +38,10 @@ fn a_disabled_worker_hands_back_its_task_and_takes_none_until_enabled() {
         "requeued, not failed"
     );
     assert_eq!(row(&bench, "w").admin, AdminState::Disabled);
-    assert!(bench.dispatch().is_empty(), "a disabled worker takes nothing");
+    assert!(
+        bench.dispatch().is_empty(),
+        "a disabled worker takes nothing"
+    );
     bench
         .worker_control("w", WorkerControl::Enable)
         .expect("known");
@@ -55,7 +58,9 @@ fn a_draining_worker_finishes_its_task_then_is_disabled() {
     bench.join("w", worker());
     let first = bench.dispatch_one();
     bench.started("w", first.task);
-    bench.worker_control("w", WorkerControl::Drain).expect("known");
+    bench
+        .worker_control("w", WorkerControl::Drain)
+        .expect("known");
     bench.commit();
     assert!(cancels(bench.batches.last().expect("a batch")).is_empty());
     assert_eq!(row(&bench, "w").admin, AdminState::Draining);
@@ -79,7 +84,11 @@ fn tags_send_a_jobs_tasks_only_to_workers_carrying_all_of_them() {
         .expect("known");
     let tagged = bench.submit(job("alice", 2).tag("fx"));
     let assigned = bench.dispatch();
-    assert_eq!(assigned.len(), 1, "only one worker carries fx: {assigned:?}");
+    assert_eq!(
+        assigned.len(),
+        1,
+        "only one worker carries fx: {assigned:?}"
+    );
     assert_eq!(assigned[0].worker, "fx");
     assert_eq!(assigned[0].task, tagged.task(0));
     assert_eq!(row(&bench, "fx").tags, vec!["fx", "linux"]);
@@ -129,7 +138,10 @@ fn settings_survive_a_new_leader_and_a_worker_that_reconnects() {
     });
     let tagged = bench.submit(job("bob", 1).tag("fx"));
     bench.join("off", worker());
-    assert!(bench.dispatch().is_empty(), "still disabled after rejoining");
+    assert!(
+        bench.dispatch().is_empty(),
+        "still disabled after rejoining"
+    );
     bench.join("pool", worker());
     let assigned = bench.dispatch_one();
     assert_eq!(assigned.worker, "pool");

@@ -114,7 +114,10 @@ fn workers_kept_away_by_tags_or_an_admin_are_named_with_their_reason() {
         bench.core.why_waiting(job.task(0)),
         Some(Waiting::WorkersExcluded(vec![
             ("a".into(), Exclusion::Disabled),
-            ("b".into(), Exclusion::MissingTags(vec!["fx".into(), "gpu-pool".into()])),
+            (
+                "b".into(),
+                Exclusion::MissingTags(vec!["fx".into(), "gpu-pool".into()])
+            ),
             ("c".into(), Exclusion::MissingTags(vec!["gpu-pool".into()])),
         ]))
     );
