@@ -43,6 +43,13 @@ if [ ! -x "$venv/bin/kubernetes-validate" ] || \
   "$venv/bin/pip" install --quiet kubernetes-validate==1.37.0 "schemathesis==$schemathesis_version"
 fi
 
+# kiln-client's wheels (grpcio-tools to build it, grpcio and protobuf to run
+# it), so tests/python_client.rs installs it into a fresh venv offline.
+if ! "$repo/clients/python/wheelhouse.sh" "$cache/python-wheels"; then
+  echo "==> could not download kiln-client's wheels into $cache/python-wheels" >&2
+  exit 1
+fi
+
 echo "==> building Kiln (target dir $CARGO_TARGET_DIR)"
 cd "$repo"
 cargo build --workspace --bins --quiet

@@ -10,7 +10,6 @@ use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
-use kiln_proto::v1::token_service_client::TokenServiceClient;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -448,14 +447,16 @@ pub fn docker_compose() -> std::process::Command {
     }
 }
 
-/// Creates a token through the gateway with the farm's admin token; returns its secret.
+/// Creates an access token named `name` with `role` (as the farm's admin)
+/// and returns its secret.
 pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<String> {
     let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
         .endpoint(&farm.gateway_url())?
         .connect()
         .await?;
     let credentials = CallCredentials::bearer(farm.admin_token())?;
-    let mut tokens = TokenServiceClient::with_interceptor(channel, credentials);
+    let mut tokens =
+        pb::token_service_client::TokenServiceClient::with_interceptor(channel, credentials);
     let request = pb::CreateTokenRequest {
         name: name.to_owned(),
         role: role as i32,
