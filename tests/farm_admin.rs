@@ -1,12 +1,12 @@
 //! The farm-management API on a real farm: an admin's actions on workers
 //! (and that they survive restarts of the scheduler and of the worker),
 //! tags (pools), why tasks wait (each cause named), and listing jobs with
-//! filters and a cursor while jobs keep arriving.
+//! filters and AIP-158 page tokens while jobs keep arriving.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use kiln_proto::v1 as pb;
 use kiln_tests::{Client, clips_request, create_token, eventually, start_farm, start_farm_with};
 use tonic::Code;
@@ -18,6 +18,14 @@ async fn worker(client: &mut Client, id: &str) -> Result<pb::Worker> {
         worker_id: id.to_owned(),
     };
     Ok(client.farm.get_worker(request).await?.into_inner())
+}
+
+/// GET on the gateway's REST API as the farm's admin.
+fn rest_get(farm: &kiln_localfarm::Farm, path: &str) -> Result<serde_json::Value> {
+    Ok(ureq::get(&format!("{}{path}", farm.gateway_http_url()))
+        .set("authorization", &format!("Bearer {}", farm.admin_token()))
+        .call()?
+        .into_json()?)
 }
 
 fn action(id: &str) -> pb::WorkerActionRequest {
@@ -207,7 +215,7 @@ steps:
       actions:
         onRun:
           command: ffmpeg
-          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "testsrc:d=20", "{{Session.WorkingDirectory}}/outputs/first.mp4"]
+          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "testsrc=d=20", "{{Session.WorkingDirectory}}/outputs/first.mp4"]
   - name: Second
     dependencies:
       - dependsOn: First
@@ -215,7 +223,7 @@ steps:
       actions:
         onRun:
           command: ffmpeg
-          args: ["-y", "-hide_banner", "-f", "lavfi", "-i", "testsrc:d=1", "{{Session.WorkingDirectory}}/outputs/second.mp4"]
+          args: ["-y", "-hide_banner", "-f", "lavfi", "-i", "testsrc=d=1", "{{Session.WorkingDirectory}}/outputs/second.mp4"]
 "#;
     pb::SubmitJobRequest {
         template: Some(pb::submit_job_request::Template::TemplateDocument(
@@ -347,38 +355,58 @@ async fn filtered_pages_miss_and_repeat_nothing_while_jobs_arrive() -> Result<()
         let mut ids = Vec::new();
         for i in 0..20 {
             let mut request = tagged(clips_request(1, 1, "testsrc", false), &["nowhere"]);
-            request.name = format!("late-{i:03}");
+            // They pass the filter too: new jobs come before the first
+            // page, so a listing already under way shows none of them.
+            request.name = format!("shot-late-{i:03}");
             ids.push(other.submit_job(request).await?.into_inner().id);
         }
         anyhow::Ok(ids)
     });
+    let filter = pb::ListJobsRequest {
+        page_size: 7,
+        name_contains: "SHOT-".into(),
+        states: vec![pb::JobState::Pending as i32],
+        ..Default::default()
+    };
     let mut seen = Vec::new();
-    let mut cursor = None;
+    let mut pages = 0;
+    let mut page_token = String::new();
+    let mut next_page = None;
     loop {
         let page = client
             .jobs
             .list_jobs(pb::ListJobsRequest {
-                limit: 7,
-                name_contains: "SHOT-".into(),
-                states: vec![pb::JobState::Pending as i32],
-                submitted_before: cursor,
-                ..Default::default()
+                page_token: page_token.clone(),
+                ..filter.clone()
             })
             .await?
-            .into_inner()
-            .jobs;
-        let Some(last) = page.last() else { break };
-        cursor = last.created_at;
-        seen.extend(page.iter().map(|j| j.id.clone()));
+            .into_inner();
+        pages += 1;
+        if pages == 1 {
+            ensure!(page.jobs.len() == 7, "a full first page");
+        }
+        seen.extend(page.jobs.iter().map(|j| j.id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+        next_page.get_or_insert_with(|| page_token.clone());
+        ensure!(pages < 100, "the pages never end");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    arriving.await??;
+    let late: HashSet<String> = arriving.await??.into_iter().collect();
     let unique: HashSet<String> = seen.iter().cloned().collect();
     ensure!(unique.len() == seen.len(), "a job was listed twice");
     ensure!(
-        unique == before,
+        unique.is_superset(&before),
         "jobs missed: {:?}",
         before.difference(&unique)
+    );
+    // Late jobs submitted before the first page was taken lead it; none
+    // submitted later shows up in a later page.
+    ensure!(
+        unique.difference(&before).all(|id| late.contains(id)),
+        "only the filter's jobs are listed"
     );
     let none = client
         .jobs
@@ -389,6 +417,40 @@ async fn filtered_pages_miss_and_repeat_nothing_while_jobs_arrive() -> Result<()
         .await?
         .into_inner();
     ensure!(none.jobs.is_empty(), "no job succeeded");
+    let token = next_page.context("more than one page")?;
+    let other_filters = client
+        .jobs
+        .list_jobs(pb::ListJobsRequest {
+            page_token: token.clone(),
+            name_contains: "late".into(),
+            ..filter.clone()
+        })
+        .await;
+    ensure!(
+        other_filters.is_err_and(
+            |s| s.code() == Code::InvalidArgument && s.message().contains("other filters")
+        ),
+        "a page token is refused under other filters"
+    );
+    let forged = client
+        .jobs
+        .list_jobs(pb::ListJobsRequest {
+            page_token: "not-a-token".into(),
+            ..filter.clone()
+        })
+        .await;
+    ensure!(
+        forged.is_err_and(|s| s.code() == Code::InvalidArgument),
+        "a made-up page token is refused"
+    );
+    let rest = rest_get(
+        &farm,
+        &format!("/v1/jobs?pageSize=7&name=shot-&state=pending&pageToken={token}"),
+    )?;
+    ensure!(
+        rest["jobs"].as_array().is_some_and(|j| j.len() == 7) && rest["nextPageToken"].is_string(),
+        "REST pages with the same token: {rest}"
+    );
     let bad = client
         .jobs
         .list_jobs(pb::ListJobsRequest {

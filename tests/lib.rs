@@ -371,7 +371,7 @@ steps:
       actions:
         onRun:
           command: ffmpeg
-          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "{{{{Param.Source}}}}:d={{{{Param.Seconds}}}}",
+          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "{{{{Param.Source}}}}=d={{{{Param.Seconds}}}}",
                  "{{{{Session.WorkingDirectory}}}}/outputs/clip_{{{{Task.Param.N}}}}.mp4"]
 "#
     );

@@ -12,35 +12,60 @@ use crate::error::CliError;
 use crate::format::{self, job_state, progress, short_digest, table, task_state, timestamp};
 use crate::outputs;
 
+/// Pages `kiln jobs --all` follows at most: 1,000 pages of up to 1,000 jobs.
+const MAX_PAGES: usize = 1000;
+
 pub async fn list(args: JobsArgs) -> Result<(), CliError> {
     let gateway = Gateway::connect(&args.gateway).await?;
-    let request = ListJobsRequest {
-        limit: args.limit,
+    let mut request = ListJobsRequest {
+        page_size: args.limit,
+        page_token: args.page_token.unwrap_or_default(),
+        owner: args.owner.unwrap_or_default(),
+        states: args.state,
+        name_contains: args.name.unwrap_or_default(),
+        submitted_after: args.submitted_after,
+        submitted_before: args.submitted_before,
         ..Default::default()
     };
-    let jobs = gateway
-        .jobs
-        .clone()
-        .list_jobs(request)
-        .await
-        .map_err(CliError::rpc("listing jobs"))?
-        .into_inner()
-        .jobs;
-    if jobs.is_empty() {
-        say!("no jobs yet; submit one with `kiln render SCENE.blend`");
+    let mut rows = table([
+        "ID", "NAME", "STATE", "PROGRESS", "OWNER", "PRIORITY", "CREATED",
+    ]);
+    let mut shown = 0;
+    let mut next = String::new();
+    for _ in 0..MAX_PAGES {
+        let page = gateway
+            .jobs
+            .clone()
+            .list_jobs(request.clone())
+            .await
+            .map_err(CliError::rpc("listing jobs"))?
+            .into_inner();
+        shown += page.jobs.len();
+        for job in &page.jobs {
+            rows.add_row([
+                job.id.clone(),
+                job.name.clone(),
+                job_state(job.state()).to_owned(),
+                progress(job),
+                job.owner.clone(),
+                job.priority.to_string(),
+                timestamp(job.created_at.as_ref()),
+            ]);
+        }
+        next = page.next_page_token;
+        if !args.all || next.is_empty() {
+            break;
+        }
+        request.page_token = next.clone();
+    }
+    if shown == 0 {
+        say!("no jobs match; submit one with `kiln render SCENE.blend`");
         return Ok(());
     }
-    let mut rows = table(["ID", "NAME", "STATE", "PROGRESS", "CREATED"]);
-    for job in &jobs {
-        rows.add_row([
-            job.id.clone(),
-            job.name.clone(),
-            job_state(job.state()).to_owned(),
-            progress(job),
-            timestamp(job.created_at.as_ref()),
-        ]);
-    }
     say!("{rows}");
+    if !next.is_empty() {
+        say!("more jobs: add --page-token {next} (or --all for every page)");
+    }
     Ok(())
 }
 

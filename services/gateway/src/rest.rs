@@ -233,7 +233,13 @@ pub(crate) async fn submit_job(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListJobsQuery {
-    /// At most this many jobs; 0 or absent means 100. Capped at 1000.
+    /// Jobs per page (AIP-158); 0 or absent means `limit`, or 100. Capped at 1000.
+    #[serde(rename = "pageSize", alias = "page_size")]
+    page_size: Option<u32>,
+    /// A previous page's `nextPageToken`, with the same filters.
+    #[serde(rename = "pageToken", alias = "page_token")]
+    page_token: Option<String>,
+    /// Same as `pageSize` (kept for older clients).
     limit: Option<u32>,
     /// Only jobs of this owner (non-admins: only their own name).
     owner: Option<String>,
@@ -275,7 +281,7 @@ fn job_states(text: &str) -> ApiResult<Vec<i32>> {
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "ListJobs",
     params(ListJobsQuery),
     responses(
-        (status = 200, description = "Jobs, newest first", body = ref("#/components/schemas/ListJobsResponse")),
+        (status = 200, description = "A page of jobs, newest first", body = ref("#/components/schemas/ListJobsResponse")),
         Errors))]
 pub(crate) async fn list_jobs(
     State(state): State<RestState>,
@@ -285,6 +291,8 @@ pub(crate) async fn list_jobs(
     let Query(query) = query?;
     let request = pb::ListJobsRequest {
         limit: query.limit.unwrap_or(0),
+        page_size: query.page_size.unwrap_or(0),
+        page_token: query.page_token.unwrap_or_default(),
         owner: query.owner.unwrap_or_default(),
         states: job_states(query.state.as_deref().unwrap_or(""))?,
         name_contains: query.name.unwrap_or_default(),

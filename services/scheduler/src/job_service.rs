@@ -21,6 +21,7 @@ use crate::event_replay::{self, Scope};
 use crate::job_state::JobState;
 use crate::leader::LeaderSlot;
 use crate::loader;
+use crate::page_token::PageToken;
 use crate::scheduler::Scheduler;
 use crate::submit::{Submissions, priority_of};
 use crate::watch::Watch;
@@ -155,15 +156,43 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let limit = match request.get_ref().limit {
-            0 => 100,
-            n => n.min(MAX_LIST),
+        let request = request.get_ref();
+        let size = match (request.page_size, request.limit) {
+            (0, 0) => 100,
+            (0, n) | (n, _) => n.min(MAX_LIST),
+        } as usize;
+        let filter = job_filter(request)?;
+        let after = match request.page_token.as_str() {
+            "" => None,
+            text => {
+                let token = PageToken::decode(text, &filter).map_err(|e| invalid(e.to_string()))?;
+                let at = token.created_at().map_err(|e| invalid(e.to_string()))?;
+                Some((at, token.id))
+            }
         };
-        let filter = job_filter(request.get_ref())?;
-        let jobs = queries::list_jobs(&self.scheduler()?.db, &filter, limit as i64)
+        // One more than the page: whether there is a next page at all.
+        let mut jobs = queries::list_jobs(&self.scheduler()?.db, &filter, after, size as i64 + 1)
             .await
             .map_err(SchedulerError::from)?;
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        let mut next_page_token = String::new();
+        if jobs.len() > size {
+            jobs.truncate(size);
+            if let Some(last) = jobs.last() {
+                let id = parse_uuid("id", &last.id)?;
+                let at = last
+                    .created_at
+                    .as_ref()
+                    .and_then(|t| {
+                        chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+                    })
+                    .ok_or_else(|| invalid("a job without a submission time"))?;
+                next_page_token = PageToken::after(&filter, at, id).encode();
+            }
+        }
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
     }
 
     async fn cancel_job(

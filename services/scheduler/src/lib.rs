@@ -47,6 +47,7 @@ pub mod liveness;
 pub mod loader;
 pub mod logs;
 pub mod matching;
+pub mod page_token;
 pub mod presence;
 pub mod queries;
 pub mod references;

@@ -152,10 +152,12 @@ pub struct JobFilter {
     pub submitted_before: Option<DateTime<Utc>>,
 }
 
-/// The newest jobs that pass the filter (newest first; ties by id).
+/// The newest jobs that pass the filter (newest first; ties by id), after
+/// the job `after` (its submission time and id) when given.
 pub async fn list_jobs(
     db: &PgPool,
     filter: &JobFilter,
+    after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<pb::Job>, sqlx::Error> {
     let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
@@ -166,6 +168,7 @@ pub async fn list_jobs(
            AND ($4::text IS NULL OR name ILIKE $4 ESCAPE '\\')
            AND ($5::timestamptz IS NULL OR created_at >= $5)
            AND ($6::timestamptz IS NULL OR created_at < $6)
+           AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
          ORDER BY created_at DESC, id DESC LIMIT $1"
     ))
     .bind(limit)
@@ -174,6 +177,8 @@ pub async fn list_jobs(
     .bind(pattern)
     .bind(filter.submitted_after)
     .bind(filter.submitted_before)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
     .fetch_all(db)
     .await?;
     with_steps(db, rows).await

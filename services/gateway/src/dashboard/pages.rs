@@ -29,8 +29,8 @@ pub struct JobsQuery {
     state: Option<String>,
     owner: Option<String>,
     name: Option<String>,
-    /// Jobs submitted before this time (RFC 3339): the next page's cursor.
-    before: Option<String>,
+    /// The API's page token of the page to show (absent: the first page).
+    page: Option<String>,
     after: Option<String>,
     limit: Option<u32>,
 }
@@ -140,22 +140,24 @@ pub async fn jobs(
         })
         .map(|s| s as i32)
         .collect();
-    let times = parse_time("before", &query.before)
-        .and_then(|before| parse_time("after", &query.after).map(|after| (before, after)));
-    let (before, after) = match times {
-        Ok(times) => times,
+    let after = match parse_time("after", &query.after) {
+        Ok(after) => after,
         Err(message) => return error_page(&caller, &csrf, StatusCode::BAD_REQUEST, &message),
     };
     let request = pb::ListJobsRequest {
-        limit,
+        page_size: limit,
+        page_token: query.page.clone().unwrap_or_default(),
         owner: query.owner.clone().unwrap_or_default(),
         states,
         name_contains: query.name.clone().unwrap_or_default(),
         submitted_after: after,
-        submitted_before: before,
+        ..Default::default()
     };
-    let jobs = match state.api.list_jobs(call(&caller, request)).await {
-        Ok(list) => list.into_inner().jobs,
+    let (jobs, next_page) = match state.api.list_jobs(call(&caller, request)).await {
+        Ok(list) => {
+            let list = list.into_inner();
+            (list.jobs, list.next_page_token)
+        }
         Err(status) => {
             let code = crate::rest::ApiError::from(status.clone()).status();
             return error_page(&caller, &csrf, code, status.message());
@@ -219,10 +221,8 @@ pub async fn jobs(
     if jobs.is_empty() {
         body.push_str("<p class=\"empty\">No jobs.</p>");
     }
-    if jobs.len() as u32 == limit
-        && let Some(last) = jobs.last().and_then(|j| time(j.created_at.as_ref()))
-    {
-        let mut next = format!("/?before={}&limit={limit}", url(&rfc3339(last)));
+    if !next_page.is_empty() {
+        let mut next = format!("/?page={}&limit={limit}", url(&next_page));
         for (key, value) in [
             ("state", &query.state),
             ("owner", &query.owner),
@@ -239,7 +239,7 @@ pub async fn jobs(
             esc(&next)
         );
     }
-    let first = query.before.is_none();
+    let first = query.page.is_none();
     html::page(
         "Jobs",
         "jobs",
