@@ -90,7 +90,15 @@ fn fingerprint(filter: &JobFilter) -> [u8; 8] {
     };
     part(filter.owner.as_deref().unwrap_or("").as_bytes());
     part(states.join(",").as_bytes());
-    part(filter.name_contains.as_deref().unwrap_or("").as_bytes());
+    // The name filter ignores case, so its token does too.
+    part(
+        filter
+            .name_contains
+            .as_deref()
+            .unwrap_or("")
+            .to_lowercase()
+            .as_bytes(),
+    );
     let micros = |t: Option<DateTime<Utc>>| t.map_or(i64::MIN, |t| t.timestamp_micros());
     part(&micros(filter.submitted_after).to_be_bytes());
     part(&micros(filter.submitted_before).to_be_bytes());
@@ -121,6 +129,7 @@ mod tests {
         let token = PageToken::after(&filter(), at, id).encode();
         let mut same = filter();
         same.states.reverse();
+        same.name_contains = Some("SHOT".into());
         let read = PageToken::decode(&token, &same).unwrap();
         assert_eq!(read.id, id);
         assert_eq!(read.created_at().unwrap(), at);
