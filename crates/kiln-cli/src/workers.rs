@@ -180,7 +180,14 @@ async fn show(args: WorkerArgs) -> Result<(), CliError> {
         );
     }
     if !worker.blocklisted_by.is_empty() {
-        say!("blocklisted by jobs {}", worker.blocklisted_by.join(", "));
+        let more = match worker.blocklisted_by_more {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        say!(
+            "blocklisted by jobs {}{more}",
+            worker.blocklisted_by.join(", ")
+        );
     }
     Ok(())
 }

@@ -612,6 +612,7 @@ fn redact(caller: &Principal, mut worker: pb::Worker) -> pb::Worker {
     worker.running.retain(|task| task.owner == caller.name);
     worker.hidden_running = (before - worker.running.len()) as u32;
     worker.blocklisted_by.clear();
+    worker.blocklisted_by_more = 0;
     worker
 }
 

@@ -508,6 +508,11 @@ impl pb::job_service_server::JobService for JobApi {
     }
 }
 
+/// Workers kept away that a waiting reason lists, at most (by id).
+const MAX_EXCLUDED_LISTED: usize = 100;
+/// ... and names in its message.
+const MAX_EXCLUDED_NAMED: usize = 10;
+
 /// Longest name filter, in characters.
 const MAX_NAME_FILTER: usize = 200;
 
@@ -584,17 +589,23 @@ fn wait_reason(reason: &Waiting) -> pb::WaitReason {
             (Cause::NoMatchingWorker, message)
         }
         Waiting::WorkersExcluded(workers) => {
+            // A large farm may keep thousands away: name a bounded few.
             out.workers = workers
                 .iter()
+                .take(MAX_EXCLUDED_LISTED)
                 .map(|(id, why)| pb::ExcludedWorker {
                     worker_id: id.clone(),
                     reason: why.describe(),
                 })
                 .collect();
-            let list: Vec<String> = workers
+            let mut list: Vec<String> = workers
                 .iter()
+                .take(MAX_EXCLUDED_NAMED)
                 .map(|(id, why)| format!("{id} ({})", why.describe()))
                 .collect();
+            if workers.len() > MAX_EXCLUDED_NAMED {
+                list.push(format!("and {} more", workers.len() - MAX_EXCLUDED_NAMED));
+            }
             (
                 Cause::WorkersExcluded,
                 format!("workers kept away: {}", list.join(", ")),

@@ -447,6 +447,10 @@ fn worker_row(worker: &pb::Worker, admin: bool) -> String {
             .blocklisted_by
             .iter()
             .map(|j| format!("<a href=\"/jobs/{0}\">{0:.8}</a>", esc(j)))
+            .chain(
+                (worker.blocklisted_by_more > 0)
+                    .then(|| format!("and {} more", worker.blocklisted_by_more)),
+            )
             .collect::<Vec<_>>()
             .join(" "),
     )

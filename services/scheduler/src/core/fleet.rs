@@ -13,6 +13,10 @@ use crate::core::batch::WorkerWrite;
 use crate::core::command::{Refusal, WorkerControl};
 use crate::core::model::{AdminState, Attempt, Connection, KnownWorker};
 
+/// Jobs that blocklisted a worker its record lists, at most: a worker failing
+/// everything could be blocklisted by every job on the farm.
+const MAX_BLOCKLISTED_LISTED: usize = 100;
+
 impl Core {
     /// Notes a worker joining; returns what an admin set on it.
     pub(super) fn remember_join(
@@ -214,6 +218,8 @@ impl Core {
             .map(|job| job.id.to_string())
             .collect();
         blocklisted_by.sort();
+        let blocklisted_more = blocklisted_by.len().saturating_sub(MAX_BLOCKLISTED_LISTED);
+        blocklisted_by.truncate(MAX_BLOCKLISTED_LISTED);
         Some(pb::Worker {
             id: known.id.clone(),
             hostname: known.hostname.clone(),
@@ -227,6 +233,7 @@ impl Core {
             usage: None,
             last_seen: Some(crate::timestamps::timestamp(known.last_seen)),
             blocklisted_by,
+            blocklisted_by_more: blocklisted_more as u32,
             hidden_running: 0,
         })
     }

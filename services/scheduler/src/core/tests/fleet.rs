@@ -152,3 +152,34 @@ fn settings_survive_a_new_leader_and_a_worker_that_reconnects() {
     assert_eq!(row(&bench, "off").connection, Connection::Offline);
     assert_eq!(row(&bench, "off").admin, AdminState::Disabled);
 }
+
+#[test]
+fn a_workers_record_lists_a_bounded_number_of_blocklisting_jobs() {
+    let mut bench = Bench::new(
+        RetryPolicy {
+            base_delay: Duration::ZERO,
+            max_attempts: 10,
+            blocklist_after: 1,
+            ..policy()
+        },
+        &[],
+    );
+    let jobs = 103;
+    for _ in 0..jobs {
+        bench.submit(job("alice", 2));
+    }
+    bench.join("w", worker());
+    // One failure each blocklists the worker for that job.
+    for _ in 0..jobs {
+        let a = bench.dispatch_one();
+        bench.report("w", a.task, a.attempt, false, "boom");
+        bench.tick();
+    }
+    assert_eq!(bench.dispatch(), [], "every job has blocklisted it");
+    let record = bench.core.worker_record("w").expect("known");
+    assert_eq!(record.blocklisted_by.len(), 100);
+    assert_eq!(record.blocklisted_by_more, 3);
+    let mut sorted = record.blocklisted_by.clone();
+    sorted.sort();
+    assert_eq!(sorted, record.blocklisted_by, "the first by id");
+}
