@@ -15,8 +15,15 @@ if [ ! -f "$scene" ]; then
   blender -b -Y --factory-startup --python examples/make_scene.py -- "$scene" >/dev/null
 fi
 
+# Workers sandbox every task as a uid of its own, which takes root (or the
+# capabilities in docs/OPERATIONS.md). The demo renders only its own scene.
+sandbox=()
+if [ "$(id -u)" != 0 ]; then
+  echo "==> not root: the demo's workers cannot sandbox tasks; running them unsandboxed (kiln dev --no-sandbox)"
+  sandbox=(--no-sandbox)
+fi
 echo "==> starting a local farm (kiln dev --workers 2)"
-"$bin/kiln" dev --workers 2 --dir .kiln >.kiln-dev.log 2>&1 &
+"$bin/kiln" dev --workers 2 --dir .kiln "${sandbox[@]}" >.kiln-dev.log 2>&1 &
 dev=$!
 trap 'kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null || true' EXIT
 for _ in $(seq 1 240); do

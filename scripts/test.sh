@@ -4,10 +4,14 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-"$repo/scripts/setup.sh"
+"$repo/scripts/setup.sh" --tests
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 cd "$repo"
+if [ "$(id -u)" != 0 ]; then
+  echo "warning: the end-to-end tests start workers that sandbox every task as a uid of its own," >&2
+  echo "         which takes root (or the capabilities in docs/OPERATIONS.md); run this as root." >&2
+fi
 # One HTTP/TLS stack for the whole workspace (offline: reads Cargo.lock).
 "$repo/scripts/check-deps.sh"
 # Two test threads: each end-to-end test runs a whole farm on this machine.

@@ -110,7 +110,9 @@ async fn a_file_that_is_not_a_blend_fails_its_job_and_the_worker_survives() -> a
         .arg(&trap)
         .output()?;
     assert!(
-        allowed.status.success() && marker.exists(),
+        allowed.status.success()
+            && marker.exists()
+            && String::from_utf8_lossy(&allowed.stdout).contains(kiln_tests::AUTOEXEC_RAN),
         "the trap is armed"
     );
     std::fs::remove_file(&marker)?;
@@ -118,6 +120,18 @@ async fn a_file_that_is_not_a_blend_fails_its_job_and_the_worker_survives() -> a
     let job = client.wait_until_finished(&job.id).await?;
     assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
     assert!(!marker.exists(), "the text block inside the .blend ran");
+    for log in client.all_outputs(&job.id).await? {
+        if log.kind != "log" {
+            continue;
+        }
+        let path = dir.path().join("task.log");
+        client.assets.download_to(&log.digest, &path).await?;
+        assert!(
+            !std::fs::read_to_string(&path)?.contains(kiln_tests::AUTOEXEC_RAN),
+            "the text block inside the .blend ran in its sandbox ({})",
+            log.path
+        );
+    }
     assert_eq!(farm.worker_count(), 1);
     assert!(
         farm.worker_mut(0).expect("worker 0").is_running(),

@@ -19,7 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("kiln-chaos-").tempdir()?;
+    let dir = kiln_tests::e2e_dir()?;
     let mut farm = Farm::builder(dir.path().join("farm"))
         .workers(3)
         .schedulers(2)

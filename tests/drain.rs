@@ -44,7 +44,7 @@ async fn all_frames_rendered(client: &mut Client, job_id: &str, frames: u32) -> 
 /// SIGTERMs worker `index` once its Blender runs, and waits for it to exit by itself.
 async fn drain_worker(farm: &mut Farm, index: usize, within: Duration) -> anyhow::Result<()> {
     let name = kiln_localfarm::worker_id(index);
-    wait_for_blender_under(&farm.dir().join("workers").join(&name)).await?;
+    wait_for_blender_under(&farm.workers_dir().to_path_buf().join(&name)).await?;
     let worker = farm
         .worker_mut(index)
         .ok_or_else(|| anyhow::anyhow!("no {name}"))?;

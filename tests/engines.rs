@@ -101,10 +101,10 @@ async fn quality_check_passes_a_good_render_and_names_a_black_frame() -> anyhow:
     assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
     let tasks = client.tasks(&job.id).await?;
     let check = step_task(&tasks, "Check")?;
-    assert_eq!(check.message, "quality check passed", "{check:?}");
+    assert_eq!(check.status, "quality check passed", "{check:?}");
     for render in tasks.iter().filter(|t| t.step_name == "Render") {
         assert_eq!(
-            render.message, "device: cpu",
+            render.device, "cpu",
             "a worker without a GPU renders on its CPU: {render:?}"
         );
     }
@@ -151,7 +151,7 @@ async fn quality_check_passes_a_good_render_and_names_a_black_frame() -> anyhow:
     let job = client.wait_until_finished(&job.id).await?;
     assert_eq!(state_of(&job), pb::JobState::Succeeded, "{job:?}");
     let tasks = client.tasks(&job.id).await?;
-    assert_eq!(step_task(&tasks, "Check")?.message, "quality check skipped");
+    assert_eq!(step_task(&tasks, "Check")?.status, "quality check skipped");
 
     farm.shutdown().await?;
     Ok(())
@@ -244,7 +244,7 @@ async fn a_variant_table_makes_one_video_per_row() -> anyhow::Result<()> {
         client.tasks(&job.id).await?
     };
     for render in client_tasks.iter().filter(|t| t.step_name == "Render") {
-        assert_eq!(render.message, "device: cpu", "{render:?}");
+        assert_eq!(render.device, "cpu", "{render:?}");
     }
     // Each row's picture replaced the placeholder image.
     for (id, frame, red) in [

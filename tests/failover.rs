@@ -28,9 +28,7 @@ struct Rendering {
 
 impl Rendering {
     async fn start(env: (&str, &str)) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-failover-")
-            .tempdir()?;
+        let dir = kiln_tests::e2e_dir()?;
         let farm = Farm::builder(dir.path().join("farm"))
             .workers(1)
             .schedulers(2)
@@ -119,9 +117,7 @@ async fn a_worker_restarted_during_a_failover_gets_its_task_again_at_once() -> R
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leader_rides_out_etcd_outages() -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-etcd-out-")
-        .tempdir()?;
+    let dir = kiln_tests::e2e_dir()?;
     let mut farm = Farm::builder(dir.path().join("farm"))
         .workers(2)
         .schedulers(2)

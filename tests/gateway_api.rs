@@ -31,7 +31,7 @@ struct Users {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_is_closed_isolated_limited_and_documented() -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let dir = kiln_tests::e2e_dir()?;
     let mut farm = Farm::builder(dir.path().join("farm"))
         .workers(1)
         .env("KILN_RATE_LIMIT_PER_SECOND", RATE_PER_SECOND)

@@ -24,6 +24,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A fresh temporary directory for a test's farm. Other users may pass
+/// through it (not list it): the workers' sandboxed tasks run as uids of
+/// their own and must reach their working directories below it.
+pub fn e2e_dir() -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
+}
+
 /// Starts a farm in a fresh temporary directory (kept alive by the returned guard).
 pub async fn start_farm(workers: usize, s3: bool) -> Result<(Farm, tempfile::TempDir)> {
     start_farm_with(workers, s3, &[]).await
@@ -35,7 +45,7 @@ pub async fn start_farm_with(
     s3: bool,
     env: &[(&str, &str)],
 ) -> Result<(Farm, tempfile::TempDir)> {
-    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let dir = e2e_dir()?;
     let mut builder = Farm::builder(dir.path().join("farm"))
         .workers(workers)
         .s3(s3);
@@ -48,7 +58,7 @@ pub async fn start_farm_with(
 
 /// A farm with TLS everywhere ([`kiln_localfarm::FarmBuilder::tls`]) in a fresh temporary directory.
 pub async fn start_farm_tls(workers: usize) -> Result<(Farm, tempfile::TempDir)> {
-    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let dir = e2e_dir()?;
     let farm = Farm::builder(dir.path().join("farm"))
         .workers(workers)
         .tls(true)
@@ -194,6 +204,28 @@ impl Client {
     }
 }
 
+/// A client of a new submitter (an ordinary tenant) named `name`, whose
+/// token the admin creates.
+pub async fn submitter(farm: &Farm, name: &str) -> Result<Client> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let mut tokens = pb::token_service_client::TokenServiceClient::with_interceptor(
+        channel,
+        CallCredentials::bearer(farm.admin_token())?,
+    );
+    let secret = tokens
+        .create_token(pb::CreateTokenRequest {
+            name: name.to_owned(),
+            role: pb::Role::Submitter as i32,
+        })
+        .await?
+        .into_inner()
+        .secret;
+    Client::connect_as(farm, &secret).await
+}
+
 pub fn blender_request(digest: &str, frames: &str, chunk: u32) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
         template: Some(pb::submit_job_request::Template::BuiltinTemplate(
@@ -240,12 +272,17 @@ pub fn example_scene(dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// What a booby-trapped scene's script prints when it runs.
+pub const AUTOEXEC_RAN: &str = "KILN-AUTOEXEC-RAN";
+
 /// Makes a scene whose text block is registered to run when the file
-/// loads; if it ever runs, it creates `marker`.
+/// loads; if it ever runs, it prints [`AUTOEXEC_RAN`] and creates `marker`.
 pub fn booby_trapped_scene(dir: &Path, marker: &Path) -> Result<PathBuf> {
     let out = dir.join("trap.blend");
+    // It says so on stdout too: inside a task's sandbox the marker's path
+    // is out of reach, but its output is the task's log.
     let payload = format!(
-        "open({:?}, 'w').write('autoexec ran')",
+        "print('{AUTOEXEC_RAN}'); open({:?}, 'w').write('autoexec ran')",
         marker.to_string_lossy()
     );
     let expr = format!(
@@ -323,7 +360,8 @@ pub fn probe_video(path: &Path) -> Result<(u64, String, String)> {
     Ok((frames, text("codec_name"), text("pix_fmt")))
 }
 
-/// Process ids of running Blender processes whose command line mentions `dir`.
+/// Process ids of running Blender processes whose command line mentions
+/// `dir` (not the bubblewrap processes holding their sandboxes).
 pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -335,7 +373,8 @@ pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains("blender") && cmdline.contains(&needle)).then_some(pid)
+            let sandbox = cmdline.starts_with("bwrap ");
+            (!sandbox && cmdline.contains("blender") && cmdline.contains(&needle)).then_some(pid)
         })
         .collect()
 }

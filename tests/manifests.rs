@@ -42,9 +42,7 @@ async fn every_service_becomes_ready_with_its_manifests_environment() -> Result<
         "deploy/k8s runs exactly Kiln's four services"
     );
     let secret = generated_secret()?;
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-manifests-")
-        .tempdir()?;
+    let dir = kiln_tests::e2e_dir()?;
     let infra = Infrastructure::start(dir.path(), &secret).await?;
 
     // The check can fail: the gateway without its database URL never serves.

@@ -18,7 +18,10 @@ const SERVICES: [(&str, &[&str]); 4] = [
     (service::GATEWAY, &["etcd", "scheduler", "assets"]),
     (service::SCHEDULER, &["postgres", "etcd", "leader"]),
     (service::ASSETS, &["etcd", "disk_space", "s3"]),
-    (service::WORKER, &["etcd", "renderer", "disk_space"]),
+    (
+        service::WORKER,
+        &["etcd", "renderer", "sandbox", "disk_space"],
+    ),
 ];
 
 fn get(url: &str) -> anyhow::Result<(u16, String)> {

@@ -17,7 +17,7 @@ async fn cancel_kills_running_blender_processes() -> anyhow::Result<()> {
     client
         .wait_for_job(&job.id, Duration::from_secs(60), |j| j.tasks_running > 0)
         .await?;
-    let workers_dir = farm.dir().join("workers");
+    let workers_dir = farm.workers_dir().to_path_buf();
     let deadline = Instant::now() + Duration::from_secs(60);
     while blender_processes_under(&workers_dir).is_empty() {
         assert!(Instant::now() < deadline, "blender never started");

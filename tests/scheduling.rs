@@ -69,7 +69,7 @@ async fn wait_final(jobs: &mut Jobs, id: &str) -> Result<pb::Job> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gpu_work_runs_only_on_gpu_workers_and_has_them_first() -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let dir = kiln_tests::e2e_dir()?;
     let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
         .workers(2)
         .worker_gpus(vec![0, 1])
@@ -116,7 +116,7 @@ async fn gpu_work_runs_only_on_gpu_workers_and_has_them_first() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_task_backs_off_fails_the_job_and_blocklists_its_worker() -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let dir = kiln_tests::e2e_dir()?;
     let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
         .workers(1)
         .env("KILN_RETRY_BASE_SECONDS", "1")
@@ -318,7 +318,7 @@ async fn a_task_on_a_killed_worker_reruns_elsewhere_and_counts_once() -> Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_worker_is_dead_once_its_lease_ends_and_counts_once() -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("kiln-e2e-").tempdir()?;
+    let dir = kiln_tests::e2e_dir()?;
     // A short lease, so etcd gives up on the frozen worker well before the
     // scheduler's 15 s silence limit would.
     let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))

@@ -49,7 +49,7 @@ async fn warm_frames_match_cold_ones_and_a_killed_session_costs_one_attempt() ->
     // (b) A slower scene, so that the kill lands while a frame renders: Blender
     // reports a frame's first progress as it starts on it.
     let slow = slower_scene(&scene, &dir.path().join("slow.blend"))?;
-    let workers = farm.dir().join("workers");
+    let workers = farm.workers_dir().to_path_buf();
     let idle = warm_blender_processes(&workers);
     assert_eq!(idle.len(), 1, "the first job's session waits for more work");
     let job = client.submit_blender(&slow, "1-2", 1).await?;

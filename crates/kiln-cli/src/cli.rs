@@ -228,6 +228,9 @@ pub struct DevArgs {
     /// TLS everywhere: a private CA made at start-up (in <dir>/tls) signs every service's certificate; services require each other's (mutual TLS)
     #[arg(long, env = "KILN_DEV_TLS")]
     pub tls: bool,
+    /// Run tasks WITHOUT a sandbox (the workers' --no-sandbox): only on a trusted single-user machine where the workers cannot sandbox (not root)
+    #[arg(long, env = "KILN_DEV_NO_SANDBOX")]
+    pub no_sandbox: bool,
 }
 
 /// How to reach the farm.

@@ -14,11 +14,15 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let dir = std::path::absolute(&args.dir).map_err(CliError::io(&args.dir))?;
-    let builder = Farm::builder(&dir)
+    let mut builder = Farm::builder(&dir)
         .workers(usize::from(args.workers))
         .s3(args.s3)
         .tls(args.tls)
         .gateway_ports(args.grpc_port, args.http_port);
+    if args.no_sandbox {
+        say!("WARNING: tasks run unsandboxed (--no-sandbox), as your own user");
+        builder = builder.env("KILN_NO_SANDBOX", "true");
+    }
     say!("starting a Kiln farm in {} ...", dir.display());
     let signal = shutdown_signal();
     tokio::pin!(signal);

@@ -188,7 +188,7 @@ fn steps_table(job: &Job) -> comfy_table::Table {
 
 fn tasks_table(tasks: &[Task]) -> comfy_table::Table {
     let mut rows = table([
-        "STEP", "#", "STATE", "FRAMES", "ATTEMPTS", "WORKER", "EXIT", "MESSAGE",
+        "STEP", "#", "STATE", "FRAMES", "ATTEMPTS", "WORKER", "DEVICE", "EXIT", "MESSAGE",
     ]);
     for task in tasks {
         rows.add_row([
@@ -198,10 +198,15 @@ fn tasks_table(tasks: &[Task]) -> comfy_table::Table {
             format::frames(&task.frames),
             task.attempts.to_string(),
             task.worker_id.clone(),
+            task.device.clone(),
             task.exit_code
                 .map(|code| code.to_string())
                 .unwrap_or_default(),
-            task.message.clone(),
+            // A failure's reason, else the task's last status line.
+            match task.message.is_empty() {
+                true => task.status.clone(),
+                false => task.message.clone(),
+            },
         ]);
     }
     rows

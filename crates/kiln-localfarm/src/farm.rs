@@ -145,19 +145,61 @@ impl FarmBuilder {
     }
 }
 
+/// Whether users other than the owner may pass through `dir` and every
+/// directory above it.
+fn searchable_by_others(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
 /// Where a farm keeps its files.
 #[derive(Debug, Clone)]
 struct Layout {
     dir: PathBuf,
     logs: PathBuf,
+    /// Parent of the workers' work dirs. Their tasks run as uids of their
+    /// own, which must pass through every directory above their working
+    /// directories: `<dir>/workers` when they can, else a directory under
+    /// the system's temporary directory (a farm in /root, say).
+    workers: PathBuf,
+    /// First of the sandbox uids of this farm's workers, random per farm so
+    /// that farms running side by side (tests) do not share uids.
+    uid_base: u32,
 }
+
+/// Sandbox uids each worker of a farm may use (far more than it needs).
+const UIDS_PER_WORKER: u32 = 1000;
 
 impl Layout {
     fn new(dir: &Path) -> Result<Self> {
         let dir = absolute(dir)?;
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| LocalFarmError::io(&logs, e))?;
-        Ok(Self { dir, logs })
+        let workers = match searchable_by_others(&dir) {
+            true => dir.join("workers"),
+            false => {
+                // One place per farm directory, the same across runs.
+                let hash = dir
+                    .as_os_str()
+                    .as_encoded_bytes()
+                    .iter()
+                    .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+                    });
+                std::env::temp_dir()
+                    .join(format!("kiln-farm-{hash:016x}"))
+                    .join("workers")
+            }
+        };
+        std::fs::create_dir_all(&workers).map_err(|e| LocalFarmError::io(&workers, e))?;
+        let uid_base = 1_900_000_000 + rand::random_range(0..20_000u32) * 10 * UIDS_PER_WORKER;
+        Ok(Self {
+            dir,
+            logs,
+            workers,
+            uid_base,
+        })
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -398,11 +440,13 @@ impl Farm {
     pub async fn add_worker_with_env(&mut self, env: &[(&str, &str)]) -> Result<usize> {
         let index = self.workers.len();
         let id = worker_id(index);
-        let work_dir = self.layout.dir.join("workers").join(&id);
+        let work_dir = self.layout.workers.join(&id);
+        let uid_base = self.layout.uid_base + (index as u32 % 10) * UIDS_PER_WORKER;
         let mut worker = self
             .service("worker", &id)?
             .args(["--worker-id", &id, "--work-dir"])
             .arg(&work_dir)
+            .args(["--sandbox-uid-base", &uid_base.to_string()])
             .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
         if let Some(gpus) = self.config.worker_gpus.get(index) {
             worker = worker.args(["--gpus", &gpus.to_string()]);
@@ -522,6 +566,12 @@ impl Farm {
     /// The farm's directory.
     pub fn dir(&self) -> &Path {
         &self.layout.dir
+    }
+
+    /// Parent of the workers' work dirs (`workers/<id>/`): inside the
+    /// farm's directory unless other users cannot pass through it.
+    pub fn workers_dir(&self) -> &Path {
+        &self.layout.workers
     }
 
     /// The directory holding every process's log, `<dir>/logs`.

@@ -140,11 +140,13 @@ async fn write_tasks(tx: &mut sqlx::PgConnection, tasks: &[TaskWrite]) -> Result
                 worker_id = COALESCE(w.worker_id, t.worker_id), retry_at = w.retry_at,
                 exit_code = CASE WHEN w.state = 'dispatched' THEN NULL ELSE COALESCE(w.exit_code, t.exit_code) END,
                 message = COALESCE(w.message, t.message), log_tail = COALESCE(w.log_tail, t.log_tail),
+                device = CASE WHEN w.state = 'dispatched' THEN '' ELSE COALESCE(w.device, t.device) END,
+                status = CASE WHEN w.state = 'dispatched' THEN '' ELSE COALESCE(w.status, t.status) END,
                 updated_at = now()
          FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::int[], $7::text[],
-                     $8::timestamptz[], $9::int[], $10::text[], $11::text[])
+                     $8::timestamptz[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[])
               AS w(id, expect_state, expect_attempt, state, attempt, failures, worker_id, retry_at,
-                   exit_code, message, log_tail)
+                   exit_code, message, log_tail, device, status)
          WHERE t.id = w.id AND t.state = w.expect_state AND t.attempt = w.expect_attempt",
     )
     .bind(tasks.iter().map(|t| t.id).collect::<Vec<_>>())
@@ -158,6 +160,8 @@ async fn write_tasks(tx: &mut sqlx::PgConnection, tasks: &[TaskWrite]) -> Result
     .bind(tasks.iter().map(|t| t.exit_code).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.message.clone()).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.log_tail.clone()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.device.clone()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.status.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(result.rows_affected())

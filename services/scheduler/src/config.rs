@@ -39,6 +39,13 @@ pub struct Config {
     /// Directory of admin-approved OpenJD job templates (<name>.yaml/.yml/.json) that jobs may name like the built-ins; loaded at start
     #[arg(long, env = "KILN_TEMPLATE_DIR")]
     pub template_dir: Option<std::path::PathBuf>,
+    /// Name of an admin-approved template (--template-dir) whose tasks may use the network; repeatable (comma-separated in the environment). Every other task runs without network
+    #[arg(
+        long = "network-template",
+        env = "KILN_NETWORK_TEMPLATES",
+        value_delimiter = ','
+    )]
+    pub network_templates: Vec<String>,
     /// An owner's weight in fair share, as NAME=WEIGHT (repeatable; default weight 1)
     #[arg(long = "owner-weight", env = "KILN_OWNER_WEIGHTS", value_delimiter = ',', value_parser = parse_weight)]
     pub owner_weights: Vec<(String, f64)>,

@@ -65,6 +65,8 @@ pub struct Leading {
     pub slot: Arc<LeaderSlot>,
     pub policy: RetryPolicy,
     pub owner_weights: HashMap<String, f64>,
+    /// Templates whose tasks may use the network.
+    pub network_templates: std::collections::HashSet<String>,
     /// How this process is listed in etcd while it leads.
     pub endpoint: Endpoint,
     /// Seconds of the election lease: how long a crashed leader holds on.
@@ -217,6 +219,7 @@ async fn lead(
         leading.db.clone(),
         leading.policy,
         leading.owner_weights.clone(),
+        leading.network_templates.clone(),
         token,
     )
     .await

@@ -36,6 +36,7 @@ pub struct JobSettings {
     pub trace_context: HashMap<String, String>,
     pub name: String,
     pub tags: Vec<String>,
+    pub template_name: String,
 }
 
 /// The entry for a job just stored by `inserts::insert_job`.
@@ -124,6 +125,7 @@ pub fn from_plan(
         message: String::new(),
         trace_context: settings.trace_context,
         name: settings.name,
+        template_name: settings.template_name,
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
@@ -160,6 +162,7 @@ struct JobRow {
     trace_context: serde_json::Value,
     name: String,
     tags: Vec<String>,
+    template_name: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -195,7 +198,7 @@ pub async fn load_unfinished(
 ) -> Result<Vec<LoadedJob>, SchedulerError> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
-                depends_on_jobs, message, trace_context, name, tags
+                depends_on_jobs, message, trace_context, name, tags, template_name
          FROM jobs WHERE finished_at IS NULL ORDER BY created_at",
     )
     .fetch_all(db)
@@ -210,7 +213,7 @@ pub async fn load_unfinished(
 pub async fn load_one(db: &sqlx::PgPool, job_id: Uuid) -> Result<Option<LoadedJob>, sqlx::Error> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
-                depends_on_jobs, message, trace_context, name, tags
+                depends_on_jobs, message, trace_context, name, tags, template_name
          FROM jobs WHERE id = $1",
     )
     .bind(job_id)
@@ -491,6 +494,7 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         message: row.message,
         trace_context: serde_json::from_value(row.trace_context).unwrap_or_default(),
         name: row.name,
+        template_name: row.template_name,
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),

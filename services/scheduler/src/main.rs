@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             ..RetryPolicy::default()
         },
         owner_weights: config.owner_weights.iter().cloned().collect(),
+        network_templates: config.network_templates.iter().cloned().collect(),
         endpoint,
         lease_ttl: config.leader_ttl,
     };

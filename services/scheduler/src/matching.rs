@@ -13,6 +13,26 @@ use kiln_proto::v1::WorkerCapabilities;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// Commands that name a renderer or one of the worker's own commands: only
+/// workers that registered that name take them.
+const NAMED_COMMANDS: [&str; 6] = [
+    "blender",
+    "ffmpeg",
+    "natron",
+    "kiln-encode",
+    "kiln-check",
+    "kiln-blender-variant",
+];
+
+/// Whether a worker runs a step's command: one it registered as a
+/// renderer, or, on a worker that runs any command (because it sandboxes
+/// every task), any program that is not a renderer it lacks (bash,
+/// python3, a studio's own tool).
+pub fn runs_command(worker: &WorkerCapabilities, command: &str) -> bool {
+    let registered = worker.renderers.iter().any(|r| r.name == command);
+    registered || (worker.any_command && !NAMED_COMMANDS.contains(&command))
+}
+
 /// A step's requirements, resolved once when the job is loaded.
 #[derive(Debug, Clone, Default)]
 pub struct Requirements {
@@ -168,6 +188,27 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn named_renderers_need_registering_and_other_programs_a_sandboxing_worker() {
+        let mut worker = worker(0, &[]);
+        worker.renderers = vec![kiln_proto::v1::Renderer {
+            name: "blender".into(),
+            version: "3.4.1".into(),
+        }];
+        assert!(runs_command(&worker, "blender"));
+        assert!(
+            !runs_command(&worker, "bash"),
+            "this worker runs only its renderers"
+        );
+        worker.any_command = true;
+        assert!(runs_command(&worker, "bash"));
+        assert!(runs_command(&worker, "/usr/bin/python3"));
+        assert!(
+            !runs_command(&worker, "ffmpeg"),
+            "a named renderer still needs the worker to have it"
+        );
     }
 
     fn amount(name: &str, min: f64) -> AmountRequirement {

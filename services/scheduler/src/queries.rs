@@ -56,6 +56,8 @@ struct TaskRow {
     message: String,
     log_tail: String,
     retry_at: Option<DateTime<Utc>>,
+    device: String,
+    status: String,
 }
 
 pub fn inputs_from_json(value: &serde_json::Value) -> Vec<pb::JobInput> {
@@ -303,7 +305,8 @@ pub async fn get_task(
     task_id: Uuid,
 ) -> Result<Option<pb::Task>, sqlx::Error> {
     let row: Option<TaskRow> = sqlx::query_as(
-        "SELECT id, job_id, step_name, index, state, attempt, worker_id, frames, exit_code, message, log_tail, retry_at
+        "SELECT id, job_id, step_name, index, state, attempt, worker_id, frames, exit_code, message, log_tail, retry_at,
+                device, status
          FROM tasks WHERE id = $1 AND job_id = $2",
     )
     .bind(task_id)
@@ -315,7 +318,8 @@ pub async fn get_task(
 
 pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
     let rows: Vec<TaskRow> = sqlx::query_as(
-        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at
+        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at,
+                t.device, t.status
          FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
          WHERE t.job_id = $1 ORDER BY s.position, t.index",
     )
@@ -341,6 +345,8 @@ fn task_to_proto(r: TaskRow) -> pb::Task {
         message: r.message,
         log_tail: r.log_tail,
         retry_at: r.retry_at.map(timestamp),
+        device: r.device,
+        status: r.status,
     }
 }
 

@@ -58,6 +58,7 @@ impl Scheduler {
         db: PgPool,
         policy: RetryPolicy,
         owner_weights: HashMap<String, f64>,
+        network_templates: std::collections::HashSet<String>,
         token: Token,
     ) -> Result<Started, SchedulerError> {
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
@@ -75,6 +76,7 @@ impl Scheduler {
             jitter_seed: rand::random(),
             now,
             known_workers,
+            network_templates,
         });
         for job in loaded {
             core.restore(*job.job, job.tasks, now);

@@ -160,6 +160,7 @@ impl Submissions {
             trace_context,
             name: name.clone(),
             tags,
+            template_name: template_name.to_owned(),
         };
         let mut loaded = [loader::from_plan(id, settings, &plan, &created.task_ids)];
         loader::attach_earlier_run_times(&scheduler.db, &mut loaded).await;

@@ -238,6 +238,8 @@ async fn handle(
                     exit_code: result.exit_code,
                     message: without_nul(result.message),
                     log_tail: without_nul(result.log_tail),
+                    device: without_nul(result.device),
+                    status: without_nul(result.status),
                     outputs: result
                         .outputs
                         .into_iter()

@@ -71,8 +71,14 @@ async fn a_value_postgres_refuses_stops_the_leader_instead_of_stalling_dispatch(
     let token = Token(1);
     fence::claim(&db, token).await?;
     let (job, _) = one_task_job(&db).await?;
-    let started =
-        Scheduler::start(db.clone(), RetryPolicy::default(), HashMap::new(), token).await?;
+    let started = Scheduler::start(
+        db.clone(),
+        RetryPolicy::default(),
+        HashMap::new(),
+        Default::default(),
+        token,
+    )
+    .await?;
     let dispatching = tokio::spawn(started.dispatch.run());
 
     // Priorities are 0-100 (a CHECK constraint); the gRPC layer refuses

@@ -5,12 +5,16 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kiln_proto::v1::{Renderer, WorkerCapabilities};
+use kiln_proto::v1::{Renderer, SandboxInfo, WorkerCapabilities};
 use tokio::process::Command;
 
-use crate::command::{RendererKind, RendererPaths};
+use crate::command::RendererPaths;
 use crate::config::Config;
 use crate::devices::{self, Gpu};
+use crate::encode;
+use crate::quality_check;
+use crate::sandbox::Sandbox;
+use crate::variant;
 
 /// How long a renderer may take to print its version.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,27 +32,27 @@ pub async fn detect_renderers(blender: &Path, ffmpeg: &Path, natron: &Path) -> D
     let mut detected = DetectedRenderers::default();
     if let Some(version) = probe(blender, "--version", parse_blender_version).await {
         detected.renderers.push(Renderer {
-            name: RendererKind::Blender.name().to_owned(),
+            name: "blender".to_owned(),
             version,
         });
         detected.paths.blender = Some(blender.to_path_buf());
     }
     if let Some(version) = probe(ffmpeg, "-version", parse_ffmpeg_version).await {
         detected.renderers.push(Renderer {
-            name: RendererKind::Ffmpeg.name().to_owned(),
+            name: "ffmpeg".to_owned(),
             version,
         });
         detected.paths.ffmpeg = Some(ffmpeg.to_path_buf());
-        for own in [RendererKind::Encode, RendererKind::Check] {
+        for own in [encode::COMMAND, quality_check::COMMAND] {
             detected.renderers.push(Renderer {
-                name: own.name().to_owned(),
+                name: own.to_owned(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             });
         }
     }
     if detected.paths.blender.is_some() {
         detected.renderers.push(Renderer {
-            name: RendererKind::BlenderVariant.name().to_owned(),
+            name: variant::COMMAND.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         });
     }
@@ -58,7 +62,7 @@ pub async fn detect_renderers(blender: &Path, ffmpeg: &Path, natron: &Path) -> D
             .await
             .unwrap_or_default();
         detected.renderers.push(Renderer {
-            name: RendererKind::Natron.name().to_owned(),
+            name: "natron".to_owned(),
             version,
         });
         detected.paths.natron = Some(path);
@@ -68,7 +72,7 @@ pub async fn detect_renderers(blender: &Path, ffmpeg: &Path, natron: &Path) -> D
 
 /// `program` itself when it is a path, else where it is on the PATH; only
 /// an executable file counts.
-fn find_executable(program: &Path) -> Option<std::path::PathBuf> {
+pub fn find_executable(program: &Path) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |path: &Path| {
         std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -80,6 +84,23 @@ fn find_executable(program: &Path) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| executable(candidate))
+}
+
+/// Directories of the renderers found that lie outside the system
+/// directories every sandbox shows (Blender unpacked in /opt, say): they
+/// must be shown too, read-only, for tasks to run them.
+pub fn renderer_dirs(paths: &RendererPaths) -> Vec<std::path::PathBuf> {
+    const SYSTEM: [&str; 7] = [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    ];
+    [&paths.blender, &paths.ffmpeg, &paths.natron]
+        .into_iter()
+        .flatten()
+        .filter_map(|program| find_executable(program))
+        .filter_map(|path| std::fs::canonicalize(path).ok())
+        .filter(|path| !SYSTEM.iter().any(|dir| path.starts_with(dir)))
+        .filter_map(|path| path.parent().map(Path::to_path_buf))
+        .collect()
 }
 
 async fn probe(program: &Path, flag: &str, parse: fn(&str) -> Option<String>) -> Option<String> {
@@ -134,6 +155,7 @@ pub fn capabilities(
     config: &Config,
     renderers: &DetectedRenderers,
     gpus: &[Gpu],
+    sandbox: &Sandbox,
 ) -> WorkerCapabilities {
     let (gpus, gpu_memory_bytes) =
         devices::advertised((config.gpus, config.gpu_memory_bytes), gpus);
@@ -149,6 +171,14 @@ pub fn capabilities(
         renderers: renderers.renderers.clone(),
         slots: config.slots,
         attributes: config.attribute_map(),
+        // Contained tasks may run any program the worker has; so may a
+        // worker whose operator declared its tasks trusted (--no-sandbox).
+        any_command: sandbox.readiness().is_ok(),
+        sandbox: Some(SandboxInfo {
+            isolated: sandbox.is_isolated(),
+            limits: sandbox.enforcement_name().to_owned(),
+            description: sandbox.describe(),
+        }),
     }
 }
 

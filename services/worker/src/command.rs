@@ -1,6 +1,11 @@
 //! Turns an assignment's command and argument template into the argv the
-//! worker actually runs, enforcing what this worker allows.
+//! worker runs. Any program the worker's image has may run: the sandbox
+//! around the task, not a list of allowed arguments, is what contains it.
+//! Kiln's own commands (`kiln-encode`, `kiln-check`, `kiln-blender-variant`)
+//! are expanded here, and Blender always gets `-b -Y`, so a scene's
+//! embedded scripts never run.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::encode::{self, EncodeError};
@@ -17,7 +22,8 @@ const BLENDER_FORCED: [&str; 2] = ["-b", "-Y"];
 const BLENDER_STRIPPED: [&str; 4] = ["-b", "--background", "-Y", "--disable-autoexec"];
 /// Flags that would let a .blend run its embedded scripts; never allowed.
 const BLENDER_AUTOEXEC: [&str; 2] = ["-y", "--enable-autoexec"];
-/// Flags that run Python given on the command line; allowed only on request.
+/// Flags that run Python given on the command line: refused where a
+/// built-in command's arguments must stay data (variants, warm sessions).
 const BLENDER_PYTHON: [&str; 5] = [
     "-P",
     "--python",
@@ -25,16 +31,20 @@ const BLENDER_PYTHON: [&str; 5] = [
     "--python-expr",
     "--python-console",
 ];
+/// Longest command name or path accepted.
+const MAX_COMMAND_CHARS: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    #[error("command {0:?} is not allowed on this worker")]
-    NotAllowed(String),
+    #[error("the task names no command")]
+    Empty,
+    #[error("command {0:?} is not a program name or path")]
+    BadName(String),
+    #[error("{0} is not available on this worker")]
+    Missing(&'static str),
     #[error("blender argument {0:?} is not allowed: it lets the scene run its own python scripts")]
     AutoExec(String),
-    #[error(
-        "blender argument {0:?} is not allowed on this worker: it runs python (the worker needs --allow-blender-python)"
-    )]
+    #[error("blender argument {0:?} is not allowed here: it runs python")]
     Python(String),
     #[error(transparent)]
     Encode(#[from] EncodeError),
@@ -44,69 +54,46 @@ pub enum CommandError {
     Variant(#[from] VariantError),
 }
 
-/// The renderers this worker can run.
+/// What a command is, as far as the worker treats it specially.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RendererKind {
+pub enum CommandKind {
+    /// Blender, always `-b -Y`; its output says which frames it saved.
     Blender,
-    Ffmpeg,
     /// The worker's own encode command, run by ffmpeg.
     Encode,
-    /// The worker's own quality check, run in the worker with ffprobe.
+    /// The worker's own quality check, run by the worker's binary.
     Check,
     /// Blender with a variant row substituted by the worker's trusted script.
     BlenderVariant,
-    /// Natron's command-line renderer, `NatronRenderer`.
-    Natron,
+    /// Any other program: ffmpeg, natron, bash, python3, a studio's tool.
+    Program,
 }
 
-impl RendererKind {
-    /// The name used in assignments and capabilities.
-    pub fn name(self) -> &'static str {
-        match self {
-            RendererKind::Blender => "blender",
-            RendererKind::Ffmpeg => "ffmpeg",
-            RendererKind::Encode => encode::COMMAND,
-            RendererKind::Check => quality_check::COMMAND,
-            RendererKind::BlenderVariant => variant::COMMAND,
-            RendererKind::Natron => "natron",
-        }
-    }
-
+impl CommandKind {
     /// Whether it runs Blender, whose output says which frames it saved.
     pub fn is_blender(self) -> bool {
-        matches!(self, RendererKind::Blender | RendererKind::BlenderVariant)
+        matches!(self, CommandKind::Blender | CommandKind::BlenderVariant)
     }
 
-    fn from_name(name: &str) -> Option<Self> {
+    fn of(name: &str) -> Self {
         match name {
-            "blender" => Some(RendererKind::Blender),
-            "ffmpeg" => Some(RendererKind::Ffmpeg),
-            encode::COMMAND => Some(RendererKind::Encode),
-            quality_check::COMMAND => Some(RendererKind::Check),
-            variant::COMMAND => Some(RendererKind::BlenderVariant),
-            "natron" => Some(RendererKind::Natron),
-            _ => None,
+            "blender" => CommandKind::Blender,
+            encode::COMMAND => CommandKind::Encode,
+            quality_check::COMMAND => CommandKind::Check,
+            variant::COMMAND => CommandKind::BlenderVariant,
+            _ => CommandKind::Program,
         }
     }
 }
 
-/// Executables of the renderers found on this worker; `None` when missing.
+/// Where the worker found the programs it maps names to; `None` when missing.
 #[derive(Debug, Clone, Default)]
 pub struct RendererPaths {
     pub blender: Option<PathBuf>,
     pub ffmpeg: Option<PathBuf>,
     pub natron: Option<PathBuf>,
-}
-
-impl RendererPaths {
-    fn path(&self, kind: RendererKind) -> Option<PathBuf> {
-        match kind {
-            RendererKind::Blender | RendererKind::BlenderVariant => self.blender.clone(),
-            RendererKind::Ffmpeg | RendererKind::Encode => self.ffmpeg.clone(),
-            RendererKind::Check => self.ffmpeg.as_deref().map(ffprobe_beside),
-            RendererKind::Natron => self.natron.clone(),
-        }
-    }
+    /// The worker's own binary as tasks run it (`kiln-check`).
+    pub helper: Option<PathBuf>,
 }
 
 /// ffprobe ships with ffmpeg: next to it, or on the PATH like it.
@@ -120,8 +107,10 @@ fn ffprobe_beside(ffmpeg: &Path) -> PathBuf {
 /// A program and its final arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invocation {
-    pub renderer: RendererKind,
-    pub program: PathBuf,
+    pub kind: CommandKind,
+    /// The command as the task named it, for messages ("ffmpeg exited ...").
+    pub name: String,
+    pub program: OsString,
     pub args: Vec<String>,
 }
 
@@ -131,27 +120,61 @@ pub fn build(
     args: &[String],
     workdir: &Path,
     renderers: &RendererPaths,
-    allow_blender_python: bool,
 ) -> Result<Invocation, CommandError> {
-    let renderer = RendererKind::from_name(command)
-        .ok_or_else(|| CommandError::NotAllowed(command.to_owned()))?;
-    let program = renderers
-        .path(renderer)
-        .ok_or_else(|| CommandError::NotAllowed(command.to_owned()))?;
+    if command.is_empty() {
+        return Err(CommandError::Empty);
+    }
+    if command.len() > MAX_COMMAND_CHARS || command.contains(['\0', '\n']) {
+        return Err(CommandError::BadName(command.chars().take(80).collect()));
+    }
+    let kind = CommandKind::of(command);
     let args = substitute_working_directory(args, workdir);
-    let args = match renderer {
-        RendererKind::Blender => blender_args(&args, allow_blender_python)?,
-        // Arguments go to the program as argv, never through a shell.
-        RendererKind::Ffmpeg | RendererKind::Natron => args,
-        RendererKind::Encode => encode::ffmpeg_args(&args, workdir)?,
-        RendererKind::Check => {
+    let found = |path: &Option<PathBuf>, name| path.clone().ok_or(CommandError::Missing(name));
+    let (program, args) = match kind {
+        CommandKind::Blender => (
+            found(&renderers.blender, "blender")?.into_os_string(),
+            blender_args(&args, true)?,
+        ),
+        CommandKind::Encode => (
+            found(&renderers.ffmpeg, "ffmpeg")?.into_os_string(),
+            encode::ffmpeg_args(&args, workdir)?,
+        ),
+        CommandKind::Check => {
             quality_check::parse(&args, workdir)?;
-            args
+            let ffprobe = ffprobe_beside(&found(&renderers.ffmpeg, "ffmpeg")?);
+            let mut helper_args = vec![
+                quality_check::COMMAND.to_owned(),
+                "--ffprobe".to_owned(),
+                ffprobe.to_string_lossy().into_owned(),
+                "--".to_owned(),
+            ];
+            helper_args.extend(args);
+            (
+                found(&renderers.helper, "the worker's own kiln-check")?.into_os_string(),
+                helper_args,
+            )
         }
-        RendererKind::BlenderVariant => variant::blender_args(&args, workdir)?,
+        CommandKind::BlenderVariant => (
+            found(&renderers.blender, "blender")?.into_os_string(),
+            variant::blender_args(&args, workdir)?,
+        ),
+        // Arguments go to the program as argv, never through a shell; the
+        // names the worker was configured with map to its executables.
+        CommandKind::Program => {
+            let program = match command {
+                "ffmpeg" => renderers.ffmpeg.clone(),
+                "natron" => renderers.natron.clone(),
+                _ => None,
+            };
+            (
+                program.map_or_else(|| command.into(), PathBuf::into_os_string),
+                args,
+            )
+        }
     };
     Ok(Invocation {
-        renderer,
+        kind,
+        name: command.to_owned(),
         program,
         args,
     })
@@ -203,6 +226,7 @@ mod tests {
             blender: Some("/opt/blender/blender".into()),
             ffmpeg: Some("/usr/bin/ffmpeg".into()),
             natron: None,
+            helper: Some("/w/.sandbox/bin/kiln-worker".into()),
         }
     }
 
@@ -285,17 +309,12 @@ mod tests {
             "-o",
             "{{Session.WorkingDirectory}}/outputs/f_####",
         ]);
-        let invocation = build(
-            "blender",
-            &template,
-            Path::new("/w/t-1"),
-            &all_renderers(),
-            false,
-        );
+        let invocation = build("blender", &template, Path::new("/w/t-1"), &all_renderers());
         assert_eq!(
             invocation,
             Ok(Invocation {
-                renderer: RendererKind::Blender,
+                kind: CommandKind::Blender,
+                name: "blender".to_owned(),
                 program: "/opt/blender/blender".into(),
                 args: strings(&[
                     "-b",
@@ -316,13 +335,7 @@ mod tests {
             "-y",
             "out.mp4",
         ]);
-        let invocation = build(
-            "ffmpeg",
-            &template,
-            Path::new("/w"),
-            &all_renderers(),
-            false,
-        );
+        let invocation = build("ffmpeg", &template, Path::new("/w"), &all_renderers());
         assert_eq!(
             invocation.map(|i| i.args),
             Ok(strings(&["-i", "/w/f_%04d.png", "-y", "out.mp4"]))
@@ -330,36 +343,74 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unknown_or_missing_commands() {
+    fn runs_any_program_but_needs_the_renderers_it_maps() {
         let renderers = RendererPaths {
             blender: Some("blender".into()),
-            ffmpeg: None,
-            natron: None,
+            ..RendererPaths::default()
         };
-        assert_eq!(
-            build("bash", &[], Path::new("/w"), &renderers, false),
-            Err(CommandError::NotAllowed("bash".to_owned()))
+        let bash = build(
+            "bash",
+            &strings(&["-c", "echo hi"]),
+            Path::new("/w"),
+            &renderers,
         );
         assert_eq!(
-            build("ffmpeg", &[], Path::new("/w"), &renderers, false),
-            Err(CommandError::NotAllowed("ffmpeg".to_owned()))
+            bash.map(|i| (i.kind, i.program, i.args)),
+            Ok((
+                CommandKind::Program,
+                "bash".into(),
+                strings(&["-c", "echo hi"])
+            )),
+            "the sandbox contains it; its arguments are its own"
         );
         assert_eq!(
-            build("natron", &[], Path::new("/w"), &renderers, false),
-            Err(CommandError::NotAllowed("natron".to_owned()))
+            build("kiln-encode", &[], Path::new("/w"), &renderers),
+            Err(CommandError::Missing("ffmpeg"))
+        );
+        assert_eq!(
+            build("", &[], Path::new("/w"), &renderers),
+            Err(CommandError::Empty)
+        );
+        assert!(matches!(
+            build("a\nb", &[], Path::new("/w"), &renderers),
+            Err(CommandError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn blender_may_run_python_but_never_the_scene_s_own() {
+        let renderers = all_renderers();
+        let python = build(
+            "blender",
+            &strings(&["s.blend", "--python-expr", "print(1)"]),
+            Path::new("/w"),
+            &renderers,
+        );
+        assert_eq!(
+            python.map(|i| i.args),
+            Ok(strings(&[
+                "-b",
+                "-Y",
+                "s.blend",
+                "--python-expr",
+                "print(1)"
+            ]))
+        );
+        assert_eq!(
+            build(
+                "blender",
+                &strings(&["s.blend", "-y"]),
+                Path::new("/w"),
+                &renderers
+            ),
+            Err(CommandError::AutoExec("-y".to_owned()))
         );
     }
 
     #[test]
     fn shell_syntax_in_arguments_stays_one_literal_argument() {
         let template = strings(&["-i", "in.mp4", "; rm -rf / #", "$(reboot)"]);
-        let invocation = build(
-            "ffmpeg",
-            &template,
-            Path::new("/w"),
-            &all_renderers(),
-            false,
-        );
+        let invocation = build("ffmpeg", &template, Path::new("/w"), &all_renderers());
         assert_eq!(
             invocation.map(|i| i.args),
             Ok(strings(&["-i", "in.mp4", "; rm -rf / #", "$(reboot)"]))
@@ -367,17 +418,26 @@ mod tests {
     }
 
     #[test]
-    fn check_runs_ffprobe_beside_ffmpeg() {
+    fn check_runs_the_worker_binary_with_ffprobe_beside_ffmpeg() {
         let invocation = build(
             "kiln-check",
             &strings(&["--expect-frames", "1-4"]),
             Path::new("/w"),
             &all_renderers(),
-            false,
         );
         assert_eq!(
-            invocation.map(|i| i.program),
-            Ok(PathBuf::from("/usr/bin/ffprobe"))
+            invocation.map(|i| (i.program, i.args)),
+            Ok((
+                "/w/.sandbox/bin/kiln-worker".into(),
+                strings(&[
+                    "kiln-check",
+                    "--ffprobe",
+                    "/usr/bin/ffprobe",
+                    "--",
+                    "--expect-frames",
+                    "1-4"
+                ])
+            ))
         );
     }
 }

@@ -8,6 +8,7 @@ use clap::Parser;
 use kiln_discovery::DiscoveryArgs;
 use kiln_telemetry::TelemetryArgs;
 
+use crate::sandbox::{Limits, SandboxSettings};
 use crate::warm_pool::WarmSettings;
 
 /// Kiln render worker: runs Blender and ffmpeg tasks handed out by the scheduler.
@@ -53,9 +54,37 @@ pub struct Config {
     /// Natron's command-line renderer; the worker offers "natron" only when it is found
     #[arg(long, env = "KILN_NATRON", default_value = "NatronRenderer")]
     pub natron: PathBuf,
-    /// Let tasks pass Python options (-P, --python, --python-expr, ...) to Blender; scene auto-run stays disabled regardless
-    #[arg(long, env = "KILN_ALLOW_BLENDER_PYTHON")]
-    pub allow_blender_python: bool,
+    /// Run tasks WITHOUT a sandbox, as the worker's own user, seeing its files, network and processes: only for a trusted single-user machine
+    #[arg(long, env = "KILN_NO_SANDBOX")]
+    pub no_sandbox: bool,
+    /// Bubblewrap executable every task runs in
+    #[arg(long, env = "KILN_BWRAP", default_value = "bwrap")]
+    pub bwrap: PathBuf,
+    /// First of the uids tasks run as (one per running task or warm session, never the worker's); workers sharing a host need distinct ranges
+    #[arg(long, env = "KILN_SANDBOX_UID_BASE", default_value_t = 1_900_000_000, value_parser = clap::value_parser!(u32).range(1000..=4_000_000_000))]
+    pub sandbox_uid_base: u32,
+    /// Host path tasks see read-only besides the system (/usr, parts of /etc); repeatable (comma-separated in the environment)
+    #[arg(
+        long = "sandbox-ro-bind",
+        env = "KILN_SANDBOX_RO_BIND",
+        value_delimiter = ','
+    )]
+    pub sandbox_ro_bind: Vec<PathBuf>,
+    /// Memory a task's processes may hold together, in bytes; 0 for the host's memory divided by --slots
+    #[arg(long, env = "KILN_TASK_MEMORY_BYTES", default_value_t = 0)]
+    pub task_memory_bytes: u64,
+    /// Processes and threads a task may run at once
+    #[arg(long, env = "KILN_TASK_MAX_PROCESSES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..))]
+    pub task_max_processes: u64,
+    /// Files each process of a task may hold open
+    #[arg(long, env = "KILN_TASK_OPEN_FILES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..))]
+    pub task_open_files: u64,
+    /// Bytes a task may keep on disk (its working directory and /tmp)
+    #[arg(long, env = "KILN_TASK_DISK_BYTES", default_value_t = 100 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
+    pub task_disk_bytes: u64,
+    /// Bytes of outputs a task may store
+    #[arg(long, env = "KILN_TASK_OUTPUT_BYTES", default_value_t = 50 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub task_output_bytes: u64,
     /// Lines of renderer output sent back with each task result
     #[arg(long, env = "KILN_LOG_TAIL_LINES", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub log_tail_lines: u32,
@@ -136,6 +165,51 @@ impl Config {
         }
     }
 
+    /// Every task's limits; `memory_total` is the host's memory.
+    pub fn task_limits(&self, memory_total: u64) -> Limits {
+        let memory_bytes = match self.task_memory_bytes {
+            0 => (memory_total / u64::from(self.slots.max(1))).max(64 << 20),
+            bytes => bytes,
+        };
+        Limits {
+            memory_bytes,
+            processes: self.task_max_processes,
+            open_files: self.task_open_files,
+            disk_bytes: self.task_disk_bytes,
+            output_bytes: self.task_output_bytes,
+        }
+    }
+
+    /// How tasks are sandboxed; `read_only` adds host paths to show them
+    /// (renderers installed outside the system directories).
+    pub fn sandbox_settings(
+        &self,
+        worker_id: &str,
+        memory_total: u64,
+        read_only: Vec<PathBuf>,
+        helper: PathBuf,
+    ) -> SandboxSettings {
+        // A sandbox per running task, one per warm session in use or idle,
+        // and one for the start-up probe.
+        let uid_count = 2 * self.slots + self.warm_sessions_idle + 2;
+        SandboxSettings {
+            enabled: !self.no_sandbox,
+            bwrap: self.bwrap.clone(),
+            uid_base: self.sandbox_uid_base,
+            uid_count,
+            limits: self.task_limits(memory_total),
+            work_dir: self.resolved_work_dir(),
+            read_only: self
+                .sandbox_ro_bind
+                .iter()
+                .cloned()
+                .chain(read_only)
+                .collect(),
+            worker_id: worker_id.to_owned(),
+            helper,
+        }
+    }
+
     pub fn attribute_map(&self) -> HashMap<String, String> {
         self.attributes.iter().cloned().collect()
     }
@@ -168,6 +242,11 @@ mod tests {
         let off = Config::try_parse_from(["kiln-worker", "--warm-sessions", "false"])?;
         assert!(!off.warm_settings().enabled);
         assert!(config.resolved_worker_id("host").starts_with("host-"));
+        assert!(
+            !config.no_sandbox,
+            "tasks are sandboxed unless the operator opts out"
+        );
+        assert_eq!(config.task_limits(8 << 30).memory_bytes, 8 << 30);
         assert_eq!(config.resolved_worker_id("host").len(), "host-".len() + 6);
         Ok(())
     }

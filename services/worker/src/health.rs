@@ -1,4 +1,5 @@
-//! Whether this worker can take tasks: it needs a renderer and room on disk.
+//! Whether this worker can take tasks: it needs a renderer, a sandbox for
+//! its tasks (unless its operator opted out) and room on disk.
 //! The same checks answer `/readyz` and decide whether the worker asks the
 //! scheduler for work at all.
 
@@ -15,6 +16,8 @@ pub struct LocalHealth {
     /// The directory tasks run in; its filesystem must keep `min_free_bytes` free.
     pub work_dir: PathBuf,
     pub min_free_bytes: u64,
+    /// Whether tasks can be sandboxed (or the operator opted out), and how.
+    pub sandbox: Result<String, String>,
 }
 
 impl LocalHealth {
@@ -25,6 +28,10 @@ impl LocalHealth {
         }
     }
 
+    pub fn sandbox(&self) -> CheckResult {
+        self.sandbox.clone()
+    }
+
     pub fn disk_space(&self) -> CheckResult {
         kiln_service::checks::free_space_at_least(&self.work_dir, self.min_free_bytes)
     }
@@ -32,16 +39,19 @@ impl LocalHealth {
     /// `Err(reason)` when the worker must not take tasks now.
     pub fn can_take_tasks(&self) -> Result<(), String> {
         self.renderer()?;
+        self.sandbox()?;
         self.disk_space()?;
         Ok(())
     }
 
-    /// Adds the `renderer` and `disk_space` checks to `checks`.
+    /// Adds the `renderer`, `sandbox` and `disk_space` checks to `checks`.
     pub fn register(self: &Arc<Self>, checks: Checks) -> Checks {
         let renderer = self.clone();
+        let sandbox = self.clone();
         let disk = self.clone();
         checks
             .add("renderer", move || std::future::ready(renderer.renderer()))
+            .add("sandbox", move || std::future::ready(sandbox.sandbox()))
             .add("disk_space", move || std::future::ready(disk.disk_space()))
     }
 }
@@ -56,6 +66,7 @@ mod tests {
             renderers: vec!["blender".into()],
             work_dir: std::env::temp_dir(),
             min_free_bytes: 0,
+            sandbox: Ok("bubblewrap".into()),
         };
         assert!(health.can_take_tasks().is_ok());
         health.min_free_bytes = u64::MAX;
@@ -65,6 +76,13 @@ mod tests {
                 .is_err_and(|r| r.contains("below the minimum"))
         );
         health.min_free_bytes = 0;
+        health.sandbox = Err("cannot sandbox tasks: bwrap is missing".into());
+        assert!(
+            health
+                .can_take_tasks()
+                .is_err_and(|r| r.contains("cannot sandbox tasks"))
+        );
+        health.sandbox = Ok("bubblewrap".into());
         health.renderers.clear();
         assert!(
             health

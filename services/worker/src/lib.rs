@@ -1,5 +1,5 @@
 //! Kiln's render worker: keeps a session with the scheduler and runs the
-//! Blender and ffmpeg tasks it assigns, in fresh working directories, with
+//! tasks it assigns, each in a sandbox and a fresh working directory, with
 //! inputs from and outputs to the assets service.
 
 pub mod assets;
@@ -13,12 +13,14 @@ pub mod health;
 pub mod input_cache;
 pub mod log_tail;
 pub mod outputs;
+pub mod proc_tree;
 pub mod process;
 pub mod quality_check;
+pub mod sandbox;
 pub mod session;
 pub mod stall;
+pub mod task;
 pub mod task_log;
-pub mod task_runner;
 pub mod thumbnails;
 pub mod usage;
 pub mod variant;

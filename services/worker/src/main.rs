@@ -6,20 +6,42 @@ use clap::Parser;
 use kiln_discovery::Discovery;
 use kiln_proto::v1::RegisterWorker;
 use kiln_service::{Checks, OpsServer, checks};
-use kiln_worker::capabilities::{capabilities, detect_renderers};
+use kiln_worker::capabilities::{capabilities, detect_renderers, renderer_dirs};
 use kiln_worker::config::Config;
 use kiln_worker::devices::detect_nvidia;
 use kiln_worker::health::LocalHealth;
+use kiln_worker::quality_check;
+use kiln_worker::sandbox::{self, Sandbox};
 use kiln_worker::session::{Stopping, Worker};
-use kiln_worker::task_runner::RunnerSettings;
+use kiln_worker::task::RunnerSettings;
 use kiln_worker::workdir::InputCache;
 use tokio_util::sync::CancellationToken;
 
 /// How long to wait for etcd at startup.
 const ETCD_PATIENCE: Duration = Duration::from_secs(30);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Inside a task's sandbox the worker's binary runs its own helper
+    // commands; nothing of the worker's configuration applies there.
+    let mut args = std::env::args();
+    match args.nth(1).as_deref() {
+        Some(quality_check::COMMAND) => {
+            let args: Vec<String> = args.collect();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::process::exit(runtime.block_on(quality_check::run_in_task(&args)));
+        }
+        Some(sandbox::PROBE_ARG) => std::process::exit(sandbox::run_probe()),
+        _ => {}
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-worker", &config.telemetry)?;
     let tls = config.tls.load()?;
@@ -31,12 +53,25 @@ async fn main() -> anyhow::Result<()> {
     let cache = InputCache::open(&config.resolved_cache_dir(), config.cache_bytes)
         .await
         .context("opening the input cache")?;
-    let detected = detect_renderers(&config.blender, &config.ffmpeg, &config.natron).await;
+    let mut detected = detect_renderers(&config.blender, &config.ffmpeg, &config.natron).await;
     let gpus = detect_nvidia(&config.nvidia_smi).await;
+    let memory_total = {
+        let mut system = sysinfo::System::new();
+        system.refresh_memory();
+        system.total_memory()
+    };
+    let sandbox = Sandbox::start(config.sandbox_settings(
+        &worker_id,
+        memory_total,
+        renderer_dirs(&detected.paths),
+        std::env::current_exe().context("finding the worker's own executable")?,
+    ))
+    .await;
+    detected.paths.helper = sandbox.helper().map(std::path::Path::to_path_buf);
     let register = RegisterWorker {
         worker_id: worker_id.clone(),
         hostname,
-        capabilities: Some(capabilities(&config, &detected, &gpus)),
+        capabilities: Some(capabilities(&config, &detected, &gpus, &sandbox)),
         running: Vec::new(),
     };
     tracing::info!(worker_id, work_dir = %work_dir.display(), capabilities = ?register.capabilities, "worker starting");
@@ -47,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         renderers: detected.renderers.iter().map(|r| r.name.clone()).collect(),
         work_dir: work_dir.clone(),
         min_free_bytes: config.min_free_bytes,
+        sandbox: sandbox.readiness(),
     });
     let checks = health.register(Checks::new().add("etcd", checks::etcd(&discovery)));
     let ops = OpsServer::start("worker", &config.ops, checks).await?;
@@ -55,12 +91,12 @@ async fn main() -> anyhow::Result<()> {
     let runner = RunnerSettings {
         work_dir,
         renderers: detected.paths,
-        allow_blender_python: config.allow_blender_python,
         log_tail_lines: config.log_tail_lines as usize,
         log_max_bytes: config.log_max_bytes as usize,
         keep_work_dirs: config.keep_work_dirs,
         warm: config.warm_settings(),
         gpus,
+        sandbox,
     };
     let stopping = Stopping {
         drain: CancellationToken::new(),

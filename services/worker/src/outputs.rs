@@ -17,6 +17,94 @@ pub enum OutputsError {
 }
 
 /// `path` relative to `outputs_dir`, when it lies strictly inside it.
+/// An outputs directory held open from before the task ran. Files are
+/// opened beneath it without following any symlink, so a task that swaps a
+/// file or a directory for a link, even while the worker uploads, cannot
+/// make the worker read (and store) anything outside its outputs.
+#[derive(Debug)]
+pub struct OutputsRoot {
+    dir: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+/// An output file opened for reading, checked to be a regular file.
+#[derive(Debug)]
+pub struct OpenedOutput {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl OpenedOutput {
+    /// A path that opens exactly this file again (`/proc/self/fd/N`), for
+    /// code that reads by path.
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl OutputsRoot {
+    /// Opens `path`, which must be a directory and not a symlink.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        use nix::fcntl::{OFlag, open};
+        use nix::sys::stat::Mode;
+        let dir = open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Self {
+            dir,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens `relative` for reading, refusing symlinks anywhere on the way,
+    /// anything outside the directory, and anything but a regular file
+    /// (a FIFO would block a plain open forever).
+    pub fn open_file(&self, relative: &Path) -> io::Result<OpenedOutput> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+        let how = OpenHow::new()
+            .flags(
+                OFlag::O_RDONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_NOCTTY
+                    | OFlag::O_CLOEXEC,
+            )
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let fd = openat2(&self.dir, relative, how)?;
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(OpenedOutput {
+            file,
+            len: meta.len(),
+        })
+    }
+}
+
 pub fn relative_to(path: &Path, outputs_dir: &Path) -> Option<PathBuf> {
     let relative = path.strip_prefix(outputs_dir).ok()?;
     let inside = relative.components().next().is_some()
@@ -101,6 +189,31 @@ mod tests {
             display_path(Path::new("frames/f_0001.png")),
             "frames/f_0001.png"
         );
+    }
+
+    #[test]
+    fn opens_files_beneath_without_following_links() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let outputs = dir.path().join("outputs");
+        std::fs::create_dir_all(outputs.join("frames"))?;
+        std::fs::write(outputs.join("frames/f_0001.png"), b"png")?;
+        std::fs::write(dir.path().join("secret"), b"secret")?;
+        std::os::unix::fs::symlink(dir.path().join("secret"), outputs.join("leak.png"))?;
+        std::os::unix::fs::symlink(dir.path(), outputs.join("up"))?;
+        nix::unistd::mkfifo(&outputs.join("pipe.png"), nix::sys::stat::Mode::S_IRWXU)?;
+        let root = OutputsRoot::open(&outputs)?;
+        let frame = root.open_file(Path::new("frames/f_0001.png"))?;
+        assert_eq!(std::fs::read(frame.path())?, b"png");
+        for refused in [
+            "leak.png",
+            "up/secret",
+            "../secret",
+            "/etc/hostname",
+            "pipe.png",
+        ] {
+            assert!(root.open_file(Path::new(refused)).is_err(), "{refused}");
+        }
+        Ok(())
     }
 
     #[tokio::test]

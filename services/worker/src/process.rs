@@ -1,10 +1,9 @@
-//! A renderer process in its own process group, with its output as lines.
+//! A task's process in its own process group, with its output as lines.
 //!
 //! The group is what gets killed: renderers may start helpers of their own,
 //! and a cancelled task must leave nothing running.
 
 use std::io;
-use std::path::Path;
 use std::process::Stdio;
 
 use nix::sys::signal::{Signal, killpg};
@@ -12,8 +11,6 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-
-use crate::command::Invocation;
 
 /// Longest line kept from a renderer's output; the rest of the line is dropped.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -43,34 +40,62 @@ impl ProcessGroup {
     }
 }
 
-/// Starts `invocation` in `cwd` as the leader of a new process group, with
-/// stdin closed and stdout and stderr read line by line into one queue.
-pub fn spawn(invocation: &Invocation, cwd: &Path) -> io::Result<Renderer> {
-    start(invocation, cwd, Stdio::null())
+/// How long killed processes get to disappear.
+const KILL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stops `child` and everything it started, and reaps it. Its
+/// descendants are SIGKILLed first: in a sandbox the first of them is the
+/// PID namespace's init, whose death takes every process inside with it,
+/// and bubblewrap (the child) then exits by itself, reaping that init (were
+/// bubblewrap killed first, the init would linger as the host init's
+/// zombie). Without a sandbox (`sandboxed` false) the child is the task's
+/// own program, killed with its group at once.
+pub async fn stop(
+    child: &mut Child,
+    group: ProcessGroup,
+    sandboxed: bool,
+) -> io::Result<std::process::ExitStatus> {
+    let pids = child.id().map_or_else(Vec::new, |leader| {
+        crate::proc_tree::descendants_in(std::path::Path::new("/proc"), leader)
+    });
+    for pid in pids.iter().skip(1) {
+        if let Ok(pid) = i32::try_from(*pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    if !sandboxed {
+        group.kill();
+    }
+    let status = match tokio::time::timeout(KILL_PATIENCE, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            tracing::warn!("a killed sandbox did not end; killing its process group");
+            group.kill();
+            child.wait().await
+        }
+    };
+    group.kill();
+    let deadline = tokio::time::Instant::now() + KILL_PATIENCE;
+    while pids.iter().skip(1).any(|pid| crate::proc_tree::alive(*pid)) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("killed processes are still alive");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    status
 }
 
-/// Like [`spawn`], with the renderer's stdin kept open for requests; the
-/// returned [`Renderer`]'s child holds it in `stdin`.
-pub fn spawn_with_stdin(invocation: &Invocation, cwd: &Path) -> io::Result<Renderer> {
-    start(invocation, cwd, Stdio::piped())
-}
-
-fn start(invocation: &Invocation, cwd: &Path, stdin: Stdio) -> io::Result<Renderer> {
-    let mut command = Command::new(&invocation.program);
+/// Starts `command` (built by a [`crate::sandbox::TaskSandbox`]) as the
+/// leader of a new process group, with `stdin` as given and stdout and
+/// stderr read line by line into one queue; the child is killed if dropped.
+pub fn spawn(mut command: Command, stdin: Stdio) -> io::Result<Renderer> {
     command
-        .args(&invocation.args)
-        .current_dir(cwd)
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // The worker's own settings (etcd address and so on) are none of the renderer's business.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("KILN_") {
-            command.env_remove(key);
-        }
-    }
     let mut child = command.spawn()?;
     let pid = child
         .id()

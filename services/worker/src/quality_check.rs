@@ -257,6 +257,69 @@ pub async fn run(plan: &CheckPlan, ffprobe: &Path) -> Report {
     report
 }
 
+/// `kiln-check` as the worker runs it inside a task's sandbox (the worker's
+/// binary, re-executed): `--ffprobe PATH -- ARGS...` in the task's working
+/// directory. Writes the report under `outputs/`, prints its findings, and
+/// says how it went in OpenJD's stdout messages (`openjd_status:`,
+/// `openjd_fail:`). Returns the exit code: 0 when the check passed or was
+/// skipped, 1 when it failed, 2 when it could not run.
+pub async fn run_in_task(args: &[String]) -> i32 {
+    let (ffprobe, check_args) = match args {
+        [flag, ffprobe, dash, rest @ ..] if flag == "--ffprobe" && dash == "--" => {
+            (PathBuf::from(ffprobe), rest)
+        }
+        _ => {
+            println!("openjd_fail: kiln-check: expected --ffprobe PATH -- ARGS");
+            return 2;
+        }
+    };
+    let workdir = match std::env::current_dir() {
+        Ok(dir) => dir,
+        Err(error) => {
+            println!("openjd_fail: kiln-check: no working directory: {error}");
+            return 2;
+        }
+    };
+    let plan = match parse(check_args, &workdir) {
+        Ok(plan) => plan,
+        Err(error) => {
+            println!("openjd_fail: {error}");
+            return 2;
+        }
+    };
+    let report = run(&plan, &ffprobe).await;
+    for line in report.log_lines() {
+        println!("{line}");
+    }
+    let path = workdir.join(workdir::OUTPUTS_DIR).join(&plan.report);
+    let written = serde_json::to_vec_pretty(&report)
+        .map_err(|e| e.to_string())
+        .and_then(|json| {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            std::fs::write(&path, json).map_err(|e| e.to_string())
+        });
+    if let Err(error) = written {
+        println!("openjd_fail: kiln-check: cannot write the report: {error}");
+        return 2;
+    }
+    match report.failure_message() {
+        Some(message) => {
+            println!("openjd_fail: {message}");
+            1
+        }
+        None if report.skipped => {
+            println!("openjd_status: quality check skipped");
+            0
+        }
+        None => {
+            println!("openjd_status: quality check passed");
+            0
+        }
+    }
+}
+
 /// Frame number -> file, from names ending in digits (`frame_0007.png`).
 fn frame_files(dir: &Path) -> std::io::Result<BTreeMap<i64, PathBuf>> {
     let mut files = BTreeMap::new();

@@ -26,7 +26,7 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::health::LocalHealth;
-use crate::task_runner::{RunnerSettings, TaskOutcome, TaskRunner, message};
+use crate::task::{RunnerSettings, TaskOutcome, TaskRunner, message};
 use crate::workdir::InputCache;
 use crate::worker_metrics::{self, RunStatus};
 
@@ -660,6 +660,8 @@ fn refused(assignment: &TaskAssignment, message: String) -> TaskResult {
         message,
         log_tail: String::new(),
         outputs: Vec::new(),
+        device: String::new(),
+        status: String::new(),
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::log_tail::truncate_chars;
-use crate::task_runner::message;
+use crate::task::message;
 
 /// Most lines in one live batch.
 const BATCH_LINES: usize = 64;

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::outputs::OpenedOutput;
+
 /// Longest side of a thumbnail, in pixels.
 pub const LONGEST_SIDE: u32 = 256;
 
@@ -23,19 +25,17 @@ pub fn is_frame(relative: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
-/// Where the thumbnail of output `relative` goes, beside (not in) the task's outputs.
-pub fn path_for(outputs_dir: &Path, relative: &Path) -> PathBuf {
-    let parent = outputs_dir.parent().unwrap_or(outputs_dir);
-    parent.join("thumbnails").join(relative)
-}
-
-/// Writes a PNG of `source` scaled to fit LONGEST_SIDE, keeping its aspect ratio.
-pub async fn make(source: PathBuf, dest: PathBuf) -> Result<(), ThumbnailError> {
+/// Writes a PNG of `source` scaled to fit LONGEST_SIDE, keeping its aspect
+/// ratio. The image is a task's output: decoding it is bounded by the image
+/// crate's default limits (512 MiB of allocations).
+pub async fn make(source: OpenedOutput, dest: PathBuf) -> Result<(), ThumbnailError> {
     tokio::task::spawn_blocking(move || {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let image = image::open(&source)?;
+        let image = image::ImageReader::open(source.path())?
+            .with_guessed_format()?
+            .decode()?;
         image
             .thumbnail(LONGEST_SIDE, LONGEST_SIDE)
             .save_with_format(&dest, image::ImageFormat::Png)?;

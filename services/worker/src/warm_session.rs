@@ -3,19 +3,30 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::command::{self, Invocation, RendererKind};
+use crate::command;
+use crate::outputs::OutputsRoot;
 use crate::process::{self, ProcessGroup};
+use crate::sandbox::TaskSandbox;
+use crate::task::run::OutputPlace;
 use crate::warm_plan::SessionKey;
+use crate::workdir::OUTPUTS_DIR;
 
 /// The driver, written next to the session's scene at start.
 const DRIVER: &str = include_str!("blender_driver.py");
 const DRIVER_FILE: &str = "kiln_blender_driver.py";
+/// The one directory of the session Blender may write to: each task's
+/// outputs, emptied between tasks. The session's directory itself (scene,
+/// driver) stays the worker's.
+const OUT_DIR: &str = "out";
+/// Requests waiting to be written to Blender's stdin.
+const REQUEST_QUEUE: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarmSessionError {
@@ -25,8 +36,10 @@ pub enum WarmSessionError {
     Spawn(io::Error),
     #[error("the warm blender session has no input pipe")]
     NoStdin,
-    #[error("cannot send a request to the warm blender session: {0}")]
-    Request(io::Error),
+    #[error("cannot send a request to the warm blender session: its input is closed or full")]
+    Request,
+    #[error("cannot prepare the session's output directory: {0}")]
+    Output(io::Error),
     #[error("cannot encode a request: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -66,8 +79,9 @@ struct Request<'a> {
     output: &'a str,
 }
 
-/// A running Blender holding one scene. Dropping it kills the process
-/// group and deletes the session's directory.
+/// A running Blender holding one scene, in a sandbox of its own (its own
+/// uid, for its whole life). Dropping it kills the process group and the
+/// sandbox and deletes the session's directory.
 pub struct WarmSession {
     id: u64,
     key: SessionKey,
@@ -75,7 +89,10 @@ pub struct WarmSession {
     /// The Blender process; awaited by the task using the session, to notice a crash.
     pub child: Child,
     group: ProcessGroup,
-    stdin: ChildStdin,
+    /// Requests, written to Blender's stdin by a task of their own so that
+    /// sending one never blocks (and is never half done when a task moves on).
+    requests: mpsc::Sender<Vec<u8>>,
+    sandbox: TaskSandbox,
     /// Blender's stdout and stderr, line by line.
     pub lines: mpsc::Receiver<String>,
     frames_rendered: u32,
@@ -85,12 +102,14 @@ pub struct WarmSession {
 }
 
 impl WarmSession {
-    /// Starts Blender on `key` in `dir`, which already holds the key's inputs.
+    /// Starts Blender on `key` in `sandbox`, whose directory `dir` already
+    /// holds the key's inputs.
     pub async fn start(
         id: u64,
         key: SessionKey,
         dir: PathBuf,
         blender: &Path,
+        sandbox: TaskSandbox,
     ) -> Result<Self, WarmSessionError> {
         let driver = dir.join(DRIVER_FILE);
         tokio::fs::write(&driver, DRIVER)
@@ -107,17 +126,15 @@ impl WarmSession {
             "--".to_owned(),
         ]);
         args.extend(key.script_args.iter().cloned());
-        let invocation = Invocation {
-            renderer: RendererKind::Blender,
-            program: blender.to_path_buf(),
-            args,
-        };
+        let command = sandbox.command(blender.as_os_str(), &args, &[]);
         let process::Renderer {
             mut child,
             group,
             lines,
-        } = process::spawn_with_stdin(&invocation, &dir).map_err(WarmSessionError::Spawn)?;
+        } = process::spawn(command, Stdio::piped()).map_err(WarmSessionError::Spawn)?;
         let stdin = child.stdin.take().ok_or(WarmSessionError::NoStdin)?;
+        let (requests, queued) = mpsc::channel(REQUEST_QUEUE);
+        tokio::spawn(write_requests(stdin, queued));
         tracing::info!(
             session = id,
             pid = child.id(),
@@ -129,7 +146,8 @@ impl WarmSession {
             dir,
             child,
             group,
-            stdin,
+            requests,
+            sandbox,
             lines,
             frames_rendered: 0,
             baseline_rss: None,
@@ -159,14 +177,43 @@ impl WarmSession {
     }
 
     /// Asks the driver to render `frame` to `output` (a `-o` style pattern).
-    pub async fn request(&mut self, frame: i64, output: &str) -> Result<(), WarmSessionError> {
+    pub fn request(&mut self, frame: i64, output: &str) -> Result<(), WarmSessionError> {
         let mut line = serde_json::to_vec(&Request { frame, output })?;
         line.push(b'\n');
-        self.stdin
-            .write_all(&line)
-            .await
-            .map_err(WarmSessionError::Request)?;
-        self.stdin.flush().await.map_err(WarmSessionError::Request)
+        self.requests
+            .try_send(line)
+            .map_err(|_| WarmSessionError::Request)
+    }
+
+    /// Empties the session's output directory for the next task and hands
+    /// it to the session's uid: where that task's frames go.
+    pub fn fresh_outputs(&self) -> Result<OutputPlace, WarmSessionError> {
+        let out = self.dir.join(OUT_DIR);
+        match std::fs::remove_dir_all(&out) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(WarmSessionError::Output(e));
+            }
+            _ => {}
+        }
+        // Made by the worker in its own directory, then handed over: nothing
+        // the session did before can redirect them.
+        let outputs = out.join(OUTPUTS_DIR);
+        std::fs::create_dir(&out).map_err(WarmSessionError::Output)?;
+        std::fs::create_dir(&outputs).map_err(WarmSessionError::Output)?;
+        self.sandbox
+            .hand_over(&out)
+            .map_err(|e| WarmSessionError::Output(io::Error::other(e.to_string())))?;
+        Ok(OutputPlace {
+            outputs: std::sync::Arc::new(
+                OutputsRoot::open(&outputs).map_err(WarmSessionError::Output)?,
+            ),
+            workdir: out,
+        })
+    }
+
+    /// The sandbox Blender runs in.
+    pub fn sandbox(&self) -> &TaskSandbox {
+        &self.sandbox
     }
 
     /// Counts a rendered frame; the first one sets the memory baseline,
@@ -184,14 +231,7 @@ impl WarmSession {
     }
 
     fn rss(&self) -> Option<u64> {
-        let pid = sysinfo::Pid::from_u32(self.child.id()?);
-        let mut system = sysinfo::System::new();
-        system.refresh_processes_specifics(
-            sysinfo::ProcessesToUpdate::Some(&[pid]),
-            true,
-            sysinfo::ProcessRefreshKind::nothing().with_memory(),
-        );
-        system.process(pid).map(sysinfo::Process::memory)
+        Some(self.sandbox.memory_bytes(self.child.id()?))
     }
 
     /// Whether Blender is still running.
@@ -207,12 +247,34 @@ impl WarmSession {
     /// Kills Blender and whatever it started.
     pub fn kill(&self) {
         self.group.kill();
+        self.sandbox.kill();
+    }
+
+    /// Kills Blender and whatever it started, and waits until they are gone.
+    pub async fn kill_and_wait(&mut self) {
+        self.sandbox.kill();
+        let sandboxed = self.sandbox.uid().is_some();
+        let _ = process::stop(&mut self.child, self.group, sandboxed).await;
+    }
+}
+
+/// Writes queued requests to Blender's stdin until either side closes.
+async fn write_requests(mut stdin: ChildStdin, mut queued: mpsc::Receiver<Vec<u8>>) {
+    while let Some(line) = queued.recv().await {
+        let written = async {
+            stdin.write_all(&line).await?;
+            stdin.flush().await
+        };
+        if let Err(error) = written.await {
+            tracing::debug!(%error, "warm blender session's input closed");
+            return;
+        }
     }
 }
 
 impl Drop for WarmSession {
     fn drop(&mut self) {
-        self.group.kill();
+        self.kill();
         tracing::info!(
             session = self.id,
             frames = self.frames_rendered,

@@ -33,6 +33,8 @@ pub struct TaskWrite {
     pub exit_code: Option<i32>,
     pub message: Option<String>,
     pub log_tail: Option<String>,
+    pub device: Option<String>,
+    pub status: Option<String>,
 }
 
 impl TaskWrite {
@@ -49,6 +51,8 @@ impl TaskWrite {
             exit_code: None,
             message: None,
             log_tail: None,
+            device: None,
+            status: None,
         }
     }
 
@@ -63,6 +67,8 @@ impl TaskWrite {
         self.exit_code = later.exit_code.or(self.exit_code);
         self.message = later.message.or(self.message.take());
         self.log_tail = later.log_tail.or(self.log_tail.take());
+        self.device = later.device.or(self.device.take());
+        self.status = later.status.or(self.status.take());
     }
 }
 

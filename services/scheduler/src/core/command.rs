@@ -84,6 +84,9 @@ pub struct AttemptReport {
     pub log_tail: String,
     /// On success, every output the attempt stored.
     pub outputs: Vec<pb::OutputStored>,
+    /// The Cycles device it rendered on, its last status line.
+    pub device: String,
+    pub status: String,
 }
 
 pub enum Control {

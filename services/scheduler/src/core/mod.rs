@@ -85,6 +85,9 @@ pub struct CoreSettings {
     pub now: Clock,
     /// Every worker the farm has seen, as Postgres keeps them.
     pub known_workers: Vec<KnownWorker>,
+    /// Admin-approved templates whose tasks may use the network; every
+    /// other task's sandbox has none.
+    pub network_templates: HashSet<String>,
 }
 
 pub struct Core {
@@ -125,6 +128,8 @@ pub struct Core {
     /// The time of the command being handled.
     now: Clock,
     jitter: SmallRng,
+    /// Admin-approved templates whose tasks may use the network.
+    network_templates: HashSet<String>,
 }
 
 impl Core {
@@ -160,6 +165,7 @@ impl Core {
             outputs: OutputLedger::default(),
             now: settings.now,
             jitter: SmallRng::seed_from_u64(settings.jitter_seed),
+            network_templates: settings.network_templates,
         }
     }
 

@@ -105,6 +105,9 @@ pub struct JobEntry {
     /// The submission's W3C trace context, passed on to every task.
     pub trace_context: HashMap<String, String>,
     pub name: String,
+    /// The built-in or admin-approved template the job was made from; empty
+    /// for a template the submitter wrote.
+    pub template_name: String,
     /// The last per-job event number (`JobEvent.seq`) given to one of the
     /// job's events.
     pub last_event_seq: u64,
@@ -186,11 +189,9 @@ impl WorkerEntry {
         tags.is_subset(&self.tags)
     }
 
+    /// Whether the worker runs `command`: see [`crate::matching::runs_command`].
     pub fn has_renderer(&self, command: &str) -> bool {
-        self.capabilities
-            .renderers
-            .iter()
-            .any(|r| r.name == command)
+        crate::matching::runs_command(&self.capabilities, command)
     }
 }
 
@@ -200,6 +201,10 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     pub message: String,
     pub log_tail: String,
+    /// The Cycles device the attempt rendered on, as the worker reported it.
+    pub device: Option<String>,
+    /// The attempt's last status line, as the worker reported it.
+    pub status: Option<String>,
 }
 
 /// What an admin set on a worker: whether it takes tasks.

@@ -57,6 +57,8 @@ impl Core {
             exit_code: report.exit_code,
             message: report.message,
             log_tail: report.log_tail,
+            device: Some(report.device),
+            status: Some(report.status),
         };
         if report.success {
             // A success lists every output of the attempt: those whose own

@@ -142,15 +142,20 @@ impl Core {
     }
 }
 
-/// "8 cores, 1 GPU, 2 slots: blender 3.4.1, ffmpeg 5.1".
+/// "8 cores, 1 GPU, 2 slots: blender 3.4.1, ffmpeg 5.1; tasks sandboxed (rlimits)".
 fn describe_offer(capabilities: &pb::WorkerCapabilities) -> String {
     let renderers: Vec<String> = capabilities
         .renderers
         .iter()
         .map(|r| format!("{} {}", r.name, r.version))
         .collect();
+    let sandbox = match &capabilities.sandbox {
+        Some(sandbox) if sandbox.isolated => format!("tasks sandboxed ({})", sandbox.limits),
+        Some(_) => "TASKS UNSANDBOXED (--no-sandbox)".to_owned(),
+        None => "no sandbox reported".to_owned(),
+    };
     format!(
-        "{} cores, {} GPU, {} slots: {}",
+        "{} cores, {} GPU, {} slots: {}; {sandbox}",
         capabilities.cpu_cores,
         capabilities.gpus,
         capabilities.slots.max(1),

@@ -62,6 +62,8 @@ impl Core {
             write.exit_code = outcome.exit_code;
             write.message = Some(outcome.message.clone());
             write.log_tail = (!outcome.log_tail.is_empty()).then(|| outcome.log_tail.clone());
+            write.device = outcome.device.clone();
+            write.status = outcome.status.clone();
         }
         let (job_id, step, index, attempt, worker_id) = (
             task.job_id,

@@ -58,6 +58,7 @@ fn farm_positions_continue_after_those_already_written() {
         jitter_seed: 1,
         now: bench.now,
         known_workers: Vec::new(),
+        network_templates: Default::default(),
     });
     std::mem::swap(&mut bench.core, &mut core);
     bench.join("w", worker());

@@ -135,6 +135,7 @@ fn settings_survive_a_new_leader_and_a_worker_that_reconnects() {
         jitter_seed: 1,
         now,
         known_workers: known,
+        network_templates: Default::default(),
     });
     let tagged = bench.submit(job("bob", 1).tag("fx"));
     bench.join("off", worker());

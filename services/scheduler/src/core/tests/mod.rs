@@ -54,6 +54,7 @@ pub struct WorkerSpec {
     gpus: u32,
     renderers: Vec<String>,
     attributes: Vec<(String, String)>,
+    any_command: bool,
 }
 
 pub fn worker() -> WorkerSpec {
@@ -62,6 +63,7 @@ pub fn worker() -> WorkerSpec {
         gpus: 0,
         renderers: vec!["blender".into(), "ffmpeg".into()],
         attributes: Vec::new(),
+        any_command: false,
     }
 }
 
@@ -80,6 +82,11 @@ impl WorkerSpec {
     }
     pub fn attribute(mut self, name: &str, value: &str) -> Self {
         self.attributes.push((name.into(), value.into()));
+        self
+    }
+    /// Runs any program (it sandboxes its tasks).
+    pub fn any_command(mut self) -> Self {
+        self.any_command = true;
         self
     }
 
@@ -104,6 +111,7 @@ impl WorkerSpec {
                 })
                 .collect(),
             attributes: self.attributes.iter().cloned().collect(),
+            any_command: self.any_command,
             ..Default::default()
         }
     }
@@ -120,6 +128,7 @@ pub struct JobSpec {
     steps: Vec<StepSpec>,
     inputs: Vec<pb::TaskInput>,
     tags: Vec<String>,
+    template_name: String,
 }
 
 #[derive(Clone)]
@@ -148,10 +157,16 @@ pub fn job(owner: &str, tasks: usize) -> JobSpec {
         }],
         inputs: Vec::new(),
         tags: Vec::new(),
+        template_name: String::new(),
     }
 }
 
 impl JobSpec {
+    /// Made from the approved template `name` (not one the submitter wrote).
+    pub fn made_from(mut self, name: &str) -> Self {
+        self.template_name = name.into();
+        self
+    }
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = priority;
         self
@@ -287,6 +302,7 @@ impl Bench {
             jitter_seed: 7,
             now,
             known_workers: Vec::new(),
+            network_templates: Default::default(),
         });
         Self {
             core,
@@ -684,6 +700,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         message: String::new(),
         trace_context: HashMap::new(),
         name: format!("{}'s job", spec.owner),
+        template_name: spec.template_name.clone(),
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),

@@ -221,3 +221,61 @@ fn effects_name_the_session_they_are_for() {
     });
     assert_eq!(delivered, Some((session, (job.task(0), 1))));
 }
+
+#[test]
+fn only_workers_that_run_any_command_take_a_program_that_is_no_renderer() {
+    let mut bench = Bench::default();
+    let job = bench.submit(job("alice", 1).command("bash"));
+    bench.join("renderers-only", worker());
+    assert!(
+        bench.dispatch().is_empty(),
+        "bash is not one of its renderers"
+    );
+    bench.join("sandboxing", worker().any_command());
+    let assigned = bench.dispatch_one();
+    assert_eq!(
+        (assigned.worker.as_str(), assigned.task),
+        ("sandboxing", job.task(0))
+    );
+}
+
+#[test]
+fn only_tasks_of_a_template_approved_for_the_network_may_use_it() {
+    let mut bench = Bench::default();
+    let mut core = Core::new(CoreSettings {
+        policy: policy(),
+        owner_weights: HashMap::new(),
+        farm_position: 0,
+        jitter_seed: 1,
+        now: bench.now,
+        network_templates: ["net-probe".to_owned()].into(),
+        known_workers: Vec::new(),
+    });
+    std::mem::swap(&mut bench.core, &mut core);
+    bench.join("w", worker().slots(3));
+    bench.submit(job("alice", 1).made_from("net-probe"));
+    bench.submit(job("alice", 1).made_from("blender"));
+    bench.submit(job("alice", 1));
+    bench.core.dispatch(bench.now);
+    let batch = bench.commit();
+    let mut network: Vec<(String, bool)> = batch
+        .effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Deliver {
+                assignment, job_id, ..
+            } => Some((job_id.to_string(), assignment.allow_network)),
+            _ => None,
+        })
+        .collect();
+    network.sort_by_key(|(_, allowed)| !*allowed);
+    assert_eq!(network.len(), 3);
+    assert_eq!(
+        network
+            .iter()
+            .map(|(_, allowed)| *allowed)
+            .collect::<Vec<_>>(),
+        [true, false, false],
+        "only the approved network template: {network:?}"
+    );
+}
