@@ -217,7 +217,10 @@ async fn kiln_jobs_filters_and_pages_through_every_job_once() -> Result<()> {
     loop {
         let out = admin(&farm, &args)?;
         pages += 1;
-        ensure!(named(&out, &[other.clone()]).is_empty(), "{out}");
+        ensure!(
+            named(&out, std::slice::from_ref(&other)).is_empty(),
+            "{out}"
+        );
         seen.extend(named(&out, &shots).into_iter().cloned());
         match next_token(&out) {
             Some(next) => token = next,
