@@ -26,8 +26,10 @@ POSTGRES_PASSWORD=$(hex 24)
 GARAGE_RPC_SECRET=$(hex 32)
 KILN_S3_ACCESS_KEY=GK$(hex 12)
 KILN_S3_SECRET_KEY=$(hex 32)
-# Workers present it to join the scheduler.
+# Workers present it to the scheduler and the assets service.
 KILN_JOIN_TOKEN=$(hex 32)
+# The gateway, scheduler and assets service present it to each other.
+KILN_SERVICE_TOKEN=$(hex 32)
 # The gateway's first admin token; deploy/admin-token.sh prints it.
 KILN_BOOTSTRAP_ADMIN_TOKEN=kiln_$(hex 32)
 KILN_UID=$uid

@@ -31,6 +31,8 @@ for _ in $(seq 1 240); do [ -f "$work/.kiln/dev.json" ] && break; kill -0 $dev 2
 http=$(jq -r .gateway_http "$work/.kiln/dev.json")
 token=$(jq -r .token "$work/.kiln/dev.json")
 etcd=$(jq -r .etcd "$work/.kiln/dev.json")
+# etcd has authentication on; etcdctl reads the user from the environment, not argv.
+export ETCDCTL_USER="$(jq -r .etcd_user "$work/.kiln/dev.json"):$(jq -r .etcd_password "$work/.kiln/dev.json")"
 s3=$(grep -o 'S3 (Garage) *http[^ ]*' "$work/dev.log" | awk '{print $NF}')
 export AWS_ACCESS_KEY_ID=$(jq -r .access_key "$work/.kiln/garage/credentials.json")
 export AWS_SECRET_ACCESS_KEY=$(jq -r .secret_key "$work/.kiln/garage/credentials.json")

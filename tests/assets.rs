@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use futures::StreamExt;
-use kiln_localfarm::{Farm, S3_BUCKET, S3_REGION, locate_binary};
+use kiln_localfarm::{Farm, S3_BUCKET, locate_binary};
 use kiln_proto::v1 as pb;
-use kiln_tests::{Client, clips_request, start_farm, start_farm_with, state_of};
+use kiln_tests::{Client, clips_request, s3_client, start_farm, start_farm_with, state_of};
 use sha2::{Digest as _, Sha256};
 
 /// Makes `dir/<name>`: the default cube wearing `//textures/wood.png` (a
@@ -306,7 +306,10 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
     let channel = tonic::transport::Channel::from_shared(endpoint.grpc_uri())?
         .connect()
         .await?;
-    let assets = kiln_asset_client::AssetClient::new(channel);
+    let assets = kiln_asset_client::AssetClient::with_credentials(
+        channel,
+        kiln_asset_client::CallCredentials::service(farm.service_token())?,
+    );
     let pid = farm
         .assets_mut()
         .and_then(|p| p.pid())
@@ -357,26 +360,6 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
     // The farm (Garage's data dir included) lives in `dir`; delete it now.
     dir.close()?;
     Ok(())
-}
-
-async fn s3_client(farm: &mut Farm) -> Result<aws_sdk_s3::Client> {
-    let endpoint = farm.s3_endpoint().context("farm has no S3")?;
-    let garage = farm.garage_mut().context("farm has no garage")?;
-    let credentials = aws_sdk_s3::config::Credentials::new(
-        garage.access_key(),
-        garage.secret_key(),
-        None,
-        None,
-        "kiln-tests",
-    );
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_sdk_s3::config::Region::new(S3_REGION))
-        .credentials_provider(credentials)
-        .force_path_style(true)
-        .build();
-    Ok(aws_sdk_s3::Client::from_conf(config))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -526,6 +509,265 @@ async fn retention_spares_what_live_jobs_need_and_collects_the_rest() -> Result<
             })
             .await?;
     }
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// Where the local backend keeps `digest` in the farm.
+fn object_file(farm: &Farm, digest: &str) -> PathBuf {
+    farm.dir()
+        .join("assets/sha256")
+        .join(&digest[..2])
+        .join(digest)
+}
+
+/// Polls `done` every 250 ms until it holds, failing after `timeout` with `what`.
+async fn eventually(
+    what: &str,
+    timeout: Duration,
+    mut done: impl AsyncFnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done().await? {
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+/// A counter on one assets replica's /metrics (0 while it has none yet).
+async fn replica_counter(endpoint: &kiln_discovery::Endpoint, name: &str) -> Result<f64> {
+    let ops = endpoint
+        .ops
+        .clone()
+        .context("assets lists no ops address")?;
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let body = ureq::get(&format!("http://{ops}/metrics"))
+            .call()?
+            .into_string()?;
+        Ok(body
+            .lines()
+            .find(|line| line.starts_with(&format!("{name} ")))
+            .and_then(|line| line.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0))
+    })
+    .await?
+}
+
+/// The seconds of grace in the collection test: long enough to submit a
+/// job after the scene was confirmed, short enough to make a scene old.
+const GRACE_SECONDS: u64 = 15;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_re_render_of_an_old_scene_survives_collection_on_the_other_replica() -> Result<()> {
+    // Replica 0 answers the client and never collects; replica 1, started
+    // later, collects every second. Finished jobs keep nothing.
+    let grace = GRACE_SECONDS.to_string();
+    let (mut farm, dir) = start_farm_with(
+        1,
+        false,
+        &[
+            ("KILN_GC_INTERVAL_SECONDS", "0"),
+            ("KILN_GC_GRACE_SECONDS", &grace),
+            ("KILN_RETAIN_FINISHED_SECONDS", "0"),
+        ],
+    )
+    .await?;
+    let token = kiln_tests::create_token(&farm, "alice", pb::Role::Submitter, 0).await?;
+    let mut alice = Client::connect_as(&farm, &token).await?;
+    let scene = kiln_tests::example_scene(dir.path())?;
+    let canary = dir.path().join("canary.bin");
+    std::fs::write(&canary, b"no job will ever name this")?;
+    let canary = alice.assets.upload_file(&canary).await?.digest;
+    let first = alice.submit_blender(&scene, "1", 1).await?;
+    let first = alice.wait_until_finished(&first.id).await?;
+    assert_eq!(state_of(&first), pb::JobState::Succeeded, "{first:?}");
+    let scene_digest = first.inputs[0].digest.clone();
+
+    // The scene is now old: uploaded and last confirmed more than the grace ago.
+    tokio::time::sleep(Duration::from_secs(GRACE_SECONDS + 1)).await;
+
+    // A re-render asks replica 0 whether the scene is stored, as `kiln render` does...
+    let replica0 = farm
+        .wait_for_instances(kiln_discovery::service::ASSETS, 1, Duration::from_secs(10))
+        .await?
+        .remove(0);
+    let channel = tonic::transport::Channel::from_shared(replica0.grpc_uri())?
+        .connect()
+        .await?;
+    // As the gateway calls it: with the farm's service token, for alice.
+    let as_alice = kiln_asset_client::AssetClient::with_credentials(
+        channel,
+        kiln_asset_client::CallCredentials::service(farm.service_token())?,
+    )
+    .on_behalf_of("alice", None)?;
+    assert!(
+        as_alice
+            .find_missing(std::slice::from_ref(&scene_digest))
+            .await?
+            .is_empty(),
+        "the scene is stored"
+    );
+
+    // ... and before it submits, replica 1 collects.
+    farm.add_assets_replica_with_env(&[("KILN_GC_INTERVAL_SECONDS", "1")])
+        .await?;
+    let replica1 = farm
+        .wait_for_instances(kiln_discovery::service::ASSETS, 2, Duration::from_secs(10))
+        .await?
+        .into_iter()
+        .find(|endpoint| endpoint.instance != replica0.instance)
+        .context("the second replica")?;
+    let canary_file = object_file(&farm, &canary);
+    eventually(
+        "replica 1 collects the unreferenced canary and finishes its round",
+        Duration::from_secs(60),
+        async || {
+            Ok(!canary_file.exists()
+                && replica_counter(&replica1, "asset_collections_total").await? >= 1.0)
+        },
+    )
+    .await?;
+    assert!(
+        object_file(&farm, &scene_digest).is_file(),
+        "the scene confirmed on replica 0 survived replica 1's collection"
+    );
+
+    let second = alice
+        .jobs
+        .submit_job(kiln_tests::blender_request(&scene_digest, "1-2", 1))
+        .await?
+        .into_inner();
+    let second = alice.wait_until_finished(&second.id).await?;
+    assert_eq!(state_of(&second), pb::JobState::Succeeded, "{second:?}");
+    for output in alice.all_outputs(&second.id).await? {
+        assert!(
+            object_file(&farm, &output.digest).is_file(),
+            "output {} survives",
+            output.path
+        );
+    }
+    assert!(
+        object_file(&farm, &scene_digest).is_file(),
+        "the scene survives"
+    );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// Spool files of the local backend's assets service, with their sizes.
+fn spool_sizes(farm: &Farm) -> Result<Vec<u64>> {
+    let mut sizes = Vec::new();
+    for entry in std::fs::read_dir(farm.dir().join("assets/spool"))? {
+        sizes.push(entry?.metadata()?.len());
+    }
+    Ok(sizes)
+}
+
+/// The gateway's default limit on one gRPC message.
+const GATEWAY_MAX_MESSAGE: usize = 8 * MIB;
+
+/// An upload through the gateway that sends `first`, and once the assets
+/// service holds all of it, a message over the gateway's size limit: the
+/// client's stream fails part-way.
+async fn upload_that_fails_part_way(
+    farm: &Farm,
+    expected_digest: &str,
+    first: &[u8],
+) -> Result<()> {
+    let channel = tonic::transport::Channel::from_shared(farm.gateway_url())?
+        .connect()
+        .await?;
+    let mut raw = pb::asset_service_client::AssetServiceClient::with_interceptor(
+        channel,
+        kiln_asset_client::CallCredentials::bearer(farm.admin_token())?,
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::UploadChunk {
+        expected_digest: expected_digest.to_owned(),
+        data: first.to_vec(),
+        offset: 0,
+    })
+    .await?;
+    let call = tokio::spawn(async move {
+        raw.upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let held = first.len() as u64;
+    eventually(
+        "the assets service holds the first chunk",
+        Duration::from_secs(30),
+        async || Ok(spool_sizes(farm)?.contains(&held)),
+    )
+    .await?;
+    tx.send(pb::UploadChunk {
+        data: vec![0; GATEWAY_MAX_MESSAGE + 1],
+        ..Default::default()
+    })
+    .await?;
+    let refused = call.await?.expect_err("an oversized chunk");
+    ensure!(
+        refused.code() != tonic::Code::Ok,
+        "the client learns its upload failed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_failing_at_the_gateway_is_kept_for_resuming_never_stored_truncated() -> Result<()>
+{
+    let (mut farm, _dir) = start_farm(0, false).await?;
+    let client = Client::connect(&farm).await?;
+    let file: Vec<u8> = (0..3 * MIB).map(|i| (i % 251) as u8).collect();
+    let digest = hex::encode(Sha256::digest(&file));
+    let head = &file[..MIB];
+
+    // Named digest: the part received is kept, and the upload resumes.
+    upload_that_fails_part_way(&farm, &digest, head).await?;
+    let mut offset = 0;
+    eventually(
+        "the gateway passes the failure on and the service keeps the part",
+        Duration::from_secs(30),
+        async || {
+            offset = client.assets.upload_offset(&digest).await?;
+            Ok(offset == MIB as u64)
+        },
+    )
+    .await?;
+    assert_eq!(client.assets.stat(&digest).await?, None, "not stored yet");
+    let rest = Bytes::from(file[MIB..].to_vec());
+    let stored = client
+        .assets
+        .upload_stream_at(
+            Some(digest.clone()),
+            offset,
+            futures::stream::iter([Ok(rest)]),
+        )
+        .await?;
+    assert_eq!(
+        (stored.digest.as_str(), stored.size),
+        (digest.as_str(), file.len() as u64)
+    );
+
+    // No digest named: nothing to resume, and the part is not stored as a file.
+    let other: Vec<u8> = file.iter().map(|b| b ^ 0x5a).collect();
+    let other_head = &other[..MIB];
+    upload_that_fails_part_way(&farm, "", other_head).await?;
+    eventually(
+        "the service drops the part",
+        Duration::from_secs(30),
+        async || Ok(spool_sizes(&farm)?.is_empty()),
+    )
+    .await?;
+    let truncated = hex::encode(Sha256::digest(other_head));
+    assert_eq!(
+        client.assets.stat(&truncated).await?,
+        None,
+        "a failed upload is never stored as if complete"
+    );
     farm.shutdown().await?;
     Ok(())
 }

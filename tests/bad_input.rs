@@ -34,6 +34,11 @@ async fn invalid_submissions_are_rejected_and_change_nothing() -> anyhow::Result
             "12-1",
         ),
         (
+            "frame range whose step overflows",
+            blender_request(&digest, "0--9223372036854775808:-1", 2),
+            "0--9223372036854775808:-1",
+        ),
+        (
             "empty frame range",
             blender_request(&digest, "", 2),
             "Frames",

@@ -27,7 +27,7 @@ async fn submit_and_download(farm: &Farm, dir: &Path) -> Result<()> {
     let scene = dir.join("shot/scene.blend");
     let outside = dir.join("library/green.png");
     make_scene(&scene, &outside, None)?;
-    let token = create_token(farm, "artist", pb::Role::Submitter).await?;
+    let token = create_token(farm, "artist", pb::Role::Submitter, 0).await?;
     let run = run_addon(farm, dir, &scene, &token, true).await?;
 
     let job_id = run.job_id()?;
@@ -119,7 +119,7 @@ async fn refuse_missing(farm: &Farm, dir: &Path) -> Result<()> {
     let outside = dir.join("library/green.png");
     let missing = dir.join("library/gone.png");
     make_scene(&scene, &outside, Some(&missing))?;
-    let token = create_token(farm, "artist", pb::Role::Submitter).await?;
+    let token = create_token(farm, "artist", pb::Role::Submitter, 0).await?;
     let run = run_addon(farm, dir, &scene, &token, false).await?;
 
     assert!(

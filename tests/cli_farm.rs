@@ -125,7 +125,7 @@ async fn kiln_workers_shows_and_changes_workers_and_refuses_viewers() -> Result<
     ensure!(client.job(&job.id).await?.tasks_running == 0, "{status}");
 
     // A viewer reads the workers but the CLI reports the refusal of each action.
-    let viewer = create_token(&farm, "carol", pb::Role::Viewer).await?;
+    let viewer = create_token(&farm, "carol", pb::Role::Viewer, 0).await?;
     let seen = kiln(&farm, &viewer, &["workers", "list"])?;
     ensure!(seen.ok && seen.stdout.contains(&id), "{}", seen.stderr);
     for action in [
@@ -310,7 +310,7 @@ async fn kiln_jobs_filters_and_pages_through_every_job_once() -> Result<()> {
     );
 
     // A submitter sees only their own jobs, and may not ask for others'.
-    let alice = create_token(&farm, "alice", pb::Role::Submitter).await?;
+    let alice = create_token(&farm, "alice", pb::Role::Submitter, 0).await?;
     let mine = kiln(&farm, &alice, &["jobs", "--all"])?;
     ensure!(
         mine.ok && named(&mine.stdout, &shots).is_empty() && mine.stdout.contains("no jobs match"),

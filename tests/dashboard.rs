@@ -66,7 +66,7 @@ async fn the_dashboard_in_a_browser() -> Result<()> {
     let base = farm.gateway_http_url();
     let scene = example_scene(dir.path())?;
     let mut admin = Client::connect(&farm).await?;
-    let viewer_token = create_token(&farm, "vera", pb::Role::Viewer).await?;
+    let viewer_token = create_token(&farm, "vera", pb::Role::Viewer, 0).await?;
     let browser = Browser::start(&artifacts())?;
 
     // 1. Log in with a token: the session cookie is HttpOnly.

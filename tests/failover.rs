@@ -204,7 +204,7 @@ async fn wait_until_rendering(client: &mut Client, job_id: &str) -> Result<Strin
 
 /// Polls the scheduler that led until it answers as a standby; returns how long that took.
 async fn wait_until_standby(
-    scheduler: &mut pb::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    scheduler: &mut pb::job_service_client::JobServiceClient<kiln_tests::AuthChannel>,
     job_id: &str,
 ) -> Result<Duration> {
     let started = Instant::now();

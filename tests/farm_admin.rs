@@ -76,7 +76,7 @@ async fn worker_settings_survive_restarts_and_admins_alone_change_them() -> Resu
     .await?;
 
     // A viewer sees the worker but may not act on it, over gRPC and REST.
-    let viewer_token = create_token(&farm, "carol", pb::Role::Viewer).await?;
+    let viewer_token = create_token(&farm, "carol", pb::Role::Viewer, 0).await?;
     let mut viewer = Client::connect_as(&farm, &viewer_token).await?;
     let listed = viewer
         .farm

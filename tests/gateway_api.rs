@@ -74,6 +74,7 @@ async fn create_users(farm: &Farm) -> Result<Users> {
         let request = pb::CreateTokenRequest {
             name: name.to_owned(),
             role: role as i32,
+            ..Default::default()
         };
         Ok(tokens.create_token(request).await?.into_inner().secret)
     };
@@ -129,6 +130,8 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     assert_eq!(job.owner, "alice");
 
     // A client cannot choose its owner: metadata is set from the token.
+    // (Bob uploads the scene too: alice's copy is not his to use.)
+    bob.assets.upload_file(&scene).await?;
     let mut request = tonic::Request::new(blender_request(&digest, "1", 1));
     request
         .metadata_mut()
@@ -152,7 +155,10 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     assert_eq!(
         code(
             bob.jobs
-                .list_tasks(pb::ListTasksRequest { job_id: id() })
+                .list_tasks(pb::ListTasksRequest {
+                    job_id: id(),
+                    ..Default::default()
+                })
                 .await
         ),
         Code::PermissionDenied
@@ -160,7 +166,10 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     assert_eq!(
         code(
             bob.jobs
-                .list_outputs(pb::ListOutputsRequest { job_id: id() })
+                .list_outputs(pb::ListOutputsRequest {
+                    job_id: id(),
+                    ..Default::default()
+                })
                 .await
         ),
         Code::PermissionDenied
@@ -227,6 +236,7 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     let create = pb::CreateTokenRequest {
         name: "mallory".into(),
         role: pb::Role::Admin as i32,
+        ..Default::default()
     };
     assert_eq!(
         code(viewer_tokens.create_token(create).await),
@@ -248,6 +258,7 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
         .create_token(pb::CreateTokenRequest {
             name: "temp".into(),
             role: pb::Role::Viewer as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -276,6 +287,7 @@ async fn grpc_checks(farm: &Farm, users: &Users, dir: &std::path::Path) -> Resul
     let bad_name = pb::CreateTokenRequest {
         name: "../../etc".into(),
         role: pb::Role::Viewer as i32,
+        ..Default::default()
     };
     assert_eq!(
         code(tokens.create_token(bad_name).await),

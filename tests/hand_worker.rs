@@ -32,10 +32,13 @@ impl HandWorker {
     /// Opens a session as `worker_id` with whichever scheduler leads,
     /// naming the attempts it `holds`; retries while none accepts (e.g.
     /// during a restart), and returns once the scheduler said `Registered`.
+    /// Rejoining under the same id counts as the same worker process (it
+    /// presents the same instance key).
     pub async fn join(farm: &Farm, worker_id: &str, holds: &[(String, u32)]) -> Result<Self> {
+        let key = format!("hand-worker-process-{worker_id}");
         let deadline = Instant::now() + JOIN_PATIENCE;
         loop {
-            match Self::try_join(farm, worker_id, holds).await {
+            match Self::try_join(farm, worker_id, holds, &key).await {
                 Ok(worker) => return Ok(worker),
                 Err(err) if Instant::now() < deadline => {
                     eprintln!("hand worker cannot join yet ({err:#}); retrying");
@@ -46,7 +49,14 @@ impl HandWorker {
         }
     }
 
-    async fn try_join(farm: &Farm, worker_id: &str, holds: &[(String, u32)]) -> Result<Self> {
+    /// One attempt to open a session as the worker process holding
+    /// `instance_key`; the error carries the scheduler's status.
+    pub async fn try_join(
+        farm: &Farm,
+        worker_id: &str,
+        holds: &[(String, u32)],
+        instance_key: &str,
+    ) -> Result<Self> {
         let endpoint = farm
             .discovery()
             .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(5))
@@ -56,6 +66,7 @@ impl HandWorker {
         let register = pb::RegisterWorker {
             worker_id: worker_id.to_owned(),
             hostname: "hand".into(),
+            instance_key: instance_key.to_owned(),
             capabilities: Some(pb::WorkerCapabilities {
                 cpu_cores: 1,
                 renderers: vec![pb::Renderer {

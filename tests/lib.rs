@@ -85,8 +85,13 @@ impl Client {
 
     /// A client presenting `token` (over TLS, trusting the farm's CA, when the farm serves TLS).
     pub async fn connect_as(farm: &Farm, token: &str) -> Result<Self> {
+        Self::connect_to(farm, &farm.gateway_url(), token).await
+    }
+
+    /// [`Client::connect_as`] through the gateway at `url` (one of [`Farm::gateway_urls`]).
+    pub async fn connect_to(farm: &Farm, url: &str, token: &str) -> Result<Self> {
         let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
-            .endpoint(&farm.gateway_url())?
+            .endpoint(url)?
             .connect()
             .await?;
         Self::over(channel, token)
@@ -133,15 +138,26 @@ impl Client {
             .into_inner())
     }
 
+    /// Every task of the job, page after page.
     pub async fn tasks(&mut self, id: &str) -> Result<Vec<pb::Task>> {
-        Ok(self
-            .jobs
-            .list_tasks(pb::ListTasksRequest {
-                job_id: id.to_owned(),
-            })
-            .await?
-            .into_inner()
-            .tasks)
+        let mut tasks = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .jobs
+                .list_tasks(pb::ListTasksRequest {
+                    job_id: id.to_owned(),
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            tasks.extend(page.tasks);
+            if page.next_page_token.is_empty() {
+                return Ok(tasks);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// The job's own files (frames, videos), without thumbnails and logs.
@@ -153,14 +169,24 @@ impl Client {
 
     /// Every output of the job, thumbnails and logs included.
     pub async fn all_outputs(&mut self, id: &str) -> Result<Vec<pb::JobOutput>> {
-        Ok(self
-            .jobs
-            .list_outputs(pb::ListOutputsRequest {
-                job_id: id.to_owned(),
-            })
-            .await?
-            .into_inner()
-            .outputs)
+        let mut outputs = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .jobs
+                .list_outputs(pb::ListOutputsRequest {
+                    job_id: id.to_owned(),
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            outputs.extend(page.outputs);
+            if page.next_page_token.is_empty() {
+                return Ok(outputs);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Polls until the job reaches a final state; returns it.
@@ -207,22 +233,7 @@ impl Client {
 /// A client of a new submitter (an ordinary tenant) named `name`, whose
 /// token the admin creates.
 pub async fn submitter(farm: &Farm, name: &str) -> Result<Client> {
-    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
-        .endpoint(&farm.gateway_url())?
-        .connect()
-        .await?;
-    let mut tokens = pb::token_service_client::TokenServiceClient::with_interceptor(
-        channel,
-        CallCredentials::bearer(farm.admin_token())?,
-    );
-    let secret = tokens
-        .create_token(pb::CreateTokenRequest {
-            name: name.to_owned(),
-            role: pb::Role::Submitter as i32,
-        })
-        .await?
-        .into_inner()
-        .secret;
+    let secret = create_token(farm, name, pb::Role::Submitter, 0).await?;
     Client::connect_as(farm, &secret).await
 }
 
@@ -410,7 +421,7 @@ steps:
       actions:
         onRun:
           command: ffmpeg
-          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "{{{{Param.Source}}}}=d={{{{Param.Seconds}}}}",
+          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "{{{{Param.Source}}}}d={{{{Param.Seconds}}}}",
                  "{{{{Session.WorkingDirectory}}}}/outputs/clip_{{{{Task.Param.N}}}}.mp4"]
 "#
     );
@@ -419,7 +430,13 @@ steps:
         parameters: [
             ("Count", count.to_string()),
             ("Seconds", seconds.to_string()),
-            ("Source", source.to_owned()),
+            // The duration is one more option of the filter: after its
+            // own options (`testsrc=size=64x36:d=1`) or as its first one
+            // (`testsrc=d=1`; this machine's ffmpeg 5.1 refuses `testsrc:d=1`).
+            (
+                "Source",
+                format!("{source}{}", if source.contains('=') { ':' } else { '=' }),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -428,15 +445,97 @@ steps:
     }
 }
 
-/// A client of the scheduler's own job API, which the gateway calls on
-/// behalf of authenticated users; `as_owner` says who.
-pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<Channel>> {
+/// A client of the farm's Garage bucket (the farm must use S3).
+pub async fn s3_client(farm: &mut Farm) -> Result<aws_sdk_s3::Client> {
+    let endpoint = farm.s3_endpoint().context("farm has no S3")?;
+    let garage = farm.garage_mut().context("farm has no garage")?;
+    let credentials = aws_sdk_s3::config::Credentials::new(
+        garage.access_key(),
+        garage.secret_key(),
+        None,
+        None,
+        "kiln-tests",
+    );
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_s3::config::Region::new(kiln_localfarm::S3_REGION))
+        .credentials_provider(credentials)
+        .force_path_style(true)
+        .build();
+    Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+/// Makes a token for `name` with the farm's admin token; `max_priority` 0
+/// leaves the default grant (high). Returns its secret.
+pub async fn create_token(
+    farm: &Farm,
+    name: &str,
+    role: pb::Role,
+    max_priority: u32,
+) -> Result<String> {
+    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
+        .endpoint(&farm.gateway_url())?
+        .connect()
+        .await?;
+    let mut tokens = pb::token_service_client::TokenServiceClient::with_interceptor(
+        channel,
+        CallCredentials::bearer(farm.admin_token())?,
+    );
+    let request = pb::CreateTokenRequest {
+        name: name.to_owned(),
+        role: role as i32,
+        max_priority,
+    };
+    Ok(tokens.create_token(request).await?.into_inner().secret)
+}
+
+/// One REST call (`body` as JSON, `token` as bearer): the status and the
+/// JSON body (Null when there is none). Blocking; call it from
+/// `spawn_blocking` in async tests.
+pub fn rest_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    let mut request = ureq::request(method, url).set("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.set("authorization", &format!("Bearer {token}"));
+    }
+    let result = match body {
+        Some(body) => request.send_string(&body.to_string()),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => bail!("{method} {url}: {err}"),
+    };
+    let status = response.status();
+    let json = response.into_json().unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// The gRPC status an error carries (from a call, or wrapped by anyhow).
+pub fn status_of(error: &anyhow::Error) -> Option<&tonic::Status> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<tonic::Status>())
+}
+
+/// A client of the scheduler's own job API as the gateway calls it (with
+/// the farm's service token), on behalf of the user `as_owner` names.
+pub async fn scheduler_jobs(farm: &Farm) -> Result<JobServiceClient<AuthChannel>> {
     let endpoint = farm
         .discovery()
         .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
         .await?;
     let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
-    Ok(JobServiceClient::new(channel))
+    Ok(JobServiceClient::with_interceptor(
+        channel,
+        CallCredentials::service(farm.service_token())?,
+    ))
 }
 
 /// A request made on behalf of `owner`, as the gateway makes it.
@@ -484,23 +583,6 @@ pub fn docker_compose() -> std::process::Command {
         }
         false => std::process::Command::new("docker-compose"),
     }
-}
-
-/// Creates an access token named `name` with `role` (as the farm's admin)
-/// and returns its secret.
-pub async fn create_token(farm: &Farm, name: &str, role: pb::Role) -> Result<String> {
-    let channel = kiln_tls::ClientTls::trusting(farm.tls_ca())?
-        .endpoint(&farm.gateway_url())?
-        .connect()
-        .await?;
-    let credentials = CallCredentials::bearer(farm.admin_token())?;
-    let mut tokens =
-        pb::token_service_client::TokenServiceClient::with_interceptor(channel, credentials);
-    let request = pb::CreateTokenRequest {
-        name: name.to_owned(),
-        role: role as i32,
-    };
-    Ok(tokens.create_token(request).await?.into_inner().secret)
 }
 
 /// Polls `check` every 200 ms until it gives a value, or fails after `deadline`.

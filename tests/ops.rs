@@ -228,7 +228,9 @@ async fn a_standby_scheduler_is_not_ready_until_it_leads() -> anyhow::Result<()>
     .args(["--etcd", &farm.etcd_url(), "--etcd-prefix", ETCD_PREFIX])
     .args(["--database-url", &farm.database_url()])
     .args(["--listen", &format!("127.0.0.1:{grpc}")])
-    .args(["--ops-listen", &format!("127.0.0.1:{ops}")]);
+    .args(["--ops-listen", &format!("127.0.0.1:{ops}")])
+    .env("KILN_SERVICE_TOKEN", farm.service_token())
+    .env("KILN_JOIN_TOKEN", farm.join_token());
     standby.start()?;
     let result = async {
         // Up, and standing by: alive, not ready, NOT_SERVING.

@@ -22,7 +22,7 @@ async fn the_python_client_renders_the_example_from_a_fresh_venv() -> Result<()>
 async fn render_example(farm: &kiln_localfarm::Farm, dir: &Path) -> Result<()> {
     let python = install_client(dir)?;
     let scene = example_scene(dir)?;
-    let token = create_token(farm, "pipeline", pb::Role::Submitter).await?;
+    let token = create_token(farm, "pipeline", pb::Role::Submitter, 0).await?;
     let out = dir.join("renders");
     let mut command = Command::new(&python);
     command

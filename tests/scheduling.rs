@@ -14,9 +14,8 @@ use kiln_localfarm::worker_id;
 use kiln_proto::v1 as pb;
 use kiln_tests::{as_owner, clips_request, finished_at, scheduler_jobs, start_farm, state_of};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
-type Jobs = pb::job_service_client::JobServiceClient<Channel>;
+type Jobs = pb::job_service_client::JobServiceClient<kiln_tests::AuthChannel>;
 
 const RED: &str = "color=c=red:s=32x32";
 
@@ -39,6 +38,7 @@ async fn job(jobs: &mut Jobs, id: &str) -> Result<pb::Job> {
 async fn tasks(jobs: &mut Jobs, id: &str) -> Result<Vec<pb::Task>> {
     let request = pb::ListTasksRequest {
         job_id: id.to_owned(),
+        ..Default::default()
     };
     Ok(jobs.list_tasks(request).await?.into_inner().tasks)
 }
@@ -299,7 +299,10 @@ async fn a_task_on_a_killed_worker_reruns_elsewhere_and_counts_once() -> Result<
         (2, worker_id(1).as_str())
     );
     let outputs = jobs
-        .list_outputs(pb::ListOutputsRequest { job_id: id.clone() })
+        .list_outputs(pb::ListOutputsRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .outputs
@@ -357,7 +360,10 @@ async fn a_frozen_worker_is_dead_once_its_lease_ends_and_counts_once() -> Result
     let after = job(&mut jobs, &id).await?;
     assert_eq!((after.tasks_succeeded, after.tasks_total), (2, 2));
     let outputs = jobs
-        .list_outputs(pb::ListOutputsRequest { job_id: id.clone() })
+        .list_outputs(pb::ListOutputsRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .outputs

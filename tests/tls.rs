@@ -227,6 +227,7 @@ async fn open_worker_session(
         message: Some(pb::worker_message::Message::Register(pb::RegisterWorker {
             worker_id: "tls-probe".into(),
             hostname: "tls-probe".into(),
+            instance_key: "tls-probe-instance-key".into(),
             ..Default::default()
         })),
     };

@@ -22,5 +22,6 @@ stringData:
   s3-access-key: "GK$(hex 12)"
   s3-secret-key: "$(hex 32)"
   join-token: "$(hex 32)"
+  service-token: "$(hex 32)"
   admin-token: "kiln_$(hex 32)"
 YAML

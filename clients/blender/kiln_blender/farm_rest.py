@@ -185,9 +185,16 @@ class FarmClient:
         return self._json("POST", f"/v1/jobs/{_segment(job_id)}/cancel")
 
     def outputs(self, job_id: str) -> list[Json]:
-        answer = self._json("GET", f"/v1/jobs/{_segment(job_id)}/outputs")
-        outputs = answer.get("outputs", [])
-        return [o for o in outputs if isinstance(o, dict)]
+        """Every output of the job, page after page (AIP-158)."""
+        outputs: list[Json] = []
+        token = ""
+        while True:
+            query = f"?pageToken={urllib.parse.quote(token)}" if token else ""
+            answer = self._json("GET", f"/v1/jobs/{_segment(job_id)}/outputs{query}")
+            outputs.extend(o for o in answer.get("outputs", []) if isinstance(o, dict))
+            token = answer.get("nextPageToken") or ""
+            if not isinstance(token, str) or not token:
+                return outputs
 
     def download_output(
         self,

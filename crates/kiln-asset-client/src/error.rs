@@ -25,6 +25,8 @@ pub enum AssetClientError {
     DigestMismatch { expected: String, actual: String },
     #[error("the token contains characters not allowed in a header")]
     InvalidToken,
+    #[error("owner {0:?} contains characters not allowed in a header")]
+    InvalidOwner(String),
 }
 
 impl AssetClientError {
@@ -36,7 +38,7 @@ impl AssetClientError {
             Self::InvalidDigest(_) => tonic::Code::InvalidArgument,
             Self::Read { .. } | Self::Write { .. } | Self::Source(_) => tonic::Code::Internal,
             Self::DigestMismatch { .. } => tonic::Code::DataLoss,
-            Self::InvalidToken => tonic::Code::InvalidArgument,
+            Self::InvalidToken | Self::InvalidOwner(_) => tonic::Code::InvalidArgument,
         }
     }
 }

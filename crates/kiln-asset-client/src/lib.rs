@@ -27,8 +27,9 @@ use tokio_util::io::ReaderStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub use credentials::CallCredentials;
+pub use credentials::{CallCredentials, OWNER_METADATA, ROLE_METADATA};
 pub use error::AssetClientError;
+pub use upload::stall_on_error;
 
 /// Tries of one file upload, the later ones resuming the earlier.
 pub const UPLOAD_ATTEMPTS: u32 = 3;
@@ -48,6 +49,8 @@ type TracedChannel = InterceptedService<Channel, CallCredentials>;
 #[derive(Debug, Clone)]
 pub struct AssetClient {
     inner: AssetServiceClient<TracedChannel>,
+    channel: Channel,
+    credentials: CallCredentials,
 }
 
 impl AssetClient {
@@ -57,9 +60,21 @@ impl AssetClient {
 
     /// A client whose calls carry `credentials` (the gateway wants a token).
     pub fn with_credentials(channel: Channel, credentials: CallCredentials) -> Self {
-        let inner = AssetServiceClient::with_interceptor(channel, credentials)
+        let inner = AssetServiceClient::with_interceptor(channel.clone(), credentials.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE);
-        Self { inner }
+        Self {
+            inner,
+            channel,
+            credentials,
+        }
+    }
+
+    /// This client acting for user `owner` (see
+    /// [`CallCredentials::on_behalf_of`]): the service answers as that user
+    /// sees it, and what it uploads becomes theirs.
+    pub fn on_behalf_of(&self, owner: &str, role: Option<&str>) -> Result<Self, AssetClientError> {
+        let credentials = self.credentials.clone().on_behalf_of(owner, role)?;
+        Ok(Self::with_credentials(self.channel.clone(), credentials))
     }
 
     /// Hashes the file, asks the service whether it has it, and uploads it
@@ -132,7 +147,8 @@ impl AssetClient {
     }
 
     /// A URL that downloads `digest` straight from the S3 backend for
-    /// `expires_seconds` (0: an hour); FailedPrecondition without S3.
+    /// `expires_seconds` (0: five minutes; at most 15); FailedPrecondition
+    /// without S3.
     pub async fn presign_download(
         &self,
         digest: &str,

@@ -1,7 +1,7 @@
 //! Turns a byte source into the request stream of an Upload call.
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
 use kiln_proto::v1::UploadChunk;
 use tokio::sync::oneshot;
 
@@ -28,28 +28,47 @@ where
         data: Vec::new(),
         offset,
     };
-    let mut failed = Some(failed);
     let data = source
         .flat_map(|item| stream::iter(split(item)))
-        .then(move |item| {
-            let failed = if item.is_err() { failed.take() } else { None };
-            async move {
-                match item {
-                    Ok(data) => UploadChunk {
-                        expected_digest: String::new(),
-                        data: data.into(),
-                        offset: 0,
-                    },
-                    Err(err) => {
-                        if let Some(failed) = failed {
-                            let _ = failed.send(err);
-                        }
-                        std::future::pending().await
+        .map_ok(|data| UploadChunk {
+            expected_digest: String::new(),
+            data: data.into(),
+            offset: 0,
+        });
+    stream::once(async move { header }).chain(stall_on_error(data, failed))
+}
+
+/// The items of `items` up to its first error, which goes to `failed`;
+/// from then on the stream stalls instead of ending.
+///
+/// For request streams of uploads: a clean end tells the service the file
+/// is complete, so a failed source must never end the stream. Whoever
+/// holds the call watches `failed` and drops the call, which resets the
+/// HTTP/2 stream; the service then keeps what it received for resuming.
+pub fn stall_on_error<T, E, S>(
+    items: S,
+    failed: oneshot::Sender<E>,
+) -> impl Stream<Item = T> + Send + 'static
+where
+    S: Stream<Item = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let mut failed = Some(failed);
+    items.then(move |item| {
+        let failed = if item.is_err() { failed.take() } else { None };
+        async move {
+            match item {
+                Ok(item) => item,
+                Err(err) => {
+                    if let Some(failed) = failed {
+                        let _ = failed.send(err);
                     }
+                    std::future::pending().await
                 }
             }
-        });
-    stream::once(async move { header }).chain(data)
+        }
+    })
 }
 
 /// Splits one source item into pieces of at most [`CHUNK_SIZE`], without copying.

@@ -187,6 +187,9 @@ pub struct TokenCreateArgs {
     /// What the token may do
     #[arg(long, env = "KILN_TOKEN_ROLE", value_enum)]
     pub role: RoleArg,
+    /// The highest job priority the token may give (0-100, or low, normal, high, critical) [default: high]
+    #[arg(long, value_parser = parse_priority)]
+    pub max_priority: Option<u32>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

@@ -29,6 +29,12 @@ pub struct DevInfo {
     pub gateway_grpc: String,
     pub gateway_http: String,
     pub etcd: String,
+    /// The etcd user and password (authentication is on).
+    #[serde(default)]
+    pub etcd_user: String,
+    #[serde(default)]
+    pub etcd_password: String,
+    /// The database URL, password included.
     #[serde(default)]
     pub database: String,
     #[serde(default)]
@@ -172,7 +178,9 @@ mod tests {
             gateway_grpc: "http://127.0.0.1:7070".to_owned(),
             gateway_http: "http://127.0.0.1:7080".to_owned(),
             etcd: "http://127.0.0.1:2379".to_owned(),
-            database: "postgres://postgres@127.0.0.1:5432/kiln".to_owned(),
+            etcd_user: "kiln".to_owned(),
+            etcd_password: String::new(),
+            database: "postgres://postgres:secret@127.0.0.1:5432/kiln".to_owned(),
             logs: PathBuf::from("/tmp/logs"),
             token: String::new(),
             ca: None,

@@ -31,10 +31,13 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         farm = builder.start() => farm?,
         () = &mut signal => return Err(CliError::Interrupted),
     };
+    let (etcd_user, etcd_password) = farm.etcd_credentials();
     let info = DevInfo {
         gateway_grpc: farm.gateway_url(),
         gateway_http: farm.gateway_http_url(),
         etcd: farm.etcd_url(),
+        etcd_user: etcd_user.to_owned(),
+        etcd_password: etcd_password.to_owned(),
         database: farm.database_url(),
         logs: farm.log_dir().to_path_buf(),
         token: farm.admin_token().to_owned(),
@@ -71,6 +74,10 @@ fn write_dev_info(path: &Path, info: &DevInfo) -> Result<(), CliError> {
         .mode(0o600)
         .open(path)
         .map_err(CliError::io(path))?;
+    // Narrowed also when an older file was left readable by others.
+    use std::os::unix::fs::PermissionsExt as _;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(CliError::io(path))?;
     file.write_all(&json).map_err(CliError::io(path))
 }
 
@@ -78,8 +85,9 @@ fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
     say!("Kiln dev farm is running in {}", farm.dir().display());
     say!("  gateway gRPC  {}", info.gateway_grpc);
     say!("  gateway REST  {}", info.gateway_http);
-    say!("  Postgres      {}", info.database);
-    say!("  etcd          {}", info.etcd);
+    // Their passwords are in the dev file (readable by its owner only).
+    say!("  Postgres      {}", farm.database_public_url());
+    say!("  etcd          {} (user {})", info.etcd, info.etcd_user);
     if let Some(ca) = &info.ca {
         say!("  TLS CA        {}", ca.display());
     }
@@ -91,7 +99,7 @@ fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
     say!("  admin token   {}", info.token);
     say!("    (REST: curl -H 'authorization: Bearer <token>' ...; gRPC: metadata authorization)");
     say!(
-        "kiln commands run under {} find it through {}.",
+        "kiln commands run under {} find it through {} (it holds the Postgres and etcd passwords too).",
         parent_of(farm.dir()).display(),
         dev_file.display()
     );

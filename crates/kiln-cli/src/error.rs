@@ -64,6 +64,8 @@ pub enum CliError {
     NoSuchTask { job: String, task: String },
     #[error("interrupted")]
     Interrupted,
+    #[error("listing {what}: {reason}")]
+    Paging { what: &'static str, reason: String },
 }
 
 impl CliError {

@@ -3,7 +3,7 @@
 use indicatif::HumanBytes;
 use kiln_proto::v1::{
     CancelJobRequest, ExplainWaitingRequest, ExplainWaitingResponse, GetJobRequest, Job,
-    ListJobsRequest, ListTasksRequest, Task,
+    ListJobsRequest, Task,
 };
 
 use crate::cli::{JobArgs, JobsArgs, OutputsArgs};
@@ -81,17 +81,7 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
         .await
         .map_err(CliError::rpc("getting the job"))?
         .into_inner();
-    let request = ListTasksRequest {
-        job_id: args.job.clone(),
-    };
-    let tasks = gateway
-        .jobs
-        .clone()
-        .list_tasks(request)
-        .await
-        .map_err(CliError::rpc("listing the job's tasks"))?
-        .into_inner()
-        .tasks;
+    let tasks = crate::outputs::tasks(&gateway.jobs, &args.job).await?;
     print_job(&job);
     say!("\n{}", steps_table(&job));
     say!("\n{}", tasks_table(&tasks));

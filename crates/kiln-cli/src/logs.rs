@@ -4,9 +4,7 @@
 use std::io::Write;
 
 use futures::StreamExt;
-use kiln_proto::v1::{
-    GetJobRequest, GetTaskLogRequest, ListTasksRequest, Task, WatchTaskLogRequest,
-};
+use kiln_proto::v1::{GetJobRequest, GetTaskLogRequest, Task, WatchTaskLogRequest};
 
 use crate::cli::{JobArgs, LogsArgs};
 use crate::connect::{Gateway, JobClient};
@@ -88,16 +86,7 @@ async fn follow(jobs: &JobClient, job_id: &str, task_id: &str) -> Result<(), Cli
 
 /// The task named by id, or by index within `--step` (default: the first step).
 async fn find_task(jobs: &JobClient, args: &LogsArgs) -> Result<Task, CliError> {
-    let request = ListTasksRequest {
-        job_id: args.job.clone(),
-    };
-    let tasks = jobs
-        .clone()
-        .list_tasks(request)
-        .await
-        .map_err(CliError::rpc("listing the job's tasks"))?
-        .into_inner()
-        .tasks;
+    let tasks = crate::outputs::tasks(jobs, &args.job).await?;
     let step = args
         .step
         .clone()

@@ -19,6 +19,7 @@ mod format;
 mod jobs;
 mod logs;
 mod outputs;
+mod pages;
 mod render;
 mod scene_probe;
 mod tokens;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use kiln_proto::v1::submit_job_request::Template;
-use kiln_proto::v1::{Job, JobInput, JobState, ListTasksRequest, SubmitJobRequest, TaskState};
+use kiln_proto::v1::{Job, JobInput, JobState, SubmitJobRequest, TaskState};
 
 use crate::cli::RenderArgs;
 use crate::connect::{Gateway, JobClient};
@@ -189,13 +189,10 @@ pub async fn report_failure(jobs: &JobClient, job: &Job) {
     if !job.message.is_empty() {
         eprintln!("job {} {}: {}", job.id, job_state(job.state()), job.message);
     }
-    let request = ListTasksRequest {
-        job_id: job.id.clone(),
-    };
-    let tasks = match jobs.clone().list_tasks(request).await {
-        Ok(response) => response.into_inner().tasks,
-        Err(status) => {
-            eprintln!("cannot list the job's tasks: {}", status.message());
+    let tasks = match crate::outputs::tasks(jobs, &job.id).await {
+        Ok(tasks) => tasks,
+        Err(err) => {
+            eprintln!("cannot list the job's tasks: {err}");
             return;
         }
     };

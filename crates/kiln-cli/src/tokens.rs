@@ -20,6 +20,7 @@ pub async fn run(command: TokenCommand) -> Result<(), CliError> {
             let request = pb::CreateTokenRequest {
                 name: args.name,
                 role: role as i32,
+                max_priority: args.max_priority.unwrap_or(0),
             };
             let created = client
                 .create_token(request)
@@ -38,22 +39,34 @@ pub async fn run(command: TokenCommand) -> Result<(), CliError> {
             say!("{}", created.secret);
         }
         TokenCommand::List(args) => {
-            let mut client = client(&args.gateway).await?;
-            let request = pb::ListTokensRequest {
-                include_revoked: args.all,
-            };
-            let tokens = client
-                .list_tokens(request)
-                .await
-                .map_err(CliError::rpc("listing tokens"))?
-                .into_inner()
-                .tokens;
-            let mut rows = table(["ID", "NAME", "ROLE", "CREATED", "REVOKED"]);
+            let client = client(&args.gateway).await?;
+            let tokens = crate::pages::all("tokens", |page_token| {
+                let mut client = client.clone();
+                async move {
+                    let request = pb::ListTokensRequest {
+                        include_revoked: args.all,
+                        page_token,
+                        ..Default::default()
+                    };
+                    let page = client
+                        .list_tokens(request)
+                        .await
+                        .map_err(CliError::rpc("listing tokens"))?
+                        .into_inner();
+                    Ok((page.tokens, page.next_page_token))
+                }
+            })
+            .await?;
+            let mut rows = table(["ID", "NAME", "ROLE", "MAX PRIORITY", "CREATED", "REVOKED"]);
             for token in &tokens {
                 rows.add_row([
                     token.id.clone(),
                     token.name.clone(),
                     role_name(token.role()).to_owned(),
+                    match token.role() {
+                        pb::Role::Admin => "any".to_owned(),
+                        _ => token.max_priority.to_string(),
+                    },
                     timestamp(token.created_at.as_ref()),
                     token
                         .revoked_at

@@ -58,6 +58,50 @@ pub struct DiscoveryArgs {
     /// 0.0.0.0 (e.g. the service name under docker compose); default: the bound address
     #[arg(long, env = "KILN_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
+    /// etcd user, when etcd has authentication on
+    #[arg(long, env = "KILN_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    /// The etcd user's password; prefer the environment variable, since other users can read
+    /// command lines
+    #[arg(long, env = "KILN_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<EtcdPassword>,
+}
+
+/// An etcd password: never shown in logs or debug output.
+#[derive(Clone)]
+pub struct EtcdPassword(String);
+
+impl EtcdPassword {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for EtcdPassword {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Debug for EtcdPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcdPassword(<redacted>)")
+    }
+}
+
+/// How to connect to etcd: `options`, with the user and password of
+/// `user` (name and password) when etcd has authentication on; the token
+/// is renewed whenever etcd reports it expired.
+pub fn connect_options(
+    options: etcd_client::ConnectOptions,
+    user: Option<(&str, &str)>,
+) -> etcd_client::ConnectOptions {
+    match user {
+        Some((name, password)) => options
+            .with_user(name, password)
+            .with_auto_token_refresh(true),
+        None => options,
+    }
 }
 
 /// Where one service instance listens.
@@ -135,6 +179,11 @@ impl Discovery {
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        let user = args
+            .etcd_user
+            .as_deref()
+            .zip(args.etcd_password.as_ref().map(EtcdPassword::expose));
+        let options = connect_options(options, user);
         let mut client = Client::connect(&args.etcd_endpoints, Some(options)).await?;
         client.status().await?;
         Ok(Self {

@@ -15,14 +15,18 @@ pub fn parse_frame_list(expr: &str) -> Result<Vec<i64>, JobModelError> {
             None => (part, 1),
         };
         let (start, end) = parse_bounds(range).ok_or_else(bad)?;
+        // In i128: any two i64 frames and step fit, where i64 overflows
+        // ("0--9223372036854775808:-1").
+        let (start, end, step) = (i128::from(start), i128::from(end), i128::from(step));
         if step == 0 || (end - start).signum() * step.signum() < 0 {
             return Err(bad());
         }
-        let count = ((end - start) / step + 1) as usize;
-        if frames.len() + count > MAX_FRAMES {
+        let count = (end - start) / step + 1;
+        if frames.len() as i128 + count > MAX_FRAMES as i128 {
             return Err(bad());
         }
-        frames.extend((0..count as i64).map(|i| start + i * step));
+        // Every frame lies between start and end, so it fits in an i64.
+        frames.extend((0..count).filter_map(|i| i64::try_from(start + i * step).ok()));
     }
     if frames.is_empty() {
         return Err(bad());
@@ -88,6 +92,30 @@ mod tests {
         for bad in ["", "a-b", "4-1", "1-4:0", "1-", "1-999999999999"] {
             assert!(parse_frame_list(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn extreme_bounds_are_refused_not_overflowed() {
+        for huge in [
+            "0--9223372036854775808:-1",
+            "-9223372036854775808-9223372036854775807",
+            "9223372036854775807--9223372036854775808:-1",
+        ] {
+            assert!(parse_frame_list(huge).is_err(), "{huge} should be rejected");
+        }
+        assert_eq!(
+            parse_frame_list("9223372036854775806-9223372036854775807").ok(),
+            Some(vec![i64::MAX - 1, i64::MAX])
+        );
+        assert_eq!(
+            parse_frame_list("-9223372036854775808--9223372036854775808:-1").ok(),
+            Some(vec![i64::MIN])
+        );
+        assert_eq!(parse_frame_list("3-1:-1").ok(), Some(vec![3, 2, 1]));
+        assert_eq!(
+            parse_frame_list("-9223372036854775808-9223372036854775807:9223372036854775807").ok(),
+            Some(vec![i64::MIN, -1, i64::MAX - 1])
+        );
     }
 
     #[test]

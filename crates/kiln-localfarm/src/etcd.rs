@@ -1,26 +1,39 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use etcd_client::{ConnectOptions, Permission};
+
 use crate::binary::find_on_path;
 use crate::error::{LocalFarmError, Result};
 use crate::fs::absolute;
 use crate::ports::free_port;
 use crate::process::ServiceProcess;
+use crate::secret::random_hex;
 use crate::wait::wait_ready;
 
 /// How long etcd has to answer after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The key prefix every farm process uses; each farm has its own etcd.
+pub const ETCD_PREFIX: &str = "/kiln";
+/// The etcd user Kiln's services connect as: it may read and write keys
+/// under [`ETCD_PREFIX`] and nothing else.
+pub const ETCD_USER: &str = "kiln";
 
-/// A single-member etcd on 127.0.0.1, run from the system's `etcd` binary.
+/// A single-member etcd on 127.0.0.1, run from the system's `etcd` binary,
+/// with authentication on: anyone else on the machine can reach its port,
+/// but without the password (made at random for each farm, held only in
+/// memory and handed to the farm's processes in their environment) reads
+/// and writes nothing.
 ///
 /// A farm's etcd holds only registrations and leases, which are meaningless
 /// once the farm's processes are gone, so the first [`Etcd::start`] wipes the
 /// data directory: a stale registration would otherwise point clients at a
-/// dead gateway. Later restarts (outage tests) keep the data.
+/// dead gateway. Later restarts (outage tests) keep the data, users included.
 pub struct Etcd {
     process: ServiceProcess,
     data_dir: PathBuf,
     client_port: u16,
+    password: String,
     started_once: bool,
 }
 
@@ -53,6 +66,7 @@ impl Etcd {
             process,
             data_dir,
             client_port,
+            password: random_hex(24),
             started_once: false,
         })
     }
@@ -62,28 +76,88 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The user ([`ETCD_USER`]) and password the farm's processes connect as.
+    pub fn credentials(&self) -> (&str, &str) {
+        (ETCD_USER, &self.password)
+    }
+
+    /// Connection options carrying [`Etcd::credentials`].
+    pub fn connect_options(&self) -> ConnectOptions {
+        kiln_discovery::connect_options(ConnectOptions::new(), Some(self.credentials()))
+    }
+
     /// The etcd process, e.g. to pause it or kill it in an outage test.
     pub fn process_mut(&mut self) -> &mut ServiceProcess {
         &mut self.process
     }
 
-    /// Starts etcd and waits until it answers a status request.
+    /// Starts etcd and waits until it answers a status request; the first
+    /// time, also creates its users and turns authentication on.
     pub async fn start(&mut self) -> Result<()> {
-        if !self.started_once && self.data_dir.exists() {
+        let fresh = !self.started_once;
+        if fresh && self.data_dir.exists() {
             std::fs::remove_dir_all(&self.data_dir)
                 .map_err(|e| LocalFarmError::io(&self.data_dir, e))?;
         }
         self.started_once = true;
         self.process.start()?;
         let url = self.url();
+        let credentials = (!fresh).then(|| (ETCD_USER.to_owned(), self.password.clone()));
         wait_ready(
             &mut self.process,
             "answering status requests",
             READY_TIMEOUT,
-            || answers(url.clone()),
+            || answers(url.clone(), credentials.clone()),
         )
         .await?;
+        if fresh {
+            self.enable_auth().await?;
+        }
         tracing::info!(url = %self.url(), "etcd ready");
+        Ok(())
+    }
+
+    /// A root user (whose random password is forgotten at once: nothing
+    /// needs it later), the [`ETCD_USER`] confined to [`ETCD_PREFIX`], then
+    /// authentication on.
+    async fn enable_auth(&self) -> Result<()> {
+        let failed = |step: &str, err: etcd_client::Error| LocalFarmError::Command {
+            name: "etcd".to_owned(),
+            command: step.to_owned(),
+            status: "failed".to_owned(),
+            output: err.to_string(),
+        };
+        let mut client = etcd_client::Client::connect([self.url()], None)
+            .await
+            .map_err(|e| failed("connect", e))?;
+        client
+            .user_add("root", random_hex(24), None)
+            .await
+            .map_err(|e| failed("add user root", e))?;
+        client
+            .user_grant_role("root", "root")
+            .await
+            .map_err(|e| failed("grant role root", e))?;
+        client
+            .role_add(ETCD_USER)
+            .await
+            .map_err(|e| failed("add role", e))?;
+        client
+            .role_grant_permission(ETCD_USER, Permission::read_write(ETCD_PREFIX).with_prefix())
+            .await
+            .map_err(|e| failed("grant permission", e))?;
+        client
+            .user_add(ETCD_USER, self.password.clone(), None)
+            .await
+            .map_err(|e| failed("add user", e))?;
+        client
+            .user_grant_role(ETCD_USER, ETCD_USER)
+            .await
+            .map_err(|e| failed("grant role", e))?;
+        client
+            .auth_enable()
+            .await
+            .map_err(|e| failed("enable authentication", e))?;
         Ok(())
     }
 
@@ -99,10 +173,16 @@ impl Etcd {
     }
 }
 
-async fn answers(url: String) -> bool {
-    let options = etcd_client::ConnectOptions::new()
+async fn answers(url: String, credentials: Option<(String, String)>) -> bool {
+    let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(2));
+    let options = kiln_discovery::connect_options(
+        options,
+        credentials
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.as_str())),
+    );
     match etcd_client::Client::connect([url], Some(options)).await {
         Ok(mut client) => client.status().await.is_ok(),
         Err(_) => false,

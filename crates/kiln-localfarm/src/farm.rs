@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::binary::locate_binary;
 use crate::error::{LocalFarmError, Result};
-use crate::etcd::Etcd;
-use crate::fs::absolute;
+use crate::etcd::{ETCD_PREFIX, Etcd};
+use crate::fs::{Passage, absolute, private_dir};
 use crate::garage::{BUCKET, Garage, REGION};
 use crate::log_tail::TAIL_LINES;
 use crate::postgres::Postgres;
@@ -19,8 +19,6 @@ use crate::process::ServiceProcess;
 use crate::tls::FarmCerts;
 use crate::wait::POLL_INTERVAL;
 
-/// The key prefix every farm process uses; each farm has its own etcd.
-pub const ETCD_PREFIX: &str = "/kiln";
 /// Default time each start-up stage (a service registering) may take.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -30,6 +28,8 @@ pub struct FarmBuilder {
     dir: PathBuf,
     workers: usize,
     schedulers: usize,
+    assets_replicas: usize,
+    gateways: usize,
     s3: bool,
     gateway_grpc_port: u16,
     gateway_http_port: u16,
@@ -49,6 +49,19 @@ impl FarmBuilder {
     /// Number of scheduler replicas (default 1): one leads, the others stand by.
     pub fn schedulers(mut self, count: usize) -> Self {
         self.schedulers = count.max(1);
+        self
+    }
+
+    /// Number of assets service replicas (default 1), sharing one store
+    /// (the farm's Garage bucket, or its `assets/` directory).
+    pub fn assets_replicas(mut self, count: usize) -> Self {
+        self.assets_replicas = count.max(1);
+        self
+    }
+
+    /// Number of gateways (default 1); see [`Farm::gateway_urls`].
+    pub fn gateways(mut self, count: usize) -> Self {
+        self.gateways = count.max(1);
         self
     }
 
@@ -119,21 +132,22 @@ impl FarmBuilder {
                 None => Ok(()),
             }
         })?;
-        let discovery = connect_discovery(&etcd.url()).await?;
+        let discovery = connect_discovery(&etcd).await?;
         let certs = match self.tls {
             true => Some(FarmCerts::generate(&layout.dir.join("tls"))?),
             false => None,
         };
+        layout.close_service_dirs()?;
         let mut farm = Farm {
             workers: Vec::new(),
-            gateway: None,
+            gateways: Vec::new(),
             schedulers: Vec::new(),
-            assets: None,
+            assets: Vec::new(),
             garage,
             etcd,
             postgres,
             discovery,
-            gateway_endpoint: None,
+            gateway_endpoints: Vec::new(),
             secrets: Secrets::generate(),
             certs,
             layout,
@@ -172,10 +186,21 @@ struct Layout {
 const UIDS_PER_WORKER: u32 = 1000;
 
 impl Layout {
+    /// Creates the farm's directory and its `logs/`, closed to other users
+    /// (also when they already exist). When Postgres runs as the `postgres`
+    /// account (the farm runs as root), that account must pass through the
+    /// farm's directory and `logs/` to its own: those two can then be
+    /// traversed, never listed, and whatever lies inside is closed itself.
     fn new(dir: &Path) -> Result<Self> {
         let dir = absolute(dir)?;
         let logs = dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| LocalFarmError::io(&logs, e))?;
+        let passage = if nix::unistd::geteuid().is_root() {
+            Passage::TraverseOnly
+        } else {
+            Passage::Closed
+        };
+        private_dir(&dir, passage)?;
+        private_dir(&logs, passage)?;
         let workers = match searchable_by_others(&dir) {
             true => dir.join("workers"),
             false => {
@@ -193,6 +218,9 @@ impl Layout {
             }
         };
         std::fs::create_dir_all(&workers).map_err(|e| LocalFarmError::io(&workers, e))?;
+        // Sandboxed tasks pass through to their working directories; no
+        // one else lists what is there.
+        private_dir(&workers, Passage::TraverseOnly)?;
         let uid_base = 1_900_000_000 + rand::random_range(0..20_000u32) * 10 * UIDS_PER_WORKER;
         Ok(Self {
             dir,
@@ -200,6 +228,22 @@ impl Layout {
             workers,
             uid_base,
         })
+    }
+
+    /// The directories the farm's own services keep data in: closed to
+    /// other users, also when made earlier with a wider mode.
+    fn close_service_dirs(&self) -> Result<()> {
+        // Not `workers`: sandboxed tasks pass through it (`Layout::new`).
+        for name in ["assets", "assets-spool"] {
+            private_dir(&self.dir.join(name), Passage::Closed)?;
+        }
+        for name in ["garage", "tls", "etcd"] {
+            let dir = self.dir.join(name);
+            if dir.exists() {
+                private_dir(&dir, Passage::Closed)?;
+            }
+        }
+        Ok(())
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -211,9 +255,12 @@ impl Layout {
 /// end-to-end tests.
 ///
 /// Everything lives under one directory: `postgres/` (kept across runs, so
-/// jobs survive), `etcd/`, `assets/` or `garage/`, `workers/<id>/` and
-/// `logs/<process>.log`. Dropping a farm kills its services at once and
-/// stops Postgres; [`Farm::shutdown`] stops everything gracefully instead.
+/// jobs survive) and its password file, `etcd/`, `assets/` or `garage/`,
+/// `workers/<id>/` and `logs/<process>.log`, none of it open to other
+/// users. Postgres and etcd listen on 127.0.0.1 but take only the farm's
+/// own processes, which get their passwords in their environment. Dropping
+/// a farm kills its services at once and stops Postgres; [`Farm::shutdown`]
+/// stops everything gracefully instead.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), kiln_localfarm::LocalFarmError> {
@@ -228,16 +275,17 @@ impl Layout {
 pub struct Farm {
     // Fields drop in declaration order: services before what they depend on.
     workers: Vec<ServiceProcess>,
-    gateway: Option<ServiceProcess>,
+    gateways: Vec<ServiceProcess>,
     /// Scheduler replicas; each process's host name is `replica-<index>`,
     /// which its etcd instance name carries.
     schedulers: Vec<ServiceProcess>,
-    assets: Option<ServiceProcess>,
+    assets: Vec<ServiceProcess>,
     garage: Option<Garage>,
     etcd: Etcd,
     postgres: Postgres,
     discovery: Discovery,
-    gateway_endpoint: Option<Endpoint>,
+    /// Where each gateway listens, by index.
+    gateway_endpoints: Vec<Endpoint>,
     secrets: Secrets,
     certs: Option<FarmCerts>,
     layout: Layout,
@@ -249,8 +297,11 @@ pub struct Farm {
 struct Secrets {
     /// The gateway's bootstrap admin token.
     admin_token: String,
-    /// What workers present to the scheduler to join.
+    /// What workers present to the scheduler and the assets service.
     join_token: String,
+    /// What the gateway, the scheduler and the assets service present to
+    /// each other.
+    service_token: String,
 }
 
 impl Secrets {
@@ -258,15 +309,14 @@ impl Secrets {
         Self {
             admin_token: random_secret(),
             join_token: random_secret(),
+            service_token: random_secret(),
         }
     }
 }
 
 /// `kiln_` and 256 random bits in hex, the gateway's own token format.
 fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-    format!("kiln_{}", hex::encode(bytes))
+    format!("kiln_{}", crate::secret::random_hex(32))
 }
 
 impl Farm {
@@ -276,6 +326,8 @@ impl Farm {
             dir: dir.into(),
             workers: 2,
             schedulers: 1,
+            assets_replicas: 1,
+            gateways: 1,
             s3: false,
             gateway_grpc_port: 0,
             gateway_http_port: 0,
@@ -287,16 +339,9 @@ impl Farm {
     }
 
     async fn start_services(&mut self) -> Result<()> {
-        let assets =
-            self.with_assets_env(self.service("assets", "assets")?.args(self.assets_args()));
-        let assets = self.assets.insert(assets);
-        start_and_register(
-            &self.discovery,
-            service::ASSETS,
-            assets,
-            self.config.startup_timeout,
-        )
-        .await?;
+        for _ in 0..self.config.assets_replicas {
+            self.add_assets_replica_with_env(&[]).await?;
+        }
 
         for index in 0..self.config.schedulers {
             let name = match index {
@@ -305,10 +350,8 @@ impl Farm {
             };
             let scheduler = self
                 .service("scheduler", &name)?
-                .arg("--database-url")
-                .arg(self.postgres.url())
-                .env("HOSTNAME", format!("replica-{index}"))
-                .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
+                .env("KILN_DATABASE_URL", self.postgres.url())
+                .env("HOSTNAME", format!("replica-{index}"));
             self.schedulers.push(scheduler);
         }
         // The first replica leads; the others start once it does, and stand by.
@@ -325,19 +368,32 @@ impl Farm {
             standby.start()?;
         }
 
-        let gateway = self
-            .service("gateway", "gateway")?
-            .args(self.gateway_args())
-            .env("KILN_BOOTSTRAP_ADMIN_TOKEN", &self.secrets.admin_token);
-        let gateway = self.gateway.insert(gateway);
-        let endpoint = start_and_register(
-            &self.discovery,
-            service::GATEWAY,
-            gateway,
-            self.config.startup_timeout,
-        )
-        .await?;
-        self.gateway_endpoint = Some(endpoint);
+        for index in 0..self.config.gateways {
+            let name = match index {
+                0 => "gateway".to_owned(),
+                n => format!("gateway-{n}"),
+            };
+            // Fixed ports are for the first gateway; the others pick free ones.
+            let ports = match index {
+                0 => (self.config.gateway_grpc_port, self.config.gateway_http_port),
+                _ => (0, 0),
+            };
+            let gateway = self
+                .service("gateway", &name)?
+                .args(gateway_args(ports))
+                .env("KILN_DATABASE_URL", self.postgres.url())
+                .env("KILN_BOOTSTRAP_ADMIN_TOKEN", &self.secrets.admin_token);
+            self.gateways.push(gateway);
+            let gateway = &mut self.gateways[index];
+            let endpoint = start_and_register(
+                &self.discovery,
+                service::GATEWAY,
+                gateway,
+                self.config.startup_timeout,
+            )
+            .await?;
+            self.gateway_endpoints.push(endpoint);
+        }
 
         for _ in 0..self.config.workers {
             self.add_worker().await?;
@@ -355,12 +411,20 @@ impl Farm {
     /// `kiln-<kind>`), pointed at this farm's etcd.
     fn service(&self, kind: &str, name: &str) -> Result<ServiceProcess> {
         let binary = locate_binary(&format!("kiln-{kind}"))?;
-        let mut process = ServiceProcess::new(name, binary, self.layout.log(name)).args([
-            "--etcd",
-            &self.etcd.url(),
-            "--etcd-prefix",
-            ETCD_PREFIX,
-        ]);
+        let (etcd_user, etcd_password) = self.etcd.credentials();
+        let mut process = ServiceProcess::new(name, binary, self.layout.log(name))
+            .args(["--etcd", &self.etcd.url(), "--etcd-prefix", ETCD_PREFIX])
+            // Secrets go in the environment, which other users cannot read.
+            .env("KILN_ETCD_USER", etcd_user)
+            .env("KILN_ETCD_PASSWORD", etcd_password);
+        process = match kind {
+            "scheduler" | "assets" => process
+                .env("KILN_SERVICE_TOKEN", &self.secrets.service_token)
+                .env("KILN_JOIN_TOKEN", &self.secrets.join_token),
+            "gateway" => process.env("KILN_SERVICE_TOKEN", &self.secrets.service_token),
+            "worker" => process.env("KILN_JOIN_TOKEN", &self.secrets.join_token),
+            _ => process,
+        };
         if let Some(certs) = &self.certs {
             process = process
                 .env("KILN_TLS_CERT", &certs.cert)
@@ -417,15 +481,30 @@ impl Farm {
         }
     }
 
-    fn gateway_args(&self) -> Vec<String> {
-        vec![
-            "--grpc-listen".to_owned(),
-            format!("127.0.0.1:{}", self.config.gateway_grpc_port),
-            "--http-listen".to_owned(),
-            format!("127.0.0.1:{}", self.config.gateway_http_port),
-            "--database-url".to_owned(),
-            self.postgres.url(),
-        ]
+    /// Starts one more assets service replica (`assets`, `assets-1`, ...),
+    /// with environment variables for it only on top of the farm's (e.g.
+    /// `("KILN_GC_INTERVAL_SECONDS", "1")`), and waits until it is
+    /// registered; returns its index for [`Farm::assets_replica_mut`].
+    pub async fn add_assets_replica_with_env(&mut self, env: &[(&str, &str)]) -> Result<usize> {
+        let index = self.assets.len();
+        let name = match index {
+            0 => "assets".to_owned(),
+            n => format!("assets-{n}"),
+        };
+        let mut assets =
+            self.with_assets_env(self.service("assets", &name)?.args(self.assets_args()));
+        for (key, value) in env {
+            assets = assets.env(key, value);
+        }
+        self.assets.push(assets);
+        start_and_register(
+            &self.discovery,
+            service::ASSETS,
+            &mut self.assets[index],
+            self.config.startup_timeout,
+        )
+        .await?;
+        Ok(index)
     }
 
     /// Starts one more worker (`worker-<index>`, GPUs from
@@ -446,8 +525,7 @@ impl Farm {
             .service("worker", &id)?
             .args(["--worker-id", &id, "--work-dir"])
             .arg(&work_dir)
-            .args(["--sandbox-uid-base", &uid_base.to_string()])
-            .env("KILN_JOIN_TOKEN", &self.secrets.join_token);
+            .args(["--sandbox-uid-base", &uid_base.to_string()]);
         if let Some(gpus) = self.config.worker_gpus.get(index) {
             worker = worker.args(["--gpus", &gpus.to_string()]);
         }
@@ -466,10 +544,10 @@ impl Farm {
         Ok(index)
     }
 
-    /// Restarts the gateway (SIGTERM, then start) and learns its new address,
-    /// which changes unless [`FarmBuilder::gateway_ports`] fixed it.
+    /// Restarts the (first) gateway (SIGTERM, then start) and learns its new
+    /// address, which changes unless [`FarmBuilder::gateway_ports`] fixed it.
     pub async fn restart_gateway(&mut self) -> Result<()> {
-        let Some(gateway) = self.gateway.as_mut() else {
+        let Some(gateway) = self.gateways.first_mut() else {
             return Err(LocalFarmError::NotRunning {
                 name: "gateway".to_owned(),
             });
@@ -482,7 +560,7 @@ impl Farm {
             self.config.startup_timeout,
         )
         .await?;
-        self.gateway_endpoint = Some(endpoint);
+        self.gateway_endpoints[0] = endpoint;
         Ok(())
     }
 
@@ -518,9 +596,9 @@ impl Farm {
     /// each with the end of its log; a supervisor polls this to notice crashes.
     pub fn take_exits(&mut self) -> Vec<LocalFarmError> {
         let services = self.workers.iter_mut().chain(
-            [&mut self.gateway, &mut self.assets]
-                .into_iter()
-                .flatten()
+            self.gateways
+                .iter_mut()
+                .chain(self.assets.iter_mut())
                 .chain(self.schedulers.iter_mut()),
         );
         let infrastructure = std::iter::once(self.etcd.process_mut())
@@ -545,13 +623,13 @@ impl Farm {
         let workers =
             futures::future::join_all(self.workers.iter_mut().map(ServiceProcess::terminate)).await;
         workers.into_iter().for_each(&mut note);
-        if let Some(gateway) = self.gateway.as_mut() {
+        for gateway in &mut self.gateways {
             note(gateway.terminate().await);
         }
         for scheduler in self.schedulers.iter_mut().rev() {
             note(scheduler.terminate().await);
         }
-        if let Some(assets) = self.assets.as_mut() {
+        for assets in &mut self.assets {
             note(assets.terminate().await);
         }
         if let Some(garage) = self.garage.as_mut() {
@@ -579,28 +657,45 @@ impl Farm {
         &self.layout.logs
     }
 
-    /// The gateway's gRPC address as `127.0.0.1:PORT`.
+    /// The (first) gateway's gRPC address as `127.0.0.1:PORT`.
     pub fn gateway_grpc_addr(&self) -> &str {
-        self.gateway_endpoint
-            .as_ref()
+        self.gateway_endpoints
+            .first()
             .map_or("", |e| e.grpc.as_str())
     }
 
-    /// The gateway's gRPC URL, `http://127.0.0.1:PORT` (`https` with
-    /// [`FarmBuilder::tls`]), for a tonic channel.
+    /// The (first) gateway's gRPC URL, `http://127.0.0.1:PORT` (`https`
+    /// with [`FarmBuilder::tls`]), for a tonic channel.
     pub fn gateway_url(&self) -> String {
-        self.gateway_endpoint
-            .as_ref()
-            .map_or_else(|| "http://".to_owned(), Endpoint::grpc_uri)
+        self.gateway_urls()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "http://".to_owned())
     }
 
-    /// The gateway's REST base URL, `http://127.0.0.1:PORT` (`https` with
-    /// [`FarmBuilder::tls`]).
+    /// Every gateway's gRPC URL, in start order ([`FarmBuilder::gateways`]).
+    pub fn gateway_urls(&self) -> Vec<String> {
+        self.gateway_endpoints
+            .iter()
+            .map(Endpoint::grpc_uri)
+            .collect()
+    }
+
+    /// The (first) gateway's REST base URL, `http://127.0.0.1:PORT`
+    /// (`https` with [`FarmBuilder::tls`]).
     pub fn gateway_http_url(&self) -> String {
-        self.gateway_endpoint
-            .as_ref()
-            .and_then(Endpoint::http_url)
+        self.gateway_http_urls()
+            .into_iter()
+            .next()
             .unwrap_or_else(|| "http://".to_owned())
+    }
+
+    /// Every gateway's REST base URL, in start order.
+    pub fn gateway_http_urls(&self) -> Vec<String> {
+        self.gateway_endpoints
+            .iter()
+            .filter_map(Endpoint::http_url)
+            .collect()
     }
 
     /// The farm CA's certificate (PEM) when it runs with TLS: what clients trust.
@@ -624,14 +719,30 @@ impl Farm {
         &self.secrets.join_token
     }
 
+    /// The secret the gateway, the scheduler and the assets service present
+    /// to each other: a test holding it calls them as the gateway would.
+    pub fn service_token(&self) -> &str {
+        &self.secrets.service_token
+    }
+
     /// The etcd client URL.
     pub fn etcd_url(&self) -> String {
         self.etcd.url()
     }
 
-    /// The scheduler's database, `postgres://postgres@127.0.0.1:PORT/kiln`.
+    /// The etcd user and password the farm's processes connect as.
+    pub fn etcd_credentials(&self) -> (&str, &str) {
+        self.etcd.credentials()
+    }
+
+    /// The scheduler's database, `postgres://postgres:PASSWORD@127.0.0.1:PORT/kiln`.
     pub fn database_url(&self) -> String {
         self.postgres.url()
+    }
+
+    /// [`Farm::database_url`] without the password, to show.
+    pub fn database_public_url(&self) -> String {
+        self.postgres.public_url()
     }
 
     /// The Garage S3 endpoint, when the farm uses S3.
@@ -663,14 +774,19 @@ impl Farm {
         }))
     }
 
-    /// The assets service process.
+    /// The (first) assets service process.
     pub fn assets_mut(&mut self) -> Option<&mut ServiceProcess> {
-        self.assets.as_mut()
+        self.assets.first_mut()
     }
 
-    /// The gateway process; prefer [`Farm::restart_gateway`] to restart it.
+    /// Assets service replica number `index` (from 0, in start order).
+    pub fn assets_replica_mut(&mut self, index: usize) -> Option<&mut ServiceProcess> {
+        self.assets.get_mut(index)
+    }
+
+    /// The (first) gateway process; prefer [`Farm::restart_gateway`] to restart it.
     pub fn gateway_mut(&mut self) -> Option<&mut ServiceProcess> {
-        self.gateway.as_mut()
+        self.gateways.first_mut()
     }
 
     /// Worker number `index` (from 0, in start order), if there is one.
@@ -749,12 +865,25 @@ async fn start_and_register(
     }
 }
 
-async fn connect_discovery(etcd_url: &str) -> Result<Discovery> {
+/// `--grpc-listen` and `--http-listen` on 127.0.0.1 at `(grpc, http)` (0: any free port).
+fn gateway_args((grpc, http): (u16, u16)) -> Vec<String> {
+    vec![
+        "--grpc-listen".to_owned(),
+        format!("127.0.0.1:{grpc}"),
+        "--http-listen".to_owned(),
+        format!("127.0.0.1:{http}"),
+    ]
+}
+
+async fn connect_discovery(etcd: &Etcd) -> Result<Discovery> {
+    let (user, password) = etcd.credentials();
     let args = DiscoveryArgs {
-        etcd_endpoints: vec![etcd_url.to_owned()],
+        etcd_endpoints: vec![etcd.url()],
         etcd_prefix: ETCD_PREFIX.to_owned(),
         lease_ttl: 10,
         advertise_host: None,
+        etcd_user: Some(user.to_owned()),
+        etcd_password: Some(password.to_owned().into()),
     };
     Ok(Discovery::connect(&args, Duration::from_secs(10)).await?)
 }

@@ -8,6 +8,7 @@ use crate::error::{LocalFarmError, Result};
 use crate::fs::{absolute, write_private};
 use crate::ports::{accepts_tcp, free_port};
 use crate::process::ServiceProcess;
+use crate::secret::random_hex;
 use crate::wait::wait_ready;
 
 /// The bucket Garage creates at start-up.
@@ -164,13 +165,6 @@ fn load_or_create_credentials(path: &Path) -> Result<GarageCredentials> {
         }
         Err(err) => Err(LocalFarmError::io(path, err)),
     }
-}
-
-/// `bytes` random bytes as lowercase hex.
-fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    rand::fill(buffer.as_mut_slice());
-    hex::encode(buffer)
 }
 
 fn render_config(

@@ -17,13 +17,14 @@ mod log_tail;
 mod ports;
 mod postgres;
 mod process;
+mod secret;
 mod tls;
 mod wait;
 
 pub use binary::locate_binary;
 pub use error::LocalFarmError;
-pub use etcd::Etcd;
-pub use farm::{DEFAULT_STARTUP_TIMEOUT, ETCD_PREFIX, Farm, FarmBuilder, worker_id};
+pub use etcd::{ETCD_PREFIX, ETCD_USER, Etcd};
+pub use farm::{DEFAULT_STARTUP_TIMEOUT, Farm, FarmBuilder, worker_id};
 pub use garage::{BUCKET as S3_BUCKET, Garage, REGION as S3_REGION};
 pub use log_tail::tail as log_tail;
 pub use ports::free_port;

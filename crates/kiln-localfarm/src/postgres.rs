@@ -7,17 +7,25 @@ use nix::unistd::{User, geteuid};
 use tokio::time::Instant;
 
 use crate::error::{LocalFarmError, Result};
-use crate::fs::{absolute, chown_to, create_dirs, touch};
+use crate::fs::{absolute, chown_to, create_dirs, touch, write_private};
 use crate::log_tail::{TAIL_LINES, tail};
 use crate::ports::free_port;
+use crate::secret::random_hex;
 use crate::wait::POLL_INTERVAL;
 
 /// Where Debian puts PostgreSQL 15's server binaries; `KILN_POSTGRES_BIN_DIR` overrides it.
 pub const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 /// The database Kiln's scheduler uses.
 pub const DATABASE: &str = "kiln";
-/// The superuser created by initdb; auth is `trust` on 127.0.0.1 only.
+/// The superuser created by initdb; it logs in with a password (SCRAM).
 const SUPERUSER: &str = "postgres";
+/// Every connection, over TCP or the unix socket, proves the password.
+/// Written at every start, so a cluster made with `trust` (by an older
+/// Kiln) is closed too.
+const HBA: &str = "# Written by Kiln at every start: password (SCRAM) authentication only.\n\
+    local all all scram-sha-256\n\
+    host all all 127.0.0.1/32 scram-sha-256\n\
+    host all all ::1/128 scram-sha-256\n";
 /// Bound on each pg tool invocation (initdb, pg_ctl, psql).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a started server has to accept connections.
@@ -34,12 +42,18 @@ const MAX_ERROR_OUTPUT: usize = 2000;
 /// 127.0.0.1 only, on a port chosen once when this value is created and kept
 /// across [`Postgres::restart`]. It is stopped when this value is dropped.
 ///
+/// Other users on the machine can reach the port, so every connection must
+/// give the superuser's password: random, made the first time a data
+/// directory is used and kept beside it (`<data-dir>.password`, mode 0600),
+/// and set again (with the server down) at every start.
+///
 /// PostgreSQL refuses to run as root; when this process is root, the server
 /// and initdb run as the `postgres` system user, which gets ownership of the
 /// data directory and the log file.
 pub struct Postgres {
     data_dir: PathBuf,
     log: PathBuf,
+    password: String,
     port: u16,
     bin_dir: PathBuf,
     run_as: Option<User>,
@@ -58,8 +72,10 @@ impl Postgres {
         } else {
             None
         };
+        let data_dir = absolute(data_dir.as_ref())?;
         Ok(Self {
-            data_dir: absolute(data_dir.as_ref())?,
+            password: load_or_create_password(&password_file(&data_dir))?,
+            data_dir,
             log: absolute(log.as_ref())?,
             port: free_port()?,
             bin_dir,
@@ -68,9 +84,23 @@ impl Postgres {
         })
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/kiln`
+    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/kiln`: pass it to
+    /// processes in their environment, never on a command line.
     pub fn url(&self) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{DATABASE}",
+            self.password, self.port
+        )
+    }
+
+    /// [`Postgres::url`] without the password, to show.
+    pub fn public_url(&self) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    /// The file holding the superuser's password.
+    pub fn password_file(&self) -> PathBuf {
+        password_file(&self.data_dir)
     }
 
     /// The TCP port the server listens on.
@@ -110,6 +140,8 @@ impl Postgres {
             self.initdb().await?;
         }
         self.stop_stale_server().await?;
+        self.set_password().await?;
+        self.write_hba()?;
         self.run_ok("pg_ctl", true, self.start_args()).await?;
         self.running = true;
         self.wait_accepting().await?;
@@ -169,6 +201,34 @@ impl Postgres {
             "--locale=C".into(),
         ];
         self.run_ok("initdb", true, args).await.map(drop)
+    }
+
+    /// Sets the superuser's password in single-user mode, with no server
+    /// running: no window in which the cluster takes anyone, whatever its
+    /// configuration was. The statement goes in on stdin, never in argv.
+    async fn set_password(&self) -> Result<()> {
+        let args = vec![
+            "--single".into(),
+            "-D".into(),
+            self.data_dir.clone().into(),
+            "-c".into(),
+            "exit_on_error=true".into(),
+            SUPERUSER.into(),
+        ];
+        // Hex digits only: safe inside the quotes.
+        let statement = format!("ALTER ROLE {SUPERUSER} PASSWORD '{}';\n", self.password);
+        self.run_ok_with_input("postgres", args, statement.into_bytes())
+            .await
+            .map(drop)
+    }
+
+    fn write_hba(&self) -> Result<()> {
+        let path = self.data_dir.join("pg_hba.conf");
+        write_private(&path, HBA.as_bytes())?;
+        if let Some(user) = &self.run_as {
+            chown_to(&path, user)?;
+        }
+        Ok(())
     }
 
     /// A server left running by a farm that was killed would hold the data
@@ -288,6 +348,8 @@ impl Postgres {
         };
         // The owner may not be allowed into our working directory.
         command.current_dir("/");
+        // libpq reads it from the environment, which other users cannot see.
+        command.env("PGPASSWORD", &self.password);
         command
     }
 
@@ -323,9 +385,55 @@ impl Postgres {
         }
     }
 
+    /// Runs `tool` as the cluster's owner with `input` on its stdin.
+    async fn run_ok_with_input(
+        &self,
+        tool: &str,
+        args: Vec<OsString>,
+        input: Vec<u8>,
+    ) -> Result<Output> {
+        use tokio::io::AsyncWriteExt;
+        let mut command = tokio::process::Command::from(self.command(tool, true));
+        command
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let described = describe(tool, &args);
+        let spawn_error = |source| LocalFarmError::Spawn {
+            name: "postgres".to_owned(),
+            program: self.bin_dir.join(tool),
+            source,
+        };
+        let mut child = command.spawn().map_err(spawn_error)?;
+        let run = async {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(&input).await?;
+            }
+            child.wait_with_output().await
+        };
+        let output = match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
+            Ok(output) => output.map_err(spawn_error)?,
+            Err(_) => {
+                return Err(LocalFarmError::Command {
+                    name: "postgres".to_owned(),
+                    command: described,
+                    status: format!("no answer after {COMMAND_TIMEOUT:?}"),
+                    output: String::new(),
+                });
+            }
+        };
+        self.checked(described, output)
+    }
+
     async fn run_ok(&self, tool: &str, as_owner: bool, args: Vec<OsString>) -> Result<Output> {
         let described = describe(tool, &args);
         let output = self.run(tool, as_owner, args).await?;
+        self.checked(described, output)
+    }
+
+    fn checked(&self, described: String, output: Output) -> Result<Output> {
         if output.status.success() {
             return Ok(output);
         }
@@ -364,6 +472,35 @@ impl std::fmt::Debug for Postgres {
             .field("running", &self.running)
             .finish()
     }
+}
+
+fn password_file(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".password");
+    PathBuf::from(name)
+}
+
+/// The password kept in `path`, or a new one written there (mode 0600).
+fn load_or_create_password(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if is_password(text.trim()) => {
+            // Narrow a file left readable by others, too.
+            write_private(path, text.trim().as_bytes())?;
+            Ok(text.trim().to_owned())
+        }
+        Ok(_) | Err(_) => {
+            let password = random_hex(24);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| LocalFarmError::io(dir, e))?;
+            }
+            write_private(path, password.as_bytes())?;
+            Ok(password)
+        }
+    }
+}
+
+fn is_password(text: &str) -> bool {
+    text.len() >= 32 && text.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 fn postgres_user() -> Result<User> {

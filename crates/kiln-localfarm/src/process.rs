@@ -137,11 +137,8 @@ impl ServiceProcess {
         if let Some(dir) = self.log.parent() {
             std::fs::create_dir_all(dir).map_err(|e| LocalFarmError::io(dir, e))?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(|e| LocalFarmError::io(&self.log, e))?;
+        // Logs can name tokens, paths and users' files: owner only.
+        let mut file = crate::fs::open_private(&self.log, OpenOptions::new().append(true))?;
         let header = format!(
             "--- kiln-localfarm: starting {} {:?} ---\n",
             self.program.display(),

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use kiln_localfarm::{Etcd, LocalFarmError, Postgres, ServiceProcess};
+use kiln_localfarm::{ETCD_USER, Etcd, LocalFarmError, Postgres, ServiceProcess};
 
 fn psql(postgres: &Postgres, sql: &str) -> String {
     let output = Command::new(postgres.bin_dir().join("psql"))
@@ -65,19 +65,141 @@ async fn postgres_keeps_data_across_restarts() {
 }
 
 #[tokio::test]
-async fn etcd_answers_after_start() {
+async fn etcd_takes_only_the_farm_user_and_only_under_its_prefix() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut etcd =
         Etcd::new(dir.path().join("etcd"), dir.path().join("logs/etcd.log")).expect("etcd");
     etcd.start().await.expect("etcd starts");
-    let mut client = etcd_client::Client::connect([etcd.url()], None)
+
+    // Another local user: reaches the port, but without the password gets nothing.
+    let mut stranger = etcd_client::Client::connect([etcd.url()], None)
         .await
         .expect("connects");
+    let refused = stranger.put("/kiln/probe", "1", None).await;
+    assert!(refused.is_err(), "an anonymous write is refused");
+    assert!(
+        stranger.get("/kiln", None).await.is_err(),
+        "an anonymous read is refused"
+    );
+    let wrong = etcd_client::ConnectOptions::new().with_user(ETCD_USER, "not-the-password");
+    assert!(
+        etcd_client::Client::connect([etcd.url()], Some(wrong))
+            .await
+            .is_err(),
+        "a wrong password is refused"
+    );
+
+    let mut client = etcd_client::Client::connect([etcd.url()], Some(etcd.connect_options()))
+        .await
+        .expect("the farm's user connects");
     client.put("/kiln/probe", "1", None).await.expect("put");
     let got = client.get("/kiln/probe", None).await.expect("get");
     assert_eq!(got.kvs().len(), 1);
+    assert!(
+        client.put("/elsewhere", "1", None).await.is_err(),
+        "the farm's user writes only under its prefix"
+    );
+
+    // A restart keeps the data, users and authentication included.
+    etcd.restart().await.expect("etcd restarts");
+    assert!(stranger.get("/kiln/probe", None).await.is_err());
+    let mut client = etcd_client::Client::connect([etcd.url()], Some(etcd.connect_options()))
+        .await
+        .expect("connects again");
+    assert_eq!(
+        client
+            .get("/kiln/probe", None)
+            .await
+            .expect("get")
+            .kvs()
+            .len(),
+        1
+    );
     etcd.stop().await.expect("etcd stops");
     assert!(!etcd.process_mut().is_running());
+}
+
+/// psql as another local user would run it: no password from us.
+fn psql_without_password(postgres: &Postgres) -> std::process::Output {
+    Command::new(postgres.bin_dir().join("psql"))
+        .args([
+            "-X",
+            "-w",
+            "-tA",
+            "-d",
+            &postgres.public_url(),
+            "-c",
+            "SELECT 1",
+        ])
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/dev/null")
+        .output()
+        .expect("psql runs")
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("exists")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn postgres_takes_only_its_password_even_on_a_cluster_left_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("pg/data");
+    let log = dir.path().join("logs/postgres.log");
+    // Files an older run left readable by everyone.
+    std::fs::create_dir_all(log.parent().expect("dir")).expect("logs dir");
+    std::fs::write(&log, b"").expect("log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut postgres = Postgres::new(&data, &log).expect("postgres");
+    postgres.start().await.expect("postgres starts");
+    assert_eq!(psql(&postgres, "SELECT 1"), "1", "the farm connects");
+    assert!(
+        !psql_without_password(&postgres).status.success(),
+        "a connection without the password is refused"
+    );
+    assert!(
+        !postgres
+            .public_url()
+            .contains(&read(&postgres.password_file())),
+        "the URL to show has no password"
+    );
+    assert_eq!(mode(&postgres.password_file()), 0o600);
+    assert_eq!(mode(&log), 0o600, "the log is narrowed to its owner");
+
+    // A cluster an older Kiln made trusts every local connection.
+    postgres.stop().await.expect("postgres stops");
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhost all all 127.0.0.1/32 trust\n",
+    )
+    .expect("open the cluster");
+    std::fs::set_permissions(
+        postgres.password_file(),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    drop(postgres);
+    let mut again = Postgres::new(&data, &log).expect("postgres");
+    again.start().await.expect("postgres starts again");
+    assert!(
+        !psql_without_password(&again).status.success(),
+        "the open cluster is closed at start"
+    );
+    assert_eq!(psql(&again, "SELECT 1"), "1");
+    assert_eq!(mode(&again.password_file()), 0o600);
+}
+
+fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .expect("readable")
+        .trim()
+        .to_owned()
 }
 
 #[tokio::test]

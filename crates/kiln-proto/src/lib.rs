@@ -14,8 +14,17 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln
 /// gRPC metadata keys Kiln's services agree on, defined once here.
 pub mod metadata {
     /// The job owner a call is made for: set by the gateway from the caller's
-    /// token; the scheduler, which is internal, trusts it.
+    /// token. The scheduler and the assets service trust it only on a call
+    /// that also carries the farm's [`SERVICE_TOKEN`].
     pub const OWNER: &str = "kiln-owner";
-    /// The secret a worker presents to join the scheduler.
+    /// The role of that owner (`viewer`, `submitter`, `admin`), trusted as
+    /// [`OWNER`] is.
+    pub const ROLE: &str = "kiln-role";
+    /// The secret a worker presents to join the scheduler and to use the
+    /// assets service.
     pub const JOIN_TOKEN: &str = "kiln-join-token";
+    /// The farm-internal secret the gateway, the scheduler and the assets
+    /// service present to each other: only a call carrying it may name an
+    /// owner or reach a job API.
+    pub const SERVICE_TOKEN: &str = "kiln-service-token";
 }

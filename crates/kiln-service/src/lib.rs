@@ -4,8 +4,12 @@
 //! address in etcd, and shut down gracefully on SIGTERM or Ctrl-C; and the
 //! HTTP ops endpoint ([`ops`]) with its readiness [`checks`].
 
+pub mod cancel;
 pub mod checks;
+pub mod internal_auth;
+pub mod keyed_permits;
 pub mod ops;
+pub mod paging;
 
 use std::net::SocketAddr;
 

@@ -8,6 +8,7 @@ use tokio::io::AsyncRead;
 
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::markers::{MarkerDir, MarkerKey};
 use crate::spool::Spooled;
 
 /// A stored file being read.
@@ -24,6 +25,10 @@ pub struct StoredObject {
 
 /// One page of a listing and where the next one starts, if any.
 pub type ListPage = (Vec<StoredObject>, Option<String>);
+
+/// Markers listed in one directory at most; more means something is wrong
+/// (a digest has a few owners, the collector a few hundred claims).
+pub const MAX_MARKERS_LISTED: usize = 100_000;
 
 /// A content-addressed store. It is only handed complete content whose
 /// digest has been checked, so it never validates content itself.
@@ -58,6 +63,28 @@ pub trait Backend: Send + Sync + 'static {
         digest: &Digest,
         expires: std::time::Duration,
     ) -> impl Future<Output = Result<String, Error>> + Send;
+
+    /// Creates the empty marker `key`, or re-dates it to now if it exists.
+    /// Markers (see `markers.rs`) live beside the objects, so every replica
+    /// sees the same ones.
+    fn put_marker(&self, key: &MarkerKey) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// When marker `key` was last put, if it exists.
+    fn marker(
+        &self,
+        key: &MarkerKey,
+    ) -> impl Future<Output = Result<Option<SystemTime>, Error>> + Send;
+
+    /// The markers directly in `dir`: each one's name (its last key
+    /// segment) and when it was last put; an error past
+    /// [`MAX_MARKERS_LISTED`].
+    fn list_markers(
+        &self,
+        dir: &MarkerDir,
+    ) -> impl Future<Output = Result<Vec<(String, SystemTime)>, Error>> + Send;
+
+    /// Deletes marker `key`; deleting one that does not exist is not an error.
+    fn delete_marker(&self, key: &MarkerKey) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Whether the store is reachable and usable now; for readiness checks.
     fn check(&self) -> impl Future<Output = Result<String, Error>> + Send;

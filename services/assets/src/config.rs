@@ -51,6 +51,10 @@ pub struct Config {
     /// Seconds a finished job's inputs and outputs are kept after it finished
     #[arg(long, env = "KILN_RETAIN_FINISHED_SECONDS", default_value_t = 30 * 24 * 3600)]
     pub retain_finished_seconds: u64,
+    /// Who may call: the gateway and the scheduler by the farm's service
+    /// token, workers by their join token or certificate
+    #[command(flatten)]
+    pub auth: kiln_service::internal_auth::InternalAuthArgs,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]

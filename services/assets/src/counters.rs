@@ -13,6 +13,8 @@ pub const CORRUPT: &str = "asset_corrupt_objects_total";
 pub const COLLECTED: &str = "asset_collected_objects_total";
 /// Bytes of the objects the collector deleted.
 pub const COLLECTED_BYTES: &str = "asset_collected_bytes_total";
+/// Collections this replica completed.
+pub const COLLECTIONS: &str = "asset_collections_total";
 
 /// Gives each metric its help text, once the metrics recorder is installed.
 pub fn describe() {
@@ -36,5 +38,6 @@ pub fn describe() {
         metrics::Unit::Bytes,
         "Bytes of unreferenced objects the collector deleted"
     );
+    metrics::describe_counter!(COLLECTIONS, "Collections this replica completed");
     metrics::describe_counter!(S3_ERRORS, "S3 requests that failed, by operation");
 }

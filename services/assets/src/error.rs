@@ -26,8 +26,12 @@ pub enum Error {
     Corrupt { digest: String, actual: String },
     #[error("presigned URLs need the s3 backend; download through the service instead")]
     PresignUnsupported,
-    #[error("expires_seconds {0} is outside 1-604800")]
+    #[error("expires_seconds {0} is outside 1-{max}", max = crate::service::MAX_PRESIGN_SECONDS)]
     BadExpiry(u32),
+    #[error("kiln-owner metadata must be a non-empty ASCII name")]
+    BadOwner,
+    #[error("asset {0} is being collected; upload it again")]
+    Collecting(String),
     #[error("scheduler: {0}")]
     Scheduler(String),
     #[error(transparent)]
@@ -66,7 +70,8 @@ impl Error {
             | Self::ResumeWithoutDigest
             | Self::TooManyDigests { .. } => Code::InvalidArgument,
             Self::ResumeOffset { .. } | Self::PresignUnsupported => Code::FailedPrecondition,
-            Self::BadExpiry(_) => Code::InvalidArgument,
+            Self::BadExpiry(_) | Self::BadOwner => Code::InvalidArgument,
+            Self::Collecting(_) => Code::Unavailable,
             Self::Corrupt { .. } => Code::DataLoss,
             Self::Scheduler(_) | Self::Discovery(_) => Code::Unavailable,
             Self::NotFound(_) => Code::NotFound,
@@ -84,8 +89,14 @@ impl Error {
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let code = err.code();
-        match code {
-            Code::Internal | Code::Unavailable => tracing::error!(error = %err, "request failed"),
+        match (&err, code) {
+            // A race the client resolves by retrying, not a fault.
+            (Error::Collecting(_), _) => {
+                tracing::info!(error = %err, "request raced the collector")
+            }
+            (_, Code::Internal | Code::Unavailable) => {
+                tracing::error!(error = %err, "request failed")
+            }
             _ => tracing::debug!(error = %err, "request rejected"),
         }
         Status::new(code, err.to_string())

@@ -3,15 +3,19 @@
 //!
 //! An upload is spooled to disk and hashed before it reaches a backend, so
 //! a backend only ever receives complete content whose digest is known.
+//! Who may see which object, and what the collector must spare, is kept in
+//! marker objects beside the content (`markers.rs`, `access.rs`).
 
+pub mod access;
 pub mod backend;
-pub mod cancel;
+pub mod caller;
 pub mod config;
 pub mod counters;
 pub mod digest;
 pub mod error;
 pub mod local;
-pub mod recent;
+pub mod markers;
+pub mod references;
 pub mod retention;
 pub mod s3;
 pub mod service;
@@ -21,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_discovery::Discovery;
-
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
 use kiln_service::{CheckResult, Checks};
 use tonic::service::Routes;
@@ -29,18 +32,29 @@ use tonic::service::Routes;
 pub use config::{BackendKind, Config};
 pub use error::Error;
 
+use crate::access::Access;
 use crate::backend::Backend;
-use crate::cancel::DetectCancel;
 use crate::local::LocalBackend;
-use crate::recent::Recent;
+use crate::references::SchedulerLink;
 use crate::retention::{Collector, RetentionPolicy};
 use crate::s3::S3Backend;
 use crate::service::AssetsService;
 use crate::spool::{MAX_CHUNK_BYTES, Spool};
-use kiln_tls::ClientTls;
+use kiln_service::cancel::DetectCancel;
 
 /// The gRPC service name, as health checks report it.
 pub const GRPC_SERVICE: &str = "kiln.v1.AssetService";
+
+/// Who may call what: every asset call is the farm services' (the gateway
+/// acting for a user, the scheduler checking a submission's inputs) and the
+/// workers' (fetching inputs, storing outputs for the job's owner).
+pub const CALLERS: kiln_service::internal_auth::Policy = kiln_service::internal_auth::Policy {
+    routes: &[(
+        "/kiln.v1.AssetService/",
+        kiln_service::internal_auth::Admit::ServicesAndWorkers,
+    )],
+    workers_name_owners: true,
+};
 
 /// Room for a full 4 MiB upload chunk plus its framing.
 const MAX_DECODING_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
@@ -58,11 +72,13 @@ pub async fn routes(config: &Config) -> Result<Routes, Error> {
 pub async fn routes_with_checks(
     config: &Config,
     checks: Checks,
-    farm: Option<(Discovery, ClientTls)>,
+    farm: Option<SchedulerLink>,
 ) -> Result<(Routes, Checks), Error> {
     let grace = Duration::from_secs(config.gc_grace_seconds);
-    let recent = Recent::new(grace);
-    let collect = farm.zip(config.retention());
+    let farm = farm.map(|scheduler| FarmLink {
+        discovery: scheduler.discovery().clone(),
+        scheduler: Arc::new(scheduler),
+    });
     let spool_dir = config.spool_dir();
     tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
     let spool = Spool::create(spool_dir.clone(), config.max_upload_bytes).await?;
@@ -75,14 +91,12 @@ pub async fn routes_with_checks(
             tracing::info!(data_dir = %config.data_dir.display(), "using local backend");
             let backend = Arc::new(LocalBackend::create(&config.data_dir).await?);
             let checks = checks.add("local_storage", backend_check(&backend));
-            start_collector(&backend, &recent, collect);
-            (asset_routes(backend, spool, recent), checks)
+            (serve(backend, spool, grace, farm, config), checks)
         }
         BackendKind::S3 => {
             let backend = Arc::new(S3Backend::new(config.s3.settings()?));
             let checks = checks.add("s3", backend_check(&backend));
-            start_collector(&backend, &recent, collect);
-            (asset_routes(backend, spool, recent), checks)
+            (serve(backend, spool, grace, farm, config), checks)
         }
     };
     let routes = kiln_service::with_standard_services(routes, &[GRPC_SERVICE]).await?;
@@ -99,20 +113,35 @@ fn backend_check<B: Backend>(
     }
 }
 
-fn start_collector<B: Backend>(
-    backend: &Arc<B>,
-    recent: &Recent,
-    collect: Option<((Discovery, ClientTls), RetentionPolicy)>,
-) {
-    if let Some((farm, policy)) = collect {
-        tracing::info!(?policy, "collecting unreferenced objects");
-        let collector = Collector::new(backend.clone(), farm, recent.clone(), policy);
-        tokio::spawn(collector.run());
-    }
+/// The rest of the farm, as the assets service reaches it.
+struct FarmLink {
+    discovery: Discovery,
+    scheduler: Arc<SchedulerLink>,
 }
 
-fn asset_routes<B: Backend>(backend: Arc<B>, spool: Spool, recent: Recent) -> Routes {
-    let server = AssetServiceServer::new(AssetsService::new(backend, spool, recent))
+/// The service's routes over `backend`; with the farm, also starts the
+/// collector (unless configured off).
+fn serve<B: Backend>(
+    backend: Arc<B>,
+    spool: Spool,
+    grace: Duration,
+    farm: Option<FarmLink>,
+    config: &Config,
+) -> Routes {
+    let mut access = Access::new(backend.clone(), grace);
+    if let Some(farm) = farm {
+        access = access.with_scheduler(farm.scheduler.clone());
+        if let Some(policy) = config.retention() {
+            start_collector(&backend, farm, policy);
+        }
+    }
+    let server = AssetServiceServer::new(AssetsService::new(backend, spool, access))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     Routes::new(DetectCancel(server))
+}
+
+fn start_collector<B: Backend>(backend: &Arc<B>, farm: FarmLink, policy: RetentionPolicy) {
+    tracing::info!(?policy, "collecting unreferenced objects");
+    let collector = Collector::new(backend.clone(), farm.discovery, farm.scheduler, policy);
+    tokio::spawn(collector.run());
 }

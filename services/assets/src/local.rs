@@ -1,28 +1,37 @@
-//! The local-directory backend: objects at `<data-dir>/sha256/<first2>/<digest>`.
+//! The local-directory backend: objects at `<data-dir>/sha256/<first2>/<digest>`,
+//! markers at `<data-dir>/markers/<key>`.
 
 use std::fs::File;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use tempfile::TempPath;
 
-use crate::backend::{Backend, ListPage, ObjectReader, StoredObject};
+use crate::backend::{Backend, ListPage, MAX_MARKERS_LISTED, ObjectReader, StoredObject};
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::markers::{MarkerDir, MarkerKey};
 use crate::spool::Spooled;
 
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     objects: PathBuf,
+    markers: PathBuf,
 }
 
 impl LocalBackend {
     pub async fn create(data_dir: &Path) -> Result<Self, Error> {
         let objects = data_dir.join("sha256");
-        tokio::fs::create_dir_all(&objects)
-            .await
-            .map_err(Error::Local)?;
-        Ok(Self { objects })
+        let markers = data_dir.join("markers");
+        for dir in [&objects, &markers] {
+            tokio::fs::create_dir_all(dir).await.map_err(Error::Local)?;
+        }
+        Ok(Self { objects, markers })
+    }
+
+    fn marker_path(&self, key: &MarkerKey) -> PathBuf {
+        self.markers.join(key.as_str())
     }
 
     fn object_dir(&self, digest: &Digest) -> PathBuf {
@@ -68,6 +77,29 @@ impl Backend for LocalBackend {
         }
     }
 
+    async fn put_marker(&self, key: &MarkerKey) -> Result<(), Error> {
+        let path = self.marker_path(key);
+        blocking(move || put_marker(&path)).await
+    }
+
+    async fn marker(&self, key: &MarkerKey) -> Result<Option<SystemTime>, Error> {
+        match tokio::fs::metadata(self.marker_path(key)).await {
+            Ok(metadata) => Ok(Some(metadata.modified().map_err(Error::Local)?)),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Error::Local(err)),
+        }
+    }
+
+    async fn list_markers(&self, dir: &MarkerDir) -> Result<Vec<(String, SystemTime)>, Error> {
+        let dir = self.markers.join(dir.as_str());
+        blocking(move || list_markers(&dir)).await
+    }
+
+    async fn delete_marker(&self, key: &MarkerKey) -> Result<(), Error> {
+        let path = self.marker_path(key);
+        blocking(move || delete_marker(&path)).await
+    }
+
     async fn check(&self) -> Result<String, Error> {
         match tokio::fs::metadata(&self.objects).await {
             Ok(metadata) if metadata.is_dir() => Ok(format!("{} present", self.objects.display())),
@@ -104,6 +136,80 @@ impl Backend for LocalBackend {
             Err(err) => Err(Error::Local(err)),
         }
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Error::Local(std::io::Error::other(err)))?
+        .map_err(Error::Local)
+}
+
+/// Creates the marker or re-dates it; its directory may be removed by a
+/// concurrent delete of its last marker, hence the second try.
+fn put_marker(path: &Path) -> std::io::Result<()> {
+    let put = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = File::options().create(true).append(true).open(path)?;
+        file.set_modified(SystemTime::now())
+    };
+    match put() {
+        Err(err) if err.kind() == ErrorKind::NotFound => put(),
+        other => other,
+    }
+}
+
+fn list_markers(dir: &Path) -> std::io::Result<Vec<(String, SystemTime)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut markers = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let metadata = match entry.metadata() {
+            Ok(metadata) if metadata.is_file() => metadata,
+            Ok(_) => continue,
+            // Deleted since the listing.
+            Err(err) if err.kind() == ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        if markers.len() >= MAX_MARKERS_LISTED {
+            return Err(std::io::Error::other(format!(
+                "more than {MAX_MARKERS_LISTED} markers in {}",
+                dir.display()
+            )));
+        }
+        markers.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            metadata.modified()?,
+        ));
+    }
+    Ok(markers)
+}
+
+/// Deletes the marker, and its directory once empty (a digest's holders).
+fn delete_marker(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    }
+    if let Some(dir) = path.parent()
+        && let Err(err) = std::fs::remove_dir(dir)
+        && !matches!(
+            err.kind(),
+            ErrorKind::DirectoryNotEmpty | ErrorKind::NotFound
+        )
+    {
+        tracing::debug!(dir = %dir.display(), error = %err, "cannot remove marker directory");
+    }
+    Ok(())
 }
 
 /// The objects in one prefix directory; other files (a copy's temporary
@@ -171,7 +277,13 @@ mod tests {
             data: data.to_vec(),
             offset: 0,
         };
-        spool.receive(stream::iter([Ok(chunk)]), || false).await
+        spool
+            .receive(
+                &crate::caller::Caller::Service.holder(),
+                stream::iter([Ok(chunk)]),
+                || false,
+            )
+            .await
     }
 
     async fn read_all(mut reader: ObjectReader) -> std::io::Result<Vec<u8>> {

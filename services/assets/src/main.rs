@@ -1,8 +1,10 @@
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
+use kiln_asset_client::CallCredentials;
 use kiln_discovery::Discovery;
-use kiln_service::{Checks, Listing, OpsServer, checks};
+use kiln_service::{Checks, Listing, OpsServer, checks, internal_auth};
 
 /// How long to wait for etcd at start-up.
 const ETCD_PATIENCE: Duration = Duration::from_secs(30);
@@ -12,11 +14,23 @@ async fn main() -> anyhow::Result<()> {
     let config = kiln_assets::Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-assets", &config.telemetry)?;
     let tls = config.tls.load()?;
+    // Before anything else: an assets service anyone could call, as any
+    // user, must not start.
+    let credentials = config
+        .auth
+        .load(config.tls.tls_client_ca.is_some())
+        .context("checking the assets service's credentials")?;
+    let service_token = config.auth.service_token.as_deref().unwrap_or_default();
     let discovery = Discovery::connect(&config.discovery, ETCD_PATIENCE).await?;
     let checks = Checks::new().add("etcd", checks::etcd(&discovery));
+    let scheduler = kiln_assets::references::SchedulerLink::new(
+        discovery.clone(),
+        tls.client(),
+        CallCredentials::service(service_token)?,
+    );
     let (routes, checks) =
-        kiln_assets::routes_with_checks(&config, checks, Some((discovery.clone(), tls.client())))
-            .await?;
+        kiln_assets::routes_with_checks(&config, checks, Some(scheduler)).await?;
+    let routes = internal_auth::guard(routes, credentials, kiln_assets::CALLERS);
     let ops = OpsServer::start("assets", &config.ops, checks).await?;
     kiln_assets::counters::describe();
     let listener = kiln_service::bind(config.listen).await?;

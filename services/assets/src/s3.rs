@@ -1,5 +1,5 @@
 //! The S3 backend: objects at `sha256/<digest>` in one bucket of any
-//! S3-compatible store.
+//! S3-compatible store, markers (empty objects) at their keys beside them.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -17,10 +17,11 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
-use crate::backend::{Backend, ListPage, ObjectReader, StoredObject};
+use crate::backend::{Backend, ListPage, MAX_MARKERS_LISTED, ObjectReader, StoredObject};
 use crate::config::Secret;
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::markers::{MarkerDir, MarkerKey};
 use crate::spool::Spooled;
 
 /// Uploads above this size go in parts: a single PUT is capped at 5 GiB on
@@ -287,6 +288,88 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(|err| s3_error("delete object", err))?;
+        Ok(())
+    }
+
+    async fn put_marker(&self, key: &MarkerKey) -> Result<(), Error> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_length(0)
+            .body(ByteStream::from_static(b""))
+            .send()
+            .await
+            .map_err(|err| s3_error("put marker", err))?;
+        Ok(())
+    }
+
+    async fn marker(&self, key: &MarkerKey) -> Result<Option<SystemTime>, Error> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await;
+        match head {
+            // Unknown date: count it as put now, so it is never taken as stale.
+            Ok(object) => Ok(Some(
+                object
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or_else(SystemTime::now),
+            )),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(err) => Err(s3_error("head marker", err)),
+        }
+    }
+
+    async fn list_markers(&self, dir: &MarkerDir) -> Result<Vec<(String, SystemTime)>, Error> {
+        let mut markers = Vec::new();
+        let mut token = None;
+        loop {
+            let listed = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(dir.as_str())
+                .max_keys(LIST_PAGE)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|err| s3_error("list markers", err))?;
+            for object in listed.contents() {
+                let Some(name) = object.key().and_then(|k| k.strip_prefix(dir.as_str())) else {
+                    continue;
+                };
+                let put = object
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or_else(SystemTime::now);
+                markers.push((name.to_owned(), put));
+            }
+            if markers.len() > MAX_MARKERS_LISTED {
+                return Err(Error::S3 {
+                    operation: "list markers",
+                    message: format!("more than {MAX_MARKERS_LISTED} under {}", dir.as_str()),
+                });
+            }
+            match listed.next_continuation_token() {
+                Some(next) if listed.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => return Ok(markers),
+            }
+        }
+    }
+
+    async fn delete_marker(&self, key: &MarkerKey) -> Result<(), Error> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|err| s3_error("delete marker", err))?;
         Ok(())
     }
 

@@ -1,4 +1,5 @@
-//! The gRPC AssetService over any [`Backend`].
+//! The gRPC AssetService over any [`Backend`], answering each caller as
+//! `access.rs` lets them see the store.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,47 +15,47 @@ use sha2::{Digest as _, Sha256};
 use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::Access;
 use crate::backend::Backend;
-use crate::cancel::BodyFailed;
+use crate::caller::Caller;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::recent::Recent;
 use crate::spool::Spool;
+use kiln_service::cancel::BodyFailed;
 
 /// Largest chunk a download sends, as the contract promises.
 pub const DOWNLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 /// Most digests one FindMissing call may ask about.
 pub const MAX_FIND_DIGESTS: usize = 10_000;
 /// Lifetime of a presigned URL when the caller names none.
-const DEFAULT_PRESIGN_SECONDS: u32 = 3600;
-/// S3's own limit on a presigned URL's lifetime: a week.
-const MAX_PRESIGN_SECONDS: u32 = 7 * 24 * 3600;
-/// Backend lookups one FindMissing call runs at once.
-const FIND_CONCURRENCY: usize = 32;
+const DEFAULT_PRESIGN_SECONDS: u32 = 300;
+/// Longest lifetime of a presigned URL: anyone holding one reads the file
+/// without a token, so it must not outlive a download by much.
+pub const MAX_PRESIGN_SECONDS: u32 = 15 * 60;
 
 pub struct AssetsService<B> {
     backend: Arc<B>,
     spool: Arc<Spool>,
-    recent: Recent,
+    access: Access<B>,
 }
 
 impl<B: Backend> AssetsService<B> {
-    pub fn new(backend: Arc<B>, spool: Spool, recent: Recent) -> Self {
+    pub fn new(backend: Arc<B>, spool: Spool, access: Access<B>) -> Self {
         Self {
             backend,
             spool: Arc::new(spool),
-            recent,
+            access,
         }
     }
 
-    /// Stat that also marks a present object as wanted, so the collector
-    /// spares it while a client that was told "stored" submits its job.
-    async fn stat_and_touch(&self, digest: &Digest) -> Result<Option<u64>, Error> {
-        let size = self.backend.stat(digest).await?;
-        if size.is_some() {
-            self.recent.touch(digest);
+    /// Fails with NOT_FOUND, exactly as for an object that is not stored,
+    /// unless `caller` may read `digest`.
+    async fn readable(&self, caller: &Caller, digest: &Digest) -> Result<(), Error> {
+        if self.access.may_read(caller, digest).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(digest.to_string()))
         }
-        Ok(size)
     }
 }
 
@@ -66,6 +67,7 @@ impl<B: Backend> AssetService for AssetsService<B> {
         &self,
         request: Request<Streaming<UploadChunk>>,
     ) -> Result<Response<AssetInfo>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let failed = request
             .extensions()
             .get::<BodyFailed>()
@@ -73,7 +75,7 @@ impl<B: Backend> AssetService for AssetsService<B> {
             .unwrap_or_default();
         let upload = self
             .spool
-            .receive(request.into_inner(), || failed.get())
+            .receive(&caller.holder(), request.into_inner(), || failed.get())
             .await?;
         let info = AssetInfo {
             digest: upload.digest.to_string(),
@@ -81,6 +83,7 @@ impl<B: Backend> AssetService for AssetsService<B> {
         };
         metrics::counter!(crate::counters::BYTES_RECEIVED).increment(upload.size);
         let digest = upload.digest.clone();
+        self.access.wait_unclaimed(&digest).await?;
         if self.backend.stat(&digest).await?.is_some() {
             tracing::debug!(digest = %info.digest, "asset already stored");
         } else {
@@ -95,7 +98,7 @@ impl<B: Backend> AssetService for AssetsService<B> {
                 .map_err(|err| Error::Spool(std::io::Error::other(err)))??;
             tracing::info!(digest = %info.digest, size = info.size, "asset stored");
         }
-        self.recent.touch(&digest);
+        self.access.uploaded(&caller, &digest).await?;
         Ok(Response::new(info))
     }
 
@@ -105,7 +108,9 @@ impl<B: Backend> AssetService for AssetsService<B> {
         &self,
         request: Request<DownloadRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let digest = Digest::parse(&request.into_inner().digest)?;
+        self.readable(&caller, &digest).await?;
         let reader = self
             .backend
             .open(&digest)
@@ -118,8 +123,14 @@ impl<B: Backend> AssetService for AssetsService<B> {
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let digest = Digest::parse(&request.into_inner().digest)?;
-        let size = self.stat_and_touch(&digest).await?;
+        let size = self
+            .access
+            .confirm(&caller, vec![digest])
+            .await?
+            .pop()
+            .flatten();
         Ok(Response::new(StatResponse {
             exists: size.is_some(),
             size: size.unwrap_or(0),
@@ -130,6 +141,7 @@ impl<B: Backend> AssetService for AssetsService<B> {
         &self,
         request: Request<FindMissingRequest>,
     ) -> Result<Response<FindMissingResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let requested = request.into_inner().digests;
         if requested.len() > MAX_FIND_DIGESTS {
             return Err(Error::TooManyDigests {
@@ -146,15 +158,13 @@ impl<B: Backend> AssetService for AssetsService<B> {
                 digests.push(digest);
             }
         }
-        let missing: Vec<String> = futures::stream::iter(digests)
-            .map(|digest| async move {
-                let size = self.stat_and_touch(&digest).await?;
-                Ok::<_, Error>(size.is_none().then(|| digest.to_string()))
-            })
-            .buffered(FIND_CONCURRENCY)
-            .try_filter_map(|missing| async move { Ok(missing) })
-            .try_collect()
-            .await?;
+        let sizes = self.access.confirm(&caller, digests.clone()).await?;
+        let missing: Vec<String> = digests
+            .iter()
+            .zip(sizes)
+            .filter(|(_, size)| size.is_none())
+            .map(|(digest, _)| digest.to_string())
+            .collect();
         tracing::debug!(
             asked = requested.len(),
             missing = missing.len(),
@@ -167,8 +177,10 @@ impl<B: Backend> AssetService for AssetsService<B> {
         &self,
         request: Request<PresignDownloadRequest>,
     ) -> Result<Response<PresignDownloadResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let request = request.into_inner();
         let digest = Digest::parse(&request.digest)?;
+        self.readable(&caller, &digest).await?;
         let seconds = match request.expires_seconds {
             0 => DEFAULT_PRESIGN_SECONDS,
             s if s <= MAX_PRESIGN_SECONDS => s,
@@ -193,9 +205,10 @@ impl<B: Backend> AssetService for AssetsService<B> {
         &self,
         request: Request<UploadOffsetRequest>,
     ) -> Result<Response<UploadOffsetResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let digest = Digest::parse(&request.into_inner().digest)?;
         Ok(Response::new(UploadOffsetResponse {
-            offset: self.spool.offset(&digest),
+            offset: self.spool.offset(&caller.holder(), &digest),
         }))
     }
 }

@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::{NamedTempFile, TempPath};
 use tokio::io::AsyncWriteExt;
 
+use crate::caller::Holder;
 use crate::digest::Digest;
 use crate::error::Error;
 
@@ -43,7 +44,9 @@ const PAUSED_FOR: Duration = Duration::from_secs(60 * 60);
 pub struct Spool {
     dir: PathBuf,
     max_upload_bytes: u64,
-    paused: Mutex<HashMap<Digest, Paused>>,
+    /// By uploader and digest: one user can neither see nor resume (nor
+    /// spoil) another's interrupted upload.
+    paused: Mutex<HashMap<(Holder, Digest), Paused>>,
 }
 
 /// An upload cut off part-way, with its hash state, waiting to be resumed.
@@ -67,19 +70,20 @@ impl Spool {
         })
     }
 
-    /// Bytes held of an interrupted upload of `digest`.
-    pub fn offset(&self, digest: &Digest) -> u64 {
+    /// Bytes held of `holder`'s interrupted upload of `digest`.
+    pub fn offset(&self, holder: &Holder, digest: &Digest) -> u64 {
         self.paused_uploads()
-            .get(digest)
+            .get(&(holder.clone(), digest.clone()))
             .map_or(0, |paused| paused.writer.size)
     }
 
     /// Writes `chunks` to a spool file, enforcing the chunk and size limits
     /// and the expected digest named in the first chunk. `cancelled` tells
     /// whether a stream that ended cleanly was in fact cut off. An
-    /// interrupted upload that named its digest is kept for resuming.
+    /// interrupted upload that named its digest is kept for `holder` to resume.
     pub async fn receive<S>(
         &self,
+        holder: &Holder,
         chunks: S,
         cancelled: impl Fn() -> bool,
     ) -> Result<Spooled, Error>
@@ -95,7 +99,8 @@ impl Spool {
             "" => None,
             text => Some(Digest::parse(text)?),
         };
-        let mut writer = self.writer_for(expected.as_ref(), first.offset).await?;
+        let key = expected.map(|digest| (holder.clone(), digest));
+        let mut writer = self.writer_for(key.as_ref(), first.offset).await?;
         let mut received = writer.append(&first.data, self.max_upload_bytes).await;
         while received.is_ok() {
             match chunks.next().await {
@@ -111,18 +116,22 @@ impl Spool {
                 None => break,
             }
         }
-        match (received, expected) {
-            (Err(err @ Error::Interrupted(_)), Some(digest)) => {
-                self.pause(digest, writer).await;
+        match (received, key) {
+            (Err(err @ Error::Interrupted(_)), Some(key)) => {
+                self.pause(key, writer).await;
                 Err(err)
             }
             (Err(err), _) => Err(err),
-            (Ok(()), expected) => writer.finish(expected).await,
+            (Ok(()), key) => writer.finish(key.map(|(_, digest)| digest)).await,
         }
     }
 
     /// A fresh spool file, or the paused upload `offset` continues.
-    async fn writer_for(&self, expected: Option<&Digest>, offset: u64) -> Result<Writer, Error> {
+    async fn writer_for(
+        &self,
+        expected: Option<&(Holder, Digest)>,
+        offset: u64,
+    ) -> Result<Writer, Error> {
         if offset == 0 {
             let (file, path) = self.temp_file().await?.into_parts();
             return Ok(Writer {
@@ -132,15 +141,15 @@ impl Spool {
                 size: 0,
             });
         }
-        let Some(digest) = expected else {
+        let Some(key) = expected else {
             return Err(Error::ResumeWithoutDigest);
         };
         let mut paused = self.paused_uploads();
-        match paused.remove(digest) {
+        match paused.remove(key) {
             Some(held) if held.writer.size == offset => Ok(held.writer),
             Some(held) => {
                 let held_bytes = held.writer.size;
-                paused.insert(digest.clone(), held);
+                paused.insert(key.clone(), held);
                 Err(Error::ResumeOffset {
                     offset,
                     held: held_bytes,
@@ -150,7 +159,8 @@ impl Spool {
         }
     }
 
-    async fn pause(&self, digest: Digest, mut writer: Writer) {
+    async fn pause(&self, key: (Holder, Digest), mut writer: Writer) {
+        let digest = &key.1;
         if let Err(err) = writer.file.flush().await {
             tracing::warn!(digest = %digest, error = %err, "cannot keep interrupted upload");
             return;
@@ -162,12 +172,12 @@ impl Spool {
             && let Some(oldest) = paused
                 .iter()
                 .min_by_key(|(_, held)| held.since)
-                .map(|(digest, _)| digest.clone())
+                .map(|(key, _)| key.clone())
         {
             paused.remove(&oldest);
         }
         paused.insert(
-            digest,
+            key,
             Paused {
                 writer,
                 since: Instant::now(),
@@ -175,7 +185,7 @@ impl Spool {
         );
     }
 
-    fn paused_uploads(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Paused>> {
+    fn paused_uploads(&self) -> std::sync::MutexGuard<'_, HashMap<(Holder, Digest), Paused>> {
         // A panic elsewhere cannot leave the map inconsistent: take it anyway.
         self.paused
             .lock()
@@ -268,6 +278,10 @@ mod tests {
 
     const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
+    fn me() -> Holder {
+        crate::caller::Caller::Service.holder()
+    }
+
     fn chunk(expected_digest: &str, data: &[u8]) -> Result<UploadChunk, tonic::Status> {
         Ok(UploadChunk {
             expected_digest: expected_digest.to_owned(),
@@ -287,7 +301,11 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
         let upload = spool
-            .receive(stream::iter([chunk(ABC, b"a"), chunk("", b"bc")]), || false)
+            .receive(
+                &me(),
+                stream::iter([chunk(ABC, b"a"), chunk("", b"bc")]),
+                || false,
+            )
             .await?;
         assert_eq!(upload.digest.as_str(), ABC);
         assert_eq!(upload.size, 3);
@@ -304,7 +322,7 @@ mod tests {
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
         let wrong = "0".repeat(64);
         let result = spool
-            .receive(stream::iter([chunk(&wrong, b"abc")]), || false)
+            .receive(&me(), stream::iter([chunk(&wrong, b"abc")]), || false)
             .await;
         let message = result.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
@@ -320,16 +338,18 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 4).await?;
         let too_long = spool
-            .receive(stream::iter([chunk("", b"abc"), chunk("", b"de")]), || {
-                false
-            })
+            .receive(
+                &me(),
+                stream::iter([chunk("", b"abc"), chunk("", b"de")]),
+                || false,
+            )
             .await;
         assert!(matches!(too_long, Err(Error::UploadTooLarge { limit: 4 })));
 
         let spool = Spool::create(dir.path().to_owned(), u64::MAX).await?;
         let huge = vec![0u8; MAX_CHUNK_BYTES + 1];
         let too_big = spool
-            .receive(stream::iter([chunk("", &huge)]), || false)
+            .receive(&me(), stream::iter([chunk("", &huge)]), || false)
             .await;
         assert!(matches!(too_big, Err(Error::ChunkTooLarge { .. })));
         assert_eq!(spool_files(dir.path()), 0);
@@ -341,7 +361,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
         let result = spool
-            .receive(stream::iter([chunk("XYZ", b"abc")]), || false)
+            .receive(&me(), stream::iter([chunk("XYZ", b"abc")]), || false)
             .await;
         assert!(matches!(result, Err(Error::InvalidDigest(_))));
         Ok(())
@@ -355,7 +375,7 @@ mod tests {
             chunk("", b"ab"),
             Err(tonic::Status::cancelled("client went away")),
         ]);
-        let result = spool.receive(chunks, || false).await;
+        let result = spool.receive(&me(), chunks, || false).await;
         assert!(matches!(result, Err(Error::Interrupted(_))));
         assert_eq!(spool_files(dir.path()), 0);
         Ok(())
@@ -365,7 +385,9 @@ mod tests {
     async fn an_empty_upload_is_the_empty_file() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
-        let upload = spool.receive(stream::iter(Vec::new()), || false).await?;
+        let upload = spool
+            .receive(&me(), stream::iter(Vec::new()), || false)
+            .await?;
         assert_eq!(
             upload.digest.as_str(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -398,21 +420,40 @@ mod tests {
         let spool = Spool::create(dir.path().to_owned(), 1024).await?;
         let digest = Digest::parse(ABC)?;
         let cut = stream::iter([chunk(ABC, b"a")]);
-        let result = spool.receive(cut, || true).await;
+        let result = spool.receive(&me(), cut, || true).await;
         assert!(matches!(result, Err(Error::Interrupted(_))));
-        assert_eq!(spool.offset(&digest), 1);
+        assert_eq!(spool.offset(&me(), &digest), 1);
+
+        // Another uploader neither sees nor continues it.
+        let other = crate::caller::Caller::Owner {
+            name: "mallory".into(),
+            admin: false,
+        }
+        .holder();
+        assert_eq!(spool.offset(&other, &digest), 0);
+        let mut theirs = chunk(ABC, b"bc")?;
+        theirs.offset = 1;
+        let refused = spool
+            .receive(&other, stream::iter([Ok(theirs)]), || false)
+            .await;
+        assert!(matches!(refused, Err(Error::ResumeOffset { held: 0, .. })));
+        assert_eq!(spool.offset(&me(), &digest), 1);
 
         let mut wrong = chunk(ABC, b"x")?;
         wrong.offset = 2;
-        let refused = spool.receive(stream::iter([Ok(wrong)]), || false).await;
+        let refused = spool
+            .receive(&me(), stream::iter([Ok(wrong)]), || false)
+            .await;
         assert!(matches!(refused, Err(Error::ResumeOffset { held: 1, .. })));
 
         let mut rest = chunk(ABC, b"bc")?;
         rest.offset = 1;
-        let upload = spool.receive(stream::iter([Ok(rest)]), || false).await?;
+        let upload = spool
+            .receive(&me(), stream::iter([Ok(rest)]), || false)
+            .await?;
         assert_eq!((upload.digest.as_str(), upload.size), (ABC, 3));
         assert_eq!(std::fs::read(&upload.path)?, b"abc");
-        assert_eq!(spool.offset(&digest), 0);
+        assert_eq!(spool.offset(&me(), &digest), 0);
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser as _;
 use futures::{StreamExt, stream};
-use kiln_asset_client::{AssetClient, AssetClientError, digest};
+use kiln_asset_client::{AssetClient, AssetClientError, CallCredentials, digest};
 use kiln_discovery::{Discovery, DiscoveryArgs};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::{DownloadRequest, StatRequest, UploadChunk};
@@ -22,6 +22,10 @@ use tonic::transport::Channel;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const STARTUP: Duration = Duration::from_secs(30);
+/// The farm's service token for this test's service (made up here; a farm
+/// generates its own).
+const SERVICE_TOKEN: &str = "test-service-token-0123456789";
+const JOIN_TOKEN: &str = "test-join-token-0123456789";
 const MIB: usize = 1024 * 1024;
 
 /// Kills the process when the test ends, however it ends.
@@ -72,6 +76,8 @@ fn start_assets(dir: &Path, etcd: &str, prefix: &str) -> std::io::Result<ChildGu
             prefix,
         ])
         .args(["--lease-ttl", "5", "--log", "kiln_assets=debug,info"])
+        .env("KILN_SERVICE_TOKEN", SERVICE_TOKEN)
+        .env("KILN_JOIN_TOKEN", JOIN_TOKEN)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .stdout(Stdio::null())
@@ -107,7 +113,10 @@ async fn connect(etcd: &str, prefix: &str) -> Result<AssetClient, Box<dyn std::e
         .find_one(kiln_discovery::service::ASSETS, STARTUP)
         .await?;
     let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
-    Ok(AssetClient::new(channel))
+    Ok(AssetClient::with_credentials(
+        channel,
+        CallCredentials::service(SERVICE_TOKEN)?,
+    ))
 }
 
 fn random_bytes(len: usize) -> Vec<u8> {
@@ -317,7 +326,24 @@ async fn malformed_digests_are_invalid(
         .await?
         .find_one("assets", STARTUP)
         .await?;
-    let mut raw = AssetServiceClient::connect(endpoint.grpc_uri()).await?;
+    let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
+    // Without the farm's credentials nothing is answered, whatever user
+    // the call claims to act for.
+    let mut anonymous = AssetServiceClient::new(channel.clone());
+    let mut claims_owner = tonic::Request::new(StatRequest {
+        digest: "a".repeat(64),
+    });
+    claims_owner
+        .metadata_mut()
+        .insert(kiln_proto::metadata::OWNER, "alice".parse()?);
+    let refused = anonymous
+        .stat(claims_owner)
+        .await
+        .err()
+        .ok_or("an anonymous stat was answered")?;
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused}");
+    let mut raw =
+        AssetServiceClient::with_interceptor(channel, CallCredentials::service(SERVICE_TOKEN)?);
     let bad = "../".repeat(21) + "x";
     let stat = raw
         .stat(StatRequest {

@@ -58,12 +58,17 @@ impl Role {
     }
 }
 
+/// The highest priority a token may give unless an admin granted more: high.
+pub const DEFAULT_MAX_PRIORITY: u32 = 75;
+
 /// The authenticated caller, put in each request's extensions by the guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub token_id: Uuid,
     pub name: String,
     pub role: Role,
+    /// The highest job priority this token may give (admins: any).
+    pub max_priority: u32,
 }
 
 impl Principal {
@@ -81,6 +86,18 @@ impl Principal {
             needed.as_str(),
             self.name,
             self.role.as_str()
+        )))
+    }
+
+    /// Fails unless the caller may give a job `priority`: above its token's
+    /// grant (high, unless an admin granted more) only admins may.
+    pub fn may_give_priority(&self, priority: u32) -> Result<(), Status> {
+        if self.is_admin() || priority <= self.max_priority {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "quota max-priority: priority {priority} is above the {} that token {:?} may give; an admin can grant more (kiln token create --max-priority)",
+            self.max_priority, self.name
         )))
     }
 
@@ -138,7 +155,32 @@ mod tests {
             token_id: Uuid::nil(),
             name: name.into(),
             role,
+            max_priority: DEFAULT_MAX_PRIORITY,
         }
+    }
+
+    #[test]
+    fn priorities_above_the_grant_are_for_admins_and_granted_tokens() {
+        let alice = principal("alice", Role::Submitter);
+        assert!(alice.may_give_priority(75).is_ok());
+        let refused = alice
+            .may_give_priority(100)
+            .expect_err("critical without a grant");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().starts_with("quota max-priority: "),
+            "{refused:?}"
+        );
+        let granted = Principal {
+            max_priority: 100,
+            ..principal("render-bot", Role::Submitter)
+        };
+        assert!(granted.may_give_priority(100).is_ok());
+        assert!(
+            principal("root", Role::Admin)
+                .may_give_priority(100)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Config {
     /// An admin token (named "admin") to create at start-up, replacing the one an earlier start made; pass it by environment, not on the command line
     #[arg(long, env = "KILN_BOOTSTRAP_ADMIN_TOKEN", hide_env_values = true)]
     pub bootstrap_admin_token: Option<String>,
+    /// Farm-internal secret presented to the scheduler and the assets service (metadata kiln-service-token), which trust the user a call names only with it; required. `kiln dev` and the deploy scripts generate it
+    #[arg(long, env = "KILN_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: String,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -61,4 +64,16 @@ pub struct LimitArgs {
     /// Seconds a request may take before REST answers 504 and gRPC DEADLINE_EXCEEDED (streams excepted)
     #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     pub request_timeout_seconds: u64,
+    /// Streams (watches, uploads, downloads) one token may hold open through this gateway (0: no limit)
+    #[arg(long, env = "KILN_MAX_STREAMS_PER_TOKEN", default_value_t = 32)]
+    pub max_streams_per_token: usize,
+    /// Lookups of tokens this gateway does not know that one client address may cause per second, before any reaches Postgres
+    #[arg(long, env = "KILN_MAX_TOKEN_LOOKUPS_PER_PEER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_token_lookups_per_peer: u32,
+    /// Such lookups one client address may cause in a burst
+    #[arg(long, env = "KILN_TOKEN_LOOKUP_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_lookup_burst: u32,
+    /// Token lookups in Postgres at once, over all clients (the rest of the pool stays for the API)
+    #[arg(long, env = "KILN_MAX_CONCURRENT_TOKEN_LOOKUPS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_token_lookups: u32,
 }

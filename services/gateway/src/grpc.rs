@@ -11,7 +11,9 @@ use kiln_proto::v1 as pb;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
+use kiln_service::cancel::BodyFailed;
 use moka::sync::Cache;
+use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -71,14 +73,19 @@ impl PublicApi {
     }
 
     /// The asset client for a REST stream, once the caller is authorized
-    /// as a gRPC asset call is.
+    /// as a gRPC asset call is; like a forwarded gRPC call it acts for the
+    /// caller, so it reaches only their files (every file for admins).
     pub async fn asset_client(
         &self,
         caller: &Principal,
         role: Role,
     ) -> Result<kiln_asset_client::AssetClient, Status> {
         self.authorize(caller, Reach::Assets, role).await?;
-        self.upstreams.asset_client().await
+        Ok(self
+            .upstreams
+            .asset_client()
+            .await?
+            .on_behalf_of(&caller.name, Some(caller.role.as_str()))?)
     }
 
     /// One call, authorized then forwarded: checks the caller against what
@@ -100,7 +107,7 @@ impl PublicApi {
         let message = request.into_inner();
         self.authorize(&caller, message.reach(), role).await?;
         let upstream = C::connect(&self.upstreams).await?;
-        let result = call(upstream, forward(&caller, message)?).await;
+        let result = call(upstream, self.forward(&caller, message)?).await;
         self.observe(result)
     }
 
@@ -120,27 +127,55 @@ impl PublicApi {
             .upstreams
             .jobs()
             .await?
-            .get_job(forward(caller, request)?)
+            .get_job(self.forward(caller, request)?)
             .await;
         let job = self.observe(result)?.into_inner();
         self.owners.insert(job.id.clone(), job.owner.clone());
         Ok(job)
     }
+
+    /// An upstream request for `message` carrying the caller's trace
+    /// context, name and role, and the farm's service token that makes the
+    /// internal services trust that name; nothing the client sent as
+    /// metadata is passed on.
+    fn forward<T>(&self, caller: &Principal, message: T) -> Result<Request<T>, Status> {
+        let mut outgoing = Request::new(message);
+        if let Ok(with_context) = kiln_telemetry::propagation::inject_context(Request::new(())) {
+            *outgoing.metadata_mut() = with_context.metadata().clone();
+        }
+        let owner = MetadataValue::try_from(caller.name.as_str())
+            .map_err(|_| Status::internal("token name is not valid metadata"))?;
+        let metadata = outgoing.metadata_mut();
+        metadata.insert(kiln_proto::metadata::OWNER, owner);
+        // Admins see every tenant's files.
+        metadata.insert(
+            kiln_proto::metadata::ROLE,
+            MetadataValue::from_static(caller.role.as_str()),
+        );
+        metadata.insert(
+            kiln_proto::metadata::SERVICE_TOKEN,
+            self.upstreams.service_token().clone(),
+        );
+        Ok(outgoing)
+    }
 }
 
-/// An upstream request for `message` carrying the caller's trace context and
-/// name; nothing the client sent as metadata is passed on.
-fn forward<T>(caller: &Principal, message: T) -> Result<Request<T>, Status> {
-    let mut outgoing = Request::new(message);
-    if let Ok(with_context) = kiln_telemetry::propagation::inject_context(Request::new(())) {
-        *outgoing.metadata_mut() = with_context.metadata().clone();
-    }
-    let owner = MetadataValue::try_from(caller.name.as_str())
-        .map_err(|_| Status::internal("token name is not valid metadata"))?;
-    outgoing
-        .metadata_mut()
-        .insert(kiln_proto::metadata::OWNER, owner);
-    Ok(outgoing)
+/// A client's upload chunks, ending in an error instead of cleanly if the
+/// client cut the upload off: tonic reports a client's RST_STREAM(CANCEL)
+/// as a clean end of the stream, which would tell the assets service the
+/// file is complete and get it stored truncated. `cut_off` says whether the
+/// request body failed.
+fn upload_pass_through(
+    chunks: Streaming<pb::UploadChunk>,
+    cut_off: BodyFailed,
+) -> impl Stream<Item = Result<pb::UploadChunk, Status>> + Send + 'static {
+    let end = futures::stream::once(async move {
+        cut_off
+            .get()
+            .then(|| Err(Status::cancelled("upload cancelled by the client")))
+    })
+    .filter_map(futures::future::ready);
+    chunks.chain(end)
 }
 
 /// Postgres text cannot hold NUL, and no name or path needs one: refused
@@ -152,6 +187,22 @@ fn refuse_nul(field: &str, value: &str) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// The priority a request asks for, as the scheduler reads it: a named
+/// level wins over the number, and 0 means normal (50). Values the
+/// scheduler refuses pass through unchanged for it to refuse.
+fn requested_priority(number: u32, level: i32) -> u32 {
+    match pb::PriorityLevel::try_from(level) {
+        Ok(pb::PriorityLevel::Low) => 25,
+        Ok(pb::PriorityLevel::Normal) => 50,
+        Ok(pb::PriorityLevel::High) => 75,
+        Ok(pb::PriorityLevel::Critical) => 100,
+        Ok(pb::PriorityLevel::Unspecified) | Err(_) => match number {
+            0 => 50,
+            n => n,
+        },
+    }
 }
 
 fn check_submission(message: &pb::SubmitJobRequest) -> Result<(), Status> {
@@ -179,8 +230,9 @@ fn check_submission(message: &pb::SubmitJobRequest) -> Result<(), Status> {
 pub enum Reach<'a> {
     /// Something of one job: its owner's (or an admin's) only.
     Job(&'a str),
-    /// Files addressed by content: whoever can name a digest already knows
-    /// the content's hash, so the role is enough.
+    /// Files addressed by content: the role is enough here, since the
+    /// assets service shows each caller only their own files (calls go to
+    /// it as the caller).
     Assets,
     /// Every job of the farm: the role is enough (admin where it shows
     /// every owner's jobs).
@@ -265,6 +317,7 @@ impl pb::job_service_server::JobService for PublicApi {
             .await?;
         let message = request.into_inner();
         check_submission(&message)?;
+        caller.may_give_priority(requested_priority(message.priority, message.priority_level))?;
         for dependency in &message.depends_on_jobs {
             self.authorize(&caller, Reach::Job(dependency), Role::Submitter)
                 .await
@@ -279,7 +332,7 @@ impl pb::job_service_server::JobService for PublicApi {
             .upstreams
             .jobs()
             .await?
-            .submit_job(forward(&caller, message)?)
+            .submit_job(self.forward(&caller, message)?)
             .await;
         let job = self.observe(result)?;
         self.owners
@@ -399,6 +452,9 @@ impl pb::job_service_server::JobService for PublicApi {
         &self,
         request: Request<pb::SetJobPriorityRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = auth::principal(&request)?;
+        let message = request.get_ref();
+        caller.may_give_priority(requested_priority(message.priority, message.priority_level))?;
         self.pass(request, Role::Submitter, |mut jobs: Jobs, r| async move {
             jobs.set_job_priority(r).await
         })
@@ -521,8 +577,8 @@ impl pb::job_service_server::JobService for PublicApi {
     }
 }
 
-/// Assets are addressed by content: whoever can name a digest already knows
-/// the content's hash, so reads need only a viewer token.
+/// Every asset call is forwarded as the caller: the assets service answers
+/// as the caller sees the store (their own files; all of them for admins).
 #[tonic::async_trait]
 impl pb::asset_service_server::AssetService for PublicApi {
     async fn upload(
@@ -532,18 +588,25 @@ impl pb::asset_service_server::AssetService for PublicApi {
         let caller = auth::principal(&request)?;
         self.authorize(&caller, Reach::Assets, Role::Submitter)
             .await?;
+        let cut_off = request
+            .extensions()
+            .get::<BodyFailed>()
+            .cloned()
+            .unwrap_or_default();
         // Chunks pass straight through: the gateway never holds a whole file.
-        let chunks = request
-            .into_inner()
-            .take_while(|chunk| futures::future::ready(chunk.is_ok()))
-            .filter_map(|chunk| futures::future::ready(chunk.ok()));
-        let result = self
-            .upstreams
-            .assets()
-            .await?
-            .upload(forward(&caller, chunks)?)
-            .await;
-        self.observe(result)
+        let chunks = upload_pass_through(request.into_inner(), cut_off);
+        let (failed_tx, failed_rx) = oneshot::channel();
+        let chunks = kiln_asset_client::stall_on_error(chunks, failed_tx);
+        let mut assets = self.upstreams.assets().await?;
+        let upload = assets.upload(self.forward(&caller, chunks)?);
+        // Biased so that a client's failure always wins: returning drops the
+        // upstream call, which resets its stream, and the assets service
+        // keeps what it received for the client to resume.
+        tokio::select! {
+            biased;
+            Ok(status) = failed_rx => Err(status),
+            result = upload => self.observe(result),
+        }
     }
 
     type DownloadStream = BoxStream<pb::DownloadChunk>;

@@ -1,8 +1,12 @@
 //! The gate every request passes: header size, bearer token, rate limit.
 //!
 //! One middleware serves REST and gRPC alike; only how a refusal is written
-//! differs (a JSON error, or a gRPC status in trailers-only form).
+//! differs (a JSON error, or a gRPC status in trailers-only form). It runs
+//! before the concurrency limit, so what it refuses never takes a slot real
+//! users wait for, and a token the cache does not know is looked up only
+//! within the caller's allowance (`lookup_limit.rs`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +14,15 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tokio::sync::SemaphorePermit;
 use tonic::Status;
 
+use crate::auth::Principal;
 use crate::dashboard;
+use crate::lookup_limit::{LookupLimiter, LookupRefusal, peer_of};
 use crate::rate_limit::{TokenRateLimiter, Verdict};
 use crate::rest::ApiError;
-use crate::sessions::SessionStore;
+use crate::sessions::{Session, SessionStore};
 use crate::tokens::TokenStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +38,7 @@ pub struct Guard {
     /// with a CSRF secret every state-changing call must echo.
     pub sessions: Option<SessionStore>,
     pub limiter: Arc<TokenRateLimiter>,
+    pub lookups: Arc<LookupLimiter>,
     pub max_header_bytes: usize,
 }
 
@@ -44,6 +52,10 @@ enum Refusal {
     LogIn,
     Unavailable,
     RateLimited(Verdict),
+    /// The peer used its allowance of token lookups.
+    TooManyLookups(Duration),
+    /// Every token lookup slot stayed busy.
+    LookupsBusy,
 }
 
 /// Checks the request and puts its [`crate::auth::Principal`] into its extensions.
@@ -57,18 +69,15 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         return guard.refuse(Refusal::HeadersTooLarge(guard.max_header_bytes));
     }
     let page = guard.sessions.is_some() && dashboard::is_page(path);
+    let peer = peer_of(&request);
     let mut csrf = None;
     let principal = match (bearer(request.headers()), &guard.sessions) {
-        (Some(secret), _) => match guard.store.authenticate(secret).await {
-            Ok(Some(principal)) => principal,
-            Ok(None) => return guard.refuse(Refusal::Unauthenticated("unknown or revoked token")),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot check a token");
-                return guard.refuse(Refusal::Unavailable);
-            }
+        (Some(secret), _) => match guard.token(peer, secret).await {
+            Ok(principal) => principal,
+            Err(refusal) => return guard.refuse(refusal),
         },
         (None, Some(sessions)) => match dashboard::session_cookie(request.headers()) {
-            Some(secret) => match sessions.find(secret).await {
+            Some(secret) => match guard.session(peer, sessions, secret).await {
                 Ok(Some(session)) => {
                     if let Err(why) = dashboard::check_forgery(&request, &session) {
                         return guard.refuse(Refusal::Forgery(why));
@@ -82,10 +91,7 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
                         "the session has ended; log in again",
                     ));
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot check a session");
-                    return guard.refuse(Refusal::Unavailable);
-                }
+                Err(refusal) => return guard.refuse(refusal),
             },
             None if page => return guard.refuse(Refusal::LogIn),
             None => {
@@ -115,6 +121,56 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
 }
 
 impl Guard {
+    /// The live token a bearer secret stands for: from the cache, or from
+    /// Postgres within the peer's allowance of lookups.
+    async fn token(&self, peer: IpAddr, secret: &str) -> Result<Principal, Refusal> {
+        let known = match self.store.cached(secret) {
+            Some(known) => known,
+            None => {
+                let _slot = self.lookup_slot(peer).await?;
+                self.store.look_up(secret).await.map_err(|err| {
+                    tracing::error!(error = %err, "cannot check a token");
+                    Refusal::Unavailable
+                })?
+            }
+        };
+        known.ok_or(Refusal::Unauthenticated("unknown or revoked token"))
+    }
+
+    /// The live session a cookie secret names, if any, under the same
+    /// allowance of lookups as tokens: a flood of made-up cookies reaches
+    /// Postgres no faster than one of made-up tokens.
+    async fn session(
+        &self,
+        peer: IpAddr,
+        sessions: &SessionStore,
+        secret: &str,
+    ) -> Result<Option<Session>, Refusal> {
+        if let Some(known) = sessions.cached(secret) {
+            return Ok(known);
+        }
+        let _slot = self.lookup_slot(peer).await?;
+        sessions.look_up(secret).await.map_err(|err| {
+            tracing::error!(error = %err, "cannot check a session");
+            Refusal::Unavailable
+        })
+    }
+
+    /// A slot to ask Postgres about a secret: within the peer's allowance,
+    /// a few at a time.
+    async fn lookup_slot(&self, peer: IpAddr) -> Result<SemaphorePermit<'_>, Refusal> {
+        self.lookups
+            .admit(peer)
+            .await
+            .map_err(|refusal| match refusal {
+                LookupRefusal::PeerExhausted(wait) => {
+                    tracing::debug!(%peer, "too many token lookups");
+                    Refusal::TooManyLookups(wait)
+                }
+                LookupRefusal::Busy => Refusal::LookupsBusy,
+            })
+    }
+
     fn refuse(&self, refusal: Refusal) -> Response {
         let mut response = match self.protocol {
             Protocol::Rest => rest_refusal(&refusal),
@@ -127,8 +183,15 @@ impl Guard {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Refusal::RateLimited(verdict) => self.limiter.headers(verdict, response.headers_mut()),
+            Refusal::TooManyLookups(wait) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
             Refusal::HeadersTooLarge(_)
             | Refusal::Unavailable
+            | Refusal::LookupsBusy
             | Refusal::Forgery(_)
             | Refusal::LogIn => {}
         }
@@ -161,6 +224,14 @@ fn rest_refusal(refusal: &Refusal) -> Response {
                 wait_text(verdict)
             ),
         ),
+        Refusal::TooManyLookups(wait) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "resource_exhausted",
+            lookups_text(*wait),
+        ),
+        Refusal::LookupsBusy => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", LOOKUPS_BUSY)
+        }
     }
     .into_response()
 }
@@ -178,8 +249,19 @@ fn grpc_refusal(refusal: &Refusal) -> Response {
             "too many requests for this token; retry in {}",
             wait_text(verdict)
         )),
+        Refusal::TooManyLookups(wait) => Status::resource_exhausted(lookups_text(*wait)),
+        Refusal::LookupsBusy => Status::unavailable(LOOKUPS_BUSY),
     };
     status.into_http::<axum::body::Body>()
+}
+
+const LOOKUPS_BUSY: &str = "too many token lookups at once; retry shortly";
+
+fn lookups_text(wait: Duration) -> String {
+    format!(
+        "quota max-token-lookups-per-peer: too many requests with tokens this gateway does not know from this address; retry in {} ms",
+        wait.as_millis()
+    )
 }
 
 fn wait_text(verdict: &Verdict) -> String {

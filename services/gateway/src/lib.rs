@@ -9,18 +9,21 @@
 
 pub mod auth;
 pub mod config;
+pub mod contact_sheet;
 pub mod dashboard;
 pub mod error;
 pub mod grpc;
 pub mod guard;
 pub mod http_server;
 pub mod limits;
+pub mod lookup_limit;
 pub mod openapi;
 pub mod rate_limit;
 pub mod rest;
 pub mod rest_farm;
 pub mod sessions;
 pub mod sse;
+pub mod stream_limit;
 pub mod token_service;
 pub mod tokens;
 pub mod upstream;

@@ -1,6 +1,7 @@
-//! Every limit of the gateway, composed as tower layers in one place: the
-//! guard (header size, token, per-token rate), body sizes, timeouts and
-//! concurrency, for REST and for gRPC.
+//! Every limit of the gateway, composed as tower layers in one place, in the
+//! order they apply: the guard (header size, token looked up within the
+//! peer's allowance, per-token rate), then concurrency, then streams per
+//! token, body sizes and timeouts, for REST and for gRPC.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -11,14 +12,18 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::StatusCode;
+use kiln_service::keyed_permits::KeyedPermits;
 use tonic::Status;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use uuid::Uuid;
 
 use crate::config::LimitArgs;
 use crate::guard::{self, Guard, Protocol};
+use crate::lookup_limit::LookupLimiter;
 use crate::rate_limit::TokenRateLimiter;
 use crate::rest::{self, ApiError, RestState};
 use crate::sessions::SessionStore;
+use crate::stream_limit::{self, StreamLimit};
 use crate::tokens::TokenStore;
 
 /// How often idle tokens are dropped from the rate limiter's table.
@@ -30,6 +35,9 @@ pub struct Limits {
     args: LimitArgs,
     store: TokenStore,
     limiter: Arc<TokenRateLimiter>,
+    lookups: Arc<LookupLimiter>,
+    /// Open streams per token, REST and gRPC together.
+    streams: KeyedPermits<Uuid>,
 }
 
 impl Limits {
@@ -37,14 +45,22 @@ impl Limits {
         let per_second = NonZeroU32::new(args.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(args.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
         let limiter = Arc::new(TokenRateLimiter::new(per_second, burst));
-        let idle = Arc::downgrade(&limiter);
+        let lookups = Arc::new(LookupLimiter::new(
+            NonZeroU32::new(args.max_token_lookups_per_peer).unwrap_or(NonZeroU32::MIN),
+            NonZeroU32::new(args.token_lookup_burst).unwrap_or(NonZeroU32::MIN),
+            args.max_concurrent_token_lookups as usize,
+        ));
+        let (idle, idle_peers) = (Arc::downgrade(&limiter), Arc::downgrade(&lookups));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(FORGET_IDLE_EVERY);
             loop {
                 tick.tick().await;
-                match idle.upgrade() {
-                    Some(limiter) => limiter.forget_idle(),
-                    None => return,
+                match (idle.upgrade(), idle_peers.upgrade()) {
+                    (Some(limiter), Some(lookups)) => {
+                        limiter.forget_idle();
+                        lookups.forget_idle();
+                    }
+                    _ => return,
                 }
             }
         });
@@ -52,11 +68,19 @@ impl Limits {
             args: args.clone(),
             store,
             limiter,
+            lookups,
+            streams: KeyedPermits::new(args.max_streams_per_token),
         }
     }
 
     pub fn max_grpc_message_bytes(&self) -> usize {
         self.args.max_grpc_message_bytes
+    }
+
+    /// The allowance of token lookups per peer, shared with the dashboard's
+    /// login (which checks a pasted token outside the guard).
+    pub fn lookups(&self) -> Arc<LookupLimiter> {
+        self.lookups.clone()
     }
 
     fn guard(&self, protocol: Protocol) -> Arc<Guard> {
@@ -65,7 +89,15 @@ impl Limits {
             store: self.store.clone(),
             sessions: (protocol == Protocol::Rest).then(|| SessionStore::new(&self.store)),
             limiter: self.limiter.clone(),
+            lookups: self.lookups.clone(),
             max_header_bytes: self.args.max_header_bytes,
+        })
+    }
+
+    fn streams(&self, protocol: Protocol) -> Arc<StreamLimit> {
+        Arc::new(StreamLimit {
+            protocol,
+            permits: self.streams.clone(),
         })
     }
 
@@ -82,6 +114,10 @@ impl Limits {
             .layer(DefaultBodyLimit::disable())
             .layer(tower_http::limit::RequestBodyLimitLayer::new(
                 self.args.max_upload_bytes,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.streams(Protocol::Rest),
+                stream_limit::hold,
             ));
         let routes: Router<RestState> = json.merge(streaming).into();
         // The dashboard's pages and login: small bodies, quick answers.
@@ -97,11 +133,11 @@ impl Limits {
             .merge(pages)
             .fallback(|| async { ApiError::not_found() })
             .with_state(state)
+            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()))
             .layer(axum::middleware::from_fn_with_state(
                 self.guard(Protocol::Rest),
                 guard::check,
             ))
-            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()))
     }
 
     /// The gRPC services with their limits (message sizes are set on each service).
@@ -112,10 +148,14 @@ impl Limits {
             .layer(axum::middleware::from_fn_with_state(timeout, grpc_deadline))
             .layer(axum::middleware::from_fn(malformed_is_invalid_argument))
             .layer(axum::middleware::from_fn_with_state(
+                self.streams(Protocol::Grpc),
+                stream_limit::hold,
+            ))
+            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()))
+            .layer(axum::middleware::from_fn_with_state(
                 self.guard(Protocol::Grpc),
                 guard::check,
-            ))
-            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()));
+            ));
         tonic::service::Routes::from(router)
     }
 

@@ -15,6 +15,7 @@ use kiln_proto::v1::asset_service_server::AssetServiceServer;
 use kiln_proto::v1::farm_service_server::FarmServiceServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::token_service_server::TokenServiceServer;
+use kiln_service::cancel::DetectCancel;
 use kiln_service::{Checks, Listing, OpsServer, checks};
 use tonic::service::Routes;
 
@@ -54,11 +55,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .add("assets", checks::registered(&discovery, service::ASSETS));
     let ops = OpsServer::start("gateway", &config.ops, checks).await?;
-    let upstreams = Arc::new(Upstreams::new(discovery.clone(), tls.client()));
+    let upstreams = Arc::new(
+        Upstreams::new(discovery.clone(), tls.client(), &config.service_token)
+            .context("--service-token must be printable ASCII")?,
+    );
     let api = PublicApi::new(upstreams);
     let tokens = TokenApi::new(store.clone());
-    let dashboard = kiln_gateway::dashboard::Dashboard::new(&store, tls.serves_tls());
-    let limits = Limits::new(&config.limits, store);
+    let limits = Limits::new(&config.limits, store.clone());
+    let dashboard =
+        kiln_gateway::dashboard::Dashboard::new(&store, tls.serves_tls(), limits.lookups());
 
     let http_listener = kiln_service::bind(config.http_listen).await?;
     let http_addr = http_listener.local_addr()?;
@@ -81,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
     let routes =
         Routes::new(JobServiceServer::new(api.clone()).max_decoding_message_size(max_message))
             .add_service(FarmServiceServer::new(api.clone()).max_decoding_message_size(max_message))
-            .add_service(AssetServiceServer::new(api).max_decoding_message_size(max_message))
+            // Uploads must tell a client's cancel from a clean end (see grpc.rs).
+            .add_service(DetectCancel(
+                AssetServiceServer::new(api).max_decoding_message_size(max_message),
+            ))
             .add_service(TokenServiceServer::new(tokens).max_decoding_message_size(max_message));
     let routes = kiln_service::with_standard_services(
         routes,

@@ -278,6 +278,19 @@ fn job_states(text: &str) -> ApiResult<Vec<i32>> {
         .collect()
 }
 
+/// A page of a list (AIP-158).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageQuery {
+    /// At most this many items (0 or absent: the list's default, which is also its most).
+    #[serde(alias = "page_size")]
+    page_size: Option<u32>,
+    /// The `nextPageToken` of the previous page; absent for the first.
+    #[serde(alias = "page_token")]
+    page_token: Option<String>,
+}
+
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "ListJobs",
     params(ListJobsQuery),
     responses(
@@ -497,7 +510,7 @@ pub(crate) async fn clear_blocklist(
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/tasks", tag = "jobs", operation_id = "ListTasks",
-    params(("id" = String, Path, description = "The job's UUID")),
+    params(("id" = String, Path, description = "The job's UUID"), PageQuery),
     responses(
         (status = 200, description = "The job's tasks with their logs' tails", body = ref("#/components/schemas/ListTasksResponse")),
         Errors))]
@@ -505,8 +518,14 @@ pub(crate) async fn list_tasks(
     State(state): State<RestState>,
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult<Json<pb::ListTasksResponse>> {
-    let request = pb::ListTasksRequest { job_id: id };
+    let Query(page) = query?;
+    let request = pb::ListTasksRequest {
+        job_id: id,
+        page_size: page.page_size.unwrap_or(0),
+        page_token: page.page_token.unwrap_or_default(),
+    };
     Ok(Json(
         state
             .api
@@ -517,7 +536,7 @@ pub(crate) async fn list_tasks(
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/outputs", tag = "jobs", operation_id = "ListOutputs",
-    params(("id" = String, Path, description = "The job's UUID")),
+    params(("id" = String, Path, description = "The job's UUID"), PageQuery),
     responses(
         (status = 200, description = "Files the job has produced so far", body = ref("#/components/schemas/ListOutputsResponse")),
         Errors))]
@@ -525,8 +544,15 @@ pub(crate) async fn list_outputs(
     State(state): State<RestState>,
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult<Json<pb::ListOutputsResponse>> {
-    let request = pb::ListOutputsRequest { job_id: id };
+    let Query(page) = query?;
+    let request = pb::ListOutputsRequest {
+        job_id: id,
+        page_size: page.page_size.unwrap_or(0),
+        page_token: page.page_token.unwrap_or_default(),
+        ..Default::default()
+    };
     Ok(Json(
         state
             .api
@@ -577,7 +603,11 @@ pub(crate) async fn download_output(
     Extension(caller): Extension<Principal>,
     Path((id, path)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let request = pb::ListOutputsRequest { job_id: id.clone() };
+    let request = pb::ListOutputsRequest {
+        job_id: id.clone(),
+        path: path.clone(),
+        ..Default::default()
+    };
     let outputs = state.api.list_outputs(call(&caller, request)).await?;
     let Some(output) = outputs
         .into_inner()
@@ -714,6 +744,12 @@ pub(crate) struct ListTokensQuery {
     /// Include revoked tokens.
     #[serde(alias = "include_revoked")]
     include_revoked: Option<bool>,
+    /// At most this many tokens a page (AIP-158; 0 or absent: 1000, the most).
+    #[serde(alias = "page_size")]
+    page_size: Option<u32>,
+    /// The `nextPageToken` of the previous page.
+    #[serde(alias = "page_token")]
+    page_token: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "ListTokens",
@@ -729,6 +765,8 @@ pub(crate) async fn list_tokens(
     let Query(query) = query?;
     let request = pb::ListTokensRequest {
         include_revoked: query.include_revoked.unwrap_or(false),
+        page_size: query.page_size.unwrap_or(0),
+        page_token: query.page_token.unwrap_or_default(),
     };
     Ok(Json(
         state

@@ -62,14 +62,18 @@ impl SessionStore {
         Ok((secret, csrf))
     }
 
-    /// The live session a cookie names, if any (its token not revoked).
-    pub async fn find(&self, secret: &str) -> Result<Option<Session>, GatewayError> {
+    /// What the cache knows of a cookie's secret: `Some(None)` for one known
+    /// to be no live session, `None` when only Postgres can tell.
+    pub fn cached(&self, secret: &str) -> Option<Option<Session>> {
+        self.cache.get(&auth::secret_hash(secret))
+    }
+
+    /// The live session a cookie names, if any (its token not revoked), as
+    /// Postgres says; the answer is remembered briefly.
+    pub async fn look_up(&self, secret: &str) -> Result<Option<Session>, GatewayError> {
         let hash = auth::secret_hash(secret);
-        if let Some(known) = self.cache.get(&hash) {
-            return Ok(known);
-        }
         let row = sqlx::query(
-            "SELECT t.id, t.name, t.role, s.csrf FROM sessions s JOIN tokens t ON t.id = s.token_id \
+            "SELECT t.id, t.name, t.role, t.max_priority, s.csrf FROM sessions s JOIN tokens t ON t.id = s.token_id \
              WHERE s.secret_sha256 = $1 AND s.expires_at > now() AND t.revoked_at IS NULL",
         )
         .bind(&hash[..])
@@ -78,12 +82,14 @@ impl SessionStore {
         let session = match row {
             Some(row) => {
                 let role: String = row.try_get("role")?;
+                let max_priority: i32 = row.try_get("max_priority")?;
                 match Role::parse(&role) {
                     Some(role) => Some(Session {
                         principal: Principal {
                             token_id: row.try_get("id")?,
                             name: row.try_get("name")?,
                             role,
+                            max_priority: u32::try_from(max_priority).unwrap_or(0),
                         },
                         csrf: row.try_get("csrf")?,
                     }),

@@ -24,10 +24,6 @@ use crate::rest::{ApiError, ApiResult, RestState, call, stream_asset};
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Thumbnails on one contact sheet, at most.
 const SHEET_MAX_FRAMES: usize = 100;
-/// Columns of a contact sheet.
-const SHEET_COLUMNS: u32 = 8;
-/// Side of a contact sheet's cell: a thumbnail's longest side.
-const SHEET_CELL: u32 = 256;
 /// Largest thumbnail read for a contact sheet, in bytes.
 const SHEET_MAX_THUMBNAIL: usize = 4 * 1024 * 1024;
 
@@ -222,7 +218,12 @@ pub(crate) async fn contact_sheet(
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let request = pb::ListOutputsRequest { job_id: id.clone() };
+    let request = pb::ListOutputsRequest {
+        job_id: id.clone(),
+        kind: "thumbnail".to_owned(),
+        page_size: SHEET_MAX_FRAMES as u32,
+        ..Default::default()
+    };
     let outputs = state
         .api
         .list_outputs(call(&caller, request))
@@ -241,21 +242,19 @@ pub(crate) async fn contact_sheet(
             format!("job {id} has no frame thumbnails yet"),
         ));
     }
+    let internal = |e: crate::contact_sheet::SheetError| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
+    let _turn = crate::contact_sheet::turn().await.map_err(internal)?;
     let assets = state.api.asset_client(&caller, Role::Viewer).await?;
     let mut images = Vec::with_capacity(thumbnails.len());
-    for thumbnail in &thumbnails {
+    for thumbnail in thumbnails {
         let bytes = read_small(&assets, &thumbnail.digest).await?;
-        match image::load_from_memory(&bytes) {
-            Ok(image) => images.push(image),
-            Err(error) => {
-                tracing::warn!(path = %thumbnail.path, %error, "skipping an unreadable thumbnail")
-            }
-        }
+        images.push((thumbnail.path, bytes));
     }
-    let png = tokio::task::spawn_blocking(move || compose(&images))
+    let png = crate::contact_sheet::compose(images)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(internal)?;
     let mut response = Response::new(Body::from(png));
     response
         .headers_mut()
@@ -277,26 +276,4 @@ async fn read_small(assets: &kiln_asset_client::AssetClient, digest: &str) -> Ap
         }
     }
     Ok(bytes)
-}
-
-/// Thumbnails in a grid of SHEET_COLUMNS, each centred in its cell, as PNG.
-fn compose(images: &[image::DynamicImage]) -> Result<Vec<u8>, image::ImageError> {
-    let columns = SHEET_COLUMNS.min(images.len().max(1) as u32);
-    let rows = (images.len() as u32).div_ceil(columns).max(1);
-    let mut sheet = image::RgbaImage::from_pixel(
-        columns * SHEET_CELL,
-        rows * SHEET_CELL,
-        image::Rgba([24, 24, 24, 255]),
-    );
-    for (i, thumbnail) in images.iter().enumerate() {
-        let (column, row) = (i as u32 % columns, i as u32 / columns);
-        let fitted = thumbnail.thumbnail(SHEET_CELL, SHEET_CELL).to_rgba8();
-        let x = column * SHEET_CELL + (SHEET_CELL - fitted.width()) / 2;
-        let y = row * SHEET_CELL + (SHEET_CELL - fitted.height()) / 2;
-        image::imageops::overlay(&mut sheet, &fitted, i64::from(x), i64::from(y));
-    }
-    let mut png = Vec::new();
-    image::DynamicImage::ImageRgba8(sheet)
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-    Ok(png)
 }

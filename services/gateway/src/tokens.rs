@@ -21,7 +21,6 @@ use crate::error::GatewayError;
 pub const SCHEMA: &str = "gateway";
 const CACHE_TTL: Duration = Duration::from_secs(5);
 const CACHE_CAPACITY: u64 = 10_000;
-const LIST_LIMIT: i64 = 1000;
 /// The name of the token made from `--bootstrap-admin-token`.
 pub const BOOTSTRAP_NAME: &str = "admin";
 
@@ -104,12 +103,24 @@ impl TokenStore {
 
     /// The principal a presented secret stands for, if it is a live token.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>, GatewayError> {
-        let hash = auth::secret_hash(secret);
-        if let Some(known) = self.cache.get(&hash) {
+        if let Some(known) = self.cached(secret) {
             return Ok(known);
         }
+        self.look_up(secret).await
+    }
+
+    /// What the cache knows of a secret: `Some(None)` for one known to be
+    /// no live token, `None` when only Postgres can tell.
+    pub fn cached(&self, secret: &str) -> Option<Option<Principal>> {
+        self.cache.get(&auth::secret_hash(secret))
+    }
+
+    /// Asks Postgres what a secret stands for, and remembers the answer.
+    pub async fn look_up(&self, secret: &str) -> Result<Option<Principal>, GatewayError> {
+        let hash = auth::secret_hash(secret);
         let row = sqlx::query(
-            "SELECT id, name, role FROM tokens WHERE secret_sha256 = $1 AND revoked_at IS NULL",
+            "SELECT id, name, role, max_priority FROM tokens \
+             WHERE secret_sha256 = $1 AND revoked_at IS NULL",
         )
         .bind(&hash[..])
         .fetch_optional(&self.db)
@@ -118,10 +129,12 @@ impl TokenStore {
             Some(row) => {
                 let role: String = row.try_get("role")?;
                 Role::parse(&role).map(|role| -> Result<Principal, sqlx::Error> {
+                    let max_priority: i32 = row.try_get("max_priority")?;
                     Ok(Principal {
                         token_id: row.try_get("id")?,
                         name: row.try_get("name")?,
                         role,
+                        max_priority: u32::try_from(max_priority).unwrap_or(0),
                     })
                 })
             }
@@ -132,34 +145,55 @@ impl TokenStore {
         Ok(principal)
     }
 
-    /// Creates a token; returns it and its secret.
+    /// Creates a token that may give job priorities up to `max_priority`;
+    /// returns it and its secret.
     pub async fn create(
         &self,
         name: &str,
         role: Role,
+        max_priority: u32,
     ) -> Result<(pb::Token, String), GatewayError> {
         auth::check_name(name)?;
+        if max_priority > 100 {
+            return Err(GatewayError::Invalid {
+                field: "max_priority",
+                reason: format!("{max_priority} is outside 0-100"),
+            });
+        }
         let secret = auth::new_secret();
         let row = sqlx::query(
-            "INSERT INTO tokens (id, name, role, secret_sha256) VALUES ($1, $2, $3, $4) \
-             RETURNING id, name, role, created_at, revoked_at",
+            "INSERT INTO tokens (id, name, role, secret_sha256, max_priority) \
+             VALUES ($1, $2, $3, $4, $5) \
+             RETURNING id, name, role, created_at, revoked_at, max_priority",
         )
         .bind(Uuid::new_v4())
         .bind(name)
         .bind(role.as_str())
         .bind(&auth::secret_hash(&secret)[..])
+        .bind(max_priority as i32)
         .fetch_one(&self.db)
         .await?;
         Ok((token_of(&row)?, secret))
     }
 
-    pub async fn list(&self, include_revoked: bool) -> Result<Vec<pb::Token>, GatewayError> {
+    /// Tokens newest first, after the token created at `after.0` with id
+    /// `after.1` if given; at most `limit`.
+    pub async fn list(
+        &self,
+        include_revoked: bool,
+        limit: i64,
+        after: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<Vec<pb::Token>, GatewayError> {
         let rows = sqlx::query(
-            "SELECT id, name, role, created_at, revoked_at FROM tokens \
-             WHERE $1 OR revoked_at IS NULL ORDER BY created_at DESC LIMIT $2",
+            "SELECT id, name, role, created_at, revoked_at, max_priority FROM tokens \
+             WHERE ($1 OR revoked_at IS NULL) \
+               AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+             ORDER BY created_at DESC, id DESC LIMIT $2",
         )
         .bind(include_revoked)
-        .bind(LIST_LIMIT)
+        .bind(limit)
+        .bind(after.map(|(at, _)| at))
+        .bind(after.map(|(_, id)| id))
         .fetch_all(&self.db)
         .await?;
         rows.iter().map(token_of).collect()
@@ -172,7 +206,7 @@ impl TokenStore {
         })?;
         let row = sqlx::query(
             "UPDATE tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 \
-             RETURNING id, name, role, created_at, revoked_at",
+             RETURNING id, name, role, created_at, revoked_at, max_priority",
         )
         .bind(uuid)
         .fetch_optional(&self.db)
@@ -188,12 +222,14 @@ fn token_of(row: &sqlx::postgres::PgRow) -> Result<pb::Token, GatewayError> {
     let role: String = row.try_get("role")?;
     let created_at: DateTime<Utc> = row.try_get("created_at")?;
     let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
+    let max_priority: i32 = row.try_get("max_priority")?;
     Ok(pb::Token {
         id: id.to_string(),
         name: row.try_get("name")?,
         role: Role::parse(&role).map_or(pb::Role::Unspecified, Role::to_proto) as i32,
         created_at: Some(timestamp(created_at)),
         revoked_at: revoked_at.map(timestamp),
+        max_priority: u32::try_from(max_priority).unwrap_or(0),
     })
 }
 

@@ -12,6 +12,8 @@ use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use tonic::Status;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::metadata::errors::InvalidMetadataValue;
 use tonic::transport::Channel;
 
 /// How long a request waits for a service to be registered.
@@ -21,19 +23,33 @@ const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 pub struct Upstreams {
     discovery: Discovery,
     tls: kiln_tls::ClientTls,
+    /// The farm's service token: the internal services trust the user a
+    /// call names only when it comes with this.
+    service_token: AsciiMetadataValue,
     scheduler: Mutex<Option<Channel>>,
     assets: Mutex<Option<Channel>>,
 }
 
 impl Upstreams {
-    /// Upstreams found through `discovery`, dialled with `tls` when they serve TLS.
-    pub fn new(discovery: Discovery, tls: kiln_tls::ClientTls) -> Self {
-        Self {
+    /// Upstreams found through `discovery`, dialled with `tls` when they
+    /// serve TLS, and called with the farm's `service_token`.
+    pub fn new(
+        discovery: Discovery,
+        tls: kiln_tls::ClientTls,
+        service_token: &str,
+    ) -> Result<Self, InvalidMetadataValue> {
+        Ok(Self {
             discovery,
             tls,
+            service_token: service_token.trim().parse()?,
             scheduler: Mutex::new(None),
             assets: Mutex::new(None),
-        }
+        })
+    }
+
+    /// What every call to an internal service carries.
+    pub fn service_token(&self) -> &AsciiMetadataValue {
+        &self.service_token
     }
 
     pub async fn jobs(&self) -> Result<JobServiceClient<Channel>, Status> {
@@ -53,7 +69,14 @@ impl Upstreams {
 
     pub async fn asset_client(&self) -> Result<kiln_asset_client::AssetClient, Status> {
         let channel = self.channel(service::ASSETS, &self.assets).await?;
-        Ok(kiln_asset_client::AssetClient::new(channel))
+        let credentials = kiln_asset_client::CallCredentials::service(
+            self.service_token.to_str().unwrap_or_default(),
+        )
+        .map_err(|err| Status::internal(err.to_string()))?;
+        Ok(kiln_asset_client::AssetClient::with_credentials(
+            channel,
+            credentials,
+        ))
     }
 
     /// Forgets cached channels after an upstream failed, so the next call looks again.

@@ -67,7 +67,11 @@ async fn main() -> Result<()> {
 
     let per_job = args.tasks / args.jobs.max(1);
     let submit_started = Instant::now();
-    let mut jobs = JobServiceClient::connect(endpoint.grpc_uri()).await?;
+    // The job API is the farm services': it asks for the service token.
+    let mut jobs = JobServiceClient::with_interceptor(
+        Channel::from_shared(endpoint.grpc_uri())?.connect().await?,
+        kiln_asset_client::CallCredentials::service(farm.service_token())?,
+    );
     for n in 0..args.jobs {
         let owner = if n % 2 == 0 { "alice" } else { "bob" };
         let mut request = tonic::Request::new(noop_job(per_job));

@@ -25,12 +25,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use kiln_asset_client::CallCredentials;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use kiln_proto::v1::worker_message::Message as ToScheduler;
 use rand::Rng;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use common::{message, noop_job, open_session, started, succeeded};
@@ -81,10 +83,13 @@ async fn main() -> Result<()> {
         .discovery()
         .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
         .await?;
-    let channel = Channel::from_shared(endpoint.grpc_uri())?.connect().await?;
+    let scheduler = Scheduler {
+        channel: Channel::from_shared(endpoint.grpc_uri())?.connect().await?,
+        service: CallCredentials::service(farm.service_token())?,
+    };
     let result = measure(
         &args,
-        channel,
+        scheduler,
         farm.join_token(),
         farm.discovery(),
         dir.path(),
@@ -97,14 +102,28 @@ async fn main() -> Result<()> {
     result
 }
 
+/// The scheduler's job API is the farm services' (the service token);
+/// worker sessions use the channel with the join token.
+#[derive(Clone)]
+struct Scheduler {
+    channel: Channel,
+    service: CallCredentials,
+}
+
+impl Scheduler {
+    fn jobs(&self) -> JobServiceClient<InterceptedService<Channel, CallCredentials>> {
+        JobServiceClient::with_interceptor(self.channel.clone(), self.service.clone())
+    }
+}
+
 async fn measure(
     args: &Args,
-    channel: Channel,
+    scheduler: Scheduler,
     join_token: &str,
     discovery: &kiln_discovery::Discovery,
     dir: &std::path::Path,
 ) -> Result<()> {
-    let (p50, p99, events, rate) = latency(args, channel.clone(), join_token)
+    let (p50, p99, events, rate) = latency(args, scheduler.clone(), join_token)
         .await
         .context("latency run")?;
     println!(
@@ -117,7 +136,7 @@ async fn measure(
     println!("| latency worker report -> watcher, p50 | {p50:.1} ms |");
     println!("| latency worker report -> watcher, p99 | {p99:.1} ms |");
 
-    let runs = eta_runs(args, channel, join_token, discovery, dir)
+    let runs = eta_runs(args, scheduler, join_token, discovery, dir)
         .await
         .context("eta run")?;
     println!(
@@ -144,16 +163,16 @@ async fn measure(
 
 async fn latency(
     args: &Args,
-    channel: Channel,
+    scheduler: Scheduler,
     join_token: &str,
 ) -> Result<(f64, f64, usize, f64)> {
-    let mut jobs = JobServiceClient::new(channel.clone());
+    let mut jobs = scheduler.jobs();
     let job = jobs.submit_job(noop_job(args.workers)).await?.into_inner();
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut watchers = Vec::new();
     for _ in 0..args.watchers {
-        let mut jobs = JobServiceClient::new(channel.clone());
+        let mut jobs = scheduler.jobs();
         let request = pb::WatchJobRequest {
             job_id: job.id.clone(),
             after_seq: None,
@@ -178,7 +197,7 @@ async fn latency(
     let reports = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        let (tx, mut inbound) = open_session(channel.clone(), i, join_token).await?;
+        let (tx, mut inbound) = open_session(scheduler.channel.clone(), i, join_token).await?;
         let (sent, reports) = (sent.clone(), reports.clone());
         workers.push(tokio::spawn(async move {
             let Some(task) = next_assignment(&mut inbound).await else {
@@ -237,7 +256,7 @@ struct EtaMark {
 /// first learns from its own tasks only, the second starts from the first's.
 async fn eta_runs(
     args: &Args,
-    channel: Channel,
+    scheduler: Scheduler,
     join_token: &str,
     discovery: &kiln_discovery::Discovery,
     dir: &std::path::Path,
@@ -247,8 +266,9 @@ async fn eta_runs(
     let assets = discovery
         .find_one(kiln_discovery::service::ASSETS, Duration::from_secs(10))
         .await?;
-    let assets = kiln_asset_client::AssetClient::new(
+    let assets = kiln_asset_client::AssetClient::with_credentials(
         Channel::from_shared(assets.grpc_uri())?.connect().await?,
+        scheduler.service.clone(),
     );
     let input = pb::JobInput {
         path: "scene.blend".into(),
@@ -256,13 +276,15 @@ async fn eta_runs(
     };
     let mut workers = Vec::new();
     for i in 0..args.eta_workers {
-        let (tx, inbound) = open_session(channel.clone(), 10_000 + i, join_token).await?;
+        let (tx, inbound) = open_session(scheduler.channel.clone(), 10_000 + i, join_token).await?;
         workers.push(tokio::spawn(serve_slowly(tx, inbound)));
     }
-    let first = eta(args, channel.clone(), &input)
+    let first = eta(args, scheduler.clone(), &input)
         .await
         .context("first job");
-    let second = eta(args, channel, &input).await.context("second job");
+    let second = eta(args, scheduler.clone(), &input)
+        .await
+        .context("second job");
     for worker in workers {
         worker.abort();
     }
@@ -284,8 +306,8 @@ async fn serve_slowly(
 }
 
 /// The ETA of a job's first record that has one, and at 25, 50 and 75 %.
-async fn eta(args: &Args, channel: Channel, input: &pb::JobInput) -> Result<Vec<EtaMark>> {
-    let mut jobs = JobServiceClient::new(channel);
+async fn eta(args: &Args, scheduler: Scheduler, input: &pb::JobInput) -> Result<Vec<EtaMark>> {
+    let mut jobs = scheduler.jobs();
     let mut request = noop_job(args.eta_tasks);
     request.inputs = vec![input.clone()];
     let job = jobs.submit_job(request).await?.into_inner();

@@ -63,7 +63,13 @@ async fn main() -> Result<()> {
     let endpoint = discovery
         .find_one(service::SCHEDULER, Duration::from_secs(10))
         .await?;
-    let mut jobs = JobServiceClient::connect(endpoint.grpc_uri()).await?;
+    // The job API is the farm services': it asks for the service token.
+    let mut jobs = JobServiceClient::with_interceptor(
+        tonic::transport::Channel::from_shared(endpoint.grpc_uri())?
+            .connect()
+            .await?,
+        kiln_asset_client::CallCredentials::service(farm.service_token())?,
+    );
     jobs.submit_job(noop_job(100_000)).await?;
 
     let seen = Arc::new(Mutex::new(Seen::default()));

@@ -1,6 +1,9 @@
 use std::net::SocketAddr;
 
 use kiln_discovery::DiscoveryArgs;
+
+use crate::core::pick_order::RunningCaps;
+use crate::core::quotas::QuotaSettings;
 use kiln_telemetry::TelemetryArgs;
 
 /// Kiln's scheduler: owns job and task state in Postgres and dispatches tasks to workers.
@@ -52,12 +55,15 @@ pub struct Config {
     /// Most tasks one job may have
     #[arg(long, env = "KILN_MAX_TASKS_PER_JOB", default_value_t = 100_000)]
     pub max_tasks_per_job: usize,
+    #[command(flatten)]
+    pub quotas: QuotaArgs,
     /// Largest job template accepted, in bytes
     #[arg(long, env = "KILN_MAX_TEMPLATE_BYTES", default_value_t = 256 * 1024)]
     pub max_template_bytes: usize,
-    /// Secret workers must present (metadata kiln-join-token) to join; unset lets any worker join
-    #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: Option<String>,
+    /// Who may call: the gateway and the assets service by the farm's
+    /// service token, workers by their join token or certificate
+    #[command(flatten)]
+    pub auth: kiln_service::internal_auth::InternalAuthArgs,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]
@@ -66,6 +72,65 @@ pub struct Config {
     pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
     pub tls: kiln_tls::TlsArgs,
+}
+
+/// What one owner may ask of the farm. A submission over a quota is refused
+/// with RESOURCE_EXHAUSTED naming it (HTTP 429 through the gateway).
+#[derive(Debug, Clone, clap::Args)]
+pub struct QuotaArgs {
+    /// Unfinished jobs one owner may have at once (0: no limit)
+    #[arg(
+        long,
+        env = "KILN_MAX_UNFINISHED_JOBS_PER_OWNER",
+        default_value_t = 1_000
+    )]
+    pub max_unfinished_jobs_per_owner: u64,
+    /// Unfinished tasks one owner may have over all its jobs (0: no limit)
+    #[arg(
+        long,
+        env = "KILN_MAX_QUEUED_TASKS_PER_OWNER",
+        default_value_t = 500_000
+    )]
+    pub max_queued_tasks_per_owner: u64,
+    /// Tasks of one owner running at once, its share cap, even on an idle farm (0: no cap)
+    #[arg(long, env = "KILN_MAX_RUNNING_PER_OWNER", default_value_t = 0)]
+    pub max_running_per_owner: u64,
+    /// A named owner's share cap instead of --max-running-per-owner, as NAME=TASKS (repeatable; 0: no cap)
+    #[arg(long = "owner-max-running", env = "KILN_OWNER_MAX_RUNNING", value_delimiter = ',', value_parser = parse_cap)]
+    pub owner_max_running: Vec<(String, u64)>,
+    /// Longest job name, in bytes
+    #[arg(long, env = "KILN_MAX_JOB_NAME_BYTES", default_value_t = 256)]
+    pub max_job_name_bytes: usize,
+    /// Most bytes of a job's parameters, names and values together
+    #[arg(long, env = "KILN_MAX_PARAMETER_BYTES", default_value_t = 64 * 1024)]
+    pub max_parameter_bytes: usize,
+    /// Watch streams (job events, farm events, task logs) one owner may hold open at once, over every gateway
+    #[arg(long, env = "KILN_MAX_STREAMS_PER_OWNER", default_value_t = 64)]
+    pub max_streams_per_owner: usize,
+}
+
+impl QuotaArgs {
+    /// The quotas the dispatch core enforces.
+    pub fn core(&self) -> QuotaSettings {
+        QuotaSettings {
+            max_unfinished_jobs: self.max_unfinished_jobs_per_owner,
+            max_queued_tasks: self.max_queued_tasks_per_owner,
+            running: RunningCaps {
+                default: self.max_running_per_owner,
+                per_owner: self.owner_max_running.iter().cloned().collect(),
+            },
+        }
+    }
+}
+
+fn parse_cap(text: &str) -> Result<(String, u64), String> {
+    let (name, cap) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=TASKS"))?;
+    let cap = cap
+        .parse()
+        .map_err(|_| format!("share cap {cap:?} of {name:?} is not a whole number"))?;
+    Ok((name.to_owned(), cap))
 }
 
 fn parse_weight(text: &str) -> Result<(String, f64), String> {

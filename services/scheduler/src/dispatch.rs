@@ -10,6 +10,7 @@
 //! task stays a fixed handful of row writes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -25,6 +26,7 @@ use crate::core::model::Clock;
 use crate::effects::{Action, Recipient};
 use crate::fence::Token;
 use crate::inbox::{Inbound, Outbox, Reply};
+use crate::logs::LogHub;
 use crate::scheduler_metrics;
 
 /// How often retries whose backoff ran out and overdue attempts are looked at.
@@ -50,6 +52,8 @@ pub struct DispatchLoop {
     outboxes: HashMap<(String, u64), Outbox>,
     /// Callers waiting for their request's batch to commit.
     replies: HashMap<RequestId, Reply>,
+    /// Where log lines of attempts their worker holds go.
+    logs: Arc<LogHub>,
 }
 
 impl DispatchLoop {
@@ -68,7 +72,14 @@ impl DispatchLoop {
             actions,
             outboxes: HashMap::new(),
             replies: HashMap::new(),
+            logs: Arc::default(),
         }
+    }
+
+    /// Live log lines go to `logs` (by default to a hub nobody watches).
+    pub fn with_logs(mut self, logs: Arc<LogHub>) -> Self {
+        self.logs = logs;
+        self
     }
 
     /// Runs until the inbox closes, or a write fails for good (rows moved by
@@ -132,6 +143,15 @@ impl DispatchLoop {
                 }
             },
             Inbound::Query(question) => question(&self.core),
+            Inbound::Logs { worker_id, lines } => {
+                // Only the worker holding the attempt writes into its log.
+                let held = uuid::Uuid::parse_str(&lines.task_id).is_ok_and(|task_id| {
+                    self.core.holds(&worker_id, task_id, lines.attempt as i32)
+                });
+                if held {
+                    self.logs.append(lines);
+                }
+            }
             Inbound::Join {
                 worker_id,
                 hostname,

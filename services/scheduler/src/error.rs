@@ -29,6 +29,9 @@ pub enum SchedulerError {
     Stopping,
     #[error("this scheduler does not lead: {0}")]
     NotLeader(String),
+    /// Over one of the owner's quotas; the message names it.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl From<Refusal> for SchedulerError {
@@ -36,6 +39,7 @@ impl From<Refusal> for SchedulerError {
         match refusal {
             Refusal::JobFinished(id) => Self::JobFinished(id.to_string()),
             Refusal::UnknownWorker(id) => Self::WorkerNotFound(id),
+            Refusal::Quota(exceeded) => Self::Quota(exceeded.to_string()),
         }
     }
 }
@@ -66,9 +70,13 @@ impl From<crate::fence::FenceError> for SchedulerError {
 impl From<SchedulerError> for Status {
     fn from(err: SchedulerError) -> Self {
         match &err {
+            SchedulerError::JobModel(kiln_jobmodel::JobModelError::TooManyTasks { .. }) => {
+                Status::resource_exhausted(format!("quota max-tasks-per-job: {err}"))
+            }
             SchedulerError::InvalidArgument(_) | SchedulerError::JobModel(_) => {
                 Status::invalid_argument(err.to_string())
             }
+            SchedulerError::Quota(_) => Status::resource_exhausted(err.to_string()),
             SchedulerError::JobNotFound(_) | SchedulerError::WorkerNotFound(_) => {
                 Status::not_found(err.to_string())
             }

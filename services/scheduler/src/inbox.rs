@@ -27,6 +27,12 @@ pub enum Inbound {
     /// A question about the core's state, answered from it at once (the
     /// closure replies on its own channel).
     Query(Box<dyn FnOnce(&Core) + Send>),
+    /// Lines a running task printed, as its worker sends them: kept only if
+    /// the worker holds that attempt.
+    Logs {
+        worker_id: String,
+        lines: pb::TaskLogLines,
+    },
     /// A worker opened a session.
     Join {
         worker_id: String,

@@ -6,9 +6,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
+use kiln_service::paging::{self, BadPageToken, PageSize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -21,19 +22,47 @@ use crate::event_replay::{self, Scope};
 use crate::job_state::JobState;
 use crate::leader::LeaderSlot;
 use crate::loader;
-use crate::page_token::PageToken;
 use crate::scheduler::Scheduler;
-use crate::submit::{Submissions, priority_of};
+use crate::stream_quota::{StreamPermit, StreamQuota};
+use crate::submit::{Submissions, Submitter, priority_of};
 use crate::watch::Watch;
 use crate::{SchedulerError, queries};
 
-const MAX_LIST: u32 = 1000;
+/// Jobs a page: `limit`'s old rule (100, at most 1000).
+const JOB_PAGE: PageSize = PageSize {
+    default: 100,
+    max: 1000,
+};
+/// Outputs a page: a JobOutput is a few hundred bytes, so the most fits
+/// well within the gateway's 8 MiB upstream limit.
+const OUTPUT_PAGE: PageSize = PageSize {
+    default: 10_000,
+    max: 10_000,
+};
+/// Tasks a page; their log tails make them larger, hence the byte bound too.
+const TASK_PAGE: PageSize = PageSize {
+    default: 1000,
+    max: 1000,
+};
+/// A page stops before this many bytes, below the gateway's 8 MiB limit.
+const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A task page token's position: `step position,index` of the last task.
+fn task_position(text: &str) -> Result<queries::TaskPosition, BadPageToken> {
+    let (step, index) = text.split_once(',').ok_or(BadPageToken)?;
+    Ok((
+        step.parse().map_err(|_| BadPageToken)?,
+        index.parse().map_err(|_| BadPageToken)?,
+    ))
+}
 /// Events queued per watcher before the watcher is considered too slow.
 const WATCH_BUFFER: usize = 256;
 
 pub struct JobApi {
     leader: Arc<LeaderSlot>,
     submissions: Submissions,
+    /// Watch streams each owner holds open.
+    streams: StreamQuota,
 }
 
 impl JobApi {
@@ -41,8 +70,39 @@ impl JobApi {
         Self {
             leader,
             submissions,
+            streams: StreamQuota::new(0),
         }
     }
+
+    /// At most `quota` watch streams open per owner.
+    pub fn with_stream_quota(mut self, quota: StreamQuota) -> Self {
+        self.streams = quota;
+        self
+    }
+
+    /// A permit for one more stream of the request's owner (none for a
+    /// service's own call, which names no owner).
+    fn stream_permit<T>(&self, request: &Request<T>) -> Result<Option<StreamPermit>, Status> {
+        match owner_named(request) {
+            Some(owner) => self
+                .streams
+                .open(owner)
+                .map(Some)
+                .map_err(Status::resource_exhausted),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `stream`, holding `permit` for as long as it lives.
+fn holding<S>(stream: S, permit: Option<StreamPermit>) -> impl Stream<Item = S::Item> + Send
+where
+    S: Stream + Send,
+{
+    stream.map(move |item| {
+        let _held = &permit;
+        item
+    })
 }
 
 /// Applies a control to a job and answers with the job as it is now.
@@ -106,14 +166,27 @@ async fn require_job(scheduler: &Scheduler, id: Uuid) -> Result<(), SchedulerErr
 
 const ANONYMOUS: &str = "anonymous";
 
-fn owner_of<T>(request: &Request<T>) -> String {
+/// The caller's role as the gateway named it (`kiln-role`), if it did.
+fn role_of<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(kiln_proto::metadata::ROLE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The user the gateway named for this call. Only a caller holding the
+/// farm's service token gets this far with one (`internal_auth`).
+fn owner_named<T>(request: &Request<T>) -> Option<&str> {
     request
         .metadata()
         .get(kiln_proto::metadata::OWNER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
-        .unwrap_or(ANONYMOUS)
-        .to_owned()
+}
+
+fn owner_of<T>(request: &Request<T>) -> String {
+    owner_named(request).unwrap_or(ANONYMOUS).to_owned()
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -133,10 +206,18 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let owner = owner_of(&request);
+        let role = role_of(&request);
+        let submitter = match owner_named(&request) {
+            Some(_) => Submitter::Owner {
+                name: &owner,
+                role: role.as_deref(),
+            },
+            None => Submitter::Service,
+        };
         let scheduler = self.scheduler()?;
         let job = self
             .submissions
-            .submit(&scheduler, &owner, request.into_inner())
+            .submit(&scheduler, &owner, submitter, request.into_inner())
             .await?;
         Ok(Response::new(job))
     }
@@ -156,39 +237,31 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let request = request.get_ref();
-        let size = match (request.page_size, request.limit) {
-            (0, 0) => 100,
-            (0, n) | (n, _) => n.min(MAX_LIST),
-        } as usize;
-        let filter = job_filter(request)?;
-        let after = match request.page_token.as_str() {
-            "" => None,
-            text => {
-                let token = PageToken::decode(text, &filter).map_err(|e| invalid(e.to_string()))?;
-                let at = token.created_at().map_err(|e| invalid(e.to_string()))?;
-                Some((at, token.id))
-            }
-        };
-        // One more than the page: whether there is a next page at all.
-        let mut jobs = queries::list_jobs(&self.scheduler()?.db, &filter, after, size as i64 + 1)
+        let message = request.get_ref();
+        let size = JOB_PAGE.of(match message.page_size {
+            0 => message.limit,
+            n => n,
+        });
+        let filter = job_filter(message)?;
+        let filters = filter.fingerprint();
+        let after = paging::decode_filtered("jobs", &filters, &message.page_token)?
+            .map(|position| paging::parse_time_and_id(&position))
+            .transpose()?;
+        let jobs = queries::list_jobs(&self.scheduler()?.db, &filter, size as i64 + 1, after)
             .await
             .map_err(SchedulerError::from)?;
-        let mut next_page_token = String::new();
-        if jobs.len() > size {
-            jobs.truncate(size);
-            if let Some(last) = jobs.last() {
-                let id = parse_uuid("id", &last.id)?;
-                let at = last
-                    .created_at
-                    .as_ref()
-                    .and_then(|t| {
-                        chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-                    })
-                    .ok_or_else(|| invalid("a job without a submission time"))?;
-                next_page_token = PageToken::after(&filter, at, id).encode();
-            }
-        }
+        let (jobs, next_page_token) = paging::page(
+            "jobs",
+            jobs,
+            size,
+            MAX_PAGE_BYTES,
+            prost::Message::encoded_len,
+            |job| {
+                let created = job.created_at.unwrap_or_default();
+                let position = paging::time_and_id(created.seconds, created.nanos, &job.id);
+                paging::filtered(&filters, &position)
+            },
+        );
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token,
@@ -213,6 +286,7 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<WatchStream>, Status> {
         let id = parse_job_id(&request.get_ref().job_id)?;
         let scheduler = self.scheduler()?;
+        let permit = self.stream_permit(&request)?;
         // Subscribe before reading Postgres, so nothing between the two is missed.
         let live = scheduler.events.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
@@ -246,7 +320,10 @@ impl pb::job_service_server::JobService for JobApi {
             to: tx,
         };
         tokio::spawn(watch.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(holding(
+            ReceiverStream::new(rx),
+            permit,
+        ))))
     }
 
     type WatchFarmStream = WatchStream;
@@ -256,6 +333,7 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::WatchFarmRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let scheduler = self.scheduler()?;
+        let permit = self.stream_permit(&request)?;
         let live = scheduler.events.subscribe();
         let after = match request.get_ref().after_farm_seq {
             Some(after) => after,
@@ -273,7 +351,10 @@ impl pb::job_service_server::JobService for JobApi {
             to: tx,
         };
         tokio::spawn(watch.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(holding(
+            ReceiverStream::new(rx),
+            permit,
+        ))))
     }
 
     type WatchTaskLogStream = LogStream;
@@ -284,21 +365,33 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<LogStream>, Status> {
         let (job_id, task_id) = parse_task(request.get_ref())?;
         let scheduler = self.scheduler()?;
+        let permit = self.stream_permit(&request)?;
+        // Subscribed first, so the task's end is not missed.
         let events = scheduler.events.subscribe();
-        let subscription = scheduler.logs.subscribe(task_id);
+        // Only a task of this job (which the gateway checked is the
+        // caller's) is watched, and only a running one makes room for its
+        // lines: any other id would push other tasks' lines out.
         let state = queries::task_state(&scheduler.db, job_id, task_id)
             .await
             .map_err(SchedulerError::from)?
             .ok_or_else(|| Status::not_found(format!("job {job_id} has no task {task_id}")))?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(crate::task_log::follow(
-            task_id,
-            state.is_in_flight(),
-            subscription,
-            events,
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        if state.is_in_flight() {
+            let subscription = scheduler.logs.subscribe(task_id);
+            tokio::spawn(crate::task_log::follow(task_id, subscription, events, tx));
+        } else if let Some((attempt, lines)) = scheduler.logs.recent(task_id)
+            && !lines.is_empty()
+        {
+            let _ = tx.try_send(Ok(pb::TaskLogLines {
+                task_id: task_id.to_string(),
+                attempt,
+                lines,
+            }));
+        }
+        Ok(Response::new(Box::pin(holding(
+            ReceiverStream::new(rx),
+            permit,
+        ))))
     }
 
     async fn get_task_log(
@@ -324,26 +417,61 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::ListOutputsRequest>,
     ) -> Result<Response<pb::ListOutputsResponse>, Status> {
-        let id = parse_job_id(&request.get_ref().job_id)?;
+        let message = request.get_ref();
+        let id = parse_job_id(&message.job_id)?;
+        let size = OUTPUT_PAGE.of(message.page_size);
+        let after = paging::decode("outputs", &message.page_token)?;
         let scheduler = self.scheduler()?;
         require_job(&scheduler, id).await?;
-        let outputs = queries::list_outputs(&scheduler.db, id)
+        let filter = queries::OutputFilter {
+            path: Some(message.path.as_str()).filter(|p| !p.is_empty()),
+            kind: Some(message.kind.as_str()).filter(|k| !k.is_empty()),
+            after: after.as_deref(),
+        };
+        let outputs = queries::list_outputs(&scheduler.db, id, filter, size as i64 + 1)
             .await
             .map_err(SchedulerError::from)?;
-        Ok(Response::new(pb::ListOutputsResponse { outputs }))
+        let (outputs, next_page_token) = paging::page(
+            "outputs",
+            outputs,
+            size,
+            MAX_PAGE_BYTES,
+            prost::Message::encoded_len,
+            |output| output.path.clone(),
+        );
+        Ok(Response::new(pb::ListOutputsResponse {
+            outputs,
+            next_page_token,
+        }))
     }
 
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let id = parse_job_id(&request.get_ref().job_id)?;
+        let message = request.get_ref();
+        let id = parse_job_id(&message.job_id)?;
+        let size = TASK_PAGE.of(message.page_size);
+        let after = paging::decode("tasks", &message.page_token)?
+            .map(|position| task_position(&position))
+            .transpose()?;
         let scheduler = self.scheduler()?;
         require_job(&scheduler, id).await?;
-        let tasks = queries::list_tasks(&scheduler.db, id)
+        let tasks = queries::list_tasks(&scheduler.db, id, size as i64 + 1, after)
             .await
             .map_err(SchedulerError::from)?;
-        Ok(Response::new(pb::ListTasksResponse { tasks }))
+        let (tasks, next_page_token) = paging::page(
+            "tasks",
+            tasks,
+            size,
+            MAX_PAGE_BYTES,
+            |(_, task)| prost::Message::encoded_len(task),
+            |((step, index), _)| format!("{step},{index}"),
+        );
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.into_iter().map(|(_, task)| task).collect(),
+            next_page_token,
+        }))
     }
 
     async fn pause_job(
@@ -579,6 +707,12 @@ fn wait_reason(reason: &Waiting) -> pb::WaitReason {
                 "an attempt failed; the next waits out its backoff".to_owned(),
             )
         }
+        Waiting::OwnerAtCap { running, cap } => (
+            Cause::Quota,
+            format!(
+                "its owner has {running} task(s) running, as many as their share allows ({cap})"
+            ),
+        ),
         Waiting::NoMatchingWorker(unmet) => {
             out.requirements = unmet.clone();
             let message = if unmet.is_empty() {

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::SchedulerError;
+use crate::core::quotas::QuotaSettings;
 use crate::fence::{self, Token};
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
@@ -65,6 +66,8 @@ pub struct Leading {
     pub slot: Arc<LeaderSlot>,
     pub policy: RetryPolicy,
     pub owner_weights: HashMap<String, f64>,
+    /// What each owner may queue and run at once.
+    pub quotas: QuotaSettings,
     /// Templates whose tasks may use the network.
     pub network_templates: std::collections::HashSet<String>,
     /// How this process is listed in etcd while it leads.
@@ -219,6 +222,7 @@ async fn lead(
         leading.db.clone(),
         leading.policy,
         leading.owner_weights.clone(),
+        leading.quotas.clone(),
         leading.network_templates.clone(),
         token,
     )

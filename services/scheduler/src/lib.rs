@@ -21,10 +21,11 @@
 //!    each worker last spoke and what it uses.
 //! 6. Services: `job_service.rs` (gRPC), `submit.rs` (submission),
 //!    `watch.rs` (WatchJob/WatchFarm), `task_log.rs` / `logs.rs` (live task
-//!    logs), `worker_service.rs` (worker sessions), `references.rs` (which
-//!    stored files jobs still need, for the assets collector),
-//!    `farm_service.rs` (workers listed and acted on), `history.rs` (task
-//!    attempts and timelines read back from the event log).
+//!    logs), `worker_service.rs` (worker sessions; `live_sessions.rs`: one
+//!    process per worker id), `references.rs` (which stored files jobs
+//!    still need, for the assets collector), `farm_service.rs` (workers
+//!    listed and acted on), `history.rs` (task attempts and timelines read
+//!    back from the event log).
 
 pub mod batch_writer;
 pub mod config;
@@ -43,11 +44,11 @@ pub mod inserts;
 pub mod job_service;
 pub mod job_state;
 pub mod leader;
+pub mod live_sessions;
 pub mod liveness;
 pub mod loader;
 pub mod logs;
 pub mod matching;
-pub mod page_token;
 pub mod presence;
 pub mod queries;
 pub mod references;
@@ -56,6 +57,7 @@ pub mod scene_history;
 pub mod scheduler;
 pub mod scheduler_metrics;
 pub mod standby;
+pub mod stream_quota;
 pub mod submit;
 pub mod tags;
 pub mod task_log;

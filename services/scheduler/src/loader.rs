@@ -130,6 +130,7 @@ pub fn from_plan(
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
         tags: settings.tags.into_iter().collect(),
+        finished_outputs: Vec::new(),
     };
     LoadedJob {
         job: Box::new(job),
@@ -273,16 +274,17 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
 
 /// Gives each job the outputs its unfinished tasks recorded. They were
 /// announced in the transactions that recorded them, so a report or a
-/// success that lists them again announces nothing new.
+/// success that lists them again announces nothing new. The paths of its
+/// finished tasks come too: no other task may write them.
 async fn attach_recorded_outputs(
     db: &sqlx::PgPool,
     ids: &[Uuid],
     jobs: &mut [LoadedJob],
 ) -> Result<(), sqlx::Error> {
-    let rows: Vec<(Uuid, Uuid, String, String, i64, String)> = sqlx::query_as(
-        "SELECT o.job_id, o.task_id, o.path, o.digest, o.size, o.kind
+    let rows: Vec<(Uuid, Uuid, String, String, i64, String, bool)> = sqlx::query_as(
+        "SELECT o.job_id, o.task_id, o.path, o.digest, o.size, o.kind, t.state = 'succeeded'
          FROM outputs o JOIN tasks t ON t.id = o.task_id
-         WHERE o.job_id = ANY($1) AND t.state <> 'succeeded'",
+         WHERE o.job_id = ANY($1)",
     )
     .bind(ids)
     .fetch_all(db)
@@ -292,8 +294,13 @@ async fn attach_recorded_outputs(
         .enumerate()
         .map(|(i, j)| (j.job.id, i))
         .collect();
-    for (job_id, task_id, path, digest, size, kind) in rows {
-        if let Some(&i) = positions.get(&job_id) {
+    for (job_id, task_id, path, digest, size, kind, finished) in rows {
+        let Some(&i) = positions.get(&job_id) else {
+            continue;
+        };
+        if finished {
+            jobs[i].job.finished_outputs.push((task_id, path));
+        } else {
             let recorded = RecordedOutput { digest, size, kind };
             jobs[i].job.recorded_outputs.push((task_id, path, recorded));
         }
@@ -499,6 +506,7 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
         tags: row.tags.into_iter().collect(),
+        finished_outputs: Vec::new(),
     }
 }
 

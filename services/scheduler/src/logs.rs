@@ -1,8 +1,10 @@
 //! Live log lines of running tasks. Workers send them in batches over their
-//! sessions; every watcher of a task gets them as they arrive, and a late
-//! watcher first gets the task's most recent lines (`tail -f`). Nothing here
-//! is durable: the full log is stored through the asset service when the
-//! attempt ends, and found with GetTaskLog.
+//! sessions; the dispatch loop passes on only those of attempts their
+//! worker holds, so a worker cannot write into another's task. Every
+//! watcher of a task gets them as they arrive, and a late watcher first gets
+//! the task's most recent lines (`tail -f`). Nothing here is durable: the
+//! full log is stored through the asset service when the attempt ends, and
+//! found with GetTaskLog.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -85,7 +87,10 @@ impl LogHub {
         let _ = entry.live.send(Arc::new(batch));
     }
 
-    /// The task's recent lines and a receiver for the next ones.
+    /// The task's recent lines and a receiver for the next ones. Only for
+    /// a task the caller has checked is in flight: watching makes room for
+    /// its lines, and any id a watcher names would otherwise push out the
+    /// lines of other tenants' tasks.
     pub fn subscribe(&self, task_id: Uuid) -> LogSubscription {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if !tasks.contains_key(&task_id) && tasks.len() >= MAX_TASKS {
@@ -97,6 +102,24 @@ impl LogHub {
             recent: entry.recent.iter().cloned().collect(),
             live: entry.live.subscribe(),
         }
+    }
+
+    /// The recent lines of a task that is no longer running, if they are
+    /// still held; holds nothing new.
+    pub fn recent(&self, task_id: Uuid) -> Option<(u32, Vec<String>)> {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks
+            .get(&task_id)
+            .map(|entry| (entry.attempt, entry.recent.iter().cloned().collect()))
+    }
+
+    /// Tasks whose lines are held.
+    pub fn len(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

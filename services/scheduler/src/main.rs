@@ -17,16 +17,38 @@ use kiln_scheduler::leader::{self, LeaderSlot, Leading};
 use kiln_scheduler::references::References;
 use kiln_scheduler::retry::RetryPolicy;
 use kiln_scheduler::standby;
-use kiln_scheduler::submit::{AssetService, JobDefaults, Submissions};
+use kiln_scheduler::stream_quota::StreamQuota;
+use kiln_scheduler::submit::{AssetService, JobDefaults, SizeLimits, Submissions};
 use kiln_scheduler::worker_service::WorkerSessions;
+use kiln_service::internal_auth::{self, Admit, Policy};
 use kiln_service::{CheckResult, Checks, OpsServer, checks};
 use tonic::service::Routes;
+
+/// Who may call what: the job API and the assets collector's references
+/// are the farm services' (the gateway names the user it acts for), the
+/// session stream is the workers'.
+const CALLERS: Policy = Policy {
+    routes: &[
+        ("/kiln.v1.JobService/", Admit::Services),
+        ("/kiln.v1.AssetReferences/", Admit::Services),
+        ("/kiln.v1.FarmService/", Admit::Services),
+        ("/kiln.v1.WorkerService/", Admit::Workers),
+    ],
+    workers_name_owners: false,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kiln_telemetry::init("kiln-scheduler", &config.telemetry)?;
     let tls = config.tls.load()?;
+    // Before anything else: a scheduler anyone could call as any user, or
+    // join as a worker, must not start.
+    let credentials = config
+        .auth
+        .load(config.tls.tls_client_ca.is_some())
+        .context("checking the scheduler's credentials")?;
+    let service_token = config.auth.service_token.clone().unwrap_or_default();
     let discovery = Discovery::connect(&config.discovery, Duration::from_secs(30))
         .await
         .context("connecting to etcd")?;
@@ -64,14 +86,18 @@ async fn main() -> anyhow::Result<()> {
             .context("loading the approved templates")?,
         None => kiln_jobmodel::TemplateLibrary::default(),
     };
-    let assets = AssetService::new(discovery.clone(), tls.client());
-    let submissions =
-        Submissions::new(limits, defaults, Arc::new(assets)).with_templates(templates);
-    let jobs = JobApi::new(slot.clone(), submissions);
+    let assets = AssetService::new(discovery.clone(), tls.client(), &service_token)?;
+    let sizes = SizeLimits {
+        max_name_bytes: config.quotas.max_job_name_bytes,
+        max_parameter_bytes: config.quotas.max_parameter_bytes,
+    };
+    let submissions = Submissions::new(limits, defaults, Arc::new(assets))
+        .with_templates(templates)
+        .with_sizes(sizes);
+    let jobs = JobApi::new(slot.clone(), submissions)
+        .with_stream_quota(StreamQuota::new(config.quotas.max_streams_per_owner));
     let routes = Routes::new(JobServiceServer::new(jobs))
-        .add_service(WorkerServiceServer::new(
-            WorkerSessions::new(slot.clone()).with_join_token(config.join_token.clone()),
-        ))
+        .add_service(WorkerServiceServer::new(WorkerSessions::new(slot.clone())))
         .add_service(AssetReferencesServer::new(References::new(db.clone())))
         .add_service(FarmServiceServer::new(FarmApi::new(slot.clone())));
     // NOT_SERVING while standing by (standby.rs).
@@ -86,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     tokio::spawn(standby::report_health(slot.leading(), health));
+    let routes = internal_auth::guard(routes, credentials, CALLERS);
     let listener = kiln_service::bind(config.listen).await?;
     let endpoint = Endpoint {
         instance: kiln_service::instance_name(service::SCHEDULER),
@@ -106,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             ..RetryPolicy::default()
         },
         owner_weights: config.owner_weights.iter().cloned().collect(),
+        quotas: config.quotas.core(),
         network_templates: config.network_templates.iter().cloned().collect(),
         endpoint,
         lease_ttl: config.leader_ttl,

@@ -154,13 +154,37 @@ pub struct JobFilter {
     pub submitted_before: Option<DateTime<Utc>>,
 }
 
+impl JobFilter {
+    /// The filters in a fixed form (states as a set, the name folded to
+    /// lower case as the filter ignores case), for page tokens.
+    pub fn fingerprint(&self) -> String {
+        let mut states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
+        states.sort_unstable();
+        states.dedup();
+        let name = self.name_contains.as_deref().unwrap_or("").to_lowercase();
+        let micros =
+            |t: Option<DateTime<Utc>>| t.map_or(i64::MIN, |t| t.timestamp_micros()).to_be_bytes();
+        kiln_service::paging::fingerprint(&[
+            self.owner.as_deref().unwrap_or("").as_bytes(),
+            states.join(",").as_bytes(),
+            name.as_bytes(),
+            &micros(self.submitted_after),
+            &micros(self.submitted_before),
+        ])
+    }
+}
+
+/// Where a page of jobs starts: after the job created at `.0` with id `.1`
+/// (newest first).
+pub type JobPosition = (DateTime<Utc>, Uuid);
+
 /// The newest jobs that pass the filter (newest first; ties by id), after
-/// the job `after` (its submission time and id) when given.
+/// `after` when given; at most `limit`.
 pub async fn list_jobs(
     db: &PgPool,
     filter: &JobFilter,
-    after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
+    after: Option<JobPosition>,
 ) -> Result<Vec<pb::Job>, sqlx::Error> {
     let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
     let pattern = filter.name_contains.as_deref().map(like_pattern);
@@ -316,17 +340,35 @@ pub async fn get_task(
     Ok(row.map(task_to_proto))
 }
 
-pub async fn list_tasks(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::Task>, sqlx::Error> {
-    let rows: Vec<TaskRow> = sqlx::query_as(
-        "SELECT t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at,
+/// Where a page of tasks starts: after the task of index `.1` in the step
+/// at position `.0`.
+pub type TaskPosition = (i32, i32);
+
+/// A job's tasks in step and index order, after `after` if given; at most
+/// `limit`. Each comes with its step's position, for the next page's token.
+pub async fn list_tasks(
+    db: &PgPool,
+    job_id: Uuid,
+    limit: i64,
+    after: Option<TaskPosition>,
+) -> Result<Vec<(TaskPosition, pb::Task)>, sqlx::Error> {
+    let rows: Vec<PositionedTaskRow> = sqlx::query_as(
+        "SELECT s.position, t.id, t.job_id, t.step_name, t.index, t.state, t.attempt, t.worker_id, t.frames, t.exit_code, t.message, t.log_tail, t.retry_at,
                 t.device, t.status
          FROM tasks t JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
-         WHERE t.job_id = $1 ORDER BY s.position, t.index",
+         WHERE t.job_id = $1 AND ($3::integer IS NULL OR (s.position, t.index) > ($3, $4))
+         ORDER BY s.position, t.index LIMIT $2",
     )
     .bind(job_id)
+    .bind(limit)
+    .bind(after.map(|(position, _)| position))
+    .bind(after.map(|(_, index)| index))
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(task_to_proto).collect())
+    Ok(rows
+        .into_iter()
+        .map(|PositionedTaskRow { position, task }| ((position, task.index), task_to_proto(task)))
+        .collect())
 }
 
 fn task_to_proto(r: TaskRow) -> pb::Task {
@@ -350,11 +392,42 @@ fn task_to_proto(r: TaskRow) -> pb::Task {
     }
 }
 
-pub async fn list_outputs(db: &PgPool, job_id: Uuid) -> Result<Vec<pb::JobOutput>, sqlx::Error> {
+#[derive(sqlx::FromRow)]
+struct PositionedTaskRow {
+    position: i32,
+    #[sqlx(flatten)]
+    task: TaskRow,
+}
+
+/// Which of a job's outputs to list.
+#[derive(Debug, Default)]
+pub struct OutputFilter<'a> {
+    /// Only the output at exactly this path.
+    pub path: Option<&'a str>,
+    /// Only outputs of this kind.
+    pub kind: Option<&'a str>,
+    /// Only outputs with a path after this one (the previous page's last).
+    pub after: Option<&'a str>,
+}
+
+/// A job's outputs in path order, as `filter` says; at most `limit`.
+pub async fn list_outputs(
+    db: &PgPool,
+    job_id: Uuid,
+    filter: OutputFilter<'_>,
+    limit: i64,
+) -> Result<Vec<pb::JobOutput>, sqlx::Error> {
     let rows: Vec<(String, String, i64, Uuid, String)> = sqlx::query_as(
-        "SELECT path, digest, size, task_id, kind FROM outputs WHERE job_id = $1 ORDER BY path",
+        "SELECT path, digest, size, task_id, kind FROM outputs
+         WHERE job_id = $1 AND ($2::text IS NULL OR path = $2) AND ($3::text IS NULL OR kind = $3)
+           AND ($4::text IS NULL OR path > $4)
+         ORDER BY path LIMIT $5",
     )
     .bind(job_id)
+    .bind(filter.path)
+    .bind(filter.kind)
+    .bind(filter.after)
+    .bind(limit)
     .fetch_all(db)
     .await?;
     Ok(rows
@@ -386,4 +459,56 @@ pub async fn outputs_of_steps(
     .bind(step_names)
     .fetch_all(db)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter() -> JobFilter {
+        JobFilter {
+            owner: Some("alice".into()),
+            states: vec![JobState::Running, JobState::Pending],
+            name_contains: Some("shot".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_filter_fingerprint_ignores_state_order_and_name_case() {
+        let mut same = filter();
+        same.states.reverse();
+        same.name_contains = Some("SHOT".into());
+        assert_eq!(filter().fingerprint(), same.fingerprint());
+    }
+
+    #[test]
+    fn every_filter_changes_the_fingerprint() {
+        let base = filter().fingerprint();
+        let others = [
+            JobFilter {
+                owner: Some("bob".into()),
+                ..filter()
+            },
+            JobFilter {
+                states: vec![JobState::Running],
+                ..filter()
+            },
+            JobFilter {
+                name_contains: None,
+                ..filter()
+            },
+            JobFilter {
+                submitted_after: DateTime::from_timestamp(1_780_000_000, 0),
+                ..filter()
+            },
+            JobFilter {
+                submitted_before: DateTime::from_timestamp(1_780_000_000, 0),
+                ..filter()
+            },
+        ];
+        for other in others {
+            assert_ne!(other.fingerprint(), base, "{other:?}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ use crate::SchedulerError;
 use crate::core::batch::RequestId;
 use crate::core::command::Command;
 use crate::core::model::Attempt;
+use crate::core::quotas::QuotaSettings;
 use crate::core::{Core, CoreSettings};
 use crate::dispatch::{self, DispatchLoop};
 use crate::effects::EffectRunner;
@@ -58,6 +59,7 @@ impl Scheduler {
         db: PgPool,
         policy: RetryPolicy,
         owner_weights: HashMap<String, f64>,
+        quotas: QuotaSettings,
         network_templates: std::collections::HashSet<String>,
         token: Token,
     ) -> Result<Started, SchedulerError> {
@@ -72,6 +74,7 @@ impl Scheduler {
         let mut core = Core::new(CoreSettings {
             policy,
             owner_weights,
+            quotas,
             farm_position,
             jitter_seed: rand::random(),
             now,
@@ -92,7 +95,8 @@ impl Scheduler {
             inbox,
             next_request: AtomicU64::new(1),
         });
-        let dispatch = DispatchLoop::new(core, db, token, inbox_rx, actions);
+        let dispatch =
+            DispatchLoop::new(core, db, token, inbox_rx, actions).with_logs(scheduler.logs.clone());
         Ok(Started {
             scheduler,
             dispatch,
@@ -154,6 +158,19 @@ impl Scheduler {
             outbox,
         })
         .await
+    }
+
+    /// A worker's batch of log lines, for the dispatch loop to check against
+    /// what the worker holds; dropped when the loop is busy (live lines may
+    /// be: the stored log is complete).
+    pub fn log_lines(&self, worker_id: String, lines: pb::TaskLogLines) {
+        if self
+            .inbox
+            .try_send(Inbound::Logs { worker_id, lines })
+            .is_err()
+        {
+            tracing::debug!("dropped a batch of live log lines");
+        }
     }
 
     async fn send(&self, message: Inbound) -> Result<(), SchedulerError> {

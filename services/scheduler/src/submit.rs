@@ -9,6 +9,7 @@ use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_asset_client::{AssetClient, CallCredentials};
 use kiln_discovery::{Discovery, service};
 use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
@@ -34,11 +35,49 @@ pub struct JobDefaults {
     pub stall_seconds: u32,
 }
 
+/// Who submits, as the assets service should see them: it answers
+/// FindMissing as that owner sees the store, so another tenant's file is
+/// "not stored" for them, and a job can never make a worker fetch a file
+/// its owner could not read.
+#[derive(Debug, Clone, Copy)]
+pub enum Submitter<'a> {
+    /// The user the gateway named (`kiln-owner`), with their role if it said.
+    Owner {
+        name: &'a str,
+        role: Option<&'a str>,
+    },
+    /// A call that named no owner: another Kiln service, which sees every file.
+    Service,
+}
+
+/// How large one submission's text may be; over a limit it is refused with
+/// RESOURCE_EXHAUSTED naming the quota (the template's size is
+/// [`Limits::max_template_bytes`], its task count [`Limits::max_tasks`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SizeLimits {
+    pub max_name_bytes: usize,
+    pub max_parameter_bytes: usize,
+}
+
+impl Default for SizeLimits {
+    fn default() -> Self {
+        Self {
+            max_name_bytes: 256,
+            max_parameter_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// Where a submission's input files must already be stored.
 #[tonic::async_trait]
 pub trait StoredInputs: Send + Sync {
-    /// Those of `digests` that are not stored.
-    async fn missing(&self, digests: &[String]) -> Result<Vec<String>, SchedulerError>;
+    /// Those of `digests` that are not stored, or not `submitter`'s to use
+    /// (the two look the same).
+    async fn missing(
+        &self,
+        submitter: Submitter<'_>,
+        digests: &[String],
+    ) -> Result<Vec<String>, SchedulerError>;
 }
 
 /// The asset service, found in etcd and asked once per submission.
@@ -46,17 +85,33 @@ pub struct AssetService {
     discovery: Discovery,
     /// How the assets service is dialled (TLS when it lists itself so).
     tls: kiln_tls::ClientTls,
+    /// The farm's service token, which the assets service asks of callers.
+    credentials: CallCredentials,
 }
 
 impl AssetService {
-    pub fn new(discovery: Discovery, tls: kiln_tls::ClientTls) -> Self {
-        Self { discovery, tls }
+    pub fn new(
+        discovery: Discovery,
+        tls: kiln_tls::ClientTls,
+        service_token: &str,
+    ) -> Result<Self, SchedulerError> {
+        let credentials = CallCredentials::service(service_token)
+            .map_err(|err| SchedulerError::Assets(err.to_string()))?;
+        Ok(Self {
+            discovery,
+            tls,
+            credentials,
+        })
     }
 }
 
 #[tonic::async_trait]
 impl StoredInputs for AssetService {
-    async fn missing(&self, digests: &[String]) -> Result<Vec<String>, SchedulerError> {
+    async fn missing(
+        &self,
+        submitter: Submitter<'_>,
+        digests: &[String],
+    ) -> Result<Vec<String>, SchedulerError> {
         let endpoint = self
             .discovery
             .find_one(service::ASSETS, Duration::from_secs(5))
@@ -66,8 +121,17 @@ impl StoredInputs for AssetService {
             .endpoint(&endpoint.grpc_uri())
             .map_err(|e| SchedulerError::Assets(e.to_string()))?
             .connect_lazy();
+        // As the farm service, acting for the submitter.
+        let credentials = match submitter {
+            Submitter::Owner { name, role } => self
+                .credentials
+                .clone()
+                .on_behalf_of(name, role)
+                .map_err(|err| invalid(err.to_string()))?,
+            Submitter::Service => self.credentials.clone(),
+        };
         // One call for the whole bundle rather than one Stat per file.
-        kiln_asset_client::AssetClient::new(channel)
+        AssetClient::with_credentials(channel, credentials)
             .find_missing(digests)
             .await
             .map_err(|err| SchedulerError::Assets(err.to_string()))
@@ -76,6 +140,7 @@ impl StoredInputs for AssetService {
 
 pub struct Submissions {
     limits: Limits,
+    sizes: SizeLimits,
     defaults: JobDefaults,
     /// Built-in and admin-approved templates jobs may name.
     templates: Arc<TemplateLibrary>,
@@ -86,10 +151,17 @@ impl Submissions {
     pub fn new(limits: Limits, defaults: JobDefaults, stored: Arc<dyn StoredInputs>) -> Self {
         Self {
             limits,
+            sizes: SizeLimits::default(),
             defaults,
             templates: Arc::default(),
             stored,
         }
+    }
+
+    /// Refuses names and parameters larger than `sizes`.
+    pub fn with_sizes(mut self, sizes: SizeLimits) -> Self {
+        self.sizes = sizes;
+        self
     }
 
     /// Lets jobs name the admin-approved templates too.
@@ -103,6 +175,7 @@ impl Submissions {
         &self,
         scheduler: &Scheduler,
         owner: &str,
+        submitter: Submitter<'_>,
         request: pb::SubmitJobRequest,
     ) -> Result<pb::Job, SchedulerError> {
         let (template_name, document) = match &request.template {
@@ -116,6 +189,7 @@ impl Submissions {
                 ));
             }
         };
+        check_sizes(&request, self.sizes, self.limits.max_template_bytes)?;
         let priority = priority_of(request.priority, request.priority_level, DEFAULT_PRIORITY)?;
         let limits = self.run_limits(&request)?;
         validate_inputs(&request.inputs)?;
@@ -126,7 +200,19 @@ impl Submissions {
         let depends_on = dependencies(scheduler, &request.depends_on_jobs).await?;
         let trace_context = kiln_telemetry::propagation::current_context_map();
         let plan = plan_job(document, &request.parameters, self.limits)?;
-        self.check_inputs_stored(&request.inputs).await?;
+        self.check_inputs_stored(submitter, &request.inputs).await?;
+        // Room in the owner's quotas is reserved before any row is written.
+        let mut admission = None;
+        scheduler
+            .ask(|request| {
+                admission = Some(request);
+                Command::Admit {
+                    request,
+                    owner: owner.to_owned(),
+                    tasks: plan.task_count() as u64,
+                }
+            })
+            .await?;
         let name = if request.name.is_empty() {
             plan.name.clone()
         } else {
@@ -168,6 +254,7 @@ impl Submissions {
         scheduler
             .ask(|request| Command::AddJob {
                 request,
+                admission,
                 job: loaded.job,
                 tasks: loaded.tasks,
             })
@@ -199,12 +286,16 @@ impl Submissions {
         })
     }
 
-    async fn check_inputs_stored(&self, inputs: &[pb::JobInput]) -> Result<(), SchedulerError> {
+    async fn check_inputs_stored(
+        &self,
+        submitter: Submitter<'_>,
+        inputs: &[pb::JobInput],
+    ) -> Result<(), SchedulerError> {
         if inputs.is_empty() {
             return Ok(());
         }
         let digests: Vec<String> = inputs.iter().map(|i| i.digest.clone()).collect();
-        let missing = self.stored.missing(&digests).await?;
+        let missing = self.stored.missing(submitter, &digests).await?;
         if let Some(input) = inputs.iter().find(|i| missing.contains(&i.digest)) {
             return Err(invalid(format!(
                 "inputs: {} (digest {}) is not stored in the asset service; upload it first",
@@ -281,6 +372,52 @@ pub fn priority_of(number: u32, level: i32, default: u32) -> Result<u32, Schedul
     }
 }
 
+/// Refuses a submission whose name, parameters or template are larger than
+/// their quotas allow.
+fn check_sizes(
+    request: &pb::SubmitJobRequest,
+    sizes: SizeLimits,
+    max_template_bytes: usize,
+) -> Result<(), SchedulerError> {
+    let over = |quota: &str, what: &str, bytes: usize, limit: usize| {
+        SchedulerError::Quota(format!(
+            "quota {quota}: {what} is {bytes} bytes, the limit is {limit}"
+        ))
+    };
+    if request.name.len() > sizes.max_name_bytes {
+        return Err(over(
+            "max-job-name-bytes",
+            "the job's name",
+            request.name.len(),
+            sizes.max_name_bytes,
+        ));
+    }
+    let parameters: usize = request
+        .parameters
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if parameters > sizes.max_parameter_bytes {
+        return Err(over(
+            "max-parameter-bytes",
+            "the job's parameters (names and values)",
+            parameters,
+            sizes.max_parameter_bytes,
+        ));
+    }
+    if let Some(pb::submit_job_request::Template::TemplateDocument(document)) = &request.template
+        && document.len() > max_template_bytes
+    {
+        return Err(over(
+            "max-template-bytes",
+            "the job's template",
+            document.len(),
+            max_template_bytes,
+        ));
+    }
+    Ok(())
+}
+
 fn validate_inputs(inputs: &[pb::JobInput]) -> Result<(), SchedulerError> {
     if inputs.len() > MAX_INPUTS {
         return Err(invalid(format!(
@@ -334,6 +471,43 @@ mod tests {
             priority_of(0, 99, DEFAULT_PRIORITY),
             Err(SchedulerError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn names_parameters_and_templates_larger_than_their_quotas_are_refused() {
+        let sizes = SizeLimits {
+            max_name_bytes: 8,
+            max_parameter_bytes: 16,
+        };
+        let request = |name: &str, value: &str, template: &str| pb::SubmitJobRequest {
+            name: name.into(),
+            parameters: [("Frames".to_owned(), value.to_owned())].into(),
+            template: Some(pb::submit_job_request::Template::TemplateDocument(
+                template.into(),
+            )),
+            ..Default::default()
+        };
+        assert!(check_sizes(&request("short", "1-10", "x"), sizes, 10).is_ok());
+        let quota = |r: Result<(), SchedulerError>| match r {
+            Err(SchedulerError::Quota(message)) => message,
+            other => panic!("expected a quota refusal, got {other:?}"),
+        };
+        let long_name = quota(check_sizes(&request("a-long-name", "1", "x"), sizes, 10));
+        assert!(
+            long_name.starts_with("quota max-job-name-bytes: "),
+            "{long_name}"
+        );
+        let parameters = quota(check_sizes(&request("n", &"9".repeat(11), "x"), sizes, 10));
+        assert!(
+            parameters.starts_with("quota max-parameter-bytes: "),
+            "{parameters}"
+        );
+        assert!(parameters.contains("17 bytes"), "{parameters}");
+        let template = quota(check_sizes(&request("n", "1", &"y".repeat(11)), sizes, 10));
+        assert!(
+            template.starts_with("quota max-template-bytes: "),
+            "{template}"
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ use crate::logs::LogSubscription;
 
 type LogWatcher = mpsc::Sender<Result<pb::TaskLogLines, Status>>;
 
+/// Follows a running task's log until the task leaves the running states.
 pub async fn follow(
     task_id: Uuid,
-    running: bool,
     subscription: LogSubscription,
     mut events: broadcast::Receiver<JobNotice>,
     to: LogWatcher,
@@ -34,9 +34,6 @@ pub async fn follow(
         if to.send(Ok(batch)).await.is_err() {
             return;
         }
-    }
-    if !running {
-        return;
     }
     loop {
         tokio::select! {

@@ -1,12 +1,11 @@
 //! The scheduler's end of each worker's session stream.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
-use kiln_proto::metadata;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::worker_message::Message as FromWorker;
 use tokio::sync::mpsc;
@@ -18,6 +17,7 @@ use crate::SchedulerError;
 use crate::core::command::{AttemptReport, Command};
 use crate::error::parse_uuid;
 use crate::leader::LeaderSlot;
+use crate::live_sessions::{LiveSessions, SessionRefusal};
 use crate::scheduler::Scheduler;
 
 /// Messages queued for one worker before the dispatcher waits on it.
@@ -27,10 +27,14 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Silence after which a worker is presumed dead even if its TCP stream looks open.
 const SILENCE_LIMIT: Duration = Duration::from_secs(15);
 
+/// Worker sessions. Only workers reach this service: the scheduler's
+/// `internal_auth` gate has checked the caller's join token (or, with
+/// mutual TLS, its certificate) before a session starts.
 pub struct WorkerSessions {
     leader: Arc<LeaderSlot>,
     next_session: AtomicU64,
-    join_token: Option<String>,
+    /// Which process holds each worker id while its session lives.
+    live: Arc<Mutex<LiveSessions>>,
 }
 
 impl WorkerSessions {
@@ -38,15 +42,15 @@ impl WorkerSessions {
         Self {
             leader,
             next_session: AtomicU64::new(1),
-            join_token: None,
+            live: Arc::default(),
         }
     }
+}
 
-    /// Workers must then present `token` as metadata [`metadata::JOIN_TOKEN`].
-    pub fn with_join_token(mut self, token: Option<String>) -> Self {
-        self.join_token = token;
-        self
-    }
+/// The live-session table, whatever a panicking holder left in it.
+fn lock(live: &Mutex<LiveSessions>) -> std::sync::MutexGuard<'_, LiveSessions> {
+    live.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
@@ -59,16 +63,6 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        if let Some(expected) = &self.join_token {
-            let presented = request.metadata().get(metadata::JOIN_TOKEN);
-            let presented = presented.map_or(&[][..], |v| v.as_bytes());
-            if !bool::from(subtle::ConstantTimeEq::ct_eq(
-                presented,
-                expected.as_bytes(),
-            )) {
-                return Err(Status::unauthenticated("missing or wrong join token"));
-            }
-        }
         // A standby refuses sessions: the worker looks for the leader again.
         let scheduler = self.leader.get()?;
         let mut inbound = request.into_inner();
@@ -105,6 +99,17 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         let worker_id = register.worker_id.clone();
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let held = held_attempts(&register.running)?;
+        lock(&self.live)
+            .claim(&worker_id, &register.instance_key, session)
+            .map_err(|refusal| match refusal {
+                SessionRefusal::IdInUse(_) => Status::already_exists(refusal.to_string()),
+                SessionRefusal::BadKey => Status::invalid_argument(refusal.to_string()),
+            })?;
+        let release = SessionClaim {
+            live: self.live.clone(),
+            worker_id: worker_id.clone(),
+            session,
+        };
         // A worker that reconnects replaces its old session: what that held
         // and the worker no longer names is requeued before new work is
         // handed out; what it names it keeps, if it is still its to run.
@@ -120,7 +125,7 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
             )
             .await?;
         tracing::info!(worker_id, hostname = %register.hostname, session, "worker joined");
-        tokio::spawn(serve_session(scheduler, worker_id, session, inbound));
+        tokio::spawn(serve_session(scheduler, release, inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbox_rx))))
     }
 }
@@ -146,12 +151,26 @@ fn held_attempts(running: &[pb::HeldAttempt]) -> Result<Vec<(uuid::Uuid, i32)>, 
         .collect()
 }
 
-async fn serve_session(
-    scheduler: Arc<Scheduler>,
+/// A session's hold on its worker id, let go when the session ends
+/// however it ends (the id is then free for another process).
+struct SessionClaim {
+    live: Arc<Mutex<LiveSessions>>,
     worker_id: String,
     session: u64,
+}
+
+impl Drop for SessionClaim {
+    fn drop(&mut self) {
+        lock(&self.live).release(&self.worker_id, self.session);
+    }
+}
+
+async fn serve_session(
+    scheduler: Arc<Scheduler>,
+    claim: SessionClaim,
     mut inbound: Streaming<pb::WorkerMessage>,
 ) {
+    let (worker_id, session) = (claim.worker_id.clone(), claim.session);
     loop {
         let message = match tokio::time::timeout(SILENCE_LIMIT, inbound.next()).await {
             Ok(Some(Ok(message))) => message,
@@ -254,7 +273,7 @@ async fn handle(
             scheduler.tell(command).await
         }
         Some(FromWorker::Log(lines)) => {
-            scheduler.logs.append(lines);
+            scheduler.log_lines(worker_id, lines);
             Ok(())
         }
         Some(FromWorker::Heartbeat(_)) | None => Ok(()),

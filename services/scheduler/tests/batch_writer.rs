@@ -76,6 +76,7 @@ async fn a_value_postgres_refuses_stops_the_leader_instead_of_stalling_dispatch(
         RetryPolicy::default(),
         HashMap::new(),
         Default::default(),
+        Default::default(),
         token,
     )
     .await?;

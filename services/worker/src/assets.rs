@@ -35,10 +35,12 @@ pub trait AssetStore: Send + Sync + 'static {
         dest: &Path,
     ) -> impl Future<Output = Result<u64, AssetStoreError>> + Send;
 
-    /// Stores the file at `path`.
+    /// Stores the file at `path` on behalf of `owner` (the job's owner,
+    /// who can read it afterwards; empty: no one in particular).
     fn upload_file(
         &self,
         path: &Path,
+        owner: &str,
     ) -> impl Future<Output = Result<StoredAsset, AssetStoreError>> + Send;
 }
 
@@ -49,8 +51,15 @@ impl AssetStore for AssetClient {
             .map_err(AssetStoreError::new)
     }
 
-    async fn upload_file(&self, path: &Path) -> Result<StoredAsset, AssetStoreError> {
-        let info = AssetClient::upload_file(self, path)
+    async fn upload_file(&self, path: &Path, owner: &str) -> Result<StoredAsset, AssetStoreError> {
+        let client = match owner {
+            "" => self.clone(),
+            owner => self
+                .on_behalf_of(owner, None)
+                .map_err(AssetStoreError::new)?,
+        };
+        let info = client
+            .upload_file(path)
             .await
             .map_err(AssetStoreError::new)?;
         Ok(StoredAsset {

@@ -354,7 +354,11 @@ mod tests {
             Ok(10)
         }
 
-        async fn upload_file(&self, _path: &Path) -> Result<StoredAsset, AssetStoreError> {
+        async fn upload_file(
+            &self,
+            _path: &Path,
+            _owner: &str,
+        ) -> Result<StoredAsset, AssetStoreError> {
             Err(AssetStoreError::new("not used"))
         }
     }

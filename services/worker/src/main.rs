@@ -73,6 +73,9 @@ async fn serve() -> anyhow::Result<()> {
         hostname,
         capabilities: Some(capabilities(&config, &detected, &gpus, &sandbox)),
         running: Vec::new(),
+        // Made afresh by each process: the scheduler refuses another
+        // process under this id while this one's session lives.
+        instance_key: format!("{:032x}", rand::random::<u128>()),
     };
     tracing::info!(worker_id, work_dir = %work_dir.display(), capabilities = ?register.capabilities, "worker starting");
     let discovery = Discovery::connect(&config.discovery, ETCD_PATIENCE)

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use kiln_asset_client::AssetClient;
+use kiln_asset_client::{AssetClient, CallCredentials};
 use kiln_discovery::{Discovery, DiscoveryError, Endpoint, service};
 use kiln_proto::v1::worker_service_client::WorkerServiceClient;
 use kiln_proto::v1::{
@@ -65,6 +65,8 @@ pub enum SessionError {
     },
     #[error("scheduler refused the session: {0}")]
     Refused(#[from] tonic::Status),
+    #[error("join token: {0}")]
+    Credentials(String),
 }
 
 /// Why a session ended.
@@ -236,7 +238,15 @@ impl Worker {
             .find_one(service::ASSETS, LOOKUP_PATIENCE)
             .await?
             .grpc_uri();
-        let assets = AssetClient::new(lazy_channel(&self.tls, &assets_uri)?);
+        // The assets service asks workers for the same join token (or, with
+        // mutual TLS, the certificate the channel presents).
+        let credentials = match &self.join_token {
+            Some(token) => CallCredentials::worker(token.to_str().unwrap_or_default())
+                .map_err(|err| SessionError::Credentials(err.to_string()))?,
+            None => CallCredentials::default(),
+        };
+        let assets =
+            AssetClient::with_credentials(lazy_channel(&self.tls, &assets_uri)?, credentials);
         let runner = Arc::new(TaskRunner::new(
             self.runner.clone(),
             self.cache.clone(),

@@ -61,7 +61,7 @@ impl AssetStore for DirStore {
         Ok(size)
     }
 
-    async fn upload_file(&self, path: &Path) -> Result<StoredAsset, AssetStoreError> {
+    async fn upload_file(&self, path: &Path, _owner: &str) -> Result<StoredAsset, AssetStoreError> {
         self.put(path).await
     }
 }

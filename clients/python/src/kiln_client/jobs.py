@@ -88,14 +88,28 @@ class Jobs:
         return self._call("CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id))
 
     def tasks(self, job_id: str) -> list[jobs_pb2.Task]:
-        return list(self._call("ListTasks", jobs_pb2.ListTasksRequest(job_id=job_id)).tasks)
+        """Every task of the job, page after page."""
+        tasks: list[jobs_pb2.Task] = []
+        token = ""
+        while True:
+            answer = self._call("ListTasks", jobs_pb2.ListTasksRequest(job_id=job_id, page_token=token))
+            tasks.extend(answer.tasks)
+            if not answer.next_page_token:
+                return tasks
+            token = answer.next_page_token
 
     def outputs(self, job_id: str, kinds: Iterable[str] = ("",)) -> list[jobs_pb2.JobOutput]:
         """The job's outputs of these kinds ("" = frames and videos;
-        "thumbnail", "log")."""
+        "thumbnail", "log"), page after page."""
         wanted = set(kinds)
-        answer = self._call("ListOutputs", jobs_pb2.ListOutputsRequest(job_id=job_id))
-        return [output for output in answer.outputs if output.kind in wanted]
+        outputs: list[jobs_pb2.JobOutput] = []
+        token = ""
+        while True:
+            answer = self._call("ListOutputs", jobs_pb2.ListOutputsRequest(job_id=job_id, page_token=token))
+            outputs.extend(output for output in answer.outputs if output.kind in wanted)
+            if not answer.next_page_token:
+                return outputs
+            token = answer.next_page_token
 
     def watch(self, job_id: str, after_seq: int | None = None) -> Iterator[jobs_pb2.JobEvent]:
         """The job's events until it ends: first its current record (unless

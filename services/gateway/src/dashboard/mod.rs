@@ -17,12 +17,17 @@ mod html;
 mod pages;
 
 use axum::Router;
-use axum::extract::{Extension, Form, Request, State};
+use std::sync::Arc;
+
+use axum::extract::{Extension, Form, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use crate::auth::Principal;
+use crate::error::GatewayError;
+use crate::lookup_limit::{LookupLimiter, peer_of};
 use crate::rest::RestState;
 use crate::sessions::{SESSION_HOURS, Session, SessionStore};
 use crate::tokens::TokenStore;
@@ -41,17 +46,51 @@ const ICON: &str = include_str!("assets/favicon.svg");
 pub struct Dashboard {
     tokens: TokenStore,
     sessions: SessionStore,
+    /// The guard's allowance of token lookups per peer: the login form is
+    /// no way around it to guess tokens.
+    lookups: Arc<LookupLimiter>,
     /// Cookies are marked `Secure` when the gateway serves TLS.
     secure: bool,
 }
 
 impl Dashboard {
-    pub fn new(tokens: &TokenStore, secure: bool) -> Self {
+    pub fn new(tokens: &TokenStore, secure: bool, lookups: Arc<LookupLimiter>) -> Self {
         Self {
             tokens: tokens.clone(),
             sessions: SessionStore::new(tokens),
+            lookups,
             secure,
         }
+    }
+
+    /// The live token a pasted secret stands for; `Ok(None)` for none, and
+    /// an error when the peer used its allowance of lookups.
+    async fn check_token(
+        &self,
+        peer: std::net::IpAddr,
+        secret: &str,
+    ) -> Result<Option<Principal>, LoginRefusal> {
+        if let Some(known) = self.tokens.cached(secret) {
+            return Ok(known);
+        }
+        let _slot = self
+            .lookups
+            .admit(peer)
+            .await
+            .map_err(|_| LoginRefusal::TooManyAttempts)?;
+        Ok(self.tokens.look_up(secret).await?)
+    }
+}
+
+/// Why a login could not check its token.
+enum LoginRefusal {
+    TooManyAttempts,
+    Store(GatewayError),
+}
+
+impl From<GatewayError> for LoginRefusal {
+    fn from(err: GatewayError) -> Self {
+        Self::Store(err)
     }
 }
 
@@ -155,15 +194,13 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(
-    State(state): State<RestState>,
-    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
-) -> Response {
-    let Ok(Form(form)) = form else {
+async fn login(State(state): State<RestState>, request: Request) -> Response {
+    let peer = peer_of(&request);
+    let Ok(Form(form)) = Form::<LoginForm>::from_request(request, &state).await else {
         return (StatusCode::BAD_REQUEST, html::login(Some("paste a token"))).into_response();
     };
     let dashboard = &state.dashboard;
-    let principal = match dashboard.tokens.authenticate(form.token.trim()).await {
+    let principal = match dashboard.check_token(peer, form.token.trim()).await {
         Ok(Some(principal)) => principal,
         Ok(None) => {
             return (
@@ -172,7 +209,14 @@ async fn login(
             )
                 .into_response();
         }
-        Err(err) => {
+        Err(LoginRefusal::TooManyAttempts) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                html::login(Some("too many attempts; wait a minute and try again")),
+            )
+                .into_response();
+        }
+        Err(LoginRefusal::Store(err)) => {
             tracing::error!(error = %err, "cannot check a token at login");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,

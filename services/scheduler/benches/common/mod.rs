@@ -33,6 +33,7 @@ pub async fn open_session(
             ..Default::default()
         }),
         running: Vec::new(),
+        instance_key: format!("bench-worker-instance-{index}"),
     };
     tx.send(message(ToScheduler::Register(register))).await?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));

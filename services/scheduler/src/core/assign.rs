@@ -131,6 +131,7 @@ impl Core {
             max_run_seconds: job.max_run_seconds,
             stall_seconds: job.stall_seconds,
             trace_context: job.trace_context.clone(),
+            owner: job.owner.clone(),
             allow_network: !job.template_name.is_empty()
                 && self.network_templates.contains(&job.template_name),
         });

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::core::batch::RequestId;
 use crate::core::model::{Attempt, JobEntry, TaskEntry};
+use crate::core::quotas::QuotaExceeded;
 
 pub enum Command {
     WorkerJoined {
@@ -39,9 +40,19 @@ pub enum Command {
         attempt: i32,
         report: AttemptReport,
     },
+    /// Room for a job of `owner` with `tasks` tasks, reserved before its
+    /// rows are written; refused with [`Refusal::Quota`] when one of the
+    /// owner's quotas is full.
+    Admit {
+        request: RequestId,
+        owner: String,
+        tasks: u64,
+    },
     /// A new job to schedule; answered once it is durable in the core's queue.
     AddJob {
         request: RequestId,
+        /// The admission that reserved room for it, if any.
+        admission: Option<RequestId>,
         job: Box<JobEntry>,
         tasks: Vec<TaskEntry>,
     },
@@ -113,11 +124,13 @@ pub enum WorkerControl {
     SetTags(std::collections::BTreeSet<String>),
 }
 
-/// Why the core refused a control.
+/// Why the core refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("job {0} has finished")]
     JobFinished(Uuid),
     #[error("no worker {0:?} has ever joined this farm")]
     UnknownWorker(String),
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
 }

@@ -41,7 +41,10 @@ impl Core {
         }
         // What a previous leader recorded for these tasks was announced then.
         for (task_id, path, recorded) in mem::take(&mut job.recorded_outputs) {
-            self.outputs.record(task_id, &path, recorded);
+            self.outputs.record(job_id, task_id, &path, recorded);
+        }
+        for (task_id, path) in mem::take(&mut job.finished_outputs) {
+            self.outputs.claim(job_id, task_id, &path);
         }
         let earlier = mem::take(&mut job.earlier_run_times);
         let shapes = job

@@ -14,7 +14,8 @@
 //! type; the files above it know nothing of `Core`):
 //! - `model.rs`: jobs, steps, tasks, workers; `batch.rs`: writes and
 //!   effects; `command.rs`: what the core is told;
-//! - `pick_order.rs`: the order of dispatch and fair share;
+//! - `pick_order.rs`: the order of dispatch, fair share and share caps;
+//!   `quotas.rs`: owners' quotas, checked when a job is admitted;
 //!   `numbering.rs`: event numbering and throttling; `output_ledger.rs`:
 //!   what each unfinished task recorded, so each output is announced once;
 //! - `transition.rs`: task and job state changes; `assign.rs`: handing
@@ -37,6 +38,7 @@ pub mod model;
 pub mod numbering;
 pub mod output_ledger;
 pub mod pick_order;
+pub mod quotas;
 mod reclaim;
 mod reports;
 mod sessions;
@@ -61,6 +63,7 @@ use crate::core::model::{Clock, JobEntry, KnownWorker, TaskEntry, WorkerEntry};
 use crate::core::numbering::EventNumbering;
 use crate::core::output_ledger::OutputLedger;
 use crate::core::pick_order::Shares;
+use crate::core::quotas::{QuotaSettings, Reservations};
 use crate::eta::EtaBook;
 use crate::job_state::JobState;
 use crate::retry::RetryPolicy;
@@ -78,6 +81,8 @@ const RECENTLY_FINISHED: usize = 10_000;
 pub struct CoreSettings {
     pub policy: RetryPolicy,
     pub owner_weights: HashMap<String, f64>,
+    /// What each owner may queue and run at once.
+    pub quotas: QuotaSettings,
     /// The last farm position already written (0 on a new farm).
     pub farm_position: u64,
     /// Seeds the jitter of retry delays: a fixed seed makes a test repeatable.
@@ -103,6 +108,9 @@ pub struct Core {
     free_workers: BTreeSet<String>,
     /// Tasks in flight per owner and who was served last, for fair share.
     shares: Shares,
+    quotas: QuotaSettings,
+    /// Room admitted submissions hold until their jobs arrive.
+    reservations: Reservations,
     /// Jobs waiting for each job to succeed.
     dependents: HashMap<Uuid, Vec<Uuid>>,
     /// Tasks waiting out a retry backoff, soonest first.
@@ -150,7 +158,9 @@ impl Core {
                 .map(|w| (w.id.clone(), w))
                 .collect(),
             free_workers: BTreeSet::new(),
-            shares: Shares::new(settings.owner_weights),
+            shares: Shares::new(settings.owner_weights, settings.quotas.running.clone()),
+            quotas: settings.quotas,
+            reservations: Reservations::default(),
             dependents: HashMap::new(),
             retries: BinaryHeap::new(),
             policy: settings.policy,
@@ -231,11 +241,20 @@ impl Core {
                 self.finished(&worker_id, task_id, attempt, report);
                 Ok(())
             }
+            Command::Admit {
+                request,
+                owner,
+                tasks,
+            } => self.admit(request, owner, tasks),
             Command::AddJob {
                 request,
+                admission,
                 job,
                 tasks,
             } => {
+                if let Some(admission) = admission {
+                    self.admitted(admission, job.id);
+                }
                 self.add_job(*job, tasks);
                 self.batch.effects.push(Effect::Answer(request));
                 Ok(())
@@ -285,6 +304,7 @@ impl Core {
         self.now = now;
         self.release_due_retries();
         self.expire_unclaimed();
+        self.expire_reservations();
         self.end_overdue_attempts();
         self.refresh_jobs();
         self.emit_due_records();

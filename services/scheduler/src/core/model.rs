@@ -120,6 +120,9 @@ pub struct JobEntry {
     pub recorded_outputs: Vec<(Uuid, String, RecordedOutput)>,
     /// Tags (pools) a worker must carry, every one, to take the job's tasks.
     pub tags: BTreeSet<String>,
+    /// Paths finished tasks of the job wrote, by task: no other task may
+    /// write them (`output_ledger.rs`).
+    pub finished_outputs: Vec<(Uuid, String)>,
 }
 
 impl JobEntry {

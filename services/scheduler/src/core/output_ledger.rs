@@ -10,6 +10,12 @@
 //! holds for a task has been announced: a new leader starts from that
 //! (`loader.rs`). Plain data: the core (`reports.rs`) decides with it. A task's entries go when it succeeds (nothing it reports
 //! later is recorded) or its job leaves memory.
+//!
+//! A job's paths are its tasks' alone: Postgres keeps one output per job and
+//! path, so a second task writing a path another task of the job wrote
+//! would silently replace that file. The ledger remembers which task wrote
+//! each path for as long as the job is in memory, and answers
+//! [`Recording::Taken`] to the second.
 
 use std::collections::HashMap;
 
@@ -29,24 +35,65 @@ pub struct RecordedOutput {
 #[derive(Debug, Default)]
 pub struct OutputLedger {
     tasks: HashMap<Uuid, HashMap<String, RecordedOutput>>,
+    /// The task that wrote each path, per job.
+    writers: HashMap<Uuid, HashMap<String, Uuid>>,
+}
+
+/// What recording an output came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// A path the task had not recorded, or a different file at it: to
+    /// write and announce.
+    News,
+    /// What the task recorded already.
+    Repeat,
+    /// Another task of the job wrote this path.
+    Taken(Uuid),
 }
 
 impl OutputLedger {
-    /// Notes that `task_id` recorded `output` at `path`. Returns whether
-    /// that is news (to write and announce): a path the task had not
-    /// recorded, or a different file at it.
-    pub fn record(&mut self, task_id: Uuid, path: &str, output: RecordedOutput) -> bool {
+    /// Notes that `task_id` of `job_id` recorded `output` at `path`, unless
+    /// another task of the job wrote that path.
+    pub fn record(
+        &mut self,
+        job_id: Uuid,
+        task_id: Uuid,
+        path: &str,
+        output: RecordedOutput,
+    ) -> Recording {
+        if let Some(other) = self.claim(job_id, task_id, path) {
+            return Recording::Taken(other);
+        }
         let recorded = self.tasks.entry(task_id).or_default();
         if recorded.get(path) == Some(&output) {
-            return false;
+            return Recording::Repeat;
         }
         recorded.insert(path.to_owned(), output);
-        true
+        Recording::News
     }
 
-    /// The task records no more outputs.
+    /// Notes that `task_id` wrote `path` of `job_id` (a finished task's
+    /// output, loaded from Postgres), unless another task did: then that one.
+    pub fn claim(&mut self, job_id: Uuid, task_id: Uuid, path: &str) -> Option<Uuid> {
+        let writers = self.writers.entry(job_id).or_default();
+        match writers.get(path) {
+            Some(other) if *other != task_id => Some(*other),
+            Some(_) => None,
+            None => {
+                writers.insert(path.to_owned(), task_id);
+                None
+            }
+        }
+    }
+
+    /// The task records no more outputs (the paths it wrote stay its own).
     pub fn forget(&mut self, task_id: Uuid) {
         self.tasks.remove(&task_id);
+    }
+
+    /// The job left memory.
+    pub fn forget_job(&mut self, job_id: Uuid) {
+        self.writers.remove(&job_id);
     }
 }
 
@@ -65,36 +112,57 @@ mod tests {
     #[test]
     fn an_output_is_news_once_however_often_it_is_reported() {
         let mut ledger = OutputLedger::default();
-        let task = Uuid::new_v4();
-        assert!(ledger.record(task, "frames/1.png", file("a")));
+        let (job, task) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut record = |path, digest| ledger.record(job, task, path, file(digest));
+        assert_eq!(record("frames/1.png", "a"), Recording::News);
         // Listed again in the success, or reported again after a reconnect.
-        assert!(!ledger.record(task, "frames/1.png", file("a")));
-        assert!(!ledger.record(task, "frames/1.png", file("a")));
+        assert_eq!(record("frames/1.png", "a"), Recording::Repeat);
+        assert_eq!(record("frames/1.png", "a"), Recording::Repeat);
         // Known only from the success's list.
-        assert!(ledger.record(task, "frames/2.png", file("b")));
+        assert_eq!(record("frames/2.png", "b"), Recording::News);
     }
 
     #[test]
     fn a_different_file_at_a_recorded_path_is_news() {
         let mut ledger = OutputLedger::default();
-        let task = Uuid::new_v4();
-        assert!(ledger.record(task, "logs/t.log", file("first attempt")));
-        assert!(ledger.record(task, "logs/t.log", file("second attempt")));
+        let (job, task) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut record = |output| ledger.record(job, task, "logs/t.log", output);
+        assert_eq!(record(file("first attempt")), Recording::News);
+        assert_eq!(record(file("second attempt")), Recording::News);
         let thumbnail = RecordedOutput {
             kind: "thumbnail".into(),
             ..file("second attempt")
         };
-        assert!(ledger.record(task, "logs/t.log", thumbnail));
+        assert_eq!(record(thumbnail), Recording::News);
     }
 
     #[test]
-    fn tasks_are_told_apart_and_forgotten() {
+    fn a_path_of_a_job_is_one_tasks_even_after_it_finished() {
         let mut ledger = OutputLedger::default();
+        let (job, other_job) = (Uuid::new_v4(), Uuid::new_v4());
         let (one, other) = (Uuid::new_v4(), Uuid::new_v4());
-        assert!(ledger.record(one, "frames/1.png", file("a")));
-        assert!(ledger.record(other, "frames/1.png", file("a")));
+        let path = "frames/1.png";
+        assert_eq!(ledger.record(job, one, path, file("a")), Recording::News);
+        let second = ledger.record(job, other, path, file("b"));
+        assert_eq!(second, Recording::Taken(one));
         ledger.forget(one);
-        assert!(ledger.record(one, "frames/1.png", file("a")));
-        assert!(!ledger.record(other, "frames/1.png", file("a")));
+        let after = ledger.record(job, other, path, file("b"));
+        assert_eq!(
+            after,
+            Recording::Taken(one),
+            "the finished task's file stays"
+        );
+        // The task's own retry may write it again; another job's task may too.
+        assert_eq!(ledger.record(job, one, path, file("a")), Recording::News);
+        let elsewhere = ledger.record(other_job, other, path, file("b"));
+        assert_eq!(elsewhere, Recording::News);
+        // Loaded from Postgres after a failover.
+        let mut loaded = OutputLedger::default();
+        assert_eq!(loaded.claim(job, one, path), None);
+        let clash = loaded.record(job, other, path, file("b"));
+        assert_eq!(clash, Recording::Taken(one));
+        loaded.forget_job(job);
+        let forgotten = loaded.record(job, other, path, file("b"));
+        assert_eq!(forgotten, Recording::News);
     }
 }

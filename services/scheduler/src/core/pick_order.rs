@@ -7,7 +7,9 @@
 //! 3. Within a priority, the owner with the smallest share of the farm
 //!    (tasks in flight divided by the owner's weight), and among equal
 //!    shares the owner served least recently, so one user's huge job does
-//!    not starve another's small one even on a single worker.
+//!    not starve another's small one even on a single worker. An owner
+//!    with as many tasks in flight as its share cap (`RunningCaps`) gets
+//!    no more until one ends, whatever its priority, even on an idle farm.
 //! 4. Then submission order, then step order, then task order.
 //!
 //! A job is a candidate for a worker only if it is dispatchable (not
@@ -25,10 +27,28 @@ use uuid::Uuid;
 use crate::core::model::{JobEntry, WorkerEntry};
 use crate::retry::RetryPolicy;
 
-/// The owners' shares of the farm, for fair share.
+/// How many tasks of one owner may be in flight at once (its share cap);
+/// 0 means no cap.
+#[derive(Debug, Clone, Default)]
+pub struct RunningCaps {
+    /// Every owner's cap, unless named in `per_owner`.
+    pub default: u64,
+    pub per_owner: HashMap<String, u64>,
+}
+
+impl RunningCaps {
+    /// The owner's share cap, if it has one.
+    pub fn cap_of(&self, owner: &str) -> Option<u64> {
+        let cap = self.per_owner.get(owner).copied().unwrap_or(self.default);
+        (cap > 0).then_some(cap)
+    }
+}
+
+/// The owners' shares of the farm, for fair share, and their share caps.
 #[derive(Debug, Default)]
 pub struct Shares {
     weights: HashMap<String, f64>,
+    caps: RunningCaps,
     /// Tasks in flight per owner.
     in_flight: HashMap<String, u64>,
     /// When each owner last got a task, as a count of dispatches.
@@ -37,11 +57,23 @@ pub struct Shares {
 }
 
 impl Shares {
-    pub fn new(weights: HashMap<String, f64>) -> Self {
+    pub fn new(weights: HashMap<String, f64>, caps: RunningCaps) -> Self {
         Self {
             weights,
+            caps,
             ..Self::default()
         }
+    }
+
+    /// The owner's share cap, if it has one.
+    pub fn cap_of(&self, owner: &str) -> Option<u64> {
+        self.caps.cap_of(owner)
+    }
+
+    /// Whether the owner has as many tasks in flight as its cap allows.
+    pub fn at_cap(&self, owner: &str) -> bool {
+        self.cap_of(owner)
+            .is_some_and(|cap| self.in_flight(owner) >= cap)
     }
 
     /// The weight of an owner's share of the farm (1 unless configured).
@@ -123,6 +155,7 @@ pub fn candidates<'a>(
 ) -> Vec<Candidate> {
     let mut candidates: Vec<Candidate> = jobs
         .filter(|job| job.is_dispatchable() && !blocklisted(job, worker_id, policy))
+        .filter(|job| !shares.at_cap(&job.owner))
         .filter(|job| runnable_step(job, worker, gpu_only).is_some())
         .map(|job| Candidate::of(job, shares))
         .collect();

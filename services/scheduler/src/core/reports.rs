@@ -9,7 +9,7 @@ use crate::core::Core;
 use crate::core::batch::{BlocklistWrite, OutputWrite};
 use crate::core::command::AttemptReport;
 use crate::core::model::Outcome;
-use crate::core::output_ledger::RecordedOutput;
+use crate::core::output_ledger::{RecordedOutput, Recording};
 use crate::task_state::TaskEvent;
 
 impl Core {
@@ -65,10 +65,25 @@ impl Core {
             // report never arrived (lost with a connection) are recorded and
             // announced now, before the success (which applies: the attempt
             // is in flight), so a watcher that sees it knows all its files.
+            let mut taken = None;
             for output in report.outputs {
-                self.record_output(task_id, output);
+                if let Err(clash) = self.record_output(task_id, output) {
+                    taken = taken.or(Some(clash));
+                }
             }
-            self.transition(task_id, TaskEvent::Succeed, Some(&outcome));
+            match taken {
+                None => {
+                    self.transition(task_id, TaskEvent::Succeed, Some(&outcome));
+                }
+                Some(clash) => {
+                    // The attempt's own log and exit code, with why it failed.
+                    let outcome = Outcome {
+                        message: clash.message,
+                        ..outcome
+                    };
+                    self.fail_attempt(worker_id, task_id, &outcome);
+                }
+            }
             return;
         }
         self.fail_attempt(worker_id, task_id, &outcome);
@@ -83,20 +98,24 @@ impl Core {
         attempt: i32,
         output: pb::OutputStored,
     ) {
-        if self.holds(worker_id, task_id, attempt) {
-            self.record_output(task_id, output);
+        if self.holds(worker_id, task_id, attempt)
+            && let Err(clash) = self.record_output(task_id, output)
+        {
+            self.fail_attempt(worker_id, task_id, &clash);
         }
     }
 
     /// Records an output of a task's current attempt with its `OutputAdded`
     /// event, in one batch; a repeat of what the task recorded is neither
-    /// written nor announced (`output_ledger.rs`).
-    fn record_output(&mut self, task_id: Uuid, output: pb::OutputStored) {
+    /// written nor announced (`output_ledger.rs`). A path another task of
+    /// the job wrote is refused, with the outcome that fails the attempt:
+    /// recording it would silently replace the other task's file.
+    fn record_output(&mut self, task_id: Uuid, output: pb::OutputStored) -> Result<(), Outcome> {
         if output.path.is_empty() || output.digest.is_empty() {
-            return;
+            return Ok(());
         }
         let Some(job_id) = self.tasks.get(&task_id).map(|t| t.job_id) else {
-            return;
+            return Ok(());
         };
         let size = i64::try_from(output.size).unwrap_or(i64::MAX);
         let recorded = RecordedOutput {
@@ -104,8 +123,21 @@ impl Core {
             size,
             kind: output.kind.clone(),
         };
-        if !self.outputs.record(task_id, &output.path, recorded) {
-            return;
+        match self.outputs.record(job_id, task_id, &output.path, recorded) {
+            Recording::News => {}
+            Recording::Repeat => return Ok(()),
+            Recording::Taken(other) => {
+                return Err(Outcome {
+                    exit_code: None,
+                    message: format!(
+                        "output {} was already written by task {other} of this job; two tasks may not write the same path",
+                        output.path
+                    ),
+                    log_tail: String::new(),
+                    device: None,
+                    status: None,
+                });
+            }
         }
         self.batch.outputs.push(OutputWrite {
             job_id,
@@ -125,6 +157,7 @@ impl Core {
             }),
         };
         self.emit(job_id, pb::job_event::Event::OutputAdded(added));
+        Ok(())
     }
 
     /// A failed attempt: retried after a backoff or failed for good, and

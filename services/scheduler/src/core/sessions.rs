@@ -132,8 +132,9 @@ impl Core {
         }
     }
 
-    /// Whether the task's current attempt is this one, on this worker.
-    pub(super) fn holds(&self, worker_id: &str, task_id: Uuid, attempt: i32) -> bool {
+    /// Whether the task's current attempt is this one, on this worker: a
+    /// worker's reports count only for attempts it holds.
+    pub fn holds(&self, worker_id: &str, task_id: Uuid, attempt: i32) -> bool {
         self.tasks.get(&task_id).is_some_and(|t| {
             t.attempt == attempt
                 && t.worker_id.as_deref() == Some(worker_id)

@@ -287,6 +287,7 @@ impl Core {
                 self.tasks.remove(task_id);
                 self.outputs.forget(*task_id);
             }
+            self.outputs.forget_job(job_id);
         }
     }
 

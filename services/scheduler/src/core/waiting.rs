@@ -23,6 +23,8 @@ pub enum Waiting {
     ForSteps(Vec<String>),
     /// A failed attempt's backoff has not run out (until when, if known).
     RetryBackoff(Option<DateTime<Utc>>),
+    /// Its owner has as many tasks in flight as its share cap allows.
+    OwnerAtCap { running: u64, cap: u64 },
     /// No connected worker could run its step: these requirements (and the
     /// renderer, as "renderer NAME") are met by none of them. Empty when no
     /// worker is connected at all.
@@ -115,6 +117,14 @@ impl Core {
         // A retry is queued again once its backoff runs out (still waiting_retry).
         if task.state == TaskState::WaitingRetry && !step.ready.contains(&task_id) {
             reasons.push(Waiting::RetryBackoff(self.retry_due(task_id)));
+        }
+        if let Some(cap) = self.shares.cap_of(&job.owner)
+            && self.shares.at_cap(&job.owner)
+        {
+            reasons.push(Waiting::OwnerAtCap {
+                running: self.shares.in_flight(&job.owner),
+                cap,
+            });
         }
         // Its turn in the queue matters only once nothing else holds it.
         let held = !reasons.is_empty();

@@ -98,7 +98,7 @@ async fn upload_one<A: AssetStore>(
         .to_string());
     }
     let stored = assets
-        .upload_file(&file.path())
+        .upload_file(&file.path(), &assignment.owner)
         .await
         .map_err(|error| format!("cannot upload output {name}: {error}"))?;
     tracing::info!(path = %name, digest = %stored.digest, size = stored.size, "output stored");
@@ -148,7 +148,7 @@ async fn upload_thumbnail<A: AssetStore>(
         tracing::warn!(path = %name, %error, "cannot make a thumbnail");
         return None;
     }
-    let stored = match assets.upload_file(&dest).await {
+    let stored = match assets.upload_file(&dest, &assignment.owner).await {
         Ok(stored) => stored,
         Err(error) => {
             tracing::warn!(path = %name, %error, "cannot store a thumbnail");
@@ -180,7 +180,7 @@ pub async fn store_log<A: AssetStore>(
         tracing::warn!(%error, "cannot write the task's log");
         return None;
     }
-    let stored = match assets.upload_file(&path).await {
+    let stored = match assets.upload_file(&path, &assignment.owner).await {
         Ok(stored) => stored,
         Err(error) => {
             tracing::warn!(%error, "cannot store the task's log");

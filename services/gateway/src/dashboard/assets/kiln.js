@@ -24,6 +24,24 @@ async function api(method, path, json) {
 }
 const getJSON = (path) => api("GET", path);
 
+// Pages a list is read to at most: lists are paged (AIP-158; tasks come
+// 1,000 a page, outputs 10,000), so a whole job's list is its pages joined.
+const MAX_PAGES = 1000;
+
+// Every item of a paged list (`key`: its array's field), following
+// nextPageToken until the last page.
+async function getAllPages(path, key) {
+  const items = [];
+  let token = "";
+  for (let page = 0; page < MAX_PAGES; page++) {
+    const list = await getJSON(token ? path + (path.includes("?") ? "&" : "?") + "pageToken=" + encodeURIComponent(token) : path);
+    for (const item of list[key] || []) items.push(item);
+    token = list.nextPageToken || "";
+    if (!token) break;
+  }
+  return { [key]: items };
+}
+
 function showError(message) {
   const box = document.getElementById("action-error");
   if (!box) return;
@@ -378,7 +396,7 @@ function jobPage() {
   if (body.dataset.final === "true") source.close();
   window.kiln.inject = (change) => onChange(change);
 
-  Promise.all([getJSON("/v1/jobs/" + jobId + "/tasks"), getJSON("/v1/jobs/" + jobId + "/outputs")]).then(([taskList, outputList]) => {
+  Promise.all([getAllPages("/v1/jobs/" + jobId + "/tasks", "tasks"), getAllPages("/v1/jobs/" + jobId + "/outputs", "outputs")]).then(([taskList, outputList]) => {
     const frameCells = document.createDocumentFragment();
     const otherCells = document.createDocumentFragment();
     for (const t of taskList.tasks || []) {

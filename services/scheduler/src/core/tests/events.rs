@@ -54,6 +54,7 @@ fn farm_positions_continue_after_those_already_written() {
     let mut core = Core::new(CoreSettings {
         policy: policy(),
         owner_weights: HashMap::new(),
+        quotas: Default::default(),
         farm_position: 41,
         jitter_seed: 1,
         now: bench.now,

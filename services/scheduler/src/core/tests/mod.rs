@@ -13,6 +13,7 @@ mod fleet;
 mod outputs;
 mod pick_order;
 mod property;
+mod quotas;
 mod reclaim;
 mod waiting;
 mod workers;
@@ -28,6 +29,7 @@ use uuid::Uuid;
 use crate::core::batch::{Batch, Effect, RequestId};
 use crate::core::command::{AttemptReport, Command, Control, Refusal};
 use crate::core::model::{Attempt, Clock, JobEntry, StepEntry, TaskEntry};
+use crate::core::quotas::QuotaSettings;
 use crate::core::{Core, CoreSettings};
 use crate::job_state::{JobState, TaskCounts};
 use crate::matching::Requirements;
@@ -291,6 +293,15 @@ impl Default for Bench {
 
 impl Bench {
     pub fn new(policy: RetryPolicy, weights: &[(&str, f64)]) -> Self {
+        Self::with_quotas(policy, weights, QuotaSettings::default())
+    }
+
+    /// A bench whose owners have `quotas`.
+    pub fn with_quotas(
+        policy: RetryPolicy,
+        weights: &[(&str, f64)],
+        quotas: QuotaSettings,
+    ) -> Self {
         let now = start_clock();
         let core = Core::new(CoreSettings {
             policy,
@@ -298,6 +309,7 @@ impl Bench {
                 .iter()
                 .map(|(owner, weight)| ((*owner).to_owned(), *weight))
                 .collect(),
+            quotas,
             farm_position: 0,
             jitter_seed: 7,
             now,
@@ -331,6 +343,16 @@ impl Bench {
     fn request(&mut self) -> RequestId {
         self.next_request += 1;
         RequestId(self.next_request)
+    }
+
+    /// A fresh request id, as the dispatch loop numbers requests.
+    pub fn next_request(&mut self) -> RequestId {
+        self.request()
+    }
+
+    /// The id the next request will get, without taking it.
+    pub fn peek_request(&self) -> RequestId {
+        RequestId(self.next_request + 1)
     }
 
     /// A worker opens a session holding nothing.
@@ -373,6 +395,23 @@ impl Bench {
 
     /// Submits a job, as `submit.rs` does once its rows are stored.
     pub fn submit(&mut self, spec: JobSpec) -> Submitted {
+        self.add(spec, None)
+    }
+
+    /// Submits a job as `submit.rs` does: admitted first (its owner's
+    /// quotas checked and room reserved), then stored and added.
+    pub fn admit_and_submit(&mut self, spec: JobSpec) -> Result<Submitted, Refusal> {
+        let request = self.request();
+        let tasks = spec.steps.iter().map(|s| s.tasks as u64).sum();
+        self.handle(Command::Admit {
+            request,
+            owner: spec.owner.clone(),
+            tasks,
+        })?;
+        Ok(self.add(spec, Some(request)))
+    }
+
+    fn add(&mut self, spec: JobSpec, admission: Option<RequestId>) -> Submitted {
         let (job, tasks, submitted) = entries(&spec, TaskState::Pending);
         for task in &tasks {
             self.rows.insert(task.id, (task.state, task.attempt));
@@ -380,6 +419,7 @@ impl Bench {
         let request = self.request();
         let add = Command::AddJob {
             request,
+            admission,
             job: Box::new(job),
             tasks,
         };
@@ -705,6 +745,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
         tags: spec.tags.iter().cloned().collect(),
+        finished_outputs: Vec::new(),
     };
     (job, tasks, Submitted { id, steps: ids })
 }

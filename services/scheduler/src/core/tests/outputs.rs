@@ -168,3 +168,47 @@ fn a_retry_storing_the_same_file_adds_no_event_and_a_new_file_one() {
         "only the changed log is news"
     );
 }
+
+#[test]
+fn a_second_task_writing_a_path_of_the_job_fails_instead_of_replacing_the_file() {
+    let mut bench = Bench::default();
+    let job = bench.submit(job("alice", 2));
+    bench.join("w", worker().slots(2));
+    let assigned = bench.dispatch();
+    assert_eq!(assigned.len(), 2);
+    let (a, b) = (&assigned[0], &assigned[1]);
+    succeed_listing(
+        &mut bench,
+        a.task,
+        a.attempt,
+        vec![stored(a.task, a.attempt, "frames/1.png", "a")],
+    );
+    // The other task reports the same path, then lists it in its success.
+    report_stored(&mut bench, b.task, b.attempt, "frames/1.png", "b");
+    succeed_listing(
+        &mut bench,
+        b.task,
+        b.attempt,
+        vec![stored(b.task, b.attempt, "frames/1.png", "b")],
+    );
+    let batch = bench.commit();
+    assert_eq!(
+        written(&batch),
+        ["frames/1.png"],
+        "only the first task's file"
+    );
+    assert_eq!(batch.outputs[0].digest, "a");
+    let failed = batch
+        .tasks
+        .iter()
+        .filter(|w| w.id == b.task)
+        .find_map(|w| w.message.clone())
+        .unwrap_or_default();
+    assert!(
+        failed.contains("frames/1.png") && failed.contains(&a.task.to_string()),
+        "{failed}"
+    );
+    assert_ne!(bench.row_of(b.task).0, TaskState::Succeeded);
+    assert_eq!(bench.row_of(a.task).0, TaskState::Succeeded);
+    let _ = job;
+}
