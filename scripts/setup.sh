@@ -24,9 +24,10 @@ garage_version=2.5.0
 packages=(postgresql etcd-server etcd-client blender ffmpeg bubblewrap protobuf-compiler libprotobuf-dev)
 # Only the tests: docker.io, docker-compose and debootstrap for the compose
 # test (tests/compose.rs, a real Docker engine); prometheus for the ops test;
-# python3-venv for the Python tools below; chromium and chromium-driver for
-# the dashboard's browser test (tests/dashboard.rs, WebDriver).
-test_packages=(python3 python3-venv prometheus docker.io docker-compose debootstrap chromium chromium-driver)
+# python3-venv for the Python tools below; python-is-python3 for the OpenJD
+# samples (tests/openjd.rs), which run `python`; chromium and chromium-driver
+# for the dashboard's browser test (tests/dashboard.rs, WebDriver).
+test_packages=(python3 python3-venv python-is-python3 prometheus docker.io docker-compose debootstrap chromium chromium-driver)
 if $tests; then packages+=("${test_packages[@]}"); fi
 
 as_root() {

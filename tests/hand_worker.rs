@@ -69,10 +69,16 @@ impl HandWorker {
             instance_key: instance_key.to_owned(),
             capabilities: Some(pb::WorkerCapabilities {
                 cpu_cores: 1,
-                renderers: vec![pb::Renderer {
-                    name: "noop".into(),
-                    version: "0".into(),
-                }],
+                // `noop` is no program Kiln knows, so its steps run as OpenJD
+                // session steps, which only a worker offering `openjd`
+                // (`kiln_jobmodel::SESSION_COMMAND`) takes.
+                renderers: ["noop", "openjd"]
+                    .into_iter()
+                    .map(|name| pb::Renderer {
+                        name: name.into(),
+                        version: "0".into(),
+                    })
+                    .collect(),
                 slots: 1,
                 os: "linux".into(),
                 ..Default::default()

@@ -194,6 +194,21 @@ impl Client {
         self.wait_for_job(id, JOB_DEADLINE, is_final).await
     }
 
+    /// Polls until a task of the job runs; answers with that task.
+    pub async fn wait_running(&mut self, job_id: &str) -> Result<pb::Task> {
+        let deadline = Instant::now() + JOB_DEADLINE;
+        loop {
+            let tasks = self.tasks(job_id).await?;
+            if let Some(task) = tasks.iter().find(|t| t.state() == pb::TaskState::Running) {
+                return Ok(task.clone());
+            }
+            if Instant::now() >= deadline {
+                bail!("no task of {job_id} ran: {tasks:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Polls until `condition` holds for the job, or fails after `timeout`.
     pub async fn wait_for_job(
         &mut self,
@@ -375,6 +390,27 @@ pub fn probe_video(path: &Path) -> Result<(u64, String, String)> {
 /// `dir` (not the bubblewrap processes holding their sandboxes).
 pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
+    processes()
+        .into_iter()
+        .filter(|(_, cmdline)| {
+            !cmdline.starts_with("bwrap ")
+                && cmdline.contains("blender")
+                && cmdline.contains(&needle)
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Live processes whose command line contains `needle` (a zombie's is empty).
+pub fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains(needle))
+        .collect()
+}
+
+/// Every process of the machine: its id and command line.
+fn processes() -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -383,9 +419,7 @@ pub fn blender_processes_under(dir: &Path) -> Vec<u32> {
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let sandbox = cmdline.starts_with("bwrap ");
-            (!sandbox && cmdline.contains("blender") && cmdline.contains(&needle)).then_some(pid)
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
         })
         .collect()
 }

@@ -372,7 +372,10 @@ impl Infrastructure {
         let setup = format!(
             "CREATE ROLE kiln LOGIN PASSWORD '{password}'; ALTER DATABASE kiln OWNER TO kiln;"
         );
+        // The private Postgres takes only its superuser's password (SCRAM).
+        let superuser_password = std::fs::read_to_string(postgres.password_file())?;
         let output = std::process::Command::new(postgres.bin_dir().join("psql"))
+            .env("PGPASSWORD", superuser_password.trim())
             .args(["-h", "127.0.0.1", "-p", &postgres.port().to_string()])
             .args([
                 "-U",
@@ -390,7 +393,9 @@ impl Infrastructure {
             "creating the kiln role: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let mut etcd = Etcd::new(dir.join("etcd"), dir.join("etcd.log"))?;
+        // The manifests' etcd runs without authentication (a NetworkPolicy
+        // lets only Kiln's pods reach it), and so does this one.
+        let mut etcd = Etcd::new(dir.join("etcd"), dir.join("etcd.log"))?.without_auth();
         etcd.start().await?;
         // The garage manifest's credentials, where kiln_localfarm::Garage keeps its own.
         let garage_dir = dir.join("garage");

@@ -230,7 +230,10 @@ async fn a_standby_scheduler_is_not_ready_until_it_leads() -> anyhow::Result<()>
     .args(["--listen", &format!("127.0.0.1:{grpc}")])
     .args(["--ops-listen", &format!("127.0.0.1:{ops}")])
     .env("KILN_SERVICE_TOKEN", farm.service_token())
-    .env("KILN_JOIN_TOKEN", farm.join_token());
+    .env("KILN_JOIN_TOKEN", farm.join_token())
+    // The farm's etcd takes only its user.
+    .env("KILN_ETCD_USER", farm.etcd_credentials().0)
+    .env("KILN_ETCD_PASSWORD", farm.etcd_credentials().1);
     standby.start()?;
     let result = async {
         // Up, and standing by: alive, not ready, NOT_SERVING.

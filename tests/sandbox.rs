@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
-use kiln_tests::{Client, JOB_DEADLINE, start_farm_with, state_of};
+use kiln_tests::{Client, processes_with, start_farm_with, state_of};
 use tokio::time::Instant;
 
 /// Removes a file planted (or feared written) outside the test's directory,
@@ -94,21 +94,6 @@ async fn output_texts(
     Ok(texts)
 }
 
-async fn wait_running(client: &mut Client, job_id: &str) -> Result<pb::Task> {
-    let deadline = Instant::now() + JOB_DEADLINE;
-    loop {
-        let tasks = client.tasks(job_id).await?;
-        if let Some(task) = tasks.iter().find(|t| t.state() == pb::TaskState::Running) {
-            return Ok(task.clone());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no task of {job_id} ran: {tasks:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn port_of(url: &str) -> Result<u16> {
     let rest = url.rsplit_once(':').context("no port")?.1;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -157,13 +142,15 @@ async fn a_hostile_tenant_cannot_read_write_reach_or_signal_outside_its_task() -
         ),
     )
     .await?;
-    let victim_task = wait_running(&mut victim, &victim_job).await?;
+    victim.wait_running(&victim_job).await?;
     let worker_dir = farm.workers_dir().join("worker-0");
-    let victim_dir = worker_dir.join(format!("{}-{}", victim_task.id, victim_task.attempts));
-    ensure!(
-        victim_dir.join("victim.txt").exists(),
-        "the victim's task holds its input"
-    );
+    // The victim's task runs as written (bash), in an OpenJD session of its
+    // job: the session's directory holds its input.
+    let victim_dir = std::fs::read_dir(worker_dir.join("openjd"))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|dir| dir.join("victim.txt").exists())
+        .context("the victim's task holds its input")?;
     let cache_file = worker_dir.join("cache").join(&victim_input.digest);
     ensure!(cache_file.exists(), "the worker caches the victim's input");
     let worker_pid = farm
@@ -425,9 +412,11 @@ attempt("internet", lambda: socket.create_connection(("1.1.1.1", 53), timeout=5)
         .into_iter()
         .map(|o| o.path)
         .collect();
+    // A step run as written (bash) names its outputs by their place in its
+    // session.
     assert_eq!(
         bash_outputs,
-        ["mine.txt"],
+        ["outputs/mine.txt"],
         "symlinks out of outputs/ are not outputs"
     );
     assert!(
@@ -482,22 +471,6 @@ attempt("internet", lambda: socket.create_connection(("1.1.1.1", 53), timeout=5)
     Ok(())
 }
 
-/// Live processes (not zombies) whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(needle).then_some((pid, cmdline))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_a_bash_task_leaves_none_of_its_processes() -> Result<()> {
     let (mut farm, _dir) = start_farm_with(1, false, &[]).await?;
@@ -511,7 +484,7 @@ async fn cancelling_a_bash_task_leaves_none_of_its_processes() -> Result<()> {
         command_job("stubborn", "bash", &["-c", script], vec![]),
     )
     .await?;
-    wait_running(&mut mallory, &job).await?;
+    mallory.wait_running(&job).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while ["sleep 3107", "sleep 3108", "sleep 3109", "sleep 3110"]
         .iter()

@@ -84,6 +84,7 @@ async fn rogue_worker(farm: &Farm) -> Result<()> {
             attempt: task.attempt,
             fraction: 0.99,
             frame: Some(1),
+            status: "forged status".into(),
         }))
         .await?;
     rogue.output_stored(&forged).await?;

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use kiln_mesh::MeshChannel;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::{
     AssetInfo, DownloadRequest, FindMissingRequest, PresignDownloadRequest, StatRequest,
@@ -25,7 +26,6 @@ use tokio::io::AsyncSeekExt;
 use tokio::sync::oneshot;
 use tokio_util::io::ReaderStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 pub use credentials::{CallCredentials, OWNER_METADATA, ROLE_METADATA};
 pub use error::AssetClientError;
@@ -43,23 +43,26 @@ pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// with room to spare.
 const MAX_MESSAGE_SIZE: usize = 5 * 1024 * 1024;
 
-type TracedChannel = InterceptedService<Channel, CallCredentials>;
+type TracedChannel = InterceptedService<MeshChannel, CallCredentials>;
 
 /// A handle to the assets service; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AssetClient {
     inner: AssetServiceClient<TracedChannel>,
-    channel: Channel,
+    channel: MeshChannel,
     credentials: CallCredentials,
 }
 
 impl AssetClient {
-    pub fn new(channel: Channel) -> Self {
+    /// A client over `channel`: the mesh's balanced channel to the assets
+    /// service, or a plain channel to one address (a gateway).
+    pub fn new(channel: impl Into<MeshChannel>) -> Self {
         Self::with_credentials(channel, CallCredentials::default())
     }
 
     /// A client whose calls carry `credentials` (the gateway wants a token).
-    pub fn with_credentials(channel: Channel, credentials: CallCredentials) -> Self {
+    pub fn with_credentials(channel: impl Into<MeshChannel>, credentials: CallCredentials) -> Self {
+        let channel = channel.into();
         let inner = AssetServiceClient::with_interceptor(channel.clone(), credentials.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE);
         Self {

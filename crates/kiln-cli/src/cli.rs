@@ -52,6 +52,9 @@ pub enum Command {
     /// The farm's workers: list and show them; admins disable, enable, drain and tag them
     #[command(subcommand)]
     Workers(WorkersCommand),
+    /// Submit a Deadline Cloud job bundle (an OpenJD template with its parameter values and files)
+    #[command(subcommand)]
+    Bundle(BundleCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +96,32 @@ pub struct WorkerTagsArgs {
     pub worker: String,
     /// Its tags, space- or comma-separated
     pub tags: Vec<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Upload the bundle's files, submit its template as written, follow it, and download what it writes into its output directories
+    Submit(BundleSubmitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleSubmitArgs {
+    /// The bundle's directory: template.yaml|json, and optionally parameter_values.yaml|json and asset_references.yaml|json
+    pub bundle: PathBuf,
+    /// A job parameter, Name=Value (repeatable); wins over parameter_values. Relative PATH values are taken from the current directory
+    #[arg(short = 'p', long = "parameter")]
+    pub parameters: Vec<String>,
+    /// The job's name [default: the template's]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Job priority: 0-100, or low, normal, high, critical [default: the bundle's deadline:priority, else normal]
+    #[arg(long, value_parser = parse_priority)]
+    pub priority: Option<u32>,
+    /// Submit and return without following the job
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

@@ -134,6 +134,9 @@ fn print_job(job: &Job) {
     );
     say!("priority  {}", job.priority);
     say!("owner     {}", job.owner);
+    if !job.held_reason.is_empty() {
+        say!("held      {}", job.held_reason);
+    }
     if !job.tags.is_empty() {
         say!("tags      {}", job.tags.join(", "));
     }

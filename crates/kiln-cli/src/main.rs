@@ -10,12 +10,14 @@ macro_rules! say {
 }
 
 mod bundle;
+mod bundle_submit;
 mod cli;
 mod connect;
 mod controls;
 mod dev;
 mod error;
 mod format;
+mod job_bundle;
 mod jobs;
 mod logs;
 mod outputs;
@@ -31,7 +33,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BundleCommand, Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -63,6 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unblock(args) => controls::unblock(args).await?,
         Command::Token(command) => tokens::run(command).await?,
         Command::Workers(command) => workers::run(command).await?,
+        Command::Bundle(BundleCommand::Submit(args)) => bundle_submit::submit(args).await?,
     }
     Ok(())
 }

@@ -159,7 +159,7 @@ async fn submit(
 }
 
 /// Follows the job; Ctrl-C stops watching but leaves the job running.
-async fn follow_until_done(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
+pub(crate) async fn follow_until_done(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
     let id = job.id.clone();
     tokio::select! {
         result = watch::follow(jobs, job) => result,

@@ -33,6 +33,8 @@ struct View {
     tasks: HashMap<String, ProgressBar>,
     /// Without a terminal: the last line written, so only changes are.
     plain: Option<String>,
+    /// The last status line printed of each task, without a terminal.
+    statuses: HashMap<String, String>,
 }
 
 impl View {
@@ -45,6 +47,7 @@ impl View {
             job: bar,
             tasks: HashMap::new(),
             plain,
+            statuses: HashMap::new(),
         }
     }
 
@@ -93,13 +96,32 @@ impl View {
         }
     }
 
-    fn progress(&self, progress: &TaskProgress) {
+    fn progress(&mut self, progress: &TaskProgress) {
         if let Some(bar) = self.tasks.get(&progress.task_id) {
             bar.set_position((f64::from(progress.fraction) * 100.0).round() as u64);
+            let task = bar.message();
+            let task = task.split([' ', '|']).next().unwrap_or_default().to_owned();
+            let mut message = task.clone();
             if let Some(frame) = progress.frame {
-                let task = bar.message();
-                let task = task.split(" frame").next().unwrap_or_default().to_owned();
-                bar.set_message(format!("{task} frame {frame}"));
+                message.push_str(&format!(" frame {frame}"));
+            }
+            if !progress.status.is_empty() {
+                message.push_str(&format!(" | {}", progress.status));
+            }
+            bar.set_message(message);
+        }
+        // Without a terminal, a task's status line is printed when it changes.
+        if self.plain.is_some() && !progress.status.is_empty() {
+            let last = self
+                .statuses
+                .insert(progress.task_id.clone(), progress.status.clone());
+            if last.as_ref() != Some(&progress.status) {
+                eprintln!(
+                    "task {}: {} ({:.0}%)",
+                    progress.task_id,
+                    progress.status,
+                    progress.fraction * 100.0
+                );
             }
         }
     }

@@ -5,12 +5,14 @@
 //! process dies the lease expires and the key disappears, so a lookup only
 //! ever returns live instances (give or take the lease TTL).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 mod lock;
@@ -18,6 +20,10 @@ pub use lock::LockGuard;
 
 /// Pause before looking again after a failed lookup.
 const LOOKUP_RETRY: Duration = Duration::from_millis(200);
+/// Pause before following a service's listings again after the watch broke.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+/// Changes a listings watch holds for a consumer that is busy.
+const LISTING_CHANGES_BUFFERED: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -140,6 +146,15 @@ impl Endpoint {
         let http = self.http.as_deref()?;
         Some(format!("{}://{http}", self.scheme()))
     }
+}
+
+/// A change in the instances listed under a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListingChange {
+    /// An instance was listed, or its listing changed (e.g. a new address).
+    Listed(Endpoint),
+    /// An instance's listing disappeared: revoked, or its lease ran out.
+    Unlisted(String),
 }
 
 #[derive(Clone)]
@@ -273,6 +288,123 @@ impl Discovery {
         Ok(())
     }
 
+    /// Follows every instance listed under `service`: first one
+    /// [`ListingChange::Listed`] for each instance listed now, then each
+    /// change as etcd reports it, until the receiver is dropped. A broken
+    /// watch is re-established from a fresh listing, and whatever changed
+    /// meanwhile is sent as the difference, so the receiver's view never
+    /// stays wrong. Malformed listings are skipped with a warning.
+    pub fn watch_listings(&self, service: &str) -> mpsc::Receiver<ListingChange> {
+        let (changes, received) = mpsc::channel(LISTING_CHANGES_BUFFERED);
+        let discovery = self.clone();
+        let service = service.to_owned();
+        tokio::spawn(async move {
+            let mut known = HashMap::new();
+            while !changes.is_closed() {
+                if let Err(err) = discovery
+                    .follow_listings(&service, &mut known, &changes)
+                    .await
+                {
+                    tracing::warn!(error = %err, service, "etcd watch of listings broke; watching again");
+                }
+                tokio::select! {
+                    _ = changes.closed() => return,
+                    _ = tokio::time::sleep(WATCH_RETRY) => {}
+                }
+            }
+        });
+        received
+    }
+
+    /// Sends what differs between `known` and the listings now, then every
+    /// change after them; returns when the watch ends or the receiver is gone.
+    async fn follow_listings(
+        &self,
+        service: &str,
+        known: &mut HashMap<String, Endpoint>,
+        changes: &mpsc::Sender<ListingChange>,
+    ) -> Result<(), DiscoveryError> {
+        let prefix = self.service_prefix(service);
+        let mut client = self.client.clone();
+        let listed = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = listed.header().map_or(0, |h| h.revision());
+        let now: HashMap<String, Endpoint> = listed
+            .kvs()
+            .iter()
+            .filter_map(|kv| parse_listing(&prefix, kv.key(), kv.value()))
+            .collect();
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|instance| !now.contains_key(*instance))
+            .cloned()
+            .collect();
+        for instance in gone {
+            known.remove(&instance);
+            if changes
+                .send(ListingChange::Unlisted(instance))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        for (instance, endpoint) in now {
+            if !note_listed(known, instance, &endpoint) {
+                continue;
+            }
+            if changes.send(ListingChange::Listed(endpoint)).await.is_err() {
+                return Ok(());
+            }
+        }
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = client.watch(prefix.as_str(), Some(options)).await?;
+        loop {
+            let response = tokio::select! {
+                _ = changes.closed() => return Ok(()),
+                response = stream.message() => response?,
+            };
+            let Some(response) = response else {
+                return Ok(());
+            };
+            if response.canceled() {
+                // E.g. the revision was compacted away: list afresh.
+                return Ok(());
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let change = match event.event_type() {
+                    EventType::Put => {
+                        let Some((instance, endpoint)) =
+                            parse_listing(&prefix, kv.key(), kv.value())
+                        else {
+                            continue;
+                        };
+                        if !note_listed(known, instance, &endpoint) {
+                            continue;
+                        }
+                        ListingChange::Listed(endpoint)
+                    }
+                    EventType::Delete => {
+                        let instance = String::from_utf8_lossy(kv.key())
+                            .trim_start_matches(prefix.as_str())
+                            .to_owned();
+                        if known.remove(&instance).is_none() {
+                            continue;
+                        }
+                        ListingChange::Unlisted(instance)
+                    }
+                };
+                if changes.send(change).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// Removes another instance's registration, e.g. that of a scheduler
     /// which no longer leads but whose lease has not run out yet.
     pub async fn remove(&self, service: &str, instance: &str) -> Result<(), DiscoveryError> {
@@ -361,6 +493,41 @@ impl Discovery {
             }
         }
     }
+}
+
+/// The instance named by a listing's key and its endpoint (named as the
+/// key names it, which is what a deletion names), or `None` (with a
+/// warning) for a value that is not an endpoint.
+fn parse_listing(prefix: &str, key: &[u8], value: &[u8]) -> Option<(String, Endpoint)> {
+    let instance = String::from_utf8_lossy(key)
+        .trim_start_matches(prefix)
+        .to_owned();
+    match serde_json::from_slice::<Endpoint>(value) {
+        Ok(endpoint) => Some((
+            instance.clone(),
+            Endpoint {
+                instance,
+                ..endpoint
+            },
+        )),
+        Err(err) => {
+            tracing::warn!(error = %err, instance, "skipping a malformed listing in etcd");
+            None
+        }
+    }
+}
+
+/// Remembers `endpoint` as `instance`'s listing; false if it was already.
+fn note_listed(
+    known: &mut HashMap<String, Endpoint>,
+    instance: String,
+    endpoint: &Endpoint,
+) -> bool {
+    if known.get(&instance) == Some(endpoint) {
+        return false;
+    }
+    known.insert(instance, endpoint.clone());
+    true
 }
 
 async fn put_with_lease(

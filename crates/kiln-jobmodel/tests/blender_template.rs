@@ -17,6 +17,7 @@ fn blender_job_renders_in_chunks_then_encodes() {
     let plan = plan_job(
         template,
         &params(&[("Frames", "1-12"), ("ChunkSize", "4")]),
+        &[],
         Limits::default(),
     )
     .unwrap();
@@ -59,7 +60,7 @@ fn bad_parameters_are_rejected_with_the_reason() {
         (params(&[("Bogus", "1")]), "Bogus"),
     ];
     for (values, mentions) in cases {
-        let err = plan_job(template, &values, Limits::default()).unwrap_err();
+        let err = plan_job(template, &values, &[], Limits::default()).unwrap_err();
         assert!(err.to_string().contains(mentions), "{values:?}: {err}");
     }
 }
@@ -73,7 +74,7 @@ fn invalid_templates_and_unknown_names_are_rejected() {
     let broken =
         "specificationVersion: jobtemplate-2023-09\nname: x\nsteps:\n  - name: A\n    script: {}\n";
     assert!(matches!(
-        plan_job(broken, &HashMap::new(), Limits::default()),
+        plan_job(broken, &HashMap::new(), &[], Limits::default()),
         Err(JobModelError::Template(_))
     ));
 }
@@ -88,6 +89,7 @@ fn task_count_is_bounded() {
     let err = plan_job(
         template,
         &params(&[("Frames", "1-100"), ("ChunkSize", "1")]),
+        &[],
         limits,
     )
     .unwrap_err();
@@ -104,6 +106,7 @@ fn a_billion_frames_are_refused_from_the_range_size_without_counting_them() {
             ("ChunkSize", "1"),
             ("FrameRate", "24"),
         ]),
+        &[],
         Limits::default(),
     )
     .unwrap_err();
@@ -125,6 +128,7 @@ fn check_step_follows_render_and_encode_and_can_be_skipped() {
     let plan = plan_job(
         template,
         &params(&[("QualityCheck", "off"), ("MinFrameStddev", "3.5")]),
+        &[],
         Limits::default(),
     )
     .unwrap();
@@ -155,6 +159,7 @@ fn variant_job_renders_and_encodes_each_row() {
     let plan = plan_job(
         &template,
         &params(&[("Frames", "1-4"), ("ChunkSize", "2")]),
+        &[],
         Limits::default(),
     )
     .unwrap();
@@ -204,6 +209,7 @@ fn example_engine_templates_load_as_approved_templates_and_plan() {
     let transcode = plan_job(
         library.get("ffmpeg-transcode").unwrap(),
         &params(&[("Title", "; rm -rf /"), ("Height", "90")]),
+        &[],
         Limits::default(),
     )
     .unwrap();
@@ -217,6 +223,7 @@ fn example_engine_templates_load_as_approved_templates_and_plan() {
     let natron = plan_job(
         library.get("natron-render").unwrap(),
         &params(&[("Frames", "1-20"), ("ChunkSize", "10")]),
+        &[],
         Limits::default(),
     )
     .unwrap();

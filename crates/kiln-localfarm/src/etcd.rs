@@ -35,6 +35,7 @@ pub struct Etcd {
     client_port: u16,
     password: String,
     started_once: bool,
+    auth: bool,
 }
 
 impl Etcd {
@@ -68,7 +69,15 @@ impl Etcd {
             client_port,
             password: random_hex(24),
             started_once: false,
+            auth: true,
         })
+    }
+
+    /// Leaves authentication off, as a deployment's own etcd may run (the
+    /// Kubernetes manifests' does: it is reachable only from Kiln's pods).
+    pub fn without_auth(mut self) -> Self {
+        self.auth = false;
+        self
     }
 
     /// The client URL, e.g. `http://127.0.0.1:34567`.
@@ -102,7 +111,8 @@ impl Etcd {
         self.started_once = true;
         self.process.start()?;
         let url = self.url();
-        let credentials = (!fresh).then(|| (ETCD_USER.to_owned(), self.password.clone()));
+        let credentials =
+            (!fresh && self.auth).then(|| (ETCD_USER.to_owned(), self.password.clone()));
         wait_ready(
             &mut self.process,
             "answering status requests",
@@ -110,7 +120,7 @@ impl Etcd {
             || answers(url.clone(), credentials.clone()),
         )
         .await?;
-        if fresh {
+        if fresh && self.auth {
             self.enable_auth().await?;
         }
         tracing::info!(url = %self.url(), "etcd ready");

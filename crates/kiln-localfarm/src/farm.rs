@@ -148,6 +148,7 @@ impl FarmBuilder {
             postgres,
             discovery,
             gateway_endpoints: Vec::new(),
+            assets_endpoints: Vec::new(),
             secrets: Secrets::generate(),
             certs,
             layout,
@@ -286,6 +287,8 @@ pub struct Farm {
     discovery: Discovery,
     /// Where each gateway listens, by index.
     gateway_endpoints: Vec<Endpoint>,
+    /// How each assets replica was listed when it started, by index.
+    assets_endpoints: Vec<Endpoint>,
     secrets: Secrets,
     certs: Option<FarmCerts>,
     layout: Layout,
@@ -497,13 +500,14 @@ impl Farm {
             assets = assets.env(key, value);
         }
         self.assets.push(assets);
-        start_and_register(
+        let endpoint = start_and_register(
             &self.discovery,
             service::ASSETS,
             &mut self.assets[index],
             self.config.startup_timeout,
         )
         .await?;
+        self.assets_endpoints.push(endpoint);
         Ok(index)
     }
 
@@ -777,6 +781,12 @@ impl Farm {
     /// The (first) assets service process.
     pub fn assets_mut(&mut self) -> Option<&mut ServiceProcess> {
         self.assets.first_mut()
+    }
+
+    /// How each assets replica was listed in etcd when it started (its
+    /// instance, gRPC and ops addresses), by index.
+    pub fn assets_endpoints(&self) -> &[Endpoint] {
+        &self.assets_endpoints
     }
 
     /// Assets service replica number `index` (from 0, in start order).

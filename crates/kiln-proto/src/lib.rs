@@ -23,6 +23,9 @@ pub mod metadata {
     /// The secret a worker presents to join the scheduler and to use the
     /// assets service.
     pub const JOIN_TOKEN: &str = "kiln-join-token";
+    /// Seconds a caller refused for load (UNAVAILABLE, RESOURCE_EXHAUSTED)
+    /// should wait before trying again; REST carries it as `Retry-After`.
+    pub const RETRY_AFTER: &str = "retry-after";
     /// The farm-internal secret the gateway, the scheduler and the assets
     /// service present to each other: only a call carrying it may name an
     /// owner or reach a job API.

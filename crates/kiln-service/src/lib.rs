@@ -195,6 +195,8 @@ pub async fn serve_unlisted_tls(
     }
     let result = builder
         .trace_fn(kiln_telemetry::propagation::server_span)
+        // Per-call metrics and the caller's deadline, for every service alike.
+        .layer(kiln_mesh::server_layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;

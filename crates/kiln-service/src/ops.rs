@@ -22,10 +22,11 @@ use crate::checks::{CHECK_GAUGE, CheckReport, Checks, Readiness};
 /// and how often histograms are folded into buckets.
 const REFRESH: Duration = Duration::from_secs(15);
 
-/// Histogram buckets, in seconds, for every `*_seconds` metric: from a quick
-/// dispatch to a long render.
+/// Histogram buckets, in seconds, for every `*_seconds` metric: from a
+/// lookup's millisecond to a long render.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0, 14400.0,
 ];
 
 /// Where the ops endpoint listens.

@@ -20,6 +20,12 @@ use crate::error::Error;
 const MAX_REFERENCES: usize = 5_000_000;
 /// How long a call waits for a scheduler to be registered.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a scheduler may take to start answering. A frozen scheduler
+/// (SIGSTOP, a hung host) accepts the connection and never answers; without
+/// this bound an upload waiting on "does this user's job name the file?"
+/// hung with it, and so did the worker's task. Failing lets the next call
+/// look the (new) leader up again.
+const ANSWER_PATIENCE: Duration = Duration::from_secs(10);
 
 /// A connection to any scheduler replica (each answers from Postgres),
 /// found through etcd and looked up again after a failure.
@@ -124,6 +130,7 @@ impl SchedulerLink {
             .endpoint(&endpoint.grpc_uri())
             .map_err(|err| Error::Scheduler(err.to_string()))?
             .connect_timeout(Duration::from_secs(3))
+            .timeout(ANSWER_PATIENCE)
             .connect_lazy();
         *self.slot() = Some(channel.clone());
         Ok(channel)

@@ -28,6 +28,8 @@ pub struct Config {
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
+    pub mesh: kiln_mesh::MeshArgs,
+    #[command(flatten)]
     pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
     pub tls: kiln_tls::TlsArgs,
@@ -61,6 +63,9 @@ pub struct LimitArgs {
     /// Requests served at once on each of REST and gRPC; more wait their turn
     #[arg(long, env = "KILN_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
+    /// Requests that may wait their turn on each of REST and gRPC; beyond that the gateway sheds load: 503 (UNAVAILABLE) with Retry-After
+    #[arg(long, env = "KILN_MAX_QUEUED_REQUESTS", default_value_t = 512)]
+    pub max_queued_requests: u32,
     /// Seconds a request may take before REST answers 504 and gRPC DEADLINE_EXCEEDED (streams excepted)
     #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     pub request_timeout_seconds: u64,

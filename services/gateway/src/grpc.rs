@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use kiln_mesh::MeshChannel;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::farm_service_client::FarmServiceClient;
@@ -15,7 +16,6 @@ use kiln_service::cancel::BodyFailed;
 use moka::sync::Cache;
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Principal, Role};
@@ -39,14 +39,6 @@ impl PublicApi {
             upstreams,
             owners: Cache::new(OWNER_CACHE_CAPACITY),
         }
-    }
-
-    /// Drops cached upstream channels if the upstream was unreachable.
-    fn observe<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
-        if let Err(status) = &result {
-            self.upstreams.note_failure(status);
-        }
-        result
     }
 
     /// The authorization step every call passes, gRPC and REST alike
@@ -107,8 +99,7 @@ impl PublicApi {
         let message = request.into_inner();
         self.authorize(&caller, message.reach(), role).await?;
         let upstream = C::connect(&self.upstreams).await?;
-        let result = call(upstream, self.forward(&caller, message)?).await;
-        self.observe(result)
+        call(upstream, self.forward(&caller, message)?).await
     }
 
     /// A job's owner, from the cache or the scheduler; `None` if it cannot be told.
@@ -123,13 +114,13 @@ impl PublicApi {
         let request = pb::GetJobRequest {
             job_id: job_id.to_owned(),
         };
-        let result = self
+        let job = self
             .upstreams
             .jobs()
             .await?
             .get_job(self.forward(caller, request)?)
-            .await;
-        let job = self.observe(result)?.into_inner();
+            .await?
+            .into_inner();
         self.owners.insert(job.id.clone(), job.owner.clone());
         Ok(job)
     }
@@ -284,27 +275,27 @@ pub trait Upstream: Sized {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send;
 }
 
-impl Upstream for JobServiceClient<Channel> {
+impl Upstream for JobServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.jobs()
     }
 }
 
-impl Upstream for FarmServiceClient<Channel> {
+impl Upstream for FarmServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.farm()
     }
 }
 
-impl Upstream for AssetServiceClient<Channel> {
+impl Upstream for AssetServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.assets()
     }
 }
 
-type Jobs = JobServiceClient<Channel>;
-type Farm = FarmServiceClient<Channel>;
-type Assets = AssetServiceClient<Channel>;
+type Jobs = JobServiceClient<MeshChannel>;
+type Farm = FarmServiceClient<MeshChannel>;
+type Assets = AssetServiceClient<MeshChannel>;
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for PublicApi {
@@ -328,13 +319,12 @@ impl pb::job_service_server::JobService for PublicApi {
                     )
                 })?;
         }
-        let result = self
+        let job = self
             .upstreams
             .jobs()
             .await?
             .submit_job(self.forward(&caller, message)?)
-            .await;
-        let job = self.observe(result)?;
+            .await?;
         self.owners
             .insert(job.get_ref().id.clone(), job.get_ref().owner.clone());
         Ok(job)
@@ -605,7 +595,7 @@ impl pb::asset_service_server::AssetService for PublicApi {
         tokio::select! {
             biased;
             Ok(status) = failed_rx => Err(status),
-            result = upload => self.observe(result),
+            result = upload => result,
         }
     }
 

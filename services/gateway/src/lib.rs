@@ -1,7 +1,8 @@
 //! Kiln's gateway: the public gRPC API (`grpc.rs`) and REST/JSON (`rest.rs`),
-//! both passing calls to the internal services found through etcd
-//! (`upstream.rs`), behind bearer tokens (`auth.rs`, `tokens.rs`) and the
-//! limits composed in `limits.rs`. Every call passes one authorization step
+//! both passing calls to the internal services through the mesh's balanced
+//! channels (`upstream.rs`, `kiln-mesh`), behind bearer tokens (`auth.rs`,
+//! `tokens.rs`) and the limits composed in `limits.rs` (among them the
+//! bounded queue that sheds load, `shed.rs`). Every call passes one authorization step
 //! (`PublicApi::authorize`); REST routes and OpenAPI operations are
 //! registered together in `rest.rs`'s route table. The web dashboard
 //! (`dashboard/`) is served on the REST port at `/`, behind a session cookie
@@ -22,6 +23,7 @@ pub mod rate_limit;
 pub mod rest;
 pub mod rest_farm;
 pub mod sessions;
+pub mod shed;
 pub mod sse;
 pub mod stream_limit;
 pub mod token_service;

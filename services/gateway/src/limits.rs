@@ -1,7 +1,9 @@
 //! Every limit of the gateway, composed as tower layers in one place, in the
-//! order they apply: the guard (header size, token looked up within the
-//! peer's allowance, per-token rate), then concurrency, then streams per
-//! token, body sizes and timeouts, for REST and for gRPC.
+//! order they apply: REST's request metrics (gRPC's are every server's,
+//! `kiln-mesh`), the guard (header size, token looked up within the peer's
+//! allowance, per-token rate), then the bounded queue that sheds load
+//! (`shed.rs`), then streams per token, body sizes and timeouts, for REST
+//! and for gRPC.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,7 +16,6 @@ use axum::response::Response;
 use http::StatusCode;
 use kiln_service::keyed_permits::KeyedPermits;
 use tonic::Status;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use uuid::Uuid;
 
 use crate::config::LimitArgs;
@@ -23,6 +24,7 @@ use crate::lookup_limit::LookupLimiter;
 use crate::rate_limit::TokenRateLimiter;
 use crate::rest::{self, ApiError, RestState};
 use crate::sessions::SessionStore;
+use crate::shed::{self, EdgeQueue};
 use crate::stream_limit::{self, StreamLimit};
 use crate::tokens::TokenStore;
 
@@ -133,11 +135,15 @@ impl Limits {
             .merge(pages)
             .fallback(|| async { ApiError::not_found() })
             .with_state(state)
-            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()))
+            .layer(axum::middleware::from_fn_with_state(
+                self.queue(Protocol::Rest),
+                shed::admit,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.guard(Protocol::Rest),
                 guard::check,
             ))
+            .layer(axum::middleware::from_fn(kiln_mesh::metrics::http_server))
     }
 
     /// The gRPC services with their limits (message sizes are set on each service).
@@ -151,7 +157,10 @@ impl Limits {
                 self.streams(Protocol::Grpc),
                 stream_limit::hold,
             ))
-            .layer(GlobalConcurrencyLimitLayer::new(self.concurrency()))
+            .layer(axum::middleware::from_fn_with_state(
+                self.queue(Protocol::Grpc),
+                shed::admit,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.guard(Protocol::Grpc),
                 guard::check,
@@ -159,8 +168,13 @@ impl Limits {
         tonic::service::Routes::from(router)
     }
 
-    fn concurrency(&self) -> usize {
-        self.args.max_concurrent_requests as usize
+    /// The bounded queue for one protocol (each has its own).
+    fn queue(&self, protocol: Protocol) -> Arc<EdgeQueue> {
+        Arc::new(EdgeQueue::new(
+            protocol,
+            self.args.max_concurrent_requests as usize,
+            self.args.max_queued_requests as usize,
+        ))
     }
 }
 

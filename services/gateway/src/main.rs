@@ -55,8 +55,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .add("assets", checks::registered(&discovery, service::ASSETS));
     let ops = OpsServer::start("gateway", &config.ops, checks).await?;
+    let mesh = kiln_mesh::Mesh::new(
+        discovery.clone(),
+        tls.client(),
+        kiln_mesh::Settings::from_args(&config.mesh),
+    );
     let upstreams = Arc::new(
-        Upstreams::new(discovery.clone(), tls.client(), &config.service_token)
+        Upstreams::new(&mesh, &config.service_token)
             .context("--service-token must be printable ASCII")?,
     );
     let api = PublicApi::new(upstreams);

@@ -104,6 +104,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds to wait before asking again, sent as `Retry-After`.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -112,7 +114,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// The HTTP status the error answers with.
@@ -143,7 +151,15 @@ impl From<Status> for ApiError {
             Code::DataLoss => (StatusCode::BAD_REQUEST, "data_loss"),
             _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
         };
-        Self::new(http, code, status.message())
+        let retry_after = status
+            .metadata()
+            .get(kiln_proto::metadata::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+        Self {
+            retry_after,
+            ..Self::new(http, code, status.message())
+        }
     }
 }
 
@@ -185,7 +201,13 @@ impl From<QueryRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

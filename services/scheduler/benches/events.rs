@@ -216,6 +216,7 @@ async fn latency(
                     attempt: task.attempt,
                     fraction: 0.5,
                     frame: Some(frame),
+                    status: String::new(),
                 };
                 tx.send(message(ToScheduler::Progress(report)))
                     .await

@@ -3,8 +3,10 @@ use std::net::SocketAddr;
 use kiln_discovery::DiscoveryArgs;
 
 use crate::core::pick_order::RunningCaps;
-use crate::core::quotas::QuotaSettings;
+use crate::core::quota_policy::QuotaSettings;
 use kiln_telemetry::TelemetryArgs;
+
+use crate::core::admission_policy::{AdmissionAction, AdmissionPolicy};
 
 /// Kiln's scheduler: owns job and task state in Postgres and dispatches tasks to workers.
 #[derive(Debug, clap::Parser)]
@@ -52,6 +54,12 @@ pub struct Config {
     /// An owner's weight in fair share, as NAME=WEIGHT (repeatable; default weight 1)
     #[arg(long = "owner-weight", env = "KILN_OWNER_WEIGHTS", value_delimiter = ',', value_parser = parse_weight)]
     pub owner_weights: Vec<(String, f64)>,
+    /// Admission control: the estimated queue wait for a renderer, in seconds, above which a new job of an owner already over their fair share is held back (0 turns admission control off)
+    #[arg(long, env = "KILN_ADMISSION_MAX_QUEUE_WAIT", default_value_t = 14_400)]
+    pub admission_max_queue_wait: u64,
+    /// What admission control does with a job it holds back: delay it (accepted, held, with the reason on the job) or refuse it (RESOURCE_EXHAUSTED / 429 with Retry-After)
+    #[arg(long, env = "KILN_ADMISSION_POLICY", value_enum, default_value_t = AdmissionAction::Delay)]
+    pub admission_policy: AdmissionAction,
     /// Most tasks one job may have
     #[arg(long, env = "KILN_MAX_TASKS_PER_JOB", default_value_t = 100_000)]
     pub max_tasks_per_job: usize,
@@ -72,6 +80,19 @@ pub struct Config {
     pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
     pub tls: kiln_tls::TlsArgs,
+    #[command(flatten)]
+    pub mesh: kiln_mesh::MeshArgs,
+}
+
+impl Config {
+    /// The farm's admission policy, from `--admission-*`.
+    pub fn admission_policy(&self) -> AdmissionPolicy {
+        AdmissionPolicy {
+            max_queue_wait: (self.admission_max_queue_wait > 0)
+                .then(|| std::time::Duration::from_secs(self.admission_max_queue_wait)),
+            action: self.admission_policy,
+        }
+    }
 }
 
 /// What one owner may ask of the farm. A submission over a quota is refused

@@ -170,6 +170,13 @@ impl DispatchLoop {
                 };
                 let _ = self.core.handle(joined, now);
             }
+            Inbound::Admit {
+                owner,
+                renderers,
+                reply,
+            } => {
+                let _ = reply.send(self.core.admission(&owner, &renderers));
+            }
         }
     }
 

@@ -133,8 +133,12 @@ impl EffectRunner {
         let outputs = queries::outputs_of_steps(&self.db, job_id, steps).await?;
         Ok(outputs
             .into_iter()
-            .map(|(path, digest)| pb::TaskInput {
-                path: format!("outputs/{path}"),
+            .map(|(path, digest, as_written)| pb::TaskInput {
+                path: if as_written {
+                    path
+                } else {
+                    format!("outputs/{path}")
+                },
                 digest,
             })
             .collect())

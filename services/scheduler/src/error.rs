@@ -29,6 +29,12 @@ pub enum SchedulerError {
     Stopping,
     #[error("this scheduler does not lead: {0}")]
     NotLeader(String),
+    /// Admission control refused a submission; try again after the seconds.
+    #[error("refused by admission control: {reason}")]
+    Overloaded {
+        reason: String,
+        retry_after_seconds: u32,
+    },
     /// Over one of the owner's quotas; the message names it.
     #[error("{0}")]
     Quota(String),
@@ -93,6 +99,17 @@ impl From<SchedulerError> for Status {
                 Status::unavailable(err.to_string())
             }
             SchedulerError::Migration(_) => Status::internal(err.to_string()),
+            SchedulerError::Overloaded {
+                retry_after_seconds,
+                ..
+            } => {
+                let mut status = Status::resource_exhausted(err.to_string());
+                status.metadata_mut().insert(
+                    kiln_proto::metadata::RETRY_AFTER,
+                    tonic::metadata::MetadataValue::from(*retry_after_seconds),
+                );
+                status
+            }
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct EventBus {
     sender: broadcast::Sender<JobNotice>,
     /// The latest ETA of each running job, from its latest record.
     etas: Mutex<HashMap<Uuid, pb::Eta>>,
+    /// Why admission control holds each held job, from its latest record.
+    holds: Mutex<HashMap<Uuid, String>>,
 }
 
 impl Default for EventBus {
@@ -29,6 +31,7 @@ impl Default for EventBus {
         Self {
             sender: broadcast::channel(CAPACITY).0,
             etas: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -37,6 +40,7 @@ impl EventBus {
     pub fn publish(&self, event: JobNotice) {
         if let Some(Event::JobChanged(job)) = &event.event {
             self.remember_eta(job);
+            self.remember_hold(job);
         }
         // No receivers is normal: nobody is watching.
         let _ = self.sender.send(event);
@@ -50,6 +54,28 @@ impl EventBus {
     pub fn eta(&self, job_id: Uuid) -> Option<pb::Eta> {
         let etas = self.etas.lock().unwrap_or_else(|e| e.into_inner());
         etas.get(&job_id).cloned()
+    }
+
+    /// Why admission control holds the job, while it does.
+    pub fn held_reason(&self, job_id: Uuid) -> String {
+        let holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        holds.get(&job_id).cloned().unwrap_or_default()
+    }
+
+    fn remember_hold(&self, job: &pb::Job) {
+        let Ok(id) = Uuid::parse_str(&job.id) else {
+            return;
+        };
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        if job.held_reason.is_empty() {
+            holds.remove(&id);
+            return;
+        }
+        // Holds are few and short-lived; the bound only guards memory.
+        if holds.len() >= ETA_MEMORY {
+            holds.clear();
+        }
+        holds.insert(id, job.held_reason.clone());
     }
 
     fn remember_eta(&self, job: &pb::Job) {

@@ -6,6 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::SchedulerError;
 use crate::core::Core;
+use crate::core::admission_policy::Admission;
 use crate::core::batch::RequestId;
 use crate::core::command::Command;
 use crate::core::model::Attempt;
@@ -42,5 +43,11 @@ pub enum Inbound {
         /// Attempts the worker says it still holds from an earlier session.
         held: Vec<Attempt>,
         outbox: Outbox,
+    },
+    /// Whether a new job of `owner` running `renderers` is admitted now.
+    Admit {
+        owner: String,
+        renderers: Vec<String>,
+        reply: oneshot::Sender<Admission>,
     },
 }

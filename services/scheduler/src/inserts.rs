@@ -83,12 +83,13 @@ async fn insert_step(
     position: i32,
     step: &kiln_jobmodel::StepPlan,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query("INSERT INTO steps (job_id, name, position, depends_on, host_requirements) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query("INSERT INTO steps (job_id, name, position, depends_on, host_requirements, session_step) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(job_id)
         .bind(&step.name)
         .bind(position)
         .bind(&step.depends_on)
         .bind(step.host_requirements.as_ref().and_then(|h| serde_json::to_value(h).ok()))
+        .bind(step.session.as_ref().map(kiln_jobmodel::SessionStep::to_json))
         .execute(&mut **tx)
         .await?;
     // One multi-row insert per step: a 10,000-frame job is one round trip, not 10,000.
@@ -108,12 +109,14 @@ async fn insert_step(
         .iter()
         .map(|t| serde_json::to_string(&t.frames).unwrap_or_default())
         .collect();
+    let symbols: Vec<Option<&str>> = step.tasks.iter().map(|t| t.symbols.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO tasks (id, job_id, step_name, index, state, command, args, frames)
+        "INSERT INTO tasks (id, job_id, step_name, index, state, command, args, frames, task_symbols)
          SELECT id, $2, $3, index, $4, command,
                 ARRAY(SELECT jsonb_array_elements_text(args::jsonb)),
-                ARRAY(SELECT jsonb_array_elements_text(frames::jsonb)::bigint)
-         FROM UNNEST($1::uuid[], $5::int[], $6::text[], $7::text[], $8::text[]) AS t(id, index, command, args, frames)",
+                ARRAY(SELECT jsonb_array_elements_text(frames::jsonb)::bigint), task_symbols
+         FROM UNNEST($1::uuid[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[])
+              AS t(id, index, command, args, frames, task_symbols)",
     )
     .bind(&ids)
     .bind(job_id)
@@ -123,6 +126,7 @@ async fn insert_step(
     .bind(&commands)
     .bind(&args)
     .bind(&frames)
+    .bind(&symbols)
     .execute(&mut **tx)
     .await?;
     Ok(ids)

@@ -230,6 +230,7 @@ impl pb::job_service_server::JobService for JobApi {
         let scheduler = self.scheduler()?;
         let mut job = load_job(&scheduler, id).await?;
         job.eta = scheduler.events.eta(id);
+        job.held_reason = scheduler.events.held_reason(id);
         Ok(Response::new(job))
     }
 
@@ -686,6 +687,10 @@ fn wait_reason(reason: &Waiting) -> pb::WaitReason {
     let mut out = pb::WaitReason::default();
     let (cause, message) = match reason {
         Waiting::JobPaused => (Cause::Paused, "the job is paused".to_owned()),
+        Waiting::Held(why) => (
+            Cause::Held,
+            format!("admission control holds the job back: {why}"),
+        ),
         Waiting::ForJobs(jobs) => {
             out.jobs = jobs.iter().map(Uuid::to_string).collect();
             (

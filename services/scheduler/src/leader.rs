@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::SchedulerError;
-use crate::core::quotas::QuotaSettings;
+use crate::core::quota_policy::QuotaSettings;
 use crate::fence::{self, Token};
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
@@ -70,6 +70,8 @@ pub struct Leading {
     pub quotas: QuotaSettings,
     /// Templates whose tasks may use the network.
     pub network_templates: std::collections::HashSet<String>,
+    /// When new work is held back or refused while the farm is saturated.
+    pub admission: crate::core::admission_policy::AdmissionPolicy,
     /// How this process is listed in etcd while it leads.
     pub endpoint: Endpoint,
     /// Seconds of the election lease: how long a crashed leader holds on.
@@ -224,6 +226,7 @@ async fn lead(
         leading.owner_weights.clone(),
         leading.quotas.clone(),
         leading.network_templates.clone(),
+        leading.admission,
         token,
     )
     .await

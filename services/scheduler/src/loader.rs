@@ -75,6 +75,7 @@ pub fn from_plan(
                     command: task.command.clone(),
                     args: task.args.clone(),
                     frames: task.frames.clone(),
+                    task_symbols: task.symbols.clone(),
                     dispatched_at: None,
                     claimed_attempt: None,
                     ready_at: None,
@@ -93,6 +94,7 @@ pub fn from_plan(
                     .filter_map(|d| positions.get(d.as_str()).copied())
                     .collect(),
                 requirements: Requirements::from_openjd(step.host_requirements.as_ref()),
+                session_step: step.session.as_ref().map(|s| s.to_json().into()),
                 ready: Default::default(),
                 total: step.tasks.len(),
                 succeeded: 0,
@@ -113,6 +115,7 @@ pub fn from_plan(
         submission_order: 0,
         state: JobState::Pending,
         paused: false,
+        held: None,
         max_failed_tasks: settings.max_failed_tasks,
         max_run_seconds: settings.max_run_seconds,
         stall_seconds: settings.stall_seconds,
@@ -172,6 +175,7 @@ struct StepRow {
     name: String,
     depends_on: Vec<String>,
     host_requirements: Option<serde_json::Value>,
+    session_step: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -187,6 +191,7 @@ struct TaskRow {
     command: String,
     args: Vec<String>,
     frames: Vec<i64>,
+    task_symbols: Option<String>,
 }
 
 /// Loads every unfinished job. Tasks left in flight by a previous leader
@@ -229,7 +234,7 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let steps: Vec<StepRow> = sqlx::query_as(
-        "SELECT job_id, name, depends_on, host_requirements FROM steps
+        "SELECT job_id, name, depends_on, host_requirements, session_step FROM steps
          WHERE job_id = ANY($1) ORDER BY job_id, position",
     )
     .bind(&ids)
@@ -243,7 +248,8 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     .fetch_all(db)
     .await?;
     let tasks: Vec<TaskRow> = sqlx::query_as(
-        "SELECT id, job_id, step_name, index, state, attempt, failures, worker_id, command, args, frames
+        "SELECT id, job_id, step_name, index, state, attempt, failures, worker_id, command, args, frames,
+                task_symbols
          FROM tasks WHERE job_id = ANY($1) AND state <> 'succeeded' ORDER BY job_id, index",
     )
     .bind(&ids)
@@ -394,6 +400,7 @@ fn assemble(
             command: String::new(),
             depends_on: positions,
             requirements: Requirements::from_openjd(requirements.as_ref()),
+            session_step: step.session_step.map(Into::into),
             ready: Default::default(),
             total: 0,
             succeeded: 0,
@@ -446,6 +453,7 @@ fn assemble(
             command: row.command,
             args: row.args,
             frames: row.frames,
+            task_symbols: row.task_symbols,
             dispatched_at: None,
             claimed_attempt: None,
             ready_at: None,
@@ -485,6 +493,7 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         submission_order: 0,
         state,
         paused: state == JobState::Paused,
+        held: None,
         max_failed_tasks: i64::from(row.max_failed_tasks),
         max_run_seconds: row.max_run_seconds.max(0) as u32,
         stall_seconds: row.stall_seconds.max(0) as u32,

@@ -86,7 +86,12 @@ async fn main() -> anyhow::Result<()> {
             .context("loading the approved templates")?,
         None => kiln_jobmodel::TemplateLibrary::default(),
     };
-    let assets = AssetService::new(discovery.clone(), tls.client(), &service_token)?;
+    let mesh = kiln_mesh::Mesh::new(
+        discovery.clone(),
+        tls.client(),
+        kiln_mesh::Settings::from_args(&config.mesh),
+    );
+    let assets = AssetService::new(mesh.channel(service::ASSETS), &service_token)?;
     let sizes = SizeLimits {
         max_name_bytes: config.quotas.max_job_name_bytes,
         max_parameter_bytes: config.quotas.max_parameter_bytes,
@@ -135,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
         owner_weights: config.owner_weights.iter().cloned().collect(),
         quotas: config.quotas.core(),
         network_templates: config.network_templates.iter().cloned().collect(),
+        admission: config.admission_policy(),
         endpoint,
         lease_ttl: config.leader_ttl,
     };

@@ -442,17 +442,23 @@ pub async fn list_outputs(
         .collect())
 }
 
-/// Outputs of the steps `step_names` of a job: the inputs of a step that depends on them.
+/// Outputs of the steps `step_names` of a job: the inputs of a step that
+/// depends on them. Each comes with whether the step that made it ran as
+/// written (OpenJD session model): those are named by their place in the
+/// session's working directory, Kiln command lines' by their place under
+/// `outputs/`.
 pub async fn outputs_of_steps(
     db: &PgPool,
     job_id: Uuid,
     step_names: &[String],
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+) -> Result<Vec<(String, String, bool)>, sqlx::Error> {
     if step_names.is_empty() {
         return Ok(Vec::new());
     }
     sqlx::query_as(
-        "SELECT o.path, o.digest FROM outputs o JOIN tasks t ON t.id = o.task_id
+        "SELECT o.path, o.digest, s.session_step IS NOT NULL FROM outputs o
+         JOIN tasks t ON t.id = o.task_id
+         JOIN steps s ON s.job_id = t.job_id AND s.name = t.step_name
          WHERE o.job_id = $1 AND t.step_name = ANY($2) AND o.kind = '' ORDER BY o.path",
     )
     .bind(job_id)

@@ -12,10 +12,11 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::SchedulerError;
+use crate::core::admission_policy::{Admission, AdmissionPolicy};
 use crate::core::batch::RequestId;
 use crate::core::command::Command;
 use crate::core::model::Attempt;
-use crate::core::quotas::QuotaSettings;
+use crate::core::quota_policy::QuotaSettings;
 use crate::core::{Core, CoreSettings};
 use crate::dispatch::{self, DispatchLoop};
 use crate::effects::EffectRunner;
@@ -61,6 +62,7 @@ impl Scheduler {
         owner_weights: HashMap<String, f64>,
         quotas: QuotaSettings,
         network_templates: std::collections::HashSet<String>,
+        admission: AdmissionPolicy,
         token: Token,
     ) -> Result<Started, SchedulerError> {
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
@@ -80,6 +82,7 @@ impl Scheduler {
             now,
             known_workers,
             network_templates,
+            admission,
         });
         for job in loaded {
             core.restore(*job.job, job.tasks, now);
@@ -158,6 +161,23 @@ impl Scheduler {
             outbox,
         })
         .await
+    }
+
+    /// Admission control's decision on a new job of `owner` running
+    /// `renderers` (`core/admission.rs`).
+    pub async fn admission(
+        &self,
+        owner: &str,
+        renderers: Vec<String>,
+    ) -> Result<Admission, SchedulerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Inbound::Admit {
+            owner: owner.to_owned(),
+            renderers,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| SchedulerError::Stopping)
     }
 
     /// A worker's batch of log lines, for the dispatch loop to check against

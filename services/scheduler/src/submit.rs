@@ -7,14 +7,13 @@
 use std::collections::HashSet;
 use std::path::{Component, Path};
 use std::sync::Arc;
-use std::time::Duration;
 
 use kiln_asset_client::{AssetClient, CallCredentials};
-use kiln_discovery::{Discovery, service};
-use kiln_jobmodel::{Limits, TemplateLibrary, plan_job};
+use kiln_jobmodel::{JobPlan, Limits, TemplateLibrary, plan_job};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::core::admission_policy::Admission;
 use crate::core::command::Command;
 use crate::error::{invalid, parse_uuid};
 use crate::inserts::{self, NewJob};
@@ -80,26 +79,24 @@ pub trait StoredInputs: Send + Sync {
     ) -> Result<Vec<String>, SchedulerError>;
 }
 
-/// The asset service, found in etcd and asked once per submission.
+/// The asset service, through the mesh (every replica), asked once per
+/// submission.
 pub struct AssetService {
-    discovery: Discovery,
-    /// How the assets service is dialled (TLS when it lists itself so).
-    tls: kiln_tls::ClientTls,
+    /// Through the mesh (every replica).
+    channel: kiln_mesh::MeshChannel,
     /// The farm's service token, which the assets service asks of callers.
     credentials: CallCredentials,
 }
 
 impl AssetService {
     pub fn new(
-        discovery: Discovery,
-        tls: kiln_tls::ClientTls,
+        channel: kiln_mesh::MeshChannel,
         service_token: &str,
     ) -> Result<Self, SchedulerError> {
         let credentials = CallCredentials::service(service_token)
             .map_err(|err| SchedulerError::Assets(err.to_string()))?;
         Ok(Self {
-            discovery,
-            tls,
+            channel,
             credentials,
         })
     }
@@ -112,15 +109,6 @@ impl StoredInputs for AssetService {
         submitter: Submitter<'_>,
         digests: &[String],
     ) -> Result<Vec<String>, SchedulerError> {
-        let endpoint = self
-            .discovery
-            .find_one(service::ASSETS, Duration::from_secs(5))
-            .await?;
-        let channel = self
-            .tls
-            .endpoint(&endpoint.grpc_uri())
-            .map_err(|e| SchedulerError::Assets(e.to_string()))?
-            .connect_lazy();
         // As the farm service, acting for the submitter.
         let credentials = match submitter {
             Submitter::Owner { name, role } => self
@@ -131,7 +119,7 @@ impl StoredInputs for AssetService {
             Submitter::Service => self.credentials.clone(),
         };
         // One call for the whole bundle rather than one Stat per file.
-        AssetClient::with_credentials(channel, credentials)
+        AssetClient::with_credentials(self.channel.clone(), credentials)
             .find_missing(digests)
             .await
             .map_err(|err| SchedulerError::Assets(err.to_string()))
@@ -199,8 +187,11 @@ impl Submissions {
             .collect();
         let depends_on = dependencies(scheduler, &request.depends_on_jobs).await?;
         let trace_context = kiln_telemetry::propagation::current_context_map();
-        let plan = plan_job(document, &request.parameters, self.limits)?;
+        let rules = path_mapping_rules(&request.path_mapping_rules)?;
+        let plan = plan_job(document, &request.parameters, &rules, self.limits)?;
         self.check_inputs_stored(submitter, &request.inputs).await?;
+        // Admission control first: a refusal stores and reserves nothing.
+        let held = admit(scheduler, owner, &plan).await?;
         // Room in the owner's quotas is reserved before any row is written.
         let mut admission = None;
         scheduler
@@ -250,7 +241,8 @@ impl Submissions {
         };
         let mut loaded = [loader::from_plan(id, settings, &plan, &created.task_ids)];
         loader::attach_earlier_run_times(&scheduler.db, &mut loaded).await;
-        let [loaded] = loaded;
+        let [mut loaded] = loaded;
+        loaded.job.held = held.clone();
         scheduler
             .ask(|request| Command::AddJob {
                 request,
@@ -259,10 +251,12 @@ impl Submissions {
                 tasks: loaded.tasks,
             })
             .await?;
-        tracing::info!(job_id = %id, owner, tasks = plan.task_count(), "job submitted");
-        queries::get_job(&scheduler.db, id)
+        tracing::info!(job_id = %id, owner, tasks = plan.task_count(), held = held.is_some(), "job submitted");
+        let mut job = queries::get_job(&scheduler.db, id)
             .await?
-            .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))
+            .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?;
+        job.held_reason = held.unwrap_or_default();
+        Ok(job)
     }
 
     fn run_limits(&self, request: &pb::SubmitJobRequest) -> Result<RunLimits, SchedulerError> {
@@ -303,6 +297,39 @@ impl Submissions {
             )));
         }
         Ok(())
+    }
+}
+
+/// Admission control's decision on the job `plan` describes, before any of
+/// it is stored: the reason to hold it, if it is delayed.
+async fn admit(
+    scheduler: &Scheduler,
+    owner: &str,
+    plan: &JobPlan,
+) -> Result<Option<String>, SchedulerError> {
+    let mut renderers: Vec<String> = plan
+        .steps
+        .iter()
+        .filter_map(|step| step.tasks.first().map(|t| t.command.clone()))
+        .collect();
+    renderers.sort();
+    renderers.dedup();
+    match scheduler.admission(owner, renderers).await? {
+        Admission::Admit => Ok(None),
+        Admission::Delay { reason } => {
+            tracing::info!(owner, %reason, "submission delayed");
+            Ok(Some(reason))
+        }
+        Admission::Refuse {
+            reason,
+            retry_after,
+        } => {
+            tracing::info!(owner, %reason, "submission refused");
+            Err(SchedulerError::Overloaded {
+                reason,
+                retry_after_seconds: retry_after.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
+            })
+        }
     }
 }
 
@@ -370,6 +397,40 @@ pub fn priority_of(number: u32, level: i32, default: u32) -> Result<u32, Schedul
         p if p <= 100 => Ok(p),
         p => Err(invalid(format!("priority: {p} is outside 0-100"))),
     }
+}
+
+/// The submission's path-mapping rules in the OpenJD model's terms (which
+/// checks the paths themselves when it plans the job).
+fn path_mapping_rules(
+    rules: &[pb::PathMappingRule],
+) -> Result<Vec<kiln_jobmodel::PathMappingRule>, SchedulerError> {
+    if rules.len() > kiln_jobmodel::MAX_PATH_MAPPING_RULES {
+        return Err(invalid(format!(
+            "path_mapping_rules: {} rules, more than the limit of {}",
+            rules.len(),
+            kiln_jobmodel::MAX_PATH_MAPPING_RULES
+        )));
+    }
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let source_path_format = match rule.source_path_format.to_ascii_uppercase().as_str() {
+                "POSIX" => kiln_jobmodel::PathFormat::Posix,
+                "WINDOWS" => kiln_jobmodel::PathFormat::Windows,
+                other => {
+                    return Err(invalid(format!(
+                        "path_mapping_rules[{i}].source_path_format: {other:?} is not POSIX or WINDOWS"
+                    )));
+                }
+            };
+            Ok(kiln_jobmodel::PathMappingRule {
+                source_path_format,
+                source_path: rule.source_path.clone(),
+                destination_path: rule.destination_path.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Refuses a submission whose name, parameters or template are larger than
@@ -469,6 +530,38 @@ mod tests {
         ));
         assert!(matches!(
             priority_of(0, 99, DEFAULT_PRIORITY),
+            Err(SchedulerError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn path_mapping_rules_name_a_known_format_and_are_bounded() {
+        let rule = |format: &str| pb::PathMappingRule {
+            source_path_format: format.into(),
+            source_path: "/mnt/projects".into(),
+            destination_path: "root-0".into(),
+        };
+        let rules = path_mapping_rules(&[rule("posix"), rule("WINDOWS")]).expect("valid rules");
+        assert_eq!(
+            rules[0].source_path_format,
+            kiln_jobmodel::PathFormat::Posix
+        );
+        assert_eq!(
+            rules[1].source_path_format,
+            kiln_jobmodel::PathFormat::Windows
+        );
+        assert_eq!(rules[0].destination_path, "root-0");
+        let Err(SchedulerError::InvalidArgument(message)) = path_mapping_rules(&[rule("MACOS")])
+        else {
+            panic!("an unknown format is refused");
+        };
+        assert!(
+            message.contains("path_mapping_rules[0].source_path_format"),
+            "{message}"
+        );
+        let many = vec![rule("POSIX"); kiln_jobmodel::MAX_PATH_MAPPING_RULES + 1];
+        assert!(matches!(
+            path_mapping_rules(&many),
             Err(SchedulerError::InvalidArgument(_))
         ));
     }

@@ -229,6 +229,7 @@ async fn handle(
                 attempt: progress.attempt as i32,
                 fraction: progress.fraction,
                 frame: progress.frame,
+                status: without_nul(progress.status),
             };
             scheduler.tell(command).await
         }

@@ -77,6 +77,7 @@ async fn a_value_postgres_refuses_stops_the_leader_instead_of_stalling_dispatch(
         HashMap::new(),
         Default::default(),
         Default::default(),
+        Default::default(),
         token,
     )
     .await?;

@@ -56,6 +56,12 @@ pub async fn detect_renderers(blender: &Path, ffmpeg: &Path, natron: &Path) -> D
             version: env!("CARGO_PKG_VERSION").to_owned(),
         });
     }
+    // Steps that run as written (OpenJD session model): any program the
+    // worker image has, contained like every other task process.
+    detected.renderers.push(Renderer {
+        name: kiln_jobmodel::SESSION_COMMAND.to_owned(),
+        version: "jobtemplate-2023-09".to_owned(),
+    });
     if let Some(path) = find_executable(natron) {
         // NatronRenderer prints its version among other lines; any first line will do.
         let version = probe(&path, "--version", |line| Some(line.trim().to_owned()))
@@ -216,7 +222,7 @@ mod tests {
         let names: Vec<&str> = detected.renderers.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
-            ["blender", "kiln-blender-variant"],
+            ["blender", "kiln-blender-variant", "openjd"],
             "kiln-encode and kiln-check need ffmpeg; natron is not installed"
         );
         assert!(detected.paths.ffmpeg.is_none());

@@ -109,6 +109,9 @@ pub struct Config {
     /// Growth of a warm Blender session's resident memory since its first frame, in MiB, that gets it replaced
     #[arg(long, env = "KILN_WARM_SESSION_MEMORY_GROWTH_MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub warm_session_memory_growth_mib: u64,
+    /// Seconds an OpenJD session (its job and step environments entered) waits for its job's next task before its environments are exited
+    #[arg(long, env = "KILN_SESSION_IDLE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub session_idle_seconds: u64,
     /// Seconds a worker told to stop (SIGTERM) may spend finishing its running tasks before it hands them back
     #[arg(long, env = "KILN_DRAIN_SECONDS", default_value_t = 300)]
     pub drain_seconds: u64,
@@ -119,6 +122,8 @@ pub struct Config {
     pub ops: kiln_service::OpsArgs,
     #[command(flatten)]
     pub tls: kiln_tls::TlsArgs,
+    #[command(flatten)]
+    pub mesh: kiln_mesh::MeshArgs,
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
     #[command(flatten)]

@@ -142,10 +142,25 @@ impl InputCache {
         relative: &Path,
         dir: &TaskDir,
     ) -> Result<(), WorkdirError> {
+        let copy = relative.starts_with(OUTPUTS_DIR);
+        self.place_in(assets, digest, relative, dir.path(), copy)
+            .await
+    }
+
+    /// Like [`place`](Self::place) into any directory; `copy` asks for a
+    /// copy rather than a link, for places the task may write over.
+    pub async fn place_in<A: AssetStore>(
+        &self,
+        assets: &A,
+        digest: &str,
+        relative: &Path,
+        dir: &Path,
+        copy: bool,
+    ) -> Result<(), WorkdirError> {
         let cached = self
             .fetch(assets, digest, &relative.to_string_lossy())
             .await?;
-        let dest = dir.path().join(relative);
+        let dest = dir.join(relative);
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -156,9 +171,7 @@ impl InputCache {
                 .await
                 .map_err(io_error("replace", &dest))?;
         }
-        if relative.starts_with(OUTPUTS_DIR)
-            || tokio::fs::hard_link(&cached.path, &dest).await.is_err()
-        {
+        if copy || tokio::fs::hard_link(&cached.path, &dest).await.is_err() {
             tokio::fs::copy(&cached.path, &dest)
                 .await
                 .map_err(io_error("copy input to", &dest))?;

@@ -99,6 +99,7 @@ async fn serve() -> anyhow::Result<()> {
         keep_work_dirs: config.keep_work_dirs,
         warm: config.warm_settings(),
         gpus,
+        session_idle_timeout: Duration::from_secs(config.session_idle_seconds),
         sandbox,
     };
     let stopping = Stopping {
@@ -106,6 +107,22 @@ async fn serve() -> anyhow::Result<()> {
         stop: CancellationToken::new(),
         grace: Duration::from_secs(config.drain_seconds),
     };
+    let mesh = kiln_mesh::Mesh::new(
+        discovery.clone(),
+        tls.client(),
+        kiln_mesh::Settings::from_args(&config.mesh),
+    );
+    // The assets service asks workers for the join token (or, with mutual
+    // TLS, the certificate the channel presents).
+    let credentials = match config.join_token.as_deref() {
+        Some(token) => kiln_asset_client::CallCredentials::worker(token)
+            .context("--join-token must be printable ASCII")?,
+        None => kiln_asset_client::CallCredentials::default(),
+    };
+    let assets = kiln_asset_client::AssetClient::with_credentials(
+        mesh.channel(kiln_discovery::service::ASSETS),
+        credentials,
+    );
     let ops_addr = Some(discovery.advertised_address(ops.local_addr()));
     let ops = Arc::new(ops);
     tokio::spawn(stop_on_signals(stopping.clone(), ops.clone()));
@@ -125,6 +142,7 @@ async fn serve() -> anyhow::Result<()> {
         join_token,
         tls: tls.client(),
         usage,
+        assets,
     }
     .run(stopping)
     .await?;

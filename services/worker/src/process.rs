@@ -31,12 +31,45 @@ pub struct ProcessGroup(Pid);
 impl ProcessGroup {
     /// SIGKILLs every process in the group; the leader still has to be reaped.
     pub fn kill(self) {
-        match killpg(self.0, Signal::SIGKILL) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// SIGTERMs every process in the group: OpenJD's "notify" of a cancel.
+    pub fn terminate(self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    fn signal(self, signal: Signal) {
+        match killpg(self.0, signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(error) => {
-                tracing::warn!(pgid = self.0.as_raw(), %error, "cannot kill renderer process group")
+                tracing::warn!(pgid = self.0.as_raw(), %error, ?signal, "cannot signal renderer process group")
             }
         }
+    }
+}
+
+/// SIGTERMs the processes of `child`'s action: OpenJD's "notify". In a
+/// sandbox (`sandboxed`) those are the child's descendants, in a session of
+/// their own; the child is bubblewrap, and neither it nor its group may get
+/// the signal: bubblewrap dies of it, and its `--die-with-parent` would
+/// take the whole sandbox with it at once, leaving the action no notify
+/// period. (The sandbox's init ignores the signal, as a PID namespace's
+/// init does.) Without a sandbox the child is the action itself, signalled
+/// with its group and any descendant that left the group.
+pub fn terminate_tree(child: &Child, group: ProcessGroup, sandboxed: bool) {
+    if let Some(leader) = child.id() {
+        for pid in crate::proc_tree::descendants_in(std::path::Path::new("/proc"), leader)
+            .iter()
+            .skip(1)
+        {
+            if let Ok(pid) = i32::try_from(*pid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+    }
+    if !sandboxed {
+        group.terminate();
     }
 }
 

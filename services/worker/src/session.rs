@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use kiln_asset_client::{AssetClient, CallCredentials};
+use kiln_asset_client::AssetClient;
 use kiln_discovery::{Discovery, DiscoveryError, Endpoint, service};
 use kiln_proto::v1::worker_service_client::WorkerServiceClient;
 use kiln_proto::v1::{
@@ -23,7 +23,6 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use crate::health::LocalHealth;
 use crate::task::{RunnerSettings, TaskOutcome, TaskRunner, message};
@@ -113,10 +112,12 @@ pub struct Worker {
     pub ops_addr: Option<String>,
     /// Presented to the scheduler as metadata `kiln-join-token` when joining.
     pub join_token: Option<tonic::metadata::AsciiMetadataValue>,
-    /// How the scheduler and assets service are dialled (TLS when they list themselves so).
+    /// How the scheduler is dialled (TLS when it lists itself so).
     pub tls: kiln_tls::ClientTls,
     /// The machine's latest resource use, carried by every heartbeat.
     pub usage: crate::usage::HostUsage,
+    /// The assets service, through the mesh: every replica, for the worker's life.
+    pub assets: AssetClient,
 }
 
 impl Worker {
@@ -233,24 +234,10 @@ impl Worker {
             .discovery
             .find_one(service::SCHEDULER, LOOKUP_PATIENCE)
             .await?;
-        let assets_uri = self
-            .discovery
-            .find_one(service::ASSETS, LOOKUP_PATIENCE)
-            .await?
-            .grpc_uri();
-        // The assets service asks workers for the same join token (or, with
-        // mutual TLS, the certificate the channel presents).
-        let credentials = match &self.join_token {
-            Some(token) => CallCredentials::worker(token.to_str().unwrap_or_default())
-                .map_err(|err| SessionError::Credentials(err.to_string()))?,
-            None => CallCredentials::default(),
-        };
-        let assets =
-            AssetClient::with_credentials(lazy_channel(&self.tls, &assets_uri)?, credentials);
         let runner = Arc::new(TaskRunner::new(
             self.runner.clone(),
             self.cache.clone(),
-            assets,
+            self.assets.clone(),
         ));
         let uri = scheduler.grpc_uri();
         let channel = self
@@ -290,16 +277,9 @@ impl Worker {
                 .insert(kiln_proto::metadata::JOIN_TOKEN, token.clone());
         }
         let inbound = client.session(request).await?.into_inner();
-        tracing::info!(scheduler = %uri, assets = %assets_uri, "session opened");
+        tracing::info!(scheduler = %uri, "session opened");
         Ok((runner, outbound, inbound))
     }
-}
-
-fn lazy_channel(tls: &kiln_tls::ClientTls, uri: &str) -> Result<Channel, SessionError> {
-    Ok(tls
-        .endpoint(uri)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_lazy())
 }
 
 /// The worker's tasks, which outlive its sessions.

@@ -128,6 +128,7 @@ impl Farm {
             keep_work_dirs: false,
             warm,
             gpus: Vec::new(),
+            session_idle_timeout: std::time::Duration::from_secs(60),
             sandbox,
         };
         let store = DirStore { dir: store_dir };

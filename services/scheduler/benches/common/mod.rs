@@ -24,10 +24,15 @@ pub async fn open_session(
         hostname: "bench".into(),
         capabilities: Some(pb::WorkerCapabilities {
             cpu_cores: 1,
-            renderers: vec![pb::Renderer {
-                name: "noop".into(),
-                version: "0".into(),
-            }],
+            // `noop` is no program Kiln knows, so its steps run as OpenJD
+            // session steps, which only a worker offering `openjd` takes.
+            renderers: ["noop", kiln_jobmodel::SESSION_COMMAND]
+                .into_iter()
+                .map(|name| pb::Renderer {
+                    name: name.into(),
+                    version: "0".into(),
+                })
+                .collect(),
             slots: 1,
             os: "linux".into(),
             ..Default::default()

@@ -134,6 +134,8 @@ impl Core {
             owner: job.owner.clone(),
             allow_network: !job.template_name.is_empty()
                 && self.network_templates.contains(&job.template_name),
+            session_step: step.session_step.as_deref().unwrap_or_default().to_owned(),
+            task_symbols: task.task_symbols.clone().unwrap_or_default(),
         });
         let dependency_steps = step
             .depends_on

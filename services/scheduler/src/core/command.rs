@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::core::batch::RequestId;
 use crate::core::model::{Attempt, JobEntry, TaskEntry};
-use crate::core::quotas::QuotaExceeded;
+use crate::core::quota_policy::QuotaExceeded;
 
 pub enum Command {
     WorkerJoined {
@@ -33,6 +33,8 @@ pub enum Command {
         attempt: i32,
         fraction: f32,
         frame: Option<i64>,
+        /// The task's status line; empty when it gave none.
+        status: String,
     },
     Finished {
         worker_id: String,

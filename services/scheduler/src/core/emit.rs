@@ -73,7 +73,7 @@ impl Core {
     ) {
         if self
             .numbering
-            .progress_due(task_id, progress.frame, self.now.instant)
+            .progress_due(task_id, progress.frame, &progress.status, self.now.instant)
         {
             self.emit(job_id, Event::TaskProgress(progress));
         }
@@ -139,6 +139,7 @@ impl Core {
             finished_at,
             eta: self.eta_of(job),
             tags: job.tags.iter().cloned().collect(),
+            held_reason: job.held.clone().unwrap_or_default(),
             ..pb::Job::default()
         }
     }

@@ -31,39 +31,10 @@ impl Core {
     /// The gauges now; O(jobs × steps + workers).
     pub fn gauges(&self, now: Instant) -> Gauges {
         let mut counts = TaskCounts::default();
-        let mut work: HashMap<&str, f64> = HashMap::new();
-        let mut depth = 0usize;
         for job in self.jobs.values() {
             add_counts(&mut counts, &job.counts);
-            if !job.is_dispatchable() {
-                continue;
-            }
-            for (s, step) in job.steps.iter().enumerate() {
-                if step.ready.is_empty() || !job.step_unblocked(s) {
-                    continue;
-                }
-                depth += step.ready.len();
-                let each = step.mean_run_seconds.unwrap_or(DEFAULT_TASK_SECONDS);
-                *work.entry(step.command.as_str()).or_default() += each * step.ready.len() as f64;
-            }
         }
-        for worker in self.workers.values() {
-            for renderer in &worker.capabilities.renderers {
-                work.entry(renderer.name.as_str()).or_default();
-            }
-        }
-        let queue_wait_seconds = work
-            .into_iter()
-            .map(|(renderer, seconds)| {
-                let slots: usize = self
-                    .workers
-                    .values()
-                    .filter(|w| w.has_renderer(renderer))
-                    .map(|w| w.slots)
-                    .sum();
-                (renderer.to_owned(), seconds / slots.max(1) as f64)
-            })
-            .collect();
+        let (queue_wait_seconds, depth) = self.queue_work();
         let idle_workers = if depth > 0 {
             0
         } else {
@@ -82,6 +53,49 @@ impl Core {
             idle_workers,
             queue_wait_seconds,
         }
+    }
+
+    /// Per renderer, the estimated queue wait in seconds (see
+    /// [`Gauges::queue_wait_seconds`]); admission control decides by it.
+    pub fn queue_wait_seconds(&self) -> HashMap<String, f64> {
+        self.queue_work().0
+    }
+
+    /// The queue wait per renderer, and the tasks that could be dispatched now.
+    fn queue_work(&self) -> (HashMap<String, f64>, usize) {
+        let mut work: HashMap<&str, f64> = HashMap::new();
+        let mut depth = 0usize;
+        for job in self.jobs.values() {
+            if !job.is_dispatchable() {
+                continue;
+            }
+            for (s, step) in job.steps.iter().enumerate() {
+                if step.ready.is_empty() || !job.step_unblocked(s) {
+                    continue;
+                }
+                depth += step.ready.len();
+                let each = step.mean_run_seconds.unwrap_or(DEFAULT_TASK_SECONDS);
+                *work.entry(step.command.as_str()).or_default() += each * step.ready.len() as f64;
+            }
+        }
+        for worker in self.workers.values() {
+            for renderer in &worker.capabilities.renderers {
+                work.entry(renderer.name.as_str()).or_default();
+            }
+        }
+        let waits = work
+            .into_iter()
+            .map(|(renderer, seconds)| {
+                let slots: usize = self
+                    .workers
+                    .values()
+                    .filter(|w| w.has_renderer(renderer))
+                    .map(|w| w.slots)
+                    .sum();
+                (renderer.to_owned(), seconds / slots.max(1) as f64)
+            })
+            .collect();
+        (waits, depth)
     }
 }
 

@@ -76,6 +76,10 @@ impl Core {
         }
         self.dispatch_wanted = true;
         self.touch(job_id);
+        if self.jobs.get(&job_id).is_some_and(|job| job.held.is_some()) {
+            // Its record says why it waits, from the start.
+            self.emit_record(job_id, true);
+        }
         if let Some((dependency, state)) = failed_dependency {
             if let Some(job) = self.jobs.get_mut(&job_id) {
                 let state = state.map_or("finished without succeeding", JobState::as_str);

@@ -15,7 +15,8 @@
 //! - `model.rs`: jobs, steps, tasks, workers; `batch.rs`: writes and
 //!   effects; `command.rs`: what the core is told;
 //! - `pick_order.rs`: the order of dispatch, fair share and share caps;
-//!   `quotas.rs`: owners' quotas, checked when a job is admitted;
+//!   `quota_policy.rs`: owners' quotas, usage and reservations as plain data;
+//!   `quotas.rs`: that rule applied when a job is admitted, with reservations;
 //!   `numbering.rs`: event numbering and throttling; `output_ledger.rs`:
 //!   what each unfinished task recorded, so each output is announced once;
 //! - `transition.rs`: task and job state changes; `assign.rs`: handing
@@ -25,8 +26,11 @@
 //!   `timeouts.rs`: retries due and attempts overdue; `emit.rs`: events;
 //!   `gauges.rs`: the snapshot the loop publishes as metrics; `waiting.rs`:
 //!   why a task waits, by the pick order's own rules; `fleet.rs`: every
-//!   worker the farm knows and an admin's actions on them.
+//!   worker the farm knows and an admin's actions on them; `admission.rs`:
+//!   new work held back or refused while the farm is saturated.
 
+pub mod admission;
+pub mod admission_policy;
 mod assign;
 pub mod batch;
 pub mod command;
@@ -38,6 +42,7 @@ pub mod model;
 pub mod numbering;
 pub mod output_ledger;
 pub mod pick_order;
+pub mod quota_policy;
 pub mod quotas;
 mod reclaim;
 mod reports;
@@ -57,13 +62,15 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use uuid::Uuid;
 
+use crate::core::admission_policy::AdmissionPolicy;
 use crate::core::batch::{Batch, Effect};
 use crate::core::command::{Command, Refusal};
 use crate::core::model::{Clock, JobEntry, KnownWorker, TaskEntry, WorkerEntry};
 use crate::core::numbering::EventNumbering;
 use crate::core::output_ledger::OutputLedger;
 use crate::core::pick_order::Shares;
-use crate::core::quotas::{QuotaSettings, Reservations};
+use crate::core::quota_policy::QuotaSettings;
+use crate::core::quota_policy::Reservations;
 use crate::eta::EtaBook;
 use crate::job_state::JobState;
 use crate::retry::RetryPolicy;
@@ -93,6 +100,8 @@ pub struct CoreSettings {
     /// Admin-approved templates whose tasks may use the network; every
     /// other task's sandbox has none.
     pub network_templates: HashSet<String>,
+    /// When new work is held back or refused (`admission.rs`).
+    pub admission: AdmissionPolicy,
 }
 
 pub struct Core {
@@ -138,6 +147,7 @@ pub struct Core {
     jitter: SmallRng,
     /// Admin-approved templates whose tasks may use the network.
     network_templates: HashSet<String>,
+    admission: AdmissionPolicy,
 }
 
 impl Core {
@@ -176,6 +186,7 @@ impl Core {
             now: settings.now,
             jitter: SmallRng::seed_from_u64(settings.jitter_seed),
             network_templates: settings.network_templates,
+            admission: settings.admission,
         }
     }
 
@@ -228,8 +239,9 @@ impl Core {
                 attempt,
                 fraction,
                 frame,
+                status,
             } => {
-                self.progress(&worker_id, task_id, attempt, fraction, frame);
+                self.progress(&worker_id, task_id, attempt, fraction, frame, status);
                 Ok(())
             }
             Command::Finished {
@@ -306,6 +318,7 @@ impl Core {
         self.expire_unclaimed();
         self.expire_reservations();
         self.end_overdue_attempts();
+        self.release_holds();
         self.refresh_jobs();
         self.emit_due_records();
     }

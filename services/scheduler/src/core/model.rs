@@ -2,6 +2,7 @@
 //! Data only; the rules that change it live in the other files of `core/`.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -47,6 +48,9 @@ pub struct TaskEntry {
     pub command: String,
     pub args: Vec<String>,
     pub frames: Vec<i64>,
+    /// For a session step's task: its parameter values (a serialised OpenJD
+    /// symbol table).
+    pub task_symbols: Option<String>,
     pub dispatched_at: Option<Instant>,
     /// An attempt confirmed after a failover: its start is unknown.
     pub claimed_attempt: Option<i32>,
@@ -68,6 +72,9 @@ pub struct StepEntry {
     /// Positions of the steps this one depends on.
     pub depends_on: Vec<usize>,
     pub requirements: Requirements,
+    /// The script of a step run as written (OpenJD session model), as JSON;
+    /// shared by every assignment of the step.
+    pub session_step: Option<Arc<str>>,
     /// Tasks that may be dispatched now, in order. Entries whose task moved
     /// on (e.g. was cancelled) are skipped when they reach the front.
     pub ready: VecDeque<Uuid>,
@@ -88,6 +95,9 @@ pub struct JobEntry {
     pub submission_order: u64,
     pub state: JobState,
     pub paused: bool,
+    /// Why admission control holds the job back (accepted, not yet
+    /// dispatched), while it does (`admission.rs`).
+    pub held: Option<String>,
     pub max_failed_tasks: i64,
     pub max_run_seconds: u32,
     pub stall_seconds: u32,
@@ -157,7 +167,7 @@ impl JobEntry {
     }
 
     pub fn is_dispatchable(&self) -> bool {
-        !self.paused && self.waiting_on.is_empty() && !self.state.is_final()
+        !self.paused && self.held.is_none() && self.waiting_on.is_empty() && !self.state.is_final()
     }
 }
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-/// Least time between two progress events of one task, unless its frame changes.
+/// Least time between two progress events of one task, unless its frame or
+/// status line changes.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Least time between two job records of one job while only its counts move;
 /// a change of state always goes out at once.
@@ -25,12 +26,21 @@ pub const RECORD_INTERVAL: Duration = Duration::from_millis(500);
 /// Tasks and jobs remembered for throttling before old entries are swept.
 const THROTTLE_MEMORY: usize = 100_000;
 
+/// The last progress event of a task that went out.
+#[derive(Debug)]
+struct SentProgress {
+    at: Instant,
+    frame: Option<i64>,
+    status: Box<str>,
+}
+
 #[derive(Debug, Default)]
 pub struct EventNumbering {
     /// The last farm position handed out.
     farm_position: u64,
-    /// When each task's last progress event went out, and its frame.
-    progress_sent: HashMap<Uuid, (Instant, Option<i64>)>,
+    /// When each task's last progress event went out, with its frame and
+    /// status line.
+    progress_sent: HashMap<Uuid, SentProgress>,
     /// When each job's record last went out.
     record_sent: HashMap<Uuid, Instant>,
     /// Jobs whose counts moved while their record was throttled.
@@ -57,20 +67,33 @@ impl EventNumbering {
     }
 
     /// Whether a task's progress is worth an event now: at most once a
-    /// second per task, or at once when it moves to another frame. Notes it
-    /// as sent when it is.
-    pub fn progress_due(&mut self, task_id: Uuid, frame: Option<i64>, now: Instant) -> bool {
-        if let Some((at, last_frame)) = self.progress_sent.get(&task_id)
-            && *last_frame == frame
-            && now.saturating_duration_since(*at) < PROGRESS_INTERVAL
+    /// second per task, or at once when it moves to another frame or says
+    /// something new on its status line (a status is rare and meant to be
+    /// read, so none is lost to the throttle). Notes it as sent when it is.
+    pub fn progress_due(
+        &mut self,
+        task_id: Uuid,
+        frame: Option<i64>,
+        status: &str,
+        now: Instant,
+    ) -> bool {
+        if let Some(last) = self.progress_sent.get(&task_id)
+            && last.frame == frame
+            && *last.status == *status
+            && now.saturating_duration_since(last.at) < PROGRESS_INTERVAL
         {
             return false;
         }
         if self.progress_sent.len() >= THROTTLE_MEMORY {
             self.progress_sent
-                .retain(|_, (at, _)| now.saturating_duration_since(*at) < PROGRESS_INTERVAL);
+                .retain(|_, last| now.saturating_duration_since(last.at) < PROGRESS_INTERVAL);
         }
-        self.progress_sent.insert(task_id, (now, frame));
+        let sent = SentProgress {
+            at: now,
+            frame,
+            status: status.into(),
+        };
+        self.progress_sent.insert(task_id, sent);
         true
     }
 

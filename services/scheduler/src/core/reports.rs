@@ -26,6 +26,7 @@ impl Core {
         attempt: i32,
         fraction: f32,
         frame: Option<i64>,
+        status: String,
     ) {
         if !self.holds(worker_id, task_id, attempt) {
             return;
@@ -38,6 +39,7 @@ impl Core {
             task_id: task_id.to_string(),
             fraction,
             frame,
+            status,
         };
         self.emit_progress(job_id, task_id, progress);
     }

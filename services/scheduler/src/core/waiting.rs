@@ -17,6 +17,8 @@ use crate::task_state::TaskState;
 pub enum Waiting {
     /// Its job is paused.
     JobPaused,
+    /// Admission control holds its job back, for this reason.
+    Held(String),
     /// Its job waits for these jobs to succeed.
     ForJobs(Vec<Uuid>),
     /// Its step waits for these steps to succeed.
@@ -98,6 +100,9 @@ impl Core {
         let mut reasons = Vec::new();
         if job.paused {
             reasons.push(Waiting::JobPaused);
+        }
+        if let Some(reason) = &job.held {
+            reasons.push(Waiting::Held(reason.clone()));
         }
         if !job.waiting_on.is_empty() {
             let mut jobs: Vec<Uuid> = job.waiting_on.iter().copied().collect();

@@ -5,6 +5,17 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::sandbox::{LimitHit, MemoryProbe, TaskSandbox, Usage};
+
+/// How often a running action's memory (and the kernel's limit events) is
+/// sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How often its disk is measured (a directory walk).
+const DISK_EVERY: Duration = Duration::from_secs(2);
 
 /// Most entries one walk looks at; a task with more is over its disk
 /// limit in spirit and is counted as if it were.
@@ -55,6 +66,54 @@ pub fn measure(roots: &[PathBuf], outputs: &Path) -> DiskUsage {
         }
     }
     usage
+}
+
+/// Checks a running action's sandbox against its limits, for every kind of
+/// action (Kiln's own commands and OpenJD session actions alike).
+#[derive(Debug)]
+pub struct LimitSampler {
+    disk_due: Instant,
+}
+
+impl Default for LimitSampler {
+    fn default() -> Self {
+        Self {
+            disk_due: Instant::now() + DISK_EVERY,
+        }
+    }
+}
+
+impl LimitSampler {
+    /// The limit `sandbox` is over, if any: the kernel's own report first,
+    /// then memory (measured with `probe`), then, every few seconds, disk
+    /// and the bytes under `outputs`.
+    pub async fn over_limit(
+        &mut self,
+        sandbox: &TaskSandbox,
+        probe: Option<MemoryProbe>,
+        outputs: &Path,
+    ) -> Option<LimitHit> {
+        if let Some(hit) = sandbox.kernel_hit() {
+            return Some(hit);
+        }
+        let limits = sandbox.limits();
+        let mut usage = Usage::default();
+        if let Some(probe) = probe {
+            usage.memory_bytes = tokio::task::spawn_blocking(move || probe.sample())
+                .await
+                .unwrap_or(0);
+        }
+        if Instant::now() >= self.disk_due {
+            self.disk_due = Instant::now() + DISK_EVERY;
+            let dirs = sandbox.writable_dirs();
+            let outputs = outputs.to_path_buf();
+            if let Ok(disk) = tokio::task::spawn_blocking(move || measure(&dirs, &outputs)).await {
+                usage.disk_bytes = if disk.truncated { u64::MAX } else { disk.total };
+                usage.output_bytes = disk.outputs;
+            }
+        }
+        limits.exceeded_by(&usage)
+    }
 }
 
 #[cfg(test)]

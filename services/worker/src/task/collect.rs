@@ -14,18 +14,16 @@ use tokio::time::Instant;
 
 use crate::blender_output::RenderTracker;
 use crate::command::CommandKind;
-use crate::log_tail::{LogTail, truncate_chars};
+use crate::log_tail::LogTail;
+use crate::openjd_messages::{self, Message};
 use crate::outputs::{self};
 use crate::task::message;
-use crate::task::stdout_messages::{self, StdoutMessage};
 use crate::task::supervise::LineSink;
 use crate::task_log::TaskLog;
 use crate::workdir::OUTPUTS_DIR;
 
 /// Shortest time between two progress reports of one task.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
-/// Longest status line kept, in characters.
-const MAX_STATUS_CHARS: usize = 500;
 
 /// Everything learned from the action's output.
 pub struct Observed {
@@ -111,14 +109,16 @@ impl<'a> Collector<'a> {
         self.observed
     }
 
-    fn message(&mut self, message: StdoutMessage) {
+    fn message(&mut self, message: Message) {
         match message {
-            StdoutMessage::Status(status) => {
-                self.observed.status = Some(truncate_chars(&status, MAX_STATUS_CHARS).to_owned())
+            // The parser bounds both texts.
+            Message::Status(status) => self.observed.status = Some(status),
+            Message::Fail(fail) => self.observed.fail = Some(fail),
+            Message::Progress(fraction) if !self.kind.is_blender() => {
+                self.report_progress(fraction, None)
             }
-            StdoutMessage::Fail(fail) => self.observed.fail = Some(fail),
-            StdoutMessage::Progress(percent) if !self.kind.is_blender() => {
-                self.report_progress(percent / 100.0, None)
+            Message::Malformed(problem) => {
+                tracing::debug!(task_id = %self.assignment.task_id, problem, "malformed stdout message")
             }
             // Environment changes concern OpenJD sessions, which keep their
             // own environment between actions.
@@ -161,6 +161,7 @@ impl<'a> Collector<'a> {
             attempt: self.assignment.attempt,
             fraction,
             frame,
+            status: self.observed.status.clone().unwrap_or_default(),
         };
         // Progress may be dropped when the stream is busy; the next report supersedes it.
         let _ = self
@@ -174,7 +175,7 @@ impl LineSink for Collector<'_> {
         tracing::trace!(line, "task output");
         self.observed.tail.push(&line);
         self.observed.log.push(&line, self.events);
-        if let Some(message) = stdout_messages::parse(&line) {
+        if let Some(message) = openjd_messages::parse(&line) {
             self.message(message);
             return;
         }

@@ -14,7 +14,6 @@ pub mod collect;
 pub mod prepare;
 pub mod run;
 pub mod run_warm;
-pub mod stdout_messages;
 pub mod supervise;
 pub mod upload;
 pub mod verdict;
@@ -32,6 +31,8 @@ use crate::command::{CommandKind, RendererPaths};
 use crate::devices::Gpu;
 use crate::outputs::OutputsRoot;
 use crate::sandbox::{Sandbox, TaskSandbox};
+use crate::session_pool::SessionPool;
+use crate::session_runner::SessionRun;
 use crate::task::collect::Collector;
 use crate::task::prepare::Prepared;
 use crate::task::run::{Action, ActionEnd, OutputPlace, ProcessAction};
@@ -67,6 +68,9 @@ pub struct RunnerSettings {
     pub gpus: Vec<Gpu>,
     /// Where every process of a task runs.
     pub sandbox: Sandbox,
+    /// How long an OpenJD session (its environments entered) waits for its
+    /// job's next task before it ends.
+    pub session_idle_timeout: std::time::Duration,
 }
 
 /// How a task ended.
@@ -85,6 +89,8 @@ pub struct TaskRunner<A> {
     assets: A,
     /// Idle warm Blender sessions; `None` when they are off or Blender is missing.
     warm: Option<Arc<WarmPool>>,
+    /// OpenJD sessions waiting for their job's next task.
+    sessions: Arc<SessionPool>,
 }
 
 /// Whether an action could start.
@@ -99,11 +105,18 @@ impl<A: AssetStore> TaskRunner<A> {
     pub fn new(settings: RunnerSettings, cache: InputCache, assets: A) -> Self {
         let warm = (settings.warm.enabled && settings.renderers.blender.is_some())
             .then(|| WarmPool::new(settings.warm.clone(), &settings.work_dir));
+        let sessions = SessionPool::new(
+            &settings.work_dir,
+            &settings.work_dir.join(PRIVATE_DIR),
+            settings.session_idle_timeout,
+            settings.keep_work_dirs,
+        );
         Self {
             settings,
             cache,
             assets,
             warm,
+            sessions,
         }
     }
 
@@ -127,6 +140,27 @@ impl<A: AssetStore> TaskRunner<A> {
         kiln_telemetry::propagation::adopt_parent_from_map(&span, &assignment.trace_context);
         kiln_telemetry::propagation::record_trace_id(&span);
         async {
+            if !assignment.session_step.is_empty() {
+                let session = SessionRun {
+                    cache: &self.cache,
+                    assets: &self.assets,
+                    pool: &self.sessions,
+                    sandbox: &self.settings.sandbox,
+                    log_tail_lines: self.settings.log_tail_lines,
+                    log_max_bytes: self.settings.log_max_bytes,
+                };
+                let outcome = session.run(assignment, events, cancel).await;
+                match &outcome {
+                    TaskOutcome::Finished(result) if result.success => {
+                        tracing::info!("task succeeded")
+                    }
+                    TaskOutcome::Finished(result) => {
+                        tracing::warn!(message = %result.message, "task failed")
+                    }
+                    TaskOutcome::Cancelled => tracing::info!("task cancelled"),
+                }
+                return outcome;
+            }
             let work_dir = &self.settings.work_dir;
             let created = async {
                 let dir =

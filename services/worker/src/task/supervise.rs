@@ -8,18 +8,13 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::usage;
-use crate::sandbox::{LimitHit, Usage};
+use crate::sandbox::LimitHit;
+use crate::sandbox::usage::{LimitSampler, SAMPLE_EVERY};
 use crate::stall::StallTimer;
 use crate::task::run::{Action, ActionEnd, ActionEvent};
-
-/// How often memory (and the kernel's limit events) is sampled.
-const MEMORY_EVERY: Duration = Duration::from_millis(500);
-/// How often the task's disk is measured (a directory walk).
-const DISK_EVERY: Duration = Duration::from_secs(2);
 
 /// Where the lines of a supervised action go.
 pub trait LineSink: Send {
@@ -77,9 +72,9 @@ pub async fn supervise(
     let deadline = run_deadline(rules.max_run_seconds);
     tokio::pin!(deadline);
     let mut stall = StallTimer::new(rules.stall_seconds);
-    let mut sampling = tokio::time::interval(MEMORY_EVERY);
+    let mut sampling = tokio::time::interval(SAMPLE_EVERY);
     sampling.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut disk_due = Instant::now() + DISK_EVERY;
+    let mut sampler = LimitSampler::default();
     let killed = loop {
         tokio::select! {
             biased;
@@ -96,7 +91,7 @@ pub async fn supervise(
                 break Limit::Stall { seconds: rules.stall_seconds };
             }
             _ = sampling.tick() => {
-                if let Some(hit) = over_limit(action, &mut disk_due).await {
+                if let Some(hit) = over_limit(action, &mut sampler).await {
                     tracing::warn!(limit = %hit, "task broke a limit; killing it");
                     break Limit::Sandbox(hit);
                 }
@@ -114,31 +109,13 @@ pub async fn supervise(
     Supervised::Killed(killed)
 }
 
-/// The limit the action's sandbox is over, if any: the kernel's own
-/// report first, then memory, then (every few seconds) disk and outputs.
-async fn over_limit(action: &dyn Action, disk_due: &mut Instant) -> Option<LimitHit> {
+/// The limit the action's sandbox is over, if any.
+async fn over_limit(action: &dyn Action, sampler: &mut LimitSampler) -> Option<LimitHit> {
     let sandbox = action.sandbox()?;
-    if let Some(hit) = sandbox.kernel_hit() {
-        return Some(hit);
-    }
-    let limits = sandbox.limits();
-    let mut usage = Usage::default();
-    if let Some(probe) = action.memory_probe() {
-        usage.memory_bytes = tokio::task::spawn_blocking(move || probe.sample())
-            .await
-            .unwrap_or(0);
-    }
-    if Instant::now() >= *disk_due {
-        *disk_due = Instant::now() + DISK_EVERY;
-        let dirs = sandbox.writable_dirs();
-        let outputs = action.outputs().outputs.path().to_path_buf();
-        if let Ok(disk) = tokio::task::spawn_blocking(move || usage::measure(&dirs, &outputs)).await
-        {
-            usage.disk_bytes = if disk.truncated { u64::MAX } else { disk.total };
-            usage.output_bytes = disk.outputs;
-        }
-    }
-    limits.exceeded_by(&usage)
+    let outputs = action.outputs().outputs.path();
+    sampler
+        .over_limit(sandbox, action.memory_probe(), outputs)
+        .await
 }
 
 /// Never completes when `max_run_seconds` is 0.

@@ -87,47 +87,25 @@ pub fn verdict(facts: Facts<'_>) -> TaskResult {
         Ending::Ended(ActionEnd::Exited(Err(error))) => {
             (None, Some(format!("cannot wait for {name}: {error}")))
         }
-        Ending::Ended(ActionEnd::Exited(Ok(status))) => {
-            use std::os::unix::process::ExitStatusExt;
-            // Bubblewrap reports a command killed by signal N as 128 + N.
-            let signal = status
-                .signal()
-                .or(status.code().filter(|c| *c > 128).map(|c| c - 128));
-            match status.code() {
-                Some(0) => (Some(0), None),
-                _ if kernel_hit.is_some() => (status.code(), kernel_hit.map(|h| h.to_string())),
-                _ if signal == Some(SIGXFSZ) => (
-                    status.code(),
-                    Some(format!(
-                        "{} (a file grew past it)",
-                        LimitHit::Disk { limit: disk_limit }
-                    )),
-                ),
-                Some(code) => {
-                    let said = fail.clone().unwrap_or_else(|| {
-                        format!("{name} exited with status {code}: {last_error}")
-                    });
-                    let hint = rlimited_memory
-                        .filter(|_| OUT_OF_MEMORY.iter().any(|w| log_tail.contains(w)))
-                        .map(|limit| {
-                            format!(
-                                " (an allocation failed: {})",
-                                LimitHit::Memory { limit }.to_string().replacen(
-                                    "exceeded",
-                                    "likely at",
-                                    1
-                                )
-                            )
-                        })
-                        .unwrap_or_default();
-                    (Some(code), Some(format!("{said}{hint}")))
-                }
-                None => (
-                    None,
-                    Some(format!("{name} was killed by a signal ({status})")),
-                ),
-            }
-        }
+        Ending::Ended(ActionEnd::Exited(Ok(status))) => match status.code() {
+            Some(0) => (Some(0), None),
+            code => match broken_limit(status, kernel_hit, disk_limit) {
+                Some(limit) => (code, Some(limit)),
+                None => match code {
+                    Some(code) => {
+                        let said = fail.clone().unwrap_or_else(|| {
+                            format!("{name} exited with status {code}: {last_error}")
+                        });
+                        let hint = memory_hint(rlimited_memory, &log_tail);
+                        (Some(code), Some(format!("{said}{hint}")))
+                    }
+                    None => (
+                        None,
+                        Some(format!("{name} was killed by a signal ({status})")),
+                    ),
+                },
+            },
+        },
         Ending::Killed(limit) => (None, Some(limit.to_string())),
         Ending::Ended(ActionEnd::Done) => (None, None),
         Ending::Ended(ActionEnd::Failed(message)) => (None, Some(message)),
@@ -156,6 +134,48 @@ pub fn verdict(facts: Facts<'_>) -> TaskResult {
             status,
         },
     }
+}
+
+/// The sandbox limit that ended a process which exited with `status` (not
+/// 0), when the kernel enforced one (`kernel_hit`: a cgroup OOM kill, a fork
+/// refused) or the process died of SIGXFSZ (a file past the disk limit).
+/// For every kind of action: Kiln's own commands and OpenJD session actions.
+pub fn broken_limit(
+    status: std::process::ExitStatus,
+    kernel_hit: Option<LimitHit>,
+    disk_limit: u64,
+) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    // Bubblewrap reports a command killed by signal N as 128 + N.
+    let signal = status
+        .signal()
+        .or(status.code().filter(|c| *c > 128).map(|c| c - 128));
+    match kernel_hit {
+        Some(hit) => Some(hit.to_string()),
+        None if signal == Some(SIGXFSZ) => Some(format!(
+            "{} (a file grew past it)",
+            LimitHit::Disk { limit: disk_limit }
+        )),
+        None => None,
+    }
+}
+
+/// With a memory limit the kernel enforces only as an rlimit
+/// (`rlimited_memory`), a process just sees an allocation fail: when its
+/// output says one did, a note naming the limit (to append to the failure
+/// message); empty otherwise.
+pub fn memory_hint(rlimited_memory: Option<u64>, log_tail: &str) -> String {
+    rlimited_memory
+        .filter(|_| OUT_OF_MEMORY.iter().any(|w| log_tail.contains(w)))
+        .map(|limit| {
+            format!(
+                " (an allocation failed: {})",
+                LimitHit::Memory { limit }
+                    .to_string()
+                    .replacen("exceeded", "likely at", 1)
+            )
+        })
+        .unwrap_or_default()
 }
 
 fn missing_frames_message(tracker: &RenderTracker, frames: &[i64]) -> String {

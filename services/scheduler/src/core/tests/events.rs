@@ -4,6 +4,16 @@
 use super::*;
 
 fn progress(bench: &mut Bench, worker_id: &str, task: Uuid, frame: Option<i64>) {
+    progress_saying(bench, worker_id, task, frame, "");
+}
+
+fn progress_saying(
+    bench: &mut Bench,
+    worker_id: &str,
+    task: Uuid,
+    frame: Option<i64>,
+    status: &str,
+) {
     let attempt = bench.attempt_of(task);
     let report = Command::Progress {
         worker_id: worker_id.into(),
@@ -11,8 +21,21 @@ fn progress(bench: &mut Bench, worker_id: &str, task: Uuid, frame: Option<i64>) 
         attempt,
         fraction: 0.5,
         frame,
+        status: status.into(),
     };
     bench.handle(report).expect("never refused");
+}
+
+/// The progress events of a batch: status lines, in order.
+fn statuses(batch: &Batch) -> Vec<String> {
+    batch
+        .events
+        .iter()
+        .filter_map(|(_, e)| match &e.event {
+            Some(pb::job_event::Event::TaskProgress(p)) => Some(p.status.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -60,6 +83,7 @@ fn farm_positions_continue_after_those_already_written() {
         now: bench.now,
         known_workers: Vec::new(),
         network_templates: Default::default(),
+        admission: Default::default(),
     });
     std::mem::swap(&mut bench.core, &mut core);
     bench.join("w", worker());
@@ -111,6 +135,40 @@ fn progress_is_kept_once_a_second_unless_the_frame_changes() {
     bench.advance(Duration::from_secs(1));
     progress(&mut bench, "w", job.task(0), Some(2));
     assert_eq!(kinds(&bench.commit()), 1, "and again after a second");
+}
+
+#[test]
+fn a_new_status_line_goes_out_at_once_and_a_repeated_one_is_throttled() {
+    let mut bench = Bench::default();
+    let job = bench.submit(job("alice", 1).with_session_step("{}"));
+    bench.join("w", worker().renderers(&[kiln_jobmodel::SESSION_COMMAND]));
+    bench.dispatch();
+    bench.started("w", job.task(0));
+    bench.commit();
+    // Session actions report no frame: only the status line tells them apart.
+    progress_saying(&mut bench, "w", job.task(0), None, "Loading");
+    progress_saying(&mut bench, "w", job.task(0), None, "Loading");
+    progress_saying(&mut bench, "w", job.task(0), None, "Rendering");
+    progress_saying(&mut bench, "w", job.task(0), None, "Rendering");
+    assert_eq!(
+        statuses(&bench.commit()),
+        ["Loading", "Rendering"],
+        "each new status at once, a repeat within a second not at all"
+    );
+    bench.advance(Duration::from_millis(500));
+    progress_saying(&mut bench, "w", job.task(0), None, "Loading");
+    assert_eq!(
+        statuses(&bench.commit()),
+        ["Loading"],
+        "a status that differs from the last one sent, even one seen before"
+    );
+    bench.advance(Duration::from_secs(1));
+    progress_saying(&mut bench, "w", job.task(0), None, "Loading");
+    assert_eq!(
+        statuses(&bench.commit()),
+        ["Loading"],
+        "again after a second"
+    );
 }
 
 #[test]

@@ -137,6 +137,7 @@ fn settings_survive_a_new_leader_and_a_worker_that_reconnects() {
         known_workers: known,
         network_templates: Default::default(),
         quotas: Default::default(),
+        admission: Default::default(),
     });
     let tagged = bench.submit(job("bob", 1).tag("fx"));
     bench.join("off", worker());

@@ -5,6 +5,7 @@
 //! attempt), so every test also checks that each write the core makes is
 //! guarded on what the row holds.
 
+mod admission;
 mod controls;
 mod dependencies;
 mod events;
@@ -15,10 +16,12 @@ mod pick_order;
 mod property;
 mod quotas;
 mod reclaim;
+mod session_steps;
 mod waiting;
 mod workers;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
@@ -26,10 +29,11 @@ use kiln_jobmodel::{AmountRequirement, AttributeRequirement, HostRequirements};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::core::admission_policy::{Admission, AdmissionAction, AdmissionPolicy};
 use crate::core::batch::{Batch, Effect, RequestId};
 use crate::core::command::{AttemptReport, Command, Control, Refusal};
 use crate::core::model::{Attempt, Clock, JobEntry, StepEntry, TaskEntry};
-use crate::core::quotas::QuotaSettings;
+use crate::core::quota_policy::QuotaSettings;
 use crate::core::{Core, CoreSettings};
 use crate::job_state::{JobState, TaskCounts};
 use crate::matching::Requirements;
@@ -140,6 +144,8 @@ struct StepSpec {
     command: String,
     depends_on: Vec<usize>,
     requirements: Option<HostRequirements>,
+    /// The step's script, for a step run as written (OpenJD session model).
+    session: Option<Arc<str>>,
 }
 
 /// A job of `owner` with one step of `tasks` Blender tasks.
@@ -156,6 +162,7 @@ pub fn job(owner: &str, tasks: usize) -> JobSpec {
             command: "blender".into(),
             depends_on: Vec::new(),
             requirements: None,
+            session: None,
         }],
         inputs: Vec::new(),
         tags: Vec::new(),
@@ -226,6 +233,13 @@ impl JobSpec {
         self.steps[0].command = command.into();
         self
     }
+    /// The first step runs as written through the OpenJD session model,
+    /// with `script` as its session step; each task's symbols name its index.
+    pub fn with_session_step(mut self, script: &str) -> Self {
+        self.steps[0].command = kiln_jobmodel::SESSION_COMMAND.into();
+        self.steps[0].session = Some(script.into());
+        self
+    }
     /// Adds an ffmpeg step of `tasks` tasks depending on the step before it.
     pub fn then(mut self, name: &str, tasks: usize) -> Self {
         let before = self.steps.len() - 1;
@@ -235,6 +249,7 @@ impl JobSpec {
             command: "ffmpeg".into(),
             depends_on: vec![before],
             requirements: None,
+            session: None,
         });
         self
     }
@@ -293,7 +308,12 @@ impl Default for Bench {
 
 impl Bench {
     pub fn new(policy: RetryPolicy, weights: &[(&str, f64)]) -> Self {
-        Self::with_quotas(policy, weights, QuotaSettings::default())
+        Self::with_settings(
+            policy,
+            weights,
+            QuotaSettings::default(),
+            AdmissionPolicy::default(),
+        )
     }
 
     /// A bench whose owners have `quotas`.
@@ -301,6 +321,25 @@ impl Bench {
         policy: RetryPolicy,
         weights: &[(&str, f64)],
         quotas: QuotaSettings,
+    ) -> Self {
+        Self::with_settings(policy, weights, quotas, AdmissionPolicy::default())
+    }
+
+    /// A bench whose core applies `admission` to submissions made with
+    /// [`Bench::submit_admitted`].
+    pub fn with_admission(
+        policy: RetryPolicy,
+        weights: &[(&str, f64)],
+        admission: AdmissionPolicy,
+    ) -> Self {
+        Self::with_settings(policy, weights, QuotaSettings::default(), admission)
+    }
+
+    fn with_settings(
+        policy: RetryPolicy,
+        weights: &[(&str, f64)],
+        quotas: QuotaSettings,
+        admission: AdmissionPolicy,
     ) -> Self {
         let now = start_clock();
         let core = Core::new(CoreSettings {
@@ -315,6 +354,7 @@ impl Bench {
             now,
             known_workers: Vec::new(),
             network_templates: Default::default(),
+            admission,
         });
         Self {
             core,
@@ -425,6 +465,32 @@ impl Bench {
         };
         self.handle(add).expect("new jobs are never refused");
         submitted
+    }
+
+    /// Submits a job as `submit.rs` does: asks admission control first,
+    /// then stores and adds it (held, if delayed) unless it was refused.
+    pub fn submit_admitted(&mut self, spec: JobSpec) -> (Admission, Option<Submitted>) {
+        let renderers: Vec<String> = spec.steps.iter().map(|s| s.command.clone()).collect();
+        let admission = self.core.admission(&spec.owner, &renderers);
+        let held = match &admission {
+            Admission::Admit => None,
+            Admission::Delay { reason } => Some(reason.clone()),
+            Admission::Refuse { .. } => return (admission, None),
+        };
+        let (mut job, tasks, submitted) = entries(&spec, TaskState::Pending);
+        job.held = held;
+        for task in &tasks {
+            self.rows.insert(task.id, (task.state, task.attempt));
+        }
+        let request = self.request();
+        let add = Command::AddJob {
+            request,
+            admission: None,
+            job: Box::new(job),
+            tasks,
+        };
+        self.handle(add).expect("new jobs are never refused");
+        (admission, Some(submitted))
     }
 
     /// Restores a job as a new leader loads it: every task in `state`,
@@ -702,6 +768,10 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
                     command: step.command.clone(),
                     args: vec![format!("--frame={index}")],
                     frames: vec![index as i64 + 1],
+                    task_symbols: step
+                        .session
+                        .as_ref()
+                        .map(|_| format!(r#"{{"Task.Param.Index":{index}}}"#)),
                     dispatched_at: None,
                     claimed_attempt: None,
                     ready_at: None,
@@ -713,6 +783,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
                 command: step.command.clone(),
                 depends_on: step.depends_on.clone(),
                 requirements: Requirements::from_openjd(step.requirements.as_ref()),
+                session_step: step.session.clone(),
                 ready: Default::default(),
                 total: step.tasks,
                 succeeded: 0,
@@ -728,6 +799,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         submission_order: 0,
         state: JobState::Pending,
         paused: false,
+        held: None,
         max_failed_tasks: spec.max_failed_tasks,
         max_run_seconds: spec.max_run_seconds,
         stall_seconds: 0,

@@ -176,6 +176,7 @@ impl Run {
                         attempt: a.attempt,
                         fraction: 0.5,
                         frame: Some(1),
+                        status: String::new(),
                     };
                     bench.handle(progress).expect("never refused");
                 }

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::core::pick_order::RunningCaps;
-use crate::core::quotas::{QuotaExceeded, RESERVATION_TTL};
+use crate::core::quota_policy::QuotaExceeded;
+use crate::core::quotas::RESERVATION_TTL;
 use crate::core::waiting::Waiting;
 
 fn capped(default: u64, per_owner: &[(&str, u64)]) -> QuotaSettings {

@@ -250,6 +250,7 @@ fn only_tasks_of_a_template_approved_for_the_network_may_use_it() {
         now: bench.now,
         network_templates: ["net-probe".to_owned()].into(),
         known_workers: Vec::new(),
+        admission: Default::default(),
         quotas: Default::default(),
     });
     std::mem::swap(&mut bench.core, &mut core);
