@@ -322,11 +322,13 @@ async fn dashboard_figures() -> Result<()> {
     let jobs = env_count("KILN_DASHBOARD_JOBS", 10_000);
     let frames = env_count("KILN_DASHBOARD_FRAMES", 5_000);
     // No worker: the jobs wait (tagged for a pool nobody is in), which is
-    // all the pages need. The per-token rate limit is lifted: the figures
-    // are about the page, not about how fast one token may submit.
+    // all the pages need. The per-token rate limit and the per-owner job
+    // quota are lifted: the figures are about the page, not about how fast
+    // or how much one token may submit.
     let lifted = [
         ("KILN_RATE_LIMIT_PER_SECOND", "1000000"),
         ("KILN_RATE_LIMIT_BURST", "1000000"),
+        ("KILN_MAX_UNFINISHED_JOBS_PER_OWNER", "0"),
     ];
     let (farm, dir) = start_farm_with(0, false, &lifted).await?;
     let base = farm.gateway_http_url();
