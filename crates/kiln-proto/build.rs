@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "kiln/v1/worker.proto",
     "kiln/v1/assets.proto",
     "kiln/v1/auth.proto",
+    "kiln/v1/farm.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

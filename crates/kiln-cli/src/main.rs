@@ -27,6 +27,7 @@ mod scene_probe;
 mod tokens;
 mod variants;
 mod watch;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Priority(args) => controls::priority(args).await?,
         Command::Unblock(args) => controls::unblock(args).await?,
         Command::Token(command) => tokens::run(command).await?,
+        Command::Workers(command) => workers::run(command).await?,
         Command::Bundle(BundleCommand::Submit(args)) => bundle_submit::submit(args).await?,
     }
     Ok(())

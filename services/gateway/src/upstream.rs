@@ -4,6 +4,7 @@
 use kiln_discovery::service;
 use kiln_mesh::{Mesh, MeshChannel};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
+use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use tonic::Status;
 use tonic::metadata::AsciiMetadataValue;
@@ -38,6 +39,11 @@ impl Upstreams {
 
     pub async fn jobs(&self) -> Result<JobServiceClient<MeshChannel>, Status> {
         Ok(JobServiceClient::new(self.scheduler.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    pub async fn farm(&self) -> Result<FarmServiceClient<MeshChannel>, Status> {
+        Ok(FarmServiceClient::new(self.scheduler.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 

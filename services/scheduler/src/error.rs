@@ -13,6 +13,8 @@ pub enum SchedulerError {
     InvalidArgument(String),
     #[error("job {0} not found")]
     JobNotFound(String),
+    #[error("no worker {0:?} has ever joined this farm")]
+    WorkerNotFound(String),
     #[error(transparent)]
     JobModel(#[from] kiln_jobmodel::JobModelError),
     #[error("asset service: {0}")]
@@ -45,6 +47,7 @@ impl From<Refusal> for SchedulerError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::JobFinished(id) => Self::JobFinished(id.to_string()),
+            Refusal::UnknownWorker(id) => Self::WorkerNotFound(id),
             Refusal::Quota(exceeded) => Self::Quota(exceeded.to_string()),
         }
     }
@@ -84,7 +87,9 @@ impl From<SchedulerError> for Status {
             }
             SchedulerError::Quota(_) => Status::resource_exhausted(err.to_string()),
             SchedulerError::AlreadyExists(_) => Status::already_exists(err.to_string()),
-            SchedulerError::JobNotFound(_) => Status::not_found(err.to_string()),
+            SchedulerError::JobNotFound(_) | SchedulerError::WorkerNotFound(_) => {
+                Status::not_found(err.to_string())
+            }
             SchedulerError::JobFinished(_) | SchedulerError::FailedPrecondition(_) => {
                 Status::failed_precondition(err.to_string())
             }

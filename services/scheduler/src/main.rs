@@ -6,10 +6,12 @@ use clap::Parser;
 use kiln_discovery::{Discovery, Endpoint, service};
 use kiln_jobmodel::Limits;
 use kiln_proto::v1::asset_references_server::AssetReferencesServer;
+use kiln_proto::v1::farm_service_server::FarmServiceServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
 use kiln_scheduler::config::Config;
 use kiln_scheduler::connect_database;
+use kiln_scheduler::farm_service::FarmApi;
 use kiln_scheduler::job_service::JobApi;
 use kiln_scheduler::leader::{self, LeaderSlot, Leading};
 use kiln_scheduler::references::References;
@@ -29,6 +31,7 @@ const CALLERS: Policy = Policy {
     routes: &[
         ("/kiln.v1.JobService/", Admit::Services),
         ("/kiln.v1.AssetReferences/", Admit::Services),
+        ("/kiln.v1.FarmService/", Admit::Services),
         ("/kiln.v1.WorkerService/", Admit::Workers),
     ],
     workers_name_owners: false,
@@ -100,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
         .with_stream_quota(StreamQuota::new(config.quotas.max_streams_per_owner));
     let routes = Routes::new(JobServiceServer::new(jobs))
         .add_service(WorkerServiceServer::new(WorkerSessions::new(slot.clone())))
-        .add_service(AssetReferencesServer::new(References::new(db.clone())));
+        .add_service(AssetReferencesServer::new(References::new(db.clone())))
+        .add_service(FarmServiceServer::new(FarmApi::new(slot.clone())));
     // NOT_SERVING while standing by (standby.rs).
     let (routes, health) = kiln_service::with_health(
         routes,
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             "kiln.v1.JobService",
             "kiln.v1.WorkerService",
             "kiln.v1.AssetReferences",
+            "kiln.v1.FarmService",
         ],
     )
     .await?;
