@@ -25,8 +25,9 @@ packages=(postgresql etcd-server etcd-client blender ffmpeg bubblewrap protobuf-
 # Only the tests: docker.io, docker-compose and debootstrap for the compose
 # test (tests/compose.rs, a real Docker engine); prometheus for the ops test;
 # python3-venv for the Python tools below; python-is-python3 for the OpenJD
-# samples (tests/openjd.rs), which run `python`.
-test_packages=(python3 python3-venv python-is-python3 prometheus docker.io docker-compose debootstrap)
+# samples (tests/openjd.rs), which run `python`; chromium and chromium-driver
+# for the dashboard's browser test (tests/dashboard.rs, WebDriver).
+test_packages=(python3 python3-venv python-is-python3 prometheus docker.io docker-compose debootstrap chromium chromium-driver)
 if $tests; then packages+=("${test_packages[@]}"); fi
 
 as_root() {

@@ -8,12 +8,14 @@ use anyhow::{Context, Result, bail};
 use kiln_asset_client::{AssetClient, CallCredentials};
 use kiln_localfarm::Farm;
 use kiln_proto::v1 as pb;
+use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub mod hand_worker;
+pub mod webdriver;
 
 /// A finished job takes at most this long in these tests.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(300);
@@ -71,6 +73,7 @@ pub type AuthChannel = InterceptedService<Channel, CallCredentials>;
 #[derive(Clone)]
 pub struct Client {
     pub jobs: JobServiceClient<AuthChannel>,
+    pub farm: FarmServiceClient<AuthChannel>,
     pub assets: AssetClient,
 }
 
@@ -105,6 +108,7 @@ impl Client {
         Ok(Self {
             jobs: JobServiceClient::with_interceptor(channel.clone(), credentials.clone())
                 .max_decoding_message_size(16 * 1024 * 1024),
+            farm: FarmServiceClient::with_interceptor(channel.clone(), credentials.clone()),
             assets: AssetClient::with_credentials(channel, credentials),
         })
     }
@@ -451,7 +455,7 @@ steps:
       actions:
         onRun:
           command: ffmpeg
-          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "{{{{Param.Source}}}}:d={{{{Param.Seconds}}}}",
+          args: ["-y", "-hide_banner", "-re", "-f", "lavfi", "-i", "{{{{Param.Source}}}}d={{{{Param.Seconds}}}}",
                  "{{{{Session.WorkingDirectory}}}}/outputs/clip_{{{{Task.Param.N}}}}.mp4"]
 "#
     );
@@ -460,7 +464,13 @@ steps:
         parameters: [
             ("Count", count.to_string()),
             ("Seconds", seconds.to_string()),
-            ("Source", source.to_owned()),
+            // The duration is one more option of the filter: after its
+            // own options (`testsrc=size=64x36:d=1`) or as its first one
+            // (`testsrc=d=1`; this machine's ffmpeg 5.1 refuses `testsrc:d=1`).
+            (
+                "Source",
+                format!("{source}{}", if source.contains('=') { ':' } else { '=' }),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -607,4 +617,29 @@ pub fn docker_compose() -> std::process::Command {
         }
         false => std::process::Command::new("docker-compose"),
     }
+}
+
+/// Polls `check` every 200 ms until it gives a value, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) if Instant::now() < until => {}
+            Ok(None) => bail!("timed out waiting for {what}"),
+            Err(err) if Instant::now() < until => {
+                tracing_free_note(&err);
+            }
+            Err(err) => return Err(err.context(format!("waiting for {what}"))),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tracing_free_note(err: &anyhow::Error) {
+    eprintln!("(still waiting: {err:#})");
 }

@@ -52,9 +52,55 @@ pub enum Command {
     /// Register, list and remove webhooks for job events, and read their delivery logs
     #[command(subcommand)]
     Webhooks(WebhookCommand),
+    /// The farm's workers: list and show them; admins disable, enable, drain and tag them
+    #[command(subcommand)]
+    Workers(WorkersCommand),
     /// Submit a Deadline Cloud job bundle (an OpenJD template with its parameter values and files)
     #[command(subcommand)]
     Bundle(BundleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// Every worker the farm knows: state, tasks, tags, use, last seen
+    List(WorkersListArgs),
+    /// One worker in full: capabilities, GPUs, use, its tasks, jobs that blocklisted it
+    Show(WorkerArgs),
+    /// Stop it now: its tasks go back to the queue; it takes none until enabled (admins)
+    Disable(WorkerArgs),
+    /// Let it take tasks again (admins)
+    Enable(WorkerArgs),
+    /// Let it finish its tasks, take no new ones, then be disabled (admins)
+    Drain(WorkerArgs),
+    /// Replace its tags (pools); none clears them (admins)
+    Tags(WorkerTagsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkersListArgs {
+    /// Show at most this many workers
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The worker's id
+    pub worker: String,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerTagsArgs {
+    /// The worker's id
+    pub worker: String,
+    /// Its tags, space- or comma-separated
+    pub tags: Vec<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +143,30 @@ pub fn parse_priority(text: &str) -> Result<u32, String> {
             )),
         },
     }
+}
+
+/// An RFC 3339 time.
+pub fn parse_time(text: &str) -> Result<pbjson_types::Timestamp, String> {
+    let at = chrono::DateTime::parse_from_rfc3339(text.trim()).map_err(|e| {
+        format!("{text:?} is not an RFC 3339 time ({e}), e.g. 2026-12-04T09:00:00Z")
+    })?;
+    Ok(pbjson_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    })
+}
+
+/// A job state by its name.
+pub fn parse_job_state(text: &str) -> Result<i32, String> {
+    kiln_proto::v1::JobState::from_str_name(&format!(
+        "JOB_STATE_{}",
+        text.trim().to_ascii_uppercase()
+    ))
+    .filter(|s| *s != kiln_proto::v1::JobState::Unspecified)
+    .map(|s| s as i32)
+    .ok_or_else(|| {
+        format!("{text:?} is not one of pending, running, paused, succeeded, failed, cancelled")
+    })
 }
 
 #[derive(Debug, Args)]
@@ -300,12 +370,30 @@ pub struct RenderArgs {
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
-    /// Show at most this many jobs
+    /// Jobs per page
     #[arg(long, env = "KILN_JOBS_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
-    /// Show the page after the one that printed this token
-    #[arg(long, default_value = "")]
-    pub page_token: String,
+    /// The page after the one that printed this token
+    #[arg(long)]
+    pub page_token: Option<String>,
+    /// Every page, not just the first
+    #[arg(long, conflicts_with = "page_token")]
+    pub all: bool,
+    /// Only jobs submitted at or after this time (RFC 3339, e.g. 2026-12-04T09:00:00Z)
+    #[arg(long, value_parser = parse_time)]
+    pub submitted_after: Option<pbjson_types::Timestamp>,
+    /// Only jobs submitted before this time (RFC 3339)
+    #[arg(long, value_parser = parse_time)]
+    pub submitted_before: Option<pbjson_types::Timestamp>,
+    /// Only jobs in these states (comma-separated: pending, running, paused, succeeded, failed, cancelled)
+    #[arg(long, value_delimiter = ',', value_parser = parse_job_state)]
+    pub state: Vec<i32>,
+    /// Only jobs whose name contains this
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this user's jobs (admins)
+    #[arg(long)]
+    pub owner: Option<String>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }

@@ -1,7 +1,10 @@
 //! `kiln jobs`, `kiln status`, `kiln cancel` and `kiln outputs`.
 
 use indicatif::HumanBytes;
-use kiln_proto::v1::{CancelJobRequest, GetJobRequest, Job, ListJobsRequest, Task};
+use kiln_proto::v1::{
+    CancelJobRequest, ExplainWaitingRequest, ExplainWaitingResponse, GetJobRequest, Job,
+    ListJobsRequest, Task,
+};
 
 use crate::cli::{JobArgs, JobsArgs, OutputsArgs};
 use crate::connect::Gateway;
@@ -9,42 +12,59 @@ use crate::error::CliError;
 use crate::format::{self, job_state, progress, short_digest, table, task_state, timestamp};
 use crate::outputs;
 
+/// Pages `kiln jobs --all` follows at most: 1,000 pages of up to 1,000 jobs.
+const MAX_PAGES: usize = 1000;
+
 pub async fn list(args: JobsArgs) -> Result<(), CliError> {
     let gateway = Gateway::connect(&args.gateway).await?;
-    let request = ListJobsRequest {
+    let mut request = ListJobsRequest {
         page_size: args.limit,
-        page_token: args.page_token,
+        page_token: args.page_token.unwrap_or_default(),
+        owner: args.owner.unwrap_or_default(),
+        states: args.state,
+        name_contains: args.name.unwrap_or_default(),
+        submitted_after: args.submitted_after,
+        submitted_before: args.submitted_before,
         ..Default::default()
     };
-    let page = gateway
-        .jobs
-        .clone()
-        .list_jobs(request)
-        .await
-        .map_err(CliError::rpc("listing jobs"))?
-        .into_inner();
-    let jobs = page.jobs;
-    if jobs.is_empty() {
-        say!("no jobs yet; submit one with `kiln render SCENE.blend`");
+    let mut rows = table([
+        "ID", "NAME", "STATE", "PROGRESS", "OWNER", "PRIORITY", "CREATED",
+    ]);
+    let mut shown = 0;
+    let mut next = String::new();
+    for _ in 0..MAX_PAGES {
+        let page = gateway
+            .jobs
+            .clone()
+            .list_jobs(request.clone())
+            .await
+            .map_err(CliError::rpc("listing jobs"))?
+            .into_inner();
+        shown += page.jobs.len();
+        for job in &page.jobs {
+            rows.add_row([
+                job.id.clone(),
+                job.name.clone(),
+                job_state(job.state()).to_owned(),
+                progress(job),
+                job.owner.clone(),
+                job.priority.to_string(),
+                timestamp(job.created_at.as_ref()),
+            ]);
+        }
+        next = page.next_page_token;
+        if !args.all || next.is_empty() {
+            break;
+        }
+        request.page_token = next.clone();
+    }
+    if shown == 0 {
+        say!("no jobs match; submit one with `kiln render SCENE.blend`");
         return Ok(());
     }
-    let mut rows = table(["ID", "NAME", "STATE", "PROGRESS", "CREATED"]);
-    for job in &jobs {
-        rows.add_row([
-            job.id.clone(),
-            job.name.clone(),
-            job_state(job.state()).to_owned(),
-            progress(job),
-            timestamp(job.created_at.as_ref()),
-        ]);
-    }
     say!("{rows}");
-    if !page.next_page_token.is_empty() {
-        say!(
-            "older jobs: kiln jobs --limit {} --page-token {}",
-            args.limit,
-            page.next_page_token
-        );
+    if !next.is_empty() {
+        say!("more jobs: add --page-token {next} (or --all for every page)");
     }
     Ok(())
 }
@@ -65,7 +85,41 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
     print_job(&job);
     say!("\n{}", steps_table(&job));
     say!("\n{}", tasks_table(&tasks));
+    let request = ExplainWaitingRequest {
+        job_id: args.job,
+        task_id: String::new(),
+    };
+    // Why the waiting tasks wait, as the scheduler's dispatch core sees it.
+    match gateway.jobs.clone().explain_waiting(request).await {
+        Ok(answer) => print_waiting(&answer.into_inner()),
+        Err(status) => say!("\nwhy waiting: cannot tell ({})", status.message()),
+    }
     Ok(())
+}
+
+fn print_waiting(answer: &ExplainWaitingResponse) {
+    if answer.tasks.is_empty() {
+        return;
+    }
+    say!(
+        "\nwaiting (queue position {} of {}):",
+        answer.queue_position,
+        answer.queue_length
+    );
+    for task in &answer.tasks {
+        let more = match task.similar_tasks {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        for (i, reason) in task.reasons.iter().enumerate() {
+            let lead = if i == 0 {
+                format!("{} #{}{more}:", task.step_name, task.index)
+            } else {
+                String::new()
+            };
+            say!("  {lead:<24} {}", reason.message);
+        }
+    }
 }
 
 fn print_job(job: &Job) {
@@ -82,6 +136,9 @@ fn print_job(job: &Job) {
     say!("owner     {}", job.owner);
     if !job.held_reason.is_empty() {
         say!("held      {}", job.held_reason);
+    }
+    if !job.tags.is_empty() {
+        say!("tags      {}", job.tags.join(", "));
     }
     if !job.depends_on_jobs.is_empty() {
         say!("after     {}", job.depends_on_jobs.join(", "));

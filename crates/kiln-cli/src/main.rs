@@ -28,6 +28,7 @@ mod tokens;
 mod variants;
 mod watch;
 mod webhooks;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -65,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unblock(args) => controls::unblock(args).await?,
         Command::Token(command) => tokens::run(command).await?,
         Command::Webhooks(command) => webhooks::run(command).await?,
+        Command::Workers(command) => workers::run(command).await?,
         Command::Bundle(BundleCommand::Submit(args)) => bundle_submit::submit(args).await?,
     }
     Ok(())

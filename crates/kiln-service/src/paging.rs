@@ -6,7 +6,10 @@
 //! nor repeated.
 //!
 //! A token names the list it came from, so one list's token given to
-//! another is refused instead of being misread.
+//! another is refused instead of being misread. A filtered list's token also
+//! carries a fingerprint of its filters ([`fingerprint`]), so a token made
+//! under some filters is refused under others (it would skip or repeat items
+//! there) with a message that says so.
 
 use tonic::Status;
 
@@ -42,6 +45,57 @@ pub struct BadPageToken;
 impl From<BadPageToken> for Status {
     fn from(err: BadPageToken) -> Self {
         Status::invalid_argument(err.to_string())
+    }
+}
+
+/// Why a filtered list's page token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilteredTokenError {
+    #[error(transparent)]
+    Bad(#[from] BadPageToken),
+    #[error("page_token: made for other filters; list again from the first page")]
+    OtherFilters,
+}
+
+impl From<FilteredTokenError> for Status {
+    fn from(err: FilteredTokenError) -> Self {
+        Status::invalid_argument(err.to_string())
+    }
+}
+
+/// A short digest of a list's filters, each part length-prefixed so that no
+/// two filters give the same bytes. Callers pass the parts in a fixed form
+/// (sorted sets, case folded where the filter ignores case).
+pub fn fingerprint(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hex::encode(&hash.finalize()[..8])
+}
+
+/// The position `position` under the filters whose [`fingerprint`] is
+/// `filters`: what [`page`] is given for a filtered list.
+pub fn filtered(filters: &str, position: &str) -> String {
+    format!("{filters}\n{position}")
+}
+
+/// The position a filtered list's `token` continues after, refusing a token
+/// made under filters other than `filters`; `None` for an empty token.
+pub fn decode_filtered(
+    list: &str,
+    filters: &str,
+    token: &str,
+) -> Result<Option<String>, FilteredTokenError> {
+    let Some(text) = decode(list, token)? else {
+        return Ok(None);
+    };
+    match text.split_once('\n') {
+        Some((made_for, position)) if made_for == filters => Ok(Some(position.to_owned())),
+        Some(_) => Err(FilteredTokenError::OtherFilters),
+        None => Err(BadPageToken.into()),
     }
 }
 
@@ -133,6 +187,30 @@ mod tests {
         assert_eq!(decode("outputs", ""), Ok(None));
         assert_eq!(decode("outputs", "zz"), Err(BadPageToken));
         assert_eq!(decode("outputs", &"0".repeat(40_000)), Err(BadPageToken));
+    }
+
+    #[test]
+    fn a_filtered_token_is_refused_under_other_filters() {
+        let alice = fingerprint(&[b"alice", b"running"]);
+        let token = encode("jobs", &filtered(&alice, "1,2,x"));
+        assert_eq!(
+            decode_filtered("jobs", &alice, &token),
+            Ok(Some("1,2,x".into()))
+        );
+        // The same bytes split differently are other filters.
+        let other = fingerprint(&[b"alicer", b"unning"]);
+        let refused = decode_filtered("jobs", &other, &token).expect_err("other filters");
+        assert_eq!(refused, FilteredTokenError::OtherFilters);
+        assert!(refused.to_string().contains("other filters"));
+        assert_eq!(decode_filtered("jobs", &alice, ""), Ok(None));
+        assert_eq!(
+            decode_filtered("jobs", &alice, &encode("jobs", "no filters")),
+            Err(BadPageToken.into())
+        );
+        assert_eq!(
+            decode_filtered("tasks", &alice, &token),
+            Err(BadPageToken.into())
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use kiln_mesh::MeshChannel;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
+use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use kiln_proto::v1::webhook_service_client::WebhookServiceClient;
 use kiln_service::cancel::BodyFailed;
@@ -100,6 +101,14 @@ impl PublicApi {
         self.authorize(&caller, message.reach(), role).await?;
         let upstream = C::connect(&self.upstreams).await?;
         call(upstream, self.forward(&caller, message)?).await
+    }
+
+    /// A job's owner, from the cache or the scheduler; `None` if it cannot be told.
+    async fn owner_of(&self, caller: &Principal, job_id: &str) -> Option<String> {
+        if let Some(owner) = self.owners.get(job_id) {
+            return Some(owner);
+        }
+        self.fetch_job(caller, job_id).await.ok().map(|j| j.owner)
     }
 
     async fn fetch_job(&self, caller: &Principal, job_id: &str) -> Result<pb::Job, Status> {
@@ -249,14 +258,18 @@ macro_rules! reaches {
 reaches!(
     pb::CancelJobRequest, pb::PauseJobRequest, pb::ResumeJobRequest, pb::RetryJobRequest,
     pb::SetJobPriorityRequest, pb::ClearBlocklistRequest, pb::ListOutputsRequest,
-    pb::ListTasksRequest, pb::GetTaskLogRequest, pb::WatchJobRequest, pb::WatchTaskLogRequest
+    pb::ListTasksRequest, pb::GetTaskLogRequest, pb::WatchJobRequest, pb::WatchTaskLogRequest,
+    pb::ExplainWaitingRequest, pb::GetTaskHistoryRequest
     => job
 );
 reaches!(
     pb::DownloadRequest, pb::StatRequest, pb::FindMissingRequest, pb::UploadOffsetRequest,
     pb::PresignDownloadRequest => Assets
 );
-reaches!(pb::WatchFarmRequest, pb::ListJobsRequest => Farm);
+reaches!(
+    pb::WatchFarmRequest, pb::ListJobsRequest, pb::ListTaskSpansRequest, pb::ListWorkersRequest,
+    pb::GetWorkerRequest, pb::WorkerActionRequest, pb::SetWorkerTagsRequest => Farm
+);
 // Webhooks are the scheduler's to scope: it shows each user their own.
 reaches!(
     pb::CreateWebhookRequest, pb::ListWebhooksRequest, pb::DeleteWebhookRequest,
@@ -274,6 +287,12 @@ impl Upstream for JobServiceClient<MeshChannel> {
     }
 }
 
+impl Upstream for FarmServiceClient<MeshChannel> {
+    fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
+        upstreams.farm()
+    }
+}
+
 impl Upstream for AssetServiceClient<MeshChannel> {
     fn connect(upstreams: &Upstreams) -> impl Future<Output = Result<Self, Status>> + Send {
         upstreams.assets()
@@ -287,6 +306,7 @@ impl Upstream for WebhookServiceClient<MeshChannel> {
 }
 
 type Jobs = JobServiceClient<MeshChannel>;
+type Farm = FarmServiceClient<MeshChannel>;
 type Assets = AssetServiceClient<MeshChannel>;
 
 #[tonic::async_trait]
@@ -342,6 +362,7 @@ impl pb::job_service_server::JobService for PublicApi {
         let caller = auth::principal(&request)?;
         let (metadata, extensions, mut message) = request.into_parts();
         refuse_nul("owner", &message.owner)?;
+        refuse_nul("name_contains", &message.name_contains)?;
         // Non-admins list their own jobs only.
         if !caller.is_admin() {
             if message.owner.is_empty() {
@@ -453,6 +474,44 @@ impl pb::job_service_server::JobService for PublicApi {
         .await
     }
 
+    async fn explain_waiting(
+        &self,
+        request: Request<pb::ExplainWaitingRequest>,
+    ) -> Result<Response<pb::ExplainWaitingResponse>, Status> {
+        self.pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+            jobs.explain_waiting(r).await
+        })
+        .await
+    }
+
+    async fn get_task_history(
+        &self,
+        request: Request<pb::GetTaskHistoryRequest>,
+    ) -> Result<Response<pb::TaskHistory>, Status> {
+        self.pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+            jobs.get_task_history(r).await
+        })
+        .await
+    }
+
+    /// A timeline of the farm's tasks: non-admins see their own jobs' only.
+    async fn list_task_spans(
+        &self,
+        request: Request<pb::ListTaskSpansRequest>,
+    ) -> Result<Response<pb::ListTaskSpansResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        let (metadata, extensions, mut message) = request.into_parts();
+        refuse_nul("owner", &message.owner)?;
+        if !caller.is_admin() {
+            message.owner = caller.name.clone();
+        }
+        let request = Request::from_parts(metadata, extensions, message);
+        self.pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
+            jobs.list_task_spans(r).await
+        })
+        .await
+    }
+
     type WatchJobStream = BoxStream<pb::JobEvent>;
 
     async fn watch_job(
@@ -469,17 +528,40 @@ impl pb::job_service_server::JobService for PublicApi {
 
     type WatchFarmStream = BoxStream<pb::JobEvent>;
 
-    /// Every job's events: admins only, as they show every owner's jobs.
+    /// Every job's events for admins; anyone else gets the events of their
+    /// own jobs and the workers' comings and goings, in the same order and
+    /// with the same positions (so they resume the same way).
     async fn watch_farm(
         &self,
         request: Request<pb::WatchFarmRequest>,
     ) -> Result<Response<Self::WatchFarmStream>, Status> {
+        let caller = auth::principal(&request)?;
         let events = self
-            .pass(request, Role::Admin, |mut jobs: Jobs, r| async move {
+            .pass(request, Role::Viewer, |mut jobs: Jobs, r| async move {
                 jobs.watch_farm(r).await
             })
-            .await?;
-        Ok(Response::new(Box::pin(events.into_inner())))
+            .await?
+            .into_inner();
+        if caller.is_admin() {
+            return Ok(Response::new(Box::pin(events)));
+        }
+        let api = self.clone();
+        let own = events.filter_map(move |event| {
+            let (api, caller) = (api.clone(), caller.clone());
+            async move {
+                let Ok(event) = event else {
+                    return Some(event);
+                };
+                if event.job_id.is_empty() {
+                    return Some(Ok(event));
+                }
+                api.owner_of(&caller, &event.job_id)
+                    .await
+                    .filter(|owner| *owner == caller.name)
+                    .map(|_| Ok(event))
+            }
+        });
+        Ok(Response::new(Box::pin(own)))
     }
 
     type WatchTaskLogStream = BoxStream<pb::TaskLogLines>;
@@ -581,6 +663,104 @@ impl pb::asset_service_server::AssetService for PublicApi {
     ) -> Result<Response<pb::PresignDownloadResponse>, Status> {
         self.pass(request, Role::Viewer, |mut assets: Assets, r| async move {
             assets.presign_download(r).await
+        })
+        .await
+    }
+}
+
+/// What a non-admin may see of a worker: not which other users' tasks it runs.
+fn redact(caller: &Principal, mut worker: pb::Worker) -> pb::Worker {
+    if caller.is_admin() {
+        return worker;
+    }
+    let before = worker.running.len();
+    worker.running.retain(|task| task.owner == caller.name);
+    worker.hidden_running = (before - worker.running.len()) as u32;
+    worker.blocklisted_by.clear();
+    worker.blocklisted_by_more = 0;
+    worker
+}
+
+/// Workers, for everyone (other users' tasks hidden); actions, for admins.
+#[tonic::async_trait]
+impl pb::farm_service_server::FarmService for PublicApi {
+    async fn list_workers(
+        &self,
+        request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let caller = auth::principal(&request)?;
+        let mut list = self
+            .pass(request, Role::Viewer, |mut farm: Farm, r| async move {
+                farm.list_workers(r).await
+            })
+            .await?
+            .into_inner();
+        list.workers = list
+            .workers
+            .into_iter()
+            .map(|w| redact(&caller, w))
+            .collect();
+        Ok(Response::new(list))
+    }
+
+    async fn get_worker(
+        &self,
+        request: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        let caller = auth::principal(&request)?;
+        refuse_nul("worker_id", &request.get_ref().worker_id)?;
+        let worker = self
+            .pass(request, Role::Viewer, |mut farm: Farm, r| async move {
+                farm.get_worker(r).await
+            })
+            .await?
+            .into_inner();
+        Ok(Response::new(redact(&caller, worker)))
+    }
+
+    async fn disable_worker(
+        &self,
+        request: Request<pb::WorkerActionRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        refuse_nul("worker_id", &request.get_ref().worker_id)?;
+        self.pass(request, Role::Admin, |mut farm: Farm, r| async move {
+            farm.disable_worker(r).await
+        })
+        .await
+    }
+
+    async fn enable_worker(
+        &self,
+        request: Request<pb::WorkerActionRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        refuse_nul("worker_id", &request.get_ref().worker_id)?;
+        self.pass(request, Role::Admin, |mut farm: Farm, r| async move {
+            farm.enable_worker(r).await
+        })
+        .await
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<pb::WorkerActionRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        refuse_nul("worker_id", &request.get_ref().worker_id)?;
+        self.pass(request, Role::Admin, |mut farm: Farm, r| async move {
+            farm.drain_worker(r).await
+        })
+        .await
+    }
+
+    async fn set_worker_tags(
+        &self,
+        request: Request<pb::SetWorkerTagsRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        refuse_nul("worker_id", &request.get_ref().worker_id)?;
+        for tag in &request.get_ref().tags {
+            refuse_nul("tags", tag)?;
+        }
+        self.pass(request, Role::Admin, |mut farm: Farm, r| async move {
+            farm.set_worker_tags(r).await
         })
         .await
     }

@@ -6,6 +6,7 @@
 //! users wait for, and a token the cache does not know is looked up only
 //! within the caller's allowance (`lookup_limit.rs`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +14,15 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tokio::sync::SemaphorePermit;
 use tonic::Status;
 
+use crate::auth::Principal;
+use crate::dashboard;
 use crate::lookup_limit::{LookupLimiter, LookupRefusal, peer_of};
 use crate::rate_limit::{TokenRateLimiter, Verdict};
 use crate::rest::ApiError;
+use crate::sessions::{Session, SessionStore};
 use crate::tokens::TokenStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +34,9 @@ pub enum Protocol {
 pub struct Guard {
     pub protocol: Protocol,
     pub store: TokenStore,
+    /// Dashboard sessions (REST only): a cookie instead of a bearer token,
+    /// with a CSRF secret every state-changing call must echo.
+    pub sessions: Option<SessionStore>,
     pub limiter: Arc<TokenRateLimiter>,
     pub lookups: Arc<LookupLimiter>,
     pub max_header_bytes: usize,
@@ -37,6 +45,11 @@ pub struct Guard {
 enum Refusal {
     HeadersTooLarge(usize),
     Unauthenticated(&'static str),
+    /// A cookie-authenticated change without the session's CSRF secret, or
+    /// from another origin.
+    Forgery(&'static str),
+    /// A dashboard page asked for without a session: go and log in.
+    LogIn,
     Unavailable,
     RateLimited(Verdict),
     /// The peer used its allowance of token lookups.
@@ -47,42 +60,51 @@ enum Refusal {
 
 /// Checks the request and puts its [`crate::auth::Principal`] into its extensions.
 pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
-    if is_public(request.uri().path()) {
+    let path = request.uri().path();
+    if is_public(path) || (guard.sessions.is_some() && dashboard::is_public(path)) {
         return next.run(request).await;
     }
     let size = header_bytes(request.headers());
     if size > guard.max_header_bytes {
         return guard.refuse(Refusal::HeadersTooLarge(guard.max_header_bytes));
     }
-    let Some(secret) = bearer(request.headers()) else {
-        return guard.refuse(Refusal::Unauthenticated(
-            "a bearer token is required (header authorization: Bearer <token>)",
-        ));
-    };
-    let known = match guard.store.cached(secret) {
-        Some(known) => known,
-        None => {
-            // Only Postgres can tell: within the peer's allowance, a few at a time.
-            let peer = peer_of(&request);
-            let _slot = match guard.lookups.admit(peer).await {
-                Ok(slot) => slot,
-                Err(LookupRefusal::PeerExhausted(wait)) => {
-                    tracing::debug!(%peer, "too many token lookups");
-                    return guard.refuse(Refusal::TooManyLookups(wait));
+    let page = guard.sessions.is_some() && dashboard::is_page(path);
+    let peer = peer_of(&request);
+    let mut csrf = None;
+    let principal = match (bearer(request.headers()), &guard.sessions) {
+        (Some(secret), _) => match guard.token(peer, secret).await {
+            Ok(principal) => principal,
+            Err(refusal) => return guard.refuse(refusal),
+        },
+        (None, Some(sessions)) => match dashboard::session_cookie(request.headers()) {
+            Some(secret) => match guard.session(peer, sessions, secret).await {
+                Ok(Some(session)) => {
+                    if let Err(why) = dashboard::check_forgery(&request, &session) {
+                        return guard.refuse(Refusal::Forgery(why));
+                    }
+                    csrf = Some(dashboard::Csrf(session.csrf));
+                    session.principal
                 }
-                Err(LookupRefusal::Busy) => return guard.refuse(Refusal::LookupsBusy),
-            };
-            match guard.store.look_up(secret).await {
-                Ok(known) => known,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot check a token");
-                    return guard.refuse(Refusal::Unavailable);
+                Ok(None) if page => return guard.refuse(Refusal::LogIn),
+                Ok(None) => {
+                    return guard.refuse(Refusal::Unauthenticated(
+                        "the session has ended; log in again",
+                    ));
                 }
+                Err(refusal) => return guard.refuse(refusal),
+            },
+            None if page => return guard.refuse(Refusal::LogIn),
+            None => {
+                return guard.refuse(Refusal::Unauthenticated(
+                    "a bearer token is required (header authorization: Bearer <token>)",
+                ));
             }
+        },
+        (None, None) => {
+            return guard.refuse(Refusal::Unauthenticated(
+                "a bearer token is required (header authorization: Bearer <token>)",
+            ));
         }
-    };
-    let Some(principal) = known else {
-        return guard.refuse(Refusal::Unauthenticated("unknown or revoked token"));
     };
     let verdict = guard.limiter.check(principal.token_id);
     if matches!(verdict, Verdict::Limited { .. }) {
@@ -90,12 +112,65 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         return guard.refuse(Refusal::RateLimited(verdict));
     }
     request.extensions_mut().insert(principal);
+    if let Some(csrf) = csrf {
+        request.extensions_mut().insert(csrf);
+    }
     let mut response = next.run(request).await;
     guard.limiter.headers(&verdict, response.headers_mut());
     response
 }
 
 impl Guard {
+    /// The live token a bearer secret stands for: from the cache, or from
+    /// Postgres within the peer's allowance of lookups.
+    async fn token(&self, peer: IpAddr, secret: &str) -> Result<Principal, Refusal> {
+        let known = match self.store.cached(secret) {
+            Some(known) => known,
+            None => {
+                let _slot = self.lookup_slot(peer).await?;
+                self.store.look_up(secret).await.map_err(|err| {
+                    tracing::error!(error = %err, "cannot check a token");
+                    Refusal::Unavailable
+                })?
+            }
+        };
+        known.ok_or(Refusal::Unauthenticated("unknown or revoked token"))
+    }
+
+    /// The live session a cookie secret names, if any, under the same
+    /// allowance of lookups as tokens: a flood of made-up cookies reaches
+    /// Postgres no faster than one of made-up tokens.
+    async fn session(
+        &self,
+        peer: IpAddr,
+        sessions: &SessionStore,
+        secret: &str,
+    ) -> Result<Option<Session>, Refusal> {
+        if let Some(known) = sessions.cached(secret) {
+            return Ok(known);
+        }
+        let _slot = self.lookup_slot(peer).await?;
+        sessions.look_up(secret).await.map_err(|err| {
+            tracing::error!(error = %err, "cannot check a session");
+            Refusal::Unavailable
+        })
+    }
+
+    /// A slot to ask Postgres about a secret: within the peer's allowance,
+    /// a few at a time.
+    async fn lookup_slot(&self, peer: IpAddr) -> Result<SemaphorePermit<'_>, Refusal> {
+        self.lookups
+            .admit(peer)
+            .await
+            .map_err(|refusal| match refusal {
+                LookupRefusal::PeerExhausted(wait) => {
+                    tracing::debug!(%peer, "too many token lookups");
+                    Refusal::TooManyLookups(wait)
+                }
+                LookupRefusal::Busy => Refusal::LookupsBusy,
+            })
+    }
+
     fn refuse(&self, refusal: Refusal) -> Response {
         let mut response = match self.protocol {
             Protocol::Rest => rest_refusal(&refusal),
@@ -114,7 +189,11 @@ impl Guard {
                     HeaderValue::from(wait.as_secs().max(1)),
                 );
             }
-            Refusal::HeadersTooLarge(_) | Refusal::Unavailable | Refusal::LookupsBusy => {}
+            Refusal::HeadersTooLarge(_)
+            | Refusal::Unavailable
+            | Refusal::LookupsBusy
+            | Refusal::Forgery(_)
+            | Refusal::LogIn => {}
         }
         response
     }
@@ -130,6 +209,8 @@ fn rest_refusal(refusal: &Refusal) -> Response {
         Refusal::Unauthenticated(why) => {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", *why)
         }
+        Refusal::Forgery(why) => ApiError::new(StatusCode::FORBIDDEN, "csrf", *why),
+        Refusal::LogIn => return dashboard::to_login(),
         Refusal::Unavailable => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -161,6 +242,8 @@ fn grpc_refusal(refusal: &Refusal) -> Response {
             Status::invalid_argument(format!("request metadata exceeds {limit} bytes"))
         }
         Refusal::Unauthenticated(why) => Status::unauthenticated(*why),
+        Refusal::Forgery(why) => Status::permission_denied(*why),
+        Refusal::LogIn => Status::unauthenticated("log in"),
         Refusal::Unavailable => Status::unavailable("the token store is unavailable"),
         Refusal::RateLimited(verdict) => Status::resource_exhausted(format!(
             "too many requests for this token; retry in {}",

@@ -4,11 +4,14 @@
 //! `tokens.rs`) and the limits composed in `limits.rs` (among them the
 //! bounded queue that sheds load, `shed.rs`). Every call passes one authorization step
 //! (`PublicApi::authorize`); REST routes and OpenAPI operations are
-//! registered together in `rest.rs`'s route table.
+//! registered together in `rest.rs`'s route table. The web dashboard
+//! (`dashboard/`) is served on the REST port at `/`, behind a session cookie
+//! (`sessions.rs`) with CSRF protection in the same guard.
 
 pub mod auth;
 pub mod config;
 pub mod contact_sheet;
+pub mod dashboard;
 pub mod error;
 pub mod grpc;
 pub mod guard;
@@ -19,6 +22,8 @@ pub mod openapi;
 pub mod ranges;
 pub mod rate_limit;
 pub mod rest;
+pub mod rest_farm;
+pub mod sessions;
 pub mod shed;
 pub mod sse;
 pub mod stream_limit;

@@ -23,6 +23,7 @@ use crate::guard::{self, Guard, Protocol};
 use crate::lookup_limit::LookupLimiter;
 use crate::rate_limit::TokenRateLimiter;
 use crate::rest::{self, ApiError, RestState};
+use crate::sessions::SessionStore;
 use crate::shed::{self, EdgeQueue};
 use crate::stream_limit::{self, StreamLimit};
 use crate::tokens::TokenStore;
@@ -78,10 +79,17 @@ impl Limits {
         self.args.max_grpc_message_bytes
     }
 
+    /// The allowance of token lookups per peer, shared with the dashboard's
+    /// login (which checks a pasted token outside the guard).
+    pub fn lookups(&self) -> Arc<LookupLimiter> {
+        self.lookups.clone()
+    }
+
     fn guard(&self, protocol: Protocol) -> Arc<Guard> {
         Arc::new(Guard {
             protocol,
             store: self.store.clone(),
+            sessions: (protocol == Protocol::Rest).then(|| SessionStore::new(&self.store)),
             limiter: self.limiter.clone(),
             lookups: self.lookups.clone(),
             max_header_bytes: self.args.max_header_bytes,
@@ -114,9 +122,17 @@ impl Limits {
                 stream_limit::hold,
             ));
         let routes: Router<RestState> = json.merge(streaming).into();
+        // The dashboard's pages and login: small bodies, quick answers.
+        let pages = crate::dashboard::routes()
+            .layer(DefaultBodyLimit::max(self.args.max_json_bytes))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::GATEWAY_TIMEOUT,
+                timeout,
+            ));
         Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .merge(routes)
+            .merge(pages)
             .fallback(|| async { ApiError::not_found() })
             .with_state(state)
             .layer(axum::middleware::from_fn_with_state(

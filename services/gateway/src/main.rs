@@ -12,6 +12,7 @@ use kiln_gateway::token_service::TokenApi;
 use kiln_gateway::tokens::TokenStore;
 use kiln_gateway::upstream::Upstreams;
 use kiln_proto::v1::asset_service_server::AssetServiceServer;
+use kiln_proto::v1::farm_service_server::FarmServiceServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::token_service_server::TokenServiceServer;
 use kiln_proto::v1::webhook_service_server::WebhookServiceServer;
@@ -66,13 +67,16 @@ async fn main() -> anyhow::Result<()> {
     );
     let api = PublicApi::new(upstreams);
     let tokens = TokenApi::new(store.clone());
-    let limits = Limits::new(&config.limits, store);
+    let limits = Limits::new(&config.limits, store.clone());
+    let dashboard =
+        kiln_gateway::dashboard::Dashboard::new(&store, tls.serves_tls(), limits.lookups());
 
     let http_listener = kiln_service::bind(config.http_listen).await?;
     let http_addr = http_listener.local_addr()?;
     let state = RestState {
         api: api.clone(),
         tokens: tokens.clone(),
+        dashboard,
     };
     let app = limits
         .rest(state)
@@ -87,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let max_message = limits.max_grpc_message_bytes();
     let routes =
         Routes::new(JobServiceServer::new(api.clone()).max_decoding_message_size(max_message))
+            .add_service(FarmServiceServer::new(api.clone()).max_decoding_message_size(max_message))
             // Uploads must tell a client's cancel from a clean end (see grpc.rs).
             .add_service(DetectCancel(
                 AssetServiceServer::new(api.clone()).max_decoding_message_size(max_message),
@@ -97,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         routes,
         &[
             "kiln.v1.JobService",
+            "kiln.v1.FarmService",
             "kiln.v1.AssetService",
             "kiln.v1.TokenService",
             "kiln.v1.WebhookService",

@@ -22,12 +22,15 @@ use crate::auth::{Principal, Role};
 use crate::grpc::PublicApi;
 use crate::openapi::Errors;
 use crate::ranges::Answer;
+use crate::rest_farm;
 use crate::token_service::TokenApi;
 
 #[derive(Clone)]
 pub struct RestState {
     pub api: PublicApi,
     pub tokens: TokenApi,
+    /// The dashboard's login: the token store and its sessions.
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 /// The REST routes and their OpenAPI operations, registered together: each
@@ -62,6 +65,15 @@ pub fn json_routes() -> OpenApiRouter<RestState> {
         .routes(routes!(crate::webhooks_rest::delete_webhook))
         .routes(routes!(crate::webhooks_rest::resume_webhook))
         .routes(routes!(crate::webhooks_rest::list_deliveries))
+        .routes(routes!(rest_farm::list_workers))
+        .routes(routes!(rest_farm::get_worker))
+        .routes(routes!(rest_farm::disable_worker))
+        .routes(routes!(rest_farm::enable_worker))
+        .routes(routes!(rest_farm::drain_worker))
+        .routes(routes!(rest_farm::set_worker_tags))
+        .routes(routes!(rest_farm::explain_waiting))
+        .routes(routes!(rest_farm::task_history))
+        .routes(routes!(rest_farm::timeline))
         .routes(routes!(openapi))
 }
 
@@ -119,6 +131,11 @@ impl ApiError {
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
+    }
+
+    /// The HTTP status the error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     pub fn not_found() -> Self {
@@ -288,16 +305,49 @@ pub(crate) async fn submit_job(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListJobsQuery {
-    /// At most this many jobs; 0 or absent means 100. Capped at 1000.
+    /// Jobs per page (AIP-158); 0 or absent means `limit`, or 100. Capped at 1000.
+    #[serde(rename = "pageSize", alias = "page_size")]
+    page_size: Option<u32>,
+    /// A previous page's `nextPageToken`, with the same filters.
+    #[serde(rename = "pageToken", alias = "page_token")]
+    page_token: Option<String>,
+    /// Same as `pageSize` (kept for older clients).
     limit: Option<u32>,
     /// Only jobs of this owner (non-admins: only their own name).
     owner: Option<String>,
-    /// At most this many jobs a page (AIP-158); wins over `limit`.
-    #[serde(alias = "pageSize")]
-    page_size: Option<u32>,
-    /// The `nextPageToken` of the previous page.
-    #[serde(alias = "pageToken")]
-    page_token: Option<String>,
+    /// Only jobs in these states, comma-separated: pending, running, paused,
+    /// succeeded, failed, cancelled.
+    state: Option<String>,
+    /// Only jobs whose name contains this (case-insensitive).
+    name: Option<String>,
+    /// Only jobs submitted at or after this time (RFC 3339).
+    #[serde(rename = "submittedAfter", alias = "submitted_after")]
+    submitted_after: Option<String>,
+    /// Only jobs submitted before this time (RFC 3339).
+    #[serde(rename = "submittedBefore", alias = "submitted_before")]
+    submitted_before: Option<String>,
+}
+
+/// `pending,running` as job states, or a 400 naming the unknown one.
+fn job_states(text: &str) -> ApiResult<Vec<i32>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.to_ascii_uppercase()))
+                .filter(|s| *s != pb::JobState::Unspecified)
+                .map(|s| s as i32)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_argument",
+                        format!(
+                            "state: {name:?} is not one of pending, running, paused, succeeded, failed, cancelled"
+                        ),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// A page of a list (AIP-158).
@@ -316,7 +366,7 @@ pub(crate) struct PageQuery {
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "ListJobs",
     params(ListJobsQuery),
     responses(
-        (status = 200, description = "Jobs, newest first", body = ref("#/components/schemas/ListJobsResponse")),
+        (status = 200, description = "A page of jobs, newest first", body = ref("#/components/schemas/ListJobsResponse")),
         Errors))]
 pub(crate) async fn list_jobs(
     State(state): State<RestState>,
@@ -326,9 +376,21 @@ pub(crate) async fn list_jobs(
     let Query(query) = query?;
     let request = pb::ListJobsRequest {
         limit: query.limit.unwrap_or(0),
-        owner: query.owner.unwrap_or_default(),
         page_size: query.page_size.unwrap_or(0),
         page_token: query.page_token.unwrap_or_default(),
+        owner: query.owner.unwrap_or_default(),
+        states: job_states(query.state.as_deref().unwrap_or(""))?,
+        name_contains: query.name.unwrap_or_default(),
+        submitted_after: query
+            .submitted_after
+            .as_deref()
+            .map(|t| rest_farm::rfc3339("submittedAfter", t))
+            .transpose()?,
+        submitted_before: query
+            .submitted_before
+            .as_deref()
+            .map(|t| rest_farm::rfc3339("submittedBefore", t))
+            .transpose()?,
     };
     Ok(Json(
         state

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +33,15 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Where a watch starts when the client cannot set `Last-Event-ID` (a
+/// browser's first `EventSource` request): `?after=N`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AfterQuery {
+    /// Resume after this position; `Last-Event-ID`, when sent, wins.
+    after: Option<u64>,
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -109,18 +118,22 @@ pub(crate) async fn job_events(
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "jobs", operation_id = "WatchFarm",
-    params(("Last-Event-ID" = Option<u64>, Header, description = "Resume after this farm-wide position")),
+    params(("Last-Event-ID" = Option<u64>, Header, description = "Resume after this farm-wide position"),
+           AfterQuery),
     responses(
-        (status = 200, description = "Every job's events and the workers joining and leaving, as Server-Sent Events (admins only)",
+        (status = 200, description = "Every job's events (a non-admin's own jobs only) and the workers joining, leaving and being acted on, as Server-Sent Events",
          content_type = "text/event-stream", body = String),
         crate::openapi::Errors))]
 pub(crate) async fn farm_events(
     State(state): State<RestState>,
     Extension(caller): Extension<Principal>,
     headers: HeaderMap,
+    query: Result<Query<AfterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
+    let Query(query) = query?;
+    let after = query.after;
     let request = pb::WatchFarmRequest {
-        after_farm_seq: last_event_id(&headers),
+        after_farm_seq: last_event_id(&headers).or(after),
     };
     let events = state
         .api

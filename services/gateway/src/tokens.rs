@@ -71,6 +71,11 @@ impl TokenStore {
         })
     }
 
+    /// The gateway's Postgres pool (schema `gateway`), for the session store.
+    pub fn pool(&self) -> &PgPool {
+        &self.db
+    }
+
     /// Makes `secret` the admin token, revoking the one an earlier start made.
     pub async fn bootstrap_admin(&self, secret: &str) -> Result<(), GatewayError> {
         let hash = auth::secret_hash(secret);

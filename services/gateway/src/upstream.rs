@@ -4,6 +4,7 @@
 use kiln_discovery::service;
 use kiln_mesh::{Mesh, MeshChannel};
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
+use kiln_proto::v1::farm_service_client::FarmServiceClient;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use kiln_proto::v1::webhook_service_client::WebhookServiceClient;
 use tonic::Status;
@@ -45,6 +46,11 @@ impl Upstreams {
     /// Webhooks live in the scheduler (the leader).
     pub async fn webhooks(&self) -> Result<WebhookServiceClient<MeshChannel>, Status> {
         Ok(WebhookServiceClient::new(self.scheduler.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    pub async fn farm(&self) -> Result<FarmServiceClient<MeshChannel>, Status> {
+        Ok(FarmServiceClient::new(self.scheduler.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 

@@ -14,7 +14,7 @@ use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::core::batch::{Batch, BlocklistWrite, JobWrite, OutputWrite, TaskWrite};
+use crate::core::batch::{Batch, BlocklistWrite, JobWrite, OutputWrite, TaskWrite, WorkerWrite};
 use crate::fence::{self, FenceError, Token};
 use crate::scene_history;
 
@@ -126,6 +126,9 @@ async fn write(db: &PgPool, batch: &Batch, token: Token) -> Result<(), WriteErro
         write_farm_events(&mut tx, &batch.farm_events).await?;
     }
     scene_history::write(&mut tx, &batch.scene_times).await?;
+    if !batch.workers.is_empty() {
+        write_workers(&mut tx, &batch.workers).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -301,6 +304,52 @@ async fn write_outputs(
     .bind(rows.iter().map(|o| o.size).collect::<Vec<_>>())
     .bind(rows.iter().map(|o| o.task_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|o| o.kind.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Upserts worker rows whole (the last write of each worker wins), as one
+/// statement.
+async fn write_workers(
+    tx: &mut sqlx::PgConnection,
+    workers: &[WorkerWrite],
+) -> Result<(), sqlx::Error> {
+    let mut last: HashMap<&str, &WorkerWrite> = HashMap::with_capacity(workers.len());
+    for worker in workers {
+        last.insert(worker.id.as_str(), worker);
+    }
+    let rows: Vec<&WorkerWrite> = last.into_values().collect();
+    // Tags travel as one comma-joined text per row: UNNEST cannot take an
+    // array of arrays of different lengths, and a tag holds no comma.
+    sqlx::query(
+        "INSERT INTO workers (id, hostname, capabilities, tags, admin_state, connection, last_seen)
+         SELECT w.id, w.hostname, w.capabilities,
+                CASE WHEN w.tags = '' THEN '{}'::text[] ELSE string_to_array(w.tags, ',') END,
+                w.admin_state, w.connection, w.last_seen
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[],
+                     $7::timestamptz[])
+              AS w(id, hostname, capabilities, tags, admin_state, connection, last_seen)
+         ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname,
+             capabilities = EXCLUDED.capabilities, tags = EXCLUDED.tags,
+             admin_state = EXCLUDED.admin_state, connection = EXCLUDED.connection,
+             last_seen = EXCLUDED.last_seen",
+    )
+    .bind(rows.iter().map(|w| w.id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|w| w.hostname.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|w| w.capabilities.encode_to_vec())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|w| w.tags.join(",")).collect::<Vec<_>>())
+    .bind(rows.iter().map(|w| w.admin.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|w| w.connection.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|w| w.last_seen).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())

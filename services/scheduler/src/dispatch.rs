@@ -142,6 +142,7 @@ impl DispatchLoop {
                     let _ = reply.send(Err(refusal.into()));
                 }
             },
+            Inbound::Query(question) => question(&self.core),
             Inbound::Logs { worker_id, lines } => {
                 // Only the worker holding the attempt writes into its log.
                 let held = uuid::Uuid::parse_str(&lines.task_id).is_ok_and(|task_id| {
@@ -153,6 +154,7 @@ impl DispatchLoop {
             }
             Inbound::Join {
                 worker_id,
+                hostname,
                 session,
                 capabilities,
                 held,
@@ -161,6 +163,7 @@ impl DispatchLoop {
                 self.outboxes.insert((worker_id.clone(), session), outbox);
                 let joined = Command::WorkerJoined {
                     worker_id,
+                    hostname,
                     session,
                     capabilities,
                     held,

@@ -16,6 +16,8 @@ pub enum SchedulerError {
     /// Something other than a job is not there; the message names it.
     #[error("{0}")]
     NotFound(String),
+    #[error("no worker {0:?} has ever joined this farm")]
+    WorkerNotFound(String),
     #[error(transparent)]
     JobModel(#[from] kiln_jobmodel::JobModelError),
     #[error("asset service: {0}")]
@@ -48,6 +50,7 @@ impl From<Refusal> for SchedulerError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::JobFinished(id) => Self::JobFinished(id.to_string()),
+            Refusal::UnknownWorker(id) => Self::WorkerNotFound(id),
             Refusal::Quota(exceeded) => Self::Quota(exceeded.to_string()),
         }
     }
@@ -87,7 +90,9 @@ impl From<SchedulerError> for Status {
             }
             SchedulerError::Quota(_) => Status::resource_exhausted(err.to_string()),
             SchedulerError::AlreadyExists(_) => Status::already_exists(err.to_string()),
-            SchedulerError::JobNotFound(_) | SchedulerError::NotFound(_) => {
+            SchedulerError::JobNotFound(_)
+            | SchedulerError::NotFound(_)
+            | SchedulerError::WorkerNotFound(_) => {
                 Status::not_found(err.to_string())
             }
             SchedulerError::JobFinished(_) | SchedulerError::FailedPrecondition(_) => {

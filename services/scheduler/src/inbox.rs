@@ -5,6 +5,7 @@ use kiln_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::SchedulerError;
+use crate::core::Core;
 use crate::core::admission_policy::Admission;
 use crate::core::batch::RequestId;
 use crate::core::command::Command;
@@ -24,6 +25,9 @@ pub enum Inbound {
         command: Command,
         reply: Reply,
     },
+    /// A question about the core's state, answered from it at once (the
+    /// closure replies on its own channel).
+    Query(Box<dyn FnOnce(&Core) + Send>),
     /// Lines a running task printed, as its worker sends them: kept only if
     /// the worker holds that attempt.
     Logs {
@@ -33,6 +37,7 @@ pub enum Inbound {
     /// A worker opened a session.
     Join {
         worker_id: String,
+        hostname: String,
         session: u64,
         capabilities: pb::WorkerCapabilities,
         /// Attempts the worker says it still holds from an earlier session.

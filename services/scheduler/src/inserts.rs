@@ -31,6 +31,7 @@ pub struct NewJob<'a> {
     pub trace_context: &'a HashMap<String, String>,
     /// The submission's idempotency key, remembered with the job.
     pub idempotency: Option<&'a IdempotencyKey>,
+    pub tags: &'a [String],
 }
 
 /// A stored job's id and its tasks' ids, step by step in plan order.
@@ -51,8 +52,8 @@ pub async fn insert_job(
     fence::check(&mut tx, token).await?;
     sqlx::query(
         "INSERT INTO jobs (id, name, state, priority, template_name, template_document, parameters, inputs, owner,
-                           depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds, trace_context)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                           depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds, trace_context, tags)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(id)
     .bind(job.name)
@@ -68,6 +69,7 @@ pub async fn insert_job(
     .bind(job.max_run_seconds)
     .bind(job.stall_seconds)
     .bind(serde_json::to_value(job.trace_context).unwrap_or_default())
+    .bind(job.tags)
     .execute(&mut *tx)
     .await?;
     if let Some(key) = job.idempotency {

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::core::command::{Command, Control};
+use crate::core::waiting::Waiting;
 use crate::error::{invalid, parse_job_id, parse_uuid};
 use crate::event_replay::{self, Scope};
 use crate::job_state::JobState;
@@ -242,11 +243,12 @@ impl pb::job_service_server::JobService for JobApi {
             0 => message.limit,
             n => n,
         });
-        let after = paging::decode("jobs", &message.page_token)?
+        let filter = job_filter(message)?;
+        let filters = filter.fingerprint();
+        let after = paging::decode_filtered("jobs", &filters, &message.page_token)?
             .map(|position| paging::parse_time_and_id(&position))
             .transpose()?;
-        let owner = Some(message.owner.as_str()).filter(|o| !o.is_empty());
-        let jobs = queries::list_jobs(&self.scheduler()?.db, owner, size as i64 + 1, after)
+        let jobs = queries::list_jobs(&self.scheduler()?.db, &filter, size as i64 + 1, after)
             .await
             .map_err(SchedulerError::from)?;
         let (jobs, next_page_token) = paging::page(
@@ -257,7 +259,8 @@ impl pb::job_service_server::JobService for JobApi {
             prost::Message::encoded_len,
             |job| {
                 let created = job.created_at.unwrap_or_default();
-                paging::time_and_id(created.seconds, created.nanos, &job.id)
+                let position = paging::time_and_id(created.seconds, created.nanos, &job.id);
+                paging::filtered(&filters, &position)
             },
         );
         Ok(Response::new(pb::ListJobsResponse {
@@ -535,6 +538,237 @@ impl pb::job_service_server::JobService for JobApi {
             control(&scheduler, &request.job_id, clear).await?,
         ))
     }
+
+    async fn explain_waiting(
+        &self,
+        request: Request<pb::ExplainWaitingRequest>,
+    ) -> Result<Response<pb::ExplainWaitingResponse>, Status> {
+        let job_id = parse_job_id(&request.get_ref().job_id)?;
+        let task_id = match request.get_ref().task_id.as_str() {
+            "" => None,
+            text => Some(parse_uuid("task_id", text)?),
+        };
+        let scheduler = self.scheduler()?;
+        require_job(&scheduler, job_id).await?;
+        let (waiting, place) = scheduler
+            .query(move |core| {
+                let waiting = match task_id {
+                    None => core.explain_job(job_id),
+                    Some(task_id) => core
+                        .explain(task_id)
+                        .filter(|_| core.task(task_id).is_some_and(|t| t.job_id == job_id))
+                        .and_then(|reasons| {
+                            let task = core.task(task_id)?;
+                            let job = core.job(job_id)?;
+                            Some(vec![crate::core::waiting::TaskWaiting {
+                                task_id,
+                                step: job.steps.get(task.step)?.name.clone(),
+                                index: task.index,
+                                similar: 0,
+                                reasons,
+                            }])
+                        })
+                        .unwrap_or_default(),
+                };
+                (waiting, core.queue_place(job_id))
+            })
+            .await?;
+        let tasks = waiting
+            .iter()
+            .map(|w| pb::TaskWaiting {
+                task_id: w.task_id.to_string(),
+                step_name: w.step.clone(),
+                index: w.index.max(0) as u32,
+                similar_tasks: w.similar as u32,
+                reasons: w.reasons.iter().map(wait_reason).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ExplainWaitingResponse {
+            tasks,
+            queue_position: place.position as u32,
+            queue_length: place.length as u32,
+        }))
+    }
+
+    async fn get_task_history(
+        &self,
+        request: Request<pb::GetTaskHistoryRequest>,
+    ) -> Result<Response<pb::TaskHistory>, Status> {
+        let job_id = parse_job_id(&request.get_ref().job_id)?;
+        let task_id = parse_uuid("task_id", &request.get_ref().task_id)?;
+        let scheduler = self.scheduler()?;
+        let task = queries::get_task(&scheduler.db, job_id, task_id)
+            .await
+            .map_err(SchedulerError::from)?
+            .ok_or_else(|| Status::not_found(format!("job {job_id} has no task {task_id}")))?;
+        let attempts = crate::history::task_attempts(&scheduler.db, job_id, task_id)
+            .await
+            .map_err(SchedulerError::from)?;
+        Ok(Response::new(pb::TaskHistory {
+            task: Some(task),
+            attempts,
+        }))
+    }
+
+    async fn list_task_spans(
+        &self,
+        request: Request<pb::ListTaskSpansRequest>,
+    ) -> Result<Response<pb::ListTaskSpansResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit as usize {
+            0 => crate::history::DEFAULT_SPANS,
+            n => n.min(crate::history::MAX_SPANS),
+        };
+        let since = match time_filter("since", request.since.as_ref())? {
+            Some(since) => since,
+            None => crate::history::default_since(chrono::Utc::now()),
+        };
+        let owner = Some(request.owner.as_str()).filter(|o| !o.is_empty());
+        let scheduler = self.scheduler()?;
+        // The position first: a watch from it repeats nothing the spans
+        // miss (it may repeat what they show; clients key spans by attempt).
+        let farm_seq = event_replay::last_position(&scheduler.db, Scope::Farm)
+            .await
+            .map_err(SchedulerError::from)?;
+        let spans = crate::history::task_spans(&scheduler.db, owner, since, limit)
+            .await
+            .map_err(SchedulerError::from)?;
+        Ok(Response::new(pb::ListTaskSpansResponse { spans, farm_seq }))
+    }
+}
+
+/// Workers kept away that a waiting reason lists, at most (by id).
+const MAX_EXCLUDED_LISTED: usize = 100;
+/// ... and names in its message.
+const MAX_EXCLUDED_NAMED: usize = 10;
+
+/// Longest name filter, in characters.
+const MAX_NAME_FILTER: usize = 200;
+
+/// A listing's filters, checked.
+fn job_filter(request: &pb::ListJobsRequest) -> Result<queries::JobFilter, SchedulerError> {
+    let mut states = Vec::with_capacity(request.states.len());
+    for &state in &request.states {
+        let state = pb::JobState::try_from(state)
+            .ok()
+            .and_then(JobState::from_proto)
+            .ok_or_else(|| invalid(format!("states: {state} is not a job state")))?;
+        states.push(state);
+    }
+    let name = request.name_contains.as_str();
+    if name.chars().count() > MAX_NAME_FILTER || name.contains('\0') {
+        return Err(invalid(format!(
+            "name_contains: at most {MAX_NAME_FILTER} characters, without NUL"
+        )));
+    }
+    Ok(queries::JobFilter {
+        owner: Some(request.owner.clone()).filter(|o| !o.is_empty()),
+        states,
+        name_contains: Some(name.to_owned()).filter(|n| !n.is_empty()),
+        submitted_after: time_filter("submitted_after", request.submitted_after.as_ref())?,
+        submitted_before: time_filter("submitted_before", request.submitted_before.as_ref())?,
+    })
+}
+
+fn time_filter(
+    field: &str,
+    at: Option<&pbjson_types::Timestamp>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, SchedulerError> {
+    at.map(|t| {
+        chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+            .ok_or_else(|| invalid(format!("{field}: not a valid time")))
+    })
+    .transpose()
+}
+
+/// The core's reasons, as the API tells them.
+fn wait_reason(reason: &Waiting) -> pb::WaitReason {
+    use pb::WaitCause as Cause;
+    let mut out = pb::WaitReason::default();
+    let (cause, message) = match reason {
+        Waiting::JobPaused => (Cause::Paused, "the job is paused".to_owned()),
+        Waiting::Held(why) => (
+            Cause::Held,
+            format!("admission control holds the job back: {why}"),
+        ),
+        Waiting::ForJobs(jobs) => {
+            out.jobs = jobs.iter().map(Uuid::to_string).collect();
+            (
+                Cause::JobsUnfinished,
+                format!("waiting for {} job(s) it depends on to succeed", jobs.len()),
+            )
+        }
+        Waiting::ForSteps(steps) => {
+            out.steps = steps.clone();
+            (
+                Cause::StepsUnfinished,
+                format!("waiting for step(s) {} to finish", steps.join(", ")),
+            )
+        }
+        Waiting::RetryBackoff(at) => {
+            out.retry_at = at.map(crate::timestamps::timestamp);
+            (
+                Cause::RetryBackoff,
+                "an attempt failed; the next waits out its backoff".to_owned(),
+            )
+        }
+        Waiting::OwnerAtCap { running, cap } => (
+            Cause::Quota,
+            format!(
+                "its owner has {running} task(s) running, as many as their share allows ({cap})"
+            ),
+        ),
+        Waiting::NoMatchingWorker(unmet) => {
+            out.requirements = unmet.clone();
+            let message = if unmet.is_empty() {
+                "no worker is connected".to_owned()
+            } else {
+                format!("no connected worker meets: {}", unmet.join("; "))
+            };
+            (Cause::NoMatchingWorker, message)
+        }
+        Waiting::WorkersExcluded(workers) => {
+            // A large farm may keep thousands away: name a bounded few.
+            out.workers = workers
+                .iter()
+                .take(MAX_EXCLUDED_LISTED)
+                .map(|(id, why)| pb::ExcludedWorker {
+                    worker_id: id.clone(),
+                    reason: why.describe(),
+                })
+                .collect();
+            let mut list: Vec<String> = workers
+                .iter()
+                .take(MAX_EXCLUDED_NAMED)
+                .map(|(id, why)| format!("{id} ({})", why.describe()))
+                .collect();
+            if workers.len() > MAX_EXCLUDED_NAMED {
+                list.push(format!("and {} more", workers.len() - MAX_EXCLUDED_NAMED));
+            }
+            (
+                Cause::WorkersExcluded,
+                format!("workers kept away: {}", list.join(", ")),
+            )
+        }
+        Waiting::Queued(place) => {
+            out.jobs_ahead = place.position.saturating_sub(1) as u32;
+            out.jobs_ahead_higher_priority = place.ahead_higher_priority as u32;
+            let message = match place.position {
+                0 => "waiting for a free worker".to_owned(),
+                1 => "next in the queue; waiting for a free worker".to_owned(),
+                n => format!(
+                    "number {n} of {} in the queue: {} job(s) ahead, {} of higher priority",
+                    place.length,
+                    n - 1,
+                    place.ahead_higher_priority
+                ),
+            };
+            (Cause::Queued, message)
+        }
+    };
+    out.cause = cause as i32;
+    out.message = message;
+    out
 }
 
 impl JobApi {

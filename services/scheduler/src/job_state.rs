@@ -41,6 +41,18 @@ impl JobState {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 
+    pub fn from_proto(state: ProtoJobState) -> Option<Self> {
+        match state {
+            ProtoJobState::Unspecified => None,
+            ProtoJobState::Pending => Some(Self::Pending),
+            ProtoJobState::Running => Some(Self::Running),
+            ProtoJobState::Paused => Some(Self::Paused),
+            ProtoJobState::Succeeded => Some(Self::Succeeded),
+            ProtoJobState::Failed => Some(Self::Failed),
+            ProtoJobState::Cancelled => Some(Self::Cancelled),
+        }
+    }
+
     pub fn to_proto(self) -> ProtoJobState {
         match self {
             Self::Pending => ProtoJobState::Pending,

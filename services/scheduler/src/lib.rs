@@ -5,7 +5,7 @@
 //!    `job_state.rs` (a job's state from its tasks), `retry.rs` (the failure
 //!    policy), `matching.rs` (host requirements against workers), `eta.rs`
 //!    (run-time statistics to an ETA), `scene_history.rs` (what earlier
-//!    jobs of a scene took), `timestamps.rs`.
+//!    jobs of a scene took), `tags.rs` (pool names), `timestamps.rs`.
 //! 2. `core/`: the dispatch core, the leader's queue as a model with private
 //!    fields; commands in, a batch of guarded writes and effects out. The
 //!    order of dispatch is decided in `core/pick_order.rs`.
@@ -17,13 +17,16 @@
 //!    commits its batches, and runs their effects on worker sessions,
 //!    callers and the live `event_bus.rs`; `scheduler_metrics.rs`.
 //! 5. `scheduler.rs`: a leader's handle; `leader.rs`: the election;
-//!    `liveness.rs`: workers whose etcd lease expired.
+//!    `liveness.rs`: workers whose etcd lease expired; `presence.rs`: when
+//!    each worker last spoke and what it uses.
 //! 6. Services: `job_service.rs` (gRPC), `submit.rs` (submission),
 //!    `watch.rs` (WatchJob/WatchFarm), `task_log.rs` / `logs.rs` (live task
 //!    logs), `worker_service.rs` (worker sessions; `live_sessions.rs`: one
-//!    process per worker id), `references.rs` (which
-//!    stored files jobs still need, for the assets collector), `webhooks/`
-//!    (registrations, the API, and the leader's delivery loop).
+//!    process per worker id), `references.rs` (which stored files jobs
+//!    still need, for the assets collector), `farm_service.rs` (workers
+//!    listed and acted on), `history.rs` (task attempts and timelines read
+//!    back from the event log), `webhooks/` (registrations, the API, and
+//!    the leader's delivery loop).
 
 pub mod batch_writer;
 pub mod config;
@@ -34,8 +37,10 @@ mod error;
 pub mod eta;
 pub mod event_bus;
 pub mod event_replay;
+pub mod farm_service;
 pub mod fence;
 pub mod idempotency;
+pub mod history;
 pub mod inbox;
 pub mod inserts;
 pub mod job_service;
@@ -46,6 +51,7 @@ pub mod liveness;
 pub mod loader;
 pub mod logs;
 pub mod matching;
+pub mod presence;
 pub mod queries;
 pub mod references;
 pub mod retry;
@@ -55,6 +61,7 @@ pub mod scheduler_metrics;
 pub mod standby;
 pub mod stream_quota;
 pub mod submit;
+pub mod tags;
 pub mod task_log;
 pub mod task_state;
 pub mod timestamps;

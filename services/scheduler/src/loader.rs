@@ -9,7 +9,7 @@ use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::SchedulerError;
-use crate::core::model::{JobEntry, StepEntry, TaskEntry};
+use crate::core::model::{AdminState, Connection, JobEntry, KnownWorker, StepEntry, TaskEntry};
 use crate::core::output_ledger::RecordedOutput;
 use crate::fence::{self, Token};
 use crate::job_state::{JobState, TaskCounts};
@@ -35,6 +35,7 @@ pub struct JobSettings {
     pub waiting_on: HashSet<Uuid>,
     pub trace_context: HashMap<String, String>,
     pub name: String,
+    pub tags: Vec<String>,
     pub template_name: String,
 }
 
@@ -131,6 +132,7 @@ pub fn from_plan(
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
+        tags: settings.tags.into_iter().collect(),
         finished_outputs: Vec::new(),
     };
     LoadedJob {
@@ -163,6 +165,7 @@ struct JobRow {
     message: String,
     trace_context: serde_json::Value,
     name: String,
+    tags: Vec<String>,
     template_name: String,
 }
 
@@ -201,7 +204,7 @@ pub async fn load_unfinished(
 ) -> Result<Vec<LoadedJob>, SchedulerError> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
-                depends_on_jobs, message, trace_context, name, template_name
+                depends_on_jobs, message, trace_context, name, tags, template_name
          FROM jobs WHERE finished_at IS NULL ORDER BY created_at",
     )
     .fetch_all(db)
@@ -216,7 +219,7 @@ pub async fn load_unfinished(
 pub async fn load_one(db: &sqlx::PgPool, job_id: Uuid) -> Result<Option<LoadedJob>, sqlx::Error> {
     let rows: Vec<JobRow> = sqlx::query_as(
         "SELECT id, owner, state, priority, max_failed_tasks, max_run_seconds, stall_seconds, inputs,
-                depends_on_jobs, message, trace_context, name, template_name
+                depends_on_jobs, message, trace_context, name, tags, template_name
          FROM jobs WHERE id = $1",
     )
     .bind(job_id)
@@ -511,6 +514,40 @@ fn job_entry(row: JobRow, dependencies: &HashMap<Uuid, JobState>) -> JobEntry {
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
+        tags: row.tags.into_iter().collect(),
         finished_outputs: Vec::new(),
+    }
+}
+
+/// Every worker `workers` holds, for a new leader's core.
+pub async fn load_known_workers(db: &sqlx::PgPool) -> Result<Vec<KnownWorker>, sqlx::Error> {
+    let rows: Vec<WorkerRow> = sqlx::query_as(
+        "SELECT id, hostname, capabilities, tags, admin_state, connection, last_seen FROM workers",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(known_worker).collect())
+}
+
+#[derive(sqlx::FromRow)]
+pub struct WorkerRow {
+    pub id: String,
+    pub hostname: String,
+    pub capabilities: Vec<u8>,
+    pub tags: Vec<String>,
+    pub admin_state: String,
+    pub connection: String,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn known_worker(row: WorkerRow) -> KnownWorker {
+    KnownWorker {
+        capabilities: prost::Message::decode(row.capabilities.as_slice()).unwrap_or_default(),
+        tags: row.tags.into_iter().collect(),
+        admin: AdminState::parse(&row.admin_state).unwrap_or_default(),
+        connection: Connection::parse(&row.connection).unwrap_or(Connection::Offline),
+        last_seen: row.last_seen,
+        id: row.id,
+        hostname: row.hostname,
     }
 }

@@ -6,11 +6,13 @@ use clap::Parser;
 use kiln_discovery::{Discovery, Endpoint, service};
 use kiln_jobmodel::Limits;
 use kiln_proto::v1::asset_references_server::AssetReferencesServer;
+use kiln_proto::v1::farm_service_server::FarmServiceServer;
 use kiln_proto::v1::job_service_server::JobServiceServer;
 use kiln_proto::v1::webhook_service_server::WebhookServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
 use kiln_scheduler::config::Config;
 use kiln_scheduler::connect_database;
+use kiln_scheduler::farm_service::FarmApi;
 use kiln_scheduler::job_service::JobApi;
 use kiln_scheduler::leader::{self, LeaderSlot, Leading};
 use kiln_scheduler::references::References;
@@ -32,6 +34,7 @@ const CALLERS: Policy = Policy {
         ("/kiln.v1.JobService/", Admit::Services),
         ("/kiln.v1.AssetReferences/", Admit::Services),
         ("/kiln.v1.WebhookService/", Admit::Services),
+        ("/kiln.v1.FarmService/", Admit::Services),
         ("/kiln.v1.WorkerService/", Admit::Workers),
     ],
     workers_name_owners: false,
@@ -108,7 +111,8 @@ async fn main() -> anyhow::Result<()> {
         .add_service(WebhookServiceServer::new(WebhookApi::new(
             slot.clone(),
             webhooks.clone(),
-        )));
+        )))
+        .add_service(FarmServiceServer::new(FarmApi::new(slot.clone())));
     // NOT_SERVING while standing by (standby.rs).
     let (routes, health) = kiln_service::with_health(
         routes,
@@ -117,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
             "kiln.v1.WorkerService",
             "kiln.v1.AssetReferences",
             "kiln.v1.WebhookService",
+            "kiln.v1.FarmService",
         ],
     )
     .await?;

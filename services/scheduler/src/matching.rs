@@ -90,6 +90,22 @@ impl Requirements {
         self.amounts.iter().all(|a| a.matches(worker)) && self.attributes_match(worker)
     }
 
+    /// The requirements the worker does not meet, each described for people
+    /// ("amount.worker.gpu >= 1", "attr.pool all of fx, fast").
+    pub fn unmet(&self, worker: &WorkerCapabilities) -> Vec<String> {
+        let amounts = self
+            .amounts
+            .iter()
+            .filter(|a| !a.matches(worker))
+            .map(Amount::describe);
+        let attributes = self
+            .attributes
+            .iter()
+            .filter(|a| !a.matches(&worker_attribute(&worker.attributes, &worker.os, &a.name)))
+            .map(Attribute::describe);
+        amounts.chain(attributes).collect()
+    }
+
     fn attributes_match(&self, worker: &WorkerCapabilities) -> bool {
         self.attributes
             .iter()
@@ -98,6 +114,15 @@ impl Requirements {
 }
 
 impl Amount {
+    fn describe(&self) -> String {
+        match (self.min, self.max) {
+            (Some(min), Some(max)) => format!("{} between {min} and {max}", self.name),
+            (Some(min), None) => format!("{} >= {min}", self.name),
+            (None, Some(max)) => format!("{} <= {max}", self.name),
+            (None, None) => self.name.clone(),
+        }
+    }
+
     fn matches(&self, worker: &WorkerCapabilities) -> bool {
         let have = match self.name.as_str() {
             "amount.worker.vcpu" => f64::from(worker.cpu_cores),
@@ -112,6 +137,17 @@ impl Amount {
 }
 
 impl Attribute {
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.any_of.is_empty() {
+            parts.push(format!("any of {}", self.any_of.join(", ")));
+        }
+        if !self.all_of.is_empty() {
+            parts.push(format!("all of {}", self.all_of.join(", ")));
+        }
+        format!("{} {}", self.name, parts.join(" and "))
+    }
+
     fn matches(&self, values: &[String]) -> bool {
         let has = |wanted: &String| values.iter().any(|v| v.eq_ignore_ascii_case(wanted));
         (self.any_of.is_empty() || self.any_of.iter().any(has)) && self.all_of.iter().all(has)
@@ -230,6 +266,11 @@ mod tests {
         );
         assert!(wants.matches(&worker(0, &[("pool", "fx, fast")])));
         assert!(!wants.matches(&worker(0, &[("pool", "fx")])));
+        assert_eq!(
+            wants.unmet(&worker(0, &[("pool", "fx")])),
+            vec!["attr.pool all of fx, fast".to_owned()]
+        );
+        assert!(wants.unmet(&worker(0, &[("pool", "fast,fx")])).is_empty());
         assert!(!wants.matches(&worker(0, &[])));
     }
 }

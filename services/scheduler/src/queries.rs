@@ -30,6 +30,7 @@ struct JobRow {
     max_failed_tasks: i32,
     max_run_seconds: i32,
     stall_seconds: i32,
+    tags: Vec<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -127,7 +128,7 @@ macro_rules! select_jobs {
     ($rest:literal) => {
         concat!(
             "SELECT id, name, owner, state, priority, template_name, parameters, inputs, message, ",
-            "created_at, finished_at, depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds ",
+            "created_at, finished_at, depends_on_jobs, max_failed_tasks, max_run_seconds, stall_seconds, tags ",
             "FROM jobs ",
             $rest
         )
@@ -165,30 +166,85 @@ pub async fn get_job(db: &PgPool, job_id: Uuid) -> Result<Option<pb::Job>, sqlx:
     Ok(with_steps(db, rows).await?.pop())
 }
 
+/// Which jobs a listing shows; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub owner: Option<String>,
+    pub states: Vec<JobState>,
+    /// A case-insensitive substring of the name.
+    pub name_contains: Option<String>,
+    pub submitted_after: Option<DateTime<Utc>>,
+    pub submitted_before: Option<DateTime<Utc>>,
+}
+
+impl JobFilter {
+    /// The filters in a fixed form (states as a set, the name folded to
+    /// lower case as the filter ignores case), for page tokens.
+    pub fn fingerprint(&self) -> String {
+        let mut states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
+        states.sort_unstable();
+        states.dedup();
+        let name = self.name_contains.as_deref().unwrap_or("").to_lowercase();
+        let micros =
+            |t: Option<DateTime<Utc>>| t.map_or(i64::MIN, |t| t.timestamp_micros()).to_be_bytes();
+        kiln_service::paging::fingerprint(&[
+            self.owner.as_deref().unwrap_or("").as_bytes(),
+            states.join(",").as_bytes(),
+            name.as_bytes(),
+            &micros(self.submitted_after),
+            &micros(self.submitted_before),
+        ])
+    }
+}
+
 /// Where a page of jobs starts: after the job created at `.0` with id `.1`
 /// (newest first).
 pub type JobPosition = (DateTime<Utc>, Uuid);
 
-/// The newest jobs, of one owner or (with `None`) of everyone, after
-/// `after` if given; at most `limit`.
+/// The newest jobs that pass the filter (newest first; ties by id), after
+/// `after` when given; at most `limit`.
 pub async fn list_jobs(
     db: &PgPool,
-    owner: Option<&str>,
+    filter: &JobFilter,
     limit: i64,
     after: Option<JobPosition>,
 ) -> Result<Vec<pb::Job>, sqlx::Error> {
+    let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+    let pattern = filter.name_contains.as_deref().map(like_pattern);
     let rows: Vec<JobRow> = sqlx::query_as(select_jobs!(
         "WHERE ($2::text IS NULL OR owner = $2)
-           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+           AND (cardinality($3::text[]) = 0 OR state = ANY($3))
+           AND ($4::text IS NULL OR name ILIKE $4 ESCAPE '\\')
+           AND ($5::timestamptz IS NULL OR created_at >= $5)
+           AND ($6::timestamptz IS NULL OR created_at < $6)
+           AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
          ORDER BY created_at DESC, id DESC LIMIT $1"
     ))
     .bind(limit)
-    .bind(owner)
+    .bind(filter.owner.as_deref())
+    .bind(&states)
+    .bind(pattern)
+    .bind(filter.submitted_after)
+    .bind(filter.submitted_before)
     .bind(after.map(|(at, _)| at))
     .bind(after.map(|(_, id)| id))
     .fetch_all(db)
     .await?;
     with_steps(db, rows).await
+}
+
+/// `%text%` for ILIKE, with the pattern's own special characters escaped.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Adds steps and task counts to job rows: one query however many jobs.
@@ -259,6 +315,7 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
         max_failed_tasks: row.max_failed_tasks.max(0) as u32,
         max_run_seconds: row.max_run_seconds.max(0) as u32,
         stall_seconds: row.stall_seconds.max(0) as u32,
+        tags: row.tags,
         ..Default::default()
     };
     for step_row in step_rows {
@@ -288,6 +345,24 @@ fn job_to_proto(row: JobRow, step_rows: Vec<StepCountRow>) -> pb::Job {
     job
 }
 
+/// One task of a job.
+pub async fn get_task(
+    db: &PgPool,
+    job_id: Uuid,
+    task_id: Uuid,
+) -> Result<Option<pb::Task>, sqlx::Error> {
+    let row: Option<TaskRow> = sqlx::query_as(
+        "SELECT id, job_id, step_name, index, state, attempt, worker_id, frames, exit_code, message, log_tail, retry_at,
+                device, status
+         FROM tasks WHERE id = $1 AND job_id = $2",
+    )
+    .bind(task_id)
+    .bind(job_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(task_to_proto))
+}
+
 /// Where a page of tasks starts: after the task of index `.1` in the step
 /// at position `.0`.
 pub type TaskPosition = (i32, i32);
@@ -315,29 +390,29 @@ pub async fn list_tasks(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|PositionedTaskRow { position, task: r }| {
-            let at = (position, r.index);
-            let task = pb::Task {
-                id: r.id.to_string(),
-                job_id: r.job_id.to_string(),
-                step_name: r.step_name,
-                index: r.index as u32,
-                state: TaskState::parse(&r.state)
-                    .map(TaskState::to_proto)
-                    .unwrap_or_default() as i32,
-                attempts: r.attempt as u32,
-                worker_id: r.worker_id.unwrap_or_default(),
-                frames: r.frames,
-                exit_code: r.exit_code,
-                message: r.message,
-                log_tail: r.log_tail,
-                retry_at: r.retry_at.map(timestamp),
-                device: r.device,
-                status: r.status,
-            };
-            (at, task)
-        })
+        .map(|PositionedTaskRow { position, task }| ((position, task.index), task_to_proto(task)))
         .collect())
+}
+
+fn task_to_proto(r: TaskRow) -> pb::Task {
+    pb::Task {
+        id: r.id.to_string(),
+        job_id: r.job_id.to_string(),
+        step_name: r.step_name,
+        index: r.index as u32,
+        state: TaskState::parse(&r.state)
+            .map(TaskState::to_proto)
+            .unwrap_or_default() as i32,
+        attempts: r.attempt as u32,
+        worker_id: r.worker_id.unwrap_or_default(),
+        frames: r.frames,
+        exit_code: r.exit_code,
+        message: r.message,
+        log_tail: r.log_tail,
+        retry_at: r.retry_at.map(timestamp),
+        device: r.device,
+        status: r.status,
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -413,4 +488,56 @@ pub async fn outputs_of_steps(
     .bind(step_names)
     .fetch_all(db)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter() -> JobFilter {
+        JobFilter {
+            owner: Some("alice".into()),
+            states: vec![JobState::Running, JobState::Pending],
+            name_contains: Some("shot".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_filter_fingerprint_ignores_state_order_and_name_case() {
+        let mut same = filter();
+        same.states.reverse();
+        same.name_contains = Some("SHOT".into());
+        assert_eq!(filter().fingerprint(), same.fingerprint());
+    }
+
+    #[test]
+    fn every_filter_changes_the_fingerprint() {
+        let base = filter().fingerprint();
+        let others = [
+            JobFilter {
+                owner: Some("bob".into()),
+                ..filter()
+            },
+            JobFilter {
+                states: vec![JobState::Running],
+                ..filter()
+            },
+            JobFilter {
+                name_contains: None,
+                ..filter()
+            },
+            JobFilter {
+                submitted_after: DateTime::from_timestamp(1_780_000_000, 0),
+                ..filter()
+            },
+            JobFilter {
+                submitted_before: DateTime::from_timestamp(1_780_000_000, 0),
+                ..filter()
+            },
+        ];
+        for other in others {
+            assert_ne!(other.fingerprint(), base, "{other:?}");
+        }
+    }
 }

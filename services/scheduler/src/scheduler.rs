@@ -26,6 +26,7 @@ use crate::fence::Token;
 use crate::inbox::{Inbound, Outbox};
 use crate::loader;
 use crate::logs::LogHub;
+use crate::presence::Presence;
 use crate::retry::RetryPolicy;
 
 /// Messages queued for the dispatch loop before senders wait.
@@ -40,6 +41,8 @@ pub struct Scheduler {
     pub events: Arc<EventBus>,
     /// Live log lines of running tasks, for WatchTaskLog.
     pub logs: Arc<LogHub>,
+    /// When each worker last spoke, and what it last said it uses.
+    pub presence: Arc<Presence>,
     inbox: mpsc::Sender<Inbound>,
     next_request: AtomicU64,
 }
@@ -67,6 +70,7 @@ impl Scheduler {
         let events = Arc::new(EventBus::default());
         let farm_position = event_replay::last_position(&db, Scope::Farm).await?;
         let loaded = loader::load_unfinished(&db, token).await?;
+        let known_workers = loader::load_known_workers(&db).await?;
         tracing::info!(jobs = loaded.len(), "loaded unfinished jobs");
         let now = dispatch::clock();
         let mut core = Core::new(CoreSettings {
@@ -76,6 +80,7 @@ impl Scheduler {
             farm_position,
             jitter_seed: rand::random(),
             now,
+            known_workers,
             network_templates,
             admission,
         });
@@ -89,6 +94,7 @@ impl Scheduler {
             token,
             events,
             logs: Arc::new(LogHub::default()),
+            presence: Arc::new(Presence::default()),
             inbox,
             next_request: AtomicU64::new(1),
         });
@@ -121,10 +127,26 @@ impl Scheduler {
         answer.await.map_err(|_| SchedulerError::Stopping)?
     }
 
+    /// Asks the core a question; the answer reflects every command the
+    /// loop took before it.
+    pub async fn query<R: Send + 'static>(
+        &self,
+        question: impl FnOnce(&Core) -> R + Send + 'static,
+    ) -> Result<R, SchedulerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Inbound::Query(Box::new(move |core| {
+            let _ = reply.send(question(core));
+        })))
+        .await?;
+        answer.await.map_err(|_| SchedulerError::Stopping)
+    }
+
     /// A worker's new session: what the core sends it goes to `outbox`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn join(
         &self,
         worker_id: String,
+        hostname: String,
         session: u64,
         capabilities: pb::WorkerCapabilities,
         held: Vec<Attempt>,
@@ -132,6 +154,7 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         self.send(Inbound::Join {
             worker_id,
+            hostname,
             session,
             capabilities,
             held,

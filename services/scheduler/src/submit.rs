@@ -213,6 +213,10 @@ impl Submissions {
         let priority = priority_of(request.priority, request.priority_level, DEFAULT_PRIORITY)?;
         let limits = self.run_limits(&request)?;
         validate_inputs(&request.inputs)?;
+        let tags: Vec<String> = crate::tags::check("tags", &request.tags)
+            .map_err(invalid)?
+            .into_iter()
+            .collect();
         let depends_on = dependencies(scheduler, &request.depends_on_jobs).await?;
         let trace_context = kiln_telemetry::propagation::current_context_map();
         let rules = path_mapping_rules(&request.path_mapping_rules)?;
@@ -251,6 +255,7 @@ impl Submissions {
             stall_seconds: limits.stall_seconds as i32,
             trace_context: &trace_context,
             idempotency,
+            tags: &tags,
         };
         let created = inserts::insert_job(&scheduler.db, scheduler.token, new_job, &plan).await?;
         let id = created.id;
@@ -264,6 +269,7 @@ impl Submissions {
             waiting_on: depends_on.unfinished,
             trace_context,
             name: name.clone(),
+            tags,
             template_name: template_name.to_owned(),
         };
         let mut loaded = [loader::from_plan(id, settings, &plan, &created.task_ids)];

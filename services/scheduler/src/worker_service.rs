@@ -113,9 +113,11 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
         // A worker that reconnects replaces its old session: what that held
         // and the worker no longer names is requeued before new work is
         // handed out; what it names it keeps, if it is still its to run.
+        scheduler.presence.heard(&worker_id, None);
         scheduler
             .join(
                 worker_id.clone(),
+                without_nul(register.hostname.clone()),
                 session,
                 register.capabilities.unwrap_or_default(),
                 held,
@@ -182,11 +184,17 @@ async fn serve_session(
                 break;
             }
         };
+        let usage = match &message.message {
+            Some(FromWorker::Heartbeat(beat)) => beat.usage,
+            _ => None,
+        };
+        scheduler.presence.heard(&worker_id, usage);
         if let Err(err) = handle(&scheduler, &worker_id, message).await {
             tracing::warn!(worker_id, error = %err, "cannot record a worker report");
         }
     }
     tracing::info!(worker_id, session, "worker left");
+    scheduler.presence.forget_usage(&worker_id);
     let left = Command::WorkerLeft {
         worker_id: worker_id.clone(),
         session,

@@ -29,6 +29,7 @@ pub mod stall;
 pub mod task;
 pub mod task_log;
 pub mod thumbnails;
+pub mod usage;
 pub mod variant;
 pub mod warm_plan;
 pub mod warm_pool;

@@ -15,7 +15,6 @@ use kiln_worker::sandbox::{self, Sandbox};
 use kiln_worker::session::{Stopping, Worker};
 use kiln_worker::task::RunnerSettings;
 use kiln_worker::workdir::InputCache;
-use kiln_worker::worker_metrics;
 use tokio_util::sync::CancellationToken;
 
 /// How long to wait for etcd at startup.
@@ -90,7 +89,8 @@ async fn serve() -> anyhow::Result<()> {
     });
     let checks = health.register(Checks::new().add("etcd", checks::etcd(&discovery)));
     let ops = OpsServer::start("worker", &config.ops, checks).await?;
-    tokio::spawn(worker_metrics::sample_host());
+    let usage = kiln_worker::usage::HostUsage::default();
+    tokio::spawn(usage.clone().sample(gpus.len() as u32));
     let runner = RunnerSettings {
         work_dir,
         renderers: detected.paths,
@@ -141,6 +141,7 @@ async fn serve() -> anyhow::Result<()> {
         ops_addr,
         join_token,
         tls: tls.client(),
+        usage,
         assets,
     }
     .run(stopping)

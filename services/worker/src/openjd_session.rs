@@ -16,15 +16,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::openjd_messages::{self, Message};
 use crate::sandbox::{Sandbox, TaskSandbox};
-use crate::session_action::{self, ActionEnd, ActionSpec, Limits};
+use crate::session_action::{self, ActionEnd, ActionSpec};
 use crate::session_files;
 use crate::session_symbols::{self, PathMapping};
+use crate::task::supervise::Rules;
 
 /// Where a session keeps its own files (embedded files, the path-mapping
 /// rules), inside its working directory; never collected as outputs.
 pub const PRIVATE_DIR: &str = ".openjd";
 /// How long an environment's `onExit` may run when the session ends.
-const EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+const EXIT_LIMIT_SECONDS: u32 = 300;
 
 /// Most `openjd_env`/`openjd_unset_env` one `onEnter` may issue.
 const MAX_EXPORTS: usize = 256;
@@ -50,7 +51,7 @@ struct Entered {
 }
 
 /// What an action said about itself while it ran.
-pub trait ActionWatcher {
+pub trait ActionWatcher: Send {
     fn line(&mut self, line: &str);
     fn message(&mut self, message: &Message);
 }
@@ -195,7 +196,7 @@ impl OpenJdSession {
     pub async fn prepare_environments(
         &mut self,
         step: &SessionStep,
-        limits: Limits,
+        rules: Rules,
         cancel: &CancellationToken,
         watcher: &mut impl ActionWatcher,
     ) -> Ran {
@@ -228,7 +229,7 @@ impl OpenJdSession {
                 .clone()
                 .or_else(|| step.symbols.clone());
             let ran = self
-                .enter(scope, environment, symbols, limits, cancel, watcher)
+                .enter(scope, environment, symbols, rules, cancel, watcher)
                 .await;
             if ran.problem("").is_some() {
                 return ran;
@@ -242,7 +243,7 @@ impl OpenJdSession {
         scope: Scope,
         environment: &Environment,
         serialized: Option<SerializedSymbolTable>,
-        limits: Limits,
+        rules: Rules,
         cancel: &CancellationToken,
         watcher: &mut impl ActionWatcher,
     ) -> Ran {
@@ -306,7 +307,7 @@ impl OpenJdSession {
             &spec,
             &self.sandbox,
             &env,
-            limits,
+            rules,
             cancel,
             watcher,
             // Bounded like declared variables: one action cannot grow
@@ -372,11 +373,11 @@ impl OpenJdSession {
                 return;
             }
         };
-        let limits = Limits {
-            run_time: Some(EXIT_LIMIT),
-            stall_seconds: 0,
+        let rules = Rules {
+            max_run_seconds: EXIT_LIMIT_SECONDS,
+            ..Rules::default()
         };
-        let ran = run_watched(&spec, &self.sandbox, &env, limits, cancel, watcher, |_| {}).await;
+        let ran = run_watched(&spec, &self.sandbox, &env, rules, cancel, watcher, |_| {}).await;
         if let Some(problem) = ran.problem("onExit") {
             tracing::warn!(session = self.id, environment = %name, %problem, "environment exit failed");
             watcher.line(&format!("kiln: environment {name} exit failed: {problem}"));
@@ -406,7 +407,7 @@ impl OpenJdSession {
         &mut self,
         step: &SessionStep,
         task_symbols: &openjd_expr::SerializedSymbolTable,
-        limits: Limits,
+        rules: Rules,
         cancel: &CancellationToken,
         watcher: &mut impl ActionWatcher,
     ) -> Ran {
@@ -436,7 +437,7 @@ impl OpenJdSession {
             Err(error) => return failed(error),
         };
         let env = self.environment_variables();
-        run_watched(&spec, &self.sandbox, &env, limits, cancel, watcher, |_| {}).await
+        run_watched(&spec, &self.sandbox, &env, rules, cancel, watcher, |_| {}).await
     }
 
     async fn write_files(
@@ -496,10 +497,10 @@ async fn run_watched(
     spec: &ActionSpec,
     sandbox: &TaskSandbox,
     env: &[(String, String)],
-    limits: Limits,
+    rules: Rules,
     cancel: &CancellationToken,
     watcher: &mut impl ActionWatcher,
-    mut also: impl FnMut(&Message),
+    mut also: impl FnMut(&Message) + Send,
 ) -> Ran {
     let mut fail = None;
     // Directories the worker made since (embedded files, OUT directories)
@@ -512,7 +513,7 @@ async fn run_watched(
             fail: None,
         };
     }
-    let end = session_action::run(spec, sandbox, env, limits, cancel, |line| {
+    let end = session_action::run(spec, sandbox, env, rules, cancel, |line| {
         watcher.line(line);
         if let Some(message) = openjd_messages::parse(line) {
             if let Message::Fail(text) = &message {

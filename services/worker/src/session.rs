@@ -114,6 +114,8 @@ pub struct Worker {
     pub join_token: Option<tonic::metadata::AsciiMetadataValue>,
     /// How the scheduler is dialled (TLS when it lists itself so).
     pub tls: kiln_tls::ClientTls,
+    /// The machine's latest resource use, carried by every heartbeat.
+    pub usage: crate::usage::HostUsage,
     /// The assets service, through the mesh: every replica, for the worker's life.
     pub assets: AssetClient,
 }
@@ -204,6 +206,7 @@ impl Worker {
             tasks,
             health: self.health.clone(),
             refusing: None,
+            usage: self.usage.clone(),
         };
         let end = session.serve(&mut inbound, stopping).await;
         if let SessionEnd::Lost { .. } = end {
@@ -376,6 +379,7 @@ struct Session<'a> {
     health: Arc<LocalHealth>,
     /// Set while the worker takes no new tasks.
     refusing: Option<Refusing>,
+    usage: crate::usage::HostUsage,
 }
 
 struct RunningTask {
@@ -420,7 +424,8 @@ impl Session<'_> {
                 },
                 _ = heartbeat.tick() => {
                     // A full queue means messages are flowing, which keeps the session alive too.
-                    let _ = self.outbound.try_send(message(worker_message::Message::Heartbeat(Heartbeat {})));
+                    let beat = Heartbeat { usage: self.usage.latest() };
+                    let _ = self.outbound.try_send(message(worker_message::Message::Heartbeat(beat)));
                     self.recheck_health();
                 }
                 Some(joined) = self.tasks.set.join_next_with_id(), if !self.tasks.set.is_empty() => self.finished(joined).await,

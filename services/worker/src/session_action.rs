@@ -1,31 +1,31 @@
 //! Runs one OpenJD action (a task's `onRun`, an environment's `onEnter` or
-//! `onExit`) to its end: its `timeout`, the job's run-time and stall
-//! limits, the sandbox's limits (sampled as for Kiln's own commands), and
-//! `cancelation` (TERMINATE, or NOTIFY_THEN_TERMINATE: SIGTERM, then
-//! SIGKILL after the notify period).
+//! `onExit`) to its end: resolves its format strings ([`ActionSpec`]) and
+//! starts it as a [`ProcessAction`] in the session's sandbox, then leaves
+//! it to the task's one supervisor (`task/supervise.rs`), the same as Kiln's
+//! own commands: the action's `timeout` beside the job's run-time and stall
+//! limits, the sandbox's limits, and its `cancelation` (TERMINATE: killed at
+//! once; NOTIFY_THEN_TERMINATE: SIGTERM, then killed after the notify
+//! period). What is left here is what OpenJD says about an action.
 
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openjd_expr::SymbolTable;
 use openjd_model::job::{Action, CancelationMode};
 use tokio_util::sync::CancellationToken;
 
-use std::process::Stdio;
-
-use crate::process;
-use crate::sandbox::usage::{LimitSampler, SAMPLE_EVERY};
-use crate::sandbox::{LimitHit, TaskSandbox};
+use crate::outputs::OutputsRoot;
+use crate::sandbox::TaskSandbox;
 use crate::session_symbols::resolve;
-use crate::stall::StallTimer;
+use crate::task::run::{self, OutputPlace, ProcessAction};
+use crate::task::supervise::{self, Limit, LineSink, Rules, Supervised};
 use crate::workdir::OUTPUTS_DIR;
 
 /// OpenJD's default notify period for NOTIFY_THEN_TERMINATE.
 const DEFAULT_NOTIFY_PERIOD: Duration = Duration::from_secs(120);
 /// The longest notify period OpenJD allows.
 const MAX_NOTIFY_PERIOD: Duration = Duration::from_secs(600);
-/// How long to keep reading output after the process group is gone.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a cancelled action is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,27 +106,13 @@ fn seconds(field: &str, text: &str) -> Result<u64, String> {
     }
 }
 
-/// The job's limits on every action of its tasks.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// The task's `max_run_seconds`; `None` for none.
-    pub run_time: Option<Duration>,
-    /// The task's `stall_seconds`; 0 for none.
-    pub stall_seconds: u32,
-}
-
 /// How an action ended.
 #[derive(Debug)]
 pub enum ActionEnd {
     Exited(ExitStatus),
-    /// Its own `timeout` passed; it was killed.
-    TimedOut(Duration),
-    /// The job's maximum run time passed; it was killed.
-    RunTime(Duration),
-    /// It printed nothing for the job's stall time; it was killed.
-    Stalled(u32),
-    /// It broke one of the sandbox's limits; it was killed.
-    Limit(LimitHit),
+    /// It broke a limit (its own `timeout`, the job's run time or stall
+    /// time, one of the sandbox's) and was killed.
+    Killed(Limit),
     /// Cancelled, and stopped as its cancelation mode says.
     Cancelled,
     /// It could not be started or waited for.
@@ -146,16 +132,9 @@ impl ActionEnd {
                 Some(code) => format!("{what} exited with status {code}"),
                 None => format!("{what} was killed by a signal ({status})"),
             }),
-            ActionEnd::TimedOut(limit) => Some(format!(
-                "{what} exceeded its timeout of {} s",
-                limit.as_secs()
-            )),
-            ActionEnd::RunTime(limit) => Some(format!(
-                "exceeded maximum run time of {} s",
-                limit.as_secs()
-            )),
-            ActionEnd::Stalled(seconds) => Some(format!("stalled: no output for {seconds} s")),
-            ActionEnd::Limit(hit) => Some(hit.to_string()),
+            // The action's own limit: named with the action.
+            ActionEnd::Killed(limit @ Limit::Timeout { .. }) => Some(format!("{what} {limit}")),
+            ActionEnd::Killed(limit) => Some(limit.to_string()),
             ActionEnd::Cancelled => Some(format!("{what} was cancelled")),
             ActionEnd::Failed(message) => Some(message.clone()),
         }
@@ -163,142 +142,75 @@ impl ActionEnd {
 }
 
 /// Runs `spec` in `sandbox` (in its working directory) with its base
-/// environment plus `env`, handing each output line to `on_line` as it comes.
+/// environment plus `env`, under the job's `rules` and the action's own
+/// timeout, handing each output line to `on_line` as it comes.
 pub async fn run(
     spec: &ActionSpec,
     sandbox: &TaskSandbox,
     env: &[(String, String)],
-    limits: Limits,
+    rules: Rules,
     cancel: &CancellationToken,
-    mut on_line: impl FnMut(&str),
+    on_line: impl FnMut(&str) + Send,
 ) -> ActionEnd {
-    let command = sandbox.command(std::ffi::OsStr::new(&spec.program), &spec.args, env);
-    let renderer = match process::spawn(command, Stdio::null()) {
-        Ok(renderer) => renderer,
+    let place = match output_place(sandbox).await {
+        Ok(place) => place,
+        Err(error) => return ActionEnd::Failed(error),
+    };
+    let program = std::ffi::OsStr::new(&spec.program);
+    let mut action = match ProcessAction::start(sandbox, program, &spec.args, env, place) {
+        Ok(action) => action,
         Err(error) => return ActionEnd::Failed(format!("cannot start {}: {error}", spec.program)),
     };
+    if let CancelMode::NotifyThenTerminate(period) = spec.cancel {
+        action = action.with_cancel_grace(period);
+    }
     tracing::info!(program = %spec.program, args = ?spec.args, "openjd action started");
-    let process::Renderer {
-        mut child,
-        group,
-        mut lines,
-    } = renderer;
-    let sandboxed = sandbox.uid().is_some();
-    // The sooner of the action's own timeout and the job's run-time limit.
-    let deadline = match (spec.timeout, limits.run_time) {
-        (Some(own), Some(job)) if job < own => Some((job, false)),
-        (Some(own), _) => Some((own, true)),
-        (None, Some(job)) => Some((job, false)),
-        (None, None) => None,
+    let rules = Rules {
+        timeout: spec.timeout,
+        ..rules
     };
-    let sleep = async {
-        match deadline {
-            Some((limit, _)) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
+    let supervised = supervise::supervise(&mut action, rules, cancel, &mut Lines(on_line)).await;
+    match supervised {
+        Supervised::Ended(run::ActionEnd::Exited(Ok(status))) => ActionEnd::Exited(status),
+        Supervised::Ended(run::ActionEnd::Exited(Err(error))) => {
+            ActionEnd::Failed(format!("cannot wait for {}: {error}", spec.program))
         }
-    };
-    tokio::pin!(sleep);
-    let mut stall = StallTimer::new(limits.stall_seconds);
-    let mut sampling = tokio::time::interval(SAMPLE_EVERY);
-    sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sampler = LimitSampler::default();
-    let outputs = sandbox.workdir().join(OUTPUTS_DIR);
-    let mut lines_open = true;
-    let end = loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                if let CancelMode::NotifyThenTerminate(period) = spec.cancel {
-                    notify(&mut child, group, sandboxed, period, &mut lines, &mut on_line).await;
-                }
-                let _ = process::stop(&mut child, group, sandboxed).await;
-                break ActionEnd::Cancelled;
-            }
-            _ = &mut sleep => {
-                let _ = process::stop(&mut child, group, sandboxed).await;
-                break match deadline {
-                    Some((limit, true)) => ActionEnd::TimedOut(limit),
-                    Some((limit, false)) => ActionEnd::RunTime(limit),
-                    None => ActionEnd::Failed("deadline without a limit".to_owned()),
-                };
-            }
-            _ = stall.expired() => {
-                let _ = process::stop(&mut child, group, sandboxed).await;
-                break ActionEnd::Stalled(limits.stall_seconds);
-            }
-            _ = sampling.tick() => {
-                let probe = child.id().map(|pid| sandbox.memory_probe(pid));
-                if let Some(hit) = sampler.over_limit(sandbox, probe, &outputs).await {
-                    tracing::warn!(limit = %hit, "openjd action broke a limit; killing it");
-                    sandbox.kill();
-                    let _ = process::stop(&mut child, group, sandboxed).await;
-                    break ActionEnd::Limit(hit);
-                }
-            }
-            status = child.wait() => break match status {
-                Ok(status) => ActionEnd::Exited(status),
-                Err(error) => ActionEnd::Failed(format!("cannot wait for {}: {error}", spec.program)),
-            },
-            line = lines.recv(), if lines_open => match line {
-                Some(line) => {
-                    stall.reset();
-                    on_line(&line);
-                }
-                None => lines_open = false,
-            },
+        // A process ends by exiting; were it to report its work done, it succeeded.
+        Supervised::Ended(run::ActionEnd::Done) => {
+            use std::os::unix::process::ExitStatusExt;
+            ActionEnd::Exited(ExitStatus::from_raw(0))
         }
-    };
-    // Helpers the action left behind would keep its pipes open.
-    if matches!(end, ActionEnd::Exited(_) | ActionEnd::Failed(_)) {
-        let _ = process::stop(&mut child, group, sandboxed).await;
-    }
-    drain(&mut lines, &mut on_line).await;
-    end
-}
-
-/// OpenJD's notify of a cancel: SIGTERM to every process of the action
-/// (inside a sandbox they are in a session of their own, out of reach of
-/// the group), then its notify period to wind down, reading its output
-/// meanwhile. The caller kills what is left.
-async fn notify(
-    child: &mut tokio::process::Child,
-    group: process::ProcessGroup,
-    sandboxed: bool,
-    period: Duration,
-    lines: &mut tokio::sync::mpsc::Receiver<String>,
-    on_line: &mut impl FnMut(&str),
-) {
-    tracing::info!(
-        notify_seconds = period.as_secs(),
-        "notifying cancelled action"
-    );
-    process::terminate_tree(child, group, sandboxed);
-    let grace = tokio::time::sleep(period);
-    tokio::pin!(grace);
-    let mut lines_open = true;
-    loop {
-        tokio::select! {
-            _ = &mut grace => return,
-            _ = child.wait() => return,
-            line = lines.recv(), if lines_open => match line {
-                Some(line) => on_line(&line),
-                None => lines_open = false,
-            },
-        }
+        Supervised::Ended(run::ActionEnd::Failed(message)) => ActionEnd::Failed(message),
+        Supervised::Killed(limit) => ActionEnd::Killed(limit),
+        Supervised::Cancelled => ActionEnd::Cancelled,
     }
 }
 
-async fn drain(lines: &mut tokio::sync::mpsc::Receiver<String>, on_line: &mut impl FnMut(&str)) {
-    let deadline = tokio::time::sleep(DRAIN_TIMEOUT);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return,
-            line = lines.recv() => match line {
-                Some(line) => on_line(&line),
-                None => return,
-            },
-        }
+/// The session's `outputs/`, whose bytes count against the sandbox's output
+/// limit: made (and handed to the sandbox) if an earlier action removed it.
+async fn output_place(sandbox: &TaskSandbox) -> Result<OutputPlace, String> {
+    let workdir = sandbox.workdir();
+    let outputs = workdir.join(OUTPUTS_DIR);
+    let cannot =
+        |e: &dyn std::fmt::Display| format!("cannot open the session's {OUTPUTS_DIR}/: {e}");
+    match tokio::fs::create_dir(&outputs).await {
+        Ok(()) => sandbox.hand_over(&outputs).map_err(|e| cannot(&e))?,
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(cannot(&error)),
+    }
+    let root = OutputsRoot::open(&outputs).map_err(|e| cannot(&e))?;
+    Ok(OutputPlace {
+        workdir: workdir.to_path_buf(),
+        outputs: Arc::new(root),
+    })
+}
+
+/// Hands each line of an action to a callback.
+struct Lines<F>(F);
+
+impl<F: FnMut(&str) + Send> LineSink for Lines<F> {
+    async fn line(&mut self, line: String) {
+        (self.0)(&line);
     }
 }
 
@@ -346,13 +258,6 @@ mod tests {
             .unwrap()
     }
 
-    fn no_limits() -> Limits {
-        Limits {
-            run_time: None,
-            stall_seconds: 0,
-        }
-    }
-
     #[test]
     fn resolves_timeout_and_notify_period() {
         let mut symbols = SymbolTable::new();
@@ -389,7 +294,7 @@ mod tests {
             &spec,
             &sandbox(dir.path()).await,
             &env,
-            no_limits(),
+            Rules::default(),
             &CancellationToken::new(),
             |l| lines.push(l.to_owned()),
         )
@@ -408,7 +313,7 @@ mod tests {
             &spec,
             &sandbox(dir.path()).await,
             &env(),
-            no_limits(),
+            Rules::default(),
             &CancellationToken::new(),
             |_| {},
         )
@@ -416,6 +321,31 @@ mod tests {
         assert_eq!(
             end.problem("the task").as_deref(),
             Some("the task exceeded its timeout of 1 s")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_jobs_run_time_cuts_a_longer_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut slow = action("bash", &["-c", "sleep 30"]);
+        slow.timeout = Some(FormatString::new("20").unwrap());
+        let spec = ActionSpec::resolve(&slow, &SymbolTable::new()).unwrap();
+        let rules = Rules {
+            max_run_seconds: 1,
+            ..Rules::default()
+        };
+        let end = run(
+            &spec,
+            &sandbox(dir.path()).await,
+            &env(),
+            rules,
+            &CancellationToken::new(),
+            |_| {},
+        )
+        .await;
+        assert_eq!(
+            end.problem("the task").as_deref(),
+            Some("exceeded maximum run time of 1 s")
         );
     }
 
@@ -439,7 +369,7 @@ mod tests {
             &spec,
             &sandbox(dir.path()).await,
             &env(),
-            no_limits(),
+            Rules::default(),
             &cancel,
             |line| {
                 if line == "ready" {

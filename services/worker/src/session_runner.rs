@@ -23,8 +23,9 @@ use crate::openjd_messages::Message;
 use crate::openjd_session::{ActionWatcher, OpenJdSession, Ran};
 use crate::outputs;
 use crate::sandbox::{Sandbox, TaskSandbox};
-use crate::session_action::{ActionEnd, Limits};
+use crate::session_action::ActionEnd;
 use crate::session_pool::SessionPool;
+use crate::task::supervise::Rules;
 use crate::task::upload::{self, UploadPlan, Uploaded};
 use crate::task::verdict::{broken_limit, failure, memory_hint};
 use crate::task::{self as task_runner, TaskOutcome};
@@ -119,9 +120,9 @@ impl<A: AssetStore> SessionRun<'_, A> {
         }
         let collected = collected_paths(&step, &session);
         let before = snapshot(session.dir(), &collected).await;
-        let limits = Limits {
-            run_time: (assignment.max_run_seconds > 0)
-                .then(|| Duration::from_secs(assignment.max_run_seconds.into())),
+        let rules = Rules {
+            timeout: None,
+            max_run_seconds: assignment.max_run_seconds,
             stall_seconds: assignment.stall_seconds,
         };
         let mut watch = Watch {
@@ -134,12 +135,12 @@ impl<A: AssetStore> SessionRun<'_, A> {
             status: None,
         };
         let mut ran = session
-            .prepare_environments(&step, limits, cancel, &mut watch)
+            .prepare_environments(&step, rules, cancel, &mut watch)
             .await;
         let entered = ran.problem("").is_none();
         if entered {
             ran = session
-                .run_task(&step, &task_symbols, limits, cancel, &mut watch)
+                .run_task(&step, &task_symbols, rules, cancel, &mut watch)
                 .await;
         }
         if cancel.is_cancelled() {

@@ -11,7 +11,6 @@ pub const TASKS_RUNNING: &str = "worker_tasks_running";
 pub const ACCEPTING: &str = "worker_accepting_tasks";
 
 /// How often host CPU and memory are sampled.
-const HOST_SAMPLE: Duration = Duration::from_secs(5);
 
 /// How a task run ended, as the `status` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,19 +64,4 @@ pub fn task_finished(job_type: &str, status: RunStatus, took: Duration) {
     metrics::counter!(JOBS_PROCESSED, "job_type" => job_type.clone(), "status" => status.label())
         .increment(1);
     metrics::histogram!(JOB_DURATION, "job_type" => job_type).record(took.as_secs_f64());
-}
-
-/// Samples the host's CPU and memory use into their gauges, forever.
-pub async fn sample_host() {
-    let mut system = sysinfo::System::new();
-    let mut timer = tokio::time::interval(HOST_SAMPLE);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        timer.tick().await;
-        // CPU use is measured between two refreshes, so the first sample reads 0.
-        system.refresh_cpu_usage();
-        system.refresh_memory();
-        metrics::gauge!(CPU_USAGE).set(f64::from(system.global_cpu_usage()));
-        metrics::gauge!(MEMORY_USAGE).set(system.used_memory() as f64);
-    }
 }

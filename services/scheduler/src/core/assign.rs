@@ -40,6 +40,9 @@ impl Core {
 
     fn pick_for(&mut self, worker_id: &str) -> Option<Uuid> {
         let worker = self.workers.get(worker_id)?;
+        if !worker.takes_tasks() {
+            return None;
+        }
         let has_gpu = worker.capabilities.gpus > 0;
         if has_gpu && let Some(task) = self.pick(worker_id, true) {
             return Some(task);

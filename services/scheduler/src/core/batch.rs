@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::core::model::{AdminState, Connection};
 use crate::job_state::JobState;
 use crate::scene_history::SceneTimesWrite;
 use crate::task_state::TaskState;
@@ -108,6 +109,18 @@ pub struct OutputWrite {
     pub kind: String,
 }
 
+/// A worker's row in `workers`, whole: the last write of a worker wins.
+#[derive(Debug, Clone)]
+pub struct WorkerWrite {
+    pub id: String,
+    pub hostname: String,
+    pub capabilities: pb::WorkerCapabilities,
+    pub tags: Vec<String>,
+    pub admin: AdminState,
+    pub connection: Connection,
+    pub last_seen: DateTime<Utc>,
+}
+
 /// What follows a commit, in order.
 #[derive(Debug, Clone)]
 pub enum Effect {
@@ -161,6 +174,8 @@ pub struct Batch {
     pub farm_events: Vec<Arc<pb::JobEvent>>,
     /// Run times succeeded jobs leave for their scenes (`scene_history.rs`).
     pub scene_times: Vec<SceneTimesWrite>,
+    /// Workers that joined, left, or were acted on.
+    pub workers: Vec<WorkerWrite>,
     /// What to do once the writes are committed, in order.
     pub effects: Vec<Effect>,
     pub observations: Observations,
@@ -192,6 +207,7 @@ impl Batch {
             && self.events.is_empty()
             && self.farm_events.is_empty()
             && self.scene_times.is_empty()
+            && self.workers.is_empty()
             && self.effects.is_empty()
     }
 }

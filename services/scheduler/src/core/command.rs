@@ -12,6 +12,7 @@ use crate::core::quota_policy::QuotaExceeded;
 pub enum Command {
     WorkerJoined {
         worker_id: String,
+        hostname: String,
         session: u64,
         capabilities: pb::WorkerCapabilities,
         /// Attempts the worker says it still holds from an earlier session.
@@ -73,6 +74,12 @@ pub enum Command {
         attempt: i32,
         output: pb::OutputStored,
     },
+    /// An admin's action on a worker; answered once it is durable.
+    WorkerControl {
+        request: RequestId,
+        worker_id: String,
+        control: WorkerControl,
+    },
     /// An assignment could not be handed to its worker.
     Undeliverable {
         worker_id: String,
@@ -108,11 +115,24 @@ pub enum Control {
     ClearBlocklist(Option<String>),
 }
 
+/// An admin's action on a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerControl {
+    /// Stop it now: its attempts go back to the queue, it takes nothing.
+    Disable,
+    Enable,
+    /// It finishes what it runs, takes nothing new, then is disabled.
+    Drain,
+    SetTags(std::collections::BTreeSet<String>),
+}
+
 /// Why the core refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("job {0} has finished")]
     JobFinished(Uuid),
+    #[error("no worker {0:?} has ever joined this farm")]
+    UnknownWorker(String),
     #[error(transparent)]
     Quota(#[from] QuotaExceeded),
 }

@@ -30,6 +30,7 @@ impl Core {
             seq: job.last_event_seq,
             farm_seq: self.numbering.next_farm_position(),
             event: Some(event),
+            at: Some(timestamp(self.now.wall)),
         });
         self.batch.events.push((job_id, event.clone()));
         self.batch.effects.push(Effect::Publish(event));
@@ -43,6 +44,7 @@ impl Core {
             seq: 0,
             farm_seq: self.numbering.next_farm_position(),
             event: Some(event),
+            at: Some(timestamp(self.now.wall)),
         });
         self.batch.farm_events.push(event.clone());
         self.batch.effects.push(Effect::Publish(event));
@@ -136,6 +138,7 @@ impl Core {
             stall_seconds: job.stall_seconds,
             finished_at,
             eta: self.eta_of(job),
+            tags: job.tags.iter().cloned().collect(),
             held_reason: job.held.clone().unwrap_or_default(),
             ..pb::Job::default()
         }

@@ -25,8 +25,9 @@
 //!   controls; `reclaim.rs`: attempts that outlive a session or a leader;
 //!   `timeouts.rs`: retries due and attempts overdue; `emit.rs`: events;
 //!   `gauges.rs`: the snapshot the loop publishes as metrics; `waiting.rs`:
-//!   why a task waits, by the pick order's own rules; `admission.rs`: new
-//!   work held back or refused while the farm is saturated.
+//!   why a task waits, by the pick order's own rules; `fleet.rs`: every
+//!   worker the farm knows and an admin's actions on them; `admission.rs`:
+//!   new work held back or refused while the farm is saturated.
 
 pub mod admission;
 pub mod admission_policy;
@@ -34,6 +35,7 @@ mod assign;
 pub mod batch;
 pub mod command;
 mod emit;
+mod fleet;
 pub mod gauges;
 mod jobs;
 pub mod model;
@@ -63,7 +65,7 @@ use uuid::Uuid;
 use crate::core::admission_policy::AdmissionPolicy;
 use crate::core::batch::{Batch, Effect};
 use crate::core::command::{Command, Refusal};
-use crate::core::model::{Clock, JobEntry, TaskEntry, WorkerEntry};
+use crate::core::model::{Clock, JobEntry, KnownWorker, TaskEntry, WorkerEntry};
 use crate::core::numbering::EventNumbering;
 use crate::core::output_ledger::OutputLedger;
 use crate::core::pick_order::Shares;
@@ -93,6 +95,8 @@ pub struct CoreSettings {
     /// Seeds the jitter of retry delays: a fixed seed makes a test repeatable.
     pub jitter_seed: u64,
     pub now: Clock,
+    /// Every worker the farm has seen, as Postgres keeps them.
+    pub known_workers: Vec<KnownWorker>,
     /// Admin-approved templates whose tasks may use the network; every
     /// other task's sandbox has none.
     pub network_templates: HashSet<String>,
@@ -104,6 +108,11 @@ pub struct Core {
     jobs: HashMap<Uuid, JobEntry>,
     tasks: HashMap<Uuid, TaskEntry>,
     workers: HashMap<String, WorkerEntry>,
+    /// Every worker the farm has seen, connected or not, with what an
+    /// admin set on it.
+    known: HashMap<String, KnownWorker>,
+    /// Workers draining: disabled once they run nothing.
+    draining: BTreeSet<String>,
     /// Workers with at least one free slot.
     free_workers: BTreeSet<String>,
     /// Tasks in flight per owner and who was served last, for fair share.
@@ -147,6 +156,17 @@ impl Core {
             jobs: HashMap::new(),
             tasks: HashMap::new(),
             workers: HashMap::new(),
+            draining: settings
+                .known_workers
+                .iter()
+                .filter(|w| w.admin == model::AdminState::Draining)
+                .map(|w| w.id.clone())
+                .collect(),
+            known: settings
+                .known_workers
+                .into_iter()
+                .map(|w| (w.id.clone(), w))
+                .collect(),
             free_workers: BTreeSet::new(),
             shares: Shares::new(settings.owner_weights, settings.quotas.running.clone()),
             quotas: settings.quotas,
@@ -186,13 +206,21 @@ impl Core {
         let result = match command {
             Command::WorkerJoined {
                 worker_id,
+                hostname,
                 session,
                 capabilities,
                 held,
             } => {
-                self.worker_joined(worker_id, session, capabilities, held);
+                self.worker_joined(worker_id, &hostname, session, capabilities, held);
                 Ok(())
             }
+            Command::WorkerControl {
+                request,
+                worker_id,
+                control,
+            } => self
+                .worker_control(&worker_id, control)
+                .map(|()| self.batch.effects.push(Effect::Answer(request))),
             Command::WorkerLeft { worker_id, session } => {
                 self.session_ended(&worker_id, session);
                 Ok(())
@@ -278,6 +306,7 @@ impl Core {
             }
         };
         self.refresh_jobs();
+        self.settle_drains();
         result
     }
 

@@ -1,7 +1,7 @@
 //! The core's plain model: what it knows of each job, step, task and worker.
 //! Data only; the rules that change it live in the other files of `core/`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -128,6 +128,8 @@ pub struct JobEntry {
     /// has them: loaded with the job, handed to the output ledger when the
     /// core takes it.
     pub recorded_outputs: Vec<(Uuid, String, RecordedOutput)>,
+    /// Tags (pools) a worker must carry, every one, to take the job's tasks.
+    pub tags: BTreeSet<String>,
     /// Paths finished tasks of the job wrote, by task: no other task may
     /// write them (`output_ledger.rs`).
     pub finished_outputs: Vec<(Uuid, String)>,
@@ -179,11 +181,25 @@ pub struct WorkerEntry {
     pub running: HashSet<Attempt>,
     /// Since when the worker has run nothing.
     pub idle_since: Option<Instant>,
+    /// Its tags (pools), as an admin set them.
+    pub tags: BTreeSet<String>,
+    /// Whether an admin lets it take tasks.
+    pub admin: AdminState,
 }
 
 impl WorkerEntry {
     pub fn has_free_slot(&self) -> bool {
         self.running.len() < self.slots
+    }
+
+    /// Whether the worker may be handed a new task at all.
+    pub fn takes_tasks(&self) -> bool {
+        self.admin == AdminState::Enabled
+    }
+
+    /// Whether it carries every tag the job needs.
+    pub fn carries(&self, tags: &BTreeSet<String>) -> bool {
+        tags.is_subset(&self.tags)
     }
 
     /// Whether the worker runs `command`: see [`crate::matching::runs_command`].
@@ -202,4 +218,77 @@ pub struct Outcome {
     pub device: Option<String>,
     /// The attempt's last status line, as the worker reported it.
     pub status: Option<String>,
+}
+
+/// What an admin set on a worker: whether it takes tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminState {
+    #[default]
+    Enabled,
+    /// Finishes what it runs, takes nothing new; disabled once idle.
+    Draining,
+    Disabled,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "enabled" => Some(AdminState::Enabled),
+            "draining" => Some(AdminState::Draining),
+            "disabled" => Some(AdminState::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a known worker is connected, and if not how it went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    Online,
+    /// Its session ended.
+    Offline,
+    /// Declared dead (its etcd registration expired).
+    Lost,
+}
+
+impl Connection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Connection::Online => "online",
+            Connection::Offline => "offline",
+            Connection::Lost => "lost",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "online" => Some(Connection::Online),
+            "offline" => Some(Connection::Offline),
+            "lost" => Some(Connection::Lost),
+            _ => None,
+        }
+    }
+}
+
+/// A worker the farm has seen, connected or not, as Postgres keeps it
+/// (`workers`): what it offered, and what an admin set on it.
+#[derive(Debug, Clone)]
+pub struct KnownWorker {
+    pub id: String,
+    pub hostname: String,
+    pub capabilities: pb::WorkerCapabilities,
+    pub tags: BTreeSet<String>,
+    pub admin: AdminState,
+    pub connection: Connection,
+    /// When it joined or left last (a connected worker's own reports are
+    /// fresher: the scheduler's presence map has them).
+    pub last_seen: DateTime<Utc>,
 }

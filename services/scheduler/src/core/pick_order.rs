@@ -15,7 +15,8 @@
 //! A job is a candidate for a worker only if it is dispatchable (not
 //! paused, not waiting for other jobs, not final), the worker is not
 //! blocklisted for it, and some step with queued tasks is unblocked and
-//! matches the worker (host requirements and renderer). Plain functions
+//! matches the worker (host requirements, renderer and the job's tags).
+//! A disabled or draining worker is offered nothing (`core/assign.rs`). Plain functions
 //! over the model, so `core/assign.rs` and the unit tests use the same ones.
 
 use std::cmp::Ordering;
@@ -185,8 +186,15 @@ pub fn can_run_some_step(job: &JobEntry, worker: &WorkerEntry) -> bool {
     (0..job.steps.len()).any(|s| worker_fits_step(job, s, worker))
 }
 
-/// The step's host requirements match the worker, and it has the step's renderer.
+/// The step's host requirements match the worker, it has the step's
+/// renderer, and it carries the job's tags.
 pub fn worker_fits_step(job: &JobEntry, step: usize, worker: &WorkerEntry) -> bool {
+    worker_could_run_step(job, step, worker) && worker.carries(&job.tags)
+}
+
+/// The step's host requirements match the worker and it has the step's
+/// renderer, whatever its tags.
+pub fn worker_could_run_step(job: &JobEntry, step: usize, worker: &WorkerEntry) -> bool {
     let step = &job.steps[step];
     step.requirements.matches(&worker.capabilities) && worker.has_renderer(&step.command)
 }

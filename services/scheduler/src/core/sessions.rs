@@ -6,13 +6,14 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::core::batch::Effect;
-use crate::core::model::{Attempt, Outcome, WorkerEntry};
+use crate::core::model::{Attempt, Connection, Outcome, WorkerEntry};
 use crate::task_state::TaskEvent;
 
 impl Core {
     pub(super) fn worker_joined(
         &mut self,
         worker_id: String,
+        hostname: &str,
         session: u64,
         capabilities: pb::WorkerCapabilities,
         held: Vec<Attempt>,
@@ -24,6 +25,7 @@ impl Core {
             let offer = describe_offer(&capabilities);
             self.emit_worker(&worker_id, pb::WorkerChange::Joined, offer);
         }
+        let (tags, admin) = self.remember_join(&worker_id, hostname, &capabilities);
         let slots = capabilities.slots.max(1) as usize;
         self.workers.insert(
             worker_id.clone(),
@@ -33,6 +35,8 @@ impl Core {
                 slots,
                 idle_since: kept.is_empty().then_some(self.now.instant),
                 running: kept,
+                tags,
+                admin,
             },
         );
         self.reclaim(&worker_id, held);
@@ -55,6 +59,7 @@ impl Core {
             .is_some_and(|w| w.session == session)
         {
             self.worker_left(worker_id);
+            self.remember_departure(worker_id, Connection::Offline);
             self.emit_worker(
                 worker_id,
                 pb::WorkerChange::Left,
@@ -102,6 +107,7 @@ impl Core {
         }
         tracing::warn!(worker_id, "worker lease lost; treating it as dead");
         self.worker_left(worker_id);
+        self.remember_departure(worker_id, Connection::Lost);
         self.emit_worker(
             worker_id,
             pb::WorkerChange::Lost,

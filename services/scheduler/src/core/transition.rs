@@ -89,6 +89,7 @@ impl Core {
             state: to.to_proto() as i32,
             worker_id: worker_id.unwrap_or_default(),
             message: outcome.map(|o| o.message.clone()).unwrap_or_default(),
+            attempt: attempt.max(0) as u32,
         };
         self.emit(job_id, Event::TaskStateChanged(change));
         self.touched_jobs.insert(job_id);

@@ -5,7 +5,8 @@
 //! 2. **run** (`run.rs`, `run_warm.rs`): an [`Action`](run::Action) in a
 //!    sandbox: one process, or frames fed to a warm Blender;
 //! 3. **supervise** (`supervise.rs`): deadline, stall, cancel and the
-//!    sandbox's limits, the same for every action;
+//!    sandbox's limits, the same for every action (an OpenJD session's
+//!    actions, `session_action.rs`, go through it too);
 //! 4. **collect** (`collect.rs`, `upload.rs`): lines, progress, status,
 //!    outputs uploaded as they appear, thumbnails, the log;
 //! 5. **verdict** (`verdict.rs`): success, or the one line saying why not.
@@ -274,6 +275,7 @@ impl<A: AssetStore> TaskRunner<A> {
             (self.settings.log_tail_lines, self.settings.log_max_bytes),
         );
         let rules = Rules {
+            timeout: None,
             max_run_seconds: assignment.max_run_seconds,
             stall_seconds: assignment.stall_seconds,
         };

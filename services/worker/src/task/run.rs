@@ -1,10 +1,12 @@
 //! The run stage: what executes a task, behind one trait. An [`Action`] is
 //! a stream of output lines that ends; the supervisor (`supervise.rs`)
-//! reads it, enforces deadlines and limits, and kills it, without knowing
+//! reads it, enforces deadlines and limits, and stops it, without knowing
 //! whether it is one process ([`ProcessAction`]) or frames fed to a warm
-//! Blender (`run_warm.rs`). An OpenJD action runner is one more
-//! implementation: start its process with [`ProcessAction::start`] in a
-//! [`TaskSandbox`] and it gets supervision, limits and collection for free.
+//! Blender (`run_warm.rs`). An OpenJD session's actions (`onEnter`, `onRun`,
+//! `onExit`, `session_action.rs`) are [`ProcessAction`]s too, in the
+//! session's [`TaskSandbox`], which they share ([`ActionSandbox::Shared`]):
+//! one supervisor, so a limit or a cancel means the same for both ways a
+//! step runs.
 
 use std::future::Future;
 use std::io;
@@ -65,6 +67,16 @@ pub trait Action: Send + Sync {
     /// Kills every process of the action at once and reaps its leader.
     fn kill(&mut self) -> ActionFuture<'_, ()>;
 
+    /// How long a cancelled action may wind down after [`Action::terminate`]
+    /// before it is killed (OpenJD's NOTIFY_THEN_TERMINATE); `None` to kill
+    /// it at once.
+    fn cancel_grace(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Asks every process of the action to end (SIGTERM), without waiting.
+    fn terminate(&mut self) {}
+
     /// The sandbox its processes run in, for limits, usage and disk; `None`
     /// once it is gone (a warm session handed back).
     fn sandbox(&self) -> Option<&TaskSandbox>;
@@ -85,29 +97,68 @@ pub trait Action: Send + Sync {
     fn finish(&mut self, _reusable: bool) {}
 }
 
-/// One process (and everything it starts) in its own sandbox.
-pub struct ProcessAction {
+/// The sandbox a [`ProcessAction`] runs in.
+pub enum ActionSandbox<'a> {
+    /// Its own, killed whole when its process exits.
+    Own(TaskSandbox),
+    /// One it shares with the actions before and after it (an OpenJD
+    /// session's): what its process leaves behind is the session's.
+    Shared(&'a TaskSandbox),
+}
+
+impl ActionSandbox<'_> {
+    fn get(&self) -> &TaskSandbox {
+        match self {
+            ActionSandbox::Own(sandbox) => sandbox,
+            ActionSandbox::Shared(sandbox) => sandbox,
+        }
+    }
+
+    /// Kills everything left in an owned sandbox; a shared one is left alone.
+    fn kill_own(&self) {
+        if let ActionSandbox::Own(sandbox) = self {
+            sandbox.kill();
+        }
+    }
+}
+
+impl From<TaskSandbox> for ActionSandbox<'_> {
+    fn from(sandbox: TaskSandbox) -> Self {
+        ActionSandbox::Own(sandbox)
+    }
+}
+
+impl<'a> From<&'a TaskSandbox> for ActionSandbox<'a> {
+    fn from(sandbox: &'a TaskSandbox) -> Self {
+        ActionSandbox::Shared(sandbox)
+    }
+}
+
+/// One process (and everything it starts) in a sandbox.
+pub struct ProcessAction<'a> {
     child: Child,
     group: ProcessGroup,
     lines: mpsc::Receiver<String>,
     lines_open: bool,
     /// Set once the process exited; the rest of its output is then drained.
     exited: Option<(io::Result<ExitStatus>, Instant)>,
-    sandbox: TaskSandbox,
+    sandbox: ActionSandbox<'a>,
     place: OutputPlace,
+    cancel_grace: Option<Duration>,
 }
 
-impl ProcessAction {
+impl<'a> ProcessAction<'a> {
     /// Starts `program` with `args` and the extra environment `env` in
     /// `sandbox`, stdin closed, stdout and stderr read as lines.
     pub fn start(
-        sandbox: TaskSandbox,
+        sandbox: impl Into<ActionSandbox<'a>>,
         program: &std::ffi::OsStr,
         args: &[String],
         env: &[(String, String)],
         place: OutputPlace,
     ) -> io::Result<Self> {
-        let command = sandbox.command(program, args, env);
+        let sandbox = sandbox.into();
+        let command = sandbox.get().command(program, args, env);
         let process::Renderer {
             child,
             group,
@@ -121,7 +172,19 @@ impl ProcessAction {
             exited: None,
             sandbox,
             place,
+            cancel_grace: None,
         })
+    }
+
+    /// On cancel, SIGTERM the action and give it `grace` to end before it
+    /// is killed, instead of killing it at once.
+    pub fn with_cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = Some(grace);
+        self
+    }
+
+    fn sandboxed(&self) -> bool {
+        self.sandbox.get().uid().is_some()
     }
 
     async fn next_event(&mut self) -> ActionEvent {
@@ -157,7 +220,7 @@ impl ProcessAction {
                     // Helpers it left behind would keep the pipes open; in a
                     // sandbox they die with its PID namespace anyway.
                     self.group.kill();
-                    self.sandbox.kill();
+                    self.sandbox.kill_own();
                     self.exited = Some((status, Instant::now() + DRAIN_TIMEOUT));
                 }
             }
@@ -165,27 +228,35 @@ impl ProcessAction {
     }
 }
 
-impl Action for ProcessAction {
+impl Action for ProcessAction<'_> {
     fn next(&mut self) -> ActionFuture<'_, ActionEvent> {
         Box::pin(self.next_event())
     }
 
     fn kill(&mut self) -> ActionFuture<'_, ()> {
         Box::pin(async move {
-            self.sandbox.kill();
-            let sandboxed = self.sandbox.uid().is_some();
+            self.sandbox.kill_own();
+            let sandboxed = self.sandboxed();
             if let Err(error) = process::stop(&mut self.child, self.group, sandboxed).await {
                 tracing::warn!(%error, "cannot reap a killed process");
             }
         })
     }
 
+    fn cancel_grace(&self) -> Option<Duration> {
+        self.cancel_grace
+    }
+
+    fn terminate(&mut self) {
+        process::terminate_tree(&self.child, self.group, self.sandboxed());
+    }
+
     fn sandbox(&self) -> Option<&TaskSandbox> {
-        Some(&self.sandbox)
+        Some(self.sandbox.get())
     }
 
     fn memory_probe(&self) -> Option<MemoryProbe> {
-        Some(self.sandbox.memory_probe(self.child.id()?))
+        Some(self.sandbox.get().memory_probe(self.child.id()?))
     }
 
     fn outputs(&self) -> &OutputPlace {

@@ -81,6 +81,7 @@ fn farm_positions_continue_after_those_already_written() {
         farm_position: 41,
         jitter_seed: 1,
         now: bench.now,
+        known_workers: Vec::new(),
         network_templates: Default::default(),
         admission: Default::default(),
     });

@@ -10,6 +10,7 @@ mod controls;
 mod dependencies;
 mod events;
 mod failures;
+mod fleet;
 mod outputs;
 mod pick_order;
 mod property;
@@ -132,6 +133,7 @@ pub struct JobSpec {
     waiting_on: Vec<Uuid>,
     steps: Vec<StepSpec>,
     inputs: Vec<pb::TaskInput>,
+    tags: Vec<String>,
     template_name: String,
 }
 
@@ -163,6 +165,7 @@ pub fn job(owner: &str, tasks: usize) -> JobSpec {
             session: None,
         }],
         inputs: Vec::new(),
+        tags: Vec::new(),
         template_name: String::new(),
     }
 }
@@ -183,6 +186,11 @@ impl JobSpec {
     }
     pub fn max_run_seconds(mut self, seconds: u32) -> Self {
         self.max_run_seconds = seconds;
+        self
+    }
+    /// The job's tasks go only to workers carrying `tag`.
+    pub fn tag(mut self, tag: &str) -> Self {
+        self.tags.push(tag.into());
         self
     }
     pub fn after_job(mut self, job: Uuid) -> Self {
@@ -344,6 +352,7 @@ impl Bench {
             farm_position: 0,
             jitter_seed: 7,
             now,
+            known_workers: Vec::new(),
             network_templates: Default::default(),
             admission,
         });
@@ -398,6 +407,7 @@ impl Bench {
         self.sessions.insert(worker_id.to_owned(), session);
         let joined = Command::WorkerJoined {
             worker_id: worker_id.into(),
+            hostname: format!("{worker_id}.local"),
             session,
             capabilities: spec.capabilities(),
             held,
@@ -505,6 +515,19 @@ impl Bench {
         self.handle(Command::Control {
             request,
             job_id: job,
+            control,
+        })
+    }
+
+    pub fn worker_control(
+        &mut self,
+        worker_id: &str,
+        control: crate::core::command::WorkerControl,
+    ) -> Result<(), Refusal> {
+        let request = self.request();
+        self.handle(Command::WorkerControl {
+            request,
+            worker_id: worker_id.into(),
             control,
         })
     }
@@ -793,6 +816,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
         last_event_seq: 0,
         earlier_run_times: HashMap::new(),
         recorded_outputs: Vec::new(),
+        tags: spec.tags.iter().cloned().collect(),
         finished_outputs: Vec::new(),
     };
     (job, tasks, Submitted { id, steps: ids })

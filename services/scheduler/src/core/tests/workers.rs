@@ -249,6 +249,7 @@ fn only_tasks_of_a_template_approved_for_the_network_may_use_it() {
         jitter_seed: 1,
         now: bench.now,
         network_templates: ["net-probe".to_owned()].into(),
+        known_workers: Vec::new(),
         admission: Default::default(),
         quotas: Default::default(),
     });
