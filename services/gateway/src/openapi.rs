@@ -412,11 +412,16 @@ mod tests {
             "GET /v1/jobs/{id}/outputs/{path} DownloadOutput",
             "GET /v1/jobs/{id}/status GetJobStatus",
             "GET /v1/jobs/{id}/tasks ListTasks",
+            "GET /v1/jobs/{id}/tasks/{task} GetTaskHistory",
             "GET /v1/jobs/{id}/tasks/{task}/log GetTaskLog",
             "GET /v1/jobs/{id}/tasks/{task}/log/live WatchTaskLog",
+            "GET /v1/jobs/{id}/waiting ExplainWaiting",
+            "GET /v1/timeline ListTaskSpans",
             "GET /v1/tokens ListTokens",
             "GET /v1/webhooks ListWebhooks",
             "GET /v1/webhooks/{id}/deliveries ListDeliveries",
+            "GET /v1/workers ListWorkers",
+            "GET /v1/workers/{id} GetWorker",
             "POST /v1/assets Upload",
             "POST /v1/jobs SubmitJob",
             "POST /v1/jobs/{id}/cancel CancelJob",
@@ -426,7 +431,11 @@ mod tests {
             "POST /v1/tokens CreateToken",
             "POST /v1/webhooks CreateWebhook",
             "POST /v1/webhooks/{id}/resume ResumeWebhook",
+            "POST /v1/workers/{id}/disable DisableWorker",
+            "POST /v1/workers/{id}/drain DrainWorker",
+            "POST /v1/workers/{id}/enable EnableWorker",
             "PUT /v1/jobs/{id}/priority SetJobPriority",
+            "PUT /v1/workers/{id}/tags SetWorkerTags",
         ];
         assert_eq!(operations, expected);
         assert_eq!(document()["info"]["title"], "Kiln");

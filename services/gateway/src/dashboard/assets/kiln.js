@@ -282,7 +282,7 @@ function jobPage() {
         const item = document.createElement("li");
         const reasons = (task.reasons || []).map((r) => r.message).join("; ");
         const more = task.similarTasks ? " (and " + task.similarTasks + " more like it)" : "";
-        item.textContent = task.stepName + " #" + task.index + more + ": " + reasons;
+        item.textContent = task.stepName + " #" + (task.index || 0) + more + ": " + reasons;
         item.dataset.cause = (task.reasons || []).map((r) => r.cause).join(" ");
         list.append(item);
       }
@@ -296,7 +296,7 @@ function jobPage() {
     const panel = document.getElementById("task-panel");
     panel.hidden = false;
     document.getElementById("task-title").textContent =
-      task.stepName + " #" + task.index + (task.frames?.length ? " · frames " + task.frames[0] + "–" + task.frames[task.frames.length - 1] : "") +
+      task.stepName + " #" + (task.index || 0) + (task.frames?.length ? " · frames " + task.frames[0] + "–" + task.frames[task.frames.length - 1] : "") +
       " · " + taskState(task.state) + (task.message ? " · " + task.message : "");
     const table = document.getElementById("attempts");
     table.replaceChildren();
@@ -409,7 +409,7 @@ function jobPage() {
         cell.className = "cell t-" + task.state;
         cell.dataset.task = t.id;
         if (frame !== null) cell.dataset.frame = frame;
-        cell.title = frame !== null ? "frame " + frame : t.stepName + " #" + t.index;
+        cell.title = frame !== null ? "frame " + frame : t.stepName + " #" + (t.index || 0);
         cells.push(cell);
         (frame !== null ? frameCells : otherCells).append(cell);
       }
