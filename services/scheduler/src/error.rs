@@ -92,9 +92,7 @@ impl From<SchedulerError> for Status {
             SchedulerError::AlreadyExists(_) => Status::already_exists(err.to_string()),
             SchedulerError::JobNotFound(_)
             | SchedulerError::NotFound(_)
-            | SchedulerError::WorkerNotFound(_) => {
-                Status::not_found(err.to_string())
-            }
+            | SchedulerError::WorkerNotFound(_) => Status::not_found(err.to_string()),
             SchedulerError::JobFinished(_) | SchedulerError::FailedPrecondition(_) => {
                 Status::failed_precondition(err.to_string())
             }

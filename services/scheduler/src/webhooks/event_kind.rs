@@ -136,6 +136,7 @@ mod tests {
             job_id: "j".into(),
             seq: 1,
             farm_seq: 1,
+            at: None,
             event: Some(Event::JobChanged(pb::Job {
                 state: state as i32,
                 ..Default::default()

@@ -177,6 +177,7 @@ mod tests {
             job_id: job.id.clone(),
             seq: 9,
             farm_seq: 30,
+            at: None,
             event: Some(Event::JobChanged(job)),
         };
         let at = DateTime::from_timestamp(1_700_000_000, 0).expect("a time");
