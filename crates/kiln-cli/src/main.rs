@@ -45,8 +45,17 @@ use crate::error::CliError;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Usage errors end here with clap's message and exit code 2.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version land here too, and succeed.
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(match err.use_stderr() {
+                true => exit_code::USAGE,
+                false => exit_code::OK,
+            });
+        }
+    };
     output::init(cli.output);
     connect::set_profile(cli.profile.clone());
     let _telemetry = match kiln_telemetry::init("kiln", &cli.telemetry) {
