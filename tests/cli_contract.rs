@@ -424,7 +424,8 @@ fn profiles(farm: &Farm, work: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Completions, man pages and the exit-code table come from the binary.
+/// Completions, man pages and the exit-code table come from the binary;
+/// a wrong command line exits 2, as JSON when asked for.
 fn generated_docs(work: &Path) -> Result<()> {
     let bash = kiln(work, &["completions", "bash"])?;
     ensure!(
@@ -440,6 +441,9 @@ fn generated_docs(work: &Path) -> Result<()> {
     for page in ["kiln.1", "kiln-jobs.1", "kiln-workers-list.1"] {
         ensure!(pages.join(page).is_file(), "no {page}:\n{written}");
     }
+    let usage = kiln(work, &["-o", "json", "jobs", "--no-such-flag"])?;
+    ensure!(usage.code == Some(2), "{usage}");
+    ensure!(usage.error()?["code"] == "usage", "{usage}");
     let help = kiln(work, &["--help"])?;
     ensure!(
         help.ok() && help.stdout.contains("Exit codes:") && help.stdout.contains("130"),

@@ -48,12 +48,19 @@ async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version land here too, and succeed.
-        Err(err) => {
+        Err(err) if !err.use_stderr() => {
             let _ = err.print();
-            return ExitCode::from(match err.use_stderr() {
-                true => exit_code::USAGE,
-                false => exit_code::OK,
-            });
+            return ExitCode::from(exit_code::OK);
+        }
+        Err(err) => {
+            let args: Vec<String> = std::env::args().collect();
+            let env = std::env::var("KILN_OUTPUT").ok();
+            if output::asked_for_json(&args, env.as_deref()) {
+                report::usage(&err.render().to_string());
+            } else {
+                let _ = err.print();
+            }
+            return ExitCode::from(exit_code::USAGE);
         }
     };
     output::init(cli.output);

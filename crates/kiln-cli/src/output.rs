@@ -31,6 +31,22 @@ pub fn is_json() -> bool {
     FORMAT.get().copied().unwrap_or_default() == Format::Json
 }
 
+/// Whether a command line that clap refused asked for JSON, so that even a
+/// usage error reaches a script as a JSON object.
+pub fn asked_for_json(args: &[String], env: Option<&str>) -> bool {
+    let mut json = env.is_some_and(|value| value.eq_ignore_ascii_case("json"));
+    let mut args = args.iter().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-o" | "--output" => json = args.next().is_some_and(|value| value == "json"),
+            "-ojson" | "--output=json" => json = true,
+            other if other.starts_with("--output=") || other.starts_with("-o") => json = false,
+            _ => {}
+        }
+    }
+    json
+}
+
 /// Writes `value` as one line of JSON on stdout in JSON mode; nothing in
 /// text mode, where the command has said it in words.
 pub fn emit<T: Serialize + ?Sized>(value: &T) {
@@ -54,5 +70,29 @@ pub fn say_line(line: std::fmt::Arguments<'_>) {
         let _ = writeln!(std::io::stderr(), "{line}");
     } else {
         let _ = writeln!(std::io::stdout(), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn json_is_found_on_a_command_line_clap_refused() {
+        assert!(asked_for_json(&args("kiln -o json jobs --bogus"), None));
+        assert!(asked_for_json(
+            &args("kiln jobs --output=json --bogus"),
+            None
+        ));
+        assert!(asked_for_json(&args("kiln jobs --bogus"), Some("json")));
+        assert!(!asked_for_json(&args("kiln jobs --bogus"), None));
+        assert!(!asked_for_json(
+            &args("kiln -o text jobs --bogus"),
+            Some("json")
+        ));
     }
 }

@@ -31,6 +31,22 @@ struct Violation {
     description: String,
 }
 
+/// A command line clap refused, as JSON on stderr.
+pub fn usage(message: &str) {
+    let document = ErrorDocument {
+        error: ErrorBody {
+            code: "usage",
+            message: message.trim().to_owned(),
+            exit_code: exit_code::USAGE,
+            field_violations: Vec::new(),
+            retry_after_seconds: None,
+        },
+    };
+    if let Ok(line) = serde_json::to_string(&document) {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
 pub fn error(err: &CliError) {
     let status = match err {
         CliError::Rpc { status, .. } => Some(status),
