@@ -55,6 +55,7 @@ pub async fn submit(args: BundleSubmitArgs) -> Result<(), CliError> {
         .map_err(CliError::rpc("submitting the job bundle"))?
         .into_inner();
     say!("submitted job {} ({} tasks)", job.id, job.tasks_total);
+    crate::output::emit(&serde_json::json!({"submitted": job}));
     if args.no_wait {
         say!("follow it with `kiln status {}`", job.id);
         return Ok(());
@@ -101,6 +102,7 @@ async fn download(gateway: &Gateway, bundle: &JobBundle, job_id: &str) -> Result
     let listed = outputs::list(&gateway.jobs, job_id).await?;
     let assets = gateway.assets();
     let mut written = 0;
+    let mut written_paths = Vec::new();
     for output in listed.iter().filter(|o| o.kind.is_empty()) {
         let Some(dest) = bundle.output_destination(&output.path) else {
             continue;
@@ -113,7 +115,9 @@ async fn download(gateway: &Gateway, bundle: &JobBundle, job_id: &str) -> Result
         assets.download_to(&output.digest, &dest).await?;
         say!("{}", dest.display());
         written += 1;
+        written_paths.push(dest);
     }
     say!("downloaded {written} files into the bundle's output directories");
+    crate::output::emit(&serde_json::json!({"downloaded": written_paths}));
     Ok(())
 }

@@ -9,9 +9,16 @@ use kiln_telemetry::TelemetryArgs;
 #[command(
     name = "kiln",
     version,
-    about = "Kiln render farm: run a farm on this machine, submit Blender renders, follow and fetch jobs"
+    about = "Kiln render farm: run a farm on this machine, submit Blender renders, follow and fetch jobs",
+    after_help = crate::exit_code::HELP
 )]
 pub struct Cli {
+    /// How results are printed: text, or json on stdout (JSON Lines when following a job)
+    #[arg(short = 'o', long, env = "KILN_OUTPUT", global = true, value_enum, default_value_t = crate::output::Format::Text)]
+    pub output: crate::output::Format,
+    /// The farm saved by `kiln login --profile NAME` to use [default: the `kiln dev` farm nearby, else the profile "default"]
+    #[arg(long, env = "KILN_PROFILE", global = true)]
+    pub profile: Option<String>,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(subcommand)]
@@ -55,9 +62,47 @@ pub enum Command {
     /// The farm's workers: list and show them; admins disable, enable, drain and tag them
     #[command(subcommand)]
     Workers(WorkersCommand),
+    /// Save a farm's gateway and token as a profile (--profile NAME, default "default") in your config directory
+    Login(LoginArgs),
+    /// Forget a saved profile (--profile NAME, default "default")
+    Logout,
+    /// Print a shell completion script, e.g. `kiln completions bash > /etc/bash_completion.d/kiln`
+    Completions(CompletionsArgs),
+    /// Print the kiln(1) man page, or write one page per command into --dir
+    Man(ManArgs),
     /// Submit a Deadline Cloud job bundle (an OpenJD template with its parameter values and files)
     #[command(subcommand)]
     Bundle(BundleCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The farm's gateway gRPC URL, e.g. https://farm.example:7070
+    #[arg(long, env = "KILN_GATEWAY")]
+    pub gateway: String,
+    /// Your bearer token (from `kiln token create`); stored in a file only you can read, never printed
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// PEM CA certificate to trust for an https gateway [default: the system's roots]
+    #[arg(long, env = "KILN_CA")]
+    pub ca: Option<PathBuf>,
+    /// Save without first checking that the farm accepts the token
+    #[arg(long)]
+    pub no_check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write kiln.1 and a kiln-COMMAND.1 per command into this directory instead of printing kiln.1
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

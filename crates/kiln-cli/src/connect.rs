@@ -1,6 +1,7 @@
 //! Finding and connecting to the farm's gateway.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use kiln_asset_client::{AssetClient, CallCredentials};
@@ -11,6 +12,7 @@ use tonic::transport::Channel;
 
 use crate::cli::GatewayArgs;
 use crate::error::CliError;
+use crate::profiles::{self, Fallback, Profiles};
 
 /// Directory `kiln dev` uses by default, searched for in the current
 /// directory and its parents.
@@ -54,17 +56,85 @@ pub struct Gateway {
     pub credentials: CallCredentials,
 }
 
-impl Gateway {
-    /// Connects to `--gateway`, else to the farm in the nearest `.kiln/dev.json`.
-    pub async fn connect(args: &GatewayArgs) -> Result<Self, CliError> {
-        let cwd = current_dir()?;
-        let url = gateway_url(args.gateway.as_deref(), &cwd)?;
-        let credentials = credentials(args, &cwd)?;
-        let ca = match &args.ca {
-            Some(ca) => Some(ca.clone()),
-            None => find_dev_info(&cwd)?.and_then(|info| info.ca),
+/// The profile `--profile` (or KILN_PROFILE) names, set once by `main`.
+static PROFILE: OnceLock<Option<String>> = OnceLock::new();
+
+pub fn set_profile(name: Option<String>) {
+    let _ = PROFILE.set(name);
+}
+
+fn profile_name() -> Option<&'static str> {
+    PROFILE.get().and_then(|name| name.as_deref())
+}
+
+/// Where the farm is and how to sign in, each taken from the first that
+/// gives it: the flags (or KILN_GATEWAY, KILN_TOKEN, KILN_CA), then one of
+/// `--profile`'s saved farm, the nearest `.kiln/dev.json`, the default
+/// profile of `kiln login`, in that order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub url: String,
+    pub token: Option<String>,
+    pub ca: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn resolve(args: &GatewayArgs, cwd: &Path) -> Result<Self, CliError> {
+        let named = profile_name();
+        // dev.json is read only when it can matter.
+        let dev = match named {
+            Some(_) => None,
+            None => find_dev_info(cwd)?,
         };
-        let endpoint = kiln_tls::ClientTls::trusting(ca.as_deref())?
+        let profiles = match (named, &dev) {
+            (None, Some(_)) => Profiles::default(),
+            (Some(_), _) => profiles::load(&profiles::path()?)?,
+            // Without a config directory there is simply no default profile.
+            (None, None) => match profiles::path() {
+                Ok(path) => profiles::load(&path)?,
+                Err(_) => Profiles::default(),
+            },
+        };
+        let fallback = profiles::fallback(named, &profiles, dev)?;
+        Self::choose(args, &fallback)
+    }
+
+    /// Each of gateway, token and CA from the flags, else from `fallback`.
+    pub fn choose(args: &GatewayArgs, fallback: &Fallback) -> Result<Self, CliError> {
+        let url = non_empty(args.gateway.as_deref())
+            .or(fallback.gateway())
+            .map(with_scheme)
+            .ok_or(CliError::NoGateway)?;
+        let token = non_empty(args.token.as_deref())
+            .or(fallback.token())
+            .map(str::to_owned);
+        let ca = args
+            .ca
+            .clone()
+            .or_else(|| fallback.ca().map(Path::to_path_buf));
+        Ok(Self { url, token, ca })
+    }
+}
+
+fn non_empty(text: Option<&str>) -> Option<&str> {
+    text.map(str::trim).filter(|t| !t.is_empty())
+}
+
+impl Gateway {
+    /// Connects to the farm [`Target::resolve`] finds.
+    pub async fn connect(args: &GatewayArgs) -> Result<Self, CliError> {
+        let target = Target::resolve(args, &current_dir()?)?;
+        Self::connect_to(&target).await
+    }
+
+    pub async fn connect_to(target: &Target) -> Result<Self, CliError> {
+        let url = target.url.clone();
+        // No token: the gateway answers "unauthenticated", which says what is missing.
+        let credentials = match &target.token {
+            Some(token) => CallCredentials::bearer(token)?,
+            None => CallCredentials::default(),
+        };
+        let endpoint = kiln_tls::ClientTls::trusting(target.ca.as_deref())?
             .endpoint(&url)
             .map_err(|err| CliError::BadGatewayUrl {
                 url: url.clone(),
@@ -92,39 +162,23 @@ impl Gateway {
     }
 }
 
-/// `--token`, else the token in the nearest dev.json, else none (the
-/// gateway then answers "unauthenticated", which says what is missing).
-fn credentials(args: &GatewayArgs, cwd: &Path) -> Result<CallCredentials, CliError> {
-    let explicit = args
-        .token
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let token = match explicit {
-        Some(token) => Some(token.to_owned()),
-        None => find_dev_info(cwd)?
-            .map(|info| info.token)
-            .filter(|t| !t.is_empty()),
-    };
-    match token {
-        Some(token) => Ok(CallCredentials::bearer(&token)?),
-        None => Ok(CallCredentials::default()),
-    }
-}
-
 /// The gateway URL: `explicit` if given, else the nearest dev.json's.
-pub fn gateway_url(explicit: Option<&str>, cwd: &Path) -> Result<String, CliError> {
-    if let Some(url) = explicit.map(str::trim).filter(|url| !url.is_empty()) {
-        return Ok(with_scheme(url));
-    }
-    match find_dev_info(cwd)? {
-        Some(info) => Ok(with_scheme(&info.gateway_grpc)),
-        None => Err(CliError::NoGateway),
-    }
+#[cfg(test)]
+fn gateway_url(explicit: Option<&str>, cwd: &Path) -> Result<String, CliError> {
+    let fallback = match find_dev_info(cwd)? {
+        Some(dev) => Fallback::Dev(dev),
+        None => Fallback::Nothing,
+    };
+    let args = GatewayArgs {
+        gateway: explicit.map(str::to_owned),
+        token: None,
+        ca: None,
+    };
+    Target::choose(&args, &fallback).map(|target| target.url)
 }
 
 /// `host:port` becomes `http://host:port`; URLs with a scheme stay as they are.
-fn with_scheme(url: &str) -> String {
+pub fn with_scheme(url: &str) -> String {
     if url.contains("://") {
         url.to_owned()
     } else {
@@ -216,6 +270,40 @@ mod tests {
             gateway_url(None, &nested).expect("url"),
             "http://127.0.0.1:7070"
         );
+    }
+
+    #[test]
+    fn flags_win_over_the_profile_field_by_field() {
+        let profile = crate::profiles::Profile {
+            gateway: "https://farm:7070".to_owned(),
+            token: "saved".to_owned(),
+            ca: Some(PathBuf::from("/etc/farm-ca.pem")),
+        };
+        let fallback = Fallback::Named("studio".to_owned(), profile);
+        let none = GatewayArgs {
+            gateway: None,
+            token: None,
+            ca: None,
+        };
+        let from_profile = Target::choose(&none, &fallback).expect("target");
+        assert_eq!(from_profile.url, "https://farm:7070");
+        assert_eq!(from_profile.token.as_deref(), Some("saved"));
+        assert_eq!(from_profile.ca, Some(PathBuf::from("/etc/farm-ca.pem")));
+        let token_only = GatewayArgs {
+            token: Some("mine".to_owned()),
+            ..none.clone()
+        };
+        let mixed = Target::choose(&token_only, &fallback).expect("target");
+        assert_eq!(mixed.url, "https://farm:7070");
+        assert_eq!(mixed.token.as_deref(), Some("mine"));
+        let everything = GatewayArgs {
+            gateway: Some("10.0.0.5:7070".to_owned()),
+            token: Some("mine".to_owned()),
+            ca: None,
+        };
+        let explicit = Target::choose(&everything, &fallback).expect("target");
+        assert_eq!(explicit.url, "http://10.0.0.5:7070");
+        assert_eq!(explicit.token.as_deref(), Some("mine"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::cli::{JobArgs, PriorityArgs, UnblockArgs};
 use crate::connect::Gateway;
 use crate::error::CliError;
 use crate::format::job_state;
+use crate::output;
 
 pub async fn pause(args: JobArgs) -> Result<(), CliError> {
     let gateway = Gateway::connect(&args.gateway).await?;
@@ -46,6 +47,7 @@ pub async fn priority(args: PriorityArgs) -> Result<(), CliError> {
         .map_err(CliError::rpc("changing the priority"))?
         .into_inner();
     say!("job {} has priority {}", job.id, job.priority);
+    output::emit(&job);
     Ok(())
 }
 
@@ -63,9 +65,11 @@ pub async fn unblock(args: UnblockArgs) -> Result<(), CliError> {
         0 => say!("no worker is blocklisted for job {}", job.id),
         n => say!("{n} workers are still blocklisted for job {}", job.id),
     }
+    output::emit(&job);
     Ok(())
 }
 
 fn report(job: Job) {
     say!("job {} is {}", job.id, job_state(job.state()));
+    output::emit(&job);
 }

@@ -82,6 +82,16 @@ fn write_dev_info(path: &Path, info: &DevInfo) -> Result<(), CliError> {
 }
 
 fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
+    // Scripts get where the farm is; its secrets stay in dev.json.
+    crate::output::emit(&serde_json::json!({
+        "event": "running",
+        "dir": farm.dir(),
+        "dev_file": dev_file,
+        "gateway_grpc": info.gateway_grpc,
+        "gateway_http": info.gateway_http,
+        "workers": farm.worker_count(),
+        "logs": info.logs,
+    }));
     say!("Kiln dev farm is running in {}", farm.dir().display());
     say!("  gateway gRPC  {}", info.gateway_grpc);
     say!("  gateway REST  {}", info.gateway_http);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(
-        "no farm to talk to: pass --gateway URL (or set KILN_GATEWAY), or start one with `kiln dev` in this directory or a parent"
+        "no farm to talk to: pass --gateway URL (or set KILN_GATEWAY), save one with `kiln login`, or start one with `kiln dev` in this directory or a parent"
     )]
     NoGateway,
     #[error("bad gateway URL {url:?}: {reason}")]
@@ -42,10 +42,10 @@ pub enum CliError {
     FramesUnknown(String),
     #[error("--fps must be a positive number, got {0}")]
     BadFps(f64),
-    #[error("job {id} {state}{message}")]
+    #[error("job {id} {state}{message}", state = crate::format::job_state(*.state))]
     JobEnded {
         id: String,
-        state: String,
+        state: kiln_proto::v1::JobState,
         message: String,
     },
     #[error("lost track of job {id}: {reason}; follow it with `kiln status {id}`")]
@@ -68,6 +68,14 @@ pub enum CliError {
         "--events: {0:?} is not one of submitted, started, succeeded, failed, cancelled, quality-check-failed"
     )]
     BadWebhookEvent(String),
+    #[error(
+        "no profile {0:?}; save one with `kiln login --profile {0} --gateway URL --token TOKEN`"
+    )]
+    NoProfile(String),
+    #[error("{path}: {reason}")]
+    Profiles { path: PathBuf, reason: String },
+    #[error("no config directory to keep profiles in (is HOME set?)")]
+    NoConfigDir,
     #[error("listing {what}: {reason}")]
     Paging { what: &'static str, reason: String },
 }

@@ -10,7 +10,7 @@ use crate::cli::{JobArgs, JobsArgs, OutputsArgs};
 use crate::connect::Gateway;
 use crate::error::CliError;
 use crate::format::{self, job_state, progress, short_digest, table, task_state, timestamp};
-use crate::outputs;
+use crate::{output, outputs};
 
 /// Pages `kiln jobs --all` follows at most: 1,000 pages of up to 1,000 jobs.
 const MAX_PAGES: usize = 1000;
@@ -31,6 +31,7 @@ pub async fn list(args: JobsArgs) -> Result<(), CliError> {
         "ID", "NAME", "STATE", "PROGRESS", "OWNER", "PRIORITY", "CREATED",
     ]);
     let mut shown = 0;
+    let mut jobs: Vec<Job> = Vec::new();
     let mut next = String::new();
     for _ in 0..MAX_PAGES {
         let page = gateway
@@ -41,6 +42,9 @@ pub async fn list(args: JobsArgs) -> Result<(), CliError> {
             .map_err(CliError::rpc("listing jobs"))?
             .into_inner();
         shown += page.jobs.len();
+        if output::is_json() {
+            jobs.extend(page.jobs.iter().cloned());
+        }
         for job in &page.jobs {
             rows.add_row([
                 job.id.clone(),
@@ -58,6 +62,7 @@ pub async fn list(args: JobsArgs) -> Result<(), CliError> {
         }
         request.page_token = next.clone();
     }
+    output::emit(&serde_json::json!({"jobs": jobs, "next_page_token": next}));
     if shown == 0 {
         say!("no jobs match; submit one with `kiln render SCENE.blend`");
         return Ok(());
@@ -90,10 +95,18 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
         task_id: String::new(),
     };
     // Why the waiting tasks wait, as the scheduler's dispatch core sees it.
-    match gateway.jobs.clone().explain_waiting(request).await {
-        Ok(answer) => print_waiting(&answer.into_inner()),
-        Err(status) => say!("\nwhy waiting: cannot tell ({})", status.message()),
-    }
+    let waiting = match gateway.jobs.clone().explain_waiting(request).await {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            print_waiting(&answer);
+            Some(answer)
+        }
+        Err(status) => {
+            say!("\nwhy waiting: cannot tell ({})", status.message());
+            None
+        }
+    };
+    output::emit(&serde_json::json!({"job": job, "tasks": tasks, "waiting": waiting}));
     Ok(())
 }
 
@@ -216,6 +229,7 @@ pub async fn cancel(args: JobArgs) -> Result<(), CliError> {
         .map_err(CliError::rpc("cancelling the job"))?
         .into_inner();
     say!("job {} is {}", job.id, job_state(job.state()));
+    output::emit(&job);
     Ok(())
 }
 
@@ -228,8 +242,10 @@ pub async fn list_outputs(args: OutputsArgs) -> Result<(), CliError> {
             say!("{}", path.display());
         }
         say!("downloaded {} files into {}", written.len(), dir.display());
+        output::emit(&serde_json::json!({"outputs": outputs, "downloaded": written}));
         return Ok(());
     }
+    output::emit(&serde_json::json!({"outputs": outputs}));
     if outputs.is_empty() {
         say!("job {} has no outputs yet", args.job);
         return Ok(());

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use futures::StreamExt;
-use kiln_proto::v1::{GetJobRequest, GetTaskLogRequest, Task, WatchTaskLogRequest};
+use kiln_proto::v1::{GetJobRequest, GetTaskLogRequest, JobState, Task, WatchTaskLogRequest};
 
 use crate::cli::{JobArgs, LogsArgs};
 use crate::connect::{Gateway, JobClient};
@@ -28,7 +28,11 @@ pub async fn watch(args: JobArgs) -> Result<(), CliError> {
         _ = tokio::signal::ctrl_c() => return Err(CliError::Interrupted),
     };
     say!("job {id} {}", job_state(job.state()));
-    Ok(())
+    // A script waiting on the job learns how it ended from the exit code.
+    match job.state() {
+        JobState::Failed | JobState::Cancelled => Err(crate::render::job_ended(&job)),
+        _ => Ok(()),
+    }
 }
 
 pub async fn run(args: LogsArgs) -> Result<(), CliError> {
@@ -49,6 +53,18 @@ pub async fn run(args: LogsArgs) -> Result<(), CliError> {
         .map_err(CliError::rpc("finding the task's log"))?
         .into_inner();
     let mut chunks = gateway.assets().download_stream(&log.digest).await?;
+    if crate::output::is_json() {
+        let mut text = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            text.extend_from_slice(&chunk?);
+        }
+        crate::output::emit(&serde_json::json!({
+            "job_id": args.job,
+            "task_id": task.id,
+            "log": String::from_utf8_lossy(&text),
+        }));
+        return Ok(());
+    }
     let mut stdout = std::io::stdout().lock();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
@@ -78,7 +94,11 @@ async fn follow(jobs: &JobClient, job_id: &str, task_id: &str) -> Result<(), Cli
         .map_err(CliError::rpc("following the task's log"))?
     {
         for line in batch.lines {
-            say!("{line}");
+            if crate::output::is_json() {
+                crate::output::emit(&serde_json::json!({"task_id": task_id, "line": line}));
+            } else {
+                say!("{line}");
+            }
         }
     }
     Ok(())

@@ -1,11 +1,11 @@
 //! `kiln`: the Kiln render farm's command line.
 
-/// Prints a line for the user. Output piped into a reader that stopped
+/// Prints a line for the user: on stdout, or on stderr with `--output json`
+/// (stdout then holds only JSON). Output piped into a reader that stopped
 /// early (`kiln jobs | head`) is dropped instead of panicking like println!.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        crate::output::say_line(format_args!($($arg)*));
     }};
 }
 
@@ -16,13 +16,19 @@ mod connect;
 mod controls;
 mod dev;
 mod error;
+mod exit_code;
 mod format;
+mod generated_docs;
 mod job_bundle;
 mod jobs;
+mod login;
 mod logs;
+mod output;
 mod outputs;
 mod pages;
+mod profiles;
 mod render;
+mod report;
 mod scene_probe;
 mod tokens;
 mod variants;
@@ -35,22 +41,53 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{BundleCommand, Cli, Command};
+use crate::error::CliError;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version land here too, and succeed.
+        Err(err) if !err.use_stderr() => {
+            let _ = err.print();
+            return ExitCode::from(exit_code::OK);
+        }
+        Err(err) => {
+            let args: Vec<String> = std::env::args().collect();
+            let env = std::env::var("KILN_OUTPUT").ok();
+            if output::asked_for_json(&args, env.as_deref()) {
+                report::usage(&err.render().to_string());
+            } else {
+                let _ = err.print();
+            }
+            return ExitCode::from(exit_code::USAGE);
+        }
+    };
+    output::init(cli.output);
+    connect::set_profile(cli.profile.clone());
+    let _telemetry = match kiln_telemetry::init("kiln", &cli.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(exit_code::FAILURE);
+        }
+    };
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One readable line with its causes, never a backtrace.
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            report::error(&err);
+            ExitCode::from(exit_code::for_error(&err))
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let _telemetry = kiln_telemetry::init("kiln", &cli.telemetry)?;
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let profile = cli.profile.as_deref();
     match cli.command {
+        Command::Login(args) => login::login(args, profile).await?,
+        Command::Logout => login::logout(profile)?,
+        Command::Completions(args) => generated_docs::completions(args)?,
+        Command::Man(args) => generated_docs::man(args)?,
         Command::Dev(args) => dev::run(args).await?,
         Command::Render(args) => render::run(args).await?,
         Command::Jobs(args) => jobs::list(args).await?,

@@ -41,6 +41,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
         job.id,
         job.tasks_total
     );
+    crate::output::emit(&serde_json::json!({"submitted": job}));
     if args.no_wait {
         say!("follow it with `kiln status {}`", job.id);
         return Ok(());
@@ -181,6 +182,7 @@ async fn fetch_outputs(gateway: &Gateway, job_id: &str, out: &Path) -> Result<()
         say!("{}", path.display());
     }
     say!("downloaded {} files into {}", written.len(), out.display());
+    crate::output::emit(&serde_json::json!({"downloaded": written, "dir": out}));
     Ok(())
 }
 
@@ -217,7 +219,7 @@ pub async fn report_failure(jobs: &JobClient, job: &Job) {
 pub fn job_ended(job: &Job) -> CliError {
     CliError::JobEnded {
         id: job.id.clone(),
-        state: job_state(job.state()).to_owned(),
+        state: job.state(),
         message: if job.message.is_empty() {
             String::new()
         } else {

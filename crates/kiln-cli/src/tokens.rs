@@ -36,7 +36,12 @@ pub async fn run(command: TokenCommand) -> Result<(), CliError> {
                 );
                 eprintln!("the secret below is shown only this once:");
             }
-            say!("{}", created.secret);
+            // In JSON mode the secret is in the JSON only, never also on stderr.
+            if crate::output::is_json() {
+                crate::output::emit(&created);
+            } else {
+                say!("{}", created.secret);
+            }
         }
         TokenCommand::List(args) => {
             let client = client(&args.gateway).await?;
@@ -75,6 +80,7 @@ pub async fn run(command: TokenCommand) -> Result<(), CliError> {
                 ]);
             }
             say!("{rows}");
+            crate::output::emit(&serde_json::json!({"tokens": tokens}));
         }
         TokenCommand::Revoke(args) => {
             let mut client = client(&args.gateway).await?;
@@ -84,6 +90,7 @@ pub async fn run(command: TokenCommand) -> Result<(), CliError> {
                 .map_err(CliError::rpc("revoking a token"))?
                 .into_inner();
             say!("revoked token {} ({:?})", token.id, token.name);
+            crate::output::emit(&token);
         }
     }
     Ok(())

@@ -174,6 +174,12 @@ pub async fn follow(jobs: &JobClient, job: Job) -> Result<Job, CliError> {
         {
             job = current;
             view.show(&job);
+            // Scripts read the job's end as an event like any other.
+            crate::output::emit(&kiln_proto::v1::JobEvent {
+                job_id: job.id.clone(),
+                event: Some(Event::JobChanged(job.clone())),
+                ..Default::default()
+            });
         }
         if is_final(job.state()) {
             break;
@@ -219,6 +225,7 @@ async fn stream_events(
     let mut latest = None;
     while let Some(event) = stream.message().await? {
         tracing::debug!(?event, "job event");
+        crate::output::emit(&event);
         if event.seq > 0 {
             *last_seq = Some(event.seq);
         }

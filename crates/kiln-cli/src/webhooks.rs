@@ -60,7 +60,12 @@ pub async fn run(command: WebhookCommand) -> Result<(), CliError> {
                 eprintln!("registered webhook {} for {}", hook.id, hook.url);
                 eprintln!("its signing secret below is shown only this once:");
             }
-            say!("{}", created.secret);
+            // In JSON mode the secret is in the JSON only, never also on stderr.
+            if crate::output::is_json() {
+                crate::output::emit(&created);
+            } else {
+                say!("{}", created.secret);
+            }
         }
         WebhookCommand::List(args) => {
             let client = client(&args.gateway).await?;
@@ -100,6 +105,7 @@ pub async fn run(command: WebhookCommand) -> Result<(), CliError> {
                 ]);
             }
             say!("{rows}");
+            crate::output::emit(&serde_json::json!({"webhooks": hooks}));
         }
         WebhookCommand::Rm(args) => {
             let mut client = client(&args.gateway).await?;
@@ -111,6 +117,7 @@ pub async fn run(command: WebhookCommand) -> Result<(), CliError> {
                 .map_err(CliError::rpc("removing a webhook"))?
                 .into_inner();
             say!("removed webhook {} ({})", hook.id, hook.url);
+            crate::output::emit(&hook);
         }
         WebhookCommand::Resume(args) => {
             let mut client = client(&args.gateway).await?;
@@ -122,6 +129,7 @@ pub async fn run(command: WebhookCommand) -> Result<(), CliError> {
                 .map_err(CliError::rpc("resuming a webhook"))?
                 .into_inner();
             say!("resumed webhook {} ({})", hook.id, hook.url);
+            crate::output::emit(&hook);
         }
         WebhookCommand::Deliveries(args) => {
             let mut client = client(&args.gateway).await?;
@@ -157,6 +165,7 @@ pub async fn run(command: WebhookCommand) -> Result<(), CliError> {
                 ]);
             }
             say!("{rows}");
+            crate::output::emit(&page);
         }
     }
     Ok(())

@@ -48,6 +48,7 @@ async fn list(args: WorkersListArgs) -> Result<(), CliError> {
         .map_err(CliError::rpc("listing workers"))?
         .into_inner()
         .workers;
+    crate::output::emit(&serde_json::json!({"workers": workers}));
     if workers.is_empty() {
         say!("no worker has joined yet");
         return Ok(());
@@ -112,6 +113,7 @@ async fn show(args: WorkerArgs) -> Result<(), CliError> {
         .await
         .map_err(CliError::rpc("getting the worker"))?
         .into_inner();
+    crate::output::emit(&worker);
     let caps = worker.capabilities.clone().unwrap_or_default();
     say!("worker     {}", worker.id);
     say!("host       {}", worker.hostname);
@@ -245,6 +247,7 @@ async fn set_tags(args: WorkerTagsArgs) -> Result<(), CliError> {
 }
 
 fn print_changed(worker: &pb::Worker) {
+    crate::output::emit(worker);
     say!(
         "worker {} is {}{}",
         worker.id,

@@ -3,6 +3,8 @@
 //! Every message also has a proto3-JSON mapping (through pbjson), which the
 //! gateway's REST API uses so that REST and gRPC cannot drift apart.
 
+// Generated code: prost boxes no oneof variant, and events carry a whole Job.
+#[allow(clippy::large_enum_variant)]
 pub mod v1 {
     tonic::include_proto!("kiln.v1");
     include!(concat!(env!("OUT_DIR"), "/kiln.v1.serde.rs"));
@@ -10,6 +12,8 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every Kiln proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
+
+pub mod status;
 
 /// gRPC metadata keys Kiln's services agree on, defined once here.
 pub mod metadata {

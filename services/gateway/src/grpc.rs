@@ -174,9 +174,11 @@ fn upload_pass_through(
 /// here with the field's name rather than failing deep in the scheduler.
 pub(crate) fn refuse_nul(field: &str, value: &str) -> Result<(), Status> {
     if value.contains('\0') {
-        return Err(Status::invalid_argument(format!(
-            "{field}: contains a NUL byte"
-        )));
+        return Err(kiln_proto::status::invalid_field(
+            field,
+            "contains a NUL byte",
+            format!("{field}: contains a NUL byte"),
+        ));
     }
     Ok(())
 }

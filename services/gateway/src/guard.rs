@@ -14,6 +14,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use kiln_proto::status::resource_exhausted;
 use tokio::sync::SemaphorePermit;
 use tonic::Status;
 
@@ -245,14 +246,29 @@ fn grpc_refusal(refusal: &Refusal) -> Response {
         Refusal::Forgery(why) => Status::permission_denied(*why),
         Refusal::LogIn => Status::unauthenticated("log in"),
         Refusal::Unavailable => Status::unavailable("the token store is unavailable"),
-        Refusal::RateLimited(verdict) => Status::resource_exhausted(format!(
-            "too many requests for this token; retry in {}",
-            wait_text(verdict)
-        )),
-        Refusal::TooManyLookups(wait) => Status::resource_exhausted(lookups_text(*wait)),
+        // RetryInfo gives the same delay as the REST answer's Retry-After.
+        Refusal::RateLimited(verdict) => resource_exhausted(
+            format!(
+                "too many requests for this token; retry in {}",
+                wait_text(verdict)
+            ),
+            match verdict {
+                Verdict::Limited { retry_after } => Some(retry_seconds(*retry_after)),
+                Verdict::Allowed { .. } => None,
+            },
+        ),
+        Refusal::TooManyLookups(wait) => resource_exhausted(
+            lookups_text(*wait),
+            Some(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX)),
+        ),
         Refusal::LookupsBusy => Status::unavailable(LOOKUPS_BUSY),
     };
     status.into_http::<axum::body::Body>()
+}
+
+/// Whole seconds as Retry-After gives them, within a u32.
+fn retry_seconds(wait: Duration) -> u32 {
+    u32::try_from(crate::rate_limit::seconds_ceil(wait)).unwrap_or(u32::MAX)
 }
 
 const LOOKUPS_BUSY: &str = "too many token lookups at once; retry shortly";

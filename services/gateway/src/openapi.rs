@@ -131,6 +131,18 @@ fn error_schema() -> Value {
             "status": {"type": "integer", "description": "The HTTP status code"},
             "detail": {"type": "string", "description": "What was wrong, naming the field"},
             "code": {"type": "string", "description": "A stable, machine-readable code"},
+            "invalid_params": {
+                "type": "array",
+                "description": "The fields a refused request got wrong (as gRPC's google.rpc.BadRequest), when known",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "reason"],
+                    "properties": {
+                        "name": {"type": "string", "description": "The field's path, e.g. `priority` or `inputs[0].path`"},
+                        "reason": {"type": "string"}
+                    }
+                }
+            },
             "error": {
                 "type": "object",
                 "description": "The same code and detail, as clients written before problem documents read them",

@@ -80,6 +80,6 @@ impl TokenRateLimiter {
 }
 
 /// Whole seconds, rounded up and at least 1, as Retry-After wants them.
-fn seconds_ceil(duration: Duration) -> u64 {
+pub(crate) fn seconds_ceil(duration: Duration) -> u64 {
     duration.as_secs_f64().ceil().max(1.0) as u64
 }

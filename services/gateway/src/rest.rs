@@ -116,6 +116,9 @@ pub struct ApiError {
     message: String,
     /// Seconds to wait before asking again, sent as `Retry-After`.
     retry_after: Option<u32>,
+    /// The fields a refused request got wrong (a gRPC status's BadRequest),
+    /// sent as `invalid_params` like RFC 9457's example.
+    invalid_params: Vec<kiln_proto::status::FieldViolation>,
 }
 
 impl ApiError {
@@ -125,6 +128,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            invalid_params: Vec::new(),
         }
     }
 
@@ -168,6 +172,7 @@ impl From<Status> for ApiError {
             .and_then(|value| value.parse().ok());
         Self {
             retry_after,
+            invalid_params: kiln_proto::status::field_violations(&status),
             ..Self::new(http, code, status.message())
         }
     }
@@ -213,7 +218,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             // No page per problem: `code` tells them apart, and "about:blank"
             // says the title is the status's own.
             "type": "about:blank",
@@ -223,6 +228,14 @@ impl IntoResponse for ApiError {
             "code": self.code,
             "error": {"code": self.code, "message": self.message},
         });
+        if !self.invalid_params.is_empty() {
+            let params: Vec<_> = self
+                .invalid_params
+                .iter()
+                .map(|v| serde_json::json!({"name": v.field, "reason": v.description}))
+                .collect();
+            body["invalid_params"] = serde_json::Value::Array(params);
+        }
         let mut response = (self.status, Json(body)).into_response();
         response
             .headers_mut()

@@ -81,14 +81,16 @@ impl From<crate::fence::FenceError> for SchedulerError {
 
 impl From<SchedulerError> for Status {
     fn from(err: SchedulerError) -> Self {
+        use kiln_proto::status::{invalid_argument, invalid_field, resource_exhausted};
         match &err {
             SchedulerError::JobModel(kiln_jobmodel::JobModelError::TooManyTasks { .. }) => {
-                Status::resource_exhausted(format!("quota max-tasks-per-job: {err}"))
+                resource_exhausted(format!("quota max-tasks-per-job: {err}"), None)
             }
-            SchedulerError::InvalidArgument(_) | SchedulerError::JobModel(_) => {
-                Status::invalid_argument(err.to_string())
+            SchedulerError::InvalidArgument(_) => invalid_argument(err.to_string()),
+            SchedulerError::JobModel(model) => {
+                invalid_field(template_field(model), &model.to_string(), err.to_string())
             }
-            SchedulerError::Quota(_) => Status::resource_exhausted(err.to_string()),
+            SchedulerError::Quota(_) => resource_exhausted(err.to_string(), None),
             SchedulerError::AlreadyExists(_) => Status::already_exists(err.to_string()),
             SchedulerError::JobNotFound(_)
             | SchedulerError::NotFound(_)
@@ -109,14 +111,54 @@ impl From<SchedulerError> for Status {
             SchedulerError::Overloaded {
                 retry_after_seconds,
                 ..
-            } => {
-                let mut status = Status::resource_exhausted(err.to_string());
-                status.metadata_mut().insert(
-                    kiln_proto::metadata::RETRY_AFTER,
-                    tonic::metadata::MetadataValue::from(*retry_after_seconds),
-                );
-                status
-            }
+            } => resource_exhausted(err.to_string(), Some(*retry_after_seconds)),
         }
+    }
+}
+
+/// The SubmitJobRequest field a job model error is about, for its
+/// BadRequest field violation.
+fn template_field(err: &kiln_jobmodel::JobModelError) -> &'static str {
+    use kiln_jobmodel::JobModelError as E;
+    match err {
+        E::UnknownTemplate(_) | E::TemplateDir(_) => "builtin_template",
+        E::Parameters(_) | E::FrameRange(_) => "parameters",
+        E::RowId(..) => "variants",
+        _ => "template_document",
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use kiln_proto::status::{field_violations, retry_delay};
+
+    #[test]
+    fn submit_refusals_name_their_field() {
+        let status = Status::from(invalid("priority: 120 is outside 0-100"));
+        assert_eq!(status.message(), "priority: 120 is outside 0-100");
+        let violations = field_violations(&status);
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "priority");
+        assert_eq!(violations[0].description, "120 is outside 0-100");
+
+        let model = kiln_jobmodel::JobModelError::UnknownTemplate("nope".to_owned());
+        let status = Status::from(SchedulerError::JobModel(model));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("unknown built-in template"));
+        assert_eq!(field_violations(&status)[0].field, "builtin_template");
+    }
+
+    #[test]
+    fn admission_refusals_say_when_to_retry() {
+        let status = Status::from(SchedulerError::Overloaded {
+            reason: "the queue is full".to_owned(),
+            retry_after_seconds: 5,
+        });
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            retry_delay(&status),
+            Some(std::time::Duration::from_secs(5))
+        );
     }
 }
