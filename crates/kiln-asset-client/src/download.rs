@@ -110,6 +110,13 @@ where
     while let Some(chunk) = chunks.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
+            Err(err) if err.code() == tonic::Code::DataLoss => {
+                // The service found the stored content corrupt: what arrived
+                // is not worth resuming from.
+                drop(file);
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(err);
+            }
             Err(err) => {
                 // Keep what arrived: the next download resumes after it.
                 file.flush().await.map_err(write_error)?;
@@ -133,4 +140,65 @@ where
     }
     tokio::fs::rename(&path, dest).await.map_err(write_error)?;
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTENT: &[u8] = b"the frame's bytes";
+
+    fn digest_of(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn stream(
+        items: Vec<Result<Bytes, AssetClientError>>,
+    ) -> impl Stream<Item = Result<Bytes, AssetClientError>> {
+        futures::stream::iter(items)
+    }
+
+    #[tokio::test]
+    async fn a_cut_download_keeps_its_bytes_and_resumes_after_them() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let dest = dir.path().join("frame.png");
+        let digest = digest_of(CONTENT);
+        let cut = stream(vec![
+            Ok(Bytes::from_static(&CONTENT[..5])),
+            Err(AssetClientError::Status(tonic::Status::unavailable("cut"))),
+        ]);
+        let partial = Partial::find(&dest, &digest).await.expect("no partial");
+        assert!(resume_file(&digest, partial, cut, &dest).await.is_err());
+        let partial = Partial::find(&dest, &digest).await.expect("the partial");
+        assert_eq!(partial.offset, 5);
+        let rest = stream(vec![Ok(Bytes::from_static(&CONTENT[5..]))]);
+        let size = resume_file(&digest, partial, rest, &dest)
+            .await
+            .expect("resumed");
+        assert_eq!(size, CONTENT.len() as u64);
+        assert_eq!(std::fs::read(&dest).expect("the file"), CONTENT);
+    }
+
+    #[tokio::test]
+    async fn bytes_the_service_calls_corrupt_are_not_kept() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let dest = dir.path().join("scene.blend");
+        let digest = digest_of(CONTENT);
+        // The whole (bad) content arrives, then the service's verdict.
+        let corrupt = stream(vec![
+            Ok(Bytes::from_static(b"not the content at all")),
+            Err(AssetClientError::Status(tonic::Status::data_loss(
+                "stored content is corrupt",
+            ))),
+        ]);
+        let partial = Partial::find(&dest, &digest).await.expect("no partial");
+        let err = resume_file(&digest, partial, corrupt, &dest)
+            .await
+            .expect_err("corrupt");
+        assert_eq!(err.code(), tonic::Code::DataLoss);
+        // The next try starts from the beginning, not after the bad bytes.
+        let partial = Partial::find(&dest, &digest).await.expect("no partial");
+        assert_eq!(partial.offset, 0);
+        assert!(!dest.exists());
+    }
 }

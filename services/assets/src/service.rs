@@ -126,6 +126,13 @@ impl<B: Backend> AssetService for AssetsService<B> {
                     "offset: {offset} is past the end of {digest} ({size} bytes)"
                 )));
             }
+            if offset == size {
+                // Nothing is left to send: a client resuming a download it
+                // already has whole (and then checks). S3 refuses an empty
+                // range (416), so the store is not asked.
+                let nothing: DownloadStream = Box::pin(futures::stream::empty());
+                return Ok(Response::new(nothing));
+            }
         }
         let reader = self
             .backend
