@@ -201,6 +201,13 @@ async fn uploads_spread_over_every_assets_replica_and_survive_one_frozen_or_kill
         total >= UPLOADS as f64 * 3.0,
         "every upload's calls are counted: {sent:?}"
     );
+    // Each replica's own server metrics count the uploads it served (a
+    // Grafana panel reads these): together, every upload, once.
+    let served_total: f64 = served.iter().sum();
+    ensure!(
+        served_total >= UPLOADS as f64,
+        "the replicas' kiln_grpc_server_requests_total count every upload: {served:?}"
+    );
     for (replica, count) in replicas.iter().zip(&sent) {
         ensure!(
             *count >= total * MIN_SHARE,

@@ -189,7 +189,11 @@ impl http_body::Body for ObservedBody {
             Poll::Ready(None) => Some(this.head.unwrap_or(Code::Unknown)),
             Poll::Pending => None,
         };
-        if let (Some(code), Some(labels)) = (ended, this.labels.take()) {
+        // Only once the call ended: taking the labels on an earlier frame
+        // would lose the call (every call was lost that way once).
+        if let Some(code) = ended
+            && let Some(labels) = this.labels.take()
+        {
             labels.record(code);
         }
         polled
@@ -406,6 +410,84 @@ pub async fn http_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A served unary call: one message, then trailers with `code`.
+    fn answering(
+        code: &'static str,
+    ) -> impl Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+        Future = impl Send + 'static,
+    > + Clone {
+        tower::service_fn(move |_request: Request<Body>| async move {
+            let mut trailers = HeaderMap::new();
+            trailers.insert(
+                tonic::Status::GRPC_STATUS,
+                http::HeaderValue::from_static(code),
+            );
+            let frames: Vec<Result<Frame<Bytes>, tonic::Status>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+            Ok::<_, std::convert::Infallible>(Response::new(Body::new(body)))
+        })
+    }
+
+    fn request(path: &str) -> Request<Body> {
+        Request::builder()
+            .uri(format!("http://replica{path}"))
+            .body(Body::empty())
+            .expect("a request")
+    }
+
+    /// Serves `request` through the server layer and reads the whole answer,
+    /// as hyper would, with `recorder` as the process's recorder.
+    fn serve(
+        recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+        code: &'static str,
+        path: &str,
+    ) {
+        use http_body_util::BodyExt;
+        metrics::with_local_recorder(recorder, || {
+            futures::executor::block_on(async {
+                let mut service = ServerMetricsLayer.layer(answering(code));
+                let response = service.call(request(path)).await.expect("served");
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("the whole body");
+            })
+        });
+    }
+
+    #[test]
+    fn served_calls_are_counted_by_method_and_code() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        serve(&recorder, "0", "/kiln.v1.JobService/SubmitJob");
+        serve(&recorder, "0", "/kiln.v1.JobService/SubmitJob");
+        serve(&recorder, "5", "/kiln.v1.JobService/GetJob");
+        let text = handle.render();
+        assert!(
+            text.contains(
+                r#"kiln_grpc_server_requests_total{service="kiln.v1.JobService",method="SubmitJob",code="OK"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"kiln_grpc_server_requests_total{service="kiln.v1.JobService",method="GetJob",code="NOT_FOUND"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("kiln_grpc_server_request_duration_seconds_count{service=\"kiln.v1.JobService\",method=\"SubmitJob\"} 2"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn only_methods_of_kiln_and_health_are_known() {
