@@ -64,20 +64,9 @@ fn write_dev_info(path: &Path, info: &DevInfo) -> Result<(), CliError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // It holds the admin token: readable by its owner only, from creation on.
+    // It holds the admin token and the database and etcd passwords.
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(CliError::io(path))?;
-    // Narrowed also when an older file was left readable by others.
-    use std::os::unix::fs::PermissionsExt as _;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(CliError::io(path))?;
+    let mut file = crate::profiles::private_file(path)?;
     file.write_all(&json).map_err(CliError::io(path))
 }
 

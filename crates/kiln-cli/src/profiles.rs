@@ -65,8 +65,10 @@ pub fn save(path: &Path, profiles: &Profiles) -> Result<(), CliError> {
     std::fs::rename(&partial, path).map_err(CliError::io(path))
 }
 
+/// Creates (or empties) `path` readable by its owner only, from creation
+/// on: for files that hold tokens or passwords.
 #[cfg(unix)]
-fn private_file(path: &Path) -> Result<std::fs::File, CliError> {
+pub(crate) fn private_file(path: &Path) -> Result<std::fs::File, CliError> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -82,7 +84,7 @@ fn private_file(path: &Path) -> Result<std::fs::File, CliError> {
 }
 
 #[cfg(not(unix))]
-fn private_file(path: &Path) -> Result<std::fs::File, CliError> {
+pub(crate) fn private_file(path: &Path) -> Result<std::fs::File, CliError> {
     std::fs::File::create(path).map_err(CliError::io(path))
 }
 

@@ -26,6 +26,8 @@ const HBA: &str = "# Written by Kiln at every start: password (SCRAM) authentica
     local all all scram-sha-256\n\
     host all all 127.0.0.1/32 scram-sha-256\n\
     host all all ::1/128 scram-sha-256\n";
+/// Starts tried again on another port when the chosen one was taken.
+const PORT_RETRIES: u32 = 3;
 /// Bound on each pg tool invocation (initdb, pg_ctl, psql).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a started server has to accept connections.
@@ -142,7 +144,22 @@ impl Postgres {
         self.stop_stale_server().await?;
         self.set_password().await?;
         self.write_hba()?;
-        self.run_ok("pg_ctl", true, self.start_args()).await?;
+        let mut retries = 0;
+        loop {
+            match self.run_ok("pg_ctl", true, self.start_args()).await {
+                Ok(_) => break,
+                // Postgres must be told its port and cannot bind port 0, so
+                // another process may take the port between `free_port` and
+                // now (seen in CI: "Address already in use"). Another port.
+                Err(err) if retries < PORT_RETRIES && self.port_was_taken() => {
+                    retries += 1;
+                    let taken = self.port;
+                    self.port = free_port()?;
+                    tracing::warn!(taken, port = self.port, error = %err, "postgres's port was taken; trying another");
+                }
+                Err(err) => return Err(err),
+            }
+        }
         self.running = true;
         self.wait_accepting().await?;
         self.ensure_database().await?;
@@ -241,6 +258,11 @@ impl Postgres {
             self.run_ok("pg_ctl", true, self.stop_args()).await?;
         }
         Ok(())
+    }
+
+    /// Whether the server's last start failed because its port was in use.
+    fn port_was_taken(&self) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|log| port_taken_in(&log))
     }
 
     fn start_args(&self) -> Vec<OsString> {
@@ -533,7 +555,32 @@ fn combined_output(output: &Output) -> String {
     text[start..].to_owned()
 }
 
+/// Whether the last start in a server log failed on a port in use.
+fn port_taken_in(log: &str) -> bool {
+    let last_start = log.rfind("starting PostgreSQL").unwrap_or(0);
+    log[last_start..].contains("Address already in use")
+}
+
 /// Quotes `text` for the shell that pg_ctl runs the server through.
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_taken_in;
+
+    #[test]
+    fn a_start_that_found_its_port_taken_is_told_from_other_failures() {
+        let taken = "LOG:  starting PostgreSQL 15.18\n\
+            LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use\n\
+            FATAL:  could not create any TCP/IP sockets\n";
+        assert!(port_taken_in(taken));
+        // An earlier start's collision does not count for a later failure.
+        let later = format!(
+            "{taken}LOG:  starting PostgreSQL 15.18\nFATAL:  data directory has wrong ownership\n"
+        );
+        assert!(!port_taken_in(&later));
+        assert!(!port_taken_in(""));
+    }
 }
