@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use kiln_localfarm::{Farm, locate_binary};
-use kiln_proto::v1 as pb;
-use kiln_tests::{Client, blender_request, eventually, rest_call, start_farm};
+use kiln_tests::{Client, blender_request, rest_call, start_farm, worker_connected};
 use serde_json::Value;
 use tonic_types::StatusExt;
 
@@ -228,21 +227,7 @@ async fn refusals(farm: &Farm, work: &Path) -> Result<()> {
 async fn cancelled_job(farm: &Farm, work: &Path) -> Result<String> {
     let worker = kiln_localfarm::worker_id(0);
     let client = Client::connect(farm).await?;
-    eventually("the worker to join", PATIENCE, || {
-        let mut client = client.clone();
-        let id = worker.clone();
-        async move {
-            let request = pb::GetWorkerRequest { worker_id: id };
-            Ok(client
-                .farm
-                .get_worker(request)
-                .await
-                .ok()
-                .map(|w| w.into_inner())
-                .filter(|w| w.connected))
-        }
-    })
-    .await?;
+    worker_connected(&client, &worker, PATIENCE).await?;
     let disabled = admin(farm, work, &["-o", "json", "workers", "disable", &worker])?;
     ensure!(disabled.ok(), "{disabled}");
     ensure!(disabled.json()?["id"] == worker.as_str(), "{disabled}");

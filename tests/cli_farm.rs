@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use kiln_localfarm::{Farm, locate_binary};
 use kiln_proto::v1 as pb;
-use kiln_tests::{Client, clips_request, create_token, eventually, start_farm};
+use kiln_tests::{Client, clips_request, create_token, eventually, start_farm, worker_connected};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -64,21 +64,7 @@ async fn kiln_workers_shows_and_changes_workers_and_refuses_viewers() -> Result<
     let (farm, _dir) = start_farm(1, false).await?;
     let mut client = Client::connect(&farm).await?;
     let id = kiln_localfarm::worker_id(0);
-    eventually("the worker to join", PATIENCE, || {
-        let mut client = client.clone();
-        let id = id.clone();
-        async move {
-            let request = pb::GetWorkerRequest { worker_id: id };
-            Ok(client
-                .farm
-                .get_worker(request)
-                .await
-                .ok()
-                .map(|w| w.into_inner())
-                .filter(|w| w.connected))
-        }
-    })
-    .await?;
+    worker_connected(&client, &id, PATIENCE).await?;
 
     let list = admin(&farm, &["workers", "list"])?;
     let row = list

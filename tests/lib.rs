@@ -619,6 +619,27 @@ pub fn docker_compose() -> std::process::Command {
     }
 }
 
+/// Waits until worker `id` is connected to the farm (as the farm service
+/// sees it), for at most `deadline`; returns it.
+pub async fn worker_connected(client: &Client, id: &str, deadline: Duration) -> Result<pb::Worker> {
+    eventually("the worker to join", deadline, || {
+        let mut client = client.clone();
+        let request = pb::GetWorkerRequest {
+            worker_id: id.to_owned(),
+        };
+        async move {
+            Ok(client
+                .farm
+                .get_worker(request)
+                .await
+                .ok()
+                .map(|w| w.into_inner())
+                .filter(|w| w.connected))
+        }
+    })
+    .await
+}
+
 /// Polls `check` every 200 ms until it gives a value, or fails after `deadline`.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
 where

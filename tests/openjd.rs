@@ -375,9 +375,9 @@ async fn ffmpeg_review_media_sample_reads_path_parameters_in_its_steps() -> Resu
 /// A step whose action runs an embedded script that ignores the notify of
 /// a cancel (NOTIFY_THEN_TERMINATE, 10 s) and leaves children behind: one
 /// that ends on SIGTERM, and one in a session of its own that ignores it.
-const STUBBORN_TEMPLATE: &str = r#"
+const TERM_IGNORING_TEMPLATE: &str = r#"
 specificationVersion: jobtemplate-2023-09
-name: Stubborn
+name: IgnoresTerm
 steps:
   - name: Wait
     script:
@@ -402,7 +402,7 @@ steps:
 
 /// The child that ends on the notify, and the one only the terminate ends.
 const POLITE_CHILD: &str = "sleep 4107";
-const STUBBORN_CHILD: &str = "sleep 4109";
+const TERM_IGNORING_CHILD: &str = "sleep 4109";
 
 /// Waits (at most `within`) until no process matches any of `needles`;
 /// answers with those left.
@@ -423,12 +423,12 @@ async fn cancelling_an_action_notifies_it_then_ends_it_and_its_processes() -> Re
     let mut client = submitter(&farm, "studio").await?;
     let job = client
         .jobs
-        .submit_job(inline(STUBBORN_TEMPLATE.to_owned(), &[], Vec::new()))
+        .submit_job(inline(TERM_IGNORING_TEMPLATE.to_owned(), &[], Vec::new()))
         .await?
         .into_inner();
     client.wait_running(&job.id).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while [POLITE_CHILD, STUBBORN_CHILD]
+    while [POLITE_CHILD, TERM_IGNORING_CHILD]
         .iter()
         .any(|c| processes_with(c).is_empty())
     {
@@ -450,18 +450,18 @@ async fn cancelling_an_action_notifies_it_then_ends_it_and_its_processes() -> Re
         pb::JobState::Cancelled,
         "{cancelled:?}"
     );
-    // The notify: SIGTERM, which ends the polite child while the stubborn
+    // The notify: SIGTERM, which ends the polite child while the SIGTERM-ignoring
     // one lives on into the notify period (not a SIGKILL at once).
     let left = gone(&[POLITE_CHILD], Duration::from_secs(8)).await;
     assert!(left.is_empty(), "the notify never came: {left:?}");
     assert!(
-        !processes_with(STUBBORN_CHILD).is_empty(),
+        !processes_with(TERM_IGNORING_CHILD).is_empty(),
         "the action was killed at once, without its notify period"
     );
     // Then the terminate: nothing is left after the notify period (10 s)
     // and the worker's wait for killed processes (at most 5 s), with room
     // for a busy machine.
-    let left = gone(&[STUBBORN_CHILD], Duration::from_secs(30)).await;
+    let left = gone(&[TERM_IGNORING_CHILD], Duration::from_secs(30)).await;
     assert!(
         left.is_empty(),
         "processes outlived the cancelled action: {left:?}"

@@ -481,7 +481,7 @@ async fn cancelling_a_bash_task_leaves_none_of_its_processes() -> Result<()> {
                   echo started; wait";
     let job = submit(
         &mut mallory,
-        command_job("stubborn", "bash", &["-c", script], vec![]),
+        command_job("ignores-term", "bash", &["-c", script], vec![]),
     )
     .await?;
     mallory.wait_running(&job).await?;
