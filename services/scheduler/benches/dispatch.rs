@@ -32,9 +32,15 @@ struct Args {
     tasks: usize,
     #[arg(long, default_value_t = 10)]
     jobs: usize,
-    /// HTTP/2 connections the worker streams share
-    #[arg(long, default_value_t = 8)]
+    /// HTTP/2 connections the worker streams share; 0 for one per 125 workers (at least 8)
+    #[arg(long, default_value_t = 0)]
     connections: usize,
+    /// How long each simulated render takes. With 0 every worker is always
+    /// waiting, so the dispatch latency is only workers / throughput (Little's
+    /// law); a render time that keeps demand below the scheduler's throughput
+    /// makes the latency measure the scheduler's own delay.
+    #[arg(long, default_value_t = 0)]
+    render_ms: u64,
     /// Also run `riverqueue bench` against the same Postgres (path to the CLI)
     #[arg(long)]
     river: Option<std::path::PathBuf>,
@@ -83,9 +89,15 @@ async fn main() -> Result<()> {
     let submit_time = submit_started.elapsed();
     let total = (per_job * args.jobs) as u64;
 
+    let rss_queued = status_bytes(scheduler_pid, "VmRSS")?;
     let before = pg_counters(&db).await?;
     let cpu_before = cpu_seconds(scheduler_pid)?;
-    let channels = connect(&endpoint.grpc_uri(), args.connections).await?;
+    let connections = match args.connections {
+        0 => (args.workers / 125).max(8),
+        n => n,
+    };
+    let channels = connect(&endpoint.grpc_uri(), connections).await?;
+    let render = Duration::from_millis(args.render_ms);
     let completed = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let started = Instant::now();
@@ -95,7 +107,7 @@ async fn main() -> Result<()> {
         let (completed, latencies) = (completed.clone(), latencies.clone());
         let join_token = farm.join_token().to_owned();
         sims.push(tokio::spawn(simulated_worker(
-            channel, i, join_token, completed, latencies,
+            channel, i, join_token, render, completed, latencies,
         )));
     }
     wait_until_succeeded(&db, args.jobs as i64, Duration::from_secs(900)).await?;
@@ -104,7 +116,7 @@ async fn main() -> Result<()> {
     // Postgres publishes other backends' counters about once a second.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = pg_counters(&db).await?;
-    let peak_rss = peak_rss_bytes(scheduler_pid)?;
+    let peak_rss = status_bytes(scheduler_pid, "VmHWM")?;
     for sim in sims {
         sim.abort();
     }
@@ -112,8 +124,8 @@ async fn main() -> Result<()> {
     latencies.sort_by(f64::total_cmp);
 
     println!(
-        "## Kiln scheduler: {} workers, {total} tasks in {} jobs",
-        args.workers, args.jobs
+        "## Kiln scheduler: {} workers, {total} tasks in {} jobs, {} ms per simulated render",
+        args.workers, args.jobs, args.render_ms
     );
     println!("| figure | value |\n|---|---|");
     println!(
@@ -137,6 +149,10 @@ async fn main() -> Result<()> {
         percentile(&latencies, 0.99)
     );
     println!("| scheduler CPU during the run | {cpu:.2} s |");
+    println!(
+        "| scheduler RSS with every task queued, before the run | {:.1} MiB |",
+        rss_queued as f64 / (1024.0 * 1024.0)
+    );
     println!(
         "| scheduler peak RSS | {:.1} MiB |",
         peak_rss as f64 / (1024.0 * 1024.0)
@@ -170,11 +186,12 @@ async fn connect(uri: &str, connections: usize) -> Result<Vec<Channel>> {
 }
 
 /// One simulated worker: registers with the `noop` renderer and finishes
-/// each assignment at once, recording its dispatch latency in ms.
+/// each assignment after `render`, recording its dispatch latency in ms.
 async fn simulated_worker(
     channel: Channel,
     index: usize,
     join_token: String,
+    render: Duration,
     completed: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<f64>>>,
 ) -> Result<()> {
@@ -190,6 +207,9 @@ async fn simulated_worker(
             .unwrap_or_else(|p| p.into_inner())
             .push(latency);
         tx.send(started(&task)).await?;
+        if !render.is_zero() {
+            tokio::time::sleep(render).await;
+        }
         free_since = Instant::now();
         tx.send(succeeded(task)).await?;
         completed.fetch_add(1, Ordering::Relaxed);
@@ -255,16 +275,17 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
-fn peak_rss_bytes(pid: u32) -> Result<u64> {
+/// A memory figure of /proc/PID/status: "VmHWM" (peak RSS) or "VmRSS".
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
+        .find(|l| l.split(':').next() == Some(field))
+        .with_context(|| format!("no {field}"))?;
     let kib: u64 = line
         .split_whitespace()
         .nth(1)
-        .context("VmHWM value")?
+        .with_context(|| format!("{field} value"))?
         .parse()?;
     Ok(kib * 1024)
 }

@@ -64,7 +64,7 @@ impl Core {
         self.jobs.insert(job_id, job);
         for task in tasks {
             let (id, state) = (task.id, task.state);
-            self.tasks.insert(id, task);
+            self.tasks.insert(id, Box::new(task));
             if let Some(job) = self.jobs.get_mut(&job_id) {
                 job.task_ids.push(id);
             }
