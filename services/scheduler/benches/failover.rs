@@ -34,6 +34,11 @@ struct Args {
     runs: usize,
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Tasks queued while the leader is killed, in jobs of at most 100,000
+    /// (the scheduler's default bound per job): a new leader loads every
+    /// unfinished task before it dispatches.
+    #[arg(long, default_value_t = 100_000)]
+    queued: usize,
     // `cargo bench` passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -70,7 +75,12 @@ async fn main() -> Result<()> {
             .await?,
         kiln_asset_client::CallCredentials::service(farm.service_token())?,
     );
-    jobs.submit_job(noop_job(100_000)).await?;
+    let mut left = args.queued.max(1);
+    while left > 0 {
+        let tasks = left.min(100_000);
+        jobs.submit_job(noop_job(tasks)).await?;
+        left -= tasks;
+    }
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut cutters = Vec::new();
@@ -131,8 +141,8 @@ async fn main() -> Result<()> {
     }
 
     println!(
-        "| figure ({} runs) | median | worst |\n|---|---|---|",
-        args.runs
+        "| figure ({} runs, {} tasks queued) | median | worst |\n|---|---|---|",
+        args.runs, args.queued
     );
     print_row("leader kill -9 to next dispatch", &mut failovers);
     print_row("leader SIGTERM (resigns) to next dispatch", &mut handovers);
