@@ -75,10 +75,19 @@ async fn main() -> Result<()> {
             .await?,
         kiln_asset_client::CallCredentials::service(farm.service_token())?,
     );
+    // Owners take turns: each may queue at most half a million tasks by default.
     let mut left = args.queued.max(1);
-    while left > 0 {
+    for n in 0.. {
+        if left == 0 {
+            break;
+        }
         let tasks = left.min(100_000);
-        jobs.submit_job(noop_job(tasks)).await?;
+        let mut request = tonic::Request::new(noop_job(tasks));
+        let owner = if n % 2 == 0 { "alice" } else { "bob" };
+        request
+            .metadata_mut()
+            .insert(kiln_proto::metadata::OWNER, owner.parse()?);
+        jobs.submit_job(request).await?;
         left -= tasks;
     }
 
