@@ -159,8 +159,29 @@ async fn main() -> Result<()> {
         "worker stream cut to its task dispatched elsewhere",
         &mut requeues,
     );
+    let mut loads = Vec::new();
+    for scheduler in farm.schedulers_mut() {
+        loads.extend(load_times(scheduler.log_path())?);
+    }
+    if !loads.is_empty() {
+        print_row("a new leader's load of the unfinished jobs (its log)", &mut loads);
+    }
     farm.shutdown().await?;
     Ok(())
+}
+
+/// The `elapsed_ms` of each "loaded unfinished jobs" line a scheduler logged.
+fn load_times(log: &std::path::Path) -> Result<Vec<Duration>> {
+    let text = std::fs::read_to_string(log)?;
+    Ok(text
+        .lines()
+        .filter(|line| line.contains("loaded unfinished jobs"))
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("elapsed_ms=")?;
+            let ms = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+            ms.parse().ok().map(Duration::from_millis)
+        })
+        .collect())
 }
 
 fn print_row(name: &str, samples: &mut [Duration]) {

@@ -247,10 +247,13 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     .bind(&ids)
     .fetch_all(db)
     .await?;
+    // No ORDER BY: no index matches (job, index), so Postgres would sort
+    // every unfinished task, spilling to disk with a million of them, while
+    // a new leader keeps the farm waiting. `assemble` orders each job's own.
     let tasks: Vec<TaskRow> = sqlx::query_as(
         "SELECT id, job_id, step_name, index, state, attempt, failures, worker_id, command, args, frames,
                 task_symbols
-         FROM tasks WHERE job_id = ANY($1) AND state <> 'succeeded' ORDER BY job_id, index",
+         FROM tasks WHERE job_id = ANY($1) AND state <> 'succeeded'",
     )
     .bind(&ids)
     .fetch_all(db)
@@ -462,6 +465,11 @@ fn assemble(
     order
         .into_iter()
         .filter_map(|id| jobs.remove(&id))
+        .map(|mut loaded| {
+            // Each step's ready queue is filled in this order.
+            loaded.tasks.sort_unstable_by_key(|t| (t.step, t.index));
+            loaded
+        })
         .collect()
 }
 

@@ -69,9 +69,15 @@ impl Scheduler {
         let (actions, actions_rx) = mpsc::channel(ACTION_QUEUE);
         let events = Arc::new(EventBus::default());
         let farm_position = event_replay::last_position(&db, Scope::Farm).await?;
+        let loading = std::time::Instant::now();
         let loaded = loader::load_unfinished(&db, token).await?;
         let known_workers = loader::load_known_workers(&db).await?;
-        tracing::info!(jobs = loaded.len(), "loaded unfinished jobs");
+        tracing::info!(
+            jobs = loaded.len(),
+            tasks = loaded.iter().map(|job| job.tasks.len()).sum::<usize>(),
+            elapsed_ms = loading.elapsed().as_millis() as u64,
+            "loaded unfinished jobs"
+        );
         let now = dispatch::clock();
         let mut core = Core::new(CoreSettings {
             policy,
