@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Benchmark: the example scene rendered through Kiln with one worker, at
-# chunk sizes 1, 4 and all-in-one, against `blender -b -a` on the same frames
-# run directly, all in one hyperfine run on the same machine.
-# Usage: scripts/bench-render.sh [FRAMES (default 12)] [RUNS (default 3)]
+# chunk sizes all-in-one, 4 and 1 (and 1 without the quality check), against
+# `blender -b -a` on the same frames run directly, all in one hyperfine run
+# on the same machine: the per-frame table of issue 22.
+# Usage: scripts/bench-render.sh [FRAMES (default 24)] [RUNS (default 3)]
+# KILN_PROFILE=release takes the release binaries (build them first with
+# `cargo build --release --workspace --bins`); debug is the default.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-frames=${1:-12}
+frames=${1:-24}
 runs=${2:-3}
 "$repo/scripts/setup.sh" >/dev/null
 command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 1; }
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
-bin=${CARGO_TARGET_DIR:-$cache/target}/debug
+bin=${CARGO_TARGET_DIR:-$cache/target}/${KILN_PROFILE:-debug}
 work=$(mktemp -d)
 # The private Postgres runs as the postgres user when we are root: it must reach the directory.
 chmod 755 "$work"
@@ -24,10 +27,11 @@ cd "$work"
 dev=$!
 for _ in $(seq 1 240); do [ -f "$work/.kiln/dev.json" ] && break; kill -0 $dev 2>/dev/null || { cat "$work/dev.log"; exit 1; }; sleep 0.5; done
 
-render() { echo "$bin/kiln render $scene --frames 1-$frames --fps 24 --chunk $1 --out $work/out-$1"; }
+render() { echo "$bin/kiln render $scene --frames 1-$frames --fps 24 --chunk $1 --out $work/out-$1${2:-} ${3:-}"; }
 hyperfine --runs "$runs" --warmup 1 --export-markdown "$work/bench.md" \
   -n "blender -b -a (direct)" "blender -b -Y $scene -o $work/direct/f_#### -F PNG -x 1 -s 1 -e $frames -a" \
-  -n "kiln, chunk 1" "$(render 1)" \
+  -n "kiln, all in one chunk" "$(render "$frames")" \
   -n "kiln, chunk 4" "$(render 4)" \
-  -n "kiln, all in one chunk" "$(render "$frames")"
+  -n "kiln, chunk 1" "$(render 1)" \
+  -n "kiln, chunk 1, no quality check" "$(render 1 -nocheck --no-quality-check)"
 cat "$work/bench.md"

@@ -164,7 +164,7 @@ async fn main() -> Result<()> {
         loads.extend(load_times(scheduler.log_path())?);
     }
     if !loads.is_empty() {
-        print_row("a new leader's load of the unfinished jobs (its log)", &mut loads);
+        print_row("a new leader's load of the unfinished jobs into its core (its log)", &mut loads);
     }
     farm.shutdown().await?;
     Ok(())
@@ -175,7 +175,8 @@ fn load_times(log: &std::path::Path) -> Result<Vec<Duration>> {
     let text = std::fs::read_to_string(log)?;
     Ok(text
         .lines()
-        .filter(|line| line.contains("loaded unfinished jobs"))
+        // Not the first leader's load of an empty farm.
+        .filter(|line| line.contains("loaded unfinished jobs") && !line.contains(" tasks=0 "))
         .filter_map(|line| {
             let (_, rest) = line.split_once("elapsed_ms=")?;
             let ms = rest.split(|c: char| !c.is_ascii_digit()).next()?;

@@ -233,45 +233,56 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let steps: Vec<StepRow> = sqlx::query_as(
+    // The queries are independent: run together, the scan of the task
+    // counts and the transfer of the unfinished tasks overlap, which is most
+    // of a new leader's wait with a million tasks queued.
+    let steps = sqlx::query_as::<_, StepRow>(
         "SELECT job_id, name, depends_on, host_requirements, session_step FROM steps
          WHERE job_id = ANY($1) ORDER BY job_id, position",
     )
     .bind(&ids)
-    .fetch_all(db)
-    .await?;
-    let counts: Vec<(Uuid, String, String, i64)> = sqlx::query_as(
+    .fetch_all(db);
+    let counts = sqlx::query_as::<_, (Uuid, String, String, i64)>(
         "SELECT job_id, step_name, state, count(*) FROM tasks WHERE job_id = ANY($1)
          GROUP BY job_id, step_name, state",
     )
     .bind(&ids)
-    .fetch_all(db)
-    .await?;
+    .fetch_all(db);
     // No ORDER BY: no index matches (job, index), so Postgres would sort
     // every unfinished task, spilling to disk with a million of them, while
     // a new leader keeps the farm waiting. `assemble` orders each job's own.
-    let tasks: Vec<TaskRow> = sqlx::query_as(
+    let tasks = sqlx::query_as::<_, TaskRow>(
         "SELECT id, job_id, step_name, index, state, attempt, failures, worker_id, command, args, frames,
                 task_symbols
          FROM tasks WHERE job_id = ANY($1) AND state <> 'succeeded'",
     )
     .bind(&ids)
-    .fetch_all(db)
-    .await?;
-    let blocklist: Vec<(Uuid, String, i32)> =
-        sqlx::query_as("SELECT job_id, worker_id, failures FROM blocklist WHERE job_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(db)
-            .await?;
-    let dependencies = dependency_states(db, &rows).await?;
-    let event_seqs: HashMap<Uuid, i64> = sqlx::query_as(
-        "SELECT job_id, max(seq) FROM job_events WHERE job_id = ANY($1) GROUP BY job_id",
+    .fetch_all(db);
+    let blocklist = sqlx::query_as::<_, (Uuid, String, i32)>(
+        "SELECT job_id, worker_id, failures FROM blocklist WHERE job_id = ANY($1)",
     )
     .bind(&ids)
-    .fetch_all(db)
-    .await?
-    .into_iter()
-    .collect();
+    .fetch_all(db);
+    // Each job's last event from the end of its index, not a scan of every
+    // event of the job.
+    let event_seqs = sqlx::query_as::<_, (Uuid, Option<i64>)>(
+        "SELECT j.id, (SELECT e.seq FROM job_events e WHERE e.job_id = j.id ORDER BY e.seq DESC LIMIT 1)
+         FROM unnest($1::uuid[]) AS j(id)",
+    )
+    .bind(&ids)
+    .fetch_all(db);
+    let (steps, counts, tasks, blocklist, dependencies, event_seqs) = tokio::try_join!(
+        steps,
+        counts,
+        tasks,
+        blocklist,
+        dependency_states(db, &rows),
+        event_seqs
+    )?;
+    let event_seqs: HashMap<Uuid, i64> = event_seqs
+        .into_iter()
+        .filter_map(|(id, seq)| Some((id, seq?)))
+        .collect();
     let mut loaded = assemble(rows, steps, counts, tasks, blocklist, &dependencies);
     for job in &mut loaded {
         job.job.last_event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);

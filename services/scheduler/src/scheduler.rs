@@ -72,12 +72,11 @@ impl Scheduler {
         let loading = std::time::Instant::now();
         let loaded = loader::load_unfinished(&db, token).await?;
         let known_workers = loader::load_known_workers(&db).await?;
-        tracing::info!(
-            jobs = loaded.len(),
-            tasks = loaded.iter().map(|job| job.tasks.len()).sum::<usize>(),
-            elapsed_ms = loading.elapsed().as_millis() as u64,
-            "loaded unfinished jobs"
+        let (jobs, tasks) = (
+            loaded.len(),
+            loaded.iter().map(|job| job.tasks.len()).sum::<usize>(),
         );
+        let load_ms = loading.elapsed().as_millis() as u64;
         let now = dispatch::clock();
         let mut core = Core::new(CoreSettings {
             policy,
@@ -93,6 +92,13 @@ impl Scheduler {
         for job in loaded {
             core.restore(*job.job, job.tasks, now);
         }
+        tracing::info!(
+            jobs,
+            tasks,
+            load_ms,
+            elapsed_ms = loading.elapsed().as_millis() as u64,
+            "loaded unfinished jobs"
+        );
         let runner = EffectRunner::new(db.clone(), events.clone(), inbox.clone());
         tokio::spawn(runner.run(actions_rx));
         let scheduler = Arc::new(Self {
