@@ -23,8 +23,8 @@
 //! [`STALE_AFTER`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::Client;
@@ -66,8 +66,10 @@ pub struct S3Intake {
     max_upload_bytes: u64,
     /// By uploader and digest, as in `spool.rs`: one user can neither see
     /// nor resume (nor spoil) another's interrupted upload.
-    paused: Mutex<HashMap<(Holder, Digest), Paused>>,
+    paused: Arc<PausedUploads>,
 }
+
+type PausedUploads = Mutex<HashMap<(Holder, Digest), Paused>>;
 
 /// An upload in progress: its hash state and where its bytes go.
 struct Receiving {
@@ -125,7 +127,7 @@ impl S3Intake {
             bucket: backend.bucket().to_owned(),
             spool_dir,
             max_upload_bytes,
-            paused: Mutex::new(HashMap::new()),
+            paused: Arc::new(Mutex::new(HashMap::new())),
         };
         let (client, bucket) = (intake.client.clone(), intake.bucket.clone());
         tokio::spawn(async move {
@@ -142,7 +144,7 @@ impl S3Intake {
 
     /// Bytes held of `holder`'s interrupted upload of `digest`.
     pub fn offset(&self, holder: &Holder, digest: &Digest) -> u64 {
-        self.paused_uploads()
+        lock(&self.paused)
             .get(&(holder.clone(), digest.clone()))
             .map_or(0, |paused| paused.size)
     }
@@ -184,7 +186,10 @@ impl S3Intake {
         }
         match (received, key) {
             (Err(err @ Error::Interrupted(_)), Some(key)) => {
-                self.pause(key, upload).await;
+                // On its own task: the caller is gone, and the call may be
+                // dropped (cancelling it) while the parts in flight settle.
+                let (paused, dir) = (self.paused.clone(), self.spool_dir.clone());
+                tokio::spawn(async move { pause(&paused, &dir, key, upload).await });
                 Err(err)
             }
             (Err(err), _) => {
@@ -226,7 +231,7 @@ impl S3Intake {
             return Err(Error::ResumeWithoutDigest);
         };
         let held = {
-            let mut paused = self.paused_uploads();
+            let mut paused = lock(&self.paused);
             match paused.remove(key) {
                 Some(held) if held.size == offset => held,
                 Some(held) => {
@@ -307,82 +312,6 @@ impl S3Intake {
             }
         }
         Ok(())
-    }
-
-    /// Keeps an interrupted upload for resuming, once the parts in flight
-    /// are stored; if they cannot be, the upload is dropped (and aborted).
-    async fn pause(&self, key: (Holder, Digest), mut upload: Receiving) {
-        let digest = key.1.clone();
-        if let Sink::Store {
-            multipart: Some(multipart),
-            ..
-        } = &mut upload.sink
-            && let Err(err) = multipart.settle().await
-        {
-            tracing::warn!(digest = %digest, error = %err, "cannot keep interrupted upload");
-            upload.sink.abort().await;
-            return;
-        }
-        let tail = match self.write_tail(&upload.buffer).await {
-            Ok(tail) => tail,
-            Err(err) => {
-                tracing::warn!(digest = %digest, error = %err, "cannot keep interrupted upload");
-                upload.sink.abort().await;
-                return;
-            }
-        };
-        tracing::info!(digest = %digest, bytes = upload.size, "upload interrupted; kept for resuming");
-        let paused = Paused {
-            hasher: upload.hasher,
-            size: upload.size,
-            sink: upload.sink,
-            tail,
-            since: Instant::now(),
-        };
-        // Evicted uploads are dropped outside the lock: dropping a paused
-        // multipart upload aborts it.
-        let _evicted = {
-            let mut held = self.paused_uploads();
-            let expired: Vec<_> = held
-                .iter()
-                .filter(|(_, p)| p.since.elapsed() >= PAUSED_FOR)
-                .map(|(k, _)| k.clone())
-                .collect();
-            let mut evicted: Vec<Paused> = expired.iter().filter_map(|k| held.remove(k)).collect();
-            if held.len() >= MAX_PAUSED
-                && let Some(oldest) = held
-                    .iter()
-                    .min_by_key(|(_, p)| p.since)
-                    .map(|(k, _)| k.clone())
-            {
-                evicted.extend(held.remove(&oldest));
-            }
-            evicted.extend(held.insert(key, paused));
-            evicted
-        };
-    }
-
-    async fn write_tail(&self, tail: &[u8]) -> Result<TempPath, Error> {
-        let dir = self.spool_dir.clone();
-        let path = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
-            tempfile::Builder::new()
-                .prefix(crate::spool::PREFIX)
-                .tempfile_in(dir)
-        })
-        .await
-        .map_err(|err| Error::Spool(std::io::Error::other(err)))?
-        .map_err(Error::Spool)?
-        .into_temp_path();
-        tokio::fs::write(&path, tail).await.map_err(Error::Spool)?;
-        Ok(path)
-    }
-
-    fn paused_uploads(&self) -> std::sync::MutexGuard<'_, HashMap<(Holder, Digest), Paused>> {
-        // A panic elsewhere cannot leave the map inconsistent: take it anyway.
-        self.paused
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores `verified` at its content key.
@@ -583,6 +512,87 @@ impl Receiving {
             held,
         })
     }
+}
+
+/// Keeps an interrupted upload for resuming, once the parts in flight
+/// are stored; if they cannot be, the upload is dropped (and aborted).
+async fn pause(
+    paused: &PausedUploads,
+    spool_dir: &Path,
+    key: (Holder, Digest),
+    mut upload: Receiving,
+) {
+    let digest = key.1.clone();
+    if let Sink::Store {
+        multipart: Some(multipart),
+        ..
+    } = &mut upload.sink
+        && let Err(err) = multipart.settle().await
+    {
+        tracing::warn!(digest = %digest, error = %err, "cannot keep interrupted upload");
+        upload.sink.abort().await;
+        return;
+    }
+    let tail = match write_tail(spool_dir, &upload.buffer).await {
+        Ok(tail) => tail,
+        Err(err) => {
+            tracing::warn!(digest = %digest, error = %err, "cannot keep interrupted upload");
+            upload.sink.abort().await;
+            return;
+        }
+    };
+    tracing::info!(digest = %digest, bytes = upload.size, "upload interrupted; kept for resuming");
+    let entry = Paused {
+        hasher: upload.hasher,
+        size: upload.size,
+        sink: upload.sink,
+        tail,
+        since: Instant::now(),
+    };
+    // Evicted uploads are dropped outside the lock: dropping a paused
+    // multipart upload aborts it.
+    let _evicted = {
+        let mut held = lock(paused);
+        let expired: Vec<_> = held
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= PAUSED_FOR)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut evicted: Vec<Paused> = expired.iter().filter_map(|k| held.remove(k)).collect();
+        if held.len() >= MAX_PAUSED
+            && let Some(oldest) = held
+                .iter()
+                .min_by_key(|(_, p)| p.since)
+                .map(|(k, _)| k.clone())
+        {
+            evicted.extend(held.remove(&oldest));
+        }
+        evicted.extend(held.insert(key, entry));
+        evicted
+    };
+}
+
+async fn write_tail(spool_dir: &Path, tail: &[u8]) -> Result<TempPath, Error> {
+    let dir = spool_dir.to_owned();
+    let path = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        tempfile::Builder::new()
+            .prefix(crate::spool::PREFIX)
+            .tempfile_in(dir)
+    })
+    .await
+    .map_err(|err| Error::Spool(std::io::Error::other(err)))?
+    .map_err(Error::Spool)?
+    .into_temp_path();
+    tokio::fs::write(&path, tail).await.map_err(Error::Spool)?;
+    Ok(path)
+}
+
+fn lock(paused: &PausedUploads) -> std::sync::MutexGuard<'_, HashMap<(Holder, Digest), Paused>> {
+    // A panic elsewhere cannot leave the map inconsistent: take it anyway.
+    paused
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Aborts multipart uploads and deletes staging objects older than

@@ -172,29 +172,39 @@ impl Multipart {
 
     /// Drops every part: nothing appears at the key.
     pub async fn abort(mut self) {
-        self.in_flight.shutdown().await;
-        self.settled = true;
-        abort_upload(&self.client, &self.bucket, &self.key, &self.upload_id).await;
-    }
-}
-
-impl Drop for Multipart {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
+        // Awaited, but done on its own task: if this call is cancelled
+        // half-way (its client went away), the abort still happens.
+        if let Some(aborting) = self.abort_detached() {
+            let _ = aborting.await;
         }
+    }
+
+    /// Stops the parts in flight and aborts the upload on a task of its own.
+    fn abort_detached(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        self.settled = true;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(key = %self.key, "multipart upload left for the sweep");
-            return;
+            return None;
         };
-        self.in_flight.abort_all();
+        let mut in_flight = std::mem::take(&mut self.in_flight);
         let (client, bucket, key, upload_id) = (
             self.client.clone(),
             self.bucket.clone(),
             self.key.clone(),
             self.upload_id.clone(),
         );
-        runtime.spawn(async move { abort_upload(&client, &bucket, &key, &upload_id).await });
+        Some(runtime.spawn(async move {
+            in_flight.shutdown().await;
+            abort_upload(&client, &bucket, &key, &upload_id).await
+        }))
+    }
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.abort_detached();
+        }
     }
 }
 
