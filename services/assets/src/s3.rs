@@ -414,6 +414,9 @@ impl Backend for S3Backend {
         }
     }
 
+    /// Content spooled to disk first. The service does not take S3 uploads
+    /// this way (it streams them in through `s3_intake.rs`); this keeps the
+    /// backend whole for anything holding a verified spool file.
     async fn put(&self, upload: Spooled) -> Result<(), Error> {
         let key = Self::key(&upload.digest);
         if upload.size <= MULTIPART_THRESHOLD {
