@@ -9,15 +9,27 @@
 # and Garage. Both tools send the same bytes, Kiln first: Garage keeps one
 # copy of identical blocks, so this costs 2 GiB of Garage disk instead of 4,
 # and if anything it favours aws (Garage skips writing blocks it has).
-# Usage: scripts/bench-assets.sh [FRAMES (default 100)]
+# Usage: [KILN_PROFILE=release] scripts/bench-assets.sh [FRAMES (default 100)]
+# KILN_PROFILE picks the build the binaries come from: debug (the default)
+# or release (build it first: `cargo build --release --workspace --bins`).
+# Published figures are taken with release.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 frames=${1:-100}
 size_mib=2048
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
-bin=${CARGO_TARGET_DIR:-$cache/target}/debug
+profile=${KILN_PROFILE:-debug}
+case $profile in
+  dev) profile=debug ;;
+  debug | release) ;;
+  *) echo "KILN_PROFILE: debug or release, not $profile" >&2; exit 2 ;;
+esac
+bin=${CARGO_TARGET_DIR:-$cache/target}/$profile
+[ -x "$bin/kiln" ] || { echo "no $bin/kiln: build the $profile binaries first" >&2; exit 2; }
+echo "binaries: $bin ($profile build)"
 venv=$cache/venv
+[ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
 [ -x "$venv/bin/aws" ] || "$venv/bin/pip" install -q awscli
 work=$(mktemp -d)
 # The private Postgres runs as the postgres user when we are root: it must reach the directory.

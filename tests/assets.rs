@@ -670,13 +670,14 @@ fn spool_sizes(farm: &Farm) -> Result<Vec<u64>> {
 /// The gateway's default limit on one gRPC message.
 const GATEWAY_MAX_MESSAGE: usize = 8 * MIB;
 
-/// An upload through the gateway that sends `first`, and once the assets
-/// service holds all of it, a message over the gateway's size limit: the
-/// client's stream fails part-way.
+/// An upload through the gateway that sends `first` (in 1 MiB chunks), and
+/// once `held` says the assets service holds it, a message over the
+/// gateway's size limit: the client's stream fails part-way.
 async fn upload_that_fails_part_way(
     farm: &Farm,
     expected_digest: &str,
     first: &[u8],
+    held: impl AsyncFnMut() -> Result<bool>,
 ) -> Result<()> {
     let channel = tonic::transport::Channel::from_shared(farm.gateway_url())?
         .connect()
@@ -686,21 +687,23 @@ async fn upload_that_fails_part_way(
         kiln_asset_client::CallCredentials::bearer(farm.admin_token())?,
     );
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::UploadChunk {
-        expected_digest: expected_digest.to_owned(),
-        data: first.to_vec(),
-        offset: 0,
-    })
-    .await?;
     let call = tokio::spawn(async move {
         raw.upload(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    let held = first.len() as u64;
+    for (index, piece) in first.chunks(MIB).enumerate() {
+        let expected_digest = if index == 0 { expected_digest } else { "" };
+        tx.send(pb::UploadChunk {
+            expected_digest: expected_digest.to_owned(),
+            data: piece.to_vec(),
+            offset: 0,
+        })
+        .await?;
+    }
     eventually(
-        "the assets service holds the first chunk",
+        "the assets service holds the first chunks",
         Duration::from_secs(30),
-        async || Ok(spool_sizes(farm)?.contains(&held)),
+        held,
     )
     .await?;
     tx.send(pb::UploadChunk {
@@ -726,7 +729,11 @@ async fn an_upload_failing_at_the_gateway_is_kept_for_resuming_never_stored_trun
     let head = &file[..MIB];
 
     // Named digest: the part received is kept, and the upload resumes.
-    upload_that_fails_part_way(&farm, &digest, head).await?;
+    let held = MIB as u64;
+    upload_that_fails_part_way(&farm, &digest, head, async || {
+        Ok(spool_sizes(&farm)?.contains(&held))
+    })
+    .await?;
     let mut offset = 0;
     eventually(
         "the gateway passes the failure on and the service keeps the part",
@@ -755,7 +762,10 @@ async fn an_upload_failing_at_the_gateway_is_kept_for_resuming_never_stored_trun
     // No digest named: nothing to resume, and the part is not stored as a file.
     let other: Vec<u8> = file.iter().map(|b| b ^ 0x5a).collect();
     let other_head = &other[..MIB];
-    upload_that_fails_part_way(&farm, "", other_head).await?;
+    upload_that_fails_part_way(&farm, "", other_head, async || {
+        Ok(spool_sizes(&farm)?.contains(&held))
+    })
+    .await?;
     eventually(
         "the service drops the part",
         Duration::from_secs(30),
@@ -768,6 +778,181 @@ async fn an_upload_failing_at_the_gateway_is_kept_for_resuming_never_stored_trun
         None,
         "a failed upload is never stored as if complete"
     );
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// Keys of the multipart uploads in progress in the farm's bucket, and of
+/// the objects waiting under `staging/`.
+async fn leftovers(s3: &aws_sdk_s3::Client) -> Result<(Vec<String>, Vec<String>)> {
+    let uploads = s3.list_multipart_uploads().bucket(S3_BUCKET).send().await?;
+    let uploading = uploads
+        .uploads()
+        .iter()
+        .filter_map(|upload| upload.key().map(str::to_owned))
+        .collect();
+    let staging = s3
+        .list_objects_v2()
+        .bucket(S3_BUCKET)
+        .prefix("staging/")
+        .send()
+        .await?;
+    let staged = staging
+        .contents()
+        .iter()
+        .filter_map(|object| object.key().map(str::to_owned))
+        .collect();
+    Ok((uploading, staged))
+}
+
+/// `len` bytes of a pattern that `seed` varies.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+async fn download_all(client: &Client, digest: &str) -> Result<Vec<u8>> {
+    let mut chunks = client.assets.download_stream(digest).await?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        bytes.extend_from_slice(&chunk?);
+    }
+    Ok(bytes)
+}
+
+/// The attack: an upload declares the digest of one file and streams other
+/// bytes (more than a part, so parts reach the bucket before the end).
+/// Nothing may appear under that digest, and no part may stay behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_declaring_another_files_digest_leaves_nothing_in_the_bucket() -> Result<()> {
+    let (mut farm, _dir) = start_farm(0, true).await?;
+    let client = Client::connect(&farm).await?;
+    let s3 = s3_client(&mut farm).await?;
+    let claimed = pattern(20 * MIB, 0);
+    let digest = hex::encode(Sha256::digest(&claimed));
+    let sent = Bytes::from(pattern(20 * MIB, 0x5a));
+
+    let refused = client
+        .assets
+        .upload_stream(
+            Some(digest.clone()),
+            futures::stream::iter([Ok(sent.clone())]),
+        )
+        .await
+        .err()
+        .context("an upload whose bytes differ from its digest is refused")?;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert_eq!(client.assets.stat(&digest).await?, None);
+    let download = download_all(&client, &digest).await;
+    let code = download.err().and_then(|err| {
+        err.downcast_ref::<kiln_asset_client::AssetClientError>()
+            .map(|err| err.code())
+    });
+    assert_eq!(code, Some(tonic::Code::NotFound), "nothing to download");
+    let head = s3
+        .head_object()
+        .bucket(S3_BUCKET)
+        .key(format!("sha256/{digest}"))
+        .send()
+        .await;
+    assert!(head.is_err(), "nothing under the content key: {head:?}");
+    assert_eq!(
+        leftovers(&s3).await?,
+        (vec![], vec![]),
+        "no multipart upload or staged object stays behind"
+    );
+
+    // Without a declared digest the bytes wait in staging, then are copied
+    // to their content key; staging is emptied.
+    let info = client
+        .assets
+        .upload_stream(None, futures::stream::iter([Ok(sent.clone())]))
+        .await?;
+    assert_eq!(info.digest, hex::encode(Sha256::digest(&sent)));
+    assert_eq!(download_all(&client, &info.digest).await?, sent);
+    assert_eq!(leftovers(&s3).await?, (vec![], vec![]));
+
+    // The real file with its digest is stored; sent again, it is verified
+    // and kept once.
+    for _ in 0..2 {
+        let info = client
+            .assets
+            .upload_stream(
+                Some(digest.clone()),
+                futures::stream::iter([Ok(Bytes::from(claimed.clone()))]),
+            )
+            .await?;
+        assert_eq!(
+            (info.digest.as_str(), info.size),
+            (digest.as_str(), claimed.len() as u64)
+        );
+    }
+    assert_eq!(download_all(&client, &digest).await?, claimed);
+    assert_eq!(leftovers(&s3).await?, (vec![], vec![]));
+    farm.shutdown().await?;
+    Ok(())
+}
+
+/// With S3 an upload streams into the bucket as it arrives; cut off, it is
+/// kept (parts sent, hash state, unsent tail) and resumes to a verified file.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_s3_upload_resumes_and_verifies() -> Result<()> {
+    let (mut farm, _dir) = start_farm(0, true).await?;
+    let client = Client::connect(&farm).await?;
+    let s3 = s3_client(&mut farm).await?;
+    let file = pattern(20 * MIB, 0x33);
+    let digest = hex::encode(Sha256::digest(&file));
+    let content_key = format!("sha256/{digest}");
+
+    // 12 MiB: the first 8 MiB part is on its way to the bucket.
+    upload_that_fails_part_way(&farm, &digest, &file[..12 * MIB], async || {
+        Ok(leftovers(&s3).await?.0.contains(&content_key))
+    })
+    .await?;
+    let mut offset = 0;
+    eventually(
+        "the service keeps the interrupted upload",
+        Duration::from_secs(30),
+        async || {
+            offset = client.assets.upload_offset(&digest).await?;
+            Ok(offset > 0)
+        },
+    )
+    .await?;
+    assert_eq!(client.assets.stat(&digest).await?, None, "not stored yet");
+    let rest = Bytes::from(file[offset as usize..].to_vec());
+    let stored = client
+        .assets
+        .upload_stream_at(
+            Some(digest.clone()),
+            offset,
+            futures::stream::iter([Ok(rest)]),
+        )
+        .await?;
+    assert_eq!(
+        (stored.digest.as_str(), stored.size),
+        (digest.as_str(), file.len() as u64)
+    );
+    assert_eq!(download_all(&client, &digest).await?, file);
+    assert_eq!(leftovers(&s3).await?, (vec![], vec![]));
+
+    // No digest named: nothing to resume, and its parts are dropped.
+    let other = pattern(12 * MIB, 0x77);
+    upload_that_fails_part_way(&farm, "", &other, async || {
+        Ok(leftovers(&s3)
+            .await?
+            .0
+            .iter()
+            .any(|key| key.starts_with("staging/")))
+    })
+    .await?;
+    eventually(
+        "the service aborts the staged upload",
+        Duration::from_secs(30),
+        async || Ok(leftovers(&s3).await? == (vec![], vec![])),
+    )
+    .await?;
+    let truncated = hex::encode(Sha256::digest(&other));
+    assert_eq!(client.assets.stat(&truncated).await?, None);
     farm.shutdown().await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Turns a byte source into the request stream of an Upload call.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use kiln_proto::v1::UploadChunk;
 use tokio::sync::oneshot;
@@ -28,7 +28,7 @@ where
         data: Vec::new(),
         offset,
     };
-    let data = source
+    let data = coalesce(source)
         .flat_map(|item| stream::iter(split(item)))
         .map_ok(|data| UploadChunk {
             expected_digest: String::new(),
@@ -71,6 +71,68 @@ where
     })
 }
 
+/// Joins small items of `source` into pieces of at least [`CHUNK_SIZE`]
+/// (the last may be shorter): an HTTP request body arrives in pieces of a
+/// few KiB, and sending each as its own message costs more per byte than
+/// the one copy joining them. Bytes before an error still go out first.
+fn coalesce<S>(source: S) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    struct State<S> {
+        source: std::pin::Pin<Box<S>>,
+        pending: BytesMut,
+        failed: Option<std::io::Error>,
+        done: bool,
+    }
+    let state = State {
+        source: Box::pin(source),
+        pending: BytesMut::new(),
+        failed: None,
+        done: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        if let Some(err) = state.failed.take() {
+            state.done = true;
+            return Some((Err(err), state));
+        }
+        if state.done {
+            return None;
+        }
+        loop {
+            match state.source.next().await {
+                Some(Ok(data)) if state.pending.is_empty() && data.len() >= CHUNK_SIZE => {
+                    return Some((Ok(data), state));
+                }
+                Some(Ok(data)) => {
+                    state.pending.extend_from_slice(&data);
+                    if state.pending.len() >= CHUNK_SIZE {
+                        let joined = state.pending.split().freeze();
+                        return Some((Ok(joined), state));
+                    }
+                }
+                Some(Err(err)) if state.pending.is_empty() => {
+                    state.done = true;
+                    return Some((Err(err), state));
+                }
+                Some(Err(err)) => {
+                    state.failed = Some(err);
+                    let joined = state.pending.split().freeze();
+                    return Some((Ok(joined), state));
+                }
+                None => {
+                    state.done = true;
+                    if state.pending.is_empty() {
+                        return None;
+                    }
+                    let joined = state.pending.split().freeze();
+                    return Some((Ok(joined), state));
+                }
+            }
+        }
+    })
+}
+
 /// Splits one source item into pieces of at most [`CHUNK_SIZE`], without copying.
 fn split(item: Result<Bytes, std::io::Error>) -> Vec<Result<Bytes, std::io::Error>> {
     match item {
@@ -102,6 +164,27 @@ mod tests {
         assert_eq!(
             pieces.iter().map(Bytes::len).collect::<Vec<_>>(),
             [CHUNK_SIZE, CHUNK_SIZE, 5]
+        );
+    }
+
+    #[tokio::test]
+    async fn joins_small_items_and_keeps_bytes_before_an_error() {
+        let small = Bytes::from(vec![1u8; CHUNK_SIZE / 4 + 1]);
+        let piece = small.clone();
+        let source = stream::iter(
+            std::iter::repeat_with(move || Ok(piece.clone()))
+                .take(5)
+                .chain([Err(std::io::Error::other("cut"))]),
+        );
+        let joined: Vec<Result<Bytes, std::io::Error>> = coalesce(source).collect().await;
+        let sizes: Vec<Option<usize>> = joined
+            .iter()
+            .map(|item| item.as_ref().ok().map(Bytes::len))
+            .collect();
+        assert_eq!(
+            sizes,
+            [Some(4 * small.len()), Some(small.len()), None],
+            "four items make a piece, the fifth goes out before the error"
         );
     }
 

@@ -1,8 +1,9 @@
 //! Kiln's assets service: files addressed by the SHA-256 of their content,
 //! kept in a local directory or an S3 bucket.
 //!
-//! An upload is spooled to disk and hashed before it reaches a backend, so
-//! a backend only ever receives complete content whose digest is known.
+//! An upload is hashed as it arrives and published under its digest only
+//! once verified: the local backend spools it to disk first, the S3
+//! backend streams it into the bucket (`intake.rs`).
 //! Who may see which object, and what the collector must spare, is kept in
 //! marker objects beside the content (`markers.rs`, `access.rs`).
 
@@ -13,11 +14,16 @@ pub mod config;
 pub mod counters;
 pub mod digest;
 pub mod error;
+pub mod intake;
 pub mod local;
 pub mod markers;
+pub mod part_plan;
 pub mod references;
 pub mod retention;
 pub mod s3;
+pub mod s3_intake;
+pub mod s3_multipart;
+pub mod s3_read;
 pub mod service;
 pub mod spool;
 
@@ -34,10 +40,12 @@ pub use error::Error;
 
 use crate::access::Access;
 use crate::backend::Backend;
+use crate::intake::Intake;
 use crate::local::LocalBackend;
 use crate::references::SchedulerLink;
 use crate::retention::{Collector, RetentionPolicy};
 use crate::s3::S3Backend;
+use crate::s3_intake::S3Intake;
 use crate::service::AssetsService;
 use crate::spool::{MAX_CHUNK_BYTES, Spool};
 use kiln_service::cancel::DetectCancel;
@@ -82,6 +90,7 @@ pub async fn routes_with_checks(
     let spool_dir = config.spool_dir();
     tracing::info!(backend = ?config.backend, spool = %spool_dir.display(), "preparing storage");
     let spool = Spool::create(spool_dir.clone(), config.max_upload_bytes).await?;
+    let spool_dir_for_s3 = spool_dir.clone();
     let checks = checks.add(
         "disk_space",
         kiln_service::checks::disk_space(spool_dir, config.min_free_bytes),
@@ -91,12 +100,21 @@ pub async fn routes_with_checks(
             tracing::info!(data_dir = %config.data_dir.display(), "using local backend");
             let backend = Arc::new(LocalBackend::create(&config.data_dir).await?);
             let checks = checks.add("local_storage", backend_check(&backend));
-            (serve(backend, spool, grace, farm, config), checks)
+            let intake = Intake::Spool(spool);
+            (serve(backend, intake, grace, farm, config), checks)
         }
         BackendKind::S3 => {
             let backend = Arc::new(S3Backend::new(config.s3.settings()?));
             let checks = checks.add("s3", backend_check(&backend));
-            (serve(backend, spool, grace, farm, config), checks)
+            // The spool holds only paused uploads' tails here; created
+            // anyway so its sweep clears what a crash left.
+            drop(spool);
+            let intake = Intake::S3(S3Intake::new(
+                &backend,
+                spool_dir_for_s3,
+                config.max_upload_bytes,
+            ));
+            (serve(backend, intake, grace, farm, config), checks)
         }
     };
     let routes = kiln_service::with_standard_services(routes, &[GRPC_SERVICE]).await?;
@@ -123,7 +141,7 @@ struct FarmLink {
 /// collector (unless configured off).
 fn serve<B: Backend>(
     backend: Arc<B>,
-    spool: Spool,
+    intake: Intake,
     grace: Duration,
     farm: Option<FarmLink>,
     config: &Config,
@@ -135,7 +153,7 @@ fn serve<B: Backend>(
             start_collector(&backend, farm, policy);
         }
     }
-    let server = AssetServiceServer::new(AssetsService::new(backend, spool, access))
+    let server = AssetServiceServer::new(AssetsService::new(backend, intake, access))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     Routes::new(DetectCancel(server))
 }

@@ -1,5 +1,8 @@
 //! The S3 backend: objects at `sha256/<digest>` in one bucket of any
-//! S3-compatible store, markers (empty objects) at their keys beside them.
+//! S3-compatible store, markers (empty objects) at their keys beside them,
+//! uploads whose digest is not known yet under `staging/` (see
+//! `s3_intake.rs`, which streams uploads in; `put` here only serves
+//! content spooled to disk first).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -90,8 +93,16 @@ impl S3Backend {
         }
     }
 
-    fn key(digest: &Digest) -> String {
+    pub(crate) fn key(digest: &Digest) -> String {
         format!("sha256/{digest}")
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn bucket(&self) -> &str {
+        &self.bucket
     }
 
     async fn put_whole(&self, key: &str, path: &Path, size: u64) -> Result<(), Error> {
@@ -403,6 +414,9 @@ impl Backend for S3Backend {
         }
     }
 
+    /// Content spooled to disk first. The service does not take S3 uploads
+    /// this way (it streams them in through `s3_intake.rs`); this keeps the
+    /// backend whole for anything holding a verified spool file.
     async fn put(&self, upload: Spooled) -> Result<(), Error> {
         let key = Self::key(&upload.digest);
         if upload.size <= MULTIPART_THRESHOLD {
@@ -413,6 +427,19 @@ impl Backend for S3Backend {
     }
 
     async fn open(&self, digest: &Digest, offset: u64) -> Result<Option<ObjectReader>, Error> {
+        let Some(size) = self.stat(digest).await? else {
+            return Ok(None);
+        };
+        if size.saturating_sub(offset) > crate::s3_read::RANGE_BYTES {
+            let key = Self::key(digest);
+            return Ok(Some(crate::s3_read::ranged(
+                &self.client,
+                &self.bucket,
+                &key,
+                offset,
+                size,
+            )));
+        }
         // An empty object has no byte 0 for S3 to range from.
         let range = (offset > 0).then(|| format!("bytes={offset}-"));
         let get = self
@@ -437,7 +464,7 @@ fn content_length(size: u64) -> Result<i64, Error> {
     })
 }
 
-fn s3_error<E>(operation: &'static str, err: SdkError<E>) -> Error
+pub(crate) fn s3_error<E>(operation: &'static str, err: SdkError<E>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -451,7 +478,7 @@ where
 /// One line for an SDK error: the HTTP status and S3 error code when the
 /// store answered (a HEAD answer has no body, so often just the status),
 /// the full cause chain when it could not be reached.
-fn describe<E>(err: &SdkError<E>) -> String
+pub(crate) fn describe<E>(err: &SdkError<E>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

@@ -21,7 +21,9 @@ use crate::backend::Backend;
 use crate::caller::Caller;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::spool::Spool;
+use crate::intake::Intake;
+use crate::s3_intake::Verified;
+use crate::spool::Spooled;
 use kiln_service::cancel::BodyFailed;
 
 /// Largest chunk a download sends, as the contract promises.
@@ -36,17 +38,66 @@ pub const MAX_PRESIGN_SECONDS: u32 = 15 * 60;
 
 pub struct AssetsService<B> {
     backend: Arc<B>,
-    spool: Arc<Spool>,
+    intake: Intake,
     access: Access<B>,
 }
 
 impl<B: Backend> AssetsService<B> {
-    pub fn new(backend: Arc<B>, spool: Spool, access: Access<B>) -> Self {
+    pub fn new(backend: Arc<B>, intake: Intake, access: Access<B>) -> Self {
         Self {
             backend,
-            spool: Arc::new(spool),
+            intake,
             access,
         }
+    }
+
+    /// Stores a spooled upload unless its content is stored already.
+    async fn store_spooled(&self, upload: Spooled) -> Result<(), Error> {
+        self.access.wait_unclaimed(&upload.digest).await?;
+        if self.backend.stat(&upload.digest).await?.is_some() {
+            tracing::debug!(digest = %upload.digest, "asset already stored");
+            return Ok(());
+        }
+        let (digest, size) = (upload.digest.clone(), upload.size);
+        // On a blocking thread: the spool file's unlink can take a while;
+        // the runtime's own threads must stay free to answer HTTP/2 pings,
+        // or callers with keep-alive timeouts (the gateway) drop the upload.
+        let backend = self.backend.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || runtime.block_on(backend.put(upload)))
+            .await
+            .map_err(|err| Error::Spool(std::io::Error::other(err)))??;
+        tracing::info!(digest = %digest, size, "asset stored");
+        Ok(())
+    }
+
+    /// Publishes a streamed upload unless its content is stored already
+    /// (then what was sent of it is dropped).
+    async fn store_streamed(
+        &self,
+        intake: &crate::s3_intake::S3Intake,
+        upload: Verified,
+    ) -> Result<(), Error> {
+        if let Err(err) = self.access.wait_unclaimed(&upload.digest).await {
+            intake.discard(upload).await;
+            return Err(err);
+        }
+        let stored = match self.backend.stat(&upload.digest).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                intake.discard(upload).await;
+                return Err(err);
+            }
+        };
+        let (digest, size) = (upload.digest.clone(), upload.size);
+        if stored.is_some() {
+            tracing::debug!(digest = %digest, "asset already stored");
+            intake.discard(upload).await;
+        } else {
+            intake.publish(upload).await?;
+            tracing::info!(digest = %digest, size, "asset stored");
+        }
+        Ok(())
     }
 
     /// Fails with NOT_FOUND, exactly as for an object that is not stored,
@@ -74,31 +125,30 @@ impl<B: Backend> AssetService for AssetsService<B> {
             .get::<BodyFailed>()
             .cloned()
             .unwrap_or_default();
-        let upload = self
-            .spool
-            .receive(&caller.holder(), request.into_inner(), || failed.get())
-            .await?;
-        let info = AssetInfo {
-            digest: upload.digest.to_string(),
-            size: upload.size,
+        let holder = caller.holder();
+        let chunks = request.into_inner();
+        let info = match &self.intake {
+            Intake::Spool(spool) => {
+                let upload = spool.receive(&holder, chunks, || failed.get()).await?;
+                let info = AssetInfo {
+                    digest: upload.digest.to_string(),
+                    size: upload.size,
+                };
+                self.store_spooled(upload).await?;
+                info
+            }
+            Intake::S3(intake) => {
+                let upload = intake.receive(&holder, chunks, || failed.get()).await?;
+                let info = AssetInfo {
+                    digest: upload.digest.to_string(),
+                    size: upload.size,
+                };
+                self.store_streamed(intake, upload).await?;
+                info
+            }
         };
-        metrics::counter!(crate::counters::BYTES_RECEIVED).increment(upload.size);
-        let digest = upload.digest.clone();
-        self.access.wait_unclaimed(&digest).await?;
-        if self.backend.stat(&digest).await?.is_some() {
-            tracing::debug!(digest = %info.digest, "asset already stored");
-        } else {
-            // On a blocking thread: the S3 SDK signs (hashes) each part and
-            // the spool file's unlink can take a while; the runtime's own
-            // threads must stay free to answer HTTP/2 pings, or callers with
-            // keep-alive timeouts (the gateway) drop the upload.
-            let backend = self.backend.clone();
-            let runtime = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || runtime.block_on(backend.put(upload)))
-                .await
-                .map_err(|err| Error::Spool(std::io::Error::other(err)))??;
-            tracing::info!(digest = %info.digest, size = info.size, "asset stored");
-        }
+        metrics::counter!(crate::counters::BYTES_RECEIVED).increment(info.size);
+        let digest = Digest::parse(&info.digest)?;
         self.access.uploaded(&caller, &digest).await?;
         Ok(Response::new(info))
     }
@@ -240,7 +290,7 @@ impl<B: Backend> AssetService for AssetsService<B> {
         let caller = Caller::from_metadata(request.metadata())?;
         let digest = Digest::parse(&request.into_inner().digest)?;
         Ok(Response::new(UploadOffsetResponse {
-            offset: self.spool.offset(&caller.holder(), &digest),
+            offset: self.intake.offset(&caller.holder(), &digest),
         }))
     }
 }

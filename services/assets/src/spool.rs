@@ -1,6 +1,7 @@
 //! Receives uploads into temporary files while hashing them, so the digest
 //! is known before anything is stored and memory stays bounded whatever
-//! the file size.
+//! the file size. The local backend takes uploads this way (storing one is
+//! then a rename); the S3 backend streams them instead (`s3_intake.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,9 @@ use crate::error::Error;
 /// Largest data field accepted in one upload chunk.
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
-const PREFIX: &str = "upload-";
+/// Spool files start with this; the S3 intake keeps the tails of paused
+/// uploads under it too, so the same sweep clears them.
+pub(crate) const PREFIX: &str = "upload-";
 
 /// Spool files older than this are leftovers of a crash, not live uploads.
 const STALE_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
