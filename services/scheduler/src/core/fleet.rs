@@ -150,7 +150,7 @@ impl Core {
         }
         if let Some(worker) = self.workers.get_mut(worker_id) {
             worker.admin = admin;
-            if admin == AdminState::Enabled && worker.has_free_slot() {
+            if admin == AdminState::Enabled && worker.has_room() {
                 self.free_workers.insert(worker_id.to_owned());
             }
         }
@@ -262,6 +262,8 @@ impl Core {
             index: task.index.max(0) as u32,
             job_name: job.name.clone(),
             owner: job.owner.clone(),
+            // A task the worker holds queued (lookahead) is still dispatched.
+            started: task.state == crate::task_state::TaskState::Running,
         })
     }
 }

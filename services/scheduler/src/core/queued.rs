@@ -1,0 +1,115 @@
+//! Tasks a worker holds queued beyond its slots (its lookahead), so the next
+//! task is already there when a slot frees. A queued task must never wait
+//! behind a busy worker while another worker that could run it sits idle:
+//! `assign.rs` fills free slots before it queues anything, and when a
+//! worker has a free slot and nothing left to take (a worker joined, or the
+//! queue ran dry at the end of a job), a task queued elsewhere is handed
+//! back and given to it.
+
+use uuid::Uuid;
+
+use crate::core::Core;
+use crate::core::model::{Attempt, WorkerEntry};
+use crate::core::pick_order::{blocklisted, worker_fits_step};
+use crate::task_state::TaskState;
+
+impl Core {
+    /// Moves queued tasks to workers with free slots that found nothing
+    /// else to take. Called after every free slot was offered every ready
+    /// task: a worker still with a free slot can take none of them.
+    pub(super) fn unqueue_for_idle_workers(&mut self) {
+        let idle: Vec<String> = self
+            .free_workers
+            .iter()
+            .filter(|id| {
+                self.workers
+                    .get(*id)
+                    .is_some_and(|w| w.takes_tasks() && w.has_free_slot())
+            })
+            .cloned()
+            .collect();
+        for worker_id in idle {
+            while self
+                .workers
+                .get(&worker_id)
+                .is_some_and(WorkerEntry::has_free_slot)
+            {
+                let Some((holder, (task_id, attempt))) = self.queued_for(&worker_id) else {
+                    break;
+                };
+                tracing::info!(task_id = %task_id, attempt, from = %holder, to = %worker_id, "moving a queued task to an idle worker");
+                self.send_cancel(&holder, task_id, attempt);
+                self.lose(
+                    &holder,
+                    task_id,
+                    attempt,
+                    "it was queued there while another worker was idle",
+                );
+                // Lost tasks go back to the front of their queue, so the
+                // idle worker picks it, by the pick order's own rules.
+                let Some(picked) = self.pick_for(&worker_id) else {
+                    break;
+                };
+                self.assign(picked, &worker_id);
+            }
+        }
+    }
+
+    /// A task queued on another worker, waiting behind its busy slots, that
+    /// `worker_id` could run: the one given last, which would start last.
+    fn queued_for(&self, worker_id: &str) -> Option<(String, Attempt)> {
+        let taker = self.workers.get(worker_id)?;
+        let mut best: Option<(std::time::Instant, String, Attempt)> = None;
+        for (holder_id, holder) in &self.workers {
+            if holder_id == worker_id || holder.lookahead == 0 {
+                continue;
+            }
+            let waiting = self.waiting_behind_slots(holder);
+            for (task_id, attempt) in waiting {
+                let Some(task) = self.tasks.get(&task_id) else {
+                    continue;
+                };
+                if !self.could_run(taker, worker_id, task_id) {
+                    continue;
+                }
+                let at = task.dispatched_at.unwrap_or(self.now.instant);
+                if best.as_ref().is_none_or(|(b, _, _)| at > *b) {
+                    best = Some((at, holder_id.clone(), (task_id, attempt)));
+                }
+            }
+        }
+        best.map(|(_, holder, attempt)| (holder, attempt))
+    }
+
+    /// The holder's dispatched attempts beyond those its free slots will
+    /// start: the ones that wait for a running task to end.
+    fn waiting_behind_slots(&self, holder: &WorkerEntry) -> Vec<Attempt> {
+        let mut started = 0;
+        let mut waiting = Vec::new();
+        for &(task_id, attempt) in &holder.running {
+            match self.tasks.get(&task_id) {
+                Some(task) if task.state == TaskState::Running => started += 1,
+                Some(task) if task.state == TaskState::Dispatched => {
+                    waiting.push((task.dispatched_at, (task_id, attempt)));
+                }
+                _ => {}
+            }
+        }
+        waiting.sort();
+        let free = holder.slots.saturating_sub(started);
+        waiting.into_iter().skip(free).map(|(_, a)| a).collect()
+    }
+
+    /// Whether the worker could be given the task, by the pick order's rules.
+    fn could_run(&self, worker: &WorkerEntry, worker_id: &str, task_id: Uuid) -> bool {
+        let Some(task) = self.tasks.get(&task_id) else {
+            return false;
+        };
+        let Some(job) = self.jobs.get(&task.job_id) else {
+            return false;
+        };
+        job.is_dispatchable()
+            && !blocklisted(job, worker_id, &self.policy)
+            && worker_fits_step(job, task.step, worker)
+    }
+}
