@@ -5,8 +5,8 @@ use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::core::batch::Effect;
-use crate::core::{Core, MAX_LOOKAHEAD};
 use crate::core::model::{Attempt, Connection, Outcome, WorkerEntry};
+use crate::core::{Core, MAX_LOOKAHEAD};
 use crate::task_state::TaskEvent;
 
 impl Core {

@@ -97,7 +97,10 @@ fn a_task_the_worker_will_start_next_in_a_free_slot_is_not_moved() {
     assert!(cancels(&batch).is_empty());
     assert!(assignments(&batch).is_empty());
     assert_eq!(
-        bench.core.task(job.task(0)).and_then(|t| t.worker_id.clone()),
+        bench
+            .core
+            .task(job.task(0))
+            .and_then(|t| t.worker_id.clone()),
         Some("a".into())
     );
 }
