@@ -83,7 +83,8 @@ impl Core {
             WorkerControl::Drain if admin == AdminState::Disabled => return Ok(()),
             WorkerControl::Drain => {
                 self.set_admin(worker_id, AdminState::Draining);
-                "draining: finishing its tasks, taking no new ones".to_owned()
+                self.unqueue_worker(worker_id);
+                "draining: finishing its running tasks, taking no new ones".to_owned()
             }
             WorkerControl::SetTags(tags) => {
                 let text = if tags.is_empty() {

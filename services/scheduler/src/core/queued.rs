@@ -4,7 +4,8 @@
 //! `assign.rs` fills free slots before it queues anything, and when a
 //! worker has a free slot and nothing left to take (a worker joined, or the
 //! queue ran dry at the end of a job), a task queued elsewhere is handed
-//! back and given to it.
+//! back and given to it. Pausing a job or draining a worker takes queued
+//! tasks back too: a paused job and a draining worker start nothing new.
 
 use uuid::Uuid;
 
@@ -38,13 +39,7 @@ impl Core {
                     break;
                 };
                 tracing::info!(task_id = %task_id, attempt, from = %holder, to = %worker_id, "moving a queued task to an idle worker");
-                self.send_cancel(&holder, task_id, attempt);
-                self.lose(
-                    &holder,
-                    task_id,
-                    attempt,
-                    "it was queued there while another worker was idle",
-                );
+                self.hand_back_queued(&holder, task_id, attempt, "another worker was idle");
                 // Lost tasks go back to the front of their queue, so the
                 // idle worker picks it, by the pick order's own rules.
                 let Some(picked) = self.pick_for(&worker_id) else {
@@ -53,6 +48,46 @@ impl Core {
                 self.assign(picked, &worker_id);
             }
         }
+    }
+
+    /// Takes the job's tasks out of workers' queues (not those about to
+    /// start in a free slot): they go back to the job's own queue.
+    pub(super) fn unqueue_job(&mut self, job_id: Uuid) {
+        let mut queued = Vec::new();
+        for (holder_id, holder) in &self.workers {
+            for (task_id, attempt) in self.waiting_behind_slots(holder) {
+                if self.tasks.get(&task_id).is_some_and(|t| t.job_id == job_id) {
+                    queued.push((holder_id.clone(), task_id, attempt));
+                }
+            }
+        }
+        for (holder, task_id, attempt) in queued {
+            self.hand_back_queued(&holder, task_id, attempt, "its job was paused");
+        }
+    }
+
+    /// Takes every task out of a draining worker's queue: it finishes what
+    /// runs and starts nothing more, and what it has not started can run
+    /// elsewhere now rather than after its running tasks.
+    pub(super) fn unqueue_worker(&mut self, worker_id: &str) {
+        let Some(worker) = self.workers.get(worker_id) else {
+            return;
+        };
+        for (task_id, attempt) in self.waiting_behind_slots(worker) {
+            self.hand_back_queued(worker_id, task_id, attempt, "its worker is draining");
+        }
+    }
+
+    /// The worker drops the queued attempt (it never starts) and the task
+    /// goes back to the front of its queue, lost rather than failed.
+    fn hand_back_queued(&mut self, worker_id: &str, task_id: Uuid, attempt: i32, why: &str) {
+        self.send_cancel(worker_id, task_id, attempt);
+        self.lose(
+            worker_id,
+            task_id,
+            attempt,
+            &format!("{why} before it started"),
+        );
     }
 
     /// A task queued on another worker, waiting behind its busy slots, that

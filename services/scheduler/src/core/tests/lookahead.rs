@@ -222,20 +222,47 @@ fn the_worker_record_tells_a_queued_task_from_a_running_one() {
 }
 
 #[test]
-fn draining_lets_queued_tasks_run_out_and_takes_no_new_ones() {
+fn draining_hands_queued_tasks_back_and_lets_the_running_one_finish() {
     let mut bench = Bench::default();
     let job = bench.submit(job("alice", 3));
-    bench.join("a", worker().lookahead(1));
+    let session = bench.join("a", worker().lookahead(1));
     bench.dispatch();
     bench.started("a", job.task(0));
+    bench.commit();
     bench
         .worker_control("a", crate::core::command::WorkerControl::Drain)
         .expect("known");
+    let batch = bench.commit();
+    assert_eq!(cancels(&batch), [("a".to_owned(), session, job.task(1), 1)]);
+    assert_eq!(bench.state_of(job.task(1)), Some(TaskState::Pending));
+    assert!(
+        bench.dispatch().is_empty(),
+        "a draining worker takes nothing"
+    );
     bench.succeed("a", job.task(0));
-    assert!(bench.dispatch().is_empty());
-    bench.started("a", job.task(1));
-    bench.succeed("a", job.task(1));
     bench.commit();
-    assert_eq!(bench.row_of(job.task(1)).0, TaskState::Succeeded);
-    assert_eq!(bench.state_of(job.task(2)), Some(TaskState::Pending));
+    assert_eq!(bench.row_of(job.task(0)).0, TaskState::Succeeded);
+    // Another worker takes what was queued, first.
+    bench.join("b", worker());
+    assert_eq!(bench.dispatch_one().task, job.task(1));
+}
+
+#[test]
+fn pausing_a_job_takes_its_queued_task_back_and_lets_the_running_one_finish() {
+    let mut bench = Bench::default();
+    let job = bench.submit(job("alice", 2));
+    let session = bench.join("a", worker().lookahead(1));
+    bench.dispatch();
+    bench.started("a", job.task(0));
+    bench.commit();
+    bench.control(job.id, Control::Pause).expect("queued");
+    let batch = bench.commit();
+    assert_eq!(cancels(&batch), [("a".to_owned(), session, job.task(1), 1)]);
+    assert_eq!(bench.state_of(job.task(0)), Some(TaskState::Running));
+    assert_eq!(bench.state_of(job.task(1)), Some(TaskState::Pending));
+    assert!(bench.dispatch().is_empty());
+    bench.control(job.id, Control::Resume).expect("queued");
+    bench.succeed("a", job.task(0));
+    let again = bench.dispatch_one();
+    assert_eq!((again.task, again.attempt), (job.task(1), 2));
 }
