@@ -163,7 +163,12 @@ impl Core {
         let Some(worker) = self.workers.get(worker_id) else {
             return;
         };
-        let held: Vec<Attempt> = worker.running.iter().copied().collect();
+        let mut held: Vec<Attempt> = worker.running.iter().copied().collect();
+        // Queued attempts first: cancelling a running one frees a slot the
+        // worker would fill from its queue.
+        held.sort_by_key(|(task_id, _)| {
+            self.tasks.get(task_id).map(|t| t.state) == Some(crate::task_state::TaskState::Running)
+        });
         for (task_id, attempt) in held {
             self.send_cancel(worker_id, task_id, attempt);
             self.lose(worker_id, task_id, attempt, "its worker was disabled");

@@ -255,11 +255,15 @@ impl Core {
 
     /// A job ended: stop what still runs.
     fn cancel_unfinished(&mut self, job_id: Uuid, state: JobState) {
-        let task_ids = self
+        let mut task_ids = self
             .jobs
             .get(&job_id)
             .map(|j| j.task_ids.clone())
             .unwrap_or_default();
+        // Cancels reach a worker in order: those of tasks it holds queued go
+        // first, or the slot a running task's cancel frees would start a
+        // queued one about to be cancelled.
+        task_ids.sort_by_key(|id| self.tasks.get(id).map(|t| t.state) == Some(TaskState::Running));
         let reason = Outcome {
             message: format!("job {}", state.as_str()),
             ..Outcome::default()

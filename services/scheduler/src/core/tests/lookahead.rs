@@ -154,13 +154,13 @@ fn cancelling_a_job_cancels_its_queued_task_on_the_worker() {
     bench.commit();
     bench.control(job.id, Control::Cancel).expect("queued");
     let batch = bench.commit();
-    let mut sent = cancels(&batch);
-    sent.sort_by_key(|c| c.2 != job.task(0));
+    // The queued one first: the running one's cancel frees the slot, and
+    // the worker must not start the queued one in it.
     assert_eq!(
-        sent,
+        cancels(&batch),
         [
-            ("a".to_owned(), session, job.task(0), 1),
-            ("a".to_owned(), session, job.task(1), 1)
+            ("a".to_owned(), session, job.task(1), 1),
+            ("a".to_owned(), session, job.task(0), 1)
         ]
     );
     assert_eq!(held_by(&bench, "a"), 0);
@@ -265,4 +265,27 @@ fn pausing_a_job_takes_its_queued_task_back_and_lets_the_running_one_finish() {
     bench.succeed("a", job.task(0));
     let again = bench.dispatch_one();
     assert_eq!((again.task, again.attempt), (job.task(1), 2));
+}
+
+#[test]
+fn disabling_a_worker_cancels_its_queued_task_before_the_running_one() {
+    let mut bench = Bench::default();
+    let job = bench.submit(job("alice", 2));
+    let session = bench.join("a", worker().lookahead(1));
+    bench.dispatch();
+    bench.started("a", job.task(0));
+    bench.commit();
+    bench
+        .worker_control("a", crate::core::command::WorkerControl::Disable)
+        .expect("known");
+    let batch = bench.commit();
+    assert_eq!(
+        cancels(&batch),
+        [
+            ("a".to_owned(), session, job.task(1), 1),
+            ("a".to_owned(), session, job.task(0), 1)
+        ]
+    );
+    assert_eq!(bench.state_of(job.task(0)), Some(TaskState::Pending));
+    assert_eq!(bench.state_of(job.task(1)), Some(TaskState::Pending));
 }
