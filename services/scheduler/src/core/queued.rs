@@ -17,7 +17,9 @@ use crate::task_state::TaskState;
 impl Core {
     /// Moves queued tasks to workers with free slots that found nothing
     /// else to take. Called after every free slot was offered every ready
-    /// task: a worker still with a free slot can take none of them.
+    /// task: a worker still with a free slot can take none of them. Costs
+    /// nothing while no worker is idle, and one pass over the workers when
+    /// one is (not one per idle worker: a farm's tail may leave thousands).
     pub(super) fn unqueue_for_idle_workers(&mut self) {
         let idle: Vec<String> = self
             .free_workers
@@ -29,15 +31,26 @@ impl Core {
             })
             .cloned()
             .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let mut queued = self.queued_behind_busy_slots();
         for worker_id in idle {
-            while self
-                .workers
-                .get(&worker_id)
-                .is_some_and(WorkerEntry::has_free_slot)
+            while !queued.is_empty()
+                && self
+                    .workers
+                    .get(&worker_id)
+                    .is_some_and(WorkerEntry::has_free_slot)
             {
-                let Some((holder, (task_id, attempt))) = self.queued_for(&worker_id) else {
+                let Some(taker) = self.workers.get(&worker_id) else {
                     break;
                 };
+                let Some(position) = queued.iter().position(|(holder, (task_id, _))| {
+                    holder != &worker_id && self.could_run(taker, &worker_id, *task_id)
+                }) else {
+                    break;
+                };
+                let (holder, (task_id, attempt)) = queued.remove(position);
                 tracing::info!(task_id = %task_id, attempt, from = %holder, to = %worker_id, "moving a queued task to an idle worker");
                 self.hand_back_queued(&holder, task_id, attempt, "another worker was idle");
                 // Lost tasks go back to the front of their queue, so the
@@ -48,6 +61,26 @@ impl Core {
                 self.assign(picked, &worker_id);
             }
         }
+    }
+
+    /// Every attempt waiting in a worker's queue behind its busy slots, the
+    /// last given first (it would start last).
+    fn queued_behind_busy_slots(&self) -> Vec<(String, Attempt)> {
+        let mut queued: Vec<(Option<std::time::Instant>, String, Attempt)> = Vec::new();
+        for (holder_id, holder) in &self.workers {
+            if holder.lookahead == 0 || holder.running.len() <= holder.slots {
+                continue;
+            }
+            for attempt in self.waiting_behind_slots(holder) {
+                let at = self.tasks.get(&attempt.0).and_then(|t| t.dispatched_at);
+                queued.push((at, holder_id.clone(), attempt));
+            }
+        }
+        queued.sort_by(|a, b| b.0.cmp(&a.0));
+        queued
+            .into_iter()
+            .map(|(_, holder, attempt)| (holder, attempt))
+            .collect()
     }
 
     /// Takes the job's tasks out of workers' queues (not those about to
@@ -88,32 +121,6 @@ impl Core {
             attempt,
             &format!("{why} before it started"),
         );
-    }
-
-    /// A task queued on another worker, waiting behind its busy slots, that
-    /// `worker_id` could run: the one given last, which would start last.
-    fn queued_for(&self, worker_id: &str) -> Option<(String, Attempt)> {
-        let taker = self.workers.get(worker_id)?;
-        let mut best: Option<(std::time::Instant, String, Attempt)> = None;
-        for (holder_id, holder) in &self.workers {
-            if holder_id == worker_id || holder.lookahead == 0 {
-                continue;
-            }
-            let waiting = self.waiting_behind_slots(holder);
-            for (task_id, attempt) in waiting {
-                let Some(task) = self.tasks.get(&task_id) else {
-                    continue;
-                };
-                if !self.could_run(taker, worker_id, task_id) {
-                    continue;
-                }
-                let at = task.dispatched_at.unwrap_or(self.now.instant);
-                if best.as_ref().is_none_or(|(b, _, _)| at > *b) {
-                    best = Some((at, holder_id.clone(), (task_id, attempt)));
-                }
-            }
-        }
-        best.map(|(_, holder, attempt)| (holder, attempt))
     }
 
     /// The holder's dispatched attempts beyond those its free slots will
