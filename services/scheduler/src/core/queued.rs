@@ -76,7 +76,7 @@ impl Core {
                 queued.push((at, holder_id.clone(), attempt));
             }
         }
-        queued.sort_by(|a, b| b.0.cmp(&a.0));
+        queued.sort_by_key(|q| std::cmp::Reverse(q.0));
         queued
             .into_iter()
             .map(|(_, holder, attempt)| (holder, attempt))
