@@ -236,7 +236,14 @@ steps:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn why_a_task_waits_names_each_cause() -> Result<()> {
     // A failed attempt waits a minute before the next, long enough to see.
-    let (farm, _dir) = start_farm_with(1, false, &[("KILN_RETRY_BASE_SECONDS", "60")]).await?;
+    // The worker holds no task queued beyond the one it runs (lookahead 0),
+    // so the jobs submitted while it is busy wait in the scheduler's queue.
+    let (farm, _dir) = start_farm_with(
+        1,
+        false,
+        &[("KILN_RETRY_BASE_SECONDS", "60"), ("KILN_LOOKAHEAD", "0")],
+    )
+    .await?;
     let mut client = Client::connect(&farm).await?;
     let failing = client
         .jobs

@@ -94,12 +94,14 @@ async fn list(args: WorkersListArgs) -> Result<(), CliError> {
 /// A running task as one line: job (short id and name), step, index.
 fn running_line(task: &pb::RunningTask) -> String {
     format!(
-        "{} ({}) {} #{} attempt {}",
+        "{} ({}) {} #{} attempt {}{}",
         task.job_id.get(..8).unwrap_or(&task.job_id),
         task.job_name,
         task.step_name,
         task.index,
-        task.attempt
+        task.attempt,
+        // Held queued on the worker (lookahead): not running yet.
+        if task.started { "" } else { " (waiting)" }
     )
 }
 

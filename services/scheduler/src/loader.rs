@@ -77,6 +77,7 @@ pub fn from_plan(
                     frames: task.frames.clone(),
                     task_symbols: task.symbols.clone(),
                     dispatched_at: None,
+                    started_at: None,
                     claimed_attempt: None,
                     ready_at: None,
                 });
@@ -469,6 +470,7 @@ fn assemble(
             frames: row.frames,
             task_symbols: row.task_symbols,
             dispatched_at: None,
+            started_at: None,
             claimed_attempt: None,
             ready_at: None,
         });

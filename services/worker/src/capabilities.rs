@@ -176,6 +176,7 @@ pub fn capabilities(
         os: std::env::consts::OS.to_owned(),
         renderers: renderers.renderers.clone(),
         slots: config.slots,
+        lookahead: config.lookahead,
         attributes: config.attribute_map(),
         // Contained tasks may run any program the worker has; so may a
         // worker whose operator declared its tasks trusted (--no-sandbox).

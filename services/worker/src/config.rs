@@ -30,6 +30,9 @@ pub struct Config {
     /// How many tasks this worker runs at once
     #[arg(long, env = "KILN_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub slots: u32,
+    /// Tasks this worker holds queued beyond its slots, so the next one starts the moment a slot frees (their inputs are fetched meanwhile); 0 asks for a task only when a slot is free
+    #[arg(long, env = "KILN_LOOKAHEAD", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=4))]
+    pub lookahead: u32,
     /// Secret the scheduler asks of joining workers (its --join-token)
     #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
@@ -242,6 +245,12 @@ mod tests {
             Some("lyon")
         );
         assert_eq!(config.slots, 1);
+        assert_eq!(config.lookahead, 1, "one task queued by default");
+        assert!(Config::try_parse_from(["kiln-worker", "--lookahead", "5"]).is_err());
+        assert_eq!(
+            Config::try_parse_from(["kiln-worker", "--lookahead", "0"])?.lookahead,
+            0
+        );
         assert_eq!(config.log_tail_lines, 60);
         assert!(config.warm_settings().enabled);
         let off = Config::try_parse_from(["kiln-worker", "--warm-sessions", "false"])?;

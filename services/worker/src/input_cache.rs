@@ -179,6 +179,18 @@ impl InputCache {
         Ok(())
     }
 
+    /// Downloads `digest` into the cache unless it is there, for a task that
+    /// will place it later (a queued task's inputs, fetched while another
+    /// renders). A download under way for a task is shared, not repeated.
+    pub async fn prefetch<A: AssetStore>(
+        &self,
+        assets: &A,
+        digest: &str,
+        for_path: &str,
+    ) -> Result<(), WorkdirError> {
+        self.fetch(assets, digest, for_path).await.map(drop)
+    }
+
     /// The cached file for `digest`, downloaded first if needed, pinned.
     async fn fetch<A: AssetStore>(
         &self,

@@ -28,6 +28,7 @@ pub mod session_symbols;
 pub mod stall;
 pub mod task;
 pub mod task_log;
+pub mod task_queue;
 pub mod thumbnails;
 pub mod usage;
 pub mod variant;

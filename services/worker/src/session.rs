@@ -26,6 +26,7 @@ use tonic::Streaming;
 
 use crate::health::LocalHealth;
 use crate::task::{RunnerSettings, TaskOutcome, TaskRunner, message};
+use crate::task_queue::{QueueRefusal, TaskQueue};
 use crate::workdir::InputCache;
 use crate::worker_metrics::{self, RunStatus};
 
@@ -195,12 +196,12 @@ impl Worker {
             opened = self.open(tasks) => opened?,
         };
         let (runner, outbound, mut inbound) = opened;
+        let capabilities = self.register.capabilities.as_ref();
+        let slots = capabilities.map_or(1, |c| c.slots.max(1)) as usize;
+        let lookahead = capabilities.map_or(0, |c| c.lookahead) as usize;
         let mut session = Session {
-            slots: self
-                .register
-                .capabilities
-                .as_ref()
-                .map_or(1, |c| c.slots.max(1)) as usize,
+            slots,
+            queue: TaskQueue::new(slots, lookahead),
             runner,
             outbound,
             tasks,
@@ -209,6 +210,13 @@ impl Worker {
             usage: self.usage.clone(),
         };
         let end = session.serve(&mut inbound, stopping).await;
+        if !session.queue.is_empty() {
+            // Never named on registering: the scheduler requeues them.
+            tracing::info!(
+                queued = session.queue.len(),
+                "session ended; forgetting the tasks queued and not started"
+            );
+        }
         if let SessionEnd::Lost { .. } = end {
             return Ok(end);
         }
@@ -373,6 +381,8 @@ impl Tasks {
 /// The state of one open session.
 struct Session<'a> {
     slots: usize,
+    /// Tasks assigned while every slot was busy, waiting for one to free.
+    queue: TaskQueue,
     runner: Arc<TaskRunner<AssetClient>>,
     outbound: mpsc::Sender<WorkerMessage>,
     tasks: &'a mut Tasks,
@@ -398,6 +408,9 @@ impl Session<'_> {
         let mut heartbeat = heartbeat_timer(DEFAULT_HEARTBEAT);
         metrics::gauge!(worker_metrics::ACCEPTING).set(1.0);
         loop {
+            // A slot freed (a task ended or was cancelled): the next queued
+            // task starts now, without waiting for the scheduler.
+            self.start_queued();
             if let Some(end) = self.finished_refusing() {
                 return end;
             }
@@ -472,6 +485,9 @@ impl Session<'_> {
                             task.started.elapsed(),
                         );
                     }
+                    None if self.queue.cancel(&cancel.task_id, cancel.attempt) => {
+                        tracing::info!(task_id = %cancel.task_id, attempt = cancel.attempt, "dropped a queued task before it started");
+                    }
                     None => {
                         tracing::debug!(task_id = %cancel.task_id, attempt = cancel.attempt, "cancel for a task not running")
                     }
@@ -489,20 +505,45 @@ impl Session<'_> {
             tracing::info!(task_id = %key.0, attempt = key.1, ?refusing, "not taking a task; it goes back when the session ends");
             return;
         }
-        if self.tasks.running.contains_key(&key) {
+        if self.tasks.running.contains_key(&key) || self.queue.holds(&key.0, key.1) {
             tracing::warn!(task_id = %key.0, attempt = key.1, "task assigned twice; ignoring the repeat");
             return;
         }
         if self.tasks.running.len() >= self.slots {
-            tracing::warn!(task_id = %key.0, attempt = key.1, slots = self.slots, "assignment beyond the worker's slots");
-            let refusal = refused(
-                &assignment,
-                format!("worker has no free slot (it runs {} at once)", self.slots),
-            );
-            self.send_result(refusal).await;
+            let runner = self.runner.clone();
+            let inputs = assignment.clone();
+            let prefetch = async move { runner.prefetch(&inputs).await };
+            match self.queue.push(assignment.clone(), prefetch) {
+                Ok(()) => {
+                    tracing::info!(task_id = %key.0, attempt = key.1, job_id = %assignment.job_id, queued = self.queue.len(), "task queued until a slot frees");
+                }
+                Err(QueueRefusal::Duplicate) => {}
+                Err(full) => {
+                    tracing::warn!(task_id = %key.0, attempt = key.1, slots = self.slots, "assignment beyond the worker's slots and queue");
+                    self.send_result(refused(&assignment, full.to_string()))
+                        .await;
+                }
+            }
             return;
         }
-        tracing::info!(task_id = %key.0, attempt = key.1, job_id = %assignment.job_id, step = %assignment.step_name, "task assigned");
+        self.launch(assignment);
+    }
+
+    /// Starts queued tasks while slots are free, unless the worker takes
+    /// no tasks now (then they go back when the session ends).
+    fn start_queued(&mut self) {
+        while self.refusing.is_none() && self.tasks.running.len() < self.slots {
+            let Some(assignment) = self.queue.pop() else {
+                return;
+            };
+            self.launch(assignment);
+        }
+    }
+
+    /// Runs an assignment in a free slot.
+    fn launch(&mut self, assignment: TaskAssignment) {
+        let key = (assignment.task_id.clone(), assignment.attempt);
+        tracing::info!(task_id = %key.0, attempt = key.1, job_id = %assignment.job_id, step = %assignment.step_name, "task starting");
         let cancel = self.tasks.cancel.child_token();
         let runner = self.runner.clone();
         let events = self.tasks.reports.clone();

@@ -10,8 +10,6 @@ pub const MEMORY_USAGE: &str = "worker_memory_usage_bytes";
 pub const TASKS_RUNNING: &str = "worker_tasks_running";
 pub const ACCEPTING: &str = "worker_accepting_tasks";
 
-/// How often host CPU and memory are sampled.
-
 /// How a task run ended, as the `status` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunStatus {

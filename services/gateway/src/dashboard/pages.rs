@@ -380,8 +380,10 @@ fn worker_row(worker: &pb::Worker, admin: bool) -> String {
         .running
         .iter()
         .map(|t| {
+            // A task held queued (lookahead) waits for a slot: not running yet.
+            let waiting = if t.started { "" } else { " (waiting)" };
             format!(
-                "<a href=\"/jobs/{}\">{} #{}</a>",
+                "<a href=\"/jobs/{}\">{} #{}</a>{waiting}",
                 esc(&t.job_id),
                 esc(&t.step_name),
                 t.index
@@ -404,7 +406,7 @@ fn worker_row(worker: &pb::Worker, admin: bool) -> String {
     format!(
         "<tr data-worker=\"{id}\"><td>{id}<br><small>{host}</small></td>\
          <td><span class=\"badge w-{state}\">{state}</span></td><td class=\"running\">{running}{hidden}</td>\
-         <td>{cores} cores, {memory} GiB, {gpus} GPU, {slots} slots<br><small>{renderers}</small></td>\
+         <td>{cores} cores, {memory} GiB, {gpus} GPU, {slots} slots{lookahead}<br><small>{renderers}</small></td>\
          <td class=\"tags\">{tags}</td><td>{cpu}</td><td>{mem_used}</td><td>{gpu}</td>\
          <td>{seen}</td><td>{blocked}</td><td class=\"actions\">{actions}</td></tr>",
         id = esc(&worker.id),
@@ -420,6 +422,11 @@ fn worker_row(worker: &pb::Worker, admin: bool) -> String {
         memory = caps.memory_bytes / (1 << 30),
         gpus = caps.gpus,
         slots = caps.slots.max(1),
+        lookahead = if caps.lookahead > 0 {
+            format!(" (+{} queued)", caps.lookahead)
+        } else {
+            String::new()
+        },
         renderers = esc(&renderers.join(", ")),
         tags = esc(&worker.tags.join(", ")),
         cpu = if worker.connected {

@@ -1,4 +1,6 @@
-//! Handing tasks to free workers, in the order `pick_order.rs` decides.
+//! Handing tasks to workers with room, in the order `pick_order.rs`
+//! decides: free slots first, then the queues of workers that hold tasks
+//! ahead (lookahead).
 
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
@@ -10,35 +12,45 @@ use crate::core::pick_order::{self, runnable_step};
 use crate::task_state::TaskEvent;
 
 impl Core {
-    /// Hands out tasks to free workers until no free worker can take one.
+    /// Hands out tasks until no worker with room can take one: first into
+    /// free slots, then into the queues of workers with lookahead. Every
+    /// free slot on the farm has been offered every task it could take
+    /// before any task is queued behind a busy worker: a task queued on a
+    /// busy worker while another sits idle would wait for no reason.
     pub(super) fn dispatch_round(&mut self) {
         if !self.dispatch_wanted {
             return;
         }
         self.dispatch_wanted = false;
-        let free: Vec<String> = self.free_workers.iter().cloned().collect();
-        for worker_id in free {
-            while self
-                .workers
-                .get(&worker_id)
-                .is_some_and(WorkerEntry::has_free_slot)
-            {
+        self.fill(WorkerEntry::has_free_slot);
+        self.unqueue_for_idle_workers();
+        self.fill(WorkerEntry::has_room);
+        let full: Vec<String> = self
+            .free_workers
+            .iter()
+            .filter(|id| !self.workers.get(*id).is_some_and(WorkerEntry::has_room))
+            .cloned()
+            .collect();
+        for worker_id in full {
+            self.free_workers.remove(&worker_id);
+        }
+    }
+
+    /// Gives each worker with room tasks while `open` holds for it and a
+    /// task for it is left.
+    fn fill(&mut self, open: fn(&WorkerEntry) -> bool) {
+        let candidates: Vec<String> = self.free_workers.iter().cloned().collect();
+        for worker_id in candidates {
+            while self.workers.get(&worker_id).is_some_and(open) {
                 let Some(task_id) = self.pick_for(&worker_id) else {
                     break;
                 };
                 self.assign(task_id, &worker_id);
             }
-            if !self
-                .workers
-                .get(&worker_id)
-                .is_some_and(WorkerEntry::has_free_slot)
-            {
-                self.free_workers.remove(&worker_id);
-            }
         }
     }
 
-    fn pick_for(&mut self, worker_id: &str) -> Option<Uuid> {
+    pub(super) fn pick_for(&mut self, worker_id: &str) -> Option<Uuid> {
         let worker = self.workers.get(worker_id)?;
         if !worker.takes_tasks() {
             return None;
@@ -87,7 +99,7 @@ impl Core {
     }
 
     /// Marks a picked task dispatched to a worker; the assignment leaves once that is durable.
-    fn assign(&mut self, task_id: Uuid, worker_id: &str) {
+    pub(super) fn assign(&mut self, task_id: Uuid, worker_id: &str) {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };

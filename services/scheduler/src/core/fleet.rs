@@ -83,7 +83,8 @@ impl Core {
             WorkerControl::Drain if admin == AdminState::Disabled => return Ok(()),
             WorkerControl::Drain => {
                 self.set_admin(worker_id, AdminState::Draining);
-                "draining: finishing its tasks, taking no new ones".to_owned()
+                self.unqueue_worker(worker_id);
+                "draining: finishing its running tasks, taking no new ones".to_owned()
             }
             WorkerControl::SetTags(tags) => {
                 let text = if tags.is_empty() {
@@ -150,7 +151,7 @@ impl Core {
         }
         if let Some(worker) = self.workers.get_mut(worker_id) {
             worker.admin = admin;
-            if admin == AdminState::Enabled && worker.has_free_slot() {
+            if admin == AdminState::Enabled && worker.has_room() {
                 self.free_workers.insert(worker_id.to_owned());
             }
         }
@@ -162,7 +163,12 @@ impl Core {
         let Some(worker) = self.workers.get(worker_id) else {
             return;
         };
-        let held: Vec<Attempt> = worker.running.iter().copied().collect();
+        let mut held: Vec<Attempt> = worker.running.iter().copied().collect();
+        // Queued attempts first: cancelling a running one frees a slot the
+        // worker would fill from its queue.
+        held.sort_by_key(|(task_id, _)| {
+            self.tasks.get(task_id).map(|t| t.state) == Some(crate::task_state::TaskState::Running)
+        });
         for (task_id, attempt) in held {
             self.send_cancel(worker_id, task_id, attempt);
             self.lose(worker_id, task_id, attempt, "its worker was disabled");
@@ -262,6 +268,8 @@ impl Core {
             index: task.index.max(0) as u32,
             job_name: job.name.clone(),
             owner: job.owner.clone(),
+            // A task the worker holds queued (lookahead) is still dispatched.
+            started: task.state == crate::task_state::TaskState::Running,
         })
     }
 }

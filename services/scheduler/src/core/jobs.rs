@@ -117,6 +117,9 @@ impl Core {
             Control::Pause => {
                 job.paused = true;
                 self.touch(job_id);
+                // What runs may finish; what only waits in a worker's queue
+                // has not started, and a paused job starts nothing.
+                self.unqueue_job(job_id);
             }
             Control::Resume => {
                 job.paused = false;

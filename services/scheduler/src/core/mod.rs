@@ -20,7 +20,9 @@
 //!   `numbering.rs`: event numbering and throttling; `output_ledger.rs`:
 //!   what each unfinished task recorded, so each output is announced once;
 //! - `transition.rs`: task and job state changes; `assign.rs`: handing
-//!   tasks to free workers in pick order; `sessions.rs`: workers joining and
+//!   tasks to workers with room in pick order, free slots first, then the
+//!   queues of workers with lookahead; `queued.rs`: a task queued on a busy
+//!   worker moves to one left idle; `sessions.rs`: workers joining and
 //!   leaving; `reports.rs`: what workers report; `jobs.rs`: new jobs and
 //!   controls; `reclaim.rs`: attempts that outlive a session or a leader;
 //!   `timeouts.rs`: retries due and attempts overdue; `emit.rs`: events;
@@ -42,6 +44,7 @@ pub mod model;
 pub mod numbering;
 pub mod output_ledger;
 pub mod pick_order;
+mod queued;
 pub mod quota_policy;
 pub mod quotas;
 mod reclaim;
@@ -81,6 +84,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long past its maximum run time the scheduler waits for the worker to
 /// kill a task itself before failing it here.
 pub const MAX_RUN_GRACE: Duration = Duration::from_secs(30);
+/// Tasks a worker may hold queued beyond its slots, at most, whatever it
+/// asks: a queued task is one no other worker can start meanwhile.
+pub const MAX_LOOKAHEAD: u32 = 4;
 /// Finished jobs remembered in `recently_finished`.
 const RECENTLY_FINISHED: usize = 10_000;
 
@@ -117,7 +123,8 @@ pub struct Core {
     known: HashMap<String, KnownWorker>,
     /// Workers draining: disabled once they run nothing.
     draining: BTreeSet<String>,
-    /// Workers with at least one free slot.
+    /// Workers with room for another task: a free slot, or room in their
+    /// queue (lookahead).
     free_workers: BTreeSet<String>,
     /// Tasks in flight per owner and who was served last, for fair share.
     shares: Shares,
@@ -327,7 +334,8 @@ impl Core {
         self.emit_due_records();
     }
 
-    /// Hands tasks to free workers, in pick order, until none can take one.
+    /// Hands tasks to workers with room, in pick order, until none can take
+    /// one: free slots first, then workers' queues (lookahead).
     pub fn dispatch(&mut self, now: Clock) {
         self.now = now;
         self.dispatch_round();

@@ -52,6 +52,10 @@ pub struct TaskEntry {
     /// symbol table).
     pub task_symbols: Option<String>,
     pub dispatched_at: Option<Instant>,
+    /// When the worker started the current attempt: later than its dispatch
+    /// when the worker held it queued (lookahead). Run-time limits and the
+    /// run times the ETA learns count from here.
+    pub started_at: Option<Instant>,
     /// An attempt confirmed after a failover: its start is unknown.
     pub claimed_attempt: Option<i32>,
     /// When the task last became dispatchable, for the dispatch latency.
@@ -177,8 +181,15 @@ pub struct WorkerEntry {
     pub session: u64,
     pub capabilities: pb::WorkerCapabilities,
     pub slots: usize,
-    /// Attempts the worker holds.
+    /// Tasks the worker holds queued beyond its slots, so it never waits for
+    /// the scheduler between tasks (0 for a worker that does not queue).
+    pub lookahead: usize,
+    /// Attempts the worker holds: running, or queued until a slot frees
+    /// (those are still `Dispatched`).
     pub running: HashSet<Attempt>,
+    /// When one of its attempts last ended: a queued attempt can start only
+    /// from then, so its start deadline counts from then (`timeouts.rs`).
+    pub slot_freed_at: Option<Instant>,
     /// Since when the worker has run nothing.
     pub idle_since: Option<Instant>,
     /// Its tags (pools), as an admin set them.
@@ -188,8 +199,20 @@ pub struct WorkerEntry {
 }
 
 impl WorkerEntry {
+    /// Whether a task given now would start at once: a free slot.
     pub fn has_free_slot(&self) -> bool {
         self.running.len() < self.slots
+    }
+
+    /// Whether it may be given another task at all, in a free slot or in
+    /// its queue.
+    pub fn has_room(&self) -> bool {
+        self.running.len() < self.capacity()
+    }
+
+    /// Tasks it may hold at once: its slots and its queue.
+    pub fn capacity(&self) -> usize {
+        self.slots + self.lookahead
     }
 
     /// Whether the worker may be handed a new task at all.

@@ -96,6 +96,7 @@ impl Core {
         // Run-time limits count from here: when it was dispatched is not
         // known, so neither is its run time, which the ETA must not learn.
         task.dispatched_at = Some(self.now.instant);
+        task.started_at = Some(self.now.instant);
         task.claimed_attempt = Some(attempt);
         let dispatched = task.state == TaskState::Dispatched;
         if let Some(worker) = self.workers.get_mut(worker_id) {

@@ -4,9 +4,9 @@
 use kiln_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::core::Core;
 use crate::core::batch::Effect;
 use crate::core::model::{Attempt, Connection, Outcome, WorkerEntry};
+use crate::core::{Core, MAX_LOOKAHEAD};
 use crate::task_state::TaskEvent;
 
 impl Core {
@@ -27,12 +27,15 @@ impl Core {
         }
         let (tags, admin) = self.remember_join(&worker_id, hostname, &capabilities);
         let slots = capabilities.slots.max(1) as usize;
+        let lookahead = capabilities.lookahead.min(MAX_LOOKAHEAD) as usize;
         self.workers.insert(
             worker_id.clone(),
             WorkerEntry {
                 session,
                 capabilities,
                 slots,
+                lookahead,
+                slot_freed_at: None,
                 idle_since: kept.is_empty().then_some(self.now.instant),
                 running: kept,
                 tags,
@@ -43,7 +46,7 @@ impl Core {
         if self
             .workers
             .get(&worker_id)
-            .is_some_and(WorkerEntry::has_free_slot)
+            .is_some_and(WorkerEntry::has_room)
         {
             self.free_workers.insert(worker_id);
         }

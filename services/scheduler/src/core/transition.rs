@@ -47,7 +47,9 @@ impl Core {
             TaskEvent::Dispatch => {
                 task.attempt += 1;
                 task.dispatched_at = Some(now);
+                task.started_at = None;
             }
+            TaskEvent::Start => task.started_at = Some(now),
             TaskEvent::FailAndRetry | TaskEvent::FailFinally => task.failures += 1,
             TaskEvent::Reopen => task.failures = 0,
             _ => {}
@@ -112,6 +114,7 @@ impl Core {
             if worker.running.is_empty() {
                 worker.idle_since = Some(self.now.instant);
             }
+            worker.slot_freed_at = Some(self.now.instant);
             self.free_workers.insert(worker_id.to_owned());
             self.dispatch_wanted = true;
         }
@@ -147,7 +150,8 @@ impl Core {
             return;
         };
         let Some(ran) = task
-            .dispatched_at
+            .started_at
+            .or(task.dispatched_at)
             .map(|t| self.now.instant.saturating_duration_since(t).as_secs_f64())
         else {
             return;
@@ -251,11 +255,15 @@ impl Core {
 
     /// A job ended: stop what still runs.
     fn cancel_unfinished(&mut self, job_id: Uuid, state: JobState) {
-        let task_ids = self
+        let mut task_ids = self
             .jobs
             .get(&job_id)
             .map(|j| j.task_ids.clone())
             .unwrap_or_default();
+        // Cancels reach a worker in order: those of tasks it holds queued go
+        // first, or the slot a running task's cancel frees would start a
+        // queued one about to be cancelled.
+        task_ids.sort_by_key(|id| self.tasks.get(id).map(|t| t.state) == Some(TaskState::Running));
         let reason = Outcome {
             message: format!("job {}", state.as_str()),
             ..Outcome::default()

@@ -211,6 +211,21 @@ impl<A: AssetStore> TaskRunner<A> {
         .await
     }
 
+    /// Fetches the assignment's inputs into the input cache, so a task held
+    /// queued starts without waiting for its downloads. Failures are only
+    /// logged: the task fetches again when it starts, and fails there.
+    pub async fn prefetch(&self, assignment: &TaskAssignment) {
+        for input in &assignment.inputs {
+            if let Err(error) = self
+                .cache
+                .prefetch(&self.assets, &input.digest, &input.path)
+                .await
+            {
+                tracing::info!(task_id = %assignment.task_id, path = %input.path, %error, "prefetching an input failed; the task fetches it when it starts");
+            }
+        }
+    }
+
     async fn run_in(
         &self,
         assignment: &TaskAssignment,

@@ -462,6 +462,8 @@ function workersPage() {
       a.href = "/jobs/" + t.jobId;
       a.textContent = t.stepName + " #" + (t.index || 0) + " ";
       running.append(a);
+      // A task held queued (lookahead) waits for a slot: not running yet.
+      if (!t.started) running.append("(waiting) ");
     }
     if (w.hiddenRunning) running.append(" (+" + w.hiddenRunning + " of other users)");
     row.querySelector(".tags").textContent = (w.tags || []).join(", ");

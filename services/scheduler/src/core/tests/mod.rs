@@ -11,6 +11,7 @@ mod dependencies;
 mod events;
 mod failures;
 mod fleet;
+mod lookahead;
 mod outputs;
 mod pick_order;
 mod property;
@@ -57,6 +58,7 @@ pub struct Bench {
 #[derive(Clone)]
 pub struct WorkerSpec {
     slots: u32,
+    lookahead: u32,
     gpus: u32,
     renderers: Vec<String>,
     attributes: Vec<(String, String)>,
@@ -66,6 +68,7 @@ pub struct WorkerSpec {
 pub fn worker() -> WorkerSpec {
     WorkerSpec {
         slots: 1,
+        lookahead: 0,
         gpus: 0,
         renderers: vec!["blender".into(), "ffmpeg".into()],
         attributes: Vec::new(),
@@ -76,6 +79,11 @@ pub fn worker() -> WorkerSpec {
 impl WorkerSpec {
     pub fn slots(mut self, slots: u32) -> Self {
         self.slots = slots;
+        self
+    }
+    /// Holds up to `n` tasks queued beyond its slots.
+    pub fn lookahead(mut self, n: u32) -> Self {
+        self.lookahead = n;
         self
     }
     pub fn gpus(mut self, gpus: u32) -> Self {
@@ -118,6 +126,7 @@ impl WorkerSpec {
                 .collect(),
             attributes: self.attributes.iter().cloned().collect(),
             any_command: self.any_command,
+            lookahead: self.lookahead,
             ..Default::default()
         }
     }
@@ -773,6 +782,7 @@ fn entries(spec: &JobSpec, state: TaskState) -> (JobEntry, Vec<TaskEntry>, Submi
                         .as_ref()
                         .map(|_| format!(r#"{{"Task.Param.Index":{index}}}"#)),
                     dispatched_at: None,
+                    started_at: None,
                     claimed_attempt: None,
                     ready_at: None,
                 });

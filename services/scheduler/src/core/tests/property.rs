@@ -1,6 +1,6 @@
 //! Random sequences of commands never break the core's invariants:
 //! - a task is in flight on at most one worker, and a worker holds only
-//!   attempts that are their task's current one, within its slots;
+//!   attempts that are their task's current one, within its slots and lookahead;
 //! - a job's counts (and its steps', and its owner's share) match its tasks;
 //! - no state moves backwards: every task write is a move the state machine
 //!   allows, attempts only grow, and a final job is left only by a retry;
@@ -254,8 +254,8 @@ impl Run {
         let mut holders: HashMap<Uuid, &str> = HashMap::new();
         for (worker_id, worker) in core.workers() {
             assert!(
-                worker.running.len() <= worker.slots,
-                "{worker_id} runs more than its slots"
+                worker.running.len() <= worker.capacity(),
+                "{worker_id} holds more than its slots and lookahead"
             );
             for &(task_id, attempt) in &worker.running {
                 if let Some(other) = holders.insert(task_id, worker_id) {
@@ -318,8 +318,12 @@ const ALL_EVENTS: [TaskEvent; 8] = [
     TaskEvent::Reopen,
 ];
 
+/// Workers with one slot hold one task queued (lookahead), the others none.
 fn worker_spec(slots: u8, gpu: bool) -> WorkerSpec {
-    worker().slots(u32::from(slots)).gpus(u32::from(gpu))
+    worker()
+        .slots(u32::from(slots))
+        .lookahead(u32::from(slots == 1))
+        .gpus(u32::from(gpu))
 }
 
 fn counts_of_refs(tasks: &[&TaskEntry]) -> TaskCounts {
