@@ -434,6 +434,9 @@ async fn retention_spares_what_live_jobs_need_and_collects_the_rest() -> Result<
             ("KILN_GC_INTERVAL_SECONDS", "1"),
             ("KILN_GC_GRACE_SECONDS", "2"),
             ("KILN_RETAIN_FINISHED_SECONDS", "0"),
+            // No task held queued on the busy worker: the second job must
+            // stay pending, which is the case the collector must spare.
+            ("KILN_LOOKAHEAD", "0"),
         ],
     )
     .await?;
