@@ -9,8 +9,8 @@
 # and Garage. Both tools send the same bytes, Kiln first: Garage keeps one
 # copy of identical blocks, so this costs 2 GiB of Garage disk instead of 4,
 # and if anything it favours aws (Garage skips writing blocks it has).
-# Usage: [KILN_PROFILE=release] scripts/bench-assets.sh [FRAMES (default 100)]
-# KILN_PROFILE picks the build the binaries come from: debug (the default)
+# Usage: [KILN_BUILD=release] scripts/bench-assets.sh [FRAMES (default 100)]
+# KILN_BUILD picks the build the binaries come from: debug (the default)
 # or release (build it first: `cargo build --release --workspace --bins`).
 # Published figures are taken with release.
 set -euo pipefail
@@ -19,11 +19,11 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 frames=${1:-100}
 size_mib=2048
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
-profile=${KILN_PROFILE:-debug}
+profile=${KILN_BUILD:-debug}
 case $profile in
   dev) profile=debug ;;
   debug | release) ;;
-  *) echo "KILN_PROFILE: debug or release, not $profile" >&2; exit 2 ;;
+  *) echo "KILN_BUILD: debug or release, not $profile" >&2; exit 2 ;;
 esac
 bin=${CARGO_TARGET_DIR:-$cache/target}/$profile
 [ -x "$bin/kiln" ] || { echo "no $bin/kiln: build the $profile binaries first" >&2; exit 2; }

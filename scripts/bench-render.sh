@@ -4,7 +4,7 @@
 # `blender -b -a` on the same frames run directly, all in one hyperfine run
 # on the same machine: the per-frame table of issue 22.
 # Usage: scripts/bench-render.sh [FRAMES (default 24)] [RUNS (default 3)]
-# KILN_PROFILE=release takes the release binaries (build them first with
+# KILN_BUILD=release takes the release binaries (build them first with
 # `cargo build --release --workspace --bins`); debug is the default.
 set -euo pipefail
 
@@ -14,7 +14,7 @@ runs=${2:-3}
 "$repo/scripts/setup.sh" >/dev/null
 command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 1; }
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
-bin=${CARGO_TARGET_DIR:-$cache/target}/${KILN_PROFILE:-debug}
+bin=${CARGO_TARGET_DIR:-$cache/target}/${KILN_BUILD:-debug}
 work=$(mktemp -d)
 # The private Postgres runs as the postgres user when we are root: it must reach the directory.
 chmod 755 "$work"
