@@ -454,12 +454,10 @@ impl Discovery {
             }
             Ok::<(), DiscoveryError>(())
         };
-        match tokio::time::timeout(patience, watched).await {
-            Ok(Err(err)) => {
-                tracing::debug!(error = %err, service, "watch failed; looking again shortly");
-                tokio::time::sleep(LOOKUP_RETRY.min(patience)).await;
-            }
-            Ok(Ok(())) | Err(_) => {}
+        // A change or the patience running out both mean: look again now.
+        if let Ok(Err(err)) = tokio::time::timeout(patience, watched).await {
+            tracing::debug!(error = %err, service, "watch failed; looking again shortly");
+            tokio::time::sleep(LOOKUP_RETRY.min(patience)).await;
         }
     }
 

@@ -418,10 +418,10 @@ fn rewrite_blender_frames(args: &mut [String], frames: &[i64]) {
         return;
     }
     for i in 1..args.len() {
-        if matches!(args[i - 1].as_str(), "-f" | "--render-frame") {
-            if let Ok(listed) = parse_frame_list(&args[i]) {
-                args[i] = blender_frame_arg(&listed);
-            }
+        if matches!(args[i - 1].as_str(), "-f" | "--render-frame")
+            && let Ok(listed) = parse_frame_list(&args[i])
+        {
+            args[i] = blender_frame_arg(&listed);
         }
     }
 }

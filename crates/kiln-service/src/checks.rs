@@ -130,6 +130,8 @@ pub fn disk_space(
 pub fn free_space_at_least(path: &Path, min_free_bytes: u64) -> CheckResult {
     let stats = nix::sys::statvfs::statvfs(path)
         .map_err(|e| format!("cannot read free space of {}: {e}", path.display()))?;
+    // statvfs's field types differ between platforms (not u64 on every one).
+    #[allow(clippy::useless_conversion)]
     let free = u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size()));
     if free < min_free_bytes {
         return Err(format!(

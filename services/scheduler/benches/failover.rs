@@ -164,7 +164,10 @@ async fn main() -> Result<()> {
         loads.extend(load_times(scheduler.log_path())?);
     }
     if !loads.is_empty() {
-        print_row("a new leader's load of the unfinished jobs into its core (its log)", &mut loads);
+        print_row(
+            "a new leader's load of the unfinished jobs into its core (its log)",
+            &mut loads,
+        );
     }
     farm.shutdown().await?;
     Ok(())
