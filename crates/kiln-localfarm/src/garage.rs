@@ -18,7 +18,7 @@ pub const REGION: &str = "garage";
 /// How long Garage has to serve S3 after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on the answer read from the S3 port while probing it.
-const PROBE_READ_LIMIT: u64 = 1024;
+const PROBE_READ_LIMIT: u64 = 4096;
 
 /// S3 credentials and the cluster secret of one Garage data directory.
 #[derive(Clone, Serialize, Deserialize)]
@@ -197,8 +197,12 @@ fn toml_string(path: &Path) -> String {
     serde_json::Value::String(path.display().to_string()).to_string()
 }
 
-/// Whether the S3 port accepts a connection and answers an HTTP request
-/// with any status (an anonymous request is refused, which is fine).
+/// Whether the S3 port accepts a connection and answers an HTTP request as
+/// an S3 API does: any status (an anonymous request is refused, which is
+/// fine), with an S3 XML error body. Any HTTP answer is not enough: the port
+/// was picked free and released, and another local process (another farm's
+/// service) may have taken it before Garage bound it; its answer would pass,
+/// and the port would go dead when that process exits.
 async fn answers_http(port: u16) -> bool {
     if !accepts_tcp(port).await {
         return false;
@@ -214,10 +218,31 @@ async fn answers_http(port: u16) -> bool {
             .take(PROBE_READ_LIMIT)
             .read_to_end(&mut answer)
             .await?;
-        Ok::<_, std::io::Error>(answer.starts_with(b"HTTP/1."))
+        Ok::<_, std::io::Error>(is_s3_answer(&answer))
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), probe).await,
         Ok(Ok(true))
     )
+}
+
+/// An HTTP/1 response carrying an S3 error document (`<Error><Code>…`).
+fn is_s3_answer(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    text.starts_with("HTTP/1.") && text.contains("<Error>") && text.contains("<Code>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_s3_answer;
+
+    #[test]
+    fn only_an_s3_error_document_counts_as_garage_answering() {
+        let garage = b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/xml\r\n\r\n\
+            <?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code></Error>";
+        assert!(is_s3_answer(garage));
+        let other_service = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n\r\n{}";
+        assert!(!is_s3_answer(other_service));
+        assert!(!is_s3_answer(b""));
+    }
 }
