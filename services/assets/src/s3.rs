@@ -122,18 +122,7 @@ impl S3Backend {
     }
 
     async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<(), Error> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|err| s3_error("create multipart upload", err))?;
-        let upload_id = created.upload_id().ok_or_else(|| Error::S3 {
-            operation: "create multipart upload",
-            message: "response has no upload id".to_owned(),
-        })?;
+        let upload_id = &start_multipart(&self.client, &self.bucket, key).await?;
         match self.put_parts(key, upload_id, path, size).await {
             Ok(parts) => self.complete(key, upload_id, parts).await,
             Err(err) => {
@@ -462,6 +451,28 @@ fn content_length(size: u64) -> Result<i64, Error> {
     i64::try_from(size).map_err(|_| Error::UploadTooLarge {
         limit: i64::MAX as u64,
     })
+}
+
+/// Starts a multipart upload at `key`; its upload id.
+pub(crate) async fn start_multipart(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+) -> Result<String, Error> {
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|err| s3_error("create multipart upload", err))?;
+    created
+        .upload_id()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::S3 {
+            operation: "create multipart upload",
+            message: "response has no upload id".to_owned(),
+        })
 }
 
 pub(crate) fn s3_error<E>(operation: &'static str, err: SdkError<E>) -> Error

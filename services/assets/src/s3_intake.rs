@@ -39,9 +39,9 @@ use crate::caller::Holder;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::part_plan::{self, STAGING_PREFIX, part_bytes};
-use crate::s3::{S3Backend, describe, s3_error};
+use crate::s3::{S3Backend, describe, s3_error, start_multipart};
 use crate::s3_multipart::{Multipart, abort_upload};
-use crate::spool::MAX_CHUNK_BYTES;
+use crate::spool::{MAX_CHUNK_BYTES, first_chunk};
 
 /// Multipart uploads and staging objects older than this are leftovers of
 /// a crash, not live uploads (as for spool files).
@@ -163,15 +163,7 @@ impl S3Intake {
         S: Stream<Item = Result<UploadChunk, tonic::Status>>,
     {
         let mut chunks = std::pin::pin!(chunks);
-        let first = match chunks.next().await {
-            Some(chunk) => chunk.map_err(Error::Interrupted)?,
-            None => UploadChunk::default(),
-        };
-        let expected = match first.expected_digest.as_str() {
-            "" => None,
-            text => Some(Digest::parse(text)?),
-        };
-        let key = expected.map(|digest| (holder.clone(), digest));
+        let (first, key) = first_chunk(&mut chunks, holder).await?;
         let mut upload = self.receiving_for(key.as_ref(), first.offset).await?;
         let mut received = self.append(&mut upload, &first.data).await;
         while received.is_ok() {
@@ -369,21 +361,7 @@ impl S3Intake {
                 .map_err(|err| s3_error("copy object", err))?;
             return Ok(());
         }
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(to)
-            .send()
-            .await
-            .map_err(|err| s3_error("create multipart upload", err))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| Error::S3 {
-                operation: "create multipart upload",
-                message: "response has no upload id".to_owned(),
-            })?
-            .to_owned();
+        let upload_id = start_multipart(&self.client, &self.bucket, to).await?;
         let mut parts = Vec::new();
         for (index, (first, last)) in part_plan::ranges(0, size, COPY_PART_BYTES).enumerate() {
             let number = i32::try_from(index + 1).unwrap_or(i32::MAX);

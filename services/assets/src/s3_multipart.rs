@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::error::Error;
 use crate::part_plan::MAX_PARTS;
-use crate::s3::{describe, s3_error};
+use crate::s3::{describe, s3_error, start_multipart};
 
 /// Parts sent at once: enough to keep the store busy, few enough that
 /// memory stays bounded (each holds one part buffer).
@@ -38,20 +38,7 @@ pub struct Multipart {
 
 impl Multipart {
     pub async fn create(client: &Client, bucket: &str, key: String) -> Result<Self, Error> {
-        let created = client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|err| s3_error("create multipart upload", err))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| Error::S3 {
-                operation: "create multipart upload",
-                message: "response has no upload id".to_owned(),
-            })?
-            .to_owned();
+        let upload_id = start_multipart(client, bucket, &key).await?;
         tracing::debug!(key, upload_id, "multipart upload started");
         Ok(Self {
             client: client.clone(),

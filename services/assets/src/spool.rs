@@ -37,6 +37,27 @@ pub struct Spooled {
     pub path: TempPath,
 }
 
+/// An upload's first chunk (empty for an empty stream), and the key its
+/// interrupted upload is kept under when it named its digest. Both intakes
+/// (spool and S3) start this way.
+pub(crate) async fn first_chunk<S>(
+    chunks: &mut std::pin::Pin<&mut S>,
+    holder: &Holder,
+) -> Result<(UploadChunk, Option<(Holder, Digest)>), Error>
+where
+    S: Stream<Item = Result<UploadChunk, tonic::Status>>,
+{
+    let first = match chunks.next().await {
+        Some(chunk) => chunk.map_err(Error::Interrupted)?,
+        None => UploadChunk::default(),
+    };
+    let key = match first.expected_digest.as_str() {
+        "" => None,
+        text => Some((holder.clone(), Digest::parse(text)?)),
+    };
+    Ok((first, key))
+}
+
 /// Interrupted uploads kept for resuming, at most this many (the oldest
 /// goes first)...
 const MAX_PAUSED: usize = 64;
@@ -94,15 +115,7 @@ impl Spool {
         S: Stream<Item = Result<UploadChunk, tonic::Status>>,
     {
         let mut chunks = std::pin::pin!(chunks);
-        let first = match chunks.next().await {
-            Some(chunk) => chunk.map_err(Error::Interrupted)?,
-            None => UploadChunk::default(),
-        };
-        let expected = match first.expected_digest.as_str() {
-            "" => None,
-            text => Some(Digest::parse(text)?),
-        };
-        let key = expected.map(|digest| (holder.clone(), digest));
+        let (first, key) = first_chunk(&mut chunks, holder).await?;
         let mut writer = self.writer_for(key.as_ref(), first.offset).await?;
         let mut received = writer.append(&first.data, self.max_upload_bytes).await;
         while received.is_ok() {
