@@ -122,6 +122,11 @@ async fn the_leader_rides_out_etcd_outages() -> Result<()> {
         .workers(2)
         .schedulers(2)
         .env("KILN_LEASE_TTL", "3")
+        // The leadership lease: long enough that the short outage below (a
+        // crash, half a second, then etcd's start-up, which took up to 3 s on
+        // a loaded CI machine) stays well inside it, short enough that the
+        // long one ends it soon.
+        .env("KILN_LEADER_TTL", "8")
         .start()
         .await?;
     let scene = example_scene(dir.path())?;
@@ -133,7 +138,7 @@ async fn the_leader_rides_out_etcd_outages() -> Result<()> {
 
     let led = kiln_tests::leading_scheduler(&farm).await?;
     let outage = Instant::now();
-    farm.etcd_mut().stop().await?;
+    farm.etcd_mut().process_mut().kill().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     farm.etcd_mut().start().await?;
     let down = outage.elapsed();
