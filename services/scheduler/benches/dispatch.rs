@@ -91,6 +91,7 @@ async fn main() -> Result<()> {
 
     let rss_queued = status_bytes(scheduler_pid, "VmRSS")?;
     let before = pg_counters(&db).await?;
+    let tables_before = table_writes(&db).await?;
     let cpu_before = cpu_seconds(scheduler_pid)?;
     let connections = match args.connections {
         0 => (args.workers / 125).max(8),
@@ -116,6 +117,7 @@ async fn main() -> Result<()> {
     // Postgres publishes other backends' counters about once a second.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = pg_counters(&db).await?;
+    let tables_after = table_writes(&db).await?;
     let peak_rss = status_bytes(scheduler_pid, "VmHWM")?;
     for sim in sims {
         sim.abort();
@@ -166,6 +168,19 @@ async fn main() -> Result<()> {
     );
     println!("| WAL bytes per task | {wal:.0} |");
     println!("| dead tuples in tasks after the run | {} |", after.dead);
+    for (table, (rows, updates, hot)) in &tables_after {
+        let (rows_before, updates_before, hot_before) =
+            tables_before.get(table).copied().unwrap_or_default();
+        let written = rows - rows_before;
+        if written * 100 < total as i64 {
+            continue;
+        }
+        println!(
+            "| rows written per task in `{table}` (HOT updates) | {:.2} ({:.0} %) |",
+            written as f64 / total as f64,
+            100.0 * (hot - hot_before) as f64 / (updates - updates_before).max(1) as f64
+        );
+    }
 
     if let (Some(keep), Some(scheduler)) = (&args.keep_log, farm.scheduler_mut()) {
         std::fs::copy(scheduler.log_path(), keep)?;
@@ -261,6 +276,21 @@ async fn pg_counters(db: &PgPool) -> Result<PgCounters> {
         dead,
         wal_bytes,
     })
+}
+
+/// Rows written, rows updated and HOT updates, by table, sorted by name.
+async fn table_writes(db: &PgPool) -> Result<std::collections::BTreeMap<String, (i64, i64, i64)>> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, (n_tup_ins + n_tup_upd + n_tup_del)::bigint, n_tup_upd::bigint,
+                n_tup_hot_upd::bigint
+         FROM pg_stat_user_tables",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(table, rows, updates, hot)| (table, (rows, updates, hot)))
+        .collect())
 }
 
 fn cpu_seconds(pid: u32) -> Result<f64> {
