@@ -17,6 +17,7 @@ use clap::Parser;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use common::{noop_job, open_session, started, succeeded};
@@ -41,6 +42,10 @@ struct Args {
     /// makes the latency measure the scheduler's own delay.
     #[arg(long, default_value_t = 0)]
     render_ms: u64,
+    /// Tasks each simulated worker holds queued behind the one it runs, as
+    /// a real worker's `--lookahead` (whose default is 1); 0 for none
+    #[arg(long, default_value_t = 1)]
+    lookahead: u32,
     /// Also run `riverqueue bench` against the same Postgres (path to the CLI)
     #[arg(long)]
     river: Option<std::path::PathBuf>,
@@ -107,9 +112,14 @@ async fn main() -> Result<()> {
         let channel = channels[i % channels.len()].clone();
         let (completed, latencies) = (completed.clone(), latencies.clone());
         let join_token = farm.join_token().to_owned();
-        sims.push(tokio::spawn(simulated_worker(
-            channel, i, join_token, render, completed, latencies,
-        )));
+        let sim = Sim {
+            index: i,
+            render,
+            lookahead: args.lookahead,
+            completed,
+            latencies,
+        };
+        sims.push(tokio::spawn(simulated_worker(channel, join_token, sim)));
     }
     wait_until_succeeded(&db, args.jobs as i64, Duration::from_secs(900)).await?;
     let elapsed = started.elapsed();
@@ -126,8 +136,8 @@ async fn main() -> Result<()> {
     latencies.sort_by(f64::total_cmp);
 
     println!(
-        "## Kiln scheduler: {} workers, {total} tasks in {} jobs, {} ms per simulated render",
-        args.workers, args.jobs, args.render_ms
+        "## Kiln scheduler: {} workers, {total} tasks in {} jobs, {} ms per simulated render, lookahead {}",
+        args.workers, args.jobs, args.render_ms, args.lookahead
     );
     println!("| figure | value |\n|---|---|");
     println!(
@@ -200,35 +210,48 @@ async fn connect(uri: &str, connections: usize) -> Result<Vec<Channel>> {
     Ok(channels)
 }
 
-/// One simulated worker: registers with the `noop` renderer and finishes
-/// each assignment after `render`, recording its dispatch latency in ms.
-async fn simulated_worker(
-    channel: Channel,
+struct Sim {
     index: usize,
-    join_token: String,
     render: Duration,
+    lookahead: u32,
     completed: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<f64>>>,
-) -> Result<()> {
-    let (tx, mut inbound) = open_session(channel, index, &join_token).await?;
+}
+
+/// One simulated worker: registers with the `noop` renderer and runs its
+/// assignments one after another, each for `render`, recording its dispatch
+/// latency in ms: from the moment it is free to the start of its next task,
+/// which is at once when a task waits in its lookahead queue.
+async fn simulated_worker(channel: Channel, join_token: String, sim: Sim) -> Result<()> {
+    let (tx, mut inbound) = open_session(channel, sim.index, &join_token, sim.lookahead).await?;
+    // The scheduler sends at most 1 + lookahead tasks ahead of their results.
+    let (queue_tx, mut queue) = mpsc::channel(sim.lookahead as usize + 1);
+    let reader = tokio::spawn(async move {
+        while let Some(incoming) = inbound.message().await? {
+            if let Some(pb::scheduler_message::Message::Assignment(task)) = incoming.message
+                && queue_tx.send(task).await.is_err()
+            {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
     let mut free_since = Instant::now();
-    while let Some(incoming) = inbound.message().await? {
-        let Some(pb::scheduler_message::Message::Assignment(task)) = incoming.message else {
-            continue;
-        };
+    while let Some(task) = queue.recv().await {
         let latency = free_since.elapsed().as_secs_f64() * 1000.0;
-        latencies
+        sim.latencies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(latency);
         tx.send(started(&task)).await?;
-        if !render.is_zero() {
-            tokio::time::sleep(render).await;
+        if !sim.render.is_zero() {
+            tokio::time::sleep(sim.render).await;
         }
         free_since = Instant::now();
         tx.send(succeeded(task)).await?;
-        completed.fetch_add(1, Ordering::Relaxed);
+        sim.completed.fetch_add(1, Ordering::Relaxed);
     }
+    reader.await??;
     Ok(())
 }
 

@@ -197,7 +197,7 @@ async fn latency(
     let reports = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        let (tx, mut inbound) = open_session(scheduler.channel.clone(), i, join_token).await?;
+        let (tx, mut inbound) = open_session(scheduler.channel.clone(), i, join_token, 0).await?;
         let (sent, reports) = (sent.clone(), reports.clone());
         workers.push(tokio::spawn(async move {
             let Some(task) = next_assignment(&mut inbound).await else {
@@ -277,7 +277,8 @@ async fn eta_runs(
     };
     let mut workers = Vec::new();
     for i in 0..args.eta_workers {
-        let (tx, inbound) = open_session(scheduler.channel.clone(), 10_000 + i, join_token).await?;
+        let (tx, inbound) =
+            open_session(scheduler.channel.clone(), 10_000 + i, join_token, 0).await?;
         workers.push(tokio::spawn(serve_slowly(tx, inbound)));
     }
     let first = eta(args, scheduler.clone(), &input)

@@ -298,7 +298,7 @@ async fn session(
         .keep_alive_timeout(Duration::from_secs(3))
         .connect()
         .await?;
-    let (tx, mut inbound) = open_session(channel, index, join_token).await?;
+    let (tx, mut inbound) = open_session(channel, index, join_token, 0).await?;
     while let Some(incoming) = inbound.message().await? {
         let Some(pb::scheduler_message::Message::Assignment(task)) = incoming.message else {
             continue;

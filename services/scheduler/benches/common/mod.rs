@@ -8,12 +8,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// Opens a simulated worker's session: registers `sim-<index>` with the
-/// no-op renderer and one slot, presenting the farm's join token. Returns
-/// the sender for further messages and the scheduler's messages.
+/// no-op renderer, one slot and room for `lookahead` queued tasks, presenting
+/// the farm's join token. Returns the sender for further messages and the
+/// scheduler's messages.
 pub async fn open_session(
     channel: Channel,
     index: usize,
     join_token: &str,
+    lookahead: u32,
 ) -> anyhow::Result<(
     mpsc::Sender<pb::WorkerMessage>,
     tonic::Streaming<pb::SchedulerMessage>,
@@ -34,6 +36,7 @@ pub async fn open_session(
                 })
                 .collect(),
             slots: 1,
+            lookahead,
             os: "linux".into(),
             ..Default::default()
         }),
