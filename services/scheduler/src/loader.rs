@@ -229,6 +229,10 @@ pub async fn load_one(db: &sqlx::PgPool, job_id: Uuid) -> Result<Option<LoadedJo
     Ok(load(db, rows).await?.pop())
 }
 
+/// How many queries read the unfinished tasks at once (by task index modulo
+/// this, so one huge job splits as well as many small ones).
+const TASK_QUERY_PARTS: i32 = 4;
+
 async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sqlx::Error> {
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -252,13 +256,20 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     // No ORDER BY: no index matches (job, index), so Postgres would sort
     // every unfinished task, spilling to disk with a million of them, while
     // a new leader keeps the farm waiting. `assemble` orders each job's own.
-    let tasks = sqlx::query_as::<_, TaskRow>(
-        "SELECT id, job_id, step_name, index, state, attempt, failures, worker_id, command, args, frames,
-                task_symbols
-         FROM tasks WHERE job_id = ANY($1) AND state <> 'succeeded'",
-    )
-    .bind(&ids)
-    .fetch_all(db);
+    // In parts, each on a connection of its own: one query hands a million
+    // rows to one Postgres backend and one decoding task, and both cores of
+    // a small leader sat half idle while the farm waited for it.
+    let tasks = futures::future::try_join_all((0..TASK_QUERY_PARTS).map(|part| {
+        sqlx::query_as::<_, TaskRow>(
+            "SELECT id, job_id, step_name, index, state, attempt, failures, worker_id, command, args,
+                    frames, task_symbols
+             FROM tasks WHERE job_id = ANY($1) AND state <> 'succeeded' AND index % $2 = $3",
+        )
+        .bind(&ids)
+        .bind(TASK_QUERY_PARTS)
+        .bind(part)
+        .fetch_all(db)
+    }));
     let blocklist = sqlx::query_as::<_, (Uuid, String, i32)>(
         "SELECT job_id, worker_id, failures FROM blocklist WHERE job_id = ANY($1)",
     )
@@ -284,6 +295,7 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
         .into_iter()
         .filter_map(|(id, seq)| Some((id, seq?)))
         .collect();
+    let tasks: Vec<TaskRow> = tasks.into_iter().flatten().collect();
     let mut loaded = assemble(rows, steps, counts, tasks, blocklist, &dependencies);
     for job in &mut loaded {
         job.job.last_event_seq = event_seqs.get(&job.job.id).map_or(0, |s| *s as u64);
