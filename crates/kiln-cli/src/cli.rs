@@ -338,6 +338,9 @@ pub struct DevArgs {
     /// Directory holding the farm's data and logs; kept between runs so earlier jobs remain
     #[arg(long, env = "KILN_DEV_DIR", default_value = ".kiln")]
     pub dir: PathBuf,
+    /// Gateway replicas; the ports below are the first's, the others pick free ones (dev.json lists them all)
+    #[arg(long, env = "KILN_DEV_GATEWAYS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub gateways: u8,
     /// Port of the gateway's gRPC API on 127.0.0.1
     #[arg(long, env = "KILN_DEV_GRPC_PORT", default_value_t = 7070)]
     pub grpc_port: u16,

@@ -30,6 +30,9 @@ pub type JobClient = JobServiceClient<InterceptedService<Channel, CallCredential
 pub struct DevInfo {
     pub gateway_grpc: String,
     pub gateway_http: String,
+    /// Every gateway replica's REST base URL, the first being `gateway_http`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways_http: Vec<String>,
     pub etcd: String,
     /// The etcd user and password (authentication is on).
     #[serde(default)]
@@ -231,6 +234,7 @@ mod tests {
         DevInfo {
             gateway_grpc: "http://127.0.0.1:7070".to_owned(),
             gateway_http: "http://127.0.0.1:7080".to_owned(),
+            gateways_http: Vec::new(),
             etcd: "http://127.0.0.1:2379".to_owned(),
             etcd_user: "kiln".to_owned(),
             etcd_password: String::new(),

@@ -16,6 +16,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let dir = std::path::absolute(&args.dir).map_err(CliError::io(&args.dir))?;
     let mut builder = Farm::builder(&dir)
         .workers(usize::from(args.workers))
+        .gateways(usize::from(args.gateways))
         .s3(args.s3)
         .tls(args.tls)
         .gateway_ports(args.grpc_port, args.http_port);
@@ -35,6 +36,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let info = DevInfo {
         gateway_grpc: farm.gateway_url(),
         gateway_http: farm.gateway_http_url(),
+        gateways_http: farm.gateway_http_urls(),
         etcd: farm.etcd_url(),
         etcd_user: etcd_user.to_owned(),
         etcd_password: etcd_password.to_owned(),
@@ -78,12 +80,20 @@ fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
         "dev_file": dev_file,
         "gateway_grpc": info.gateway_grpc,
         "gateway_http": info.gateway_http,
+        "gateways_http": info.gateways_http,
         "workers": farm.worker_count(),
         "logs": info.logs,
     }));
     say!("Kiln dev farm is running in {}", farm.dir().display());
     say!("  gateway gRPC  {}", info.gateway_grpc);
     say!("  gateway REST  {}", info.gateway_http);
+    for (n, url) in info.gateways_http.iter().enumerate().skip(1) {
+        say!(
+            "  gateway {}     REST {url}, gRPC {}",
+            n + 1,
+            grpc_of(farm, n)
+        );
+    }
     // Their passwords are in the dev file (readable by its owner only).
     say!("  Postgres      {}", farm.database_public_url());
     say!("  etcd          {} (user {})", info.etcd, info.etcd_user);
@@ -103,6 +113,10 @@ fn print_summary(farm: &Farm, info: &DevInfo, dev_file: &Path) {
         dev_file.display()
     );
     say!("Press Ctrl-C to stop.");
+}
+
+fn grpc_of(farm: &Farm, index: usize) -> String {
+    farm.gateway_urls().get(index).cloned().unwrap_or_default()
 }
 
 fn parent_of(dir: &Path) -> &Path {

@@ -167,6 +167,7 @@ mod tests {
         DevInfo {
             gateway_grpc: "http://127.0.0.1:7070".to_owned(),
             gateway_http: String::new(),
+            gateways_http: Vec::new(),
             etcd: String::new(),
             etcd_user: String::new(),
             etcd_password: String::new(),
