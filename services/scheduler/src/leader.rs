@@ -137,7 +137,26 @@ impl KeptLease {
     fn stop(self) {
         self.keeper.abort();
     }
+
+    /// Stops refreshing the lease and ends it at once, which deletes the
+    /// election key a failed campaign left behind. Left to run out instead,
+    /// that key stayed ahead of this replica's next one; with a lease longer
+    /// than the etcd client's request timeout, every later campaign timed
+    /// out queued behind the previous one's key, and no replica led until
+    /// the timings happened to line up. Best effort: etcd may be down.
+    async fn revoke(self, mut client: Client) {
+        let id = self.id;
+        self.stop();
+        match tokio::time::timeout(REVOKE_TIMEOUT, client.lease_revoke(id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::debug!(error = %err, "cannot revoke a campaign's lease; it runs out"),
+            Err(_) => tracing::debug!("revoking a campaign's lease timed out; it runs out"),
+        }
+    }
 }
+
+/// How long a failed campaign waits for etcd to end its lease.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn campaign(leading: &Leading) -> Result<(LeaderKey, KeptLease), etcd_client::Error> {
     let mut client = leading.discovery.client();
@@ -151,14 +170,14 @@ async fn campaign(leading: &Leading) -> Result<(LeaderKey, KeptLease), etcd_clie
         Ok(response) => match response.leader() {
             Some(key) => Ok((key.clone(), lease)),
             None => {
-                lease.stop();
+                lease.revoke(client).await;
                 Err(etcd_client::Error::InvalidArgs(
                     "campaign returned no leader key".into(),
                 ))
             }
         },
         Err(err) => {
-            lease.stop();
+            lease.revoke(client).await;
             Err(err)
         }
     }
