@@ -66,10 +66,17 @@ impl Model {
     }
 }
 
+/// A progress event; its status line's length varies, so that encoded
+/// events need one, two or three bytes for their length.
 fn progress(n: u64) -> Event {
+    let status = match n {
+        9 => "s".repeat(20_000),
+        n => "s".repeat((n % 7) as usize * 45),
+    };
     Event::TaskProgress(pb::TaskProgress {
         task_id: format!("task {n}"),
         fraction: 0.5,
+        status,
         ..Default::default()
     })
 }
@@ -139,6 +146,7 @@ async fn events_written_before_and_after_packing_read_back_as_one_log() -> Resul
     let mut rng = Lcg(7);
     for n in 0..40u64 {
         let (job, event) = match (n, rng.below(4)) {
+            (9, _) => (Some(bob), progress(n)),
             (3, _) => (
                 Some(alice),
                 task_change(task, pb::TaskState::Dispatched, 1, "w1"),
