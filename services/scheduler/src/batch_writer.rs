@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::core::batch::{Batch, BlocklistWrite, JobWrite, OutputWrite, TaskWrite, WorkerWrite};
+use crate::event_blocks::{self, Block};
 use crate::fence::{self, FenceError, Token};
 use crate::scene_history;
 
@@ -194,27 +195,30 @@ async fn write_jobs(tx: &mut sqlx::PgConnection, jobs: &[JobWrite]) -> Result<()
     Ok(())
 }
 
+/// One row per job of the batch (`event_blocks.rs`), not one per event: the
+/// event log was more than half the rows a batch wrote.
 async fn write_events(
     tx: &mut sqlx::PgConnection,
     events: &[(Uuid, Arc<pb::JobEvent>)],
 ) -> Result<(), sqlx::Error> {
-    let job_ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+    let blocks = event_blocks::pack(events);
+    let column = |f: fn(&Block) -> i64| blocks.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
-        "INSERT INTO job_events (job_id, seq, farm_seq, payload)
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[])",
+        "INSERT INTO job_events
+             (job_id, first_seq, last_seq, batch_first, first_farm_seq, last_farm_seq, payload)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                              $6::bigint[], $7::bytea[])",
     )
-    .bind(job_ids)
-    .bind(events.iter().map(|(_, e)| e.seq as i64).collect::<Vec<_>>())
+    .bind(blocks.iter().map(|b| b.job_id).collect::<Vec<_>>())
+    .bind(column(|b| b.first_seq))
+    .bind(column(|b| b.last_seq))
+    .bind(column(|b| b.batch_first))
+    .bind(column(|b| b.first_farm_seq))
+    .bind(column(|b| b.last_farm_seq))
     .bind(
-        events
+        blocks
             .iter()
-            .map(|(_, e)| e.farm_seq as i64)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|(_, e)| e.encode_to_vec())
+            .map(|b| b.payload.as_slice())
             .collect::<Vec<_>>(),
     )
     .execute(&mut *tx)

@@ -1,16 +1,31 @@
 //! Written events, read back: a job's events after a position (from the
 //! `job_events` table) or the farm's (`job_events` and `farm_events`), for
 //! watchers that connect late or fall behind the live bus (`watch.rs`).
+//! `job_events` holds a batch's events of one job as one block
+//! (`event_blocks.rs`): a job's are read block by block, the farm's a whole
+//! batch at a time, so a page holds about [`PAGE`] events, more when a batch
+//! is larger, and says whether another may follow.
 
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
 use prost::Message;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tonic::Status;
 use uuid::Uuid;
 
-/// Events read from Postgres per query while catching up.
+use crate::event_blocks::{self, CorruptBlock, Window};
+
+/// Events read from Postgres per page while catching up, about: a page
+/// never splits a block of a job's events, nor a batch of the farm's.
 pub const PAGE: i64 = 500;
+
+/// Events after a position, oldest first.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub events: Vec<pb::JobEvent>,
+    /// Whether events may follow the page's last (then it is not empty).
+    pub more: bool,
+}
 
 /// Which events a watch follows.
 #[derive(Debug, Clone, Copy)]
@@ -50,57 +65,180 @@ pub fn is_final_record(event: &pb::JobEvent) -> bool {
     )
 }
 
-/// Events of `scope` after `after`, oldest first, at most PAGE.
-pub async fn page(db: &PgPool, scope: Scope, after: u64) -> Result<Vec<pb::JobEvent>, Status> {
-    let rows: Vec<Vec<u8>> = match scope {
-        Scope::Job(id) => sqlx::query_scalar(
-            "SELECT payload FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(id)
-        .bind(after as i64)
-        .bind(PAGE)
-        .fetch_all(db)
-        .await,
+/// Events of `scope` after `after`, oldest first, about PAGE of them.
+pub async fn page(db: &PgPool, scope: Scope, after: u64) -> Result<Page, Status> {
+    let after_key = i64::try_from(after).unwrap_or(i64::MAX);
+    match scope {
+        Scope::Job(id) => {
+            let mut conn = db.acquire().await.map_err(unavailable)?;
+            job_page(&mut conn, id, after, after_key).await
+        }
         Scope::Farm => {
-            sqlx::query_scalar(
-                "SELECT payload FROM (
-                     SELECT farm_seq, payload FROM job_events WHERE farm_seq > $1
-                     UNION ALL
-                     SELECT farm_seq, payload FROM farm_events WHERE farm_seq > $1
-                 ) AS events ORDER BY farm_seq LIMIT $2",
-            )
-            .bind(after as i64)
-            .bind(PAGE)
-            .fetch_all(db)
-            .await
+            // One snapshot: a batch's job events and farm events commit
+            // together, and a page must not see the one without the other.
+            let mut tx = db
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await
+                .map_err(unavailable)?;
+            let page = farm_page(&mut tx, after, after_key).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(page)
         }
     }
-    .map_err(|err| Status::unavailable(format!("cannot read job events: {err}")))?;
-    rows.iter()
-        .map(|bytes| {
-            pb::JobEvent::decode(bytes.as_slice())
-                .map_err(|err| Status::data_loss(format!("a stored job event is corrupt: {err}")))
-        })
-        .collect()
+}
+
+async fn job_page(
+    conn: &mut PgConnection,
+    id: Uuid,
+    after: u64,
+    after_key: i64,
+) -> Result<Page, Status> {
+    let (containing, next): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT max(first_seq) FROM job_events WHERE job_id = $1 AND first_seq <= $2),
+                (SELECT min(first_seq) FROM job_events WHERE job_id = $1 AND first_seq > $2)",
+    )
+    .bind(id)
+    .bind(after_key)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let Some(window) = Window::after(containing, next, PAGE) else {
+        return Ok(Page::default());
+    };
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT payload FROM job_events WHERE job_id = $1 AND first_seq BETWEEN $2 AND $3
+         ORDER BY first_seq",
+    )
+    .bind(id)
+    .bind(window.from)
+    .bind(window.to)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let beyond: Option<i64> = sqlx::query_scalar(
+        "SELECT min(first_seq) FROM job_events WHERE job_id = $1 AND first_seq > $2",
+    )
+    .bind(id)
+    .bind(window.to)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let blocks = payloads
+        .iter()
+        .map(|payload| event_blocks::unpack(payload))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(corrupt)?;
+    Ok(Page {
+        events: event_blocks::job_order_after(blocks, after),
+        more: beyond.is_some(),
+    })
+}
+
+async fn farm_page(conn: &mut PgConnection, after: u64, after_key: i64) -> Result<Page, Status> {
+    let (blocks, beyond) = match batch_window(&mut *conn, after_key, PAGE)
+        .await
+        .map_err(unavailable)?
+    {
+        Some(window) => {
+            let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT payload FROM job_events WHERE batch_first BETWEEN $1 AND $2",
+            )
+            .bind(window.from)
+            .bind(window.to)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            let beyond = batch_after(&mut *conn, window.to)
+                .await
+                .map_err(unavailable)?;
+            let blocks = payloads
+                .iter()
+                .map(|payload| Ok(((), event_blocks::unpack(payload)?)))
+                .collect::<Result<Vec<_>, CorruptBlock>>()
+                .map_err(corrupt)?;
+            (blocks, beyond)
+        }
+        None => (Vec::new(), None),
+    };
+    let job_events = event_blocks::farm_order_after(blocks, after)
+        .into_iter()
+        .map(|((), event)| event)
+        .collect();
+    let farm_payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT payload FROM farm_events
+         WHERE farm_seq > $1 AND ($2::bigint IS NULL OR farm_seq < $2)
+         ORDER BY farm_seq LIMIT $3",
+    )
+    .bind(after_key)
+    .bind(beyond)
+    .bind(PAGE)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let farm_events = farm_payloads
+        .iter()
+        .map(|bytes| pb::JobEvent::decode(bytes.as_slice()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| Status::data_loss(format!("a stored farm event is corrupt: {err}")))?;
+    let (events, more) = event_blocks::farm_page(job_events, beyond, farm_events, PAGE as usize);
+    Ok(Page { events, more })
+}
+
+/// The batches of job events to read after farm position `after`, about
+/// `span` events' worth ([`Window`]).
+pub async fn batch_window(
+    conn: &mut PgConnection,
+    after: i64,
+    span: i64,
+) -> Result<Option<Window>, sqlx::Error> {
+    let (containing, next): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT max(batch_first) FROM job_events WHERE batch_first <= $1),
+                (SELECT min(batch_first) FROM job_events WHERE batch_first > $1)",
+    )
+    .bind(after)
+    .fetch_one(conn)
+    .await?;
+    Ok(Window::after(containing, next, span))
+}
+
+/// Where the first batch of job events after `key` starts, if one does.
+pub async fn batch_after(conn: &mut PgConnection, key: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(batch_first) FROM job_events WHERE batch_first > $1")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}
+
+fn unavailable(err: sqlx::Error) -> Status {
+    Status::unavailable(format!("cannot read job events: {err}"))
+}
+
+fn corrupt(err: CorruptBlock) -> Status {
+    Status::data_loss(err.to_string())
 }
 
 /// The last position written for `scope`.
 pub async fn last_position(db: &PgPool, scope: Scope) -> Result<u64, sqlx::Error> {
-    let last: Option<i64> = match scope {
-        Scope::Job(id) => {
-            sqlx::query_scalar("SELECT max(seq) FROM job_events WHERE job_id = $1")
-                .bind(id)
+    let last: Option<i64> =
+        match scope {
+            Scope::Job(id) => sqlx::query_scalar(
+                "SELECT last_seq FROM job_events WHERE job_id = $1 ORDER BY first_seq DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+            Scope::Farm => {
+                // The newest batch holds the log's last position, in one of its
+                // blocks.
+                sqlx::query_scalar(
+                    "SELECT greatest(
+                     (SELECT max(last_farm_seq) FROM job_events
+                      WHERE batch_first = (SELECT max(batch_first) FROM job_events)),
+                     (SELECT max(farm_seq) FROM farm_events))",
+                )
                 .fetch_one(db)
                 .await?
-        }
-        Scope::Farm => {
-            sqlx::query_scalar(
-                "SELECT greatest((SELECT max(farm_seq) FROM job_events),
-                                 (SELECT max(farm_seq) FROM farm_events))",
-            )
-            .fetch_one(db)
-            .await?
-        }
-    };
+            }
+        };
     Ok(last.unwrap_or(0) as u64)
 }

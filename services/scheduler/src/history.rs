@@ -2,6 +2,9 @@
 //! attempts (who ran each, from when to when, how it ended) and the farm's
 //! recent task runs for a timeline. Every task state change is an event
 //! written with the change itself, so these need no table of their own.
+//! The log holds a batch's events of one job as one block
+//! (`event_blocks.rs`). A block that does not decode is skipped, as a
+//! corrupt event was before blocks: a history with a hole beats none.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,17 +13,19 @@ use futures::TryStreamExt;
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
 use pbjson_types::Timestamp;
-use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::event_blocks;
 use crate::timestamps::timestamp;
 
 /// Events of one job read for a task's history, at most: a job's log is
 /// bounded by its tasks, this by memory.
 const MAX_JOB_EVENTS: i64 = 1_000_000;
 /// The farm's most recent events a timeline looks through, at most.
-const TIMELINE_EVENTS: i64 = 100_000;
+const TIMELINE_EVENTS: usize = 100_000;
+/// Blocks read per query while looking back through the farm's newest.
+const TIMELINE_CHUNK: i64 = 1000;
 pub const DEFAULT_SPANS: usize = 2000;
 pub const MAX_SPANS: usize = 10_000;
 
@@ -31,24 +36,89 @@ pub async fn task_attempts(
     task_id: Uuid,
 ) -> Result<Vec<pb::TaskAttempt>, sqlx::Error> {
     let task = task_id.to_string();
+    // A job's events are numbered from 1 without gaps: its first
+    // MAX_JOB_EVENTS are in the blocks that start at or below that.
     let mut rows = sqlx::query_scalar::<_, Vec<u8>>(
-        "SELECT payload FROM job_events WHERE job_id = $1 ORDER BY seq LIMIT $2",
+        "SELECT payload FROM job_events WHERE job_id = $1 AND first_seq <= $2 ORDER BY first_seq",
     )
     .bind(job_id)
     .bind(MAX_JOB_EVENTS)
     .fetch(db);
     let mut attempts = Attempts::default();
+    let mut read = 0;
     while let Some(payload) = rows.try_next().await? {
-        let Ok(event) = pb::JobEvent::decode(payload.as_slice()) else {
+        let Some(events) = decoded(job_id, &payload) else {
             continue;
         };
-        if let Some(Event::TaskStateChanged(change)) = &event.event
-            && change.task_id == task
-        {
-            attempts.apply(change, event.at);
+        for event in events {
+            read += 1;
+            if read > MAX_JOB_EVENTS {
+                break;
+            }
+            if let Some(Event::TaskStateChanged(change)) = &event.event
+                && change.task_id == task
+            {
+                attempts.apply(change, event.at);
+            }
         }
     }
     Ok(attempts.into_list())
+}
+
+fn decoded(job_id: Uuid, payload: &[u8]) -> Option<Vec<pb::JobEvent>> {
+    event_blocks::unpack(payload)
+        .inspect_err(
+            |err| tracing::warn!(%job_id, error = %err, "skipping a corrupt block of job events"),
+        )
+        .ok()
+}
+
+/// The farm's newest `count` job events, oldest first, with their jobs.
+async fn newest_events(
+    db: &PgPool,
+    count: usize,
+) -> Result<Vec<(Uuid, pb::JobEvent)>, sqlx::Error> {
+    // Newest blocks first, a chunk at a time, until `count` events are read
+    // and the batch last reached is read whole: a batch's blocks overlap in
+    // farm_seq, so only all of them give its newest events.
+    const FIRST: &str = "SELECT job_id, batch_first, first_farm_seq, payload FROM job_events
+         ORDER BY batch_first DESC, first_farm_seq DESC LIMIT $1";
+    const OLDER: &str = "SELECT job_id, batch_first, first_farm_seq, payload FROM job_events
+         WHERE (batch_first, first_farm_seq) < ($2, $3)
+         ORDER BY batch_first DESC, first_farm_seq DESC LIMIT $1";
+    const REST_OF_BATCH: &str =
+        "SELECT job_id, batch_first, first_farm_seq, payload FROM job_events
+         WHERE batch_first = $2 AND first_farm_seq < $3
+         ORDER BY batch_first DESC, first_farm_seq DESC LIMIT $1";
+    let mut blocks: Vec<(Uuid, Vec<pb::JobEvent>)> = Vec::new();
+    let mut read = 0;
+    let mut last: Option<(i64, i64)> = None;
+    loop {
+        let query = match last {
+            None => sqlx::query_as(FIRST).bind(TIMELINE_CHUNK),
+            Some((batch_first, first_farm_seq)) => {
+                sqlx::query_as(if read >= count { REST_OF_BATCH } else { OLDER })
+                    .bind(TIMELINE_CHUNK)
+                    .bind(batch_first)
+                    .bind(first_farm_seq)
+            }
+        };
+        let chunk: Vec<(Uuid, i64, i64, Vec<u8>)> = query.fetch_all(db).await?;
+        let exhausted = (chunk.len() as i64) < TIMELINE_CHUNK;
+        for (job_id, batch_first, first_farm_seq, payload) in chunk {
+            last = Some((batch_first, first_farm_seq));
+            if let Some(events) = decoded(job_id, &payload) {
+                read += events.len();
+                blocks.push((job_id, events));
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let mut events = event_blocks::farm_order_after(blocks, 0);
+    events.drain(..events.len().saturating_sub(count));
+    Ok(events)
 }
 
 /// The farm's task runs (or one owner's) that ended after `since` or are
@@ -60,23 +130,28 @@ pub async fn task_spans(
     limit: usize,
 ) -> Result<Vec<pb::TaskSpan>, sqlx::Error> {
     // The newest events first, a bounded number, then filtered: the scan
-    // follows the farm_seq index and stops at the bound whatever the filter.
-    let rows: Vec<(Uuid, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT e.job_id, e.payload, j.name FROM
-           (SELECT job_id, farm_seq, payload FROM job_events ORDER BY farm_seq DESC LIMIT $1) e
-         JOIN jobs j ON j.id = e.job_id
-         WHERE $2::text IS NULL OR j.owner = $2
-         ORDER BY e.farm_seq",
+    // follows the batch index and stops at the bound whatever the filter.
+    let events = newest_events(db, TIMELINE_EVENTS).await?;
+    let mut job_ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+    job_ids.sort_unstable();
+    job_ids.dedup();
+    let jobs: HashMap<Uuid, (String, String)> = sqlx::query_as::<_, (Uuid, String, String)>(
+        "SELECT id, name, owner FROM jobs WHERE id = ANY($1)",
     )
-    .bind(TIMELINE_EVENTS)
-    .bind(owner)
+    .bind(&job_ids)
     .fetch_all(db)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|(id, name, job_owner)| (id, (name, job_owner)))
+    .collect();
     let mut spans: BTreeMap<(String, u32), pb::TaskSpan> = BTreeMap::new();
-    for (job_id, payload, job_name) in rows {
-        let Ok(event) = pb::JobEvent::decode(payload.as_slice()) else {
+    for (job_id, event) in events {
+        let Some((job_name, job_owner)) = jobs.get(&job_id) else {
             continue;
         };
+        if owner.is_some_and(|owner| owner != job_owner) {
+            continue;
+        }
         let Some(Event::TaskStateChanged(change)) = &event.event else {
             continue;
         };

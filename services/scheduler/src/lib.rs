@@ -5,7 +5,9 @@
 //!    `job_state.rs` (a job's state from its tasks), `retry.rs` (the failure
 //!    policy), `matching.rs` (host requirements against workers), `eta.rs`
 //!    (run-time statistics to an ETA), `scene_history.rs` (what earlier
-//!    jobs of a scene took), `tags.rs` (pool names), `timestamps.rs`.
+//!    jobs of a scene took), `tags.rs` (pool names), `timestamps.rs`,
+//!    `event_blocks.rs` (the event log's stored form: a batch's events of
+//!    one job packed into one row, and read back in seq or farm order).
 //! 2. `core/`: the dispatch core, the leader's queue as a model with private
 //!    fields; commands in, a batch of guarded writes and effects out. The
 //!    order of dispatch is decided in `core/pick_order.rs`.
@@ -35,6 +37,7 @@ pub mod dispatch;
 pub mod effects;
 mod error;
 pub mod eta;
+pub mod event_blocks;
 pub mod event_bus;
 pub mod event_replay;
 pub mod farm_service;

@@ -276,9 +276,10 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     .bind(&ids)
     .fetch_all(db);
     // Each job's last event from the end of its index, not a scan of every
-    // event of the job.
+    // event of the job: the last of its last block (`event_blocks.rs`).
     let event_seqs = sqlx::query_as::<_, (Uuid, Option<i64>)>(
-        "SELECT j.id, (SELECT e.seq FROM job_events e WHERE e.job_id = j.id ORDER BY e.seq DESC LIMIT 1)
+        "SELECT j.id, (SELECT e.last_seq FROM job_events e WHERE e.job_id = j.id
+                       ORDER BY e.first_seq DESC LIMIT 1)
          FROM unnest($1::uuid[]) AS j(id)",
     )
     .bind(&ids)

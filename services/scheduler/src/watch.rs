@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
 use crate::event_bus::JobNotice;
-use crate::event_replay::{PAGE, Scope, page};
+use crate::event_replay::{Scope, page};
 use crate::leader::LeaderSlot;
 use crate::queries;
 use crate::scheduler::Scheduler;
@@ -72,16 +72,18 @@ impl Watch {
         };
         let mut last_was_final = false;
         loop {
-            let events = page(&self.scheduler.db, self.scope, self.after).await?;
-            let full = events.len() as i64 == PAGE;
-            for event in events {
+            // Pages vary in size (a batch is never split): each says
+            // whether another may follow.
+            let page = page(&self.scheduler.db, self.scope, self.after).await?;
+            let more = page.more && !page.events.is_empty();
+            for event in page.events {
                 self.after = self.scope.position(&event);
                 last_was_final = self.scope.ends_with(&event);
                 if self.to.send(Ok(event)).await.is_err() {
                     return Ok(Next::Done);
                 }
             }
-            if !full {
+            if !more {
                 break;
             }
         }

@@ -1,5 +1,6 @@
 //! Job events into deliveries: the leader reads `job_events` after the
-//! cursor, a bounded batch at a time, and in ONE transaction (fenced like
+//! cursor, a bounded number at a time (whole batches of blocks,
+//! `store::events_after`), and in ONE transaction (fenced like
 //! every leader write) inserts a delivery per matching webhook, remembers
 //! the jobs' states and advances the cursor. A failover in between repeats
 //! the whole batch or none of it; repeated ids are skipped (`ON CONFLICT`).
@@ -11,7 +12,6 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_event::Event;
-use prost::Message;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -22,18 +22,17 @@ use crate::webhooks::event_kind::{EventKind, classify};
 use crate::webhooks::signature::delivery_id;
 use crate::webhooks::store::{self, NewDelivery, WebhookRow};
 
-/// Events read per fan-out transaction.
+/// Events read per fan-out transaction, about (a batch is never split).
 pub const BATCH: i64 = 500;
 
-/// One fan-out batch. Returns how many events it read (fewer than
-/// [`BATCH`]: caught up).
-pub async fn fan_out(db: &PgPool, token: Token) -> Result<usize, SchedulerError> {
+/// One fan-out batch. Returns whether more events wait (false: caught up).
+pub async fn fan_out(db: &PgPool, token: Token) -> Result<bool, SchedulerError> {
     let mut tx = db.begin().await?;
     fence::check(&mut tx, token).await?;
     let cursor = store::lock_cursor(&mut tx).await?;
-    let events = store::events_after(&mut tx, cursor, BATCH).await?;
-    let Some(last) = events.last().map(|e| e.farm_seq) else {
-        return Ok(0);
+    let store::EventsAfter { events, more } = store::events_after(&mut tx, cursor, BATCH).await?;
+    let Some(last) = events.last().map(|e| e.event.farm_seq as i64) else {
+        return Ok(false);
     };
     let hooks = store::all_webhooks(&mut tx).await?;
     let mut jobs: Vec<Uuid> = events.iter().map(|e| e.job_id).collect();
@@ -47,15 +46,9 @@ pub async fn fan_out(db: &PgPool, token: Token) -> Result<usize, SchedulerError>
     let mut changed: HashMap<Uuid, &'static str> = HashMap::new();
     let mut deliveries = Vec::new();
     for row in &events {
-        let event = match pb::JobEvent::decode(row.payload.as_slice()) {
-            Ok(event) => event,
-            Err(err) => {
-                tracing::warn!(job_id = %row.job_id, seq = row.seq, error = %err, "skipping a corrupt job event");
-                continue;
-            }
-        };
+        let event = &row.event;
         let last_seen = seen.get(&row.job_id).copied();
-        let (kind, now_seen) = classify(&event, last_seen);
+        let (kind, now_seen) = classify(event, last_seen);
         if let Some(state) = now_seen
             && Some(state) != last_seen
         {
@@ -65,9 +58,9 @@ pub async fn fan_out(db: &PgPool, token: Token) -> Result<usize, SchedulerError>
         let Some(kind) = kind else {
             continue;
         };
-        let body = body(kind, row.job_id, &row.owner, &event, row.created_at);
+        let body = body(kind, row.job_id, &row.owner, event, row.created_at);
         deliveries.extend(matching(&hooks, &row.owner, kind).map(|hook| NewDelivery {
-            id: delivery_id(hook.id, row.job_id, &row.seq.to_string()),
+            id: delivery_id(hook.id, row.job_id, &event.seq.to_string()),
             webhook_id: hook.id,
             job_id: row.job_id,
             event: kind,
@@ -85,7 +78,7 @@ pub async fn fan_out(db: &PgPool, token: Token) -> Result<usize, SchedulerError>
             "webhook deliveries made"
         );
     }
-    Ok(events.len())
+    Ok(more)
 }
 
 fn matching<'a>(

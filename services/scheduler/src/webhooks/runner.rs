@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use crate::fence::Token;
 use crate::webhooks::Settings;
-use crate::webhooks::fanout::{self, BATCH};
+use crate::webhooks::fanout;
 use crate::webhooks::sender::{Sender, Signed};
 use crate::webhooks::signature::sign;
 use crate::webhooks::store::{self, DueDelivery};
@@ -33,7 +33,7 @@ pub async fn run(db: PgPool, token: Token, settings: Settings) {
     loop {
         let mut busy = false;
         match fanout::fan_out(&db, token).await {
-            Ok(read) => busy |= read as i64 >= BATCH,
+            Ok(more) => busy |= more,
             Err(crate::SchedulerError::NotLeader(why)) => {
                 tracing::info!(reason = %why, "webhook loop stops: no longer leading");
                 return;

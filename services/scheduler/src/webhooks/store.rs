@@ -8,6 +8,8 @@ use kiln_proto::v1 as pb;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::event_blocks;
+use crate::event_replay;
 use crate::timestamps::timestamp;
 use crate::webhooks::event_kind::EventKind;
 
@@ -296,15 +298,21 @@ pub async fn insert_deliveries(
     Ok(())
 }
 
-/// A stored job event, with its job's owner.
-#[derive(Debug, sqlx::FromRow)]
-pub struct EventRow {
+/// A stored job event, with its job's owner and when it was written.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
     pub job_id: Uuid,
-    pub seq: i64,
-    pub farm_seq: i64,
-    pub payload: Vec<u8>,
-    pub created_at: DateTime<Utc>,
     pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub event: pb::JobEvent,
+}
+
+/// Job events after a farm position, oldest first.
+#[derive(Debug, Default)]
+pub struct EventsAfter {
+    pub events: Vec<StoredEvent>,
+    /// Whether events may follow the last.
+    pub more: bool,
 }
 
 /// The cursor, locked until the transaction ends: one fan-out at a time.
@@ -322,21 +330,53 @@ pub async fn set_cursor(conn: &mut PgConnection, farm_seq: i64) -> Result<(), sq
     Ok(())
 }
 
-/// Job events after `after`, oldest first, at most `limit`.
+/// Job events after farm position `after`, oldest first, about `limit`:
+/// whole batches of blocks (`event_replay::batch_window`), so more when a
+/// batch is larger. A block that does not decode is skipped, as a corrupt
+/// event was before blocks: one bad row must not stop every webhook.
 pub async fn events_after(
     conn: &mut PgConnection,
     after: i64,
     limit: i64,
-) -> Result<Vec<EventRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT e.job_id, e.seq, e.farm_seq, e.payload, e.created_at, j.owner
+) -> Result<EventsAfter, sqlx::Error> {
+    let Some(window) = event_replay::batch_window(&mut *conn, after, limit).await? else {
+        return Ok(EventsAfter::default());
+    };
+    let rows: Vec<(Uuid, Vec<u8>, DateTime<Utc>, String)> = sqlx::query_as(
+        "SELECT e.job_id, e.payload, e.created_at, j.owner
          FROM job_events e JOIN jobs j ON j.id = e.job_id
-         WHERE e.farm_seq > $1 ORDER BY e.farm_seq LIMIT $2",
+         WHERE e.batch_first BETWEEN $1 AND $2",
     )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+    .bind(window.from)
+    .bind(window.to)
+    .fetch_all(&mut *conn)
+    .await?;
+    let beyond = event_replay::batch_after(&mut *conn, window.to).await?;
+    let blocks = rows
+        .into_iter()
+        .filter_map(
+            |(job_id, payload, created_at, owner)| match event_blocks::unpack(&payload) {
+                Ok(events) => Some(((job_id, created_at, owner), events)),
+                Err(err) => {
+                    tracing::warn!(%job_id, error = %err, "skipping a corrupt block of job events");
+                    None
+                }
+            },
+        )
+        .collect();
+    let events = event_blocks::farm_order_after(blocks, after.max(0) as u64)
+        .into_iter()
+        .map(|((job_id, created_at, owner), event)| StoredEvent {
+            job_id,
+            owner,
+            created_at,
+            event,
+        })
+        .collect();
+    Ok(EventsAfter {
+        events,
+        more: beyond.is_some(),
+    })
 }
 
 pub async fn job_states(
