@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 
 use kiln_discovery::{Discovery, Endpoint, Registration};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::ServerTlsConfig;
 
@@ -208,7 +207,15 @@ pub async fn serve_unlisted_tls(
         // Per-call metrics and the caller's deadline, for every service alike.
         .layer(kiln_mesh::server_layer())
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY: tonic sets it only on listeners it binds itself. Without
+        // it, Nagle held HTTP/2's small frames back for the peer's delayed ACK,
+        // and a gateway whose scheduler link was not kept busy by its own
+        // traffic answered in 46 ms instead of 16 (two gateways together
+        // served a third of one's requests per second).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     Ok(result?)
 }

@@ -81,6 +81,10 @@ async fn accept(
                 continue;
             }
         };
+        // As for plain connections: no Nagle delay on responses.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
