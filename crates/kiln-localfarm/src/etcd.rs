@@ -6,7 +6,7 @@ use etcd_client::{ConnectOptions, Permission};
 use crate::binary::find_on_path;
 use crate::error::{LocalFarmError, Result};
 use crate::fs::absolute;
-use crate::ports::free_port;
+use crate::ports::free_ports;
 use crate::process::ServiceProcess;
 use crate::secret::random_hex;
 use crate::wait::wait_ready;
@@ -43,8 +43,7 @@ impl Etcd {
     /// on two free ports; nothing runs until [`Etcd::start`].
     pub fn new(data_dir: impl AsRef<Path>, log: impl AsRef<Path>) -> Result<Self> {
         let data_dir = absolute(data_dir.as_ref())?;
-        let client_port = free_port()?;
-        let peer_port = free_port()?;
+        let [client_port, peer_port] = free_ports()?;
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let process = ServiceProcess::new("etcd", find_on_path("etcd")?, absolute(log.as_ref())?)

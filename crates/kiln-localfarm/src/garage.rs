@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{LocalFarmError, Result};
 use crate::fs::{absolute, write_private};
-use crate::ports::{accepts_tcp, free_port};
+use crate::ports::{accepts_tcp, free_ports};
 use crate::process::ServiceProcess;
 use crate::secret::random_hex;
 use crate::wait::wait_ready;
@@ -57,11 +57,11 @@ impl Garage {
         let dir = absolute(dir.as_ref())?;
         std::fs::create_dir_all(&dir).map_err(|e| LocalFarmError::io(&dir, e))?;
         let credentials = load_or_create_credentials(&dir.join("credentials.json"))?;
-        let s3_port = free_port()?;
+        let [rpc_port, s3_port] = free_ports()?;
         let config = dir.join("garage.toml");
         write_private(
             &config,
-            render_config(&dir, free_port()?, s3_port, &credentials).as_bytes(),
+            render_config(&dir, rpc_port, s3_port, &credentials).as_bytes(),
         )?;
         let process = ServiceProcess::new("garage", garage_binary()?, absolute(log.as_ref())?)
             .arg("-c")

@@ -38,13 +38,18 @@ impl Drop for ChildGuard {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Two different free ports: both are held until both are picked, or the
+/// kernel may hand out the first again as the second.
+fn two_free_ports() -> std::io::Result<(u16, u16)> {
+    let first = TcpListener::bind("127.0.0.1:0")?;
+    let second = TcpListener::bind("127.0.0.1:0")?;
+    Ok((first.local_addr()?.port(), second.local_addr()?.port()))
 }
 
 fn start_etcd(dir: &Path) -> std::io::Result<(ChildGuard, String)> {
-    let client_url = format!("http://127.0.0.1:{}", free_port()?);
-    let peer_url = format!("http://127.0.0.1:{}", free_port()?);
+    let (client_port, peer_port) = two_free_ports()?;
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
     let child = Command::new("etcd")
         .arg("--data-dir")
         .arg(dir.join("etcd"))

@@ -149,7 +149,9 @@ impl KeptLease {
         self.stop();
         match tokio::time::timeout(REVOKE_TIMEOUT, client.lease_revoke(id)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::debug!(error = %err, "cannot revoke a campaign's lease; it runs out"),
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "cannot revoke a campaign's lease; it runs out")
+            }
             Err(_) => tracing::debug!("revoking a campaign's lease timed out; it runs out"),
         }
     }
