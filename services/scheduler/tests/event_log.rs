@@ -242,23 +242,7 @@ async fn events_written_before_and_after_packing_read_back_as_one_log() -> Resul
         let mut positions: Vec<u64> = (0..=last + 1).step_by(7).collect();
         positions.extend([1, 2, last.saturating_sub(1), last, last + 1]);
         for after in positions {
-            let mut read = Vec::new();
-            let mut at = after;
-            loop {
-                let page = event_replay::page(&db, Scope::Job(job), at).await?;
-                assert!(
-                    page.events.len() <= bound,
-                    "a page of {}",
-                    page.events.len()
-                );
-                if let Some(e) = page.events.last() {
-                    at = e.seq;
-                }
-                read.extend(page.events);
-                if !page.more {
-                    break;
-                }
-            }
+            let read = read_from(&db, Scope::Job(job), after, bound).await?;
             let expected: Vec<&pb::JobEvent> = all.iter().filter(|e| e.seq > after).collect();
             assert_eq!(
                 read.iter().collect::<Vec<_>>(),
@@ -273,23 +257,7 @@ async fn events_written_before_and_after_packing_read_back_as_one_log() -> Resul
     let mut positions: Vec<u64> = (0..=end + 1).step_by(13).collect();
     positions.extend([1, 39, 40, 41, 42, end - 1, end, end + 1]);
     for after in positions {
-        let mut read = Vec::new();
-        let mut at = after;
-        loop {
-            let page = event_replay::page(&db, Scope::Farm, at).await?;
-            assert!(
-                page.events.len() <= bound,
-                "a page of {}",
-                page.events.len()
-            );
-            if let Some(e) = page.events.last() {
-                at = e.farm_seq;
-            }
-            read.extend(page.events);
-            if !page.more {
-                break;
-            }
-        }
+        let read = read_from(&db, Scope::Farm, after, bound).await?;
         let expected: Vec<&pb::JobEvent> =
             model.events.iter().filter(|e| e.farm_seq > after).collect();
         assert_eq!(
@@ -403,4 +371,31 @@ async fn a_corrupt_block_is_an_error_for_a_watch_not_a_panic() -> Result<()> {
     let page = store::events_after(&mut conn, 0, 500).await?;
     assert!(page.events.is_empty() && !page.more);
     Ok(())
+}
+
+/// Every event of `scope` after `after`, page by page as a watcher catches
+/// up, checking that no page is over `bound`.
+async fn read_from(
+    db: &PgPool,
+    scope: Scope,
+    after: u64,
+    bound: usize,
+) -> Result<Vec<pb::JobEvent>> {
+    let mut read = Vec::new();
+    let mut at = after;
+    loop {
+        let page = event_replay::page(db, scope, at).await?;
+        assert!(
+            page.events.len() <= bound,
+            "a page of {}",
+            page.events.len()
+        );
+        if let Some(e) = page.events.last() {
+            at = scope.position(e);
+        }
+        read.extend(page.events);
+        if !page.more {
+            return Ok(read);
+        }
+    }
 }
