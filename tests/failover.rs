@@ -1,7 +1,8 @@
 //! High availability beyond the chaos run: a render keeps going through a
 //! leader failover and is confirmed by the new leader instead of rendered
-//! again; the leader rides out a short etcd outage, and stands down during a
-//! long one until etcd is back.
+//! again; a crashed leader's lease is ended rather than waited out; the
+//! leader rides out a short etcd outage, and stands down during a long one
+//! until etcd is back.
 
 use std::time::Duration;
 
@@ -112,6 +113,43 @@ async fn a_worker_restarted_during_a_failover_gets_its_task_again_at_once() -> R
         "the attempt the restarted worker lost was dispatched again: {rendered:?}"
     );
     rendering.farm.shutdown().await?;
+    Ok(())
+}
+
+/// A leader killed outright is replaced long before its lease would run
+/// out: the standby finds the leader's address refusing connections and ends
+/// the lease itself. With a 60 s lease, the farm finishes another task within
+/// half of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_leaders_lease_is_ended_not_waited_out() -> Result<()> {
+    const LEASE: Duration = Duration::from_secs(60);
+    let dir = kiln_tests::e2e_dir()?;
+    let mut farm = Farm::builder(dir.path().join("farm"))
+        .workers(1)
+        .schedulers(2)
+        .env("KILN_LEADER_TTL", &LEASE.as_secs().to_string())
+        .start()
+        .await?;
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    let job = client.submit_blender(&scene, "1-40", 2).await?;
+    wait_for_succeeded(&mut client, &job.id, 1).await?;
+    let led = kiln_tests::leading_scheduler(&farm).await?;
+    let before = succeeded(&mut client, &job.id).await?;
+    let killed = Instant::now();
+    farm.schedulers_mut()[led].kill().await?;
+
+    let after = client
+        .wait_for_job(&job.id, LEASE / 2, |j| j.tasks_succeeded > before)
+        .await
+        .context("no task finished in half the crashed leader's lease: was it waited out?")?;
+    println!(
+        "leader killed with {before} tasks done: {} done {:.1} s later, with a {} s lease",
+        after.tasks_succeeded,
+        killed.elapsed().as_secs_f64(),
+        LEASE.as_secs()
+    );
+    farm.shutdown().await?;
     Ok(())
 }
 

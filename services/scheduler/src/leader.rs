@@ -165,6 +165,15 @@ async fn campaign(leading: &Leading) -> Result<(LeaderKey, KeptLease), etcd_clie
     let lease = keep_lease(client.clone(), leading.lease_ttl).await?;
     let name = format!("{}/election/scheduler", leading.discovery.prefix());
     tracing::info!(instance = %leading.endpoint.instance, "campaigning for leadership");
+    // Ends a crashed leader's lease rather than waiting it out, for as long
+    // as this campaign waits (the handle aborts it when dropped).
+    let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        crate::dead_leader::end_crashed_leaders(
+            leading.discovery.clone(),
+            name.clone(),
+            leading.endpoint.instance.clone(),
+        ),
+    ));
     let won = client
         .campaign(name, leading.endpoint.instance.clone(), lease.id)
         .await;

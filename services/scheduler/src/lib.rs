@@ -19,6 +19,7 @@
 //!    commits its batches, and runs their effects on worker sessions,
 //!    callers and the live `event_bus.rs`; `scheduler_metrics.rs`.
 //! 5. `scheduler.rs`: a leader's handle; `leader.rs`: the election;
+//!    `dead_leader.rs`: a standby ends a crashed leader's lease at once;
 //!    `liveness.rs`: workers whose etcd lease expired; `presence.rs`: when
 //!    each worker last spoke and what it uses.
 //! 6. Services: `job_service.rs` (gRPC), `submit.rs` (submission),
@@ -33,6 +34,7 @@
 pub mod batch_writer;
 pub mod config;
 pub mod core;
+pub mod dead_leader;
 pub mod dispatch;
 pub mod effects;
 mod error;

@@ -229,9 +229,9 @@ pub async fn load_one(db: &sqlx::PgPool, job_id: Uuid) -> Result<Option<LoadedJo
     Ok(load(db, rows).await?.pop())
 }
 
-/// How many queries read the unfinished tasks at once (by task index modulo
-/// this, so one huge job splits as well as many small ones).
-const TASK_QUERY_PARTS: i32 = 4;
+/// How many queries read the unfinished tasks at once, each a disjoint run
+/// of the table's pages, so one huge job splits as well as many small ones.
+const TASK_QUERY_PARTS: u32 = 4;
 
 async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sqlx::Error> {
     if rows.is_empty() {
@@ -258,16 +258,20 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     // a new leader keeps the farm waiting. `assemble` orders each job's own.
     // In parts, each on a connection of its own: one query hands a million
     // rows to one Postgres backend and one decoding task, and both cores of
-    // a small leader sat half idle while the farm waited for it.
-    let tasks = futures::future::try_join_all((0..TASK_QUERY_PARTS).map(|part| {
+    // a small leader sat half idle while the farm waited for it. Each part
+    // is a range of the table's pages (a TID range scan), so Postgres reads
+    // every page once: parts split by a column each scanned the whole table.
+    let pages = table_pages(db, "tasks").await?;
+    let tasks = futures::future::try_join_all(page_ranges(pages, TASK_QUERY_PARTS).map(|(from, to)| {
         sqlx::query_as::<_, TaskRow>(
             "SELECT id, job_id, step_name, index, state, attempt, failures, worker_id, command, args,
                     frames, task_symbols
-             FROM tasks WHERE job_id = ANY($1) AND state <> 'succeeded' AND index % $2 = $3",
+             FROM tasks WHERE ctid >= $2::text::tid AND ($3::text IS NULL OR ctid < $3::text::tid)
+               AND job_id = ANY($1) AND state <> 'succeeded'",
         )
         .bind(&ids)
-        .bind(TASK_QUERY_PARTS)
-        .bind(part)
+        .bind(from)
+        .bind(to)
         .fetch_all(db)
     }));
     let blocklist = sqlx::query_as::<_, (Uuid, String, i32)>(
@@ -304,6 +308,31 @@ async fn load(db: &sqlx::PgPool, rows: Vec<JobRow>) -> Result<Vec<LoadedJob>, sq
     attach_recorded_outputs(db, &ids, &mut loaded).await?;
     attach_earlier_run_times(db, &mut loaded).await;
     Ok(loaded)
+}
+
+/// How many pages a table has now (`relpages` can be stale after a bulk
+/// insert, the file size is not).
+async fn table_pages(db: &sqlx::PgPool, table: &str) -> Result<u64, sqlx::Error> {
+    let (pages,): (i64,) = sqlx::query_as(
+        "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
+    )
+    .bind(table)
+    .fetch_one(db)
+    .await?;
+    Ok(pages.max(0) as u64)
+}
+
+/// Splits `pages` pages into `parts` runs, as TID bounds: from, and to
+/// (exclusive). The last run has no end, so a page added since the count is
+/// still read.
+fn page_ranges(pages: u64, parts: u32) -> impl Iterator<Item = (String, Option<String>)> {
+    let parts = u64::from(parts.max(1));
+    let per_part = pages.div_ceil(parts).max(1);
+    (0..parts).map(move |part| {
+        let from = format!("({},0)", part * per_part);
+        let to = (part + 1 < parts).then(|| format!("({},0)", (part + 1) * per_part));
+        (from, to)
+    })
 }
 
 /// Gives each job the outputs its unfinished tasks recorded. They were
@@ -583,5 +612,26 @@ pub fn known_worker(row: WorkerRow) -> KnownWorker {
         last_seen: row.last_seen,
         id: row.id,
         hostname: row.hostname,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_ranges;
+
+    #[test]
+    fn page_ranges_cover_every_page_once_and_leave_the_last_open() {
+        for pages in [0, 1, 3, 4, 5, 45_000, 45_001] {
+            let ranges: Vec<_> = page_ranges(pages, 4).collect();
+            assert_eq!(ranges.len(), 4);
+            assert_eq!(ranges[0].0, "(0,0)");
+            // Each run starts where the one before ends.
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].1.as_deref(), Some(pair[1].0.as_str()));
+            }
+            assert_eq!(ranges[3].1, None, "a page added since the count is read");
+        }
+        let ranges: Vec<_> = page_ranges(45_001, 4).collect();
+        assert_eq!(ranges[1].0, "(11251,0)");
     }
 }

@@ -62,6 +62,9 @@ impl Core {
             .collect();
         self.eta.open(job_id, shapes, &earlier);
         self.jobs.insert(job_id, job);
+        // A new leader adds a million tasks here: grown one doubling at a
+        // time, the map rehashed every task it held, repeatedly.
+        self.tasks.reserve(tasks.len());
         for task in tasks {
             let (id, state) = (task.id, task.state);
             self.tasks.insert(id, Box::new(task));
