@@ -19,20 +19,21 @@
 //! drains. Holds live in the leader's memory; a job held when a leader
 //! fails over is queued normally by the next one.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::core::Core;
 use crate::core::admission_policy::{Admission, AdmissionAction};
+use crate::core::gauges::DEFAULT_TASK_SECONDS;
+use crate::core::queue_estimate::QueueEstimate;
 
 /// The longest a refused caller is told to wait before trying again.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 impl Core {
     /// The decision on a new job of `owner` running `renderers`.
-    pub fn admission(&self, owner: &str, renderers: &[String]) -> Admission {
+    pub fn admission(&mut self, owner: &str, renderers: &[String]) -> Admission {
         let Some(reason) = self.reason_to_hold(owner, renderers) else {
             return Admission::Admit;
         };
@@ -64,30 +65,36 @@ impl Core {
             let Some(job) = self.jobs.get(&job_id) else {
                 continue;
             };
-            let renderers = job_renderers(job);
-            if self.reason_to_hold(&job.owner, &renderers).is_some() {
+            let (owner, renderers) = (job.owner.clone(), job_renderers(job));
+            if self.reason_to_hold(&owner, &renderers).is_some() {
                 continue;
             }
             if let Some(job) = self.jobs.get_mut(&job_id) {
                 job.held = None;
             }
+            // It counts towards the wait and its owner's share for the next.
+            self.estimate_job_joined(job_id);
             tracing::info!(%job_id, "admission hold lifted");
             self.dispatch_wanted = true;
             self.emit_record(job_id, true);
         }
     }
 
-    fn reason_to_hold(&self, owner: &str, renderers: &[String]) -> Option<HoldReason> {
+    fn reason_to_hold(&mut self, owner: &str, renderers: &[String]) -> Option<HoldReason> {
         let bound = self.admission.max_queue_wait?;
-        let waits = self.queue_wait_seconds();
+        let estimate = self.estimate();
         let (renderer, wait) = renderers
             .iter()
-            .filter_map(|r| waits.get(r.as_str()).map(|w| (r, *w)))
+            .filter_map(|r| estimate.wait(r).map(|w| (r, w)))
             .max_by(|a, b| a.1.total_cmp(&b.1))?;
         if wait <= bound.as_secs_f64() {
             return None;
         }
-        let share = self.share_of_outstanding(owner)?;
+        let shares = &self.shares;
+        let share = self
+            .estimate
+            .as_ref()?
+            .share(owner, |o| shares.weight_of(o))?;
         if share.used <= share.fair {
             return None;
         }
@@ -105,30 +112,80 @@ impl Core {
         })
     }
 
-    /// The owner's part of the outstanding tasks of jobs not held, and their
-    /// fair part; `None` while nothing is outstanding.
-    fn share_of_outstanding(&self, owner: &str) -> Option<Share> {
-        let mut outstanding: HashMap<&str, usize> = HashMap::new();
-        for job in self.jobs.values() {
-            if job.held.is_some() || job.state.is_final() {
+    /// The queue as admission sees it, built if a change dropped it.
+    fn estimate(&mut self) -> &QueueEstimate {
+        if self.estimate.is_none() {
+            let mut estimate = QueueEstimate::default();
+            for worker in self.workers.values() {
+                for renderer in &worker.capabilities.renderers {
+                    estimate.list_renderer(&renderer.name, || self.slots_for(&renderer.name));
+                }
+            }
+            for job in self.jobs.values() {
+                self.add_job_to(&mut estimate, job);
+            }
+            self.estimate = Some(estimate);
+        }
+        self.estimate.get_or_insert_default()
+    }
+
+    /// Counts a job that joined the queue (added, or no longer held) in the
+    /// estimate, if one is kept.
+    pub(super) fn estimate_job_joined(&mut self, job_id: Uuid) {
+        let (Some(mut estimate), Some(job)) = (self.estimate.take(), self.jobs.get(&job_id)) else {
+            return;
+        };
+        self.add_job_to(&mut estimate, job);
+        self.estimate = Some(estimate);
+    }
+
+    /// Takes a task of the job's step, dispatched, off the estimate's work.
+    pub(super) fn estimate_task_left(&mut self, job_id: Uuid, step: usize) {
+        let (Some(estimate), Some(step)) = (
+            self.estimate.as_mut(),
+            self.jobs.get(&job_id).and_then(|j| j.steps.get(step)),
+        ) else {
+            return;
+        };
+        let each = step.mean_run_seconds.unwrap_or(DEFAULT_TASK_SECONDS);
+        estimate.remove_work(&step.command, each);
+    }
+
+    /// Drops the estimate: something it cannot follow changed (workers,
+    /// controls, a new tick).
+    pub(super) fn forget_estimate(&mut self) {
+        self.estimate = None;
+    }
+
+    fn add_job_to(&self, estimate: &mut QueueEstimate, job: &crate::core::model::JobEntry) {
+        if job.held.is_some() || job.state.is_final() {
+            return;
+        }
+        estimate.add_outstanding(
+            &job.owner,
+            (job.counts.waiting + job.counts.in_flight) as usize,
+        );
+        if !job.is_dispatchable() {
+            return;
+        }
+        for (s, step) in job.steps.iter().enumerate() {
+            if step.ready.is_empty() || !job.step_unblocked(s) {
                 continue;
             }
-            let left = job.counts.waiting + job.counts.in_flight;
-            if left > 0 {
-                *outstanding.entry(job.owner.as_str()).or_default() += left as usize;
-            }
+            let each = step.mean_run_seconds.unwrap_or(DEFAULT_TASK_SECONDS);
+            estimate.add_work(&step.command, each * step.ready.len() as f64, || {
+                self.slots_for(&step.command)
+            });
         }
-        let total: usize = outstanding.values().sum();
-        if total == 0 {
-            return None;
-        }
-        let mine = outstanding.get(owner).copied().unwrap_or(0);
-        outstanding.entry(owner).or_default();
-        let weights: f64 = outstanding.keys().map(|o| self.shares.weight_of(o)).sum();
-        Some(Share {
-            used: mine as f64 / total as f64,
-            fair: self.shares.weight_of(owner) / weights,
-        })
+    }
+
+    /// Slots of the connected workers that run `renderer`.
+    pub(super) fn slots_for(&self, renderer: &str) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.has_renderer(renderer))
+            .map(|w| w.slots)
+            .sum()
     }
 }
 
@@ -144,9 +201,4 @@ struct HoldReason {
     text: String,
     /// How far the queue wait is above the bound.
     excess: Duration,
-}
-
-struct Share {
-    used: f64,
-    fair: f64,
 }

@@ -93,6 +93,7 @@ impl Core {
                 .get(&task_id)
                 .is_some_and(|t| TaskEvent::Dispatch.next(t.state).is_some());
             if dispatchable {
+                self.estimate_task_left(job_id, step);
                 return Some(task_id);
             }
         }

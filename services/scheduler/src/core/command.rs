@@ -88,6 +88,24 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether admission's queue estimate (`queue_estimate.rs`) stays good
+    /// enough through this command until the next tick: a new job is added
+    /// to it, and a report only moves work it already counts. Anything else
+    /// (workers coming and going, controls) drops it.
+    pub(super) fn estimate_follows(&self) -> bool {
+        matches!(
+            self,
+            Command::AddJob { .. }
+                | Command::Admit { .. }
+                | Command::Started { .. }
+                | Command::Progress { .. }
+                | Command::Finished { .. }
+                | Command::OutputStored { .. }
+        )
+    }
+}
+
 /// How an attempt ended, as its worker reports it.
 #[derive(Debug, Clone, Default)]
 pub struct AttemptReport {

@@ -86,12 +86,7 @@ impl Core {
         let waits = work
             .into_iter()
             .map(|(renderer, seconds)| {
-                let slots: usize = self
-                    .workers
-                    .values()
-                    .filter(|w| w.has_renderer(renderer))
-                    .map(|w| w.slots)
-                    .sum();
+                let slots = self.slots_for(renderer);
                 (renderer.to_owned(), seconds / slots.max(1) as f64)
             })
             .collect();

@@ -44,6 +44,7 @@ pub mod model;
 pub mod numbering;
 pub mod output_ledger;
 pub mod pick_order;
+mod queue_estimate;
 mod queued;
 pub mod quota_policy;
 pub mod quotas;
@@ -159,6 +160,9 @@ pub struct Core {
     /// Admin-approved templates whose tasks may use the network.
     network_templates: HashSet<String>,
     admission: AdmissionPolicy,
+    /// The queue as admission control sees it (`queue_estimate.rs`);
+    /// `None` until needed after a change it cannot follow.
+    estimate: Option<queue_estimate::QueueEstimate>,
 }
 
 impl Core {
@@ -198,6 +202,7 @@ impl Core {
             jitter: SmallRng::seed_from_u64(settings.jitter_seed),
             network_templates: settings.network_templates,
             admission: settings.admission,
+            estimate: None,
         }
     }
 
@@ -205,6 +210,7 @@ impl Core {
     /// in-flight attempts wait for their workers to confirm them.
     pub fn restore(&mut self, job: JobEntry, tasks: Vec<TaskEntry>, now: Clock) {
         self.now = now;
+        self.forget_estimate();
         self.add_job(job, tasks);
         self.refresh_jobs();
     }
@@ -214,6 +220,9 @@ impl Core {
     /// [`Effect::Answer`] once the batch holding its changes is committed.
     pub fn handle(&mut self, command: Command, now: Clock) -> Result<(), Refusal> {
         self.now = now;
+        if !command.estimate_follows() {
+            self.forget_estimate();
+        }
         let result = match command {
             Command::WorkerJoined {
                 worker_id,
@@ -278,7 +287,9 @@ impl Core {
                 if let Some(admission) = admission {
                     self.admitted(admission, job.id);
                 }
+                let job_id = job.id;
                 self.add_job(*job, tasks);
+                self.estimate_job_joined(job_id);
                 self.batch.effects.push(Effect::Answer(request));
                 Ok(())
             }
@@ -325,6 +336,7 @@ impl Core {
     /// their window, attempts that outlived their limits, held-back records.
     pub fn tick(&mut self, now: Clock) {
         self.now = now;
+        self.forget_estimate();
         self.release_due_retries();
         self.expire_unclaimed();
         self.expire_reservations();
