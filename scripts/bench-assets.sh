@@ -35,7 +35,8 @@ work=$(mktemp -d)
 # The private Postgres runs as the postgres user when we are root: it must reach the directory.
 chmod 755 "$work"
 logs=${KILN_BENCH_LOGS:-}
-trap 'kill -INT ${dev:-0} 2>/dev/null; wait ${dev:-0} 2>/dev/null || true; [ -z "$logs" ] || cp -r "$work/.kiln/logs" "$logs"; rm -rf "$work"' EXIT
+# Only what was started is stopped: `kill 0` would signal the whole process group.
+trap '[ -z "${dev:-}" ] || { kill -INT "$dev" 2>/dev/null; wait "$dev" 2>/dev/null; }; [ -z "$logs" ] || cp -r "$work/.kiln/logs" "$logs"; rm -rf "$work"' EXIT
 
 "$bin/kiln" dev --workers 2 --s3 --dir "$work/.kiln" --grpc-port 0 --http-port 0 >"$work/dev.log" 2>&1 &
 dev=$!

@@ -27,7 +27,9 @@ target=${CARGO_TARGET_DIR:-$cache/target}
 bin=$target/release
 work=$(mktemp -d)
 chmod 755 "$work"
-trap 'kill ${proxy:-0} 2>/dev/null || true; kill -INT ${dev:-0} 2>/dev/null; wait ${dev:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+# Only what was started is stopped: `kill 0` would signal this script's whole
+# process group, the shell or CI job that ran it included.
+trap '[ -z "${proxy:-}" ] || kill "$proxy" 2>/dev/null; [ -z "${dev:-}" ] || { kill -INT "$dev" 2>/dev/null; wait "$dev" 2>/dev/null; }; rm -rf "$work"' EXIT
 
 export KILN_RATE_LIMIT_PER_SECOND=1000000 KILN_RATE_LIMIT_BURST=1000000 KILN_LOG=warn
 # The POST load submits thousands of jobs, over the per-owner quota of unfinished

@@ -18,7 +18,8 @@ bin=${CARGO_TARGET_DIR:-$cache/target}/${KILN_BUILD:-debug}
 work=$(mktemp -d)
 # The private Postgres runs as the postgres user when we are root: it must reach the directory.
 chmod 755 "$work"
-trap 'kill -INT ${dev:-0} 2>/dev/null; wait ${dev:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+# Only what was started is stopped: `kill 0` would signal the whole process group.
+trap '[ -z "${dev:-}" ] || { kill -INT "$dev" 2>/dev/null; wait "$dev" 2>/dev/null; }; rm -rf "$work"' EXIT
 
 scene="$work/scene.blend"
 blender -b -Y --factory-startup --python "$repo/examples/make_scene.py" -- "$scene" >/dev/null
