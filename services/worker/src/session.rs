@@ -45,6 +45,9 @@ const OUTBOUND_QUEUE: usize = 256;
 const NOT_READY_RECHECK: Duration = Duration::from_secs(5);
 /// How long a closing session waits for the scheduler to take its last results.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+/// Slot releases not yet seen by the session loop: at most one per running
+/// task, and a worker runs far fewer at once.
+const RELEASE_QUEUE: usize = 256;
 /// Reports of running tasks waiting for a session; progress beyond this is dropped.
 const REPORT_QUEUE: usize = 256;
 /// Results sent this recently are sent again on a new session, in case they
@@ -300,6 +303,9 @@ struct Tasks {
     ids: HashMap<Id, TaskKey>,
     /// Where runners send their reports; the current session forwards them.
     reports: mpsc::Sender<WorkerMessage>,
+    /// Tasks whose processes ended: they need no slot while they finish.
+    release: mpsc::Sender<TaskKey>,
+    released: mpsc::Receiver<TaskKey>,
     unsent: mpsc::Receiver<WorkerMessage>,
     /// Results sent lately, with when.
     sent_results: VecDeque<(Instant, TaskResult)>,
@@ -308,12 +314,15 @@ struct Tasks {
 impl Tasks {
     fn new() -> Self {
         let (reports, unsent) = mpsc::channel(REPORT_QUEUE);
+        let (release, released) = mpsc::channel(RELEASE_QUEUE);
         Self {
             cancel: CancellationToken::new(),
             set: JoinSet::new(),
             running: HashMap::new(),
             ids: HashMap::new(),
             reports,
+            release,
+            released,
             unsent,
             sent_results: VecDeque::new(),
         }
@@ -396,6 +405,8 @@ struct RunningTask {
     cancel: CancellationToken,
     command: String,
     started: Instant,
+    /// Its processes ended; it uploads, stores its log and reports, slotless.
+    released: bool,
 }
 
 impl Session<'_> {
@@ -442,6 +453,7 @@ impl Session<'_> {
                     self.recheck_health();
                 }
                 Some(joined) = self.tasks.set.join_next_with_id(), if !self.tasks.set.is_empty() => self.finished(joined).await,
+                Some(key) = self.tasks.released.recv() => self.released(key),
                 Some(report) = self.tasks.unsent.recv() => {
                     if self.outbound.send(report).await.is_err() {
                         tracing::warn!("session closed before a report could be sent");
@@ -509,7 +521,7 @@ impl Session<'_> {
             tracing::warn!(task_id = %key.0, attempt = key.1, "task assigned twice; ignoring the repeat");
             return;
         }
-        if self.tasks.running.len() >= self.slots {
+        if self.busy_slots() >= self.slots {
             let runner = self.runner.clone();
             let inputs = assignment.clone();
             let prefetch = async move { runner.prefetch(&inputs).await };
@@ -532,11 +544,23 @@ impl Session<'_> {
     /// Starts queued tasks while slots are free, unless the worker takes
     /// no tasks now (then they go back when the session ends).
     fn start_queued(&mut self) {
-        while self.refusing.is_none() && self.tasks.running.len() < self.slots {
+        while self.refusing.is_none() && self.busy_slots() < self.slots {
             let Some(assignment) = self.queue.pop() else {
                 return;
             };
             self.launch(assignment);
+        }
+    }
+
+    /// Slots taken: tasks whose processes still run.
+    fn busy_slots(&self) -> usize {
+        self.tasks.running.values().filter(|t| !t.released).count()
+    }
+
+    /// A task's processes ended: its slot is free for the next task.
+    fn released(&mut self, key: TaskKey) {
+        if let Some(task) = self.tasks.running.get_mut(&key) {
+            task.released = true;
         }
     }
 
@@ -549,14 +573,23 @@ impl Session<'_> {
         let events = self.tasks.reports.clone();
         let task_cancel = cancel.clone();
         let command = assignment.command.clone();
-        let handle = self
-            .tasks
-            .set
-            .spawn(async move { runner.run(&assignment, &events, &task_cancel).await });
+        let release = self.tasks.release.clone();
+        let released = key.clone();
+        // If the queue is full the slot frees when the task ends, as it
+        // would without early release.
+        let release = move || {
+            let _ = release.try_send(released);
+        };
+        let handle = self.tasks.set.spawn(async move {
+            runner
+                .run_releasing(&assignment, &events, &task_cancel, release)
+                .await
+        });
         let task = RunningTask {
             cancel,
             command,
             started: Instant::now(),
+            released: false,
         };
         self.tasks.running.insert(key.clone(), task);
         self.tasks.ids.insert(handle.id(), key);

@@ -202,6 +202,7 @@ async fn output_place(sandbox: &TaskSandbox) -> Result<OutputPlace, String> {
     Ok(OutputPlace {
         workdir: workdir.to_path_buf(),
         outputs: Arc::new(root),
+        kept: None,
     })
 }
 

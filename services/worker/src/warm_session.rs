@@ -4,6 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
@@ -21,8 +22,8 @@ use crate::workdir::OUTPUTS_DIR;
 /// The driver, written next to the session's scene at start.
 const DRIVER: &str = include_str!("blender_driver.py");
 const DRIVER_FILE: &str = "kiln_blender_driver.py";
-/// The one directory of the session Blender may write to: each task's
-/// outputs, emptied between tasks. The session's directory itself (scene,
+/// Prefix of the directories of the session Blender may write to: one per
+/// task, `out-N`, for its outputs. The session's directory itself (scene,
 /// driver) stays the worker's.
 const OUT_DIR: &str = "out";
 /// Requests waiting to be written to Blender's stdin.
@@ -81,11 +82,14 @@ struct Request<'a> {
 
 /// A running Blender holding one scene, in a sandbox of its own (its own
 /// uid, for its whole life). Dropping it kills the process group and the
-/// sandbox and deletes the session's directory.
+/// sandbox; the session's directory goes once no task still uploads from
+/// it (`SessionDir`).
 pub struct WarmSession {
     id: u64,
     key: SessionKey,
-    dir: PathBuf,
+    dir: Arc<SessionDir>,
+    /// Number of the next task's output directory.
+    next_outputs: u64,
     /// The Blender process; awaited by the task using the session, to notice a crash.
     pub child: Child,
     group: ProcessGroup,
@@ -143,7 +147,8 @@ impl WarmSession {
         Ok(Self {
             id,
             key,
-            dir,
+            dir: Arc::new(SessionDir(dir)),
+            next_outputs: 0,
             child,
             group,
             requests,
@@ -185,10 +190,14 @@ impl WarmSession {
             .map_err(|_| WarmSessionError::Request)
     }
 
-    /// Empties the session's output directory for the next task and hands
-    /// it to the session's uid: where that task's frames go.
-    pub fn fresh_outputs(&self) -> Result<OutputPlace, WarmSessionError> {
-        let out = self.dir.join(OUT_DIR);
+    /// A new output directory for the next task, handed to the session's
+    /// uid: where that task's frames go. Each task has its own, so a task
+    /// still uploading its frames after it handed the session back (to free
+    /// its slot) is not wiped by the next one; the directory goes when the
+    /// task drops its place.
+    pub fn fresh_outputs(&mut self) -> Result<OutputPlace, WarmSessionError> {
+        let out = self.dir.0.join(format!("{OUT_DIR}-{}", self.next_outputs));
+        self.next_outputs += 1;
         match std::fs::remove_dir_all(&out) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(WarmSessionError::Output(e));
@@ -199,6 +208,10 @@ impl WarmSession {
         // the session did before can redirect them.
         let outputs = out.join(OUTPUTS_DIR);
         std::fs::create_dir(&out).map_err(WarmSessionError::Output)?;
+        let kept = Arc::new(TaskOutputs {
+            path: out.clone(),
+            _session: self.dir.clone(),
+        });
         std::fs::create_dir(&outputs).map_err(WarmSessionError::Output)?;
         self.sandbox
             .hand_over(&out)
@@ -208,6 +221,7 @@ impl WarmSession {
                 OutputsRoot::open(&outputs).map_err(WarmSessionError::Output)?,
             ),
             workdir: out,
+            kept: Some(kept),
         })
     }
 
@@ -280,18 +294,83 @@ impl Drop for WarmSession {
             frames = self.frames_rendered,
             "warm blender session ended"
         );
-        // Hard links to cached inputs and a driver script: quick to delete.
-        if let Err(error) = std::fs::remove_dir_all(&self.dir)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.dir.display(), %error, "cannot remove warm session directory");
-        }
+    }
+}
+
+/// A warm session's directory (hard links to cached inputs, a driver
+/// script, the tasks' output directories), deleted when the session and
+/// every task that rendered in it are done with it.
+#[derive(Debug)]
+pub struct SessionDir(PathBuf);
+
+impl Drop for SessionDir {
+    fn drop(&mut self) {
+        remove_dir(&self.0, "cannot remove warm session directory");
+    }
+}
+
+/// One task's output directory in a warm session, deleted when the task is
+/// done with it (its uploads included).
+#[derive(Debug)]
+pub struct TaskOutputs {
+    path: PathBuf,
+    _session: Arc<SessionDir>,
+}
+
+impl Drop for TaskOutputs {
+    fn drop(&mut self) {
+        remove_dir(&self.path, "cannot remove a warm task's output directory");
+    }
+}
+
+fn remove_dir(path: &Path, what: &'static str) {
+    if let Err(error) = std::fs::remove_dir_all(path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), %error, "{what}");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task that handed its session back (to free its slot) still uploads
+    /// from its output directory, even if the session is recycled meanwhile.
+    #[test]
+    fn a_session_directory_outlives_the_session_until_its_tasks_are_done() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("session-1");
+        let frame = dir.join("out-0/outputs/0001.png");
+        std::fs::create_dir_all(frame.parent().unwrap()).unwrap();
+        std::fs::write(&frame, b"png").unwrap();
+        let session = Arc::new(SessionDir(dir.clone()));
+        let task = TaskOutputs {
+            path: dir.join("out-0"),
+            _session: session.clone(),
+        };
+        drop(session);
+        assert!(frame.exists(), "the task still holds its outputs");
+        drop(task);
+        assert!(!dir.exists(), "the last holder removes the session directory");
+    }
+
+    #[test]
+    fn a_task_is_done_with_only_its_own_output_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("session-1");
+        for n in 0..2 {
+            std::fs::create_dir_all(dir.join(format!("out-{n}/outputs"))).unwrap();
+        }
+        let session = Arc::new(SessionDir(dir.clone()));
+        let first = TaskOutputs {
+            path: dir.join("out-0"),
+            _session: session.clone(),
+        };
+        drop(first);
+        assert!(!dir.join("out-0").exists());
+        assert!(dir.join("out-1/outputs").exists(), "the next task's stays");
+    }
 
     #[test]
     fn parses_driver_lines() {

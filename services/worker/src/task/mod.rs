@@ -130,6 +130,20 @@ impl<A: AssetStore> TaskRunner<A> {
         events: &mpsc::Sender<WorkerMessage>,
         cancel: &CancellationToken,
     ) -> TaskOutcome {
+        self.run_releasing(assignment, events, cancel, || {}).await
+    }
+
+    /// [`TaskRunner::run`], calling `release` once the task's processes have
+    /// ended (its warm session handed back), before its last uploads, its log
+    /// and its result: from then on it needs no slot, and the worker can
+    /// start its next task while this one finishes.
+    pub async fn run_releasing(
+        &self,
+        assignment: &TaskAssignment,
+        events: &mpsc::Sender<WorkerMessage>,
+        cancel: &CancellationToken,
+        release: impl FnOnce() + Send,
+    ) -> TaskOutcome {
         let span = tracing::info_span!(
             "task",
             task_id = %assignment.task_id,
@@ -192,7 +206,7 @@ impl<A: AssetStore> TaskRunner<A> {
                 }
             };
             let outcome = self
-                .run_in(assignment, &dir, scratch.path(), events, cancel)
+                .run_in(assignment, &dir, scratch.path(), events, cancel, release)
                 .await;
             scratch.remove().await;
             if !self.settings.keep_work_dirs {
@@ -233,6 +247,7 @@ impl<A: AssetStore> TaskRunner<A> {
         scratch: &Path,
         events: &mpsc::Sender<WorkerMessage>,
         cancel: &CancellationToken,
+        release: impl FnOnce() + Send,
     ) -> TaskOutcome {
         let (assignment, device) = prepare::choose_device(assignment, &self.settings.gpus);
         let prepare = prepare::prepare(
@@ -297,32 +312,41 @@ impl<A: AssetStore> TaskRunner<A> {
         let supervising = async {
             let supervised =
                 supervise::supervise(action.as_mut(), rules, cancel, &mut collector).await;
-            (supervised, collector.finish().await)
+            let observed = collector.finish().await;
+            let ending = match supervised {
+                Supervised::Cancelled => None,
+                _ if cancel.is_cancelled() => None,
+                Supervised::Ended(end) => Some(Ending::Ended(end)),
+                Supervised::Killed(limit) => Some(Ending::Killed(limit)),
+            };
+            // The action is over. What the verdict needs of its sandbox is
+            // read now; then a warm session goes back to the pool and the
+            // slot frees, so the next task renders while this one's last
+            // uploads, its log and its result finish. With one frame a task
+            // that tail was most of the cost of a frame.
+            let sandbox = action.sandbox();
+            let kernel_hit = sandbox.and_then(TaskSandbox::kernel_hit);
+            let rlimited_memory = sandbox
+                .filter(|s| s.rlimited())
+                .map(|s| s.limits().memory_bytes);
+            action.finish(matches!(ending, Some(Ending::Ended(ActionEnd::Done))));
+            release();
+            (ending, observed, kernel_hit, rlimited_memory)
         };
-        let ((supervised, observed), mut uploaded) = tokio::join!(supervising, uploads);
-        let ending = match supervised {
-            Supervised::Cancelled => None,
-            _ if cancel.is_cancelled() => None,
-            Supervised::Ended(end) => Some(Ending::Ended(end)),
-            Supervised::Killed(limit) => Some(Ending::Killed(limit)),
-        };
+        let ((ending, observed, kernel_hit, rlimited_memory), mut uploaded) =
+            tokio::join!(supervising, uploads);
         let Some(ending) = ending else {
-            action.finish(false);
             return TaskOutcome::Cancelled;
         };
         let log = upload::store_log(&self.assets, &assignment, scratch, &observed.log, events);
         uploaded.stored.extend(log.await);
-        let sandbox = action.sandbox();
-        let reusable = matches!(ending, Ending::Ended(ActionEnd::Done));
         let result = verdict::verdict(Facts {
             assignment: &assignment,
             name: &prepared.invocation.name,
             blender: kind.is_blender(),
             ending,
-            kernel_hit: sandbox.and_then(TaskSandbox::kernel_hit),
-            rlimited_memory: sandbox
-                .filter(|s| s.rlimited())
-                .map(|s| s.limits().memory_bytes),
+            kernel_hit,
+            rlimited_memory,
             disk_limit: limits.disk_bytes,
             tracker: &observed.tracker,
             log_tail: observed.tail.text(),
@@ -334,7 +358,6 @@ impl<A: AssetStore> TaskRunner<A> {
             stored: uploaded.stored,
             device,
         });
-        action.finish(reusable);
         TaskOutcome::Finished(result)
     }
 
@@ -384,6 +407,7 @@ impl<A: AssetStore> TaskRunner<A> {
         let place = OutputPlace {
             workdir: dir.path().to_path_buf(),
             outputs,
+            kept: None,
         };
         match ProcessAction::start(sandbox, &invocation.program, &invocation.args, &[], place) {
             Ok(action) => {

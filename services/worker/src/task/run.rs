@@ -56,6 +56,9 @@ pub struct OutputPlace {
     pub workdir: std::path::PathBuf,
     /// The outputs directory, held open (see [`OutputsRoot`]).
     pub outputs: Arc<OutputsRoot>,
+    /// A warm task's own output directory, kept until the place is dropped
+    /// (`WarmSession::fresh_outputs`).
+    pub kept: Option<Arc<crate::warm_session::TaskOutputs>>,
 }
 
 /// Something a task runs, producing lines until it ends.

@@ -32,7 +32,7 @@ impl WarmAction {
     /// directory, which becomes the session's output directory).
     pub fn new(
         pool: Arc<WarmPool>,
-        session: WarmSession,
+        mut session: WarmSession,
         reused: bool,
         output: &str,
         frames: Vec<i64>,
