@@ -2,7 +2,7 @@
 //!
 //! A leader killed outright (kill -9, the OOM killer) keeps its election key
 //! until its lease runs out: `--leader-ttl` seconds (3 by default, up to 60)
-//! in which nothing is dispatched. While a standby campaigns, it holds a TCP
+//! in which nothing is dispatched. While a replica does not lead, it holds a TCP
 //! connection open to the leader's gRPC address. When that connection ends,
 //! it dials again at once, and a *refused* dial means nothing listens on the
 //! leader's address any more: the host is up and the process is gone. The
@@ -24,6 +24,7 @@ use etcd_client::Client;
 use kiln_discovery::{Discovery, service};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 /// How long a held connection is trusted before the election is read again:
 /// the leader may have changed without its old process dying.
@@ -73,13 +74,25 @@ fn should_revoke(refused: &Leader, listened: Option<&Leader>, now: Option<&Leade
     listened == Some(refused) && now == Some(refused)
 }
 
-/// Watches the leader until this task is dropped (the campaign it serves
-/// ended), ending the lease of a leader whose process is gone.
-pub async fn end_crashed_leaders(discovery: Discovery, election: String, own_instance: String) {
+/// Watches the leader until this task is dropped, ending the lease of a
+/// leader whose process is gone; idle while `leading` says this process
+/// leads.
+pub async fn end_crashed_leaders(
+    discovery: Discovery,
+    election: String,
+    own_instance: String,
+    mut leading: watch::Receiver<bool>,
+) {
     let mut client = discovery.client();
     // The last leader this watch found listening.
     let mut listened: Option<Leader> = None;
     loop {
+        if *leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         let Some(leader) = current_leader(&mut client, &election).await else {
             tokio::time::sleep(IDLE).await;
             continue;
@@ -129,14 +142,16 @@ async fn held_until_closed(
     // dropped. Only the end of the stream matters.
     let mut buf = [0u8; 512];
     loop {
-        match tokio::time::timeout(RECHECK, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-            Err(_) => {
-                if current_leader(client, election).await.as_ref() != Some(leader) {
-                    return false;
-                }
+        let checked = tokio::time::Instant::now();
+        loop {
+            match tokio::time::timeout_at(checked + RECHECK, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => break,
             }
+        }
+        if current_leader(client, election).await.as_ref() != Some(leader) {
+            return false;
         }
     }
 }

@@ -88,6 +88,19 @@ enum Stop {
 /// Campaigns, leads, and campaigns again after losing, until shutdown.
 pub async fn run(leading: Leading) {
     let shutdown = shutdown_requested();
+    // Ends a crashed leader's lease rather than waiting it out, whenever
+    // this process does not lead. It outlives each campaign: with a lease
+    // longer than the etcd client's timeout a campaign call gives up every
+    // few seconds and starts again, and the watch must have seen the leader
+    // listening before it may judge it gone.
+    let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        crate::dead_leader::end_crashed_leaders(
+            leading.discovery.clone(),
+            election_name(&leading.discovery),
+            leading.endpoint.instance.clone(),
+            leading.slot.leading(),
+        ),
+    ));
     loop {
         let mut lost = shutdown.clone();
         let campaign = tokio::select! {
@@ -120,6 +133,11 @@ fn shutdown_requested() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+/// The etcd election the scheduler replicas campaign in.
+fn election_name(discovery: &Discovery) -> String {
+    format!("{}/election/scheduler", discovery.prefix())
 }
 
 /// Pause between refreshes of a leadership lease that etcd did not confirm.
@@ -163,17 +181,8 @@ const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
 async fn campaign(leading: &Leading) -> Result<(LeaderKey, KeptLease), etcd_client::Error> {
     let mut client = leading.discovery.client();
     let lease = keep_lease(client.clone(), leading.lease_ttl).await?;
-    let name = format!("{}/election/scheduler", leading.discovery.prefix());
+    let name = election_name(&leading.discovery);
     tracing::info!(instance = %leading.endpoint.instance, "campaigning for leadership");
-    // Ends a crashed leader's lease rather than waiting it out, for as long
-    // as this campaign waits (the handle aborts it when dropped).
-    let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-        crate::dead_leader::end_crashed_leaders(
-            leading.discovery.clone(),
-            name.clone(),
-            leading.endpoint.instance.clone(),
-        ),
-    ));
     let won = client
         .campaign(name, leading.endpoint.instance.clone(), lease.id)
         .await;

@@ -352,7 +352,10 @@ mod tests {
         drop(session);
         assert!(frame.exists(), "the task still holds its outputs");
         drop(task);
-        assert!(!dir.exists(), "the last holder removes the session directory");
+        assert!(
+            !dir.exists(),
+            "the last holder removes the session directory"
+        );
     }
 
     #[test]
