@@ -112,8 +112,9 @@ impl Core {
         })
     }
 
-    /// The queue as admission sees it, built if a change dropped it.
-    fn estimate(&mut self) -> &QueueEstimate {
+    /// The queue as admission and the gauges see it, built if a change
+    /// dropped it.
+    pub(super) fn estimate(&mut self) -> &QueueEstimate {
         if self.estimate.is_none() {
             let mut estimate = QueueEstimate::default();
             for worker in self.workers.values() {
@@ -148,7 +149,7 @@ impl Core {
             return;
         };
         let each = step.mean_run_seconds.unwrap_or(DEFAULT_TASK_SECONDS);
-        estimate.remove_work(&step.command, each);
+        estimate.task_dispatched(&step.command, each);
     }
 
     /// Drops the estimate: something it cannot follow changed (workers,
@@ -173,7 +174,7 @@ impl Core {
                 continue;
             }
             let each = step.mean_run_seconds.unwrap_or(DEFAULT_TASK_SECONDS);
-            estimate.add_work(&step.command, each * step.ready.len() as f64, || {
+            estimate.add_work(&step.command, step.ready.len(), each, || {
                 self.slots_for(&step.command)
             });
         }

@@ -28,13 +28,16 @@ pub struct Gauges {
 }
 
 impl Core {
-    /// The gauges now; O(jobs × steps + workers).
-    pub fn gauges(&self, now: Instant) -> Gauges {
+    /// The gauges now: the task counts walk every job; the queue's wait and
+    /// depth come from the estimate admission keeps (`queue_estimate.rs`),
+    /// built afresh after each tick, when the dispatch loop asks.
+    pub fn gauges(&mut self, now: Instant) -> Gauges {
         let mut counts = TaskCounts::default();
         for job in self.jobs.values() {
             add_counts(&mut counts, &job.counts);
         }
-        let (queue_wait_seconds, depth) = self.queue_work();
+        let estimate = self.estimate();
+        let (queue_wait_seconds, depth) = (estimate.waits(), estimate.ready());
         let idle_workers = if depth > 0 {
             0
         } else {
@@ -53,44 +56,6 @@ impl Core {
             idle_workers,
             queue_wait_seconds,
         }
-    }
-
-    /// Per renderer, the estimated queue wait in seconds (see
-    /// [`Gauges::queue_wait_seconds`]); admission control decides by it.
-    pub fn queue_wait_seconds(&self) -> HashMap<String, f64> {
-        self.queue_work().0
-    }
-
-    /// The queue wait per renderer, and the tasks that could be dispatched now.
-    fn queue_work(&self) -> (HashMap<String, f64>, usize) {
-        let mut work: HashMap<&str, f64> = HashMap::new();
-        let mut depth = 0usize;
-        for job in self.jobs.values() {
-            if !job.is_dispatchable() {
-                continue;
-            }
-            for (s, step) in job.steps.iter().enumerate() {
-                if step.ready.is_empty() || !job.step_unblocked(s) {
-                    continue;
-                }
-                depth += step.ready.len();
-                let each = step.mean_run_seconds.unwrap_or(DEFAULT_TASK_SECONDS);
-                *work.entry(step.command.as_str()).or_default() += each * step.ready.len() as f64;
-            }
-        }
-        for worker in self.workers.values() {
-            for renderer in &worker.capabilities.renderers {
-                work.entry(renderer.name.as_str()).or_default();
-            }
-        }
-        let waits = work
-            .into_iter()
-            .map(|(renderer, seconds)| {
-                let slots = self.slots_for(renderer);
-                (renderer.to_owned(), seconds / slots.max(1) as f64)
-            })
-            .collect();
-        (waits, depth)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Admission control's view of the queue: per renderer, the runnable work
-//! and the slots that run it; per owner, the outstanding tasks.
+//! The queue as admission control and the gauges see it: per renderer, the
+//! runnable work and the slots that run it; per owner, the outstanding
+//! tasks; how many tasks could be dispatched now.
 //!
 //! Building it walks every job and every worker. Every submission used to
 //! build it, and every tick built it once per held job: O(jobs) per
@@ -22,6 +23,8 @@ pub(super) struct QueueEstimate {
     slots: HashMap<String, usize>,
     /// Queued and in-flight tasks of jobs not held, per owner.
     outstanding: HashMap<String, usize>,
+    /// Tasks that could be dispatched now if a worker were free.
+    ready: usize,
 }
 
 /// An owner's part of the outstanding tasks, and their fair part.
@@ -40,22 +43,30 @@ impl QueueEstimate {
         }
     }
 
-    /// Adds `seconds` of runnable work for `renderer`; `slots` is asked
-    /// only for a renderer not listed yet.
-    pub fn add_work(&mut self, renderer: &str, seconds: f64, slots: impl FnOnce() -> usize) {
+    /// Adds `tasks` runnable tasks of `each` expected seconds for
+    /// `renderer`; `slots` is asked only for a renderer not listed yet.
+    pub fn add_work(
+        &mut self,
+        renderer: &str,
+        tasks: usize,
+        each: f64,
+        slots: impl FnOnce() -> usize,
+    ) {
         self.list_renderer(renderer, slots);
         if let Some(work) = self.work.get_mut(renderer) {
-            *work += seconds;
+            *work += each * tasks as f64;
         }
+        self.ready += tasks;
     }
 
-    /// Takes `seconds` of work for `renderer` off, as a task is dispatched
-    /// (never below none: the task may have turned ready after the
+    /// Takes a dispatched task of `each` expected seconds for `renderer`
+    /// off (never below none: the task may have turned ready after the
     /// estimate was built, uncounted).
-    pub fn remove_work(&mut self, renderer: &str, seconds: f64) {
+    pub fn task_dispatched(&mut self, renderer: &str, each: f64) {
         if let Some(work) = self.work.get_mut(renderer) {
-            *work = (*work - seconds).max(0.0);
+            *work = (*work - each).max(0.0);
         }
+        self.ready = self.ready.saturating_sub(1);
     }
 
     /// Adds `tasks` queued or in flight to `owner`'s outstanding tasks.
@@ -71,6 +82,19 @@ impl QueueEstimate {
         let work = self.work.get(renderer)?;
         let slots = self.slots.get(renderer).copied().unwrap_or(0);
         Some(work / slots.max(1) as f64)
+    }
+
+    /// Every listed renderer's estimated wait (see [`QueueEstimate::wait`]).
+    pub fn waits(&self) -> HashMap<String, f64> {
+        self.work
+            .keys()
+            .filter_map(|r| Some((r.clone(), self.wait(r)?)))
+            .collect()
+    }
+
+    /// Tasks that could be dispatched now if a worker were free.
+    pub fn ready(&self) -> usize {
+        self.ready
     }
 
     /// `owner`'s share of the outstanding tasks against their fair share
@@ -105,17 +129,20 @@ mod tests {
         let mut estimate = QueueEstimate::default();
         estimate.list_renderer("blender", || 4);
         assert_eq!(estimate.wait("blender"), Some(0.0));
-        estimate.add_work("blender", 600.0, || unreachable!("already listed"));
+        estimate.add_work("blender", 10, 60.0, || unreachable!("already listed"));
         assert_eq!(estimate.wait("blender"), Some(150.0));
-        estimate.remove_work("blender", 60.0);
+        assert_eq!(estimate.ready(), 10);
+        estimate.task_dispatched("blender", 60.0);
         assert_eq!(estimate.wait("blender"), Some(135.0));
-        estimate.remove_work("blender", 6000.0);
+        assert_eq!(estimate.ready(), 9);
+        estimate.task_dispatched("blender", 6000.0);
         assert_eq!(estimate.wait("blender"), Some(0.0), "never below none");
-        estimate.add_work("blender", 600.0, || unreachable!("already listed"));
         // Work no worker can run waits as if for one slot.
-        estimate.add_work("houdini", 90.0, || 0);
+        estimate.add_work("houdini", 1, 90.0, || 0);
         assert_eq!(estimate.wait("houdini"), Some(90.0));
         assert_eq!(estimate.wait("nuke"), None, "nobody needs or offers it");
+        let waits = estimate.waits();
+        assert_eq!((waits.len(), waits["houdini"]), (2, 90.0));
     }
 
     #[test]
