@@ -26,6 +26,10 @@ const SETTINGS: [&str; 8] = [
 /// may share one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionKey {
+    /// The job's owner: a session never renders for two tenants. It runs
+    /// the scene's own Python (`-Y`) for as long as it lives, and its
+    /// directory holds each task's frames until they are uploaded.
+    pub owner: String,
     /// Every input as (path, digest), sorted: the scene and what it uses.
     pub inputs: Vec<(String, String)>,
     /// Blender's arguments after `-b -Y`: the scene and the settings, with
@@ -126,6 +130,7 @@ pub fn plan(assignment: &TaskAssignment) -> Result<WarmPlan, ColdReason> {
     inputs.sort();
     Ok(WarmPlan {
         key: SessionKey {
+            owner: assignment.owner.clone(),
             inputs,
             args: key_args,
             script_args: rest.cloned().collect(),
@@ -220,6 +225,7 @@ mod tests {
         let plan = plan(&assignment(&TEMPLATE, vec![3, 4, 5]));
         let expected = WarmPlan {
             key: SessionKey {
+                owner: String::new(),
                 inputs: vec![
                     ("scene.blend".into(), "bb".into()),
                     ("tex/a.png".into(), "aa".into()),
@@ -244,6 +250,19 @@ mod tests {
         other[8] = "9";
         let b = plan(&assignment(&other, vec![9]));
         assert_eq!(a.map(|p| p.key), b.map(|p| p.key));
+    }
+
+    #[test]
+    fn owners_never_share_a_session() {
+        let mut alice = assignment(&TEMPLATE, vec![3, 4, 5]);
+        alice.owner = "alice".into();
+        let mut bob = alice.clone();
+        bob.owner = "bob".into();
+        let (alice, bob) = (plan(&alice), plan(&bob));
+        let (Ok(alice), Ok(bob)) = (alice, bob) else {
+            panic!("both render warm");
+        };
+        assert_ne!(alice.key, bob.key);
     }
 
     #[test]

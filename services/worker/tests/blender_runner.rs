@@ -624,6 +624,48 @@ async fn warm_sessions_are_reused_recycled_and_killed_on_cancel() -> TestResult 
     Ok(())
 }
 
+/// A warm task hands its session back, and frees its slot, as soon as
+/// Blender has rendered its frame: a task started at that moment renders in
+/// the same session while the first finishes its uploads and its result,
+/// and each stores its own frame. (Handed back at the end instead, the
+/// second task would find no idle session and start a new one.)
+#[tokio::test]
+async fn a_released_warm_task_lends_its_session_to_the_next_while_it_finishes() -> TestResult {
+    let farm = Farm::with_warm(WarmSettings::default()).await?;
+    let scene = farm.scene(2, 32, 18).await?;
+    let first = blender_task("first", &scene, frame_args(1), vec![1]);
+    let second = blender_task("second", &scene, frame_args(2), vec![2]);
+    let (events, mut received) = mpsc::channel(1024);
+    let (release, released) = tokio::sync::oneshot::channel();
+    let cancel = CancellationToken::new();
+    let (first_outcome, second_outcome) = tokio::join!(
+        farm.runner
+            .run_releasing(&first, &events, &cancel, move || {
+                let _ = release.send(());
+            }),
+        async {
+            released.await.expect("the first task released its slot");
+            farm.runner.run(&second, &events, &cancel).await
+        }
+    );
+    drop(events);
+    let mut messages = Vec::new();
+    while let Some(message) = received.recv().await {
+        messages.push(message);
+    }
+    let (first, second) = (finished(first_outcome), finished(second_outcome));
+    assert!(first.success, "{}\n{}", first.message, first.log_tail);
+    assert!(second.success, "{}\n{}", second.message, second.log_tail);
+    assert!(
+        second.log_tail.contains("(1 frames rendered before)"),
+        "the second task rendered in the first one's session: {}",
+        second.log_tail
+    );
+    let paths: Vec<String> = outputs(&messages).into_iter().map(|o| o.0).collect();
+    assert_eq!(paths, ["frames/frame_0001.png", "frames/frame_0002.png"]);
+    Ok(())
+}
+
 fn frame_args(frame: i64) -> Vec<String> {
     let scene = format!("{WD}/scene.blend");
     let output = format!("{WD}/outputs/frames/frame_####");

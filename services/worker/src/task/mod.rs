@@ -284,7 +284,13 @@ impl<A: AssetStore> TaskRunner<A> {
 
         let limits = self.settings.sandbox.limits();
         let place = action.outputs();
-        let (workdir, outputs) = (place.workdir.clone(), place.outputs.clone());
+        // `kept` holds a warm task's output directory until its uploads are
+        // done, after the action that made it is gone (below).
+        let (workdir, outputs, _kept) = (
+            place.workdir.clone(),
+            place.outputs.clone(),
+            place.kept.clone(),
+        );
         let (queue, queued) = mpsc::channel(UPLOAD_QUEUE);
         let plan = UploadPlan {
             outputs: outputs.clone(),
@@ -309,7 +315,7 @@ impl<A: AssetStore> TaskRunner<A> {
             max_run_seconds: assignment.max_run_seconds,
             stall_seconds: assignment.stall_seconds,
         };
-        let supervising = async {
+        let supervising = async move {
             let supervised =
                 supervise::supervise(action.as_mut(), rules, cancel, &mut collector).await;
             let observed = collector.finish().await;
@@ -330,6 +336,9 @@ impl<A: AssetStore> TaskRunner<A> {
                 .filter(|s| s.rlimited())
                 .map(|s| s.limits().memory_bytes);
             action.finish(matches!(ending, Some(Ending::Ended(ActionEnd::Done))));
+            // Its sandbox goes with it (the cgroup removed, the uid back in
+            // the pool): a released task holds nothing a new one needs.
+            drop(action);
             release();
             (ending, observed, kernel_hit, rlimited_memory)
         };
