@@ -127,7 +127,7 @@ async fn a_crashed_leaders_lease_is_ended_not_waited_out() -> Result<()> {
     let mut farm = Farm::builder(dir.path().join("farm"))
         .workers(1)
         .schedulers(2)
-        .env("KILN_LEADER_TTL", &LEASE.as_secs().to_string())
+        .env("KILN_LEADER_TTL", LEASE.as_secs().to_string())
         .start()
         .await?;
     let scene = example_scene(dir.path())?;

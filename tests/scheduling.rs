@@ -375,3 +375,91 @@ async fn a_frozen_worker_is_dead_once_its_lease_ends_and_counts_once() -> Result
     farm.shutdown().await?;
     Ok(())
 }
+
+/// With a retention set, a finished job goes with its tasks once it is
+/// older than that; an unfinished one stays however old. A retry near the
+/// deletion is refused with the reason rather than racing the sweep.
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_jobs_are_deleted_after_the_retention_and_unfinished_ones_kept() -> Result<()> {
+    const KEEP_SECONDS: u64 = 20;
+    let dir = kiln_tests::e2e_dir()?;
+    let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
+        .workers(1)
+        .env("KILN_MAX_ATTEMPTS", "1")
+        .env(
+            "KILN_DELETE_FINISHED_JOBS_AFTER_SECONDS",
+            KEEP_SECONDS.to_string(),
+        )
+        .start()
+        .await?;
+    let mut jobs = scheduler_jobs(&farm).await?;
+    let failed = submit(
+        &mut jobs,
+        "alice",
+        clips_request(1, 1, "nosuchsource", false),
+    )
+    .await?;
+    let held = submit(&mut jobs, "alice", clips_request(2, 1, RED, false)).await?;
+    jobs.pause_job(pb::PauseJobRequest {
+        job_id: held.clone(),
+    })
+    .await?;
+    let done = wait_final(&mut jobs, &failed).await?;
+    assert_eq!(state_of(&done), pb::JobState::Failed, "{done:?}");
+
+    // Past half the retention: too close to its deletion to reopen.
+    let finished = std::time::UNIX_EPOCH + Duration::from_secs(finished_at(&done).0 as u64);
+    let retry_from = finished + Duration::from_secs(KEEP_SECONDS / 2 + 1);
+    if let Ok(wait) = retry_from.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let refused = jobs
+        .retry_job(pb::RetryJobRequest {
+            job_id: failed.clone(),
+        })
+        .await
+        .expect_err("a job about to be deleted cannot be reopened");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("about to be deleted"),
+        "{refused:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let gone = loop {
+        match jobs
+            .get_job(pb::GetJobRequest {
+                job_id: failed.clone(),
+            })
+            .await
+        {
+            Err(status) if status.code() == tonic::Code::NotFound => break status,
+            other => {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the failed job was never deleted: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    assert!(gone.message().contains(&failed), "{gone:?}");
+    let tasks_gone = tasks(&mut jobs, &failed)
+        .await
+        .expect_err("its tasks go with it");
+    assert_eq!(
+        kiln_tests::status_of(&tasks_gone).map(|s| s.code()),
+        Some(tonic::Code::NotFound),
+        "{tasks_gone:?}"
+    );
+    // The paused job is as old, but not finished: kept, with its tasks.
+    let kept = job(&mut jobs, &held).await?;
+    assert_eq!(state_of(&kept), pb::JobState::Paused, "{kept:?}");
+    assert_eq!(tasks(&mut jobs, &held).await?.len(), 2);
+    farm.shutdown().await?;
+    Ok(())
+}

@@ -41,6 +41,14 @@ pub struct Config {
     /// confirm the tasks they kept running before requeueing those tasks
     #[arg(long, env = "KILN_RECLAIM_SECONDS", default_value_t = 15)]
     pub reclaim_seconds: u64,
+    /// Seconds a finished job is kept before it is deleted with its tasks,
+    /// outputs and events; 0 keeps finished jobs forever
+    #[arg(
+        long,
+        env = "KILN_DELETE_FINISHED_JOBS_AFTER_SECONDS",
+        default_value_t = 0
+    )]
+    pub delete_finished_jobs_after_seconds: u64,
     /// Directory of admin-approved OpenJD job templates (<name>.yaml/.yml/.json) that jobs may name like the built-ins; loaded at start
     #[arg(long, env = "KILN_TEMPLATE_DIR")]
     pub template_dir: Option<std::path::PathBuf>,

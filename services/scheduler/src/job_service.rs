@@ -22,6 +22,7 @@ use crate::event_replay::{self, Scope};
 use crate::job_state::JobState;
 use crate::leader::LeaderSlot;
 use crate::loader;
+use crate::retention::JobRetention;
 use crate::scheduler::Scheduler;
 use crate::stream_quota::{StreamPermit, StreamQuota};
 use crate::submit::{Submissions, Submitter, priority_of};
@@ -63,6 +64,8 @@ pub struct JobApi {
     submissions: Submissions,
     /// Watch streams each owner holds open.
     streams: StreamQuota,
+    /// How long finished jobs are kept: a retry must not reopen one about to go.
+    retention: JobRetention,
 }
 
 impl JobApi {
@@ -71,7 +74,14 @@ impl JobApi {
             leader,
             submissions,
             streams: StreamQuota::new(0),
+            retention: JobRetention::forever(),
         }
+    }
+
+    /// Finished jobs are deleted after `retention` (`retention.rs`).
+    pub fn with_retention(mut self, retention: JobRetention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// At most `quota` watch streams open per owner.
@@ -131,14 +141,27 @@ async fn cancel(scheduler: &Scheduler, job_id: &str) -> Result<pb::Job, Schedule
     }
 }
 
-async fn retry(scheduler: &Scheduler, job_id: &str) -> Result<pb::Job, SchedulerError> {
+async fn retry(
+    scheduler: &Scheduler,
+    retention: JobRetention,
+    job_id: &str,
+) -> Result<pb::Job, SchedulerError> {
     let id = parse_job_id(job_id)?;
-    let state = queries::job_state(&scheduler.db, id)
+    let (state, finished_ago) = queries::job_state_and_age(&scheduler.db, id)
         .await?
         .ok_or_else(|| SchedulerError::JobNotFound(id.to_string()))?;
     if state == JobState::Succeeded {
         return Err(SchedulerError::FailedPrecondition(format!(
             "job {id} succeeded; nothing to retry"
+        )));
+    }
+    if let Some(age) = finished_ago
+        && !retention.may_reopen(age)
+    {
+        return Err(SchedulerError::FailedPrecondition(format!(
+            "job {id} finished {}s ago and is about to be deleted (the farm keeps finished jobs {}s); submit it again",
+            age.as_secs(),
+            retention.keep().map_or(0, |keep| keep.as_secs()),
         )));
     }
     let reload = if state.is_final() {
@@ -503,7 +526,7 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::Job>, Status> {
         let scheduler = self.scheduler()?;
         Ok(Response::new(
-            retry(&scheduler, &request.get_ref().job_id).await?,
+            retry(&scheduler, self.retention, &request.get_ref().job_id).await?,
         ))
     }
 

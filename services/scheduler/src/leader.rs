@@ -78,6 +78,8 @@ pub struct Leading {
     pub endpoint: Endpoint,
     /// Seconds of the election lease: how long a crashed leader holds on.
     pub lease_ttl: i64,
+    /// How long finished jobs are kept before the leader deletes them.
+    pub retention: crate::retention::JobRetention,
 }
 
 enum Stop {
@@ -291,6 +293,7 @@ async fn lead(
         leading.discovery.clone(),
         scheduler,
     ));
+    let retention = tokio::spawn(crate::retention::run(leading.db.clone(), leading.retention));
     let stop = tokio::select! {
         stopped = started.dispatch.run() => Stop::Lost(match stopped {
             Ok(()) => "dispatch loop ended".to_owned(),
@@ -299,6 +302,7 @@ async fn lead(
         _ = lease_lost.wait_for(|lost| *lost) => Stop::Lost("leadership lease lost".into()),
         _ = shutdown.wait_for(|stop| *stop) => Stop::Shutdown,
     };
+    retention.abort();
     liveness.abort();
     webhooks.abort();
     listing.revoke().await;

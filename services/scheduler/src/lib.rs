@@ -21,7 +21,8 @@
 //! 5. `scheduler.rs`: a leader's handle; `leader.rs`: the election;
 //!    `dead_leader.rs`: a standby ends a crashed leader's lease at once;
 //!    `liveness.rs`: workers whose etcd lease expired; `presence.rs`: when
-//!    each worker last spoke and what it uses.
+//!    each worker last spoke and what it uses; `retention.rs`: finished
+//!    jobs deleted after the farm's retention.
 //! 6. Services: `job_service.rs` (gRPC), `submit.rs` (submission),
 //!    `watch.rs` (WatchJob/WatchFarm), `task_log.rs` / `logs.rs` (live task
 //!    logs), `worker_service.rs` (worker sessions; `live_sessions.rs`: one
@@ -59,6 +60,7 @@ pub mod matching;
 pub mod presence;
 pub mod queries;
 pub mod references;
+pub mod retention;
 pub mod retry;
 pub mod scene_history;
 pub mod scheduler;

@@ -16,6 +16,7 @@ use kiln_scheduler::farm_service::FarmApi;
 use kiln_scheduler::job_service::JobApi;
 use kiln_scheduler::leader::{self, LeaderSlot, Leading};
 use kiln_scheduler::references::References;
+use kiln_scheduler::retention::JobRetention;
 use kiln_scheduler::retry::RetryPolicy;
 use kiln_scheduler::standby;
 use kiln_scheduler::stream_quota::StreamQuota;
@@ -103,8 +104,10 @@ async fn main() -> anyhow::Result<()> {
         .with_templates(templates)
         .with_sizes(sizes);
     let webhooks = config.webhooks.settings();
+    let retention = JobRetention::after_seconds(config.delete_finished_jobs_after_seconds);
     let jobs = JobApi::new(slot.clone(), submissions)
-        .with_stream_quota(StreamQuota::new(config.quotas.max_streams_per_owner));
+        .with_stream_quota(StreamQuota::new(config.quotas.max_streams_per_owner))
+        .with_retention(retention);
     let routes = Routes::new(JobServiceServer::new(jobs))
         .add_service(WorkerServiceServer::new(WorkerSessions::new(slot.clone())))
         .add_service(AssetReferencesServer::new(References::new(db.clone())))
@@ -153,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         webhooks,
         endpoint,
         lease_ttl: config.leader_ttl,
+        retention,
     };
     // Both end on SIGTERM: the election first resigns, so a standby leads at once.
     let (served, ()) = tokio::join!(

@@ -85,6 +85,24 @@ pub async fn job_state(
     Ok(state.as_deref().and_then(JobState::parse))
 }
 
+/// A job's state and, once it finished, how long ago; `None` if there is
+/// no such job.
+pub async fn job_state_and_age(
+    db: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+) -> Result<Option<(JobState, Option<std::time::Duration>)>, sqlx::Error> {
+    let row: Option<(String, Option<f64>)> = sqlx::query_as(
+        "SELECT state, EXTRACT(EPOCH FROM now() - finished_at)::float8 FROM jobs WHERE id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|(state, age)| {
+        let age = age.map(|secs| std::time::Duration::from_secs_f64(secs.max(0.0)));
+        JobState::parse(&state).map(|state| (state, age))
+    }))
+}
+
 /// The state of a task of a job, or `None` if the job has no such task.
 pub async fn task_state(
     db: &PgPool,

@@ -12,6 +12,7 @@ pub const BATCH_WRITE: &str = "kiln_scheduler_batch_write_seconds";
 pub const BATCH_TASKS: &str = "kiln_scheduler_batch_task_writes";
 pub const EVENT_LAG: &str = "kiln_scheduler_event_lag_seconds";
 pub const JOBS_FINISHED: &str = "kiln_scheduler_jobs_finished_total";
+pub const JOBS_DELETED: &str = "kiln_scheduler_jobs_deleted_total";
 pub const WORKERS: &str = "kiln_scheduler_workers";
 pub const IDLE_WORKERS: &str = "kiln_scheduler_idle_workers";
 pub const QUEUE_WAIT: &str = "kiln_scheduler_estimated_queue_wait_seconds";
@@ -39,6 +40,10 @@ pub fn describe() {
         "Time from a batch's commit to its events and assignments leaving"
     );
     metrics::describe_counter!(JOBS_FINISHED, "Jobs that reached a final state, by state");
+    metrics::describe_counter!(
+        JOBS_DELETED,
+        "Finished jobs deleted after the retention (--delete-finished-jobs-after-seconds)"
+    );
     metrics::describe_gauge!(WORKERS, "Workers with an open session");
     metrics::describe_gauge!(
         IDLE_WORKERS,
