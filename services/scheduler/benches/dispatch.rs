@@ -8,19 +8,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use kiln_proto::v1 as pb;
 use kiln_proto::v1::job_service_client::JobServiceClient;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use common::{noop_job, open_session, started, succeeded};
+use common::noop_job;
+use common::sim::{Sim, connect, cpu_seconds, simulated_worker, status_bytes};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -117,7 +116,7 @@ async fn main() -> Result<()> {
             render,
             lookahead: args.lookahead,
             completed,
-            latencies,
+            latencies: Some(latencies),
         };
         sims.push(tokio::spawn(simulated_worker(channel, join_token, sim)));
     }
@@ -204,59 +203,6 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn connect(uri: &str, connections: usize) -> Result<Vec<Channel>> {
-    let mut channels = Vec::new();
-    for _ in 0..connections.max(1) {
-        channels.push(Channel::from_shared(uri.to_owned())?.connect().await?);
-    }
-    Ok(channels)
-}
-
-struct Sim {
-    index: usize,
-    render: Duration,
-    lookahead: u32,
-    completed: Arc<AtomicU64>,
-    latencies: Arc<Mutex<Vec<f64>>>,
-}
-
-/// One simulated worker: registers with the `noop` renderer and runs its
-/// assignments one after another, each for `render`, recording its dispatch
-/// latency in ms: from the moment it is free to the start of its next task,
-/// which is at once when a task waits in its lookahead queue.
-async fn simulated_worker(channel: Channel, join_token: String, sim: Sim) -> Result<()> {
-    let (tx, mut inbound) = open_session(channel, sim.index, &join_token, sim.lookahead).await?;
-    // The scheduler sends at most 1 + lookahead tasks ahead of their results.
-    let (queue_tx, mut queue) = mpsc::channel(sim.lookahead as usize + 1);
-    let reader = tokio::spawn(async move {
-        while let Some(incoming) = inbound.message().await? {
-            if let Some(pb::scheduler_message::Message::Assignment(task)) = incoming.message
-                && queue_tx.send(task).await.is_err()
-            {
-                break;
-            }
-        }
-        anyhow::Ok(())
-    });
-    let mut free_since = Instant::now();
-    while let Some(task) = queue.recv().await {
-        let latency = free_since.elapsed().as_secs_f64() * 1000.0;
-        sim.latencies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(latency);
-        tx.send(started(&task)).await?;
-        if !sim.render.is_zero() {
-            tokio::time::sleep(sim.render).await;
-        }
-        free_since = Instant::now();
-        tx.send(succeeded(task)).await?;
-        sim.completed.fetch_add(1, Ordering::Relaxed);
-    }
-    reader.await??;
-    Ok(())
-}
-
 async fn wait_until_succeeded(db: &PgPool, jobs: i64, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
@@ -316,33 +262,6 @@ async fn table_writes(db: &PgPool) -> Result<std::collections::BTreeMap<String, 
         .into_iter()
         .map(|(table, rows, updates, hot)| (table, (rows, updates, hot)))
         .collect())
-}
-
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
-}
-
-/// A memory figure of /proc/PID/status: "VmHWM" (peak RSS) or "VmRSS".
-fn status_bytes(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.split(':').next() == Some(field))
-        .with_context(|| format!("no {field}"))?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .with_context(|| format!("{field} value"))?
-        .parse()?;
-    Ok(kib * 1024)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -1,4 +1,8 @@
-//! What both scheduler benchmarks share: the no-op job and worker messages.
+//! What the scheduler benchmarks share: the no-op job and worker messages,
+//! and simulated workers (`sim.rs`). Each benchmark uses part of it.
+#![allow(dead_code)]
+
+pub mod sim;
 
 use kiln_proto::v1 as pb;
 use kiln_proto::v1::worker_message::Message as ToScheduler;

@@ -1,0 +1,106 @@
+//! Simulated workers and the scheduler process's own figures, for the
+//! dispatch and soak benchmarks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kiln_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::{open_session, started, succeeded};
+
+/// `connections` HTTP/2 connections to `uri`, for simulated workers to share.
+pub async fn connect(uri: &str, connections: usize) -> Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(Channel::from_shared(uri.to_owned())?.connect().await?);
+    }
+    Ok(channels)
+}
+
+pub struct Sim {
+    pub index: usize,
+    pub render: Duration,
+    pub lookahead: u32,
+    pub completed: Arc<AtomicU64>,
+    /// Where to record each dispatch latency, if anywhere (the soak's hour
+    /// of tasks would make the list grow without bound).
+    pub latencies: Option<Arc<Mutex<Vec<f64>>>>,
+}
+
+/// One simulated worker: registers with the `noop` renderer and runs its
+/// assignments one after another, each for `render`, recording its dispatch
+/// latency in ms: from the moment it is free to the start of its next task,
+/// which is at once when a task waits in its lookahead queue.
+pub async fn simulated_worker(channel: Channel, join_token: String, sim: Sim) -> Result<()> {
+    let (tx, mut inbound) = open_session(channel, sim.index, &join_token, sim.lookahead).await?;
+    // The scheduler sends at most 1 + lookahead tasks ahead of their results.
+    let (queue_tx, mut queue) = mpsc::channel(sim.lookahead as usize + 1);
+    let reader = tokio::spawn(async move {
+        while let Some(incoming) = inbound.message().await? {
+            if let Some(pb::scheduler_message::Message::Assignment(task)) = incoming.message
+                && queue_tx.send(task).await.is_err()
+            {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let mut free_since = Instant::now();
+    while let Some(task) = queue.recv().await {
+        if let Some(latencies) = &sim.latencies {
+            let latency = free_since.elapsed().as_secs_f64() * 1000.0;
+            latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(latency);
+        }
+        tx.send(started(&task)).await?;
+        if !sim.render.is_zero() {
+            tokio::time::sleep(sim.render).await;
+        }
+        free_since = Instant::now();
+        tx.send(succeeded(task)).await?;
+        sim.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    reader.await??;
+    Ok(())
+}
+
+/// CPU seconds (user and system) the process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .zip(fields.get(12))
+        .context("short stat")
+        .and_then(|(user, system)| Ok(user.parse::<f64>()? + system.parse::<f64>()?))?;
+    Ok(ticks / 100.0)
+}
+
+/// A memory figure of /proc/PID/status: "VmHWM" (peak RSS) or "VmRSS".
+pub fn status_bytes(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.split(':').next() == Some(field))
+        .with_context(|| format!("no {field}"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("{field} value"))?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+pub const MIB: f64 = 1024.0 * 1024.0;
