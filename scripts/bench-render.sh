@@ -28,11 +28,42 @@ cd "$work"
 dev=$!
 for _ in $(seq 1 240); do [ -f "$work/.kiln/dev.json" ] && break; kill -0 $dev 2>/dev/null || { cat "$work/dev.log"; exit 1; }; sleep 0.5; done
 
+since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 render() { echo "$bin/kiln render $scene --frames 1-$frames --fps 24 --chunk $1 --out $work/out-$1${2:-} ${3:-}"; }
-hyperfine --runs "$runs" --warmup 1 --export-markdown "$work/bench.md" \
+hyperfine --runs "$runs" --warmup 1 --export-markdown "$work/bench.md" --export-json "$work/bench.json" \
   -n "blender -b -a (direct)" "blender -b -Y $scene -o $work/direct/f_#### -F PNG -x 1 -s 1 -e $frames -a" \
   -n "kiln, all in one chunk" "$(render "$frames")" \
   -n "kiln, chunk 4" "$(render 4)" \
   -n "kiln, chunk 1" "$(render 1)" \
   -n "kiln, chunk 1, no quality check" "$(render 1 -nocheck --no-quality-check)"
 cat "$work/bench.md"
+
+# The render step alone: from each job's first Render task starting to its
+# last one ending (its frames stored: a task's result follows its uploads),
+# read back from the farm's timeline. hyperfine ran the commands in order,
+# each `runs + 1` times (the first a warm-up, left out here).
+python3 - "$work/.kiln/dev.json" "$work/bench.json" "$runs" "$since" <<'PY'
+import json, sys, urllib.request
+from datetime import datetime
+dev, bench, runs = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3])
+request = urllib.request.Request(dev["gateway_http"] + "/v1/timeline?limit=10000&since=" + sys.argv[4],
+                                 headers={"Authorization": "Bearer " + dev["token"]})
+spans = json.load(urllib.request.urlopen(request)).get("spans", [])
+at = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+jobs = {}
+for span in spans:
+    if span.get("stepName") == "Render" and span.get("startedAt") and span.get("endedAt"):
+        start, end = jobs.get(span["jobId"], (float("inf"), 0.0))
+        jobs[span["jobId"]] = (min(start, at(span["startedAt"])), max(end, at(span["endedAt"])))
+ordered = sorted(jobs.values())
+direct = bench["results"][0]["mean"]
+names = [r["command"] for r in bench["results"][1:]]
+if len(ordered) != len(names) * (runs + 1):
+    sys.exit(f"expected {len(names) * (runs + 1)} jobs on the timeline, found {len(ordered)}")
+print(f"\n| Render step: first Render task started to last one ended | mean of {runs} | x direct ({direct:.3f} s) |")
+print("|---|---|---|")
+for n, name in enumerate(names):
+    group = ordered[n * (runs + 1) + 1:(n + 1) * (runs + 1)]
+    mean = sum(end - start for start, end in group) / len(group)
+    print(f"| {name} | {mean:.3f} s | {mean / direct:.2f} |")
+PY

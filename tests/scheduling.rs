@@ -377,8 +377,9 @@ async fn a_frozen_worker_is_dead_once_its_lease_ends_and_counts_once() -> Result
 }
 
 /// With a retention set, a finished job goes with its tasks once it is
-/// older than that; an unfinished one stays however old. A retry near the
-/// deletion is refused with the reason rather than racing the sweep.
+/// older than that; an unfinished one stays however old, and so does a
+/// finished one it depends on. A retry near the deletion is refused with
+/// the reason rather than racing the sweep.
 #[tokio::test(flavor = "multi_thread")]
 async fn finished_jobs_are_deleted_after_the_retention_and_unfinished_ones_kept() -> Result<()> {
     const KEEP_SECONDS: u64 = 20;
@@ -399,13 +400,22 @@ async fn finished_jobs_are_deleted_after_the_retention_and_unfinished_ones_kept(
         clips_request(1, 1, "nosuchsource", false),
     )
     .await?;
-    let held = submit(&mut jobs, "alice", clips_request(2, 1, RED, false)).await?;
+    let needed = submit(&mut jobs, "alice", clips_request(1, 1, RED, false)).await?;
+    let mut after = clips_request(2, 1, RED, false);
+    after.depends_on_jobs = vec![needed.clone()];
+    let held = submit(&mut jobs, "alice", after).await?;
     jobs.pause_job(pb::PauseJobRequest {
         job_id: held.clone(),
     })
     .await?;
     let done = wait_final(&mut jobs, &failed).await?;
     assert_eq!(state_of(&done), pb::JobState::Failed, "{done:?}");
+    let succeeded = wait_final(&mut jobs, &needed).await?;
+    assert_eq!(
+        state_of(&succeeded),
+        pb::JobState::Succeeded,
+        "{succeeded:?}"
+    );
 
     // Past half the retention: too close to its deletion to reopen.
     let finished = std::time::UNIX_EPOCH + Duration::from_secs(finished_at(&done).0 as u64);
@@ -460,6 +470,17 @@ async fn finished_jobs_are_deleted_after_the_retention_and_unfinished_ones_kept(
     let kept = job(&mut jobs, &held).await?;
     assert_eq!(state_of(&kept), pb::JobState::Paused, "{kept:?}");
     assert_eq!(tasks(&mut jobs, &held).await?.len(), 2);
+    // So is the finished job it depends on, past its retention too: a new
+    // leader loading the paused job must find it succeeded.
+    // Watched until two sweeps (a tenth of the retention apart) after it
+    // is past the retention.
+    let past = std::time::UNIX_EPOCH
+        + Duration::from_secs(finished_at(&succeeded).0 as u64 + KEEP_SECONDS + 5);
+    while std::time::SystemTime::now() < past {
+        let dependency = job(&mut jobs, &needed).await?;
+        assert_eq!(state_of(&dependency), pb::JobState::Succeeded);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     farm.shutdown().await?;
     Ok(())
 }

@@ -230,11 +230,14 @@ pub async fn last_position(db: &PgPool, scope: Scope) -> Result<u64, sqlx::Error
             Scope::Farm => {
                 // The newest batch holds the log's last position, in one of its
                 // blocks.
+                // Deleted jobs' events count too (`farm_seq_floor`,
+                // retention.rs): positions are never handed out twice.
                 sqlx::query_scalar(
                     "SELECT greatest(
                      (SELECT max(last_farm_seq) FROM job_events
                       WHERE batch_first = (SELECT max(batch_first) FROM job_events)),
-                     (SELECT max(farm_seq) FROM farm_events))",
+                     (SELECT max(farm_seq) FROM farm_events),
+                     (SELECT farm_seq FROM farm_seq_floor))",
                 )
                 .fetch_one(db)
                 .await?

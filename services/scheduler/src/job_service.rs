@@ -164,6 +164,17 @@ async fn retry(
             retention.keep().map_or(0, |keep| keep.as_secs()),
         )));
     }
+    // A deleted dependency cannot be told from one that failed: the core
+    // would fail the job at once, for a reason that is not the real one.
+    if state.is_final()
+        && let Some(gone) = queries::deleted_dependencies(&scheduler.db, id)
+            .await?
+            .first()
+    {
+        return Err(SchedulerError::FailedPrecondition(format!(
+            "job {id} depends on job {gone}, which was deleted after the farm's retention; submit it again"
+        )));
+    }
     let reload = if state.is_final() {
         loader::load_one(&scheduler.db, id)
             .await?

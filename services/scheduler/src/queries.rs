@@ -103,6 +103,21 @@ pub async fn job_state_and_age(
     }))
 }
 
+/// The jobs `job_id` depends on that no longer exist (deleted after the
+/// farm's retention, `retention.rs`).
+pub async fn deleted_dependencies(
+    db: impl sqlx::PgExecutor<'_>,
+    job_id: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT d FROM jobs j, unnest(j.depends_on_jobs) AS d
+         WHERE j.id = $1 AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = d)",
+    )
+    .bind(job_id)
+    .fetch_all(db)
+    .await
+}
+
 /// The state of a task of a job, or `None` if the job has no such task.
 pub async fn task_state(
     db: &PgPool,

@@ -1,7 +1,7 @@
 //! Finished jobs kept for a while, then deleted: the leader sweeps jobs that
 //! finished longer ago than `--delete-finished-jobs-after-seconds`, and the
-//! foreign keys take their steps, tasks, outputs, events and webhook
-//! deliveries with them. A farm that runs for months then holds its recent
+//! foreign keys take their steps, tasks, outputs, events and idempotency
+//! records with them (webhook deliveries keep their own week). A farm that runs for months then holds its recent
 //! history and its queue, not every task it ever ran; the `tasks` table and
 //! its indexes stay the same size under a steady load, and autovacuum reuses
 //! the space deleted jobs leave. Off by default: a job's record is the
@@ -78,6 +78,36 @@ impl JobRetention {
     }
 }
 
+/// Deletes up to $2 jobs that finished more than $1 seconds ago, oldest
+/// first, except:
+/// - a job an unfinished job waits for (`depends_on_jobs`): a leader
+///   loading the waiting job would count a missing dependency as one that
+///   never succeeded, and fail it;
+/// - a job with events the webhook loop has not turned into deliveries yet.
+///
+/// Before the rows go, `farm_seq_floor` is raised to their events' highest
+/// farm position (see migration 0017). The outer condition is checked again
+/// on each row: a job reopened while the statement waited for its lock has
+/// no `finished_at` any more and stays.
+const DELETE_OLDEST: &str = "
+    WITH doomed AS (
+        SELECT j.id FROM jobs j
+        WHERE j.finished_at < now() - make_interval(secs => $1)
+          AND NOT EXISTS (SELECT 1 FROM jobs w
+                          WHERE w.finished_at IS NULL AND j.id = ANY (w.depends_on_jobs))
+          AND NOT EXISTS (SELECT 1 FROM job_events e
+                          WHERE e.job_id = j.id
+                            AND e.last_farm_seq > (SELECT farm_seq FROM webhook_cursor))
+        ORDER BY j.finished_at LIMIT $2
+    ), floor AS (
+        UPDATE farm_seq_floor SET farm_seq = greatest(farm_seq,
+            (SELECT coalesce(max(e.last_farm_seq), 0) FROM job_events e
+             WHERE e.job_id IN (SELECT id FROM doomed)))
+    )
+    DELETE FROM jobs
+    WHERE id IN (SELECT id FROM doomed)
+      AND finished_at < now() - make_interval(secs => $1)";
+
 /// Sweeps while this process leads (the caller aborts it when it stops).
 /// Deleting jobs that finished long ago needs no fence: a deposed leader
 /// doing it deletes what the new one would.
@@ -106,17 +136,12 @@ pub async fn run(db: PgPool, retention: JobRetention) {
 async fn sweep(db: &PgPool, keep: Duration) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
     for _ in 0..STATEMENTS_PER_SWEEP {
-        let done = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE finished_at < now() - make_interval(secs => $1)
-                 ORDER BY finished_at LIMIT $2)",
-        )
-        .bind(keep.as_secs_f64())
-        .bind(JOBS_PER_STATEMENT)
-        .execute(db)
-        .await?
-        .rows_affected();
+        let done = sqlx::query(DELETE_OLDEST)
+            .bind(keep.as_secs_f64())
+            .bind(JOBS_PER_STATEMENT)
+            .execute(db)
+            .await?
+            .rows_affected();
         deleted += done;
         metrics::counter!(scheduler_metrics::JOBS_DELETED).increment(done);
         if done < JOBS_PER_STATEMENT as u64 {
