@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&descriptor_path, descriptors.encode_to_vec())?;
 
     tonic_prost_build::configure()
+        // Smaller per-call buffers (src/codec.rs).
+        .codec_path("crate::codec::LeanCodec")
         .file_descriptor_set_path(&descriptor_path)
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")

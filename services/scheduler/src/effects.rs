@@ -89,7 +89,7 @@ impl EffectRunner {
                 let message = pb::SchedulerMessage {
                     message: Some(pb::scheduler_message::Message::Cancel(cancel)),
                 };
-                if outbox.try_send(Ok(message)).is_err() {
+                if outbox.try_send(Box::new(message)).is_err() {
                     tracing::debug!(task_id = %task_id, "worker gone before it could be told to cancel");
                 }
             }
@@ -120,7 +120,7 @@ impl EffectRunner {
         let message = pb::SchedulerMessage {
             message: Some(pb::scheduler_message::Message::Assignment(assignment)),
         };
-        if to.outbox.try_send(Ok(message)).is_err() {
+        if to.outbox.try_send(Box::new(message)).is_err() {
             self.undeliverable(to);
         }
     }

@@ -92,7 +92,7 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
             message: Some(pb::scheduler_message::Message::Registered(registered)),
         };
         outbox
-            .send(Ok(hello))
+            .send(Box::new(hello))
             .await
             .map_err(|_| Status::internal("session closed during registration"))?;
 
@@ -126,7 +126,9 @@ impl pb::worker_service_server::WorkerService for WorkerSessions {
             .await?;
         tracing::info!(worker_id, hostname = %register.hostname, session, "worker joined");
         tokio::spawn(serve_session(scheduler, release, inbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbox_rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(outbox_rx).map(|message| Ok(*message)),
+        )))
     }
 }
 
