@@ -14,13 +14,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use kiln_proto::v1::job_service_client::JobServiceClient;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
 use common::noop_job;
-use common::sim::{Sim, connect, cpu_seconds, simulated_worker, status_bytes};
-use tonic::transport::Channel;
+use common::sim::{BenchFarm, Sim, connect, cpu_seconds, simulated_worker, status_bytes};
 
 #[derive(Parser)]
 struct Args {
@@ -59,29 +57,16 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let dir = tempfile::Builder::new().prefix("kiln-bench-").tempdir()?;
-    let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
-        .workers(0)
-        .s3(false)
-        .start()
-        .await?;
-    let db = PgPool::connect(&farm.database_url()).await?;
-    let endpoint = farm
-        .discovery()
-        .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
-        .await?;
-    let scheduler_pid = farm
-        .scheduler_mut()
-        .and_then(|s| s.pid())
-        .context("scheduler pid")?;
+    let mut bench = BenchFarm::start("kiln-bench-", &[]).await?;
+    let (db, endpoint, scheduler_pid) = (
+        bench.db.clone(),
+        bench.endpoint.clone(),
+        bench.scheduler_pid,
+    );
 
     let per_job = args.tasks / args.jobs.max(1);
     let submit_started = Instant::now();
-    // The job API is the farm services': it asks for the service token.
-    let mut jobs = JobServiceClient::with_interceptor(
-        Channel::from_shared(endpoint.grpc_uri())?.connect().await?,
-        kiln_asset_client::CallCredentials::service(farm.service_token())?,
-    );
+    let mut jobs = bench.jobs().await?;
     for n in 0..args.jobs {
         let owner = if n % 2 == 0 { "alice" } else { "bob" };
         let mut request = tonic::Request::new(noop_job(per_job));
@@ -110,7 +95,7 @@ async fn main() -> Result<()> {
     for i in 0..args.workers {
         let channel = channels[i % channels.len()].clone();
         let (completed, latencies) = (completed.clone(), latencies.clone());
-        let join_token = farm.join_token().to_owned();
+        let join_token = bench.farm.join_token().to_owned();
         let sim = Sim {
             index: i,
             render,
@@ -193,13 +178,13 @@ async fn main() -> Result<()> {
         );
     }
 
-    if let (Some(keep), Some(scheduler)) = (&args.keep_log, farm.scheduler_mut()) {
+    if let (Some(keep), Some(scheduler)) = (&args.keep_log, bench.farm.scheduler_mut()) {
         std::fs::copy(scheduler.log_path(), keep)?;
     }
     if let Some(river) = &args.river {
-        run_river(river, &farm.database_url(), args.tasks)?;
+        run_river(river, &bench.farm.database_url(), args.tasks)?;
     }
-    farm.shutdown().await?;
+    bench.farm.shutdown().await?;
     Ok(())
 }
 

@@ -16,15 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use kiln_proto::v1::job_service_client::JobServiceClient;
 use sqlx::PgPool;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use common::noop_job;
-use common::sim::{MIB, Sim, connect, simulated_worker, status_bytes};
+use common::sim::{BenchFarm, Jobs, MIB, Sim, connect, simulated_worker, status_bytes};
 
 #[derive(Parser)]
 struct Args {
@@ -73,29 +71,17 @@ struct Sample {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let dir = tempfile::Builder::new().prefix("kiln-soak-").tempdir()?;
-    let mut farm = kiln_localfarm::Farm::builder(dir.path().join("farm"))
-        .workers(0)
-        .s3(false)
-        .env(
-            "KILN_DELETE_FINISHED_JOBS_AFTER_SECONDS",
-            args.retention_seconds.to_string(),
-        )
-        .start()
-        .await?;
-    let db = PgPool::connect(&farm.database_url()).await?;
-    let endpoint = farm
-        .discovery()
-        .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
-        .await?;
-    let scheduler_pid = farm
-        .scheduler_mut()
-        .and_then(|s| s.pid())
-        .context("scheduler pid")?;
-    let jobs = JobServiceClient::with_interceptor(
-        Channel::from_shared(endpoint.grpc_uri())?.connect().await?,
-        kiln_asset_client::CallCredentials::service(farm.service_token())?,
+    let retention = [(
+        "KILN_DELETE_FINISHED_JOBS_AFTER_SECONDS",
+        args.retention_seconds.to_string(),
+    )];
+    let mut bench = BenchFarm::start("kiln-soak-", &retention).await?;
+    let (db, endpoint, scheduler_pid) = (
+        bench.db.clone(),
+        bench.endpoint.clone(),
+        bench.scheduler_pid,
     );
+    let jobs = bench.jobs().await?;
     let submitted = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     let mut submitter = tokio::spawn(
@@ -122,7 +108,7 @@ async fn main() -> Result<()> {
         };
         sims.push(tokio::spawn(simulated_worker(
             channels[i % channels.len()].clone(),
-            farm.join_token().to_owned(),
+            bench.farm.join_token().to_owned(),
             sim,
         )));
     }
@@ -186,7 +172,7 @@ async fn main() -> Result<()> {
     for sim in sims {
         sim.abort();
     }
-    farm.shutdown().await?;
+    bench.farm.shutdown().await?;
     Ok(())
 }
 
@@ -194,12 +180,7 @@ async fn main() -> Result<()> {
 /// whenever fewer than `queued` tasks wait, checking every second;
 /// alternates two owners.
 struct Submitter {
-    jobs: JobServiceClient<
-        tonic::service::interceptor::InterceptedService<
-            Channel,
-            kiln_asset_client::CallCredentials,
-        >,
-    >,
+    jobs: Jobs,
     queued: u64,
     job_tasks: usize,
     /// Tasks the simulated workers may hold at once (running and queued).

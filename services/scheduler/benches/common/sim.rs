@@ -7,11 +7,70 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_proto::v1 as pb;
+use kiln_proto::v1::job_service_client::JobServiceClient;
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::{open_session, started, succeeded};
+
+/// The job API as the farm's services call it (with the service token).
+pub type Jobs = JobServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, kiln_asset_client::CallCredentials>,
+>;
+
+/// A local farm of the real scheduler, with no workers and no S3, and what
+/// a benchmark reads of it. Fields drop in order: the farm stops before its
+/// directory goes.
+pub struct BenchFarm {
+    pub farm: kiln_localfarm::Farm,
+    pub db: PgPool,
+    pub endpoint: kiln_discovery::Endpoint,
+    pub scheduler_pid: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchFarm {
+    /// Starts one in a temporary directory named `prefix...`, with `env` set
+    /// for every service.
+    pub async fn start(prefix: &str, env: &[(&str, String)]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        let mut builder = kiln_localfarm::Farm::builder(dir.path().join("farm"))
+            .workers(0)
+            .s3(false);
+        for (key, value) in env {
+            builder = builder.env(key, value.clone());
+        }
+        let mut farm = builder.start().await?;
+        let db = PgPool::connect(&farm.database_url()).await?;
+        let endpoint = farm
+            .discovery()
+            .find_one(kiln_discovery::service::SCHEDULER, Duration::from_secs(10))
+            .await?;
+        let scheduler_pid = farm
+            .scheduler_mut()
+            .and_then(|s| s.pid())
+            .context("scheduler pid")?;
+        Ok(Self {
+            farm,
+            db,
+            endpoint,
+            scheduler_pid,
+            _dir: dir,
+        })
+    }
+
+    /// A job API client: it asks for the service token.
+    pub async fn jobs(&self) -> Result<Jobs> {
+        Ok(JobServiceClient::with_interceptor(
+            Channel::from_shared(self.endpoint.grpc_uri())?
+                .connect()
+                .await?,
+            kiln_asset_client::CallCredentials::service(self.farm.service_token())?,
+        ))
+    }
+}
 
 /// `connections` HTTP/2 connections to `uri`, for simulated workers to share.
 pub async fn connect(uri: &str, connections: usize) -> Result<Vec<Channel>> {
