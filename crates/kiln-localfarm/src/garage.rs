@@ -17,6 +17,8 @@ pub const BUCKET: &str = "kiln";
 pub const REGION: &str = "garage";
 /// How long Garage has to serve S3 after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Starts tried when Garage exits during start-up (see [`Garage::start`]).
+const START_ATTEMPTS: u32 = 3;
 /// Bound on the answer read from the S3 port while probing it.
 const PROBE_READ_LIMIT: u64 = 4096;
 
@@ -57,12 +59,8 @@ impl Garage {
         let dir = absolute(dir.as_ref())?;
         std::fs::create_dir_all(&dir).map_err(|e| LocalFarmError::io(&dir, e))?;
         let credentials = load_or_create_credentials(&dir.join("credentials.json"))?;
-        let [rpc_port, s3_port] = free_ports()?;
         let config = dir.join("garage.toml");
-        write_private(
-            &config,
-            render_config(&dir, rpc_port, s3_port, &credentials).as_bytes(),
-        )?;
+        let s3_port = write_config(&dir, &credentials)?;
         let process = ServiceProcess::new("garage", garage_binary()?, absolute(log.as_ref())?)
             .arg("-c")
             .arg(&config)
@@ -105,16 +103,33 @@ impl Garage {
 
     /// Starts Garage and waits until its S3 API answers HTTP; the bucket is
     /// created before the API starts serving.
+    ///
+    /// Its ports are picked free, then let go for Garage to bind: anything
+    /// else may take one in between (an outgoing connection's local port,
+    /// another farm), and Garage then exits at once. So an early exit at
+    /// start-up is tried again on new ports, a few times.
     pub async fn start(&mut self) -> Result<()> {
-        self.process.start()?;
-        let port = self.s3_port;
-        wait_ready(
-            &mut self.process,
-            "answering S3 requests",
-            READY_TIMEOUT,
-            || answers_http(port),
-        )
-        .await?;
+        let mut attempt = 1;
+        loop {
+            self.process.start()?;
+            let port = self.s3_port;
+            let ready = wait_ready(
+                &mut self.process,
+                "answering S3 requests",
+                READY_TIMEOUT,
+                || answers_http(port),
+            )
+            .await;
+            match ready {
+                Ok(()) => break,
+                Err(LocalFarmError::Exited { status, tail, .. }) if attempt < START_ATTEMPTS => {
+                    tracing::warn!(attempt, %status, %tail, "garage exited at start-up; trying again on new ports");
+                    self.s3_port = write_config(&self.dir, &self.credentials)?;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
         tracing::info!(endpoint = %self.endpoint(), bucket = BUCKET, "garage ready");
         Ok(())
     }
@@ -123,6 +138,17 @@ impl Garage {
     pub async fn stop(&mut self) -> Result<()> {
         self.process.terminate().await
     }
+}
+
+/// Writes `garage.toml` into `dir` with newly picked free ports; returns
+/// the S3 port.
+fn write_config(dir: &Path, credentials: &GarageCredentials) -> Result<u16> {
+    let [rpc_port, s3_port] = free_ports()?;
+    write_private(
+        &dir.join("garage.toml"),
+        render_config(dir, rpc_port, s3_port, credentials).as_bytes(),
+    )?;
+    Ok(s3_port)
 }
 
 fn garage_binary() -> Result<PathBuf> {
