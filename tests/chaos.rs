@@ -26,21 +26,40 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
         .env("KILN_LEASE_TTL", "3")
         .start()
         .await?;
-    let scene = example_scene(dir.path())?;
-    let mut client = Client::connect(&farm).await?;
+    let outcome = survive_faults(&mut farm, dir.path()).await;
+    if outcome.is_err() {
+        kiln_tests::print_logs(&farm, &["scheduler", "gateway", "postgres", "worker"], 60);
+    }
+    outcome?;
+    farm.shutdown().await?;
+    Ok(())
+}
+
+async fn survive_faults(farm: &mut Farm, dir: &std::path::Path) -> Result<()> {
+    let scene = example_scene(dir)?;
+    let mut client = Client::connect(farm).await?;
     let job = client
         .submit_blender(&scene, &format!("1-{FRAMES}"), 2)
         .await?;
     let id = job.id.clone();
+    let submitted = Instant::now();
     let mut report = Vec::new();
 
     wait_for_progress(&mut client, &id, 2).await?;
     let fault = Instant::now();
+    println!(
+        "{:.1} s after submitting: kill -9 worker 0",
+        submitted.elapsed().as_secs_f64()
+    );
     farm.worker_mut(0).context("worker 0")?.kill().await?;
     report.push(("kill -9 worker 0", recover(&mut client, &id, fault).await?));
 
-    let leader = kiln_tests::leading_scheduler(&farm).await?;
+    let leader = kiln_tests::leading_scheduler(farm).await?;
     let fault = Instant::now();
+    println!(
+        "{:.1} s after submitting: kill -9 the leading scheduler",
+        submitted.elapsed().as_secs_f64()
+    );
     farm.schedulers_mut()[leader].kill().await?;
     report.push((
         "kill -9 the leading scheduler",
@@ -49,8 +68,12 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
     // The killed replica comes back as the standby.
     farm.schedulers_mut()[leader].start()?;
 
-    let leader = kiln_tests::leading_scheduler(&farm).await?;
+    let leader = kiln_tests::leading_scheduler(farm).await?;
     let fault = Instant::now();
+    println!(
+        "{:.1} s after submitting: SIGSTOP the leader",
+        submitted.elapsed().as_secs_f64()
+    );
     farm.schedulers_mut()[leader].pause()?;
     let recovered = recover(&mut client, &id, fault).await?;
     // Frozen well past its 3 s lease: a standby has led meanwhile.
@@ -59,6 +82,10 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
     report.push(("SIGSTOP the leader for 8 s, then SIGCONT", recovered));
 
     let fault = Instant::now();
+    println!(
+        "{:.1} s after submitting: restart Postgres",
+        submitted.elapsed().as_secs_f64()
+    );
     farm.postgres_mut().restart().await?;
     report.push(("restart Postgres", recover(&mut client, &id, fault).await?));
 
@@ -67,6 +94,7 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
     for (fault, took) in &report {
         println!("  {fault}: {:.1} s", took.as_secs_f64());
     }
+    println!("the job took {:.1} s", submitted.elapsed().as_secs_f64());
     assert_eq!(state_of(&done), pb::JobState::Succeeded, "{done:?}");
 
     let frames: BTreeSet<String> = client
@@ -81,7 +109,7 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
         .collect();
     assert_eq!(frames, expected, "exactly one output per frame");
 
-    let runs = attempts_run_by_workers(&farm)?;
+    let runs = attempts_run_by_workers(farm)?;
     for ((task, attempt), workers) in &runs {
         assert_eq!(
             workers.len(),
@@ -93,12 +121,11 @@ async fn a_job_survives_worker_scheduler_and_database_failures() -> Result<()> {
         runs.len() > FRAMES / 2,
         "every task's attempts were seen in the logs"
     );
-    farm.shutdown().await?;
     Ok(())
 }
 
-async fn succeeded(client: &mut Client, id: &str) -> Option<u32> {
-    client.job(id).await.ok().map(|j| j.tasks_succeeded)
+async fn succeeded(client: &mut Client, id: &str) -> Result<u32> {
+    Ok(client.job(id).await?.tasks_succeeded)
 }
 
 async fn wait_for_progress(client: &mut Client, id: &str, at_least: u32) -> Result<()> {
@@ -115,18 +142,20 @@ async fn wait_for_progress(client: &mut Client, id: &str, at_least: u32) -> Resu
 /// Time from the fault until the farm finishes another task.
 async fn recover(client: &mut Client, id: &str, fault: Instant) -> Result<Duration> {
     let before = loop {
-        if let Some(n) = succeeded(client, id).await {
-            break n;
+        match succeeded(client, id).await {
+            Ok(n) => break n,
+            Err(error) if fault.elapsed() > PATIENCE => {
+                return Err(error.context(format!(
+                    "the job could not be read within {PATIENCE:?} of the fault"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        if fault.elapsed() > PATIENCE {
-            bail!("the job could not be read after the fault");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     loop {
         match succeeded(client, id).await {
-            Some(n) if n > before => return Ok(fault.elapsed()),
-            Some(_) | None if fault.elapsed() > PATIENCE => {
+            Ok(n) if n > before => return Ok(fault.elapsed()),
+            _ if fault.elapsed() > PATIENCE => {
                 bail!("the farm finished no task within {PATIENCE:?} of the fault")
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,

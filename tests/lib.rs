@@ -603,6 +603,29 @@ pub async fn leading_scheduler(farm: &Farm) -> Result<usize> {
     }
 }
 
+/// Prints the last `lines` lines of every log in the farm's log directory
+/// whose file name starts with one of `prefixes`: a test that fails after a
+/// fault calls this, so the failure carries the services' side of it (the
+/// farm's directory, and its logs, go with the test).
+pub fn print_logs(farm: &Farm, prefixes: &[&str], lines: usize) {
+    let Ok(entries) = std::fs::read_dir(farm.log_dir()) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| prefixes.iter().any(|p| name.starts_with(p)))
+        })
+        .collect();
+    logs.sort();
+    for log in logs {
+        println!("==== {} (last {lines} lines)", log.display());
+        println!("{}", kiln_localfarm::log_tail(&log, lines));
+    }
+}
+
 /// `docker compose` where the compose plugin is installed, else Debian's `docker-compose`.
 pub fn docker_compose() -> std::process::Command {
     let plugin = std::process::Command::new("docker")

@@ -3,6 +3,8 @@
 //! only grows; a leader that was paused or cut off past its lease finds its
 //! token superseded on its next write and steps down.
 
+use std::time::Duration;
+
 use sqlx::PgConnection;
 
 /// The token of the scheduler allowed to write.
@@ -17,9 +19,33 @@ pub enum FenceError {
     Superseded { mine: i64, current: i64 },
 }
 
+/// How long a scheduler's session may sit idle inside a transaction before
+/// Postgres ends it, for a leadership lease of `lease_ttl` seconds.
+///
+/// Every write holds a share lock on the fence until it commits, and
+/// [`claim`] waits for those locks. A leader frozen in the middle of a write
+/// (SIGSTOP, a stalled VM) leaves its transaction idle, and would hold the
+/// next leader's claim, and so the whole farm, until it thawed. Its lease has
+/// run out by the time a standby claims, so twice the lease is no live
+/// leader's transaction: the scheduler's transactions never wait on anything
+/// but Postgres between statements. At least 5 s, so a debug build on a busy
+/// machine is not cut off mid-write.
+pub fn abandoned_after(lease_ttl: i64) -> Duration {
+    let lease = Duration::from_secs(u64::try_from(lease_ttl).unwrap_or(0));
+    (2 * lease).max(Duration::from_secs(5))
+}
+
+/// The longest [`claim`] waits for writes under an older token: a backstop,
+/// since [`abandoned_after`] ends an abandoned one sooner. Past it the claim
+/// fails and the scheduler steps down and campaigns again, saying why.
+const CLAIM_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '30s'";
+
 /// Claims the right to write with `token`. Fails if a newer leader already
-/// claimed it. Waits for writes in flight under an older token to finish.
+/// claimed it. Waits for writes in flight under an older token to finish
+/// (at most [`CLAIM_LOCK_TIMEOUT`]).
 pub async fn claim(db: &sqlx::PgPool, token: Token) -> Result<(), FenceError> {
+    let mut tx = db.begin().await?;
+    sqlx::query(CLAIM_LOCK_TIMEOUT).execute(&mut *tx).await?;
     let claimed: Option<i64> = sqlx::query_scalar(
         "INSERT INTO leader_fence (id, token) VALUES (true, $1)
          ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token
@@ -27,14 +53,16 @@ pub async fn claim(db: &sqlx::PgPool, token: Token) -> Result<(), FenceError> {
          RETURNING token",
     )
     .bind(token.0)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
     if claimed.is_some() {
+        tx.commit().await?;
         return Ok(());
     }
     let current: i64 = sqlx::query_scalar("SELECT token FROM leader_fence")
-        .fetch_one(db)
+        .fetch_one(&mut *tx)
         .await?;
+    tx.commit().await?;
     if current == token.0 {
         return Ok(());
     }
@@ -60,5 +88,22 @@ pub async fn check(conn: &mut PgConnection, token: Token) -> Result<(), FenceErr
             mine: token.0,
             current: 0,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_abandoned_transaction_outlives_the_lease() {
+        assert_eq!(abandoned_after(3), Duration::from_secs(6));
+        assert_eq!(abandoned_after(30), Duration::from_secs(60));
+        assert_eq!(
+            abandoned_after(2),
+            Duration::from_secs(5),
+            "never under 5 s, whatever the lease"
+        );
+        assert_eq!(abandoned_after(-1), Duration::from_secs(5));
     }
 }

@@ -79,23 +79,32 @@ pub mod worker_service;
 use std::time::Duration;
 
 pub use error::SchedulerError;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 /// Connects to Postgres, waiting up to `patience` for it to come up, and
 /// applies the migrations. The scheduler's `main` holds the farm-wide etcd
 /// lock `scheduler-migrations` meanwhile (and sqlx takes Postgres's advisory
 /// lock too), so replicas starting together apply them once.
+///
+/// Postgres ends any session of this pool that sits idle inside a
+/// transaction for `abandoned_transaction` ([`fence::abandoned_after`]): a
+/// leader frozen mid-write would otherwise hold its share lock on the fence
+/// until it thawed, and the next leader's claim would wait on it that long.
 pub async fn connect_database(
     url: &str,
     max_connections: u32,
     patience: Duration,
+    abandoned_transaction: Duration,
 ) -> Result<PgPool, SchedulerError> {
+    let options: PgConnectOptions = url.parse()?;
+    let idle_ms = abandoned_transaction.as_millis().max(1).to_string();
+    let options = options.options([("idle_in_transaction_session_timeout", idle_ms.as_str())]);
     let deadline = tokio::time::Instant::now() + patience;
     let pool = loop {
         let attempt = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options.clone())
             .await;
         match attempt {
             Ok(pool) => break pool,

@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         &config.database_url,
         config.database_max_connections,
         Duration::from_secs(60),
+        kiln_scheduler::fence::abandoned_after(config.leader_ttl),
     )
     .await
     .context("connecting to postgres")?;

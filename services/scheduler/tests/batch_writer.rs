@@ -29,7 +29,13 @@ async fn database() -> Result<Database> {
     let dir = tempfile::Builder::new().prefix("kiln-writer-").tempdir()?;
     let mut postgres = Postgres::new(dir.path().join("pg"), dir.path().join("pg.log"))?;
     postgres.start().await?;
-    let db = kiln_scheduler::connect_database(&postgres.url(), 4, Duration::from_secs(30)).await?;
+    let db = kiln_scheduler::connect_database(
+        &postgres.url(),
+        4,
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .await?;
     Ok(Database {
         postgres,
         db,

@@ -182,7 +182,9 @@ async fn events_written_before_and_after_packing_read_back_as_one_log() -> Resul
 
     // Migrated, then written on in blocks, batches of all sizes: one far
     // larger than a page, some with farm events among the jobs'.
-    let db = kiln_scheduler::connect_database(&url, 4, Duration::from_secs(30)).await?;
+    let db =
+        kiln_scheduler::connect_database(&url, 4, Duration::from_secs(30), Duration::from_secs(10))
+            .await?;
     let token = Token(1);
     fence::claim(&db, token).await?;
     let sizes = [1, 7, 3, 1200, 2, 40, 1, 600, 5, 90, 1, 1, 300, 8];
@@ -348,7 +350,13 @@ async fn a_corrupt_block_is_an_error_for_a_watch_not_a_panic() -> Result<()> {
         .tempdir()?;
     let mut postgres = Postgres::new(dir.path().join("pg"), dir.path().join("pg.log"))?;
     postgres.start().await?;
-    let db = kiln_scheduler::connect_database(&postgres.url(), 4, Duration::from_secs(30)).await?;
+    let db = kiln_scheduler::connect_database(
+        &postgres.url(),
+        4,
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .await?;
     let job = add_job(&db, "alice").await?;
     sqlx::query(
         "INSERT INTO job_events (job_id, first_seq, last_seq, batch_first, first_farm_seq,
