@@ -88,7 +88,18 @@ pub struct Sim {
     pub completed: Arc<AtomicU64>,
     /// Where to record each dispatch latency, if anywhere (the soak's hour
     /// of tasks would make the list grow without bound).
-    pub latencies: Option<Arc<Mutex<Vec<f64>>>>,
+    pub latencies: Option<Arc<Mutex<Latencies>>>,
+}
+
+/// Dispatch latencies in ms, apart: a worker's first task comes in the
+/// burst of every worker joining at once, which says nothing of how long a
+/// worker that finished a task waits for its next.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// From the session opening to the first task.
+    pub first: Vec<f64>,
+    /// From a task's end to the start of the next.
+    pub between: Vec<f64>,
 }
 
 /// One simulated worker: registers with the `noop` renderer and runs its
@@ -110,13 +121,15 @@ pub async fn simulated_worker(channel: Channel, join_token: String, sim: Sim) ->
         anyhow::Ok(())
     });
     let mut free_since = Instant::now();
+    let mut first = true;
     while let Some(task) = queue.recv().await {
         if let Some(latencies) = &sim.latencies {
             let latency = free_since.elapsed().as_secs_f64() * 1000.0;
-            latencies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(latency);
+            let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner());
+            match std::mem::take(&mut first) {
+                true => latencies.first.push(latency),
+                false => latencies.between.push(latency),
+            }
         }
         tx.send(started(&task)).await?;
         if !sim.render.is_zero() {
