@@ -4,21 +4,20 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-"$repo/scripts/setup.sh" --tests
 cache=${KILN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+# A disk that fills up fails the end-to-end tests in confusing ways (a
+# worker below its free-space floor takes no tasks), and the shared target
+# dir grows with every clone and change, most of it incremental caches.
+# Those are only a speed-up: when less than 10 GiB is free, they go, under
+# cargo's own lock on the dir so no build is using them meanwhile.
+free_kib=$(df -Pk "$(dirname "$CARGO_TARGET_DIR")" 2>/dev/null | awk 'NR == 2 { print $4 }' || true)
+if [ -n "$free_kib" ] && [ "$free_kib" -lt $((10 * 1024 * 1024)) ] && [ -d "$CARGO_TARGET_DIR/debug/incremental" ]; then
+  echo "==> under 10 GiB free: dropping the incremental build caches in $CARGO_TARGET_DIR" >&2
+  flock -w 600 "$CARGO_TARGET_DIR/debug/.cargo-lock" rm -rf "$CARGO_TARGET_DIR/debug/incremental" || true
+fi
+"$repo/scripts/setup.sh" --tests
 cd "$repo"
-# Build artefacts nothing has read for four days go: each clone and each
-# change leaves a new set in the shared target dir, and a disk that fills
-# up fails the end-to-end tests in confusing ways (workers below their
-# free-space floor take no tasks). What is still used is read at least
-# daily, so relatime keeps it.
-for kind in deps incremental build .fingerprint; do
-  if [ -d "$CARGO_TARGET_DIR/debug/$kind" ]; then
-    find "$CARGO_TARGET_DIR/debug/$kind" -mindepth 1 -type f -atime +3 -delete 2>/dev/null || true
-    find "$CARGO_TARGET_DIR/debug/$kind" -mindepth 1 -type d -empty -delete 2>/dev/null || true
-  fi
-done
 if [ "$(id -u)" != 0 ]; then
   echo "warning: the end-to-end tests start workers that sandbox every task as a uid of its own," >&2
   echo "         which takes root (or the capabilities in docs/OPERATIONS.md); run this as root." >&2

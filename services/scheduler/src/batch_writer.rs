@@ -64,11 +64,14 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 40001 serialization failure, 40P01
             // deadlock; 57P01-57P03 the server shutting down or starting;
-            // 53300 too many connections.
+            // 53300 too many connections; 25P03 the session was ended for
+            // sitting idle in its transaction (`fence::abandoned_after`):
+            // written again, the batch's fence check says whether this
+            // process still leads, and the log says why it stops if not.
             code.starts_with("08")
                 || matches!(
                     code.as_ref(),
-                    "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                    "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "25P03"
                 )
         }),
         _ => false,
