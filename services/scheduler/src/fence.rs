@@ -35,17 +35,35 @@ pub fn abandoned_after(lease_ttl: i64) -> Duration {
     (2 * lease).max(Duration::from_secs(5))
 }
 
-/// The longest [`claim`] waits for writes under an older token: a backstop,
-/// since [`abandoned_after`] ends an abandoned one sooner. Past it the claim
-/// fails and the scheduler steps down and campaigns again, saying why.
-const CLAIM_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '30s'";
+/// How long [`claim`] waits for writes in flight under an older token to
+/// finish; a write commits in milliseconds. Set per transaction, as the
+/// statement takes no parameters.
+const CLAIM_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '5s'";
 
 /// Claims the right to write with `token`. Fails if a newer leader already
 /// claimed it. Waits for writes in flight under an older token to finish
-/// (at most [`CLAIM_LOCK_TIMEOUT`]).
+/// (at most [`CLAIM_LOCK_WAIT`]); writes that hold the fence past that
+/// belong to a leader that lost the election and cannot go on, frozen
+/// while Postgres was still sending it a result, say, which
+/// [`abandoned_after`] does not cover. Their sessions are ended and the
+/// claim tried again.
 pub async fn claim(db: &sqlx::PgPool, token: Token) -> Result<(), FenceError> {
+    match try_claim(db, token).await {
+        Err(FenceError::Database(error)) if is_lock_timeout(&error) => {
+            let ended = end_earlier_writers(db).await?;
+            tracing::warn!(
+                sessions = ended,
+                "an earlier leader's writes held the fence past the claim's wait; ended their sessions"
+            );
+            try_claim(db, token).await
+        }
+        other => other,
+    }
+}
+
+async fn try_claim(db: &sqlx::PgPool, token: Token) -> Result<(), FenceError> {
     let mut tx = db.begin().await?;
-    sqlx::query(CLAIM_LOCK_TIMEOUT).execute(&mut *tx).await?;
+    sqlx::query(CLAIM_LOCK_WAIT).execute(&mut *tx).await?;
     let claimed: Option<i64> = sqlx::query_scalar(
         "INSERT INTO leader_fence (id, token) VALUES (true, $1)
          ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token
@@ -70,6 +88,26 @@ pub async fn claim(db: &sqlx::PgPool, token: Token) -> Result<(), FenceError> {
         mine: token.0,
         current,
     })
+}
+
+/// Postgres's `lock_not_available`: a lock wait ran past `lock_timeout`.
+fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// Ends every other session holding a write's lock on the fence; returns
+/// how many. Only a leader's writes take those locks, and this process won
+/// the election, so they are an earlier leader's.
+async fn end_earlier_writers(db: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+         FROM (SELECT DISTINCT pid FROM pg_locks
+               WHERE locktype = 'relation' AND relation = 'leader_fence'::regclass
+                 AND mode IN ('RowShareLock', 'RowExclusiveLock') AND granted
+                 AND pid <> pg_backend_pid()) AS holders",
+    )
+    .fetch_one(db)
+    .await
 }
 
 /// Checks, inside a write's transaction, that `token` still leads, and
