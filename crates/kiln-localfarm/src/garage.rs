@@ -107,7 +107,10 @@ impl Garage {
     /// Its ports are picked free, then let go for Garage to bind: anything
     /// else may take one in between (an outgoing connection's local port,
     /// another farm), and Garage then exits at once. So an early exit at
-    /// start-up is tried again on new ports, a few times.
+    /// start-up is tried again on new ports, a few times. That moves the S3
+    /// endpoint, so it fits a farm's first start only, which is the one
+    /// caller; the same race in etcd's and Postgres's start (whose ports must
+    /// stay put across restarts) is not handled.
     pub async fn start(&mut self) -> Result<()> {
         let mut attempt = 1;
         loop {
