@@ -234,6 +234,20 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
         .expect_err("an ftp url is refused");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
 
+    // A job already running when the first webhook is created: its start
+    // came before any webhook (the leader passed over those events without
+    // reading them), so it is not announced later as a start, and its end
+    // is.
+    let scene = example_scene(dir.path())?;
+    let mut client = Client::connect(&farm).await?;
+    // As long as the main job: it must still run when the webhooks exist.
+    let early = client
+        .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
+        .await?;
+    client.wait_running(&early.id).await?;
+    // The webhook loop looks every 250 ms.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
     let steady = Receiver::start(Vec::new()).await?;
     let flaky = Receiver::start(vec![500, 500, 500]).await?;
     let dead = Receiver::start(vec![503; 10_000]).await?;
@@ -270,8 +284,6 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
         .into_inner();
     assert_eq!(listed.webhooks.len(), 3, "{listed:?}");
 
-    let scene = example_scene(dir.path())?;
-    let mut client = Client::connect(&farm).await?;
     let job = client
         .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
         .await?;
@@ -315,6 +327,26 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
             types.len()
         );
     }
+    let early_done = client.wait_until_finished(&early.id).await?;
+    assert_eq!(
+        state_of(&early_done),
+        pb::JobState::Succeeded,
+        "{early_done:?}"
+    );
+    wait_for(&steady, "the early job's end", |got| {
+        delivered_types(got, &early.id)
+            .values()
+            .any(|t| t == "job.succeeded")
+    })
+    .await?;
+    let early_kinds: Vec<String> = delivered_types(&steady.received(), &early.id)
+        .into_values()
+        .collect();
+    assert_eq!(
+        early_kinds,
+        ["job.succeeded"],
+        "a job running before the first webhook: its end only"
+    );
     let failed_first: usize = flaky.received().iter().filter(|r| r.status == 500).count();
     assert_eq!(failed_first, 3, "the flaky receiver failed three times");
 
@@ -326,9 +358,15 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
         })
         .await?
         .into_inner();
-    assert_eq!(log.deliveries.len(), 3, "{log:?}");
+    // The early job's end goes to this webhook too; count the main job's.
+    let mains: Vec<&pb::Delivery> = log
+        .deliveries
+        .iter()
+        .filter(|d| d.job_id == job.id)
+        .collect();
+    assert_eq!(mains.len(), 3, "{log:?}");
     assert!(
-        log.deliveries
+        mains
             .iter()
             .all(|d| d.state() == pb::DeliveryState::Delivered),
         "{log:?}"

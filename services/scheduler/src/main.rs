@@ -27,6 +27,13 @@ use kiln_service::internal_auth::{self, Admit, Policy};
 use kiln_service::{CheckResult, Checks, OpsServer, checks};
 use tonic::service::Routes;
 
+/// mimalloc rather than glibc's malloc: at 10,000 workers the dispatch
+/// path allocates per message on several threads, and glibc spent a
+/// quarter of the leader's CPU in malloc, free and their arena locks
+/// (BENCHMARKS.md, "Scale").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Who may call what: the job API and the assets collector's references
 /// are the farm services' (the gateway names the user it acts for), the
 /// session stream is the workers'.

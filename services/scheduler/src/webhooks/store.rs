@@ -330,6 +330,36 @@ pub async fn set_cursor(conn: &mut PgConnection, farm_seq: i64) -> Result<(), sq
     Ok(())
 }
 
+/// With no webhook to deliver to, moves the cursor past every event after
+/// `after` without reading them: only which jobs they touched, and those
+/// jobs' states now, are kept, so a webhook created later judges its first
+/// events against the states they follow (a running job's next record is
+/// not its start). One statement is one snapshot, so the states and the
+/// cursor agree; it reads no payload, so it is not paged. (Cursor and
+/// states reach the end together: a state ahead of the cursor could make a
+/// later event look like a new start.)
+pub async fn pass_over_events(conn: &mut PgConnection, after: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH passed AS (
+             SELECT job_id, last_farm_seq FROM job_events
+             WHERE batch_first >= COALESCE(
+                       (SELECT max(batch_first) FROM job_events WHERE batch_first <= $1), 0)
+               AND last_farm_seq > $1),
+         states AS (
+             INSERT INTO webhook_job_states (job_id, state)
+             SELECT j.id, j.state FROM jobs j WHERE j.id IN (SELECT job_id FROM passed)
+             ON CONFLICT (job_id) DO UPDATE SET state = EXCLUDED.state
+             WHERE webhook_job_states.state <> EXCLUDED.state)
+         UPDATE webhook_cursor
+         SET farm_seq = GREATEST(farm_seq, (SELECT max(last_farm_seq) FROM passed))
+         WHERE EXISTS (SELECT 1 FROM passed)",
+    )
+    .bind(after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Job events after farm position `after`, oldest first, about `limit`:
 /// whole batches of blocks (`event_replay::batch_window`), so more when a
 /// batch is larger. A block that does not decode is skipped, as a corrupt
