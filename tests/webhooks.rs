@@ -193,6 +193,38 @@ async fn wait_for(
     }
 }
 
+/// Waits until the leader's webhook loop, with no webhook to deliver to, has
+/// passed over `job_id`'s events and kept its state as running: until then a
+/// webhook created now would still be handed the job's start.
+async fn wait_until_passed_over(farm: &Farm, job_id: &str) -> Result<()> {
+    // A UUID from the farm: hex digits and dashes only, safe inside the query.
+    if !job_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        bail!("not a job id: {job_id:?}");
+    }
+    let query = format!("SELECT state FROM webhook_job_states WHERE job_id = '{job_id}'");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (url, query) = (farm.database_url(), query.clone());
+        let seen = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("psql")
+                .args([url.as_str(), "-Atc", query.as_str()])
+                .output()
+        })
+        .await??;
+        let state = String::from_utf8_lossy(&seen.stdout).trim().to_owned();
+        if state == "running" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the webhook loop never passed over job {job_id}: state {state:?}, {}",
+                String::from_utf8_lossy(&seen.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()> {
     let dir = kiln_tests::e2e_dir()?;
@@ -245,8 +277,7 @@ async fn webhooks_deliver_each_event_once_by_id_across_a_failover() -> Result<()
         .submit_blender(&scene, &format!("1-{FRAMES}"), FRAMES as u32)
         .await?;
     client.wait_running(&early.id).await?;
-    // The webhook loop looks every 250 ms.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until_passed_over(&farm, &early.id).await?;
 
     let steady = Receiver::start(Vec::new()).await?;
     let flaky = Receiver::start(vec![500, 500, 500]).await?;
