@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::core::Core;
 use crate::core::batch::Effect;
 use crate::core::model::WorkerEntry;
-use crate::core::pick_order::{self, runnable_step};
+use crate::core::pick_order::{Lineup, runnable_step};
 use crate::task_state::TaskEvent;
 
 impl Core {
@@ -40,9 +40,10 @@ impl Core {
     /// task for it is left.
     fn fill(&mut self, open: fn(&WorkerEntry) -> bool) {
         let candidates: Vec<String> = self.free_workers.iter().cloned().collect();
+        let mut lineup = Lineup::of(self.jobs.values());
         for worker_id in candidates {
             while self.workers.get(&worker_id).is_some_and(open) {
-                let Some(task_id) = self.pick_for(&worker_id) else {
+                let Some(task_id) = self.pick_for(&mut lineup, &worker_id) else {
                     break;
                 };
                 self.assign(task_id, &worker_id);
@@ -50,21 +51,49 @@ impl Core {
         }
     }
 
-    pub(super) fn pick_for(&mut self, worker_id: &str) -> Option<Uuid> {
+    /// The task `worker_id` should take next, from the jobs in `lineup`
+    /// (which must hold every job with a task ready now).
+    pub(super) fn pick_for(&mut self, lineup: &mut Lineup, worker_id: &str) -> Option<Uuid> {
         let worker = self.workers.get(worker_id)?;
         if !worker.takes_tasks() {
             return None;
         }
         let has_gpu = worker.capabilities.gpus > 0;
-        if has_gpu && let Some(task) = self.pick(worker_id, true) {
+        if has_gpu && let Some(task) = self.pick(lineup, worker_id, true) {
             return Some(task);
         }
-        self.pick(worker_id, false)
+        self.pick(lineup, worker_id, false)
     }
 
-    fn pick(&mut self, worker_id: &str, gpu_only: bool) -> Option<Uuid> {
-        let worker = self.workers.get(worker_id)?;
-        let candidates = pick_order::candidates(
+    fn pick(&mut self, lineup: &mut Lineup, worker_id: &str, gpu_only: bool) -> Option<Uuid> {
+        loop {
+            let worker = self.workers.get(worker_id)?;
+            let best = lineup.best(
+                &self.jobs,
+                worker_id,
+                worker,
+                &self.shares,
+                &self.policy,
+                gpu_only,
+            );
+            #[cfg(test)]
+            self.check_pick(worker_id, gpu_only, best.as_ref());
+            // A job whose queue held only tasks that had moved on has none
+            // left now, so the next look skips it.
+            if let Some(task) = self.take_from(best?.job_id, worker_id, gpu_only) {
+                return Some(task);
+            }
+        }
+    }
+
+    /// The lineup's choice is the one the pick order's rules make, from the
+    /// whole model.
+    #[cfg(test)]
+    fn check_pick(&self, worker_id: &str, gpu_only: bool, best: Option<&crate::core::pick_order::Candidate>) {
+        let Some(worker) = self.workers.get(worker_id) else {
+            return;
+        };
+        let expected = crate::core::pick_order::candidates(
             self.jobs.values(),
             worker_id,
             worker,
@@ -72,12 +101,7 @@ impl Core {
             &self.policy,
             gpu_only,
         );
-        for candidate in candidates {
-            if let Some(task) = self.take_from(candidate.job_id, worker_id, gpu_only) {
-                return Some(task);
-            }
-        }
-        None
+        assert_eq!(best, expected.first(), "lineup and pick order disagree");
     }
 
     /// Pops the first dispatchable task of the job for this worker, skipping

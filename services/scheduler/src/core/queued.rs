@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::core::model::{Attempt, WorkerEntry};
-use crate::core::pick_order::{blocklisted, worker_fits_step};
+use crate::core::pick_order::{Lineup, blocklisted, worker_fits_step};
 use crate::task_state::TaskState;
 
 impl Core {
@@ -55,7 +55,9 @@ impl Core {
                 self.hand_back_queued(&holder, task_id, attempt, "another worker was idle");
                 // Lost tasks go back to the front of their queue, so the
                 // idle worker picks it, by the pick order's own rules.
-                let Some(picked) = self.pick_for(&worker_id) else {
+                // The hand-back made a task ready: the lineup is taken after it.
+                let mut lineup = Lineup::of(self.jobs.values());
+                let Some(picked) = self.pick_for(&mut lineup, &worker_id) else {
                     break;
                 };
                 self.assign(picked, &worker_id);
