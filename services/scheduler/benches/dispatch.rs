@@ -170,6 +170,18 @@ async fn main() -> Result<()> {
     );
     println!("| WAL bytes per task | {wal:.0} |");
     println!("| dead tuples in tasks after the run | {} |", after.dead);
+    let (payload, stored): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(octet_length(payload)), 0)::bigint,
+                pg_total_relation_size('job_events')
+         FROM job_events",
+    )
+    .fetch_one(&db)
+    .await?;
+    println!(
+        "| event log: payload / stored bytes per task (table, TOAST, indexes) | {:.0} / {:.0} |",
+        payload as f64 / total as f64,
+        stored as f64 / total as f64
+    );
     for (table, (rows, updates, hot)) in &tables_after {
         let (rows_before, updates_before, hot_before) =
             tables_before.get(table).copied().unwrap_or_default();

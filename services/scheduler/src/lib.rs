@@ -75,6 +75,7 @@ pub mod timestamps;
 pub mod watch;
 pub mod webhooks;
 pub mod worker_service;
+pub mod write_thread;
 
 use std::time::Duration;
 
@@ -98,7 +99,13 @@ pub async fn connect_database(
 ) -> Result<PgPool, SchedulerError> {
     let options: PgConnectOptions = url.parse()?;
     let idle_ms = abandoned_transaction.as_millis().max(1).to_string();
-    let options = options.options([("idle_in_transaction_session_timeout", idle_ms.as_str())]);
+    // No JIT: the scheduler's statements are short, and a batch's UPDATE
+    // crossed the JIT's cost threshold, paying ~13 ms of compilation on
+    // every batch to save nothing.
+    let options = options.options([
+        ("idle_in_transaction_session_timeout", idle_ms.as_str()),
+        ("jit", "off"),
+    ]);
     let deadline = tokio::time::Instant::now() + patience;
     let pool = loop {
         let attempt = PgPoolOptions::new()

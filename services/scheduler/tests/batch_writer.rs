@@ -134,7 +134,7 @@ async fn a_batch_is_written_once_postgres_is_back() -> Result<()> {
     let mut write = TaskWrite::new(task, TaskState::Pending, 0);
     write.state = TaskState::Cancelled;
     write.message = Some("cancelled during an outage".into());
-    let batch = Batch {
+    let mut batch = Batch {
         tasks: vec![write],
         ..Batch::default()
     };
@@ -142,7 +142,7 @@ async fn a_batch_is_written_once_postgres_is_back() -> Result<()> {
     database.postgres.stop().await?;
     let writing = tokio::spawn({
         let db = db.clone();
-        async move { batch_writer::write_until_done(&db, &batch, token).await }
+        async move { batch_writer::write_until_done(&db, &mut batch, token).await }
     });
     // Refused connections are waited out: were they taken for a refused
     // batch, the write would end with an error instead of succeeding below.
@@ -168,4 +168,120 @@ fn only_connection_serialization_and_deadlock_errors_are_transient() {
     assert!(!batch_writer::is_transient(&sqlx::Error::ColumnNotFound(
         "state".into()
     )));
+}
+
+/// The row of a task as a user reads it back.
+async fn task_row(
+    db: &PgPool,
+    task: Uuid,
+) -> Result<(
+    String,
+    i32,
+    Option<String>,
+    Option<i32>,
+    String,
+    String,
+    String,
+)> {
+    Ok(sqlx::query_as(
+        "SELECT state, attempt, worker_id, exit_code, log_tail, device, status FROM tasks WHERE id = $1",
+    )
+    .bind(task)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Most writes go in a lean statement and the rest (a log tail, a device, a
+/// status, a retry time) in the full one: a batch mixing both lands whole,
+/// and a new dispatch clears what the last attempt reported either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn lean_and_full_task_writes_in_one_batch_both_land() -> Result<()> {
+    let database = database().await?;
+    let db = database.db.clone();
+    let token = Token(1);
+    fence::claim(&db, token).await?;
+    let (_, a) = one_task_job(&db).await?;
+    let (_, b) = one_task_job(&db).await?;
+
+    let mut running = TaskWrite::new(a, TaskState::Pending, 0);
+    running.state = TaskState::Running;
+    running.attempt = 1;
+    running.worker_id = Some("w1".into());
+    running.device = Some("GPU 0".into());
+    running.status = Some("rendering".into());
+    running.log_tail = Some("Fra:1".into());
+    let mut dispatched = TaskWrite::new(b, TaskState::Pending, 0);
+    dispatched.state = TaskState::Dispatched;
+    dispatched.attempt = 1;
+    dispatched.worker_id = Some("w2".into());
+    let mut batch = Batch {
+        tasks: vec![running, dispatched],
+        ..Batch::default()
+    };
+    batch_writer::write_until_done(&db, &mut batch, token).await?;
+    assert_eq!(
+        task_row(&db, a).await?,
+        (
+            "running".into(),
+            1,
+            Some("w1".into()),
+            None,
+            "Fra:1".into(),
+            "GPU 0".into(),
+            "rendering".into()
+        )
+    );
+    assert_eq!(
+        task_row(&db, b).await?,
+        (
+            "dispatched".into(),
+            1,
+            Some("w2".into()),
+            None,
+            String::new(),
+            String::new(),
+            String::new()
+        )
+    );
+
+    let mut again = TaskWrite::new(a, TaskState::Running, 1);
+    again.state = TaskState::Dispatched;
+    again.attempt = 2;
+    again.worker_id = Some("w3".into());
+    let mut done = TaskWrite::new(b, TaskState::Dispatched, 1);
+    done.state = TaskState::Succeeded;
+    done.attempt = 1;
+    done.exit_code = Some(0);
+    done.message = Some(String::new());
+    let mut batch = Batch {
+        tasks: vec![again, done],
+        ..Batch::default()
+    };
+    batch_writer::write_until_done(&db, &mut batch, token).await?;
+    assert_eq!(
+        task_row(&db, a).await?,
+        (
+            "dispatched".into(),
+            2,
+            Some("w3".into()),
+            None,
+            "Fra:1".into(),
+            String::new(),
+            String::new()
+        ),
+        "a new dispatch clears the device and status of the last attempt"
+    );
+    assert_eq!(
+        task_row(&db, b).await?,
+        (
+            "succeeded".into(),
+            1,
+            Some("w2".into()),
+            Some(0),
+            String::new(),
+            String::new(),
+            String::new()
+        )
+    );
+    Ok(())
 }

@@ -220,7 +220,7 @@ async fn events_written_before_and_after_packing_read_back_as_one_log() -> Resul
             }
         }
         model.largest_batch = model.largest_batch.max(job_events);
-        batch_writer::write_until_done(&db, &batch, token).await?;
+        batch_writer::write_until_done(&db, &mut batch, token).await?;
     }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events")
         .fetch_one(&db)

@@ -89,7 +89,12 @@ impl Core {
     /// The lineup's choice is the one the pick order's rules make, from the
     /// whole model.
     #[cfg(test)]
-    fn check_pick(&self, worker_id: &str, gpu_only: bool, best: Option<&crate::core::pick_order::Candidate>) {
+    fn check_pick(
+        &self,
+        worker_id: &str,
+        gpu_only: bool,
+        best: Option<&crate::core::pick_order::Candidate>,
+    ) {
         let Some(worker) = self.workers.get(worker_id) else {
             return;
         };

@@ -185,18 +185,15 @@ impl Batch {
     /// One write per task: later writes of a task folded into its first, so
     /// the row is guarded by the state the batch found it in.
     pub fn coalesced_tasks(&self) -> Vec<TaskWrite> {
-        let mut merged: Vec<TaskWrite> = Vec::with_capacity(self.tasks.len());
-        let mut position: HashMap<Uuid, usize> = HashMap::with_capacity(self.tasks.len());
-        for write in &self.tasks {
-            match position.get(&write.id) {
-                Some(&i) => merged[i].absorb(write.clone()),
-                None => {
-                    position.insert(write.id, merged.len());
-                    merged.push(write.clone());
-                }
-            }
-        }
-        merged
+        coalesce(self.tasks.clone())
+    }
+
+    /// Leaves one write per task in the batch (as [`Batch::coalesced_tasks`]),
+    /// in task id order, without copying any: the batch writer's form.
+    pub fn coalesce_tasks(&mut self) {
+        let mut tasks = coalesce(std::mem::take(&mut self.tasks));
+        tasks.sort_unstable_by_key(|t| t.id);
+        self.tasks = tasks;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,4 +207,19 @@ impl Batch {
             && self.workers.is_empty()
             && self.effects.is_empty()
     }
+}
+
+fn coalesce(writes: Vec<TaskWrite>) -> Vec<TaskWrite> {
+    let mut merged: Vec<TaskWrite> = Vec::with_capacity(writes.len());
+    let mut position: HashMap<Uuid, usize> = HashMap::with_capacity(writes.len());
+    for write in writes {
+        match position.get(&write.id) {
+            Some(&i) => merged[i].absorb(write),
+            None => {
+                position.insert(write.id, merged.len());
+                merged.push(write);
+            }
+        }
+    }
+    merged
 }

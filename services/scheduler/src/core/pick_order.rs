@@ -197,7 +197,14 @@ impl Lineup {
     pub fn of<'a>(jobs: impl Iterator<Item = &'a JobEntry>) -> Self {
         let mut ready: Vec<(i32, &str, u64, Uuid)> = jobs
             .filter(|job| job.is_dispatchable() && has_queued_task(job))
-            .map(|job| (job.priority, job.owner.as_str(), job.submission_order, job.id))
+            .map(|job| {
+                (
+                    job.priority,
+                    job.owner.as_str(),
+                    job.submission_order,
+                    job.id,
+                )
+            })
             .collect();
         ready.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.2.cmp(&b.2)));
         let mut groups: Vec<Group> = Vec::new();
