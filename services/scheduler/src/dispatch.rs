@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::batch_writer::WriteError;
+use crate::batch_writer::{self, WriteError};
 use crate::core::Core;
 use crate::core::batch::{Batch, Effect, RequestId};
 use crate::core::command::Command;
@@ -27,7 +28,6 @@ use crate::fence::Token;
 use crate::inbox::{Inbound, Outbox, Reply};
 use crate::logs::LogHub;
 use crate::scheduler_metrics;
-use crate::write_thread::{self, WriteThread};
 
 /// How often retries whose backoff ran out and overdue attempts are looked at.
 const TICK: Duration = Duration::from_millis(250);
@@ -87,11 +87,9 @@ impl DispatchLoop {
     /// this scheduler's view is wrong or cannot be made durable, and it stops
     /// rather than act on it.
     pub async fn run(mut self) -> Result<(), WriteError> {
-        let writer = WriteThread::start(&self.db, self.actions.clone())
-            .map_err(|err| WriteError::Panicked(format!("cannot start the batch writer: {err}")))?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut flushing: Option<oneshot::Receiver<Result<(), WriteError>>> = None;
+        let mut flushing: Option<JoinHandle<Result<(), WriteError>>> = None;
         loop {
             tokio::select! {
                 message = self.inbox.recv() => match message {
@@ -105,7 +103,7 @@ impl DispatchLoop {
                 }
                 done = wait(&mut flushing), if flushing.is_some() => {
                     flushing = None;
-                    write_thread::answered(done)?;
+                    done?;
                 }
             }
             self.take_queued();
@@ -114,7 +112,13 @@ impl DispatchLoop {
                 && let Some(mut batch) = self.core.take_batch()
             {
                 let actions = self.resolve(&mut batch);
-                flushing = Some(writer.write(batch, actions, self.token));
+                flushing = Some(tokio::spawn(flush(
+                    self.db.clone(),
+                    batch,
+                    actions,
+                    self.token,
+                    self.actions.clone(),
+                )));
             }
         }
     }
@@ -259,11 +263,40 @@ impl DispatchLoop {
     }
 }
 
-async fn wait(
-    flushing: &mut Option<oneshot::Receiver<Result<(), WriteError>>>,
-) -> Result<Result<(), WriteError>, oneshot::error::RecvError> {
+async fn wait(flushing: &mut Option<JoinHandle<Result<(), WriteError>>>) -> Result<(), WriteError> {
     match flushing {
-        Some(answer) => answer.await,
+        Some(handle) => match handle.await {
+            Ok(result) => result,
+            Err(err) => {
+                tracing::error!(error = %err, "the batch writer panicked");
+                Err(WriteError::Panicked(err.to_string()))
+            }
+        },
         None => std::future::pending().await,
     }
+}
+
+async fn flush(
+    db: PgPool,
+    mut batch: Batch,
+    actions: Vec<Action>,
+    token: Token,
+    to_runner: mpsc::Sender<(Instant, Vec<Action>)>,
+) -> Result<(), WriteError> {
+    let started = Instant::now();
+    batch_writer::write_until_done(&db, &mut batch, token).await?;
+    let took = started.elapsed();
+    metrics::histogram!(scheduler_metrics::BATCH_WRITE).record(took.as_secs_f64());
+    metrics::histogram!(scheduler_metrics::BATCH_TASKS).record(batch.tasks.len() as f64);
+    scheduler_metrics::record(&batch.observations);
+    tracing::debug!(
+        tasks = batch.tasks.len(),
+        jobs = batch.jobs.len(),
+        ?took,
+        "batch written"
+    );
+    if to_runner.send((Instant::now(), actions)).await.is_err() {
+        tracing::warn!("effects runner stopped; assignments were not delivered");
+    }
+    Ok(())
 }

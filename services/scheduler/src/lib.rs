@@ -75,7 +75,6 @@ pub mod timestamps;
 pub mod watch;
 pub mod webhooks;
 pub mod worker_service;
-pub mod write_thread;
 
 use std::time::Duration;
 
