@@ -174,7 +174,7 @@ async fn write_lean_tasks(
 ) -> Result<u64, sqlx::Error> {
     // The same as `write_full_tasks` for writes with no retry time, log
     // tail, device or status.
-    let result = sqlx::query(
+    let query = sqlx::query(
         "UPDATE tasks t SET state = w.state, attempt = w.attempt, failures = w.failures,
                 worker_id = COALESCE(w.worker_id, t.worker_id), retry_at = NULL,
                 exit_code = CASE WHEN w.state = 'dispatched' THEN NULL ELSE COALESCE(w.exit_code, t.exit_code) END,
@@ -187,18 +187,12 @@ async fn write_lean_tasks(
               AS w(id, expect_state, expect_attempt, state, attempt, failures, worker_id,
                    exit_code, message)
          WHERE t.id = w.id AND t.state = w.expect_state AND t.attempt = w.expect_attempt",
-    )
-    .bind(tasks.iter().map(|t| t.id).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.expect_state.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.expect_attempt).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.state.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.attempt).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.failures).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.worker_id.as_deref()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.exit_code).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.message.as_deref()).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    );
+    let result = bind_guard_and_state(query, tasks)
+        .bind(tasks.iter().map(|t| t.exit_code).collect::<Vec<_>>())
+        .bind(texts(tasks, |t| t.message.as_deref()))
+        .execute(&mut *tx)
+        .await?;
     Ok(result.rows_affected())
 }
 
@@ -206,7 +200,7 @@ async fn write_full_tasks(
     tx: &mut sqlx::PgConnection,
     tasks: &[&TaskWrite],
 ) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query(
+    let query = sqlx::query(
         "UPDATE tasks t SET state = w.state, attempt = w.attempt, failures = w.failures,
                 worker_id = COALESCE(w.worker_id, t.worker_id), retry_at = w.retry_at,
                 exit_code = CASE WHEN w.state = 'dispatched' THEN NULL ELSE COALESCE(w.exit_code, t.exit_code) END,
@@ -219,23 +213,51 @@ async fn write_full_tasks(
               AS w(id, expect_state, expect_attempt, state, attempt, failures, worker_id, retry_at,
                    exit_code, message, log_tail, device, status)
          WHERE t.id = w.id AND t.state = w.expect_state AND t.attempt = w.expect_attempt",
-    )
-    .bind(tasks.iter().map(|t| t.id).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.expect_state.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.expect_attempt).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.state.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.attempt).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.failures).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.worker_id.as_deref()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.retry_at).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.exit_code).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.message.as_deref()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.log_tail.as_deref()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.device.as_deref()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.status.as_deref()).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    );
+    let result = bind_guard_and_state(query, tasks)
+        .bind(tasks.iter().map(|t| t.retry_at).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.exit_code).collect::<Vec<_>>())
+        .bind(texts(tasks, |t| t.message.as_deref()))
+        .bind(texts(tasks, |t| t.log_tail.as_deref()))
+        .bind(texts(tasks, |t| t.device.as_deref()))
+        .bind(texts(tasks, |t| t.status.as_deref()))
+        .execute(&mut *tx)
+        .await?;
     Ok(result.rows_affected())
+}
+
+/// One optional text column of the task writes, borrowed.
+fn texts<'a>(
+    tasks: &[&'a TaskWrite],
+    column: fn(&'a TaskWrite) -> Option<&'a str>,
+) -> Vec<Option<&'a str>> {
+    tasks.iter().map(|t| column(t)).collect()
+}
+
+/// Binds $1 to $7 of both task statements: the row's guard (id, expected
+/// state and attempt), then its new state, attempt, failures and worker.
+fn bind_guard_and_state<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    tasks: &'q [&TaskWrite],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(tasks.iter().map(|t| t.id).collect::<Vec<_>>())
+        .bind(
+            tasks
+                .iter()
+                .map(|t| t.expect_state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(tasks.iter().map(|t| t.expect_attempt).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.state.as_str()).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.attempt).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.failures).collect::<Vec<_>>())
+        .bind(
+            tasks
+                .iter()
+                .map(|t| t.worker_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
 }
 
 async fn write_jobs(tx: &mut sqlx::PgConnection, jobs: &[JobWrite]) -> Result<(), sqlx::Error> {
