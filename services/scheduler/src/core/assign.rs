@@ -39,6 +39,9 @@ impl Core {
     /// Gives each worker with room tasks while `open` holds for it and a
     /// task for it is left.
     fn fill(&mut self, open: fn(&WorkerEntry) -> bool) {
+        if self.free_workers.is_empty() {
+            return;
+        }
         let candidates: Vec<String> = self.free_workers.iter().cloned().collect();
         let mut lineup = Lineup::of(self.jobs.values());
         for worker_id in candidates {

@@ -182,14 +182,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// One write per task: later writes of a task folded into its first, so
-    /// the row is guarded by the state the batch found it in.
-    pub fn coalesced_tasks(&self) -> Vec<TaskWrite> {
-        coalesce(self.tasks.clone())
-    }
-
-    /// Leaves one write per task in the batch (as [`Batch::coalesced_tasks`]),
-    /// in task id order, without copying any: the batch writer's form.
+    /// Leaves one write per task in the batch, in task id order: later
+    /// writes of a task folded into its first, so the row is guarded by the
+    /// state the batch found it in. Moved, not copied: the batch writer's
+    /// form.
     pub fn coalesce_tasks(&mut self) {
         let mut tasks = coalesce(std::mem::take(&mut self.tasks));
         tasks.sort_unstable_by_key(|t| t.id);

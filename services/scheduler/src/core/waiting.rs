@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::core::model::{AdminState, JobEntry};
-use crate::core::pick_order::{Candidate, blocklisted, order, worker_could_run_step};
+use crate::core::pick_order::{
+    Candidate, blocklisted, has_ready_task, order, worker_could_run_step,
+};
 use crate::task_state::TaskState;
 
 /// One reason a waiting task is not dispatched. A task may wait for
@@ -273,8 +275,4 @@ impl Core {
         let left = due.saturating_duration_since(self.now.instant);
         Some(self.now.wall + chrono::Duration::from_std(left).unwrap_or_default())
     }
-}
-
-fn has_ready_task(job: &JobEntry) -> bool {
-    (0..job.steps.len()).any(|s| !job.steps[s].ready.is_empty() && job.step_unblocked(s))
 }

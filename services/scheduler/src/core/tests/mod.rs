@@ -579,7 +579,9 @@ impl Bench {
             *row = (write.state, write.attempt);
         }
         // ...and coalesced as the batch writer sends them, to the same end.
-        for write in batch.coalesced_tasks() {
+        let mut coalesced = batch.clone();
+        coalesced.coalesce_tasks();
+        for write in &coalesced.tasks {
             let row = self
                 .rows
                 .get_mut(&write.id)
