@@ -8,7 +8,8 @@
 # downloads go to /dev/null: no big file touches the disk but Kiln's spool
 # and Garage. Both tools send the same bytes, Kiln first: Garage keeps one
 # copy of identical blocks, so this costs 2 GiB of Garage disk instead of 4,
-# and if anything it favours aws (Garage skips writing blocks it has).
+# and if anything it favours aws's upload (Garage skips writing blocks it
+# has). Downloads are taken after a sync, three each, taking turns.
 # Usage: [KILN_BUILD=release] scripts/bench-assets.sh [FRAMES (default 100)]
 # KILN_BUILD picks the build the binaries come from: debug (the default)
 # or release (build it first: `cargo build --release --workspace --bins`).
@@ -64,16 +65,29 @@ info=$(stream 01 | curl -sS --fail -X POST -T - -H "Authorization: Bearer $token
   -H 'Content-Type: application/octet-stream' "$http/v1/assets")
 t1=$(now)
 digest=$(echo "$info" | jq -r .digest)
-curl -sS --fail -H "Authorization: Bearer $token" "$http/v1/assets/$digest" -o /dev/null
-t2=$(now)
 stream 01 | "${aws[@]}" s3 cp - s3://kiln/bench/big.bin --expected-size $((size_mib * 1024 * 1024)) --only-show-errors
-t3=$(now)
-"${aws[@]}" s3 cp s3://kiln/bench/big.bin - --only-show-errors >/dev/null
-t4=$(now)
+t2=$(now)
+kiln_up=$(rate "$t0" "$t1"); aws_up=$(rate "$t1" "$t2")
+# Downloads start once the uploads' writes are on disk: Kiln's upload wrote
+# 2 GiB of new blocks and aws's none (Garage already had them), so without
+# the sync Kiln's download ran while the kernel flushed them. Then each tool
+# reads the file $downloads times, taking turns, and the figure is each
+# tool's total bytes over its total time.
+sync
+downloads=3
+kiln_time=0; aws_time=0
+for _ in $(seq 1 $downloads); do
+  t0=$(now)
+  curl -sS --fail -H "Authorization: Bearer $token" "$http/v1/assets/$digest" -o /dev/null
+  t1=$(now)
+  "${aws[@]}" s3 cp s3://kiln/bench/big.bin - --only-show-errors >/dev/null
+  t2=$(now)
+  kiln_time=$(echo "$kiln_time + $t1 - $t0" | bc); aws_time=$(echo "$aws_time + $t2 - $t1" | bc)
+done
 "${aws[@]}" s3 rm s3://kiln/bench/big.bin --only-show-errors
 
-kiln_up=$(rate "$t0" "$t1"); kiln_down=$(rate "$t1" "$t2")
-aws_up=$(rate "$t2" "$t3"); aws_down=$(rate "$t3" "$t4")
+kiln_down=$(echo "scale=1; $size_mib * $downloads / $kiln_time" | bc)
+aws_down=$(echo "scale=1; $size_mib * $downloads / $aws_time" | bc)
 echo "| Transfer (${size_mib} MiB) | Kiln asset service (REST via gateway) | aws s3 cp to Garage | Kiln / aws |"
 echo "|---|---|---|---|"
 echo "| upload | ${kiln_up} MiB/s | ${aws_up} MiB/s | $(echo "scale=2; $kiln_up / $aws_up" | bc) |"

@@ -698,7 +698,7 @@ async fn upload_that_fails_part_way(
         let expected_digest = if index == 0 { expected_digest } else { "" };
         tx.send(pb::UploadChunk {
             expected_digest: expected_digest.to_owned(),
-            data: piece.to_vec(),
+            data: Bytes::copy_from_slice(piece),
             offset: 0,
         })
         .await?;
@@ -710,7 +710,7 @@ async fn upload_that_fails_part_way(
     )
     .await?;
     tx.send(pb::UploadChunk {
-        data: vec![0; GATEWAY_MAX_MESSAGE + 1],
+        data: vec![0; GATEWAY_MAX_MESSAGE + 1].into(),
         ..Default::default()
     })
     .await?;

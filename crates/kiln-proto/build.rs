@@ -33,6 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Smaller per-call buffers (src/codec.rs).
         .codec_path("crate::codec::LeanCodec")
+        // File content as `Bytes`, not `Vec<u8>`: decoding then slices the
+        // message out of tonic's buffer instead of copying it, and a chunk
+        // read from the store is sent without a copy into a `Vec` first.
+        .bytes(".kiln.v1.UploadChunk.data")
+        .bytes(".kiln.v1.DownloadChunk.data")
         .file_descriptor_set_path(&descriptor_path)
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")

@@ -297,7 +297,7 @@ impl AssetClient {
             length,
         };
         let chunks = self.inner.clone().download(request).await?.into_inner();
-        Ok(chunks.map(|chunk| Ok(Bytes::from(chunk?.data))))
+        Ok(chunks.map(|chunk| Ok(chunk?.data)))
     }
 
     /// The size of `digest` if the service has it.

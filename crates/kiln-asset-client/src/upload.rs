@@ -25,14 +25,14 @@ where
 {
     let header = UploadChunk {
         expected_digest: expected_digest.unwrap_or_default(),
-        data: Vec::new(),
+        data: Bytes::new(),
         offset,
     };
     let data = coalesce(source)
         .flat_map(|item| stream::iter(split(item)))
         .map_ok(|data| UploadChunk {
             expected_digest: String::new(),
-            data: data.into(),
+            data,
             offset: 0,
         });
     stream::once(async move { header }).chain(stall_on_error(data, failed))

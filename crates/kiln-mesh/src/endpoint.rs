@@ -52,6 +52,9 @@ impl EndpointFactory {
             .http2_keep_alive_interval(self.settings.keep_alive)
             .keep_alive_timeout(self.settings.keep_alive)
             .keep_alive_while_idle(false)
+            .initial_stream_window_size(crate::http2::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::http2::CONNECTION_WINDOW_BYTES)
+            .max_frame_size(crate::http2::MAX_FRAME_BYTES)
             .connect_lazy();
         let shared = Arc::new(Shared {
             upstream: self.upstream,

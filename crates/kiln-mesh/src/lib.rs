@@ -12,6 +12,7 @@
 
 pub mod deadline;
 mod endpoint;
+pub mod http2;
 pub mod methods;
 pub mod metrics;
 pub mod outlier;

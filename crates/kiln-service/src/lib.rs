@@ -175,11 +175,6 @@ pub async fn serve_unlisted(
     serve_unlisted_tls(listener, routes, ops, None).await
 }
 
-/// HTTP/2 flow-control window of each call a server receives...
-const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
-/// ...and of each connection, shared by its calls.
-const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
-
 /// [`serve_unlisted`], serving TLS with `tls`.
 pub async fn serve_unlisted_tls(
     listener: TcpListener,
@@ -194,11 +189,9 @@ pub async fn serve_unlisted_tls(
         }
     };
     let mut builder = tonic::transport::Server::builder()
-        // Room for a few 1 MiB messages per stream: with hyper's 1 MiB
-        // default, the sender of a large upload waits after each message
-        // until the receiver has decoded it, so the two never work at once.
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+        .initial_stream_window_size(kiln_mesh::http2::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(kiln_mesh::http2::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(kiln_mesh::http2::MAX_FRAME_BYTES);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

@@ -4,15 +4,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::SystemTime;
 
-use tokio::io::AsyncRead;
+use bytes::Bytes;
+use futures::Stream;
 
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::markers::{MarkerDir, MarkerKey};
 use crate::spool::Spooled;
 
-/// A stored file being read.
-pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+/// A stored file being read: its bytes in order, in pieces of any size
+/// (the service cuts them into the chunks it sends, `rechunk.rs`). Pieces,
+/// not an `AsyncRead`: a reader copies every byte into the caller's buffer,
+/// and the pieces a store hands over can be sent as they are.
+pub type ObjectReader = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 /// One stored object, as the collector sees it.
 #[derive(Debug, Clone)]

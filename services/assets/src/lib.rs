@@ -18,6 +18,7 @@ pub mod intake;
 pub mod local;
 pub mod markers;
 pub mod part_plan;
+pub mod rechunk;
 pub mod references;
 pub mod retention;
 pub mod s3;

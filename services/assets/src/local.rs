@@ -7,12 +7,16 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use tempfile::TempPath;
+use tokio_util::io::ReaderStream;
 
 use crate::backend::{Backend, ListPage, MAX_MARKERS_LISTED, ObjectReader, StoredObject};
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::markers::{MarkerDir, MarkerKey};
 use crate::spool::Spooled;
+
+/// How much of a file one read takes: a download's chunk.
+const READ_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
@@ -138,7 +142,8 @@ impl Backend for LocalBackend {
                         .await
                         .map_err(Error::Local)?;
                 }
-                Ok(Some(Box::pin(file)))
+                let pieces = ReaderStream::with_capacity(file, READ_BYTES);
+                Ok(Some(Box::pin(pieces)))
             }
             Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
             Err(err) => Err(Error::Local(err)),
@@ -272,9 +277,8 @@ fn copy_into_place(source: &Path, dir: &Path, target: &Path) -> std::io::Result<
 
 #[cfg(test)]
 mod tests {
-    use futures::stream;
+    use futures::{TryStreamExt, stream};
     use kiln_proto::v1::UploadChunk;
-    use tokio::io::AsyncReadExt;
 
     use super::*;
     use crate::spool::Spool;
@@ -282,7 +286,7 @@ mod tests {
     async fn spooled(spool: &Spool, data: &[u8]) -> Result<Spooled, Error> {
         let chunk = UploadChunk {
             expected_digest: String::new(),
-            data: data.to_vec(),
+            data: bytes::Bytes::copy_from_slice(data),
             offset: 0,
         };
         spool
@@ -294,10 +298,9 @@ mod tests {
             .await
     }
 
-    async fn read_all(mut reader: ObjectReader) -> std::io::Result<Vec<u8>> {
-        let mut content = Vec::new();
-        reader.read_to_end(&mut content).await?;
-        Ok(content)
+    async fn read_all(reader: ObjectReader) -> std::io::Result<Vec<u8>> {
+        let pieces: Vec<bytes::Bytes> = reader.try_collect().await?;
+        Ok(pieces.concat())
     }
 
     #[tokio::test]

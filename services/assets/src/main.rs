@@ -6,6 +6,14 @@ use kiln_asset_client::CallCredentials;
 use kiln_discovery::Discovery;
 use kiln_service::{Checks, Listing, OpsServer, checks, internal_auth};
 
+/// mimalloc rather than glibc's malloc: a download allocates an 8 MiB
+/// buffer per ranged GET and a 1 MiB one per chunk sent; glibc hands blocks
+/// that large out with mmap and returns them with munmap, so every buffer
+/// was fresh pages, faulted in and zeroed by the kernel (BENCHMARKS.md,
+/// "Assets").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long to wait for etcd at start-up.
 const ETCD_PATIENCE: Duration = Duration::from_secs(30);
 

@@ -440,7 +440,7 @@ impl Backend for S3Backend {
             .send()
             .await;
         match get {
-            Ok(object) => Ok(Some(Box::pin(object.body.into_async_read()))),
+            Ok(object) => Ok(Some(crate::s3_read::pieces(object.body))),
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
             Err(err) => Err(s3_error("get object", err)),
         }

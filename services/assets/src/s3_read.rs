@@ -1,13 +1,16 @@
-//! Reads a large object as several ranged GETs at once, handed on in
-//! order: one GET stream runs at the speed of one connection and one
-//! store-side reader (about half of what `aws s3 cp`, which also reads in
-//! parallel ranges, gets from the same store). Memory stays bounded by the
-//! ranges in flight.
+//! Reads an object as the pieces its GET bodies arrive in. A large object
+//! is read as several ranged GETs at once, handed on in order: one GET
+//! stream runs at the speed of one connection and one store-side reader
+//! (about half of what `aws s3 cp`, which also reads in parallel ranges,
+//! gets from the same store). Memory stays bounded by the ranges in flight.
+//!
+//! A range's body is kept as the pieces it arrived in, not joined into one
+//! buffer: joining copied every byte once more, into 8 MiB of fresh memory
+//! per range.
 
 use aws_sdk_s3::Client;
-use bytes::Bytes;
+use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
-use tokio_util::io::StreamReader;
 
 use crate::backend::ObjectReader;
 use crate::part_plan;
@@ -34,16 +37,28 @@ pub fn ranged(client: &Client, bucket: &str, key: &str, offset: u64, size: u64) 
                     .await
                     .map_err(|err| std::io::Error::other(describe(&err)))?;
                 let body = object.body.collect().await.map_err(std::io::Error::other)?;
-                let bytes: Bytes = body.into_bytes();
-                if bytes.len() as u64 != last - first + 1 {
+                let pieces: Vec<_> = body.into_segments().collect();
+                let received: usize = pieces.iter().map(|piece| piece.len()).sum();
+                if received as u64 != last - first + 1 {
                     return Err(std::io::Error::other(format!(
-                        "range {first}-{last} answered with {} bytes",
-                        bytes.len()
+                        "range {first}-{last} answered with {received} bytes"
                     )));
                 }
-                Ok(bytes)
+                Ok(futures::stream::iter(pieces.into_iter().map(Ok)))
             }
         })
-        .buffered(RANGES_IN_FLIGHT);
-    Box::pin(StreamReader::new(ranges))
+        .buffered(RANGES_IN_FLIGHT)
+        .flat_map(|range| match range {
+            Ok(pieces) => pieces.left_stream(),
+            Err(err) => futures::stream::once(async { Err(err) }).right_stream(),
+        });
+    Box::pin(ranges)
+}
+
+/// A whole GET body's pieces as they arrive.
+pub fn pieces(body: ByteStream) -> ObjectReader {
+    Box::pin(futures::stream::unfold(body, |mut body| async move {
+        let piece = body.next().await?.map_err(std::io::Error::other);
+        Some((piece, body))
+    }))
 }

@@ -12,8 +12,6 @@ use kiln_proto::v1::{
     UploadOffsetRequest, UploadOffsetResponse,
 };
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::Access;
@@ -22,12 +20,17 @@ use crate::caller::Caller;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::intake::Intake;
+use crate::rechunk::{limit, rechunk};
 use crate::s3_intake::Verified;
 use crate::spool::Spooled;
 use kiln_service::cancel::BodyFailed;
 
 /// Largest chunk a download sends, as the contract promises.
 pub const DOWNLOAD_CHUNK_BYTES: usize = 1024 * 1024;
+/// Smallest chunk a download sends but its last: smaller pieces from the
+/// store are gathered first, as a message each would cost more than the
+/// copy (`rechunk.rs`).
+const MIN_DOWNLOAD_CHUNK_BYTES: usize = 256 * 1024;
 /// Most digests one FindMissing call may ask about.
 pub const MAX_FIND_DIGESTS: usize = 10_000;
 /// Lifetime of a presigned URL when the caller names none.
@@ -190,16 +193,15 @@ impl<B: Backend> AssetService for AssetsService<B> {
             .await?
             .ok_or_else(|| Error::NotFound(digest.to_string()))?;
         tracing::debug!(digest = %digest, offset, length, "sending asset");
+        let chunks = rechunk(reader, MIN_DOWNLOAD_CHUNK_BYTES, DOWNLOAD_CHUNK_BYTES)
+            .map_err(|err| Status::from(Error::Read(err)));
         if offset == 0 && length == 0 {
-            let chunks = ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK_BYTES)
-                .map_err(|err| Status::from(Error::Read(err)));
             return Ok(Response::new(Box::pin(verified(digest, chunks))));
         }
-        let reader = reader.take(if length == 0 { u64::MAX } else { length });
-        let chunks = ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK_BYTES).map(|chunk| {
-            let data = chunk.map_err(|err| Status::from(Error::Read(err)))?;
+        let chunks = limit(chunks, if length == 0 { u64::MAX } else { length }).map(|chunk| {
+            let data = chunk?;
             metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
-            Ok(DownloadChunk { data: data.into() })
+            Ok(DownloadChunk { data })
         });
         Ok(Response::new(Box::pin(chunks)))
     }
@@ -309,7 +311,7 @@ fn verified(
             Some(Ok(data)) => {
                 hasher.update(&data);
                 metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
-                let chunk = DownloadChunk { data: data.into() };
+                let chunk = DownloadChunk { data };
                 Some((Ok(chunk), (chunks, Some(hasher), digest)))
             }
             Some(Err(status)) => Some((Err(status), (chunks, None, digest))),

@@ -301,7 +301,7 @@ mod tests {
     fn chunk(expected_digest: &str, data: &[u8]) -> Result<UploadChunk, tonic::Status> {
         Ok(UploadChunk {
             expected_digest: expected_digest.to_owned(),
-            data: data.to_vec(),
+            data: bytes::Bytes::copy_from_slice(data),
             offset: 0,
         })
     }

@@ -369,7 +369,7 @@ async fn malformed_digests_are_invalid(
     assert_eq!(download.code(), Code::InvalidArgument, "{download}");
     let chunk = UploadChunk {
         expected_digest: bad,
-        data: b"abc".to_vec(),
+        data: Bytes::from_static(b"abc"),
         offset: 0,
     };
     let upload = raw
@@ -380,7 +380,7 @@ async fn malformed_digests_are_invalid(
     assert_eq!(upload.code(), Code::InvalidArgument, "{upload}");
     let oversized = UploadChunk {
         expected_digest: String::new(),
-        data: vec![0; 4 * MIB + 1],
+        data: vec![0; 4 * MIB + 1].into(),
         offset: 0,
     };
     let upload = raw

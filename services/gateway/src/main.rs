@@ -20,6 +20,13 @@ use kiln_service::cancel::DetectCancel;
 use kiln_service::{Checks, Listing, OpsServer, checks};
 use tonic::service::Routes;
 
+/// mimalloc rather than glibc's malloc: an asset transfer passes 1 MiB
+/// messages through the gateway, and glibc maps and unmaps blocks that
+/// large for each one, so every message was fresh pages faulted in and
+/// zeroed by the kernel (BENCHMARKS.md, "Assets").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
