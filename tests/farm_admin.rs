@@ -197,7 +197,17 @@ async fn worker_settings_survive_restarts_and_admins_alone_change_them() -> Resu
     })
     .await?;
     ensure!(drained.running.is_empty(), "{drained:?}");
-    let after = admin.job(&long.id).await?;
+    // The worker's state is the scheduler's memory; a job's counts are read
+    // from Postgres, which the batch writer reaches a cycle later.
+    let after = eventually("the job to show no running task", PATIENCE, || {
+        let mut admin = admin.clone();
+        let job = long.id.clone();
+        async move {
+            let job = admin.job(&job).await?;
+            Ok((job.tasks_running == 0).then_some(job))
+        }
+    })
+    .await?;
     ensure!(
         after.tasks_succeeded >= 1 && after.tasks_succeeded < 3 && after.tasks_running == 0,
         "the running task should finish and no new one start: {after:?}"
