@@ -27,6 +27,7 @@ pub mod s3_multipart;
 pub mod s3_read;
 pub mod service;
 pub mod spool;
+pub mod verified_download;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,7 +11,6 @@ use kiln_proto::v1::{
     PresignDownloadRequest, PresignDownloadResponse, StatRequest, StatResponse, UploadChunk,
     UploadOffsetRequest, UploadOffsetResponse,
 };
-use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::Access;
@@ -23,6 +22,7 @@ use crate::intake::Intake;
 use crate::rechunk::{limit, rechunk};
 use crate::s3_intake::Verified;
 use crate::spool::Spooled;
+use crate::verified_download::verified;
 use kiln_service::cancel::BodyFailed;
 
 /// Largest chunk a download sends, as the contract promises.
@@ -295,38 +295,4 @@ impl<B: Backend> AssetService for AssetsService<B> {
             offset: self.intake.offset(&caller.holder(), &digest),
         }))
     }
-}
-
-/// Passes chunks on while hashing them; if the stored bytes do not hash to
-/// their digest (the store corrupted them), the stream ends with DATA_LOSS
-/// instead of a clean end, so no client takes them for the file.
-fn verified(
-    digest: Digest,
-    chunks: impl Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static,
-) -> impl Stream<Item = Result<DownloadChunk, Status>> + Send + 'static {
-    let state = (Box::pin(chunks), Some(Sha256::new()), digest);
-    futures::stream::unfold(state, |(mut chunks, hasher, digest)| async move {
-        let mut hasher = hasher?;
-        match chunks.next().await {
-            Some(Ok(data)) => {
-                hasher.update(&data);
-                metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
-                let chunk = DownloadChunk { data };
-                Some((Ok(chunk), (chunks, Some(hasher), digest)))
-            }
-            Some(Err(status)) => Some((Err(status), (chunks, None, digest))),
-            None => {
-                let actual = Digest::from_hasher(hasher);
-                if actual == digest {
-                    return None;
-                }
-                metrics::counter!(crate::counters::CORRUPT).increment(1);
-                let err = Error::Corrupt {
-                    digest: digest.to_string(),
-                    actual: actual.to_string(),
-                };
-                Some((Err(Status::from(err)), (chunks, None, digest)))
-            }
-        }
-    })
 }

@@ -193,6 +193,43 @@ async fn stores_and_serves_assets_through_the_real_binary() -> TestResult {
     unknown_digest_is_not_found(&client, dir.path()).await?;
     malformed_digests_are_invalid(&client, &etcd_url, &prefix).await?;
     failed_source_stores_nothing(&client, &data_dir).await?;
+    corrupted_object_ends_with_data_loss(&client, &data_dir, dir.path()).await?;
+    Ok(())
+}
+
+/// A stored file whose bytes changed on disk is not served as the file:
+/// the stream ends with DATA_LOSS, not cleanly, and no download keeps it.
+async fn corrupted_object_ends_with_data_loss(
+    client: &AssetClient,
+    data_dir: &Path,
+    dir: &Path,
+) -> TestResult {
+    let content = random_bytes(3 * MIB + 77);
+    let info = client
+        .upload_stream(None, in_chunks(content.clone()))
+        .await?;
+    let object = object_path(data_dir, &info.digest);
+    let mut stored = std::fs::read(&object)?;
+    stored[2 * MIB + 5] ^= 0x40;
+    std::fs::write(&object, &stored)?;
+
+    let received: Vec<_> = client.download_stream(&info.digest).await?.collect().await;
+    let (last, sent) = received.split_last().ok_or("an empty download")?;
+    let err = last.as_ref().err().ok_or("the download ended cleanly")?;
+    assert_eq!(code(err), Code::DataLoss, "{err}");
+    let sent: usize = sent
+        .iter()
+        .map(|chunk| chunk.as_ref().map_or(0, Bytes::len))
+        .sum();
+    assert_eq!(sent, content.len(), "every byte is sent before the check");
+
+    let dest = dir.join("corrupt-download");
+    let err = client
+        .download_to(&info.digest, &dest)
+        .await
+        .err()
+        .ok_or("a corrupted file was downloaded")?;
+    assert!(!dest.exists(), "{err}");
     Ok(())
 }
 
