@@ -9,6 +9,10 @@
 //! slice of `Bytes` shares the piece's memory instead of copying it. On a
 //! 2 GiB download this took two of the four copies of every byte out of
 //! the asset service (BENCHMARKS.md, "Assets").
+//!
+//! The asset client's uploads do the same with their own pair,
+//! `coalesce` and `split` in `kiln-asset-client/src/upload.rs` (which also
+//! sends what it gathered before an error); one of the two should go.
 
 use std::collections::VecDeque;
 
@@ -39,8 +43,11 @@ impl Rechunker {
     pub fn push(&mut self, mut piece: Bytes, ready: &mut VecDeque<Bytes>) {
         if piece.len() < self.min {
             self.gathered.extend_from_slice(&piece);
-            if self.gathered.len() >= self.min {
-                ready.push_back(self.gathered.split().freeze());
+            // Gathered bytes can pass `max` when `min` is near it: what is
+            // past the chunks sent waits for the next piece.
+            while self.gathered.len() >= self.min {
+                let take = self.gathered.len().min(self.max);
+                ready.push_back(self.gathered.split_to(take).freeze());
             }
             return;
         }
@@ -147,6 +154,12 @@ mod tests {
     fn small_pieces_are_gathered_to_the_minimum() {
         assert_eq!(chunks(10, 100, &[4, 4, 4, 4, 4, 4]), [12, 12]);
         assert_eq!(chunks(10, 100, &[4, 4, 4, 1]), [12, 1]);
+    }
+
+    #[test]
+    fn gathered_chunks_stay_under_the_maximum_when_it_is_the_minimum() {
+        assert_eq!(chunks(10, 10, &[6, 6, 6]), [10, 8]);
+        assert_eq!(chunks(10, 10, &[9, 9, 9, 9]), [10, 10, 10, 6]);
     }
 
     #[test]
