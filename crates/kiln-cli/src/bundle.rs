@@ -8,9 +8,12 @@
 //! load. Studios lay shots out as a directory; hashing it is cheap, and
 //! deduplication means unchanged files cost one FindMissing entry. The walk
 //! skips hidden entries (`.git`, `.DS_Store`), Blender's backups
-//! (`*.blend1`), `kiln-out/` (our own downloads) and a top-level `outputs/`
-//! (the worker's output directory), and stops at [`MAX_FILES`] files or
-//! `max_bytes`, with a clear error, rather than upload a home directory.
+//! (`*.blend1`), `kiln-out/` (our own downloads), the directory `--out`
+//! downloads into (else a second render would send the first one's frames
+//! as inputs, and its warm Blender sessions would not match the first's)
+//! and a top-level `outputs/` (the worker's output directory), and stops at
+//! [`MAX_FILES`] files or `max_bytes`, with a clear error, rather than
+//! upload a home directory.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -45,17 +48,27 @@ pub struct Uploaded {
     pub bytes: u64,
 }
 
-/// The scene (as `scene.blend`) and the files around it, hashed.
-pub async fn collect(scene: &Path, max_bytes: u64) -> Result<Vec<BundleFile>, CliError> {
+/// The scene (as `scene.blend`) and the files around it, hashed, leaving
+/// out the directory `downloads` (where the outputs will be downloaded) if
+/// it lies in the scene's tree.
+pub async fn collect(
+    scene: &Path,
+    max_bytes: u64,
+    downloads: Option<&Path>,
+) -> Result<Vec<BundleFile>, CliError> {
     let root = scene
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_owned();
     let scene_owned = scene.to_owned();
-    let found = tokio::task::spawn_blocking(move || walk(&root, &scene_owned, max_bytes))
-        .await
-        .map_err(|err| CliError::Bundle(err.to_string()))??;
+    // A directory not made yet holds nothing to leave out.
+    let downloads = downloads.and_then(|d| std::fs::canonicalize(d).ok());
+    let found = tokio::task::spawn_blocking(move || {
+        walk(&root, &scene_owned, downloads.as_deref(), max_bytes)
+    })
+    .await
+    .map_err(|err| CliError::Bundle(err.to_string()))??;
     let mut listed = vec![(SCENE_INPUT.to_owned(), scene.to_owned())];
     listed.extend(found);
     futures::stream::iter(listed)
@@ -120,8 +133,14 @@ pub fn inputs(files: &[BundleFile]) -> Vec<JobInput> {
         .collect()
 }
 
-/// Files under `root` other than `scene`, as (relative path, source).
-fn walk(root: &Path, scene: &Path, max_bytes: u64) -> Result<Vec<(String, PathBuf)>, CliError> {
+/// Files under `root` other than `scene` and those under `downloads`, as
+/// (relative path, source).
+fn walk(
+    root: &Path,
+    scene: &Path,
+    downloads: Option<&Path>,
+    max_bytes: u64,
+) -> Result<Vec<(String, PathBuf)>, CliError> {
     let scene = std::fs::canonicalize(scene).map_err(CliError::io(scene))?;
     let mut found = Vec::new();
     let mut total = 0u64;
@@ -140,6 +159,11 @@ fn walk(root: &Path, scene: &Path, max_bytes: u64) -> Result<Vec<(String, PathBu
             }
             let kind = entry.file_type().map_err(CliError::io(&entry.path()))?;
             if kind.is_dir() {
+                if downloads.is_some()
+                    && std::fs::canonicalize(entry.path()).ok().as_deref() == downloads
+                {
+                    continue;
+                }
                 pending.push((entry.path(), format!("{relative}/")));
             } else if kind.is_file() {
                 if std::fs::canonicalize(entry.path()).map_err(CliError::io(&entry.path()))?
@@ -196,10 +220,34 @@ mod tests {
         std::fs::write(root.join("shot.blend1"), b"backup")?;
         std::fs::write(root.join("textures/wood/oak.png"), b"png")?;
         std::fs::write(root.join(".git/HEAD"), b"ref")?;
-        let files = collect(&root.join("shot.blend"), 1 << 20).await?;
+        let files = collect(&root.join("shot.blend"), 1 << 20, None).await?;
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["scene.blend", "textures/wood/oak.png"]);
         assert_eq!(files[1].size, 3);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn leaves_out_the_download_directory() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("renders/v1/frames"))?;
+        std::fs::create_dir_all(root.join("textures"))?;
+        std::fs::write(root.join("shot.blend"), b"scene")?;
+        std::fs::write(root.join("renders/v1/frames/frame_0001.png"), b"png")?;
+        std::fs::write(root.join("textures/oak.png"), b"png")?;
+        // Named as the user typed it, relative and through `..`.
+        let out = root.join("textures/../renders/v1");
+        let files = collect(&root.join("shot.blend"), 1 << 20, Some(&out)).await?;
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["scene.blend", "textures/oak.png"]);
+        // Outside the tree, or not made yet, it changes nothing.
+        let elsewhere = tempfile::tempdir()?;
+        let missing = root.join("renders/v2");
+        for out in [elsewhere.path(), missing.as_path()] {
+            let files = collect(&root.join("shot.blend"), 1 << 20, Some(out)).await?;
+            assert_eq!(files.len(), 3, "{}", out.display());
+        }
         Ok(())
     }
 
@@ -208,7 +256,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("shot.blend"), b"scene")?;
         std::fs::write(dir.path().join("big.bin"), vec![0u8; 100])?;
-        let result = collect(&dir.path().join("shot.blend"), 10).await;
+        let result = collect(&dir.path().join("shot.blend"), 10, None).await;
         assert!(matches!(result, Err(CliError::Bundle(_))));
         Ok(())
     }

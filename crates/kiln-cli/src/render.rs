@@ -62,7 +62,7 @@ async fn send_bundle(gateway: &Gateway, args: &RenderArgs) -> Result<Vec<JobInpu
     let files = if args.no_bundle {
         bundle::collect_scene_only(&args.scene).await?
     } else {
-        bundle::collect(&args.scene, args.bundle_max_bytes).await?
+        bundle::collect(&args.scene, args.bundle_max_bytes, args.out.as_deref()).await?
     };
     let total: u64 = files.iter().map(|f| f.size).sum();
     let sent = bundle::upload(&gateway.assets(), &files).await?;
