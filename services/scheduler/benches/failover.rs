@@ -169,6 +169,21 @@ async fn main() -> Result<()> {
             &mut loads,
         );
     }
+    // The leader now is the last handover's: it loaded every unfinished
+    // task while taking over, so its peak is the failover's memory cost.
+    // (A standby restarted since has loaded nothing.)
+    let (mut now, mut peak) = (0, 0);
+    for scheduler in farm.schedulers_mut() {
+        if let Some(pid) = scheduler.pid() {
+            now = now.max(common::sim::status_bytes(pid, "VmRSS")?);
+            peak = peak.max(common::sim::status_bytes(pid, "VmHWM")?);
+        }
+    }
+    println!(
+        "\nRSS of the last new leader, now / at its peak (VmRSS / VmHWM): {:.1} / {:.1} MiB",
+        now as f64 / common::sim::MIB,
+        peak as f64 / common::sim::MIB
+    );
     farm.shutdown().await?;
     Ok(())
 }
