@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kiln_localfarm::{Farm, S3_BUCKET, locate_binary};
 use kiln_proto::v1 as pb;
+use kiln_tests::sick_store::SwallowingProxy;
 use kiln_tests::{Client, clips_request, s3_client, start_farm, start_farm_with, state_of};
 use sha2::{Digest as _, Sha256};
 
@@ -259,6 +260,10 @@ fn count_files(dir: &Path) -> Result<usize> {
 
 const MIB: usize = 1024 * 1024;
 const BIG_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Far past what either direction of [`BIG_BYTES`] takes (under a minute on
+/// two cores, debug build), and past the store deadlines' three tries of a
+/// stalled part (`s3_deadline.rs`), which the transfer must survive.
+const BIG_TRANSFER_BOUND: Duration = Duration::from_secs(600);
 /// Distinct pseudo-random blocks the big file cycles through. Garage keeps
 /// one copy of identical 1 MiB blocks, so its disk holds 64 MiB while every
 /// one of the 4 GiB still travels, is hashed and is spooled by the service.
@@ -329,20 +334,33 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
         futures::stream::iter(0..(BIG_BYTES as usize / MIB))
             .map(move |index| Ok::<_, std::io::Error>(blocks[index % BLOCKS].clone()))
     };
-    let stored = assets.upload_stream(Some(expected.clone()), source).await?;
+    // Bounded, so a transfer that stops answering fails this test instead of
+    // holding the whole run: each takes well under a minute here.
+    let stored = tokio::time::timeout(
+        BIG_TRANSFER_BOUND,
+        assets.upload_stream(Some(expected.clone()), source),
+    )
+    .await
+    .context("the 4 GiB upload did not finish within its bound")??;
     assert_eq!(
         (stored.digest.as_str(), stored.size),
         (expected.as_str(), BIG_BYTES)
     );
 
-    let mut chunks = assets.download_stream(&expected).await?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        size += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
+    let download = async {
+        let mut chunks = assets.download_stream(&expected).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        anyhow::Ok((size, hasher))
+    };
+    let (size, hasher) = tokio::time::timeout(BIG_TRANSFER_BOUND, download)
+        .await
+        .context("the 4 GiB download did not finish within its bound")??;
     assert_eq!(size, BIG_BYTES);
     assert_eq!(
         hex::encode(hasher.finalize()),
@@ -358,6 +376,53 @@ async fn four_gib_stream_through_with_bounded_memory() -> Result<()> {
     );
     farm.shutdown().await?;
     // The farm (Garage's data dir included) lives in `dir`; delete it now.
+    dir.close()?;
+    Ok(())
+}
+
+/// The store takes part 2 of an upload and never answers it (as Garage did
+/// once in CI, holding a 4 GiB upload for 80 minutes): the upload still
+/// completes and verifies, the part sent again once its deadline passed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_completes_when_the_store_never_answers_one_part() -> Result<()> {
+    let proxy = SwallowingProxy::listen(b"partNumber=2&").await?;
+    let front = proxy.clone();
+    let dir = kiln_tests::e2e_dir()?;
+    let mut farm = Farm::builder(dir.path().join("farm"))
+        .workers(0)
+        .s3(true)
+        .s3_front(move |garage| front.forward_to(garage))
+        .start()
+        .await?;
+    let client = Client::connect(&farm).await?;
+    // Eight parts of 8 MiB.
+    let file = dir.path().join("plate.exr");
+    let mut hasher = Sha256::new();
+    {
+        let mut bytes = Vec::with_capacity(BLOCKS * MIB);
+        for block in random_blocks() {
+            hasher.update(&block);
+            bytes.extend_from_slice(&block);
+        }
+        std::fs::write(&file, bytes)?;
+    }
+    let expected = hex::encode(hasher.finalize());
+
+    let stored = tokio::time::timeout(BIG_TRANSFER_BOUND, client.assets.upload_file(&file))
+        .await
+        .context("the upload did not finish within its bound")??;
+    assert!(proxy.swallowed(), "the store swallowed part 2");
+    assert_eq!(
+        (stored.digest.as_str(), stored.size),
+        (expected.as_str(), (BLOCKS * MIB) as u64)
+    );
+    let back = dir.path().join("plate-back.exr");
+    client.assets.download_to(&expected, &back).await?;
+    ensure!(
+        std::fs::read(&back)? == std::fs::read(&file)?,
+        "the file comes back as sent"
+    );
+    farm.shutdown().await?;
     dir.close()?;
     Ok(())
 }

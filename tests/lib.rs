@@ -15,6 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub mod hand_worker;
+pub mod sick_store;
 pub mod webdriver;
 
 /// A finished job takes at most this long in these tests.

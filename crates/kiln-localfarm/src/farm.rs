@@ -2,6 +2,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_discovery::{Discovery, DiscoveryArgs, Endpoint, service};
@@ -37,6 +38,18 @@ pub struct FarmBuilder {
     env: Vec<(OsString, OsString)>,
     startup_timeout: Duration,
     tls: bool,
+    s3_front: Option<S3Front>,
+}
+
+/// Maps Garage's S3 endpoint to the one the assets services are given;
+/// see [`FarmBuilder::s3_front`].
+#[derive(Clone)]
+struct S3Front(Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl std::fmt::Debug for S3Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("S3Front(..)")
+    }
 }
 
 impl FarmBuilder {
@@ -69,6 +82,15 @@ impl FarmBuilder {
     /// directory (default: local directory).
     pub fn s3(mut self, enabled: bool) -> Self {
         self.s3 = enabled;
+        self
+    }
+
+    /// With [`FarmBuilder::s3`]: the assets services reach Garage at the
+    /// endpoint `front` returns for Garage's own (called once, after Garage
+    /// starts), such as a proxy a test runs in between to act as a sick
+    /// store. [`Farm::s3_endpoint`] stays Garage's own.
+    pub fn s3_front(mut self, front: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.s3_front = Some(S3Front(Arc::new(front)));
         self
     }
 
@@ -138,12 +160,17 @@ impl FarmBuilder {
             false => None,
         };
         layout.close_service_dirs()?;
+        let assets_s3_endpoint = garage.as_ref().map(|garage| match &self.s3_front {
+            Some(front) => (front.0)(&garage.endpoint()),
+            None => garage.endpoint(),
+        });
         let mut farm = Farm {
             workers: Vec::new(),
             gateways: Vec::new(),
             schedulers: Vec::new(),
             assets: Vec::new(),
             garage,
+            assets_s3_endpoint,
             etcd,
             postgres,
             discovery,
@@ -282,6 +309,8 @@ pub struct Farm {
     schedulers: Vec<ServiceProcess>,
     assets: Vec<ServiceProcess>,
     garage: Option<Garage>,
+    /// Where the assets services reach Garage ([`FarmBuilder::s3_front`]).
+    assets_s3_endpoint: Option<String>,
     etcd: Etcd,
     postgres: Postgres,
     discovery: Discovery,
@@ -338,6 +367,7 @@ impl Farm {
             env: Vec::new(),
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             tls: false,
+            s3_front: None,
         }
     }
 
@@ -446,7 +476,7 @@ impl Farm {
     }
 
     fn assets_args(&self) -> Vec<OsString> {
-        let Some(garage) = &self.garage else {
+        let (Some(garage), Some(endpoint)) = (&self.garage, &self.assets_s3_endpoint) else {
             return vec![
                 "--backend".into(),
                 "local".into(),
@@ -458,7 +488,7 @@ impl Farm {
             "--backend",
             "s3",
             "--s3-endpoint",
-            &garage.endpoint(),
+            endpoint,
             "--s3-bucket",
             BUCKET,
             "--s3-region",

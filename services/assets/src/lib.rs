@@ -22,6 +22,7 @@ pub mod rechunk;
 pub mod references;
 pub mod retention;
 pub mod s3;
+pub mod s3_deadline;
 pub mod s3_intake;
 pub mod s3_multipart;
 pub mod s3_read;

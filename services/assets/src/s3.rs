@@ -25,6 +25,7 @@ use crate::config::Secret;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::markers::{MarkerDir, MarkerKey};
+use crate::s3_deadline::within_deadline;
 use crate::spool::Spooled;
 
 /// Uploads above this size go in parts: a single PUT is capped at 5 GiB on
@@ -80,9 +81,14 @@ impl S3Backend {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(RetryConfig::standard())
+            // No call waits for ever on a store that took it and never
+            // answered; the SDK tries such a call again. The calls moving
+            // bytes have tighter deadlines of their own (`s3_deadline.rs`);
+            // this one is above the longest of them.
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(crate::s3_deadline::backstop())
                     .build(),
             )
             .build();
@@ -106,18 +112,21 @@ impl S3Backend {
     }
 
     async fn put_whole(&self, key: &str, path: &Path, size: u64) -> Result<(), Error> {
-        let body = ByteStream::from_path(path)
-            .await
-            .map_err(|err| Error::Spool(std::io::Error::other(err)))?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(content_length(size)?)
-            .body(body)
-            .send()
-            .await
-            .map_err(|err| s3_error("put object", err))?;
+        within_deadline("put object", size, || async {
+            let body = ByteStream::from_path(path)
+                .await
+                .map_err(|err| Error::Spool(std::io::Error::other(err)))?;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_length(content_length(size)?)
+                .body(body)
+                .send()
+                .await
+                .map_err(|err| s3_error("put object", err))
+        })
+        .await?;
         Ok(())
     }
 
@@ -163,25 +172,27 @@ impl S3Backend {
         let number = i32::try_from(index + 1).map_err(|_| Error::UploadTooLarge {
             limit: MAX_PARTS * PART_BYTES,
         })?;
-        let body = ByteStream::read_from()
-            .path(path)
-            .offset(offset)
-            .length(Length::Exact(length))
-            .build()
-            .await
-            .map_err(|err| Error::Spool(std::io::Error::other(err)))?;
-        let uploaded = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .content_length(content_length(length)?)
-            .body(body)
-            .send()
-            .await
-            .map_err(|err| s3_error("upload part", err))?;
+        let uploaded = within_deadline("upload part", length, || async {
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(Length::Exact(length))
+                .build()
+                .await
+                .map_err(|err| Error::Spool(std::io::Error::other(err)))?;
+            self.client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(content_length(length)?)
+                .body(body)
+                .send()
+                .await
+                .map_err(|err| s3_error("upload part", err))
+        })
+        .await?;
         Ok(CompletedPart::builder()
             .part_number(number)
             .set_e_tag(uploaded.e_tag)

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryFutureExt};
 use kiln_proto::v1::UploadChunk;
 use sha2::{Digest as _, Sha256};
 use tempfile::TempPath;
@@ -40,6 +40,7 @@ use crate::digest::Digest;
 use crate::error::Error;
 use crate::part_plan::{self, STAGING_PREFIX, part_bytes};
 use crate::s3::{S3Backend, describe, s3_error, start_multipart};
+use crate::s3_deadline::within_deadline;
 use crate::s3_multipart::{Multipart, abort_upload};
 use crate::spool::{MAX_CHUNK_BYTES, first_chunk};
 
@@ -311,17 +312,19 @@ impl S3Intake {
         let target = S3Backend::key(&verified.digest);
         match verified.held {
             Held::Whole(bytes) => {
-                self.client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(&target)
-                    .content_length(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
-                    .body(ByteStream::from(bytes))
-                    .customize()
-                    .disable_payload_signing()
-                    .send()
-                    .await
-                    .map_err(|err| s3_error("put object", err))?;
+                within_deadline("put object", bytes.len() as u64, || {
+                    self.client
+                        .put_object()
+                        .bucket(&self.bucket)
+                        .key(&target)
+                        .content_length(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
+                        .body(ByteStream::from(bytes.clone()))
+                        .customize()
+                        .disable_payload_signing()
+                        .send()
+                        .map_err(|err| s3_error("put object", err))
+                })
+                .await?;
                 Ok(())
             }
             Held::AtContentKey(multipart) => multipart.complete().await,

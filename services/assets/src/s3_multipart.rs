@@ -12,11 +12,13 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use futures::TryFutureExt;
 use tokio::task::JoinSet;
 
 use crate::error::Error;
 use crate::part_plan::MAX_PARTS;
 use crate::s3::{describe, s3_error, start_multipart};
+use crate::s3_deadline::within_deadline;
 
 /// Parts sent at once: enough to keep the store busy, few enough that
 /// memory stays bounded (each holds one part buffer).
@@ -76,27 +78,36 @@ impl Multipart {
         }
         let number = self.next;
         self.next += 1;
-        let request = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .part_number(i32::try_from(number).unwrap_or(i32::MAX))
-            .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
-            .body(ByteStream::from(data))
-            // The content is hashed as it arrives and checked against its
-            // digest; SigV4 hashing each part again would cost a second
-            // SHA-256 pass of every byte on the service's few cores.
-            .customize()
-            .disable_payload_signing();
+        let (client, bucket, key, upload_id) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
+        let part_number = i32::try_from(number).unwrap_or(i32::MAX);
+        let bytes = data.len() as u64;
         self.in_flight.spawn(async move {
-            let uploaded = request
-                .send()
-                .await
-                .map_err(|err| s3_error("upload part", err))?;
+            let uploaded = within_deadline("upload part", bytes, || {
+                client
+                    .upload_part()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .part_number(part_number)
+                    .content_length(i64::try_from(bytes).unwrap_or(i64::MAX))
+                    .body(ByteStream::from(data.clone()))
+                    // The content is hashed as it arrives and checked against
+                    // its digest; SigV4 hashing each part again would cost a
+                    // second SHA-256 pass of every byte on the service's few
+                    // cores.
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .map_err(|err| s3_error("upload part", err))
+            })
+            .await?;
             Ok(CompletedPart::builder()
-                .part_number(i32::try_from(number).unwrap_or(i32::MAX))
+                .part_number(part_number)
                 .set_e_tag(uploaded.e_tag)
                 .build())
         });

@@ -13,8 +13,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 
 use crate::backend::ObjectReader;
+use crate::error::Error;
 use crate::part_plan;
-use crate::s3::describe;
+use crate::s3::s3_error;
+use crate::s3_deadline::{deadline, within_deadline};
 
 /// Size of each ranged GET.
 pub const RANGE_BYTES: u64 = 8 * 1024 * 1024;
@@ -32,12 +34,20 @@ pub fn ranged(client: &Client, bucket: &str, key: &str, offset: u64, size: u64) 
                 .key(&key)
                 .range(format!("bytes={first}-{last}"));
             async move {
-                let object = request
-                    .send()
-                    .await
-                    .map_err(|err| std::io::Error::other(describe(&err)))?;
-                let body = object.body.collect().await.map_err(std::io::Error::other)?;
-                let pieces: Vec<_> = body.into_segments().collect();
+                let pieces = within_deadline("get object range", last - first + 1, || async {
+                    let object = request
+                        .clone()
+                        .send()
+                        .await
+                        .map_err(|err| s3_error("get object range", err))?;
+                    let body = object.body.collect().await.map_err(|err| Error::S3 {
+                        operation: "get object range",
+                        message: err.to_string(),
+                    })?;
+                    Ok(body.into_segments().collect::<Vec<_>>())
+                })
+                .await
+                .map_err(|err| std::io::Error::other(err.to_string()))?;
                 let received: usize = pieces.iter().map(|piece| piece.len()).sum();
                 if received as u64 != last - first + 1 {
                     return Err(std::io::Error::other(format!(
@@ -55,10 +65,21 @@ pub fn ranged(client: &Client, bucket: &str, key: &str, offset: u64, size: u64) 
     Box::pin(ranges)
 }
 
-/// A whole GET body's pieces as they arrive.
+/// A whole GET body's pieces as they arrive. A body that stops arriving
+/// (no piece within [`deadline`] of the last) ends with an error rather
+/// than holding its download for ever.
 pub fn pieces(body: ByteStream) -> ObjectReader {
-    Box::pin(futures::stream::unfold(body, |mut body| async move {
-        let piece = body.next().await?.map_err(std::io::Error::other);
-        Some((piece, body))
+    Box::pin(futures::stream::unfold(Some(body), |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(deadline(0), body.next()).await {
+            Ok(piece) => Some((piece?.map_err(std::io::Error::other), Some(body))),
+            Err(_) => Some((
+                Err(std::io::Error::other(format!(
+                    "the store sent no bytes for {} s",
+                    deadline(0).as_secs()
+                ))),
+                None,
+            )),
+        }
     }))
 }
