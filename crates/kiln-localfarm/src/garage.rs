@@ -6,6 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{LocalFarmError, Result};
 use crate::fs::{absolute, write_private};
+use crate::log_tail::TAIL_LINES;
 use crate::ports::{accepts_tcp, free_ports};
 use crate::process::ServiceProcess;
 use crate::secret::random_hex;
@@ -19,6 +20,8 @@ pub const REGION: &str = "garage";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Starts tried when Garage exits during start-up (see [`Garage::start`]).
 const START_ATTEMPTS: u32 = 3;
+/// Bound on what is read of Garage's log from one start while checking it.
+const LOG_READ_LIMIT: u64 = 1024 * 1024;
 /// Bound on the answer read from the S3 port while probing it.
 const PROBE_READ_LIMIT: u64 = 4096;
 
@@ -106,32 +109,55 @@ impl Garage {
     ///
     /// Its ports are picked free, then let go for Garage to bind: anything
     /// else may take one in between (an outgoing connection's local port,
-    /// another farm), and Garage then exits at once. So an early exit at
-    /// start-up is tried again on new ports, a few times. That moves the S3
-    /// endpoint, so it fits a farm's first start only, which is the one
-    /// caller; the same race in etcd's and Postgres's start (whose ports must
-    /// stay put across restarts) is not handled.
+    /// another farm). Garage then either exits at once or, when it is the S3
+    /// listener that fails, logs "Address already in use" and hangs in its
+    /// shutdown. Either way it is tried again on new ports, a few times.
+    /// That moves the S3 endpoint, so it fits a farm's first start only,
+    /// which is the one caller; the same race in etcd's and Postgres's start
+    /// (whose ports must stay put across restarts) is not handled.
     pub async fn start(&mut self) -> Result<()> {
         let mut attempt = 1;
         loop {
+            let log = self.process.log_path().to_path_buf();
+            // Only what this start logs counts: the log is appended to.
+            let from = std::fs::metadata(&log).map_or(0, |m| m.len());
             self.process.start()?;
             let port = self.s3_port;
             let ready = wait_ready(
                 &mut self.process,
                 "answering S3 requests",
                 READY_TIMEOUT,
-                || answers_http(port),
+                || {
+                    let log = log.clone();
+                    async move { port_taken(&log, from) || answers_http(port).await }
+                },
             )
             .await;
+            let taken = port_taken(&log, from);
             match ready {
-                Ok(()) => break,
+                Ok(()) if !taken => break,
+                Ok(()) if attempt < START_ATTEMPTS => {
+                    tracing::warn!(attempt, tail = %self.process.log_tail(TAIL_LINES), "garage found a port taken at start-up; trying again on new ports");
+                    self.process.kill().await?;
+                }
+                Ok(()) => {
+                    let tail = self.process.log_tail(TAIL_LINES);
+                    self.process.kill().await?;
+                    return Err(LocalFarmError::NotReady {
+                        name: "garage".to_owned(),
+                        what: format!("listening: its ports were taken {START_ATTEMPTS} times"),
+                        waited: Duration::ZERO,
+                        log,
+                        tail,
+                    });
+                }
                 Err(LocalFarmError::Exited { status, tail, .. }) if attempt < START_ATTEMPTS => {
                     tracing::warn!(attempt, %status, %tail, "garage exited at start-up; trying again on new ports");
-                    self.s3_port = write_config(&self.dir, &self.credentials)?;
-                    attempt += 1;
                 }
                 Err(err) => return Err(err),
             }
+            self.s3_port = write_config(&self.dir, &self.credentials)?;
+            attempt += 1;
         }
         tracing::info!(endpoint = %self.endpoint(), bucket = BUCKET, "garage ready");
         Ok(())
@@ -141,6 +167,23 @@ impl Garage {
     pub async fn stop(&mut self) -> Result<()> {
         self.process.terminate().await
     }
+}
+
+/// Whether Garage logged, past byte `from` of its log, that a port it was
+/// given is taken. Reads at most [`LOG_READ_LIMIT`] bytes.
+fn port_taken(log: &Path, from: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return false;
+    };
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return false;
+    }
+    let mut logged = Vec::new();
+    if file.take(LOG_READ_LIMIT).read_to_end(&mut logged).is_err() {
+        return false;
+    }
+    String::from_utf8_lossy(&logged).contains("Address already in use")
 }
 
 /// Writes `garage.toml` into `dir` with newly picked free ports; returns

@@ -21,3 +21,30 @@ async fn garage_serves_s3_and_keeps_its_credentials() {
     again.start().await.expect("garage starts on existing data");
     again.stop().await.expect("garage stops");
 }
+
+/// Something else takes Garage's S3 port between its pick and Garage's
+/// start (another farm, an outgoing connection): Garage logs the clash and
+/// hangs rather than exiting, and the start moves it to new ports.
+#[tokio::test]
+async fn garage_starts_on_new_ports_when_its_s3_port_is_taken() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("logs/garage.log");
+    let mut garage = Garage::new(dir.path().join("garage"), &log).expect("garage");
+    let picked = garage.endpoint();
+    let port: u16 = picked
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port in the endpoint");
+    let squatter =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the picked port is free");
+    garage.start().await.expect("garage starts on other ports");
+    assert_ne!(garage.endpoint(), picked, "the endpoint moved");
+    let logged = std::fs::read_to_string(&log).expect("garage's log");
+    assert!(
+        logged.contains("Address already in use"),
+        "the first start found the port taken"
+    );
+    drop(squatter);
+    garage.stop().await.expect("garage stops");
+}
