@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{LocalFarmError, Result};
 use crate::fs::{absolute, write_private};
-use crate::log_tail::TAIL_LINES;
+use crate::log_tail::{TAIL_LINES, read_from};
 use crate::ports::{accepts_tcp, free_ports};
 use crate::process::ServiceProcess;
 use crate::secret::random_hex;
@@ -123,17 +123,21 @@ impl Garage {
             let from = std::fs::metadata(&log).map_or(0, |m| m.len());
             self.process.start()?;
             let port = self.s3_port;
+            // Set by the probe when the wait ended on a taken port, so the
+            // log is not read once more to tell why it ended.
+            let taken = std::cell::Cell::new(false);
             let ready = wait_ready(
                 &mut self.process,
                 "answering S3 requests",
                 READY_TIMEOUT,
                 || {
-                    let log = log.clone();
-                    async move { port_taken(&log, from) || answers_http(port).await }
+                    taken.set(port_taken(&log, from));
+                    let found_taken = taken.get();
+                    async move { found_taken || answers_http(port).await }
                 },
             )
             .await;
-            let taken = port_taken(&log, from);
+            let taken = taken.get();
             match ready {
                 Ok(()) if !taken => break,
                 Ok(()) if attempt < START_ATTEMPTS => {
@@ -172,18 +176,8 @@ impl Garage {
 /// Whether Garage logged, past byte `from` of its log, that a port it was
 /// given is taken. Reads at most [`LOG_READ_LIMIT`] bytes.
 fn port_taken(log: &Path, from: u64) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(log) else {
-        return false;
-    };
-    if file.seek(SeekFrom::Start(from)).is_err() {
-        return false;
-    }
-    let mut logged = Vec::new();
-    if file.take(LOG_READ_LIMIT).read_to_end(&mut logged).is_err() {
-        return false;
-    }
-    String::from_utf8_lossy(&logged).contains("Address already in use")
+    read_from(log, from, LOG_READ_LIMIT)
+        .is_ok_and(|logged| logged.contains("Address already in use"))
 }
 
 /// Writes `garage.toml` into `dir` with newly picked free ports; returns

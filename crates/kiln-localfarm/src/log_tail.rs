@@ -24,10 +24,16 @@ pub fn tail(path: &Path, lines: usize) -> String {
 }
 
 fn read_end(path: &Path) -> std::io::Result<String> {
+    let len = std::fs::metadata(path)?.len();
+    read_from(path, len.saturating_sub(TAIL_BYTES), TAIL_BYTES)
+}
+
+/// At most `limit` bytes of the file at `path` from byte `from` on (what a
+/// process logged since then, when the log is only appended to).
+pub(crate) fn read_from(path: &Path, from: u64, limit: u64) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+    file.seek(SeekFrom::Start(from))?;
     let mut bytes = Vec::new();
-    file.take(TAIL_BYTES).read_to_end(&mut bytes)?;
+    file.take(limit).read_to_end(&mut bytes)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
