@@ -13,6 +13,7 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every Kiln proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
 
+pub mod chunk_frames;
 pub mod codec;
 pub mod status;
 

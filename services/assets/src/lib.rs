@@ -13,6 +13,7 @@ pub mod caller;
 pub mod config;
 pub mod counters;
 pub mod digest;
+pub mod download_route;
 pub mod error;
 pub mod intake;
 pub mod local;
@@ -43,6 +44,7 @@ pub use error::Error;
 
 use crate::access::Access;
 use crate::backend::Backend;
+use crate::download_route::DownloadRoute;
 use crate::intake::Intake;
 use crate::local::LocalBackend;
 use crate::references::SchedulerLink;
@@ -156,9 +158,10 @@ fn serve<B: Backend>(
             start_collector(&backend, farm, policy);
         }
     }
-    let server = AssetServiceServer::new(AssetsService::new(backend, intake, access))
+    let service = Arc::new(AssetsService::new(backend, intake, access));
+    let server = AssetServiceServer::from_arc(service.clone())
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
-    Routes::new(DetectCancel(server))
+    Routes::new(DownloadRoute::new(DetectCancel(server), service))
 }
 
 fn start_collector<B: Backend>(backend: &Arc<B>, farm: FarmLink, policy: RetentionPolicy) {

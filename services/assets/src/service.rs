@@ -4,7 +4,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
 use kiln_proto::v1::asset_service_server::AssetService;
 use kiln_proto::v1::{
     AssetInfo, DownloadChunk, DownloadRequest, FindMissingRequest, FindMissingResponse,
@@ -103,6 +104,54 @@ impl<B: Backend> AssetsService<B> {
         Ok(())
     }
 
+    /// The chunks a download sends `caller`, or why it cannot. Both ways a
+    /// download is answered send these: the generated handler below, and
+    /// the route that frames them without copying (`download_route.rs`).
+    pub(crate) async fn download_chunks(
+        &self,
+        caller: &Caller,
+        request: DownloadRequest,
+    ) -> Result<ByteChunks, Status> {
+        let digest = Digest::parse(&request.digest)?;
+        self.readable(caller, &digest).await?;
+        let (offset, length) = (request.offset, request.length);
+        if offset > 0 {
+            // Asked of the store, so a range never reads past the end.
+            let size = self
+                .backend
+                .stat(&digest)
+                .await?
+                .ok_or_else(|| Error::NotFound(digest.to_string()))?;
+            if offset > size {
+                return Err(Status::out_of_range(format!(
+                    "offset: {offset} is past the end of {digest} ({size} bytes)"
+                )));
+            }
+            if offset == size {
+                // Nothing is left to send: a client resuming a download it
+                // already has whole (and then checks). S3 refuses an empty
+                // range (416), so the store is not asked.
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+        }
+        let reader = self
+            .backend
+            .open(&digest, offset)
+            .await?
+            .ok_or_else(|| Error::NotFound(digest.to_string()))?;
+        tracing::debug!(digest = %digest, offset, length, "sending asset");
+        let chunks = rechunk(reader, MIN_DOWNLOAD_CHUNK_BYTES, DOWNLOAD_CHUNK_BYTES)
+            .map_err(|err| Status::from(Error::Read(err)));
+        if offset == 0 && length == 0 {
+            return Ok(Box::pin(verified(digest, chunks)));
+        }
+        let chunks =
+            limit(chunks, if length == 0 { u64::MAX } else { length }).inspect_ok(|data| {
+                metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
+            });
+        Ok(Box::pin(chunks))
+    }
+
     /// Fails with NOT_FOUND, exactly as for an object that is not stored,
     /// unless `caller` may read `digest`.
     async fn readable(&self, caller: &Caller, digest: &Digest) -> Result<(), Error> {
@@ -115,6 +164,8 @@ impl<B: Backend> AssetsService<B> {
 }
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadChunk, Status>> + Send>>;
+/// A download's bytes, in the chunks it sends them in.
+pub(crate) type ByteChunks = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<B: Backend> AssetService for AssetsService<B> {
@@ -163,47 +214,10 @@ impl<B: Backend> AssetService for AssetsService<B> {
         request: Request<DownloadRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
-        let request = request.into_inner();
-        let digest = Digest::parse(&request.digest)?;
-        self.readable(&caller, &digest).await?;
-        let (offset, length) = (request.offset, request.length);
-        if offset > 0 {
-            // Asked of the store, so a range never reads past the end.
-            let size = self
-                .backend
-                .stat(&digest)
-                .await?
-                .ok_or_else(|| Error::NotFound(digest.to_string()))?;
-            if offset > size {
-                return Err(Status::out_of_range(format!(
-                    "offset: {offset} is past the end of {digest} ({size} bytes)"
-                )));
-            }
-            if offset == size {
-                // Nothing is left to send: a client resuming a download it
-                // already has whole (and then checks). S3 refuses an empty
-                // range (416), so the store is not asked.
-                let nothing: DownloadStream = Box::pin(futures::stream::empty());
-                return Ok(Response::new(nothing));
-            }
-        }
-        let reader = self
-            .backend
-            .open(&digest, offset)
-            .await?
-            .ok_or_else(|| Error::NotFound(digest.to_string()))?;
-        tracing::debug!(digest = %digest, offset, length, "sending asset");
-        let chunks = rechunk(reader, MIN_DOWNLOAD_CHUNK_BYTES, DOWNLOAD_CHUNK_BYTES)
-            .map_err(|err| Status::from(Error::Read(err)));
-        if offset == 0 && length == 0 {
-            return Ok(Response::new(Box::pin(verified(digest, chunks))));
-        }
-        let chunks = limit(chunks, if length == 0 { u64::MAX } else { length }).map(|chunk| {
-            let data = chunk?;
-            metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
-            Ok(DownloadChunk { data })
-        });
-        Ok(Response::new(Box::pin(chunks)))
+        let chunks = self.download_chunks(&caller, request.into_inner()).await?;
+        Ok(Response::new(Box::pin(
+            chunks.map_ok(|data| DownloadChunk { data }),
+        )))
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {

@@ -7,7 +7,6 @@
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use kiln_proto::v1::DownloadChunk;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -26,7 +25,7 @@ const UNHASHED_CHUNKS: usize = 4;
 pub fn verified(
     digest: Digest,
     chunks: impl Stream<Item = Result<Bytes, Status>> + Send + 'static,
-) -> impl Stream<Item = Result<DownloadChunk, Status>> + Send + 'static {
+) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
     let (to_hash, mut hashing) = mpsc::channel::<Bytes>(UNHASHED_CHUNKS);
     let hashed: JoinHandle<Digest> = tokio::spawn(async move {
         let mut hasher = Sha256::new();
@@ -58,7 +57,7 @@ pub fn verified(
                     return Some((Err(Status::internal("download: hashing stopped")), None));
                 }
                 metrics::counter!(crate::counters::BYTES_SENT).increment(data.len() as u64);
-                Some((Ok(DownloadChunk { data }), Some(sending)))
+                Some((Ok(data), Some(sending)))
             }
             Some(Err(status)) => {
                 sending.hashed.abort();
