@@ -9,13 +9,14 @@
 mod credentials;
 pub mod digest;
 pub mod download;
+mod download_call;
 mod error;
 mod upload;
 
 use std::path::Path;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use kiln_mesh::MeshChannel;
 use kiln_proto::v1::asset_service_client::AssetServiceClient;
 use kiln_proto::v1::{
@@ -296,8 +297,8 @@ impl AssetClient {
             offset,
             length,
         };
-        let chunks = self.inner.clone().download(request).await?.into_inner();
-        Ok(chunks.map(|chunk| Ok(chunk?.data)))
+        let channel = InterceptedService::new(self.channel.clone(), self.credentials.clone());
+        download_call::download(channel, request, MAX_MESSAGE_SIZE).await
     }
 
     /// The size of `digest` if the service has it.
