@@ -6,6 +6,7 @@ use etcd_client::{ConnectOptions, Permission};
 use crate::binary::find_on_path;
 use crate::error::{LocalFarmError, Result};
 use crate::fs::absolute;
+use crate::log_tail::port_taken_since;
 use crate::ports::free_ports;
 use crate::process::ServiceProcess;
 use crate::secret::random_hex;
@@ -13,6 +14,9 @@ use crate::wait::wait_ready;
 
 /// How long etcd has to answer after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries of etcd's first start, each on new ports when the last found one
+/// taken.
+const START_ATTEMPTS: u32 = 3;
 /// The key prefix every farm process uses; each farm has its own etcd.
 pub const ETCD_PREFIX: &str = "/kiln";
 /// The etcd user Kiln's services connect as: it may read and write keys
@@ -43,27 +47,10 @@ impl Etcd {
     /// on two free ports; nothing runs until [`Etcd::start`].
     pub fn new(data_dir: impl AsRef<Path>, log: impl AsRef<Path>) -> Result<Self> {
         let data_dir = absolute(data_dir.as_ref())?;
+        let log = absolute(log.as_ref())?;
         let [client_port, peer_port] = free_ports()?;
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let process = ServiceProcess::new("etcd", find_on_path("etcd")?, absolute(log.as_ref())?)
-            .args(["--name", "kiln", "--data-dir"])
-            .arg(&data_dir)
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("kiln={peer_url}")]);
         Ok(Self {
-            process,
+            process: process(&data_dir, &log, client_port, peer_port)?,
             data_dir,
             client_port,
             password: random_hex(24),
@@ -101,24 +88,48 @@ impl Etcd {
 
     /// Starts etcd and waits until it answers a status request; the first
     /// time, also creates its users and turns authentication on.
+    ///
+    /// Its ports are picked free, then let go for etcd to bind: anything
+    /// else may take one in between (an outgoing connection's local port,
+    /// another farm), and etcd then exits logging "address already in use".
+    /// The first start tries again on new ports, a few times; a restart
+    /// keeps its ports, which the farm's processes were given.
     pub async fn start(&mut self) -> Result<()> {
         let fresh = !self.started_once;
-        if fresh && self.data_dir.exists() {
-            std::fs::remove_dir_all(&self.data_dir)
-                .map_err(|e| LocalFarmError::io(&self.data_dir, e))?;
-        }
         self.started_once = true;
-        self.process.start()?;
-        let url = self.url();
-        let credentials =
-            (!fresh && self.auth).then(|| (ETCD_USER.to_owned(), self.password.clone()));
-        wait_ready(
-            &mut self.process,
-            "answering status requests",
-            READY_TIMEOUT,
-            || answers(url.clone(), credentials.clone()),
-        )
-        .await?;
+        let mut attempt = 1;
+        loop {
+            if fresh && self.data_dir.exists() {
+                std::fs::remove_dir_all(&self.data_dir)
+                    .map_err(|e| LocalFarmError::io(&self.data_dir, e))?;
+            }
+            let log = self.process.log_path().to_path_buf();
+            // Only what this start logs counts: the log is appended to.
+            let from = std::fs::metadata(&log).map_or(0, |m| m.len());
+            self.process.start()?;
+            let url = self.url();
+            let credentials =
+                (!fresh && self.auth).then(|| (ETCD_USER.to_owned(), self.password.clone()));
+            let ready = wait_ready(
+                &mut self.process,
+                "answering status requests",
+                READY_TIMEOUT,
+                || answers(url.clone(), credentials.clone()),
+            )
+            .await;
+            match ready {
+                Err(LocalFarmError::Exited { status, tail, .. })
+                    if fresh && attempt < START_ATTEMPTS && port_taken_since(&log, from) =>
+                {
+                    tracing::warn!(attempt, %status, %tail, "etcd found a port taken at start-up; trying again on new ports");
+                    let [client_port, peer_port] = free_ports()?;
+                    self.process = process(&self.data_dir, &log, client_port, peer_port)?;
+                    self.client_port = client_port;
+                    attempt += 1;
+                }
+                ready => break ready?,
+            }
+        }
         if fresh && self.auth {
             self.enable_auth().await?;
         }
@@ -180,6 +191,35 @@ impl Etcd {
         self.stop().await?;
         self.start().await
     }
+}
+
+/// The etcd process for `data_dir` on the two ports, logging to `log`.
+fn process(
+    data_dir: &Path,
+    log: &Path,
+    client_port: u16,
+    peer_port: u16,
+) -> Result<ServiceProcess> {
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    Ok(
+        ServiceProcess::new("etcd", find_on_path("etcd")?, log.to_path_buf())
+            .args(["--name", "kiln", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("kiln={peer_url}")]),
+    )
 }
 
 async fn answers(url: String, credentials: Option<(String, String)>) -> bool {

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{LocalFarmError, Result};
 use crate::fs::{absolute, write_private};
-use crate::log_tail::{TAIL_LINES, read_from};
+use crate::log_tail::{TAIL_LINES, port_taken_since};
 use crate::ports::{accepts_tcp, free_ports};
 use crate::process::ServiceProcess;
 use crate::secret::random_hex;
@@ -20,8 +20,6 @@ pub const REGION: &str = "garage";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Starts tried when Garage exits during start-up (see [`Garage::start`]).
 const START_ATTEMPTS: u32 = 3;
-/// Bound on what is read of Garage's log from one start while checking it.
-const LOG_READ_LIMIT: u64 = 1024 * 1024;
 /// Bound on the answer read from the S3 port while probing it.
 const PROBE_READ_LIMIT: u64 = 4096;
 
@@ -113,8 +111,8 @@ impl Garage {
     /// listener that fails, logs "Address already in use" and hangs in its
     /// shutdown. Either way it is tried again on new ports, a few times.
     /// That moves the S3 endpoint, so it fits a farm's first start only,
-    /// which is the one caller; the same race in etcd's and Postgres's start
-    /// (whose ports must stay put across restarts) is not handled.
+    /// which is the one caller. etcd's first start does the same; Postgres
+    /// moves to a new port whenever its start finds its port taken.
     pub async fn start(&mut self) -> Result<()> {
         let mut attempt = 1;
         loop {
@@ -131,7 +129,7 @@ impl Garage {
                 "answering S3 requests",
                 READY_TIMEOUT,
                 || {
-                    taken.set(port_taken(&log, from));
+                    taken.set(port_taken_since(&log, from));
                     let found_taken = taken.get();
                     async move { found_taken || answers_http(port).await }
                 },
@@ -171,13 +169,6 @@ impl Garage {
     pub async fn stop(&mut self) -> Result<()> {
         self.process.terminate().await
     }
-}
-
-/// Whether Garage logged, past byte `from` of its log, that a port it was
-/// given is taken. Reads at most [`LOG_READ_LIMIT`] bytes.
-fn port_taken(log: &Path, from: u64) -> bool {
-    read_from(log, from, LOG_READ_LIMIT)
-        .is_ok_and(|logged| logged.contains("Address already in use"))
 }
 
 /// Writes `garage.toml` into `dir` with newly picked free ports; returns

@@ -28,6 +28,20 @@ fn read_end(path: &Path) -> std::io::Result<String> {
     read_from(path, len.saturating_sub(TAIL_BYTES), TAIL_BYTES)
 }
 
+/// Most of a log read to tell whether a port was taken: one start's worth.
+const PORT_TAKEN_READ_LIMIT: u64 = 1024 * 1024;
+
+/// Whether the log at `path` says, past byte `from`, that a port the
+/// process was given is taken: "Address already in use" (Garage) or
+/// "address already in use" (etcd).
+pub(crate) fn port_taken_since(path: &Path, from: u64) -> bool {
+    read_from(path, from, PORT_TAKEN_READ_LIMIT).is_ok_and(|logged| {
+        logged
+            .to_ascii_lowercase()
+            .contains("address already in use")
+    })
+}
+
 /// At most `limit` bytes of the file at `path` from byte `from` on (what a
 /// process logged since then, when the log is only appended to).
 pub(crate) fn read_from(path: &Path, from: u64, limit: u64) -> std::io::Result<String> {

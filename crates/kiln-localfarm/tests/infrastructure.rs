@@ -292,3 +292,37 @@ fn process_state(pid: u32) -> char {
         .next()
         .expect("state letter")
 }
+
+/// Something else takes etcd's client port between its pick and etcd's
+/// start (another farm, an outgoing connection): etcd exits, and its first
+/// start moves it to new ports.
+#[tokio::test]
+async fn etcd_starts_on_new_ports_when_its_client_port_is_taken() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("logs/etcd.log");
+    let mut etcd = Etcd::new(dir.path().join("etcd"), &log).expect("etcd");
+    let picked = etcd.url();
+    let port: u16 = picked
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port in the URL");
+    let squatter =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the picked port is free");
+    etcd.start().await.expect("etcd starts on other ports");
+    assert_ne!(etcd.url(), picked, "the URL moved");
+    let logged = std::fs::read_to_string(&log).expect("etcd's log");
+    assert!(
+        logged.contains("address already in use"),
+        "the first start found the port taken"
+    );
+    let mut client = etcd_client::Client::connect([etcd.url()], Some(etcd.connect_options()))
+        .await
+        .expect("etcd answers at its new URL");
+    client
+        .put("/kiln/probe", "1", None)
+        .await
+        .expect("the farm's user writes");
+    drop(squatter);
+    etcd.stop().await.expect("etcd stops");
+}
