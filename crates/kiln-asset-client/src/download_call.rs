@@ -18,7 +18,7 @@ use futures::Stream;
 use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
-use kiln_proto::chunk_frames::ChunkReader;
+use kiln_proto::chunk_frames::{ChunkError, ChunkReader};
 use kiln_proto::v1::DownloadRequest;
 use prost::Message;
 use tonic::{Code, Status};
@@ -106,7 +106,10 @@ where
         Box::pin(futures::stream::unfold(self, |mut reading| async move {
             let item = reading.next().await?;
             if item.is_err() {
+                // Nothing after an error: data read before it in the same
+                // frame is dropped, not handed on after the error.
                 reading.body = None;
+                reading.ready.clear();
             }
             Some((item.map_err(AssetClientError::from), reading))
         }))
@@ -130,7 +133,13 @@ where
             let trailers = match frame.into_data() {
                 Ok(data) => {
                     if let Err(err) = self.reader.push(data, &mut self.ready) {
-                        return Some(Err(Status::internal(format!("download: {err}"))));
+                        // As tonic's decoder says it: a message over the
+                        // bound is OUT_OF_RANGE, anything else INTERNAL.
+                        let code = match err {
+                            ChunkError::TooLarge { .. } => Code::OutOfRange,
+                            _ => Code::Internal,
+                        };
+                        return Some(Err(Status::new(code, format!("download: {err}"))));
                     }
                     continue;
                 }
@@ -174,7 +183,7 @@ fn ended_without_status(http_status: StatusCode) -> Status {
         | StatusCode::BAD_GATEWAY
         | StatusCode::SERVICE_UNAVAILABLE
         | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
-        _ => Code::Internal,
+        _ => Code::Unknown,
     };
     Status::new(
         code,
@@ -211,13 +220,15 @@ mod tests {
         };
         let items: Vec<_> = reading.stream().collect().await;
         let mut chunks = Vec::new();
+        let mut ended = None;
         for item in items {
+            assert!(ended.is_none(), "nothing comes after an error");
             match item {
                 Ok(chunk) => chunks.push(chunk),
-                Err(err) => return (chunks, Some(err.code())),
+                Err(err) => ended = Some(err.code()),
             }
         }
-        (chunks, None)
+        (chunks, ended)
     }
 
     fn message(data: &'static [u8]) -> [Frame<Bytes>; 2] {
@@ -255,8 +266,21 @@ mod tests {
         let frames: Vec<_> = message(b"abc").into();
         assert_eq!(
             read(frames).await,
-            (vec![Bytes::from_static(b"abc")], Some(Code::Internal))
+            (vec![Bytes::from_static(b"abc")], Some(Code::Unknown))
         );
+    }
+
+    #[tokio::test]
+    async fn a_bad_message_after_a_good_one_in_the_same_frame_ends_the_chunks() {
+        // One frame: a whole 3-byte message, then the prefix of one over
+        // the reader's 1 MiB bound.
+        let mut frame = download_chunk_prefix(3).to_vec();
+        frame.extend_from_slice(b"abc");
+        frame.extend_from_slice(&[0, 0, 0x20, 0, 0, 0x0a]);
+        let frames = vec![Frame::data(Bytes::from(frame)), trailers(Status::ok(""))];
+        let (chunks, ended) = read(frames).await;
+        assert_eq!(ended, Some(Code::OutOfRange));
+        assert!(chunks.is_empty(), "nothing is handed on around the error");
     }
 
     #[tokio::test]

@@ -362,6 +362,5 @@ mod tests {
             reader.push(lying, &mut out),
             Err(ChunkError::Malformed(_))
         ));
-        assert!(out.is_empty());
     }
 }
